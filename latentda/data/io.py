@@ -1,0 +1,103 @@
+"""Reading and writing CF-style datasets (netCDF or zarr), safely.
+
+Inputs are opened lazily (zarr without dask: indexing reads only the chunks it touches), so each
+process of a distributed run reads only its own samples. Outputs are written to a temporary sibling
+path and renamed into place once complete, so an interrupted or failed write never leaves a partial
+file and never overwrites an existing one unless asked to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import xarray as xr
+
+from latentda.errors import LatentdaError
+
+__all__ = ["open_dataset", "atomic_path", "write_dataset", "remove_path", "dataset_format"]
+
+_ZARR_SUFFIXES = (".zarr",)
+_NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
+
+
+def dataset_format(path: str | os.PathLike) -> str:
+    """Return ``"zarr"`` or ``"netcdf"`` from a path's suffix (a directory counts as zarr)."""
+    path = Path(path)
+    if path.suffix in _ZARR_SUFFIXES or path.is_dir():
+        return "zarr"
+    if path.suffix in _NETCDF_SUFFIXES:
+        return "netcdf"
+    raise LatentdaError(f"{path}: unknown format (expected a .zarr store or a .nc netCDF file)")
+
+
+def open_dataset(path: str | os.PathLike) -> xr.Dataset:
+    """Open a netCDF file or a zarr store lazily, with a one-line error if it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise LatentdaError(f"{path}: no such file or directory")
+    fmt = dataset_format(path)
+    try:
+        if fmt == "zarr":
+            with warnings.catch_warnings():  # stores without consolidated metadata are fine
+                warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+                return xr.open_zarr(path, chunks=None, consolidated=None)
+        return xr.open_dataset(path, engine="h5netcdf", chunks=None)
+    except Exception as error:  # the backends raise many types; the user needs one line
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise LatentdaError(f"{path}: not a readable {fmt} dataset ({message})") from None
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file or a directory tree if it exists."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it to ``path`` when the block succeeds.
+
+    On any exception the temporary is removed and ``path`` is left as it was. An existing ``path``
+    is an error unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise LatentdaError(f"{path}: already exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield temporary
+    except BaseException:
+        remove_path(temporary)
+        raise
+    if path.exists():
+        remove_path(path)
+    os.replace(temporary, path)
+
+
+def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a dataset to netCDF or zarr (by suffix), atomically.
+
+    Zarr stores are chunked one time step per chunk along ``time`` when it exists.
+    """
+    path = Path(path)
+    fmt = dataset_format(path) if path.suffix else "zarr"
+    with atomic_path(path, overwrite=overwrite) as temporary:
+        if fmt == "zarr":
+            encoding = {}
+            for name, variable in dataset.data_vars.items():
+                chunks = tuple(1 if dim == "time" else size for dim, size in variable.sizes.items())
+                encoding[name] = {"chunks": chunks}
+            dataset.to_zarr(temporary, mode="w", encoding=encoding, consolidated=False)
+        else:
+            dataset.to_netcdf(temporary, engine="h5netcdf")
+    return path

@@ -1,0 +1,306 @@
+"""The field layout: how a CF-style xarray dataset maps to tensors (time, channels, H, W) and back.
+
+A dataset holds data variables on a 2-D grid — ``(latitude, longitude)`` or ``(y, x)`` — along a
+``time`` axis, optionally along ``level`` and ``trajectory``. The layout stacks every variable (and
+each of its levels) into one channel axis, in a recorded order, so that a trajectory becomes an
+array ``x[t, c, i, j]``. It records everything needed to invert that mapping exactly (variable and
+coordinate attributes, level values, grid coordinates) and which grid axes are periodic (a
+longitude circle, or a periodic box; used for circular padding). It is saved as JSON next to the
+model so inference never re-derives it from the data.
+
+On a latitude-longitude grid, the area of a cell is proportional to cos(latitude); the layout gives
+the area weights w_i = cos(φ_i) / mean_i cos(φ_i), so that Σ_ij w_i e_ij² / (H W) is the
+area-weighted mean squared error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from latentda.errors import LatentdaError
+
+__all__ = ["VariableSpec", "AxisSpec", "FieldLayout", "TIME", "TRAJECTORY", "to_json_value"]
+
+TIME = "time"
+TRAJECTORY = "trajectory"
+_GRID_NAMES = (("latitude", "longitude"), ("lat", "lon"), ("y", "x"))
+_LEVEL_NAMES = ("level", "pressure_level", "plev", "lev", "depth", "z")
+_TRUE = {"1", "true", "yes", "True"}
+
+
+def to_json_value(value: Any) -> Any:
+    """Turn numpy scalars/arrays (as found in netCDF attributes) into plain JSON values."""
+    if isinstance(value, np.ndarray):
+        return [to_json_value(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def _attrs(attrs: dict) -> dict:
+    return {str(k): to_json_value(v) for k, v in attrs.items()}
+
+
+@dataclass
+class AxisSpec:
+    """A coordinate axis: its name, values, attributes and whether it wraps around."""
+
+    name: str
+    values: list
+    attrs: dict = field(default_factory=dict)
+    periodic: bool = False
+
+    @classmethod
+    def from_coordinate(cls, coordinate: xr.DataArray, periodic: bool = False) -> "AxisSpec":
+        return cls(str(coordinate.name), to_json_value(coordinate.values), _attrs(coordinate.attrs), periodic)
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class VariableSpec:
+    """A data variable and whether it has a level axis (then one channel per level)."""
+
+    name: str
+    has_level: bool
+    attrs: dict = field(default_factory=dict)
+
+
+def _is_periodic(coordinate: xr.DataArray, is_longitude: bool) -> bool:
+    """An axis is periodic if it says so (attribute ``periodic``) or is a longitude circle."""
+    flag = coordinate.attrs.get("periodic")
+    if flag is not None:
+        return str(to_json_value(flag)) in _TRUE
+    if is_longitude and coordinate.size > 1:
+        values = np.asarray(coordinate.values, dtype=np.float64)
+        step = np.diff(values)
+        return bool(np.allclose(step, step[0], rtol=1e-4) and np.isclose(abs(step[0]) * values.size, 360.0, rtol=1e-4))
+    return False
+
+
+@dataclass
+class FieldLayout:
+    """How variables (and levels) stack into channels on a 2-D grid.
+
+    The channel order is: for each variable in ``variables``, one channel if it has no level, else
+    one channel per value of ``level`` in order.
+    """
+
+    variables: list[VariableSpec]
+    grid: tuple[AxisSpec, AxisSpec]
+    level: AxisSpec | None = None
+    attrs: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dataset(cls, dataset: xr.Dataset, variables: Sequence[str] | None = None) -> "FieldLayout":
+        """Infer the layout of ``dataset``, checking it has a time axis and a 2-D grid.
+
+        ``variables`` selects and orders data variables (default: all that have a time axis, in
+        alphabetical order, since netCDF and zarr do not keep the same order).
+        """
+        if TIME not in dataset.dims:
+            raise LatentdaError(f"dataset has no '{TIME}' dimension (found dims: {', '.join(map(str, dataset.dims)) or 'none'})")
+        grid_names = next((names for names in _GRID_NAMES if all(n in dataset.dims for n in names)), None)
+        if grid_names is None:
+            raise LatentdaError(
+                "dataset has no 2-D grid: expected dims (latitude, longitude), (lat, lon) or (y, x), "
+                f"found {', '.join(map(str, dataset.dims))}"
+            )
+        if variables is None:
+            variables = sorted(str(n) for n, v in dataset.data_vars.items() if TIME in v.dims)
+        else:
+            unknown = [v for v in variables if v not in dataset.data_vars]
+            if unknown:
+                raise LatentdaError(
+                    f"unknown variable(s) {', '.join(unknown)}; the dataset has: {', '.join(map(str, dataset.data_vars))}"
+                )
+        if not variables:
+            raise LatentdaError("dataset has no data variable with a time axis")
+        level_name = next((n for n in _LEVEL_NAMES if n in dataset.dims), None)
+        allowed = {TIME, TRAJECTORY, *grid_names} | ({level_name} if level_name else set())
+        specs = []
+        for name in variables:
+            variable = dataset[name]
+            missing = [d for d in (TIME, *grid_names) if d not in variable.dims]
+            extra = [d for d in variable.dims if d not in allowed]
+            if missing or extra:
+                problem = f"lacks dims {missing}" if missing else f"has unsupported dims {extra}"
+                raise LatentdaError(f"variable '{name}' {problem} (dims: {variable.dims})")
+            specs.append(VariableSpec(name, level_name in variable.dims, _attrs(variable.attrs)))
+        is_latlon = grid_names[0] in ("latitude", "lat")
+        # xarray gives an integer index for a dimension without a coordinate, which is what we want.
+        grid = tuple(
+            AxisSpec.from_coordinate(dataset[name], _is_periodic(dataset[name], is_latlon and axis == 1))
+            for axis, name in enumerate(grid_names)
+        )
+        level = None
+        if level_name and any(s.has_level for s in specs):
+            level = AxisSpec.from_coordinate(dataset[level_name])
+        return cls(specs, grid, level, _attrs(dataset.attrs))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def is_latlon(self) -> bool:
+        return self.grid[0].name in ("latitude", "lat")
+
+    @property
+    def periodic(self) -> tuple[bool, bool]:
+        return (self.grid[0].periodic, self.grid[1].periodic)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Grid shape (H, W)."""
+        return (self.grid[0].size, self.grid[1].size)
+
+    @property
+    def channels(self) -> list[str]:
+        """Channel names: ``variable`` or ``variable@level``."""
+        names = []
+        for spec in self.variables:
+            if spec.has_level:
+                names.extend(f"{spec.name}@{value}" for value in self.level.values)
+            else:
+                names.append(spec.name)
+        return names
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    def area_weights(self) -> np.ndarray:
+        """Area weights of shape (H, 1): cos(latitude) normalised to mean 1; ones off lat-lon grids."""
+        if not self.is_latlon:
+            return np.ones((self.shape[0], 1), dtype=np.float32)
+        weights = np.cos(np.deg2rad(np.asarray(self.grid[0].values, dtype=np.float64)))
+        weights = np.clip(weights, 0.0, None)
+        return (weights / weights.mean()).astype(np.float32)[:, None]
+
+    # ------------------------------------------------------------------ checks
+    def check(self, dataset: xr.Dataset) -> None:
+        """Raise a one-line error if ``dataset`` does not match this layout (variables, grid, levels)."""
+        for spec in self.variables:
+            if spec.name not in dataset.data_vars:
+                raise LatentdaError(f"dataset lacks variable '{spec.name}' (has: {', '.join(map(str, dataset.data_vars))})")
+        for axis in self.grid + ((self.level,) if self.level else ()):
+            if axis.name not in dataset.dims:
+                raise LatentdaError(f"dataset lacks dimension '{axis.name}'")
+            if dataset.sizes[axis.name] != axis.size:
+                raise LatentdaError(f"dimension '{axis.name}' has size {dataset.sizes[axis.name]}, expected {axis.size}")
+            if axis.name in dataset.coords and not np.allclose(
+                np.asarray(dataset[axis.name].values, dtype=np.float64), np.asarray(axis.values, dtype=np.float64), rtol=1e-6, atol=1e-9
+            ):
+                raise LatentdaError(f"coordinate '{axis.name}' differs from the model's grid")
+
+    # ------------------------------------------------------------------ xarray -> array
+    def to_array(self, dataset: xr.Dataset, trajectory: int | None = None, time: slice | None = None) -> np.ndarray:
+        """Stack the variables of ``dataset`` into an array (time, C, H, W).
+
+        ``trajectory`` selects one trajectory when the dataset has a ``trajectory`` dim; ``time``
+        selects a slice of time steps. Only the selected part is read from disk.
+        """
+        parts = []
+        for spec in self.variables:
+            variable = dataset[spec.name]
+            index = {}
+            if TRAJECTORY in variable.dims:
+                if trajectory is None:
+                    raise LatentdaError(f"variable '{spec.name}' has a '{TRAJECTORY}' dimension: select one trajectory")
+                index[TRAJECTORY] = trajectory
+            if time is not None:
+                index[TIME] = time
+            variable = variable.isel(index)
+            dims = (TIME,) + ((self.level.name,) if spec.has_level else ()) + (self.grid[0].name, self.grid[1].name)
+            values = np.asarray(variable.transpose(*dims).values)
+            parts.append(values.reshape(values.shape[0], -1, *values.shape[-2:]))
+        return np.concatenate(parts, axis=1)
+
+    # ------------------------------------------------------------------ array -> xarray
+    def to_dataset(
+        self,
+        array: np.ndarray,
+        time: xr.DataArray | np.ndarray | Sequence,
+        leading: Sequence[tuple[str, Any]] = (),
+        attrs: dict | None = None,
+    ) -> xr.Dataset:
+        """Inverse of :meth:`to_array`: an array (*leading, time, C, H, W) back to a Dataset.
+
+        ``leading`` names the leading dims and their coordinate values, e.g.
+        ``[("realization", range(8))]``; ``time`` is the time coordinate (a DataArray keeps its
+        attributes and encoding).
+        """
+        array = np.asarray(array)
+        lead_dims = [name for name, _ in leading]
+        expected = (len(lead_dims) + 4, self.num_channels, *self.shape)
+        if array.ndim != expected[0] or array.shape[-3] != expected[1] or tuple(array.shape[-2:]) != expected[2:]:
+            raise LatentdaError(
+                f"array of shape {array.shape} does not match the layout (*{lead_dims}, time, {self.num_channels}, {self.shape[0]}, {self.shape[1]})"
+            )
+        coords: dict[str, Any] = {name: list(values) for name, values in leading}
+        time_coord = time if isinstance(time, xr.DataArray) else xr.DataArray(np.asarray(time), dims=TIME, name=TIME)
+        coords[TIME] = time_coord.rename(TIME) if time_coord.dims == (TIME,) else xr.DataArray(time_coord.values, dims=TIME)
+        for axis in self.grid + ((self.level,) if self.level else ()):
+            coords[axis.name] = xr.DataArray(np.asarray(axis.values), dims=axis.name, attrs=dict(axis.attrs))
+        data_vars = {}
+        channel = 0
+        grid_dims = [self.grid[0].name, self.grid[1].name]
+        for spec in self.variables:
+            if spec.has_level:
+                width = self.level.size
+                values = array[..., channel : channel + width, :, :]
+                dims = lead_dims + [TIME, self.level.name] + grid_dims
+            else:
+                width = 1
+                values = array[..., channel, :, :]
+                dims = lead_dims + [TIME] + grid_dims
+            data_vars[spec.name] = xr.Variable(dims, values, attrs=dict(spec.attrs))
+            channel += width
+        return xr.Dataset(data_vars, coords=coords, attrs=dict(self.attrs if attrs is None else attrs))
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return {
+            "variables": [asdict(v) for v in self.variables],
+            "grid": [asdict(a) for a in self.grid],
+            "level": asdict(self.level) if self.level else None,
+            "attrs": self.attrs,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FieldLayout":
+        try:
+            return cls(
+                [VariableSpec(**v) for v in data["variables"]],
+                tuple(AxisSpec(**a) for a in data["grid"]),
+                AxisSpec(**data["level"]) if data.get("level") else None,
+                data.get("attrs", {}),
+            )
+        except (KeyError, TypeError) as error:
+            raise LatentdaError(f"malformed layout ({error})") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FieldLayout":
+        path = Path(path)
+        if not path.is_file():
+            raise LatentdaError(f"{path}: layout file missing")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise LatentdaError(f"{path}: corrupt layout file ({error})") from None
+        return cls.from_dict(data)

@@ -1,0 +1,104 @@
+"""Torch datasets of windows of K consecutive states, read lazily from disk.
+
+A *source* reads time steps [start, stop) of one trajectory as a float32 array (time, C, H, W):
+:class:`FieldSource` stacks and standardises physical variables through a :class:`FieldLayout`
+and :class:`Statistics`; :class:`LatentSource` reads the ``latent`` variable written by
+``latentda encode``. :class:`WindowDataset` enumerates every window of ``window`` consecutive steps
+inside a list of segments (a split). Sources open their file on first use in each process (and
+after pickling into DataLoader workers), so every process reads only the windows it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch.utils.data import Dataset
+
+from latentda.data.io import open_dataset
+from latentda.data.layout import FieldLayout
+from latentda.data.splits import Segment
+from latentda.data.statistics import Statistics, check_finite
+from latentda.errors import LatentdaError
+
+__all__ = ["FieldSource", "LatentSource", "WindowDataset", "LATENT"]
+
+LATENT = "latent"
+
+
+class _LazySource:
+    """Opens ``path`` on first access in the current process; drops the handle when pickled."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._dataset: xr.Dataset | None = None
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        if self._dataset is None:
+            self._dataset = open_dataset(self.path)
+        return self._dataset
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None}
+
+
+class FieldSource(_LazySource):
+    """Standardised physical fields x̃ = (x − μ) / s from a netCDF/zarr dataset."""
+
+    def __init__(self, path: str | os.PathLike, layout: FieldLayout, statistics: Statistics) -> None:
+        super().__init__(path)
+        self.layout = layout
+        self.statistics = statistics
+        self.layout.check(self.dataset)
+
+    def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
+        array = self.layout.to_array(self.dataset, trajectory, slice(start, stop))
+        check_finite(array, self.layout.channels, f" in trajectory {trajectory}, steps {start}-{stop}")
+        return self.statistics.standardise(array.astype(np.float32))
+
+
+class LatentSource(_LazySource):
+    """Latent trajectories (variable ``latent``, dims trajectory?, time, channel, y, x)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path)
+        if LATENT not in self.dataset.data_vars:
+            raise LatentdaError(f"{self.path}: no '{LATENT}' variable (is it the output of 'latentda encode'?)")
+
+    def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
+        latent = self.dataset[LATENT]
+        index = {"time": slice(start, stop)}
+        if trajectory is not None:
+            index["trajectory"] = trajectory
+        return np.asarray(latent.isel(index).values, dtype=np.float32)
+
+
+class WindowDataset(Dataset):
+    """All windows of ``window`` consecutive steps inside ``segments``, every ``stride`` steps.
+
+    Item i is a float32 tensor (window, C, H, W).
+    """
+
+    def __init__(self, source: FieldSource | LatentSource, segments: list[Segment], window: int, stride: int = 1) -> None:
+        if window < 1 or stride < 1:
+            raise LatentdaError(f"window ({window}) and stride ({stride}) must be positive")
+        self.source = source
+        self.window = window
+        self.index = [
+            (segment.trajectory, start)
+            for segment in segments
+            for start in range(segment.start, segment.stop - window + 1, stride)
+        ]
+        if not self.index:
+            raise LatentdaError(f"no window of {window} steps fits in the selected segments")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        trajectory, start = self.index[i]
+        return torch.from_numpy(self.source.read(trajectory, start, start + self.window))

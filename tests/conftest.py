@@ -1,0 +1,63 @@
+"""Shared fixtures: small synthetic datasets built in memory (no download, seeds fixed)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+
+def make_latlon_dataset(times: int = 6, seed: int = 0) -> xr.Dataset:
+    """A lat-lon dataset with a levelled and a surface variable, CF attributes, datetime times."""
+    rng = np.random.default_rng(seed)
+    lat = np.linspace(-87.5, 87.5, 8)
+    lon = np.arange(0, 360, 22.5)
+    level = np.array([500, 850])
+    time = pd.date_range("2020-01-01", periods=times, freq="6h")
+    temperature = (280 + 10 * rng.standard_normal((times, 2, 8, 16))).astype(np.float32)
+    pressure = (1e5 + 500 * rng.standard_normal((times, 8, 16))).astype(np.float32)
+    return xr.Dataset(
+        {
+            "temperature": (("time", "level", "latitude", "longitude"), temperature,
+                            {"units": "K", "standard_name": "air_temperature", "long_name": "Temperature"}),
+            "mean_sea_level_pressure": (("time", "latitude", "longitude"), pressure,
+                                        {"units": "Pa", "standard_name": "air_pressure_at_mean_sea_level"}),
+        },
+        coords={
+            "time": time,
+            "level": ("level", level, {"units": "hPa", "long_name": "pressure level"}),
+            "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude"}),
+            "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude"}),
+        },
+        attrs={"Conventions": "CF-1.10", "title": "synthetic lat-lon test data"},
+    )
+
+
+def make_box_dataset(trajectories: int = 5, times: int = 12, size: int = 16, seed: int = 0) -> xr.Dataset:
+    """A periodic-box dataset laid out like the built-in Kolmogorov data (trajectory, time, y, x)."""
+    rng = np.random.default_rng(seed)
+    coord = np.arange(size) * 2 * np.pi / size
+    shape = (trajectories, times, size, size)
+    periodic = {"units": "1", "periodic": 1}
+    return xr.Dataset(
+        {
+            "u": (("trajectory", "time", "y", "x"), rng.standard_normal(shape).astype(np.float32), {"units": "1"}),
+            "v": (("trajectory", "time", "y", "x"), (2 + 3 * rng.standard_normal(shape)).astype(np.float32), {"units": "1"}),
+        },
+        coords={
+            "trajectory": np.arange(trajectories),
+            "time": ("time", 0.2 * np.arange(times), {"units": "1", "long_name": "model time"}),
+            "y": ("y", coord, {**periodic, "axis": "Y"}),
+            "x": ("x", coord, {**periodic, "axis": "X"}),
+        },
+        attrs={"Conventions": "CF-1.10"},
+    )
+
+
+@pytest.fixture
+def latlon_dataset() -> xr.Dataset:
+    return make_latlon_dataset()
+
+
+@pytest.fixture
+def box_dataset() -> xr.Dataset:
+    return make_box_dataset()

@@ -1,0 +1,150 @@
+"""Data layer: exact round trips, streaming statistics against numpy, splits, windows, bad input."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import make_box_dataset, make_latlon_dataset
+from latentda.data import (
+    FieldLayout, FieldSource, Statistics, WindowDataset, compute_statistics, open_dataset, split_segments, write_dataset,
+)
+from latentda.errors import LatentdaError
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_latlon_round_trip_is_exact(tmp_path, suffix):
+    original = make_latlon_dataset()
+    path = write_dataset(original, tmp_path / f"data{suffix}")
+    dataset = open_dataset(path)
+    layout = FieldLayout.from_dataset(dataset)
+    assert layout.channels == ["mean_sea_level_pressure", "temperature@500", "temperature@850"]
+    assert layout.periodic == (False, True)  # longitude circle detected from the coordinate spacing
+    array = layout.to_array(dataset)
+    assert array.shape == (6, 3, 8, 16)
+    rebuilt = layout.to_dataset(array, dataset["time"])
+    xr.testing.assert_identical(rebuilt, original)
+
+    # the layout survives JSON: a saved layout inverts the mapping just as well
+    layout.save(tmp_path / "layout.json")
+    again = FieldLayout.load(tmp_path / "layout.json").to_dataset(array, dataset["time"])
+    xr.testing.assert_identical(again, original)
+
+
+def test_box_round_trip_with_trajectories(tmp_path):
+    original = make_box_dataset()
+    dataset = open_dataset(write_dataset(original, tmp_path / "box.zarr"))
+    layout = FieldLayout.from_dataset(dataset)
+    assert layout.periodic == (True, True) and not layout.is_latlon
+    stacked = np.stack([layout.to_array(dataset, i) for i in range(dataset.sizes["trajectory"])])
+    rebuilt = layout.to_dataset(stacked, dataset["time"], leading=[("trajectory", dataset["trajectory"].values)])
+    xr.testing.assert_equal(rebuilt, original)
+    assert rebuilt["y"].attrs["periodic"] == 1
+
+
+def test_partial_reads_match_full(box_dataset):
+    layout = FieldLayout.from_dataset(box_dataset)
+    full = layout.to_array(box_dataset, 2)
+    np.testing.assert_array_equal(layout.to_array(box_dataset, 2, slice(3, 7)), full[3:7])
+
+
+def test_area_weights():
+    layout = FieldLayout.from_dataset(make_latlon_dataset())
+    weights = layout.area_weights()[:, 0]
+    lat = np.deg2rad(layout.grid[0].values)
+    np.testing.assert_allclose(weights, np.cos(lat) / np.cos(lat).mean(), rtol=1e-6)
+    assert weights.mean() == pytest.approx(1.0)
+
+
+def test_streaming_statistics_match_numpy(box_dataset):
+    layout = FieldLayout.from_dataset(box_dataset)
+    statistics = compute_statistics(box_dataset, layout, chunk_size=5, progress=False)  # uneven chunks
+    everything = np.stack([layout.to_array(box_dataset, i) for i in range(5)]).astype(np.float64)
+    np.testing.assert_allclose(statistics.mean, everything.mean(axis=(0, 1, 3, 4)), rtol=1e-10)
+    np.testing.assert_allclose(statistics.std, everything.std(axis=(0, 1, 3, 4)), rtol=1e-10)
+    assert statistics.count == 5 * 12 * 16 * 16
+
+
+def test_statistics_save_load_and_standardise(tmp_path, box_dataset):
+    layout = FieldLayout.from_dataset(box_dataset)
+    statistics = compute_statistics(box_dataset, layout, progress=False)
+    statistics.save(tmp_path / "statistics.json")
+    loaded = Statistics.load(tmp_path / "statistics.json")
+    np.testing.assert_array_equal(loaded.mean, statistics.mean)
+    x = layout.to_array(box_dataset, 0).astype(np.float64)
+    z = loaded.standardise(x)
+    np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0, atol=0.2)
+    np.testing.assert_allclose(loaded.destandardise(z), x, rtol=1e-12)
+
+
+def test_splits_by_trajectory_and_by_time(box_dataset, latlon_dataset):
+    splits = split_segments(make_box_dataset(trajectories=10))
+    assert [s.trajectory for s in splits["train"]] == list(range(8))
+    assert [s.trajectory for s in splits["valid"]] == [8] and [s.trajectory for s in splits["test"]] == [9]
+    splits = split_segments(make_latlon_dataset(times=20))
+    assert [(s.start, s.stop) for k in ("train", "valid", "test") for s in splits[k]] == [(0, 16), (16, 18), (18, 20)]
+
+
+def test_window_dataset_reads_standardised_windows(tmp_path):
+    path = write_dataset(make_box_dataset(), tmp_path / "box.zarr")
+    dataset = open_dataset(path)
+    layout = FieldLayout.from_dataset(dataset)
+    splits = split_segments(dataset, (0.6, 0.2, 0.2))
+    statistics = compute_statistics(dataset, layout, splits["train"], progress=False)
+    windows = WindowDataset(FieldSource(path, layout, statistics), splits["train"], window=4, stride=2)
+    assert len(windows) == 3 * 5  # 3 trajectories, starts 0,2,4,6,8
+    item = windows[6]  # trajectory 1, start 2
+    expected = statistics.standardise(layout.to_array(dataset, 1, slice(2, 6)))
+    np.testing.assert_allclose(item.numpy(), expected, rtol=1e-6)
+    assert item.dtype.is_floating_point and item.shape == (4, 2, 16, 16)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(LatentdaError, match="no such file"):
+        open_dataset(tmp_path / "missing.nc")
+    (tmp_path / "junk.nc").write_text("not a netcdf file")
+    with pytest.raises(LatentdaError, match="not a readable netcdf"):
+        open_dataset(tmp_path / "junk.nc")
+    (tmp_path / "data.csv").write_text("a,b")
+    with pytest.raises(LatentdaError, match="unknown format"):
+        open_dataset(tmp_path / "data.csv")
+    dataset = make_latlon_dataset()
+    with pytest.raises(LatentdaError, match="no 'time' dimension"):
+        FieldLayout.from_dataset(dataset.isel(time=0))
+    with pytest.raises(LatentdaError, match="no 2-D grid"):
+        FieldLayout.from_dataset(dataset.isel(longitude=0))
+    with pytest.raises(LatentdaError, match="unknown variable.*humidity"):
+        FieldLayout.from_dataset(dataset, ["temperature", "humidity"])
+    broken = dataset.copy(deep=True)
+    broken["temperature"][2, 1, 3, 4] = np.nan
+    layout = FieldLayout.from_dataset(broken)
+    with pytest.raises(LatentdaError, match="'temperature' holds NaN"):
+        compute_statistics(broken, layout, progress=False)
+
+
+def test_layout_check_rejects_other_grid():
+    layout = FieldLayout.from_dataset(make_latlon_dataset())
+    other = make_latlon_dataset().assign_coords(latitude=np.linspace(-80, 80, 8))
+    with pytest.raises(LatentdaError, match="coordinate 'latitude' differs"):
+        layout.check(other)
+    with pytest.raises(LatentdaError, match="lacks variable 'temperature'"):
+        layout.check(other.drop_vars("temperature"))
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    dataset = make_box_dataset()
+    target = tmp_path / "out.zarr"
+    write_dataset(dataset, target)
+    with pytest.raises(LatentdaError, match="already exists"):
+        write_dataset(dataset, target)
+    real_to_zarr = xr.Dataset.to_zarr
+
+    def interrupted(self, store, **kwargs):  # writes part of the store, then dies
+        real_to_zarr(self.isel(time=slice(0, 3)), store, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", interrupted)
+    for overwrite in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            write_dataset(dataset, tmp_path / ("other.zarr" if not overwrite else "out.zarr"), overwrite=overwrite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    xr.testing.assert_equal(open_dataset(target).load(), dataset)
