@@ -1,0 +1,176 @@
+"""The ``latentda`` command line: one program, one subcommand per pipeline stage.
+
+    simulate → train-ae → encode → train-ldm → sample / reanalyze / forecast → evaluate
+
+Every subcommand validates its inputs before doing any work. A problem with the user's input is a
+one-line message on stderr and exit code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from latentda import __version__
+from latentda.errors import LatentdaError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------------------- handlers
+def _simulate(args: argparse.Namespace) -> None:
+    from latentda.simulate import write_kolmogorov_zarr
+
+    path = write_kolmogorov_zarr(
+        args.out,
+        trajectories=args.trajectories,
+        steps=args.steps,
+        size=args.size,
+        coarsen=args.coarsen,
+        spinup=args.spinup,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(f"wrote {path}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from latentda.data import FieldLayout, compute_statistics, open_dataset, split_segments
+
+    dataset = open_dataset(args.data)
+    layout = FieldLayout.from_dataset(dataset, args.variables)
+    splits = split_segments(dataset)
+    print(f"{args.data}: dims {dict(dataset.sizes)}")
+    print(f"grid {layout.grid[0].name} × {layout.grid[1].name} = {layout.shape}, periodic {layout.periodic}, "
+          f"{'lat-lon (area-weighted)' if layout.is_latlon else 'Cartesian'}")
+    print("splits: " + ", ".join(f"{k} {sum(s.length for s in v)} states in {len(v)} segments" for k, v in splits.items()))
+    statistics = compute_statistics(dataset, layout, splits["train"], progress=not args.quiet)
+    print(f"{'channel':<24}{'mean':>14}{'std':>14}")
+    for name, mean, std in zip(statistics.channels, statistics.mean, statistics.std):
+        print(f"{name:<24}{mean:>14.6g}{std:>14.6g}")
+    if args.statistics_out:
+        statistics.save(args.statistics_out)
+        print(f"wrote {args.statistics_out}")
+
+
+def _planned(issue: int) -> Callable[[argparse.Namespace], None]:
+    def handler(args: argparse.Namespace) -> None:
+        raise LatentdaError(f"'latentda {args.command}' is planned (issue #{issue}) and not available in this version")
+
+    return handler
+
+
+# ---------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentda",
+        description="Data assimilation with latent diffusion models: posterior ensembles of trajectories "
+        "from sparse, noisy observations.",
+    )
+    parser.add_argument("--version", action="version", version=f"latentda {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, handler: Callable) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        return sub
+
+    sub = command("simulate", "simulate built-in training data (2-D Kolmogorov flow, needs the 'sim' extra)", _simulate)
+    sub.add_argument("system", choices=["kolmogorov"], help="which system to simulate")
+    sub.add_argument("--out", required=True, type=Path, help="output zarr store (PATH.zarr)")
+    sub.add_argument("--trajectories", type=_positive_int, default=64, help="number of independent trajectories (default 64)")
+    sub.add_argument("--steps", type=_positive_int, default=64, help="states per trajectory, 0.2 time units apart (default 64)")
+    sub.add_argument("--size", type=_positive_int, default=64, help="solver grid size (default 64)")
+    sub.add_argument("--coarsen", type=_positive_int, default=1,
+                     help="block-average the solver grid by this factor (SDA's setting: --size 256 --coarsen 4)")
+    sub.add_argument("--spinup", type=int, default=64, help="states discarded before recording (default 64)")
+    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--batch-size", type=_positive_int, default=32, help="trajectories simulated at once (default 32)")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    sub = command("inspect", "summarise a dataset: grid, periodicity, splits and per-channel statistics", _inspect)
+    sub.add_argument("data", type=Path, help="netCDF file or zarr store")
+    sub.add_argument("--variables", nargs="+", help="variables to use (default: all with a time axis)")
+    sub.add_argument("--statistics-out", type=Path, help="write the training-split statistics to this JSON file")
+
+    sub = command("train-ae", "train the autoencoder (fields ↔ latents)", _planned(3))
+    sub.add_argument("--config", required=True, type=Path, help="YAML config (see configs/ae/)")
+    sub.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the run")
+
+    sub = command("encode", "encode a dataset into latent trajectories", _planned(3))
+    sub.add_argument("--autoencoder", required=True, type=Path, help="trained autoencoder folder")
+    sub.add_argument("--data", required=True, type=Path, help="netCDF file or zarr store to encode")
+    sub.add_argument("--out", required=True, type=Path, help="output latents (LATENTS.zarr)")
+
+    sub = command("train-ldm", "train the latent trajectory diffusion model", _planned(4))
+    sub.add_argument("--config", required=True, type=Path, help="YAML config (see configs/ldm/)")
+    sub.add_argument("--latents", required=True, type=Path, help="latents written by 'latentda encode'")
+    sub.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the run")
+
+    sub = command("sample", "sample unconditional trajectories", _planned(4))
+    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder or hub id")
+    sub.add_argument("--length", required=True, type=_positive_int, help="states per trajectory")
+    sub.add_argument("--members", type=_positive_int, default=8, help="number of trajectories")
+    sub.add_argument("--out", required=True, type=Path, help="output FILE.nc or .zarr")
+
+    sub = command("observe", "make synthetic observations of a truth", _planned(5))
+    sub.add_argument("--truth", required=True, type=Path)
+    sub.add_argument("--operator", required=True, type=Path, help="YAML observation operator config")
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--seed", type=int, default=0)
+
+    sub = command("reanalyze", "posterior ensemble of trajectories given observations", _planned(5))
+    sub.add_argument("--pipeline", required=True, type=Path)
+    sub.add_argument("--observations", required=True, type=Path)
+    sub.add_argument("--members", type=_positive_int, default=8)
+    sub.add_argument("--steps", type=_positive_int, default=64)
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--resume", action="store_true")
+
+    sub = command("forecast", "forecast ensemble from observations or an initial state", _planned(6))
+    sub.add_argument("--pipeline", required=True, type=Path)
+    sub.add_argument("--observations", type=Path)
+    sub.add_argument("--initial", type=Path)
+    sub.add_argument("--lead", required=True, type=_positive_int)
+    sub.add_argument("--members", type=_positive_int, default=8)
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--resume", action="store_true")
+
+    sub = command("evaluate", "score an ensemble against the truth (rmse, crps, spread-skill, ...)", _planned(5))
+    sub.add_argument("--prediction", required=True, type=Path)
+    sub.add_argument("--truth", required=True, type=Path)
+    sub.add_argument("--observations", type=Path)
+    sub.add_argument("--out", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except LatentdaError as error:
+        print(f"latentda {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"latentda {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Configuration files: YAML data validated into typed dataclasses before any work starts.
+
+A config is plain data (``yaml.safe_load``: no tags, no code). :func:`parse` walks a dataclass's
+type hints and checks every key: unknown keys, wrong types and out-of-range values each raise a
+one-line :class:`LatentdaError` naming the key path (e.g. ``training.learning_rate``). Ints are
+accepted where floats are expected; nothing else is coerced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from latentda.errors import LatentdaError
+
+__all__ = ["parse", "load_config", "require", "to_dict"]
+
+T = TypeVar("T")
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise a config error for ``key`` unless ``condition``."""
+    if not condition:
+        raise LatentdaError(f"config: {key}: {message}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _parse_value(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _parse_value(option, value, key)
+            except LatentdaError as error:
+                errors.append(str(error))
+        raise LatentdaError(errors[0] if len(errors) == 1 else f"config: {key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        require(value in args, key, f"expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        require(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return parse(tp, value, key)
+    if origin in (list, tuple):
+        require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            require(len(value) == len(args), key, f"expected {len(args)} items, got {len(value)}")
+            return tuple(_parse_value(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        parsed = [_parse_value(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(parsed) if origin is tuple else parsed
+    if origin is dict:
+        require(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        require(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        require(ok, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        require(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {tp} of {key} is not supported")  # a programming error, not a user error
+
+
+def parse(cls: type[T], data: dict, prefix: str = "") -> T:
+    """Validate ``data`` into dataclass ``cls``; missing keys take the dataclass defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise LatentdaError(f"config: {prefix or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise LatentdaError(f"config: unknown key '{where}{unknown[0]}' (allowed: {', '.join(fields)})")
+    values = {}
+    for name, field in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            values[name] = _parse_value(hints[name], data[name], key)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise LatentdaError(f"config: missing required key '{key}'")
+    instance = cls(**values)
+    check = getattr(instance, "validate", None)
+    if check is not None:
+        check(prefix)
+    return instance
+
+
+def load_config(cls: type[T], path: str | os.PathLike, overrides: dict | None = None) -> T:
+    """Read a YAML file (safely: data only) and validate it into ``cls``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentdaError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise LatentdaError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return parse(cls, data)
+
+
+def to_dict(instance: Any) -> dict:
+    """A config dataclass as plain data (tuples become lists), e.g. to save next to a model."""
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(instance))
