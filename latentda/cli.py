@@ -66,6 +66,31 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"wrote {args.statistics_out}")
 
 
+def _train_ae(args: argparse.Namespace) -> None:
+    from latentda.config import load_config
+    from latentda.training.autoencoder import AutoEncoderConfig, train_autoencoder
+
+    config = load_config(AutoEncoderConfig, args.config, _overrides(args))
+    metrics = train_autoencoder(config, resume=args.resume, progress=not args.quiet)
+    if metrics:
+        print(f"validation reconstruction RMSE (standardised): {metrics['rmse_mean']:.4f} ("
+              + ", ".join(f"{k} {v:.4f}" for k, v in metrics["rmse"].items()) + ")")
+    print(f"wrote {Path(config.output) / 'autoencoder'}")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """``--set training.steps=100`` style overrides, values parsed as YAML scalars."""
+    import yaml
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LatentdaError(f"--set expects KEY=VALUE, got '{item}'")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def _planned(issue: int) -> Callable[[argparse.Namespace], None]:
     def handler(args: argparse.Namespace) -> None:
         raise LatentdaError(f"'latentda {args.command}' is planned (issue #{issue}) and not available in this version")
@@ -107,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--variables", nargs="+", help="variables to use (default: all with a time axis)")
     sub.add_argument("--statistics-out", type=Path, help="write the training-split statistics to this JSON file")
 
-    sub = command("train-ae", "train the autoencoder (fields ↔ latents)", _planned(3))
+    sub = command("train-ae", "train the autoencoder (fields ↔ latents)", _train_ae)
     sub.add_argument("--config", required=True, type=Path, help="YAML config (see configs/ae/)")
     sub.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the run")
+    sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.steps=100")
 
     sub = command("encode", "encode a dataset into latent trajectories", _planned(3))
     sub.add_argument("--autoencoder", required=True, type=Path, help="trained autoencoder folder")

@@ -1,0 +1,287 @@
+"""One Accelerate training loop for every model of latentda (autoencoder, diffusion prior).
+
+AdamW, linear warm-up then cosine (or constant) learning rate (diffusers' schedules), gradient
+clipping, gradient accumulation, optional bf16 autocast, an exponential moving average of the
+weights (diffusers' ``EMAModel``), periodic validation, a tqdm progress bar and checkpoints that a
+``resume`` continues from without losing a step.
+
+Resuming is exact: the loop keeps no hidden random state. The examples of step s are a slice of a
+permutation drawn from a generator seeded by (seed, epoch), and the noise a loss draws at step s
+comes from a generator seeded by (seed, step, rank). A run killed after step s and resumed from its
+checkpoint therefore ends with the same weights as an uninterrupted run. Each process loads only
+its own slice of every global batch (no rank reads the whole dataset), so P processes with a local
+batch of B/P see the same examples as one process with a batch of B.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from latentda.config import require
+from latentda.errors import LatentdaError
+from latentda.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+__all__ = ["TrainingConfig", "Trainer", "batch_indices", "step_generator"]
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
+ValidateFn = Callable[[torch.nn.Module], dict]
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings shared by every training stage."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: Literal["no", "bf16"] = "no"
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    validate_every: int = 200
+    seed: int = 0
+    num_workers: int = 0
+
+    def validate(self, prefix: str) -> None:
+        key = f"{prefix}." if prefix else ""
+        for name in ("steps", "batch_size", "gradient_accumulation", "checkpoint_every", "validate_every", "keep_checkpoints"):
+            require(getattr(self, name) >= 1, key + name, "must be at least 1")
+        require(self.learning_rate > 0, key + "learning_rate", "must be positive")
+        require(self.weight_decay >= 0, key + "weight_decay", "must be non-negative")
+        require(self.warmup_steps >= 0, key + "warmup_steps", "must be non-negative")
+        require(self.grad_clip > 0, key + "grad_clip", "must be positive")
+        require(0 <= self.ema_decay < 1, key + "ema_decay", "must be in [0, 1)")
+        require(self.num_workers >= 0, key + "num_workers", "must be non-negative")
+
+
+def _generator(*keys: int) -> torch.Generator:
+    seed = 0
+    for key in keys:  # a simple, stable mixing of integers into one 63-bit seed
+        seed = (seed * 6364136223846793005 + key + 1442695040888963407) % (1 << 63)
+    return torch.Generator().manual_seed(seed)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of the random draws (noise levels, noise) of ``step`` on process ``rank``."""
+    return _generator(seed, step, rank, 1)
+
+
+def batch_indices(size: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Example indices of global batch ``step``: epoch-wise permutations without replacement
+    (drop-last), or draws with replacement when the dataset is smaller than one batch."""
+    per_epoch = size // batch_size
+    if per_epoch == 0:
+        return torch.randint(size, (batch_size,), generator=_generator(seed, step, 2))
+    epoch, position = divmod(step, per_epoch)
+    permutation = torch.randperm(size, generator=_generator(seed, epoch, 3))
+    return permutation[position * batch_size : (position + 1) * batch_size]
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Yields, for steps start..stop−1, this rank's slice of each global batch (× accumulation)."""
+
+    def __init__(self, size: int, config: TrainingConfig, start: int, rank: int, world: int) -> None:
+        self.size, self.config, self.start, self.rank, self.world = size, config, start, rank, world
+        self.local = config.batch_size // world
+
+    def __len__(self) -> int:
+        return (self.config.steps - self.start) * self.config.gradient_accumulation
+
+    def __iter__(self):
+        accumulation = self.config.gradient_accumulation
+        for step in range(self.start, self.config.steps):
+            for micro in range(accumulation):
+                indices = batch_indices(self.size, self.config.batch_size, step * accumulation + micro, self.config.seed)
+                yield indices[self.rank * self.local : (self.rank + 1) * self.local].tolist()
+
+
+class Trainer:
+    """Trains ``model`` on ``dataset`` minimising ``loss_fn(model, batch, generator)``.
+
+    ``validate_fn(model)`` (optional) is called with the EMA weights and returns a dict of metrics.
+    The run folder holds ``checkpoints/`` and ``log.jsonl``. A run folder that already has
+    checkpoints is an error unless ``resume`` (nothing of a finished run is overwritten by mistake).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        dataset: Dataset,
+        config: TrainingConfig,
+        run_dir: str | Path,
+        validate_fn: ValidateFn | None = None,
+        accelerator: Accelerator | None = None,
+        progress: bool = True,
+        description: str = "training",
+        resume: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        if not resume and latest_checkpoint(self.run_dir / "checkpoints") is not None:
+            raise LatentdaError(f"{self.run_dir}: run already has checkpoints (pass --resume to continue it, or choose another output)")
+        self.resume = resume
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        world = self.accelerator.num_processes
+        if config.batch_size % world:
+            raise LatentdaError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
+        self.model, self.loss_fn, self.dataset, self.config = model, loss_fn, dataset, config
+        self.validate_fn = validate_fn
+        self.progress = progress
+        self.description = description
+        if config.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
+            model.enable_gradient_checkpointing()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        total = config.steps
+        if config.schedule == "cosine":
+            self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, total)
+        else:
+            self.scheduler = get_constant_schedule_with_warmup(self.optimizer, config.warmup_steps)
+        self.ema = EMAModel(model.parameters(), decay=config.ema_decay)
+        self.step = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _restore(self) -> None:
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return
+        model_state, ema_state, optimizer_state, state = load_checkpoint(path)
+        missing = self.model.load_state_dict(model_state, strict=False)
+        if missing.missing_keys or missing.unexpected_keys:
+            raise LatentdaError(f"{path}: checkpoint does not match the model (different config?)")
+        self.optimizer.load_state_dict(optimizer_state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        names = [name for name, _ in self.model.named_parameters()]
+        self.ema.shadow_params = [ema_state[name].to(p.device) for name, p in zip(names, self.model.parameters())]
+        self.ema.optimization_step = state["ema_step"]
+        self.step = state["step"]
+
+    def _save(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model_prepared)
+            names = [name for name, _ in model.named_parameters()]
+            scheduler_state = self.scheduler.state_dict()  # lr_lambdas are functions: stored as None
+            save_checkpoint(
+                self.checkpoint_dir,
+                self.step,
+                self.accelerator.get_state_dict(self.model_prepared),
+                dict(zip(names, self.ema.shadow_params)),
+                self.optimizer.state_dict(),
+                {"scheduler": scheduler_state, "ema_step": self.ema.optimization_step},
+                keep=self.config.keep_checkpoints,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.run_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ validation
+    def ema_model(self) -> torch.nn.Module:
+        """The unwrapped model holding the EMA weights (until :meth:`restore_weights`)."""
+        model = self.accelerator.unwrap_model(self.model_prepared)
+        self.ema.store(model.parameters())
+        self.ema.copy_to(model.parameters())
+        return model
+
+    def restore_weights(self) -> None:
+        self.ema.restore(self.accelerator.unwrap_model(self.model_prepared).parameters())
+
+    def _validate(self) -> dict:
+        if self.validate_fn is None:
+            return {}
+        model = self.ema_model()
+        model.eval()
+        with torch.no_grad():
+            metrics = self.validate_fn(model)
+        model.train()
+        self.restore_weights()
+        self._log({"step": self.step, "valid": metrics})
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """Train until ``config.steps``; when resuming, continue from the last checkpoint."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            self._restore()
+        accelerator, config = self.accelerator, self.config
+        self.model_prepared, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        self.ema.to(accelerator.device)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        sampler = _StepBatches(len(self.dataset), config, self.step, rank, world)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=config.num_workers)
+        batches = iter(loader)
+        bar = tqdm(total=config.steps, initial=self.step, desc=self.description,
+                   disable=not (self.progress and accelerator.is_main_process), dynamic_ncols=True)
+        metrics: dict = {}
+        started, first_step = time.perf_counter(), self.step
+        self.model_prepared.train()
+        while self.step < config.steps:
+            total_loss = 0.0
+            for micro in range(config.gradient_accumulation):
+                batch = next(batches).to(accelerator.device)
+                generator = step_generator(config.seed, self.step * config.gradient_accumulation + micro, rank)
+                with accelerator.autocast():
+                    loss = self.loss_fn(self.model_prepared, batch, generator) / config.gradient_accumulation
+                if not torch.isfinite(loss):
+                    raise LatentdaError(f"loss became {loss.item()} at step {self.step}: lower the learning rate")
+                if micro < config.gradient_accumulation - 1:
+                    with accelerator.no_sync(self.model_prepared):
+                        accelerator.backward(loss)
+                else:
+                    accelerator.backward(loss)
+                total_loss += loss.item()
+            accelerator.clip_grad_norm_(self.model_prepared.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.step(accelerator.unwrap_model(self.model_prepared).parameters())
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if self.step % 10 == 0 or self.step == config.steps:
+                self._log({"step": self.step, "loss": total_loss, "lr": self.scheduler.get_last_lr()[0]})
+            if self.step % config.validate_every == 0 or self.step == config.steps:
+                metrics = self._validate()
+                if metrics:
+                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in _flat(metrics).items()))
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                self._save()
+        bar.close()
+        elapsed = time.perf_counter() - started
+        self.throughput = (self.step - first_step) * config.batch_size * config.gradient_accumulation / max(elapsed, 1e-9)
+        return metrics
+
+
+def _flat(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            out[f"{prefix}{key}"] = value
+    return out

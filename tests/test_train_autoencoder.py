@@ -1,0 +1,116 @@
+"""train-ae: a killed run resumed equals an uninterrupted one; saved folders load; bad configs fail."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import make_box_dataset
+from latentda import cli
+from latentda.components import load_autoencoder
+from latentda.config import load_config, parse
+from latentda.data import write_dataset
+from latentda.errors import LatentdaError
+from latentda.training import loop
+from latentda.training.autoencoder import AutoEncoderConfig, train_autoencoder
+from latentda.training.checkpoint import list_checkpoints
+
+
+def _config(tmp_path, data, name, **training):
+    return parse(AutoEncoderConfig, {
+        "data": {"path": str(data)},
+        "output": str(tmp_path / name),
+        "model": {"latent_channels": 2, "hidden_channels": [8, 16], "blocks_per_stage": 1},
+        "training": {"steps": 9, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2,
+                     "checkpoint_every": 3, "validate_every": 9, **training},
+        "valid_samples": 4,
+    })
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    return write_dataset(make_box_dataset(trajectories=4, times=8, size=8), tmp_path_factory.mktemp("data") / "box.zarr")
+
+
+def _weights(run):
+    return load_file(run / "autoencoder" / "diffusion_pytorch_model.safetensors")
+
+
+def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, data_path, monkeypatch):
+    torch.manual_seed(0)
+    train_autoencoder(_config(tmp_path, data_path, "straight"), progress=False)
+
+    real = loop.step_generator
+
+    def dies_at_step_7(seed, step, rank):
+        if step == 7:
+            raise KeyboardInterrupt  # as if the job were killed after the step-6 checkpoint
+        return real(seed, step, rank)
+
+    torch.manual_seed(1)  # global RNG state must not matter: init comes from the config's seed
+    monkeypatch.setattr(loop, "step_generator", dies_at_step_7)
+    config = _config(tmp_path, data_path, "killed")
+    with pytest.raises(KeyboardInterrupt):
+        train_autoencoder(config, progress=False)
+    assert [step for step, _ in list_checkpoints(tmp_path / "killed" / "checkpoints")] == [3, 6]
+    assert not (tmp_path / "killed" / "autoencoder").exists()
+    monkeypatch.setattr(loop, "step_generator", real)
+    with pytest.raises(LatentdaError, match="already has checkpoints"):
+        train_autoencoder(config, progress=False)
+    train_autoencoder(config, resume=True, progress=False)
+
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert max(steps) == 9
+
+
+def test_saved_autoencoder_reconstructs_and_reports(tmp_path, data_path):
+    train_autoencoder(_config(tmp_path, data_path, "run", steps=3), progress=False)
+    model, layout, statistics = load_autoencoder(tmp_path / "run" / "autoencoder")
+    assert layout.channels == statistics.channels == ["u", "v"]
+    assert model.config.periodic == [True, True]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["compression_factor"] == pytest.approx(2 * 8 * 8 / (2 * 4 * 4))
+    assert set(metrics["valid"]["rmse"]) == {"u", "v"}
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, data_path):
+    config = _config(tmp_path, data_path, "run", steps=3)
+    train_autoencoder(config, progress=False)
+    (tmp_path / "run" / "checkpoints" / "step-000003" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(LatentdaError, match="corrupt or incomplete checkpoint"):
+        train_autoencoder(config, resume=True, progress=False)
+
+
+def test_bad_configs_name_the_key(tmp_path, data_path):
+    base = {"data": {"path": str(data_path)}, "output": str(tmp_path / "x")}
+    with pytest.raises(LatentdaError, match=r"unknown key 'training.stepz'"):
+        parse(AutoEncoderConfig, {**base, "training": {"stepz": 3}})
+    with pytest.raises(LatentdaError, match=r"training.learning_rate: expected a number"):
+        parse(AutoEncoderConfig, {**base, "training": {"learning_rate": "fast"}})
+    with pytest.raises(LatentdaError, match=r"training.steps: must be at least 1"):
+        parse(AutoEncoderConfig, {**base, "training": {"steps": 0}})
+    with pytest.raises(LatentdaError, match=r"model.groups: must divide"):
+        parse(AutoEncoderConfig, {**base, "model": {"hidden_channels": [12], "groups": 8}})
+    with pytest.raises(LatentdaError, match=r"missing required key 'output'"):
+        parse(AutoEncoderConfig, {"data": {"path": "x"}})
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {path: x}\noutput: y\ntraining: !!python/object:os.system {}\n")
+    with pytest.raises(LatentdaError, match="invalid YAML"):
+        load_config(AutoEncoderConfig, path)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, data_path, capsys):
+    config = tmp_path / "ae.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(tmp_path / "missing.zarr")}, "output": str(tmp_path / "o")}))
+    assert cli.main(["train-ae", "--config", str(config), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "missing.zarr: no such file" in error
+    assert not (tmp_path / "o").exists()
+    assert cli.main(["train-ae", "--config", str(config), "--set", "training.steps=abc", "--quiet"]) == 2
+    assert "training.steps: expected an integer" in capsys.readouterr().err
