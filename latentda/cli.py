@@ -78,6 +78,14 @@ def _train_ae(args: argparse.Namespace) -> None:
     print(f"wrote {Path(config.output) / 'autoencoder'}")
 
 
+def _encode(args: argparse.Namespace) -> None:
+    from latentda.encoding import encode_dataset
+
+    path = encode_dataset(args.autoencoder, args.data, args.out, batch_size=args.batch_size,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {path}")
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     """``--set training.steps=100`` style overrides, values parsed as YAML scalars."""
     import yaml
@@ -137,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the run")
     sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.steps=100")
 
-    sub = command("encode", "encode a dataset into latent trajectories", _planned(3))
+    sub = command("encode", "encode a dataset into latent trajectories", _encode)
     sub.add_argument("--autoencoder", required=True, type=Path, help="trained autoencoder folder")
     sub.add_argument("--data", required=True, type=Path, help="netCDF file or zarr store to encode")
     sub.add_argument("--out", required=True, type=Path, help="output latents (LATENTS.zarr)")
+    sub.add_argument("--batch-size", type=_positive_int, default=64, help="states encoded at once (default 64)")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("train-ldm", "train the latent trajectory diffusion model", _planned(4))
     sub.add_argument("--config", required=True, type=Path, help="YAML config (see configs/ldm/)")

@@ -1,0 +1,85 @@
+"""``latentda encode``: stream a dataset through the encoder into a latent zarr store.
+
+Frames are read, standardised and encoded ``batch_size`` at a time, and each batch is written into
+its region of the output before the next is read, so memory is bounded by one batch whatever the
+dataset size. The store holds::
+
+    latent(trajectory?, time, channel, latent_y, latent_x)   float32, one time step per chunk
+    coordinates trajectory, time                              copied from the input
+    attrs latentda_layout, latentda_statistics (JSON)        what decoding back to fields needs
+          compression_factor, autoencoder, Conventions
+
+and is written to a temporary path and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+from tqdm.auto import tqdm
+
+from latentda.components import load_autoencoder
+from latentda.data import LATENT, atomic_path, open_dataset
+from latentda.data.layout import TIME, TRAJECTORY
+from latentda.data.statistics import check_finite
+
+__all__ = ["encode_dataset"]
+
+
+def encode_dataset(
+    autoencoder: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+) -> Path:
+    """Encode every state of ``data`` with the autoencoder folder ``autoencoder`` into ``out``."""
+    model, layout, statistics = load_autoencoder(autoencoder, device)
+    dataset = open_dataset(data)
+    layout.check(dataset)
+    has_trajectories = TRAJECTORY in dataset[layout.variables[0].name].dims
+    trajectories = list(range(dataset.sizes[TRAJECTORY])) if has_trajectories else [None]
+    steps = dataset.sizes[TIME]
+    c, h, w = model.latent_shape
+    lead = (len(trajectories),) if has_trajectories else ()
+    dims = ([TRAJECTORY] if has_trajectories else []) + [TIME, "channel", "latent_y", "latent_x"]
+    coords = {TIME: dataset[TIME].variable, "channel": np.arange(c), "latent_y": np.arange(h), "latent_x": np.arange(w)}
+    if has_trajectories:
+        coords[TRAJECTORY] = dataset[TRAJECTORY].variable
+    attrs = {
+        "Conventions": "CF-1.10",
+        "title": "latent trajectories written by latentda encode",
+        "autoencoder": str(Path(autoencoder).resolve()),
+        "source_data": str(Path(data).resolve()),
+        "compression_factor": float(model.compression_factor),
+        "latentda_layout": json.dumps(layout.to_dict()),
+        "latentda_statistics": json.dumps(statistics.to_dict()),
+    }
+    with atomic_path(out, overwrite=overwrite) as temporary:
+        xr.Dataset(coords=coords, attrs=attrs).to_zarr(temporary, mode="w", consolidated=False)
+        group = zarr.open_group(temporary, mode="a")
+        array = group.create_array(
+            LATENT, shape=(*lead, steps, c, h, w), chunks=(*(1 for _ in lead), 1, c, h, w), dtype="float32",
+            dimension_names=dims, attributes={"long_name": "autoencoder latent state", "units": "1"},
+        )
+        bar = tqdm(total=len(trajectories) * steps, desc="encode", unit="state", disable=not progress)
+        with torch.no_grad():
+            for index, trajectory in enumerate(trajectories):
+                for start in range(0, steps, batch_size):
+                    stop = min(start + batch_size, steps)
+                    frames = layout.to_array(dataset, trajectory, slice(start, stop))
+                    check_finite(frames, layout.channels, f" (steps {start}-{stop})")
+                    x = torch.from_numpy(statistics.standardise(frames.astype(np.float32))).to(device)
+                    z = model.encode(x).cpu().numpy()
+                    array[(index, slice(start, stop)) if has_trajectories else slice(start, stop)] = z
+                    bar.update(stop - start)
+        bar.close()
+    return Path(out)
