@@ -86,6 +86,29 @@ def _encode(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _train_ldm(args: argparse.Namespace) -> None:
+    from latentda.config import load_config
+    from latentda.training.diffusion import LatentDiffusionConfig, train_latent_diffusion
+
+    config = load_config(LatentDiffusionConfig, args.config, _overrides(args))
+    metrics = train_latent_diffusion(config, str(args.latents), resume=args.resume, progress=not args.quiet)
+    if metrics:
+        print("validation denoising MSE: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics["denoising_mse"].items()))
+    print(f"wrote {Path(config.output) / 'pipeline'}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from latentda.data import write_dataset
+    from latentda.pipeline import LatentDAPipeline
+
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    if args.out.exists() and not args.overwrite:
+        raise LatentdaError(f"{args.out}: already exists (pass --overwrite to replace it)")
+    dataset = pipeline.sample(args.length, args.members, steps=args.steps, method=args.sampler, seed=args.seed)
+    print(f"wrote {write_dataset(dataset, args.out, overwrite=args.overwrite)}")
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     """``--set training.steps=100`` style overrides, values parsed as YAML scalars."""
     import yaml
@@ -152,16 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch-size", type=_positive_int, default=64, help="states encoded at once (default 64)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
-    sub = command("train-ldm", "train the latent trajectory diffusion model", _planned(4))
+    sub = command("train-ldm", "train the latent trajectory diffusion model", _train_ldm)
     sub.add_argument("--config", required=True, type=Path, help="YAML config (see configs/ldm/)")
     sub.add_argument("--latents", required=True, type=Path, help="latents written by 'latentda encode'")
     sub.add_argument("--resume", action="store_true", help="continue from the last checkpoint of the run")
+    sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.steps=100")
 
-    sub = command("sample", "sample unconditional trajectories", _planned(4))
-    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder or hub id")
+    sub = command("sample", "sample unconditional trajectories", _sample)
+    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--length", required=True, type=_positive_int, help="states per trajectory")
-    sub.add_argument("--members", type=_positive_int, default=8, help="number of trajectories")
+    sub.add_argument("--members", type=_positive_int, default=8, help="number of trajectories (default 8)")
     sub.add_argument("--out", required=True, type=Path, help="output FILE.nc or .zarr")
+    sub.add_argument("--steps", type=_positive_int, help="diffusion steps (default: the pipeline's)")
+    sub.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "pc"], help="sampler (default: the pipeline's)")
+    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("observe", "make synthetic observations of a truth", _planned(5))
     sub.add_argument("--truth", required=True, type=Path)

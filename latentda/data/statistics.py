@@ -28,7 +28,7 @@ from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.splits import Segment
 from latentda.errors import LatentdaError
 
-__all__ = ["Statistics", "compute_statistics", "check_finite"]
+__all__ = ["Statistics", "compute_statistics", "streaming_statistics", "check_finite"]
 
 
 def check_finite(array: np.ndarray, channels: list[str], where: str = "") -> None:
@@ -102,24 +102,13 @@ def _chunks(dataset: xr.Dataset, layout: FieldLayout, segments: list[Segment], c
             yield layout.to_array(dataset, segment.trajectory, slice(start, min(start + chunk_size, segment.stop)))
 
 
-def compute_statistics(
-    dataset: xr.Dataset,
-    layout: FieldLayout,
-    segments: list[Segment] | None = None,
-    chunk_size: int = 64,
-    progress: bool = True,
-) -> Statistics:
-    """Stream ``segments`` of ``dataset`` (default: all of it) once, chunk by chunk, and return
-    per-channel mean and std."""
-    if segments is None:
-        ids = range(dataset.sizes[TRAJECTORY]) if TRAJECTORY in dataset.dims else [None]
-        segments = [Segment(i, 0, dataset.sizes[TIME]) for i in ids]
-    channels = layout.channels
+def streaming_statistics(chunks: Iterable[np.ndarray], channels: list[str], total: int | None = None,
+                         progress: bool = True) -> Statistics:
+    """Per-channel mean and std of arrays (T, C, H, W) seen once each, merged as in the docstring."""
     count = 0
     mean = np.zeros(len(channels))
     m2 = np.zeros(len(channels))
-    total = sum(-(-s.length // chunk_size) for s in segments)
-    for chunk in tqdm(_chunks(dataset, layout, segments, chunk_size), total=total, desc="statistics", disable=not progress, leave=False):
+    for chunk in tqdm(chunks, total=total, desc="statistics", disable=not progress, leave=False):
         check_finite(chunk, channels)
         chunk = chunk.astype(np.float64)
         n_b = chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
@@ -137,3 +126,19 @@ def compute_statistics(
     if constant:
         raise LatentdaError(f"channel(s) {', '.join(constant)} are constant: cannot standardise them")
     return Statistics(channels, mean, std, count)
+
+
+def compute_statistics(
+    dataset: xr.Dataset,
+    layout: FieldLayout,
+    segments: list[Segment] | None = None,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> Statistics:
+    """Stream ``segments`` of ``dataset`` (default: all of it) once, chunk by chunk, and return
+    per-channel mean and std."""
+    if segments is None:
+        ids = range(dataset.sizes[TRAJECTORY]) if TRAJECTORY in dataset.dims else [None]
+        segments = [Segment(i, 0, dataset.sizes[TIME]) for i in ids]
+    total = sum(-(-s.length // chunk_size) for s in segments)
+    return streaming_statistics(_chunks(dataset, layout, segments, chunk_size), layout.channels, total, progress)

@@ -1,0 +1,227 @@
+"""The latentda pipeline: autoencoder + latent trajectory denoiser + noise schedule, in one folder.
+
+A pipeline folder (the layout of a diffusers ``DiffusionPipeline``)::
+
+    model_index.json            component classes, latentda version
+    pipeline_config.json        time step between states, default sampler settings
+    autoencoder/                AutoEncoder config + safetensors, layout.json, statistics.json
+    denoiser/                   TrajectoryTransformer config + safetensors, latent_statistics.json
+    scheduler/                  diffusers EDMEulerScheduler config (σ range, preconditioning)
+    README.md                   model card
+
+Latents are standardised per channel before diffusion, z̃ = (z − μ_z)/s_z, so the prior works with
+σ_data = 1; ``decode`` maps z̃ → z → fields x = μ_x + s_x D(z). Only the classes named here are ever
+instantiated (no code is loaded from a folder or a hub repository) and only safetensors weights are
+read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from diffusers import EDMEulerScheduler
+from tqdm.auto import tqdm
+
+from latentda import __version__
+from latentda.components import check_model_folder, load_autoencoder, save_autoencoder
+from latentda.data.layout import FieldLayout
+from latentda.data.statistics import Statistics
+from latentda.diffusion.blankets import BlanketDenoiser
+from latentda.diffusion.denoiser import Denoiser
+from latentda.diffusion.sampling import sample as run_sampler
+from latentda.errors import LatentdaError
+
+__all__ = ["LatentDAPipeline"]
+
+MODEL_INDEX = {
+    "_class_name": "LatentDAPipeline",
+    "autoencoder": ["latentda.nn", "AutoEncoder"],
+    "denoiser": ["latentda.nn", "TrajectoryTransformer"],
+    "scheduler": ["diffusers", "EDMEulerScheduler"],
+}
+DEFAULT_SETTINGS = {"time_step": 1.0, "time_units": "1", "sampler": "pc", "steps": 64, "corrections": 1, "overlap": None}
+
+
+class LatentDAPipeline:
+    """Everything needed to sample, reanalyse and forecast trajectories of physical fields."""
+
+    def __init__(
+        self,
+        autoencoder: torch.nn.Module,
+        layout: FieldLayout,
+        statistics: Statistics,
+        backbone: torch.nn.Module,
+        latent_statistics: Statistics,
+        scheduler: EDMEulerScheduler,
+        settings: dict | None = None,
+    ) -> None:
+        self.autoencoder = autoencoder.eval()
+        self.layout = layout
+        self.statistics = statistics
+        self.backbone = backbone.eval()
+        self.latent_statistics = latent_statistics
+        self.scheduler = scheduler
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.denoiser = Denoiser(backbone, scheduler)
+        self.progress = True
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def window(self) -> int:
+        return int(self.backbone.config.window)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.autoencoder.latent_shape)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "LatentDAPipeline":
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        if kwargs:
+            self.autoencoder.to(**kwargs)
+            self.backbone.to(**kwargs)
+        return self
+
+    def set_progress_bar_config(self, disable: bool = False) -> None:
+        self.progress = not disable
+
+    def trajectory_denoiser(self, overlap: int | None = None) -> BlanketDenoiser:
+        """E[z̃_{1:L} | z̃_t] for any L ≥ K from the window denoiser (overlapping blankets)."""
+        overlap = self.settings["overlap"] if overlap is None else overlap
+        return BlanketDenoiser(self.denoiser, self.window, overlap)
+
+    # ------------------------------------------------------------------ latents ↔ fields
+    def standardise_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return self.latent_statistics.standardise(z)
+
+    def destandardise_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return self.latent_statistics.destandardise(z)
+
+    def decode_standardised(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised latents (N, c, h, w) → standardised fields (N, C, H, W); differentiable."""
+        return self.autoencoder.decode(self.destandardise_latents(z))
+
+    def decode(self, z: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """Standardised latents (..., T, c, h, w) → physical fields (..., T, C, H, W) as numpy."""
+        lead = z.shape[:-3]
+        flat = z.reshape(-1, *z.shape[-3:])
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(flat), batch_size):
+                x = self.decode_standardised(flat[start : start + batch_size].to(self.device, self.dtype))
+                out.append(self.statistics.destandardise(x.double()).float().cpu())
+        return torch.cat(out).reshape(*lead, *out[0].shape[1:]).numpy()
+
+    def encode(self, fields: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+        """Physical fields (..., T, C, H, W) → standardised latents (..., T, c, h, w)."""
+        fields = np.asarray(fields, dtype=np.float32)
+        lead = fields.shape[:-3]
+        flat = torch.from_numpy(self.statistics.standardise(fields.reshape(-1, *fields.shape[-3:])))
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(flat), batch_size):
+                z = self.autoencoder.encode(flat[start : start + batch_size].to(self.device, self.dtype))
+                out.append(self.standardise_latents(z).cpu())
+        return torch.cat(out).reshape(*lead, *out[0].shape[1:])
+
+    def to_dataset(self, fields: np.ndarray, time: np.ndarray | xr.DataArray | None = None, attrs: dict | None = None) -> xr.Dataset:
+        """Fields (realization, T, C, H, W) → CF dataset with dims (realization, time, ...)."""
+        if time is None:
+            time = xr.DataArray(np.arange(fields.shape[1]) * self.settings["time_step"], dims="time",
+                                attrs={"units": self.settings["time_units"], "long_name": "time"})
+        members = np.arange(fields.shape[0])
+        dataset = self.layout.to_dataset(fields, time, leading=[("realization", members)],
+                                         attrs={**self.layout.attrs, **(attrs or {})})
+        dataset["realization"].attrs.update({"long_name": "ensemble member", "standard_name": "realization"})
+        return dataset
+
+    # ------------------------------------------------------------------ sampling
+    def sample_latents(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
+                       seed: int = 0, denoise=None) -> torch.Tensor:
+        """Standardised latent trajectories (members, L, c, h, w) from the prior (or ``denoise``)."""
+        steps = steps or self.settings["steps"]
+        method = method or self.settings["sampler"]
+        if length < 1 or members < 1:
+            raise LatentdaError(f"length ({length}) and members ({members}) must be positive")
+        padded = max(length, self.window)  # shorter trajectories: sample one window, keep the start
+        if denoise is None:
+            blanket = self.trajectory_denoiser()
+
+            def denoise(x, sigma):
+                with torch.no_grad():
+                    return blanket(x, sigma)
+
+        generator = torch.Generator().manual_seed(seed)
+        z = run_sampler(denoise, (members, padded, *self.latent_shape), self.scheduler, steps=steps, method=method,
+                        corrections=self.settings["corrections"], generator=generator, device=self.device,
+                        dtype=self.dtype, progress=self.progress, description="sample")
+        return z[:, :length]
+
+    def sample(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
+               seed: int = 0) -> xr.Dataset:
+        """Unconditional trajectories decoded to physical fields, dims (realization, time, ...)."""
+        z = self.sample_latents(length, members, steps, method, seed)
+        return self.to_dataset(self.decode(z), attrs={"title": "latentda unconditional samples"})
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_autoencoder(path / "autoencoder", self.autoencoder, self.layout, self.statistics)
+        self.backbone.save_pretrained(path / "denoiser", safe_serialization=True)
+        self.latent_statistics.save(path / "denoiser" / "latent_statistics.json")
+        self.scheduler.save_pretrained(path / "scheduler")
+        (path / "model_index.json").write_text(json.dumps({**MODEL_INDEX, "_latentda_version": __version__}, indent=1))
+        (path / "pipeline_config.json").write_text(json.dumps(self.settings, indent=1))
+        if model_card is not None:
+            (path / "README.md").write_text(model_card)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "LatentDAPipeline":
+        """Load a pipeline folder written by :meth:`save_pretrained` (or ``latentda train-ldm``)."""
+        from latentda.nn.transformer import TrajectoryTransformer
+
+        path = Path(path)
+        if not path.is_dir():
+            raise LatentdaError(f"{path}: pipeline folder not found")
+        for part in ("model_index.json", "pipeline_config.json", "autoencoder", "denoiser", "scheduler"):
+            if not (path / part).exists():
+                raise LatentdaError(f"{path}: pipeline folder lacks '{part}'")
+        try:
+            index = json.loads((path / "model_index.json").read_text())
+            settings = json.loads((path / "pipeline_config.json").read_text())
+        except json.JSONDecodeError as error:
+            raise LatentdaError(f"{path}: corrupt pipeline metadata ({error})") from None
+        for name in ("autoencoder", "denoiser", "scheduler"):
+            if index.get(name) != MODEL_INDEX[name]:
+                raise LatentdaError(f"{path}: model_index.json names {index.get(name)} for '{name}', expected {MODEL_INDEX[name]}")
+        autoencoder, layout, statistics = load_autoencoder(path / "autoencoder", device)
+        check_model_folder(path / "denoiser", "denoiser")
+        try:
+            backbone = TrajectoryTransformer.from_pretrained(path / "denoiser", use_safetensors=True)
+            scheduler = EDMEulerScheduler.from_pretrained(path / "scheduler")
+        except Exception as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise LatentdaError(f"{path}: cannot load the denoiser or scheduler ({message})") from None
+        latent_statistics = Statistics.load(path / "denoiser" / "latent_statistics.json")
+        if tuple(backbone.config.sample_size) != tuple(autoencoder.latent_shape[1:]) or backbone.config.in_channels != autoencoder.latent_shape[0]:
+            raise LatentdaError(f"{path}: denoiser expects latents {backbone.config.in_channels}×{tuple(backbone.config.sample_size)}, "
+                                f"autoencoder gives {tuple(autoencoder.latent_shape)}")
+        if len(latent_statistics.channels) != autoencoder.latent_shape[0]:
+            raise LatentdaError(f"{path}: latent statistics have {len(latent_statistics.channels)} channels, latents {autoencoder.latent_shape[0]}")
+        pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, settings)
+        return pipeline.to(device, dtype)
