@@ -42,21 +42,21 @@ def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, data_path, monke
     torch.manual_seed(0)
     train_autoencoder(_config(tmp_path, data_path, "straight"), progress=False)
 
-    real = loop.step_generator
+    real = loop.batch_random
 
-    def dies_at_step_7(seed, step, rank):
+    def dies_at_step_7(seed, step, rank, local):
         if step == 7:
             raise KeyboardInterrupt  # as if the job were killed after the step-6 checkpoint
-        return real(seed, step, rank)
+        return real(seed, step, rank, local)
 
     torch.manual_seed(1)  # global RNG state must not matter: init comes from the config's seed
-    monkeypatch.setattr(loop, "step_generator", dies_at_step_7)
+    monkeypatch.setattr(loop, "batch_random", dies_at_step_7)
     config = _config(tmp_path, data_path, "killed")
     with pytest.raises(KeyboardInterrupt):
         train_autoencoder(config, progress=False)
     assert [step for step, _ in list_checkpoints(tmp_path / "killed" / "checkpoints")] == [3, 6]
     assert not (tmp_path / "killed" / "autoencoder").exists()
-    monkeypatch.setattr(loop, "step_generator", real)
+    monkeypatch.setattr(loop, "batch_random", real)
     with pytest.raises(LatentdaError, match="already has checkpoints"):
         train_autoencoder(config, progress=False)
     train_autoencoder(config, resume=True, progress=False)

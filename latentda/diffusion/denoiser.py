@@ -67,13 +67,16 @@ class Denoiser(nn.Module):
         return self.schedule.precondition_outputs(x_t, output, sigma)
 
 
-def denoising_loss(denoiser: Denoiser, x: Tensor, generator: torch.Generator, context: Tensor | None = None) -> Tensor:
-    """λ(σ)-weighted denoising score matching loss of a batch x (B, ...), draws from ``generator``."""
-    batch = x.shape[0]
-    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+def denoising_loss(denoiser: Denoiser, x: Tensor, random, context: Tensor | None = None) -> Tensor:
+    """λ(σ)-weighted denoising score matching loss of a batch x (B, ...).
+
+    ``random`` draws the noise levels and noise example by example (``rand(*shape)`` and
+    ``randn(*shape)`` returning (B, *shape), e.g. :class:`latentda.training.loop.BatchRandom`).
+    """
+    u = random.rand(dtype=torch.float64)
     log_min, log_max = math.log(denoiser.sigma_min), math.log(denoiser.sigma_max)
     sigma = torch.exp(log_min + u * (log_max - log_min)).to(x.device, x.dtype)
-    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+    noise = random.randn(*x.shape[1:]).to(x.device, x.dtype)
     sigma_b = _expand(sigma, x)
     denoised = denoiser(x + sigma_b * noise, sigma, context)
     sigma_data = float(denoiser.schedule.config.sigma_data)

@@ -6,11 +6,13 @@ weights (diffusers' ``EMAModel``), periodic validation, a tqdm progress bar and 
 ``resume`` continues from without losing a step.
 
 Resuming is exact: the loop keeps no hidden random state. The examples of step s are a slice of a
-permutation drawn from a generator seeded by (seed, epoch), and the noise a loss draws at step s
-comes from a generator seeded by (seed, step, rank). A run killed after step s and resumed from its
-checkpoint therefore ends with the same weights as an uninterrupted run. Each process loads only
-its own slice of every global batch (no rank reads the whole dataset), so P processes with a local
-batch of B/P see the same examples as one process with a batch of B.
+permutation drawn from a generator seeded by (seed, epoch), and the noise a loss draws for example
+j of step s comes from a generator seeded by (seed, s, j) (:class:`BatchRandom`). A run killed after
+step s and resumed from its checkpoint therefore ends with the same weights as an uninterrupted
+run. Each process loads only its own slice of every global batch (no rank reads the whole dataset)
+and draws the same noise for its examples as a single process would, so P processes with a local
+batch of B/P compute the same averaged gradient as one process with a batch of B (up to
+floating-point reduction order).
 """
 
 from __future__ import annotations
@@ -33,9 +35,7 @@ from latentda.config import require
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["TrainingConfig", "Trainer", "batch_indices", "step_generator"]
-
-LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
+__all__ = ["TrainingConfig", "Trainer", "BatchRandom", "batch_indices", "batch_random"]
 ValidateFn = Callable[[torch.nn.Module], dict]
 
 
@@ -79,9 +79,31 @@ def _generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator of the random draws (noise levels, noise) of ``step`` on process ``rank``."""
-    return _generator(seed, step, rank, 1)
+class BatchRandom:
+    """Random draws for a batch, example by example: example j of global batch s always receives the
+    same numbers, however the batch is split over processes."""
+
+    def __init__(self, seed: int, step: int, examples: range) -> None:
+        self.generators = [_generator(seed, step, j, 1) for j in examples]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform [0, 1) draws of shape (B, *shape)."""
+        return torch.stack([torch.rand(shape, generator=g, dtype=dtype) for g in self.generators])
+
+    def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal draws of shape (B, *shape)."""
+        return torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in self.generators])
+
+
+def batch_random(seed: int, step: int, rank: int, local_batch: int) -> BatchRandom:
+    """The draws of process ``rank``'s slice of global batch ``step``."""
+    return BatchRandom(seed, step, range(rank * local_batch, (rank + 1) * local_batch))
+
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, BatchRandom], torch.Tensor]
 
 
 def batch_indices(size: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
@@ -114,7 +136,7 @@ class _StepBatches(torch.utils.data.Sampler):
 
 
 class Trainer:
-    """Trains ``model`` on ``dataset`` minimising ``loss_fn(model, batch, generator)``.
+    """Trains ``model`` on ``dataset`` minimising ``loss_fn(model, batch, random)`` (a :class:`BatchRandom`).
 
     ``validate_fn(model)`` (optional) is called with the EMA weights and returns a dict of metrics.
     The run folder holds ``checkpoints/`` and ``log.jsonl``. A run folder that already has
@@ -244,9 +266,9 @@ class Trainer:
             total_loss = 0.0
             for micro in range(config.gradient_accumulation):
                 batch = next(batches).to(accelerator.device)
-                generator = step_generator(config.seed, self.step * config.gradient_accumulation + micro, rank)
+                random = batch_random(config.seed, self.step * config.gradient_accumulation + micro, rank, len(batch))
                 with accelerator.autocast():
-                    loss = self.loss_fn(self.model_prepared, batch, generator) / config.gradient_accumulation
+                    loss = self.loss_fn(self.model_prepared, batch, random) / config.gradient_accumulation
                 if not torch.isfinite(loss):
                     raise LatentdaError(f"loss became {loss.item()} at step {self.step}: lower the learning rate")
                 if micro < config.gradient_accumulation - 1:

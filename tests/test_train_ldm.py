@@ -1,0 +1,141 @@
+"""train-ldm, the pipeline folder and sample: round trips, resume, two processes, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+from safetensors.torch import load_file
+
+from conftest import make_box_dataset
+from latentda import cli
+from latentda.components import save_autoencoder
+from latentda.config import parse
+from latentda.data import FieldLayout, compute_statistics, open_dataset, write_dataset
+from latentda.encoding import encode_dataset
+from latentda.errors import LatentdaError
+from latentda.nn.autoencoder import AutoEncoder
+from latentda.pipeline import LatentDAPipeline
+from latentda.training import loop
+from latentda.training.diffusion import LatentDiffusionConfig, train_latent_diffusion
+
+TINY = {"model": {"window": 4, "hidden_size": 16, "depth": 1, "num_heads": 2}, "diffusion": {"steps": 4}}
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ldm")
+    dataset = make_box_dataset(trajectories=5, times=10, size=8)
+    data = write_dataset(dataset, root / "box.zarr")
+    layout = FieldLayout.from_dataset(dataset)
+    torch.manual_seed(0)
+    model = AutoEncoder(in_channels=2, latent_channels=2, hidden_channels=[8, 8], blocks_per_stage=1,
+                        sample_size=[8, 8], periodic=[True, True])
+    folder = save_autoencoder(root / "ae", model, layout, compute_statistics(dataset, layout, progress=False))
+    return encode_dataset(folder, data, root / "latents.zarr", progress=False)
+
+
+def _config(output, **training):
+    return parse(LatentDiffusionConfig, {
+        "output": str(output), **TINY, "valid_windows": 4,
+        "training": {"steps": 6, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 1,
+                     "checkpoint_every": 3, "validate_every": 6, **training},
+    })
+
+
+def test_pipeline_round_trip_and_sample(tmp_path, latents):
+    train_latent_diffusion(_config(tmp_path / "run"), str(latents), progress=False)
+    folder = tmp_path / "run" / "pipeline"
+    assert json.loads((folder / "model_index.json").read_text())["denoiser"] == ["latentda.nn", "TrajectoryTransformer"]
+    assert "# latentda pipeline" in (folder / "README.md").read_text()
+    pipeline = LatentDAPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    assert pipeline.settings["time_step"] == pytest.approx(0.2)
+    first = pipeline.sample(length=9, members=2, seed=3)  # L > K: blankets
+    pipeline.save_pretrained(tmp_path / "copy")
+    again = LatentDAPipeline.from_pretrained(tmp_path / "copy")
+    again.set_progress_bar_config(disable=True)
+    xr.testing.assert_identical(again.sample(length=9, members=2, seed=3), first)
+    assert dict(first.sizes) == {"realization": 2, "time": 9, "y": 8, "x": 8}
+    assert np.isfinite(first["u"].values).all()
+    assert first["y"].attrs["periodic"] == 1 and first.attrs["Conventions"] == "CF-1.10"
+    short = pipeline.sample(length=2, members=1, seed=0)  # L < K: one window, cropped
+    assert short.sizes["time"] == 2
+
+
+def test_sample_cli_and_bad_pipeline(tmp_path, latents, capsys):
+    train_latent_diffusion(_config(tmp_path / "run", steps=2), str(latents), progress=False)
+    folder = tmp_path / "run" / "pipeline"
+    out = tmp_path / "samples.nc"
+    assert cli.main(["sample", "--pipeline", str(folder), "--length", "5", "--members", "2", "--out", str(out), "--quiet"]) == 0
+    assert open_dataset(out).sizes["realization"] == 2
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    shutil.rmtree(broken / "scheduler")
+    assert cli.main(["sample", "--pipeline", str(broken), "--length", "5", "--out", str(tmp_path / "x.nc"), "--quiet"]) == 2
+    assert "lacks 'scheduler'" in capsys.readouterr().err
+    (broken / "scheduler").mkdir()
+    (broken / "scheduler" / "scheduler_config.json").write_text((folder / "scheduler" / "scheduler_config.json").read_text())
+    (broken / "denoiser" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(LatentdaError, match="no .safetensors weights"):
+        LatentDAPipeline.from_pretrained(broken)
+    assert not (tmp_path / "x.nc").exists()
+
+
+def test_ldm_resume_equals_uninterrupted(tmp_path, latents, monkeypatch):
+    train_latent_diffusion(_config(tmp_path / "straight"), str(latents), progress=False)
+    real = loop.batch_random
+
+    def dies(seed, step, rank, local):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(seed, step, rank, local)
+
+    monkeypatch.setattr(loop, "batch_random", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train_latent_diffusion(_config(tmp_path / "killed"), str(latents), progress=False)
+    monkeypatch.setattr(loop, "batch_random", real)
+    train_latent_diffusion(_config(tmp_path / "killed"), str(latents), resume=True, progress=False)
+    a = load_file(tmp_path / "straight" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "killed" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0)
+
+
+def test_bad_ldm_inputs(tmp_path, latents):
+    with pytest.raises(LatentdaError, match="no 'latent' variable"):
+        train_latent_diffusion(_config(tmp_path / "r"), str(latents.parent / "box.zarr"), progress=False)
+    with pytest.raises(LatentdaError, match="hidden_size: must be divisible"):
+        parse(LatentDiffusionConfig, {"output": "x", "model": {"hidden_size": 10, "num_heads": 4}})
+    with pytest.raises(LatentdaError, match="diffusion.sampler"):
+        parse(LatentDiffusionConfig, {"output": "x", "diffusion": {"sampler": "magic"}})
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing")
+def test_two_processes_train_identical_weights(tmp_path, latents):
+    """torchrun with 2 CPU processes (gloo): both ranks end with the same weights, which match
+    a one-process run with the same global batch up to floating-point reduction order."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"output": str(tmp_path / "two"), **TINY, "valid_windows": 4,
+                                      "training": {"steps": 4, "batch_size": 4, "checkpoint_every": 4, "validate_every": 4}}))
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    script = str(Path(__file__).parent / "scripts" / "distributed_train.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", script,
+                             str(latents), str(config), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = [(tmp_path / f"rank{r}-of-2.txt").read_text() for r in range(2)]
+    assert digests[0] == digests[1]
+    two = load_file(tmp_path / "two" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    train_latent_diffusion(parse(LatentDiffusionConfig, {**yaml.safe_load(config.read_text()), "output": str(tmp_path / "one")}),
+                           str(latents), progress=False)
+    one = load_file(tmp_path / "one" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
