@@ -1,0 +1,112 @@
+"""MMPS against the closed-form Gaussian posterior; solvers; DPS; the guided sampler's moments."""
+
+import math
+
+import pytest
+import torch
+
+from latentda.diffusion.denoiser import make_schedule
+from latentda.diffusion.gaussian import GaussianDenoiser
+from latentda.diffusion.sampling import sample
+from latentda.errors import LatentdaError
+from latentda.posterior import DPSDenoiser, MMPSDenoiser, conjugate_gradient, gmres
+
+
+def _problem(dim=6, observed=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    factor = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+    covariance = factor @ factor.T / dim + 0.1 * torch.eye(dim, dtype=torch.float64)
+    mean = torch.randn(dim, generator=g, dtype=torch.float64)
+    A = torch.randn(observed, dim, generator=g, dtype=torch.float64)
+    noise_std = 0.1 + 0.2 * torch.rand(observed, generator=g, dtype=torch.float64)
+    y = torch.randn(observed, generator=g, dtype=torch.float64)
+    return mean, covariance, A, noise_std, y
+
+
+def _closed_form(mean, covariance, A, noise_std, y, x_t, sigma):
+    """E[x | x_t, y] = m + V Aᵀ (A V Aᵀ + Σ_y)⁻¹ (y − A m) (DESIGN.md)."""
+    eye = torch.eye(len(mean), dtype=torch.float64)
+    gain = covariance @ torch.linalg.inv(covariance + sigma**2 * eye)
+    m = mean + (x_t - mean) @ gain.T
+    V = covariance - gain @ covariance
+    S = A @ V @ A.T + torch.diag(noise_std**2)
+    return m + (y - m @ A.T) @ torch.linalg.solve(S, A @ V).clone()
+
+
+@pytest.mark.parametrize("solver", ["cg", "gmres"])
+@pytest.mark.parametrize("sigma", [0.05, 1.0, 20.0])
+def test_mmps_with_M_iterations_is_the_exact_posterior_mean(solver, sigma):
+    mean, covariance, A, noise_std, y = _problem()
+    denoise = GaussianDenoiser(mean, covariance)
+    guided = MMPSDenoiser(denoise, lambda x: x @ A.T, y, noise_std, iterations=len(y), solver=solver)
+    x_t = mean + sigma * torch.randn(4, len(mean), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected = _closed_form(mean, covariance, A, noise_std, y, x_t, sigma)
+    got = guided(x_t, torch.tensor(sigma, dtype=torch.float64))
+    assert (got - expected).abs().max() < 1e-8
+
+
+def test_fewer_iterations_are_not_exact_and_more_converge():
+    mean, covariance, A, noise_std, y = _problem(dim=8, observed=5)
+    denoise = GaussianDenoiser(mean, covariance)
+    x_t = mean.expand(2, -1) + 0.3
+    expected = _closed_form(mean, covariance, A, noise_std, y, x_t, 0.5)
+    errors = [(MMPSDenoiser(denoise, lambda x: x @ A.T, y, noise_std, iterations=k)(x_t, torch.tensor(0.5, dtype=torch.float64))
+               - expected).abs().max().item() for k in (1, 3, 5)]
+    assert errors[0] > 1e-4 and errors[2] < 1e-8
+
+
+def test_solvers_solve_spd_and_general_systems():
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(3, 7, 7, generator=g, dtype=torch.float64)
+    spd = B @ B.transpose(1, 2) + 7 * torch.eye(7, dtype=torch.float64)
+    b = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    exact = torch.linalg.solve(spd, b)
+    matvec = lambda v: torch.einsum("bij,bj->bi", spd, v)  # noqa: E731
+    assert (conjugate_gradient(matvec, b, 7) - exact).abs().max() < 1e-9
+    general = B + 7 * torch.eye(7, dtype=torch.float64)
+    exact = torch.linalg.solve(general, b)
+    assert (gmres(lambda v: torch.einsum("bij,bj->bi", general, v), b, 7) - exact).abs().max() < 1e-9
+
+
+def test_dps_matches_its_formula_and_mmps_differs():
+    mean, covariance, A, noise_std, y = _problem()
+    denoise = GaussianDenoiser(mean, covariance)
+    x_t = mean.expand(1, -1) + 0.2
+    sigma = 0.7
+    eye = torch.eye(len(mean), dtype=torch.float64)
+    J = covariance @ torch.linalg.inv(covariance + sigma**2 * eye)
+    m = denoise(x_t, sigma)
+    expected = m + sigma**2 * ((y - m @ A.T) / noise_std**2) @ A @ J
+    got = DPSDenoiser(denoise, lambda x: x @ A.T, y, noise_std)(x_t, torch.tensor(sigma, dtype=torch.float64))
+    assert (got - expected).abs().max() < 1e-10
+    mmps = MMPSDenoiser(denoise, lambda x: x @ A.T, y, noise_std, iterations=3)(x_t, torch.tensor(sigma, dtype=torch.float64))
+    assert (mmps - got).abs().max() > 1e-3
+
+
+def test_guided_sampler_matches_closed_form_posterior():
+    """A full MMPS sampler run: posterior mean and covariance within Monte-Carlo error."""
+    mean, covariance, A, noise_std, y = _problem(dim=4, observed=2)
+    denoise = GaussianDenoiser(mean, covariance)
+    guided = MMPSDenoiser(denoise, lambda x: x @ A.T, y, noise_std, iterations=2)
+    n = 4000
+    x = sample(guided, (n, 4), make_schedule(), steps=64, method="pc", dtype=torch.float64,
+               generator=torch.Generator().manual_seed(2))
+    S = A @ covariance @ A.T + torch.diag(noise_std**2)
+    gain = covariance @ A.T @ torch.linalg.inv(S)
+    post_mean = mean + gain @ (y - A @ mean)
+    post_cov = covariance - gain @ A @ covariance
+    diagonal = post_cov.diagonal()
+    assert ((x.mean(0) - post_mean).abs() < 5 * (diagonal / n).sqrt() + 0.02 * diagonal.sqrt()).all()
+    stderr = ((diagonal[:, None] * diagonal[None, :] + post_cov**2) / n).sqrt()
+    assert ((torch.cov(x.T) - post_cov).abs() < 5 * stderr + 0.08 * diagonal.max()).all(), (torch.cov(x.T), post_cov)
+
+
+def test_bad_observations():
+    mean, covariance, A, noise_std, y = _problem()
+    denoise = GaussianDenoiser(mean, covariance)
+    with pytest.raises(LatentdaError, match="positive"):
+        MMPSDenoiser(denoise, lambda x: x @ A.T, y, torch.zeros_like(noise_std))
+    with pytest.raises(LatentdaError, match="NaN"):
+        MMPSDenoiser(denoise, lambda x: x @ A.T, y * math.nan, noise_std)
+    with pytest.raises(LatentdaError, match="unknown solver"):
+        MMPSDenoiser(denoise, lambda x: x @ A.T, y, noise_std, solver="lu")
