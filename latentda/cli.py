@@ -109,6 +109,38 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {write_dataset(dataset, args.out, overwrite=args.overwrite)}")
 
 
+def _select_truth(args: argparse.Namespace):
+    """The truth trajectory window named by --trajectory/--start/--length, and its layout."""
+    from latentda.data import FieldLayout, open_dataset
+
+    dataset = open_dataset(args.truth)
+    layout = FieldLayout.from_dataset(dataset)
+    if "trajectory" in dataset.dims:
+        if not 0 <= args.trajectory < dataset.sizes["trajectory"]:
+            raise LatentdaError(f"--trajectory {args.trajectory} out of range (the truth has {dataset.sizes['trajectory']})")
+        dataset = dataset.isel(trajectory=args.trajectory)
+    stop = dataset.sizes["time"] if args.length is None else args.start + args.length
+    if not 0 <= args.start < stop <= dataset.sizes["time"]:
+        raise LatentdaError(f"time window [{args.start}, {stop}) outside the truth's {dataset.sizes['time']} steps")
+    return dataset.isel(time=slice(args.start, stop)), layout
+
+
+def _observe(args: argparse.Namespace) -> None:
+    from latentda.config import load_config
+    from latentda.data import write_dataset
+    from latentda.observe import ObservationConfig, observations_to_dataset, synthesize
+
+    config = load_config(ObservationConfig, args.operator)
+    if args.out.exists():
+        raise LatentdaError(f"{args.out}: already exists (remove it first)")
+    truth, layout = _select_truth(args)
+    operator = synthesize(layout.to_array(truth), layout, config, seed=args.seed)
+    attrs = {"title": "synthetic observations written by latentda observe", "source_truth": str(args.truth),
+             "seed": args.seed}
+    write_dataset(observations_to_dataset(operator, layout, truth["time"], attrs), args.out)
+    print(f"wrote {args.out}: {operator.size} observed values in {len(operator.groups)} group(s)")
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     """``--set training.steps=100`` style overrides, values parsed as YAML scalars."""
     import yaml
@@ -191,11 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
-    sub = command("observe", "make synthetic observations of a truth", _planned(5))
-    sub.add_argument("--truth", required=True, type=Path)
-    sub.add_argument("--operator", required=True, type=Path, help="YAML observation operator config")
-    sub.add_argument("--out", required=True, type=Path)
-    sub.add_argument("--seed", type=int, default=0)
+    sub = command("observe", "make synthetic observations of a truth", _observe)
+    sub.add_argument("--truth", required=True, type=Path, help="netCDF/zarr dataset of true fields")
+    sub.add_argument("--operator", required=True, type=Path, help="YAML observation operator config (see configs/observe/)")
+    sub.add_argument("--out", required=True, type=Path, help="output observation file (OBS.nc)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the observed positions and noise (default 0)")
+    sub.add_argument("--trajectory", type=int, default=0, help="which trajectory of the truth (default 0)")
+    sub.add_argument("--start", type=int, default=0, help="first time step of the window (default 0)")
+    sub.add_argument("--length", type=_positive_int, help="number of time steps (default: to the end)")
 
     sub = command("reanalyze", "posterior ensemble of trajectories given observations", _planned(5))
     sub.add_argument("--pipeline", required=True, type=Path)

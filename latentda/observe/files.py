@@ -1,0 +1,274 @@
+"""Observation files (netCDF/zarr) ↔ :class:`ObservationOperator`, and synthetic observations.
+
+An observation file holds one data variable per observation group, NaN where nothing is observed,
+on the ``time`` axis of the window to assimilate (every state of the window is a time step of the
+file; a time step with no observation is all NaN). Each variable says how it was observed::
+
+    attrs: latentda_sampling  grid | coarsen | points | linear
+           latentda_source    source variable(s) (channel names, e.g. "u" or "u v" or "t@500")
+           latentda_transform identity | speed | saturate
+           noise_std          observation noise standard deviation, in the variable's units
+           units              must match the source variable's units (checked)
+           coarsen_factor / saturation   when they apply
+
+    grid      dims (time, <grid y>, <grid x>) on the model grid
+    coarsen   dims (time, <name>_y, <name>_x)
+    points    dims (time, <name>_point), coordinates <name>_<grid y name>, <name>_<grid x name>
+              giving each point's position in grid coordinates (off-grid allowed)
+    linear    dims (time, <name>_row), plus <name>_matrix (<name>_row, <name>_column) acting on the
+              source field flattened per time (H·W columns)
+
+``latentda observe`` builds such a file from a truth and an operator config (YAML), adding
+Gaussian noise with a seed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import xarray as xr
+
+from latentda.config import require
+from latentda.data.layout import TIME, FieldLayout
+from latentda.errors import LatentdaError
+from latentda.observe.operators import ObservationGroup, ObservationOperator
+
+__all__ = ["ObservationSpec", "ObservationConfig", "read_observations", "load_observations", "observations_to_dataset", "synthesize"]
+
+
+# ---------------------------------------------------------------------------------- positions
+def _fractional_index(values: np.ndarray, axis) -> np.ndarray:
+    """Grid coordinates → fractional pixel indices along ``axis`` (periodic axes wrap)."""
+    coords = np.asarray(axis.values, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if axis.periodic:
+        step = coords[1] - coords[0]
+        period = step * coords.size
+        return np.mod(values - coords[0], period) / step
+    increasing = coords[-1] >= coords[0]
+    c = coords if increasing else coords[::-1]
+    if (values < c[0]).any() or (values > c[-1]).any():
+        raise LatentdaError(f"point observations outside the grid along '{axis.name}' ([{c[0]}, {c[-1]}])")
+    index = np.interp(values, c, np.arange(c.size, dtype=np.float64))
+    return index if increasing else (coords.size - 1) - index
+
+
+def _grid_coordinate(index: np.ndarray, axis) -> np.ndarray:
+    coords = np.asarray(axis.values, dtype=np.float64)
+    return np.interp(index, np.arange(coords.size), coords) if not axis.periodic else coords[0] + index * (coords[1] - coords[0])
+
+
+# ---------------------------------------------------------------------------------- reading
+def _channel(layout: FieldLayout, name: str, variable: str) -> int:
+    channels = layout.channels
+    if name not in channels:
+        raise LatentdaError(f"observation '{variable}' refers to unknown variable '{name}' (model has: {', '.join(channels)})")
+    return channels.index(name)
+
+
+def _units_of(layout: FieldLayout, channel_name: str) -> str | None:
+    variable = channel_name.split("@")[0]
+    for spec in layout.variables:
+        if spec.name == variable:
+            return spec.attrs.get("units")
+    return None
+
+
+def read_observations(observations: xr.Dataset, layout: FieldLayout) -> ObservationOperator:
+    """Build the operator (and y, σ) described by an observation dataset (see module docstring)."""
+    if TIME not in observations.dims:
+        raise LatentdaError("observations have no 'time' dimension")
+    groups = []
+    grid_y, grid_x = layout.grid
+    for name, variable in observations.data_vars.items():
+        name = str(name)
+        if name.endswith("_matrix"):
+            continue
+        attrs = variable.attrs
+        sampling = attrs.get("latentda_sampling")
+        if sampling is None:
+            raise LatentdaError(f"observation '{name}' lacks the attribute latentda_sampling")
+        sources = str(attrs.get("latentda_source", name)).split()
+        channels = [_channel(layout, s, name) for s in sources]
+        transform = attrs.get("latentda_transform", "identity")
+        if transform in ("identity", "saturate"):
+            expected = _units_of(layout, sources[0])
+            units = attrs.get("units")
+            if expected is not None and units is not None and units != expected:
+                raise LatentdaError(f"observation '{name}' is in '{units}' but '{sources[0]}' is in '{expected}'")
+        noise_std = float(attrs.get("noise_std", np.nan))
+        if not noise_std > 0:
+            raise LatentdaError(f"observation '{name}': noise_std must be positive (got {attrs.get('noise_std')})")
+        values = np.asarray(variable.transpose(TIME, ...).values, dtype=np.float64)
+        kwargs = {}
+        if sampling == "grid":
+            for axis in layout.grid:
+                if axis.name not in variable.dims:
+                    raise LatentdaError(f"observation '{name}' lacks the model's grid dimension '{axis.name}'")
+            values = np.asarray(variable.transpose(TIME, grid_y.name, grid_x.name).values, dtype=np.float64)
+            if values.shape[1:] != layout.shape:
+                raise LatentdaError(f"observation '{name}' is on a {values.shape[1:]} grid, the model's is {layout.shape}")
+            for axis in layout.grid:
+                if axis.name in observations.coords and not np.allclose(observations[axis.name].values, axis.values):
+                    raise LatentdaError(f"observation '{name}': coordinate '{axis.name}' differs from the model's grid")
+        elif sampling == "coarsen":
+            kwargs["factor"] = int(attrs.get("coarsen_factor", 0))
+            if kwargs["factor"] < 1:
+                raise LatentdaError(f"observation '{name}': coarsen_factor missing or invalid")
+            expected = (layout.shape[0] // kwargs["factor"], layout.shape[1] // kwargs["factor"])
+            if values.shape[1:] != expected:
+                raise LatentdaError(f"observation '{name}': coarse grid {values.shape[1:]} should be {expected} for factor {kwargs['factor']}")
+        elif sampling == "points":
+            coordinates = []
+            for axis in layout.grid:
+                key = f"{name}_{axis.name}"
+                if key not in observations.coords and key not in observations:
+                    raise LatentdaError(f"observation '{name}': point coordinate '{key}' missing")
+                coordinates.append(_fractional_index(observations[key].values, axis))
+            kwargs["points"] = np.stack(coordinates, axis=1)
+        elif sampling == "linear":
+            key = f"{name}_matrix"
+            if key not in observations:
+                raise LatentdaError(f"observation '{name}': matrix '{key}' missing")
+            kwargs["matrix"] = np.asarray(observations[key].values, dtype=np.float64)
+            if kwargs["matrix"].shape != (values.shape[1], layout.shape[0] * layout.shape[1]):
+                raise LatentdaError(f"observation '{name}': matrix shape {kwargs['matrix'].shape} does not match")
+        groups.append(ObservationGroup(
+            name, channels, transform, sampling, values, noise_std,
+            saturation=float(attrs.get("saturation", 1.0)), periodic=layout.periodic, attrs=dict(attrs), **kwargs,
+        ))
+    if not groups:
+        raise LatentdaError("observation file has no observation variable")
+    return ObservationOperator(groups, observations[TIME].values)
+
+
+# ---------------------------------------------------------------------------------- writing
+def observations_to_dataset(operator: ObservationOperator, layout: FieldLayout, time: xr.DataArray, attrs: dict | None = None) -> xr.Dataset:
+    """The inverse of :func:`read_observations`."""
+    grid_y, grid_x = layout.grid
+    data_vars, coords = {}, {TIME: time}
+    for group in operator.groups:
+        name = group.name
+        channel_names = [layout.channels[c] for c in group.channels]
+        group_attrs = {
+            "latentda_sampling": group.sampling, "latentda_source": " ".join(channel_names),
+            "latentda_transform": group.transform, "noise_std": group.noise_std,
+        }
+        units = _units_of(layout, channel_names[0])
+        if units is not None:
+            group_attrs["units"] = units
+        if group.transform == "saturate":
+            group_attrs["saturation"] = group.saturation
+        if group.sampling == "grid":
+            dims = (TIME, grid_y.name, grid_x.name)
+            for axis in layout.grid:
+                coords[axis.name] = xr.DataArray(np.asarray(axis.values), dims=axis.name, attrs=dict(axis.attrs))
+        elif group.sampling == "coarsen":
+            dims = (TIME, f"{name}_y", f"{name}_x")
+            group_attrs["coarsen_factor"] = group.factor
+        elif group.sampling == "points":
+            dims = (TIME, f"{name}_point")
+            for axis_index, axis in enumerate(layout.grid):
+                coords[f"{name}_{axis.name}"] = xr.DataArray(
+                    _grid_coordinate(group.points[:, axis_index], axis), dims=f"{name}_point", attrs=dict(axis.attrs))
+        else:
+            dims = (TIME, f"{name}_row")
+            data_vars[f"{name}_matrix"] = xr.Variable((f"{name}_row", f"{name}_column"), group.matrix)
+        data_vars[name] = xr.Variable(dims, group.values.astype(np.float32), attrs=group_attrs)
+    return xr.Dataset(data_vars, coords=coords, attrs={"Conventions": "CF-1.10", **(attrs or {})})
+
+
+# ---------------------------------------------------------------------------------- synthetic
+@dataclass
+class ObservationSpec:
+    """One kind of observation to synthesise from a truth (an entry of an operator config)."""
+
+    name: str
+    variables: list[str]
+    sampling: Literal["grid", "coarsen", "points"] = "grid"
+    transform: Literal["identity", "speed", "saturate"] = "identity"
+    noise_std: float = 0.1
+    fraction: float = 1.0
+    factor: int = 1
+    points: int = 0
+    coordinates: list[tuple[float, float]] | None = None
+    every: int = 1
+    first: int = 0
+    last: int | None = None
+    pattern: Literal["fixed", "varying"] = "fixed"
+    saturation: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        require(self.noise_std > 0, f"{prefix}.noise_std", "must be positive")
+        require(0 < self.fraction <= 1, f"{prefix}.fraction", "must be in (0, 1]")
+        require(self.factor >= 1, f"{prefix}.factor", "must be at least 1")
+        require(self.every >= 1, f"{prefix}.every", "must be at least 1")
+        require(self.sampling != "points" or self.points > 0 or self.coordinates, f"{prefix}.points",
+                "give a number of random points or coordinates")
+        require(len(self.variables) == (2 if self.transform == "speed" else len(self.variables)) and self.variables,
+                f"{prefix}.variables", "speed needs exactly two variables; others at least one")
+
+
+@dataclass
+class ObservationConfig:
+    """An operator config: ``observations: [ObservationSpec, ...]``."""
+
+    observations: list[ObservationSpec] = field(default_factory=list)
+
+    def validate(self, prefix: str) -> None:
+        require(len(self.observations) > 0, "observations", "at least one entry is needed")
+
+
+def synthesize(truth: np.ndarray, layout: FieldLayout, config: ObservationConfig, seed: int = 0) -> ObservationOperator:
+    """Observations of a truth (T, C, H, W) (physical units) with noise, as an operator with values."""
+    rng = np.random.default_rng(seed)
+    T = truth.shape[0]
+    H, W = layout.shape
+    groups = []
+    x = torch.from_numpy(np.asarray(truth, dtype=np.float64))[None]
+    for spec in config.observations:
+        channels_list = [[_channel(layout, v, spec.name)] for v in spec.variables] if spec.transform != "speed" else [
+            [_channel(layout, v, spec.name) for v in spec.variables]]
+        for channels in channels_list:
+            name = spec.name if spec.transform == "speed" or len(spec.variables) == 1 else f"{spec.name}_{layout.channels[channels[0]]}".replace("@", "_")
+            kwargs = {}
+            if spec.sampling == "grid":
+                shape = (H, W)
+            elif spec.sampling == "coarsen":
+                shape = (H // spec.factor, W // spec.factor)
+                kwargs["factor"] = spec.factor
+            else:
+                if spec.coordinates:
+                    coordinates = np.asarray(spec.coordinates, dtype=np.float64)
+                    kwargs["points"] = np.stack([_fractional_index(coordinates[:, i], layout.grid[i]) for i in range(2)], axis=1)
+                else:
+                    upper = [H if layout.periodic[0] else H - 1, W if layout.periodic[1] else W - 1]
+                    kwargs["points"] = rng.uniform(0, 1, (spec.points, 2)) * np.array(upper, dtype=np.float64)
+                shape = (len(kwargs["points"]),)
+            observed_times = np.zeros(T, dtype=bool)
+            observed_times[spec.first : spec.last : spec.every] = True
+            if spec.pattern == "fixed":
+                pattern = np.broadcast_to(rng.uniform(size=shape) < spec.fraction, (T, *shape))
+            else:
+                pattern = rng.uniform(size=(T, *shape)) < spec.fraction
+            mask = pattern & observed_times.reshape(-1, *([1] * len(shape)))
+            values = np.full((T, *shape), np.nan)
+            group = ObservationGroup(name, channels, spec.transform, spec.sampling, values, spec.noise_std,
+                                     saturation=spec.saturation, periodic=layout.periodic, **kwargs)
+            clean = group.sampled(group.transformed(x))[0].numpy()
+            values[mask] = clean[mask] + spec.noise_std * rng.standard_normal(int(mask.sum()))
+            group.values = values
+            groups.append(group)
+    return ObservationOperator(groups)
+
+
+def load_observations(path: str | os.PathLike, layout: FieldLayout) -> tuple[ObservationOperator, xr.Dataset]:
+    """Open an observation file and build its operator."""
+    from latentda.data.io import open_dataset
+
+    dataset = open_dataset(path)
+    return read_observations(dataset, layout), dataset

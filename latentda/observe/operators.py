@@ -1,0 +1,179 @@
+"""Observation operators in pixel (physical) space: y = H(x) + ε, ε ~ N(0, diag(σ²)).
+
+An operator acts on physical fields x of shape (B, T, C, H, W) (B trajectories, T times, C
+channels as stacked by the :class:`FieldLayout`) and returns the observed values as (B, M). It is a
+composition of three parts, each differentiable (the posterior sampler needs JVPs and VJPs):
+
+1. a *transform* of the source channels, per pixel:
+   ``identity`` (one channel), ``speed`` √(u² + v²) (two channels, e.g. wind or current speed),
+   ``saturate`` s·tanh(x / s) (a sensor that saturates at ±s);
+2. a *sampling* of the transformed field at each time:
+   ``grid`` every pixel; ``coarsen`` block averages over k × k pixels (the field is cropped to a
+   multiple of k); ``points`` bilinear interpolation at arbitrary (off-grid) positions given as
+   fractional pixel indices, wrapping around periodic axes; ``linear`` a user matrix
+   R^{M_g × H W} applied to the field flattened per time;
+3. a *selection* of the entries actually observed (a boolean mask over (T, …): NaN in files),
+   which also expresses observations at some time steps only.
+
+Several groups combine by concatenating their outputs (:class:`ObservationOperator`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latentda.errors import LatentdaError
+
+__all__ = ["ObservationGroup", "ObservationOperator", "TRANSFORMS", "SAMPLINGS"]
+
+TRANSFORMS = ("identity", "speed", "saturate")
+SAMPLINGS = ("grid", "coarsen", "points", "linear")
+
+
+@dataclass
+class ObservationGroup:
+    """One observed quantity: transform ∘ sampling of source channels, with its values and noise.
+
+    ``values`` has shape (T, *sample_shape) with NaN where nothing is observed, where
+    sample_shape is (H, W) for grid, (H//k, W//k) for coarsen, (P,) for points, (M_g,) for linear.
+    """
+
+    name: str
+    channels: list[int]
+    transform: str
+    sampling: str
+    values: np.ndarray
+    noise_std: float
+    factor: int = 1
+    points: np.ndarray | None = None  # (P, 2) fractional (row, column) pixel indices
+    matrix: np.ndarray | None = None  # (M_g, H·W)
+    saturation: float = 1.0
+    periodic: tuple[bool, bool] = (False, False)
+    attrs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise LatentdaError(f"observation '{self.name}': unknown transform '{self.transform}' (choose from {', '.join(TRANSFORMS)})")
+        if self.sampling not in SAMPLINGS:
+            raise LatentdaError(f"observation '{self.name}': unknown sampling '{self.sampling}' (choose from {', '.join(SAMPLINGS)})")
+        needed = 2 if self.transform == "speed" else 1
+        if len(self.channels) != needed:
+            raise LatentdaError(f"observation '{self.name}': transform '{self.transform}' needs {needed} source variable(s)")
+        if not (np.isfinite(self.noise_std) and self.noise_std > 0):
+            raise LatentdaError(f"observation '{self.name}': noise_std must be positive, got {self.noise_std}")
+        if self.sampling == "points" and (self.points is None or self.points.ndim != 2 or self.points.shape[1] != 2):
+            raise LatentdaError(f"observation '{self.name}': points sampling needs (P, 2) positions")
+        if self.sampling == "linear" and self.matrix is None:
+            raise LatentdaError(f"observation '{self.name}': linear sampling needs a matrix")
+        if self.sampling == "coarsen" and self.factor < 1:
+            raise LatentdaError(f"observation '{self.name}': coarsen factor must be at least 1")
+        if np.isinf(self.values).any():
+            raise LatentdaError(f"observation '{self.name}': values contain inf")
+        if self.saturation <= 0:
+            raise LatentdaError(f"observation '{self.name}': saturation must be positive")
+
+    @property
+    def mask(self) -> np.ndarray:
+        return ~np.isnan(self.values)
+
+    # ------------------------------------------------------------------ the operator
+    def transformed(self, x: Tensor) -> Tensor:
+        """(B, T, C, H, W) → (B, T, H, W)."""
+        if self.transform == "speed":
+            u, v = x[:, :, self.channels[0]], x[:, :, self.channels[1]]
+            return torch.sqrt(u * u + v * v + 1e-12)
+        field_ = x[:, :, self.channels[0]]
+        if self.transform == "saturate":
+            return self.saturation * torch.tanh(field_ / self.saturation)
+        return field_
+
+    def sampled(self, field_: Tensor) -> Tensor:
+        """(B, T, H, W) → (B, T, *sample_shape)."""
+        B, T, H, W = field_.shape
+        if self.sampling == "grid":
+            return field_
+        if self.sampling == "coarsen":
+            k = self.factor
+            cropped = field_[..., : H // k * k, : W // k * k].reshape(B * T, 1, H // k * k, W // k * k)
+            return F.avg_pool2d(cropped, k).reshape(B, T, H // k, W // k)
+        if self.sampling == "linear":
+            matrix = torch.as_tensor(self.matrix, dtype=field_.dtype, device=field_.device)
+            return field_.reshape(B, T, H * W) @ matrix.T
+        return _bilinear(field_, torch.as_tensor(self.points, dtype=field_.dtype, device=field_.device), self.periodic)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """(B, T, C, H, W) → observed entries (B, M_g)."""
+        sampled = self.sampled(self.transformed(x))
+        mask = torch.as_tensor(self.mask, device=x.device)
+        if sampled.shape[1:] != mask.shape:
+            raise LatentdaError(f"observation '{self.name}': operator output {tuple(sampled.shape[1:])} does not match values {tuple(mask.shape)}")
+        return sampled[:, mask]
+
+    def observed(self) -> tuple[np.ndarray, np.ndarray]:
+        """(y, σ) of the observed entries, in the order of ``__call__``."""
+        y = self.values[self.mask]
+        return y, np.full(y.shape, self.noise_std)
+
+
+def _bilinear(field_: Tensor, points: Tensor, periodic: tuple[bool, bool]) -> Tensor:
+    """Bilinear interpolation of (B, T, H, W) at fractional pixel indices (P, 2) → (B, T, P)."""
+    sizes = field_.shape[-2:]
+    corners, weights = [], []
+    base = torch.floor(points)
+    frac = points - base
+    base = base.long()
+    for axis in range(2):
+        if not periodic[axis]:
+            low = base[:, axis].clamp(0, sizes[axis] - 1)
+            high = (base[:, axis] + 1).clamp(0, sizes[axis] - 1)
+        else:
+            low = base[:, axis] % sizes[axis]
+            high = (base[:, axis] + 1) % sizes[axis]
+        corners.append((low, high))
+        weights.append((1 - frac[:, axis], frac[:, axis]))
+    out = 0
+    for i in range(2):
+        for j in range(2):
+            out = out + weights[0][i] * weights[1][j] * field_[..., corners[0][i], corners[1][j]]
+    return out
+
+
+class ObservationOperator:
+    """Several :class:`ObservationGroup` concatenated: x (B, T, C, H, W) → (B, M)."""
+
+    def __init__(self, groups: list[ObservationGroup], times: np.ndarray | None = None) -> None:
+        if not groups:
+            raise LatentdaError("no observation groups")
+        self.groups = groups
+        self.times = times
+        lengths = {g.values.shape[0] for g in groups}
+        if len(lengths) != 1:
+            raise LatentdaError(f"observation groups cover different numbers of time steps: {sorted(lengths)}")
+        self.length = lengths.pop()
+        if self.size == 0:
+            raise LatentdaError("observations are all NaN: nothing is observed")
+
+    @property
+    def size(self) -> int:
+        return int(sum(g.mask.sum() for g in self.groups))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.cat([group(x) for group in self.groups], dim=1)
+
+    def observed(self) -> tuple[Tensor, Tensor]:
+        """(y, σ) as float64 tensors of length M."""
+        ys, stds = zip(*(g.observed() for g in self.groups))
+        return torch.from_numpy(np.concatenate(ys)).double(), torch.from_numpy(np.concatenate(stds)).double()
+
+    def residual_ratio(self, x: Tensor) -> Tensor:
+        """Per trajectory root mean square of (y − H(x)) / σ: ≈ 1 when x is consistent with the data
+        (the std of the normalised residual when it has zero mean; a bias also raises it)."""
+        y, std = self.observed()
+        with torch.no_grad():
+            z = (y - self(x).double()) / std
+        return z.square().mean(dim=1).sqrt()

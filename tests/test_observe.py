@@ -1,0 +1,150 @@
+"""Observation operators against direct computations; files round trip; synthetic noise; bad input."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from conftest import make_box_dataset, make_latlon_dataset
+from latentda import cli
+from latentda.config import parse
+from latentda.data import FieldLayout, open_dataset, write_dataset
+from latentda.errors import LatentdaError
+from latentda.observe import (
+    ObservationConfig, ObservationGroup, ObservationOperator, observations_to_dataset, read_observations, synthesize,
+)
+
+
+def _field(T=3, C=2, H=8, W=8, seed=0):
+    return torch.randn(2, T, C, H, W, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _group(sampling="grid", transform="identity", channels=(0,), shape=(8, 8), T=3, **kwargs):
+    values = np.zeros((T, *shape))
+    return ObservationGroup("g", list(channels), transform, sampling, values, 0.1, **kwargs)
+
+
+def test_grid_mask_selects_observed_pixels():
+    group = _group()
+    group.values[:] = np.nan
+    group.values[1, 2, 3] = group.values[2, 5, 0] = 1.0  # observations at some times only
+    x = _field()
+    out = group(x)
+    torch.testing.assert_close(out, torch.stack([x[:, 1, 0, 2, 3], x[:, 2, 0, 5, 0]], dim=1))
+
+
+def test_coarsen_is_block_average_and_crops():
+    group = _group("coarsen", shape=(2, 3), factor=3)  # 8x8 → crop to 6x6 → 2x2? no: (8//3, 8//3) = (2, 2)
+    group.values = np.zeros((3, 2, 2))
+    x = _field()
+    expected = x[:, :, 0, :6, :6].reshape(2, 3, 2, 3, 2, 3).mean(dim=(3, 5))
+    torch.testing.assert_close(group(x), expected.reshape(2, -1))
+
+
+def test_points_interpolate_bilinearly_and_wrap_periodically():
+    points = np.array([[2.0, 3.0], [2.5, 3.0], [7.5, 7.5], [0.25, 7.0]])
+    group = _group("points", shape=(4,), points=points, periodic=(True, True))
+    x = _field()
+    f = x[:, :, 0]
+    out = group(x).reshape(2, 3, 4)
+    torch.testing.assert_close(out[..., 0], f[..., 2, 3])  # on-grid point: the pixel value
+    torch.testing.assert_close(out[..., 1], (f[..., 2, 3] + f[..., 3, 3]) / 2)
+    torch.testing.assert_close(out[..., 2], (f[..., 7, 7] + f[..., 0, 7] + f[..., 7, 0] + f[..., 0, 0]) / 4)  # wraps
+    torch.testing.assert_close(out[..., 3], 0.75 * f[..., 0, 7] + 0.25 * f[..., 1, 7])
+    clamped = _group("points", shape=(1,), points=np.array([[7.0, 7.5]]), periodic=(False, False))
+    torch.testing.assert_close(clamped(x).reshape(2, 3), f[..., 7, 7])  # no wrap on a non-periodic axis
+
+
+def test_speed_saturate_linear_and_combination():
+    x = _field()
+    speed = _group(transform="speed", channels=(0, 1))
+    torch.testing.assert_close(speed(x), torch.sqrt(x[:, :, 0] ** 2 + x[:, :, 1] ** 2 + 1e-12).reshape(2, -1))
+    sat = _group(transform="saturate", saturation=0.5)
+    torch.testing.assert_close(sat(x), (0.5 * torch.tanh(x[:, :, 0] / 0.5)).reshape(2, -1))
+    matrix = np.random.default_rng(0).standard_normal((5, 64))
+    linear = _group("linear", channels=(1,), shape=(5,), matrix=matrix)
+    torch.testing.assert_close(linear(x), (x[:, :, 1].reshape(2, 3, 64) @ torch.from_numpy(matrix).T).reshape(2, -1))
+    both = ObservationOperator([speed, linear])
+    assert both(x).shape == (2, 3 * 64 + 3 * 5) and both.size == 3 * 64 + 15
+
+
+def test_operators_are_differentiable():
+    x = _field(T=1)[:1]
+    group = _group("points", shape=(3,), T=1, points=np.array([[1.2, 3.4], [5.5, 0.1], [7.9, 7.9]]), periodic=(True, False),
+                   transform="speed", channels=(0, 1))
+    assert torch.autograd.gradcheck(group, (x.requires_grad_(),))
+
+
+def test_synthesize_write_read_round_trip(tmp_path):
+    dataset = make_box_dataset(trajectories=1, times=6, size=16).isel(trajectory=0)
+    layout = FieldLayout.from_dataset(dataset)
+    truth = layout.to_array(dataset)
+    config = parse(ObservationConfig, {"observations": [
+        {"name": "sparse", "variables": ["u", "v"], "fraction": 0.3, "noise_std": 0.1},
+        {"name": "coarse", "variables": ["u"], "sampling": "coarsen", "factor": 4, "noise_std": 0.2, "every": 2},
+        {"name": "stations", "variables": ["v"], "sampling": "points", "points": 7, "noise_std": 0.05},
+        {"name": "speed", "variables": ["u", "v"], "transform": "speed", "sampling": "points",
+         "coordinates": [[1.0, 2.0], [6.2, 0.3]], "noise_std": 0.1},
+    ]})
+    operator = synthesize(truth, layout, config, seed=3)
+    assert [g.name for g in operator.groups] == ["sparse_u", "sparse_v", "coarse", "stations", "speed"]
+    coarse = operator.groups[2]
+    assert np.isnan(coarse.values[1]).all() and not np.isnan(coarse.values[0]).any()  # every 2nd step
+    path = write_dataset(observations_to_dataset(operator, layout, dataset["time"]), tmp_path / "obs.nc")
+    again = read_observations(open_dataset(path), layout)
+    y, std = operator.observed()
+    y2, std2 = again.observed()
+    torch.testing.assert_close(y2, y.float().double())
+    x = torch.from_numpy(truth)[None]
+    torch.testing.assert_close(again(x), operator(x), rtol=1e-5, atol=1e-6)
+    # the noise is what it says: residuals of the truth have unit normalised RMS
+    assert 0.85 < float(operator.residual_ratio(x)[0]) < 1.15
+    assert operator.size > 200
+
+
+def test_latlon_points_use_coordinates(tmp_path):
+    dataset = make_latlon_dataset()
+    layout = FieldLayout.from_dataset(dataset)
+    config = parse(ObservationConfig, {"observations": [
+        {"name": "p", "variables": ["temperature@500"], "sampling": "points", "coordinates": [[12.5, 22.5], [-87.5, 351.0]]}]})
+    operator = synthesize(layout.to_array(dataset), layout, config)
+    points = operator.groups[0].points
+    lat = np.asarray(layout.grid[0].values)
+    assert points[0, 1] == pytest.approx(1.0) and points[1, 1] == pytest.approx(351 / 22.5)
+    assert points[0, 0] == pytest.approx(np.interp(12.5, lat, np.arange(8)))
+
+
+def test_bad_observation_files(tmp_path):
+    dataset = make_box_dataset(trajectories=1, times=4, size=16).isel(trajectory=0)
+    layout = FieldLayout.from_dataset(dataset)
+    config = parse(ObservationConfig, {"observations": [{"name": "o", "variables": ["u"], "fraction": 0.5}]})
+    observations = observations_to_dataset(synthesize(layout.to_array(dataset), layout, config), layout, dataset["time"])
+    with pytest.raises(LatentdaError, match="unknown variable 'w'"):
+        read_observations(observations.assign({"o": observations["o"].assign_attrs(latentda_source="w")}), layout)
+    with pytest.raises(LatentdaError, match="noise_std must be positive"):
+        read_observations(observations.assign({"o": observations["o"].assign_attrs(noise_std=0.0)}), layout)
+    with pytest.raises(LatentdaError, match="is in 'm/s'"):
+        read_observations(observations.assign({"o": observations["o"].assign_attrs(units="m/s")}), layout)
+    with pytest.raises(LatentdaError, match="all NaN"):
+        read_observations(observations.assign({"o": observations["o"] * np.nan}), layout)
+    with pytest.raises(LatentdaError, match="grid"):
+        read_observations(observations.isel(x=slice(0, 8)), layout)
+    with pytest.raises(LatentdaError, match=r"fraction: must be in"):
+        parse(ObservationConfig, {"observations": [{"name": "o", "variables": ["u"], "fraction": 0}]})
+
+
+def test_observe_cli(tmp_path, capsys):
+    truth = write_dataset(make_box_dataset(trajectories=2, times=5, size=16), tmp_path / "truth.zarr")
+    operator = tmp_path / "op.yaml"
+    operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.05, noise_std: 0.1}\n")
+    out = tmp_path / "obs.nc"
+    args = ["observe", "--truth", str(truth), "--operator", str(operator), "--out", str(out), "--trajectory", "1", "--seed", "4"]
+    assert cli.main(args) == 0
+    observations = open_dataset(out)
+    assert set(observations.data_vars) == {"o_u", "o_v"} and observations.sizes["time"] == 5
+    assert cli.main(args) == 2  # exists
+    assert "already exists" in capsys.readouterr().err
+    operator.write_text("observations:\n  - {name: o, variables: [q]}\n")
+    assert cli.main(args[:-4] + ["--out", str(tmp_path / "o2.nc")]) == 2
+    assert "unknown variable 'q'" in capsys.readouterr().err
+    assert not (tmp_path / "o2.nc").exists()
