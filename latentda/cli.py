@@ -118,7 +118,7 @@ def _select_truth(args: argparse.Namespace):
     if "trajectory" in dataset.dims:
         if not 0 <= args.trajectory < dataset.sizes["trajectory"]:
             raise LatentdaError(f"--trajectory {args.trajectory} out of range (the truth has {dataset.sizes['trajectory']})")
-        dataset = dataset.isel(trajectory=args.trajectory)
+        dataset = dataset.isel(trajectory=args.trajectory, drop=True)
     stop = dataset.sizes["time"] if args.length is None else args.start + args.length
     if not 0 <= args.start < stop <= dataset.sizes["time"]:
         raise LatentdaError(f"time window [{args.start}, {stop}) outside the truth's {dataset.sizes['time']} steps")
@@ -139,6 +139,52 @@ def _observe(args: argparse.Namespace) -> None:
              "seed": args.seed}
     write_dataset(observations_to_dataset(operator, layout, truth["time"], attrs), args.out)
     print(f"wrote {args.out}: {operator.size} observed values in {len(operator.groups)} group(s)")
+
+
+def _reanalyze(args: argparse.Namespace) -> None:
+    from latentda.data import open_dataset
+    from latentda.data.ensemble_store import EnsembleWriter
+    from latentda.pipeline import LatentDAPipeline
+    from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+
+    settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
+                                 sampler=args.sampler, steps=args.steps)
+    settings.validate()
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    observations = open_dataset(args.observations)
+    operator = pipeline.observation_operator(observations)
+    attrs = {"title": "latentda reanalysis (posterior ensemble)", "observations": str(args.observations),
+             "guidance": args.guidance, "solver_iterations": args.iterations, "seed": args.seed}
+    writer = EnsembleWriter(args.out, pipeline.layout, observations["time"], args.members, attrs,
+                            resume=args.resume, overwrite=args.overwrite)
+    pending = writer.pending()
+    if len(pending) < args.members:
+        print(f"resuming: {args.members - len(pending)} member(s) already complete")
+    for member, fields, ratio in posterior_members(pipeline, operator, pending, settings, args.seed):
+        writer.write(member, fields)
+        if not args.quiet:
+            print(f"member {member}: observation residual ratio {ratio:.3f}")
+    print(f"wrote {writer.finalize(overwrite=args.overwrite)}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from latentda.data import open_dataset
+    from latentda.evaluation import evaluate, write_report
+
+    prediction = open_dataset(args.prediction)
+    truth = open_dataset(args.truth)
+    observations = open_dataset(args.observations) if args.observations else None
+    rows, summary = evaluate(prediction, truth, observations, args.trajectory)
+    print(f"{'channel':<20}" + "".join(f"{n:>20}" for n in ("rmse", "crps", "spread", "spread_skill_ratio")))
+    for channel, scores in summary.items():
+        if channel in ("spectra", "members", "observation_residual_ratio"):
+            continue
+        print(f"{channel:<20}" + "".join(f"{scores.get(n, float('nan')):>20.4f}" for n in ("rmse", "crps", "spread", "spread_skill_ratio")))
+    if "observation_residual_ratio" in summary:
+        print(f"observation residual ratio: {summary['observation_residual_ratio']['mean']:.3f}")
+    if args.out:
+        print(f"wrote {write_report(rows, summary, args.out)}")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -232,13 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--start", type=int, default=0, help="first time step of the window (default 0)")
     sub.add_argument("--length", type=_positive_int, help="number of time steps (default: to the end)")
 
-    sub = command("reanalyze", "posterior ensemble of trajectories given observations", _planned(5))
-    sub.add_argument("--pipeline", required=True, type=Path)
-    sub.add_argument("--observations", required=True, type=Path)
-    sub.add_argument("--members", type=_positive_int, default=8)
-    sub.add_argument("--steps", type=_positive_int, default=64)
-    sub.add_argument("--out", required=True, type=Path)
-    sub.add_argument("--resume", action="store_true")
+    sub = command("reanalyze", "posterior ensemble of trajectories given observations", _reanalyze)
+    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
+    sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
+    sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
+    sub.add_argument("--steps", type=_positive_int, help="diffusion steps (default: the pipeline's)")
+    sub.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "pc"], help="sampler (default: the pipeline's)")
+    sub.add_argument("--guidance", choices=["mmps", "dps"], default="mmps", help="posterior guidance (default mmps)")
+    sub.add_argument("--iterations", type=_positive_int, default=3, help="MMPS solver iterations (default 3)")
+    sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
+    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--out", required=True, type=Path, help="output POST.zarr (or .nc)")
+    sub.add_argument("--resume", action="store_true", help="complete an interrupted run (keeps its finished members)")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("forecast", "forecast ensemble from observations or an initial state", _planned(6))
     sub.add_argument("--pipeline", required=True, type=Path)
@@ -249,11 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, type=Path)
     sub.add_argument("--resume", action="store_true")
 
-    sub = command("evaluate", "score an ensemble against the truth (rmse, crps, spread-skill, ...)", _planned(5))
-    sub.add_argument("--prediction", required=True, type=Path)
-    sub.add_argument("--truth", required=True, type=Path)
-    sub.add_argument("--observations", type=Path)
-    sub.add_argument("--out", type=Path)
+    sub = command("evaluate", "score an ensemble against the truth (rmse, crps, spread-skill, ...)", _evaluate)
+    sub.add_argument("--prediction", required=True, type=Path, help="ensemble (dims realization, time, ...)")
+    sub.add_argument("--truth", required=True, type=Path, help="true fields (matched by time)")
+    sub.add_argument("--trajectory", type=int, help="which trajectory of the truth, when it has several")
+    sub.add_argument("--observations", type=Path, help="observation file: adds the residual ratio")
+    sub.add_argument("--out", type=Path, help="folder for metrics.csv, summary.json and figures")
     return parser
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
-import zarr
 from tqdm.auto import tqdm
 
 from latentda.components import load_autoencoder
 from latentda.data import LATENT, atomic_path, open_dataset
+from latentda.data.io import create_store, write_region
 from latentda.data.layout import TIME, TRAJECTORY
 from latentda.data.statistics import check_finite
 
@@ -63,13 +62,9 @@ def encode_dataset(
         "latentda_layout": json.dumps(layout.to_dict()),
         "latentda_statistics": json.dumps(statistics.to_dict()),
     }
+    variables = {LATENT: (dims, "float32", {"long_name": "autoencoder latent state", "units": "1"})}
     with atomic_path(out, overwrite=overwrite) as temporary:
-        xr.Dataset(coords=coords, attrs=attrs).to_zarr(temporary, mode="w", consolidated=False)
-        group = zarr.open_group(temporary, mode="a")
-        array = group.create_array(
-            LATENT, shape=(*lead, steps, c, h, w), chunks=(*(1 for _ in lead), 1, c, h, w), dtype="float32",
-            dimension_names=dims, attributes={"long_name": "autoencoder latent state", "units": "1"},
-        )
+        create_store(temporary, coords, variables, attrs)
         bar = tqdm(total=len(trajectories) * steps, desc="encode", unit="state", disable=not progress)
         with torch.no_grad():
             for index, trajectory in enumerate(trajectories):
@@ -79,7 +74,8 @@ def encode_dataset(
                     check_finite(frames, layout.channels, f" (steps {start}-{stop})")
                     x = torch.from_numpy(statistics.standardise(frames.astype(np.float32))).to(device)
                     z = model.encode(x).cpu().numpy()
-                    array[(index, slice(start, stop)) if has_trajectories else slice(start, stop)] = z
+                    region = (index, slice(start, stop)) if has_trajectories else (slice(start, stop),)
+                    write_region(temporary, {LATENT: z}, region)
                     bar.update(stop - start)
         bar.close()
     return Path(out)

@@ -175,6 +175,35 @@ class LatentDAPipeline:
         z = self.sample_latents(length, members, steps, method, seed)
         return self.to_dataset(self.decode(z), attrs={"title": "latentda unconditional samples"})
 
+    # ------------------------------------------------------------------ posterior
+    def observation_operator(self, observations: xr.Dataset):
+        """The pixel-space operator, y and σ of an observation dataset, checked against the model."""
+        from latentda.observe.files import read_observations
+
+        operator = read_observations(observations, self.layout)
+        time = observations["time"].values
+        if time.size > 1 and np.issubdtype(time.dtype, np.number):
+            steps = np.diff(time.astype(np.float64))
+            if not np.allclose(steps, self.settings["time_step"], rtol=1e-4):
+                raise LatentdaError(f"observation times are {np.unique(steps.round(6))} apart, the model's step is {self.settings['time_step']}")
+        return operator
+
+    def reanalyze(self, observations: xr.Dataset, members: int = 8, seed: int = 0, settings=None, **kwargs) -> xr.Dataset:
+        """Posterior ensemble p(x_{1:L} | y) of the observation window, dims (realization, time, ...).
+
+        ``settings`` is a :class:`PosteriorSettings` (or pass its fields as keywords: guidance,
+        iterations, solver, sampler, steps).
+        """
+        from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+
+        settings = settings or PosteriorSettings(**kwargs)
+        settings.validate()
+        operator = self.observation_operator(observations)
+        fields = np.zeros((members, operator.length, self.layout.num_channels, *self.layout.shape), np.float32)
+        for member, values, _ in posterior_members(self, operator, list(range(members)), settings, seed):
+            fields[member] = values
+        return self.to_dataset(fields, observations["time"], attrs={"title": "latentda reanalysis (posterior ensemble)"})
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:
         path = Path(path)

@@ -16,11 +16,13 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import xarray as xr
+import zarr
 
 from latentda.errors import LatentdaError
 
-__all__ = ["open_dataset", "atomic_path", "write_dataset", "remove_path", "dataset_format"]
+__all__ = ["open_dataset", "atomic_path", "write_dataset", "remove_path", "dataset_format", "create_store", "write_region"]
 
 _ZARR_SUFFIXES = (".zarr",)
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
@@ -101,3 +103,29 @@ def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool 
         else:
             dataset.to_netcdf(temporary, engine="h5netcdf")
     return path
+
+
+def create_store(path: str | os.PathLike, coords: dict, variables: dict[str, tuple], attrs: dict | None = None,
+                 chunked_dims: tuple[str, ...] = ("time", "trajectory", "realization")) -> None:
+    """Create an empty zarr store, to be filled region by region with :func:`write_region`.
+
+    ``coords`` maps every dimension (and any other coordinate) to its values (a DataArray keeps its
+    attributes; xarray writes them, so CF time encoding applies). ``variables`` maps each data
+    variable to ``(dims, dtype, attrs)``; arrays are created empty (NaN), one entry of each
+    ``chunked_dims`` per chunk. Memory stays bounded whatever the store's size.
+    """
+    xr.Dataset(coords=coords, attrs=attrs or {}).to_zarr(path, mode="w", consolidated=False)
+    group = zarr.open_group(path, mode="a")
+    sizes = {name: np.size(getattr(value, "values", value)) for name, value in coords.items()}
+    for name, (dims, dtype, variable_attrs) in variables.items():
+        shape = tuple(sizes[d] for d in dims)
+        chunks = tuple(1 if d in chunked_dims else n for d, n in zip(dims, shape))
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(dims),
+                           attributes=dict(variable_attrs), fill_value=np.nan)
+
+
+def write_region(path: str | os.PathLike, arrays: dict[str, np.ndarray], index: tuple) -> None:
+    """Write ``arrays[name]`` into ``store[name][index]`` for each name."""
+    group = zarr.open_group(path, mode="a")
+    for name, values in arrays.items():
+        group[name][index] = values

@@ -131,7 +131,7 @@ class FieldLayout:
         if not variables:
             raise LatentdaError("dataset has no data variable with a time axis")
         level_name = next((n for n in _LEVEL_NAMES if n in dataset.dims), None)
-        allowed = {TIME, TRAJECTORY, *grid_names} | ({level_name} if level_name else set())
+        allowed = {TIME, TRAJECTORY, "realization", *grid_names} | ({level_name} if level_name else set())
         specs = []
         for name in variables:
             variable = dataset[name]

@@ -27,15 +27,20 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, iterations: int) -> Tensor:
     """u ≈ M⁻¹ b by ``iterations`` CG steps from u₀ = 0 (M symmetric positive definite).
 
     r₀ = p₀ = b; α = rᵀr / pᵀMp; u += α p; r −= α Mp; β = r'ᵀr' / rᵀr; p = r' + β p.
+    A direction of non-positive curvature (pᵀMp ≤ 0, possible when a learned denoiser's Jacobian
+    is not positive semi-definite) ends that system's iterations instead of diverging.
     """
     u = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rr = _dot(r, r)
     tiny = torch.finfo(b.dtype).tiny
+    active = torch.ones_like(rr, dtype=torch.bool)
     for _ in range(iterations):
         mp = matvec(p)
-        alpha = rr / _dot(p, mp).clamp_min(tiny)
+        curvature = _dot(p, mp)
+        active = active & (curvature > 0) & (rr > 0)
+        alpha = torch.where(active, rr / curvature.where(active, torch.ones_like(curvature)), torch.zeros_like(rr))
         u = u + alpha * p
         r = r - alpha * mp
         rr_next = _dot(r, r)

@@ -1,0 +1,93 @@
+"""Ensemble outputs written member by member, resumable.
+
+While a run is in progress its output lives at ``<out>.partial`` (a zarr store with every variable
+of the final output plus ``completed(realization)``). Each member's fields are written into their
+region and then marked completed, so an interrupted run keeps every finished member, and a resumed
+run skips them. When all members are done the store is renamed to ``out`` (or converted to netCDF
+when ``out`` ends in .nc): a final output is never partial.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from latentda.data.io import atomic_path, create_store, dataset_format, open_dataset, remove_path, write_region
+from latentda.data.layout import TIME, FieldLayout
+from latentda.errors import LatentdaError
+
+__all__ = ["EnsembleWriter"]
+
+COMPLETED = "completed"
+REALIZATION = "realization"
+
+
+class EnsembleWriter:
+    """Writes an ensemble (realization, time, ...) of fields on ``layout`` member by member."""
+
+    def __init__(self, out: str | os.PathLike, layout: FieldLayout, time: xr.DataArray, members: int,
+                 attrs: dict | None = None, resume: bool = False, overwrite: bool = False,
+                 extra_coords: dict | None = None) -> None:
+        self.out = Path(out)
+        time = time.reset_coords(drop=True) if isinstance(time, xr.DataArray) else xr.DataArray(np.asarray(time), dims=TIME)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.layout = layout
+        self.members = members
+        if self.out.exists() and not overwrite:
+            raise LatentdaError(f"{self.out}: already exists (pass --overwrite to replace it)")
+        if self.partial.exists() and not resume:
+            raise LatentdaError(f"{self.partial}: an interrupted run exists (pass --resume to complete it, or remove it)")
+        template = layout.to_dataset(np.zeros((1, time.size, layout.num_channels, *layout.shape), np.float32), time,
+                                     leading=[(REALIZATION, [0])])
+        self.variables = {name: v.dims for name, v in template.data_vars.items()}
+        if self.partial.exists():
+            existing = open_dataset(self.partial)
+            if existing.sizes.get(REALIZATION) != members or existing.sizes.get(TIME) != time.size:
+                raise LatentdaError(f"{self.partial}: the interrupted run had other members or times; remove it to start again")
+            return
+        coords = {name: template[name] for name in template.coords if name != REALIZATION}
+        coords[REALIZATION] = xr.DataArray(np.arange(members), dims=REALIZATION,
+                                           attrs={"long_name": "ensemble member", "standard_name": "realization"})
+        coords.update(extra_coords or {})
+        variables = {name: (v.dims, "float32", v.attrs) for name, v in template.data_vars.items()}
+        variables[COMPLETED] = ((REALIZATION,), "float32", {"long_name": "1 when the member is complete"})
+        with atomic_path(self.partial) as temporary:  # the partial store itself appears whole
+            create_store(temporary, coords, variables, {**layout.attrs, **(attrs or {})})
+            write_region(temporary, {COMPLETED: np.zeros(members, np.float32)}, (slice(None),))
+
+    def completed(self) -> list[int]:
+        flags = zarr.open_group(self.partial, mode="r")[COMPLETED][:]
+        return [int(i) for i in np.flatnonzero(flags == 1)]
+
+    def pending(self) -> list[int]:
+        done = set(self.completed())
+        return [m for m in range(self.members) if m not in done]
+
+    def write(self, member: int, fields: np.ndarray) -> None:
+        """Store member ``member``'s fields (time, C, H, W), then mark it complete."""
+        member_dataset = self.layout.to_dataset(fields[None].astype(np.float32), np.arange(fields.shape[0]),
+                                                leading=[(REALIZATION, [member])])
+        arrays = {name: member_dataset[name].values for name in self.variables}
+        write_region(self.partial, arrays, (slice(member, member + 1),))
+        write_region(self.partial, {COMPLETED: np.ones(1, np.float32)}, (slice(member, member + 1),))
+
+    def finalize(self, overwrite: bool = False) -> Path:
+        """Move the complete ensemble to ``out`` (dropping the bookkeeping variable)."""
+        if self.pending():
+            raise LatentdaError(f"{self.partial}: members {self.pending()} are not finished")
+        if dataset_format(self.out) == "netcdf":
+            dataset = open_dataset(self.partial).drop_vars(COMPLETED).load()
+            with atomic_path(self.out, overwrite=overwrite) as temporary:
+                dataset.to_netcdf(temporary, engine="h5netcdf")
+            remove_path(self.partial)
+        else:
+            group = zarr.open_group(self.partial, mode="a")
+            del group[COMPLETED]
+            if self.out.exists():
+                remove_path(self.out)
+            os.replace(self.partial, self.out)
+        return self.out

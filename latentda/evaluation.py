@@ -1,0 +1,116 @@
+"""``latentda evaluate``: score an ensemble against the truth, write a table and figures.
+
+The prediction (dims realization, time, …) is matched to the truth by time coordinate (one
+trajectory of the truth is selected when it has several). Scores per channel and time step are in
+:mod:`latentda.metrics`; with observations, the observation residual ratio (RMS of (y − H(x))/σ per
+member, ≈ 1 when consistent) is added. Outputs: ``metrics.csv`` (one row per channel and time),
+``summary.json`` (means over time), ``scores.png`` (scores against time) and ``spectra.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
+from latentda.errors import LatentdaError
+from latentda.metrics import energy_spectrum, ensemble_scores
+
+__all__ = ["evaluate", "write_report"]
+
+
+def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) -> xr.Dataset:
+    if TRAJECTORY in truth.dims:
+        if trajectory is None:
+            raise LatentdaError(f"the truth has {truth.sizes[TRAJECTORY]} trajectories: choose one with --trajectory")
+        truth = truth.isel({TRAJECTORY: trajectory}, drop=True)
+    try:
+        return truth.sel({TIME: prediction[TIME].values})
+    except KeyError:
+        raise LatentdaError("the prediction's times are not all in the truth") from None
+
+
+def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset | None = None,
+             trajectory: int | None = None) -> tuple[list[dict], dict]:
+    """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel)."""
+    if "realization" not in prediction.dims:
+        raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
+    layout = FieldLayout.from_dataset(prediction)
+    truth = _align(prediction, truth, trajectory)
+    layout.check(truth)
+    members = prediction.sizes["realization"]
+    ensemble = np.stack([layout.to_array(prediction.isel(realization=m)) for m in range(members)])
+    target = layout.to_array(truth)
+    scores = ensemble_scores(ensemble, target, layout.area_weights())
+    times = prediction[TIME].values
+    rows = []
+    for c, channel in enumerate(layout.channels):
+        for t, time in enumerate(times):
+            rows.append({"channel": channel, "time": str(time), "lead": t,
+                         **{name: float(value[t, c]) for name, value in scores.items()}})
+    summary = {channel: {name: float(np.nanmean(value[:, c])) for name, value in scores.items()}
+               for c, channel in enumerate(layout.channels)}
+    if observations is not None:
+        import torch
+
+        from latentda.observe.files import read_observations
+
+        operator = read_observations(observations, layout)
+        if operator.length != len(times):
+            raise LatentdaError(f"the observations cover {operator.length} times, the prediction {len(times)}")
+        ratios = operator.residual_ratio(torch.from_numpy(ensemble).double())
+        summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
+    spectra = {}
+    for c, channel in enumerate(layout.channels):
+        k, predicted = energy_spectrum(ensemble[:, :, c], layout.periodic)
+        _, true = energy_spectrum(target[:, c], layout.periodic)
+        spectra[channel] = {"wavenumber": k.tolist(), "prediction": predicted.tolist(), "truth": true.tolist()}
+    summary["spectra"] = spectra
+    summary["members"] = members
+    return rows, summary
+
+
+def write_report(rows: list[dict], summary: dict, out: str | os.PathLike) -> Path:
+    """Write metrics.csv, summary.json and figures into the folder ``out``."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    channels = [c for c in summary if c not in ("spectra", "members", "observation_residual_ratio")]
+    names = [n for n in ("rmse", "crps", "spread", "spread_skill_ratio") if n in rows[0]]
+    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), constrained_layout=True)
+    for axis, name in zip(np.atleast_1d(axes), names):
+        for channel in channels:
+            series = [r for r in rows if r["channel"] == channel]
+            axis.plot([r["lead"] for r in series], [r[name] for r in series], label=channel)
+        if name == "spread_skill_ratio":
+            axis.axhline(1.0, color="k", lw=0.8, ls="--")
+        axis.set_title(name)
+        axis.set_xlabel("time step")
+    np.atleast_1d(axes)[0].legend()
+    figure.savefig(out / "scores.png", dpi=120)
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(4.5, 3.5), constrained_layout=True)
+    for channel, spectrum in summary["spectra"].items():
+        line, = axis.loglog(spectrum["wavenumber"], spectrum["truth"], label=f"{channel} truth")
+        axis.loglog(spectrum["wavenumber"], spectrum["prediction"], ls="--", color=line.get_color(), label=f"{channel} ensemble")
+    axis.set_xlabel("wavenumber")
+    axis.set_ylabel("power")
+    axis.legend(fontsize=7)
+    figure.savefig(out / "spectra.png", dpi=120)
+    plt.close(figure)
+    return out
