@@ -181,6 +181,8 @@ class LatentDAPipeline:
         from latentda.observe.files import read_observations
 
         operator = read_observations(observations, self.layout)
+        if operator.length < self.window:
+            raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
         time = observations["time"].values
         if time.size > 1 and np.issubdtype(time.dtype, np.number):
             steps = np.diff(time.astype(np.float64))

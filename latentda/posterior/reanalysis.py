@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from latentda.config import require
-from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser
 from latentda.posterior.solvers import SOLVERS
@@ -80,8 +79,6 @@ def posterior_members(pipeline, operator: ObservationOperator, members: list[int
     from latentda.diffusion.sampling import sample
 
     length = operator.length
-    if length < pipeline.window:
-        raise LatentdaError(f"the observation window has {length} states, fewer than the model's window of {pipeline.window}")
     denoise = guided_denoiser(pipeline, operator, settings)
     for member in members:
         z = sample(denoise, (1, length, *pipeline.latent_shape), pipeline.scheduler,

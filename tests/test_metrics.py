@@ -1,0 +1,79 @@
+"""Scores against direct formulas and known distributions; spectra of known fields; evaluate CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import make_box_dataset
+from latentda import cli
+from latentda.data import write_dataset
+from latentda.metrics import energy_spectrum, ensemble_scores, fair_crps, lag_autocorrelation
+
+
+def test_fair_crps_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    ensemble = rng.standard_normal((7, 5))
+    truth = rng.standard_normal(5)
+    pairwise = np.abs(ensemble[:, None] - ensemble[None, :]).sum(axis=(0, 1))
+    expected = np.abs(ensemble - truth).mean(0) - pairwise / (2 * 7 * 6)
+    np.testing.assert_allclose(fair_crps(ensemble, truth), expected, rtol=1e-12)
+
+
+def test_calibrated_ensemble_has_unit_spread_skill_and_gaussian_crps():
+    """Truth and members drawn from the same N(0, 1): SSR ≈ 1, CRPS ≈ 1/√π, RMSE ≈ √((m+1)/m)."""
+    rng = np.random.default_rng(1)
+    m = 5
+    ensemble = rng.standard_normal((m, 4, 1, 64, 64))
+    truth = rng.standard_normal((4, 1, 64, 64))
+    scores = ensemble_scores(ensemble, truth)
+    assert scores["spread_skill_ratio"].mean() == pytest.approx(1.0, abs=0.02)
+    assert scores["crps"].mean() == pytest.approx(1 / np.sqrt(np.pi), abs=0.01)
+    assert scores["rmse"].mean() == pytest.approx(np.sqrt((m + 1) / m), abs=0.02)
+    overconfident = ensemble_scores(0.3 * ensemble, truth)
+    assert overconfident["spread_skill_ratio"].mean() < 0.4
+
+
+def test_area_weights_change_rmse():
+    truth = np.zeros((1, 1, 2, 3))
+    ensemble = np.zeros((2, 1, 1, 2, 3))
+    ensemble[:, :, :, 0] = 1.0  # error only in the first row
+    weights = np.array([[1.5], [0.5]])
+    assert ensemble_scores(ensemble, truth, weights)["rmse"][0, 0] == pytest.approx(np.sqrt(0.75))
+
+
+def test_spectrum_of_a_single_wave():
+    H = W = 32
+    y, x = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    field = np.sin(2 * np.pi * 3 * x / W) + 0.5 * np.cos(2 * np.pi * 5 * y / H)
+    k, power = energy_spectrum(field[None], (True, True))
+    assert k[np.argmax(power)] == 3 and power[4] == pytest.approx(0.5**2 / 2)
+    assert power.sum() == pytest.approx(field.var())  # Parseval
+    k, zonal = energy_spectrum(field[None], (False, True))
+    assert k[np.argmax(zonal)] == 3
+
+
+def test_lag_autocorrelation():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((50, 20, 1, 4, 4))
+    assert abs(lag_autocorrelation(noise)[0]) < 0.05
+    smooth = np.cumsum(noise, axis=1)
+    assert lag_autocorrelation(smooth)[0] > 0.8
+
+
+def test_evaluate_cli(tmp_path, capsys):
+    truth = make_box_dataset(trajectories=2, times=6, size=8)
+    truth_path = write_dataset(truth, tmp_path / "truth.zarr")
+    rng = np.random.default_rng(0)
+    members = truth.isel(trajectory=1, drop=True).expand_dims(realization=np.arange(4)).copy(deep=True)
+    for name in ("u", "v"):
+        members[name] = members[name] + xr.DataArray(rng.standard_normal(members[name].shape).astype(np.float32), dims=members[name].dims)
+    prediction = write_dataset(members, tmp_path / "prediction.nc")
+    out = tmp_path / "report"
+    assert cli.main(["evaluate", "--prediction", str(prediction), "--truth", str(truth_path), "--trajectory", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["u"]["rmse"] == pytest.approx(0.5, abs=0.1)  # mean of 4 unit-noise members
+    assert {"metrics.csv", "scores.png", "spectra.png"} <= {p.name for p in out.iterdir()}
+    assert cli.main(["evaluate", "--prediction", str(prediction), "--truth", str(truth_path)]) == 2
+    assert "choose one with --trajectory" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""reanalyze end to end on a tiny pipeline: resume keeps finished members; guidance pulls to the data;
+bad observations fail cleanly without writing."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import make_box_dataset
+from latentda import cli
+from latentda.config import parse
+from latentda.data import FieldLayout, compute_statistics, open_dataset, write_dataset
+from latentda.data.ensemble_store import EnsembleWriter
+from latentda.diffusion.denoiser import make_schedule
+from latentda.errors import LatentdaError
+from latentda.nn.autoencoder import AutoEncoder
+from latentda.nn.transformer import TrajectoryTransformer
+from latentda.pipeline import LatentDAPipeline
+from latentda.data.statistics import Statistics
+from latentda.posterior import reanalysis
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """An untrained but complete pipeline, a truth and sparse observations of it."""
+    root = tmp_path_factory.mktemp("reanalyze")
+    truth = make_box_dataset(trajectories=1, times=6, size=8).isel(trajectory=0, drop=True)
+    truth_path = write_dataset(truth, root / "truth.nc")
+    layout = FieldLayout.from_dataset(truth)
+    torch.manual_seed(0)
+    autoencoder = AutoEncoder(in_channels=2, latent_channels=2, hidden_channels=[8, 8], blocks_per_stage=1,
+                              sample_size=[8, 8], periodic=[True, True])
+    backbone = TrajectoryTransformer(in_channels=2, window=4, sample_size=(4, 4), patch_size=(1, 2, 2), hidden_size=16,
+                                     depth=1, num_heads=2, periodic=(True, True))
+    pipeline = LatentDAPipeline(autoencoder, layout, compute_statistics(truth, layout, progress=False), backbone,
+                                Statistics(["latent0", "latent1"], [0, 0], [1, 1]), make_schedule(),
+                                {"time_step": 0.2, "steps": 4, "sampler": "ddpm"})
+    folder = pipeline.save_pretrained(root / "pipeline")
+    operator = root / "op.yaml"
+    operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.5, noise_std: 0.1}\n")
+    observations = root / "obs.nc"
+    assert cli.main(["observe", "--truth", str(truth_path), "--operator", str(operator), "--out", str(observations), "--quiet"]) == 0
+    return root, folder, truth_path, observations
+
+
+def test_interrupted_reanalysis_resumes_with_identical_members(setup, tmp_path, monkeypatch):
+    root, folder, truth, observations = setup
+    args = ["reanalyze", "--pipeline", str(folder), "--observations", str(observations), "--members", "3",
+            "--steps", "3", "--iterations", "1", "--quiet"]
+    straight = tmp_path / "straight.zarr"
+    assert cli.main(args + ["--out", str(straight)]) == 0
+
+    real = reanalysis.posterior_members
+
+    def dies_after_two(*a, **k):
+        for count, item in enumerate(real(*a, **k)):
+            if count == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(reanalysis, "posterior_members", dies_after_two)
+    killed = tmp_path / "killed.zarr"
+    assert cli.main(args + ["--out", str(killed)]) == 130
+    assert not killed.exists()
+    partial = open_dataset(tmp_path / "killed.zarr.partial")
+    assert partial["completed"].values.tolist() == [1, 1, 0]
+    assert cli.main(args + ["--out", str(killed)]) == 2  # a partial run exists: needs --resume
+    monkeypatch.setattr(reanalysis, "posterior_members", real)
+    calls = []
+    monkeypatch.setattr(reanalysis, "posterior_members", lambda p, o, members, *a: (calls.append(members), real(p, o, members, *a))[1])
+    assert cli.main(args + ["--out", str(killed), "--resume"]) == 0
+    assert calls == [[2]]  # only the unfinished member was computed
+    a, b = open_dataset(straight).load(), open_dataset(killed).load()
+    assert "completed" not in b
+    np.testing.assert_array_equal(a["u"].values, b["u"].values)
+    assert not (tmp_path / "killed.zarr.partial").exists()
+
+
+def test_guidance_pulls_towards_observations(setup, tmp_path):
+    """The untrained backbone outputs 0, so the prior denoiser is that of N(0, I) latents; a few
+    observations (fewer than latent dimensions) must then be fitted better than by the prior. The
+    random decoder's range is narrow, so the fit cannot reach the noise level; exactness is tested
+    against closed forms in test_guidance.py."""
+    root, folder, truth, _ = setup
+    operator_file = tmp_path / "op.yaml"
+    operator_file.write_text("observations:\n  - {name: o, variables: [u], fraction: 0.1, noise_std: 0.1}\n")
+    observations = tmp_path / "few.nc"
+    assert cli.main(["observe", "--truth", str(truth), "--operator", str(operator_file), "--out", str(observations)]) == 0
+    pipeline = LatentDAPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    obs = open_dataset(observations)
+    operator = pipeline.observation_operator(obs)
+    prior = pipeline.sample(length=6, members=2, steps=16, method="ddpm", seed=1)
+    posterior = pipeline.reanalyze(obs, members=2, steps=16, sampler="ddpm", iterations=3)
+    ratio = lambda ds: operator.residual_ratio(torch.from_numpy(np.stack([  # noqa: E731
+        pipeline.layout.to_array(ds.isel(realization=m)) for m in range(2)])).double()).mean()
+    assert ratio(posterior) < 0.75 * ratio(prior)
+
+
+def test_bad_observations_write_nothing(setup, tmp_path, capsys):
+    root, folder, truth, observations = setup
+    obs = open_dataset(observations).load()
+    cases = {
+        "sigma": obs.assign(o_u=obs["o_u"].assign_attrs(noise_std=-1.0)),
+        "variable": obs.assign(o_u=obs["o_u"].assign_attrs(latentda_source="temperature")),
+        "empty": obs.assign(o_u=obs["o_u"] * np.nan, o_v=obs["o_v"] * np.nan),
+        "times": obs.assign_coords(time=obs["time"] * 2),
+        "short": obs.isel(time=slice(0, 3)),
+    }
+    messages = {"sigma": "noise_std must be positive", "variable": "unknown variable 'temperature'",
+                "empty": "all NaN", "times": "model's step is 0.2", "short": "fewer than the model's window"}
+    for name, dataset in cases.items():
+        path = write_dataset(dataset, tmp_path / f"{name}.nc")
+        out = tmp_path / f"{name}.zarr"
+        code = cli.main(["reanalyze", "--pipeline", str(folder), "--observations", str(path), "--members", "1",
+                         "--steps", "2", "--out", str(out), "--quiet"])
+        assert code == 2, name
+        assert messages[name] in capsys.readouterr().err, name
+        assert not out.exists() and not (tmp_path / f"{name}.zarr.partial").exists(), name
+
+
+def test_ensemble_writer_refuses_mismatched_resume(setup, tmp_path):
+    root, folder, truth, observations = setup
+    layout = FieldLayout.from_dataset(open_dataset(truth))
+    time = open_dataset(truth)["time"]
+    writer = EnsembleWriter(tmp_path / "e.zarr", layout, time, 2)
+    writer.write(0, np.zeros((6, 2, 8, 8), np.float32))
+    with pytest.raises(LatentdaError, match="other members or times"):
+        EnsembleWriter(tmp_path / "e.zarr", layout, time, 3, resume=True)
+    with pytest.raises(LatentdaError, match="not finished"):
+        EnsembleWriter(tmp_path / "e.zarr", layout, time, 2, resume=True).finalize()
