@@ -1,0 +1,57 @@
+"""Encode throughput (frames/s) and peak memory for datasets larger than one batch.
+
+    python tools/bench_encode.py --autoencoder runs/ae-kolmogorov/autoencoder --data data/kolmogorov.zarr
+
+Encodes the first N and the first 4N trajectories of the dataset in fresh subprocesses and prints,
+for each, frames per second and the peak resident memory; memory that does not grow with the
+dataset shows that encoding streams batch by batch. Ratios are measured in the same run.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+from latentda.data import open_dataset, write_dataset
+from latentda.encoding import encode_dataset
+autoencoder, data, count, batch, workdir = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+subset = open_dataset(data).isel(trajectory=slice(0, count))
+source = write_dataset(subset, f"{workdir}/subset-{count}.zarr")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+encode_dataset(autoencoder, source, f"{workdir}/latents-{count}.zarr", batch_size=batch, progress=False)
+elapsed = time.perf_counter() - start
+frames = count * subset.sizes["time"]
+print(json.dumps({"trajectories": count, "frames": frames, "seconds": elapsed, "frames_per_second": frames / elapsed,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_before_encode_mb": before / 1024}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--autoencoder", required=True, type=Path)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--trajectories", type=int, default=4, help="N: the small run encodes N, the large 4N")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for count in (args.trajectories, 4 * args.trajectories):
+            out = subprocess.run([sys.executable, "-c", CHILD, str(args.autoencoder), str(args.data), str(count),
+                                  str(args.batch_size), workdir], capture_output=True, text=True, check=True)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for r in results:
+        print(f"{r['frames']:>6} frames: {r['frames_per_second']:8.1f} frames/s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"(before encoding {r['rss_before_encode_mb']:.0f} MB)")
+    small, large = results
+    print(f"dataset ×{large['frames'] / small['frames']:.0f} → peak memory ×{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}, "
+          f"throughput ×{large['frames_per_second'] / small['frames_per_second']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
