@@ -14,13 +14,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+PREPARE = r"""
+import sys
+from latentda.data import open_dataset, write_dataset
+data, count, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+write_dataset(open_dataset(data).isel(trajectory=slice(0, count)), f"{workdir}/subset-{count}.zarr")
+"""
+
 CHILD = r"""
 import json, resource, sys, time
-from latentda.data import open_dataset, write_dataset
+from latentda.data import open_dataset
 from latentda.encoding import encode_dataset
 autoencoder, data, count, batch, workdir = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-subset = open_dataset(data).isel(trajectory=slice(0, count))
-source = write_dataset(subset, f"{workdir}/subset-{count}.zarr")
+source = f"{workdir}/subset-{count}.zarr"
+subset = open_dataset(source)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 encode_dataset(autoencoder, source, f"{workdir}/latents-{count}.zarr", batch_size=batch, progress=False)
@@ -42,6 +49,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for count in (args.trajectories, 4 * args.trajectories):
+            subprocess.run([sys.executable, "-c", PREPARE, str(args.data), str(count), workdir], check=True)
             out = subprocess.run([sys.executable, "-c", CHILD, str(args.autoencoder), str(args.data), str(count),
                                   str(args.batch_size), workdir], capture_output=True, text=True, check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
