@@ -187,6 +187,51 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {write_report(rows, summary, args.out)}")
 
 
+def _forecast(args: argparse.Namespace) -> None:
+    import numpy as np
+    import xarray as xr
+
+    from latentda.data import open_dataset
+    from latentda.data.ensemble_store import EnsembleWriter
+    from latentda.pipeline import LatentDAPipeline
+    from latentda.posterior import forecast
+    from latentda.posterior.reanalysis import PosteriorSettings
+
+    if (args.observations is None) == (args.initial is None):
+        raise LatentdaError("give exactly one of --observations and --initial")
+    settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, sampler=args.sampler, steps=args.steps)
+    settings.validate()
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    operator = initial = None
+    if args.observations is not None:
+        source = open_dataset(args.observations)
+        operator = pipeline.observation_operator(source) if source.sizes.get("time", 0) >= pipeline.window else None
+        if operator is None:  # a window shorter than K (nowcast): checked without the length rule
+            from latentda.observe.files import read_observations
+
+            operator = read_observations(source, pipeline.layout)
+    else:
+        source = open_dataset(args.initial)
+        pipeline.layout.check(source)
+        initial = pipeline.encode(pipeline.layout.to_array(source))[None]
+    now = source["time"].values[-1]
+    step = pipeline.settings["time_step"]
+    leads = xr.DataArray(np.arange(args.lead + 1) * step, dims="time",
+                         attrs={"long_name": "forecast lead time", "units": pipeline.settings["time_units"]})
+    attrs = {"title": "latentda forecast ensemble", "mode": args.mode, "conditioning": args.conditioning, "seed": args.seed}
+    writer = EnsembleWriter(args.out, pipeline.layout, leads, args.members, attrs, resume=args.resume,
+                            overwrite=args.overwrite, init_time=xr.DataArray([now], dims="time", attrs=source["time"].attrs))
+    pending = writer.pending()
+    members = forecast.forecast_members(pipeline, pending, args.lead, settings, args.seed, operator, initial, args.mode,
+                                        args.conditioning, args.condition_noise)
+    from tqdm.auto import tqdm
+
+    for member, fields in tqdm(members, total=len(pending), desc="forecast members", disable=args.quiet):
+        writer.write(member, fields)
+    print(f"wrote {writer.finalize(overwrite=args.overwrite)}")
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     """``--set training.steps=100`` style overrides, values parsed as YAML scalars."""
     import yaml
@@ -292,14 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--resume", action="store_true", help="complete an interrupted run (keeps its finished members)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
-    sub = command("forecast", "forecast ensemble from observations or an initial state", _planned(6))
-    sub.add_argument("--pipeline", required=True, type=Path)
-    sub.add_argument("--observations", type=Path)
-    sub.add_argument("--initial", type=Path)
-    sub.add_argument("--lead", required=True, type=_positive_int)
-    sub.add_argument("--members", type=_positive_int, default=8)
-    sub.add_argument("--out", required=True, type=Path)
-    sub.add_argument("--resume", action="store_true")
+    sub = command("forecast", "forecast ensemble from observations or an initial state", _forecast)
+    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
+    sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")
+    sub.add_argument("--initial", type=Path, help="initial state(s) instead of observations (last states used)")
+    sub.add_argument("--lead", required=True, type=_positive_int, help="number of states to forecast after 'now'")
+    sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
+    sub.add_argument("--mode", choices=["autoregressive", "aao"], default="autoregressive",
+                     help="roll blankets forward, or sample window and lead all at once (default autoregressive)")
+    sub.add_argument("--conditioning", choices=["mmps", "inpaint"], default="mmps",
+                     help="how each new blanket follows the previous latents (default mmps)")
+    sub.add_argument("--condition-noise", type=float, default=0.01, help="σ of the latent conditioning (mmps; default 0.01)")
+    sub.add_argument("--steps", type=_positive_int, help="diffusion steps (default: the pipeline's)")
+    sub.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "pc"], help="sampler (default: the pipeline's)")
+    sub.add_argument("--guidance", choices=["mmps", "dps"], default="mmps", help="assimilation guidance (default mmps)")
+    sub.add_argument("--iterations", type=_positive_int, default=3, help="MMPS solver iterations (default 3)")
+    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--out", required=True, type=Path, help="output FC.zarr (or .nc)")
+    sub.add_argument("--resume", action="store_true", help="complete an interrupted run")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("evaluate", "score an ensemble against the truth (rmse, crps, spread-skill, ...)", _evaluate)
     sub.add_argument("--prediction", required=True, type=Path, help="ensemble (dims realization, time, ...)")

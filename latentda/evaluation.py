@@ -1,6 +1,7 @@
 """``latentda evaluate``: score an ensemble against the truth, write a table and figures.
 
-The prediction (dims realization, time, …) is matched to the truth by time coordinate (one
+The prediction (dims realization, time, …; or a forecast with dims realization, time,
+prediction_timedelta, … scored at valid times time + prediction_timedelta) is matched to the truth by time coordinate (one
 trajectory of the truth is selected when it has several). Scores per channel and time step are in
 :mod:`latentda.metrics`; with observations, the observation residual ratio (RMS of (y − H(x))/σ per
 member, ≈ 1 when consistent) is added. Outputs: ``metrics.csv`` (one row per channel and time),
@@ -39,6 +40,10 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel)."""
     if "realization" not in prediction.dims:
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
+    if "prediction_timedelta" in prediction.dims:  # a forecast: score against the truth at valid times
+        init = prediction[TIME].values[0]
+        prediction = prediction.isel({TIME: 0}, drop=True).rename(prediction_timedelta=TIME)
+        prediction = prediction.assign_coords({TIME: init + prediction[TIME].values})
     layout = FieldLayout.from_dataset(prediction)
     truth = _align(prediction, truth, trajectory)
     layout.check(truth)

@@ -23,6 +23,7 @@ from latentda.errors import LatentdaError
 __all__ = ["EnsembleWriter"]
 
 COMPLETED = "completed"
+LEAD = "prediction_timedelta"
 REALIZATION = "realization"
 
 
@@ -31,9 +32,13 @@ class EnsembleWriter:
 
     def __init__(self, out: str | os.PathLike, layout: FieldLayout, time: xr.DataArray, members: int,
                  attrs: dict | None = None, resume: bool = False, overwrite: bool = False,
-                 extra_coords: dict | None = None) -> None:
+                 init_time: xr.DataArray | None = None) -> None:
+        """``time`` is the time axis of each member; for a forecast pass the lead times as ``time``
+        and the initialisation time as ``init_time``: dims become (realization, time, prediction_timedelta, ...)."""
         self.out = Path(out)
+        self.init_time = init_time
         time = time.reset_coords(drop=True) if isinstance(time, xr.DataArray) else xr.DataArray(np.asarray(time), dims=TIME)
+        time = time.rename({time.dims[0]: TIME}) if time.dims[0] != TIME else time
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.layout = layout
         self.members = members
@@ -41,23 +46,33 @@ class EnsembleWriter:
             raise LatentdaError(f"{self.out}: already exists (pass --overwrite to replace it)")
         if self.partial.exists() and not resume:
             raise LatentdaError(f"{self.partial}: an interrupted run exists (pass --resume to complete it, or remove it)")
-        template = layout.to_dataset(np.zeros((1, time.size, layout.num_channels, *layout.shape), np.float32), time,
-                                     leading=[(REALIZATION, [0])])
+        template = self._arrange(layout.to_dataset(np.zeros((1, time.size, layout.num_channels, *layout.shape), np.float32),
+                                                   time, leading=[(REALIZATION, [0])]))
         self.variables = {name: v.dims for name, v in template.data_vars.items()}
         if self.partial.exists():
             existing = open_dataset(self.partial)
-            if existing.sizes.get(REALIZATION) != members or existing.sizes.get(TIME) != time.size:
+            if existing.sizes.get(REALIZATION) != members or existing.sizes.get(self.time_dim) != time.size:
                 raise LatentdaError(f"{self.partial}: the interrupted run had other members or times; remove it to start again")
             return
         coords = {name: template[name] for name in template.coords if name != REALIZATION}
         coords[REALIZATION] = xr.DataArray(np.arange(members), dims=REALIZATION,
                                            attrs={"long_name": "ensemble member", "standard_name": "realization"})
-        coords.update(extra_coords or {})
         variables = {name: (v.dims, "float32", v.attrs) for name, v in template.data_vars.items()}
         variables[COMPLETED] = ((REALIZATION,), "float32", {"long_name": "1 when the member is complete"})
         with atomic_path(self.partial) as temporary:  # the partial store itself appears whole
             create_store(temporary, coords, variables, {**layout.attrs, **(attrs or {})})
             write_region(temporary, {COMPLETED: np.zeros(members, np.float32)}, (slice(None),))
+
+    @property
+    def time_dim(self) -> str:
+        return LEAD if self.init_time is not None else TIME
+
+    def _arrange(self, dataset: xr.Dataset) -> xr.Dataset:
+        """Forecast layout (WeatherBench2): member time axis → prediction_timedelta, plus a time dim."""
+        if self.init_time is None:
+            return dataset
+        dataset = dataset.rename({TIME: LEAD})
+        return dataset.expand_dims({TIME: np.atleast_1d(np.asarray(self.init_time))}, axis=1)
 
     def completed(self) -> list[int]:
         flags = zarr.open_group(self.partial, mode="r")[COMPLETED][:]
@@ -69,8 +84,8 @@ class EnsembleWriter:
 
     def write(self, member: int, fields: np.ndarray) -> None:
         """Store member ``member``'s fields (time, C, H, W), then mark it complete."""
-        member_dataset = self.layout.to_dataset(fields[None].astype(np.float32), np.arange(fields.shape[0]),
-                                                leading=[(REALIZATION, [member])])
+        member_dataset = self._arrange(self.layout.to_dataset(fields[None].astype(np.float32), np.arange(fields.shape[0]),
+                                                              leading=[(REALIZATION, [member])]))
         arrays = {name: member_dataset[name].values for name in self.variables}
         write_region(self.partial, arrays, (slice(member, member + 1),))
         write_region(self.partial, {COMPLETED: np.ones(1, np.float32)}, (slice(member, member + 1),))

@@ -1,0 +1,132 @@
+"""Forecasting and nowcasting: roll latent blankets forward from an analysis or an initial state.
+
+A forecast member starts from a latent history h (its own posterior sample of the observation
+window, or the encoded initial states), then repeats, until the lead time is covered:
+
+    sample a window z_{1:K} ~ p(z_{1:K} | z_{1:c} = h_{−c:}),   h ← h ∥ z_{c+1:K},
+
+with c = ``context`` states of overlap, so every window adds K − c new states at the cost of one
+window sample: the cost per forecast state is constant whatever the lead. Conditioning on the
+overlap is either
+
+- ``mmps``: MMPS guidance with the latent identity operator A(z) = z_{1:c} and a small noise
+  σ_c (``condition_noise``, in standardised latent units), or
+- ``inpaint``: replacement — at noise level σ the known states are set to h + σ ε before each
+  denoising and to h after it.
+
+``aao`` (all at once, as in Appa) instead samples the observation window and the lead jointly, as a
+reanalysis whose operator observes nothing after "now"; nowcasting is the same with a short lead.
+The output lead 0 is the analysis of the last observed state.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latentda.errors import LatentdaError
+from latentda.observe.operators import ObservationGroup, ObservationOperator
+from latentda.posterior.guidance import MMPSDenoiser
+from latentda.posterior.reanalysis import PosteriorSettings, guided_denoiser, member_generator
+
+__all__ = ["forecast_members", "extend_operator", "MODES", "CONDITIONINGS"]
+
+MODES = ("autoregressive", "aao")
+CONDITIONINGS = ("mmps", "inpaint")
+
+
+def extend_operator(operator: ObservationOperator, extra: int) -> ObservationOperator:
+    """The same observations followed by ``extra`` unobserved time steps."""
+    groups = []
+    for group in operator.groups:
+        pad = np.full((extra, *group.values.shape[1:]), np.nan)
+        groups.append(ObservationGroup(
+            group.name, group.channels, group.transform, group.sampling, np.concatenate([group.values, pad]),
+            group.noise_std, group.factor, group.points, group.matrix, group.saturation, group.periodic, group.attrs))
+    return ObservationOperator(groups)
+
+
+class _Inpainting:
+    """Replacement conditioning of the first c states of a window on known latents."""
+
+    def __init__(self, denoise, known: Tensor, generator: torch.Generator) -> None:
+        self.denoise, self.known, self.generator = denoise, known, generator
+
+    def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
+        c = self.known.shape[1]
+        noise = torch.randn(self.known.shape, generator=self.generator).to(x_t)
+        x_t = torch.cat([self.known + sigma * noise, x_t[:, c:]], dim=1)
+        with torch.no_grad():
+            mean = self.denoise(x_t, sigma)
+        return torch.cat([self.known, mean[:, c:]], dim=1)
+
+
+def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: float, steps: int, method: str,
+            generator: torch.Generator) -> Tensor:
+    """One window (1, K, ...) whose first ``context`` states follow ``history``'s last ones."""
+    from latentda.diffusion.sampling import sample
+
+    known = history[:, -context:]
+    if conditioning == "inpaint":
+        denoise = _Inpainting(pipeline.denoiser, known, generator)
+    else:
+        denoise = MMPSDenoiser(pipeline.denoiser, lambda z: z[:, :context].reshape(z.shape[0], -1),
+                               known.reshape(-1), noise, iterations=1)
+    return sample(denoise, (1, pipeline.window, *pipeline.latent_shape), pipeline.scheduler, steps=steps, method=method,
+                  corrections=pipeline.settings["corrections"], generator=generator, device=pipeline.device,
+                  dtype=pipeline.dtype)
+
+
+def forecast_members(
+    pipeline,
+    members: list[int],
+    lead: int,
+    settings: PosteriorSettings,
+    seed: int = 0,
+    operator: ObservationOperator | None = None,
+    initial: Tensor | None = None,
+    mode: str = "autoregressive",
+    conditioning: str = "mmps",
+    condition_noise: float = 0.01,
+    context: int | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (member, fields (lead + 1, C, H, W)) — lead 0 is the last observed/initial state."""
+    from latentda.diffusion.sampling import sample
+
+    if lead < 1:
+        raise LatentdaError(f"lead must be at least 1, got {lead}")
+    if (operator is None) == (initial is None):
+        raise LatentdaError("give either observations or an initial state")
+    if mode not in MODES or conditioning not in CONDITIONINGS:
+        raise LatentdaError(f"mode must be one of {MODES} and conditioning one of {CONDITIONINGS}")
+    K = pipeline.window
+    context = context if context is not None else (pipeline.settings["overlap"] or K // 2)
+    if not 1 <= context < K:
+        raise LatentdaError(f"context {context} must be in [1, {K - 1}]")
+    steps = settings.steps or pipeline.settings["steps"]
+    method = settings.sampler or pipeline.settings["sampler"]
+    if initial is not None and initial.shape[1] < context:
+        raise LatentdaError(f"the initial condition has {initial.shape[1]} states; {context} are needed")
+    if mode == "aao" and operator is None:
+        raise LatentdaError("all-at-once mode needs observations")
+    for member in members:
+        generator = member_generator(seed, member)
+        if operator is not None:
+            observed = operator.length
+            extra = lead if mode == "aao" else max(0, K - observed)  # a window shorter than K: nowcast its end
+            window_operator = extend_operator(operator, extra) if extra else operator
+            denoise = guided_denoiser(pipeline, window_operator, settings)
+            history = sample(denoise, (1, observed + extra, *pipeline.latent_shape), pipeline.scheduler, steps=steps,
+                             method=method, corrections=pipeline.settings["corrections"], generator=generator,
+                             device=pipeline.device, dtype=pipeline.dtype)
+            now = observed - 1
+        else:
+            history = initial.to(pipeline.device, pipeline.dtype)
+            now = history.shape[1] - 1
+        while history.shape[1] - 1 - now < lead:
+            window = _window(pipeline, history, context, conditioning, condition_noise, steps, method, generator)
+            history = torch.cat([history, window[:, context:]], dim=1)
+        yield member, pipeline.decode(history[:, now : now + lead + 1])[0]
