@@ -69,6 +69,7 @@ class LatentDAPipeline:
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.denoiser = Denoiser(backbone, scheduler)
         self.progress = True
+        self.model_card: str | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -220,15 +221,56 @@ class LatentDAPipeline:
             (path / "README.md").write_text(model_card)
         return path
 
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload latentda pipeline", private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, create_pr: bool = False):
+        """Upload the pipeline folder (safetensors, JSON, model card) to the Hugging Face Hub."""
+        import tempfile
+
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, model_card=self.model_card)
+            operations = [
+                CommitOperationAdd(path_in_repo=file.relative_to(folder).as_posix(), path_or_fileobj=str(file))
+                for file in sorted(Path(folder).rglob("*")) if file.is_file()
+            ]
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision,
+                                     create_pr=create_pr, repo_type="model")
+
+    @staticmethod
+    def _resolve(path_or_repo_id: str | os.PathLike, revision: str | None, cache_dir: str | os.PathLike | None) -> Path:
+        """A local folder as is; otherwise a hub repo id resolved through huggingface_hub's cache.
+
+        Only JSON, safetensors and the model card are fetched: no code and no pickle ever is.
+        """
+        path = Path(path_or_repo_id)
+        if path.is_dir():
+            return path
+        text = str(path_or_repo_id)
+        if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+            raise LatentdaError(f"{text}: pipeline folder not found (and not a hub id of the form org/name)")
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            return Path(snapshot_download(text, revision=revision, cache_dir=cache_dir, repo_type="model",
+                                          allow_patterns=["*.json", "*.safetensors", "README.md"]))
+        except LocalEntryNotFoundError:
+            raise LatentdaError(f"{text}: not in the local hub cache and the hub cannot be reached (offline?)") from None
+        except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as error:
+            raise LatentdaError(f"{text}: {str(error).splitlines()[0]}") from None
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> "LatentDAPipeline":
-        """Load a pipeline folder written by :meth:`save_pretrained` (or ``latentda train-ldm``)."""
+                        dtype: torch.dtype | None = None, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None) -> "LatentDAPipeline":
+        """Load a pipeline from a folder written by :meth:`save_pretrained` (or ``latentda train-ldm``)
+        or from a Hugging Face Hub repo id (``org/name``, at ``revision``; honours HF_HUB_OFFLINE)."""
         from latentda.nn.transformer import TrajectoryTransformer
 
-        path = Path(path)
-        if not path.is_dir():
-            raise LatentdaError(f"{path}: pipeline folder not found")
+        path = cls._resolve(path, revision, cache_dir)
         for part in ("model_index.json", "pipeline_config.json", "autoencoder", "denoiser", "scheduler"):
             if not (path / part).exists():
                 raise LatentdaError(f"{path}: pipeline folder lacks '{part}'")
@@ -255,4 +297,6 @@ class LatentDAPipeline:
         if len(latent_statistics.channels) != autoencoder.latent_shape[0]:
             raise LatentdaError(f"{path}: latent statistics have {len(latent_statistics.channels)} channels, latents {autoencoder.latent_shape[0]}")
         pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, settings)
+        card = path / "README.md"
+        pipeline.model_card = card.read_text() if card.is_file() else None
         return pipeline.to(device, dtype)

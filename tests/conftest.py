@@ -61,3 +61,29 @@ def latlon_dataset() -> xr.Dataset:
 @pytest.fixture
 def box_dataset() -> xr.Dataset:
     return make_box_dataset()
+
+
+def make_tiny_pipeline(folder, times: int = 6):
+    """An untrained but complete pipeline on an 8×8 periodic box (window 4), saved to ``folder``;
+    returns (pipeline, truth dataset). The zero-initialised backbone makes the prior N(0, I) latents."""
+    import torch
+
+    from latentda.data import FieldLayout, compute_statistics
+    from latentda.data.statistics import Statistics
+    from latentda.diffusion.denoiser import make_schedule
+    from latentda.nn.autoencoder import AutoEncoder
+    from latentda.nn.transformer import TrajectoryTransformer
+    from latentda.pipeline import LatentDAPipeline
+
+    truth = make_box_dataset(trajectories=1, times=times, size=8).isel(trajectory=0, drop=True)
+    layout = FieldLayout.from_dataset(truth)
+    torch.manual_seed(0)
+    autoencoder = AutoEncoder(in_channels=2, latent_channels=2, hidden_channels=[8, 8], blocks_per_stage=1,
+                              sample_size=[8, 8], periodic=[True, True])
+    backbone = TrajectoryTransformer(in_channels=2, window=4, sample_size=(4, 4), patch_size=(1, 2, 2), hidden_size=16,
+                                     depth=1, num_heads=2, periodic=(True, True))
+    pipeline = LatentDAPipeline(autoencoder, layout, compute_statistics(truth, layout, progress=False), backbone,
+                                Statistics(["latent0", "latent1"], [0, 0], [1, 1]), make_schedule(),
+                                {"time_step": 0.2, "steps": 4, "sampler": "ddpm"})
+    pipeline.save_pretrained(folder, model_card="# tiny test pipeline\n")
+    return pipeline, truth

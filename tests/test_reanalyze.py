@@ -4,19 +4,13 @@ bad observations fail cleanly without writing."""
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import make_box_dataset
+from conftest import make_tiny_pipeline
 from latentda import cli
-from latentda.config import parse
-from latentda.data import FieldLayout, compute_statistics, open_dataset, write_dataset
+from latentda.data import FieldLayout, open_dataset, write_dataset
 from latentda.data.ensemble_store import EnsembleWriter
-from latentda.diffusion.denoiser import make_schedule
 from latentda.errors import LatentdaError
-from latentda.nn.autoencoder import AutoEncoder
-from latentda.nn.transformer import TrajectoryTransformer
 from latentda.pipeline import LatentDAPipeline
-from latentda.data.statistics import Statistics
 from latentda.posterior import reanalysis
 
 
@@ -24,18 +18,9 @@ from latentda.posterior import reanalysis
 def setup(tmp_path_factory):
     """An untrained but complete pipeline, a truth and sparse observations of it."""
     root = tmp_path_factory.mktemp("reanalyze")
-    truth = make_box_dataset(trajectories=1, times=6, size=8).isel(trajectory=0, drop=True)
+    folder = root / "pipeline"
+    _, truth = make_tiny_pipeline(folder)
     truth_path = write_dataset(truth, root / "truth.nc")
-    layout = FieldLayout.from_dataset(truth)
-    torch.manual_seed(0)
-    autoencoder = AutoEncoder(in_channels=2, latent_channels=2, hidden_channels=[8, 8], blocks_per_stage=1,
-                              sample_size=[8, 8], periodic=[True, True])
-    backbone = TrajectoryTransformer(in_channels=2, window=4, sample_size=(4, 4), patch_size=(1, 2, 2), hidden_size=16,
-                                     depth=1, num_heads=2, periodic=(True, True))
-    pipeline = LatentDAPipeline(autoencoder, layout, compute_statistics(truth, layout, progress=False), backbone,
-                                Statistics(["latent0", "latent1"], [0, 0], [1, 1]), make_schedule(),
-                                {"time_step": 0.2, "steps": 4, "sampler": "ddpm"})
-    folder = pipeline.save_pretrained(root / "pipeline")
     operator = root / "op.yaml"
     operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.5, noise_std: 0.1}\n")
     observations = root / "obs.nc"

@@ -1,0 +1,118 @@
+"""The Python API: save/load round trips, loading from a hub cache offline, push_to_hub's commit,
+refusal of pickles, clear errors for broken folders."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from conftest import make_tiny_pipeline
+from latentda.errors import LatentdaError
+from latentda.pipeline import LatentDAPipeline
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("api") / "pipeline"
+    pipeline, truth = make_tiny_pipeline(folder)
+    return pipeline, truth, folder
+
+
+def test_save_load_round_trip_identical_outputs(saved, tmp_path):
+    pipeline, truth, folder = saved
+    loaded = LatentDAPipeline.from_pretrained(folder)
+    fields = pipeline.layout.to_array(truth)
+    torch.testing.assert_close(loaded.encode(fields), pipeline.encode(fields), rtol=0, atol=0)
+    z = pipeline.encode(fields)
+    np.testing.assert_array_equal(loaded.decode(z), pipeline.decode(z))
+    for p in (pipeline, loaded):
+        p.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(loaded.sample(5, 2, seed=1)["u"].values, pipeline.sample(5, 2, seed=1)["u"].values)
+    assert loaded.model_card.startswith("# tiny test pipeline")
+
+
+def _hub_cache(cache, folder, repo="org/tiny", commit="0123456789abcdef0123456789abcdef01234567"):
+    """Lay out a huggingface_hub cache entry: models--org--name/{refs/main, snapshots/<hash>/...}."""
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, entry / "snapshots" / commit)
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(commit)
+    return entry / "snapshots" / commit
+
+
+def test_load_by_repo_id_from_offline_cache(saved, tmp_path, monkeypatch):
+    pipeline, truth, folder = saved
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    _hub_cache(tmp_path / "cache", folder)
+    loaded = LatentDAPipeline.from_pretrained("org/tiny", cache_dir=tmp_path / "cache")
+    z = pipeline.encode(pipeline.layout.to_array(truth))
+    np.testing.assert_array_equal(loaded.decode(z), pipeline.decode(z))
+    with pytest.raises(LatentdaError, match="not in the local hub cache"):
+        LatentDAPipeline.from_pretrained("org/unknown", cache_dir=tmp_path / "cache")
+
+
+def test_pickle_weights_are_refused(saved, tmp_path, monkeypatch):
+    pipeline, truth, folder = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "denoiser" / "diffusion_pytorch_model.safetensors").unlink()
+    (copy / "denoiser" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(LatentdaError, match="refusing pickle-based weight file"):
+        LatentDAPipeline.from_pretrained(copy)
+    # through the hub cache too: the snapshot is checked the same way
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    _hub_cache(tmp_path / "cache", copy, repo="org/pickled")
+    with pytest.raises(LatentdaError, match="refusing pickle-based|no .safetensors"):
+        LatentDAPipeline.from_pretrained("org/pickled", cache_dir=tmp_path / "cache")
+
+
+def test_push_to_hub_builds_the_commit(saved, monkeypatch):
+    pipeline, truth, folder = saved
+    loaded = LatentDAPipeline.from_pretrained(folder)
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["repo"] = (repo_id, kwargs)
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls["commit"] = (repo_id, [(op.path_in_repo, type(op)) for op in operations], kwargs)
+        return "commit-info"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    assert loaded.push_to_hub("org/tiny", private=True) == "commit-info"
+    repo_id, operations, kwargs = calls["commit"]
+    paths = sorted(path for path, _ in operations)
+    assert repo_id == "org/tiny" and calls["repo"][1]["private"] is True
+    assert all(kind is CommitOperationAdd for _, kind in operations)
+    assert {"model_index.json", "pipeline_config.json", "README.md", "autoencoder/config.json",
+            "autoencoder/diffusion_pytorch_model.safetensors", "autoencoder/layout.json", "autoencoder/statistics.json",
+            "denoiser/config.json", "denoiser/diffusion_pytorch_model.safetensors", "denoiser/latent_statistics.json",
+            "scheduler/scheduler_config.json"} == set(paths)
+    assert not any(p.endswith((".bin", ".pt", ".pkl")) for p in paths)
+
+
+def test_broken_folders_give_one_line_errors(saved, tmp_path):
+    pipeline, truth, folder = saved
+    missing = tmp_path / "missing"
+    shutil.copytree(folder, missing)
+    shutil.rmtree(missing / "autoencoder")
+    with pytest.raises(LatentdaError, match="lacks 'autoencoder'"):
+        LatentDAPipeline.from_pretrained(missing)
+    shapes = tmp_path / "shapes"
+    shutil.copytree(folder, shapes)
+    config = json.loads((shapes / "denoiser" / "config.json").read_text())
+    (shapes / "denoiser" / "config.json").write_text(json.dumps({**config, "hidden_size": 32}))
+    with pytest.raises(LatentdaError, match="cannot load the denoiser"):
+        LatentDAPipeline.from_pretrained(shapes)
+    stats = tmp_path / "stats"
+    shutil.copytree(folder, stats)
+    data = json.loads((stats / "autoencoder" / "statistics.json").read_text())
+    (stats / "autoencoder" / "statistics.json").write_text(json.dumps({**data, "channels": ["a", "b"]}))
+    with pytest.raises(LatentdaError, match="statistics channels"):
+        LatentDAPipeline.from_pretrained(stats)
+    with pytest.raises(LatentdaError, match="not a hub id|not found"):
+        LatentDAPipeline.from_pretrained(tmp_path / "nowhere")
