@@ -245,13 +245,6 @@ def _overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _planned(issue: int) -> Callable[[argparse.Namespace], None]:
-    def handler(args: argparse.Namespace) -> None:
-        raise LatentdaError(f"'latentda {args.command}' is planned (issue #{issue}) and not available in this version")
-
-    return handler
-
-
 # ---------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

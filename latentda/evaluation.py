@@ -29,8 +29,11 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
         if trajectory is None:
             raise LatentdaError(f"the truth has {truth.sizes[TRAJECTORY]} trajectories: choose one with --trajectory")
         truth = truth.isel({TRAJECTORY: trajectory}, drop=True)
+    times = prediction[TIME].values
     try:
-        return truth.sel({TIME: prediction[TIME].values})
+        if np.issubdtype(times.dtype, np.number):  # float model times: tolerate rounding of time + lead
+            return truth.sel({TIME: times}, method="nearest", tolerance=1e-6 * max(1.0, float(np.abs(times).max())))
+        return truth.sel({TIME: times})
     except KeyError:
         raise LatentdaError("the prediction's times are not all in the truth") from None
 

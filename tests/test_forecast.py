@@ -1,0 +1,84 @@
+"""forecast: WeatherBench2 layout, conditioning keeps the initial state, modes, resume, bad input."""
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_pipeline
+from latentda import cli
+from latentda.data import open_dataset, write_dataset
+from latentda.errors import LatentdaError
+from latentda.pipeline import LatentDAPipeline
+from latentda.posterior.forecast import forecast_members
+from latentda.posterior.reanalysis import PosteriorSettings
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forecast")
+    pipeline, truth = make_tiny_pipeline(root / "pipeline", times=8)
+    truth_path = write_dataset(truth, root / "truth.nc")
+    operator = root / "op.yaml"
+    operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.3, noise_std: 0.1}\n")
+    observations = root / "obs.nc"
+    assert cli.main(["observe", "--truth", str(truth_path), "--operator", str(operator), "--out", str(observations),
+                     "--length", "5", "--quiet"]) == 0
+    return root, pipeline, truth, truth_path, observations
+
+
+def test_forecast_from_observations_has_weatherbench_layout(setup, tmp_path):
+    root, pipeline, truth, truth_path, observations = setup
+    out = tmp_path / "fc.zarr"
+    assert cli.main(["forecast", "--pipeline", str(root / "pipeline"), "--observations", str(observations), "--lead", "5",
+                     "--members", "2", "--steps", "3", "--out", str(out), "--quiet"]) == 0
+    forecast = open_dataset(out)
+    assert forecast["u"].dims == ("realization", "time", "prediction_timedelta", "y", "x")
+    assert forecast.sizes["prediction_timedelta"] == 6 and forecast["time"].values[0] == pytest.approx(0.8)
+    np.testing.assert_allclose(forecast["prediction_timedelta"].values, 0.2 * np.arange(6))
+    assert np.isfinite(forecast["u"].values).all()
+    report = tmp_path / "report"
+    assert cli.main(["evaluate", "--prediction", str(out), "--truth", str(truth_path), "--out", str(report)]) == 2  # beyond
+    short = tmp_path / "short.zarr"
+    assert cli.main(["forecast", "--pipeline", str(root / "pipeline"), "--observations", str(observations), "--lead", "3",
+                     "--members", "2", "--steps", "3", "--out", str(short), "--quiet"]) == 0
+    assert cli.main(["evaluate", "--prediction", str(short), "--truth", str(truth_path), "--out", str(report)]) == 0
+    assert (report / "metrics.csv").read_text().count("\n") == 1 + 2 * 4  # header + 2 channels × 4 leads
+
+
+@pytest.mark.parametrize("conditioning,tolerance", [("inpaint", 1e-5), ("mmps", 0.1)])
+def test_forecast_from_initial_state_follows_it(setup, conditioning, tolerance):
+    """Lead 0 is the (encoded-decoded) initial state: exactly with inpainting, up to σ_c with MMPS."""
+    root, pipeline, truth, truth_path, observations = setup
+    pipeline.set_progress_bar_config(disable=True)
+    initial = pipeline.encode(pipeline.layout.to_array(truth.isel(time=slice(0, 2))))[None]
+    settings = PosteriorSettings(steps=4)
+    (member, fields), = forecast_members(pipeline, [0], 5, settings, operator=None, initial=initial,
+                                         conditioning=conditioning, context=2)
+    assert fields.shape == (6, 2, 8, 8)
+    expected = pipeline.decode(initial[:, -1:])[0, 0]
+    assert np.abs(fields[0] - expected).max() < tolerance * np.abs(expected).max()
+
+
+def test_all_at_once_and_autoregressive_cover_the_lead(setup):
+    root, pipeline, truth, truth_path, observations = setup
+    operator = pipeline.observation_operator(open_dataset(observations))
+    settings = PosteriorSettings(steps=3)
+    for mode in ("aao", "autoregressive"):
+        (_, fields), = forecast_members(pipeline, [0], 6, settings, operator=operator, mode=mode)
+        assert fields.shape == (7, 2, 8, 8) and np.isfinite(fields).all()
+
+
+def test_bad_forecast_inputs(setup, tmp_path, capsys):
+    root, pipeline, truth, truth_path, observations = setup
+    base = ["forecast", "--pipeline", str(root / "pipeline"), "--members", "1", "--steps", "2", "--quiet"]
+    out = tmp_path / "x.zarr"
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--observations", str(observations), "--lead", "0", "--out", str(out)])
+    assert cli.main(base + ["--lead", "2", "--out", str(out)]) == 2
+    assert "exactly one of --observations and --initial" in capsys.readouterr().err
+    other = write_dataset(open_dataset(observations).isel(x=slice(0, 4)), tmp_path / "small.nc")
+    assert cli.main(base + ["--observations", str(other), "--lead", "2", "--out", str(out)]) == 2
+    assert "grid" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "x.zarr.partial").exists()
+    with pytest.raises(LatentdaError, match="initial condition has 1 states"):
+        list(forecast_members(pipeline, [0], 2, PosteriorSettings(), initial=pipeline.encode(
+            pipeline.layout.to_array(truth.isel(time=slice(0, 1))))[None]))
