@@ -84,3 +84,13 @@ def test_encode_does_not_overwrite(tmp_path):
     with pytest.raises(LatentdaError, match="already exists"):
         encode_dataset(folder, data, out, progress=False)
     xr.testing.assert_identical(open_dataset(out).load(), before)
+
+
+def test_encode_reads_zarr_format_2_sources(tmp_path):
+    """Coordinates carrying zarr-2 codecs (e.g. Blosc) must not leak into the zarr-3 output."""
+    dataset = make_box_dataset(trajectories=2, times=3)
+    data = tmp_path / "v2.zarr"
+    dataset.to_zarr(data, zarr_format=2, consolidated=True)
+    folder = _autoencoder(tmp_path, dataset)
+    latents = open_dataset(encode_dataset(folder, data, tmp_path / "latents.zarr", progress=False))
+    assert latents["latent"].shape[:2] == (2, 3)

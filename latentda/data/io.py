@@ -114,7 +114,10 @@ def create_store(path: str | os.PathLike, coords: dict, variables: dict[str, tup
     variable to ``(dims, dtype, attrs)``; arrays are created empty (NaN), one entry of each
     ``chunked_dims`` per chunk. Memory stays bounded whatever the store's size.
     """
-    xr.Dataset(coords=coords, attrs=attrs or {}).to_zarr(path, mode="w", consolidated=False)
+    skeleton = xr.Dataset(coords=coords, attrs=attrs or {})
+    for name in skeleton.variables:  # keep CF time encoding, drop the source's codecs (zarr 2 vs 3, netCDF)
+        skeleton[name].encoding = {k: v for k, v in skeleton[name].encoding.items() if k in ("units", "calendar", "dtype")}
+    skeleton.to_zarr(path, mode="w", consolidated=False)
     group = zarr.open_group(path, mode="a")
     sizes = {name: np.size(getattr(value, "values", value)) for name, value in coords.items()}
     for name, (dims, dtype, variable_attrs) in variables.items():
