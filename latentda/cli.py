@@ -189,6 +189,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _forecast(args: argparse.Namespace) -> None:
     import numpy as np
+    import torch
     import xarray as xr
 
     from latentda.data import open_dataset
@@ -214,7 +215,15 @@ def _forecast(args: argparse.Namespace) -> None:
     else:
         source = open_dataset(args.initial)
         pipeline.layout.check(source)
-        initial = pipeline.encode(pipeline.layout.to_array(source))[None]
+        context = pipeline.settings["overlap"] or pipeline.window // 2
+        source = source.isel(time=slice(-context, None))  # only the last states condition the forecast
+        if "realization" in source.dims:  # e.g. a reanalysis: member m continues its own analysis
+            if source.sizes["realization"] < args.members:
+                raise LatentdaError(f"--initial has {source.sizes['realization']} members, fewer than --members {args.members}")
+            initial = torch.stack([pipeline.encode(pipeline.layout.to_array(source.isel(realization=m)))
+                                   for m in range(args.members)])
+        else:
+            initial = pipeline.encode(pipeline.layout.to_array(source))[None]
     now = source["time"].values[-1]
     step = pipeline.settings["time_step"]
     leads = xr.DataArray(np.arange(args.lead + 1) * step, dims="time",
@@ -333,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("forecast", "forecast ensemble from observations or an initial state", _forecast)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")
-    sub.add_argument("--initial", type=Path, help="initial state(s) instead of observations (last states used)")
+    sub.add_argument("--initial", type=Path,
+                     help="initial state(s) instead of observations (last states used); with a realization dim, "
+                          "e.g. a reanalysis, member m continues from member m")
     sub.add_argument("--lead", required=True, type=_positive_int, help="number of states to forecast after 'now'")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
     sub.add_argument("--mode", choices=["autoregressive", "aao"], default="autoregressive",

@@ -82,3 +82,19 @@ def test_bad_forecast_inputs(setup, tmp_path, capsys):
     with pytest.raises(LatentdaError, match="initial condition has 1 states"):
         list(forecast_members(pipeline, [0], 2, PosteriorSettings(), initial=pipeline.encode(
             pipeline.layout.to_array(truth.isel(time=slice(0, 1))))[None]))
+
+
+def test_forecast_continues_each_reanalysis_member(setup, tmp_path):
+    root, pipeline, truth, truth_path, observations = setup
+    post = tmp_path / "post.zarr"
+    base = ["--pipeline", str(root / "pipeline"), "--members", "2", "--steps", "3", "--quiet"]
+    assert cli.main(["reanalyze", "--observations", str(observations), "--out", str(post), *base]) == 0
+    fc = tmp_path / "fc.zarr"
+    assert cli.main(["forecast", "--initial", str(post), "--lead", "3", "--out", str(fc), "--conditioning", "inpaint", *base]) == 0
+    analysis, forecast = open_dataset(post), open_dataset(fc)
+    for m in range(2):  # lead 0 is member m's last analysed state (through the autoencoder)
+        last = pipeline.layout.to_array(analysis.isel(realization=m, time=slice(-1, None)))
+        expected = pipeline.decode(pipeline.encode(last))[0]
+        np.testing.assert_allclose(forecast["u"].isel(realization=m, time=0, prediction_timedelta=0).values,
+                                   expected[0], atol=1e-4 * np.abs(expected).max())
+    assert not np.allclose(forecast["u"].isel(realization=0).values, forecast["u"].isel(realization=1).values)

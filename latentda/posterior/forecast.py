@@ -93,7 +93,12 @@ def forecast_members(
     condition_noise: float = 0.01,
     context: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (member, fields (lead + 1, C, H, W)) — lead 0 is the last observed/initial state."""
+    """Yield (member, fields (lead + 1, C, H, W)) — lead 0 is the last observed/initial state.
+
+    ``initial`` holds standardised latents (1 or members, n0, c, h, w): with one row every member
+    starts from it, with one row per member (e.g. the members of a reanalysis) member m starts from
+    row m.
+    """
     from latentda.diffusion.sampling import sample
 
     if lead < 1:
@@ -110,6 +115,8 @@ def forecast_members(
     method = settings.sampler or pipeline.settings["sampler"]
     if initial is not None and initial.shape[1] < context:
         raise LatentdaError(f"the initial condition has {initial.shape[1]} states; {context} are needed")
+    if initial is not None and initial.shape[0] > 1 and max(members, default=0) >= initial.shape[0]:
+        raise LatentdaError(f"the initial condition has {initial.shape[0]} members; member {max(members)} was asked for")
     if mode == "aao" and operator is None:
         raise LatentdaError("all-at-once mode needs observations")
     for member in members:
@@ -124,7 +131,8 @@ def forecast_members(
                              device=pipeline.device, dtype=pipeline.dtype)
             now = observed - 1
         else:
-            history = initial.to(pipeline.device, pipeline.dtype)
+            row = initial[member : member + 1] if initial.shape[0] > 1 else initial
+            history = row.to(pipeline.device, pipeline.dtype)
             now = history.shape[1] - 1
         while history.shape[1] - 1 - now < lead:
             window = _window(pipeline, history, context, conditioning, condition_noise, steps, method, generator)
