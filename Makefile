@@ -11,7 +11,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo tor
 DATA := data
 DEMO := demo
 
-.PHONY: test demo setup clean
+.PHONY: test demo demo-full setup clean
 
 setup: $(STAMP)
 
@@ -25,10 +25,35 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+LATENTDA := $(VENV)/bin/latentda
+PIPELINE ?= pretrained/kolmogorov
+MEMBERS ?= 4
+STEPS ?= 16
+WINDOW ?= 16
+LEAD ?= 16
+
+# The main job with the shipped reference pipeline: a new (held-out) Kolmogorov trajectory, sparse
+# noisy observations of it, a posterior ensemble, a forecast continuing each member, scores, figures.
 demo: $(STAMP)
-	mkdir -p $(DATA) $(DEMO)
-	$(VENV)/bin/latentda simulate kolmogorov --out $(DATA)/kolmogorov-demo.zarr --trajectories 8 --steps 32 --seed 1 --overwrite
-	$(VENV)/bin/latentda inspect $(DATA)/kolmogorov-demo.zarr --statistics-out $(DEMO)/statistics.json
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(LATENTDA) simulate kolmogorov --out $(DEMO)/truth.zarr --trajectories 2 --steps $$(( $(WINDOW) + $(LEAD) )) --seed 2026
+	$(LATENTDA) observe --truth $(DEMO)/truth.zarr --trajectory 0 --length $(WINDOW) --operator configs/observe/sparse.yaml \
+		--out $(DEMO)/observations.nc --seed 1
+	$(LATENTDA) reanalyze --pipeline $(PIPELINE) --observations $(DEMO)/observations.nc --members $(MEMBERS) \
+		--steps $(STEPS) --sampler ddpm --out $(DEMO)/reanalysis.zarr
+	$(LATENTDA) forecast --pipeline $(PIPELINE) --initial $(DEMO)/reanalysis.zarr --lead $(LEAD) --members $(MEMBERS) \
+		--steps $(STEPS) --sampler ddpm --out $(DEMO)/forecast.zarr
+	$(LATENTDA) evaluate --prediction $(DEMO)/reanalysis.zarr --truth $(DEMO)/truth.zarr --trajectory 0 \
+		--observations $(DEMO)/observations.nc --out $(DEMO)/reanalysis-scores
+	$(LATENTDA) evaluate --prediction $(DEMO)/forecast.zarr --truth $(DEMO)/truth.zarr --trajectory 0 --out $(DEMO)/forecast-scores
+	$(PY) tools/demo_figures.py --truth $(DEMO)/truth.zarr --observations $(DEMO)/observations.nc \
+		--reanalysis $(DEMO)/reanalysis.zarr --forecast $(DEMO)/forecast.zarr --out $(DEMO)/figures
+
+# Retrain everything from scratch with the user-facing commands (about an hour on 2 CPU cores),
+# then run the demo with the new pipeline. Pass ARGS=--resume to continue an interrupted run.
+demo-full: $(STAMP)
+	LATENTDA=$(LATENTDA) bash tools/train_reference.sh $(ARGS)
+	$(MAKE) demo
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info
