@@ -101,7 +101,7 @@ def _sample(args: argparse.Namespace) -> None:
     from latentda.data import write_dataset
     from latentda.pipeline import LatentDAPipeline
 
-    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
     pipeline.set_progress_bar_config(disable=args.quiet)
     if args.out.exists() and not args.overwrite:
         raise LatentdaError(f"{args.out}: already exists (pass --overwrite to replace it)")
@@ -150,12 +150,12 @@ def _reanalyze(args: argparse.Namespace) -> None:
     settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
                                  sampler=args.sampler, steps=args.steps)
     settings.validate()
-    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
     pipeline.set_progress_bar_config(disable=args.quiet)
     observations = open_dataset(args.observations)
     operator = pipeline.observation_operator(observations)
     attrs = {"title": "latentda reanalysis (posterior ensemble)", "observations": str(args.observations),
-             "guidance": args.guidance, "solver_iterations": args.iterations, "seed": args.seed}
+             "seed": args.seed, **_run_attributes(args)}
     writer = EnsembleWriter(args.out, pipeline.layout, observations["time"], args.members, attrs,
                             resume=args.resume, overwrite=args.overwrite)
     pending = writer.pending()
@@ -200,18 +200,15 @@ def _forecast(args: argparse.Namespace) -> None:
 
     if (args.observations is None) == (args.initial is None):
         raise LatentdaError("give exactly one of --observations and --initial")
-    settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, sampler=args.sampler, steps=args.steps)
+    settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
+                                 sampler=args.sampler, steps=args.steps)
     settings.validate()
-    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
     pipeline.set_progress_bar_config(disable=True)
     operator = initial = None
     if args.observations is not None:
         source = open_dataset(args.observations)
-        operator = pipeline.observation_operator(source) if source.sizes.get("time", 0) >= pipeline.window else None
-        if operator is None:  # a window shorter than K (nowcast): checked without the length rule
-            from latentda.observe.files import read_observations
-
-            operator = read_observations(source, pipeline.layout)
+        operator = pipeline.observation_operator(source, allow_short=True)  # shorter than K: nowcast
     else:
         source = open_dataset(args.initial)
         pipeline.layout.check(source)
@@ -225,20 +222,35 @@ def _forecast(args: argparse.Namespace) -> None:
         else:
             initial = pipeline.encode(pipeline.layout.to_array(source))[None]
     now = source["time"].values[-1]
-    step = pipeline.settings["time_step"]
-    leads = xr.DataArray(np.arange(args.lead + 1) * step, dims="time",
-                         attrs={"long_name": "forecast lead time", "units": pipeline.settings["time_units"]})
-    attrs = {"title": "latentda forecast ensemble", "mode": args.mode, "conditioning": args.conditioning, "seed": args.seed}
+    leads = xr.DataArray(pipeline.lead_times(args.lead + 1), dims="time", attrs={"long_name": "forecast lead time"})
+    if pipeline.settings["time_units"] != "seconds":
+        leads.attrs["units"] = pipeline.settings["time_units"]
+    attrs = {"title": "latentda forecast ensemble", "mode": args.mode, "conditioning": args.conditioning, "seed": args.seed,
+             **_run_attributes(args)}
+    members = forecast.forecast_members(pipeline, list(range(args.members)), args.lead, settings, args.seed, operator,
+                                        initial, args.mode, args.conditioning, args.condition_noise)  # checks now
     writer = EnsembleWriter(args.out, pipeline.layout, leads, args.members, attrs, resume=args.resume,
                             overwrite=args.overwrite, init_time=xr.DataArray([now], dims="time", attrs=source["time"].attrs))
-    pending = writer.pending()
-    members = forecast.forecast_members(pipeline, pending, args.lead, settings, args.seed, operator, initial, args.mode,
-                                        args.conditioning, args.condition_noise)
+    members = members.only(writer.pending())
     from tqdm.auto import tqdm
 
-    for member, fields in tqdm(members, total=len(pending), desc="forecast members", disable=args.quiet):
+    for member, fields in tqdm(members, total=len(writer.pending()), desc="forecast members", disable=args.quiet):
         writer.write(member, fields)
     print(f"wrote {writer.finalize(overwrite=args.overwrite)}")
+
+
+def _device(args: argparse.Namespace) -> str:
+    import torch
+
+    if args.device is not None:
+        return args.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_attributes(args: argparse.Namespace) -> dict:
+    """The sampling settings of a run, recorded in its output's attributes."""
+    names = ("guidance", "iterations", "solver", "sampler", "steps", "pipeline")
+    return {f"latentda_{n}": str(getattr(args, n)) for n in names if getattr(args, n, None) is not None}
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -307,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.steps=100")
 
     sub = command("sample", "sample unconditional trajectories", _sample)
+    sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--length", required=True, type=_positive_int, help="states per trajectory")
     sub.add_argument("--members", type=_positive_int, default=8, help="number of trajectories (default 8)")
@@ -326,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--length", type=_positive_int, help="number of time steps (default: to the end)")
 
     sub = command("reanalyze", "posterior ensemble of trajectories given observations", _reanalyze)
+    sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
@@ -340,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("forecast", "forecast ensemble from observations or an initial state", _forecast)
+    sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")
     sub.add_argument("--initial", type=Path,

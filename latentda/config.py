@@ -2,8 +2,9 @@
 
 A config is plain data (``yaml.safe_load``: no tags, no code). :func:`parse` walks a dataclass's
 type hints and checks every key: unknown keys, wrong types and out-of-range values each raise a
-one-line :class:`LatentdaError` naming the key path (e.g. ``training.learning_rate``). Ints are
-accepted where floats are expected; nothing else is coerced.
+one-line :class:`LatentdaError` naming the key path (e.g. ``training.learning_rate``). Ints, and
+strings that spell a number (YAML 1.1 reads ``1e-3`` as a string), are accepted where floats are
+expected; nothing else is coerced.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def _parse_value(tp: Any, value: Any, key: str) -> Any:
         require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; accept what is clearly a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         require(ok, key, f"expected a number, got {value!r}")
         return float(value)

@@ -140,8 +140,7 @@ class LatentDAPipeline:
     def to_dataset(self, fields: np.ndarray, time: np.ndarray | xr.DataArray | None = None, attrs: dict | None = None) -> xr.Dataset:
         """Fields (realization, T, C, H, W) → CF dataset with dims (realization, time, ...)."""
         if time is None:
-            time = xr.DataArray(np.arange(fields.shape[1]) * self.settings["time_step"], dims="time",
-                                attrs={"units": self.settings["time_units"], "long_name": "time"})
+            time = xr.DataArray(self.lead_times(fields.shape[1]), dims="time", attrs={"long_name": "time since start"})
         members = np.arange(fields.shape[0])
         dataset = self.layout.to_dataset(fields, time, leading=[("realization", members)],
                                          attrs={**self.layout.attrs, **(attrs or {})})
@@ -177,19 +176,37 @@ class LatentDAPipeline:
         return self.to_dataset(self.decode(z), attrs={"title": "latentda unconditional samples"})
 
     # ------------------------------------------------------------------ posterior
-    def observation_operator(self, observations: xr.Dataset):
-        """The pixel-space operator, y and σ of an observation dataset, checked against the model."""
+    def observation_operator(self, observations: xr.Dataset, allow_short: bool = False):
+        """The pixel-space operator, y and σ of an observation dataset, checked against the model
+        (``allow_short``: a window shorter than K, as when nowcasting its continuation)."""
         from latentda.observe.files import read_observations
 
         operator = read_observations(observations, self.layout)
-        if operator.length < self.window:
+        if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
-        time = observations["time"].values
-        if time.size > 1 and np.issubdtype(time.dtype, np.number):
-            steps = np.diff(time.astype(np.float64))
-            if not np.allclose(steps, self.settings["time_step"], rtol=1e-4):
-                raise LatentdaError(f"observation times are {np.unique(steps.round(6))} apart, the model's step is {self.settings['time_step']}")
+        self.check_time_step(observations["time"])
         return operator
+
+    def check_time_step(self, time: xr.DataArray) -> None:
+        """Consecutive times must be the model's time step apart (seconds for datetime axes)."""
+        values = np.asarray(time.values)
+        if values.size < 2:
+            return
+        if np.issubdtype(values.dtype, np.datetime64):
+            steps = np.diff(values) / np.timedelta64(1, "s")
+        elif np.issubdtype(values.dtype, np.number):
+            steps = np.diff(values.astype(np.float64))
+        else:
+            raise LatentdaError(f"time coordinate of type {values.dtype} is neither numbers nor datetimes")
+        if not np.allclose(steps, self.settings["time_step"], rtol=1e-4):
+            raise LatentdaError(f"observation times are {np.unique(np.round(steps, 6))} {self.settings['time_units']} apart, "
+                                f"the model's step is {self.settings['time_step']}")
+
+    def lead_times(self, count: int) -> np.ndarray:
+        """Lead times 0, Δ, …, (count−1)Δ: timedelta64 for datetime models, numbers otherwise."""
+        if self.settings["time_units"] == "seconds":
+            return np.arange(count) * np.timedelta64(int(round(self.settings["time_step"])), "s")
+        return np.arange(count) * self.settings["time_step"]
 
     def reanalyze(self, observations: xr.Dataset, members: int = 8, seed: int = 0, settings=None, **kwargs) -> xr.Dataset:
         """Posterior ensemble p(x_{1:L} | y) of the observation window, dims (realization, time, ...).

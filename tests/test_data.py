@@ -148,3 +148,10 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
             write_dataset(dataset, tmp_path / ("other.zarr" if not overwrite else "out.zarr"), overwrite=overwrite)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
     xr.testing.assert_equal(open_dataset(target).load(), dataset)
+
+
+def test_netcdf3_classic_files_are_read(tmp_path):
+    dataset = make_box_dataset(trajectories=2, times=3, size=4)
+    path = tmp_path / "classic.nc"
+    dataset.to_netcdf(path, engine="scipy", format="NETCDF3_64BIT")
+    xr.testing.assert_allclose(open_dataset(path).load(), dataset)

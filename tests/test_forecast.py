@@ -98,3 +98,29 @@ def test_forecast_continues_each_reanalysis_member(setup, tmp_path):
         np.testing.assert_allclose(forecast["u"].isel(realization=m, time=0, prediction_timedelta=0).values,
                                    expected[0], atol=1e-4 * np.abs(expected).max())
     assert not np.allclose(forecast["u"].isel(realization=0).values, forecast["u"].isel(realization=1).values)
+
+
+def test_invalid_conditioning_writes_nothing(setup, tmp_path, capsys):
+    root, pipeline, truth, truth_path, observations = setup
+    out = tmp_path / "fc.zarr"
+    assert cli.main(["forecast", "--pipeline", str(root / "pipeline"), "--observations", str(observations), "--lead", "2",
+                     "--condition-noise", "0", "--out", str(out), "--quiet"]) == 2
+    assert "conditioning noise must be positive" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "fc.zarr.partial").exists()
+
+
+def test_datetime_time_axes(setup):
+    import pandas as pd
+    import xarray as xr
+
+    root, pipeline, truth, truth_path, observations = setup
+    hourly = dict(pipeline.settings, time_step=3600.0, time_units="seconds")
+    pipeline.settings, saved = hourly, pipeline.settings
+    try:
+        times = xr.DataArray(pd.date_range("2020-01-01", periods=4, freq="1h"), dims="time")
+        pipeline.check_time_step(times)
+        with pytest.raises(LatentdaError, match="apart"):
+            pipeline.check_time_step(xr.DataArray(pd.date_range("2020-01-01", periods=4, freq="6h"), dims="time"))
+        assert pipeline.lead_times(3)[2] == np.timedelta64(7200, "s")
+    finally:
+        pipeline.settings = saved

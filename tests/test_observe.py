@@ -64,6 +64,7 @@ def test_speed_saturate_linear_and_combination():
     matrix = np.random.default_rng(0).standard_normal((5, 64))
     linear = _group("linear", channels=(1,), shape=(5,), matrix=matrix)
     torch.testing.assert_close(linear(x), (x[:, :, 1].reshape(2, 3, 64) @ torch.from_numpy(matrix).T).reshape(2, -1))
+    linear.name = "linear"
     both = ObservationOperator([speed, linear])
     assert both(x).shape == (2, 3 * 64 + 3 * 5) and both.size == 3 * 64 + 15
 
@@ -148,3 +149,8 @@ def test_observe_cli(tmp_path, capsys):
     assert cli.main(args[:-4] + ["--out", str(tmp_path / "o2.nc")]) == 2
     assert "unknown variable 'q'" in capsys.readouterr().err
     assert not (tmp_path / "o2.nc").exists()
+
+
+def test_duplicate_group_names_are_refused():
+    with pytest.raises(LatentdaError, match="used more than once"):
+        ObservationOperator([_group(), _group()])

@@ -114,3 +114,9 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, data_path, capsys):
     assert not (tmp_path / "o").exists()
     assert cli.main(["train-ae", "--config", str(config), "--set", "training.steps=abc", "--quiet"]) == 2
     assert "training.steps: expected an integer" in capsys.readouterr().err
+
+
+def test_yaml_exponent_floats_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {path: x}\noutput: y\ntraining: {learning_rate: 1e-3}\n")
+    assert load_config(AutoEncoderConfig, path).training.learning_rate == pytest.approx(1e-3)

@@ -49,7 +49,9 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
             with warnings.catch_warnings():  # stores without consolidated metadata are fine
                 warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
                 return xr.open_zarr(path, chunks=None, consolidated=None)
-        return xr.open_dataset(path, engine="h5netcdf", chunks=None)
+        with open(path, "rb") as handle:
+            classic = handle.read(3) == b"CDF"  # netCDF-3: scipy reads it; netCDF-4/HDF5: h5netcdf
+        return xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None)
     except Exception as error:  # the backends raise many types; the user needs one line
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise LatentdaError(f"{path}: not a readable {fmt} dataset ({message})") from None

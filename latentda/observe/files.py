@@ -84,9 +84,11 @@ def read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observat
         raise LatentdaError("observations have no 'time' dimension")
     groups = []
     grid_y, grid_x = layout.grid
+    groups_named = [str(n) for n, v in observations.data_vars.items() if "latentda_sampling" in v.attrs]
+    auxiliary = {f"{g}_matrix" for g in groups_named} | {f"{g}_{axis.name}" for g in groups_named for axis in layout.grid}
     for name, variable in observations.data_vars.items():
         name = str(name)
-        if name.endswith("_matrix"):
+        if name in auxiliary:  # a linear group's matrix, or point coordinates stored as variables
             continue
         attrs = variable.attrs
         sampling = attrs.get("latentda_sampling")

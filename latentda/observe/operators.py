@@ -149,6 +149,10 @@ class ObservationOperator:
     def __init__(self, groups: list[ObservationGroup], times: np.ndarray | None = None) -> None:
         if not groups:
             raise LatentdaError("no observation groups")
+        names = [g.name for g in groups]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise LatentdaError(f"observation group name(s) {', '.join(duplicated)} used more than once")
         self.groups = groups
         self.times = times
         lengths = {g.values.shape[0] for g in groups}

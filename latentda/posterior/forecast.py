@@ -32,7 +32,7 @@ from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser
 from latentda.posterior.reanalysis import PosteriorSettings, guided_denoiser, member_generator
 
-__all__ = ["forecast_members", "extend_operator", "MODES", "CONDITIONINGS"]
+__all__ = ["forecast_members", "ForecastMembers", "extend_operator", "MODES", "CONDITIONINGS"]
 
 MODES = ("autoregressive", "aao")
 CONDITIONINGS = ("mmps", "inpaint")
@@ -92,49 +92,74 @@ def forecast_members(
     conditioning: str = "mmps",
     condition_noise: float = 0.01,
     context: int | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (member, fields (lead + 1, C, H, W)) — lead 0 is the last observed/initial state.
+) -> "ForecastMembers":
+    """Members of a forecast: iterate to get (member, fields (lead + 1, C, H, W)) as each finishes —
+    lead 0 is the last observed/initial state. Every argument is checked here, before any work.
 
     ``initial`` holds standardised latents (1 or members, n0, c, h, w): with one row every member
     starts from it, with one row per member (e.g. the members of a reanalysis) member m starts from
     row m.
     """
-    from latentda.diffusion.sampling import sample
-
     if lead < 1:
         raise LatentdaError(f"lead must be at least 1, got {lead}")
     if (operator is None) == (initial is None):
         raise LatentdaError("give either observations or an initial state")
     if mode not in MODES or conditioning not in CONDITIONINGS:
         raise LatentdaError(f"mode must be one of {MODES} and conditioning one of {CONDITIONINGS}")
+    if mode == "aao" and operator is None:
+        raise LatentdaError("all-at-once mode needs observations")
+    if conditioning == "mmps" and not condition_noise > 0:
+        raise LatentdaError(f"the conditioning noise must be positive, got {condition_noise}")
     K = pipeline.window
     context = context if context is not None else (pipeline.settings["overlap"] or K // 2)
     if not 1 <= context < K:
         raise LatentdaError(f"context {context} must be in [1, {K - 1}]")
-    steps = settings.steps or pipeline.settings["steps"]
-    method = settings.sampler or pipeline.settings["sampler"]
     if initial is not None and initial.shape[1] < context:
         raise LatentdaError(f"the initial condition has {initial.shape[1]} states; {context} are needed")
     if initial is not None and initial.shape[0] > 1 and max(members, default=0) >= initial.shape[0]:
         raise LatentdaError(f"the initial condition has {initial.shape[0]} members; member {max(members)} was asked for")
-    if mode == "aao" and operator is None:
-        raise LatentdaError("all-at-once mode needs observations")
-    for member in members:
-        generator = member_generator(seed, member)
-        if operator is not None:
-            observed = operator.length
-            extra = lead if mode == "aao" else max(0, K - observed)  # a window shorter than K: nowcast its end
-            window_operator = extend_operator(operator, extra) if extra else operator
-            denoise = guided_denoiser(pipeline, window_operator, settings)
-            history = sample(denoise, (1, observed + extra, *pipeline.latent_shape), pipeline.scheduler, steps=steps,
-                             method=method, corrections=pipeline.settings["corrections"], generator=generator,
-                             device=pipeline.device, dtype=pipeline.dtype)
-            now = observed - 1
-        else:
-            row = initial[member : member + 1] if initial.shape[0] > 1 else initial
-            history = row.to(pipeline.device, pipeline.dtype)
-            now = history.shape[1] - 1
-        while history.shape[1] - 1 - now < lead:
-            window = _window(pipeline, history, context, conditioning, condition_noise, steps, method, generator)
-            history = torch.cat([history, window[:, context:]], dim=1)
-        yield member, pipeline.decode(history[:, now : now + lead + 1])[0]
+    return ForecastMembers(pipeline, list(members), lead, settings, seed, operator, initial, mode, conditioning,
+                           condition_noise, context)
+
+
+class ForecastMembers:
+    """The (checked) forecast of a list of members; ``only(members)`` restricts it (e.g. to resume)."""
+
+    def __init__(self, pipeline, members, lead, settings, seed, operator, initial, mode, conditioning, noise, context):
+        self.pipeline, self.members, self.lead, self.settings, self.seed = pipeline, members, lead, settings, seed
+        self.operator, self.initial, self.mode, self.conditioning, self.noise, self.context = (
+            operator, initial, mode, conditioning, noise, context)
+
+    def only(self, members: list[int]) -> "ForecastMembers":
+        return ForecastMembers(self.pipeline, list(members), self.lead, self.settings, self.seed, self.operator,
+                               self.initial, self.mode, self.conditioning, self.noise, self.context)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        from latentda.diffusion.sampling import sample
+
+        pipeline, settings, context = self.pipeline, self.settings, self.context
+        K = pipeline.window
+        steps = settings.steps or pipeline.settings["steps"]
+        method = settings.sampler or pipeline.settings["sampler"]
+        for member in self.members:
+            generator = member_generator(self.seed, member)
+            if self.operator is not None:
+                observed = self.operator.length
+                extra = self.lead if self.mode == "aao" else max(0, K - observed)  # shorter than K: nowcast its end
+                window_operator = extend_operator(self.operator, extra) if extra else self.operator
+                denoise = guided_denoiser(pipeline, window_operator, settings)
+                history = sample(denoise, (1, observed + extra, *pipeline.latent_shape), pipeline.scheduler, steps=steps,
+                                 method=method, corrections=pipeline.settings["corrections"], generator=generator,
+                                 device=pipeline.device, dtype=pipeline.dtype)
+                now = observed - 1
+            else:
+                row = self.initial[member : member + 1] if self.initial.shape[0] > 1 else self.initial
+                history = row.to(pipeline.device, pipeline.dtype)
+                now = history.shape[1] - 1
+            while history.shape[1] - 1 - now < self.lead:
+                window = _window(pipeline, history, context, self.conditioning, self.noise, steps, method, generator)
+                history = torch.cat([history, window[:, context:]], dim=1)
+            yield member, pipeline.decode(history[:, now : now + self.lead + 1])[0]

@@ -24,7 +24,7 @@ from latentda.components import save_autoencoder
 from latentda.config import require, to_dict
 from latentda.data import FieldLayout, FieldSource, Statistics, WindowDataset, compute_statistics, open_dataset, split_segments
 from latentda.errors import LatentdaError
-from latentda.training.loop import Trainer, TrainingConfig
+from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, make_accelerator, shared_statistics
 
 __all__ = ["DataConfig", "AutoEncoderModelConfig", "AutoEncoderConfig", "train_autoencoder", "reconstruction_rmse"]
 
@@ -68,6 +68,9 @@ class AutoEncoderConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     valid_samples: int = 64
 
+    def validate(self, prefix: str) -> None:
+        require(self.valid_samples >= 1, "valid_samples", "must be at least 1")
+
 
 def reconstruction_rmse(model, frames: torch.Tensor, weights: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """Area-weighted RMSE per channel of ``model`` on ``frames`` (N, C, H, W), standardised units."""
@@ -89,16 +92,13 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
     from latentda.nn.autoencoder import AutoEncoder
 
     run_dir = Path(config.output)
+    accelerator = accelerator or make_accelerator(config.training)
+    check_run_dir(run_dir, resume)
     dataset = open_dataset(config.data.path)
     layout = FieldLayout.from_dataset(dataset, config.data.variables)
     splits = split_segments(dataset, config.data.splits)
-    statistics_file = run_dir / "statistics.json"
-    if resume and statistics_file.is_file():
-        statistics = Statistics.load(statistics_file)  # never recomputed: a resumed run must see the same data
-    else:
-        statistics = compute_statistics(dataset, layout, splits["train"], progress=progress)
     torch.manual_seed(config.training.seed)  # the initial weights depend on the config only
-    try:
+    try:  # architecture errors before any pass over the data
         model = AutoEncoder(
             in_channels=layout.num_channels,
             latent_channels=config.model.latent_channels,
@@ -111,6 +111,8 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         )
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
+    statistics = shared_statistics(accelerator, run_dir / "statistics.json",
+                                   lambda: compute_statistics(dataset, layout, splits["train"], progress=progress), resume)
     source = FieldSource(config.data.path, layout, statistics)
     train = WindowDataset(source, splits["train"], window=1)
     valid = WindowDataset(source, splits["valid"] or splits["train"], window=1)
@@ -130,7 +132,6 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
     trainer = Trainer(model, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ae", resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if trainer.accelerator.is_main_process:
-        statistics.save(statistics_file)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:

@@ -28,7 +28,7 @@ from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, denoisin
 from latentda.diffusion.sampling import SAMPLERS
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline
-from latentda.training.loop import Trainer, TrainingConfig
+from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, make_accelerator, shared_statistics
 
 __all__ = ["DenoiserModelConfig", "DiffusionConfig", "LatentDiffusionConfig", "train_latent_diffusion", "VALID_SIGMAS"]
 
@@ -69,6 +69,7 @@ class DiffusionConfig:
         require(0 < self.sigma_min < self.sigma_max, f"{prefix}.sigma_min", "must satisfy 0 < sigma_min < sigma_max")
         require(self.sampler in SAMPLERS, f"{prefix}.sampler", f"must be one of {', '.join(SAMPLERS)}")
         require(self.steps >= 1, f"{prefix}.steps", "must be at least 1")
+        require(self.corrections >= 0, f"{prefix}.corrections", "must be non-negative")
 
 
 @dataclass
@@ -82,6 +83,22 @@ class LatentDiffusionConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     valid_windows: int = 32
+
+    def validate(self, prefix: str) -> None:
+        require(self.valid_windows >= 1, "valid_windows", "must be at least 1")
+        overlap = self.diffusion.overlap
+        require(overlap is None or 0 <= overlap < self.model.window, "diffusion.overlap",
+                f"must be in [0, window={self.model.window})")
+
+
+def time_step(time) -> tuple[float, str]:
+    """(step, units) between consecutive states: seconds for datetime axes, else the axis' units."""
+    values = np.asarray(time.values)
+    if values.size < 2:
+        return 1.0, str(time.attrs.get("units", "1"))
+    if np.issubdtype(values.dtype, np.datetime64):
+        return float((values[1] - values[0]) / np.timedelta64(1, "s")), "seconds"
+    return float(values[1] - values[0]), str(time.attrs.get("units", "1"))
 
 
 def latent_statistics(source: LatentSource, segments: list[Segment], progress: bool = True) -> Statistics:
@@ -129,13 +146,10 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     if (c, h, w) != tuple(autoencoder.latent_shape):
         raise LatentdaError(f"latents are {c}×{h}×{w} but the autoencoder gives {tuple(autoencoder.latent_shape)}")
     splits = split_segments(dataset, config.splits)
-    statistics_file = run_dir / "latent_statistics.json"
-    if resume and statistics_file.is_file():
-        z_statistics = Statistics.load(statistics_file)
-    else:
-        z_statistics = latent_statistics(source, splits["train"], progress)
+    accelerator = accelerator or make_accelerator(config.training)
+    check_run_dir(run_dir, resume)
     torch.manual_seed(config.training.seed)
-    try:
+    try:  # architecture errors before any pass over the data
         backbone = TrajectoryTransformer(
             in_channels=c, window=config.model.window, sample_size=(h, w), patch_size=tuple(config.model.patch_size),
             hidden_size=config.model.hidden_size, depth=config.model.depth, num_heads=config.model.num_heads,
@@ -144,6 +158,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         )
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
+    z_statistics = shared_statistics(accelerator, run_dir / "latent_statistics.json",
+                                     lambda: latent_statistics(source, splits["train"], progress), resume)
     schedule = make_schedule(config.diffusion.sigma_min, config.diffusion.sigma_max)
     denoiser = Denoiser(backbone, schedule)
     K = config.model.window
@@ -163,15 +179,13 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     trainer = Trainer(backbone, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ldm", resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if trainer.accelerator.is_main_process:
-        z_statistics.save(statistics_file)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:
         final = trainer.ema_model()
-        time = dataset["time"].values
-        step = float(np.diff(time[:2])[0]) if time.size > 1 and np.issubdtype(time.dtype, np.number) else 1.0
+        step, units = time_step(dataset["time"])
         settings = {
-            "time_step": step, "time_units": dataset["time"].attrs.get("units", "1"),
+            "time_step": step, "time_units": units,
             "sampler": config.diffusion.sampler, "steps": config.diffusion.steps,
             "corrections": config.diffusion.corrections, "overlap": config.diffusion.overlap,
         }

@@ -35,7 +35,8 @@ from latentda.config import require
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["TrainingConfig", "Trainer", "BatchRandom", "batch_indices", "batch_random"]
+__all__ = ["TrainingConfig", "Trainer", "BatchRandom", "batch_indices", "batch_random", "make_accelerator",
+           "check_run_dir", "shared_statistics"]
 ValidateFn = Callable[[torch.nn.Module], dict]
 
 
@@ -117,6 +118,31 @@ def batch_indices(size: int, batch_size: int, step: int, seed: int) -> torch.Ten
     return permutation[position * batch_size : (position + 1) * batch_size]
 
 
+def make_accelerator(config: TrainingConfig) -> Accelerator:
+    """An Accelerator for this config; on a machine without CUDA, processes use the CPU (gloo), so
+    ``torchrun --nproc_per_node N`` gives N ranks there too."""
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """A run folder with checkpoints is continued only with ``resume`` (never overwritten by mistake)."""
+    if not resume and latest_checkpoint(Path(run_dir) / "checkpoints") is not None:
+        raise LatentdaError(f"{run_dir}: run already has checkpoints (pass --resume to continue it, or choose another output)")
+
+
+def shared_statistics(accelerator: Accelerator, path: Path, compute: Callable, resume: bool):
+    """Statistics computed once, by the main process, saved to ``path`` and read by every other
+    process (a resumed run reads the saved file: they are never recomputed)."""
+    from latentda.data.statistics import Statistics
+
+    if not (resume and path.is_file()):
+        if accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            compute().save(path)
+        accelerator.wait_for_everyone()
+    return Statistics.load(path)
+
+
 class _StepBatches(torch.utils.data.Sampler):
     """Yields, for steps start..stop−1, this rank's slice of each global batch (× accumulation)."""
 
@@ -157,10 +183,9 @@ class Trainer:
         resume: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
-        if not resume and latest_checkpoint(self.run_dir / "checkpoints") is not None:
-            raise LatentdaError(f"{self.run_dir}: run already has checkpoints (pass --resume to continue it, or choose another output)")
+        check_run_dir(self.run_dir, resume)
         self.resume = resume
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(config)
         world = self.accelerator.num_processes
         if config.batch_size % world:
             raise LatentdaError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
@@ -289,11 +314,13 @@ class Trainer:
                 self._log({"step": self.step, "loss": total_loss, "lr": self.scheduler.get_last_lr()[0]})
             if self.step % config.validate_every == 0 or self.step == config.steps:
                 metrics = self._validate()
-                if metrics:
+                if metrics and accelerator.is_main_process:
                     bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in _flat(metrics).items()))
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self._save()
         bar.close()
+        if not metrics:  # resumed after the last step: report the final weights' metrics again
+            metrics = self._validate()
         elapsed = time.perf_counter() - started
         self.throughput = (self.step - first_step) * config.batch_size * config.gradient_accumulation / max(elapsed, 1e-9)
         return metrics
