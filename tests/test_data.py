@@ -155,3 +155,11 @@ def test_netcdf3_classic_files_are_read(tmp_path):
     path = tmp_path / "classic.nc"
     dataset.to_netcdf(path, engine="scipy", format="NETCDF3_64BIT")
     xr.testing.assert_allclose(open_dataset(path).load(), dataset)
+
+
+def test_rewriting_a_zarr_2_store(tmp_path):
+    dataset = make_box_dataset(trajectories=2, times=3, size=4)
+    dataset.to_zarr(tmp_path / "v2.zarr", zarr_format=2)
+    for suffix in (".zarr", ".nc"):
+        out = write_dataset(open_dataset(tmp_path / "v2.zarr").isel(trajectory=slice(0, 1)), tmp_path / f"copy{suffix}")
+        xr.testing.assert_allclose(open_dataset(out).load(), dataset.isel(trajectory=slice(0, 1)))

@@ -88,6 +88,15 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     os.replace(temporary, path)
 
 
+def _without_source_codecs(dataset: xr.Dataset) -> xr.Dataset:
+    """Keep CF time encoding (units, calendar, dtype) but drop the codecs and chunking a dataset
+    inherited from the file it was read from (zarr 2 codecs cannot be written to zarr 3, etc.)."""
+    dataset = dataset.copy()
+    for name in dataset.variables:
+        dataset[name].encoding = {k: v for k, v in dataset[name].encoding.items() if k in ("units", "calendar", "dtype")}
+    return dataset
+
+
 def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a dataset to netCDF or zarr (by suffix), atomically.
 
@@ -95,6 +104,7 @@ def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool 
     """
     path = Path(path)
     fmt = dataset_format(path) if path.suffix else "zarr"
+    dataset = _without_source_codecs(dataset)
     with atomic_path(path, overwrite=overwrite) as temporary:
         if fmt == "zarr":
             encoding = {}
@@ -116,9 +126,7 @@ def create_store(path: str | os.PathLike, coords: dict, variables: dict[str, tup
     variable to ``(dims, dtype, attrs)``; arrays are created empty (NaN), one entry of each
     ``chunked_dims`` per chunk. Memory stays bounded whatever the store's size.
     """
-    skeleton = xr.Dataset(coords=coords, attrs=attrs or {})
-    for name in skeleton.variables:  # keep CF time encoding, drop the source's codecs (zarr 2 vs 3, netCDF)
-        skeleton[name].encoding = {k: v for k, v in skeleton[name].encoding.items() if k in ("units", "calendar", "dtype")}
+    skeleton = _without_source_codecs(xr.Dataset(coords=coords, attrs=attrs or {}))
     skeleton.to_zarr(path, mode="w", consolidated=False)
     group = zarr.open_group(path, mode="a")
     sizes = {name: np.size(getattr(value, "values", value)) for name, value in coords.items()}
