@@ -148,7 +148,7 @@ def _reanalyze(args: argparse.Namespace) -> None:
     from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 
     settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
-                                 sampler=args.sampler, steps=args.steps)
+                                 sampler=args.sampler, steps=args.steps, decode_chunk=args.decode_chunk)
     settings.validate()
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
     pipeline.set_progress_bar_config(disable=args.quiet)
@@ -201,7 +201,7 @@ def _forecast(args: argparse.Namespace) -> None:
     if (args.observations is None) == (args.initial is None):
         raise LatentdaError("give exactly one of --observations and --initial")
     settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
-                                 sampler=args.sampler, steps=args.steps)
+                                 sampler=args.sampler, steps=args.steps, decode_chunk=args.decode_chunk)
     settings.validate()
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
     pipeline.set_progress_bar_config(disable=True)
@@ -339,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--length", type=_positive_int, help="number of time steps (default: to the end)")
 
     sub = command("reanalyze", "posterior ensemble of trajectories given observations", _reanalyze)
+    sub.add_argument("--decode-chunk", type=_positive_int,
+                     help="decode this many frames at a time inside the guidance (less memory, more compute)")
     sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
@@ -354,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("forecast", "forecast ensemble from observations or an initial state", _forecast)
+    sub.add_argument("--decode-chunk", type=_positive_int,
+                     help="decode this many frames at a time inside the guidance (less memory, more compute)")
     sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")

@@ -114,3 +114,20 @@ def test_ensemble_writer_refuses_mismatched_resume(setup, tmp_path):
         EnsembleWriter(tmp_path / "e.zarr", layout, time, 3, resume=True)
     with pytest.raises(LatentdaError, match="not finished"):
         EnsembleWriter(tmp_path / "e.zarr", layout, time, 2, resume=True).finalize()
+
+
+def test_chunked_decoder_guidance_equals_full_graph(setup):
+    """The memory-lean operator computes the same guided mean as the one-graph operator."""
+    from latentda.posterior.guidance import MMPSDenoiser
+    from latentda.posterior.reanalysis import latent_operator
+
+    root, folder, truth, observations = setup
+    pipeline = LatentDAPipeline.from_pretrained(folder)
+    operator = pipeline.observation_operator(open_dataset(observations))
+    y, noise_std = operator.observed()
+    blanket = pipeline.trajectory_denoiser()
+    z = torch.randn(2, operator.length, *pipeline.latent_shape, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor(0.7)
+    full = MMPSDenoiser(blanket, latent_operator(pipeline, operator), y, noise_std, iterations=2)(z, sigma)
+    chunked = MMPSDenoiser(blanket, latent_operator(pipeline, operator, chunk=5), y, noise_std, iterations=2)(z, sigma)
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)

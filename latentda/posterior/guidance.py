@@ -35,7 +35,7 @@ from torch import Tensor
 from latentda.errors import LatentdaError
 from latentda.posterior.solvers import SOLVERS
 
-__all__ = ["MMPSDenoiser", "DPSDenoiser", "Operator"]
+__all__ = ["MMPSDenoiser", "DPSDenoiser", "Operator", "Linearization", "linearize"]
 
 Operator = Callable[[Tensor], Tensor]
 Denoise = Callable[[Tensor, Tensor], Tensor]
@@ -51,6 +51,40 @@ def _check_observations(y: Tensor, noise_std: Tensor | float) -> tuple[Tensor, T
     return y, noise_std
 
 
+class Linearization:
+    """A(x) linearised at x̂ from one graph: ``value`` = A(x̂), ``forward(v)`` = A v, ``transpose(u)`` = Aᵀ u.
+
+    The graph of ŷ = A(x̂) is built once; Aᵀ·u is a backward through it, and A·v is a backward
+    through the graph of w ↦ Aᵀ w (linear in w, built once with ``create_graph``): the transpose of
+    the transpose. Operators may provide their own ``linearize(x̂)`` returning an object with the
+    same three members (e.g. :class:`latentda.posterior.reanalysis.ChunkedLatentOperator`, which
+    trades recomputation for memory).
+    """
+
+    def __init__(self, operator: Operator, anchor: Tensor) -> None:
+        with torch.enable_grad():
+            self.anchor = anchor.detach().requires_grad_(True)
+            self.predicted = operator(self.anchor)
+        self.value = self.predicted.detach()
+        self.transposed = None  # built on the first forward product (DPS never needs it)
+
+    def transpose(self, u: Tensor) -> Tensor:
+        return torch.autograd.grad(self.predicted, self.anchor, u.to(self.predicted.dtype), retain_graph=True)[0]
+
+    def forward(self, v: Tensor) -> Tensor:
+        if self.transposed is None:
+            with torch.enable_grad():
+                self.probe = torch.zeros_like(self.predicted, requires_grad=True)
+                (self.transposed,) = torch.autograd.grad(self.predicted, self.anchor, self.probe, create_graph=True)
+        return torch.autograd.grad(self.transposed, self.probe, v.to(self.transposed.dtype), retain_graph=True)[0]
+
+
+def linearize(operator, anchor: Tensor):
+    """The operator's own linearisation when it has one, else a :class:`Linearization`."""
+    own = getattr(operator, "linearize", None)
+    return own(anchor) if own is not None else Linearization(operator, anchor)
+
+
 class _Guided:
     def __init__(self, denoise: Denoise, operator: Operator, y: Tensor, noise_std: Tensor | float) -> None:
         self.denoise = denoise
@@ -58,13 +92,15 @@ class _Guided:
         self.y, self.noise_std = _check_observations(y, noise_std)
 
     def _setup(self, x_t: Tensor, sigma: Tensor):
-        """Builds the step's graphs: x̂ = D(x_t), ŷ = A(x̂); returns closures for Jᵀ·, Aᵀ·, A·."""
+        """The step's graphs: x̂ = D(x_t) with Jᵀ· by backward, and A linearised at x̂."""
         with torch.enable_grad():
             x_t = x_t.detach().requires_grad_(True)
             mean = self.denoise(x_t, sigma)
-            anchor = mean.detach().requires_grad_(True)
-            predicted = self.operator(anchor)
-        return x_t, mean, anchor, predicted
+
+        def jacobian_transpose(v: Tensor) -> Tensor:
+            return torch.autograd.grad(mean, x_t, v.to(mean.dtype), retain_graph=True)[0]
+
+        return mean, jacobian_transpose, linearize(self.operator, mean.detach())
 
 
 class MMPSDenoiser(_Guided):
@@ -81,32 +117,18 @@ class MMPSDenoiser(_Guided):
         self.solve = SOLVERS[solver]
 
     def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
-        x_t, mean, anchor, predicted = self._setup(x_t, sigma)
-        dtype = mean.dtype
+        mean, jacobian_transpose, A = self._setup(x_t, sigma)
         variance = torch.as_tensor(sigma, dtype=torch.float64) ** 2
-        with torch.enable_grad():
-            probe = torch.zeros_like(predicted, requires_grad=True)
-            (transposed,) = torch.autograd.grad(predicted, anchor, probe, create_graph=True)  # Aᵀ probe, linear
-
-        def a_transpose(u: Tensor) -> Tensor:
-            return torch.autograd.grad(predicted, anchor, u.to(dtype), retain_graph=True)[0]
-
-        def a_forward(v: Tensor) -> Tensor:
-            return torch.autograd.grad(transposed, probe, v, retain_graph=True)[0]
-
-        def jacobian_transpose(v: Tensor) -> Tensor:
-            return torch.autograd.grad(mean, x_t, v, retain_graph=True)[0]
-
-        noise_var = self.noise_std.to(predicted.device) ** 2
+        noise_var = self.noise_std.to(A.value.device) ** 2
 
         def matvec(u: Tensor) -> Tensor:
-            product = a_forward(jacobian_transpose(a_transpose(u)))
+            product = A.forward(jacobian_transpose(A.transpose(u)))
             return noise_var * u + variance * product.double()
 
-        residual = self.y.to(predicted.device, torch.float64) - predicted.detach().double()
+        residual = self.y.to(A.value.device, torch.float64) - A.value.double()
         u = self.solve(matvec, residual, self.iterations)
-        correction = jacobian_transpose(a_transpose(u))
-        return (mean.detach() + (variance * correction.double()).to(dtype)).detach()
+        correction = jacobian_transpose(A.transpose(u))
+        return (mean.detach() + (variance * correction.double()).to(mean.dtype)).detach()
 
 
 class DPSDenoiser(_Guided):
@@ -117,11 +139,8 @@ class DPSDenoiser(_Guided):
         self.scale = scale
 
     def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
-        with torch.enable_grad():
-            x_t = x_t.detach().requires_grad_(True)
-            mean = self.denoise(x_t, sigma)
-            predicted = self.operator(mean)
-            weights = (self.y.to(predicted.device, torch.float64) - predicted.double()) / self.noise_std.to(predicted.device) ** 2
-            (gradient,) = torch.autograd.grad(predicted, x_t, weights.to(predicted.dtype).detach())
+        mean, jacobian_transpose, A = self._setup(x_t, sigma)
+        weights = (self.y.to(A.value.device, torch.float64) - A.value.double()) / self.noise_std.to(A.value.device) ** 2
+        gradient = jacobian_transpose(A.transpose(weights))
         variance = torch.as_tensor(sigma, dtype=torch.float64) ** 2
         return (mean.detach() + (self.scale * variance * gradient.double()).to(mean.dtype)).detach()
