@@ -156,16 +156,13 @@ def _reanalyze(args: argparse.Namespace) -> None:
     operator = pipeline.observation_operator(observations)
     attrs = {"title": "latentda reanalysis (posterior ensemble)", "observations": str(args.observations),
              "seed": args.seed, **_run_attributes(args)}
-    writer = EnsembleWriter(args.out, pipeline.layout, observations["time"], args.members, attrs,
-                            resume=args.resume, overwrite=args.overwrite)
-    pending = writer.pending()
-    if len(pending) < args.members:
-        print(f"resuming: {args.members - len(pending)} member(s) already complete")
-    for member, fields, ratio in posterior_members(pipeline, operator, pending, settings, args.seed):
+    writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
+        args.out, pipeline.layout, observations["time"], args.members, attrs, resume=args.resume, overwrite=args.overwrite, **kw))
+    for member, fields, ratio in posterior_members(pipeline, operator, mine, settings, args.seed):
         writer.write(member, fields)
         if not args.quiet:
             print(f"member {member}: observation residual ratio {ratio:.3f}")
-    print(f"wrote {writer.finalize(overwrite=args.overwrite)}")
+    _finish(writer, state, args)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -229,14 +226,47 @@ def _forecast(args: argparse.Namespace) -> None:
              **_run_attributes(args)}
     members = forecast.forecast_members(pipeline, list(range(args.members)), args.lead, settings, args.seed, operator,
                                         initial, args.mode, args.conditioning, args.condition_noise)  # checks now
-    writer = EnsembleWriter(args.out, pipeline.layout, leads, args.members, attrs, resume=args.resume,
-                            overwrite=args.overwrite, init_time=xr.DataArray([now], dims="time", attrs=source["time"].attrs))
-    members = members.only(writer.pending())
+    init_time = xr.DataArray([now], dims="time", attrs=source["time"].attrs)
+    writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
+        args.out, pipeline.layout, leads, args.members, attrs, resume=args.resume, overwrite=args.overwrite,
+        init_time=init_time, **kw))
     from tqdm.auto import tqdm
 
-    for member, fields in tqdm(members, total=len(writer.pending()), desc="forecast members", disable=args.quiet):
+    for member, fields in tqdm(members.only(mine), total=len(mine), desc="forecast members",
+                               disable=args.quiet or not state.is_main_process):
         writer.write(member, fields)
-    print(f"wrote {writer.finalize(overwrite=args.overwrite)}")
+    _finish(writer, state, args)
+
+
+def _ensemble_writer(args: argparse.Namespace, make_writer):
+    """The output store and this process's share of the unfinished members.
+
+    Under ``torchrun``/``accelerate launch`` the main process creates the store, the others attach
+    to it, and members are dealt round-robin; each member depends only on (seed, member), so the
+    output is the same whatever the number of processes. Alone, this is simply the whole list.
+    """
+    import torch
+    from accelerate import PartialState
+
+    from latentda.data.ensemble_store import EnsembleWriter
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    EnsembleWriter.check(args.out, args.resume, args.overwrite)  # every process, before any waits
+    state.wait_for_everyone()
+    writer = make_writer() if state.is_main_process else None
+    state.wait_for_everyone()
+    if writer is None:
+        writer = make_writer(attach=True)
+    pending = writer.pending()
+    if len(pending) < args.members and state.is_main_process:
+        print(f"resuming: {args.members - len(pending)} member(s) already complete")
+    return writer, pending[state.process_index :: state.num_processes], state
+
+
+def _finish(writer, state, args: argparse.Namespace) -> None:
+    state.wait_for_everyone()
+    if state.is_main_process:
+        print(f"wrote {writer.finalize(overwrite=args.overwrite)}")
 
 
 def _device(args: argparse.Namespace) -> str:

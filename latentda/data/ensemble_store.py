@@ -32,9 +32,10 @@ class EnsembleWriter:
 
     def __init__(self, out: str | os.PathLike, layout: FieldLayout, time: xr.DataArray, members: int,
                  attrs: dict | None = None, resume: bool = False, overwrite: bool = False,
-                 init_time: xr.DataArray | None = None) -> None:
+                 init_time: xr.DataArray | None = None, attach: bool = False) -> None:
         """``time`` is the time axis of each member; for a forecast pass the lead times as ``time``
-        and the initialisation time as ``init_time``: dims become (realization, time, prediction_timedelta, ...)."""
+        and the initialisation time as ``init_time``: dims become (realization, time, prediction_timedelta, ...).
+        ``attach`` opens the partial store another process created (several processes, one output)."""
         self.out = Path(out)
         self.init_time = init_time
         time = time.reset_coords(drop=True) if isinstance(time, xr.DataArray) else xr.DataArray(np.asarray(time), dims=TIME)
@@ -42,10 +43,8 @@ class EnsembleWriter:
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.layout = layout
         self.members = members
-        if self.out.exists() and not overwrite:
-            raise LatentdaError(f"{self.out}: already exists (pass --overwrite to replace it)")
-        if self.partial.exists() and not resume:
-            raise LatentdaError(f"{self.partial}: an interrupted run exists (pass --resume to complete it, or remove it)")
+        if not attach:
+            self.check(out, resume, overwrite)
         template = self._arrange(layout.to_dataset(np.zeros((1, time.size, layout.num_channels, *layout.shape), np.float32),
                                                    time, leading=[(REALIZATION, [0])]))
         self.variables = {name: v.dims for name, v in template.data_vars.items()}
@@ -62,6 +61,17 @@ class EnsembleWriter:
         with atomic_path(self.partial) as temporary:  # the partial store itself appears whole
             create_store(temporary, coords, variables, {**layout.attrs, **(attrs or {})})
             write_region(temporary, {COMPLETED: np.zeros(members, np.float32)}, (slice(None),))
+
+    @staticmethod
+    def check(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+        """The output may be written: it does not exist (or ``overwrite``), and an interrupted run
+        is continued only with ``resume``."""
+        out = Path(out)
+        if out.exists() and not overwrite:
+            raise LatentdaError(f"{out}: already exists (pass --overwrite to replace it)")
+        partial = out.with_name(out.name + ".partial")
+        if partial.exists() and not resume:
+            raise LatentdaError(f"{partial}: an interrupted run exists (pass --resume to complete it, or remove it)")
 
     @property
     def time_dim(self) -> str:
