@@ -1,0 +1,147 @@
+"""Forecast skill against lead time on held-out Kolmogorov trajectories, with baselines and cost.
+
+    python tools/bench_forecast.py --pipeline runs/ldm-kolmogorov/pipeline --data data/kolmogorov.zarr \
+        --trajectories 2 --members 4 --lead 32 --json docs/benchmarks/forecast.json --figure docs/figures/forecast.png
+
+Forecasts start at state ``--start`` of each held-out trajectory:
+(i) from the perfect initial state (the true states of the conditioning context, encoded),
+    with MMPS and with inpainting conditioning;
+(ii) from a reanalysis of 5% of the pixels (σ = 0.1) over the ``--window`` states up to the start
+     (autoregressive, and all at once);
+(iii) persistence (the true initial state repeated) and climatology (random training states).
+Prints RMSE, CRPS and spread-skill by lead (averaged over channels and trajectories), the kinetic
+energy of the forecasts against the data's range, and the cost per forecast state as the lead grows.
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from latentda.config import parse
+from latentda.data import FieldLayout, open_dataset, split_segments
+from latentda.metrics import ensemble_scores
+from latentda.observe import ObservationConfig, synthesize
+from latentda.pipeline import LatentDAPipeline
+from latentda.posterior.forecast import forecast_members
+from latentda.posterior.reanalysis import PosteriorSettings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--trajectories", type=int, default=2)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--lead", type=int, default=32)
+    parser.add_argument("--window", type=int, default=16, help="observation window before the start (reanalysis)")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--sampler", default="ddpm")
+    parser.add_argument("--json")
+    parser.add_argument("--figure")
+    args = parser.parse_args()
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    dataset = open_dataset(args.data)
+    layout = FieldLayout.from_dataset(dataset)
+    splits = split_segments(dataset)
+    rng = np.random.default_rng(0)
+    train = splits["train"]
+    climate = np.stack([layout.to_array(dataset, train[i].trajectory, slice(t, t + 1))[0]
+                        for i, t in zip(rng.integers(len(train), size=512), rng.integers(train[0].length, size=512))])
+    energy_range = [float(np.percentile(0.5 * (climate**2).sum(1).mean((1, 2)), q)) for q in (1, 99)]
+    settings = PosteriorSettings(steps=args.steps, sampler=args.sampler, iterations=1)
+    config = parse(ObservationConfig, {"observations": [{"name": "o", "variables": ["u", "v"], "fraction": 0.05, "noise_std": 0.1}]})
+    context = pipeline.settings["overlap"] or pipeline.window // 2
+    start = args.window - 1
+    methods = ["perfect init, MMPS", "perfect init, inpaint", "reanalysis, autoregressive", "reanalysis, all at once",
+               "persistence", "climatology"]
+    scores = {m: [] for m in methods}
+    energies = {m: [] for m in methods}
+    cost = {}
+    for k, segment in enumerate(splits["test"][: args.trajectories]):
+        truth = layout.to_array(dataset, segment.trajectory, slice(0, start + args.lead + 1))
+        target = truth[start:]
+        initial = pipeline.encode(truth[start - context + 1 : start + 1])[None]
+        operator = synthesize(truth[: args.window], layout, config, seed=k)
+        for method in methods:
+            began = time.perf_counter()
+            if method.startswith("perfect"):
+                conditioning = "mmps" if "MMPS" in method else "inpaint"
+                run = forecast_members(pipeline, list(range(args.members)), args.lead, settings, seed=k, initial=initial,
+                                       conditioning=conditioning)
+                ensemble = np.stack([f for _, f in run])
+            elif method.startswith("reanalysis"):
+                mode = "aao" if "all at once" in method else "autoregressive"
+                run = forecast_members(pipeline, list(range(args.members)), args.lead, settings, seed=k, operator=operator, mode=mode)
+                ensemble = np.stack([f for _, f in run])
+            elif method == "persistence":
+                ensemble = np.repeat(target[None, :1], args.lead + 1, axis=1)
+            else:
+                ensemble = climate[rng.integers(len(climate), size=(args.members, args.lead + 1))]
+            seconds = time.perf_counter() - began
+            if method == "perfect init, MMPS":
+                cost.setdefault("seconds_per_member", []).append(seconds / args.members)
+            s = ensemble_scores(ensemble, target, layout.area_weights())
+            scores[method].append({name: value.mean(axis=1) for name, value in s.items()})
+            energies[method].append(0.5 * (ensemble**2).sum(2).mean((0, 2, 3)))
+            print(f"trajectory {segment.trajectory} {method:28s} rmse@1 {s['rmse'][1].mean():.3f} "
+                  f"rmse@{args.lead} {s['rmse'][-1].mean():.3f} ({seconds:.0f} s)", flush=True)
+    summary = {}
+    leads = list(range(args.lead + 1))
+    for method in methods:
+        summary[method] = {name: np.mean([r[name] for r in scores[method]], axis=0).tolist()
+                           for name in scores[method][0]}
+        summary[method]["energy"] = np.mean(energies[method], axis=0).tolist()
+    shown = [1, 2, 4, 8, 16, 32, 64]
+    shown = [lead for lead in shown if lead <= args.lead]
+    print("\nRMSE by lead (steps of 0.2 time units):")
+    print(f"{'method':30s}" + "".join(f"{lead:>8d}" for lead in shown))
+    for method in methods:
+        print(f"{method:30s}" + "".join(f"{summary[method]['rmse'][lead]:8.3f}" for lead in shown))
+    print("\nCRPS by lead:")
+    for method in methods:
+        print(f"{method:30s}" + "".join(f"{summary[method]['crps'][lead]:8.3f}" for lead in shown))
+    print("\nspread-skill by lead:")
+    for method in methods:
+        if "spread_skill_ratio" in summary[method]:
+            print(f"{method:30s}" + "".join(f"{summary[method]['spread_skill_ratio'][lead]:8.2f}" for lead in shown))
+    print(f"\nkinetic energy of the data (1st-99th percentile): {energy_range[0]:.2f}-{energy_range[1]:.2f}")
+    for method in methods[:4]:
+        e = summary[method]["energy"]
+        print(f"{method:30s} energy min {min(e):.2f} max {max(e):.2f}")
+    # cost per forecast state as the lead grows: time windows of the autoregressive loop directly
+    per_state = {}
+    for lead in (pipeline.window, 2 * pipeline.window, 4 * pipeline.window):
+        began = time.perf_counter()
+        list(forecast_members(pipeline, [0], lead, settings, seed=0, initial=initial))
+        per_state[lead] = (time.perf_counter() - began) / lead
+    base = per_state[pipeline.window]
+    print("\ncost per forecast state: " + ", ".join(f"lead {lead}: {s:.2f} s ({s / base:.2f}×)" for lead, s in per_state.items()))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "summary": summary, "energy_range": energy_range,
+                       "seconds_per_state": per_state}, handle, indent=1)
+    if args.figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+        for method in methods:
+            for axis, name in zip(axes, ("rmse", "crps", "spread_skill_ratio")):
+                if name in summary[method]:
+                    axis.plot(leads, summary[method][name], label=method)
+        for axis, name in zip(axes, ("RMSE", "CRPS", "spread-skill ratio")):
+            axis.set_title(name)
+            axis.set_xlabel("lead (steps of 0.2)")
+        axes[2].axhline(1, color="k", lw=0.8, ls="--")
+        axes[0].legend(fontsize=7)
+        figure.savefig(args.figure, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
