@@ -53,7 +53,7 @@ def reanalysis_figure(truth, observations, posterior, variable: str, out: Path, 
                 ax.set_xlim(-0.5, data.shape[-1] - 0.5)
                 ax.set_ylim(-0.5, data.shape[-2] - 0.5)
             else:
-                vmin, vmax = (0, limit / 2) if cmap == "viridis" else (-limit, limit)
+                vmin, vmax = (0, float(np.nanmax(data))) if cmap == "viridis" else (-limit, limit)
                 image = ax.imshow(data[t], cmap=cmap, vmin=vmin, vmax=vmax, origin="lower")
             ax.set_xticks([])
             ax.set_yticks([])
