@@ -12,13 +12,11 @@ final ``autoencoder/`` folder (EMA weights, layout, statistics).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from latentda.components import save_autoencoder
 from latentda.config import require, to_dict
@@ -130,21 +128,9 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         return {"rmse": dict(zip(layout.channels, rmse.tolist())), "rmse_mean": float(rmse.mean())}
 
     trainer = Trainer(model, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ae", resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if trainer.accelerator.is_main_process:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    metrics = trainer.fit()
-    if trainer.accelerator.is_main_process:
-        final = trainer.ema_model()
+
+    def save_outputs(final, metrics):
         save_autoencoder(run_dir / "autoencoder", final, layout, statistics)
-        trainer.restore_weights()
-        summary = {
-            "steps": trainer.step,
-            "compression_factor": final.compression_factor,
-            "latent_shape": list(final.latent_shape),
-            "valid": metrics,
-            "train_samples_per_second": trainer.throughput,
-        }
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    trainer.accelerator.wait_for_everyone()
-    return metrics
+        return {"compression_factor": final.compression_factor, "latent_shape": list(final.latent_shape)}
+
+    return trainer.run(to_dict(config), save_outputs)

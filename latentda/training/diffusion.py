@@ -177,12 +177,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         return {"denoising_mse": errors, "denoising_mse_mean": float(np.mean(list(errors.values())))}
 
     trainer = Trainer(backbone, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ldm", resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if trainer.accelerator.is_main_process:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    metrics = trainer.fit()
-    if trainer.accelerator.is_main_process:
-        final = trainer.ema_model()
+
+    def save_outputs(final, metrics):
         step, units = time_step(dataset["time"])
         settings = {
             "time_step": step, "time_units": units,
@@ -193,10 +189,9 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         summary = {"steps": trainer.step, "valid": metrics, "train_samples_per_second": trainer.throughput,
                    "parameters": sum(p.numel() for p in final.parameters())}
         pipeline.save_pretrained(run_dir / "pipeline", model_card=model_card(pipeline, config, summary))
-        trainer.restore_weights()
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    trainer.accelerator.wait_for_everyone()
-    return metrics
+        return {}
+
+    return trainer.run(to_dict(config), save_outputs)
 
 
 def model_card(pipeline: LatentDAPipeline, config: LatentDiffusionConfig, summary: dict) -> str:

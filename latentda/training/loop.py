@@ -269,6 +269,27 @@ class Trainer:
         self._log({"step": self.step, "valid": metrics})
         return metrics
 
+    # ------------------------------------------------------------------ a whole run
+    def run(self, config_data: dict, save_outputs: Callable[[torch.nn.Module, dict], dict]) -> dict:
+        """Write ``config.yaml``, train, then (main process) hand the EMA model and the final metrics
+        to ``save_outputs``, which writes the run's artefacts and returns extra summary entries for
+        ``metrics.json``. Returns the final validation metrics."""
+        import yaml
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.accelerator.is_main_process:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_data, sort_keys=False))
+        metrics = self.fit()
+        if self.accelerator.is_main_process:
+            final = self.ema_model()
+            extra = save_outputs(final, metrics)
+            self.restore_weights()
+            summary = {"steps": self.step, "valid": metrics, "train_samples_per_second": self.throughput,
+                       "parameters": sum(p.numel() for p in final.parameters()), **extra}
+            (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+        self.accelerator.wait_for_everyone()
+        return metrics
+
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
         """Train until ``config.steps``; when resuming, continue from the last checkpoint."""
