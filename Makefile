@@ -40,9 +40,9 @@ demo: $(STAMP)
 	$(LATENTDA) observe --truth $(DEMO)/truth.zarr --trajectory 0 --length $(WINDOW) --operator configs/observe/sparse.yaml \
 		--out $(DEMO)/observations.nc --seed 1
 	$(LATENTDA) reanalyze --pipeline $(PIPELINE) --observations $(DEMO)/observations.nc --members $(MEMBERS) \
-		--steps $(STEPS) --sampler ddpm --out $(DEMO)/reanalysis.zarr
+		--steps $(STEPS) --sampler pc --out $(DEMO)/reanalysis.zarr
 	$(LATENTDA) forecast --pipeline $(PIPELINE) --initial $(DEMO)/reanalysis.zarr --lead $(LEAD) --members $(MEMBERS) \
-		--steps $(STEPS) --sampler ddpm --out $(DEMO)/forecast.zarr
+		--steps $(STEPS) --sampler pc --out $(DEMO)/forecast.zarr
 	$(LATENTDA) evaluate --prediction $(DEMO)/reanalysis.zarr --truth $(DEMO)/truth.zarr --trajectory 0 \
 		--observations $(DEMO)/observations.nc --out $(DEMO)/reanalysis-scores
 	$(LATENTDA) evaluate --prediction $(DEMO)/forecast.zarr --truth $(DEMO)/truth.zarr --trajectory 0 --out $(DEMO)/forecast-scores
