@@ -224,8 +224,10 @@ def _forecast(args: argparse.Namespace) -> None:
         leads.attrs["units"] = pipeline.settings["time_units"]
     attrs = {"title": "latentda forecast ensemble", "mode": args.mode, "conditioning": args.conditioning, "seed": args.seed,
              **_run_attributes(args)}
+    initial_times = source["time"].values if initial is not None else None
     members = forecast.forecast_members(pipeline, list(range(args.members)), args.lead, settings, args.seed, operator,
-                                        initial, args.mode, args.conditioning, args.condition_noise)  # checks now
+                                        initial, args.mode, args.conditioning, args.condition_noise,
+                                        initial_times=initial_times)  # checks now
     init_time = xr.DataArray([now], dims="time", attrs=source["time"].attrs)
     writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
         args.out, pipeline.layout, leads, args.members, attrs, resume=args.resume, overwrite=args.overwrite,

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from latentda import __version__
 from latentda.components import check_model_folder, load_autoencoder, save_autoencoder
+from latentda.data.calendar import calendar_features
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics
 from latentda.diffusion.blankets import BlanketDenoiser
@@ -98,10 +99,29 @@ class LatentDAPipeline:
     def set_progress_bar_config(self, disable: bool = False) -> None:
         self.progress = not disable
 
-    def trajectory_denoiser(self, overlap: int | None = None) -> BlanketDenoiser:
-        """E[z̃_{1:L} | z̃_t] for any L ≥ K from the window denoiser (overlapping blankets)."""
+    @property
+    def calendar(self) -> bool:
+        """Whether the prior is conditioned on calendar features (datetime training data)."""
+        return bool(self.backbone.config.context_features)
+
+    def trajectory_denoiser(self, overlap: int | None = None, times=None):
+        """E[z̃_{1:L} | z̃_t] for any L ≥ K from the window denoiser (overlapping blankets).
+
+        A calendar-conditioned prior needs the ``times`` (datetime64, length L) of the trajectory.
+        """
         overlap = self.settings["overlap"] if overlap is None else overlap
-        return BlanketDenoiser(self.denoiser, self.window, overlap)
+        blanket = BlanketDenoiser(self.denoiser, self.window, overlap)
+        if not self.calendar:
+            return blanket
+        features = calendar_features(times) if times is not None else None
+        if features is None:
+            raise LatentdaError("this model is conditioned on the calendar: it needs the (datetime) times of the trajectory")
+        context = torch.from_numpy(features).to(self.device, self.dtype)[None]
+
+        def denoise(x, sigma):
+            return blanket(x, sigma, context.expand(x.shape[0], -1, -1))
+
+        return denoise
 
     # ------------------------------------------------------------------ latents ↔ fields
     def standardise_latents(self, z: torch.Tensor) -> torch.Tensor:
@@ -149,15 +169,17 @@ class LatentDAPipeline:
 
     # ------------------------------------------------------------------ sampling
     def sample_latents(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
-                       seed: int = 0, denoise=None) -> torch.Tensor:
-        """Standardised latent trajectories (members, L, c, h, w) from the prior (or ``denoise``)."""
+                       seed: int = 0, denoise=None, start_time=None) -> torch.Tensor:
+        """Standardised latent trajectories (members, L, c, h, w) from the prior (or ``denoise``);
+        a calendar-conditioned prior needs the ``start_time`` (datetime64) of the trajectories."""
         steps = steps or self.settings["steps"]
         method = method or self.settings["sampler"]
         if length < 1 or members < 1:
             raise LatentdaError(f"length ({length}) and members ({members}) must be positive")
         padded = max(length, self.window)  # shorter trajectories: sample one window, keep the start
         if denoise is None:
-            blanket = self.trajectory_denoiser()
+            times = None if start_time is None else np.datetime64(start_time) + self.lead_times(padded)
+            blanket = self.trajectory_denoiser(times=times)
 
             def denoise(x, sigma):
                 with torch.no_grad():
@@ -170,10 +192,13 @@ class LatentDAPipeline:
         return z[:, :length]
 
     def sample(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
-               seed: int = 0) -> xr.Dataset:
+               seed: int = 0, start_time=None) -> xr.Dataset:
         """Unconditional trajectories decoded to physical fields, dims (realization, time, ...)."""
-        z = self.sample_latents(length, members, steps, method, seed)
-        return self.to_dataset(self.decode(z), attrs={"title": "latentda unconditional samples"})
+        z = self.sample_latents(length, members, steps, method, seed, start_time=start_time)
+        time = None
+        if start_time is not None:
+            time = xr.DataArray(np.datetime64(start_time) + self.lead_times(length), dims="time")
+        return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples"})
 
     # ------------------------------------------------------------------ posterior
     def observation_operator(self, observations: xr.Dataset, allow_short: bool = False):

@@ -19,6 +19,7 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from latentda.data.io import open_dataset
+from latentda.data.calendar import calendar_features
 from latentda.data.layout import FieldLayout
 from latentda.data.splits import Segment
 from latentda.data.statistics import Statistics, check_finite
@@ -62,12 +63,17 @@ class FieldSource(_LazySource):
 
 
 class LatentSource(_LazySource):
-    """Latent trajectories (variable ``latent``, dims trajectory?, time, channel, y, x)."""
+    """Latent trajectories (variable ``latent``, dims trajectory?, time, channel, y, x), with the
+    calendar features of their times when the time axis holds datetimes."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
         if LATENT not in self.dataset.data_vars:
             raise LatentdaError(f"{self.path}: no '{LATENT}' variable (is it the output of 'latentda encode'?)")
+        self.calendar = calendar_features(self.dataset["time"].values)
+
+    def read_context(self, trajectory: int | None, start: int, stop: int) -> np.ndarray | None:
+        return None if self.calendar is None else self.calendar[start:stop]
 
     def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
         latent = self.dataset[LATENT]
@@ -80,10 +86,13 @@ class LatentSource(_LazySource):
 class WindowDataset(Dataset):
     """All windows of ``window`` consecutive steps inside ``segments``, every ``stride`` steps.
 
-    Item i is a float32 tensor (window, C, H, W).
+    Item i is a float32 tensor (window, C, H, W), or the pair (window, context (window, F)) with
+    ``with_context`` (the source's per-time features, e.g. calendar features).
     """
 
-    def __init__(self, source: FieldSource | LatentSource, segments: list[Segment], window: int, stride: int = 1) -> None:
+    def __init__(self, source: FieldSource | LatentSource, segments: list[Segment], window: int, stride: int = 1,
+                 with_context: bool = False) -> None:
+        self.with_context = with_context
         if window < 1 or stride < 1:
             raise LatentdaError(f"window ({window}) and stride ({stride}) must be positive")
         self.source = source
@@ -99,6 +108,9 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int):
         trajectory, start = self.index[i]
-        return torch.from_numpy(self.source.read(trajectory, start, start + self.window))
+        window = torch.from_numpy(self.source.read(trajectory, start, start + self.window))
+        if self.with_context:
+            return window, torch.from_numpy(self.source.read_context(trajectory, start, start + self.window))
+        return window

@@ -38,15 +38,18 @@ MODES = ("autoregressive", "aao")
 CONDITIONINGS = ("mmps", "inpaint")
 
 
-def extend_operator(operator: ObservationOperator, extra: int) -> ObservationOperator:
-    """The same observations followed by ``extra`` unobserved time steps."""
+def extend_operator(operator: ObservationOperator, extra: int, extra_times=None) -> ObservationOperator:
+    """The same observations followed by ``extra`` unobserved time steps (at ``extra_times``)."""
     groups = []
     for group in operator.groups:
         pad = np.full((extra, *group.values.shape[1:]), np.nan)
         groups.append(ObservationGroup(
             group.name, group.channels, group.transform, group.sampling, np.concatenate([group.values, pad]),
             group.noise_std, group.factor, group.points, group.matrix, group.saturation, group.periodic, group.attrs))
-    return ObservationOperator(groups)
+    times = None
+    if operator.times is not None and extra_times is not None:
+        times = np.concatenate([np.asarray(operator.times), np.asarray(extra_times)])
+    return ObservationOperator(groups, times)
 
 
 class _Inpainting:
@@ -65,15 +68,17 @@ class _Inpainting:
 
 
 def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: float, steps: int, method: str,
-            generator: torch.Generator) -> Tensor:
-    """One window (1, K, ...) whose first ``context`` states follow ``history``'s last ones."""
+            generator: torch.Generator, times=None) -> Tensor:
+    """One window (1, K, ...) whose first ``context`` states follow ``history``'s last ones
+    (``times``: the window's K times, for calendar-conditioned priors)."""
     from latentda.diffusion.sampling import sample
 
     known = history[:, -context:]
+    prior = pipeline.trajectory_denoiser(times=times)  # L = K: the window denoiser itself
     if conditioning == "inpaint":
-        denoise = _Inpainting(pipeline.denoiser, known, generator)
+        denoise = _Inpainting(prior, known, generator)
     else:
-        denoise = MMPSDenoiser(pipeline.denoiser, lambda z: z[:, :context].reshape(z.shape[0], -1),
+        denoise = MMPSDenoiser(prior, lambda z: z[:, :context].reshape(z.shape[0], -1),
                                known.reshape(-1), noise, iterations=1)
     return sample(denoise, (1, pipeline.window, *pipeline.latent_shape), pipeline.scheduler, steps=steps, method=method,
                   corrections=pipeline.settings["corrections"], generator=generator, device=pipeline.device,
@@ -92,6 +97,7 @@ def forecast_members(
     conditioning: str = "mmps",
     condition_noise: float = 0.01,
     context: int | None = None,
+    initial_times=None,
 ) -> "ForecastMembers":
     """Members of a forecast: iterate to get (member, fields (lead + 1, C, H, W)) as each finishes —
     lead 0 is the last observed/initial state. Every argument is checked here, before any work.
@@ -118,21 +124,25 @@ def forecast_members(
         raise LatentdaError(f"the initial condition has {initial.shape[1]} states; {context} are needed")
     if initial is not None and initial.shape[0] > 1 and max(members, default=0) >= initial.shape[0]:
         raise LatentdaError(f"the initial condition has {initial.shape[0]} members; member {max(members)} was asked for")
+    if pipeline.calendar and initial is not None and initial_times is None:
+        raise LatentdaError("this model is conditioned on the calendar: give the times of the initial states")
     return ForecastMembers(pipeline, list(members), lead, settings, seed, operator, initial, mode, conditioning,
-                           condition_noise, context)
+                           condition_noise, context, initial_times)
 
 
 class ForecastMembers:
     """The (checked) forecast of a list of members; ``only(members)`` restricts it (e.g. to resume)."""
 
-    def __init__(self, pipeline, members, lead, settings, seed, operator, initial, mode, conditioning, noise, context):
+    def __init__(self, pipeline, members, lead, settings, seed, operator, initial, mode, conditioning, noise, context,
+                 initial_times=None):
         self.pipeline, self.members, self.lead, self.settings, self.seed = pipeline, members, lead, settings, seed
         self.operator, self.initial, self.mode, self.conditioning, self.noise, self.context = (
             operator, initial, mode, conditioning, noise, context)
+        self.initial_times = initial_times
 
     def only(self, members: list[int]) -> "ForecastMembers":
         return ForecastMembers(self.pipeline, list(members), self.lead, self.settings, self.seed, self.operator,
-                               self.initial, self.mode, self.conditioning, self.noise, self.context)
+                               self.initial, self.mode, self.conditioning, self.noise, self.context, self.initial_times)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -149,17 +159,24 @@ class ForecastMembers:
             if self.operator is not None:
                 observed = self.operator.length
                 extra = self.lead if self.mode == "aao" else max(0, K - observed)  # shorter than K: nowcast its end
-                window_operator = extend_operator(self.operator, extra) if extra else self.operator
+                last = None if self.operator.times is None else np.asarray(self.operator.times)[-1]
+                after = None if last is None else last + pipeline.lead_times(extra + 1)[1:]
+                window_operator = extend_operator(self.operator, extra, after) if extra else self.operator
                 denoise = guided_denoiser(pipeline, window_operator, settings)
                 history = sample(denoise, (1, observed + extra, *pipeline.latent_shape), pipeline.scheduler, steps=steps,
                                  method=method, corrections=pipeline.settings["corrections"], generator=generator,
                                  device=pipeline.device, dtype=pipeline.dtype)
                 now = observed - 1
+                start = None if self.operator.times is None else np.asarray(self.operator.times)[0]
             else:
                 row = self.initial[member : member + 1] if self.initial.shape[0] > 1 else self.initial
                 history = row.to(pipeline.device, pipeline.dtype)
                 now = history.shape[1] - 1
+                start = None if self.initial_times is None else np.asarray(self.initial_times)[0]
             while history.shape[1] - 1 - now < self.lead:
-                window = _window(pipeline, history, context, self.conditioning, self.noise, steps, method, generator)
+                times = None
+                if start is not None:  # times of the next window: its first state is history[-context]
+                    times = start + pipeline.lead_times(history.shape[1] - context + K)[history.shape[1] - context:]
+                window = _window(pipeline, history, context, self.conditioning, self.noise, steps, method, generator, times)
                 history = torch.cat([history, window[:, context:]], dim=1)
             yield member, pipeline.decode(history[:, now : now + self.lead + 1])[0]

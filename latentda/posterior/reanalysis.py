@@ -148,7 +148,7 @@ def guided_denoiser(pipeline, operator: ObservationOperator, settings: Posterior
     """The posterior denoiser E[z̃_{1:L} | z̃_t, y] for the pipeline's trajectory prior."""
     y, noise_std = operator.observed()
     A = latent_operator(pipeline, operator, settings.decode_chunk)
-    prior = pipeline.trajectory_denoiser()
+    prior = pipeline.trajectory_denoiser(times=operator.times)
     if settings.guidance == "dps":
         return DPSDenoiser(prior, A, y, noise_std, scale=settings.dps_scale)
     return MMPSDenoiser(prior, A, y, noise_std, iterations=settings.iterations, solver=settings.solver)

@@ -23,6 +23,7 @@ from latentda.components import load_autoencoder
 from latentda.config import require, to_dict
 from latentda.data import LatentSource, Statistics, WindowDataset, open_dataset, split_segments
 from latentda.data.splits import Segment
+from latentda.data.calendar import CALENDAR_FEATURES
 from latentda.data.statistics import streaming_statistics
 from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, denoising_loss, make_schedule
 from latentda.diffusion.sampling import SAMPLERS
@@ -37,7 +38,10 @@ VALID_SIGMAS = (0.01, 0.1, 1.0, 10.0)
 
 @dataclass
 class DenoiserModelConfig:
-    """Architecture of :class:`latentda.nn.TrajectoryTransformer` (latent shape comes from the data)."""
+    """Architecture of :class:`latentda.nn.TrajectoryTransformer` (latent shape comes from the data).
+
+    ``calendar``: when the data's time axis holds datetimes, condition on the time of day and year
+    (:mod:`latentda.data.calendar`); ignored for numeric (model) time axes."""
 
     window: int = 8
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -47,6 +51,7 @@ class DenoiserModelConfig:
     mlp_ratio: float = 4.0
     attention: Literal["full", "local"] = "full"
     local_window: list[int] | None = None
+    calendar: bool = True
 
     def validate(self, prefix: str) -> None:
         require(self.window >= 1, f"{prefix}.window", "must be at least 1")
@@ -115,17 +120,20 @@ class _Standardised(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.statistics.standardise(self.windows[i])
+    def __getitem__(self, i: int):
+        item = self.windows[i]
+        if isinstance(item, tuple):  # (window, context)
+            return self.statistics.standardise(item[0]), item[1]
+        return self.statistics.standardise(item)
 
 
-def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0) -> dict:
+def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, context: torch.Tensor | None = None) -> dict:
     """Mean squared denoising error per element at each σ of ``VALID_SIGMAS`` (fixed noise)."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(windows.shape, generator=generator).to(windows.device)
     errors = {}
     for sigma in VALID_SIGMAS:
-        out = denoiser(windows + sigma * noise, torch.tensor(sigma, device=windows.device))
+        out = denoiser(windows + sigma * noise, torch.tensor(sigma, device=windows.device), context)
         errors[f"sigma={sigma:g}"] = float(((out - windows) ** 2).mean())
     return errors
 
@@ -146,6 +154,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     if (c, h, w) != tuple(autoencoder.latent_shape):
         raise LatentdaError(f"latents are {c}×{h}×{w} but the autoencoder gives {tuple(autoencoder.latent_shape)}")
     splits = split_segments(dataset, config.splits)
+    calendar = config.model.calendar and source.calendar is not None  # datetime times: condition on the calendar
     accelerator = accelerator or make_accelerator(config.training)
     check_run_dir(run_dir, resume)
     torch.manual_seed(config.training.seed)
@@ -155,6 +164,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
             hidden_size=config.model.hidden_size, depth=config.model.depth, num_heads=config.model.num_heads,
             mlp_ratio=config.model.mlp_ratio, periodic=tuple(layout.periodic), attention=config.model.attention,
             local_window=tuple(config.model.local_window) if config.model.local_window else None,
+            context_features=CALENDAR_FEATURES if calendar else 0,
         )
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
@@ -163,17 +173,22 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     schedule = make_schedule(config.diffusion.sigma_min, config.diffusion.sigma_max)
     denoiser = Denoiser(backbone, schedule)
     K = config.model.window
-    train = _Standardised(WindowDataset(source, splits["train"], window=K), z_statistics)
-    valid_set = _Standardised(WindowDataset(source, splits["valid"] or splits["train"], window=K, stride=K), z_statistics)
+    train = _Standardised(WindowDataset(source, splits["train"], window=K, with_context=calendar), z_statistics)
+    valid_set = _Standardised(WindowDataset(source, splits["valid"] or splits["train"], window=K, stride=K,
+                                            with_context=calendar), z_statistics)
     picks = np.linspace(0, len(valid_set) - 1, num=min(config.valid_windows, len(valid_set))).round().astype(int)
-    valid_windows = torch.stack([valid_set[int(i)] for i in picks])
+    valid_items = [valid_set[int(i)] for i in picks]
+    valid_windows = torch.stack([item[0] if calendar else item for item in valid_items])
+    valid_context = torch.stack([item[1] for item in valid_items]) if calendar else None
 
-    def loss_fn(model, batch, generator):
-        return denoising_loss(Denoiser(model, schedule), batch, generator)
+    def loss_fn(model, batch, random):
+        x, context = batch if isinstance(batch, tuple) else (batch, None)
+        return denoising_loss(Denoiser(model, schedule), x, random, context)
 
     def validate_fn(model):
         device = next(model.parameters()).device
-        errors = validation_error(Denoiser(model, schedule), valid_windows.to(device))
+        context = valid_context.to(device) if valid_context is not None else None
+        errors = validation_error(Denoiser(model, schedule), valid_windows.to(device), context=context)
         return {"denoising_mse": errors, "denoising_mse_mean": float(np.mean(list(errors.values())))}
 
     trainer = Trainer(backbone, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ldm", resume)

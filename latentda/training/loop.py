@@ -311,8 +311,10 @@ class Trainer:
         while self.step < config.steps:
             total_loss = 0.0
             for micro in range(config.gradient_accumulation):
-                batch = next(batches).to(accelerator.device)
-                random = batch_random(config.seed, self.step * config.gradient_accumulation + micro, rank, len(batch))
+                batch = next(batches)
+                batch = tuple(b.to(accelerator.device) for b in batch) if isinstance(batch, (list, tuple)) else batch.to(accelerator.device)
+                size = len(batch[0]) if isinstance(batch, tuple) else len(batch)
+                random = batch_random(config.seed, self.step * config.gradient_accumulation + micro, rank, size)
                 with accelerator.autocast():
                     loss = self.loss_fn(self.model_prepared, batch, random) / config.gradient_accumulation
                 if not torch.isfinite(loss):
