@@ -105,7 +105,16 @@ def _sample(args: argparse.Namespace) -> None:
     pipeline.set_progress_bar_config(disable=args.quiet)
     if args.out.exists() and not args.overwrite:
         raise LatentdaError(f"{args.out}: already exists (pass --overwrite to replace it)")
-    dataset = pipeline.sample(args.length, args.members, steps=args.steps, method=args.sampler, seed=args.seed)
+    start_time = None
+    if args.start_time is not None:
+        import numpy as np
+
+        try:
+            start_time = np.datetime64(args.start_time)
+        except ValueError:
+            raise LatentdaError(f"--start-time '{args.start_time}' is not an ISO date-time (e.g. 2020-01-01T06:00)") from None
+    dataset = pipeline.sample(args.length, args.members, steps=args.steps, method=args.sampler, seed=args.seed,
+                              start_time=start_time)
     print(f"wrote {write_dataset(dataset, args.out, overwrite=args.overwrite)}")
 
 
@@ -359,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--steps", type=_positive_int, help="diffusion steps (default: the pipeline's)")
     sub.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "pc"], help="sampler (default: the pipeline's)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--start-time", help="date-time of the first state (needed by calendar-conditioned models)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("observe", "make synthetic observations of a truth", _observe)
