@@ -14,6 +14,11 @@ overlap is either
 - ``inpaint``: replacement — at noise level σ the known states are set to h + σ ε before each
   denoising and to h after it.
 
+Measured on held-out Kolmogorov trajectories (docs/benchmarks.md), inpainting keeps the ensemble
+calibrated (spread-skill 0.87–0.99 up to 16 steps ahead, against ≈ 0.5 for MMPS with σ_c = 0.01)
+and has the better CRPS from 4 steps ahead on, while MMPS has the lower RMSE over the first 4 steps:
+inpainting is the default.
+
 ``aao`` (all at once, as in Appa) instead samples the observation window and the lead jointly, as a
 reanalysis whose operator observes nothing after "now"; nowcasting is the same with a short lead.
 The output lead 0 is the analysis of the last observed state.
@@ -94,7 +99,7 @@ def forecast_members(
     operator: ObservationOperator | None = None,
     initial: Tensor | None = None,
     mode: str = "autoregressive",
-    conditioning: str = "mmps",
+    conditioning: str = "inpaint",
     condition_noise: float = 0.01,
     context: int | None = None,
     initial_times=None,
