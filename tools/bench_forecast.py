@@ -131,10 +131,10 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         figure, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
-        for method in methods:
+        for index, method in enumerate(methods):
             for axis, name in zip(axes, ("rmse", "crps", "spread_skill_ratio")):
-                if name in summary[method]:
-                    axis.plot(leads, summary[method][name], label=method)
+                if name in summary[method]:  # one colour per method in every panel
+                    axis.plot(leads, summary[method][name], label=method, color=f"C{index}")
         for axis, name in zip(axes, ("RMSE", "CRPS", "spread-skill ratio")):
             axis.set_title(name)
             axis.set_xlabel("lead (steps of 0.2)")
