@@ -104,7 +104,7 @@ def test_invalid_conditioning_writes_nothing(setup, tmp_path, capsys):
     root, pipeline, truth, truth_path, observations = setup
     out = tmp_path / "fc.zarr"
     assert cli.main(["forecast", "--pipeline", str(root / "pipeline"), "--observations", str(observations), "--lead", "2",
-                     "--condition-noise", "0", "--out", str(out), "--quiet"]) == 2
+                     "--conditioning", "mmps", "--condition-noise", "0", "--out", str(out), "--quiet"]) == 2
     assert "conditioning noise must be positive" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "fc.zarr.partial").exists()
 
