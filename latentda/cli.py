@@ -194,14 +194,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _forecast(args: argparse.Namespace) -> None:
-    import numpy as np
-    import torch
     import xarray as xr
+    from tqdm.auto import tqdm
 
     from latentda.data import open_dataset
     from latentda.data.ensemble_store import EnsembleWriter
     from latentda.pipeline import LatentDAPipeline
-    from latentda.posterior import forecast
     from latentda.posterior.reanalysis import PosteriorSettings
 
     if (args.observations is None) == (args.initial is None):
@@ -211,38 +209,20 @@ def _forecast(args: argparse.Namespace) -> None:
     settings.validate()
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
     pipeline.set_progress_bar_config(disable=True)
-    operator = initial = None
-    if args.observations is not None:
-        source = open_dataset(args.observations)
-        operator = pipeline.observation_operator(source, allow_short=True)  # shorter than K: nowcast
-    else:
-        source = open_dataset(args.initial)
-        pipeline.layout.check(source)
-        context = pipeline.settings["overlap"] or pipeline.window // 2
-        source = source.isel(time=slice(-context, None))  # only the last states condition the forecast
-        if "realization" in source.dims:  # e.g. a reanalysis: member m continues its own analysis
-            if source.sizes["realization"] < args.members:
-                raise LatentdaError(f"--initial has {source.sizes['realization']} members, fewer than --members {args.members}")
-            initial = torch.stack([pipeline.encode(pipeline.layout.to_array(source.isel(realization=m)))
-                                   for m in range(args.members)])
-        else:
-            initial = pipeline.encode(pipeline.layout.to_array(source))[None]
-    now = source["time"].values[-1]
+    observations = open_dataset(args.observations) if args.observations is not None else None
+    initial = open_dataset(args.initial) if args.initial is not None else None
+    members, time = pipeline.forecast_run(args.lead, args.members, observations, initial, args.seed, args.mode,
+                                          args.conditioning, args.condition_noise, settings)  # every check, now
+    now = time.values[-1]
     leads = xr.DataArray(pipeline.lead_times(args.lead + 1), dims="time", attrs={"long_name": "forecast lead time"})
     if pipeline.settings["time_units"] != "seconds":
         leads.attrs["units"] = pipeline.settings["time_units"]
     attrs = {"title": "latentda forecast ensemble", "mode": args.mode, "conditioning": args.conditioning, "seed": args.seed,
              **_run_attributes(args)}
-    initial_times = source["time"].values if initial is not None else None
-    members = forecast.forecast_members(pipeline, list(range(args.members)), args.lead, settings, args.seed, operator,
-                                        initial, args.mode, args.conditioning, args.condition_noise,
-                                        initial_times=initial_times)  # checks now
-    init_time = xr.DataArray([now], dims="time", attrs=source["time"].attrs)
+    init_time = xr.DataArray([now], dims="time", attrs=time.attrs)
     writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
         args.out, pipeline.layout, leads, args.members, attrs, resume=args.resume, overwrite=args.overwrite,
         init_time=init_time, **kw))
-    from tqdm.auto import tqdm
-
     for member, fields in tqdm(members.only(mine), total=len(mine), desc="forecast members",
                                disable=args.quiet or not state.is_main_process):
         writer.write(member, fields)

@@ -249,6 +249,55 @@ class LatentDAPipeline:
             fields[member] = values
         return self.to_dataset(fields, observations["time"], attrs={"title": "latentda reanalysis (posterior ensemble)"})
 
+    def forecast_run(self, lead: int, members: int = 8, observations: xr.Dataset | None = None,
+                     initial: xr.Dataset | None = None, seed: int = 0, mode: str = "autoregressive",
+                     conditioning: str = "inpaint", condition_noise: float = 0.01, settings=None):
+        """(checked members to iterate, the time of "now") of a forecast; see :meth:`forecast`."""
+        from latentda.posterior.forecast import forecast_members
+        from latentda.posterior.reanalysis import PosteriorSettings
+
+        settings = settings or PosteriorSettings()
+        settings.validate()
+        operator = encoded = initial_times = None
+        if (observations is None) == (initial is None):
+            raise LatentdaError("give exactly one of observations and initial")
+        if observations is not None:
+            operator = self.observation_operator(observations, allow_short=True)  # shorter than K: nowcast
+            source = observations
+        else:
+            self.layout.check(initial)
+            context = self.settings["overlap"] or self.window // 2
+            source = initial.isel(time=slice(-context, None))  # only the last states condition the forecast
+            if "realization" in source.dims:  # e.g. a reanalysis: member m continues its own analysis
+                if source.sizes["realization"] < members:
+                    raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
+                encoded = torch.stack([self.encode(self.layout.to_array(source.isel(realization=m))) for m in range(members)])
+            else:
+                encoded = self.encode(self.layout.to_array(source))[None]
+            initial_times = source["time"].values
+        run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
+                               condition_noise, initial_times=initial_times)
+        return run, source["time"]
+
+    def forecast(self, lead: int, members: int = 8, observations: xr.Dataset | None = None,
+                 initial: xr.Dataset | None = None, seed: int = 0, mode: str = "autoregressive",
+                 conditioning: str = "inpaint", settings=None, **kwargs) -> xr.Dataset:
+        """Forecast ensemble from an observation window or initial state(s), in WeatherBench2 layout:
+        dims (realization, time, prediction_timedelta, ...), lead 0 being "now".
+
+        ``initial`` may carry a ``realization`` dim (e.g. a reanalysis): member m continues member m.
+        ``settings``/keywords as for :meth:`reanalyze`.
+        """
+        from latentda.posterior.reanalysis import PosteriorSettings
+
+        settings = settings or PosteriorSettings(**kwargs)
+        run, time = self.forecast_run(lead, members, observations, initial, seed, mode, conditioning, settings=settings)
+        fields = np.stack([values for _, values in run])
+        dataset = self.to_dataset(fields, xr.DataArray(self.lead_times(lead + 1), dims="time"),
+                                  attrs={"title": "latentda forecast ensemble"})
+        dataset = dataset.rename(time="prediction_timedelta")
+        return dataset.expand_dims(time=[time.values[-1]], axis=1)
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:
         path = Path(path)

@@ -124,3 +124,15 @@ def test_datetime_time_axes(setup):
         assert pipeline.lead_times(3)[2] == np.timedelta64(7200, "s")
     finally:
         pipeline.settings = saved
+
+
+def test_pipeline_forecast_api(setup):
+    root, pipeline, truth, truth_path, observations = setup
+    pipeline.set_progress_bar_config(disable=True)
+    forecast = pipeline.forecast(lead=3, members=2, initial=truth.isel(time=slice(0, 4)), steps=2)
+    assert forecast["u"].dims == ("realization", "time", "prediction_timedelta", "y", "x")
+    assert forecast.sizes["prediction_timedelta"] == 4 and forecast["time"].values[0] == truth["time"].values[3]
+    from_obs = pipeline.forecast(lead=2, members=1, observations=open_dataset(observations), steps=2)
+    assert np.isfinite(from_obs["v"].values).all()
+    with pytest.raises(LatentdaError, match="exactly one"):
+        pipeline.forecast(lead=2)
