@@ -62,7 +62,10 @@ def _inspect(args: argparse.Namespace) -> None:
     for name, mean, std in zip(statistics.channels, statistics.mean, statistics.std):
         print(f"{name:<24}{mean:>14.6g}{std:>14.6g}")
     if args.statistics_out:
-        statistics.save(args.statistics_out)
+        from latentda.data import atomic_path
+
+        with atomic_path(args.statistics_out) as temporary:
+            statistics.save(temporary)
         print(f"wrote {args.statistics_out}")
 
 
@@ -190,7 +193,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if "observation_residual_ratio" in summary:
         print(f"observation residual ratio: {summary['observation_residual_ratio']['mean']:.3f}")
     if args.out:
-        print(f"wrote {write_report(rows, summary, args.out)}")
+        print(f"wrote {write_report(rows, summary, args.out, overwrite=args.overwrite)}")
 
 
 def _forecast(args: argparse.Namespace) -> None:
@@ -410,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--trajectory", type=int, help="which trajectory of the truth, when it has several")
     sub.add_argument("--observations", type=Path, help="observation file: adds the residual ratio")
     sub.add_argument("--out", type=Path, help="folder for metrics.csv, summary.json and figures")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return parser
 
 

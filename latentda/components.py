@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from latentda.data.io import atomic_path
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics
 from latentda.errors import LatentdaError
@@ -48,9 +49,10 @@ def check_model_folder(path: str | os.PathLike, what: str) -> Path:
 def save_autoencoder(path: str | os.PathLike, model, layout: FieldLayout, statistics: Statistics) -> Path:
     """Write an autoencoder folder (see module docstring)."""
     path = Path(path)
-    model.save_pretrained(path, safe_serialization=True)
-    layout.save(path / LAYOUT_FILE)
-    statistics.save(path / STATISTICS_FILE)
+    with atomic_path(path, overwrite=True) as folder:  # never a half-written folder
+        model.save_pretrained(folder, safe_serialization=True)
+        layout.save(folder / LAYOUT_FILE)
+        statistics.save(folder / STATISTICS_FILE)
     return path
 
 

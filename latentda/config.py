@@ -123,11 +123,15 @@ def load_config(cls: type[T], path: str | os.PathLike, overrides: dict | None = 
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise LatentdaError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise LatentdaError(f"{path}: the top level must be a mapping of keys to values")
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, last = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise LatentdaError(f"--set {dotted}: '{part}' is not a section")
         node[last] = value
     return parse(cls, data)
 

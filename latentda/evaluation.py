@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from latentda.data.io import atomic_path
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.errors import LatentdaError
 from latentda.metrics import energy_spectrum, ensemble_scores
@@ -28,8 +29,12 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
     if TRAJECTORY in truth.dims:
         if trajectory is None:
             raise LatentdaError(f"the truth has {truth.sizes[TRAJECTORY]} trajectories: choose one with --trajectory")
+        if not 0 <= trajectory < truth.sizes[TRAJECTORY]:
+            raise LatentdaError(f"--trajectory {trajectory} out of range (the truth has {truth.sizes[TRAJECTORY]})")
         truth = truth.isel({TRAJECTORY: trajectory}, drop=True)
     times = prediction[TIME].values
+    if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(truth[TIME].values.dtype, np.datetime64):
+        raise LatentdaError("the prediction's and the truth's times are not of the same kind (datetimes vs numbers)")
     try:
         if np.issubdtype(times.dtype, np.number):  # float model times: tolerate rounding of time + lead
             return truth.sel({TIME: times}, method="nearest", tolerance=1e-6 * max(1.0, float(np.abs(times).max())))
@@ -82,8 +87,16 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     return rows, summary
 
 
-def write_report(rows: list[dict], summary: dict, out: str | os.PathLike) -> Path:
-    """Write metrics.csv, summary.json and figures into the folder ``out``."""
+def write_report(rows: list[dict], summary: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write metrics.csv, summary.json and figures into the new folder ``out`` (atomically)."""
+    final = Path(out)
+    with atomic_path(final, overwrite=overwrite) as out:
+        out.mkdir(parents=True)
+        _write_report(rows, summary, out)
+    return final
+
+
+def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
     import csv
 
     import matplotlib
@@ -91,8 +104,6 @@ def write_report(rows: list[dict], summary: dict, out: str | os.PathLike) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -121,4 +132,3 @@ def write_report(rows: list[dict], summary: dict, out: str | os.PathLike) -> Pat
     axis.legend(fontsize=7)
     figure.savefig(out / "spectra.png", dpi=120)
     plt.close(figure)
-    return out

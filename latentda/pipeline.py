@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from latentda import __version__
 from latentda.components import check_model_folder, load_autoencoder, save_autoencoder
+from latentda.data.io import atomic_path
 from latentda.data.calendar import calendar_features
 from latentda.data.layout import FieldLayout
-from latentda.data.statistics import Statistics
+from latentda.data.statistics import Statistics, check_finite
 from latentda.diffusion.blankets import BlanketDenoiser
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.sampling import sample as run_sampler
@@ -210,6 +211,8 @@ class LatentDAPipeline:
         if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
         self.check_time_step(observations["time"])
+        if self.calendar and calendar_features(observations["time"].values) is None:
+            raise LatentdaError("this model is conditioned on the calendar: the observations need datetime times")
         return operator
 
     def check_time_step(self, time: xr.DataArray) -> None:
@@ -265,15 +268,18 @@ class LatentDAPipeline:
             operator = self.observation_operator(observations, allow_short=True)  # shorter than K: nowcast
             source = observations
         else:
+            if "time" not in initial.dims:
+                raise LatentdaError("the initial state has no 'time' dimension")
             self.layout.check(initial)
             context = self.settings["overlap"] or self.window // 2
             source = initial.isel(time=slice(-context, None))  # only the last states condition the forecast
-            if "realization" in source.dims:  # e.g. a reanalysis: member m continues its own analysis
-                if source.sizes["realization"] < members:
-                    raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
-                encoded = torch.stack([self.encode(self.layout.to_array(source.isel(realization=m))) for m in range(members)])
-            else:
-                encoded = self.encode(self.layout.to_array(source))[None]
+            rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
+            if "realization" in source.dims and source.sizes["realization"] < members:
+                raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
+            arrays = [self.layout.to_array(row) for row in rows]  # e.g. a reanalysis: member m continues member m
+            for array in arrays:
+                check_finite(array, self.layout.channels, " in the initial state")
+            encoded = torch.stack([self.encode(array) for array in arrays])
             initial_times = source["time"].values
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
                                condition_noise, initial_times=initial_times)
@@ -300,16 +306,18 @@ class LatentDAPipeline:
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:
+        """Write the pipeline folder (to a temporary folder renamed into place: never half-written)."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_autoencoder(path / "autoencoder", self.autoencoder, self.layout, self.statistics)
-        self.backbone.save_pretrained(path / "denoiser", safe_serialization=True)
-        self.latent_statistics.save(path / "denoiser" / "latent_statistics.json")
-        self.scheduler.save_pretrained(path / "scheduler")
-        (path / "model_index.json").write_text(json.dumps({**MODEL_INDEX, "_latentda_version": __version__}, indent=1))
-        (path / "pipeline_config.json").write_text(json.dumps(self.settings, indent=1))
-        if model_card is not None:
-            (path / "README.md").write_text(model_card)
+        with atomic_path(path, overwrite=True) as folder:
+            folder.mkdir(parents=True)
+            save_autoencoder(folder / "autoencoder", self.autoencoder, self.layout, self.statistics)
+            self.backbone.save_pretrained(folder / "denoiser", safe_serialization=True)
+            self.latent_statistics.save(folder / "denoiser" / "latent_statistics.json")
+            self.scheduler.save_pretrained(folder / "scheduler")
+            (folder / "model_index.json").write_text(json.dumps({**MODEL_INDEX, "_latentda_version": __version__}, indent=1))
+            (folder / "pipeline_config.json").write_text(json.dumps(self.settings, indent=1))
+            if model_card is not None:
+                (folder / "README.md").write_text(model_card)
         return path
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload latentda pipeline", private: bool | None = None,

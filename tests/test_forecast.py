@@ -136,3 +136,19 @@ def test_pipeline_forecast_api(setup):
     assert np.isfinite(from_obs["v"].values).all()
     with pytest.raises(LatentdaError, match="exactly one"):
         pipeline.forecast(lead=2)
+
+
+def test_more_bad_forecast_inputs(setup, tmp_path, capsys):
+    root, pipeline, truth, truth_path, observations = setup
+    short = write_dataset(open_dataset(observations).isel(time=slice(0, 1)), tmp_path / "short.nc")
+    out = tmp_path / "fc.zarr"
+    assert cli.main(["forecast", "--pipeline", str(root / "pipeline"), "--observations", str(short), "--mode", "aao",
+                     "--lead", "1", "--members", "1", "--out", str(out), "--quiet"]) == 2
+    assert "all-at-once needs" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "fc.zarr.partial").exists()
+    broken = truth.isel(time=slice(0, 4)).copy(deep=True)
+    broken["u"][-1, 0, 0] = np.nan
+    with pytest.raises(LatentdaError, match="'u' holds NaN"):
+        pipeline.forecast(lead=1, members=1, initial=broken)
+    with pytest.raises(LatentdaError, match="no 'time' dimension"):
+        pipeline.forecast(lead=1, members=1, initial=truth.isel(time=0))

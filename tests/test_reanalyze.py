@@ -153,3 +153,22 @@ def test_two_processes_share_the_members_and_match_one(setup, tmp_path):
     # identical up to float rounding (the processes run 1 thread each, the single one 2: other reduction order)
     np.testing.assert_allclose(two["u"].values, one["u"].values, atol=1e-4)
     assert np.abs(two["u"].values - one["u"].values).max() < 1e-3 * np.abs(one["u"].values).max()
+
+
+def test_resume_with_other_settings_is_refused(setup, tmp_path, monkeypatch):
+    root, folder, truth, observations = setup
+    real = reanalysis.posterior_members
+
+    def dies_after_one(*a, **k):
+        for count, item in enumerate(real(*a, **k)):
+            if count == 1:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(reanalysis, "posterior_members", dies_after_one)
+    args = ["reanalyze", "--pipeline", str(folder), "--observations", str(observations), "--members", "2",
+            "--steps", "2", "--iterations", "1", "--quiet", "--out", str(tmp_path / "p.zarr")]
+    assert cli.main(args) == 130
+    monkeypatch.setattr(reanalysis, "posterior_members", real)
+    assert cli.main(args + ["--resume", "--seed", "7"]) == 2  # other seed: members would mix
+    assert cli.main(args + ["--resume"]) == 0

@@ -120,3 +120,13 @@ def test_yaml_exponent_floats_are_numbers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: {path: x}\noutput: y\ntraining: {learning_rate: 1e-3}\n")
     assert load_config(AutoEncoderConfig, path).training.learning_rate == pytest.approx(1e-3)
+
+
+def test_malformed_config_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(LatentdaError, match="top level must be a mapping"):
+        load_config(AutoEncoderConfig, path)
+    path.write_text("data: {path: x}\noutput: y\ntraining: {steps: 3}\n")
+    with pytest.raises(LatentdaError, match="is not a section"):
+        load_config(AutoEncoderConfig, path, {"training.steps.x": 1})

@@ -52,6 +52,10 @@ class EnsembleWriter:
             existing = open_dataset(self.partial)
             if existing.sizes.get(REALIZATION) != members or existing.sizes.get(self.time_dim) != time.size:
                 raise LatentdaError(f"{self.partial}: the interrupted run had other members or times; remove it to start again")
+            changed = [k for k, v in (attrs or {}).items() if str(existing.attrs.get(k)) != str(v)]
+            if changed:  # a resumed run must be the same run: members from two settings must not mix
+                raise LatentdaError(f"{self.partial}: the interrupted run had other settings ({', '.join(changed)}); "
+                                    "remove it to start again")
             return
         coords = {name: template[name] for name in template.coords if name != REALIZATION}
         coords[REALIZATION] = xr.DataArray(np.arange(members), dims=REALIZATION,

@@ -220,6 +220,8 @@ class FieldLayout:
                 if trajectory is None:
                     raise LatentdaError(f"variable '{spec.name}' has a '{TRAJECTORY}' dimension: select one trajectory")
                 index[TRAJECTORY] = trajectory
+            if "realization" in variable.dims:
+                raise LatentdaError(f"variable '{spec.name}' has a 'realization' dimension: select one member")
             if time is not None:
                 index[TIME] = time
             variable = variable.isel(index)

@@ -13,7 +13,9 @@ updates are written here (variance-exploding, x_t = x + σ ε; with x̂ = denois
   x' = x_i + (σ_{i+1} − σ_i) d(x_i, σ_i), x_{i+1} = x_i + (σ_{i+1} − σ_i)(d(x_i, σ_i) + d(x', σ_{i+1}))/2.
 - ``pc`` (predictor-corrector, Song et al. 2021 as used by SDA): a ``ddim`` predictor followed by
   ``corrections`` Langevin steps at σ_{i+1}: x ← x + δ s + √(2δ) z with the score
-  s = (denoise(x, σ) − x)/σ² and δ = τ / mean(s²).
+  s = (denoise(x, σ) − x)/σ² and δ = τ / mean(s²), one step size for the whole batch (a
+  per-sample mean is too noisy for small states; members sampled together share δ, so sample
+  members one at a time, as reanalysis and forecasts do, for results independent of batching).
 
 The sample returned is the final denoised mean at σ_min.
 """

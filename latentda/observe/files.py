@@ -80,6 +80,13 @@ def _units_of(layout: FieldLayout, channel_name: str) -> str | None:
 
 def read_observations(observations: xr.Dataset, layout: FieldLayout) -> ObservationOperator:
     """Build the operator (and y, σ) described by an observation dataset (see module docstring)."""
+    try:
+        return _read_observations(observations, layout)
+    except (ValueError, TypeError) as error:  # malformed attributes or dims the checks did not foresee
+        raise LatentdaError(f"malformed observation file ({str(error).splitlines()[0]})") from None
+
+
+def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> ObservationOperator:
     if TIME not in observations.dims:
         raise LatentdaError("observations have no 'time' dimension")
     groups = []
@@ -241,6 +248,8 @@ def synthesize(truth: np.ndarray, layout: FieldLayout, config: ObservationConfig
             if spec.sampling == "grid":
                 shape = (H, W)
             elif spec.sampling == "coarsen":
+                if spec.factor > min(H, W):
+                    raise LatentdaError(f"observation '{spec.name}': coarsen factor {spec.factor} exceeds the grid {H}×{W}")
                 shape = (H // spec.factor, W // spec.factor)
                 kwargs["factor"] = spec.factor
             else:

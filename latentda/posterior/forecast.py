@@ -119,6 +119,8 @@ def forecast_members(
         raise LatentdaError(f"mode must be one of {MODES} and conditioning one of {CONDITIONINGS}")
     if mode == "aao" and operator is None:
         raise LatentdaError("all-at-once mode needs observations")
+    if mode == "aao" and operator is not None and operator.length + lead < pipeline.window:
+        raise LatentdaError(f"all-at-once needs observed states + lead ≥ the window of {pipeline.window}")
     if conditioning == "mmps" and not condition_noise > 0:
         raise LatentdaError(f"the conditioning noise must be positive, got {condition_noise}")
     K = pipeline.window
