@@ -27,7 +27,7 @@ test: $(STAMP)
 
 LATENTDA := $(VENV)/bin/latentda
 PIPELINE ?= pretrained/kolmogorov
-MEMBERS ?= 8
+MEMBERS ?= 6
 STEPS ?= 16
 WINDOW ?= 16
 LEAD ?= 16
