@@ -12,6 +12,7 @@ and trajectories), the observation residual ratio and the wall time per member.
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -22,7 +23,6 @@ from latentda.config import parse
 from latentda.data import FieldLayout, open_dataset, split_segments
 from latentda.metrics import ensemble_scores
 from latentda.observe import ObservationConfig, ObservationOperator, synthesize
-from latentda.observe.operators import ObservationGroup
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 
@@ -33,9 +33,7 @@ SETTINGS = {
 
 
 def frame_operator(operator: ObservationOperator, t: int) -> ObservationOperator:
-    groups = [ObservationGroup(g.name, g.channels, g.transform, g.sampling, g.values[t : t + 1], g.noise_std, g.factor,
-                               g.points, g.matrix, g.saturation, g.periodic) for g in operator.groups]
-    return ObservationOperator(groups)
+    return ObservationOperator([dataclasses.replace(g, values=g.values[t : t + 1]) for g in operator.groups])
 
 
 class GaussianBaseline:

@@ -26,6 +26,7 @@ The output lead 0 is the analysis of the last observed state.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import numpy as np
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor
 
 from latentda.errors import LatentdaError
-from latentda.observe.operators import ObservationGroup, ObservationOperator
+from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser
 from latentda.posterior.reanalysis import PosteriorSettings, guided_denoiser, member_generator
 
@@ -48,9 +49,7 @@ def extend_operator(operator: ObservationOperator, extra: int, extra_times=None)
     groups = []
     for group in operator.groups:
         pad = np.full((extra, *group.values.shape[1:]), np.nan)
-        groups.append(ObservationGroup(
-            group.name, group.channels, group.transform, group.sampling, np.concatenate([group.values, pad]),
-            group.noise_std, group.factor, group.points, group.matrix, group.saturation, group.periodic, group.attrs))
+        groups.append(dataclasses.replace(group, values=np.concatenate([group.values, pad])))
     times = None
     if operator.times is not None and extra_times is not None:
         times = np.concatenate([np.asarray(operator.times), np.asarray(extra_times)])

@@ -50,12 +50,9 @@ class PosteriorSettings:
 
 def _physical_decoder(pipeline) -> Callable[[Tensor], Tensor]:
     """Frames of standardised latents (N, c, h, w) → physical fields (N, C, H, W), differentiable."""
-    mean = torch.as_tensor(pipeline.statistics.mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-    std = torch.as_tensor(pipeline.statistics.std, dtype=torch.float32).reshape(1, -1, 1, 1)
 
     def decode(z: Tensor) -> Tensor:
-        x = pipeline.decode_standardised(z)
-        return x * std.to(x) + mean.to(x)
+        return pipeline.statistics.destandardise(pipeline.decode_standardised(z))
 
     return decode
 
