@@ -118,24 +118,77 @@ def test_bad_ldm_inputs(tmp_path, latents):
         parse(LatentDiffusionConfig, {"output": "x", "diffusion": {"sampler": "magic"}})
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing")
-def test_two_processes_train_identical_weights(tmp_path, latents):
-    """torchrun with 2 CPU processes (gloo): both ranks end with the same weights, which match
-    a one-process run with the same global batch up to floating-point reduction order."""
+def _train_two_processes(tmp_path, latents, training: dict, port: int, resume_steps: int | None = None) -> dict:
+    """torchrun with 2 CPU processes (gloo) on a tiny config, then the same run in this process;
+    both ranks must agree. Returns the final pipelines' weights {"two": …, "one": …} and the
+    fraction of the parameters each rank held ("held")."""
+    data = {**TINY, "model": {**TINY["model"], "depth": 2}, "valid_windows": 4,
+            "training": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "validate_every": 4, **training}}
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"output": str(tmp_path / "two"), **TINY, "valid_windows": 4,
-                                      "training": {"steps": 4, "batch_size": 4, "checkpoint_every": 4, "validate_every": 4}}))
+    config.write_text(yaml.safe_dump({"output": str(tmp_path / "two"), **data}))
     torchrun = str(Path(sys.executable).parent / "torchrun")
     script = str(Path(__file__).parent / "scripts" / "distributed_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", script,
-                             str(latents), str(config), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    extra = [str(resume_steps)] if resume_steps else []
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), script,
+                             str(latents), str(config), str(tmp_path), *extra], env=env, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    digests = [(tmp_path / f"rank{r}-of-2.txt").read_text() for r in range(2)]
-    assert digests[0] == digests[1]
-    two = load_file(tmp_path / "two" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
-    train_latent_diffusion(parse(LatentDiffusionConfig, {**yaml.safe_load(config.read_text()), "output": str(tmp_path / "one")}),
-                           str(latents), progress=False)
-    one = load_file(tmp_path / "one" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
+    reports = [(tmp_path / f"rank{r}-of-2.txt").read_text().split() for r in range(2)]
+    assert reports[0][0] == reports[1][0]  # the same (gathered) weights on both ranks
+    one = parse(LatentDiffusionConfig, {**data, "output": str(tmp_path / "one")})
+    train_latent_diffusion(one, str(latents), progress=False)
+    if resume_steps:
+        one.training.steps = resume_steps
+        train_latent_diffusion(one, str(latents), progress=False, resume=True)
+    weights = "pipeline/denoiser/diffusion_pytorch_model.safetensors"
+    return {**{name: load_file(tmp_path / name / weights) for name in ("two", "one")},
+            "held": [float(report[1]) for report in reports]}
+
+
+needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                                    reason="torchrun missing")
+
+
+@needs_torchrun
+def test_two_processes_train_identical_weights(tmp_path, latents):
+    """DDP over 2 CPU processes: the same weights on both ranks, matching a one-process run with
+    the same global batch up to floating-point reduction order."""
+    weights = _train_two_processes(tmp_path, latents, {}, 29517)
+    assert weights["held"] == [1.0, 1.0]  # replicated
+    for name in weights["one"]:
+        torch.testing.assert_close(weights["two"][name], weights["one"][name], rtol=1e-4, atol=1e-5)
+
+
+@needs_torchrun
+def test_fsdp_two_processes_resume_match_one_process(tmp_path, latents):
+    """strategy fsdp over 2 processes (2 micro-batches a step): parameters, gradients, AdamW moments
+    and EMA are sharded, the
+    checkpoint at step 4 is gathered, then resumed (sharded again) to step 6 — the same weights as
+    one process running the same two stages; the checkpoints hold whole tensors."""
+    weights = _train_two_processes(tmp_path, latents, {"strategy": "fsdp", "gradient_accumulation": 2}, 29519,
+                                   resume_steps=6)
+    assert all(0.4 < held < 0.6 for held in weights["held"]), weights["held"]  # each rank holds half
+    for name in weights["one"]:
+        torch.testing.assert_close(weights["two"][name], weights["one"][name], rtol=1e-4, atol=1e-5)
+    saved = load_file(tmp_path / "two" / "checkpoints" / "step-000006" / "optimizer.safetensors")
+    reference = load_file(tmp_path / "one" / "checkpoints" / "step-000006" / "optimizer.safetensors")
+    assert saved.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(saved[key], reference[key], rtol=1e-3, atol=1e-6)
+
+
+def test_compiled_blocks_train_like_eager(tmp_path, latents):
+    """training.compile: the transformer blocks run through torch.compile (TorchDynamo graphs and
+    AOTAutograd; the "aot_eager" backend skips inductor's C++ build to keep the suite fast — the
+    inductor speed-up is measured by tools/bench_compile.py); the weights after a few steps match
+    eager training (the same math, other kernels: float rounding only)."""
+    eager = train_latent_diffusion(_config(tmp_path / "eager", steps=3), str(latents), progress=False)
+    compiled = train_latent_diffusion(_config(tmp_path / "compiled", steps=3, compile=True,
+                                                       compile_backend="aot_eager"), str(latents), progress=False)
+    weights = "pipeline/denoiser/diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "eager" / weights), load_file(tmp_path / "compiled" / weights)
+    assert a.keys() == b.keys()  # compilation leaves parameter names alone
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    assert compiled["denoising_mse_mean"] == pytest.approx(eager["denoising_mse_mean"], rel=1e-3)

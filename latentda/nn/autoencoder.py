@@ -196,6 +196,7 @@ class AutoEncoder(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    _no_split_modules = ["ResidualBlock"]  # the units FSDP shards one at a time
 
     @register_to_config
     def __init__(

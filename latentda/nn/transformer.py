@@ -353,6 +353,7 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    _no_split_modules = ["AttentionBlock"]  # the units FSDP shards one at a time
 
     @register_to_config
     def __init__(

@@ -13,6 +13,10 @@ run. Each process loads only its own slice of every global batch (no rank reads 
 and draws the same noise for its examples as a single process would, so P processes with a local
 batch of B/P compute the same averaged gradient as one process with a batch of B (up to
 floating-point reduction order).
+
+With several processes the model is replicated (``strategy: ddp``, Accelerate's DDP) or sharded
+(``strategy: fsdp``, :mod:`latentda.training.sharding`); ``compile`` compiles its repeated blocks
+(:mod:`latentda.nn.compilation`). Neither changes the update nor the checkpoint format.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ class TrainingConfig:
     mixed_precision: Literal["no", "bf16"] = "no"
     gradient_accumulation: int = 1
     gradient_checkpointing: bool = False
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    compile: bool = False
+    compile_backend: str = "inductor"
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     validate_every: int = 200
@@ -71,6 +78,7 @@ class TrainingConfig:
         require(self.grad_clip > 0, key + "grad_clip", "must be positive")
         require(0 <= self.ema_decay < 1, key + "ema_decay", "must be in [0, 1)")
         require(self.num_workers >= 0, key + "num_workers", "must be non-negative")
+        require(self.strategy in ("ddp", "fsdp"), key + "strategy", "must be ddp or fsdp")
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -195,13 +203,9 @@ class Trainer:
         self.description = description
         if config.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
             model.enable_gradient_checkpointing()
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        total = config.steps
-        if config.schedule == "cosine":
-            self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, total)
-        else:
-            self.scheduler = get_constant_schedule_with_warmup(self.optimizer, config.warmup_steps)
-        self.ema = EMAModel(model.parameters(), decay=config.ema_decay)
+        # FSDP only when there is something to shard; one process trains the same way either way
+        self.sharded = config.strategy == "fsdp" and world > 1
+        self.plain_model = None  # fsdp: an unsharded copy (main process) that receives the final weights
         self.step = 0
 
     # ------------------------------------------------------------------ checkpoints
@@ -209,34 +213,78 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def _restore(self) -> None:
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
+    def _build(self, checkpoint: tuple | None) -> None:
+        """Weights from ``checkpoint`` (if any), sharding (fsdp), then the optimizer, learning-rate
+        schedule and EMA over the (possibly sharded) parameters, with their checkpointed states."""
+        from latentda.training import sharding
+
+        model, config = self.model, self.config
+        if checkpoint is not None:
+            loaded = model.load_state_dict(checkpoint[0], strict=False)
+            if loaded.missing_keys or loaded.unexpected_keys:
+                raise LatentdaError(f"{checkpoint[4]}: checkpoint does not match the model (different config?)")
+        model.to(self.accelerator.device)
+        if self.sharded:
+            if self.accelerator.is_main_process:
+                import copy
+
+                self.plain_model = copy.deepcopy(model)
+            sharding.shard_model(model)
+        if config.compile:
+            from latentda.nn.compilation import compile_blocks
+
+            compile_blocks(model, backend=config.compile_backend)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        if config.schedule == "cosine":
+            self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.steps)
+        else:
+            self.scheduler = get_constant_schedule_with_warmup(self.optimizer, config.warmup_steps)
+        self.ema = EMAModel(model.parameters(), decay=config.ema_decay)
+        if checkpoint is None:
             return
-        model_state, ema_state, optimizer_state, state = load_checkpoint(path)
-        missing = self.model.load_state_dict(model_state, strict=False)
-        if missing.missing_keys or missing.unexpected_keys:
-            raise LatentdaError(f"{path}: checkpoint does not match the model (different config?)")
-        self.optimizer.load_state_dict(optimizer_state)
+        _, ema_state, optimizer_state, state, _ = checkpoint
+        if self.sharded:
+            sharding.load_optimizer_state(model, self.optimizer, optimizer_state)
+        else:
+            self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
-        names = [name for name, _ in self.model.named_parameters()]
-        self.ema.shadow_params = [ema_state[name].to(p.device) for name, p in zip(names, self.model.parameters())]
+        names = [name for name, _ in model.named_parameters()]
+        self.ema.shadow_params = [sharding.shard_like(ema_state[name], p) for name, p in zip(names, model.parameters())]
         self.ema.optimization_step = state["ema_step"]
         self.step = state["step"]
 
+    def _load_latest(self) -> tuple | None:
+        path = latest_checkpoint(self.checkpoint_dir) if self.resume else None
+        return None if path is None else (*load_checkpoint(path), path)
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
+        """The EMA weights by name, gathered whole (a collective under fsdp: every rank calls it)."""
+        from latentda.training.sharding import full_tensor
+
+        names = [name for name, _ in self.model.named_parameters()]
+        return {name: full_tensor(p).detach().cpu() for name, p in zip(names, self.ema.shadow_params)}
+
     def _save(self) -> None:
+        from latentda.training import sharding
+
         self.accelerator.wait_for_everyone()
+        if self.sharded:  # gathering is a collective: every rank takes part, the main process writes
+            model_state = sharding.full_model_state(self.model)
+            optimizer_state = sharding.full_optimizer_state(self.model, self.optimizer)
+        else:
+            model_state = self.accelerator.get_state_dict(self.model_prepared)
+            optimizer_state = self.optimizer.state_dict()
+        ema_state = self._ema_state()
         if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model_prepared)
-            names = [name for name, _ in model.named_parameters()]
             scheduler_state = self.scheduler.state_dict()  # lr_lambdas are functions: stored as None
             save_checkpoint(
                 self.checkpoint_dir,
                 self.step,
-                self.accelerator.get_state_dict(self.model_prepared),
-                dict(zip(names, self.ema.shadow_params)),
-                self.optimizer.state_dict(),
-                {"scheduler": scheduler_state, "ema_step": self.ema.optimization_step},
+                model_state,
+                ema_state,
+                optimizer_state,
+                {"scheduler": scheduler_state, "ema_step": self.ema.optimization_step, "strategy": self.config.strategy,
+                 "processes": self.accelerator.num_processes},
                 keep=self.config.keep_checkpoints,
             )
         self.accelerator.wait_for_everyone()
@@ -250,12 +298,18 @@ class Trainer:
     def ema_model(self) -> torch.nn.Module:
         """The unwrapped model holding the EMA weights (until :meth:`restore_weights`)."""
         model = self.accelerator.unwrap_model(self.model_prepared)
-        self.ema.store(model.parameters())
+        self._training_weights = [p.detach().clone() for p in model.parameters()]  # shards stay shards
         self.ema.copy_to(model.parameters())
         return model
 
     def restore_weights(self) -> None:
-        self.ema.restore(self.accelerator.unwrap_model(self.model_prepared).parameters())
+        model = self.accelerator.unwrap_model(self.model_prepared)
+        if self.sharded:  # FSDP keeps the root's parameters gathered after a forward without backward
+            model.reshard()
+        with torch.no_grad():
+            for p, weights in zip(model.parameters(), self._training_weights):
+                p.copy_(weights)
+        self._training_weights = None
 
     def _validate(self) -> dict:
         if self.validate_fn is None:
@@ -280,10 +334,16 @@ class Trainer:
         if self.accelerator.is_main_process:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_data, sort_keys=False))
         metrics = self.fit()
+        ema_state = self._ema_state() if self.sharded else None  # a collective: before the main-only part
         if self.accelerator.is_main_process:
-            final = self.ema_model()
+            if self.sharded:
+                final = self.plain_model
+                final.load_state_dict(ema_state)
+            else:
+                final = self.ema_model()
             extra = save_outputs(final, metrics)
-            self.restore_weights()
+            if not self.sharded:
+                self.restore_weights()
             summary = {"steps": self.step, "valid": metrics, "train_samples_per_second": self.throughput,
                        "parameters": sum(p.numel() for p in final.parameters()), **extra}
             (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
@@ -294,10 +354,12 @@ class Trainer:
     def fit(self) -> dict:
         """Train until ``config.steps``; when resuming, continue from the last checkpoint."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume:
-            self._restore()
+        self._build(self._load_latest())
         accelerator, config = self.accelerator, self.config
-        self.model_prepared, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        if self.sharded:  # sharded in place by _build; Accelerate would wrap it in DDP again
+            self.model_prepared, self.optimizer = self.model, accelerator.prepare(self.optimizer)
+        else:
+            self.model_prepared, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         self.ema.to(accelerator.device)
         rank, world = accelerator.process_index, accelerator.num_processes
         sampler = _StepBatches(len(self.dataset), config, self.step, rank, world)
@@ -319,7 +381,11 @@ class Trainer:
                     loss = self.loss_fn(self.model_prepared, batch, random) / config.gradient_accumulation
                 if not torch.isfinite(loss):
                     raise LatentdaError(f"loss became {loss.item()} at step {self.step}: lower the learning rate")
-                if micro < config.gradient_accumulation - 1:
+                last = micro == config.gradient_accumulation - 1
+                if self.sharded:  # reduce-scatter the gradients only after the last micro-batch
+                    self.model_prepared.set_requires_gradient_sync(last)
+                    accelerator.backward(loss)
+                elif not last:
                     with accelerator.no_sync(self.model_prepared):
                         accelerator.backward(loss)
                 else:
