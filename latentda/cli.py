@@ -156,24 +156,33 @@ def _observe(args: argparse.Namespace) -> None:
 def _reanalyze(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
     from latentda.data.ensemble_store import EnsembleWriter
+    from latentda.diffusion.distributed import check_blanket_split
     from latentda.pipeline import LatentDAPipeline
     from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 
+    split_blankets = args.split == "blankets"
     settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
-                                 sampler=args.sampler, steps=args.steps, decode_chunk=args.decode_chunk)
+                                 sampler=args.sampler, steps=args.steps, decode_chunk=args.decode_chunk,
+                                 split_blankets=split_blankets)
     settings.validate()
-    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
-    pipeline.set_progress_bar_config(disable=args.quiet)
+    state = _process_state()
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=args.device or state.device)  # a GPU per process
     observations = open_dataset(args.observations)
     operator = pipeline.observation_operator(observations)
+    if split_blankets:
+        check_blanket_split(operator.length, pipeline.window, pipeline.settings["overlap"], state.num_processes)
+    pipeline.set_progress_bar_config(disable=args.quiet or (split_blankets and not state.is_main_process))
     attrs = {"title": "latentda reanalysis (posterior ensemble)", "observations": str(args.observations),
              "seed": args.seed, **_run_attributes(args)}
     writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
-        args.out, pipeline.layout, observations["time"], args.members, attrs, resume=args.resume, overwrite=args.overwrite, **kw))
+        args.out, pipeline.layout, observations["time"], args.members, attrs, resume=args.resume, overwrite=args.overwrite,
+        **kw), deal_members=not split_blankets)
+    writes = state.is_main_process or not split_blankets  # split blankets: every process has every member
     for member, fields, ratio in posterior_members(pipeline, operator, mine, settings, args.seed):
-        writer.write(member, fields)
-        if not args.quiet:
-            print(f"member {member}: observation residual ratio {ratio:.3f}")
+        if writes:
+            writer.write(member, fields)
+            if not args.quiet:
+                print(f"member {member}: observation residual ratio {ratio:.3f}")
     _finish(writer, state, args)
 
 
@@ -232,19 +241,26 @@ def _forecast(args: argparse.Namespace) -> None:
     _finish(writer, state, args)
 
 
-def _ensemble_writer(args: argparse.Namespace, make_writer):
+def _process_state():
+    """Accelerate's view of the processes (joins the process group under torchrun/accelerate launch)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _ensemble_writer(args: argparse.Namespace, make_writer, deal_members: bool = True):
     """The output store and this process's share of the unfinished members.
 
     Under ``torchrun``/``accelerate launch`` the main process creates the store, the others attach
     to it, and members are dealt round-robin; each member depends only on (seed, member), so the
     output is the same whatever the number of processes. Alone, this is simply the whole list.
+    Without ``deal_members`` every process gets every unfinished member (``--split blankets``:
+    the processes sample each member together and the main process writes it).
     """
-    import torch
-    from accelerate import PartialState
-
     from latentda.data.ensemble_store import EnsembleWriter
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = _process_state()
     EnsembleWriter.check(args.out, args.resume, args.overwrite)  # every process, before any waits
     state.wait_for_everyone()
     writer = make_writer() if state.is_main_process else None
@@ -254,6 +270,8 @@ def _ensemble_writer(args: argparse.Namespace, make_writer):
     pending = writer.pending()
     if len(pending) < args.members and state.is_main_process:
         print(f"resuming: {args.members - len(pending)} member(s) already complete")
+    if not deal_members:
+        return writer, pending, state
     return writer, pending[state.process_index :: state.num_processes], state
 
 
@@ -376,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--iterations", type=_positive_int, default=3, help="MMPS solver iterations (default 3)")
     sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--split", choices=["members", "blankets"], default="members",
+                     help="under torchrun/accelerate launch: deal the members over the processes (default), or share "
+                          "each trajectory's blanket windows over them (long trajectories; same output)")
     sub.add_argument("--out", required=True, type=Path, help="output POST.zarr (or .nc)")
     sub.add_argument("--resume", action="store_true", help="complete an interrupted run (keeps its finished members)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -33,8 +33,8 @@ from latentda.data.io import atomic_path
 from latentda.data.calendar import calendar_features
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
-from latentda.diffusion.blankets import BlanketDenoiser
 from latentda.diffusion.denoiser import Denoiser
+from latentda.diffusion.distributed import blanket_denoiser
 from latentda.diffusion.sampling import sample as run_sampler
 from latentda.errors import LatentdaError
 
@@ -105,13 +105,16 @@ class LatentDAPipeline:
         """Whether the prior is conditioned on calendar features (datetime training data)."""
         return bool(self.backbone.config.context_features)
 
-    def trajectory_denoiser(self, overlap: int | None = None, times=None):
+    def trajectory_denoiser(self, overlap: int | None = None, times=None, split_blankets: bool = False):
         """E[z̃_{1:L} | z̃_t] for any L ≥ K from the window denoiser (overlapping blankets).
 
         A calendar-conditioned prior needs the ``times`` (datetime64, length L) of the trajectory.
+        ``split_blankets``: under torchrun/accelerate launch, each process evaluates only its share of
+        the windows and the outputs are gathered (:mod:`latentda.diffusion.distributed`); every process
+        must then make the same calls. Alone, it is the plain denoiser.
         """
         overlap = self.settings["overlap"] if overlap is None else overlap
-        blanket = BlanketDenoiser(self.denoiser, self.window, overlap)
+        blanket = blanket_denoiser(self.denoiser, self.window, overlap, split=split_blankets)
         if not self.calendar:
             return blanket
         features = calendar_features(times) if times is not None else None
@@ -261,6 +264,8 @@ class LatentDAPipeline:
 
         settings = settings or PosteriorSettings()
         settings.validate()
+        if settings.split_blankets:
+            raise LatentdaError("split_blankets applies to reanalyses only (a forecast rolls one window at a time)")
         operator = encoded = initial_times = None
         if (observations is None) == (initial is None):
             raise LatentdaError("give exactly one of observations and initial")

@@ -172,3 +172,106 @@ def test_resume_with_other_settings_is_refused(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(reanalysis, "posterior_members", real)
     assert cli.main(args + ["--resume", "--seed", "7"]) == 2  # other seed: members would mix
     assert cli.main(args + ["--resume"]) == 0
+
+
+def _split_blankets_worker() -> None:
+    """Run by each of 2 torchrun processes: the windows shared out over the processes give the
+    one-process trajectory denoiser's values and vector-Jacobian products, 1/P of the windows each."""
+    import torch
+    import torch.distributed as dist
+
+    from latentda.diffusion.blankets import BlanketDenoiser
+    from latentda.diffusion.distributed import DistributedBlanketDenoiser
+
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)  # the same x, v and denoiser on every process
+    window, features = 4, 3
+    mixing = torch.randn(window * features, window * features) / 3
+    evaluated = []
+
+    def window_denoiser(x, sigma, context):  # mixes the states of a window: not local in time
+        evaluated.append(x.shape[0])
+        out = torch.tanh(x.reshape(x.shape[0], -1) @ mixing).reshape(x.shape) * sigma.reshape(-1, 1, 1)
+        return out + context.sum(-1, keepdim=True)
+
+    x, context, sigma = torch.randn(2, 8, features), torch.randn(2, 8, 5), torch.tensor(0.7)  # windows at 0, 2, 4
+    one = BlanketDenoiser(window_denoiser, window, overlap=2, batch_windows=1)
+    split = DistributedBlanketDenoiser(window_denoiser, window, overlap=2, batch_windows=1)
+    x_one, x_split = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    expected = one(x_one, sigma, context)
+    evaluated.clear()
+    got = split(x_split, sigma, context)
+    assert sum(evaluated) == 2 * (2 if dist.get_rank() == 0 else 1), evaluated  # windows 0, 4 | 2 (+ padding)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    for k in range(2):  # several VJPs through one graph, as the guidance does
+        v = torch.randn(expected.shape)
+        grad_one = torch.autograd.grad(expected, x_one, v, retain_graph=True)[0]
+        grad_split = torch.autograd.grad(got, x_split, v, retain_graph=True)[0]
+        torch.testing.assert_close(grad_split, grad_one, rtol=1e-6, atol=1e-6)
+    print(f"rank {dist.get_rank()}: values and VJPs match")
+    dist.destroy_process_group()
+
+
+def test_split_blankets_values_and_gradients_equal_one_process(tmp_path):
+    """The two autograd functions (copy to / gather from the region) under torchrun with 2 processes."""
+    import inspect
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text(inspect.getsource(_split_blankets_worker) + "\n\n_split_blankets_worker()\n")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29519", str(script)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("values and VJPs match") == 2
+
+
+def test_split_blankets_alone_is_the_plain_denoiser(setup):
+    from latentda.diffusion.blankets import BlanketDenoiser
+    from latentda.diffusion.distributed import check_blanket_split
+
+    root, folder, truth, observations = setup
+    pipeline = LatentDAPipeline.from_pretrained(folder)
+    assert type(pipeline.trajectory_denoiser(split_blankets=True)) is BlanketDenoiser  # not distributed: no overhead
+    check_blanket_split(8, 4, 2, 3)  # windows at 0, 2, 4: one each
+    with pytest.raises(LatentdaError, match="has 1 blanket window.*fewer than the 2 processes"):
+        check_blanket_split(4, 4, 2, 2)
+
+
+def test_two_processes_split_the_blankets_and_match_one(setup, tmp_path):
+    """torchrun with 2 CPU processes, --split blankets, a trajectory of 2K states (3 windows of K = 4):
+    both processes sample every member, each evaluates its share of the windows; output = one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import make_box_dataset
+
+    root, folder, _, _ = setup
+    truth = write_dataset(make_box_dataset(trajectories=1, times=8, size=8).isel(trajectory=0, drop=True), tmp_path / "truth.nc")
+    observations = tmp_path / "obs.nc"
+    assert cli.main(["observe", "--truth", str(truth), "--operator", str(root / "op.yaml"), "--out", str(observations),
+                     "--quiet"]) == 0
+    args = ["reanalyze", "--pipeline", str(folder), "--observations", str(observations), "--members", "2",
+            "--steps", "2", "--iterations", "1", "--split", "blankets", "--quiet"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process: the same float reduction order
+    try:
+        assert cli.main(args + ["--out", str(tmp_path / "one.zarr")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29520", "-m", "latentda.cli", *args,
+                             "--out", str(tmp_path / "two.zarr")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote") == 1  # the main process alone writes
+    one, two = open_dataset(tmp_path / "one.zarr").load(), open_dataset(tmp_path / "two.zarr").load()
+    assert "completed" not in two and two.sizes["realization"] == 2
+    for name in ("u", "v"):
+        scale = np.abs(one[name].values).max()
+        np.testing.assert_allclose(two[name].values, one[name].values, rtol=1e-5, atol=1e-5 * scale)

@@ -2,10 +2,13 @@
 
     python tools/bench_distributed.py --pipeline runs/ldm-kolmogorov/pipeline --latents data/latents.zarr \
         --config configs/ldm/kolmogorov.yaml --steps 20 --members 4
+    python tools/bench_distributed.py --pipeline pretrained/kolmogorov --tasks blankets --length 64 --members 1
 
 Runs ``train-ldm`` for a few steps (same global batch) and ``reanalyze`` of a few members with one
 process and with ``torchrun --nproc_per_node 2`` (gloo on CPU), and prints the wall-time ratios and
 the largest difference between the outputs (the math says they are equal up to float rounding).
+Task ``blankets`` reanalyses one long trajectory (``--length`` states) with ``--split blankets``:
+the 2 processes sample every member together, each evaluating half of the blanket windows.
 """
 
 import argparse
@@ -30,47 +33,68 @@ def run(command: list[str], processes: int, port: int) -> float:
     return time.perf_counter() - start
 
 
+def observation_file(work: Path, truth: str, length: int) -> str:
+    """5% of the pixels of ``length`` states of the held-out trajectory 127, σ = 0.1."""
+    observations = work / f"obs{length}.nc"
+    operator = work / "op.yaml"
+    operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.05, noise_std: 0.1}\n")
+    subprocess.run([sys.executable, "-m", "latentda.cli", "observe", "--truth", truth, "--trajectory", "127",
+                    "--length", str(length), "--operator", str(operator), "--out", str(observations)], check=True,
+                   capture_output=True)
+    return str(observations)
+
+
+def reanalysis(args: argparse.Namespace, work: Path, observations: str, name: str, extra: list[str], port: int):
+    """(wall time, u of the output) of one process and of two processes."""
+    import xarray as xr
+
+    times, outputs = {}, {}
+    for processes in (1, 2):
+        out = work / f"{name}{processes}.zarr"
+        times[processes] = run(["reanalyze", "--pipeline", args.pipeline, "--observations", observations,
+                                "--members", str(args.members), "--steps", str(args.sampling_steps), "--sampler", "ddpm",
+                                "--iterations", "1", "--quiet", "--out", str(out), *extra], processes, port)
+        outputs[processes] = xr.open_zarr(out, consolidated=False)["u"].values
+    return times, float(np.abs(outputs[1] - outputs[2]).max())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--latents", required=True)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--observations", help="observation file for the reanalysis (default: make one)")
+    parser.add_argument("--tasks", nargs="+", choices=["train", "reanalyze", "blankets"], default=["train", "reanalyze"])
+    parser.add_argument("--latents", help="latents to train on (task train)")
+    parser.add_argument("--config", help="train-ldm config (task train)")
+    parser.add_argument("--truth", default="data/kolmogorov.zarr", help="truth to observe when --observations is not given")
+    parser.add_argument("--observations", help="observation file for the reanalysis task (default: make one)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--sampling-steps", type=int, default=8)
+    parser.add_argument("--length", type=int, default=64, help="states of the long trajectory (task blankets)")
     args = parser.parse_args()
+    if "train" in args.tasks and not (args.latents and args.config):
+        parser.error("task train needs --latents and --config")
+    times, differences = {}, {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        times, weights = {}, {}
-        for processes in (1, 2):
-            out = work / f"train{processes}"
-            times[("train", processes)] = run(["train-ldm", "--config", args.config, "--latents", args.latents, "--quiet",
-                                               "--set", f"output={out}", "--set", f"training.steps={args.steps}",
-                                               "--set", f"training.checkpoint_every={args.steps}",
-                                               "--set", f"training.validate_every={args.steps}"], processes, 29531)
-            weights[processes] = load_file(out / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
-        train_difference = max(float(np.abs(weights[1][k] - weights[2][k]).max()) for k in weights[1])
-        observations = args.observations
-        if observations is None:
-            observations = str(work / "obs.nc")
-            operator = work / "op.yaml"
-            operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.05, noise_std: 0.1}\n")
-            data = Path(args.latents).with_name("kolmogorov.zarr")
-            subprocess.run([sys.executable, "-m", "latentda.cli", "observe", "--truth", str(data), "--trajectory", "127",
-                            "--length", "16", "--operator", str(operator), "--out", observations], check=True, capture_output=True)
-        outputs = {}
-        for processes in (1, 2):
-            out = work / f"post{processes}.zarr"
-            times[("reanalyze", processes)] = run(["reanalyze", "--pipeline", args.pipeline, "--observations", observations,
-                                                   "--members", str(args.members), "--steps", str(args.sampling_steps),
-                                                   "--sampler", "ddpm", "--iterations", "1", "--quiet", "--out", str(out)],
-                                                  processes, 29532)
-            import xarray as xr
-
-            outputs[processes] = xr.open_zarr(out)["u"].values
-        sample_difference = float(np.abs(outputs[1] - outputs[2]).max())
-    for task, difference in (("train", train_difference), ("reanalyze", sample_difference)):
+        if "train" in args.tasks:
+            weights = {}
+            for processes in (1, 2):
+                out = work / f"train{processes}"
+                times[("train", processes)] = run(["train-ldm", "--config", args.config, "--latents", args.latents, "--quiet",
+                                                   "--set", f"output={out}", "--set", f"training.steps={args.steps}",
+                                                   "--set", f"training.checkpoint_every={args.steps}",
+                                                   "--set", f"training.validate_every={args.steps}"], processes, 29531)
+                weights[processes] = load_file(out / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+            differences["train"] = max(float(np.abs(weights[1][k] - weights[2][k]).max()) for k in weights[1])
+        if "reanalyze" in args.tasks:
+            observations = args.observations or observation_file(work, args.truth, 16)
+            task_times, differences["reanalyze"] = reanalysis(args, work, observations, "post", [], 29532)
+            times.update({("reanalyze", p): t for p, t in task_times.items()})
+        if "blankets" in args.tasks:
+            observations = observation_file(work, args.truth, args.length)
+            task_times, differences["blankets"] = reanalysis(args, work, observations, "long", ["--split", "blankets"], 29533)
+            times.update({("blankets", p): t for p, t in task_times.items()})
+    for task, difference in differences.items():
         print(f"{task:10s}: 1 process {times[(task, 1)]:7.1f} s, 2 processes {times[(task, 2)]:7.1f} s, "
               f"speed-up ×{times[(task, 1)] / times[(task, 2)]:.2f}; max |difference| {difference:.2e}")
 

@@ -52,11 +52,17 @@ class BlanketDenoiser:
         return starts, distance.argmin(dim=1)
 
     def __call__(self, x_t: Tensor, sigma: Tensor | float, context: Tensor | None = None) -> Tensor:
-        batch, length = x_t.shape[:2]
+        length = x_t.shape[1]
         if length == self.window:
             return self.denoiser(x_t, sigma, context) if context is not None else self.denoiser(x_t, sigma)
         starts, owner = self.assignment(length)
         sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device)
+        return self.stitch(self.window_outputs(x_t, sigma, context, starts), starts, owner)
+
+    def window_outputs(self, x_t: Tensor, sigma: Tensor, context: Tensor | None, starts: list[int]) -> Tensor:
+        """D_K on the windows x_t[:, s : s + K] for s in ``starts``: (len(starts), B, K, ...),
+        evaluated ``batch_windows`` windows at a time."""
+        batch = x_t.shape[0]
         outputs = []
         for first in range(0, len(starts), self.batch_windows):
             chunk = starts[first : first + self.batch_windows]
@@ -68,8 +74,10 @@ class BlanketDenoiser:
             else:
                 out = self.denoiser(windows, sig)
             outputs.append(out.reshape(len(chunk), batch, *out.shape[1:]))
-        outputs = torch.cat(outputs)  # (n_windows, B, K, ...)
-        starts_t = torch.tensor(starts, device=x_t.device)
-        owner = owner.to(x_t.device)
-        offset = torch.arange(length, device=x_t.device) - starts_t[owner]
+        return torch.cat(outputs)
+
+    def stitch(self, outputs: Tensor, starts: list[int], owner: Tensor) -> Tensor:
+        """The trajectory (B, L, ...) whose state t is state t − s of the output of its window (start s)."""
+        owner = owner.to(outputs.device)
+        offset = torch.arange(owner.numel(), device=outputs.device) - torch.tensor(starts, device=outputs.device)[owner]
         return outputs[owner, :, offset].transpose(0, 1)

@@ -8,7 +8,9 @@ the pixel-space operator H composed with the decoder D and both destandardisatio
 denoiser (MMPS or DPS, :mod:`latentda.posterior.guidance`) wraps the trajectory denoiser stitched
 from blankets, so the cost of a guided step grows linearly with L. Each member is an independent
 sampler run from its own seed (seed, member), so members can be computed in any order, on any
-process, and an interrupted run resumes member by member with identical results.
+process, and an interrupted run resumes member by member with identical results. With
+``split_blankets`` several processes run the same member in lockstep instead, each evaluating its
+share of the blanket windows (:mod:`latentda.diffusion.distributed`), for long trajectories.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class PosteriorSettings:
     steps: int | None = None
     dps_scale: float = 1.0
     decode_chunk: int | None = None
+    split_blankets: bool = False  # share each trajectory's blanket windows over torch.distributed processes
 
     def validate(self, prefix: str = "") -> None:
         require(self.guidance in ("mmps", "dps"), "guidance", "must be mmps or dps")
@@ -145,7 +148,7 @@ def guided_denoiser(pipeline, operator: ObservationOperator, settings: Posterior
     """The posterior denoiser E[z̃_{1:L} | z̃_t, y] for the pipeline's trajectory prior."""
     y, noise_std = operator.observed()
     A = latent_operator(pipeline, operator, settings.decode_chunk)
-    prior = pipeline.trajectory_denoiser(times=operator.times)
+    prior = pipeline.trajectory_denoiser(times=operator.times, split_blankets=settings.split_blankets)
     if settings.guidance == "dps":
         return DPSDenoiser(prior, A, y, noise_std, scale=settings.dps_scale)
     return MMPSDenoiser(prior, A, y, noise_std, iterations=settings.iterations, solver=settings.solver)
