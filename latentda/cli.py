@@ -102,9 +102,8 @@ def _train_ldm(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     from latentda.data import write_dataset
-    from latentda.pipeline import LatentDAPipeline
 
-    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
+    pipeline = _load_pipeline(args, _device(args))
     pipeline.set_progress_bar_config(disable=args.quiet)
     if args.out.exists() and not args.overwrite:
         raise LatentdaError(f"{args.out}: already exists (pass --overwrite to replace it)")
@@ -157,7 +156,6 @@ def _reanalyze(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
     from latentda.data.ensemble_store import EnsembleWriter
     from latentda.diffusion.distributed import check_blanket_split
-    from latentda.pipeline import LatentDAPipeline
     from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 
     split_blankets = args.split == "blankets"
@@ -166,7 +164,7 @@ def _reanalyze(args: argparse.Namespace) -> None:
                                  split_blankets=split_blankets)
     settings.validate()
     state = _process_state()
-    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=args.device or state.device)  # a GPU per process
+    pipeline = _load_pipeline(args, args.device or state.device)  # a GPU per process
     observations = open_dataset(args.observations)
     operator = pipeline.observation_operator(observations)
     if split_blankets:
@@ -211,7 +209,6 @@ def _forecast(args: argparse.Namespace) -> None:
 
     from latentda.data import open_dataset
     from latentda.data.ensemble_store import EnsembleWriter
-    from latentda.pipeline import LatentDAPipeline
     from latentda.posterior.reanalysis import PosteriorSettings
 
     if (args.observations is None) == (args.initial is None):
@@ -219,7 +216,7 @@ def _forecast(args: argparse.Namespace) -> None:
     settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
                                  sampler=args.sampler, steps=args.steps, decode_chunk=args.decode_chunk)
     settings.validate()
-    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=_device(args))
+    pipeline = _load_pipeline(args, _device(args))
     pipeline.set_progress_bar_config(disable=True)
     observations = open_dataset(args.observations) if args.observations is not None else None
     initial = open_dataset(args.initial) if args.initial is not None else None
@@ -279,6 +276,13 @@ def _finish(writer, state, args: argparse.Namespace) -> None:
     state.wait_for_everyone()
     if state.is_main_process:
         print(f"wrote {writer.finalize(overwrite=args.overwrite)}")
+
+
+def _load_pipeline(args: argparse.Namespace, device: str):
+    from latentda.pipeline import LatentDAPipeline
+
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=device)
+    return pipeline.compile() if args.compile else pipeline
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -362,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("sample", "sample unconditional trajectories", _sample)
     sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (long runs; see docs/benchmarks.md)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--length", required=True, type=_positive_int, help="states per trajectory")
     sub.add_argument("--members", type=_positive_int, default=8, help="number of trajectories (default 8)")
@@ -385,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--decode-chunk", type=_positive_int,
                      help="decode this many frames at a time inside the guidance (less memory, more compute)")
     sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (long runs; see docs/benchmarks.md)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
@@ -405,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--decode-chunk", type=_positive_int,
                      help="decode this many frames at a time inside the guidance (less memory, more compute)")
     sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (long runs; see docs/benchmarks.md)")
     sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")

@@ -97,6 +97,16 @@ class LatentDAPipeline:
             self.backbone.to(**kwargs)
         return self
 
+    def compile(self, **options) -> "LatentDAPipeline":
+        """``torch.compile`` the denoiser's transformer blocks in place (:mod:`latentda.nn.compilation`;
+        ``options`` go to ``torch.compile``). Worth it for long runs: the first calls at each new
+        shape compile. The decoder stays eager: the guidance differentiates it twice, which compiled
+        graphs do not support."""
+        from latentda.nn.compilation import compile_blocks
+
+        compile_blocks(self.backbone, **options)
+        return self
+
     def set_progress_bar_config(self, disable: bool = False) -> None:
         self.progress = not disable
 
