@@ -7,7 +7,8 @@
 Runs ``train-ldm`` for a few steps (same global batch) and ``reanalyze`` of a few members with one
 process and with ``torchrun --nproc_per_node 2`` (gloo on CPU), and prints the wall-time ratios and
 the largest difference between the outputs (the math says they are equal up to float rounding).
-Task ``blankets`` reanalyses one long trajectory (``--length`` states) with ``--split blankets``:
+Task ``fsdp`` trains like ``train`` with ``training.strategy: fsdp`` (two processes shard the model
+state; one process trains unsharded). Task ``blankets`` reanalyses one long trajectory (``--length`` states) with ``--split blankets``:
 the 2 processes sample every member together, each evaluating half of the blanket windows.
 """
 
@@ -34,11 +35,14 @@ def run(command: list[str], processes: int, port: int) -> float:
 
 
 def observation_file(work: Path, truth: str, length: int) -> str:
-    """5% of the pixels of ``length`` states of the held-out trajectory 127, σ = 0.1."""
+    """5% of the pixels of ``length`` states of the last (held-out) trajectory, σ = 0.1."""
+    import xarray as xr
+
+    last = xr.open_zarr(truth, consolidated=False).sizes.get("trajectory", 1) - 1
     observations = work / f"obs{length}.nc"
     operator = work / "op.yaml"
     operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.05, noise_std: 0.1}\n")
-    subprocess.run([sys.executable, "-m", "latentda.cli", "observe", "--truth", truth, "--trajectory", "127",
+    subprocess.run([sys.executable, "-m", "latentda.cli", "observe", "--truth", truth, "--trajectory", str(last),
                     "--length", str(length), "--operator", str(operator), "--out", str(observations)], check=True,
                    capture_output=True)
     return str(observations)
@@ -61,7 +65,7 @@ def reanalysis(args: argparse.Namespace, work: Path, observations: str, name: st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--tasks", nargs="+", choices=["train", "reanalyze", "blankets"], default=["train", "reanalyze"])
+    parser.add_argument("--tasks", nargs="+", choices=["train", "fsdp", "reanalyze", "blankets"], default=["train", "reanalyze"])
     parser.add_argument("--latents", help="latents to train on (task train)")
     parser.add_argument("--config", help="train-ldm config (task train)")
     parser.add_argument("--truth", default="data/kolmogorov.zarr", help="truth to observe when --observations is not given")
@@ -71,21 +75,25 @@ def main() -> None:
     parser.add_argument("--sampling-steps", type=int, default=8)
     parser.add_argument("--length", type=int, default=64, help="states of the long trajectory (task blankets)")
     args = parser.parse_args()
-    if "train" in args.tasks and not (args.latents and args.config):
-        parser.error("task train needs --latents and --config")
+    if {"train", "fsdp"} & set(args.tasks) and not (args.latents and args.config):
+        parser.error("tasks train and fsdp need --latents and --config")
     times, differences = {}, {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        if "train" in args.tasks:
+        for task in ("train", "fsdp"):
+            if task not in args.tasks:
+                continue
             weights = {}
             for processes in (1, 2):
-                out = work / f"train{processes}"
-                times[("train", processes)] = run(["train-ldm", "--config", args.config, "--latents", args.latents, "--quiet",
-                                                   "--set", f"output={out}", "--set", f"training.steps={args.steps}",
-                                                   "--set", f"training.checkpoint_every={args.steps}",
-                                                   "--set", f"training.validate_every={args.steps}"], processes, 29531)
+                out = work / f"{task}{processes}"
+                times[(task, processes)] = run(["train-ldm", "--config", args.config, "--latents", args.latents, "--quiet",
+                                                "--set", f"output={out}", "--set", f"training.steps={args.steps}",
+                                                "--set", f"training.checkpoint_every={args.steps}",
+                                                "--set", f"training.validate_every={args.steps}",
+                                                "--set", f"training.strategy={'fsdp' if task == 'fsdp' else 'ddp'}"],
+                                               processes, 29531)
                 weights[processes] = load_file(out / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
-            differences["train"] = max(float(np.abs(weights[1][k] - weights[2][k]).max()) for k in weights[1])
+            differences[task] = max(float(np.abs(weights[1][k] - weights[2][k]).max()) for k in weights[1])
         if "reanalyze" in args.tasks:
             observations = args.observations or observation_file(work, args.truth, 16)
             task_times, differences["reanalyze"] = reanalysis(args, work, observations, "post", [], 29532)

@@ -72,7 +72,7 @@ class _Inpainting:
 
 
 def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: float, steps: int, method: str,
-            generator: torch.Generator, times=None) -> Tensor:
+            generator: torch.Generator, times=None, iterations: int = 1) -> Tensor:
     """One window (1, K, ...) whose first ``context`` states follow ``history``'s last ones
     (``times``: the window's K times, for calendar-conditioned priors)."""
     from latentda.diffusion.sampling import sample
@@ -83,7 +83,7 @@ def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: f
         denoise = _Inpainting(prior, known, generator)
     else:
         denoise = MMPSDenoiser(prior, lambda z: z[:, :context].reshape(z.shape[0], -1),
-                               known.reshape(-1), noise, iterations=1)
+                               known.reshape(-1), noise, iterations=iterations)
     return sample(denoise, (1, pipeline.window, *pipeline.latent_shape), pipeline.scheduler, steps=steps, method=method,
                   corrections=pipeline.settings["corrections"], generator=generator, device=pipeline.device,
                   dtype=pipeline.dtype)
@@ -183,6 +183,7 @@ class ForecastMembers:
                 times = None
                 if start is not None:  # times of the next window: its first state is history[-context]
                     times = start + pipeline.lead_times(history.shape[1] - context + K)[history.shape[1] - context:]
-                window = _window(pipeline, history, context, self.conditioning, self.noise, steps, method, generator, times)
+                window = _window(pipeline, history, context, self.conditioning, self.noise, steps, method, generator, times,
+                                 settings.iterations)
                 history = torch.cat([history, window[:, context:]], dim=1)
             yield member, pipeline.decode(history[:, now : now + self.lead + 1])[0]
