@@ -49,7 +49,7 @@ demo: $(STAMP)
 	$(PY) tools/demo_figures.py --truth $(DEMO)/truth.zarr --observations $(DEMO)/observations.nc \
 		--reanalysis $(DEMO)/reanalysis.zarr --forecast $(DEMO)/forecast.zarr --out $(DEMO)/figures
 
-# Retrain everything from scratch with the user-facing commands (35-45 minutes on 2 CPU cores),
+# Retrain everything from scratch with the user-facing commands (65-75 minutes on 2 CPU cores),
 # then run the demo with the new pipeline. Pass ARGS=--resume to continue an interrupted run.
 demo-full: $(STAMP)
 	LATENTDA=$(LATENTDA) bash tools/train_reference.sh $(ARGS)

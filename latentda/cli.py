@@ -422,10 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
     sub.add_argument("--mode", choices=["autoregressive", "aao"], default="autoregressive",
                      help="roll blankets forward, or sample window and lead all at once (default autoregressive)")
-    sub.add_argument("--conditioning", choices=["inpaint", "mmps"], default="inpaint",
-                     help="how each new blanket follows the previous latents (default inpaint: better calibrated, "
+    sub.add_argument("--conditioning", choices=["inpaint", "mmps"], default="mmps",
+                     help="how each new blanket follows the previous latents (default mmps: sharper and calibrated, "
                           "see docs/benchmarks.md)")
-    sub.add_argument("--condition-noise", type=float, default=0.01, help="σ of the latent conditioning (mmps; default 0.01)")
+    sub.add_argument("--condition-noise", type=float, default=0.05,
+                     help="σ of the latent conditioning, standardised latent units (mmps; default 0.05)")
     sub.add_argument("--steps", type=_positive_int, help="diffusion steps (default: the pipeline's)")
     sub.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "pc"], help="sampler (default: the pipeline's)")
     sub.add_argument("--guidance", choices=["mmps", "dps"], default="mmps", help="assimilation guidance (default mmps)")

@@ -267,7 +267,7 @@ class LatentDAPipeline:
 
     def forecast_run(self, lead: int, members: int = 8, observations: xr.Dataset | None = None,
                      initial: xr.Dataset | None = None, seed: int = 0, mode: str = "autoregressive",
-                     conditioning: str = "inpaint", condition_noise: float = 0.01, settings=None):
+                     conditioning: str = "mmps", condition_noise: float = 0.05, settings=None):
         """(checked members to iterate, the time of "now") of a forecast; see :meth:`forecast`."""
         from latentda.posterior.forecast import forecast_members
         from latentda.posterior.reanalysis import PosteriorSettings
@@ -302,7 +302,7 @@ class LatentDAPipeline:
 
     def forecast(self, lead: int, members: int = 8, observations: xr.Dataset | None = None,
                  initial: xr.Dataset | None = None, seed: int = 0, mode: str = "autoregressive",
-                 conditioning: str = "inpaint", settings=None, **kwargs) -> xr.Dataset:
+                 conditioning: str = "mmps", settings=None, **kwargs) -> xr.Dataset:
         """Forecast ensemble from an observation window or initial state(s), in WeatherBench2 layout:
         dims (realization, time, prediction_timedelta, ...), lead 0 being "now".
 

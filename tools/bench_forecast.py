@@ -5,7 +5,7 @@
 
 Forecasts start at state ``--start`` of each held-out trajectory:
 (i) from the perfect initial state (the true states of the conditioning context, encoded),
-    with MMPS and with inpainting conditioning;
+    with MMPS (the default: σ_c = 0.05, 3 CG iterations) and with inpainting conditioning;
 (ii) from a reanalysis of 5% of the pixels (σ = 0.1) over the ``--window`` states up to the start
      (autoregressive, and all at once);
 (iii) persistence (the true initial state repeated) and climatology (random training states).
@@ -52,7 +52,7 @@ def main() -> None:
     climate = np.stack([layout.to_array(dataset, train[i].trajectory, slice(t, t + 1))[0]
                         for i, t in zip(rng.integers(len(train), size=512), rng.integers(train[0].length, size=512))])
     energy_range = [float(np.percentile(0.5 * (climate**2).sum(1).mean((1, 2)), q)) for q in (1, 99)]
-    settings = PosteriorSettings(steps=args.steps, sampler=args.sampler, iterations=1)
+    settings = PosteriorSettings(steps=args.steps, sampler=args.sampler)  # 3 CG iterations
     config = parse(ObservationConfig, {"observations": [{"name": "o", "variables": ["u", "v"], "fraction": 0.05, "noise_std": 0.1}]})
     context = pipeline.settings["overlap"] or pipeline.window // 2
     start = args.window - 1
