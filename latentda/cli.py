@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("sample", "sample unconditional trajectories", _sample)
     sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (long runs; see docs/benchmarks.md)")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (faster unguided sampling; slower guidance on CPU: docs/benchmarks.md)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--length", required=True, type=_positive_int, help="states per trajectory")
     sub.add_argument("--members", type=_positive_int, default=8, help="number of trajectories (default 8)")
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--decode-chunk", type=_positive_int,
                      help="decode this many frames at a time inside the guidance (less memory, more compute)")
     sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (long runs; see docs/benchmarks.md)")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (faster unguided sampling; slower guidance on CPU: docs/benchmarks.md)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--decode-chunk", type=_positive_int,
                      help="decode this many frames at a time inside the guidance (less memory, more compute)")
     sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (long runs; see docs/benchmarks.md)")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (faster unguided sampling; slower guidance on CPU: docs/benchmarks.md)")
     sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")

@@ -102,8 +102,13 @@ class LatentDAPipeline:
         ``options`` go to ``torch.compile``). Worth it for long runs: the first calls at each new
         shape compile. The decoder stays eager: the guidance differentiates it twice, which compiled
         graphs do not support."""
+        import torch._functorch.config
+
         from latentda.nn.compilation import compile_blocks
 
+        # The guidance takes several VJPs through one graph (retain_graph): inductor's donated
+        # buffers free the saved tensors after the first, so they are turned off (a global switch).
+        torch._functorch.config.donated_buffer = False
         compile_blocks(self.backbone, **options)
         return self
 
