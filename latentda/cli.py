@@ -285,6 +285,14 @@ def _load_pipeline(args: argparse.Namespace, device: str):
     return pipeline.compile() if args.compile else pipeline
 
 
+def _pipeline_options(sub: argparse.ArgumentParser) -> None:
+    """The options of every stage that loads a pipeline (read by :func:`_load_pipeline`)."""
+    sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    sub.add_argument("--compile", action="store_true",
+                     help="torch.compile the denoiser's blocks (faster unguided sampling; slower guidance on CPU: "
+                          "docs/benchmarks.md)")
+
+
 def _device(args: argparse.Namespace) -> str:
     import torch
 
@@ -365,8 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.steps=100")
 
     sub = command("sample", "sample unconditional trajectories", _sample)
-    sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (faster unguided sampling; slower guidance on CPU: docs/benchmarks.md)")
+    _pipeline_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--length", required=True, type=_positive_int, help="states per trajectory")
     sub.add_argument("--members", type=_positive_int, default=8, help="number of trajectories (default 8)")
@@ -389,8 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("reanalyze", "posterior ensemble of trajectories given observations", _reanalyze)
     sub.add_argument("--decode-chunk", type=_positive_int,
                      help="decode this many frames at a time inside the guidance (less memory, more compute)")
-    sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (faster unguided sampling; slower guidance on CPU: docs/benchmarks.md)")
+    _pipeline_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
@@ -410,8 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("forecast", "forecast ensemble from observations or an initial state", _forecast)
     sub.add_argument("--decode-chunk", type=_positive_int,
                      help="decode this many frames at a time inside the guidance (less memory, more compute)")
-    sub.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    sub.add_argument("--compile", action="store_true", help="torch.compile the denoiser's blocks (faster unguided sampling; slower guidance on CPU: docs/benchmarks.md)")
+    _pipeline_options(sub)
     sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")

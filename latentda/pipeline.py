@@ -99,9 +99,9 @@ class LatentDAPipeline:
 
     def compile(self, **options) -> "LatentDAPipeline":
         """``torch.compile`` the denoiser's transformer blocks in place (:mod:`latentda.nn.compilation`;
-        ``options`` go to ``torch.compile``). Worth it for long runs: the first calls at each new
-        shape compile. The decoder stays eager: the guidance differentiates it twice, which compiled
-        graphs do not support."""
+        ``options`` go to ``torch.compile``). The first calls at each new shape compile. On CPU it
+        speeds up unguided denoising but slows guided steps (docs/benchmarks.md). The decoder stays
+        eager: the guidance differentiates it twice, which compiled graphs do not support."""
         import torch._functorch.config
 
         from latentda.nn.compilation import compile_blocks

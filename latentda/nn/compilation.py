@@ -12,14 +12,20 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["compile_blocks"]
+__all__ = ["compile_blocks", "repeated_blocks"]
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The submodules of ``model`` whose class is named in ``model._no_split_modules`` (diffusers'
+    list of blocks never to split; here also the units of compilation and FSDP sharding)."""
+    units = set(getattr(model, "_no_split_modules", None) or ())
+    return [module for module in model.modules() if module is not model and type(module).__name__ in units]
 
 
 def compile_blocks(model: nn.Module, **options) -> int:
     """Compile every repeated block of ``model`` in place (``options`` go to ``torch.compile``);
     returns the number of blocks compiled."""
-    units = set(getattr(model, "_no_split_modules", None) or ())
-    blocks = [module for module in model.modules() if module is not model and type(module).__name__ in units]
+    blocks = repeated_blocks(model)
     for block in blocks:
         block.compile(**options)
     return len(blocks)

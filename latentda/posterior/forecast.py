@@ -75,9 +75,10 @@ class _Inpainting:
 
 
 def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: float, steps: int, method: str,
-            generator: torch.Generator, times=None, iterations: int = 1) -> Tensor:
+            generator: torch.Generator, times, iterations: int) -> Tensor:
     """One window (1, K, ...) whose first ``context`` states follow ``history``'s last ones
-    (``times``: the window's K times, for calendar-conditioned priors)."""
+    (``times``: the window's K times, for calendar-conditioned priors, else None; ``iterations``:
+    CG iterations of the MMPS conditioning)."""
     from latentda.diffusion.sampling import sample
 
     known = history[:, -context:]

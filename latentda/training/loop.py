@@ -78,7 +78,6 @@ class TrainingConfig:
         require(self.grad_clip > 0, key + "grad_clip", "must be positive")
         require(0 <= self.ema_decay < 1, key + "ema_decay", "must be in [0, 1)")
         require(self.num_workers >= 0, key + "num_workers", "must be non-negative")
-        require(self.strategy in ("ddp", "fsdp"), key + "strategy", "must be ddp or fsdp")
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -220,9 +219,10 @@ class Trainer:
 
         model, config = self.model, self.config
         if checkpoint is not None:
-            loaded = model.load_state_dict(checkpoint[0], strict=False)
+            model_state, ema_state, optimizer_state, state, path = checkpoint
+            loaded = model.load_state_dict(model_state, strict=False)
             if loaded.missing_keys or loaded.unexpected_keys:
-                raise LatentdaError(f"{checkpoint[4]}: checkpoint does not match the model (different config?)")
+                raise LatentdaError(f"{path}: checkpoint does not match the model (different config?)")
         model.to(self.accelerator.device)
         if self.sharded:
             if self.accelerator.is_main_process:
@@ -242,7 +242,6 @@ class Trainer:
         self.ema = EMAModel(model.parameters(), decay=config.ema_decay)
         if checkpoint is None:
             return
-        _, ema_state, optimizer_state, state, _ = checkpoint
         if self.sharded:
             sharding.load_optimizer_state(model, self.optimizer, optimizer_state)
         else:

@@ -31,6 +31,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from latentda.nn.compilation import repeated_blocks
+
 __all__ = ["shard_model", "full_model_state", "full_tensor", "full_optimizer_state", "load_optimizer_state",
            "shard_like"]
 
@@ -39,10 +41,8 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def shard_model(model: nn.Module) -> nn.Module:
     """Shard ``model`` in place: each block named in ``model._no_split_modules``, then the root."""
-    units = set(getattr(model, "_no_split_modules", None) or ())
-    for module in model.modules():
-        if module is not model and type(module).__name__ in units:
-            fully_shard(module)
+    for block in repeated_blocks(model):
+        fully_shard(block)
     fully_shard(model)
     return model
 
