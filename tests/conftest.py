@@ -1,9 +1,25 @@
 """Shared fixtures: small synthetic datasets built in memory (no download, seeds fixed)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+
+
+def run_torchrun(arguments: list[str], port: int) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2`` (gloo CPU processes, one thread each) on ``arguments`` — a
+    script and its arguments, or ``-m module ...`` — asserting it succeeds; returns the process."""
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *arguments], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def make_latlon_dataset(times: int = 6, seed: int = 0) -> xr.Dataset:

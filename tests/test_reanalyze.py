@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_pipeline
+from conftest import make_tiny_pipeline, run_torchrun
 from latentda import cli
 from latentda.data import FieldLayout, open_dataset, write_dataset
 from latentda.data.ensemble_store import EnsembleWriter
@@ -28,6 +28,20 @@ def setup(tmp_path_factory):
     return root, folder, truth_path, observations
 
 
+def _interrupt_after(monkeypatch, members: int):
+    """Make reanalyses stop with Ctrl-C after ``members`` finished members; returns the real generator."""
+    real = reanalysis.posterior_members
+
+    def interrupted(*a, **k):
+        for count, item in enumerate(real(*a, **k)):
+            if count == members:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(reanalysis, "posterior_members", interrupted)
+    return real
+
+
 def test_interrupted_reanalysis_resumes_with_identical_members(setup, tmp_path, monkeypatch):
     root, folder, truth, observations = setup
     args = ["reanalyze", "--pipeline", str(folder), "--observations", str(observations), "--members", "3",
@@ -35,15 +49,7 @@ def test_interrupted_reanalysis_resumes_with_identical_members(setup, tmp_path, 
     straight = tmp_path / "straight.zarr"
     assert cli.main(args + ["--out", str(straight)]) == 0
 
-    real = reanalysis.posterior_members
-
-    def dies_after_two(*a, **k):
-        for count, item in enumerate(real(*a, **k)):
-            if count == 2:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(reanalysis, "posterior_members", dies_after_two)
+    real = _interrupt_after(monkeypatch, 2)
     killed = tmp_path / "killed.zarr"
     assert cli.main(args + ["--out", str(killed)]) == 130
     assert not killed.exists()
@@ -159,20 +165,11 @@ def test_compiled_denoiser_guidance_equals_eager(setup):
 
 def test_two_processes_share_the_members_and_match_one(setup, tmp_path):
     """torchrun with 2 CPU processes: members dealt over ranks into one output, identical to one process."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root, folder, truth, observations = setup
     args = ["reanalyze", "--pipeline", str(folder), "--observations", str(observations), "--members", "3",
             "--steps", "2", "--iterations", "1", "--quiet"]
     assert cli.main(args + ["--out", str(tmp_path / "one.zarr")]) == 0
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29518", "-m", "latentda.cli", *args,
-                             "--out", str(tmp_path / "two.zarr")], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.zarr")], 29518)
     one, two = open_dataset(tmp_path / "one.zarr").load(), open_dataset(tmp_path / "two.zarr").load()
     # identical up to float rounding (the processes run 1 thread each, the single one 2: other reduction order)
     np.testing.assert_allclose(two["u"].values, one["u"].values, atol=1e-4)
@@ -181,15 +178,7 @@ def test_two_processes_share_the_members_and_match_one(setup, tmp_path):
 
 def test_resume_with_other_settings_is_refused(setup, tmp_path, monkeypatch):
     root, folder, truth, observations = setup
-    real = reanalysis.posterior_members
-
-    def dies_after_one(*a, **k):
-        for count, item in enumerate(real(*a, **k)):
-            if count == 1:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(reanalysis, "posterior_members", dies_after_one)
+    real = _interrupt_after(monkeypatch, 1)
     args = ["reanalyze", "--pipeline", str(folder), "--observations", str(observations), "--members", "2",
             "--steps", "2", "--iterations", "1", "--quiet", "--out", str(tmp_path / "p.zarr")]
     assert cli.main(args) == 130
@@ -239,17 +228,10 @@ def _split_blankets_worker() -> None:
 def test_split_blankets_values_and_gradients_equal_one_process(tmp_path):
     """The two autograd functions (copy to / gather from the region) under torchrun with 2 processes."""
     import inspect
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     script = tmp_path / "worker.py"
     script.write_text(inspect.getsource(_split_blankets_worker) + "\n\n_split_blankets_worker()\n")
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29519", str(script)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_torchrun([str(script)], 29519)
     assert result.stdout.count("values and VJPs match") == 2
 
 
@@ -268,11 +250,6 @@ def test_split_blankets_alone_is_the_plain_denoiser(setup):
 def test_two_processes_split_the_blankets_and_match_one(setup, tmp_path):
     """torchrun with 2 CPU processes, --split blankets, a trajectory of 2K states (3 windows of K = 4):
     both processes sample every member, each evaluates its share of the windows; output = one process."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from conftest import make_box_dataset
 
     root, folder, _, _ = setup
@@ -288,11 +265,7 @@ def test_two_processes_split_the_blankets_and_match_one(setup, tmp_path):
         assert cli.main(args + ["--out", str(tmp_path / "one.zarr")]) == 0
     finally:
         torch.set_num_threads(threads)
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29520", "-m", "latentda.cli", *args,
-                             "--out", str(tmp_path / "two.zarr")], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.zarr")], 29520)
     assert result.stdout.count("wrote") == 1  # the main process alone writes
     one, two = open_dataset(tmp_path / "one.zarr").load(), open_dataset(tmp_path / "two.zarr").load()
     assert "completed" not in two and two.sizes["realization"] == 2

@@ -1,9 +1,7 @@
 """train-ldm, the pipeline folder and sample: round trips, resume, two processes, bad input."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import xarray as xr
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_box_dataset
+from conftest import make_box_dataset, run_torchrun
 from latentda import cli
 from latentda.components import save_autoencoder
 from latentda.config import parse
@@ -126,14 +124,9 @@ def _train_two_processes(tmp_path, latents, training: dict, port: int, resume_st
             "training": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "validate_every": 4, **training}}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"output": str(tmp_path / "two"), **data}))
-    torchrun = str(Path(sys.executable).parent / "torchrun")
     script = str(Path(__file__).parent / "scripts" / "distributed_train.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     extra = [str(resume_steps)] if resume_steps else []
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), script,
-                             str(latents), str(config), str(tmp_path), *extra], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_torchrun([script, str(latents), str(config), str(tmp_path), *extra], port)
     reports = [(tmp_path / f"rank{r}-of-2.txt").read_text().split() for r in range(2)]
     assert reports[0][0] == reports[1][0]  # the same (gathered) weights on both ranks
     one = parse(LatentDiffusionConfig, {**data, "output": str(tmp_path / "one")})
@@ -166,7 +159,7 @@ def test_fsdp_two_processes_resume_match_one_process(tmp_path, latents):
     and EMA are sharded, the
     checkpoint at step 4 is gathered, then resumed (sharded again) to step 6 — the same weights as
     one process running the same two stages; the checkpoints hold whole tensors."""
-    weights = _train_two_processes(tmp_path, latents, {"strategy": "fsdp", "gradient_accumulation": 2}, 29519,
+    weights = _train_two_processes(tmp_path, latents, {"strategy": "fsdp", "gradient_accumulation": 2}, 29521,
                                    resume_steps=6)
     assert all(0.4 < held < 0.6 for held in weights["held"]), weights["held"]  # each rank holds half
     for name in weights["one"]:
