@@ -46,7 +46,8 @@ MODEL_INDEX = {
     "denoiser": ["latentda.nn", "TrajectoryTransformer"],
     "scheduler": ["diffusers", "EDMEulerScheduler"],
 }
-DEFAULT_SETTINGS = {"time_step": 1.0, "time_units": "1", "sampler": "pc", "steps": 64, "corrections": 1, "overlap": None}
+DEFAULT_SETTINGS = {"time_step": 1.0, "time_units": "1", "sampler": "pc", "steps": 64, "corrections": 1, "tau": 0.1,
+                    "sigma_start": None, "overlap": None}
 
 
 class LatentDAPipeline:
@@ -206,7 +207,8 @@ class LatentDAPipeline:
 
         generator = torch.Generator().manual_seed(seed)
         z = run_sampler(denoise, (members, padded, *self.latent_shape), self.scheduler, steps=steps, method=method,
-                        corrections=self.settings["corrections"], generator=generator, device=self.device,
+                        corrections=self.settings["corrections"], tau=self.settings["tau"],
+                        sigma_start=self.settings["sigma_start"], generator=generator, device=self.device,
                         dtype=self.dtype, progress=self.progress, description="sample")
         return z[:, :length]
 

@@ -23,11 +23,14 @@ def _gaussian(dim=4, seed=0):
 
 @pytest.mark.parametrize("method,steps", [("ddpm", 256), ("ddim", 256), ("heun", 64), ("pc", 64)])
 def test_samplers_recover_gaussian_prior(method, steps):
+    """Each sample holds 32 independent copies of the 4-d Gaussian, so that the pc step size,
+    estimated per sample, averages over 128 numbers (as over a real state's thousands)."""
     mean, covariance = _gaussian()
-    denoise = GaussianDenoiser(mean, covariance)
-    n = 10000
-    x = sample(denoise, (n, 4), make_schedule(), steps=steps, method=method,
-               generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    copies = 32
+    denoise = GaussianDenoiser(mean.repeat(copies), torch.block_diag(*[covariance] * copies))
+    n = 320 * copies
+    x = sample(denoise, (n // copies, 4 * copies), make_schedule(), steps=steps, method=method,
+               generator=torch.Generator().manual_seed(1), dtype=torch.float64).reshape(n, 4)
     empirical_mean = x.mean(0)
     empirical_cov = torch.cov(x.T)
     # Monte-Carlo standard errors: std/√n for the mean, ~ √(2/n)·Σ_ii for variances

@@ -125,7 +125,7 @@ def test_ensemble_writer_refuses_mismatched_resume(setup, tmp_path):
 def test_chunked_decoder_guidance_equals_full_graph(setup):
     """The memory-lean operator computes the same guided mean as the one-graph operator."""
     from latentda.posterior.guidance import MMPSDenoiser
-    from latentda.posterior.reanalysis import latent_operator
+    from latentda.posterior.reanalysis import LatentOperator
 
     root, folder, truth, observations = setup
     pipeline = LatentDAPipeline.from_pretrained(folder)
@@ -134,8 +134,8 @@ def test_chunked_decoder_guidance_equals_full_graph(setup):
     blanket = pipeline.trajectory_denoiser()
     z = torch.randn(2, operator.length, *pipeline.latent_shape, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor(0.7)
-    full = MMPSDenoiser(blanket, latent_operator(pipeline, operator), y, noise_std, iterations=2)(z, sigma)
-    chunked = MMPSDenoiser(blanket, latent_operator(pipeline, operator, chunk=5), y, noise_std, iterations=2)(z, sigma)
+    full = MMPSDenoiser(blanket, LatentOperator(pipeline, operator), y, noise_std, iterations=2)(z, sigma)
+    chunked = MMPSDenoiser(blanket, LatentOperator(pipeline, operator, chunk=5), y, noise_std, iterations=2)(z, sigma)
     torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)
 
 
@@ -143,7 +143,7 @@ def test_compiled_denoiser_guidance_equals_eager(setup):
     """pipeline.compile(): the guided mean (forward and VJPs through the compiled transformer blocks)
     equals the eager one ("aot_eager" traces the same graphs as inductor without building kernels)."""
     from latentda.posterior.guidance import MMPSDenoiser
-    from latentda.posterior.reanalysis import latent_operator
+    from latentda.posterior.reanalysis import LatentOperator
 
     root, folder, truth, observations = setup
     means = []
@@ -154,7 +154,7 @@ def test_compiled_denoiser_guidance_equals_eager(setup):
         operator = pipeline.observation_operator(open_dataset(observations))
         y, noise_std = operator.observed()
         z = torch.randn(1, operator.length, *pipeline.latent_shape, generator=torch.Generator().manual_seed(0))
-        guided = MMPSDenoiser(pipeline.trajectory_denoiser(), latent_operator(pipeline, operator), y, noise_std, iterations=2)
+        guided = MMPSDenoiser(pipeline.trajectory_denoiser(), LatentOperator(pipeline, operator), y, noise_std, iterations=2)
         means.append(guided(z, torch.tensor(0.7)))
     assert any(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl is not None
                for block in pipeline.backbone.modules())

@@ -6,9 +6,10 @@ Prints, with FLOPs counted by torch.utils.flop_counter (exact, whatever else the
 wall times (median of repeats):
 
 1. unconditional denoiser cost per state for L = K, 2K, 4K, 8K (blankets: must stay constant);
-2. one MMPS step (n solver iterations) and one DPS step over one unguided step, next to the count
-   the math predicts: 1 denoiser forward + (n+1) denoiser VJPs + 1 decoder forward and its
-   transposed graph + n decoder JVPs + (n+1) decoder VJPs, each primitive measured alone;
+2. one MMPS step (n solver iterations) and one DPS step over one unguided step, and over the
+   op-count bound: 1 denoiser forward + (n+1) denoiser VJPs + 1 decoder forward + n tangent JVPs
+   (one decoder forward each) + (n+1) decoder VJPs, each primitive measured alone; the same step
+   with A·v by a double backward (the previous method) and the cost of torch.func.linearize;
 3. reanalysis cost per state (MMPS step) for the same lengths;
 4. training throughput of the denoiser (samples/s, achieved FLOP/s) next to the FLOP/s of a large
    float32 matmul measured in the same run.
@@ -28,8 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from latentda.diffusion.denoiser import denoising_loss
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.pipeline import LatentDAPipeline
-from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser
-from latentda.posterior.reanalysis import latent_operator
+from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
+from latentda.posterior.reanalysis import LatentOperator
 from latentda.training.loop import BatchRandom
 
 
@@ -112,7 +113,7 @@ def main() -> None:
     L = 2 * K
     operator = sparse_operator(pipeline, L)
     y, noise_std = operator.observed()
-    A = latent_operator(pipeline, operator)
+    A = LatentOperator(pipeline, operator)
     z = torch.randn(1, L, *shape)
 
     def unguided():
@@ -137,30 +138,51 @@ def main() -> None:
     f_decoder = flops(decoder_forward)
     predicted = A(anchor)
     f_decoder_vjp = flops(lambda: torch.autograd.grad(predicted, anchor, torch.ones_like(predicted), retain_graph=True))
-    probe = torch.zeros_like(predicted, requires_grad=True)
-    f_transposed = flops(lambda: torch.autograd.grad(predicted, anchor, probe, create_graph=True, retain_graph=True))
-    (transposed,) = torch.autograd.grad(predicted, anchor, probe, create_graph=True)
-    f_decoder_jvp = flops(lambda: torch.autograd.grad(transposed, probe, anchor, retain_graph=True))
+    # Ways to take A·v at a fixed point, each alone: the tangent pass (latentda.nn.linearization),
+    # the double backward through the transposed graph, and torch.func.linearize.
+    v = torch.randn_like(z)
+    tangent = A.linearize(z)
+    f_tangent = flops(lambda: tangent.forward(v))
+    t_tangent, t_decoder = seconds(lambda: tangent.forward(v), args.repeats), seconds(decoder_forward, args.repeats)
+    double = Linearization(lambda x: A(x), z)
+    f_transposed = flops(lambda: double.forward(v))  # first product: builds the transposed graph
+    f_double = flops(lambda: double.forward(v))
+    t_double = seconds(lambda: double.forward(v), args.repeats)
+    f_linearize_setup = flops(lambda: torch.func.linearize(A, z))
+    _, linearized = torch.func.linearize(A, z)
+    f_linearize = flops(lambda: linearized(v))
+    t_linearize = seconds(lambda: linearized(v), args.repeats)
     t_unguided = seconds(unguided, args.repeats)
     print(f"primitives (GFLOP): denoiser forward {f_forward / 1e9:.3f}, denoiser VJP {f_denoiser_vjp / 1e9:.3f}, "
-          f"decoder+H forward {f_decoder / 1e9:.3f}, decoder VJP {f_decoder_vjp / 1e9:.3f}, "
-          f"decoder transposed graph {f_transposed / 1e9:.3f}, decoder JVP {f_decoder_jvp / 1e9:.3f}")
+          f"decoder+H forward {f_decoder / 1e9:.3f}, decoder VJP {f_decoder_vjp / 1e9:.3f}")
+    print(f"A·v: tangent pass {f_tangent / 1e9:.3f} GFLOP ({t_tangent / t_decoder:.2f}× decoder forward time); "
+          f"double backward {f_double / 1e9:.3f} (+ {(f_transposed - f_double) / 1e9:.3f} once per step, "
+          f"{t_double / t_decoder:.2f}× time); torch.func.linearize {f_linearize / 1e9:.3f} "
+          f"(+ {f_linearize_setup / 1e9:.3f} per linearisation, {t_linearize / t_decoder:.2f}× time)")
+    results["primitives"] = {"denoiser_forward": f_forward, "denoiser_vjp": f_denoiser_vjp, "decoder_forward": f_decoder,
+                             "decoder_vjp": f_decoder_vjp, "tangent_jvp": f_tangent, "double_backward_jvp": f_double,
+                             "double_backward_setup": f_transposed - f_double, "linearize_jvp": f_linearize,
+                             "linearize_setup": f_linearize_setup, "tangent_time_over_forward": t_tangent / t_decoder,
+                             "double_backward_time_over_forward": t_double / t_decoder,
+                             "linearize_time_over_forward": t_linearize / t_decoder}
     results["guided"] = {}
-    for name, guided, n in [(f"MMPS n={n}", MMPSDenoiser(blanket, A, y, noise_std, iterations=n), n) for n in args.iterations] + [
-            ("DPS", DPSDenoiser(blanket, A, y, noise_std), None)]:
+    variants = [(f"MMPS n={n}", A, n) for n in args.iterations] + [
+        (f"MMPS n={n} (double backward)", lambda x: A(x), n) for n in args.iterations] + [("DPS", A, None)]
+    for name, operator_, n in variants:
+        guided = DPSDenoiser(blanket, operator_, y, noise_std) if n is None else MMPSDenoiser(blanket, operator_, y, noise_std, iterations=n)
         measured = flops(lambda: guided(z, sigma))
         if n is None:
-            expected = f_forward + f_denoiser_vjp + f_decoder + f_decoder_vjp
+            bound = f_forward + f_denoiser_vjp + f_decoder + f_decoder_vjp
             count = "1 fwd + 1 denoiser VJP + 1 decoder fwd + 1 decoder VJP"
         else:
-            expected = (f_forward + (n + 1) * f_denoiser_vjp + f_decoder + f_transposed + n * f_decoder_jvp
-                        + (n + 1) * f_decoder_vjp)
-            count = f"1 fwd + {n + 1} denoiser VJPs + 1 decoder fwd + transposed graph + {n} JVPs + {n + 1} decoder VJPs"
+            bound = f_forward + (n + 1) * f_denoiser_vjp + (1 + n) * f_decoder + (n + 1) * f_decoder_vjp
+            count = f"1 fwd + {n + 1} denoiser VJPs + 1 decoder fwd + {n} tangent JVPs + {n + 1} decoder VJPs"
         wall = seconds(lambda: guided(z, sigma), args.repeats)
-        print(f"{name:10s}: {measured / f_forward:6.2f}× unguided FLOPs (predicted {expected / f_forward:6.2f}×: {count}), "
-              f"{wall / t_unguided:6.2f}× unguided wall time")
-        results["guided"][name] = {"flops_ratio": measured / f_forward, "predicted_flops_ratio": expected / f_forward,
-                                   "wall_ratio": wall / t_unguided}
+        print(f"{name:28s}: {measured / f_forward:6.2f}× unguided FLOPs = {measured / bound:.3f}× the op-count bound "
+              f"({bound / f_forward:.2f}×: {count}); wall {wall / t_unguided:6.2f}× unguided "
+              f"= {wall / t_unguided / (measured / f_forward):.2f}× the FLOP ratio")
+        results["guided"][name] = {"flops_ratio": measured / f_forward, "bound_ratio": bound / f_forward,
+                                   "flops_over_bound": measured / bound, "wall_ratio": wall / t_unguided}
 
     print("\n== 3. reanalysis (MMPS, n = 1) cost per state")
     base = None
@@ -169,7 +191,7 @@ def main() -> None:
         L = multiple * K
         operator = sparse_operator(pipeline, L)
         y, noise_std = operator.observed()
-        guided = MMPSDenoiser(blanket, latent_operator(pipeline, operator), y, noise_std, iterations=1)
+        guided = MMPSDenoiser(blanket, LatentOperator(pipeline, operator), y, noise_std, iterations=1)
         z = torch.randn(1, L, *shape)
         f = flops(lambda: guided(z, sigma)) / L
         s = seconds(lambda: guided(z, sigma), max(1, args.repeats - 1)) / L

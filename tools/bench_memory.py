@@ -19,13 +19,13 @@ sys.path.insert(0, "tools")
 from bench_cost import sparse_operator
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.guidance import MMPSDenoiser
-from latentda.posterior.reanalysis import latent_operator
+from latentda.posterior.reanalysis import LatentOperator
 pipeline_dir, L, chunk = sys.argv[1], int(sys.argv[2]), (None if sys.argv[3] == "none" else int(sys.argv[3]))
 torch.set_num_threads(1)
 pipeline = LatentDAPipeline.from_pretrained(pipeline_dir)
 operator = sparse_operator(pipeline, L)
 y, noise = operator.observed()
-guided = MMPSDenoiser(pipeline.trajectory_denoiser(), latent_operator(pipeline, operator, chunk), y, noise, iterations=1)
+guided = MMPSDenoiser(pipeline.trajectory_denoiser(), LatentOperator(pipeline, operator, chunk), y, noise, iterations=1)
 z = torch.randn(1, L, *pipeline.latent_shape)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 guided(z, torch.tensor(1.0))

@@ -2,7 +2,9 @@
 
 Because they only need the mean, the same samplers run the unconditional prior, a trajectory
 stitched from blankets, or a guided (posterior) mean. The σ grid σ_0 = σ_max > … > σ_{N−1} = σ_min
-is the Karras (ρ = 7) grid of diffusers' ``EDMEulerScheduler``. diffusers' ``step`` functions take
+is the Karras (ρ = 7) grid of diffusers' ``EDMEulerScheduler``, from the prior's σ_max or from a
+lower ``sigma_start`` (standardised data have unit variance: levels far above it only add noise to
+noise, so starting lower spends the same steps where the data are shaped). diffusers' ``step`` functions take
 the raw network output of their own parameterisation, not an arbitrary (e.g. guided) mean, so the
 updates are written here (variance-exploding, x_t = x + σ ε; with x̂ = denoise(x_i, σ_i)):
 
@@ -13,40 +15,61 @@ updates are written here (variance-exploding, x_t = x + σ ε; with x̂ = denois
   x' = x_i + (σ_{i+1} − σ_i) d(x_i, σ_i), x_{i+1} = x_i + (σ_{i+1} − σ_i)(d(x_i, σ_i) + d(x', σ_{i+1}))/2.
 - ``pc`` (predictor-corrector, Song et al. 2021 as used by SDA): a ``ddim`` predictor followed by
   ``corrections`` Langevin steps at σ_{i+1}: x ← x + δ s + √(2δ) z with the score
-  s = (denoise(x, σ) − x)/σ² and δ = τ / mean(s²), one step size for the whole batch (a
-  per-sample mean is too noisy for small states; members sampled together share δ, so sample
-  members one at a time, as reanalysis and forecasts do, for results independent of batching).
+  s = (denoise(x, σ) − x)/σ² and δ = τ / mean(s²), the mean taken over each batch row (member)
+  on its own, so that a member's steps do not depend on the others sharing its batch.
 
+Members in one batch are independent draws: with one generator per batch row (``generator`` a
+list), every random number of row b comes from its own generator, so a member sampled in a batch
+equals the same member sampled alone (to float rounding of the batched network calls).
 The sample returned is the final denoised mean at σ_min.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from diffusers import EDMEulerScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from latentda.errors import LatentdaError
 
-__all__ = ["noise_levels", "sample", "SAMPLERS"]
+__all__ = ["noise_levels", "sample", "standard_normal", "SAMPLERS"]
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 SAMPLERS = ("ddpm", "ddim", "heun", "pc")
 
 
-def noise_levels(schedule: EDMEulerScheduler, steps: int) -> Tensor:
-    """The decreasing σ grid of ``steps`` levels from σ_max to σ_min (float64)."""
+def noise_levels(schedule: EDMEulerScheduler, steps: int, sigma_start: float | None = None) -> Tensor:
+    """The decreasing σ grid of ``steps`` levels from σ_max to σ_min (float64); ``sigma_start`` starts
+    it lower than the schedule's σ_max (the same Karras grid over [σ_min, sigma_start])."""
     if steps < 1:
-        raise LatentdaError(f"steps must be at least 1, got {steps}")
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if sigma_start is not None:
+        if not schedule.config.sigma_min < sigma_start <= schedule.config.sigma_max:
+            raise ValueError(f"sigma_start {sigma_start} outside the prior's σ range "
+                             f"({schedule.config.sigma_min}, {schedule.config.sigma_max}]")
+        schedule = EDMEulerScheduler.from_config(schedule.config, sigma_max=sigma_start)
     schedule.set_timesteps(steps)
     return schedule.sigmas[:steps].to(torch.float64)
 
 
-def _randn(shape, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=like.device, dtype=like.dtype)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def standard_normal(shape, generator: Generators, like: Tensor) -> Tensor:
+    """N(0, I) of ``shape``; with a list of generators, row b drawn from generator b."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=like.device, dtype=like.dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    rows = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator]
+    return torch.cat(rows).to(device=like.device, dtype=like.dtype)
+
+
+def _row_mean(x: Tensor) -> Tensor:
+    """Mean over every dimension but the first, shaped to broadcast against x."""
+    return x.reshape(x.shape[0], -1).mean(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def sample(
@@ -57,7 +80,8 @@ def sample(
     method: Literal["ddpm", "ddim", "heun", "pc"] = "ddpm",
     corrections: int = 1,
     tau: float = 0.1,
-    generator: torch.Generator | None = None,
+    sigma_start: float | None = None,
+    generator: Generators = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
@@ -65,10 +89,10 @@ def sample(
 ) -> Tensor:
     """Draw x ~ p(x) (the distribution whose mean ``denoise`` gives) of shape ``shape``."""
     if method not in SAMPLERS:
-        raise LatentdaError(f"unknown sampler '{method}' (choose from {', '.join(SAMPLERS)})")
-    sigmas = noise_levels(schedule, steps).tolist()
+        raise ValueError(f"unknown sampler '{method}' (choose from {', '.join(SAMPLERS)})")
+    sigmas = noise_levels(schedule, steps, sigma_start).tolist()
     like = torch.empty(0, device=device, dtype=dtype)
-    x = sigmas[0] * _randn(shape, generator, like)
+    x = sigmas[0] * standard_normal(shape, generator, like)
     for i in tqdm(range(len(sigmas) - 1), desc=description, disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         mean = denoise(x, torch.tensor(sigma, dtype=dtype, device=device))
@@ -80,13 +104,13 @@ def sample(
             x = x + (sigma_next - sigma) * (slope + slope_next) / 2
         elif method == "ddpm":
             ratio = sigma_next**2 / sigma**2
-            x = mean + ratio * (x - mean) + sigma_next * (1 - ratio) ** 0.5 * _randn(shape, generator, like)
+            x = mean + ratio * (x - mean) + sigma_next * (1 - ratio) ** 0.5 * standard_normal(shape, generator, like)
         else:
             x = mean + (sigma_next / sigma) * (x - mean)
         if method == "pc":
             level = torch.tensor(sigma_next, dtype=dtype, device=device)
             for _ in range(corrections):
                 score = (denoise(x, level) - x) / sigma_next**2
-                delta = tau / score.square().mean()
-                x = x + delta * score + (2 * delta) ** 0.5 * _randn(shape, generator, like)
+                delta = tau / _row_mean(score.square())
+                x = x + delta * score + (2 * delta) ** 0.5 * standard_normal(shape, generator, like)
     return denoise(x, torch.tensor(sigmas[-1], dtype=dtype, device=device))

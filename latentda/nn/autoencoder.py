@@ -167,6 +167,7 @@ class _Trunk(nn.Module):
                 layers.append(resample(width, widths[i + 1]))
         self.layers = nn.ModuleList(layers)
         self.norm = nn.GroupNorm(groups, widths[-1])
+        self.activation = nn.SiLU()  # a module, not F.silu: the decoder's tangent pass replaces it (nn.linearization)
         self.head = PeriodicConv2d(widths[-1], out_channels, 3, periodic)
         # Set by `ModelMixin.enable_gradient_checkpointing`, together with `_gradient_checkpointing_func`.
         self.gradient_checkpointing = False
@@ -176,7 +177,7 @@ class _Trunk(nn.Module):
         checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
             x = self._gradient_checkpointing_func(layer, x) if checkpointing else layer(x)
-        return self.head(F.silu(self.norm(x)))
+        return self.head(self.activation(self.norm(x)))
 
 
 class AutoEncoder(ModelMixin, ConfigMixin):

@@ -39,7 +39,8 @@ from torch import Tensor
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser
-from latentda.posterior.reanalysis import PosteriorSettings, guided_denoiser, member_generator
+from latentda.diffusion.sampling import standard_normal
+from latentda.posterior.reanalysis import PosteriorSettings, batches, guided_denoiser, member_generator, sample_members
 
 __all__ = ["forecast_members", "ForecastMembers", "extend_operator", "MODES", "CONDITIONINGS"]
 
@@ -60,37 +61,32 @@ def extend_operator(operator: ObservationOperator, extra: int, extra_times=None)
 
 
 class _Inpainting:
-    """Replacement conditioning of the first c states of a window on known latents."""
+    """Replacement conditioning of the first c states of a window on known latents (B, c, ...)."""
 
-    def __init__(self, denoise, known: Tensor, generator: torch.Generator) -> None:
-        self.denoise, self.known, self.generator = denoise, known, generator
+    def __init__(self, denoise, known: Tensor, generators: list[torch.Generator]) -> None:
+        self.denoise, self.known, self.generators = denoise, known, generators
 
     def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         c = self.known.shape[1]
-        noise = torch.randn(self.known.shape, generator=self.generator).to(x_t)
+        noise = standard_normal(self.known.shape, self.generators, x_t)
         x_t = torch.cat([self.known + sigma * noise, x_t[:, c:]], dim=1)
         with torch.no_grad():
             mean = self.denoise(x_t, sigma)
         return torch.cat([self.known, mean[:, c:]], dim=1)
 
 
-def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: float, steps: int, method: str,
-            generator: torch.Generator, times, iterations: int) -> Tensor:
-    """One window (1, K, ...) whose first ``context`` states follow ``history``'s last ones
-    (``times``: the window's K times, for calendar-conditioned priors, else None; ``iterations``:
-    CG iterations of the MMPS conditioning)."""
-    from latentda.diffusion.sampling import sample
-
+def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: float, settings: PosteriorSettings,
+            generators: list[torch.Generator], times) -> Tensor:
+    """One window (B, K, ...) per member whose first ``context`` states follow the member's
+    ``history`` (``times``: the window's K times, for calendar-conditioned priors, else None)."""
     known = history[:, -context:]
     prior = pipeline.trajectory_denoiser(times=times)  # L = K: the window denoiser itself
     if conditioning == "inpaint":
-        denoise = _Inpainting(prior, known, generator)
+        denoise = _Inpainting(prior, known, generators)
     else:
         denoise = MMPSDenoiser(prior, lambda z: z[:, :context].reshape(z.shape[0], -1),
-                               known.reshape(-1), noise, iterations=iterations)
-    return sample(denoise, (1, pipeline.window, *pipeline.latent_shape), pipeline.scheduler, steps=steps, method=method,
-                  corrections=pipeline.settings["corrections"], generator=generator, device=pipeline.device,
-                  dtype=pipeline.dtype)
+                               known.reshape(known.shape[0], -1), noise, iterations=settings.iterations)
+    return sample_members(pipeline, denoise, pipeline.window, generators, settings)
 
 
 def forecast_members(
@@ -158,14 +154,10 @@ class ForecastMembers:
         return len(self.members)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        from latentda.diffusion.sampling import sample
-
         pipeline, settings, context = self.pipeline, self.settings, self.context
         K = pipeline.window
-        steps = settings.steps or pipeline.settings["steps"]
-        method = settings.sampler or pipeline.settings["sampler"]
-        for member in self.members:
-            generator = member_generator(self.seed, member)
+        for batch in batches(self.members, settings.batch_size(pipeline.device)):
+            generators = [member_generator(self.seed, member) for member in batch]
             if self.operator is not None:
                 observed = self.operator.length
                 extra = self.lead if self.mode == "aao" else max(0, K - observed)  # shorter than K: nowcast its end
@@ -173,21 +165,19 @@ class ForecastMembers:
                 after = None if last is None else last + pipeline.lead_times(extra + 1)[1:]
                 window_operator = extend_operator(self.operator, extra, after) if extra else self.operator
                 denoise = guided_denoiser(pipeline, window_operator, settings)
-                history = sample(denoise, (1, observed + extra, *pipeline.latent_shape), pipeline.scheduler, steps=steps,
-                                 method=method, corrections=pipeline.settings["corrections"], generator=generator,
-                                 device=pipeline.device, dtype=pipeline.dtype)
+                history = sample_members(pipeline, denoise, observed + extra, generators, settings)
                 now = observed - 1
                 start = None if self.operator.times is None else np.asarray(self.operator.times)[0]
             else:
-                row = self.initial[member : member + 1] if self.initial.shape[0] > 1 else self.initial
-                history = row.to(pipeline.device, pipeline.dtype)
+                rows = self.initial[batch] if self.initial.shape[0] > 1 else self.initial.expand(len(batch), *self.initial.shape[1:])
+                history = rows.to(pipeline.device, pipeline.dtype)
                 now = history.shape[1] - 1
                 start = None if self.initial_times is None else np.asarray(self.initial_times)[0]
             while history.shape[1] - 1 - now < self.lead:
                 times = None
                 if start is not None:  # times of the next window: its first state is history[-context]
                     times = start + pipeline.lead_times(history.shape[1] - context + K)[history.shape[1] - context:]
-                window = _window(pipeline, history, context, self.conditioning, self.noise, steps, method, generator, times,
-                                 settings.iterations)
+                window = _window(pipeline, history, context, self.conditioning, self.noise, settings, generators, times)
                 history = torch.cat([history, window[:, context:]], dim=1)
-            yield member, pipeline.decode(history[:, now : now + self.lead + 1])[0]
+            fields = pipeline.decode(history[:, now : now + self.lead + 1])
+            yield from zip(batch, fields)

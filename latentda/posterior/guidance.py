@@ -1,9 +1,11 @@
 """Posterior guidance: turn a prior denoiser into a posterior denoiser given y = A(x) + ε.
 
 Both guided denoisers take any denoiser callable ``denoise(x_t, σ) -> E[x | x_t]``, any
-differentiable operator ``A(x) -> (B, M)`` and observations y (M,) with a diagonal noise covariance
-Σ_y = diag(noise_std²), and return a callable of the same signature, to hand to any sampler of
-:mod:`latentda.diffusion.sampling`.
+differentiable operator ``A(x) -> (B, M)`` and observations y — (M,) shared by every batch row, or
+(B, M), one row per member — with a diagonal noise covariance Σ_y = diag(noise_std²), and return a
+callable of the same signature, to hand to any sampler of :mod:`latentda.diffusion.sampling`.
+Batch rows are independent: the solve is per row, so a member's guided mean does not depend on
+the members that share its batch.
 
 **MMPS** (Rozet et al. 2024). With x̂ = E[x | x_t] and the Tweedie covariance
 V[x | x_t] ≈ σ² ∂x̂/∂x_t, the likelihood p(y | x_t) ≈ N(y | A(x̂), Σ_y + A V Aᵀ) with A linearised
@@ -14,9 +16,11 @@ at x̂ gives the guided mean
 where u is found by a fixed number of CG (or GMRES) iterations in float64. Each matrix-vector
 product costs one VJP through A (Aᵀ·), one VJP through the denoiser (Jᵀ· = J· for an exact
 denoiser, whose Jacobian is symmetric) and one JVP through A (A·). The graphs of the denoiser and
-of A are built once per step and reused by every iteration; the JVP through A is the transpose of
-its VJP (a double backward through the graph of Aᵀ w, linear in w), so A — the decoder, when A
-acts through it — is evaluated once per step, never once per iteration. For a Gaussian prior with
+of A are built once per step and reused by every iteration. An operator may bring its own
+linearisation (``A.linearize(x̂)``; the decoded operator of :mod:`latentda.posterior.reanalysis`
+takes A·v by one tangent pass through the decoder, about one decoder forward); otherwise A·v is the
+transpose of its VJP (a double backward through the graph of Aᵀ w, linear in w). Either way A —
+the decoder, when A acts through it — is evaluated once per step, never once per iteration. For a Gaussian prior with
 its exact denoiser and linear A, M iterations reproduce E[x | x_t, y] exactly.
 
 **DPS** (Chung et al. 2022), the baseline: V = 0, so u = Σ_y⁻¹ (y − A(x̂)) and the guided mean is
@@ -32,7 +36,6 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from latentda.errors import LatentdaError
 from latentda.posterior.solvers import SOLVERS
 
 __all__ = ["MMPSDenoiser", "DPSDenoiser", "Operator", "Linearization", "linearize"]
@@ -42,12 +45,14 @@ Denoise = Callable[[Tensor, Tensor], Tensor]
 
 
 def _check_observations(y: Tensor, noise_std: Tensor | float) -> tuple[Tensor, Tensor]:
-    y = torch.as_tensor(y).flatten()
-    noise_std = torch.as_tensor(noise_std, dtype=torch.float64).flatten().expand(y.shape).clone()
+    """y as (M,) (shared by every batch row) or (B, M) (one row per member); σ_y as (M,)."""
+    y = torch.as_tensor(y)
+    y = y if y.ndim == 2 else y.flatten()
+    noise_std = torch.as_tensor(noise_std, dtype=torch.float64).flatten().expand(y.shape[-1:]).clone()
     if not torch.isfinite(y).all():
-        raise LatentdaError("observations contain NaN or inf values (drop unobserved entries)")
+        raise ValueError("observations contain NaN or inf values (drop unobserved entries)")
     if not (noise_std > 0).all():
-        raise LatentdaError("observation noise std must be positive")
+        raise ValueError("observation noise std must be positive")
     return y, noise_std
 
 
@@ -110,9 +115,9 @@ class MMPSDenoiser(_Guided):
                  iterations: int = 3, solver: str = "cg") -> None:
         super().__init__(denoise, operator, y, noise_std)
         if solver not in SOLVERS:
-            raise LatentdaError(f"unknown solver '{solver}' (choose from {', '.join(SOLVERS)})")
+            raise ValueError(f"unknown solver '{solver}' (choose from {', '.join(SOLVERS)})")
         if iterations < 1:
-            raise LatentdaError(f"solver iterations must be at least 1, got {iterations}")
+            raise ValueError(f"solver iterations must be at least 1, got {iterations}")
         self.iterations = iterations
         self.solve = SOLVERS[solver]
 

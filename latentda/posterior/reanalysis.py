@@ -25,10 +25,13 @@ from torch import Tensor
 from latentda.config import require
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
-from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser
+from latentda.nn.linearization import NetworkLinearization
+from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
+from latentda.diffusion.sampling import SAMPLERS, sample
 from latentda.posterior.solvers import SOLVERS
 
-__all__ = ["PosteriorSettings", "latent_operator", "guided_denoiser", "posterior_members", "member_generator"]
+__all__ = ["PosteriorSettings", "LatentOperator", "guided_denoiser", "posterior_members", "member_generator",
+           "sample_members", "default_batch_members"]
 
 
 @dataclass
@@ -40,114 +43,152 @@ class PosteriorSettings:
     solver: str = "cg"
     sampler: str | None = None
     steps: int | None = None
+    corrections: int | None = None
+    tau: float | None = None
+    sigma_start: float | None = None  # σ the sampler starts from (default: the pipeline's; ≤ the prior's σ_max)
     dps_scale: float = 1.0
     decode_chunk: int | None = None
+    batch_members: int | None = None  # members sampled together (default: default_batch_members(device))
     split_blankets: bool = False  # share each trajectory's blanket windows over torch.distributed processes
 
     def validate(self, prefix: str = "") -> None:
         require(self.guidance in ("mmps", "dps"), "guidance", "must be mmps or dps")
         require(self.iterations >= 1, "iterations", "must be at least 1")
         require(self.solver in SOLVERS, "solver", f"must be one of {', '.join(SOLVERS)}")
+        require(self.sampler is None or self.sampler in SAMPLERS, "sampler", f"must be one of {', '.join(SAMPLERS)}")
+        require(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
+        require(self.corrections is None or self.corrections >= 0, "corrections", "must be at least 0")
+        require(self.tau is None or self.tau > 0, "tau", "must be positive")
+        require(self.sigma_start is None or self.sigma_start > 0, "sigma_start", "must be positive")
         require(self.decode_chunk is None or self.decode_chunk >= 1, "decode_chunk", "must be at least 1")
+        require(self.batch_members is None or self.batch_members >= 1, "batch_members", "must be at least 1")
+
+    def sampler_options(self, pipeline) -> dict:
+        """The keyword arguments of :func:`latentda.diffusion.sampling.sample`: these settings, with the
+        pipeline's defaults (``pipeline_config.json``) where they are None."""
+        defaults = pipeline.settings
+        pick = lambda mine, key: defaults.get(key) if mine is None else mine  # noqa: E731
+        return {"steps": pick(self.steps, "steps"), "method": pick(self.sampler, "sampler"),
+                "corrections": pick(self.corrections, "corrections"), "tau": pick(self.tau, "tau"),
+                "sigma_start": pick(self.sigma_start, "sigma_start")}
+
+    def batch_size(self, device) -> int:
+        return self.batch_members or default_batch_members(device)
 
 
-def _physical_decoder(pipeline) -> Callable[[Tensor], Tensor]:
-    """Frames of standardised latents (N, c, h, w) → physical fields (N, C, H, W), differentiable."""
-
-    def decode(z: Tensor) -> Tensor:
-        return pipeline.statistics.destandardise(pipeline.decode_standardised(z))
-
-    return decode
+def default_batch_members(device) -> int:
+    """Members sampled in one batch by default: 8 on a GPU (throughput), 4 on a CPU (measured in
+    ``tools/bench_batch.py``: most of the gain; memory grows linearly with the batch)."""
+    return 8 if torch.device(device).type == "cuda" else 4
 
 
-def latent_operator(pipeline, operator: ObservationOperator, chunk: int | None = None):
+class LatentOperator:
     """A(z̃): standardised latent trajectories (B, L, c, h, w) → observed values (B, M).
 
-    With ``chunk``, a :class:`ChunkedLatentOperator` (memory-lean: the decoder's graph is never held
-    for more than ``chunk`` frames at once)."""
-    if chunk is not None:
-        return ChunkedLatentOperator(pipeline, operator, chunk)
-    decode = _physical_decoder(pipeline)
+    A = H ∘ G with the frame-wise physical decoder G(z̃) = μ_x + s_x ⊙ D(μ_z + s_z ⊙ z̃) and the
+    pixel-space operator H. Linearised at ẑ (:meth:`linearize`):
 
-    def apply(z: Tensor) -> Tensor:
-        batch, length = z.shape[:2]
-        x = decode(z.reshape(batch * length, *z.shape[2:]))
-        return operator(x.reshape(batch, length, *x.shape[1:]))
+        A v = J_H (s_x ⊙ J_D (s_z ⊙ v)),   Aᵀ u = J_Gᵀ (J_Hᵀ u),
 
-    return apply
-
-
-class ChunkedLatentOperator:
-    """A = H ∘ G with the frame-wise decoder G applied ``chunk`` frames at a time.
-
-    Linearised at ẑ it keeps only the fields G(ẑ) (B, L, C, H, W) and the (cheap) graph of the pixel
-    operator H; every product recomputes the decoder chunk by chunk —
-    A v = J_H (J_G v) and Aᵀ u = J_Gᵀ (J_Hᵀ u), J_G·/J_Gᵀ· by a backward (and its transpose) through
-    one chunk's decoder graph — so peak memory grows with the fields, not with every frame's
-    decoder activations, at the price of one decoder forward per chunk and product.
+    J_D v by one tangent pass through the decoder (:class:`latentda.nn.linearization.NetworkLinearization`,
+    about one decoder forward per product), J_Gᵀ· by a backward through the graph of the one decoder
+    forward at ẑ, and J_H / J_Hᵀ by :class:`latentda.posterior.guidance.Linearization` (H is cheap).
+    With ``chunk``, memory-lean: no decoder graph is held for more than ``chunk`` frames at once,
+    and every product recomputes the decoder chunk by chunk (one more decoder forward per product).
     """
 
-    def __init__(self, pipeline, operator: ObservationOperator, chunk: int) -> None:
-        if chunk < 1:
-            raise LatentdaError(f"decoder chunk must be at least 1, got {chunk}")
-        self.decode = _physical_decoder(pipeline)
+    def __init__(self, pipeline, operator: ObservationOperator, chunk: int | None = None) -> None:
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"decoder chunk must be at least 1, got {chunk}")
+        self.autoencoder = pipeline.autoencoder
+        self.latent_statistics, self.statistics = pipeline.latent_statistics, pipeline.statistics
         self.operator = operator
         self.chunk = chunk
 
-    def _frames(self, z: Tensor) -> Tensor:
-        return z.reshape(-1, *z.shape[2:])
+    def decode(self, frames: Tensor) -> Tensor:
+        """Standardised latent frames (N, c, h, w) → physical fields (N, C, H, W), differentiable."""
+        return self.statistics.destandardise(self.autoencoder.decode(self.latent_statistics.destandardise(frames)))
 
-    def fields(self, z: Tensor) -> Tensor:
-        frames = self._frames(z)
-        with torch.no_grad():
-            x = torch.cat([self.decode(frames[i : i + self.chunk]) for i in range(0, len(frames), self.chunk)])
-        return x.reshape(*z.shape[:2], *x.shape[1:])
+    def decoder_linearization(self, frames: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """(G(frames), v ↦ J_G v); G(frames) carries its graph when ``frames`` requires grad."""
+        latents = self.latent_statistics.destandardise(frames)
+        decoder = NetworkLinearization(self.autoencoder, self.autoencoder.decode, latents, key="decode")
+        fields = self.statistics.destandardise(decoder.value)
+
+        def tangent(v: Tensor) -> Tensor:
+            return self.statistics.scale(decoder.tangent(self.latent_statistics.scale(v)))
+
+        return fields, tangent
+
+    def _chunks(self, count: int) -> list[slice]:
+        size = self.chunk or count
+        return [slice(i, i + size) for i in range(0, count, size)]
 
     def __call__(self, z: Tensor) -> Tensor:
-        frames = self._frames(z)
-        x = torch.cat([self.decode(frames[i : i + self.chunk]) for i in range(0, len(frames), self.chunk)])
+        frames = z.reshape(-1, *z.shape[2:])
+        x = torch.cat([self.decode(frames[part]) for part in self._chunks(len(frames))])
         return self.operator(x.reshape(*z.shape[:2], *x.shape[1:]))
 
-    def linearize(self, anchor: Tensor) -> "_ChunkedLinearization":
-        return _ChunkedLinearization(self, anchor.detach())
+    def linearize(self, anchor: Tensor):
+        return _DecodedLinearization(self, anchor.detach()) if self.chunk is None else _ChunkedLinearization(self, anchor.detach())
+
+
+class _DecodedLinearization:
+    """A at ẑ with the decoder's graph and tangent records of all frames held (see LatentOperator)."""
+
+    def __init__(self, parent: LatentOperator, anchor: Tensor) -> None:
+        self.shape = anchor.shape
+        with torch.enable_grad():
+            self.frames = anchor.reshape(-1, *anchor.shape[2:]).requires_grad_(True)
+            self.fields, self.decoder_tangent = parent.decoder_linearization(self.frames)
+        self.pixels = Linearization(parent.operator, self.fields.detach().reshape(*self.shape[:2], *self.fields.shape[1:]))
+        self.value = self.pixels.value
+
+    def forward(self, v: Tensor) -> Tensor:
+        x = self.decoder_tangent(v.reshape(self.frames.shape))
+        return self.pixels.forward(x.reshape(*self.shape[:2], *x.shape[1:]))
+
+    def transpose(self, u: Tensor) -> Tensor:
+        g = self.pixels.transpose(u).reshape(self.fields.shape)
+        return torch.autograd.grad(self.fields, self.frames, g.to(self.fields.dtype), retain_graph=True)[0].reshape(self.shape)
 
 
 class _ChunkedLinearization:
-    def __init__(self, parent: ChunkedLatentOperator, anchor: Tensor) -> None:
-        from latentda.posterior.guidance import Linearization
+    """A at ẑ holding only the fields G(ẑ); each product recomputes the decoder chunk by chunk."""
 
-        self.parent, self.anchor = parent, anchor
-        self.pixels = Linearization(parent.operator, parent.fields(anchor))
+    def __init__(self, parent: LatentOperator, anchor: Tensor) -> None:
+        self.parent, self.shape = parent, anchor.shape
+        self.frames = anchor.reshape(-1, *anchor.shape[2:])
+        with torch.no_grad():
+            fields = torch.cat([parent.decode(self.frames[part]) for part in parent._chunks(len(self.frames))])
+        self.pixels = Linearization(parent.operator, fields.reshape(*self.shape[:2], *fields.shape[1:]))
         self.value = self.pixels.value
 
-    def _decoder_products(self, vectors: Tensor, transpose: bool) -> Tensor:
-        frames = self.parent._frames(self.anchor)
-        flat = vectors.reshape(-1, *vectors.shape[2:])
-        out = []
-        for i in range(0, len(frames), self.parent.chunk):
-            with torch.enable_grad():
-                z = frames[i : i + self.parent.chunk].clone().requires_grad_(True)
-                x = self.parent.decode(z)
-                if transpose:
-                    out.append(torch.autograd.grad(x, z, flat[i : i + self.parent.chunk].to(x.dtype))[0])
-                else:
-                    probe = torch.zeros_like(x, requires_grad=True)
-                    (g,) = torch.autograd.grad(x, z, probe, create_graph=True)
-                    out.append(torch.autograd.grad(g, probe, flat[i : i + self.parent.chunk].to(g.dtype))[0])
-        stacked = torch.cat(out)
-        return stacked.reshape(*self.anchor.shape[:2], *stacked.shape[1:])
-
     def forward(self, v: Tensor) -> Tensor:
-        return self.pixels.forward(self._decoder_products(v, transpose=False))
+        flat = v.reshape(self.frames.shape)
+        out = []
+        for part in self.parent._chunks(len(self.frames)):
+            with torch.no_grad():
+                _, tangent = self.parent.decoder_linearization(self.frames[part])
+                out.append(tangent(flat[part]))
+        x = torch.cat(out)
+        return self.pixels.forward(x.reshape(*self.shape[:2], *x.shape[1:]))
 
     def transpose(self, u: Tensor) -> Tensor:
-        return self._decoder_products(self.pixels.transpose(u), transpose=True)
+        g = self.pixels.transpose(u)
+        g = g.reshape(len(self.frames), *g.shape[2:])
+        out = []
+        for part in self.parent._chunks(len(self.frames)):
+            with torch.enable_grad():
+                z = self.frames[part].clone().requires_grad_(True)
+                out.append(torch.autograd.grad(self.parent.decode(z), z, g[part].to(z.dtype))[0])
+        return torch.cat(out).reshape(self.shape)
 
 
 def guided_denoiser(pipeline, operator: ObservationOperator, settings: PosteriorSettings):
     """The posterior denoiser E[z̃_{1:L} | z̃_t, y] for the pipeline's trajectory prior."""
     y, noise_std = operator.observed()
-    A = latent_operator(pipeline, operator, settings.decode_chunk)
+    A = LatentOperator(pipeline, operator, settings.decode_chunk)
     prior = pipeline.trajectory_denoiser(times=operator.times, split_blankets=settings.split_blankets)
     if settings.guidance == "dps":
         return DPSDenoiser(prior, A, y, noise_std, scale=settings.dps_scale)
@@ -158,18 +199,30 @@ def member_generator(seed: int, member: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(member))
 
 
+def batches(members: list[int], size: int) -> list[list[int]]:
+    """``members`` in consecutive batches of at most ``size``."""
+    return [list(members[i : i + size]) for i in range(0, len(members), size)]
+
+
+def sample_members(pipeline, denoise, length: int, generators: list[torch.Generator], settings: PosteriorSettings,
+                   progress: bool = False, description: str = "members") -> Tensor:
+    """Standardised latent trajectories (len(generators), length, c, h, w) sampled together, row b
+    drawing all its noise from ``generators[b]``: each row is what it would be if sampled alone."""
+    return sample(denoise, (len(generators), length, *pipeline.latent_shape), pipeline.scheduler, generator=generators,
+                  device=pipeline.device, dtype=pipeline.dtype, progress=progress, description=description,
+                  **settings.sampler_options(pipeline))
+
+
 def posterior_members(pipeline, operator: ObservationOperator, members: list[int], settings: PosteriorSettings,
                       seed: int = 0) -> Iterator[tuple[int, np.ndarray, float]]:
-    """Yield (member, fields (L, C, H, W) in physical units, residual ratio) as each member finishes."""
-    from latentda.diffusion.sampling import sample
-
-    length = operator.length
+    """Yield (member, fields (L, C, H, W) in physical units, residual ratio) as each member finishes
+    (members sampled ``settings.batch_size(device)`` at a time)."""
     denoise = guided_denoiser(pipeline, operator, settings)
-    for member in members:
-        z = sample(denoise, (1, length, *pipeline.latent_shape), pipeline.scheduler,
-                   steps=settings.steps or pipeline.settings["steps"], method=settings.sampler or pipeline.settings["sampler"],
-                   corrections=pipeline.settings["corrections"], generator=member_generator(seed, member),
-                   device=pipeline.device, dtype=pipeline.dtype, progress=pipeline.progress, description=f"member {member}")
-        fields = pipeline.decode(z)[0]
-        ratio = float(operator.residual_ratio(torch.from_numpy(fields)[None].double())[0])
-        yield member, fields, ratio
+    for batch in batches(members, settings.batch_size(pipeline.device)):
+        generators = [member_generator(seed, member) for member in batch]
+        description = f"member {batch[0]}" if len(batch) == 1 else f"members {batch[0]}–{batch[-1]}"
+        z = sample_members(pipeline, denoise, operator.length, generators, settings, pipeline.progress, description)
+        fields = pipeline.decode(z)
+        ratios = operator.residual_ratio(torch.from_numpy(fields).double())
+        for member, values, ratio in zip(batch, fields, ratios):
+            yield member, values, float(ratio)

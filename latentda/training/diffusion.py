@@ -68,6 +68,8 @@ class DiffusionConfig:
     sampler: str = "pc"
     steps: int = 64
     corrections: int = 1
+    tau: float = 0.1
+    sigma_start: float | None = None  # σ the samplers start from (None: sigma_max)
     overlap: int | None = None
 
     def validate(self, prefix: str) -> None:
@@ -75,6 +77,9 @@ class DiffusionConfig:
         require(self.sampler in SAMPLERS, f"{prefix}.sampler", f"must be one of {', '.join(SAMPLERS)}")
         require(self.steps >= 1, f"{prefix}.steps", "must be at least 1")
         require(self.corrections >= 0, f"{prefix}.corrections", "must be non-negative")
+        require(self.tau > 0, f"{prefix}.tau", "must be positive")
+        require(self.sigma_start is None or self.sigma_min < self.sigma_start <= self.sigma_max, f"{prefix}.sigma_start",
+                "must be in (sigma_min, sigma_max]")
 
 
 @dataclass
@@ -198,7 +203,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         settings = {
             "time_step": step, "time_units": units,
             "sampler": config.diffusion.sampler, "steps": config.diffusion.steps,
-            "corrections": config.diffusion.corrections, "overlap": config.diffusion.overlap,
+            "corrections": config.diffusion.corrections, "tau": config.diffusion.tau,
+            "sigma_start": config.diffusion.sigma_start, "overlap": config.diffusion.overlap,
         }
         pipeline = LatentDAPipeline(autoencoder, layout, statistics, final, z_statistics, schedule, settings)
         summary = {"steps": trainer.step, "valid": metrics, "train_samples_per_second": trainer.throughput,
