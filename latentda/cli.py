@@ -9,7 +9,11 @@ one-line message on stderr and exit code 2; nothing is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,8 +34,19 @@ def _positive_int(text: str) -> int:
 
 # ---------------------------------------------------------------------------------- handlers
 def _simulate(args: argparse.Namespace) -> None:
-    from latentda.simulate import write_kolmogorov_zarr
+    from latentda.simulate import GaussianSystem, write_gaussian_zarr, write_kolmogorov_zarr
 
+    if args.system == "gaussian":
+        if args.coarsen != 1:
+            raise LatentdaError("--coarsen applies to the Kolmogorov flow only")
+        system = GaussianSystem(size=args.size, variables=args.variables, correlation_time=args.correlation_time,
+                                cutoff_wavenumber=args.cutoff_wavenumber, spectral_exponent=args.spectral_exponent,
+                                variable_correlation=args.variable_correlation)
+        path = write_gaussian_zarr(args.out, trajectories=args.trajectories, steps=args.steps, system=system,
+                                   seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
+                                   progress=not args.quiet)
+        print(f"wrote {path}")
+        return
     path = write_kolmogorov_zarr(
         args.out,
         trajectories=args.trajectories,
@@ -138,14 +153,16 @@ def _select_truth(args: argparse.Namespace):
 
 def _observe(args: argparse.Namespace) -> None:
     from latentda.config import load_config
-    from latentda.data import write_dataset
+    from latentda.data import check_finite, write_dataset
     from latentda.observe import ObservationConfig, observations_to_dataset, synthesize
 
     config = load_config(ObservationConfig, args.operator)
     if args.out.exists():
         raise LatentdaError(f"{args.out}: already exists (remove it first)")
     truth, layout = _select_truth(args)
-    operator = synthesize(layout.to_array(truth), layout, config, seed=args.seed)
+    fields = layout.to_array(truth)
+    check_finite(fields, layout.channels, " in the truth")  # a NaN pixel or a missing chunk is not 'unobserved'
+    operator = synthesize(fields, layout, config, seed=args.seed)
     attrs = {"title": "synthetic observations written by latentda observe", "source_truth": str(args.truth),
              "seed": args.seed}
     write_dataset(observations_to_dataset(operator, layout, truth["time"], attrs), args.out)
@@ -156,13 +173,10 @@ def _reanalyze(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
     from latentda.data.ensemble_store import EnsembleWriter
     from latentda.diffusion.distributed import check_blanket_split
-    from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+    from latentda.posterior.reanalysis import posterior_members
 
     split_blankets = args.split == "blankets"
-    settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
-                                 sampler=args.sampler, steps=args.steps, decode_chunk=args.decode_chunk,
-                                 split_blankets=split_blankets)
-    settings.validate()
+    settings = _posterior_settings(args, split_blankets=split_blankets)
     state = _process_state()
     pipeline = _load_pipeline(args, args.device or state.device)  # a GPU per process
     observations = open_dataset(args.observations)
@@ -170,8 +184,8 @@ def _reanalyze(args: argparse.Namespace) -> None:
     if split_blankets:
         check_blanket_split(operator.length, pipeline.window, pipeline.settings["overlap"], state.num_processes)
     pipeline.set_progress_bar_config(disable=args.quiet or (split_blankets and not state.is_main_process))
-    attrs = {"title": "latentda reanalysis (posterior ensemble)", "observations": str(args.observations),
-             "seed": args.seed, **_run_attributes(args)}
+    attrs = {"title": "latentda reanalysis (posterior ensemble)", "observations": _recorded(args.observations),
+             "seed": args.seed, **_run_attributes(args, settings)}
     writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
         args.out, pipeline.layout, observations["time"], args.members, attrs, resume=args.resume, overwrite=args.overwrite,
         **kw), deal_members=not split_blankets)
@@ -192,11 +206,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     truth = open_dataset(args.truth)
     observations = open_dataset(args.observations) if args.observations else None
     rows, summary = evaluate(prediction, truth, observations, args.trajectory)
-    print(f"{'channel':<20}" + "".join(f"{n:>20}" for n in ("rmse", "crps", "spread", "spread_skill_ratio")))
+    columns = ("rmse", "crps", "spread", "spread_skill_ratio", "coverage_90")
+    print(f"{'channel':<20}" + "".join(f"{n:>20}" for n in columns))
     for channel, scores in summary.items():
         if channel in ("spectra", "members", "observation_residual_ratio"):
             continue
-        print(f"{channel:<20}" + "".join(f"{scores.get(n, float('nan')):>20.4f}" for n in ("rmse", "crps", "spread", "spread_skill_ratio")))
+        print(f"{channel:<20}" + "".join(f"{scores.get(n, float('nan')):>20.4f}" for n in columns))
     if "observation_residual_ratio" in summary:
         print(f"observation residual ratio: {summary['observation_residual_ratio']['mean']:.3f}")
     if args.out:
@@ -209,13 +224,10 @@ def _forecast(args: argparse.Namespace) -> None:
 
     from latentda.data import open_dataset
     from latentda.data.ensemble_store import EnsembleWriter
-    from latentda.posterior.reanalysis import PosteriorSettings
 
     if (args.observations is None) == (args.initial is None):
         raise LatentdaError("give exactly one of --observations and --initial")
-    settings = PosteriorSettings(guidance=args.guidance, iterations=args.iterations, solver=args.solver,
-                                 sampler=args.sampler, steps=args.steps, decode_chunk=args.decode_chunk)
-    settings.validate()
+    settings = _posterior_settings(args)
     pipeline = _load_pipeline(args, _device(args))
     pipeline.set_progress_bar_config(disable=True)
     observations = open_dataset(args.observations) if args.observations is not None else None
@@ -227,7 +239,7 @@ def _forecast(args: argparse.Namespace) -> None:
     if pipeline.settings["time_units"] != "seconds":
         leads.attrs["units"] = pipeline.settings["time_units"]
     attrs = {"title": "latentda forecast ensemble", "mode": args.mode, "conditioning": args.conditioning, "seed": args.seed,
-             **_run_attributes(args)}
+             **_run_attributes(args, settings)}
     init_time = xr.DataArray([now], dims="time", attrs=time.attrs)
     writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
         args.out, pipeline.layout, leads, args.members, attrs, resume=args.resume, overwrite=args.overwrite,
@@ -301,28 +313,150 @@ def _device(args: argparse.Namespace) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _run_attributes(args: argparse.Namespace) -> dict:
-    """The sampling settings of a run, recorded in its output's attributes."""
-    names = ("guidance", "iterations", "solver", "sampler", "steps", "pipeline")
-    return {f"latentda_{n}": str(getattr(args, n)) for n in names if getattr(args, n, None) is not None}
+def _run_attributes(args: argparse.Namespace, settings) -> dict:
+    """The settings of a run that decide its members, recorded in its output's attributes (a resumed
+    run must match them): the pipeline and every posterior setting given (how many members share a
+    batch and how processes split the work change nothing but float rounding, and are left out)."""
+    given = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None and k not in UNRECORDED}
+    return {f"latentda_{k}": _recorded(v) for k, v in {**given, "pipeline": args.pipeline}.items()}
+
+
+UNRECORDED = ("batch_members", "split_blankets", "decode_chunk")
+
+
+def _posterior_settings(args: argparse.Namespace, **extra):
+    """The :class:`PosteriorSettings` of the options added by :func:`_posterior_options` (only those
+    given: the dataclass and the pipeline hold the defaults), validated before any work."""
+    from latentda.posterior.reanalysis import PosteriorSettings
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PosteriorSettings)
+             if getattr(args, f.name, None) is not None}
+    settings = PosteriorSettings(**given, **extra)
+    settings.validate()
+    return settings
+
+
+def _posterior_options(sub: argparse.ArgumentParser) -> None:
+    """The sampling and guidance options of reanalyze and forecast (fields of PosteriorSettings)."""
+    from latentda.diffusion.sampling import SAMPLERS
+    from latentda.nn.precision import PRECISIONS
+
+    group = sub.add_argument_group("posterior sampling (defaults: the pipeline's pipeline_config.json)")
+    group.add_argument("--steps", type=_positive_int, help="diffusion steps")
+    group.add_argument("--sampler", choices=SAMPLERS, help="sampler")
+    group.add_argument("--corrections", type=int, help="Langevin corrections per step (pc sampler)")
+    group.add_argument("--tau", type=float, help="Langevin step size τ (pc sampler)")
+    group.add_argument("--sigma-start", type=float, help="noise level the sampler starts from")
+    group.add_argument("--churn", type=float, help="stochastic churn (0: none)")
+    group.add_argument("--guidance", choices=["mmps", "dps"], help="posterior guidance (default mmps)")
+    group.add_argument("--iterations", type=_positive_int, help="MMPS solver iterations (default 3)")
+    group.add_argument("--solver", choices=["cg", "gmres"], help="MMPS linear solver (default cg)")
+    group.add_argument("--batch-members", type=_positive_int,
+                       help="members sampled together (default 1 on CPU, 8 on GPU; same members, more throughput on GPU)")
+    group.add_argument("--precision", choices=PRECISIONS,
+                       help="dtype of the networks' passes (default auto: bfloat16 on GPU, float32 on CPU; CG stays float64)")
+    group.add_argument("--decode-chunk", type=_positive_int,
+                       help="decode this many frames at a time inside the guidance (less memory, more compute)")
+
+
+def _recorded(value) -> str:
+    """A setting as recorded in an output: a local path resolved (``--resume`` then accepts another
+    spelling of the same file), anything else (a hub id, a number) as given."""
+    return str(value.resolve()) if isinstance(value, Path) and value.exists() else str(value)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
     """``--set training.steps=100`` style overrides, values parsed as YAML scalars."""
-    import yaml
+    from latentda.config import parse_yaml
 
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise LatentdaError(f"--set expects KEY=VALUE, got '{item}'")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = parse_yaml(value, f"--set {key}")
     return overrides
+
+
+# ---------------------------------------------------------------------------------- checks
+# The options naming what a command reads, and those naming what it writes: an output must never
+# be, lie inside or contain an input, whatever --overwrite says.
+INPUT_OPTIONS = ("data", "truth", "observations", "initial", "pipeline", "prediction", "autoencoder", "latents",
+                 "config", "operator")
+OUTPUT_OPTIONS = {"out": "--out", "statistics_out": "--statistics-out"}
+DATASET_OUTPUTS = {"simulate": "zarr", "encode": "zarr", "sample": None, "observe": None, "reanalyze": None,
+                   "forecast": None}  # commands writing a dataset → the one format they write (None: by suffix)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Checks shared by every command, made before any work starts: the seed's range, the device,
+    and outputs that overlap no input, exist only with --overwrite, and have a format the command
+    writes (an unknown suffix found after sampling would waste the run)."""
+    from latentda.config import MAX_SEED
+    from latentda.data.io import check_output_path, output_format
+
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise LatentdaError(f"--seed {seed}: must be an integer in [0, {MAX_SEED}]")
+    if getattr(args, "device", None) is not None:
+        _check_device(args.device)
+    inputs = {name: getattr(args, name) for name in INPUT_OPTIONS if getattr(args, name, None) is not None}
+    for name, option in OUTPUT_OPTIONS.items():
+        out = getattr(args, name, None)
+        if out is None:
+            continue
+        check_output_path(out, inputs, option)
+        if name == "out" and args.command in DATASET_OUTPUTS:
+            written = output_format(out)
+            if DATASET_OUTPUTS[args.command] not in (None, written):
+                raise LatentdaError(f"{option} {out}: {args.command} writes a zarr store (PATH.zarr)")
+        if out.exists() and not getattr(args, "overwrite", False):
+            hint = "pass --overwrite to replace it" if hasattr(args, "overwrite") else "remove it first"
+            raise LatentdaError(f"{out}: already exists ({hint})")
+
+
+def _check_device(name: str) -> None:
+    """``--device`` names a torch device this machine has (cpu, cuda, cuda:N or mps)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise LatentdaError(f"--device {name}: not a device (cpu, cuda, cuda:N or mps)") from None
+    count = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+             "mps": int(torch.backends.mps.is_available())}
+    if device.type not in count:
+        raise LatentdaError(f"--device {name}: not supported (cpu, cuda, cuda:N or mps)")
+    if (device.index or 0) >= count[device.type]:
+        raise LatentdaError(f"--device {name}: this machine has {count[device.type]} {device.type} device(s)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, ``latentda COMMAND: error: ...`` and exit code 2,
+    like every other bad input (argparse prints the usage first; ``--help`` still shows it)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler ending the job), handled like Ctrl-C: the run stops with a message
+    and an interrupted ensemble keeps its finished members for ``--resume``."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _partial_store(args: argparse.Namespace) -> Path | None:
+    """The ``.partial`` store a resumable command writes to, when it has one."""
+    out = getattr(args, "out", None)
+    return out.with_name(out.name + ".partial") if out is not None and hasattr(args, "resume") else None
 
 
 # ---------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="latentda",
         description="Data assimilation with latent diffusion models: posterior ensembles of trajectories "
         "from sparse, noisy observations.",
@@ -336,8 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         return sub
 
-    sub = command("simulate", "simulate built-in training data (2-D Kolmogorov flow, needs the 'sim' extra)", _simulate)
-    sub.add_argument("system", choices=["kolmogorov"], help="which system to simulate")
+    sub = command("simulate", "simulate built-in training data (2-D Kolmogorov flow, needs the 'sim' extra; "
+                  "or a linear-Gaussian system whose posterior is known exactly)", _simulate)
+    sub.add_argument("system", choices=["kolmogorov", "gaussian"], help="which system to simulate")
     sub.add_argument("--out", required=True, type=Path, help="output zarr store (PATH.zarr)")
     sub.add_argument("--trajectories", type=_positive_int, default=64, help="number of independent trajectories (default 64)")
     sub.add_argument("--steps", type=_positive_int, default=64, help="states per trajectory, 0.2 time units apart (default 64)")
@@ -348,6 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--batch-size", type=_positive_int, default=32, help="trajectories simulated at once (default 32)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    gaussian = sub.add_argument_group("gaussian system (see latentda.simulate.gaussian)")
+    gaussian.add_argument("--variables", type=int, default=2, help="1 (u) or 2 (u, v) variables (default 2)")
+    gaussian.add_argument("--correlation-time", type=float, default=5.0,
+                          help="correlation time of the largest scales, in time steps (default 5)")
+    gaussian.add_argument("--cutoff-wavenumber", type=float, default=4.0, help="k0 of the spectrum (default 4)")
+    gaussian.add_argument("--spectral-exponent", type=float, default=4.0,
+                          help="mode variance ∝ (1 + k²/k0²)^(-exponent/2) (default 4)")
+    gaussian.add_argument("--variable-correlation", type=float, default=0.5,
+                          help="correlation between u and v (default 0.5)")
 
     sub = command("inspect", "summarise a dataset: grid, periodicity, splits and per-channel statistics", _inspect)
     sub.add_argument("data", type=Path, help="netCDF file or zarr store")
@@ -394,17 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--length", type=_positive_int, help="number of time steps (default: to the end)")
 
     sub = command("reanalyze", "posterior ensemble of trajectories given observations", _reanalyze)
-    sub.add_argument("--decode-chunk", type=_positive_int,
-                     help="decode this many frames at a time inside the guidance (less memory, more compute)")
     _pipeline_options(sub)
+    _posterior_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
-    sub.add_argument("--steps", type=_positive_int, help="diffusion steps (default: the pipeline's)")
-    sub.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "pc"], help="sampler (default: the pipeline's)")
-    sub.add_argument("--guidance", choices=["mmps", "dps"], default="mmps", help="posterior guidance (default mmps)")
-    sub.add_argument("--iterations", type=_positive_int, default=3, help="MMPS solver iterations (default 3)")
-    sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--split", choices=["members", "blankets"], default="members",
                      help="under torchrun/accelerate launch: deal the members over the processes (default), or share "
@@ -414,10 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("forecast", "forecast ensemble from observations or an initial state", _forecast)
-    sub.add_argument("--decode-chunk", type=_positive_int,
-                     help="decode this many frames at a time inside the guidance (less memory, more compute)")
     _pipeline_options(sub)
-    sub.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (default cg)")
+    _posterior_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")
     sub.add_argument("--initial", type=Path,
@@ -432,10 +568,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "see docs/benchmarks.md)")
     sub.add_argument("--condition-noise", type=float, default=0.05,
                      help="σ of the latent conditioning, standardised latent units (mmps; default 0.05)")
-    sub.add_argument("--steps", type=_positive_int, help="diffusion steps (default: the pipeline's)")
-    sub.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "pc"], help="sampler (default: the pipeline's)")
-    sub.add_argument("--guidance", choices=["mmps", "dps"], default="mmps", help="assimilation guidance (default mmps)")
-    sub.add_argument("--iterations", type=_positive_int, default=3, help="MMPS solver iterations (default 3)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--out", required=True, type=Path, help="output FC.zarr (or .nc)")
     sub.add_argument("--resume", action="store_true", help="complete an interrupted run")
@@ -454,14 +586,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    partial = _partial_store(args)
+    # A store this run creates is removed if it fails (a rerun would otherwise need --resume or a
+    # manual removal); an interrupted one is kept: its finished members are what --resume continues.
+    discard = partial is not None and not partial.exists() and os.environ.get("RANK", "0") == "0"
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
+        _check_arguments(args)
         args.handler(args)
-    except LatentdaError as error:
+    except KeyboardInterrupt as interrupt:
+        print(f"latentda {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
+    except Exception as error:
+        if discard:
+            from latentda.data.io import remove_path
+
+            remove_path(partial)
+        if not isinstance(error, LatentdaError):
+            raise
         print(f"latentda {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"latentda {args.command}: interrupted", file=sys.stderr)
-        return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -8,8 +8,10 @@ An autoencoder folder is what ``latentda train-ae`` writes and ``latentda encode
         layout.json                          variables, levels, grid, periodicity (FieldLayout)
         statistics.json                      per-channel mean and std (Statistics)
 
-Loading checks that every file is present, that no pickle-based weight file is there, and that
-the model's channels and grid agree with the layout and the statistics.
+Loading checks that every file is present, that nothing but safetensors weights inside the folder
+can be loaded (no pickle-based file, no index naming other shards, no link out of the folder), that
+every weight is present and finite, and that the model's channels and grid agree with the layout and
+the statistics.
 """
 
 from __future__ import annotations
@@ -18,32 +20,95 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 
+from latentda.config import read_json
 from latentda.data.io import atomic_path
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics
 from latentda.errors import LatentdaError
 
-__all__ = ["save_autoencoder", "load_autoencoder", "check_model_folder", "UNSAFE_WEIGHT_SUFFIXES"]
+__all__ = ["save_autoencoder", "load_autoencoder", "load_model", "check_model_folder", "check_inside",
+           "UNSAFE_WEIGHT_SUFFIXES"]
 
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 LAYOUT_FILE = "layout.json"
 STATISTICS_FILE = "statistics.json"
 
 
+def _allowed_root(folder: Path) -> Path:
+    """Where the files of ``folder`` must resolve: the folder itself, or for a Hugging Face cache
+    snapshot (``.../models--org--name/snapshots/<revision>/...``, whose files are links into
+    ``../blobs``) the repository's cache folder."""
+    for parent in folder.absolute().parents:
+        if parent.name == "snapshots" and parent.parent.name.startswith("models--"):
+            return parent.parent.resolve()
+    return folder.resolve()
+
+
+def check_inside(path: str | os.PathLike, what: str) -> None:
+    """Every file under the folder ``path`` resolves inside it (see :func:`_allowed_root`): a link out
+    of a model or pipeline folder would make loading it read files the folder does not hold."""
+    root = _allowed_root(Path(path))
+    outside = [str(p.relative_to(path)) for p in sorted(Path(path).rglob("*")) if root not in p.resolve().parents]
+    if outside:
+        raise LatentdaError(f"{path}: refusing {', '.join(outside)}: a link to a file outside the {what} folder")
+
+
 def check_model_folder(path: str | os.PathLike, what: str) -> Path:
-    """Check ``path`` is a diffusers model folder with safetensors weights and nothing pickled."""
+    """Check ``path`` is a diffusers model folder from which only safetensors weights can be loaded.
+
+    Refused: pickle-based weight files; any file resolving outside the folder (a link out of it);
+    and a ``*.safetensors.index.json`` naming a shard that is not a plain ``.safetensors`` file name
+    in the folder, since diffusers opens whatever an index names (a ``.bin`` shard with
+    ``torch.load``, a ``../`` path outside the folder). So nothing is ever unpickled and no file
+    outside the folder is read.
+    """
     path = Path(path)
     if not path.is_dir():
         raise LatentdaError(f"{path}: {what} folder not found")
-    unsafe = sorted(p.name for p in path.iterdir() if p.suffix in UNSAFE_WEIGHT_SUFFIXES)
+    files = sorted(path.iterdir())
+    unsafe = [p.name for p in files if p.suffix in UNSAFE_WEIGHT_SUFFIXES]
     if unsafe:
         raise LatentdaError(f"{path}: refusing pickle-based weight file(s) {', '.join(unsafe)} (only safetensors is accepted)")
+    check_inside(path, what)
     if not (path / "config.json").is_file():
         raise LatentdaError(f"{path}: {what} folder lacks config.json")
-    if not any(p.suffix == ".safetensors" for p in path.iterdir()):
+    if not any(p.suffix == ".safetensors" for p in files):
         raise LatentdaError(f"{path}: {what} folder has no .safetensors weights")
+    for index in (p for p in files if p.name.endswith(".safetensors.index.json")):
+        shards = read_json(index, "weight index").get("weight_map")
+        names = sorted(set(shards.values())) if isinstance(shards, dict) else [None]
+        for name in names:
+            if not (isinstance(name, str) and name.endswith(".safetensors") and Path(name).name == name
+                    and (path / name).is_file()):
+                raise LatentdaError(f"{index}: refusing shard {name!r} (only .safetensors files in the {what} folder "
+                                    "are loaded)")
     return path
+
+
+def load_model(model_class, path: str | os.PathLike, what: str):
+    """``model_class.from_pretrained`` on a checked folder (:func:`check_model_folder`), then every
+    weight checked: none missing, unexpected or of the wrong shape (diffusers would leave a missing
+    one on the meta device), and all finite (NaN weights would make every output NaN, silently)."""
+    path = check_model_folder(path, what)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its warnings about missing weights become our one-line error
+    try:
+        model, info = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True)
+    except Exception as error:  # diffusers raises several types for mismatched shapes / corrupt files
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LatentdaError(f"{path}: cannot load the {what} weights ({message})") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    for problem in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        if info.get(problem):
+            names = ", ".join(str(k[0] if isinstance(k, tuple) else k) for k in list(info[problem])[:3])
+            raise LatentdaError(f"{path}: the {what} weights have {problem.replace('_', ' ')} ({names})")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise LatentdaError(f"{path}: the {what} weight '{name}' holds NaN or inf values")
+    return model
 
 
 def save_autoencoder(path: str | os.PathLike, model, layout: FieldLayout, statistics: Statistics) -> Path:
@@ -63,11 +128,7 @@ def load_autoencoder(path: str | os.PathLike, device: str | torch.device = "cpu"
     path = check_model_folder(path, "autoencoder")
     layout = FieldLayout.load(path / LAYOUT_FILE)
     statistics = Statistics.load(path / STATISTICS_FILE)
-    try:
-        model = AutoEncoder.from_pretrained(path, use_safetensors=True)
-    except Exception as error:  # diffusers raises several types for mismatched shapes / corrupt files
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LatentdaError(f"{path}: cannot load the autoencoder weights ({message})") from None
+    model = load_model(AutoEncoder, path, "autoencoder")
     if statistics.channels != layout.channels:
         raise LatentdaError(f"{path}: statistics channels {statistics.channels} do not match the layout {layout.channels}")
     if model.config.in_channels != layout.num_channels or tuple(model.config.sample_size) != layout.shape:

@@ -10,6 +10,8 @@ expected; nothing else is coerced.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import types
 import typing
@@ -20,9 +22,14 @@ import yaml
 
 from latentda.errors import LatentdaError
 
-__all__ = ["parse", "load_config", "require", "to_dict"]
+__all__ = ["parse", "parse_known", "load_config", "require", "to_dict", "read_text", "read_json", "parse_yaml",
+           "MAX_SEED"]
 
 T = TypeVar("T")
+
+# Seeds are integers in [0, 2**32): what numpy, torch and jax all accept, and small enough that the
+# per-member seeds derived from them (seed * 1_000_003 + member) stay within torch's 64 bits.
+MAX_SEED = 2**32 - 1
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -81,6 +88,7 @@ def _parse_value(tp: Any, value: Any, key: str) -> Any:
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         require(ok, key, f"expected a number, got {value!r}")
+        require(math.isfinite(value), key, f"must be finite, got {value!r}")
         return float(value)
     if tp is str:
         require(isinstance(value, str), key, f"expected a string, got {value!r}")
@@ -114,15 +122,54 @@ def parse(cls: type[T], data: dict, prefix: str = "") -> T:
     return instance
 
 
+def parse_known(cls: type[T], data: dict, source: str | os.PathLike) -> T:
+    """Validate the keys of ``data`` that ``cls`` declares (others are ignored: files written by
+    other versions or libraries, e.g. a diffusers scheduler config) into ``cls``; errors name ``source``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return parse(cls, {k: v for k, v in data.items() if k in known})
+    except LatentdaError as error:
+        raise LatentdaError(f"{source}: {str(error).removeprefix('config: ')}") from None
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of a file, or a one-line error saying it is missing or not UTF-8 text."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentdaError(f"{path}: {what} not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise LatentdaError(f"{path}: not UTF-8 text (byte {error.start} of the file)") from None
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text as plain data (``yaml.safe_load``: no tags, no code); a one-line error naming ``source``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:  # includes characters YAML refuses, e.g. undecodable bytes of argv
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise LatentdaError(f"{source}: invalid YAML ({problem}{where})") from None
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """A JSON object from a UTF-8 file (metadata saved with a model), with one-line errors naming it."""
+    text = read_text(path, what)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LatentdaError(f"{path}: corrupt {what} (invalid JSON: {error})") from None
+    if not isinstance(data, dict):
+        raise LatentdaError(f"{path}: corrupt {what} (expected a JSON object, got {type(data).__name__})")
+    return data
+
+
 def load_config(cls: type[T], path: str | os.PathLike, overrides: dict | None = None) -> T:
     """Read a YAML file (safely: data only) and validate it into ``cls``."""
     path = Path(path)
-    if not path.is_file():
-        raise LatentdaError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise LatentdaError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+    data = parse_yaml(read_text(path, "config file"), str(path)) or {}
     if not isinstance(data, dict):
         raise LatentdaError(f"{path}: the top level must be a mapping of keys to values")
     for dotted, value in (overrides or {}).items():

@@ -71,7 +71,7 @@ def encode_dataset(
                 for start in range(0, steps, batch_size):
                     stop = min(start + batch_size, steps)
                     frames = layout.to_array(dataset, trajectory, slice(start, stop))
-                    check_finite(frames, layout.channels, f" (steps {start}-{stop})")
+                    check_finite(frames, layout.channels, f" (steps {start}-{stop})", statistics)
                     x = torch.from_numpy(statistics.standardise(frames.astype(np.float32))).to(device)
                     z = model.encode(x).cpu().numpy()
                     region = (index, slice(start, stop)) if has_trajectories else (slice(start, stop),)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,13 +30,15 @@ from diffusers import EDMEulerScheduler
 from tqdm.auto import tqdm
 
 from latentda import __version__
-from latentda.components import check_model_folder, load_autoencoder, save_autoencoder
+from latentda.components import check_inside, load_autoencoder, load_model, save_autoencoder
+from latentda.config import parse_known, read_json, require
 from latentda.data.io import atomic_path
 from latentda.data.calendar import calendar_features
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.distributed import blanket_denoiser
+from latentda.diffusion.sampling import SAMPLERS
 from latentda.diffusion.sampling import sample as run_sampler
 from latentda.errors import LatentdaError
 
@@ -47,7 +51,47 @@ MODEL_INDEX = {
     "scheduler": ["diffusers", "EDMEulerScheduler"],
 }
 DEFAULT_SETTINGS = {"time_step": 1.0, "time_units": "1", "sampler": "pc", "steps": 64, "corrections": 1, "tau": 0.1,
-                    "sigma_start": None, "overlap": None}
+                    "sigma_start": None, "churn": 0.0, "overlap": None}
+
+
+@dataclass
+class SavedSettings:
+    """The checked entries of ``pipeline_config.json`` (written by :meth:`LatentDAPipeline.save_pretrained`;
+    a folder may have been edited by hand, and a bad value must fail at load, not deep in a sampler)."""
+
+    time_step: float = 1.0
+    time_units: str = "1"
+    sampler: str = "pc"
+    steps: int = 64
+    corrections: int = 1
+    tau: float = 0.1
+    sigma_start: float | None = None
+    churn: float = 0.0
+    overlap: int | None = None
+
+    def validate(self, prefix: str) -> None:
+        rules = (("time_step", self.time_step > 0, "must be positive"),
+                 ("sampler", self.sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
+                 ("steps", self.steps >= 1, "must be at least 1"), ("corrections", self.corrections >= 0, "must be >= 0"),
+                 ("tau", self.tau > 0, "must be positive"), ("churn", self.churn >= 0, "must be >= 0"), ("overlap", (self.overlap or 0) >= 0, "must be >= 0"))
+        for key, ok, rule in rules:
+            require(ok, key, rule)
+
+
+@dataclass
+class SavedSchedule:
+    """The checked entries of the scheduler's ``scheduler_config.json`` (EDM σ range and preconditioning)."""
+
+    sigma_min: float
+    sigma_max: float
+    sigma_data: float = 1.0
+    rho: float = 7.0
+    sigma_schedule: Literal["karras", "exponential"] = "karras"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+
+    def validate(self, prefix: str) -> None:
+        require(0 < self.sigma_min < self.sigma_max, "sigma_min", "must satisfy 0 < sigma_min < sigma_max")
+        require(self.sigma_data > 0 and self.rho > 0, "sigma_data", "sigma_data and rho must be positive")
 
 
 class LatentDAPipeline:
@@ -208,7 +252,7 @@ class LatentDAPipeline:
         generator = torch.Generator().manual_seed(seed)
         z = run_sampler(denoise, (members, padded, *self.latent_shape), self.scheduler, steps=steps, method=method,
                         corrections=self.settings["corrections"], tau=self.settings["tau"],
-                        sigma_start=self.settings["sigma_start"], generator=generator, device=self.device,
+                        sigma_start=self.settings["sigma_start"], churn=self.settings["churn"], generator=generator, device=self.device,
                         dtype=self.dtype, progress=self.progress, description="sample")
         return z[:, :length]
 
@@ -227,7 +271,7 @@ class LatentDAPipeline:
         (``allow_short``: a window shorter than K, as when nowcasting its continuation)."""
         from latentda.observe.files import read_observations
 
-        operator = read_observations(observations, self.layout)
+        operator = read_observations(observations, self.layout, self.statistics)
         if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
         self.check_time_step(observations["time"])
@@ -300,7 +344,7 @@ class LatentDAPipeline:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
             arrays = [self.layout.to_array(row) for row in rows]  # e.g. a reanalysis: member m continues member m
             for array in arrays:
-                check_finite(array, self.layout.channels, " in the initial state")
+                check_finite(array, self.layout.channels, " in the initial state", self.statistics)
             encoded = torch.stack([self.encode(array) for array in arrays])
             initial_times = source["time"].values
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
@@ -370,7 +414,8 @@ class LatentDAPipeline:
         if path.is_dir():
             return path
         text = str(path_or_repo_id)
-        if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        # A hub id is exactly org/name, and no local folder 'org' exists (runs/typo is a mistyped folder).
+        if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1 or path.parent.exists():
             raise LatentdaError(f"{text}: pipeline folder not found (and not a hub id of the form org/name)")
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -395,22 +440,26 @@ class LatentDAPipeline:
         for part in ("model_index.json", "pipeline_config.json", "autoencoder", "denoiser", "scheduler"):
             if not (path / part).exists():
                 raise LatentdaError(f"{path}: pipeline folder lacks '{part}'")
-        try:
-            index = json.loads((path / "model_index.json").read_text())
-            settings = json.loads((path / "pipeline_config.json").read_text())
-        except json.JSONDecodeError as error:
-            raise LatentdaError(f"{path}: corrupt pipeline metadata ({error})") from None
+        check_inside(path, "pipeline")
+        index = read_json(path / "model_index.json", "model index")
         for name in ("autoencoder", "denoiser", "scheduler"):
             if index.get(name) != MODEL_INDEX[name]:
                 raise LatentdaError(f"{path}: model_index.json names {index.get(name)} for '{name}', expected {MODEL_INDEX[name]}")
+        settings_file, schedule_file = path / "pipeline_config.json", path / "scheduler" / "scheduler_config.json"
+        settings = read_json(settings_file, "pipeline config")
+        saved = parse_known(SavedSettings, settings, settings_file)
+        schedule = parse_known(SavedSchedule, read_json(schedule_file, "scheduler config"), schedule_file)
         autoencoder, layout, statistics = load_autoencoder(path / "autoencoder", device)
-        check_model_folder(path / "denoiser", "denoiser")
+        backbone = load_model(TrajectoryTransformer, path / "denoiser", "denoiser")
+        if saved.overlap is not None and saved.overlap >= backbone.config.window:
+            raise LatentdaError(f"{settings_file}: overlap: must be less than the window ({backbone.config.window})")
+        if saved.sigma_start is not None and not schedule.sigma_min < saved.sigma_start <= schedule.sigma_max:
+            raise LatentdaError(f"{settings_file}: sigma_start: must be in (sigma_min, sigma_max] of the scheduler")
         try:
-            backbone = TrajectoryTransformer.from_pretrained(path / "denoiser", use_safetensors=True)
             scheduler = EDMEulerScheduler.from_pretrained(path / "scheduler")
         except Exception as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise LatentdaError(f"{path}: cannot load the denoiser or scheduler ({message})") from None
+            raise LatentdaError(f"{path}: cannot load the scheduler ({message})") from None
         latent_statistics = Statistics.load(path / "denoiser" / "latent_statistics.json")
         if tuple(backbone.config.sample_size) != tuple(autoencoder.latent_shape[1:]) or backbone.config.in_channels != autoencoder.latent_shape[0]:
             raise LatentdaError(f"{path}: denoiser expects latents {backbone.config.in_channels}×{tuple(backbone.config.sample_size)}, "

@@ -48,7 +48,7 @@ def test_streamed_latents_equal_direct_encoding(tmp_path, make):
 def test_folder_checks(tmp_path):
     folder = _autoencoder(tmp_path, make_box_dataset())
     (folder / "statistics.json").unlink()
-    with pytest.raises(LatentdaError, match="statistics file missing"):
+    with pytest.raises(LatentdaError, match="statistics file not found"):
         load_autoencoder(folder)
     folder = _autoencoder(tmp_path, make_box_dataset(), "ae2")
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")

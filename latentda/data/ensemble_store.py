@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from latentda.data.io import atomic_path, create_store, dataset_format, open_dataset, remove_path, write_region
+from latentda.data.io import atomic_path, create_store, open_dataset, output_format, remove_path, write_region
 from latentda.data.layout import TIME, FieldLayout
 from latentda.errors import LatentdaError
 
@@ -50,6 +50,10 @@ class EnsembleWriter:
         self.variables = {name: v.dims for name, v in template.data_vars.items()}
         if self.partial.exists():
             existing = open_dataset(self.partial)
+            lacking = [name for name in (*self.variables, COMPLETED) if name not in existing.data_vars]
+            if lacking:
+                raise LatentdaError(f"{self.partial}: not the store of an interrupted run (it lacks its bookkeeping: "
+                                    f"{', '.join(lacking)}); remove it to start again")
             if existing.sizes.get(REALIZATION) != members or existing.sizes.get(self.time_dim) != time.size:
                 raise LatentdaError(f"{self.partial}: the interrupted run had other members or times; remove it to start again")
             changed = [k for k, v in (attrs or {}).items() if str(existing.attrs.get(k)) != str(v)]
@@ -71,6 +75,7 @@ class EnsembleWriter:
         """The output may be written: it does not exist (or ``overwrite``), and an interrupted run
         is continued only with ``resume``."""
         out = Path(out)
+        output_format(out)  # an unknown suffix fails now, not after every member is sampled
         if out.exists() and not overwrite:
             raise LatentdaError(f"{out}: already exists (pass --overwrite to replace it)")
         partial = out.with_name(out.name + ".partial")
@@ -108,7 +113,7 @@ class EnsembleWriter:
         """Move the complete ensemble to ``out`` (dropping the bookkeeping variable)."""
         if self.pending():
             raise LatentdaError(f"{self.partial}: members {self.pending()} are not finished")
-        if dataset_format(self.out) == "netcdf":
+        if output_format(self.out) == "netcdf":
             dataset = open_dataset(self.partial).drop_vars(COMPLETED).load()
             with atomic_path(self.out, overwrite=overwrite) as temporary:
                 dataset.to_netcdf(temporary, engine="h5netcdf")

@@ -22,7 +22,8 @@ import zarr
 
 from latentda.errors import LatentdaError
 
-__all__ = ["open_dataset", "atomic_path", "write_dataset", "remove_path", "dataset_format", "create_store", "write_region"]
+__all__ = ["open_dataset", "atomic_path", "write_dataset", "remove_path", "dataset_format", "output_format", "create_store",
+           "write_region", "read_values", "check_output_path"]
 
 _ZARR_SUFFIXES = (".zarr",)
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
@@ -36,6 +37,50 @@ def dataset_format(path: str | os.PathLike) -> str:
     if path.suffix in _NETCDF_SUFFIXES:
         return "netcdf"
     raise LatentdaError(f"{path}: unknown format (expected a .zarr store or a .nc netCDF file)")
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The format an output path will be written in: by suffix, a path without one being a zarr store."""
+    return dataset_format(path) if Path(path).suffix else "zarr"
+
+
+def check_output_path(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], option: str = "--out",
+                      replaced: bool = True) -> None:
+    """Refuse an output that is, lies inside, or (when the output is ``replaced`` as a whole, as
+    ``--overwrite`` does) contains one of the ``inputs`` (name → path).
+
+    Paths are compared resolved (symlinks, ``..``, relative spellings), so an output can never
+    replace or write into the data a command reads. Inputs that are not local paths (hub ids) never
+    match anything that exists.
+    """
+    target = Path(out).expanduser().resolve()
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        source = Path(value).expanduser().resolve()
+        if target == source:
+            relation = "is"
+        elif source in target.parents:
+            relation = "is inside"
+        elif target in source.parents and replaced:
+            relation = "contains"
+        else:
+            continue
+        raise LatentdaError(f"{option} {out} {relation} the input {name} {value}: choose another output path")
+
+
+def read_values(variable: xr.DataArray) -> np.ndarray:
+    """The values of a (lazily opened) variable, with a one-line error when a chunk cannot be read.
+
+    A corrupt chunk makes the codecs raise whatever they raise (RuntimeError from zstd, ValueError
+    from blosc, ...); the user needs to know which variable is broken. (A *missing* chunk reads as the
+    fill value, NaN: the finite checks of the callers name it.)
+    """
+    try:
+        return np.asarray(variable.values)
+    except Exception as error:  # noqa: BLE001 - the codecs' exception types are not documented
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise LatentdaError(f"cannot read variable '{variable.name}' ({message}): a corrupt chunk?") from None
 
 
 def open_dataset(path: str | os.PathLike) -> xr.Dataset:
@@ -103,7 +148,7 @@ def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool 
     Zarr stores are chunked one time step per chunk along ``time`` when it exists.
     """
     path = Path(path)
-    fmt = dataset_format(path) if path.suffix else "zarr"
+    fmt = output_format(path)
     dataset = _without_source_codecs(dataset)
     with atomic_path(path, overwrite=overwrite) as temporary:
         if fmt == "zarr":

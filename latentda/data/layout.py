@@ -24,6 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
+from latentda.config import read_json
+from latentda.data.io import read_values
 from latentda.errors import LatentdaError
 
 __all__ = ["VariableSpec", "AxisSpec", "FieldLayout", "TIME", "TRAJECTORY", "to_json_value"]
@@ -226,7 +228,7 @@ class FieldLayout:
                 index[TIME] = time
             variable = variable.isel(index)
             dims = (TIME,) + ((self.level.name,) if spec.has_level else ()) + (self.grid[0].name, self.grid[1].name)
-            values = np.asarray(variable.transpose(*dims).values)
+            values = read_values(variable.transpose(*dims))
             parts.append(values.reshape(values.shape[0], -1, *values.shape[-2:]))
         return np.concatenate(parts, axis=1)
 
@@ -283,26 +285,44 @@ class FieldLayout:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FieldLayout":
+        """The inverse of :meth:`to_dict`, checking every type (a saved layout may have been edited)."""
         try:
-            return cls(
+            layout = cls(
                 [VariableSpec(**v) for v in data["variables"]],
                 tuple(AxisSpec(**a) for a in data["grid"]),
                 AxisSpec(**data["level"]) if data.get("level") else None,
                 data.get("attrs", {}),
             )
         except (KeyError, TypeError) as error:
-            raise LatentdaError(f"malformed layout ({error})") from None
+            raise LatentdaError(f"malformed layout ({type(error).__name__}: {error})") from None
+        layout._check_types()
+        return layout
+
+    def _check_types(self) -> None:
+        """Names are strings, flags booleans, axes non-empty lists of finite numbers (two on a periodic
+        axis, which needs its spacing), and a level axis exists when a variable has levels."""
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+        problems = [f"variable {v.name!r}" for v in self.variables
+                    if not (isinstance(v.name, str) and isinstance(v.has_level, bool) and isinstance(v.attrs, dict))]
+        for axis in (*self.grid, *((self.level,) if self.level else ())):
+            ok = (isinstance(axis.name, str) and isinstance(axis.values, list) and axis.values
+                  and all(number(x) for x in axis.values) and isinstance(axis.periodic, bool)
+                  and isinstance(axis.attrs, dict) and (len(axis.values) > 1 or not axis.periodic))
+            problems += [] if ok else [f"axis {axis.name!r}"]
+        if len(self.grid) != 2 or not self.variables or (self.level is None and any(v.has_level for v in self.variables)):
+            problems.append("grid, variables or level")
+        if problems or not isinstance(self.attrs, dict):
+            raise LatentdaError(f"malformed layout ({', '.join(problems) or 'attrs'} of the wrong type or empty)")
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FieldLayout":
-        path = Path(path)
-        if not path.is_file():
-            raise LatentdaError(f"{path}: layout file missing")
+        data = read_json(path, "layout file")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise LatentdaError(f"{path}: corrupt layout file ({error})") from None
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except LatentdaError as error:
+            raise LatentdaError(f"{path}: {error}") from None

@@ -24,23 +24,45 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from latentda.config import read_json
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.splits import Segment
 from latentda.errors import LatentdaError
 
-__all__ = ["Statistics", "compute_statistics", "streaming_statistics", "check_finite"]
+__all__ = ["Statistics", "compute_statistics", "streaming_statistics", "check_finite", "check_magnitude",
+           "MAX_STANDARD_DEVIATIONS"]
 
 
-def check_finite(array: np.ndarray, channels: list[str], where: str = "") -> None:
-    """Raise a one-line error naming the first channel holding NaN or inf values."""
+# Values further than this many standard deviations from the model's mean are not data but a wrong
+# unit or a fill value (1e30, 9.97e36): the sampler would turn them into NaN members, so they are refused.
+MAX_STANDARD_DEVIATIONS = 1e3
+
+
+def check_magnitude(values: np.ndarray, mean, std, what: str) -> None:
+    """Raise a one-line error if a (non-NaN) value of ``values`` lies more than
+    :data:`MAX_STANDARD_DEVIATIONS` ``std`` from ``mean`` (both broadcast against ``values``)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        deviation = np.abs(np.asarray(values, np.float64) - mean) / std
+    worst = float(np.nanmax(deviation, initial=0.0))
+    if worst > MAX_STANDARD_DEVIATIONS:
+        raise LatentdaError(f"{what} has values {worst:.3g} standard deviations from the model's mean (more than "
+                            f"{MAX_STANDARD_DEVIATIONS:g}: wrong units or a fill value?)")
+
+
+def check_finite(array: np.ndarray, channels: list[str], where: str = "", statistics: "Statistics | None" = None) -> None:
+    """Raise a one-line error naming the first channel holding NaN or inf values (a missing zarr
+    chunk reads as NaN), and with ``statistics`` the first whose values are absurdly far from the
+    model's mean (:func:`check_magnitude`)."""
     finite = np.isfinite(array).reshape(-1, *array.shape[-3:]).all(axis=(0, 2, 3)) if array.ndim >= 3 else None
-    if finite is None or finite.all():
-        return
-    channel = channels[int(np.argmin(finite))]
-    variable = channel.split("@")[0]
-    raise LatentdaError(
-        f"variable '{variable}' holds NaN or inf values{where} (channel {channel}); latentda needs complete fields"
-    )
+    if finite is not None and not finite.all():
+        channel = channels[int(np.argmin(finite))]
+        variable = channel.split("@")[0]
+        raise LatentdaError(
+            f"variable '{variable}' holds NaN or inf values{where} (channel {channel}); latentda needs complete fields"
+        )
+    if statistics is not None and array.ndim >= 3:
+        for c, channel in enumerate(channels):
+            check_magnitude(array[..., c, :, :], statistics.mean[c], statistics.std[c], f"variable '{channel}'{where}")
 
 
 @dataclass
@@ -55,7 +77,9 @@ class Statistics:
     def __post_init__(self) -> None:
         self.mean = np.asarray(self.mean, dtype=np.float64)
         self.std = np.asarray(self.std, dtype=np.float64)
-        if not (len(self.channels) == self.mean.size == self.std.size):
+        if not (isinstance(self.channels, list) and all(isinstance(c, str) for c in self.channels)):
+            raise LatentdaError(f"statistics: channels must be a list of names, got {self.channels!r}")
+        if not (self.mean.shape == self.std.shape == (len(self.channels),)):
             raise LatentdaError("statistics: channels, mean and std have different lengths")
         if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.std)) and np.all(self.std > 0)):
             raise LatentdaError("statistics: mean must be finite and std positive")
@@ -78,6 +102,10 @@ class Statistics:
         mean, std = self._shaped(x)
         return x * std + mean
 
+    def scale(self, x):
+        """s x̃: the linear part of :meth:`destandardise` (what a tangent vector goes through)."""
+        return x * self._shaped(x)[1]
+
     def to_dict(self) -> dict:
         return {"channels": list(self.channels), "mean": self.mean.tolist(), "std": self.std.tolist(), "count": int(self.count)}
 
@@ -86,13 +114,12 @@ class Statistics:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Statistics":
-        path = Path(path)
-        if not path.is_file():
-            raise LatentdaError(f"{path}: statistics file missing")
+        data = read_json(path, "statistics file")
         try:
-            data = json.loads(path.read_text())
             return cls(data["channels"], data["mean"], data["std"], data.get("count", 0))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+        except KeyError as error:
+            raise LatentdaError(f"{path}: corrupt statistics file (no {error} entry)") from None
+        except (TypeError, ValueError, LatentdaError) as error:  # e.g. a string where a number belongs
             raise LatentdaError(f"{path}: corrupt statistics file ({error})") from None
 
 

@@ -18,7 +18,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
-from latentda.data.io import open_dataset
+from latentda.data.io import open_dataset, read_values
 from latentda.data.calendar import calendar_features
 from latentda.data.layout import FieldLayout
 from latentda.data.splits import Segment
@@ -80,7 +80,7 @@ class LatentSource(_LazySource):
         index = {"time": slice(start, stop)}
         if trajectory is not None:
             index["trajectory"] = trajectory
-        return np.asarray(latent.isel(index).values, dtype=np.float32)
+        return read_values(latent.isel(index)).astype(np.float32, copy=False)
 
 
 class WindowDataset(Dataset):

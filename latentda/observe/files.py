@@ -33,11 +33,14 @@ import torch
 import xarray as xr
 
 from latentda.config import require
+from latentda.data.io import read_values
 from latentda.data.layout import TIME, FieldLayout
+from latentda.data.statistics import MAX_STANDARD_DEVIATIONS, Statistics, check_magnitude
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 
-__all__ = ["ObservationSpec", "ObservationConfig", "read_observations", "load_observations", "observations_to_dataset", "synthesize"]
+__all__ = ["ObservationSpec", "ObservationConfig", "read_observations", "check_group_magnitude", "load_observations",
+           "observations_to_dataset", "synthesize"]
 
 
 # ---------------------------------------------------------------------------------- positions
@@ -78,12 +81,54 @@ def _units_of(layout: FieldLayout, channel_name: str) -> str | None:
     return None
 
 
-def read_observations(observations: xr.Dataset, layout: FieldLayout) -> ObservationOperator:
-    """Build the operator (and y, σ) described by an observation dataset (see module docstring)."""
+def read_observations(observations: xr.Dataset, layout: FieldLayout, statistics: Statistics | None = None) -> ObservationOperator:
+    """Build the operator (and y, σ) described by an observation dataset (see module docstring).
+
+    Every number that reaches the sampler is checked: attributes are finite numbers, point
+    coordinates and matrices are finite, and with the model's ``statistics`` the observed values are
+    within :data:`MAX_STANDARD_DEVIATIONS` of the mean (:func:`check_group_magnitude`).
+    """
     try:
-        return _read_observations(observations, layout)
+        operator = _read_observations(observations, layout)
     except (ValueError, TypeError) as error:  # malformed attributes or dims the checks did not foresee
         raise LatentdaError(f"malformed observation file ({str(error).splitlines()[0]})") from None
+    if statistics is not None:
+        for group in operator.groups:
+            check_group_magnitude(group, statistics)
+    return operator
+
+
+def check_group_magnitude(group: ObservationGroup, statistics: Statistics) -> None:
+    """A group's observed values must be plausible for its source channels: within
+    :data:`MAX_STANDARD_DEVIATIONS` standard deviations of the mean, mapped through the observation
+    (a speed of two channels: norms of means and stds; a linear row: its weights' sum and absolute sum)."""
+    channels = group.channels
+    mean = statistics.mean[channels[0]] if len(channels) == 1 else np.hypot.reduce(statistics.mean[channels])
+    std = np.hypot.reduce(statistics.std[channels])
+    if group.sampling == "linear":
+        mean, std = group.matrix.sum(axis=1) * mean, np.abs(group.matrix).sum(axis=1) * std + 1e-300
+    check_magnitude(group.values, mean, std, f"observation '{group.name}'")
+
+
+def _number(attrs: dict, key: str, name: str, default: float | None = None) -> float:
+    """Attribute ``key`` of observation ``name`` as a finite number (``default`` when absent)."""
+    value = attrs.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = np.nan
+    if not np.isfinite(number):
+        shown = repr(value) if isinstance(value, str) else value
+        raise LatentdaError(f"observation '{name}': attribute {key} must be a finite number, got {shown}")
+    return number
+
+
+def _finite(values, key: str, name: str) -> np.ndarray:
+    """``values`` as float64, refusing NaN or inf (a position or a weight cannot be 'not observed')."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise LatentdaError(f"observation '{name}': {key} holds NaN or inf values")
+    return values
 
 
 def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> ObservationOperator:
@@ -109,23 +154,23 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
             units = attrs.get("units")
             if expected is not None and units is not None and units != expected:
                 raise LatentdaError(f"observation '{name}' is in '{units}' but '{sources[0]}' is in '{expected}'")
-        noise_std = float(attrs.get("noise_std", np.nan))
+        noise_std = _number(attrs, "noise_std", name)
         if not noise_std > 0:
             raise LatentdaError(f"observation '{name}': noise_std must be positive (got {attrs.get('noise_std')})")
-        values = np.asarray(variable.transpose(TIME, ...).values, dtype=np.float64)
+        values = read_values(variable.transpose(TIME, ...)).astype(np.float64)
         kwargs = {}
         if sampling == "grid":
             for axis in layout.grid:
                 if axis.name not in variable.dims:
                     raise LatentdaError(f"observation '{name}' lacks the model's grid dimension '{axis.name}'")
-            values = np.asarray(variable.transpose(TIME, grid_y.name, grid_x.name).values, dtype=np.float64)
+            values = read_values(variable.transpose(TIME, grid_y.name, grid_x.name)).astype(np.float64)
             if values.shape[1:] != layout.shape:
                 raise LatentdaError(f"observation '{name}' is on a {values.shape[1:]} grid, the model's is {layout.shape}")
             for axis in layout.grid:
                 if axis.name in observations.coords and not np.allclose(observations[axis.name].values, axis.values):
                     raise LatentdaError(f"observation '{name}': coordinate '{axis.name}' differs from the model's grid")
         elif sampling == "coarsen":
-            kwargs["factor"] = int(attrs.get("coarsen_factor", 0))
+            kwargs["factor"] = int(_number(attrs, "coarsen_factor", name, 0))
             if kwargs["factor"] < 1:
                 raise LatentdaError(f"observation '{name}': coarsen_factor missing or invalid")
             expected = (layout.shape[0] // kwargs["factor"], layout.shape[1] // kwargs["factor"])
@@ -137,18 +182,18 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
                 key = f"{name}_{axis.name}"
                 if key not in observations.coords and key not in observations:
                     raise LatentdaError(f"observation '{name}': point coordinate '{key}' missing")
-                coordinates.append(_fractional_index(observations[key].values, axis))
+                coordinates.append(_fractional_index(_finite(observations[key].values, key, name), axis))
             kwargs["points"] = np.stack(coordinates, axis=1)
         elif sampling == "linear":
             key = f"{name}_matrix"
             if key not in observations:
                 raise LatentdaError(f"observation '{name}': matrix '{key}' missing")
-            kwargs["matrix"] = np.asarray(observations[key].values, dtype=np.float64)
+            kwargs["matrix"] = _finite(observations[key].values, key, name)
             if kwargs["matrix"].shape != (values.shape[1], layout.shape[0] * layout.shape[1]):
                 raise LatentdaError(f"observation '{name}': matrix shape {kwargs['matrix'].shape} does not match")
         groups.append(ObservationGroup(
             name, channels, transform, sampling, values, noise_std,
-            saturation=float(attrs.get("saturation", 1.0)), periodic=layout.periodic, attrs=dict(attrs), **kwargs,
+            saturation=_number(attrs, "saturation", name, 1.0), periodic=layout.periodic, attrs=dict(attrs), **kwargs,
         ))
     if not groups:
         raise LatentdaError("observation file has no observation variable")

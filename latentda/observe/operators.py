@@ -74,8 +74,8 @@ class ObservationGroup:
             raise LatentdaError(f"observation '{self.name}': coarsen factor must be at least 1")
         if np.isinf(self.values).any():
             raise LatentdaError(f"observation '{self.name}': values contain inf")
-        if self.saturation <= 0:
-            raise LatentdaError(f"observation '{self.name}': saturation must be positive")
+        if not (np.isfinite(self.saturation) and self.saturation > 0):
+            raise LatentdaError(f"observation '{self.name}': saturation must be a positive number, got {self.saturation}")
 
     @property
     def mask(self) -> np.ndarray:

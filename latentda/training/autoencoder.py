@@ -91,7 +91,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
 
     run_dir = Path(config.output)
     accelerator = accelerator or make_accelerator(config.training)
-    check_run_dir(run_dir, resume)
+    check_run_dir(run_dir, resume, {"data": config.data.path})
     dataset = open_dataset(config.data.path)
     layout = FieldLayout.from_dataset(dataset, config.data.variables)
     splits = split_segments(dataset, config.data.splits)

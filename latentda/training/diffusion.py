@@ -70,6 +70,7 @@ class DiffusionConfig:
     corrections: int = 1
     tau: float = 0.1
     sigma_start: float | None = None  # σ the samplers start from (None: sigma_max)
+    churn: float = 0.0  # stochastic churn (latentda.diffusion.sampling)
     overlap: int | None = None
 
     def validate(self, prefix: str) -> None:
@@ -80,6 +81,7 @@ class DiffusionConfig:
         require(self.tau > 0, f"{prefix}.tau", "must be positive")
         require(self.sigma_start is None or self.sigma_min < self.sigma_start <= self.sigma_max, f"{prefix}.sigma_start",
                 "must be in (sigma_min, sigma_max]")
+        require(self.churn >= 0, f"{prefix}.churn", "must be non-negative")
 
 
 @dataclass
@@ -161,7 +163,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     splits = split_segments(dataset, config.splits)
     calendar = config.model.calendar and source.calendar is not None  # datetime times: condition on the calendar
     accelerator = accelerator or make_accelerator(config.training)
-    check_run_dir(run_dir, resume)
+    check_run_dir(run_dir, resume, {"latents": latents, "autoencoder": autoencoder_dir})
     torch.manual_seed(config.training.seed)
     try:  # architecture errors before any pass over the data
         backbone = TrajectoryTransformer(
@@ -204,7 +206,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
             "time_step": step, "time_units": units,
             "sampler": config.diffusion.sampler, "steps": config.diffusion.steps,
             "corrections": config.diffusion.corrections, "tau": config.diffusion.tau,
-            "sigma_start": config.diffusion.sigma_start, "overlap": config.diffusion.overlap,
+            "sigma_start": config.diffusion.sigma_start, "churn": config.diffusion.churn,
+            "overlap": config.diffusion.overlap,
         }
         pipeline = LatentDAPipeline(autoencoder, layout, statistics, final, z_statistics, schedule, settings)
         summary = {"steps": trainer.step, "valid": metrics, "train_samples_per_second": trainer.throughput,

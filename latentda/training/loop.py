@@ -35,7 +35,8 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from latentda.config import require
+from latentda.config import MAX_SEED, require
+from latentda.data.io import check_output_path
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -78,6 +79,7 @@ class TrainingConfig:
         require(self.grad_clip > 0, key + "grad_clip", "must be positive")
         require(0 <= self.ema_decay < 1, key + "ema_decay", "must be in [0, 1)")
         require(self.num_workers >= 0, key + "num_workers", "must be non-negative")
+        require(0 <= self.seed <= MAX_SEED, key + "seed", f"must be in [0, {MAX_SEED}]")
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -131,8 +133,10 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
 
 
-def check_run_dir(run_dir: str | Path, resume: bool) -> None:
-    """A run folder with checkpoints is continued only with ``resume`` (never overwritten by mistake)."""
+def check_run_dir(run_dir: str | Path, resume: bool, inputs: dict | None = None) -> None:
+    """A run folder with checkpoints is continued only with ``resume`` (never overwritten by mistake),
+    and it is never one of the run's ``inputs`` (name → path) or inside one."""
+    check_output_path(run_dir, inputs or {}, "output", replaced=False)  # a run writes into its folder
     if not resume and latest_checkpoint(Path(run_dir) / "checkpoints") is not None:
         raise LatentdaError(f"{run_dir}: run already has checkpoints (pass --resume to continue it, or choose another output)")
 
@@ -144,8 +148,9 @@ def shared_statistics(accelerator: Accelerator, path: Path, compute: Callable, r
 
     if not (resume and path.is_file()):
         if accelerator.is_main_process:
+            statistics = compute()  # before creating the run folder: bad data leaves nothing behind
             path.parent.mkdir(parents=True, exist_ok=True)
-            compute().save(path)
+            statistics.save(path)
         accelerator.wait_for_everyone()
     return Statistics.load(path)
 
