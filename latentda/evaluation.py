@@ -6,6 +6,14 @@ trajectory of the truth is selected when it has several). Scores per channel and
 :mod:`latentda.metrics`; with observations, the observation residual ratio (RMS of (y − H(x))/σ per
 member, ≈ 1 when consistent) is added. Outputs: ``metrics.csv`` (one row per channel and time),
 ``summary.json`` (means over time), ``scores.png`` (scores against time) and ``spectra.png``.
+
+Calibration (ensembles of two or more members): per channel and time the coverage of the central
+50 % and 90 % intervals (``coverage_50``, ``coverage_90``: ≈ 0.5 and 0.9 when calibrated, lower
+when under-dispersed; Student-t prediction intervals from the ensemble mean and spread); per channel the rank histogram of the truth pooled over space and time with
+its χ² flatness statistic, p-value and flatness χ²/m (``summary[channel]["rank_histogram"]``) and
+the coverage of central intervals of levels 0.1 … 0.9 (``summary[channel]["coverage_curve"]``);
+``calibration.png`` draws the rank histograms, the coverage (PIT reliability) curve and the
+spread-skill ratio by time. Definitions in :mod:`latentda.metrics`.
 """
 
 from __future__ import annotations
@@ -19,10 +27,14 @@ import xarray as xr
 
 from latentda.data.io import atomic_path
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
+from latentda.data.statistics import check_finite
 from latentda.errors import LatentdaError
-from latentda.metrics import energy_spectrum, ensemble_scores
+from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, rank_flatness,
+                              rank_histogram)
 
 __all__ = ["evaluate", "write_report"]
+
+COVERAGE_LEVELS = (0.5, 0.9)
 
 
 def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) -> xr.Dataset:
@@ -58,7 +70,12 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     members = prediction.sizes["realization"]
     ensemble = np.stack([layout.to_array(prediction.isel(realization=m)) for m in range(members)])
     target = layout.to_array(truth)
+    check_finite(ensemble, layout.channels, " in the prediction")  # NaN scores would pass for results
+    check_finite(target, layout.channels, " in the truth")
     scores = ensemble_scores(ensemble, target, layout.area_weights())
+    if members > 1:
+        for level in COVERAGE_LEVELS:
+            scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, layout.area_weights())
     times = prediction[TIME].values
     rows = []
     for c, channel in enumerate(layout.channels):
@@ -67,6 +84,12 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
                          **{name: float(value[t, c]) for name, value in scores.items()}})
     summary = {channel: {name: float(np.nanmean(value[:, c])) for name, value in scores.items()}
                for c, channel in enumerate(layout.channels)}
+    if members > 1:
+        for c, channel in enumerate(layout.channels):
+            counts = rank_histogram(ensemble[:, :, c], target[:, c])
+            levels, observed = coverage_curve(ensemble[:, :, c], target[:, c])
+            summary[channel]["rank_histogram"] = {"counts": counts.tolist(), **rank_flatness(counts)}
+            summary[channel]["coverage_curve"] = {"level": levels.tolist(), "observed": observed.tolist()}
     if observations is not None:
         import torch
 
@@ -85,6 +108,17 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     summary["spectra"] = spectra
     summary["members"] = members
     return rows, summary
+
+
+def _json_numbers(value):
+    """``value`` with every non-finite float as null: bare NaN is not JSON (strict readers refuse it)."""
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_numbers(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def write_report(rows: list[dict], summary: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -108,7 +142,7 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(json.dumps(_json_numbers(summary), indent=1, allow_nan=False))
     channels = [c for c in summary if c not in ("spectra", "members", "observation_residual_ratio")]
     names = [n for n in ("rmse", "crps", "spread", "spread_skill_ratio") if n in rows[0]]
     figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), constrained_layout=True)
@@ -131,4 +165,34 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
     axis.set_ylabel("power")
     axis.legend(fontsize=7)
     figure.savefig(out / "spectra.png", dpi=120)
+    plt.close(figure)
+    if any("rank_histogram" in summary[channel] for channel in channels):
+        _calibration_figure(rows, summary, channels, out / "calibration.png")
+
+
+def _calibration_figure(rows: list[dict], summary: dict, channels: list[str], path: Path) -> None:
+    """Rank histograms, coverage of central intervals against their level, spread-skill by time."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4), constrained_layout=True)
+    for channel in channels:
+        histogram = summary[channel]["rank_histogram"]
+        counts = np.asarray(histogram["counts"], dtype=np.float64)
+        frequency = counts * counts.size / max(counts.sum(), 1)
+        axes[0].step(np.arange(counts.size + 1), np.append(frequency, frequency[-1]), where="post",
+                     label=f"{channel} (χ²/m {histogram['flatness']:.2f}, p {histogram['p_value']:.2g})")
+        curve = summary[channel]["coverage_curve"]
+        axes[1].plot(curve["level"], curve["observed"], marker="o", ms=3, label=channel)
+        series = [r for r in rows if r["channel"] == channel]
+        axes[2].plot([r["lead"] for r in series], [r["spread_skill_ratio"] for r in series], label=channel)
+    axes[0].axhline(1.0, color="k", lw=0.8, ls="--")
+    axes[0].set(title="rank histogram of the truth", xlabel="rank among members", ylabel="frequency × (m+1)")
+    axes[1].plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
+    axes[1].set(title="coverage of central intervals", xlabel="nominal level", ylabel="observed coverage",
+                xlim=(0, 1), ylim=(0, 1))
+    axes[2].axhline(1.0, color="k", lw=0.8, ls="--")
+    axes[2].set(title="spread-skill ratio", xlabel="time step")
+    for axis in axes:
+        axis.legend(fontsize=7)
+    figure.savefig(path, dpi=120)
     plt.close(figure)

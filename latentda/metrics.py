@@ -12,13 +12,44 @@ channel c and time t, ⟨·⟩ being the area-weighted spatial mean:
 - ``energy_spectrum``: the power of a field by wavenumber — isotropic (radial bins of |k|) on a
   doubly periodic box, zonal (along the periodic axis, averaged over the other) otherwise.
 - ``lag_autocorrelation``: correlation between states k steps apart, a check of the dynamics.
+
+Calibration (is the truth a draw from the ensemble's distribution?):
+
+- ``truth_ranks``: the rank r ∈ {0..m} of the truth among the m members (members below it; ties
+  broken at random). For an ensemble exchangeable with the truth r is uniform on {0..m}.
+- ``rank_histogram`` counts r (pooled over whatever axes are given: space and time per variable);
+  ``rank_flatness`` tests it with Pearson's χ² = Σ_r (O_r − E)²/E, E = n/(m+1), m degrees of
+  freedom, p-value from the χ² law, and the flatness δ = χ²/m (Candille & Talagrand 2005;
+  ≈ 1 when flat). The p-value assumes independent ranks: neighbouring pixels and times are
+  correlated, so on fields a small p means "detectably non-flat", δ says by how much. A U shape
+  (too many extreme ranks) is an under-dispersed ensemble, a dome an over-dispersed one, a slope a
+  bias.
+- ``interval_coverage``: how often the truth falls in the central prediction interval of level
+  p, x̄ ± t_{m−1,(1+p)/2} · s · √(1 + 1/m) (ensemble mean x̄, unbiased std s, Student-t quantile):
+  for members and truth exchangeable and Gaussian its coverage is exactly p for any m ≥ 2, and it
+  falls below p for an under-dispersed ensemble without saturating. (Intervals between ensemble
+  quantiles cannot do this with few members: the range of m = 4 members covers only 60 %, and
+  rank-based intervals credit a truth outside the ensemble with part of the outer slot.) Equivalently
+  the truth's predictive PIT u = T_{m−1}((y − x̄)/(s√(1 + 1/m))) lies in [(1 − p)/2, (1 + p)/2];
+  ``coverage_curve`` gives the pooled coverage for several p (the reliability diagram).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ensemble_scores", "fair_crps", "energy_spectrum", "lag_autocorrelation"]
+__all__ = [
+    "ensemble_scores",
+    "fair_crps",
+    "energy_spectrum",
+    "lag_autocorrelation",
+    "truth_ranks",
+    "rank_histogram",
+    "rank_flatness",
+    "predictive_pit",
+    "interval_coverage",
+    "coverage_curve",
+]
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -82,3 +113,71 @@ def lag_autocorrelation(trajectories: np.ndarray, lag: int = 1) -> np.ndarray:
     a = a - a.mean(axis=axes, keepdims=True)
     b = b - b.mean(axis=axes, keepdims=True)
     return (a * b).mean(axis=axes) / np.sqrt((a**2).mean(axis=axes) * (b**2).mean(axis=axes))
+
+
+def truth_ranks(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Rank in {0..m} of ``truth`` (...) among ``ensemble`` (m, ...), ties broken at random; NaN
+    entries (of the truth or any member) get rank −1."""
+    ensemble = np.asarray(ensemble, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    below = (ensemble < truth[None]).sum(axis=0)
+    ties = (ensemble == truth[None]).sum(axis=0)
+    rng = np.random.default_rng(seed)
+    ranks = below + np.floor(rng.uniform(size=truth.shape) * (ties + 1)).astype(np.int64)
+    invalid = np.isnan(truth) | np.isnan(ensemble).any(axis=0)
+    return np.where(invalid, -1, ranks)
+
+
+def rank_histogram(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Counts (m+1,) of the truth's rank, pooled over all entries of ``truth`` (NaN skipped)."""
+    ranks = truth_ranks(ensemble, truth, seed)
+    return np.bincount(ranks[ranks >= 0].ravel(), minlength=ensemble.shape[0] + 1)
+
+
+def rank_flatness(counts: np.ndarray) -> dict[str, float]:
+    """χ² flatness test of a rank histogram: ``chi2``, ``dof`` (= m), ``p_value``, ``flatness`` (χ²/m)."""
+    from scipy.stats import chi2 as chi2_law
+
+    counts = np.asarray(counts, dtype=np.float64)
+    expected = counts.sum() / counts.size
+    statistic = float(((counts - expected) ** 2).sum() / expected) if expected > 0 else float("nan")
+    dof = counts.size - 1
+    return {"chi2": statistic, "dof": dof, "p_value": float(chi2_law.sf(statistic, dof)),
+            "flatness": statistic / dof if dof > 0 else float("nan")}
+
+
+def predictive_pit(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """PIT of the truth (...) under the Student-t predictive law of the ensemble (m, ...), m ≥ 2."""
+    from scipy.stats import t as student
+
+    ensemble = np.asarray(ensemble, dtype=np.float64)
+    m = ensemble.shape[0]
+    if m < 2:
+        raise ValueError("interval coverage needs at least two members")
+    scale = ensemble.std(axis=0, ddof=1) * np.sqrt(1 + 1 / m)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        standardised = (np.asarray(truth, dtype=np.float64) - ensemble.mean(axis=0)) / scale
+    standardised = np.where(scale == 0, np.sign(standardised) * np.inf, standardised)  # 0/0 → nan stays
+    return student.cdf(standardised, m - 1)
+
+
+def interval_coverage(ensemble: np.ndarray, truth: np.ndarray, level: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """Coverage of the central ``level`` prediction interval, ensemble (m, T, C, H, W) and truth
+    (T, C, H, W) → (T, C), averaged over space with the area ``weights`` (NaN entries skipped)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    pit = predictive_pit(ensemble, truth)
+    valid = ~np.isnan(pit)
+    covered = valid & (np.abs(np.where(valid, pit, 0.5) - 0.5) <= level / 2)
+    weights = np.ones((truth.shape[-2], 1)) if weights is None else np.asarray(weights, dtype=np.float64)
+    area = valid * np.broadcast_to(weights, pit.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (covered * area).sum(axis=(-2, -1)) / area.sum(axis=(-2, -1))
+
+
+def coverage_curve(ensemble: np.ndarray, truth: np.ndarray, levels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, coverage) of the central prediction intervals, pooled over all entries of ``truth``."""
+    levels = np.linspace(0.1, 0.9, 9) if levels is None else np.asarray(levels, dtype=np.float64)
+    pit = predictive_pit(ensemble, truth)
+    pit = pit[~np.isnan(pit)]
+    return levels, np.array([float((np.abs(pit - 0.5) <= p / 2).mean()) for p in levels])

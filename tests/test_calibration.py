@@ -1,0 +1,95 @@
+"""Rank histograms, their χ² flatness and interval coverage against known distributions; evaluate's report."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import make_box_dataset
+from latentda import cli
+from latentda.data import write_dataset
+from latentda.metrics import coverage_curve, interval_coverage, rank_flatness, rank_histogram, truth_ranks
+
+
+def _draws(members: int, spread: float = 1.0, bias: float = 0.0, seed: int = 0):
+    """Truth ~ N(0, 1) and an ensemble ~ N(bias, spread²), shapes (m, T, C, H, W) and (T, C, H, W)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.standard_normal((4, 2, 16, 16))
+    ensemble = bias + spread * rng.standard_normal((members, *truth.shape))
+    return ensemble, truth
+
+
+def test_exchangeable_samples_have_flat_ranks_and_nominal_coverage():
+    ensemble, truth = _draws(members=9)
+    counts = rank_histogram(ensemble, truth)
+    assert counts.shape == (10,) and counts.sum() == truth.size
+    flatness = rank_flatness(counts)
+    assert flatness["dof"] == 9 and flatness["p_value"] > 1e-3 and flatness["flatness"] < 2.5
+    for level in (0.5, 0.9):
+        assert interval_coverage(ensemble, truth, level).mean() == pytest.approx(level, abs=0.02)
+    levels, observed = coverage_curve(ensemble, truth)
+    np.testing.assert_allclose(observed, levels, atol=0.03)
+
+
+def test_coverage_is_nominal_even_for_small_ensembles():
+    """With 4 members the member range covers (m−1)/(m+1) = 60 %; the Student-t 90 % interval covers 90 %."""
+    ensemble, truth = _draws(members=4, seed=1)
+    inside_range = ((ensemble.min(0) < truth) & (truth < ensemble.max(0))).mean()
+    assert inside_range == pytest.approx(0.6, abs=0.02)
+    assert interval_coverage(ensemble, truth, 0.9).mean() == pytest.approx(0.9, abs=0.02)
+
+
+def test_under_dispersed_ensemble_gives_u_shaped_ranks_and_low_coverage():
+    ensemble, truth = _draws(members=9, spread=0.4, seed=2)
+    counts = rank_histogram(ensemble, truth)
+    middle = counts[1:-1].mean()
+    assert counts[0] > 3 * middle and counts[-1] > 3 * middle  # U shape
+    assert rank_flatness(counts)["p_value"] < 1e-10
+    assert interval_coverage(ensemble, truth, 0.9).mean() < 0.6
+    assert interval_coverage(ensemble, truth, 0.5).mean() < 0.3
+
+
+def test_biased_and_over_dispersed_ensembles():
+    ensemble, truth = _draws(members=9, bias=0.8, seed=3)
+    counts = rank_histogram(ensemble, truth)
+    assert counts[0] > 3 * counts[-1]  # the truth sits low: a slope
+    ensemble, truth = _draws(members=9, spread=2.0, seed=4)
+    counts = rank_histogram(ensemble, truth)
+    assert counts[4:6].mean() > 1.5 * counts[[0, -1]].mean()  # a dome
+    assert interval_coverage(ensemble, truth, 0.5).mean() > 0.7
+
+
+def test_ties_and_nan():
+    ensemble = np.zeros((3, 1000))
+    truth = np.zeros(1000)
+    ranks = truth_ranks(ensemble, truth)
+    assert set(np.unique(ranks)) == {0, 1, 2, 3}  # ties spread evenly, not all in one bin
+    truth[:10] = np.nan
+    assert rank_histogram(ensemble, truth).sum() == 990
+
+
+def test_evaluate_reports_calibration(tmp_path):
+    truth = make_box_dataset(trajectories=1, times=6, size=8)
+    truth_path = write_dataset(truth, tmp_path / "truth.zarr")
+    rng = np.random.default_rng(0)
+    target = truth.isel(trajectory=0, drop=True)
+    members = target.expand_dims(realization=np.arange(8)).copy(deep=True)
+    for name in ("u", "v"):  # u: members and truth exchangeable around a centre; v: far too narrow
+        centre = target[name] + xr.DataArray(rng.standard_normal(target[name].shape), dims=target[name].dims)
+        spread = 1.0 if name == "u" else 0.1
+        noise = rng.standard_normal(members[name].shape)
+        members[name] = (centre + spread * xr.DataArray(noise, dims=members[name].dims)).astype(np.float32)
+    prediction = write_dataset(members, tmp_path / "prediction.nc")
+    out = tmp_path / "report"
+    assert cli.main(["evaluate", "--prediction", str(prediction), "--truth", str(truth_path), "--trajectory", "0",
+                     "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["u"]["coverage_90"] == pytest.approx(0.9, abs=0.05)
+    assert summary["v"]["coverage_90"] < 0.5
+    assert summary["u"]["rank_histogram"]["p_value"] > 1e-4 > summary["v"]["rank_histogram"]["p_value"]
+    assert len(summary["u"]["rank_histogram"]["counts"]) == 9
+    assert len(summary["v"]["coverage_curve"]["observed"]) == 9
+    assert "calibration.png" in {p.name for p in out.iterdir()}
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "coverage_50" in header and "coverage_90" in header
