@@ -18,6 +18,10 @@ updates are written here (variance-exploding, x_t = x + σ ε; with x̂ = denois
   s = (denoise(x, σ) − x)/σ² and δ = τ / mean(s²), the mean taken over each batch row (member)
   on its own, so that a member's steps do not depend on the others sharing its batch.
 
+``churn`` (Karras et al. 2022, Alg. 2) makes any of them stochastic: before step i the noise level
+is raised to σ̂ = σ_i (1 + γ) by adding √(σ̂² − σ_i²) ε, γ = min(churn / N, √2 − 1), and the step
+goes from σ̂ to σ_{i+1}; with ``heun`` this is EDM's stochastic second-order sampler.
+
 Members in one batch are independent draws: with one generator per batch row (``generator`` a
 list), every random number of row b comes from its own generator, so a member sampled in a batch
 equals the same member sampled alone (to float rounding of the batched network calls).
@@ -81,6 +85,7 @@ def sample(
     corrections: int = 1,
     tau: float = 0.1,
     sigma_start: float | None = None,
+    churn: float = 0.0,
     generator: Generators = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -92,9 +97,18 @@ def sample(
         raise ValueError(f"unknown sampler '{method}' (choose from {', '.join(SAMPLERS)})")
     sigmas = noise_levels(schedule, steps, sigma_start).tolist()
     like = torch.empty(0, device=device, dtype=dtype)
-    x = sigmas[0] * standard_normal(shape, generator, like)
+    # x at the first level is data plus noise: N(0, (σ_0² + σ_data²) I) for standardised data, which
+    # matters when sampling starts at a low σ_0 (sigma_start) rather than at σ_max ≫ σ_data.
+    x = (sigmas[0] ** 2 + float(schedule.config.sigma_data) ** 2) ** 0.5 * standard_normal(shape, generator, like)
+    if churn < 0:
+        raise ValueError(f"churn must be non-negative, got {churn}")
+    gamma = min(churn / max(len(sigmas) - 1, 1), 2**0.5 - 1)
     for i in tqdm(range(len(sigmas) - 1), desc=description, disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        if gamma > 0:  # churn: raise the noise level to σ(1 + γ) with fresh noise, then step from there
+            raised = sigma * (1 + gamma)
+            x = x + (raised**2 - sigma**2) ** 0.5 * standard_normal(shape, generator, like)
+            sigma = raised
         mean = denoise(x, torch.tensor(sigma, dtype=dtype, device=device))
         if method == "heun":
             slope = (x - mean) / sigma

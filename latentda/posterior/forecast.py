@@ -40,6 +40,7 @@ from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser
 from latentda.diffusion.sampling import standard_normal
+from latentda.nn.precision import Autocast
 from latentda.posterior.reanalysis import PosteriorSettings, batches, guided_denoiser, member_generator, sample_members
 
 __all__ = ["forecast_members", "ForecastMembers", "extend_operator", "MODES", "CONDITIONINGS"]
@@ -80,7 +81,8 @@ def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: f
     """One window (B, K, ...) per member whose first ``context`` states follow the member's
     ``history`` (``times``: the window's K times, for calendar-conditioned priors, else None)."""
     known = history[:, -context:]
-    prior = pipeline.trajectory_denoiser(times=times)  # L = K: the window denoiser itself
+    prior = Autocast(pipeline.trajectory_denoiser(times=times), pipeline.device,  # L = K: the window denoiser
+                     settings.compute_dtype(pipeline.device))
     if conditioning == "inpaint":
         denoise = _Inpainting(prior, known, generators)
     else:

@@ -26,6 +26,7 @@ from latentda.config import require
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.nn.linearization import NetworkLinearization
+from latentda.nn.precision import PRECISIONS, Autocast, autocast, resolve_precision
 from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
 from latentda.diffusion.sampling import SAMPLERS, sample
 from latentda.posterior.solvers import SOLVERS
@@ -46,9 +47,11 @@ class PosteriorSettings:
     corrections: int | None = None
     tau: float | None = None
     sigma_start: float | None = None  # σ the sampler starts from (default: the pipeline's; ≤ the prior's σ_max)
+    churn: float | None = None  # stochastic churn of the sampler (latentda.diffusion.sampling)
     dps_scale: float = 1.0
     decode_chunk: int | None = None
     batch_members: int | None = None  # members sampled together (default: default_batch_members(device))
+    precision: str | None = None  # dtype of the networks' passes (latentda.nn.precision; None: auto per device)
     split_blankets: bool = False  # share each trajectory's blanket windows over torch.distributed processes
 
     def validate(self, prefix: str = "") -> None:
@@ -60,8 +63,10 @@ class PosteriorSettings:
         require(self.corrections is None or self.corrections >= 0, "corrections", "must be at least 0")
         require(self.tau is None or self.tau > 0, "tau", "must be positive")
         require(self.sigma_start is None or self.sigma_start > 0, "sigma_start", "must be positive")
+        require(self.churn is None or self.churn >= 0, "churn", "must be non-negative")
         require(self.decode_chunk is None or self.decode_chunk >= 1, "decode_chunk", "must be at least 1")
         require(self.batch_members is None or self.batch_members >= 1, "batch_members", "must be at least 1")
+        require(self.precision is None or self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
 
     def sampler_options(self, pipeline) -> dict:
         """The keyword arguments of :func:`latentda.diffusion.sampling.sample`: these settings, with the
@@ -70,16 +75,20 @@ class PosteriorSettings:
         pick = lambda mine, key: defaults.get(key) if mine is None else mine  # noqa: E731
         return {"steps": pick(self.steps, "steps"), "method": pick(self.sampler, "sampler"),
                 "corrections": pick(self.corrections, "corrections"), "tau": pick(self.tau, "tau"),
-                "sigma_start": pick(self.sigma_start, "sigma_start")}
+                "sigma_start": pick(self.sigma_start, "sigma_start"), "churn": pick(self.churn, "churn")}
 
     def batch_size(self, device) -> int:
         return self.batch_members or default_batch_members(device)
 
+    def compute_dtype(self, device) -> torch.dtype:
+        return resolve_precision(self.precision, device)
+
 
 def default_batch_members(device) -> int:
-    """Members sampled in one batch by default: 8 on a GPU (throughput), 4 on a CPU (measured in
-    ``tools/bench_batch.py``: most of the gain; memory grows linearly with the batch)."""
-    return 8 if torch.device(device).type == "cuda" else 4
+    """Members sampled in one batch by default: 8 on a GPU (throughput), 1 on a CPU, where larger
+    batches were slower per member (``tools/bench_batch.py``: ×0.99 at 2, ×0.55 at 4 on 2 cores;
+    the decoder's activations outgrow the caches)."""
+    return 8 if torch.device(device).type == "cuda" else 1
 
 
 class LatentOperator:
@@ -97,26 +106,32 @@ class LatentOperator:
     and every product recomputes the decoder chunk by chunk (one more decoder forward per product).
     """
 
-    def __init__(self, pipeline, operator: ObservationOperator, chunk: int | None = None) -> None:
+    def __init__(self, pipeline, operator: ObservationOperator, chunk: int | None = None,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         if chunk is not None and chunk < 1:
             raise ValueError(f"decoder chunk must be at least 1, got {chunk}")
         self.autoencoder = pipeline.autoencoder
         self.latent_statistics, self.statistics = pipeline.latent_statistics, pipeline.statistics
         self.operator = operator
         self.chunk = chunk
+        self.network_decode = Autocast(self.autoencoder.decode, pipeline.device, compute_dtype)  # D in compute_dtype
+        self.device, self.compute_dtype = pipeline.device, compute_dtype
 
     def decode(self, frames: Tensor) -> Tensor:
         """Standardised latent frames (N, c, h, w) → physical fields (N, C, H, W), differentiable."""
-        return self.statistics.destandardise(self.autoencoder.decode(self.latent_statistics.destandardise(frames)))
+        return self.statistics.destandardise(self.network_decode(self.latent_statistics.destandardise(frames)))
 
     def decoder_linearization(self, frames: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """(G(frames), v ↦ J_G v); G(frames) carries its graph when ``frames`` requires grad."""
         latents = self.latent_statistics.destandardise(frames)
-        decoder = NetworkLinearization(self.autoencoder, self.autoencoder.decode, latents, key="decode")
-        fields = self.statistics.destandardise(decoder.value)
+        with autocast(self.device, self.compute_dtype):
+            decoder = NetworkLinearization(self.autoencoder, self.autoencoder.decode, latents, key="decode")
+        fields = self.statistics.destandardise(decoder.value.to(frames.dtype))
 
         def tangent(v: Tensor) -> Tensor:
-            return self.statistics.scale(decoder.tangent(self.latent_statistics.scale(v)))
+            with autocast(self.device, self.compute_dtype):
+                out = decoder.tangent(self.latent_statistics.scale(v))
+            return self.statistics.scale(out.to(v.dtype))
 
         return fields, tangent
 
@@ -188,8 +203,10 @@ class _ChunkedLinearization:
 def guided_denoiser(pipeline, operator: ObservationOperator, settings: PosteriorSettings):
     """The posterior denoiser E[z̃_{1:L} | z̃_t, y] for the pipeline's trajectory prior."""
     y, noise_std = operator.observed()
-    A = LatentOperator(pipeline, operator, settings.decode_chunk)
-    prior = pipeline.trajectory_denoiser(times=operator.times, split_blankets=settings.split_blankets)
+    dtype = settings.compute_dtype(pipeline.device)
+    A = LatentOperator(pipeline, operator, settings.decode_chunk, dtype)
+    prior = Autocast(pipeline.trajectory_denoiser(times=operator.times, split_blankets=settings.split_blankets),
+                     pipeline.device, dtype)
     if settings.guidance == "dps":
         return DPSDenoiser(prior, A, y, noise_std, scale=settings.dps_scale)
     return MMPSDenoiser(prior, A, y, noise_std, iterations=settings.iterations, solver=settings.solver)
