@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -171,31 +170,11 @@ def _observe(args: argparse.Namespace) -> None:
 
 def _reanalyze(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
-    from latentda.data.ensemble_store import EnsembleWriter
-    from latentda.diffusion.distributed import check_blanket_split
-    from latentda.posterior.reanalysis import posterior_members
 
-    split_blankets = args.split == "blankets"
-    settings = _posterior_settings(args, split_blankets=split_blankets)
-    state = _process_state()
-    pipeline = _load_pipeline(args, args.device or state.device)  # a GPU per process
-    observations = open_dataset(args.observations)
-    operator = pipeline.observation_operator(observations)
-    if split_blankets:
-        check_blanket_split(operator.length, pipeline.window, pipeline.settings["overlap"], state.num_processes)
-    pipeline.set_progress_bar_config(disable=args.quiet or (split_blankets and not state.is_main_process))
-    attrs = {"title": "latentda reanalysis (posterior ensemble)", "observations": _recorded(args.observations),
-             "seed": args.seed, **_run_attributes(args, settings)}
-    writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
-        args.out, pipeline.layout, observations["time"], args.members, attrs, resume=args.resume, overwrite=args.overwrite,
-        **kw), deal_members=not split_blankets)
-    writes = state.is_main_process or not split_blankets  # split blankets: every process has every member
-    for member, fields, ratio in posterior_members(pipeline, operator, mine, settings, args.seed):
-        if writes:
-            writer.write(member, fields)
-            if not args.quiet:
-                print(f"member {member}: observation residual ratio {ratio:.3f}")
-    _finish(writer, state, args)
+    settings = _posterior_settings(args, split_blankets=args.split == "blankets")
+    pipeline = _load_run_pipeline(args)
+    pipeline.reanalyze(open_dataset(args.observations), args.members, args.seed, settings, out=args.out, resume=args.resume,
+                       overwrite=args.overwrite, attrs={"observations": _recorded(args.observations)}, report=print)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -219,75 +198,27 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _forecast(args: argparse.Namespace) -> None:
-    import xarray as xr
-    from tqdm.auto import tqdm
-
     from latentda.data import open_dataset
-    from latentda.data.ensemble_store import EnsembleWriter
 
     if (args.observations is None) == (args.initial is None):
         raise LatentdaError("give exactly one of --observations and --initial")
     settings = _posterior_settings(args)
-    pipeline = _load_pipeline(args, _device(args))
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = _load_run_pipeline(args)
     observations = open_dataset(args.observations) if args.observations is not None else None
     initial = open_dataset(args.initial) if args.initial is not None else None
-    members, time = pipeline.forecast_run(args.lead, args.members, observations, initial, args.seed, args.mode,
-                                          args.conditioning, args.condition_noise, settings)  # every check, now
-    now = time.values[-1]
-    leads = xr.DataArray(pipeline.lead_times(args.lead + 1), dims="time", attrs={"long_name": "forecast lead time"})
-    if pipeline.settings["time_units"] != "seconds":
-        leads.attrs["units"] = pipeline.settings["time_units"]
-    attrs = {"title": "latentda forecast ensemble", "mode": args.mode, "conditioning": args.conditioning, "seed": args.seed,
-             **_run_attributes(args, settings)}
-    init_time = xr.DataArray([now], dims="time", attrs=time.attrs)
-    writer, mine, state = _ensemble_writer(args, lambda **kw: EnsembleWriter(
-        args.out, pipeline.layout, leads, args.members, attrs, resume=args.resume, overwrite=args.overwrite,
-        init_time=init_time, **kw))
-    for member, fields in tqdm(members.only(mine), total=len(mine), desc="forecast members",
-                               disable=args.quiet or not state.is_main_process):
-        writer.write(member, fields)
-    _finish(writer, state, args)
+    pipeline.forecast(args.lead, args.members, observations, initial, args.seed, args.mode, args.conditioning,
+                      args.condition_noise, settings, out=args.out, resume=args.resume, overwrite=args.overwrite,
+                      report=print)
 
 
-def _process_state():
-    """Accelerate's view of the processes (joins the process group under torchrun/accelerate launch)."""
-    import torch
-    from accelerate import PartialState
+def _load_run_pipeline(args: argparse.Namespace):
+    """The pipeline of a reanalysis or forecast, on this process's device (a GPU per process under
+    torchrun/accelerate launch), its progress bars and per-member lines silenced by --quiet."""
+    from latentda.runs import process_state
 
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def _ensemble_writer(args: argparse.Namespace, make_writer, deal_members: bool = True):
-    """The output store and this process's share of the unfinished members.
-
-    Under ``torchrun``/``accelerate launch`` the main process creates the store, the others attach
-    to it, and members are dealt round-robin; each member depends only on (seed, member), so the
-    output is the same whatever the number of processes. Alone, this is simply the whole list.
-    Without ``deal_members`` every process gets every unfinished member (``--split blankets``:
-    the processes sample each member together and the main process writes it).
-    """
-    from latentda.data.ensemble_store import EnsembleWriter
-
-    state = _process_state()
-    EnsembleWriter.check(args.out, args.resume, args.overwrite)  # every process, before any waits
-    state.wait_for_everyone()
-    writer = make_writer() if state.is_main_process else None
-    state.wait_for_everyone()
-    if writer is None:
-        writer = make_writer(attach=True)
-    pending = writer.pending()
-    if len(pending) < args.members and state.is_main_process:
-        print(f"resuming: {args.members - len(pending)} member(s) already complete")
-    if not deal_members:
-        return writer, pending, state
-    return writer, pending[state.process_index :: state.num_processes], state
-
-
-def _finish(writer, state, args: argparse.Namespace) -> None:
-    state.wait_for_everyone()
-    if state.is_main_process:
-        print(f"wrote {writer.finalize(overwrite=args.overwrite)}")
+    pipeline = _load_pipeline(args, args.device or process_state().device)
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    return pipeline
 
 
 def _load_pipeline(args: argparse.Namespace, device: str):
@@ -311,17 +242,6 @@ def _device(args: argparse.Namespace) -> str:
     if args.device is not None:
         return args.device
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _run_attributes(args: argparse.Namespace, settings) -> dict:
-    """The settings of a run that decide its members, recorded in its output's attributes (a resumed
-    run must match them): the pipeline and every posterior setting given (how many members share a
-    batch and how processes split the work change nothing but float rounding, and are left out)."""
-    given = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None and k not in UNRECORDED}
-    return {f"latentda_{k}": _recorded(v) for k, v in {**given, "pipeline": args.pipeline}.items()}
-
-
-UNRECORDED = ("batch_members", "split_blankets", "decode_chunk")
 
 
 def _posterior_settings(args: argparse.Namespace, **extra):
@@ -446,12 +366,6 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
-
-
-def _partial_store(args: argparse.Namespace) -> Path | None:
-    """The ``.partial`` store a resumable command writes to, when it has one."""
-    out = getattr(args, "out", None)
-    return out.with_name(out.name + ".partial") if out is not None and hasattr(args, "resume") else None
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -586,10 +500,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    partial = _partial_store(args)
-    # A store this run creates is removed if it fails (a rerun would otherwise need --resume or a
-    # manual removal); an interrupted one is kept: its finished members are what --resume continues.
-    discard = partial is not None and not partial.exists() and os.environ.get("RANK", "0") == "0"
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
@@ -598,11 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"latentda {args.command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
-    except Exception as error:
-        if discard:
-            from latentda.data.io import remove_path
-
-            remove_path(partial)
+    except Exception as error:  # a run removes the store it created (latentda.runs); an interrupted one is kept
         if not isinstance(error, LatentdaError):
             raise
         print(f"latentda {args.command}: error: {error}", file=sys.stderr)

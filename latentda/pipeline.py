@@ -13,6 +13,10 @@ Latents are standardised per channel before diffusion, z̃ = (z − μ_z)/s_z, s
 σ_data = 1; ``decode`` maps z̃ → z → fields x = μ_x + s_x D(z). Only the classes named here are ever
 instantiated (no code is loaded from a folder or a hub repository) and only safetensors weights are
 read.
+
+The pipeline is the user's entry point (the Python API); sampling the posterior is
+:mod:`latentda.posterior` (which sees the pipeline through :class:`latentda.posterior.prior.PriorModel`)
+and writing ensembles, resumably and over processes, is :mod:`latentda.runs`.
 """
 
 from __future__ import annotations
@@ -27,20 +31,26 @@ import numpy as np
 import torch
 import xarray as xr
 from diffusers import EDMEulerScheduler
-from tqdm.auto import tqdm
 
 from latentda import __version__
 from latentda.components import check_inside, load_autoencoder, load_model, save_autoencoder
 from latentda.config import parse_known, read_json, require
-from latentda.data.io import atomic_path
 from latentda.data.calendar import calendar_features
+from latentda.data.ensemble_store import ensemble_dataset
+from latentda.data.io import atomic_path
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
+from latentda.diffusion.blankets import resolve_overlap
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.distributed import blanket_denoiser
 from latentda.diffusion.sampling import SAMPLERS
 from latentda.diffusion.sampling import sample as run_sampler
 from latentda.errors import LatentdaError
+from latentda.observe.files import read_observations
+from latentda.observe.operators import ObservationOperator
+from latentda.posterior.forecast import default_context, forecast_members
+from latentda.posterior.reanalysis import PosteriorSettings
+from latentda.runs import Report, run_forecast, run_reanalysis
 
 __all__ = ["LatentDAPipeline"]
 
@@ -117,11 +127,17 @@ class LatentDAPipeline:
         self.denoiser = Denoiser(backbone, scheduler)
         self.progress = True
         self.model_card: str | None = None
+        self.source: str | None = None  # the folder or hub id it was loaded from (recorded in run outputs)
 
     # ------------------------------------------------------------------ properties
     @property
     def window(self) -> int:
         return int(self.backbone.config.window)
+
+    @property
+    def overlap(self) -> int:
+        """States shared by consecutive blankets (``pipeline_config.json``'s ``overlap``, default K // 2)."""
+        return resolve_overlap(self.window, self.settings["overlap"])
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -173,7 +189,7 @@ class LatentDAPipeline:
         the windows and the outputs are gathered (:mod:`latentda.diffusion.distributed`); every process
         must then make the same calls. Alone, it is the plain denoiser.
         """
-        overlap = self.settings["overlap"] if overlap is None else overlap
+        overlap = self.overlap if overlap is None else overlap
         blanket = blanket_denoiser(self.denoiser, self.window, overlap, split=split_blankets)
         if not self.calendar:
             return blanket
@@ -225,11 +241,7 @@ class LatentDAPipeline:
         """Fields (realization, T, C, H, W) → CF dataset with dims (realization, time, ...)."""
         if time is None:
             time = xr.DataArray(self.lead_times(fields.shape[1]), dims="time", attrs={"long_name": "time since start"})
-        members = np.arange(fields.shape[0])
-        dataset = self.layout.to_dataset(fields, time, leading=[("realization", members)],
-                                         attrs={**self.layout.attrs, **(attrs or {})})
-        dataset["realization"].attrs.update({"long_name": "ensemble member", "standard_name": "realization"})
-        return dataset
+        return ensemble_dataset(self.layout, fields, time, attrs=attrs)
 
     # ------------------------------------------------------------------ sampling
     def sample_latents(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
@@ -266,11 +278,9 @@ class LatentDAPipeline:
         return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples"})
 
     # ------------------------------------------------------------------ posterior
-    def observation_operator(self, observations: xr.Dataset, allow_short: bool = False):
+    def observation_operator(self, observations: xr.Dataset, allow_short: bool = False) -> ObservationOperator:
         """The pixel-space operator, y and σ of an observation dataset, checked against the model
         (``allow_short``: a window shorter than K, as when nowcasting its continuation)."""
-        from latentda.observe.files import read_observations
-
         operator = read_observations(observations, self.layout, self.statistics)
         if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
@@ -300,45 +310,53 @@ class LatentDAPipeline:
             return np.arange(count) * np.timedelta64(int(round(self.settings["time_step"])), "s")
         return np.arange(count) * self.settings["time_step"]
 
-    def reanalyze(self, observations: xr.Dataset, members: int = 8, seed: int = 0, settings=None, **kwargs) -> xr.Dataset:
+    def _run_settings(self, settings: PosteriorSettings | None, options: dict) -> PosteriorSettings:
+        """``settings``, or a :class:`PosteriorSettings` of the keyword ``options``; validated."""
+        if settings is not None and options:
+            raise LatentdaError(f"give settings or their fields as keywords, not both ({', '.join(options)})")
+        try:
+            settings = settings or PosteriorSettings(**options)
+        except TypeError as error:  # an unknown keyword
+            raise LatentdaError(str(error)) from None
+        settings.validate()
+        return settings
+
+    def _recorded(self, attrs: dict | None) -> dict:
+        """The attributes a run records: ``attrs`` and the folder or hub id of this pipeline."""
+        return {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {})}
+
+    def reanalyze(self, observations: xr.Dataset, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None,
+                  *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+                  attrs: dict | None = None, report: Report | None = None, **options) -> xr.Dataset:
         """Posterior ensemble p(x_{1:L} | y) of the observation window, dims (realization, time, ...).
 
         ``settings`` is a :class:`PosteriorSettings` (or pass its fields as keywords: guidance,
-        iterations, solver, sampler, steps).
+        iterations, solver, sampler, steps, ...). With ``out`` (``PATH.zarr`` or ``.nc``) the members are
+        written one by one to ``out.partial``, renamed to ``out`` when complete, and the dataset is
+        returned opened from ``out``; an interrupted run keeps its finished members, and
+        ``resume=True`` completes it with a result identical to an uninterrupted run. Under
+        torchrun/accelerate launch the members are dealt over the processes (or, with
+        ``split_blankets``, the blanket windows). ``attrs`` are recorded in the output; ``report``
+        receives progress messages (e.g. ``print``). See :mod:`latentda.runs`.
         """
-        from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
-
-        settings = settings or PosteriorSettings(**kwargs)
-        settings.validate()
+        settings = self._run_settings(settings, options)
         operator = self.observation_operator(observations)
-        fields = np.zeros((members, operator.length, self.layout.num_channels, *self.layout.shape), np.float32)
-        for member, values, _ in posterior_members(self, operator, list(range(members)), settings, seed):
-            fields[member] = values
-        return self.to_dataset(fields, observations["time"], attrs={"title": "latentda reanalysis (posterior ensemble)"})
+        return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
+                              self._recorded(attrs), out, resume, overwrite, report)
 
-    def forecast_run(self, lead: int, members: int = 8, observations: xr.Dataset | None = None,
-                     initial: xr.Dataset | None = None, seed: int = 0, mode: str = "autoregressive",
-                     conditioning: str = "mmps", condition_noise: float = 0.05, settings=None):
-        """(checked members to iterate, the time of "now") of a forecast; see :meth:`forecast`."""
-        from latentda.posterior.forecast import forecast_members
-        from latentda.posterior.reanalysis import PosteriorSettings
-
-        settings = settings or PosteriorSettings()
-        settings.validate()
-        if settings.split_blankets:
-            raise LatentdaError("split_blankets applies to reanalyses only (a forecast rolls one window at a time)")
+    def _forecast_start(self, members: int, observations: xr.Dataset | None, initial: xr.Dataset | None):
+        """(observation operator, encoded initial latents, their times, the times ending at "now") of
+        a forecast's source: the observations, or the last states of ``initial`` (member m of an
+        initial ensemble for forecast member m)."""
         operator = encoded = initial_times = None
-        if (observations is None) == (initial is None):
-            raise LatentdaError("give exactly one of observations and initial")
+        source = observations
         if observations is not None:
             operator = self.observation_operator(observations, allow_short=True)  # shorter than K: nowcast
-            source = observations
-        else:
+        if initial is not None:
             if "time" not in initial.dims:
                 raise LatentdaError("the initial state has no 'time' dimension")
             self.layout.check(initial)
-            context = self.settings["overlap"] or self.window // 2
-            source = initial.isel(time=slice(-context, None))  # only the last states condition the forecast
+            source = initial.isel(time=slice(-default_context(self), None))  # only these condition the forecast
             rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
             if "realization" in source.dims and source.sizes["realization"] < members:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
@@ -347,28 +365,26 @@ class LatentDAPipeline:
                 check_finite(array, self.layout.channels, " in the initial state", self.statistics)
             encoded = torch.stack([self.encode(array) for array in arrays])
             initial_times = source["time"].values
-        run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
-                               condition_noise, initial_times=initial_times)
-        return run, source["time"]
+        return operator, encoded, initial_times, None if source is None else source["time"]
 
     def forecast(self, lead: int, members: int = 8, observations: xr.Dataset | None = None,
                  initial: xr.Dataset | None = None, seed: int = 0, mode: str = "autoregressive",
-                 conditioning: str = "mmps", settings=None, **kwargs) -> xr.Dataset:
+                 conditioning: str = "mmps", condition_noise: float = 0.05, settings: PosteriorSettings | None = None,
+                 *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+                 attrs: dict | None = None, report: Report | None = None, **options) -> xr.Dataset:
         """Forecast ensemble from an observation window or initial state(s), in WeatherBench2 layout:
         dims (realization, time, prediction_timedelta, ...), lead 0 being "now".
 
         ``initial`` may carry a ``realization`` dim (e.g. a reanalysis): member m continues member m.
-        ``settings``/keywords as for :meth:`reanalyze`.
+        ``mode``: autoregressive or aao; ``conditioning``: mmps or inpaint, ``condition_noise`` the σ_c of
+        mmps (:mod:`latentda.posterior.forecast`).
+        ``settings``/keywords, ``out``, ``resume``, ``overwrite``, ``attrs``, ``report`` as for :meth:`reanalyze`.
         """
-        from latentda.posterior.reanalysis import PosteriorSettings
-
-        settings = settings or PosteriorSettings(**kwargs)
-        run, time = self.forecast_run(lead, members, observations, initial, seed, mode, conditioning, settings=settings)
-        fields = np.stack([values for _, values in run])
-        dataset = self.to_dataset(fields, xr.DataArray(self.lead_times(lead + 1), dims="time"),
-                                  attrs={"title": "latentda forecast ensemble"})
-        dataset = dataset.rename(time="prediction_timedelta")
-        return dataset.expand_dims(time=[time.values[-1]], axis=1)
+        settings = self._run_settings(settings, options)
+        operator, encoded, initial_times, time = self._forecast_start(members, observations, initial)
+        run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
+                               condition_noise, initial_times=initial_times)  # every check, before any work
+        return run_forecast(run, self.layout, time, self._recorded(attrs), out, resume, overwrite, report)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:
@@ -436,7 +452,7 @@ class LatentDAPipeline:
         or from a Hugging Face Hub repo id (``org/name``, at ``revision``; honours HF_HUB_OFFLINE)."""
         from latentda.nn.transformer import TrajectoryTransformer
 
-        path = cls._resolve(path, revision, cache_dir)
+        given, path = path, cls._resolve(path, revision, cache_dir)
         for part in ("model_index.json", "pipeline_config.json", "autoencoder", "denoiser", "scheduler"):
             if not (path / part).exists():
                 raise LatentdaError(f"{path}: pipeline folder lacks '{part}'")
@@ -467,6 +483,7 @@ class LatentDAPipeline:
         if len(latent_statistics.channels) != autoencoder.latent_shape[0]:
             raise LatentdaError(f"{path}: latent statistics have {len(latent_statistics.channels)} channels, latents {autoencoder.latent_shape[0]}")
         pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, settings)
+        pipeline.source = str(Path(given).resolve()) if Path(given).is_dir() else str(given)
         card = path / "README.md"
         pipeline.model_card = card.read_text() if card.is_file() else None
         return pipeline.to(device, dtype)

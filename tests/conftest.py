@@ -103,3 +103,39 @@ def make_tiny_pipeline(folder, times: int = 6):
                                 {"time_step": 0.2, "steps": 4, "sampler": "ddpm"})
     pipeline.save_pretrained(folder, model_card="# tiny test pipeline\n")
     return pipeline, truth
+
+
+def make_observed_pipeline(root: Path, times: int = 6, fraction: float = 0.5, length: int | None = None):
+    """A tiny pipeline in ``root/pipeline`` (:func:`make_tiny_pipeline`), its truth in ``root/truth.nc``
+    and ``root/obs.nc``: ``latentda observe`` of a ``fraction`` of the u and v pixels (σ = 0.1,
+    operator ``root/op.yaml``) over the first ``length`` states (default all).
+    Returns (pipeline, truth, truth path, observations path)."""
+    from latentda import cli
+    from latentda.data import write_dataset
+
+    pipeline, truth = make_tiny_pipeline(root / "pipeline", times=times)
+    truth_path = write_dataset(truth, root / "truth.nc")
+    operator = root / "op.yaml"
+    operator.write_text(f"observations:\n  - {{name: o, variables: [u, v], fraction: {fraction}, noise_std: 0.1}}\n")
+    observations = root / "obs.nc"
+    window = [] if length is None else ["--length", str(length)]
+    assert cli.main(["observe", "--truth", str(truth_path), "--operator", str(operator), "--out", str(observations),
+                     *window, "--quiet"]) == 0
+    return pipeline, truth, truth_path, observations
+
+
+def interrupt_reanalyses_after(monkeypatch, members: int):
+    """Make reanalyses stop with Ctrl-C after ``members`` finished members (as an interrupted run
+    would); returns the real ``posterior_members`` generator."""
+    from latentda.posterior import reanalysis
+
+    real = reanalysis.posterior_members
+
+    def interrupted(*a, **k):
+        for count, item in enumerate(real(*a, **k)):
+            if count == members:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(reanalysis, "posterior_members", interrupted)
+    return real

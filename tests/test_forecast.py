@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import make_tiny_pipeline
+from conftest import make_observed_pipeline
 from latentda import cli
 from latentda.data import open_dataset, write_dataset
 from latentda.errors import LatentdaError
@@ -15,13 +15,7 @@ from latentda.posterior.reanalysis import PosteriorSettings
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("forecast")
-    pipeline, truth = make_tiny_pipeline(root / "pipeline", times=8)
-    truth_path = write_dataset(truth, root / "truth.nc")
-    operator = root / "op.yaml"
-    operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.3, noise_std: 0.1}\n")
-    observations = root / "obs.nc"
-    assert cli.main(["observe", "--truth", str(truth_path), "--operator", str(operator), "--out", str(observations),
-                     "--length", "5", "--quiet"]) == 0
+    pipeline, truth, truth_path, observations = make_observed_pipeline(root, times=8, fraction=0.3, length=5)
     return root, pipeline, truth, truth_path, observations
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_pipeline, run_torchrun
+from conftest import interrupt_reanalyses_after, make_observed_pipeline, run_torchrun
 from latentda import cli
 from latentda.data import FieldLayout, open_dataset, write_dataset
 from latentda.data.ensemble_store import EnsembleWriter
@@ -18,28 +18,11 @@ from latentda.posterior import reanalysis
 def setup(tmp_path_factory):
     """An untrained but complete pipeline, a truth and sparse observations of it."""
     root = tmp_path_factory.mktemp("reanalyze")
-    folder = root / "pipeline"
-    _, truth = make_tiny_pipeline(folder)
-    truth_path = write_dataset(truth, root / "truth.nc")
-    operator = root / "op.yaml"
-    operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.5, noise_std: 0.1}\n")
-    observations = root / "obs.nc"
-    assert cli.main(["observe", "--truth", str(truth_path), "--operator", str(operator), "--out", str(observations), "--quiet"]) == 0
-    return root, folder, truth_path, observations
+    _, _, truth_path, observations = make_observed_pipeline(root)
+    return root, root / "pipeline", truth_path, observations
 
 
-def _interrupt_after(monkeypatch, members: int):
-    """Make reanalyses stop with Ctrl-C after ``members`` finished members; returns the real generator."""
-    real = reanalysis.posterior_members
-
-    def interrupted(*a, **k):
-        for count, item in enumerate(real(*a, **k)):
-            if count == members:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(reanalysis, "posterior_members", interrupted)
-    return real
+_interrupt_after = interrupt_reanalyses_after
 
 
 def test_interrupted_reanalysis_resumes_with_identical_members(setup, tmp_path, monkeypatch):

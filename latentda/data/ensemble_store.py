@@ -4,7 +4,8 @@ While a run is in progress its output lives at ``<out>.partial`` (a zarr store w
 of the final output plus ``completed(realization)``). Each member's fields are written into their
 region and then marked completed, so an interrupted run keeps every finished member, and a resumed
 run skips them. When all members are done the store is renamed to ``out`` (or converted to netCDF
-when ``out`` ends in .nc): a final output is never partial.
+when ``out`` ends in .nc): a final output is never partial. :class:`EnsembleInMemory` has the same
+interface and builds the same dataset without a store (a run without ``out``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,57 @@ from latentda.data.io import atomic_path, create_store, open_dataset, output_for
 from latentda.data.layout import TIME, FieldLayout
 from latentda.errors import LatentdaError
 
-__all__ = ["EnsembleWriter"]
+__all__ = ["EnsembleWriter", "EnsembleInMemory", "ensemble_dataset"]
 
 COMPLETED = "completed"
 LEAD = "prediction_timedelta"
 REALIZATION = "realization"
+REALIZATION_ATTRS = {"long_name": "ensemble member", "standard_name": "realization"}
+
+
+def time_axis(time: xr.DataArray | np.ndarray) -> xr.DataArray:
+    """The time axis of each member as a ``time`` DataArray (its attributes kept, other coordinates dropped)."""
+    time = time.reset_coords(drop=True) if isinstance(time, xr.DataArray) else xr.DataArray(np.asarray(time), dims=TIME)
+    return time.rename({time.dims[0]: TIME}) if time.dims[0] != TIME else time
+
+
+def ensemble_dataset(layout: FieldLayout, fields: np.ndarray, time: xr.DataArray | np.ndarray,
+                     realizations=None, attrs: dict | None = None, init_time: xr.DataArray | None = None) -> xr.Dataset:
+    """Fields (realization, T, C, H, W) → CF dataset with dims (realization, time, ...), or with
+    ``init_time`` the WeatherBench2 forecast layout (realization, time, prediction_timedelta, ...)
+    where ``time`` holds the lead times."""
+    realizations = np.arange(len(fields)) if realizations is None else realizations
+    dataset = layout.to_dataset(fields, time, leading=[(REALIZATION, realizations)], attrs={**layout.attrs, **(attrs or {})})
+    dataset[REALIZATION].attrs.update(REALIZATION_ATTRS)
+    if init_time is None:
+        return dataset
+    dataset = dataset.rename({TIME: LEAD})
+    dataset = dataset.expand_dims({TIME: np.atleast_1d(np.asarray(init_time))}, axis=1)
+    if isinstance(init_time, xr.DataArray):
+        dataset[TIME].attrs.update(init_time.attrs)
+    return dataset
+
+
+class EnsembleInMemory:
+    """An ensemble gathered in memory member by member: :class:`EnsembleWriter`'s interface, and
+    the dataset its final output would hold."""
+
+    def __init__(self, layout: FieldLayout, time: xr.DataArray, members: int, attrs: dict | None = None,
+                 init_time: xr.DataArray | None = None) -> None:
+        self.layout, self.time, self.members, self.attrs, self.init_time = layout, time_axis(time), members, attrs, init_time
+        self.fields: dict[int, np.ndarray] = {}
+
+    def pending(self) -> list[int]:
+        return [m for m in range(self.members) if m not in self.fields]
+
+    def write(self, member: int, fields: np.ndarray) -> None:
+        self.fields[member] = fields.astype(np.float32)
+
+    def finalize(self) -> xr.Dataset:
+        if self.pending():
+            raise LatentdaError(f"members {self.pending()} are not finished")
+        fields = np.stack([self.fields[m] for m in range(self.members)])
+        return ensemble_dataset(self.layout, fields, self.time, attrs=self.attrs, init_time=self.init_time)
 
 
 class EnsembleWriter:
@@ -38,15 +85,14 @@ class EnsembleWriter:
         ``attach`` opens the partial store another process created (several processes, one output)."""
         self.out = Path(out)
         self.init_time = init_time
-        time = time.reset_coords(drop=True) if isinstance(time, xr.DataArray) else xr.DataArray(np.asarray(time), dims=TIME)
-        time = time.rename({time.dims[0]: TIME}) if time.dims[0] != TIME else time
+        time = time_axis(time)
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.layout = layout
         self.members = members
         if not attach:
             self.check(out, resume, overwrite)
-        template = self._arrange(layout.to_dataset(np.zeros((1, time.size, layout.num_channels, *layout.shape), np.float32),
-                                                   time, leading=[(REALIZATION, [0])]))
+        template = ensemble_dataset(layout, np.zeros((1, time.size, layout.num_channels, *layout.shape), np.float32),
+                                    time, attrs=attrs, init_time=init_time)  # one member: the variables' layout
         self.variables = {name: v.dims for name, v in template.data_vars.items()}
         if self.partial.exists():
             existing = open_dataset(self.partial)
@@ -62,12 +108,11 @@ class EnsembleWriter:
                                     "remove it to start again")
             return
         coords = {name: template[name] for name in template.coords if name != REALIZATION}
-        coords[REALIZATION] = xr.DataArray(np.arange(members), dims=REALIZATION,
-                                           attrs={"long_name": "ensemble member", "standard_name": "realization"})
+        coords[REALIZATION] = xr.DataArray(np.arange(members), dims=REALIZATION, attrs=REALIZATION_ATTRS)
         variables = {name: (v.dims, "float32", v.attrs) for name, v in template.data_vars.items()}
         variables[COMPLETED] = ((REALIZATION,), "float32", {"long_name": "1 when the member is complete"})
         with atomic_path(self.partial) as temporary:  # the partial store itself appears whole
-            create_store(temporary, coords, variables, {**layout.attrs, **(attrs or {})})
+            create_store(temporary, coords, variables, template.attrs)
             write_region(temporary, {COMPLETED: np.zeros(members, np.float32)}, (slice(None),))
 
     @staticmethod
@@ -86,13 +131,6 @@ class EnsembleWriter:
     def time_dim(self) -> str:
         return LEAD if self.init_time is not None else TIME
 
-    def _arrange(self, dataset: xr.Dataset) -> xr.Dataset:
-        """Forecast layout (WeatherBench2): member time axis → prediction_timedelta, plus a time dim."""
-        if self.init_time is None:
-            return dataset
-        dataset = dataset.rename({TIME: LEAD})
-        return dataset.expand_dims({TIME: np.atleast_1d(np.asarray(self.init_time))}, axis=1)
-
     def completed(self) -> list[int]:
         flags = zarr.open_group(self.partial, mode="r")[COMPLETED][:]
         return [int(i) for i in np.flatnonzero(flags == 1)]
@@ -103,8 +141,8 @@ class EnsembleWriter:
 
     def write(self, member: int, fields: np.ndarray) -> None:
         """Store member ``member``'s fields (time, C, H, W), then mark it complete."""
-        member_dataset = self._arrange(self.layout.to_dataset(fields[None].astype(np.float32), np.arange(fields.shape[0]),
-                                                              leading=[(REALIZATION, [member])]))
+        member_dataset = ensemble_dataset(self.layout, fields[None].astype(np.float32), np.arange(fields.shape[0]),
+                                          realizations=[member], init_time=self.init_time)
         arrays = {name: member_dataset[name].values for name in self.variables}
         write_region(self.partial, arrays, (slice(member, member + 1),))
         write_region(self.partial, {COMPLETED: np.ones(1, np.float32)}, (slice(member, member + 1),))

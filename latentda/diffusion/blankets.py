@@ -17,7 +17,13 @@ from torch import Tensor
 
 from latentda.errors import LatentdaError
 
-__all__ = ["blanket_starts", "BlanketDenoiser"]
+__all__ = ["blanket_starts", "resolve_overlap", "BlanketDenoiser"]
+
+
+def resolve_overlap(window: int, overlap: int | None) -> int:
+    """The overlap of consecutive blankets: ``overlap`` as given (0: windows share no state), or
+    the default K // 2 when None. The one place the default is decided."""
+    return window // 2 if overlap is None else overlap
 
 
 def blanket_starts(length: int, window: int, overlap: int) -> list[int]:
@@ -37,7 +43,7 @@ class BlanketDenoiser:
     def __init__(self, denoiser: Callable, window: int, overlap: int | None = None, batch_windows: int = 16) -> None:
         self.denoiser = denoiser
         self.window = window
-        self.overlap = window // 2 if overlap is None else overlap
+        self.overlap = resolve_overlap(window, overlap)
         self.batch_windows = batch_windows
 
     def assignment(self, length: int) -> tuple[list[int], Tensor]:

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from latentda.diffusion.blankets import BlanketDenoiser, blanket_starts
+from latentda.diffusion.blankets import BlanketDenoiser, blanket_starts, resolve_overlap
 from latentda.errors import LatentdaError
 
 __all__ = ["CopyToRegion", "GatherFromRegion", "DistributedBlanketDenoiser", "blanket_denoiser", "process_count",
@@ -55,7 +55,7 @@ def process_count(group=None) -> int:
 
 def check_blanket_split(length: int, window: int, overlap: int | None, processes: int) -> None:
     """Every one of ``processes`` must get at least one blanket window of a trajectory of ``length``."""
-    overlap = window // 2 if overlap is None else overlap
+    overlap = resolve_overlap(window, overlap)
     windows = len(blanket_starts(length, window, overlap))
     if windows < processes:
         raise LatentdaError(f"a trajectory of {length} states has {windows} blanket window(s) (window {window}, "

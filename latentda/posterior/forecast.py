@@ -30,20 +30,23 @@ The output lead 0 is the analysis of the last observed state.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from latentda.diffusion.blankets import resolve_overlap
+from latentda.diffusion.sampling import standard_normal
 from latentda.errors import LatentdaError
+from latentda.nn.precision import Autocast
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser
-from latentda.diffusion.sampling import standard_normal
-from latentda.nn.precision import Autocast
+from latentda.posterior.prior import PriorModel
 from latentda.posterior.reanalysis import PosteriorSettings, batches, guided_denoiser, member_generator, sample_members
 
-__all__ = ["forecast_members", "ForecastMembers", "extend_operator", "MODES", "CONDITIONINGS"]
+__all__ = ["forecast_members", "ForecastMembers", "default_context", "extend_operator", "MODES", "CONDITIONINGS"]
 
 MODES = ("autoregressive", "aao")
 CONDITIONINGS = ("mmps", "inpaint")
@@ -76,23 +79,29 @@ class _Inpainting:
         return torch.cat([self.known, mean[:, c:]], dim=1)
 
 
-def _window(pipeline, history: Tensor, context: int, conditioning: str, noise: float, settings: PosteriorSettings,
+def _window(prior: PriorModel, history: Tensor, context: int, conditioning: str, noise: float, settings: PosteriorSettings,
             generators: list[torch.Generator], times) -> Tensor:
     """One window (B, K, ...) per member whose first ``context`` states follow the member's
     ``history`` (``times``: the window's K times, for calendar-conditioned priors, else None)."""
     known = history[:, -context:]
-    prior = Autocast(pipeline.trajectory_denoiser(times=times), pipeline.device,  # L = K: the window denoiser
-                     settings.compute_dtype(pipeline.device))
+    window_denoiser = Autocast(prior.trajectory_denoiser(times=times), prior.device,  # L = K: the window denoiser
+                               settings.compute_dtype(prior.device))
     if conditioning == "inpaint":
-        denoise = _Inpainting(prior, known, generators)
+        denoise = _Inpainting(window_denoiser, known, generators)
     else:
-        denoise = MMPSDenoiser(prior, lambda z: z[:, :context].reshape(z.shape[0], -1),
+        denoise = MMPSDenoiser(window_denoiser, lambda z: z[:, :context].reshape(z.shape[0], -1),
                                known.reshape(known.shape[0], -1), noise, iterations=settings.iterations)
-    return sample_members(pipeline, denoise, pipeline.window, generators, settings)
+    return sample_members(prior, denoise, prior.window, generators, settings)
+
+
+def default_context(prior: PriorModel) -> int:
+    """The states each forecast window shares with the history: the prior's blanket overlap, or the
+    default overlap when the prior's is 0 (windows sharing no state could not follow the history)."""
+    return prior.overlap or resolve_overlap(prior.window, None)
 
 
 def forecast_members(
-    pipeline,
+    prior: PriorModel,
     members: list[int],
     lead: int,
     settings: PosteriorSettings,
@@ -106,80 +115,92 @@ def forecast_members(
     initial_times=None,
 ) -> "ForecastMembers":
     """Members of a forecast: iterate to get (member, fields (lead + 1, C, H, W)) as each finishes —
-    lead 0 is the last observed/initial state. Every argument is checked here, before any work.
+    lead 0 is the last observed/initial state. The one entry point of forecasting: every argument
+    is checked here, before any work.
 
     ``initial`` holds standardised latents (1 or members, n0, c, h, w): with one row every member
     starts from it, with one row per member (e.g. the members of a reanalysis) member m starts from
-    row m.
+    row m. ``context``: states each new window shares with the history (default :func:`default_context`).
     """
+    settings.validate()
+    if settings.split_blankets:
+        raise LatentdaError("split_blankets applies to reanalyses only (a forecast rolls one window at a time)")
     if lead < 1:
         raise LatentdaError(f"lead must be at least 1, got {lead}")
     if (operator is None) == (initial is None):
-        raise LatentdaError("give either observations or an initial state")
+        raise LatentdaError("give exactly one of observations and initial")
     if mode not in MODES or conditioning not in CONDITIONINGS:
         raise LatentdaError(f"mode must be one of {MODES} and conditioning one of {CONDITIONINGS}")
     if mode == "aao" and operator is None:
         raise LatentdaError("all-at-once mode needs observations")
-    if mode == "aao" and operator is not None and operator.length + lead < pipeline.window:
-        raise LatentdaError(f"all-at-once needs observed states + lead ≥ the window of {pipeline.window}")
+    if mode == "aao" and operator is not None and operator.length + lead < prior.window:
+        raise LatentdaError(f"all-at-once needs observed states + lead ≥ the window of {prior.window}")
     if conditioning == "mmps" and not condition_noise > 0:
         raise LatentdaError(f"the conditioning noise must be positive, got {condition_noise}")
-    K = pipeline.window
-    context = context if context is not None else (pipeline.settings["overlap"] or K // 2)
+    K = prior.window
+    context = default_context(prior) if context is None else context
     if not 1 <= context < K:
         raise LatentdaError(f"context {context} must be in [1, {K - 1}]")
     if initial is not None and initial.shape[1] < context:
         raise LatentdaError(f"the initial condition has {initial.shape[1]} states; {context} are needed")
     if initial is not None and initial.shape[0] > 1 and max(members, default=0) >= initial.shape[0]:
         raise LatentdaError(f"the initial condition has {initial.shape[0]} members; member {max(members)} was asked for")
-    if pipeline.calendar and initial is not None and initial_times is None:
+    if prior.calendar and initial is not None and initial_times is None:
         raise LatentdaError("this model is conditioned on the calendar: give the times of the initial states")
-    return ForecastMembers(pipeline, list(members), lead, settings, seed, operator, initial, mode, conditioning,
+    return ForecastMembers(prior, list(members), lead, settings, seed, operator, initial, mode, conditioning,
                            condition_noise, context, initial_times)
 
 
+@dataclass(frozen=True, eq=False)
 class ForecastMembers:
-    """The (checked) forecast of a list of members; ``only(members)`` restricts it (e.g. to resume)."""
+    """The (checked: made by :func:`forecast_members`) forecast of a list of members;
+    ``only(members)`` restricts it (e.g. to the members a resumed run still needs)."""
 
-    def __init__(self, pipeline, members, lead, settings, seed, operator, initial, mode, conditioning, noise, context,
-                 initial_times=None):
-        self.pipeline, self.members, self.lead, self.settings, self.seed = pipeline, members, lead, settings, seed
-        self.operator, self.initial, self.mode, self.conditioning, self.noise, self.context = (
-            operator, initial, mode, conditioning, noise, context)
-        self.initial_times = initial_times
+    prior: PriorModel
+    members: list[int]
+    lead: int
+    settings: PosteriorSettings
+    seed: int
+    operator: ObservationOperator | None
+    initial: Tensor | None
+    mode: str
+    conditioning: str
+    noise: float
+    context: int
+    initial_times: np.ndarray | None = None
 
     def only(self, members: list[int]) -> "ForecastMembers":
-        return ForecastMembers(self.pipeline, list(members), self.lead, self.settings, self.seed, self.operator,
-                               self.initial, self.mode, self.conditioning, self.noise, self.context, self.initial_times)
+        return dataclasses.replace(self, members=list(members))
 
     def __len__(self) -> int:
         return len(self.members)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        pipeline, settings, context = self.pipeline, self.settings, self.context
-        K = pipeline.window
-        for batch in batches(self.members, settings.batch_size(pipeline.device)):
+        prior, settings, context = self.prior, self.settings, self.context
+        K = prior.window
+        # From an initial state only the latent denoiser runs (the decoder decodes the result once).
+        for batch in batches(self.members, settings.batch_size(prior.device, through_decoder=self.operator is not None)):
             generators = [member_generator(self.seed, member) for member in batch]
             if self.operator is not None:
                 observed = self.operator.length
                 extra = self.lead if self.mode == "aao" else max(0, K - observed)  # shorter than K: nowcast its end
                 last = None if self.operator.times is None else np.asarray(self.operator.times)[-1]
-                after = None if last is None else last + pipeline.lead_times(extra + 1)[1:]
+                after = None if last is None else last + prior.lead_times(extra + 1)[1:]
                 window_operator = extend_operator(self.operator, extra, after) if extra else self.operator
-                denoise = guided_denoiser(pipeline, window_operator, settings)
-                history = sample_members(pipeline, denoise, observed + extra, generators, settings)
+                denoise = guided_denoiser(prior, window_operator, settings)
+                history = sample_members(prior, denoise, observed + extra, generators, settings)
                 now = observed - 1
                 start = None if self.operator.times is None else np.asarray(self.operator.times)[0]
             else:
                 rows = self.initial[batch] if self.initial.shape[0] > 1 else self.initial.expand(len(batch), *self.initial.shape[1:])
-                history = rows.to(pipeline.device, pipeline.dtype)
+                history = rows.to(prior.device, prior.dtype)
                 now = history.shape[1] - 1
                 start = None if self.initial_times is None else np.asarray(self.initial_times)[0]
             while history.shape[1] - 1 - now < self.lead:
                 times = None
                 if start is not None:  # times of the next window: its first state is history[-context]
-                    times = start + pipeline.lead_times(history.shape[1] - context + K)[history.shape[1] - context:]
-                window = _window(pipeline, history, context, self.conditioning, self.noise, settings, generators, times)
+                    times = start + prior.lead_times(history.shape[1] - context + K)[history.shape[1] - context:]
+                window = _window(prior, history, context, self.conditioning, self.noise, settings, generators, times)
                 history = torch.cat([history, window[:, context:]], dim=1)
-            fields = pipeline.decode(history[:, now : now + self.lead + 1])
+            fields = prior.decode(history[:, now : now + self.lead + 1])
             yield from zip(batch, fields)

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 
 from latentda.config import require
-from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.nn.linearization import NetworkLinearization
 from latentda.nn.precision import PRECISIONS, Autocast, autocast, resolve_precision
 from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
+from latentda.posterior.prior import PriorModel
 from latentda.diffusion.sampling import SAMPLERS, sample
 from latentda.posterior.solvers import SOLVERS
 
@@ -68,27 +68,29 @@ class PosteriorSettings:
         require(self.batch_members is None or self.batch_members >= 1, "batch_members", "must be at least 1")
         require(self.precision is None or self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
 
-    def sampler_options(self, pipeline) -> dict:
+    def sampler_options(self, prior: PriorModel) -> dict:
         """The keyword arguments of :func:`latentda.diffusion.sampling.sample`: these settings, with the
-        pipeline's defaults (``pipeline_config.json``) where they are None."""
-        defaults = pipeline.settings
+        prior's defaults (``pipeline_config.json``) where they are None."""
+        defaults = prior.settings
         pick = lambda mine, key: defaults.get(key) if mine is None else mine  # noqa: E731
         return {"steps": pick(self.steps, "steps"), "method": pick(self.sampler, "sampler"),
                 "corrections": pick(self.corrections, "corrections"), "tau": pick(self.tau, "tau"),
                 "sigma_start": pick(self.sigma_start, "sigma_start"), "churn": pick(self.churn, "churn")}
 
-    def batch_size(self, device) -> int:
-        return self.batch_members or default_batch_members(device)
+    def batch_size(self, device, through_decoder: bool = True) -> int:
+        return self.batch_members or default_batch_members(device, through_decoder)
 
     def compute_dtype(self, device) -> torch.dtype:
         return resolve_precision(self.precision, device)
 
 
-def default_batch_members(device) -> int:
-    """Members sampled in one batch by default: 8 on a GPU (throughput), 1 on a CPU, where larger
-    batches were slower per member (``tools/bench_batch.py``: ×0.99 at 2, ×0.55 at 4 on 2 cores;
-    the decoder's activations outgrow the caches)."""
-    return 8 if torch.device(device).type == "cuda" else 1
+def default_batch_members(device, through_decoder: bool = True) -> int:
+    """Members sampled in one batch by default: 8 on a GPU (throughput). On a CPU 1 when every
+    step goes through the decoder (reanalyses: larger batches were slower per member,
+    ``tools/bench_batch.py``: ×0.99 at 2, ×0.55 at 4 on 2 cores, the decoder's activations
+    outgrowing the caches) and 8 when only the latent denoiser runs (forecasts from an initial
+    state: 4 members in one batch ×1.7 faster than one at a time)."""
+    return 8 if torch.device(device).type == "cuda" or not through_decoder else 1
 
 
 class LatentOperator:
@@ -106,16 +108,16 @@ class LatentOperator:
     and every product recomputes the decoder chunk by chunk (one more decoder forward per product).
     """
 
-    def __init__(self, pipeline, operator: ObservationOperator, chunk: int | None = None,
+    def __init__(self, prior: PriorModel, operator: ObservationOperator, chunk: int | None = None,
                  compute_dtype: torch.dtype = torch.float32) -> None:
         if chunk is not None and chunk < 1:
             raise ValueError(f"decoder chunk must be at least 1, got {chunk}")
-        self.autoencoder = pipeline.autoencoder
-        self.latent_statistics, self.statistics = pipeline.latent_statistics, pipeline.statistics
+        self.autoencoder = prior.autoencoder
+        self.latent_statistics, self.statistics = prior.latent_statistics, prior.statistics
         self.operator = operator
         self.chunk = chunk
-        self.network_decode = Autocast(self.autoencoder.decode, pipeline.device, compute_dtype)  # D in compute_dtype
-        self.device, self.compute_dtype = pipeline.device, compute_dtype
+        self.network_decode = Autocast(self.autoencoder.decode, prior.device, compute_dtype)  # D in compute_dtype
+        self.device, self.compute_dtype = prior.device, compute_dtype
 
     def decode(self, frames: Tensor) -> Tensor:
         """Standardised latent frames (N, c, h, w) → physical fields (N, C, H, W), differentiable."""
@@ -200,16 +202,16 @@ class _ChunkedLinearization:
         return torch.cat(out).reshape(self.shape)
 
 
-def guided_denoiser(pipeline, operator: ObservationOperator, settings: PosteriorSettings):
-    """The posterior denoiser E[z̃_{1:L} | z̃_t, y] for the pipeline's trajectory prior."""
+def guided_denoiser(prior: PriorModel, operator: ObservationOperator, settings: PosteriorSettings):
+    """The posterior denoiser E[z̃_{1:L} | z̃_t, y] for the trajectory prior."""
     y, noise_std = operator.observed()
-    dtype = settings.compute_dtype(pipeline.device)
-    A = LatentOperator(pipeline, operator, settings.decode_chunk, dtype)
-    prior = Autocast(pipeline.trajectory_denoiser(times=operator.times, split_blankets=settings.split_blankets),
-                     pipeline.device, dtype)
+    dtype = settings.compute_dtype(prior.device)
+    A = LatentOperator(prior, operator, settings.decode_chunk, dtype)
+    denoise = Autocast(prior.trajectory_denoiser(times=operator.times, split_blankets=settings.split_blankets),
+                       prior.device, dtype)
     if settings.guidance == "dps":
-        return DPSDenoiser(prior, A, y, noise_std, scale=settings.dps_scale)
-    return MMPSDenoiser(prior, A, y, noise_std, iterations=settings.iterations, solver=settings.solver)
+        return DPSDenoiser(denoise, A, y, noise_std, scale=settings.dps_scale)
+    return MMPSDenoiser(denoise, A, y, noise_std, iterations=settings.iterations, solver=settings.solver)
 
 
 def member_generator(seed: int, member: int) -> torch.Generator:
@@ -221,25 +223,25 @@ def batches(members: list[int], size: int) -> list[list[int]]:
     return [list(members[i : i + size]) for i in range(0, len(members), size)]
 
 
-def sample_members(pipeline, denoise, length: int, generators: list[torch.Generator], settings: PosteriorSettings,
+def sample_members(prior: PriorModel, denoise, length: int, generators: list[torch.Generator], settings: PosteriorSettings,
                    progress: bool = False, description: str = "members") -> Tensor:
     """Standardised latent trajectories (len(generators), length, c, h, w) sampled together, row b
     drawing all its noise from ``generators[b]``: each row is what it would be if sampled alone."""
-    return sample(denoise, (len(generators), length, *pipeline.latent_shape), pipeline.scheduler, generator=generators,
-                  device=pipeline.device, dtype=pipeline.dtype, progress=progress, description=description,
-                  **settings.sampler_options(pipeline))
+    return sample(denoise, (len(generators), length, *prior.latent_shape), prior.scheduler, generator=generators,
+                  device=prior.device, dtype=prior.dtype, progress=progress, description=description,
+                  **settings.sampler_options(prior))
 
 
-def posterior_members(pipeline, operator: ObservationOperator, members: list[int], settings: PosteriorSettings,
+def posterior_members(prior: PriorModel, operator: ObservationOperator, members: list[int], settings: PosteriorSettings,
                       seed: int = 0) -> Iterator[tuple[int, np.ndarray, float]]:
     """Yield (member, fields (L, C, H, W) in physical units, residual ratio) as each member finishes
     (members sampled ``settings.batch_size(device)`` at a time)."""
-    denoise = guided_denoiser(pipeline, operator, settings)
-    for batch in batches(members, settings.batch_size(pipeline.device)):
+    denoise = guided_denoiser(prior, operator, settings)
+    for batch in batches(members, settings.batch_size(prior.device)):
         generators = [member_generator(seed, member) for member in batch]
         description = f"member {batch[0]}" if len(batch) == 1 else f"members {batch[0]}–{batch[-1]}"
-        z = sample_members(pipeline, denoise, operator.length, generators, settings, pipeline.progress, description)
-        fields = pipeline.decode(z)
+        z = sample_members(prior, denoise, operator.length, generators, settings, prior.progress, description)
+        fields = prior.decode(z)
         ratios = operator.residual_ratio(torch.from_numpy(fields).double())
         for member, values, ratio in zip(batch, fields, ratios):
             yield member, values, float(ratio)

@@ -1,0 +1,64 @@
+"""What the posterior samplers need of a prior: a small protocol, not the pipeline class.
+
+The posterior (reanalysis, forecast) conditions a latent trajectory prior p(z̃_{1:L}) on
+observations through the decoder. It needs
+
+- the trajectory denoiser E[z̃_{1:L} | z̃_t] (blankets of ``window`` states, ``overlap`` apart),
+  its noise ``scheduler`` and the default sampler ``settings`` (``pipeline_config.json``),
+- the decoder D with both standardisations (``autoencoder``, ``statistics``, ``latent_statistics``)
+  and the frame decoder ``decode`` z̃ → x,
+- the latent shape, ``device``, ``dtype``, the model's time step (``lead_times``) and whether it is
+  conditioned on the calendar.
+
+:class:`latentda.pipeline.LatentDAPipeline` satisfies it; anything else that does can be sampled
+the same way (a test double, a prior assembled by hand). The pipeline imports the posterior,
+never the reverse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from latentda.data.statistics import Statistics
+
+__all__ = ["PriorModel"]
+
+
+@runtime_checkable
+class PriorModel(Protocol):
+    """A latent trajectory prior with its decoder (see the module docstring)."""
+
+    autoencoder: torch.nn.Module
+    statistics: Statistics
+    latent_statistics: Statistics
+    scheduler: Any
+    settings: Mapping[str, Any]  # sampler defaults: sampler, steps, corrections, tau, sigma_start, churn, ...
+    progress: bool  # progress bars while sampling
+
+    @property
+    def window(self) -> int: ...
+
+    @property
+    def overlap(self) -> int: ...
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def calendar(self) -> bool: ...
+
+    def trajectory_denoiser(self, overlap: int | None = None, times=None,
+                            split_blankets: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]: ...
+
+    def decode(self, z: torch.Tensor, batch_size: int = 64) -> np.ndarray: ...
+
+    def lead_times(self, count: int) -> np.ndarray: ...

@@ -1,0 +1,188 @@
+"""Ensemble runs: the members of a reanalysis or forecast sampled one by one into their output.
+
+A run of N members writes into an ensemble store (:class:`latentda.data.ensemble_store.EnsembleWriter`,
+a ``<out>.partial`` zarr store renamed to ``out`` when complete) or, without ``out``, gathers them in
+memory. Member m depends only on (seed, m) (:func:`latentda.posterior.reanalysis.member_generator`),
+so members may be computed in any order and on any process:
+
+- **resume**: an interrupted run (Ctrl-C, SIGTERM) keeps every finished member; run again with
+  ``resume=True`` it computes only the others, and the result is bit-identical to an
+  uninterrupted run. The settings that decide the members are recorded in the store's attributes
+  (:func:`run_attributes`) and a resumed run must match them.
+- **processes**: under ``torchrun``/``accelerate launch`` the main process creates the store, the
+  others attach to it, and the unfinished members are dealt round-robin — or, with
+  ``split_blankets``, every process samples every member, sharing the blanket windows, and the main
+  process writes.
+- **errors**: a store this run created is removed when the run fails (it would block a rerun); an
+  interrupted one is kept for ``resume``.
+
+Both the Python API (:meth:`latentda.pipeline.LatentDAPipeline.reanalyze`, ``.forecast``) and the
+command line go through :func:`run_reanalysis` and :func:`run_forecast`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter
+from latentda.data.io import open_dataset, remove_path
+from latentda.data.layout import FieldLayout
+from latentda.diffusion.distributed import check_blanket_split
+from latentda.observe.operators import ObservationOperator
+from latentda.posterior import reanalysis
+from latentda.posterior.forecast import ForecastMembers
+from latentda.posterior.prior import PriorModel
+from latentda.posterior.reanalysis import PosteriorSettings
+
+__all__ = ["EnsembleRun", "run_reanalysis", "run_forecast", "run_attributes", "lead_time_axis", "process_state"]
+
+Report = Callable[[str], None]
+UNRECORDED = ("batch_members", "split_blankets", "decode_chunk")  # change float rounding only, not the members
+
+
+def process_state():
+    """Accelerate's view of the processes (joins the process group under torchrun/accelerate launch;
+    alone, one process)."""
+    from accelerate import PartialState  # heavy: imported when a run starts
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
+    """The settings that decide a run's members, as recorded in its output (``latentda_<name>``):
+    every posterior setting given (None: the pipeline's default, which ``pipeline`` identifies)
+    and ``recorded`` (e.g. the pipeline's folder). Batching and how processes share the work change
+    nothing but float rounding, and are left out."""
+    given = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None and k not in UNRECORDED}
+    given.update({k: v for k, v in recorded.items() if v is not None})
+    return {f"latentda_{k}": str(v) for k, v in given.items()}
+
+
+def lead_time_axis(prior: PriorModel, count: int) -> xr.DataArray:
+    """The forecast lead times 0, Δ, …, (count − 1)Δ with their CF attributes."""
+    leads = xr.DataArray(prior.lead_times(count), dims="time", attrs={"long_name": "forecast lead time"})
+    if prior.settings["time_units"] != "seconds":  # timedelta64 leads carry their units in the encoding
+        leads.attrs["units"] = prior.settings["time_units"]
+    return leads
+
+
+class EnsembleRun:
+    """One ensemble run: its output (a store at ``out``, or memory when ``out`` is None) and this
+    process's share of the members still to compute (:attr:`members`).
+
+    Use as a context manager around the sampling loop (a store created by this run is removed if
+    the loop fails with an error; an interrupted one is kept), then call :meth:`finish`.
+    """
+
+    def __init__(self, layout: FieldLayout, time: xr.DataArray, members: int, attrs: dict, out: str | os.PathLike | None = None,
+                 resume: bool = False, overwrite: bool = False, init_time: xr.DataArray | None = None,
+                 deal_members: bool = True, report: Report | None = None, state=None) -> None:
+        self.out = None if out is None else Path(out)
+        self.overwrite, self.report = overwrite, report
+        self.state = state or process_state()
+        self.created = False
+        if self.out is None:  # every process computes every member and keeps them
+            self.store, self.members, self.writes = EnsembleInMemory(layout, time, members, attrs, init_time), list(range(members)), True
+            return
+        EnsembleWriter.check(self.out, resume, overwrite)  # every process, before any waits
+        partial = self.out.with_name(self.out.name + ".partial")
+        self.created = not partial.exists()
+
+        def store(**kwargs) -> EnsembleWriter:
+            return EnsembleWriter(self.out, layout, time, members, attrs, resume=resume, overwrite=overwrite,
+                                  init_time=init_time, **kwargs)
+
+        self.state.wait_for_everyone()
+        writer = store() if self.is_main else None
+        self.state.wait_for_everyone()
+        self.store = writer or store(attach=True)
+        pending = self.store.pending()
+        if len(pending) < members:
+            self.say(f"resuming: {members - len(pending)} member(s) already complete")
+        share = slice(self.state.process_index, None, self.state.num_processes) if deal_members else slice(None)
+        self.members = pending[share]
+        self.writes = self.is_main or deal_members  # split blankets: every process has every member; one writes
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
+
+    def say(self, message: str) -> None:
+        """Report a message of the run as a whole (from the main process only)."""
+        if self.report is not None and self.is_main:
+            self.report(message)
+
+    def write(self, member: int, fields: np.ndarray, message: str | None = None) -> None:
+        """Keep member ``member``'s fields (time, C, H, W) — and report ``message`` — on the process that writes it."""
+        if self.writes:
+            self.store.write(member, fields)
+            if message is not None and self.report is not None:
+                self.report(message)
+
+    def __enter__(self) -> "EnsembleRun":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if isinstance(error, Exception) and self.created and self.is_main:
+            remove_path(self.store.partial)  # a failed fresh run leaves nothing (an interrupted one keeps its members)
+
+    def finish(self) -> xr.Dataset:
+        """The complete ensemble: the store moved to ``out`` (and opened lazily), or the dataset in memory."""
+        if self.out is None:
+            return self.store.finalize()
+        self.state.wait_for_everyone()
+        if self.is_main:
+            self.say(f"wrote {self.store.finalize(overwrite=self.overwrite)}")
+        self.state.wait_for_everyone()
+        return open_dataset(self.out)
+
+
+def run_reanalysis(prior: PriorModel, layout: FieldLayout, operator: ObservationOperator, time: xr.DataArray,
+                   members: int, settings: PosteriorSettings, seed: int = 0, attrs: dict | None = None,
+                   out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+                   report: Report | None = None) -> xr.Dataset:
+    """The posterior ensemble of ``operator``'s observations (at ``time``), dims (realization, time, ...),
+    written to ``out`` when given (see the module docstring). ``settings`` must be validated;
+    ``attrs`` are recorded in the output next to the title, seed and :func:`run_attributes`.
+    With ``prior.progress``, each member reports its observation residual ratio."""
+    state = process_state()
+    if settings.split_blankets:
+        check_blanket_split(operator.length, prior.window, prior.overlap, state.num_processes)
+        if not state.is_main_process:
+            prior.progress = False  # one progress bar for the processes sampling together
+    attrs = {"title": "latentda reanalysis (posterior ensemble)", **(attrs or {}), "seed": seed, **run_attributes(settings)}
+    run = EnsembleRun(layout, time, members, attrs, out, resume, overwrite, deal_members=not settings.split_blankets,
+                      report=report, state=state)
+    with run:
+        # looked up when called, so that it can be replaced (tests interrupt a run after some members)
+        for member, fields, ratio in reanalysis.posterior_members(prior, operator, run.members, settings, seed):
+            run.write(member, fields, f"member {member}: observation residual ratio {ratio:.3f}" if prior.progress else None)
+    return run.finish()
+
+
+def run_forecast(forecast: ForecastMembers, layout: FieldLayout, time: xr.DataArray, attrs: dict | None = None,
+                 out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+                 report: Report | None = None) -> xr.Dataset:
+    """The forecast ensemble of the checked ``forecast`` (:func:`latentda.posterior.forecast.forecast_members`)
+    in WeatherBench2 layout, dims (realization, time, prediction_timedelta, ...), the single ``time``
+    being the last of ``time`` ("now"); written to ``out`` when given (see the module docstring)."""
+    prior = forecast.prior
+    attrs = {"title": "latentda forecast ensemble", **(attrs or {}), "mode": forecast.mode,
+             "conditioning": forecast.conditioning, "seed": forecast.seed,
+             **run_attributes(forecast.settings, condition_noise=forecast.noise if forecast.conditioning == "mmps" else None)}
+    now = xr.DataArray(time.values[-1:], dims="time", attrs=time.attrs)
+    run = EnsembleRun(layout, lead_time_axis(prior, forecast.lead + 1), len(forecast), attrs, out, resume, overwrite,
+                      init_time=now, report=report)
+    with run:
+        for member, fields in tqdm(forecast.only(run.members), total=len(run.members), desc="forecast members",
+                                   disable=not (prior.progress and run.is_main)):
+            run.write(member, fields)
+    return run.finish()

@@ -1,0 +1,158 @@
+"""Ensemble runs through the Python API (latentda.runs): an interrupted reanalysis resumed through
+the API equals an uninterrupted one; the API forecast is the command's (values, lead-time CF
+attributes, recorded settings); the public API at the top level; the layers import downwards only."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import interrupt_reanalyses_after, make_observed_pipeline
+from latentda import cli
+from latentda.data import open_dataset
+from latentda.errors import LatentdaError
+from latentda.pipeline import LatentDAPipeline
+from latentda.posterior import reanalysis
+
+PACKAGE = Path(__file__).parents[1] / "latentda"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny pipeline folder, its loaded pipeline and sparse observations of a truth (6 states, K = 4)."""
+    root = tmp_path_factory.mktemp("runs")
+    folder = root / "pipeline"
+    _, _, _, observations = make_observed_pipeline(root)
+    pipeline = LatentDAPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return folder, pipeline, observations
+
+
+def test_api_reanalysis_interrupted_and_resumed_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    folder, pipeline, observations = setup
+    obs = open_dataset(observations)
+    options = dict(members=3, steps=3, iterations=1)
+    straight = pipeline.reanalyze(obs, out=tmp_path / "straight.zarr", **options).load()
+
+    real = interrupt_reanalyses_after(monkeypatch, 1)
+    killed = tmp_path / "killed.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.reanalyze(obs, out=killed, **options)
+    assert not killed.exists()
+    assert open_dataset(tmp_path / "killed.zarr.partial")["completed"].values.tolist() == [1, 0, 0]  # kept
+    with pytest.raises(LatentdaError, match="interrupted run exists"):
+        pipeline.reanalyze(obs, out=killed, **options)  # not without resume
+    with pytest.raises(LatentdaError, match="other settings"):
+        pipeline.reanalyze(obs, seed=7, out=killed, resume=True, **options)  # members would mix
+
+    calls = []
+    monkeypatch.setattr(reanalysis, "posterior_members", lambda p, o, members, *a: (calls.append(members), real(p, o, members, *a))[1])
+    resumed = pipeline.reanalyze(obs, out=killed, resume=True, **options).load()
+    assert calls == [[1, 2]]  # only the unfinished members were computed
+    assert "completed" not in resumed and not (tmp_path / "killed.zarr.partial").exists()
+    for name in ("u", "v"):
+        np.testing.assert_array_equal(resumed[name].values, straight[name].values)
+    assert resumed.attrs == straight.attrs and resumed.attrs["latentda_pipeline"] == str(folder.resolve())
+
+    in_memory = pipeline.reanalyze(obs, **options)  # no out: the same dataset, never written
+    np.testing.assert_array_equal(in_memory["u"].values, straight["u"].values)
+    assert in_memory["realization"].attrs["standard_name"] == "realization"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.zarr", "straight.zarr"]
+
+
+def test_a_failed_api_run_removes_its_store(setup, tmp_path, monkeypatch):
+    folder, pipeline, observations = setup
+
+    def failing(*a, **k):
+        yield from ()
+        raise ValueError("a problem found while sampling")
+
+    monkeypatch.setattr(reanalysis, "posterior_members", failing)
+    with pytest.raises(ValueError, match="a problem"):
+        pipeline.reanalyze(open_dataset(observations), members=2, steps=2, out=tmp_path / "p.zarr")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_api_forecast_is_the_command_line_forecast(setup, tmp_path):
+    folder, pipeline, observations = setup
+    out = tmp_path / "cli.zarr"
+    assert cli.main(["forecast", "--pipeline", str(folder), "--observations", str(observations), "--lead", "3",
+                     "--members", "2", "--steps", "2", "--condition-noise", "0.1", "--out", str(out), "--quiet"]) == 0
+    command = open_dataset(out).load()
+    options = dict(lead=3, members=2, observations=open_dataset(observations), steps=2, condition_noise=0.1)
+    in_memory = pipeline.forecast(**options)
+    written = pipeline.forecast(**options, out=tmp_path / "api.zarr").load()
+    for api in (in_memory, written):
+        assert api["u"].dims == ("realization", "time", "prediction_timedelta", "y", "x")
+        assert api["prediction_timedelta"].attrs == command["prediction_timedelta"].attrs
+        assert api["prediction_timedelta"].attrs["long_name"] == "forecast lead time"
+        np.testing.assert_array_equal(api["u"].values, command["u"].values)
+    assert written.attrs == command.attrs and command.attrs["latentda_condition_noise"] == "0.1"
+    # the API has the command's options (with the untrained prior, σ_c does not change the values)
+    other = pipeline.forecast(**{**options, "condition_noise": 0.5}, out=tmp_path / "other.zarr")
+    assert other.attrs["latentda_condition_noise"] == "0.5"
+    with pytest.raises(LatentdaError, match="conditioning noise must be positive"):
+        pipeline.forecast(**{**options, "condition_noise": 0.0}, out=tmp_path / "never.zarr")
+    assert not (tmp_path / "never.zarr").exists() and not (tmp_path / "never.zarr.partial").exists()
+
+
+def test_overlap_and_forecast_context_defaults(setup):
+    from latentda.posterior.forecast import default_context
+
+    folder, pipeline, observations = setup
+    assert pipeline.settings["overlap"] is None and pipeline.overlap == pipeline.window // 2 == 2
+    assert default_context(pipeline) == 2 and pipeline.trajectory_denoiser().overlap == 2
+    saved = pipeline.settings
+    try:
+        pipeline.settings = {**saved, "overlap": 0}  # blankets sharing no state; a forecast still needs context
+        assert pipeline.overlap == 0 and default_context(pipeline) == 2
+        pipeline.settings = {**saved, "overlap": 3}
+        assert pipeline.overlap == 3 and default_context(pipeline) == 3
+    finally:
+        pipeline.settings = saved
+
+
+def test_the_public_api_is_importable_from_the_package_lazily():
+    code = ("import sys, latentda\n"
+            "assert 'torch' not in sys.modules, 'import latentda must stay cheap'\n"
+            "from latentda import LatentDAPipeline, PosteriorSettings, MMPSDenoiser, DPSDenoiser, LatentdaError, PriorModel\n"
+            "from latentda.pipeline import LatentDAPipeline as direct\n"
+            "assert LatentDAPipeline is direct and 'torch' in sys.modules\n"
+            "assert set(latentda.__all__) <= set(dir(latentda))\n"
+            "try:\n    latentda.nothing\nexcept AttributeError:\n    print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=PACKAGE.parent)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_pipeline_is_a_prior_model(setup):
+    from latentda.posterior.prior import PriorModel
+
+    assert isinstance(setup[1], PriorModel)
+
+
+LAYERS = ["data", "observe", "nn", "diffusion", "posterior", "runs", "pipeline", "cli"]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every latentda module a file imports, at any level (function-level imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return {name for name in names if name.startswith("latentda")}
+
+
+@pytest.mark.parametrize("layer", LAYERS[:-1])
+def test_a_layer_never_imports_a_higher_one(layer):
+    """data → observe → nn → diffusion → posterior → runs → pipeline → cli (docs/design.md, "Layers")."""
+    files = sorted((PACKAGE / layer).glob("*.py")) if (PACKAGE / layer).is_dir() else [PACKAGE / f"{layer}.py"]
+    higher = tuple(f"latentda.{name}" for name in LAYERS[LAYERS.index(layer) + 1 :])
+    for file in files:
+        wrong = [name for name in _imports(file) if name.startswith(higher)]
+        assert not wrong, f"{file.relative_to(PACKAGE.parent)} imports {wrong}"
