@@ -26,7 +26,8 @@ DEFAULT = ["ddpm:16:1000", "ddim:16:1000", "pc:16:1000", "pc:32:1000", "pc:8:20"
 
 
 def calls(method: str, steps: int) -> int:
-    return 2 * (steps - 1) + 1 if method in ("heun", "pc") else steps
+    per_step = {"heun": 2, "pc": 2, "heun-pc": 3}.get(method, 1)
+    return per_step * (steps - 1) + 1
 
 
 def main() -> None:

@@ -17,21 +17,21 @@ import json
 import time
 
 import numpy as np
-import torch
 
 from latentda.config import parse
 from latentda.data import FieldLayout, open_dataset
-from latentda.metrics import ensemble_scores
 from latentda.observe import ObservationConfig, synthesize
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+
+from bench_posterior import summarise
 
 SPARSE = {"observations": [{"name": "o", "variables": ["u", "v"], "fraction": 0.05, "noise_std": 0.1}]}
 
 
 def denoiser_calls(sampler: str, steps: int, corrections: int) -> int:
     """Guided denoiser evaluations per member (the final denoising at σ_min included)."""
-    per_step = {"ddpm": 1, "ddim": 1, "heun": 2, "pc": 1 + corrections}[sampler]
+    per_step = {"ddpm": 1, "ddim": 1, "heun": 2, "pc": 1 + corrections, "heun-pc": 2 + corrections}[sampler]
     return (steps - 1) * per_step + 1
 
 
@@ -76,9 +76,7 @@ def main() -> None:
             members = posterior_members(pipeline, operator, list(range(args.members)), settings, seed=k)
             ensemble = np.stack([fields for _, fields, _ in members])
             seconds = (time.perf_counter() - start) / args.members
-            scores = {name: float(np.nanmean(value)) for name, value in ensemble_scores(ensemble, truth, weights).items()}
-            scores["residual_ratio"] = operator.residual_ratio(torch.from_numpy(ensemble).double()).mean().item()
-            rows.append(scores | {"seconds_per_member": seconds})
+            rows.append(summarise(ensemble, truth, operator, weights) | {"seconds_per_member": seconds})
             print(f"{text:18s} trajectory {k}: " + ", ".join(f"{n} {v:.3f}" for n, v in rows[-1].items()), flush=True)
         results[text] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} | {"calls_per_member": calls}
     print("\n| config (sampler:steps:σ_start[:τ[:corrections[:churn]]]) | calls/member | RMSE | CRPS | spread-skill | "
