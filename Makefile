@@ -15,12 +15,10 @@ DEMO := demo
 
 setup: $(STAMP)
 
-# --no-compile: modules are byte-compiled when first imported instead of all of torch's and jax's at
-# install (halves the set-up: 40 s instead of 70 s here).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile "$(TORCH)"
-	$(PY) -m pip install --quiet --no-compile -e ".[sim,dev]"
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[sim,dev]"
 	touch $(STAMP)
 
 test: $(STAMP)
