@@ -4,9 +4,11 @@
     python tools/study_sampler.py --pipeline pretrained/kolmogorov --truth study.zarr --trajectories 3 \
         --members 6 --configs pc:16:1000 pc:8:1000 ddpm:8:20 ... [--json docs/benchmarks/sampler.json]
 
-Each config is ``SAMPLER:STEPS:SIGMA_START[:TAU[:CORRECTIONS[:CHURN]]]``. For every config and held-out
-trajectory (new simulations, never seen in training), the sparse 5 % observations (σ_y = 0.1,
-seed 100 + k) are reanalysed with MMPS (the settings' CG iterations) and scored against the truth:
+Each config is ``SAMPLER:STEPS:SIGMA_START[:TAU[:CORRECTIONS[:CHURN]]]``; what it leaves out is
+the pipeline's default (``pipeline_config.json``: τ = 2 for the shipped one — give ``:0.1`` for the
+previous default). For every config and held-out
+trajectory (new simulations, never seen in training), the observations (``--setting``: sparse 5 %
+or coarse 8×, σ_y = 0.1, seed 100 + k) are reanalysed with MMPS (the settings' CG iterations) and scored against the truth:
 RMSE of the ensemble mean, fair CRPS, spread-skill ratio (ensemble spread over RMSE, with the
 (m + 1)/m finite-ensemble correction of ``latentda.metrics``), observation residual ratio, denoiser
 calls and seconds per member.
@@ -24,9 +26,8 @@ from latentda.observe import ObservationConfig, synthesize
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 
-from bench_posterior import summarise
+from bench_posterior import SETTINGS, summarise
 
-SPARSE = {"observations": [{"name": "o", "variables": ["u", "v"], "fraction": 0.05, "noise_std": 0.1}]}
 
 
 def denoiser_calls(sampler: str, steps: int, corrections: int) -> int:
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--configs", nargs="+", required=True)
+    parser.add_argument("--setting", choices=list(SETTINGS), default="sparse 5%", help="observations (as bench_posterior)")
     parser.add_argument("--json")
     args = parser.parse_args()
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
@@ -61,7 +63,7 @@ def main() -> None:
     dataset = open_dataset(args.truth)
     layout = FieldLayout.from_dataset(dataset)
     weights = layout.area_weights()
-    observation_config = parse(ObservationConfig, SPARSE)
+    observation_config = parse(ObservationConfig, SETTINGS[args.setting])
     results = {}
     for text in args.configs:
         config = parse_config(text)
