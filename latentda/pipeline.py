@@ -318,7 +318,7 @@ class LatentDAPipeline:
             settings = settings or PosteriorSettings(**options)
         except TypeError as error:  # an unknown keyword
             raise LatentdaError(str(error)) from None
-        settings.validate()
+        settings.validate(self)
         return settings
 
     def _recorded(self, attrs: dict | None) -> dict:

@@ -468,6 +468,10 @@ case("reanalyze-time-step-wrong")(bad_observations(
     "observations", lambda ds: ds.assign_coords(time=ds["time"].values * 3), "apart"))
 case("reanalyze-linear-matrix-nan")(lambda w, d: (
     reanalyze_args(w, linear_observations(w, d / "o.nc", np.nan), d / "p.zarr"), "m_matrix"))
+case("reanalyze-sigma-start-above-prior")(lambda w, d: (
+    reanalyze_args(w, w.observations, d / "p.zarr", "--sigma-start", "5000"), "sigma_start"))
+case("forecast-sigma-start-above-prior")(lambda w, d: (
+    forecast_args(w, d / "f.zarr", "--initial", str(w.truth), "--sigma-start", "5000"), "sigma_start"))
 case("reanalyze-observations-missing")(lambda w, d: (reanalyze_args(w, d / "none.nc", d / "p.zarr"), "no such file"))
 case("reanalyze-seed-beyond-64-bits")(lambda w, d: (
     reanalyze_args(w, w.observations, d / "p.zarr", "--seed", str(2**70)), "--seed"))

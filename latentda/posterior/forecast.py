@@ -122,7 +122,7 @@ def forecast_members(
     starts from it, with one row per member (e.g. the members of a reanalysis) member m starts from
     row m. ``context``: states each new window shares with the history (default :func:`default_context`).
     """
-    settings.validate()
+    settings.validate(prior)
     if settings.split_blankets:
         raise LatentdaError("split_blankets applies to reanalyses only (a forecast rolls one window at a time)")
     if lead < 1:

@@ -54,7 +54,9 @@ class PosteriorSettings:
     precision: str | None = None  # dtype of the networks' passes (latentda.nn.precision; None: auto per device)
     split_blankets: bool = False  # share each trajectory's blanket windows over torch.distributed processes
 
-    def validate(self, prefix: str = "") -> None:
+    def validate(self, prior: PriorModel | None = None) -> None:
+        """Check every field; with ``prior``, also the resolved start σ against the prior's σ range
+        (so that a bad value fails before any work, not inside the sampler)."""
         require(self.guidance in ("mmps", "dps"), "guidance", "must be mmps or dps")
         require(self.iterations >= 1, "iterations", "must be at least 1")
         require(self.solver in SOLVERS, "solver", f"must be one of {', '.join(SOLVERS)}")
@@ -67,6 +69,9 @@ class PosteriorSettings:
         require(self.decode_chunk is None or self.decode_chunk >= 1, "decode_chunk", "must be at least 1")
         require(self.batch_members is None or self.batch_members >= 1, "batch_members", "must be at least 1")
         require(self.precision is None or self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        if prior is not None:
+            start, low, high = self.sampler_options(prior)["sigma_start"], *_sigma_range(prior)
+            require(start is None or low < start <= high, "sigma_start", f"must be in the prior's σ range ({low:g}, {high:g}]")
 
     def sampler_options(self, prior: PriorModel) -> dict:
         """The keyword arguments of :func:`latentda.diffusion.sampling.sample`: these settings, with the
@@ -82,6 +87,10 @@ class PosteriorSettings:
 
     def compute_dtype(self, device) -> torch.dtype:
         return resolve_precision(self.precision, device)
+
+
+def _sigma_range(prior: PriorModel) -> tuple[float, float]:
+    return float(prior.scheduler.config.sigma_min), float(prior.scheduler.config.sigma_max)
 
 
 def default_batch_members(device, through_decoder: bool = True) -> int:
@@ -116,12 +125,13 @@ class LatentOperator:
         self.latent_statistics, self.statistics = prior.latent_statistics, prior.statistics
         self.operator = operator
         self.chunk = chunk
-        self.network_decode = Autocast(self.autoencoder.decode, prior.device, compute_dtype)  # D in compute_dtype
-        self.device, self.compute_dtype = prior.device, compute_dtype
+        self.device, self.compute_dtype = prior.device, compute_dtype  # the decoder's passes run in compute_dtype
 
     def decode(self, frames: Tensor) -> Tensor:
         """Standardised latent frames (N, c, h, w) → physical fields (N, C, H, W), differentiable."""
-        return self.statistics.destandardise(self.network_decode(self.latent_statistics.destandardise(frames)))
+        with autocast(self.device, self.compute_dtype):
+            fields = self.autoencoder.decode(self.latent_statistics.destandardise(frames))
+        return self.statistics.destandardise(fields.to(frames.dtype))
 
     def decoder_linearization(self, frames: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """(G(frames), v ↦ J_G v); G(frames) carries its graph when ``frames`` requires grad."""
