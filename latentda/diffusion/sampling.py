@@ -17,7 +17,6 @@ updates are written here (variance-exploding, x_t = x + σ ε; with x̂ = denois
   ``corrections`` Langevin steps at σ_{i+1}: x ← x + δ s + √(2δ) z with the score
   s = (denoise(x, σ) − x)/σ² and δ = τ / mean(s²), the mean taken over each batch row (member)
   on its own, so that a member's steps do not depend on the others sharing its batch.
-
 - ``heun-pc``: a ``heun`` predictor followed by the ``corrections`` Langevin steps of ``pc``. With
   few steps the Heun predictor over-disperses and the DDIM one under-disperses (on an exact
   Gaussian, ``tools/bench_samplers.py``), while the corrections pull each level towards its target
@@ -100,13 +99,13 @@ def sample(
     """Draw x ~ p(x) (the distribution whose mean ``denoise`` gives) of shape ``shape``."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler '{method}' (choose from {', '.join(SAMPLERS)})")
+    if churn < 0:
+        raise ValueError(f"churn must be non-negative, got {churn}")
     sigmas = noise_levels(schedule, steps, sigma_start).tolist()
     like = torch.empty(0, device=device, dtype=dtype)
     # x at the first level is data plus noise: N(0, (σ_0² + σ_data²) I) for standardised data, which
     # matters when sampling starts at a low σ_0 (sigma_start) rather than at σ_max ≫ σ_data.
     x = (sigmas[0] ** 2 + float(schedule.config.sigma_data) ** 2) ** 0.5 * standard_normal(shape, generator, like)
-    if churn < 0:
-        raise ValueError(f"churn must be non-negative, got {churn}")
     gamma = min(churn / max(len(sigmas) - 1, 1), 2**0.5 - 1)
     for i in tqdm(range(len(sigmas) - 1), desc=description, disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

@@ -175,7 +175,7 @@ class NetworkLinearization:
 
     def __init__(self, network: nn.Module, call: Callable[[Tensor], Tensor], anchor: Tensor, key: str = "forward") -> None:
         self.network, self.call, self.anchor = network, call, anchor
-        self.exact = tangent_supported(network) and self._verified(key)
+        self.exact = self._verified(key)
         self.recorder = _Recorder(network) if self.exact else None
         if self.recorder is not None:
             with self.recorder.recording():
@@ -191,8 +191,11 @@ class NetworkLinearization:
             return self.call(v)
 
     def _verified(self, key: str) -> bool:
-        """Tangent pass = forward-mode autograd on one sample and a random direction (once per network)."""
+        """Every leaf module has a tangent rule and the tangent pass equals forward-mode autograd on
+        one sample and a random direction: decided once per network and ``key``, then cached."""
         verified = self.network.__dict__.setdefault("_tangent_verified", {})
+        if key not in verified and not tangent_supported(self.network):
+            verified[key] = False
         if key not in verified:
             x = self.anchor[:1].detach()
             generator = torch.Generator().manual_seed(0)
