@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LatentDAPipeline": "latentda.pipeline",
     "PosteriorSettings": "latentda.posterior.reanalysis",
+    "SamplerSettings": "latentda.diffusion.settings",
     "MMPSDenoiser": "latentda.posterior.guidance",
     "DPSDenoiser": "latentda.posterior.guidance",
     "PriorModel": "latentda.posterior.prior",
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from latentda.pipeline import LatentDAPipeline
     from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser
     from latentda.posterior.prior import PriorModel
+    from latentda.diffusion.settings import SamplerSettings
     from latentda.posterior.reanalysis import PosteriorSettings
     from latentda.runs import EnsembleRun
 

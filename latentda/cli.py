@@ -116,7 +116,10 @@ def _train_ldm(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     from latentda.data import write_dataset
+    from latentda.diffusion.settings import SamplerSettings
 
+    options = _sampler_overrides(args)
+    SamplerSettings().with_overrides(**options)  # the values given, checked before the pipeline loads
     pipeline = _load_pipeline(args, _device(args))
     pipeline.set_progress_bar_config(disable=args.quiet)
     if args.out.exists() and not args.overwrite:
@@ -129,8 +132,8 @@ def _sample(args: argparse.Namespace) -> None:
             start_time = np.datetime64(args.start_time)
         except ValueError:
             raise LatentdaError(f"--start-time '{args.start_time}' is not an ISO date-time (e.g. 2020-01-01T06:00)") from None
-    dataset = pipeline.sample(args.length, args.members, steps=args.steps, method=args.sampler, seed=args.seed,
-                              start_time=start_time)
+    dataset = pipeline.sample(args.length, args.members, steps=options.pop("steps"), method=options.pop("sampler"),
+                              seed=args.seed, start_time=start_time, **options)
     print(f"wrote {write_dataset(dataset, args.out, overwrite=args.overwrite)}")
 
 
@@ -256,18 +259,36 @@ def _posterior_settings(args: argparse.Namespace, **extra):
     return settings
 
 
-def _posterior_options(sub: argparse.ArgumentParser) -> None:
-    """The sampling and guidance options of reanalyze and forecast (fields of PosteriorSettings)."""
+def _sampler_options(sub: argparse.ArgumentParser) -> None:
+    """One option per field of :class:`latentda.diffusion.settings.SamplerSettings` (``--sigma-start``
+    for ``sigma_start``), help from the field's metadata, default None: the pipeline's."""
+    import typing
+
     from latentda.diffusion.sampling import SAMPLERS
+    from latentda.diffusion.settings import SamplerSettings
+
+    group = sub.add_argument_group("sampler (defaults: the pipeline's pipeline_config.json)")
+    hints = typing.get_type_hints(SamplerSettings)
+    for field in dataclasses.fields(SamplerSettings):
+        kind = next(t for t in (*typing.get_args(hints[field.name]), hints[field.name]) if t in (int, float, str))
+        choices = {"choices": SAMPLERS} if field.name == "sampler" else {"type": kind}
+        group.add_argument("--" + field.name.replace("_", "-"), **choices, default=None,
+                           help=f"{field.metadata['help']} (default: the pipeline's)")
+
+
+def _sampler_overrides(args: argparse.Namespace) -> dict:
+    """The values of the options added by :func:`_sampler_options` (None: not given)."""
+    from latentda.diffusion.settings import SAMPLER_FIELDS
+
+    return {name: getattr(args, name) for name in SAMPLER_FIELDS}
+
+
+def _posterior_options(sub: argparse.ArgumentParser) -> None:
+    """The guidance options of reanalyze and forecast (fields of PosteriorSettings; the sampler's
+    are :func:`_sampler_options`)."""
     from latentda.nn.precision import PRECISIONS
 
-    group = sub.add_argument_group("posterior sampling (defaults: the pipeline's pipeline_config.json)")
-    group.add_argument("--steps", type=_positive_int, help="diffusion steps")
-    group.add_argument("--sampler", choices=SAMPLERS, help="sampler")
-    group.add_argument("--corrections", type=int, help="Langevin corrections per step (pc sampler)")
-    group.add_argument("--tau", type=float, help="Langevin step size τ (pc sampler)")
-    group.add_argument("--sigma-start", type=float, help="noise level the sampler starts from")
-    group.add_argument("--churn", type=float, help="stochastic churn (0: none)")
+    group = sub.add_argument_group("posterior guidance")
     group.add_argument("--guidance", choices=["mmps", "dps"], help="posterior guidance (default mmps)")
     group.add_argument("--iterations", type=_positive_int, help="MMPS solver iterations (default 3)")
     group.add_argument("--solver", choices=["cg", "gmres"], help="MMPS linear solver (default cg)")
@@ -432,12 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("sample", "sample unconditional trajectories", _sample)
     _pipeline_options(sub)
+    _sampler_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--length", required=True, type=_positive_int, help="states per trajectory")
     sub.add_argument("--members", type=_positive_int, default=8, help="number of trajectories (default 8)")
     sub.add_argument("--out", required=True, type=Path, help="output FILE.nc or .zarr")
-    sub.add_argument("--steps", type=_positive_int, help="diffusion steps (default: the pipeline's)")
-    sub.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "pc"], help="sampler (default: the pipeline's)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--start-time", help="date-time of the first state (needed by calendar-conditioned models)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -453,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("reanalyze", "posterior ensemble of trajectories given observations", _reanalyze)
     _pipeline_options(sub)
+    _sampler_options(sub)
     _posterior_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
@@ -467,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("forecast", "forecast ensemble from observations or an initial state", _forecast)
     _pipeline_options(sub)
+    _sampler_options(sub)
     _posterior_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
     sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")

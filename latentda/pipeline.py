@@ -21,11 +21,12 @@ and writing ensembles, resumably and over processes, is :mod:`latentda.runs`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
@@ -34,21 +35,21 @@ from diffusers import EDMEulerScheduler
 
 from latentda import __version__
 from latentda.components import check_inside, load_autoencoder, load_model, save_autoencoder
-from latentda.config import parse_known, read_json, require
+from latentda.config import parse, parse_known, read_json, require
 from latentda.data.calendar import calendar_features
 from latentda.data.ensemble_store import ensemble_dataset
 from latentda.data.io import atomic_path
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
-from latentda.diffusion.blankets import resolve_overlap
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.distributed import blanket_denoiser
-from latentda.diffusion.sampling import SAMPLERS
 from latentda.diffusion.sampling import sample as run_sampler
+from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.observe.files import read_observations
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.forecast import default_context, forecast_members
+from latentda.posterior.prior import resolve_sampling
 from latentda.posterior.reanalysis import PosteriorSettings
 from latentda.runs import Report, run_forecast, run_reanalysis
 
@@ -60,32 +61,28 @@ MODEL_INDEX = {
     "denoiser": ["latentda.nn", "TrajectoryTransformer"],
     "scheduler": ["diffusers", "EDMEulerScheduler"],
 }
-DEFAULT_SETTINGS = {"time_step": 1.0, "time_units": "1", "sampler": "pc", "steps": 64, "corrections": 1, "tau": 0.1,
-                    "sigma_start": None, "churn": 0.0, "overlap": None}
 
 
-@dataclass
-class SavedSettings:
+@dataclass(frozen=True)
+class SavedSettings(SamplerSettings):
     """The checked entries of ``pipeline_config.json`` (written by :meth:`LatentDAPipeline.save_pretrained`;
-    a folder may have been edited by hand, and a bad value must fail at load, not deep in a sampler)."""
+    a folder may have been edited by hand, and a bad value must fail at load, not deep in a sampler):
+    the time step between states and the default :class:`SamplerSettings`, flat in one JSON object."""
 
     time_step: float = 1.0
     time_units: str = "1"
-    sampler: str = "pc"
-    steps: int = 64
-    corrections: int = 1
-    tau: float = 0.1
-    sigma_start: float | None = None
-    churn: float = 0.0
-    overlap: int | None = None
 
-    def validate(self, prefix: str) -> None:
-        rules = (("time_step", self.time_step > 0, "must be positive"),
-                 ("sampler", self.sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
-                 ("steps", self.steps >= 1, "must be at least 1"), ("corrections", self.corrections >= 0, "must be >= 0"),
-                 ("tau", self.tau > 0, "must be positive"), ("churn", self.churn >= 0, "must be >= 0"), ("overlap", (self.overlap or 0) >= 0, "must be >= 0"))
-        for key, ok, rule in rules:
-            require(ok, key, rule)
+    def validate(self, prefix: str = "") -> None:
+        super().validate(prefix)
+        require(self.time_step > 0, f"{prefix}.time_step" if prefix else "time_step", "must be positive")
+
+    @property
+    def sampling(self) -> SamplerSettings:
+        return SamplerSettings.of(self)
+
+    def to_json(self) -> dict:
+        """The JSON object of ``pipeline_config.json``: the time step first, then the sampler settings."""
+        return {"time_step": self.time_step, "time_units": self.time_units, **dataclasses.asdict(self.sampling)}
 
 
 @dataclass
@@ -115,15 +112,23 @@ class LatentDAPipeline:
         backbone: torch.nn.Module,
         latent_statistics: Statistics,
         scheduler: EDMEulerScheduler,
-        settings: dict | None = None,
+        settings: SavedSettings | Mapping[str, Any] | None = None,
     ) -> None:
+        """``settings``: the contents of ``pipeline_config.json`` (a :class:`SavedSettings`, or a mapping
+        of some of its keys, checked; the others take the defaults)."""
         self.autoencoder = autoencoder.eval()
         self.layout = layout
         self.statistics = statistics
         self.backbone = backbone.eval()
         self.latent_statistics = latent_statistics
         self.scheduler = scheduler
-        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        if isinstance(settings, SavedSettings):
+            settings.validate()
+        else:
+            settings = parse(SavedSettings, dict(settings or {}))  # types, unknown keys and every rule
+        self.sampling: SamplerSettings = settings.sampling  # default sampler settings (pipeline_config.json)
+        self.time_step: float = settings.time_step  # between consecutive states (seconds for datetime axes)
+        self.time_units: str = settings.time_units
         self.denoiser = Denoiser(backbone, scheduler)
         self.progress = True
         self.model_card: str | None = None
@@ -137,7 +142,18 @@ class LatentDAPipeline:
     @property
     def overlap(self) -> int:
         """States shared by consecutive blankets (``pipeline_config.json``'s ``overlap``, default K // 2)."""
-        return resolve_overlap(self.window, self.settings["overlap"])
+        return self.sampling.blanket_overlap(self.window)
+
+    @property
+    def saved_settings(self) -> SavedSettings:
+        """What ``pipeline_config.json`` holds: the time step and the default sampler settings."""
+        return SavedSettings(**dataclasses.asdict(self.sampling), time_step=self.time_step, time_units=self.time_units)
+
+    @property
+    def settings(self) -> dict:
+        """``pipeline_config.json`` as a plain dict (a copy, read-only: the typed values are
+        :attr:`sampling`, :attr:`time_step` and :attr:`time_units`)."""
+        return self.saved_settings.to_json()
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -245,33 +261,35 @@ class LatentDAPipeline:
 
     # ------------------------------------------------------------------ sampling
     def sample_latents(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
-                       seed: int = 0, denoise=None, start_time=None) -> torch.Tensor:
+                       seed: int = 0, denoise=None, start_time=None, **overrides) -> torch.Tensor:
         """Standardised latent trajectories (members, L, c, h, w) from the prior (or ``denoise``);
-        a calendar-conditioned prior needs the ``start_time`` (datetime64) of the trajectories."""
-        steps = steps or self.settings["steps"]
-        method = method or self.settings["sampler"]
+        a calendar-conditioned prior needs the ``start_time`` (datetime64) of the trajectories.
+        ``steps``, ``method`` (the sampler) and ``overrides`` (the other :class:`SamplerSettings`
+        fields: corrections, tau, sigma_start, churn, overlap) replace the pipeline's defaults
+        (:attr:`sampling`) where not None."""
+        sampling = resolve_sampling(self, steps=steps, sampler=method, **overrides)
         if length < 1 or members < 1:
             raise LatentdaError(f"length ({length}) and members ({members}) must be positive")
         padded = max(length, self.window)  # shorter trajectories: sample one window, keep the start
         if denoise is None:
             times = None if start_time is None else np.datetime64(start_time) + self.lead_times(padded)
-            blanket = self.trajectory_denoiser(times=times)
+            blanket = self.trajectory_denoiser(sampling.overlap, times=times)
 
             def denoise(x, sigma):
                 with torch.no_grad():
                     return blanket(x, sigma)
 
         generator = torch.Generator().manual_seed(seed)
-        z = run_sampler(denoise, (members, padded, *self.latent_shape), self.scheduler, steps=steps, method=method,
-                        corrections=self.settings["corrections"], tau=self.settings["tau"],
-                        sigma_start=self.settings["sigma_start"], churn=self.settings["churn"], generator=generator, device=self.device,
-                        dtype=self.dtype, progress=self.progress, description="sample")
+        z = run_sampler(denoise, (members, padded, *self.latent_shape), self.scheduler, generator=generator,
+                        device=self.device, dtype=self.dtype, progress=self.progress, description="sample",
+                        **sampling.sample_kwargs())
         return z[:, :length]
 
     def sample(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
-               seed: int = 0, start_time=None) -> xr.Dataset:
-        """Unconditional trajectories decoded to physical fields, dims (realization, time, ...)."""
-        z = self.sample_latents(length, members, steps, method, seed, start_time=start_time)
+               seed: int = 0, start_time=None, **overrides) -> xr.Dataset:
+        """Unconditional trajectories decoded to physical fields, dims (realization, time, ...);
+        sampler settings as for :meth:`sample_latents`."""
+        z = self.sample_latents(length, members, steps, method, seed, start_time=start_time, **overrides)
         time = None
         if start_time is not None:
             time = xr.DataArray(np.datetime64(start_time) + self.lead_times(length), dims="time")
@@ -300,15 +318,15 @@ class LatentDAPipeline:
             steps = np.diff(values.astype(np.float64))
         else:
             raise LatentdaError(f"time coordinate of type {values.dtype} is neither numbers nor datetimes")
-        if not np.allclose(steps, self.settings["time_step"], rtol=1e-4):
-            raise LatentdaError(f"observation times are {np.unique(np.round(steps, 6))} {self.settings['time_units']} apart, "
-                                f"the model's step is {self.settings['time_step']}")
+        if not np.allclose(steps, self.time_step, rtol=1e-4):
+            raise LatentdaError(f"observation times are {np.unique(np.round(steps, 6))} {self.time_units} apart, "
+                                f"the model's step is {self.time_step}")
 
     def lead_times(self, count: int) -> np.ndarray:
         """Lead times 0, Δ, …, (count−1)Δ: timedelta64 for datetime models, numbers otherwise."""
-        if self.settings["time_units"] == "seconds":
-            return np.arange(count) * np.timedelta64(int(round(self.settings["time_step"])), "s")
-        return np.arange(count) * self.settings["time_step"]
+        if self.time_units == "seconds":
+            return np.arange(count) * np.timedelta64(int(round(self.time_step)), "s")
+        return np.arange(count) * self.time_step
 
     def _run_settings(self, settings: PosteriorSettings | None, options: dict) -> PosteriorSettings:
         """``settings``, or a :class:`PosteriorSettings` of the keyword ``options``; validated."""
@@ -344,10 +362,11 @@ class LatentDAPipeline:
         return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
                               self._recorded(attrs), out, resume, overwrite, report)
 
-    def _forecast_start(self, members: int, observations: xr.Dataset | None, initial: xr.Dataset | None):
+    def _forecast_start(self, members: int, observations: xr.Dataset | None, initial: xr.Dataset | None,
+                        settings: PosteriorSettings):
         """(observation operator, encoded initial latents, their times, the times ending at "now") of
         a forecast's source: the observations, or the last states of ``initial`` (member m of an
-        initial ensemble for forecast member m)."""
+        initial ensemble for forecast member m; the last ``default_context`` states)."""
         operator = encoded = initial_times = None
         source = observations
         if observations is not None:
@@ -356,7 +375,7 @@ class LatentDAPipeline:
             if "time" not in initial.dims:
                 raise LatentdaError("the initial state has no 'time' dimension")
             self.layout.check(initial)
-            source = initial.isel(time=slice(-default_context(self), None))  # only these condition the forecast
+            source = initial.isel(time=slice(-default_context(self, settings), None))  # only these condition the forecast
             rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
             if "realization" in source.dims and source.sizes["realization"] < members:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
@@ -381,7 +400,7 @@ class LatentDAPipeline:
         ``settings``/keywords, ``out``, ``resume``, ``overwrite``, ``attrs``, ``report`` as for :meth:`reanalyze`.
         """
         settings = self._run_settings(settings, options)
-        operator, encoded, initial_times, time = self._forecast_start(members, observations, initial)
+        operator, encoded, initial_times, time = self._forecast_start(members, observations, initial, settings)
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
                                condition_noise, initial_times=initial_times)  # every check, before any work
         return run_forecast(run, self.layout, time, self._recorded(attrs), out, resume, overwrite, report)
@@ -397,7 +416,7 @@ class LatentDAPipeline:
             self.latent_statistics.save(folder / "denoiser" / "latent_statistics.json")
             self.scheduler.save_pretrained(folder / "scheduler")
             (folder / "model_index.json").write_text(json.dumps({**MODEL_INDEX, "_latentda_version": __version__}, indent=1))
-            (folder / "pipeline_config.json").write_text(json.dumps(self.settings, indent=1))
+            (folder / "pipeline_config.json").write_text(json.dumps(self.saved_settings.to_json(), indent=1))
             if model_card is not None:
                 (folder / "README.md").write_text(model_card)
         return path
@@ -462,15 +481,15 @@ class LatentDAPipeline:
             if index.get(name) != MODEL_INDEX[name]:
                 raise LatentdaError(f"{path}: model_index.json names {index.get(name)} for '{name}', expected {MODEL_INDEX[name]}")
         settings_file, schedule_file = path / "pipeline_config.json", path / "scheduler" / "scheduler_config.json"
-        settings = read_json(settings_file, "pipeline config")
-        saved = parse_known(SavedSettings, settings, settings_file)
+        saved = parse_known(SavedSettings, read_json(settings_file, "pipeline config"), settings_file)
         schedule = parse_known(SavedSchedule, read_json(schedule_file, "scheduler config"), schedule_file)
         autoencoder, layout, statistics = load_autoencoder(path / "autoencoder", device)
         backbone = load_model(TrajectoryTransformer, path / "denoiser", "denoiser")
-        if saved.overlap is not None and saved.overlap >= backbone.config.window:
-            raise LatentdaError(f"{settings_file}: overlap: must be less than the window ({backbone.config.window})")
-        if saved.sigma_start is not None and not schedule.sigma_min < saved.sigma_start <= schedule.sigma_max:
-            raise LatentdaError(f"{settings_file}: sigma_start: must be in (sigma_min, sigma_max] of the scheduler")
+        try:  # the rules that need the model: the scheduler's σ range and the window
+            saved.check_sigma_range(schedule.sigma_min, schedule.sigma_max)
+            saved.check_window(backbone.config.window)
+        except LatentdaError as error:
+            raise LatentdaError(f"{settings_file}: {str(error).removeprefix('config: ')}") from None
         try:
             scheduler = EDMEulerScheduler.from_pretrained(path / "scheduler")
         except Exception as error:
@@ -482,7 +501,7 @@ class LatentDAPipeline:
                                 f"autoencoder gives {tuple(autoencoder.latent_shape)}")
         if len(latent_statistics.channels) != autoencoder.latent_shape[0]:
             raise LatentdaError(f"{path}: latent statistics have {len(latent_statistics.channels)} channels, latents {autoencoder.latent_shape[0]}")
-        pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, settings)
+        pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, saved)
         pipeline.source = str(Path(given).resolve()) if Path(given).is_dir() else str(given)
         card = path / "README.md"
         pipeline.model_card = card.read_text() if card.is_file() else None

@@ -69,8 +69,8 @@ def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
 def lead_time_axis(prior: PriorModel, count: int) -> xr.DataArray:
     """The forecast lead times 0, Δ, …, (count − 1)Δ with their CF attributes."""
     leads = xr.DataArray(prior.lead_times(count), dims="time", attrs={"long_name": "forecast lead time"})
-    if prior.settings["time_units"] != "seconds":  # timedelta64 leads carry their units in the encoding
-        leads.attrs["units"] = prior.settings["time_units"]
+    if prior.time_units != "seconds":  # timedelta64 leads carry their units in the encoding
+        leads.attrs["units"] = prior.time_units
     return leads
 
 
@@ -155,7 +155,8 @@ def run_reanalysis(prior: PriorModel, layout: FieldLayout, operator: Observation
     With ``prior.progress``, each member reports its observation residual ratio."""
     state = process_state()
     if settings.split_blankets:
-        check_blanket_split(operator.length, prior.window, prior.overlap, state.num_processes)
+        check_blanket_split(operator.length, prior.window, settings.sampling(prior).blanket_overlap(prior.window),
+                            state.num_processes)
         if not state.is_main_process:
             prior.progress = False  # one progress bar for the processes sampling together
     attrs = {"title": "latentda reanalysis (posterior ensemble)", **(attrs or {}), "seed": seed, **run_attributes(settings)}

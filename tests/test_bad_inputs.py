@@ -472,6 +472,12 @@ case("reanalyze-sigma-start-above-prior")(lambda w, d: (
     reanalyze_args(w, w.observations, d / "p.zarr", "--sigma-start", "5000"), "sigma_start"))
 case("forecast-sigma-start-above-prior")(lambda w, d: (
     forecast_args(w, d / "f.zarr", "--initial", str(w.truth), "--sigma-start", "5000"), "sigma_start"))
+case("sample-steps-zero")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--steps", "0"), "steps"))
+case("sample-sigma-start-above-prior")(lambda w, d: (
+    sample_args(w, w.pipeline, d / "s.nc", "--sigma-start", "5000"), "sigma_start"))
+case("reanalyze-overlap-not-below-window")(lambda w, d: (
+    reanalyze_args(w, w.observations, d / "p.zarr", "--overlap", "99"), "overlap"))
+case("forecast-tau-negative")(lambda w, d: (forecast_args(w, d / "f.zarr", "--initial", str(w.truth), "--tau", "-1"), "tau"))
 case("reanalyze-observations-missing")(lambda w, d: (reanalyze_args(w, d / "none.nc", d / "p.zarr"), "no such file"))
 case("reanalyze-seed-beyond-64-bits")(lambda w, d: (
     reanalyze_args(w, w.observations, d / "p.zarr", "--seed", str(2**70)), "--seed"))

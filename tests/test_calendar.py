@@ -52,7 +52,7 @@ def calendar_pipeline(tmp_path_factory):
 def test_calendar_prior_end_to_end(calendar_pipeline, tmp_path):
     root, dataset, pipeline = calendar_pipeline
     pipeline.set_progress_bar_config(disable=True)
-    assert pipeline.calendar and pipeline.settings["time_units"] == "seconds" and pipeline.settings["time_step"] == 21600
+    assert pipeline.calendar and pipeline.time_units == "seconds" and pipeline.time_step == 21600
     with pytest.raises(LatentdaError, match="conditioned on the calendar"):
         pipeline.sample(5, 1)
     with torch.no_grad():  # two training steps leave the zero-initialised output layers near zero

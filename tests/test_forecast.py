@@ -108,8 +108,8 @@ def test_datetime_time_axes(setup):
     import xarray as xr
 
     root, pipeline, truth, truth_path, observations = setup
-    hourly = dict(pipeline.settings, time_step=3600.0, time_units="seconds")
-    pipeline.settings, saved = hourly, pipeline.settings
+    saved = pipeline.time_step, pipeline.time_units
+    pipeline.time_step, pipeline.time_units = 3600.0, "seconds"
     try:
         times = xr.DataArray(pd.date_range("2020-01-01", periods=4, freq="1h"), dims="time")
         pipeline.check_time_step(times)
@@ -117,7 +117,7 @@ def test_datetime_time_axes(setup):
             pipeline.check_time_step(xr.DataArray(pd.date_range("2020-01-01", periods=4, freq="6h"), dims="time"))
         assert pipeline.lead_times(3)[2] == np.timedelta64(7200, "s")
     finally:
-        pipeline.settings = saved
+        pipeline.time_step, pipeline.time_units = saved
 
 
 def test_pipeline_forecast_api(setup):

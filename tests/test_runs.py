@@ -3,6 +3,7 @@ the API equals an uninterrupted one; the API forecast is the command's (values, 
 attributes, recorded settings); the public API at the top level; the layers import downwards only."""
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from latentda.data import open_dataset
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior import reanalysis
+from latentda.posterior.reanalysis import PosteriorSettings
 
 PACKAGE = Path(__file__).parents[1] / "latentda"
 
@@ -103,22 +105,27 @@ def test_overlap_and_forecast_context_defaults(setup):
     from latentda.posterior.forecast import default_context
 
     folder, pipeline, observations = setup
-    assert pipeline.settings["overlap"] is None and pipeline.overlap == pipeline.window // 2 == 2
+    assert pipeline.sampling.overlap is None and pipeline.overlap == pipeline.window // 2 == 2
     assert default_context(pipeline) == 2 and pipeline.trajectory_denoiser().overlap == 2
-    saved = pipeline.settings
+    saved = pipeline.sampling
     try:
-        pipeline.settings = {**saved, "overlap": 0}  # blankets sharing no state; a forecast still needs context
+        pipeline.sampling = dataclasses.replace(saved, overlap=0)  # blankets sharing no state; a forecast still needs context
         assert pipeline.overlap == 0 and default_context(pipeline) == 2
-        pipeline.settings = {**saved, "overlap": 3}
+        pipeline.sampling = dataclasses.replace(saved, overlap=3)
         assert pipeline.overlap == 3 and default_context(pipeline) == 3
     finally:
-        pipeline.settings = saved
+        pipeline.sampling = saved
+    # a run's overlap overrides the pipeline's: for the blankets and the forecast context
+    assert default_context(pipeline, PosteriorSettings(overlap=3)) == 3
+    assert default_context(pipeline, PosteriorSettings(overlap=0)) == 2
+    with pytest.raises(LatentdaError, match=r"overlap: must be in \[0, window\) = \[0, 4\)"):
+        PosteriorSettings(overlap=4).validate(pipeline)
 
 
 def test_the_public_api_is_importable_from_the_package_lazily():
     code = ("import sys, latentda\n"
             "assert 'torch' not in sys.modules, 'import latentda must stay cheap'\n"
-            "from latentda import LatentDAPipeline, PosteriorSettings, MMPSDenoiser, DPSDenoiser, LatentdaError, PriorModel\n"
+            "from latentda import LatentDAPipeline, PosteriorSettings, SamplerSettings, MMPSDenoiser, DPSDenoiser, LatentdaError, PriorModel\n"
             "from latentda.pipeline import LatentDAPipeline as direct\n"
             "assert LatentDAPipeline is direct and 'torch' in sys.modules\n"
             "assert set(latentda.__all__) <= set(dir(latentda))\n"

@@ -55,7 +55,7 @@ def test_pipeline_round_trip_and_sample(tmp_path, latents):
     assert "# latentda pipeline" in (folder / "README.md").read_text()
     pipeline = LatentDAPipeline.from_pretrained(folder)
     pipeline.set_progress_bar_config(disable=True)
-    assert pipeline.settings["time_step"] == pytest.approx(0.2)
+    assert pipeline.time_step == pytest.approx(0.2)
     first = pipeline.sample(length=9, members=2, seed=3)  # L > K: blankets
     pipeline.save_pretrained(tmp_path / "copy")
     again = LatentDAPipeline.from_pretrained(tmp_path / "copy")

@@ -25,7 +25,7 @@ from latentda.data import FieldLayout, open_dataset, split_segments
 from latentda.metrics import ensemble_scores
 from latentda.observe import ObservationConfig, synthesize
 from latentda.pipeline import LatentDAPipeline
-from latentda.posterior.forecast import forecast_members
+from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.reanalysis import PosteriorSettings
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     energy_range = [float(np.percentile(0.5 * (climate**2).sum(1).mean((1, 2)), q)) for q in (1, 99)]
     settings = PosteriorSettings(steps=args.steps, sampler=args.sampler)  # 3 CG iterations
     config = parse(ObservationConfig, {"observations": [{"name": "o", "variables": ["u", "v"], "fraction": 0.05, "noise_std": 0.1}]})
-    context = pipeline.settings["overlap"] or pipeline.window // 2
+    context = default_context(pipeline)
     start = args.window - 1
     methods = ["perfect init, MMPS", "perfect init, inpaint", "reanalysis, autoregressive", "reanalysis, all at once",
                "persistence", "climatology"]

@@ -20,7 +20,7 @@ import numpy as np
 from latentda.data import FieldLayout, open_dataset, split_segments
 from latentda.metrics import ensemble_scores
 from latentda.pipeline import LatentDAPipeline
-from latentda.posterior.forecast import forecast_members
+from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.reanalysis import PosteriorSettings
 
 ENTRY = re.compile(r"^(inpaint|mmps)([0-9.e-]*)(?:x(\d+))?:(\w+):(\d+)$")
@@ -47,7 +47,7 @@ def main() -> None:
     pipeline.set_progress_bar_config(disable=True)
     dataset = open_dataset(args.data)
     layout = FieldLayout.from_dataset(dataset)
-    context = pipeline.settings["overlap"] or pipeline.window // 2
+    context = default_context(pipeline)
     scores = {name: [] for name, *_ in entries}
     scores["persistence"] = []
     seconds = {name: 0.0 for name, *_ in entries}

@@ -68,8 +68,8 @@ def main() -> None:
     for text in args.configs:
         config = parse_config(text)
         settings = PosteriorSettings(iterations=args.iterations, **config)
-        options = settings.sampler_options(pipeline)
-        calls = denoiser_calls(options["method"], options["steps"], options["corrections"])
+        sampling = settings.sampling(pipeline)
+        calls = denoiser_calls(sampling.sampler, sampling.steps, sampling.corrections)
         rows = []
         for k in range(args.trajectories):
             truth = layout.to_array(dataset, k, slice(0, args.length))

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from latentda.data.io import atomic_path, create_store, open_dataset, output_format, remove_path, write_region
+from latentda.data.io import already_exists, atomic_path, create_store, open_dataset, output_format, remove_path, write_region
 from latentda.data.layout import TIME, FieldLayout
 from latentda.errors import LatentdaError
 
@@ -122,10 +122,11 @@ class EnsembleWriter:
         out = Path(out)
         output_format(out)  # an unknown suffix fails now, not after every member is sampled
         if out.exists() and not overwrite:
-            raise LatentdaError(f"{out}: already exists (pass --overwrite to replace it)")
+            raise already_exists(out)
         partial = out.with_name(out.name + ".partial")
         if partial.exists() and not resume:
-            raise LatentdaError(f"{partial}: an interrupted run exists (pass --resume to complete it, or remove it)")
+            raise LatentdaError(f"{partial}: an interrupted run exists (complete it with resume=True, --resume on the "
+                                "command line, or remove it)")
 
     @property
     def time_dim(self) -> str:

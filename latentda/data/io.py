@@ -111,6 +111,11 @@ def remove_path(path: str | os.PathLike) -> None:
         path.unlink()
 
 
+def already_exists(path: str | os.PathLike) -> LatentdaError:
+    """The one-line error for an output that exists, worded for the API and the command line."""
+    return LatentdaError(f"{path}: already exists (replace it with overwrite=True, --overwrite on the command line)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it to ``path`` when the block succeeds.
@@ -120,7 +125,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise LatentdaError(f"{path}: already exists (pass --overwrite to replace it)")
+        raise already_exists(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:

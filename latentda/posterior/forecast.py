@@ -94,10 +94,12 @@ def _window(prior: PriorModel, history: Tensor, context: int, conditioning: str,
     return sample_members(prior, denoise, prior.window, generators, settings)
 
 
-def default_context(prior: PriorModel) -> int:
-    """The states each forecast window shares with the history: the prior's blanket overlap, or the
-    default overlap when the prior's is 0 (windows sharing no state could not follow the history)."""
-    return prior.overlap or resolve_overlap(prior.window, None)
+def default_context(prior: PriorModel, settings: PosteriorSettings | None = None) -> int:
+    """The states each forecast window shares with the history: the blanket overlap (the prior's, or
+    that of ``settings``), or the default overlap when it is 0 (windows sharing no state could not
+    follow the history)."""
+    sampling = prior.sampling if settings is None else settings.sampling(prior)
+    return sampling.blanket_overlap(prior.window) or resolve_overlap(prior.window, None)
 
 
 def forecast_members(
@@ -120,7 +122,8 @@ def forecast_members(
 
     ``initial`` holds standardised latents (1 or members, n0, c, h, w): with one row every member
     starts from it, with one row per member (e.g. the members of a reanalysis) member m starts from
-    row m. ``context``: states each new window shares with the history (default :func:`default_context`).
+    row m. ``context``: states each new window shares with the history (default :func:`default_context`
+    of the settings' overlap).
     """
     settings.validate(prior)
     if settings.split_blankets:
@@ -138,7 +141,7 @@ def forecast_members(
     if conditioning == "mmps" and not condition_noise > 0:
         raise LatentdaError(f"the conditioning noise must be positive, got {condition_noise}")
     K = prior.window
-    context = default_context(prior) if context is None else context
+    context = default_context(prior, settings) if context is None else context
     if not 1 <= context < K:
         raise LatentdaError(f"context {context} must be in [1, {K - 1}]")
     if initial is not None and initial.shape[1] < context:

@@ -4,11 +4,13 @@ The posterior (reanalysis, forecast) conditions a latent trajectory prior p(z̃_
 observations through the decoder. It needs
 
 - the trajectory denoiser E[z̃_{1:L} | z̃_t] (blankets of ``window`` states, ``overlap`` apart),
-  its noise ``scheduler`` and the default sampler ``settings`` (``pipeline_config.json``),
+  its noise ``scheduler`` and the default :class:`latentda.diffusion.settings.SamplerSettings`
+  ``sampling`` (``pipeline_config.json``), which a run's overrides replace field by field
+  (:func:`resolve_sampling`, checked against the prior's σ range and window),
 - the decoder D with both standardisations (``autoencoder``, ``statistics``, ``latent_statistics``)
   and the frame decoder ``decode`` z̃ → x,
-- the latent shape, ``device``, ``dtype``, the model's time step (``lead_times``) and whether it is
-  conditioned on the calendar.
+- the latent shape, ``device``, ``dtype``, the model's time step (``time_step`` in ``time_units``,
+  ``lead_times``) and whether it is conditioned on the calendar.
 
 :class:`latentda.pipeline.LatentDAPipeline` satisfies it; anything else that does can be sampled
 the same way (a test double, a prior assembled by hand). The pipeline imports the posterior,
@@ -17,14 +19,15 @@ never the reverse.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from latentda.data.statistics import Statistics
+from latentda.diffusion.settings import SamplerSettings
 
-__all__ = ["PriorModel"]
+__all__ = ["PriorModel", "resolve_sampling"]
 
 
 @runtime_checkable
@@ -35,7 +38,9 @@ class PriorModel(Protocol):
     statistics: Statistics
     latent_statistics: Statistics
     scheduler: Any
-    settings: Mapping[str, Any]  # sampler defaults: sampler, steps, corrections, tau, sigma_start, churn, ...
+    sampling: SamplerSettings  # the default sampler settings (pipeline_config.json)
+    time_step: float  # between consecutive states (seconds when time_units is "seconds")
+    time_units: str
     progress: bool  # progress bars while sampling
 
     @property
@@ -62,3 +67,13 @@ class PriorModel(Protocol):
     def decode(self, z: torch.Tensor, batch_size: int = 64) -> np.ndarray: ...
 
     def lead_times(self, count: int) -> np.ndarray: ...
+
+
+def resolve_sampling(prior: PriorModel, **overrides) -> SamplerSettings:
+    """The prior's sampler settings with ``overrides`` (field names of :class:`SamplerSettings`;
+    None: the prior's) in place, validated, and checked against the prior's σ range and window,
+    so that a bad value fails before any work, not inside the sampler."""
+    sampling = prior.sampling.with_overrides(**overrides)
+    sampling.check_sigma_range(float(prior.scheduler.config.sigma_min), float(prior.scheduler.config.sigma_max))
+    sampling.check_window(prior.window)
+    return sampling

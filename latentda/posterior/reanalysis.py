@@ -27,8 +27,9 @@ from latentda.observe.operators import ObservationOperator
 from latentda.nn.linearization import NetworkLinearization
 from latentda.nn.precision import PRECISIONS, Autocast, autocast, resolve_precision
 from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
-from latentda.posterior.prior import PriorModel
-from latentda.diffusion.sampling import SAMPLERS, sample
+from latentda.posterior.prior import PriorModel, resolve_sampling
+from latentda.diffusion.sampling import sample
+from latentda.diffusion.settings import SAMPLER_FIELDS, SamplerSettings
 from latentda.posterior.solvers import SOLVERS
 
 __all__ = ["PosteriorSettings", "LatentOperator", "guided_denoiser", "posterior_members", "member_generator",
@@ -37,7 +38,11 @@ __all__ = ["PosteriorSettings", "LatentOperator", "guided_denoiser", "posterior_
 
 @dataclass
 class PosteriorSettings:
-    """How to sample the posterior (defaults: MMPS with 3 CG iterations, the pipeline's sampler)."""
+    """How to sample the posterior (defaults: MMPS with 3 CG iterations, the pipeline's sampler).
+
+    ``sampler``, ``steps``, ``corrections``, ``tau``, ``sigma_start``, ``churn`` and ``overlap`` are
+    the fields of :class:`latentda.diffusion.settings.SamplerSettings`; None takes the pipeline's
+    (``pipeline_config.json``), and :meth:`sampling` resolves them against a prior."""
 
     guidance: Literal["mmps", "dps"] = "mmps"
     iterations: int = 3
@@ -46,8 +51,9 @@ class PosteriorSettings:
     steps: int | None = None
     corrections: int | None = None
     tau: float | None = None
-    sigma_start: float | None = None  # σ the sampler starts from (default: the pipeline's; ≤ the prior's σ_max)
-    churn: float | None = None  # stochastic churn of the sampler (latentda.diffusion.sampling)
+    sigma_start: float | None = None
+    churn: float | None = None
+    overlap: int | None = None
     dps_scale: float = 1.0
     decode_chunk: int | None = None
     batch_members: int | None = None  # members sampled together (default: default_batch_members(device))
@@ -55,42 +61,33 @@ class PosteriorSettings:
     split_blankets: bool = False  # share each trajectory's blanket windows over torch.distributed processes
 
     def validate(self, prior: PriorModel | None = None) -> None:
-        """Check every field; with ``prior``, also the resolved start σ against the prior's σ range
-        (so that a bad value fails before any work, not inside the sampler)."""
+        """Check every field; with ``prior``, the sampler settings as resolved against it (its σ range
+        and window), so that a bad value fails before any work, not inside the sampler."""
         require(self.guidance in ("mmps", "dps"), "guidance", "must be mmps or dps")
         require(self.iterations >= 1, "iterations", "must be at least 1")
         require(self.solver in SOLVERS, "solver", f"must be one of {', '.join(SOLVERS)}")
-        require(self.sampler is None or self.sampler in SAMPLERS, "sampler", f"must be one of {', '.join(SAMPLERS)}")
-        require(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
-        require(self.corrections is None or self.corrections >= 0, "corrections", "must be at least 0")
-        require(self.tau is None or self.tau > 0, "tau", "must be positive")
-        require(self.sigma_start is None or self.sigma_start > 0, "sigma_start", "must be positive")
-        require(self.churn is None or self.churn >= 0, "churn", "must be non-negative")
         require(self.decode_chunk is None or self.decode_chunk >= 1, "decode_chunk", "must be at least 1")
         require(self.batch_members is None or self.batch_members >= 1, "batch_members", "must be at least 1")
         require(self.precision is None or self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
-        if prior is not None:
-            start, low, high = self.sampler_options(prior)["sigma_start"], *_sigma_range(prior)
-            require(start is None or low < start <= high, "sigma_start", f"must be in the prior's σ range ({low:g}, {high:g}]")
+        if prior is None:  # the overrides given, by the same rules (the library defaults they replace are valid)
+            SamplerSettings().with_overrides(**self.sampler_overrides())
+        else:
+            self.sampling(prior)
 
-    def sampler_options(self, prior: PriorModel) -> dict:
-        """The keyword arguments of :func:`latentda.diffusion.sampling.sample`: these settings, with the
-        prior's defaults (``pipeline_config.json``) where they are None."""
-        defaults = prior.settings
-        pick = lambda mine, key: defaults.get(key) if mine is None else mine  # noqa: E731
-        return {"steps": pick(self.steps, "steps"), "method": pick(self.sampler, "sampler"),
-                "corrections": pick(self.corrections, "corrections"), "tau": pick(self.tau, "tau"),
-                "sigma_start": pick(self.sigma_start, "sigma_start"), "churn": pick(self.churn, "churn")}
+    def sampler_overrides(self) -> dict:
+        """The :class:`SamplerSettings` fields of these settings (None: the prior's)."""
+        return {name: getattr(self, name) for name in SAMPLER_FIELDS}
+
+    def sampling(self, prior: PriorModel) -> SamplerSettings:
+        """The prior's sampler settings (``pipeline_config.json``) with these settings' overrides,
+        checked against the prior (:func:`latentda.posterior.prior.resolve_sampling`)."""
+        return resolve_sampling(prior, **self.sampler_overrides())
 
     def batch_size(self, device, through_decoder: bool = True) -> int:
         return self.batch_members or default_batch_members(device, through_decoder)
 
     def compute_dtype(self, device) -> torch.dtype:
         return resolve_precision(self.precision, device)
-
-
-def _sigma_range(prior: PriorModel) -> tuple[float, float]:
-    return float(prior.scheduler.config.sigma_min), float(prior.scheduler.config.sigma_max)
 
 
 def default_batch_members(device, through_decoder: bool = True) -> int:
@@ -217,8 +214,9 @@ def guided_denoiser(prior: PriorModel, operator: ObservationOperator, settings: 
     y, noise_std = operator.observed()
     dtype = settings.compute_dtype(prior.device)
     A = LatentOperator(prior, operator, settings.decode_chunk, dtype)
-    denoise = Autocast(prior.trajectory_denoiser(times=operator.times, split_blankets=settings.split_blankets),
-                       prior.device, dtype)
+    blankets = prior.trajectory_denoiser(settings.sampling(prior).overlap, times=operator.times,
+                                         split_blankets=settings.split_blankets)
+    denoise = Autocast(blankets, prior.device, dtype)
     if settings.guidance == "dps":
         return DPSDenoiser(denoise, A, y, noise_std, scale=settings.dps_scale)
     return MMPSDenoiser(denoise, A, y, noise_std, iterations=settings.iterations, solver=settings.solver)
@@ -239,7 +237,7 @@ def sample_members(prior: PriorModel, denoise, length: int, generators: list[tor
     drawing all its noise from ``generators[b]``: each row is what it would be if sampled alone."""
     return sample(denoise, (len(generators), length, *prior.latent_shape), prior.scheduler, generator=generators,
                   device=prior.device, dtype=prior.dtype, progress=progress, description=description,
-                  **settings.sampler_options(prior))
+                  **settings.sampling(prior).sample_kwargs())
 
 
 def posterior_members(prior: PriorModel, operator: ObservationOperator, members: list[int], settings: PosteriorSettings,

@@ -281,7 +281,7 @@ def write_gaussian_zarr(
     follow :func:`latentda.data.split_segments` (the last trajectories are held out). Written to a
     temporary sibling renamed to ``out`` once complete.
     """
-    from latentda.data.io import atomic_path
+    from latentda.data.io import already_exists, atomic_path
     from latentda.simulate.kolmogorov import _zarr_format_kwargs
 
     system = system or GaussianSystem()
@@ -290,7 +290,7 @@ def write_gaussian_zarr(
         raise LatentdaError(f"output path {str(out)!r} has no file name")
     batches = simulate_gaussian(system, trajectories, steps, seed, batch_size, progress)
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise LatentdaError(f"{out} already exists (pass overwrite=True to replace it)")
+        raise already_exists(out)
     attrs = _attrs(system, trajectories, steps, seed)
     encoding = {name: {"chunks": (1, 1, system.size, system.size), "dtype": "float32"} for name in system.channels}
     encoding["trajectory"] = {"chunks": (min(trajectories, 1 << 20),)}

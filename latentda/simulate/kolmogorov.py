@@ -76,6 +76,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from latentda.data.io import already_exists
 from latentda.errors import LatentdaError
 
 __all__ = ["simulate_kolmogorov", "write_kolmogorov_zarr"]
@@ -544,7 +545,7 @@ def write_kolmogorov_zarr(
         trajectories, steps, size, coarsen, dt, spinup, reynolds, seed, batch_size
     )
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise LatentdaError(f"{out} already exists (pass overwrite=True to replace it)")
+        raise already_exists(out)
     if not out.name:
         raise LatentdaError(f"output path {str(out)!r} has no file name")
     _import_jax_cfd()
@@ -606,7 +607,7 @@ def _move_into_place(temporary: Path, out: Path, overwrite: bool) -> None:
         os.replace(temporary, out)
         return
     if not overwrite:  # appeared while we were simulating
-        raise LatentdaError(f"{out} already exists (pass overwrite=True to replace it)")
+        raise already_exists(out)
     previous = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
     os.replace(out, previous)
     try:

@@ -10,6 +10,7 @@ held-out windows and noise. The run folder holds ``checkpoints/``, ``log.jsonl``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,9 @@ from latentda.data.splits import Segment
 from latentda.data.calendar import CALENDAR_FEATURES
 from latentda.data.statistics import streaming_statistics
 from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, denoising_loss, make_schedule
-from latentda.diffusion.sampling import SAMPLERS
+from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
-from latentda.pipeline import LatentDAPipeline
+from latentda.pipeline import LatentDAPipeline, SavedSettings
 from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, make_accelerator, shared_statistics
 
 __all__ = ["DenoiserModelConfig", "DiffusionConfig", "LatentDiffusionConfig", "train_latent_diffusion", "VALID_SIGMAS"]
@@ -59,29 +60,19 @@ class DenoiserModelConfig:
         require(self.attention == "full" or self.local_window is not None, f"{prefix}.local_window", "is required with attention: local")
 
 
-@dataclass
-class DiffusionConfig:
-    """Noise range and default sampler settings saved with the pipeline."""
+@dataclass(frozen=True)
+class DiffusionConfig(SamplerSettings):
+    """The ``diffusion:`` section: the noise range of training and sampling, and the default sampler
+    settings saved with the pipeline (the fields of :class:`latentda.diffusion.settings.SamplerSettings`,
+    flat in the same section)."""
 
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
-    sampler: str = "pc"
-    steps: int = 64
-    corrections: int = 1
-    tau: float = 0.1
-    sigma_start: float | None = None  # σ the samplers start from (None: sigma_max)
-    churn: float = 0.0  # stochastic churn (latentda.diffusion.sampling)
-    overlap: int | None = None
 
-    def validate(self, prefix: str) -> None:
+    def validate(self, prefix: str = "") -> None:
+        super().validate(prefix)
         require(0 < self.sigma_min < self.sigma_max, f"{prefix}.sigma_min", "must satisfy 0 < sigma_min < sigma_max")
-        require(self.sampler in SAMPLERS, f"{prefix}.sampler", f"must be one of {', '.join(SAMPLERS)}")
-        require(self.steps >= 1, f"{prefix}.steps", "must be at least 1")
-        require(self.corrections >= 0, f"{prefix}.corrections", "must be non-negative")
-        require(self.tau > 0, f"{prefix}.tau", "must be positive")
-        require(self.sigma_start is None or self.sigma_min < self.sigma_start <= self.sigma_max, f"{prefix}.sigma_start",
-                "must be in (sigma_min, sigma_max]")
-        require(self.churn >= 0, f"{prefix}.churn", "must be non-negative")
+        self.check_sigma_range(self.sigma_min, self.sigma_max, prefix)
 
 
 @dataclass
@@ -98,9 +89,7 @@ class LatentDiffusionConfig:
 
     def validate(self, prefix: str) -> None:
         require(self.valid_windows >= 1, "valid_windows", "must be at least 1")
-        overlap = self.diffusion.overlap
-        require(overlap is None or 0 <= overlap < self.model.window, "diffusion.overlap",
-                f"must be in [0, window={self.model.window})")
+        self.diffusion.check_window(self.model.window, "diffusion")
 
 
 def time_step(time) -> tuple[float, str]:
@@ -202,13 +191,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
 
     def save_outputs(final, metrics):
         step, units = time_step(dataset["time"])
-        settings = {
-            "time_step": step, "time_units": units,
-            "sampler": config.diffusion.sampler, "steps": config.diffusion.steps,
-            "corrections": config.diffusion.corrections, "tau": config.diffusion.tau,
-            "sigma_start": config.diffusion.sigma_start, "churn": config.diffusion.churn,
-            "overlap": config.diffusion.overlap,
-        }
+        settings = SavedSettings(**dataclasses.asdict(SamplerSettings.of(config.diffusion)), time_step=step, time_units=units)
         pipeline = LatentDAPipeline(autoencoder, layout, statistics, final, z_statistics, schedule, settings)
         summary = {"steps": trainer.step, "valid": metrics, "train_samples_per_second": trainer.throughput,
                    "parameters": sum(p.numel() for p in final.parameters())}
@@ -229,7 +212,7 @@ def model_card(pipeline: LatentDAPipeline, config: LatentDiffusionConfig, summar
         "## Data", "",
         f"- variables/channels: {', '.join(layout.channels)}",
         f"- grid: {layout.grid[0].name} × {layout.grid[1].name} = {layout.shape[0]} × {layout.shape[1]}, periodic {layout.periodic}",
-        f"- time step between states: {pipeline.settings['time_step']} ({pipeline.settings['time_units']})",
+        f"- time step between states: {pipeline.time_step} ({pipeline.time_units})",
         f"- latent shape: {pipeline.latent_shape}, compression factor {pipeline.autoencoder.compression_factor:.1f}",
         f"- window (blanket) K = {pipeline.window}", "",
         "## Training", "", "```yaml", yaml.safe_dump(to_dict(config), sort_keys=False).strip(), "```", "",
