@@ -166,3 +166,52 @@ def test_simulate_gaussian_cli_writes_a_latentda_dataset(tmp_path):
     assert [len(v) for v in split_segments(dataset).values()] == [3, 1, 1]
     assert cli.main(["simulate", "gaussian", "--out", str(out), "--trajectories", "5", "--quiet"]) == 2  # exists
     assert cli.main(["simulate", "gaussian", "--out", str(tmp_path / "b.zarr"), "--variables", "3", "--quiet"]) == 2
+
+
+def _exact_prior_setup(window: int):
+    """ExactPrior of a small system, a truth and sparse observations of u (a quarter of the pixels)."""
+    from latentda.diffusion.denoiser import make_schedule
+    from latentda.diffusion.settings import SamplerSettings
+    from latentda.observe.files import ObservationConfig, ObservationSpec, synthesize
+    from latentda.posterior.exact import ExactPrior
+    from latentda.simulate.gaussian import _dataset
+
+    system = GaussianSystem(size=8, variables=2, cutoff_wavenumber=2.0, correlation_time=4.0)
+    length = 6
+    truth = system.trajectory(length, np.random.default_rng(1))
+    layout = FieldLayout.from_dataset(_dataset(truth[None].astype(np.float32), 0, system, length, {}, True).isel(trajectory=0))
+    spec = ObservationSpec("sparse", ["u"], "grid", noise_std=0.3, fraction=0.25)
+    operator = synthesize(truth, layout, ObservationConfig([spec]), seed=0)
+    sampling = SamplerSettings(sampler="pc", steps=16, tau=0.5, sigma_start=20.0)
+    return system, ExactPrior(system, layout, make_schedule(1e-3, 1e3), sampling, window=window), operator
+
+
+@pytest.mark.parametrize("window", [6, 4])
+def test_sampler_with_the_exact_prior_recovers_the_exact_posterior(window):
+    """MMPS with the exact denoiser (one window, or blankets of 4 states) against the closed form:
+    the ensemble mean within sampling error of the exact mean, the variance within 15 %."""
+    from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+
+    system, prior, operator = _exact_prior_setup(window)
+    law = exact_posterior(system, operator, mode_variance=False)
+    assert law.variance.mean() < 0.8 * system.variance  # the observations are informative
+    members = 128
+    settings = PosteriorSettings(iterations=10, batch_members=members)
+    ensemble = np.stack([f for _, f, _ in posterior_members(prior, operator, list(range(members)), settings)]).astype(np.float64)
+    standardised_error = (ensemble.mean(axis=0) - law.mean) / np.sqrt(law.variance)
+    assert np.sqrt((standardised_error**2).mean()) < 1.5 / np.sqrt(members)
+    assert 0.85 < ensemble.var(axis=0, ddof=1).sum() / law.variance.sum() < 1.15
+
+
+def test_sampler_with_the_exact_prior_draws_the_stationary_law():
+    from latentda.posterior.reanalysis import PosteriorSettings, member_generator, sample_members
+
+    system, prior, operator = _exact_prior_setup(window=4)
+    generators = [member_generator(0, m) for m in range(256)]
+    z = sample_members(prior, prior.trajectory_denoiser(), operator.length, generators, PosteriorSettings())
+    draws = prior.decode(z).astype(np.float64)
+    law = stationary_law(system, operator.length)
+    assert np.abs(draws.mean(axis=0)).mean() < 3 * np.sqrt(system.variance / 256)
+    assert 0.85 < draws.var(axis=0, ddof=1).mean() / law.variance.mean() < 1.15
+    lag1 = (draws[:, 1:] * draws[:, :-1]).mean() / (draws**2).mean()  # the AR(1) memory across blankets
+    assert abs(lag1 - system.pixel_autocorrelation(1)) < 0.05

@@ -130,3 +130,25 @@ def test_malformed_config_files(tmp_path):
     path.write_text("data: {path: x}\noutput: y\ntraining: {steps: 3}\n")
     with pytest.raises(LatentdaError, match="is not a section"):
         load_config(AutoEncoderConfig, path, {"training.steps.x": 1})
+
+
+def test_identity_autoencoder_is_written_without_training_and_is_exact(tmp_path, data_path):
+    config = parse(AutoEncoderConfig, {"data": {"path": str(data_path)}, "output": str(tmp_path / "identity"),
+                                       "model": {"latent_channels": 2, "hidden_channels": []}})
+    metrics = train_autoencoder(config, progress=False)
+    assert metrics["rmse_mean"] == 0.0
+    assert not (tmp_path / "identity" / "checkpoints").exists()
+    model, layout, statistics = load_autoencoder(tmp_path / "identity" / "autoencoder")
+    assert model.is_identity and model.compression_factor == 1.0
+    x = torch.randn(3, layout.num_channels, *layout.shape)
+    assert torch.equal(model.encode(x), x) and torch.equal(model.decode(x), x)
+    summary = json.loads((tmp_path / "identity" / "metrics.json").read_text())
+    assert summary["identity"] and summary["latent_shape"] == [layout.num_channels, *layout.shape]
+
+
+def test_identity_autoencoder_needs_one_latent_channel_per_variable(tmp_path, data_path):
+    config = parse(AutoEncoderConfig, {"data": {"path": str(data_path)}, "output": str(tmp_path / "identity"),
+                                       "model": {"latent_channels": 3, "hidden_channels": []}})
+    with pytest.raises(LatentdaError, match="identity autoencoder .* needs latent_channels = in_channels"):
+        train_autoencoder(config, progress=False)
+    assert not (tmp_path / "identity" / "autoencoder").exists()

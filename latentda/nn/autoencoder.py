@@ -37,6 +37,13 @@ grid would join unrelated edges), otherwise construction raises :class:`ValueErr
 Compression factor: :math:`C H W / (c \, h \, w)` with :math:`h = \lceil H / f \rceil`,
 :math:`w = \lceil W / f \rceil`.
 
+Identity: with no stages (``hidden_channels=[]``, ``latent_channels = in_channels``) the
+autoencoder is :math:`E = D = \mathrm{id}`, nothing to train: the latents are the standardised
+fields (no soft clip), the prior is a pixel-space diffusion model (as in score-based data
+assimilation, Rozet & Louppe 2023) and the guidance's decoder Jacobian is the identity. It serves
+small grids and tells what the compression costs (``tools/bench_exact.py``). diffusers writes no
+weights file for a model without tensors, so the identity keeps a buffer of ones it multiplies by.
+
 The decoder uses no in-place operations and no branching on tensor values, so
 :func:`torch.func.jvp` and :func:`torch.func.vjp` go through :meth:`AutoEncoder.decode`, as the
 posterior sampler requires.
@@ -213,8 +220,9 @@ class AutoEncoder(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         widths = [int(w) for w in hidden_channels]
-        if len(widths) == 0:
-            raise ValueError("hidden_channels must list at least one stage width")
+        if len(widths) == 0 and latent_channels != in_channels:
+            raise ValueError(f"an identity autoencoder (no hidden_channels) needs latent_channels = in_channels "
+                             f"({in_channels}), got {latent_channels}")
         if len(sample_size) != 2 or len(periodic) != 2:
             raise ValueError(
                 f"sample_size and periodic need one entry per grid axis (2), "
@@ -228,6 +236,10 @@ class AutoEncoder(ModelMixin, ConfigMixin):
 
         self._sample_size = (int(sample_size[0]), int(sample_size[1]))
         self._periodic = (bool(periodic[0]), bool(periodic[1]))
+        if not widths:  # the identity (module docstring)
+            self.register_buffer("unit", torch.ones(in_channels, 1, 1))
+            self.encoder = self.decoder = None
+            return
         factor = 2 ** (len(widths) - 1)
         for axis, (size, wraps) in enumerate(zip(self._sample_size, self._periodic)):
             if wraps and size % factor != 0:
@@ -244,9 +256,14 @@ class AutoEncoder(ModelMixin, ConfigMixin):
         )
 
     @property
+    def is_identity(self) -> bool:
+        """Whether this is the identity (no stages: the latents are the standardised fields)."""
+        return len(self.config.hidden_channels) == 0
+
+    @property
     def downsample_factor(self) -> int:
-        r"""Grid downsampling factor :math:`f = 2^{S-1}`, :math:`S` = ``len(hidden_channels)``."""
-        return 2 ** (len(self.config.hidden_channels) - 1)
+        r"""Grid downsampling factor :math:`f = 2^{S-1}`, :math:`S` = ``len(hidden_channels)`` (1 for the identity)."""
+        return 2 ** max(len(self.config.hidden_channels) - 1, 0)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -270,6 +287,8 @@ class AutoEncoder(ModelMixin, ConfigMixin):
                 f"encode expects fields of shape (B, {', '.join(map(str, expected))}) "
                 f"(B, in_channels, *sample_size), got {tuple(x.shape)}"
             )
+        if self.is_identity:
+            return x * self.unit
         f = self.downsample_factor
         pad_height = -self._sample_size[0] % f
         pad_width = -self._sample_size[1] % f
@@ -286,6 +305,8 @@ class AutoEncoder(ModelMixin, ConfigMixin):
                 f"decode expects latents of shape (B, {', '.join(map(str, self.latent_shape))}), "
                 f"got {tuple(z.shape)}"
             )
+        if self.is_identity:
+            return z * self.unit
         height, width = self._sample_size
         return self.decoder(z)[..., :height, :width]
 

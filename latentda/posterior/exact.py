@@ -35,13 +35,18 @@ is the exact denoiser :math:`\mathbb{E}[x \mid x + \sigma\epsilon]` of a window 
 Fourier mode the window covariance is :math:`T_k \otimes R` with the Toeplitz :math:`(T_k)_{st} =
 a_k^{|s-t|} s_k^2`, diagonalised once, so a call costs two FFTs and :math:`O(N^2 K^2 C)`.
 
+:class:`ExactPrior` wraps it as a :class:`latentda.posterior.prior.PriorModel` (the identity
+autoencoder, standardisation by the exact stationary moments), so that the posterior samplers run
+on the exact prior exactly as on a trained one: what remains is the sampler's and the guidance's
+own error (``tools/bench_exact.py``, error source (a)).
+
 Written by hand: no library conditions a stationary spectral Gaussian process on arbitrary linear
 observations through an FFT-applied covariance.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -49,7 +54,12 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from latentda.data.layout import FieldLayout
+from latentda.data.statistics import Statistics
+from latentda.diffusion.settings import SamplerSettings
+from latentda.diffusion.blankets import BlanketDenoiser, resolve_overlap
 from latentda.errors import LatentdaError
+from latentda.nn.autoencoder import AutoEncoder
 from latentda.observe.operators import ObservationOperator
 from latentda.simulate.gaussian import GaussianSystem
 
@@ -60,6 +70,7 @@ __all__ = [
     "condition_on_observations",
     "exact_posterior",
     "StationaryDenoiser",
+    "ExactPrior",
 ]
 
 # S is dense M × M float64: 16384 observations are 2 GiB.
@@ -272,3 +283,74 @@ class StationaryDenoiser:
         back = torch.einsum("...ijsd,ijts,cd->...ijtc", shrunk, time_vectors, variable_vectors)
         back = torch.movedim(back, (-4, -3), (-2, -1))
         return torch.fft.ifft2(back, norm="ortho").real.to(dtype)
+
+
+class ExactPrior:
+    r"""The system's exact prior as a :class:`~latentda.posterior.prior.PriorModel`.
+
+    The fields are standardised by the exact stationary moments (mean 0, std :math:`\sqrt{v}`, v =
+    ``system.variance``), the autoencoder is the identity and the latent statistics are (0, 1), so
+    the "latents" are :math:`\tilde z = x / \sqrt v`, a window of which is the stationary law of
+    the system rescaled to unit variance. The trajectory denoiser is :class:`StationaryDenoiser`
+    over windows of ``window`` states composed over overlapping blankets exactly as a trained
+    prior's (:class:`latentda.diffusion.blankets.BlanketDenoiser`); with ``window`` ≥ the
+    trajectory length it is the exact denoiser of the whole trajectory. ``scheduler`` (σ range) and
+    ``sampling`` (sampler defaults) are given, e.g. those of a trained pipeline, so that both are
+    sampled the same way.
+    """
+
+    def __init__(self, system: GaussianSystem, layout: FieldLayout, scheduler, sampling: SamplerSettings, window: int,
+                 overlap: int | None = None) -> None:
+        if layout.channels != system.channels or tuple(layout.shape) != (system.size, system.size):
+            raise LatentdaError(f"the layout ({layout.channels} on {tuple(layout.shape)}) is not the system's "
+                                f"({system.channels} on {system.size}×{system.size})")
+        self.system = system
+        self.layout = layout
+        self.scheduler = scheduler
+        self.sampling = sampling
+        self.time_step, self.time_units = float(system.dt), "1"
+        self.progress = False
+        self._window = int(window)
+        self._overlap = resolve_overlap(self._window, overlap)
+        channels = system.variables
+        self.autoencoder = AutoEncoder(in_channels=channels, latent_channels=channels, hidden_channels=[],
+                                       sample_size=(system.size, system.size), periodic=(True, True)).eval()
+        self.statistics = Statistics(system.channels, np.zeros(channels), np.full(channels, np.sqrt(system.variance)))
+        self.latent_statistics = Statistics(system.channels, np.zeros(channels), np.ones(channels))
+        self._denoiser = StationaryDenoiser(replace(system, variance=1.0), self._window)
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    @property
+    def overlap(self) -> int:
+        return self._overlap
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.autoencoder.latent_shape)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def calendar(self) -> bool:
+        return False
+
+    def trajectory_denoiser(self, overlap: int | None = None, times=None, split_blankets: bool = False):
+        if split_blankets:
+            raise LatentdaError("the exact prior runs in one process (split_blankets is not supported)")
+        return BlanketDenoiser(self._denoiser, self._window, self._overlap if overlap is None else overlap)
+
+    def decode(self, z: Tensor, batch_size: int = 64) -> np.ndarray:
+        """Standardised (…, T, C, N, N) → physical fields, float32 numpy."""
+        return self.statistics.destandardise(z.detach().double().cpu()).float().numpy()
+
+    def lead_times(self, count: int) -> np.ndarray:
+        return np.arange(count) * self.system.dt

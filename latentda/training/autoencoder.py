@@ -8,6 +8,10 @@ with w_i = cos φ_i / mean cos φ on latitude-longitude grids and w = 1 elsewher
 the area-weighted reconstruction RMSE per channel in standardised units on the validation split.
 The run folder holds ``checkpoints/``, ``log.jsonl``, ``config.yaml``, ``metrics.json`` and the
 final ``autoencoder/`` folder (EMA weights, layout, statistics).
+
+``hidden_channels: []`` with ``latent_channels`` = the number of variables is the identity
+autoencoder (:class:`latentda.nn.AutoEncoder`): nothing is trained, the folder is written with the
+statistics of the training split and the prior trained next works on the standardised fields.
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ class AutoEncoderModelConfig:
 
     def validate(self, prefix: str) -> None:
         require(self.latent_channels >= 1, f"{prefix}.latent_channels", "must be at least 1")
-        require(len(self.hidden_channels) >= 1 and min(self.hidden_channels) >= 1, f"{prefix}.hidden_channels",
-                "must be a non-empty list of positive widths")
+        require(all(c >= 1 for c in self.hidden_channels), f"{prefix}.hidden_channels",
+                "must be a list of positive widths (empty: the identity)")
         require(all(c % self.groups == 0 for c in self.hidden_channels), f"{prefix}.groups",
                 f"must divide every hidden width {self.hidden_channels}")
         require(self.blocks_per_stage >= 1, f"{prefix}.blocks_per_stage", "must be at least 1")
@@ -111,6 +115,8 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         raise LatentdaError(f"config: model: {error}") from None
     statistics = shared_statistics(accelerator, run_dir / "statistics.json",
                                    lambda: compute_statistics(dataset, layout, splits["train"], progress=progress), resume)
+    if model.is_identity:
+        return _write_identity(config, run_dir, model, layout, statistics, accelerator)
     source = FieldSource(config.data.path, layout, statistics)
     train = WindowDataset(source, splits["train"], window=1)
     valid = WindowDataset(source, splits["valid"] or splits["train"], window=1)
@@ -134,3 +140,21 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         return {"compression_factor": final.compression_factor, "latent_shape": list(final.latent_shape)}
 
     return trainer.run(to_dict(config), save_outputs)
+
+
+def _write_identity(config: AutoEncoderConfig, run_dir: Path, model, layout: FieldLayout, statistics: Statistics,
+                    accelerator) -> dict:
+    """The identity autoencoder's run: nothing to train, the folder and an exact metrics.json."""
+    import json
+
+    import yaml
+
+    metrics = {"rmse": {channel: 0.0 for channel in layout.channels}, "rmse_mean": 0.0}
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        save_autoencoder(run_dir / "autoencoder", model, layout, statistics)
+        summary = {"steps": 0, "valid": metrics, "parameters": 0, "identity": True,
+                   "compression_factor": model.compression_factor, "latent_shape": list(model.latent_shape)}
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
+    return metrics
