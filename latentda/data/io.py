@@ -121,21 +121,32 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """Yield a temporary sibling of ``path``; rename it to ``path`` when the block succeeds.
 
     On any exception the temporary is removed and ``path`` is left as it was. An existing ``path``
-    is an error unless ``overwrite``.
+    (checked before and after the block: it may appear meanwhile) is an error unless ``overwrite``;
+    it is moved aside and removed only once the new one is in place.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise already_exists(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield temporary
+        if not (path.exists() or path.is_symlink()):
+            os.replace(temporary, path)
+            return
+        if not overwrite:
+            raise already_exists(path)
+        previous = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, previous)
+        try:
+            os.replace(temporary, path)
+        except BaseException:
+            os.replace(previous, path)
+            raise
+        remove_path(previous)
     except BaseException:
         remove_path(temporary)
         raise
-    if path.exists():
-        remove_path(path)
-    os.replace(temporary, path)
 
 
 def _without_source_codecs(dataset: xr.Dataset) -> xr.Dataset:

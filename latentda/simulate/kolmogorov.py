@@ -65,8 +65,6 @@ import datetime
 import functools
 import math
 import os
-import secrets
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -76,7 +74,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from latentda.data.io import already_exists
+from latentda.data.io import already_exists, atomic_path
 from latentda.errors import LatentdaError
 
 __all__ = ["simulate_kolmogorov", "write_kolmogorov_zarr"]
@@ -281,17 +279,10 @@ class _Setup:
     batch_size: int
 
 
-def _validate(
-    trajectories: Any,
-    steps: Any,
-    size: Any,
-    coarsen: Any,
-    dt: Any,
-    spinup: Any,
-    reynolds: Any,
-    seed: Any,
-    batch_size: Any,
-) -> _Setup:
+def _validate(trajectories: Any, steps: Any, size: Any = 64, coarsen: Any = 1, dt: Any = 0.2, spinup: Any = 64,
+              reynolds: Any = 1000.0, seed: Any = 0, batch_size: Any = 32) -> _Setup:
+    """The checked settings of a simulation: the one place of the defaults of the options of
+    :func:`simulate_kolmogorov` and :func:`write_kolmogorov_zarr`."""
     size = _check_integer("size", size, MINIMUM_SIZE)
     coarsen = _check_integer("coarsen", coarsen, 1)
     if size % coarsen:
@@ -309,18 +300,7 @@ def _validate(
     )
 
 
-def simulate_kolmogorov(
-    trajectories: int,
-    steps: int,
-    size: int = 64,
-    coarsen: int = 1,
-    dt: float = 0.2,
-    spinup: int = 64,
-    reynolds: float = 1000.0,
-    seed: int = 0,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> Iterator[np.ndarray]:
+def simulate_kolmogorov(trajectories: int, steps: int, progress: bool = True, **options: Any) -> Iterator[np.ndarray]:
     """Simulate Kolmogorov flow trajectories, yielding them in batches.
 
     Arguments are checked at call time (a :class:`~latentda.errors.LatentdaError` names the bad
@@ -329,25 +309,24 @@ def simulate_kolmogorov(
     Args:
         trajectories: number of trajectories, indexed 0 .. trajectories - 1.
         steps: number of recorded states per trajectory.
-        size: solver grid cells per side.
-        coarsen: block-average factor applied to each output (``size`` must be divisible by it).
-        dt: model time between recorded states.
+        progress: show a tqdm progress bar over trajectories.
+        options: the simulation options (keywords), with their defaults:
+        size: solver grid cells per side (64).
+        coarsen: block-average factor applied to each output (``size`` must be divisible by it) (1).
+        dt: model time between recorded states (0.2).
         spinup: number of output intervals simulated and discarded before the first recorded
             state (0 records the initial condition). Recorded state ``k`` is at model time
-            ``(spinup + k) * dt``.
-        reynolds: Reynolds number (viscosity ``1 / reynolds``).
-        seed: base random seed; trajectory ``i`` uses ``fold_in(PRNGKey(seed), i)``.
+            ``(spinup + k) * dt`` (64).
+        reynolds: Reynolds number (viscosity ``1 / reynolds``) (1000).
+        seed: base random seed; trajectory ``i`` uses ``fold_in(PRNGKey(seed), i)`` (0).
         batch_size: trajectories simulated together (vectorised); does not change the results.
-            Use 2 or more: a batch of one trajectory is computed as two (see module docstring).
-        progress: show a tqdm progress bar over trajectories.
+            Use 2 or more: a batch of one trajectory is computed as two (see module docstring) (32).
 
     Yields:
         float32 arrays of shape ``(b, steps, 2, size // coarsen, size // coarsen)``: trajectories
         in index order, channels ``(u, v)``, spatial axes ``(y, x)``; ``b <= batch_size``.
     """
-    setup = _validate(
-        trajectories, steps, size, coarsen, dt, spinup, reynolds, seed, batch_size
-    )
+    setup = _validate(trajectories, steps, **options)
     _import_jax_cfd()  # fail now, not on first iteration, when the extra is missing
     return _simulate_batches(setup, progress)
 
@@ -505,20 +484,8 @@ def _zarr_format_kwargs() -> dict:
     return {"zarr_format": 2} if major >= 3 else {}
 
 
-def write_kolmogorov_zarr(
-    out: str | os.PathLike[str],
-    trajectories: int,
-    steps: int,
-    size: int = 64,
-    coarsen: int = 1,
-    dt: float = 0.2,
-    spinup: int = 64,
-    reynolds: float = 1000.0,
-    seed: int = 0,
-    batch_size: int = 32,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
+def write_kolmogorov_zarr(out: str | os.PathLike[str], trajectories: int, steps: int, overwrite: bool = False,
+                          progress: bool = True, **options: Any) -> Path:
     """Simulate Kolmogorov flow and stream it to a CF-style zarr store.
 
     Layout: data variables ``u`` and ``v`` (float32, dims ``(trajectory, time, y, x)``, chunks
@@ -526,7 +493,7 @@ def write_kolmogorov_zarr(
     time ``(spinup + k) * dt``), ``y`` and ``x`` (cell centres in ``[0, 2π)``, ``periodic: 1``),
     global attributes with the conventions, provenance and simulation parameters.
 
-    Batches are appended as they are simulated, into a temporary sibling ``<out>.tmp-<random>``
+    Batches are appended as they are simulated, into a temporary sibling (:func:`latentda.data.io.atomic_path`)
     renamed to ``out`` only once complete; on any failure or interruption the temporary is
     removed and ``out`` is left as it was. The store is written in zarr format 2 (readable by
     zarr-python 2 and 3) with consolidated metadata. One chunk per time step means many small
@@ -541,9 +508,7 @@ def write_kolmogorov_zarr(
         The path of the written store.
     """
     out = Path(out)
-    setup = _validate(
-        trajectories, steps, size, coarsen, dt, spinup, reynolds, seed, batch_size
-    )
+    setup = _validate(trajectories, steps, **options)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise already_exists(out)
     if not out.name:
@@ -560,24 +525,9 @@ def write_kolmogorov_zarr(
         "trajectory": {"chunks": (min(setup.trajectories, 1 << 20),)},
     }
     format_kwargs = _zarr_format_kwargs()
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
-    try:
+    with atomic_path(out, overwrite=overwrite) as temporary:
         start = 0
-        batches = simulate_kolmogorov(
-            setup.trajectories,
-            setup.steps,
-            size=setup.size,
-            coarsen=setup.coarsen,
-            dt=setup.dt,
-            spinup=setup.spinup,
-            reynolds=setup.reynolds,
-            seed=setup.seed,
-            batch_size=setup.batch_size,
-            progress=progress,
-        )
-        for batch in batches:
+        for batch in simulate_kolmogorov(trajectories, steps, progress=progress, **options):
             first = start == 0
             dataset = _batch_dataset(batch, start, setup, attrs, with_fixed_coords=first)
             if first:
@@ -587,32 +537,4 @@ def write_kolmogorov_zarr(
             start += batch.shape[0]
         if start != setup.trajectories:
             raise RuntimeError(f"simulated {start} trajectories, expected {setup.trajectories}")
-        _move_into_place(temporary, out, overwrite)
-    except BaseException:
-        _remove(temporary)
-        raise
     return out
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
-def _move_into_place(temporary: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished store to `out`, keeping the old `out` until the rename succeeded."""
-    if not (out.exists() or out.is_symlink()):
-        os.replace(temporary, out)
-        return
-    if not overwrite:  # appeared while we were simulating
-        raise already_exists(out)
-    previous = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
-    os.replace(out, previous)
-    try:
-        os.replace(temporary, out)
-    except BaseException:
-        os.replace(previous, out)
-        raise
-    _remove(previous)
