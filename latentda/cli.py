@@ -62,15 +62,17 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from latentda.data import FieldLayout, compute_statistics, open_dataset, split_segments
+    from latentda.data import FieldLayout, compute_statistics, describe_step, open_dataset, split_segments, time_step
 
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, args.time_dim)
     layout = FieldLayout.from_dataset(dataset, args.variables)
-    splits = split_segments(dataset)
+    splits = split_segments(dataset)  # refuses an irregular time axis, naming where
     print(f"{args.data}: dims {dict(dataset.sizes)}")
+    print(f"time step {describe_step(*time_step(dataset['time']))} (regular)")
     print(f"grid {layout.grid[0].name} × {layout.grid[1].name} = {layout.shape}, periodic {layout.periodic}, "
           f"{'lat-lon (area-weighted)' if layout.is_latlon else 'Cartesian'}")
     print("splits: " + ", ".join(f"{k} {sum(s.length for s in v)} states in {len(v)} segments" for k, v in splits.items()))
+    _print_latent_shapes(layout)
     statistics = compute_statistics(dataset, layout, splits["train"], progress=not args.quiet)
     print(f"{'channel':<24}{'mean':>14}{'std':>14}")
     for name, mean, std in zip(statistics.channels, statistics.mean, statistics.std):
@@ -83,7 +85,33 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"wrote {args.statistics_out}")
 
 
+def _print_latent_shapes(layout) -> None:
+    """The latent shape and compression factor the default autoencoder config (its latent_channels)
+    would give on ``layout``'s grid for 1 to 5 stages of hidden_channels, as :class:`AutoEncoder`
+    computes them (a periodic axis must be a multiple of the downsampling factor)."""
+    from latentda.nn.autoencoder import AutoEncoder
+    from latentda.training.autoencoder import AutoEncoderModelConfig
+
+    default = AutoEncoderModelConfig()
+    print(f"latent shape by the number of model.hidden_channels (model.latent_channels {default.latent_channels}):")
+    for stages in range(1, len(default.hidden_channels) + 3):
+        try:  # the narrowest network: only the shapes are wanted
+            model = AutoEncoder(in_channels=layout.num_channels, latent_channels=default.latent_channels,
+                                hidden_channels=[default.groups] * stages, blocks_per_stage=1,
+                                sample_size=list(layout.shape), periodic=list(layout.periodic), groups=default.groups)
+        except ValueError as error:
+            print(f"  {stages} (grid ÷{2 ** (stages - 1)}): not possible ({error})")
+            continue
+        print(f"  {stages} (grid ÷{model.downsample_factor}): {_latent_summary(model)}")
+
+
+def _latent_summary(model) -> str:
+    """``c × h × w, compression ×f`` of an autoencoder."""
+    return f"{' × '.join(map(str, model.latent_shape))}, compression ×{model.compression_factor:.3g}"
+
+
 def _train_ae(args: argparse.Namespace) -> None:
+    from latentda.components import load_autoencoder
     from latentda.config import load_config
     from latentda.training.autoencoder import AutoEncoderConfig, train_autoencoder
 
@@ -92,14 +120,16 @@ def _train_ae(args: argparse.Namespace) -> None:
     if metrics:
         print(f"validation reconstruction RMSE (standardised): {metrics['rmse_mean']:.4f} ("
               + ", ".join(f"{k} {v:.4f}" for k, v in metrics["rmse"].items()) + ")")
-    print(f"wrote {Path(config.output) / 'autoencoder'}")
+    folder = Path(config.output) / "autoencoder"
+    print(f"latent shape {_latent_summary(load_autoencoder(folder)[0])}")
+    print(f"wrote {folder}")
 
 
 def _encode(args: argparse.Namespace) -> None:
     from latentda.encoding import encode_dataset
 
     path = encode_dataset(args.autoencoder, args.data, args.out, batch_size=args.batch_size,
-                          overwrite=args.overwrite, progress=not args.quiet)
+                          overwrite=args.overwrite, progress=not args.quiet, time_dim=args.time_dim)
     print(f"wrote {path}")
 
 
@@ -141,7 +171,7 @@ def _select_truth(args: argparse.Namespace):
     """The truth trajectory window named by --trajectory/--start/--length, and its layout."""
     from latentda.data import FieldLayout, open_dataset
 
-    dataset = open_dataset(args.truth)
+    dataset = open_dataset(args.truth, args.time_dim)
     layout = FieldLayout.from_dataset(dataset)
     if "trajectory" in dataset.dims:
         if not 0 <= args.trajectory < dataset.sizes["trajectory"]:
@@ -185,7 +215,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from latentda.evaluation import evaluate, write_report
 
     prediction = open_dataset(args.prediction)
-    truth = open_dataset(args.truth)
+    truth = open_dataset(args.truth, args.time_dim)
     observations = open_dataset(args.observations) if args.observations else None
     rows, summary = evaluate(prediction, truth, observations, args.trajectory)
     columns = ("rmse", "crps", "spread", "spread_skill_ratio", "coverage_90")
@@ -229,6 +259,13 @@ def _load_pipeline(args: argparse.Namespace, device: str):
 
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=device)
     return pipeline.compile() if args.compile else pipeline
+
+
+def _time_dim_option(sub: argparse.ArgumentParser, dataset: str) -> None:
+    """``--time-dim``: the name of the time dimension of ``dataset`` (read by :func:`open_dataset`)."""
+    sub.add_argument("--time-dim", metavar="NAME",
+                     help=f"time dimension (or 1-D time coordinate) of {dataset}, renamed 'time' on reading "
+                          "(default: 'time', or the one coordinate CF marks as time)")
 
 
 def _pipeline_options(sub: argparse.ArgumentParser) -> None:
@@ -432,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("data", type=Path, help="netCDF file or zarr store")
     sub.add_argument("--variables", nargs="+", help="variables to use (default: all with a time axis)")
     sub.add_argument("--statistics-out", type=Path, help="write the training-split statistics to this JSON file")
+    _time_dim_option(sub, "the dataset")
 
     sub = command("train-ae", "train the autoencoder (fields ↔ latents)", _train_ae)
     sub.add_argument("--config", required=True, type=Path, help="YAML config (see configs/ae/)")
@@ -444,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, type=Path, help="output latents (LATENTS.zarr)")
     sub.add_argument("--batch-size", type=_positive_int, default=64, help="states encoded at once (default 64)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _time_dim_option(sub, "--data")
 
     sub = command("train-ldm", "train the latent trajectory diffusion model", _train_ldm)
     sub.add_argument("--config", required=True, type=Path, help="YAML config (see configs/ldm/)")
@@ -470,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--trajectory", type=int, default=0, help="which trajectory of the truth (default 0)")
     sub.add_argument("--start", type=int, default=0, help="first time step of the window (default 0)")
     sub.add_argument("--length", type=_positive_int, help="number of time steps (default: to the end)")
+    _time_dim_option(sub, "--truth")
 
     sub = command("reanalyze", "posterior ensemble of trajectories given observations", _reanalyze)
     _pipeline_options(sub)
@@ -516,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--observations", type=Path, help="observation file: adds the residual ratio")
     sub.add_argument("--out", type=Path, help="folder for metrics.csv, summary.json and figures")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    _time_dim_option(sub, "--truth")
     return parser
 
 

@@ -23,9 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from latentda.components import load_autoencoder
-from latentda.data import LATENT, atomic_path, open_dataset
+from latentda.data import LATENT, atomic_path, open_dataset, time_step
 from latentda.data.io import create_store, write_region
-from latentda.data.layout import TIME, TRAJECTORY
+from latentda.data.layout import CONVENTIONS, TIME, TRAJECTORY
 from latentda.data.statistics import check_finite
 
 __all__ = ["encode_dataset"]
@@ -39,11 +39,15 @@ def encode_dataset(
     overwrite: bool = False,
     progress: bool = True,
     device: str = "cpu",
+    time_dim: str | None = None,
 ) -> Path:
-    """Encode every state of ``data`` with the autoencoder folder ``autoencoder`` into ``out``."""
+    """Encode every state of ``data`` with the autoencoder folder ``autoencoder`` into ``out``
+    (``time_dim``: the name of ``data``'s time dimension, when not found from its CF attributes).
+    The grid must be the model's and the time axis regular (checked before anything is written)."""
     model, layout, statistics = load_autoencoder(autoencoder, device)
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, time_dim)
     layout.check(dataset)
+    time_step(dataset[TIME])  # the prior trained on these latents needs one time step
     has_trajectories = TRAJECTORY in dataset[layout.variables[0].name].dims
     trajectories = list(range(dataset.sizes[TRAJECTORY])) if has_trajectories else [None]
     steps = dataset.sizes[TIME]
@@ -54,7 +58,7 @@ def encode_dataset(
     if has_trajectories:
         coords[TRAJECTORY] = dataset[TRAJECTORY].variable
     attrs = {
-        "Conventions": "CF-1.10",
+        "Conventions": CONVENTIONS,
         "title": "latent trajectories written by latentda encode",
         "autoencoder": str(Path(autoencoder).resolve()),
         "source_data": str(Path(data).resolve()),

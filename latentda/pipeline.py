@@ -41,11 +41,14 @@ from latentda.data.ensemble_store import ensemble_dataset
 from latentda.data.io import atomic_path
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
+from latentda.data.times import time_step
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.distributed import blanket_denoiser
 from latentda.diffusion.sampling import sample as run_sampler
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
+from latentda.nn.compilation import compile_blocks
+from latentda.nn.transformer import TrajectoryTransformer
 from latentda.observe.files import read_observations
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.forecast import default_context, forecast_members
@@ -181,8 +184,6 @@ class LatentDAPipeline:
         eager: the guidance differentiates it twice, which compiled graphs do not support."""
         import torch._functorch.config
 
-        from latentda.nn.compilation import compile_blocks
-
         # The guidance takes several VJPs through one graph (retain_graph): inductor's donated
         # buffers free the saved tensors after the first, so they are turned off (a global switch).
         torch._functorch.config.donated_buffer = False
@@ -308,19 +309,9 @@ class LatentDAPipeline:
         return operator
 
     def check_time_step(self, time: xr.DataArray) -> None:
-        """Consecutive times must be the model's time step apart (seconds for datetime axes)."""
-        values = np.asarray(time.values)
-        if values.size < 2:
-            return
-        if np.issubdtype(values.dtype, np.datetime64):
-            steps = np.diff(values) / np.timedelta64(1, "s")
-        elif np.issubdtype(values.dtype, np.number):
-            steps = np.diff(values.astype(np.float64))
-        else:
-            raise LatentdaError(f"time coordinate of type {values.dtype} is neither numbers nor datetimes")
-        if not np.allclose(steps, self.time_step, rtol=1e-4):
-            raise LatentdaError(f"observation times are {np.unique(np.round(steps, 6))} {self.time_units} apart, "
-                                f"the model's step is {self.time_step}")
+        """Consecutive times must be the model's time step apart (seconds for datetime axes):
+        :func:`latentda.data.times.time_step` with the model's step expected."""
+        time_step(time, expected=self.time_step, what="observation times")
 
     def lead_times(self, count: int) -> np.ndarray:
         """Lead times 0, Δ, …, (count−1)Δ: timedelta64 for datetime models, numbers otherwise."""
@@ -469,8 +460,6 @@ class LatentDAPipeline:
                         cache_dir: str | os.PathLike | None = None) -> "LatentDAPipeline":
         """Load a pipeline from a folder written by :meth:`save_pretrained` (or ``latentda train-ldm``)
         or from a Hugging Face Hub repo id (``org/name``, at ``revision``; honours HF_HUB_OFFLINE)."""
-        from latentda.nn.transformer import TrajectoryTransformer
-
         given, path = path, cls._resolve(path, revision, cache_dir)
         for part in ("model_index.json", "pipeline_config.json", "autoencoder", "denoiser", "scheduler"):
             if not (path / part).exists():

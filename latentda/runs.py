@@ -32,8 +32,8 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter
-from latentda.data.io import open_dataset, remove_path
+from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, open_ensemble
+from latentda.data.io import remove_path
 from latentda.data.layout import FieldLayout
 from latentda.diffusion.distributed import check_blanket_split
 from latentda.observe.operators import ObservationOperator
@@ -135,14 +135,15 @@ class EnsembleRun:
             remove_path(self.store.partial)  # a failed fresh run leaves nothing (an interrupted one keeps its members)
 
     def finish(self) -> xr.Dataset:
-        """The complete ensemble: the store moved to ``out`` (and opened lazily), or the dataset in memory."""
+        """The complete ensemble: the store moved to ``out`` (and opened lazily, variables in the
+        model's channel order), or the dataset in memory."""
         if self.out is None:
             return self.store.finalize()
         self.state.wait_for_everyone()
         if self.is_main:
             self.say(f"wrote {self.store.finalize(overwrite=self.overwrite)}")
         self.state.wait_for_everyone()
-        return open_dataset(self.out)
+        return open_ensemble(self.out, self.store.layout)
 
 
 def run_reanalysis(prior: PriorModel, layout: FieldLayout, operator: ObservationOperator, time: xr.DataArray,

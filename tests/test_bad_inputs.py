@@ -156,6 +156,17 @@ def with_attribute(variable: str, **attrs):
     return change
 
 
+def irregular_hours(dataset):
+    """The time axis as integer hours since 1940-01-01 on a dimension ``time_index`` (decoded and
+    renamed 'time' on reading), 7 hours apart but for one 8-hour gap before index 4."""
+    hours = np.array([0, 7, 14, 21, 29, 36, 43, 50])
+    return dataset.rename(time="time_index").assign_coords(
+        time_index=("time_index", hours, {"units": "hours since 1940-01-01", "long_name": "time"}))
+
+
+IRREGULAR = "irregular time axis at index 4: 1940-01-01T21:00:00 → 1940-01-02T05:00:00 is 8 hours, expected 7 hours"
+
+
 def linear_observations(world: World, target: Path, matrix_value: float) -> Path:
     """A linear-sampling observation file (2 rows: means of the u field), one matrix entry set."""
     import xarray as xr
@@ -241,6 +252,10 @@ case("inspect-statistics-out-is-input")(lambda w, d: (
     ["inspect", str(w.data), "--statistics-out", str(w.data / "stats.json")], "inside the input"))
 case("inspect-no-time")(lambda w, d: (
     ["inspect", str(rewrite(w.data, d / "t.zarr", lambda ds: ds.isel(time=0)))], "no 'time' dimension"))
+case("inspect-irregular-time")(lambda w, d: (
+    ["inspect", "--quiet", str(rewrite(w.data, d / "t.zarr", irregular_hours))], IRREGULAR))
+case("inspect-time-dim-unknown")(lambda w, d: (
+    ["inspect", "--quiet", str(w.data), "--time-dim", "when"], "time dimension 'when' not found"))
 
 
 # train-ae -------------------------------------------------------------------------------------
@@ -269,6 +284,8 @@ case("train-ae-data-missing")(lambda w, d: (ae(w, d, f"data.path={d / 'none.zarr
 case("train-ae-data-corrupt-chunk")(lambda w, d: (ae(w, d, f"data.path={corrupt_chunk(copy(w.data, d))}"), "cannot read"))
 case("train-ae-data-nan")(lambda w, d: (
     ae(w, d, f"data.path={rewrite(w.data, d / 'nan.zarr', with_value('u', np.nan))}"), "'u'"))
+case("train-ae-data-irregular-time")(lambda w, d: (
+    ae(w, d, f"data.path={rewrite(w.data, d / 'irregular.zarr', irregular_hours)}"), IRREGULAR))
 case("train-ae-output-is-data")(lambda w, d: (ae(w, d, f"output={w.data}"), "is the input data"))
 case("train-ae-output-inside-data")(lambda w, d: (ae(w, d, f"output={w.data / 'run'}"), "is inside the input data"))
 
@@ -337,6 +354,8 @@ case("encode-data-missing-chunk")(lambda w, d: (
     encode(w, w.pipeline / AE, d / "l.zarr", data=remove_chunk(copy(w.data, d))), "NaN"))
 case("encode-data-absurd-values")(lambda w, d: (
     encode(w, w.pipeline / AE, d / "l.zarr", data=rewrite(w.data, d / "big.zarr", with_value("u", 1e30))), "standard deviations"))
+case("encode-data-irregular-time")(lambda w, d: (
+    encode(w, w.pipeline / AE, d / "l.zarr", data=rewrite(w.data, d / "irregular.zarr", irregular_hours)), IRREGULAR))
 case("encode-data-other-grid")(lambda w, d: (encode(w, w.pipeline / AE, d / "l.zarr", data=write_dataset(
     make_box_dataset(trajectories=1, times=4, size=16), d / "big.zarr")), "size"))
 
@@ -354,6 +373,8 @@ case("train-ldm-latents-missing")(lambda w, d: (ldm(w, d, latents=d / "none.zarr
 case("train-ldm-latents-are-fields")(lambda w, d: (ldm(w, d, latents=w.data), "'latent'"))
 case("train-ldm-latents-corrupt-chunk")(lambda w, d: (
     ldm(w, d, latents=corrupt_chunk(copy(w.latents, d), "latent")), "cannot read"))
+case("train-ldm-latents-irregular-time")(lambda w, d: (
+    ldm(w, d, latents=rewrite(w.latents, d / "irregular.zarr", irregular_hours)), IRREGULAR))
 case("train-ldm-sigma-min-negative")(lambda w, d: (ldm(w, d, "diffusion.sigma_min=-1"), "sigma_min"))
 case("train-ldm-output-is-latents")(lambda w, d: (ldm(w, d, f"output={w.latents}"), "is the input latents"))
 case("train-ldm-sampler-unknown")(lambda w, d: (ldm(w, d, "diffusion.sampler=euler"), "diffusion.sampler"))

@@ -130,6 +130,28 @@ def test_layout_check_rejects_other_grid():
         layout.check(other.drop_vars("temperature"))
 
 
+def test_ensembles_carry_cf_coordinates_and_no_input_global_attributes(tmp_path):
+    from latentda.data.ensemble_store import ensemble_dataset
+
+    dataset = make_latlon_dataset()
+    layout = FieldLayout.from_dataset(dataset.assign_coords(latitude=dataset["latitude"].assign_attrs(units="degrees")))
+    fields = layout.to_array(dataset)[None]
+    output = ensemble_dataset(layout, fields, dataset["time"], attrs={"title": "a reanalysis"})
+    assert output.attrs == {"title": "a reanalysis", "Conventions": "CF-1.10"}  # not the input's title
+    assert output["latitude"].attrs == {"long_name": "latitude", "standard_name": "latitude", "units": "degrees_north",
+                                        "axis": "Y"}  # CF units, whatever the input said
+    assert output["longitude"].attrs == {"long_name": "longitude", "standard_name": "longitude", "units": "degrees_east",
+                                         "axis": "X"}
+    assert output["level"].attrs["axis"] == "Z" and output["level"].attrs["units"] == "hPa"
+    assert output["time"].attrs == {"long_name": "time", "axis": "T", "standard_name": "time"}
+    assert list(output.data_vars) == [spec.name for spec in layout.variables]
+    forecast = ensemble_dataset(layout, fields, xr.DataArray(np.arange(6) * np.timedelta64(6, "h"), dims="time"),
+                                init_time=dataset["time"][:1])
+    assert forecast["prediction_timedelta"].attrs == {"long_name": "forecast lead time", "standard_name": "forecast_period"}
+    assert forecast["time"].attrs["standard_name"] == "forecast_reference_time" and forecast["time"].attrs["axis"] == "T"
+    write_dataset(forecast, tmp_path / "forecast.nc")  # CF attributes and xarray's time encoding agree
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     dataset = make_box_dataset()
     target = tmp_path / "out.zarr"

@@ -105,6 +105,26 @@ def test_ensemble_writer_refuses_mismatched_resume(setup, tmp_path):
         EnsembleWriter(tmp_path / "e.zarr", layout, time, 2, resume=True).finalize()
 
 
+def test_output_is_cf_compliant_in_the_model_order(setup, tmp_path):
+    """``Conventions``, CF attributes on every coordinate (``axis`` on time, y and x), the variables
+    in the layout's channel order (a zarr store lists its arrays by name: the dataset returned and
+    a netCDF file are in the model's order), and no global attribute of the training data."""
+    root, folder, truth, observations = setup
+    pipeline = LatentDAPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.layout.attrs = {"title": "the training data", "history": "stale"}  # as read from an input file
+    outputs = [pipeline.reanalyze(open_dataset(observations), 1, steps=2, out=tmp_path / f"post{suffix}")
+               for suffix in (".zarr", ".nc")]
+    outputs.append(open_dataset(tmp_path / "post.nc"))
+    for output in outputs:
+        assert list(output.data_vars) == pipeline.layout.channels
+        assert output.attrs["Conventions"] == "CF-1.10" and "history" not in output.attrs
+        assert output.attrs["title"] == "latentda reanalysis (posterior ensemble)"
+        for name, coordinate in output.coords.items():
+            assert {"long_name", "standard_name"} & set(coordinate.attrs), name
+        assert [output[name].attrs.get("axis") for name in ("time", "y", "x")] == ["T", "Y", "X"]
+
+
 def test_chunked_decoder_guidance_equals_full_graph(setup):
     """The memory-lean operator computes the same guided mean as the one-graph operator."""
     from latentda.posterior.guidance import MMPSDenoiser

@@ -146,9 +146,27 @@ def test_identity_autoencoder_is_written_without_training_and_is_exact(tmp_path,
     assert summary["identity"] and summary["latent_shape"] == [layout.num_channels, *layout.shape]
 
 
+def test_train_ae_prints_the_latent_shape_and_compression(tmp_path, data_path, capsys):
+    config = tmp_path / "ae.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(data_path)}, "output": str(tmp_path / "identity"),
+                                      "model": {"latent_channels": 2, "hidden_channels": []}}))
+    assert cli.main(["train-ae", "--config", str(config), "--quiet"]) == 0
+    assert "latent shape 2 × 8 × 8, compression ×1\n" in capsys.readouterr().out
+
+
 def test_identity_autoencoder_needs_one_latent_channel_per_variable(tmp_path, data_path):
     config = parse(AutoEncoderConfig, {"data": {"path": str(data_path)}, "output": str(tmp_path / "identity"),
                                        "model": {"latent_channels": 3, "hidden_channels": []}})
     with pytest.raises(LatentdaError, match="identity autoencoder .* needs latent_channels = in_channels"):
         train_autoencoder(config, progress=False)
     assert not (tmp_path / "identity" / "autoencoder").exists()
+
+
+def test_a_finished_run_is_not_rewritten(tmp_path, data_path):
+    config = parse(AutoEncoderConfig, {"data": {"path": str(data_path)}, "output": str(tmp_path / "identity"),
+                                       "model": {"latent_channels": 2, "hidden_channels": []}})
+    train_autoencoder(config, progress=False)
+    before = (tmp_path / "identity" / "autoencoder" / "statistics.json").stat().st_mtime_ns
+    with pytest.raises(LatentdaError, match="already has an autoencoder"):
+        train_autoencoder(config, progress=False)
+    assert (tmp_path / "identity" / "autoencoder" / "statistics.json").stat().st_mtime_ns == before

@@ -18,10 +18,10 @@ import xarray as xr
 import zarr
 
 from latentda.data.io import already_exists, atomic_path, create_store, open_dataset, output_format, remove_path, write_region
-from latentda.data.layout import TIME, FieldLayout
+from latentda.data.layout import CONVENTIONS, TIME, FieldLayout
 from latentda.errors import LatentdaError
 
-__all__ = ["EnsembleWriter", "EnsembleInMemory", "ensemble_dataset"]
+__all__ = ["EnsembleWriter", "EnsembleInMemory", "ensemble_dataset", "open_ensemble"]
 
 COMPLETED = "completed"
 LEAD = "prediction_timedelta"
@@ -35,21 +35,49 @@ def time_axis(time: xr.DataArray | np.ndarray) -> xr.DataArray:
     return time.rename({time.dims[0]: TIME}) if time.dims[0] != TIME else time
 
 
+def _time_attrs(coordinate: xr.DataArray, long_name: str, standard_name: str, axis: str | None = "T") -> dict:
+    """A time coordinate's attributes completed with ``long_name`` and ``axis``, and the CF
+    ``standard_name`` when its values are datetimes or timedeltas (whose time units xarray's
+    encoding writes; a plain-number model time has none)."""
+    datetimes = np.issubdtype(coordinate.dtype, np.datetime64) or np.issubdtype(coordinate.dtype, np.timedelta64)
+    return {"long_name": long_name, **coordinate.attrs, **({"axis": axis} if axis else {}),
+            **({"standard_name": standard_name} if datetimes else {})}
+
+
 def ensemble_dataset(layout: FieldLayout, fields: np.ndarray, time: xr.DataArray | np.ndarray,
                      realizations=None, attrs: dict | None = None, init_time: xr.DataArray | None = None) -> xr.Dataset:
     """Fields (realization, T, C, H, W) → CF dataset with dims (realization, time, ...), or with
     ``init_time`` the WeatherBench2 forecast layout (realization, time, prediction_timedelta, ...)
-    where ``time`` holds the lead times."""
+    where ``time`` holds the lead times.
+
+    CF-compliant: the global ``Conventions`` and ``attrs`` only (no global attribute of the
+    training data is carried over), CF attributes on every coordinate
+    (:meth:`FieldLayout.coordinate_attrs`, time axis T, ``realization``), variables in the model's
+    channel order."""
     realizations = np.arange(len(fields)) if realizations is None else realizations
-    dataset = layout.to_dataset(fields, time, leading=[(REALIZATION, realizations)], attrs={**layout.attrs, **(attrs or {})})
+    dataset = layout.to_dataset(fields, time, leading=[(REALIZATION, realizations)],
+                                attrs={**(attrs or {}), "Conventions": CONVENTIONS})
+    for name, coordinate_attrs in layout.coordinate_attrs().items():
+        dataset[name].attrs = coordinate_attrs
     dataset[REALIZATION].attrs.update(REALIZATION_ATTRS)
     if init_time is None:
+        dataset[TIME].attrs = _time_attrs(dataset[TIME], "time", "time")
         return dataset
     dataset = dataset.rename({TIME: LEAD})
+    dataset[LEAD].attrs = _time_attrs(dataset[LEAD], "forecast lead time", "forecast_period", axis=None)
     dataset = dataset.expand_dims({TIME: np.atleast_1d(np.asarray(init_time))}, axis=1)
     if isinstance(init_time, xr.DataArray):
         dataset[TIME].attrs.update(init_time.attrs)
+    dataset[TIME].attrs = _time_attrs(dataset[TIME], "forecast initialization time", "forecast_reference_time")
     return dataset
+
+
+def open_ensemble(path: str | os.PathLike, layout: FieldLayout) -> xr.Dataset:
+    """An ensemble store or file, its variables in ``layout``'s channel order (a zarr store lists
+    its arrays by name)."""
+    dataset = open_dataset(path)
+    names = [spec.name for spec in layout.variables]
+    return dataset[names + [name for name in dataset.data_vars if name not in names]]
 
 
 class EnsembleInMemory:
@@ -153,7 +181,7 @@ class EnsembleWriter:
         if self.pending():
             raise LatentdaError(f"{self.partial}: members {self.pending()} are not finished")
         if output_format(self.out) == "netcdf":
-            dataset = open_dataset(self.partial).drop_vars(COMPLETED).load()
+            dataset = open_ensemble(self.partial, self.layout).drop_vars(COMPLETED).load()
             with atomic_path(self.out, overwrite=overwrite) as temporary:
                 dataset.to_netcdf(temporary, engine="h5netcdf")
             remove_path(self.partial)

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from latentda.data.times import standard_time_axis
 from latentda.errors import LatentdaError
 
 __all__ = ["open_dataset", "atomic_path", "write_dataset", "remove_path", "dataset_format", "output_format", "create_store",
@@ -83,8 +84,11 @@ def read_values(variable: xr.DataArray) -> np.ndarray:
         raise LatentdaError(f"cannot read variable '{variable.name}' ({message}): a corrupt chunk?") from None
 
 
-def open_dataset(path: str | os.PathLike) -> xr.Dataset:
-    """Open a netCDF file or a zarr store lazily, with a one-line error if it cannot be read."""
+def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dataset:
+    """Open a netCDF file or a zarr store lazily, with a one-line error if it cannot be read.
+
+    The time axis is renamed ``time`` and CF-decoded (:func:`latentda.data.times.standard_time_axis`;
+    ``time_dim`` names it when it is not found by its CF attributes)."""
     path = Path(path)
     if not path.exists():
         raise LatentdaError(f"{path}: no such file or directory")
@@ -93,13 +97,18 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
         if fmt == "zarr":
             with warnings.catch_warnings():  # stores without consolidated metadata are fine
                 warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-                return xr.open_zarr(path, chunks=None, consolidated=None)
-        with open(path, "rb") as handle:
-            classic = handle.read(3) == b"CDF"  # netCDF-3: scipy reads it; netCDF-4/HDF5: h5netcdf
-        return xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None)
+                dataset = xr.open_zarr(path, chunks=None, consolidated=None)
+        else:
+            with open(path, "rb") as handle:
+                classic = handle.read(3) == b"CDF"  # netCDF-3: scipy reads it; netCDF-4/HDF5: h5netcdf
+            dataset = xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None)
     except Exception as error:  # the backends raise many types; the user needs one line
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise LatentdaError(f"{path}: not a readable {fmt} dataset ({message})") from None
+    try:
+        return standard_time_axis(dataset, time_dim)
+    except LatentdaError as error:
+        raise LatentdaError(f"{path}: {error}") from None
 
 
 def remove_path(path: str | os.PathLike) -> None:

@@ -26,15 +26,18 @@ import xarray as xr
 
 from latentda.config import read_json
 from latentda.data.io import read_values
+from latentda.data.times import TIME, TRAJECTORY
 from latentda.errors import LatentdaError
 
-__all__ = ["VariableSpec", "AxisSpec", "FieldLayout", "TIME", "TRAJECTORY", "to_json_value"]
+__all__ = ["VariableSpec", "AxisSpec", "FieldLayout", "TIME", "TRAJECTORY", "CONVENTIONS", "to_json_value"]
 
-TIME = "time"
-TRAJECTORY = "trajectory"
+CONVENTIONS = "CF-1.10"  # the global ``Conventions`` attribute of every dataset latentda writes
+
 _GRID_NAMES = (("latitude", "longitude"), ("lat", "lon"), ("y", "x"))
 _LEVEL_NAMES = ("level", "pressure_level", "plev", "lev", "depth", "z")
 _TRUE = {"1", "true", "yes", "True"}
+_LATLON_ATTRS = ({"standard_name": "latitude", "units": "degrees_north", "axis": "Y"},
+                 {"standard_name": "longitude", "units": "degrees_east", "axis": "X"})
 
 
 def to_json_value(value: Any) -> Any:
@@ -115,7 +118,8 @@ class FieldLayout:
         alphabetical order, since netCDF and zarr do not keep the same order).
         """
         if TIME not in dataset.dims:
-            raise LatentdaError(f"dataset has no '{TIME}' dimension (found dims: {', '.join(map(str, dataset.dims)) or 'none'})")
+            raise LatentdaError(f"dataset has no '{TIME}' dimension (found dims: {', '.join(map(str, dataset.dims)) or 'none'}; "
+                                "give the time dimension's name with --time-dim, time_dim in the API)")
         grid_names = next((names for names in _GRID_NAMES if all(n in dataset.dims for n in names)), None)
         if grid_names is None:
             raise LatentdaError(
@@ -190,6 +194,18 @@ class FieldLayout:
         weights = np.cos(np.deg2rad(np.asarray(self.grid[0].values, dtype=np.float64)))
         weights = np.clip(weights, 0.0, None)
         return (weights / weights.mean()).astype(np.float32)[:, None]
+
+    def coordinate_attrs(self) -> dict[str, dict]:
+        """CF attributes of the grid (and level) coordinates, for outputs: the input's, completed
+        with ``long_name`` and ``axis`` (Y, X, Z), and on a lat-lon grid the CF ``standard_name``,
+        ``units`` (degrees_north, degrees_east) and ``axis`` of latitude and longitude."""
+        attrs = {}
+        for index, axis in enumerate(self.grid):
+            attrs[axis.name] = {"long_name": axis.name, "axis": "YX"[index], **axis.attrs,
+                                **(_LATLON_ATTRS[index] if self.is_latlon else {})}
+        if self.level is not None:
+            attrs[self.level.name] = {"long_name": "vertical level", "axis": "Z", **self.level.attrs}
+        return attrs
 
     # ------------------------------------------------------------------ checks
     def check(self, dataset: xr.Dataset) -> None:

@@ -4,6 +4,8 @@ A segment is a contiguous run of time steps [start, stop) of one trajectory. Wit
 dimension of at least three trajectories, whole trajectories are split (the last ones are held out,
 so a split never shares a trajectory and there is no leakage through temporal correlation). A single
 long trajectory (e.g. a reanalysis) is split in time into three contiguous blocks instead.
+Every segment must be regularly spaced in time (a window of K states spans K − 1 time steps): an
+irregular time axis is refused here, before any training (:func:`latentda.data.times.time_step`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import xarray as xr
 
-from latentda.data.layout import TIME, TRAJECTORY
+from latentda.data.times import TIME, TRAJECTORY, time_step
 from latentda.errors import LatentdaError
 
 __all__ = ["Segment", "split_segments", "SPLITS"]
@@ -40,9 +42,11 @@ def _sizes(total: int, fractions: tuple[float, float, float]) -> tuple[int, int,
 
 
 def split_segments(dataset: xr.Dataset, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, list[Segment]]:
-    """Split ``dataset`` into ``{"train": [...], "valid": [...], "test": [...]}`` segments."""
+    """Split ``dataset`` into ``{"train": [...], "valid": [...], "test": [...]}`` segments, after
+    checking that its time axis is regular."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise LatentdaError(f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1")
+    time_step(dataset[TIME])
     steps = dataset.sizes[TIME]
     trajectories = dataset.sizes.get(TRAJECTORY)
     if trajectories is not None and trajectories >= 3:

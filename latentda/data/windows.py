@@ -33,14 +33,15 @@ LATENT = "latent"
 class _LazySource:
     """Opens ``path`` on first access in the current process; drops the handle when pickled."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, time_dim: str | None = None) -> None:
         self.path = Path(path)
+        self.time_dim = time_dim  # the time dimension's name, when not found by its CF attributes
         self._dataset: xr.Dataset | None = None
 
     @property
     def dataset(self) -> xr.Dataset:
         if self._dataset is None:
-            self._dataset = open_dataset(self.path)
+            self._dataset = open_dataset(self.path, self.time_dim)
         return self._dataset
 
     def __getstate__(self) -> dict:
@@ -50,8 +51,9 @@ class _LazySource:
 class FieldSource(_LazySource):
     """Standardised physical fields x̃ = (x − μ) / s from a netCDF/zarr dataset."""
 
-    def __init__(self, path: str | os.PathLike, layout: FieldLayout, statistics: Statistics) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, layout: FieldLayout, statistics: Statistics,
+                 time_dim: str | None = None) -> None:
+        super().__init__(path, time_dim)
         self.layout = layout
         self.statistics = statistics
         self.layout.check(self.dataset)

@@ -34,7 +34,7 @@ import xarray as xr
 
 from latentda.config import require
 from latentda.data.io import read_values
-from latentda.data.layout import TIME, FieldLayout
+from latentda.data.layout import CONVENTIONS, TIME, FieldLayout
 from latentda.data.statistics import MAX_STANDARD_DEVIATIONS, Statistics, check_magnitude
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
@@ -233,7 +233,7 @@ def observations_to_dataset(operator: ObservationOperator, layout: FieldLayout, 
             dims = (TIME, f"{name}_row")
             data_vars[f"{name}_matrix"] = xr.Variable((f"{name}_row", f"{name}_column"), group.matrix)
         data_vars[name] = xr.Variable(dims, group.values.astype(np.float32), attrs=group_attrs)
-    return xr.Dataset(data_vars, coords=coords, attrs={"Conventions": "CF-1.10", **(attrs or {})})
+    return xr.Dataset(data_vars, coords=coords, attrs={"Conventions": CONVENTIONS, **(attrs or {})})
 
 
 # ---------------------------------------------------------------------------------- synthetic

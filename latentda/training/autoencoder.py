@@ -38,6 +38,7 @@ class DataConfig:
     path: str
     variables: list[str] | None = None
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    time_dim: str | None = None  # the time dimension's name when its CF attributes do not say (latentda.data.times)
 
 
 @dataclass
@@ -96,7 +97,9 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
     run_dir = Path(config.output)
     accelerator = accelerator or make_accelerator(config.training)
     check_run_dir(run_dir, resume, {"data": config.data.path})
-    dataset = open_dataset(config.data.path)
+    if not resume and (run_dir / "autoencoder").exists():
+        raise LatentdaError(f"{run_dir}: run already has an autoencoder (choose another output)")
+    dataset = open_dataset(config.data.path, config.data.time_dim)
     layout = FieldLayout.from_dataset(dataset, config.data.variables)
     splits = split_segments(dataset, config.data.splits)
     torch.manual_seed(config.training.seed)  # the initial weights depend on the config only
@@ -117,7 +120,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
                                    lambda: compute_statistics(dataset, layout, splits["train"], progress=progress), resume)
     if model.is_identity:
         return _write_identity(config, run_dir, model, layout, statistics, accelerator)
-    source = FieldSource(config.data.path, layout, statistics)
+    source = FieldSource(config.data.path, layout, statistics, config.data.time_dim)
     train = WindowDataset(source, splits["train"], window=1)
     valid = WindowDataset(source, splits["valid"] or splits["train"], window=1)
     weights = torch.from_numpy(layout.area_weights())

@@ -22,7 +22,7 @@ import yaml
 
 from latentda.components import load_autoencoder
 from latentda.config import require, to_dict
-from latentda.data import LatentSource, Statistics, WindowDataset, open_dataset, split_segments
+from latentda.data import LatentSource, Statistics, WindowDataset, split_segments, time_step
 from latentda.data.splits import Segment
 from latentda.data.calendar import CALENDAR_FEATURES
 from latentda.data.statistics import streaming_statistics
@@ -90,16 +90,6 @@ class LatentDiffusionConfig:
     def validate(self, prefix: str) -> None:
         require(self.valid_windows >= 1, "valid_windows", "must be at least 1")
         self.diffusion.check_window(self.model.window, "diffusion")
-
-
-def time_step(time) -> tuple[float, str]:
-    """(step, units) between consecutive states: seconds for datetime axes, else the axis' units."""
-    values = np.asarray(time.values)
-    if values.size < 2:
-        return 1.0, str(time.attrs.get("units", "1"))
-    if np.issubdtype(values.dtype, np.datetime64):
-        return float((values[1] - values[0]) / np.timedelta64(1, "s")), "seconds"
-    return float(values[1] - values[0]), str(time.attrs.get("units", "1"))
 
 
 def latent_statistics(source: LatentSource, segments: list[Segment], progress: bool = True) -> Statistics:
@@ -190,7 +180,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     trainer = Trainer(backbone, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ldm", resume)
 
     def save_outputs(final, metrics):
-        step, units = time_step(dataset["time"])
+        step, units = time_step(dataset["time"])  # checked regular by split_segments
         settings = SavedSettings(**dataclasses.asdict(SamplerSettings.of(config.diffusion)), time_step=step, time_units=units)
         pipeline = LatentDAPipeline(autoencoder, layout, statistics, final, z_statistics, schedule, settings)
         summary = {"steps": trainer.step, "valid": metrics, "train_samples_per_second": trainer.throughput,
