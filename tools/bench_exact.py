@@ -31,10 +31,12 @@ Scores, pooled over windows, states and pixels (m, v: exact posterior mean and v
 - the same for the prior: unconditional samples of each prior against the stationary law.
 
 Sampler settings are each pipeline's defaults (``pipeline_config.json``), the exact prior takes the
-full system's; ``--steps``/``--tau``/``--sigma-start`` override them for all.
+full system's; ``--steps``/``--tau``/``--sigma-start`` override them for all, ``--iterations`` sets
+MMPS's CG iterations (default 3).
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -135,6 +137,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=32)
     parser.add_argument("--noise", type=float, default=0.3, help="observation noise std (default 0.3)")
     parser.add_argument("--settings", nargs="+", default=["sparse 5%", "coarse 4x"])
+    parser.add_argument("--iterations", type=int, default=3, help="MMPS CG iterations (default 3, the CLI's)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--tau", type=float)
     parser.add_argument("--sigma-start", type=float)
@@ -145,7 +148,7 @@ def main() -> None:
     dataset = open_dataset(args.data)
     system = GaussianSystem.from_attrs(dataset.attrs)
     layout = FieldLayout.from_dataset(dataset)
-    settings = PosteriorSettings(steps=args.steps, tau=args.tau, sigma_start=args.sigma_start)
+    settings = PosteriorSettings(iterations=args.iterations, steps=args.steps, tau=args.tau, sigma_start=args.sigma_start)
     priors = {}
     trained = {"(b) pixel prior": args.pixel, "(c) full system": args.full}
     pipelines = {name: LatentDAPipeline.from_pretrained(path) for name, path in trained.items() if path}
@@ -168,7 +171,9 @@ def main() -> None:
 
     truths = [system.trajectory(args.length, np.random.default_rng([HELD_OUT_SEED, w])) for w in range(args.windows)]
     results: dict = {"system": system.to_attrs(), "windows": args.windows, "length": args.length,
-                     "members": args.members, "noise": args.noise, "posterior": {}, "prior": {}}
+                     "members": args.members, "noise": args.noise, "iterations": args.iterations,
+                     "sampler": dataclasses.asdict(settings.sampling(next(iter(priors.values())))),
+                     "posterior": {}, "prior": {}}
     specs = settings_specs(args.noise)
     for setting in args.settings:
         per_prior: dict[str, list] = {name: [] for name in names}
