@@ -296,21 +296,26 @@ def _posterior_settings(args: argparse.Namespace, **extra):
     return settings
 
 
-def _sampler_options(sub: argparse.ArgumentParser) -> None:
-    """One option per field of :class:`latentda.diffusion.settings.SamplerSettings` (``--sigma-start``
-    for ``sigma_start``), help from the field's metadata, default None: the pipeline's."""
+def _field_options(group, settings_class, pipeline_defaults: bool) -> None:
+    """One option per field of the dataclass ``settings_class`` (``--sigma-start`` for ``sigma_start``),
+    help and choices from the field's metadata; the default None ("the pipeline's") with
+    ``pipeline_defaults``, else the field's own default."""
     import typing
 
-    from latentda.diffusion.sampling import SAMPLERS
+    hints = typing.get_type_hints(settings_class)
+    for field in dataclasses.fields(settings_class):
+        kind = next(t for t in (*typing.get_args(hints[field.name]), hints[field.name]) if t in (int, float, str))
+        choices = {"choices": field.metadata["choices"]} if "choices" in field.metadata else {"type": kind}
+        default = "the pipeline's" if pipeline_defaults else field.default
+        group.add_argument("--" + field.name.replace("_", "-"), **choices, default=None if pipeline_defaults else field.default,
+                           help=f"{field.metadata['help']} (default: {default})")
+
+
+def _sampler_options(sub: argparse.ArgumentParser) -> None:
+    """The options of :class:`latentda.diffusion.settings.SamplerSettings` (default: the pipeline's)."""
     from latentda.diffusion.settings import SamplerSettings
 
-    group = sub.add_argument_group("sampler (defaults: the pipeline's pipeline_config.json)")
-    hints = typing.get_type_hints(SamplerSettings)
-    for field in dataclasses.fields(SamplerSettings):
-        kind = next(t for t in (*typing.get_args(hints[field.name]), hints[field.name]) if t in (int, float, str))
-        choices = {"choices": SAMPLERS} if field.name == "sampler" else {"type": kind}
-        group.add_argument("--" + field.name.replace("_", "-"), **choices, default=None,
-                           help=f"{field.metadata['help']} (default: the pipeline's)")
+    _field_options(sub.add_argument_group("sampler (defaults: the pipeline's pipeline_config.json)"), SamplerSettings, True)
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:
@@ -537,13 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "e.g. a reanalysis, member m continues from member m")
     sub.add_argument("--lead", required=True, type=_positive_int, help="number of states to forecast after 'now'")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
-    sub.add_argument("--mode", choices=["autoregressive", "aao"], default="autoregressive",
-                     help="roll blankets forward, or sample window and lead all at once (default autoregressive)")
-    sub.add_argument("--conditioning", choices=["inpaint", "mmps"], default="mmps",
-                     help="how each new blanket follows the previous latents (default mmps: sharper and calibrated, "
-                          "see docs/benchmarks.md)")
-    sub.add_argument("--condition-noise", type=float, default=0.05,
-                     help="σ of the latent conditioning, standardised latent units (mmps; default 0.05)")
+    from latentda.posterior.forecast import ForecastSettings
+
+    _field_options(sub.add_argument_group("forecast"), ForecastSettings, False)
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--out", required=True, type=Path, help="output FC.zarr (or .nc)")
     sub.add_argument("--resume", action="store_true", help="complete an interrupted run")

@@ -212,3 +212,19 @@ def _sparse_operator(pipeline):
     values = np.full((6, *pipeline.layout.shape), np.nan)
     values[:, 0, 0] = 0.0
     return ObservationOperator([ObservationGroup("o", [0], "identity", "grid", values, 0.1)])
+
+
+def test_forecast_options_are_the_forecast_settings_and_checked_once():
+    from latentda.posterior.forecast import CONDITIONINGS, MODES, ForecastSettings
+
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["forecast"]
+    for spec in dataclasses.fields(ForecastSettings):
+        actions = [a for a in sub._actions if a.dest == spec.name]
+        assert len(actions) == 1 and actions[0].default == spec.default, spec.name
+    assert next(a for a in sub._actions if a.dest == "mode").choices == MODES
+    assert next(a for a in sub._actions if a.dest == "conditioning").choices == CONDITIONINGS
+    ForecastSettings().validate()
+    for bad, named in ((dict(mode="sideways"), "mode"), (dict(conditioning="nudge"), "conditioning"),
+                       (dict(condition_noise=0.0), "conditioning noise")):
+        with pytest.raises(LatentdaError, match=named):
+            ForecastSettings(**bad).validate()

@@ -24,9 +24,10 @@ from latentda.errors import LatentdaError
 __all__ = ["SamplerSettings", "SAMPLER_FIELDS"]
 
 
-def _help(text: str) -> dict:
-    """Field metadata: ``help`` is the one-line description shown by the command line."""
-    return {"help": text}
+def _help(text: str, **more) -> dict:
+    """Field metadata: ``help`` is the one-line description shown by the command line (``choices``
+    its allowed values, when they are a list)."""
+    return {"help": text, **more}
 
 
 def _is_int(value: Any) -> bool:
@@ -65,7 +66,7 @@ class SamplerSettings:
 
     sampler: str = field(default="pc", metadata=_help(
         "update between noise levels: ddim (deterministic), ddpm (ancestral), heun (2nd order), "
-        "pc (predictor-corrector: ddim + Langevin corrections), heun-pc"))
+        "pc (predictor-corrector: ddim + Langevin corrections), heun-pc", choices=SAMPLERS))
     steps: int = field(default=64, metadata=_help("number of noise levels (diffusion steps)"))
     corrections: int = field(default=1, metadata=_help("Langevin corrections per level (pc and heun-pc samplers)"))
     tau: float = field(default=0.1, metadata=_help("Langevin step factor τ: step δ = τ / mean(score²) (pc and heun-pc)"))
