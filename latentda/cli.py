@@ -219,6 +219,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     observations = open_dataset(args.observations) if args.observations else None
     rows, summary = evaluate(prediction, truth, observations, args.trajectory)
     columns = ("rmse", "crps", "spread", "spread_skill_ratio", "coverage_90")
+    if any(isinstance(scores, dict) and "pole_rmse" in scores for scores in summary.values()):
+        columns += ("pole_rmse",)  # unweighted, over the rows at ±90° (latentda.metrics.pole_rmse)
     print(f"{'channel':<20}" + "".join(f"{n:>20}" for n in columns))
     for channel, scores in summary.items():
         if channel in ("spectra", "members", "observation_residual_ratio"):
@@ -340,6 +342,9 @@ def _posterior_options(sub: argparse.ArgumentParser) -> None:
                        help="dtype of the networks' passes (default auto: bfloat16 on GPU, float32 on CPU; CG stays float64)")
     group.add_argument("--decode-chunk", type=_positive_int,
                        help="decode this many frames at a time inside the guidance (less memory, more compute)")
+    group.add_argument("--no-representation-error", dest="representation_error", action="store_const", const=False,
+                       help="use the observation noise alone in the likelihood (default: add the autoencoder's "
+                            "reconstruction error per channel, autoencoder/representation_error.json)")
 
 
 def _recorded(value) -> str:

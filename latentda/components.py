@@ -7,6 +7,8 @@ An autoencoder folder is what ``latentda train-ae`` writes and ``latentda encode
         diffusion_pytorch_model.safetensors  the (EMA) weights; the only weight format accepted
         layout.json                          variables, levels, grid, periodicity (FieldLayout)
         statistics.json                      per-channel mean and std (Statistics)
+        representation_error.json            optional: per-channel validation reconstruction RMSE,
+                                             standardised units (absent in older folders: 0)
 
 Loading checks that every file is present, that nothing but safetensors weights inside the folder
 can be loaded (no pickle-based file, no index naming other shards, no link out of the folder), that
@@ -16,9 +18,11 @@ the statistics.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers.utils import logging as diffusers_logging
 
@@ -29,11 +33,12 @@ from latentda.data.statistics import Statistics
 from latentda.errors import LatentdaError
 
 __all__ = ["save_autoencoder", "load_autoencoder", "load_model", "check_model_folder", "check_inside",
-           "UNSAFE_WEIGHT_SUFFIXES"]
+           "save_representation_error", "load_representation_error", "UNSAFE_WEIGHT_SUFFIXES"]
 
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 LAYOUT_FILE = "layout.json"
 STATISTICS_FILE = "statistics.json"
+REPRESENTATION_FILE = "representation_error.json"
 
 
 def _allowed_root(folder: Path) -> Path:
@@ -111,14 +116,48 @@ def load_model(model_class, path: str | os.PathLike, what: str):
     return model
 
 
-def save_autoencoder(path: str | os.PathLike, model, layout: FieldLayout, statistics: Statistics) -> Path:
-    """Write an autoencoder folder (see module docstring)."""
+def save_autoencoder(path: str | os.PathLike, model, layout: FieldLayout, statistics: Statistics,
+                     representation_error=None) -> Path:
+    """Write an autoencoder folder (see module docstring); ``representation_error``: the per-channel
+    validation reconstruction RMSE in standardised units (None: no file, read back as 0)."""
     path = Path(path)
     with atomic_path(path, overwrite=True) as folder:  # never a half-written folder
         model.save_pretrained(folder, safe_serialization=True)
         layout.save(folder / LAYOUT_FILE)
         statistics.save(folder / STATISTICS_FILE)
+        if representation_error is not None:
+            save_representation_error(folder / REPRESENTATION_FILE, layout.channels, representation_error)
     return path
+
+
+def save_representation_error(path: str | os.PathLike, channels: list[str], rmse) -> Path:
+    """Write ``representation_error.json``: the autoencoder's reconstruction RMSE per channel on the
+    validation split, in standardised units (a fraction of the channel's std)."""
+    values = [float(v) for v in np.asarray(rmse, dtype=np.float64).reshape(-1)]
+    record = {"channels": list(channels), "rmse": values,
+              "units": "standardised (fraction of each channel's std in statistics.json)",
+              "measured_on": "validation split"}
+    Path(path).write_text(json.dumps(record, indent=1))
+    return Path(path)
+
+
+def load_representation_error(path: str | os.PathLike, channels: list[str]) -> np.ndarray:
+    """The per-channel reconstruction RMSE (standardised units) of the autoencoder folder ``path``:
+    zeros when it has no ``representation_error.json`` (folders written before it existed)."""
+    file = Path(path) / REPRESENTATION_FILE
+    if not file.is_file():
+        return np.zeros(len(channels))
+    record = read_json(file, "representation error")
+    rmse = record.get("rmse") if isinstance(record, dict) else None
+    try:
+        values = np.asarray(rmse, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.full(1, np.nan)
+    if record.get("channels", list(channels)) != list(channels) or values.shape != (len(channels),):
+        raise LatentdaError(f"{file}: 'rmse' must hold one value per channel {list(channels)}, got {rmse!r}")
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        raise LatentdaError(f"{file}: 'rmse' must be finite and non-negative, got {rmse!r}")
+    return values
 
 
 def load_autoencoder(path: str | os.PathLike, device: str | torch.device = "cpu"):

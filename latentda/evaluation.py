@@ -7,6 +7,10 @@ trajectory of the truth is selected when it has several). Scores per channel and
 member, ≈ 1 when consistent) is added. Outputs: ``metrics.csv`` (one row per channel and time),
 ``summary.json`` (means over time), ``scores.png`` (scores against time) and ``spectra.png``.
 
+On a lat-lon grid reaching the poles (first/last row within one grid step of ±90°) the scores
+include ``pole_rmse``, the unweighted RMSE over the pole rows: the area-weighted scores give those
+rows little weight (see ``FieldLayout.area_weights``), so errors there would go unseen.
+
 Calibration (ensembles of two or more members): per channel and time the coverage of the central
 50 % and 90 % intervals (``coverage_50``, ``coverage_90``: ≈ 0.5 and 0.9 when calibrated, lower
 when under-dispersed; Student-t prediction intervals from the ensemble mean and spread); per channel the rank histogram of the truth pooled over space and time with
@@ -30,7 +34,7 @@ from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
 from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, rank_flatness,
-                              rank_histogram)
+                              pole_rmse, rank_histogram)
 
 __all__ = ["evaluate", "write_report"]
 
@@ -73,6 +77,8 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     check_finite(ensemble, layout.channels, " in the prediction")  # NaN scores would pass for results
     check_finite(target, layout.channels, " in the truth")
     scores = ensemble_scores(ensemble, target, layout.area_weights())
+    if layout.pole_rows():
+        scores["pole_rmse"] = pole_rmse(ensemble, target, layout.pole_rows())
     if members > 1:
         for level in COVERAGE_LEVELS:
             scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, layout.area_weights())

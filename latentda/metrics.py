@@ -9,6 +9,9 @@ channel c and time t, ⟨·⟩ being the area-weighted spatial mean:
   drawn from the same distribution as the truth (the factor corrects for finite m);
 - ``crps``: the fair ensemble CRPS ⟨(1/m) Σ_i |X_i − y| − 1/(2m(m−1)) Σ_{i,j} |X_i − X_j|⟩, using
   Σ_{i,j} |X_i − X_j| = 2 Σ_k (2k − m + 1) X_(k) over the sorted members (k = 0..m−1);
+- ``pole_rmse`` (lat-lon grids whose first/last row is within one grid step of ±90°, see
+  ``FieldLayout.pole_rows``): √((X̄ − y)²) averaged without weights over the pole rows, which the
+  area weights (even floored) make nearly invisible in ``rmse``;
 - ``energy_spectrum``: the power of a field by wavenumber — isotropic (radial bins of |k|) on a
   doubly periodic box, zonal (along the periodic axis, averaged over the other) otherwise.
 - ``lag_autocorrelation``: correlation between states k steps apart, a check of the dynamics.
@@ -41,6 +44,7 @@ import numpy as np
 __all__ = [
     "ensemble_scores",
     "fair_crps",
+    "pole_rmse",
     "energy_spectrum",
     "lag_autocorrelation",
     "truth_ranks",
@@ -82,6 +86,13 @@ def ensemble_scores(ensemble: np.ndarray, truth: np.ndarray, weights: np.ndarray
         scores["spread"] = spread
         scores["spread_skill_ratio"] = np.sqrt((m + 1) / m) * spread / np.maximum(rmse, 1e-300)
     return scores
+
+
+def pole_rmse(ensemble: np.ndarray, truth: np.ndarray, rows: list[int]) -> np.ndarray:
+    """Unweighted RMSE (T, C) of the ensemble mean of ``ensemble`` (m, T, C, H, W) against ``truth``
+    (T, C, H, W) over the grid ``rows`` (the pole rows) and all columns."""
+    mean = np.asarray(ensemble, dtype=np.float64).mean(axis=0)[..., rows, :]
+    return np.sqrt(((mean - np.asarray(truth, dtype=np.float64)[..., rows, :]) ** 2).mean(axis=(-2, -1)))
 
 
 def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, True)) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,8 @@ A pipeline folder (the layout of a diffusers ``DiffusionPipeline``)::
 
     model_index.json            component classes, latentda version
     pipeline_config.json        time step between states, default sampler settings
-    autoencoder/                AutoEncoder config + safetensors, layout.json, statistics.json
+    autoencoder/                AutoEncoder config + safetensors, layout.json, statistics.json,
+                                representation_error.json (optional, latentda.components)
     denoiser/                   TrajectoryTransformer config + safetensors, latent_statistics.json
     scheduler/                  diffusers EDMEulerScheduler config (σ range, preconditioning)
     README.md                   model card
@@ -34,7 +35,7 @@ import xarray as xr
 from diffusers import EDMEulerScheduler
 
 from latentda import __version__
-from latentda.components import check_inside, load_autoencoder, load_model, save_autoencoder
+from latentda.components import check_inside, load_autoencoder, load_model, load_representation_error, save_autoencoder
 from latentda.config import parse, parse_known, read_json, require
 from latentda.data.calendar import calendar_features
 from latentda.data.ensemble_store import ensemble_dataset
@@ -116,12 +117,21 @@ class LatentDAPipeline:
         latent_statistics: Statistics,
         scheduler: EDMEulerScheduler,
         settings: SavedSettings | Mapping[str, Any] | None = None,
+        representation_error: np.ndarray | None = None,
     ) -> None:
         """``settings``: the contents of ``pipeline_config.json`` (a :class:`SavedSettings`, or a mapping
-        of some of its keys, checked; the others take the defaults)."""
+        of some of its keys, checked; the others take the defaults). ``representation_error``: the
+        autoencoder's validation reconstruction RMSE per channel in standardised units
+        (``autoencoder/representation_error.json``; None: 0), added to the observation noise."""
         self.autoencoder = autoencoder.eval()
         self.layout = layout
         self.statistics = statistics
+        self.representation_error = np.zeros(layout.num_channels) if representation_error is None else \
+            np.asarray(representation_error, dtype=np.float64)
+        if self.representation_error.shape != (layout.num_channels,) or not (np.isfinite(self.representation_error).all()
+                                                                        and (self.representation_error >= 0).all()):
+            raise LatentdaError(f"representation_error must hold {layout.num_channels} finite non-negative values "
+                                f"(one per channel), got {self.representation_error.tolist()}")
         self.backbone = backbone.eval()
         self.latent_statistics = latent_statistics
         self.scheduler = scheduler
@@ -297,10 +307,15 @@ class LatentDAPipeline:
         return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples"})
 
     # ------------------------------------------------------------------ posterior
-    def observation_operator(self, observations: xr.Dataset, allow_short: bool = False) -> ObservationOperator:
+    def observation_operator(self, observations: xr.Dataset, allow_short: bool = False,
+                             representation_error: bool = True) -> ObservationOperator:
         """The pixel-space operator, y and σ of an observation dataset, checked against the model
-        (``allow_short``: a window shorter than K, as when nowcasting its continuation)."""
+        (``allow_short``: a window shorter than K, as when nowcasting its continuation). With
+        ``representation_error`` each observation's noise variance is inflated by the autoencoder's
+        reconstruction error of its channel(s), r_c s_c in physical units (:mod:`latentda.observe.operators`)."""
         operator = read_observations(observations, self.layout, self.statistics)
+        if representation_error:
+            operator.with_representation_error(self.representation_error * np.asarray(self.statistics.std, dtype=np.float64))
         if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
         self.check_time_step(observations["time"])
@@ -349,7 +364,7 @@ class LatentDAPipeline:
         receives progress messages (e.g. ``print``). See :mod:`latentda.runs`.
         """
         settings = self._run_settings(settings, options)
-        operator = self.observation_operator(observations)
+        operator = self.observation_operator(observations, representation_error=settings.representation_error)
         return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
                               self._recorded(attrs), out, resume, overwrite, report)
 
@@ -361,7 +376,8 @@ class LatentDAPipeline:
         operator = encoded = initial_times = None
         source = observations
         if observations is not None:
-            operator = self.observation_operator(observations, allow_short=True)  # shorter than K: nowcast
+            operator = self.observation_operator(observations, allow_short=True,  # shorter than K: nowcast
+                                                 representation_error=settings.representation_error)
         if initial is not None:
             if "time" not in initial.dims:
                 raise LatentdaError("the initial state has no 'time' dimension")
@@ -402,7 +418,8 @@ class LatentDAPipeline:
         path = Path(path)
         with atomic_path(path, overwrite=True) as folder:
             folder.mkdir(parents=True)
-            save_autoencoder(folder / "autoencoder", self.autoencoder, self.layout, self.statistics)
+            save_autoencoder(folder / "autoencoder", self.autoencoder, self.layout, self.statistics,
+                             representation_error=self.representation_error)
             self.backbone.save_pretrained(folder / "denoiser", safe_serialization=True)
             self.latent_statistics.save(folder / "denoiser" / "latent_statistics.json")
             self.scheduler.save_pretrained(folder / "scheduler")
@@ -490,7 +507,8 @@ class LatentDAPipeline:
                                 f"autoencoder gives {tuple(autoencoder.latent_shape)}")
         if len(latent_statistics.channels) != autoencoder.latent_shape[0]:
             raise LatentdaError(f"{path}: latent statistics have {len(latent_statistics.channels)} channels, latents {autoencoder.latent_shape[0]}")
-        pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, saved)
+        representation_error = load_representation_error(path / "autoencoder", layout.channels)
+        pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, saved, representation_error)
         pipeline.source = str(Path(given).resolve()) if Path(given).is_dir() else str(given)
         card = path / "README.md"
         pipeline.model_card = card.read_text() if card.is_file() else None

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from conftest import make_box_dataset
 from latentda import cli
-from latentda.components import load_autoencoder
+from latentda.components import load_autoencoder, load_representation_error
 from latentda.config import load_config, parse
 from latentda.data import write_dataset
 from latentda.errors import LatentdaError
@@ -77,6 +77,8 @@ def test_saved_autoencoder_reconstructs_and_reports(tmp_path, data_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["compression_factor"] == pytest.approx(2 * 8 * 8 / (2 * 4 * 4))
     assert set(metrics["valid"]["rmse"]) == {"u", "v"}
+    saved = load_representation_error(tmp_path / "run" / "autoencoder", layout.channels)  # the final validation RMSE
+    assert saved.tolist() == [metrics["valid"]["rmse"][c] for c in layout.channels] and (saved > 0).all()
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, data_path):
@@ -144,6 +146,7 @@ def test_identity_autoencoder_is_written_without_training_and_is_exact(tmp_path,
     assert torch.equal(model.encode(x), x) and torch.equal(model.decode(x), x)
     summary = json.loads((tmp_path / "identity" / "metrics.json").read_text())
     assert summary["identity"] and summary["latent_shape"] == [layout.num_channels, *layout.shape]
+    assert load_representation_error(tmp_path / "identity" / "autoencoder", layout.channels).tolist() == [0.0] * layout.num_channels
 
 
 def test_train_ae_prints_the_latent_shape_and_compression(tmp_path, data_path, capsys):

@@ -96,6 +96,10 @@ def _is_periodic(coordinate: xr.DataArray, is_longitude: bool) -> bool:
     return False
 
 
+AREA_WEIGHT_FLOOR = 0.25
+"""The least area weight of a grid row, as a fraction of the mean (see ``FieldLayout.area_weights``)."""
+
+
 @dataclass
 class FieldLayout:
     """How variables (and levels) stack into channels on a 2-D grid.
@@ -187,13 +191,50 @@ class FieldLayout:
     def num_channels(self) -> int:
         return len(self.channels)
 
-    def area_weights(self) -> np.ndarray:
-        """Area weights of shape (H, 1): cos(latitude) normalised to mean 1; ones off lat-lon grids."""
-        if not self.is_latlon:
-            return np.ones((self.shape[0], 1), dtype=np.float32)
-        weights = np.cos(np.deg2rad(np.asarray(self.grid[0].values, dtype=np.float64)))
-        weights = np.clip(weights, 0.0, None)
-        return (weights / weights.mean()).astype(np.float32)[:, None]
+    def area_weights(self, floor: float = AREA_WEIGHT_FLOOR) -> np.ndarray:
+        """Area weights of shape (H, 1), mean 1: ones off lat-lon grids; on a lat-lon grid each row's
+        cell-band area on the sphere, floored at ``floor`` so that the pole rows are trained and scored.
+
+        Row i spans the band between the midpoints of its latitude and its neighbours' (the outer
+        edges half a step beyond the first and last rows), clipped to [−90°, 90°]:
+        A_i = |sin e_{i+1} − sin e_i|. On a regular grid of step Δφ this is 2 sin(Δφ/2) cos φ_i,
+        exactly ∝ cos φ, except a row centred on a pole, whose band is the polar cap
+        1 − cos(Δφ/2) ≈ Δφ²/8: tiny but positive (cos ±90° = 0 would leave that row untrained). The
+        decreasing (90 → −90) and irregularly spaced latitudes work the same way. Even the cap's weight is
+        too small for the autoencoder to learn the pole rows (its 1° value is 0.3 % of the mean), so
+        the weights are w_i = max(c·A_i, floor) with c chosen so that mean(w) = 1: rows with
+        at least ``floor`` × the mean keep their exact area ratio, the rows nearest the poles (on a
+        1° grid, poleward of about 81°) get ``floor``. ``floor=0`` gives the plain cell areas.
+        """
+        height = self.shape[0]
+        if not self.is_latlon or height < 2:
+            return np.ones((height, 1), dtype=np.float32)
+        latitude = np.asarray(self.grid[0].values, dtype=np.float64)
+        edges = np.concatenate([[1.5 * latitude[0] - 0.5 * latitude[1]], (latitude[:-1] + latitude[1:]) / 2,
+                                [1.5 * latitude[-1] - 0.5 * latitude[-2]]])
+        area = np.abs(np.diff(np.sin(np.deg2rad(np.clip(edges, -90.0, 90.0)))))
+        if floor >= 1:  # a floor at the mean floors every row
+            return np.ones((height, 1), dtype=np.float32)
+        floored = np.zeros(height, dtype=bool)
+        while True:  # each pass lowers the scale c, so the floored set only grows: at most H passes
+            scale = (height - floor * floored.sum()) / area[~floored].sum()
+            now = scale * area < floor
+            if (now == floored).all():
+                break
+            floored = now
+        return np.where(floored, floor, scale * area).astype(np.float32)[:, None]
+
+    def pole_rows(self) -> list[int]:
+        """The grid rows at the poles (for scores there): the first and the last latitude row when
+        within one grid step of ±90°; none off lat-lon grids."""
+        if not self.is_latlon or self.shape[0] < 2:
+            return []
+        latitude = np.asarray(self.grid[0].values, dtype=np.float64)
+        rows = []
+        for row, step in ((0, latitude[1] - latitude[0]), (len(latitude) - 1, latitude[-1] - latitude[-2])):
+            if abs(latitude[row]) >= 90.0 - abs(step) * (1 + 1e-6):
+                rows.append(row)
+        return rows
 
     def coordinate_attrs(self) -> dict[str, dict]:
         """CF attributes of the grid (and level) coordinates, for outputs: the input's, completed

@@ -16,6 +16,22 @@ composition of three parts, each differentiable (the posterior sampler needs JVP
    which also expresses observations at some time steps only.
 
 Several groups combine by concatenating their outputs (:class:`ObservationOperator`).
+
+Representation error. The posterior sees the fields only through the decoder, which cannot express
+the truth exactly: its reconstruction error e_c (RMSE r_c in standardised units, s_c the channel's
+std, so r_c s_c in physical units) is added to the noise variance of each observation of channel c
+(:meth:`ObservationGroup.with_representation_error`):
+
+    σ_eff² = σ_y² + (r_c s_c)² g.
+
+The errors are assumed fully correlated over an observation's footprint (the conservative choice:
+neighbouring pixels' reconstruction errors are smooth, and independence would shrink a k × k block
+mean's error by 1/k² and understate it), so a weighted sum Σ_j a_j x_j has error std at most
+Σ_j |a_j| · r_c s_c: g = 1 for grid values, block means and bilinear points (weights summing to 1),
+g = (Σ_j |a_j|)² for a row of a linear sampling. For the nonlinear transforms the state-independent
+bound of the linearised error is used: ``saturate`` has slope ≤ 1 (g as for identity), ``speed``
+√(u² + v²) changes by at most √(δu² + δv²), so (r_c s_c)² becomes (r_u s_u)² + (r_v s_v)².
+The residual ratio (:meth:`ObservationOperator.residual_ratio`) stays against σ_y alone.
 """
 
 from __future__ import annotations
@@ -55,6 +71,7 @@ class ObservationGroup:
     saturation: float = 1.0
     periodic: tuple[bool, bool] = (False, False)
     attrs: dict = field(default_factory=dict)
+    representation_std: float | np.ndarray = 0.0  # in the observation's units; per row for linear sampling
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
@@ -114,10 +131,28 @@ class ObservationGroup:
             raise LatentdaError(f"observation '{self.name}': operator output {tuple(sampled.shape[1:])} does not match values {tuple(mask.shape)}")
         return sampled[:, mask]
 
-    def observed(self) -> tuple[np.ndarray, np.ndarray]:
-        """(y, σ) of the observed entries, in the order of ``__call__``."""
+    def with_representation_error(self, channel_error: np.ndarray) -> "ObservationGroup":
+        """Set :attr:`representation_std` from the decoder's reconstruction error per source channel
+        ``channel_error`` (r_c s_c, physical units, indexed by channel; see the module docstring)."""
+        error = np.asarray(channel_error, dtype=np.float64)[self.channels]
+        scale = float(np.sqrt(np.sum(error**2)))  # speed: √((r_u s_u)² + (r_v s_v)²); else r_c s_c
+        if self.sampling == "linear":
+            self.representation_std = np.abs(self.matrix).sum(axis=1) * scale
+        else:
+            self.representation_std = scale
+        return self
+
+    def effective_std(self) -> np.ndarray:
+        """√(σ_y² + σ_r²) over the sample shape (T, *sample_shape)."""
+        return np.broadcast_to(np.hypot(self.noise_std, self.representation_std), self.values.shape)
+
+    def observed(self, representation: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(y, σ) of the observed entries, in the order of ``__call__``; σ includes the
+        representation error unless ``representation`` is False (then σ_y alone)."""
         y = self.values[self.mask]
-        return y, np.full(y.shape, self.noise_std)
+        if not representation:
+            return y, np.full(y.shape, self.noise_std)
+        return y, self.effective_std()[self.mask]
 
 
 def _bilinear(field_: Tensor, points: Tensor, periodic: tuple[bool, bool]) -> Tensor:
@@ -169,15 +204,25 @@ class ObservationOperator:
     def __call__(self, x: Tensor) -> Tensor:
         return torch.cat([group(x) for group in self.groups], dim=1)
 
-    def observed(self) -> tuple[Tensor, Tensor]:
-        """(y, σ) as float64 tensors of length M."""
-        ys, stds = zip(*(g.observed() for g in self.groups))
+    def with_representation_error(self, channel_error: np.ndarray) -> "ObservationOperator":
+        """Add the decoder's reconstruction error r_c s_c (physical units, per channel) to every
+        group's noise (:meth:`ObservationGroup.with_representation_error`)."""
+        for group in self.groups:
+            group.with_representation_error(channel_error)
+        return self
+
+    def observed(self, representation: bool = True) -> tuple[Tensor, Tensor]:
+        """(y, σ) as float64 tensors of length M (σ with the representation error unless
+        ``representation`` is False)."""
+        ys, stds = zip(*(g.observed(representation) for g in self.groups))
         return torch.from_numpy(np.concatenate(ys)).double(), torch.from_numpy(np.concatenate(stds)).double()
 
     def residual_ratio(self, x: Tensor) -> Tensor:
-        """Per trajectory root mean square of (y − H(x)) / σ: ≈ 1 when x is consistent with the data
-        (the std of the normalised residual when it has zero mean; a bias also raises it)."""
-        y, std = self.observed()
+        """Per trajectory root mean square of (y − H(x)) / σ_y: ≈ 1 when x is consistent with the data
+        (the std of the normalised residual when it has zero mean; a bias also raises it). σ_y is
+        the observation noise given, without the representation error, so the ratio means the same
+        with or without it (through an imperfect decoder it cannot then reach 1)."""
+        y, std = self.observed(representation=False)
         with torch.no_grad():
             z = (y - self(x).double()) / std
         return z.square().mean(dim=1).sqrt()

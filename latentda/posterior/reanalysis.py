@@ -59,6 +59,7 @@ class PosteriorSettings:
     batch_members: int | None = None  # members sampled together (default: default_batch_members(device))
     precision: str | None = None  # dtype of the networks' passes (latentda.nn.precision; None: auto per device)
     split_blankets: bool = False  # share each trajectory's blanket windows over torch.distributed processes
+    representation_error: bool = True  # add the autoencoder's reconstruction error to the observation noise
 
     def validate(self, prior: PriorModel | None = None) -> None:
         """Check every field; with ``prior``, the sampler settings as resolved against it (its σ range

@@ -7,7 +7,9 @@ The loss is the area-weighted mean squared reconstruction error of standardised 
 with w_i = cos φ_i / mean cos φ on latitude-longitude grids and w = 1 elsewhere. Validation reports
 the area-weighted reconstruction RMSE per channel in standardised units on the validation split.
 The run folder holds ``checkpoints/``, ``log.jsonl``, ``config.yaml``, ``metrics.json`` and the
-final ``autoencoder/`` folder (EMA weights, layout, statistics).
+final ``autoencoder/`` folder (EMA weights, layout, statistics, and ``representation_error.json``:
+the final validation RMSE per channel in standardised units, which the posterior adds to the
+observation noise, :mod:`latentda.observe.operators`).
 
 ``hidden_channels: []`` with ``latent_channels`` = the number of variables is the identity
 autoencoder (:class:`latentda.nn.AutoEncoder`): nothing is trained, the folder is written with the
@@ -139,7 +141,8 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
     trainer = Trainer(model, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ae", resume)
 
     def save_outputs(final, metrics):
-        save_autoencoder(run_dir / "autoencoder", final, layout, statistics)
+        rmse = [metrics["rmse"][channel] for channel in layout.channels]
+        save_autoencoder(run_dir / "autoencoder", final, layout, statistics, representation_error=rmse)
         return {"compression_factor": final.compression_factor, "latent_shape": list(final.latent_shape)}
 
     return trainer.run(to_dict(config), save_outputs)
@@ -155,7 +158,8 @@ def _write_identity(config: AutoEncoderConfig, run_dir: Path, model, layout: Fie
     metrics = {"rmse": {channel: 0.0 for channel in layout.channels}, "rmse_mean": 0.0}
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        save_autoencoder(run_dir / "autoencoder", model, layout, statistics)
+        save_autoencoder(run_dir / "autoencoder", model, layout, statistics,
+                         representation_error=np.zeros(layout.num_channels))
         summary = {"steps": 0, "valid": metrics, "parameters": 0, "identity": True,
                    "compression_factor": model.compression_factor, "latent_shape": list(model.latent_shape)}
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
