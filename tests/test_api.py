@@ -90,6 +90,7 @@ def test_push_to_hub_builds_the_commit(saved, monkeypatch):
     assert all(kind is CommitOperationAdd for _, kind in operations)
     assert {"model_index.json", "pipeline_config.json", "README.md", "autoencoder/config.json",
             "autoencoder/diffusion_pytorch_model.safetensors", "autoencoder/layout.json", "autoencoder/statistics.json",
+            "autoencoder/representation_error.json",
             "denoiser/config.json", "denoiser/diffusion_pytorch_model.safetensors", "denoiser/latent_statistics.json",
             "scheduler/scheduler_config.json"} == set(paths)
     assert not any(p.endswith((".bin", ".pt", ".pkl")) for p in paths)
