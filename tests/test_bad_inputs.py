@@ -244,7 +244,7 @@ case("inspect-unknown-variable")(lambda w, d: (["inspect", "--quiet", str(w.data
 case("inspect-nan")(lambda w, d: (["inspect", "--quiet", str(rewrite(w.data, d / "nan.zarr", with_value("v", np.nan)))], "'v'"))
 
 
-case("inspect-not-a-dataset")(lambda w, d: (["inspect", "--quiet", str(written(d / "x.nc", "not netCDF"))], "not a readable"))
+case("inspect-not-a-dataset")(lambda w, d: (["inspect", "--quiet", str(written(d / "x.nc", "not netCDF"))], "neither a netCDF file"))
 case("inspect-statistics-out-exists")(lambda w, d: (["inspect", "--quiet", str(w.data), "--statistics-out", str(
     written(d / "stats.json", "{}"))], "already exists (remove it"))
 

@@ -104,10 +104,13 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(LatentdaError, match="no such file"):
         open_dataset(tmp_path / "missing.nc")
     (tmp_path / "junk.nc").write_text("not a netcdf file")
-    with pytest.raises(LatentdaError, match="not a readable netcdf"):
+    with pytest.raises(LatentdaError, match="junk.nc: neither a netCDF file"):
         open_dataset(tmp_path / "junk.nc")
+    (tmp_path / "broken.nc").write_bytes(b"CDF\x01" + b"\x00" * 3 + b"garbage")  # the signature, then nothing valid
+    with pytest.raises(LatentdaError, match="not a readable netcdf"):
+        open_dataset(tmp_path / "broken.nc")
     (tmp_path / "data.csv").write_text("a,b")
-    with pytest.raises(LatentdaError, match="unknown format"):
+    with pytest.raises(LatentdaError, match="data.csv: neither a netCDF file"):
         open_dataset(tmp_path / "data.csv")
     dataset = make_latlon_dataset()
     with pytest.raises(LatentdaError, match="no 'time' dimension"):

@@ -9,6 +9,7 @@ file and never overwrites an existing one unless asked to.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import uuid
@@ -23,7 +24,7 @@ import zarr
 from latentda.data.times import standard_time_axis
 from latentda.errors import LatentdaError
 
-__all__ = ["open_dataset", "atomic_path", "write_dataset", "remove_path", "dataset_format", "output_format", "create_store",
+__all__ = ["open_dataset", "input_format", "atomic_path", "write_dataset", "remove_path", "dataset_format", "output_format", "create_store",
            "write_region", "read_values", "check_output_path"]
 
 _ZARR_SUFFIXES = (".zarr",)
@@ -84,15 +85,54 @@ def read_values(variable: xr.DataArray) -> np.ndarray:
         raise LatentdaError(f"cannot read variable '{variable.name}' ({message}): a corrupt chunk?") from None
 
 
-def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dataset:
-    """Open a netCDF file or a zarr store lazily, with a one-line error if it cannot be read.
+_NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")  # netCDF-3 (classic, 64-bit, CDF-5), HDF5
 
-    The time axis is renamed ``time`` and CF-decoded (:func:`latentda.data.times.standard_time_axis`;
-    ``time_dim`` names it when it is not found by its CF attributes)."""
+
+def input_format(path: str | os.PathLike) -> str:
+    """``"zarr"`` or ``"netcdf"`` from what an existing input *is*, whatever its name: a directory is a
+    zarr store, a file is netCDF if it starts with the netCDF-3 or HDF5 signature (``.cdf``, ``.nc4``,
+    no suffix, …); anything else is a one-line error."""
     path = Path(path)
-    if not path.exists():
-        raise LatentdaError(f"{path}: no such file or directory")
-    fmt = dataset_format(path)
+    if path.is_dir():
+        return "zarr"
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if any(head.startswith(magic) for magic in _NETCDF_MAGIC):
+        return "netcdf"
+    raise LatentdaError(f"{path}: neither a netCDF file (netCDF-3 or HDF5 signature) nor a zarr store")
+
+
+def _input_paths(path: Path) -> list[Path]:
+    """The files a dataset argument names: the path itself, or the sorted matches of a glob pattern
+    (``data/storm_*.cdf``) when no file has that name."""
+    if path.exists():
+        return [path]
+    if any(character in str(path) for character in "*?["):
+        matches = sorted(Path(match) for match in glob.glob(str(path)))
+        if matches:
+            return matches
+        raise LatentdaError(f"{path}: the pattern matches no file")
+    raise LatentdaError(f"{path}: no such file or directory")
+
+
+def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dataset:
+    """Open a netCDF file or a zarr store lazily, with a one-line error if it cannot be read; the
+    format is told by the content (:func:`input_format`), not the name.
+
+    ``path`` may be a glob pattern: the files it matches (e.g. one variable each) are merged into one
+    dataset; their coordinates must agree exactly, and a variable in two files is an error. The time
+    axis is renamed ``time`` and CF-decoded (:func:`latentda.data.times.standard_time_axis`;
+    ``time_dim`` names it when it is not found by its CF attributes)."""
+    paths = _input_paths(Path(path))
+    if len(paths) > 1:
+        parts = [open_dataset(part, time_dim) for part in paths]
+        try:
+            return xr.merge(parts, compat="no_conflicts", join="exact", combine_attrs="drop_conflicts")
+        except (ValueError, xr.MergeError) as error:
+            message = str(error).splitlines()[0]
+            raise LatentdaError(f"{path}: the {len(paths)} files do not merge into one dataset ({message})") from None
+    path = paths[0]
+    fmt = input_format(path)
     try:
         if fmt == "zarr":
             with warnings.catch_warnings():  # stores without consolidated metadata are fine
