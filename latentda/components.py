@@ -33,7 +33,7 @@ from latentda.data.statistics import Statistics
 from latentda.errors import LatentdaError
 
 __all__ = ["save_autoencoder", "load_autoencoder", "load_model", "check_model_folder", "check_inside",
-           "save_representation_error", "load_representation_error", "UNSAFE_WEIGHT_SUFFIXES"]
+           "save_representation_error", "load_representation_error", "checked_representation_error", "UNSAFE_WEIGHT_SUFFIXES"]
 
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 LAYOUT_FILE = "layout.json"
@@ -149,14 +149,24 @@ def load_representation_error(path: str | os.PathLike, channels: list[str]) -> n
         return np.zeros(len(channels))
     record = read_json(file, "representation error")
     rmse = record.get("rmse") if isinstance(record, dict) else None
+    if isinstance(record, dict) and record.get("channels", list(channels)) != list(channels):
+        raise LatentdaError(f"{file}: 'rmse' must hold one value per channel {list(channels)}, got {rmse!r}")
+    try:
+        return checked_representation_error(rmse, channels)
+    except LatentdaError as error:
+        raise LatentdaError(f"{file}: 'rmse' {error}") from None
+
+
+def checked_representation_error(rmse, channels: list[str]) -> np.ndarray:
+    """``rmse`` as float64 if it holds one finite, non-negative value per channel (else a one-line error)."""
     try:
         values = np.asarray(rmse, dtype=np.float64)
     except (TypeError, ValueError):
         values = np.full(1, np.nan)
-    if record.get("channels", list(channels)) != list(channels) or values.shape != (len(channels),):
-        raise LatentdaError(f"{file}: 'rmse' must hold one value per channel {list(channels)}, got {rmse!r}")
+    if values.shape != (len(channels),):
+        raise LatentdaError(f"must hold one value per channel {list(channels)}, got {rmse!r}")
     if not (np.isfinite(values).all() and (values >= 0).all()):
-        raise LatentdaError(f"{file}: 'rmse' must be finite and non-negative, got {rmse!r}")
+        raise LatentdaError(f"must be finite and non-negative, got {rmse!r}")
     return values
 
 

@@ -35,7 +35,8 @@ import xarray as xr
 from diffusers import EDMEulerScheduler
 
 from latentda import __version__
-from latentda.components import check_inside, load_autoencoder, load_model, load_representation_error, save_autoencoder
+from latentda.components import (check_inside, checked_representation_error, load_autoencoder, load_model,
+                                 load_representation_error, save_autoencoder)
 from latentda.config import parse, parse_known, read_json, require
 from latentda.data.calendar import calendar_features
 from latentda.data.ensemble_store import ensemble_dataset
@@ -126,12 +127,11 @@ class LatentDAPipeline:
         self.autoencoder = autoencoder.eval()
         self.layout = layout
         self.statistics = statistics
-        self.representation_error = np.zeros(layout.num_channels) if representation_error is None else \
-            np.asarray(representation_error, dtype=np.float64)
-        if self.representation_error.shape != (layout.num_channels,) or not (np.isfinite(self.representation_error).all()
-                                                                        and (self.representation_error >= 0).all()):
-            raise LatentdaError(f"representation_error must hold {layout.num_channels} finite non-negative values "
-                                f"(one per channel), got {self.representation_error.tolist()}")
+        try:
+            self.representation_error = checked_representation_error(
+                np.zeros(layout.num_channels) if representation_error is None else representation_error, layout.channels)
+        except LatentdaError as error:
+            raise LatentdaError(f"representation_error {error}") from None
         self.backbone = backbone.eval()
         self.latent_statistics = latent_statistics
         self.scheduler = scheduler
@@ -315,7 +315,7 @@ class LatentDAPipeline:
         reconstruction error of its channel(s), r_c s_c in physical units (:mod:`latentda.observe.operators`)."""
         operator = read_observations(observations, self.layout, self.statistics)
         if representation_error:
-            operator.with_representation_error(self.representation_error * np.asarray(self.statistics.std, dtype=np.float64))
+            operator = operator.with_representation_error(self.representation_error * np.asarray(self.statistics.std, dtype=np.float64))
         if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
         self.check_time_step(observations["time"])

@@ -86,7 +86,9 @@ def test_effective_noise_by_hand(world):
     matrix[0, :3], matrix[1, 5] = [0.5, -0.25, 1.0], 2.0
     linear = ObservationGroup("l", [0], "identity", "linear", np.zeros((2, 2)), 0.3, matrix=matrix)
     speed = ObservationGroup("s", [0, 1], "speed", "grid", np.zeros((2, 8, 8)), 0.3)
-    ObservationOperator([coarse, linear, speed]).with_representation_error(error)
+    inflated = ObservationOperator([coarse, linear, speed]).with_representation_error(error)
+    np.testing.assert_array_equal(coarse.observed()[1], 0.3)  # a copy: the given groups keep σ_y
+    coarse, linear, speed = inflated.groups
     np.testing.assert_allclose(coarse.observed()[1], np.sqrt(0.09 + error[1] ** 2), rtol=1e-12)
     np.testing.assert_allclose(linear.observed()[1], np.sqrt(0.09 + (np.array([1.75, 2.0] * 2) * error[0]) ** 2), rtol=1e-12)
     np.testing.assert_allclose(speed.observed()[1], np.sqrt(0.09 + error[0] ** 2 + error[1] ** 2), rtol=1e-12)

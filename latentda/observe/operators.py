@@ -36,6 +36,8 @@ The residual ratio (:meth:`ObservationOperator.residual_ratio`) stays against σ
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,15 +134,13 @@ class ObservationGroup:
         return sampled[:, mask]
 
     def with_representation_error(self, channel_error: np.ndarray) -> "ObservationGroup":
-        """Set :attr:`representation_std` from the decoder's reconstruction error per source channel
-        ``channel_error`` (r_c s_c, physical units, indexed by channel; see the module docstring)."""
+        """A copy whose :attr:`representation_std` comes from the decoder's reconstruction error per
+        source channel ``channel_error`` (r_c s_c, physical units, indexed by channel; see the module
+        docstring)."""
         error = np.asarray(channel_error, dtype=np.float64)[self.channels]
         scale = float(np.sqrt(np.sum(error**2)))  # speed: √((r_u s_u)² + (r_v s_v)²); else r_c s_c
-        if self.sampling == "linear":
-            self.representation_std = np.abs(self.matrix).sum(axis=1) * scale
-        else:
-            self.representation_std = scale
-        return self
+        weights = np.abs(self.matrix).sum(axis=1) if self.sampling == "linear" else 1.0
+        return dataclasses.replace(self, representation_std=weights * scale)
 
     def effective_std(self) -> np.ndarray:
         """√(σ_y² + σ_r²) over the sample shape (T, *sample_shape)."""
@@ -205,11 +205,9 @@ class ObservationOperator:
         return torch.cat([group(x) for group in self.groups], dim=1)
 
     def with_representation_error(self, channel_error: np.ndarray) -> "ObservationOperator":
-        """Add the decoder's reconstruction error r_c s_c (physical units, per channel) to every
-        group's noise (:meth:`ObservationGroup.with_representation_error`)."""
-        for group in self.groups:
-            group.with_representation_error(channel_error)
-        return self
+        """A copy with the decoder's reconstruction error r_c s_c (physical units, per channel) added
+        to every group's noise (:meth:`ObservationGroup.with_representation_error`)."""
+        return ObservationOperator([group.with_representation_error(channel_error) for group in self.groups], self.times)
 
     def observed(self, representation: bool = True) -> tuple[Tensor, Tensor]:
         """(y, σ) as float64 tensors of length M (σ with the representation error unless
