@@ -10,6 +10,13 @@ dataset size. The store holds::
           compression_factor, autoencoder, Conventions
 
 and is written to a temporary path and renamed when complete.
+
+Masks and missing values: masked pixels (the autoencoder's fixed mask, ``FieldLayout.mask``) enter
+the encoder as 0, the channel mean, as in training. A state with NaN outside the mask is *missing*:
+refused (naming the variable and the step) unless the autoencoder was trained with
+``allow_missing``; then its latent is NaN and the store lists it in the attribute
+``latentda_missing_states`` (JSON [[trajectory, step], ...]) so that ``train-ldm`` uses no window
+holding it.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from tqdm.auto import tqdm
 
 from latentda.components import load_autoencoder
 from latentda.data import LATENT, atomic_path, open_dataset, time_step
+from latentda.data.windows import MISSING_ATTR
 from latentda.data.io import create_store, write_region
 from latentda.data.layout import CONVENTIONS, TIME, TRAJECTORY
 from latentda.data.statistics import check_finite
 
-__all__ = ["encode_dataset"]
+__all__ = ["encode_dataset", "missing_states"]
 
 
 def encode_dataset(
@@ -70,16 +78,34 @@ def encode_dataset(
     with atomic_path(out, overwrite=overwrite) as temporary:
         create_store(temporary, coords, variables, attrs)
         bar = tqdm(total=len(trajectories) * steps, desc="encode", unit="state", disable=not progress)
+        missing: list[list] = []
         with torch.no_grad():
             for index, trajectory in enumerate(trajectories):
                 for start in range(0, steps, batch_size):
                     stop = min(start + batch_size, steps)
                     frames = layout.to_array(dataset, trajectory, slice(start, stop))
-                    check_finite(frames, layout.channels, f" (steps {start}-{stop})", statistics)
-                    x = torch.from_numpy(statistics.standardise(frames.astype(np.float32))).to(device)
-                    z = model.encode(x).cpu().numpy()
+                    where = "" if trajectory is None else f" of trajectory {index}"
+                    check_finite(frames, layout.channels, where, statistics, layout.mask, layout.allow_missing, start)
+                    x = statistics.standardise(frames.astype(np.float32))
+                    z = model.encode(torch.from_numpy(np.nan_to_num(x)).to(device)).cpu().numpy()
+                    gaps = missing_states(x, layout.mask)
+                    z[gaps] = np.nan
+                    missing += [[index if has_trajectories else None, start + int(i)] for i in np.flatnonzero(gaps)]
                     region = (index, slice(start, stop)) if has_trajectories else (slice(start, stop),)
                     write_region(temporary, {LATENT: z}, region)
                     bar.update(stop - start)
         bar.close()
+        if missing:
+            import zarr
+
+            zarr.open_group(temporary, mode="a").attrs[MISSING_ATTR] = json.dumps(missing)
     return Path(out)
+
+
+def missing_states(frames: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """(T,) True for each state of ``frames`` (T, C, H, W) holding NaN where the fixed ``mask``
+    (C, H, W, True where valid; None: everywhere) says there are values."""
+    nan = np.isnan(frames)
+    if mask is not None:
+        nan &= mask
+    return nan.any(axis=(1, 2, 3))

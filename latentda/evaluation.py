@@ -7,6 +7,12 @@ trajectory of the truth is selected when it has several). Scores per channel and
 member, ≈ 1 when consistent) is added. Outputs: ``metrics.csv`` (one row per channel and time),
 ``summary.json`` (means over time), ``scores.png`` (scores against time) and ``spectra.png``.
 
+Masks and missing values: every score is over the points where the truth and all members have
+values. NaN in the truth (a land mask, a missing step) is left out; NaN in the prediction is
+accepted only on its fixed mask (its ``<variable>_mask`` variables), anywhere else it is an error; a
+variable with no point to score is an error (exit 2). ``summary["valid_points"]`` gives, per channel,
+the fraction of points scored and the number of times with none (their rows hold NaN, null in JSON).
+
 On a lat-lon grid reaching the poles (first/last row within one grid step of ±90°) the scores
 include ``pole_rmse``, the unweighted RMSE over the pole rows: the area-weighted scores give those
 rows little weight (see ``FieldLayout.area_weights``), so errors there would go unseen.
@@ -36,9 +42,10 @@ from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, rank_flatness,
                               pole_rmse, rank_histogram)
 
-__all__ = ["evaluate", "write_report"]
+__all__ = ["evaluate", "write_report", "NOT_CHANNELS"]
 
 COVERAGE_LEVELS = (0.5, 0.9)
+NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points")  # summary keys that are not channels
 
 
 def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) -> xr.Dataset:
@@ -74,8 +81,16 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     members = prediction.sizes["realization"]
     ensemble = np.stack([layout.to_array(prediction.isel(realization=m)) for m in range(members)])
     target = layout.to_array(truth)
-    check_finite(ensemble, layout.channels, " in the prediction")  # NaN scores would pass for results
-    check_finite(target, layout.channels, " in the truth")
+    # NaN in the prediction only on its fixed mask (NaN scores would pass for results); in the truth
+    # NaN is masked or missing and left out of every score
+    check_finite(ensemble, layout.channels, " in the prediction", mask=_prediction_mask(prediction, layout))
+    check_finite(target, layout.channels, " in the truth", allow_missing=True)
+    valid = np.isfinite(target) & np.isfinite(ensemble).all(axis=0)
+    scored = valid.sum(axis=(0, 2, 3))
+    if not scored.all():
+        empty = [c for c, n in zip(layout.channels, scored) if n == 0]
+        raise LatentdaError(f"nothing to score for {', '.join(empty)}: no point where the truth and the prediction "
+                            "both have values (all masked or missing)")
     scores = ensemble_scores(ensemble, target, layout.area_weights())
     if layout.pole_rows():
         scores["pole_rmse"] = pole_rmse(ensemble, target, layout.pole_rows())
@@ -113,7 +128,26 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         spectra[channel] = {"wavenumber": k.tolist(), "prediction": predicted.tolist(), "truth": true.tolist()}
     summary["spectra"] = spectra
     summary["members"] = members
+    summary["valid_points"] = {channel: {"fraction": float(n / valid[:, c].size), "times_without_any": int(
+        (~valid[:, c].any(axis=(1, 2))).sum())} for c, (channel, n) in enumerate(zip(layout.channels, scored))}
     return rows, summary
+
+
+def _prediction_mask(prediction: xr.Dataset, layout: FieldLayout) -> np.ndarray | None:
+    """The prediction's fixed mask (C, H, W), True where valid, from its ``<variable>_mask``
+    variables (:meth:`FieldLayout.mask_variables`); None when it has none."""
+    names = [f"{spec.name}_mask" for spec in layout.variables]
+    if not any(name in prediction.data_vars for name in names):
+        return None
+    parts = []
+    for spec, name in zip(layout.variables, names):
+        shape = ((layout.level.size,) if spec.has_level else (1,)) + layout.shape
+        if name in prediction.data_vars:
+            values = np.asarray(prediction[name].values, dtype=np.float64).reshape(shape)
+            parts.append(values > 0.5)
+        else:
+            parts.append(np.ones(shape, dtype=bool))
+    return np.concatenate(parts)
 
 
 def _json_numbers(value):
@@ -149,7 +183,7 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     (out / "summary.json").write_text(json.dumps(_json_numbers(summary), indent=1, allow_nan=False))
-    channels = [c for c in summary if c not in ("spectra", "members", "observation_residual_ratio")]
+    channels = [c for c in summary if c not in NOT_CHANNELS]
     names = [n for n in ("rmse", "crps", "spread", "spread_skill_ratio") if n in rows[0]]
     figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), constrained_layout=True)
     for axis, name in zip(np.atleast_1d(axes), names):

@@ -1,7 +1,8 @@
 """Ensemble scores against a truth (WeatherBench2 names), per channel and time.
 
 With members X_1..X_m, truth y and area weights w (mean 1; ones off lat-lon grids), for each
-channel c and time t, ⟨·⟩ being the area-weighted spatial mean:
+channel c and time t, ⟨·⟩ being the area-weighted spatial mean over the valid points (those where
+the truth and every member are finite: masked or missing points, NaN, are left out; NaN when none is):
 
 - ``rmse``: √⟨(X̄ − y)²⟩, the error of the ensemble mean;
 - ``spread``: √⟨s²⟩ with s² the unbiased ensemble variance;
@@ -57,7 +58,12 @@ __all__ = [
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return (values * weights).mean(axis=(-2, -1))
+    """Σ w v / Σ w over the finite entries of ``values`` (…, H, W): masked or missing points (NaN)
+    are left out; NaN where no entry is finite."""
+    valid = np.isfinite(values)
+    area = valid * np.broadcast_to(weights, values.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.where(valid, values, 0.0) * area).sum(axis=(-2, -1)) / area.sum(axis=(-2, -1))
 
 
 def fair_crps(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -78,11 +84,13 @@ def ensemble_scores(ensemble: np.ndarray, truth: np.ndarray, weights: np.ndarray
     truth = np.asarray(truth, dtype=np.float64)
     weights = np.ones((truth.shape[-2], 1)) if weights is None else np.asarray(weights, dtype=np.float64)
     m = ensemble.shape[0]
+    valid = np.isfinite(truth) & np.isfinite(ensemble).all(axis=0)  # every score over the same points
+    truth = np.where(valid, truth, np.nan)
     mean = ensemble.mean(axis=0)
     rmse = np.sqrt(_weighted_mean((mean - truth) ** 2, weights))
     scores = {"rmse": rmse, "crps": _weighted_mean(fair_crps(ensemble, truth), weights)}
     if m > 1:
-        spread = np.sqrt(_weighted_mean(ensemble.var(axis=0, ddof=1), weights))
+        spread = np.sqrt(_weighted_mean(np.where(valid, ensemble.var(axis=0, ddof=1), np.nan), weights))
         scores["spread"] = spread
         scores["spread_skill_ratio"] = np.sqrt((m + 1) / m) * spread / np.maximum(rmse, 1e-300)
     return scores
@@ -92,12 +100,21 @@ def pole_rmse(ensemble: np.ndarray, truth: np.ndarray, rows: list[int]) -> np.nd
     """Unweighted RMSE (T, C) of the ensemble mean of ``ensemble`` (m, T, C, H, W) against ``truth``
     (T, C, H, W) over the grid ``rows`` (the pole rows) and all columns."""
     mean = np.asarray(ensemble, dtype=np.float64).mean(axis=0)[..., rows, :]
-    return np.sqrt(((mean - np.asarray(truth, dtype=np.float64)[..., rows, :]) ** 2).mean(axis=(-2, -1)))
+    squared = (mean - np.asarray(truth, dtype=np.float64)[..., rows, :]) ** 2
+    return np.sqrt(_weighted_mean(squared, np.ones((len(rows), 1))))
 
 
 def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, True)) -> tuple[np.ndarray, np.ndarray]:
-    """(wavenumbers, power) of fields (..., H, W), averaged over the leading axes."""
+    """(wavenumbers, power) of fields (..., H, W), averaged over the leading axes. Masked or missing
+    points (NaN) are set to the mean of their field's valid points (the spectrum of a masked field
+    is then approximate); a field with no valid point is left out."""
     fields = np.asarray(fields, dtype=np.float64)
+    if np.isnan(fields).any():
+        flat = fields.reshape(-1, *fields.shape[-2:])
+        flat = flat[~np.isnan(flat).all(axis=(1, 2))]
+        with np.errstate(invalid="ignore"):
+            fill = np.nanmean(flat, axis=(1, 2), keepdims=True)
+        fields = np.where(np.isnan(flat), fill, flat)
     H, W = fields.shape[-2:]
     if periodic[0] and periodic[1]:
         power = np.abs(np.fft.fft2(fields)) ** 2 / (H * W) ** 2

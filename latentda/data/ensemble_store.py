@@ -62,14 +62,14 @@ def ensemble_dataset(layout: FieldLayout, fields: np.ndarray, time: xr.DataArray
     dataset[REALIZATION].attrs.update(REALIZATION_ATTRS)
     if init_time is None:
         dataset[TIME].attrs = _time_attrs(dataset[TIME], "time", "time")
-        return dataset
+        return dataset.assign(layout.mask_variables())
     dataset = dataset.rename({TIME: LEAD})
     dataset[LEAD].attrs = _time_attrs(dataset[LEAD], "forecast lead time", "forecast_period", axis=None)
     dataset = dataset.expand_dims({TIME: np.atleast_1d(np.asarray(init_time))}, axis=1)
     if isinstance(init_time, xr.DataArray):
         dataset[TIME].attrs.update(init_time.attrs)
     dataset[TIME].attrs = _time_attrs(dataset[TIME], "forecast initialization time", "forecast_reference_time")
-    return dataset
+    return dataset.assign(layout.mask_variables())
 
 
 def open_ensemble(path: str | os.PathLike, layout: FieldLayout) -> xr.Dataset:
@@ -121,7 +121,7 @@ class EnsembleWriter:
             self.check(out, resume, overwrite)
         template = ensemble_dataset(layout, np.zeros((1, time.size, layout.num_channels, *layout.shape), np.float32),
                                     time, attrs=attrs, init_time=init_time)  # one member: the variables' layout
-        self.variables = {name: v.dims for name, v in template.data_vars.items()}
+        self.variables = {name: v.dims for name, v in template.data_vars.items() if REALIZATION in v.dims}
         if self.partial.exists():
             existing = open_dataset(self.partial)
             lacking = [name for name in (*self.variables, COMPLETED) if name not in existing.data_vars]
@@ -142,6 +142,8 @@ class EnsembleWriter:
         with atomic_path(self.partial) as temporary:  # the partial store itself appears whole
             create_store(temporary, coords, variables, template.attrs)
             write_region(temporary, {COMPLETED: np.zeros(members, np.float32)}, (slice(None),))
+            masks = {name: v.values for name, v in template.data_vars.items() if REALIZATION not in v.dims}
+            write_region(temporary, masks, (Ellipsis,))  # the fixed masks, written once
 
     @staticmethod
     def check(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:

@@ -11,10 +11,16 @@ model so inference never re-derives it from the data.
 On a latitude-longitude grid, the area of a cell is proportional to cos(latitude); the layout gives
 the area weights w_i = cos(φ_i) / mean_i cos(φ_i), so that Σ_ij w_i e_ij² / (H W) is the
 area-weighted mean squared error.
+
+A layout may carry a fixed *mask* (C, H, W), True where a channel has values (NaN at every
+training step elsewhere: land in an ocean field; :mod:`latentda.data.statistics`): outputs hold NaN
+there (:meth:`FieldLayout.to_dataset`), inputs may, and ``allow_missing`` says whether other NaN
+(missing values) are accepted.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -96,6 +102,19 @@ def _is_periodic(coordinate: xr.DataArray, is_longitude: bool) -> bool:
     return False
 
 
+def _pack_mask(mask: np.ndarray) -> dict:
+    """A boolean mask as JSON: its shape and its bits packed, base64-encoded."""
+    return {"shape": list(mask.shape), "bits": base64.b64encode(np.packbits(mask.astype(bool).ravel())).decode()}
+
+
+def _unpack_mask(record: dict) -> np.ndarray:
+    shape = tuple(int(n) for n in record["shape"])
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(record["bits"], validate=True), dtype=np.uint8))
+    if bits.size < int(np.prod(shape)):
+        raise ValueError("mask bits shorter than its shape")
+    return bits[: int(np.prod(shape))].reshape(shape).astype(bool)
+
+
 AREA_WEIGHT_FLOOR = 0.25
 """The least area weight of a grid row, as a fraction of the mean (see ``FieldLayout.area_weights``)."""
 
@@ -112,6 +131,8 @@ class FieldLayout:
     grid: tuple[AxisSpec, AxisSpec]
     level: AxisSpec | None = None
     attrs: dict = field(default_factory=dict)
+    mask: np.ndarray | None = None  # (C, H, W) bool, True where valid; None: nothing masked
+    allow_missing: bool = False  # NaN outside the mask accepted (training: masked loss; encode: a missing state)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -310,6 +331,8 @@ class FieldLayout:
             raise LatentdaError(
                 f"array of shape {array.shape} does not match the layout (*{lead_dims}, time, {self.num_channels}, {self.shape[0]}, {self.shape[1]})"
             )
+        if self.mask is not None:  # outputs are NaN where the channel has no values (its fixed mask)
+            array = np.where(self.mask, array, np.nan).astype(array.dtype if array.dtype.kind == "f" else np.float32)
         coords: dict[str, Any] = {name: list(values) for name, values in leading}
         time_coord = time if isinstance(time, xr.DataArray) else xr.DataArray(np.asarray(time), dims=TIME, name=TIME)
         coords[TIME] = time_coord.rename(TIME) if time_coord.dims == (TIME,) else xr.DataArray(time_coord.values, dims=TIME)
@@ -331,6 +354,26 @@ class FieldLayout:
             channel += width
         return xr.Dataset(data_vars, coords=coords, attrs=dict(self.attrs if attrs is None else attrs))
 
+    def mask_variables(self) -> dict[str, xr.Variable]:
+        """``<variable>_mask`` (1 valid, 0 masked; dims (level?, y, x)) for each variable with masked
+        pixels: the fixed mask written beside the fields of every output."""
+        if self.mask is None:
+            return {}
+        variables, channel = {}, 0
+        grid_dims = [self.grid[0].name, self.grid[1].name]
+        for spec in self.variables:
+            width = self.level.size if spec.has_level else 1
+            valid = self.mask[channel : channel + width]
+            channel += width
+            if valid.all():
+                continue
+            dims = ([self.level.name] if spec.has_level else []) + grid_dims
+            variables[f"{spec.name}_mask"] = xr.Variable(
+                dims, (valid if spec.has_level else valid[0]).astype(np.float32),
+                attrs={"long_name": f"where {spec.name} has values (fixed mask)", "flag_values": [0.0, 1.0],
+                       "flag_meanings": "masked valid", "units": "1"})
+        return variables
+
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
         return {
@@ -338,6 +381,8 @@ class FieldLayout:
             "grid": [asdict(a) for a in self.grid],
             "level": asdict(self.level) if self.level else None,
             "attrs": self.attrs,
+            "mask": None if self.mask is None else _pack_mask(self.mask),
+            "allow_missing": self.allow_missing,
         }
 
     @classmethod
@@ -349,8 +394,10 @@ class FieldLayout:
                 tuple(AxisSpec(**a) for a in data["grid"]),
                 AxisSpec(**data["level"]) if data.get("level") else None,
                 data.get("attrs", {}),
+                None if data.get("mask") is None else _unpack_mask(data["mask"]),
+                data.get("allow_missing", False),
             )
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError) as error:
             raise LatentdaError(f"malformed layout ({type(error).__name__}: {error})") from None
         layout._check_types()
         return layout
@@ -370,6 +417,10 @@ class FieldLayout:
             problems += [] if ok else [f"axis {axis.name!r}"]
         if len(self.grid) != 2 or not self.variables or (self.level is None and any(v.has_level for v in self.variables)):
             problems.append("grid, variables or level")
+        if not isinstance(self.allow_missing, bool):
+            problems.append("allow_missing")
+        if self.mask is not None and self.mask.shape != (self.num_channels, *self.shape):
+            problems.append("mask")
         if problems or not isinstance(self.attrs, dict):
             raise LatentdaError(f"malformed layout ({', '.join(problems) or 'attrs'} of the wrong type or empty)")
 

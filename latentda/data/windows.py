@@ -2,7 +2,7 @@
 
 A *source* reads time steps [start, stop) of one trajectory as a float32 array (time, C, H, W):
 :class:`FieldSource` stacks and standardises physical variables through a :class:`FieldLayout`
-and :class:`Statistics`; :class:`LatentSource` reads the ``latent`` variable written by
+and :class:`Statistics` (NaN where masked or missing: the loss skips them); :class:`LatentSource` reads the ``latent`` variable written by
 ``latentda encode``. :class:`WindowDataset` enumerates every window of ``window`` consecutive steps
 inside a list of segments (a split). Sources open their file on first use in each process (and
 after pickling into DataLoader workers), so every process reads only the windows it is given.
@@ -10,6 +10,7 @@ after pickling into DataLoader workers), so every process reads only the windows
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -25,9 +26,10 @@ from latentda.data.splits import Segment
 from latentda.data.statistics import Statistics, check_finite
 from latentda.errors import LatentdaError
 
-__all__ = ["FieldSource", "LatentSource", "WindowDataset", "LATENT"]
+__all__ = ["FieldSource", "LatentSource", "WindowDataset", "LATENT", "MISSING_ATTR"]
 
 LATENT = "latent"
+MISSING_ATTR = "latentda_missing_states"  # JSON [[trajectory or null, step], ...] of a latent store
 
 
 class _LazySource:
@@ -59,8 +61,11 @@ class FieldSource(_LazySource):
         self.layout.check(self.dataset)
 
     def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
+        """Steps [start, stop) standardised; NaN where masked or missing (allowed by the layout)."""
         array = self.layout.to_array(self.dataset, trajectory, slice(start, stop))
-        check_finite(array, self.layout.channels, f" in trajectory {trajectory}, steps {start}-{stop}")
+        where = "" if trajectory is None else f" of trajectory {trajectory}"
+        check_finite(array, self.layout.channels, where, mask=self.layout.mask, allow_missing=self.layout.allow_missing,
+                     first_step=start)
         return self.statistics.standardise(array.astype(np.float32))
 
 
@@ -73,6 +78,9 @@ class LatentSource(_LazySource):
         if LATENT not in self.dataset.data_vars:
             raise LatentdaError(f"{self.path}: no '{LATENT}' variable (is it the output of 'latentda encode'?)")
         self.calendar = calendar_features(self.dataset["time"].values)
+        # states that were missing in the fields (NaN latents, ``latentda encode``): no window uses them
+        self.missing = {(None if t is None else int(t), int(step))
+                        for t, step in json.loads(self.dataset.attrs.get(MISSING_ATTR, "[]"))}
 
     def read_context(self, trajectory: int | None, start: int, stop: int) -> np.ndarray | None:
         return None if self.calendar is None else self.calendar[start:stop]
@@ -86,26 +94,32 @@ class LatentSource(_LazySource):
 
 
 class WindowDataset(Dataset):
-    """All windows of ``window`` consecutive steps inside ``segments``, every ``stride`` steps.
+    """All windows of ``window`` consecutive steps inside ``segments``, every ``stride`` steps, but
+    none holding a missing state of the source (its ``missing`` set of (trajectory, step)).
 
     Item i is a float32 tensor (window, C, H, W), or the pair (window, context (window, F)) with
     ``with_context`` (the source's per-time features, e.g. calendar features).
     """
 
     def __init__(self, source: FieldSource | LatentSource, segments: list[Segment], window: int, stride: int = 1,
-                 with_context: bool = False) -> None:
+                 with_context: bool = False, split: str = "selected") -> None:
         self.with_context = with_context
         if window < 1 or stride < 1:
             raise LatentdaError(f"window ({window}) and stride ({stride}) must be positive")
         self.source = source
         self.window = window
+        missing = getattr(source, "missing", set())
         self.index = [
             (segment.trajectory, start)
             for segment in segments
             for start in range(segment.start, segment.stop - window + 1, stride)
+            if not any((segment.trajectory, step) in missing for step in range(start, start + window))
         ]
         if not self.index:
-            raise LatentdaError(f"no window of {window} steps fits in the selected segments")
+            states = sum(segment.length for segment in segments)
+            gaps = f", {len(missing)} missing state(s) excluded" if missing else ""
+            raise LatentdaError(f"no window of {window} steps fits in the {split} split ({states} states in "
+                                f"{len(segments)} segment(s){gaps}): give it more data or a shorter window")
 
     def __len__(self) -> int:
         return len(self.index)

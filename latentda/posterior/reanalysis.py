@@ -103,10 +103,11 @@ def default_batch_members(device, through_decoder: bool = True) -> int:
 class LatentOperator:
     """A(z̃): standardised latent trajectories (B, L, c, h, w) → observed values (B, M).
 
-    A = H ∘ G with the frame-wise physical decoder G(z̃) = μ_x + s_x ⊙ D(μ_z + s_z ⊙ z̃) and the
-    pixel-space operator H. Linearised at ẑ (:meth:`linearize`):
+    A = H ∘ G with the frame-wise physical decoder G(z̃) = f⁻¹(μ_x + s_x ⊙ D(μ_z + s_z ⊙ z̃)) (f⁻¹ the
+    inverse transform of bounded variables, the identity otherwise, :mod:`latentda.data.bounds`) and
+    the pixel-space operator H. Linearised at ẑ (:meth:`linearize`):
 
-        A v = J_H (s_x ⊙ J_D (s_z ⊙ v)),   Aᵀ u = J_Gᵀ (J_Hᵀ u),
+        A v = J_H (f⁻¹′ ⊙ s_x ⊙ J_D (s_z ⊙ v)),   Aᵀ u = J_Gᵀ (J_Hᵀ u),
 
     J_D v by one tangent pass through the decoder (:class:`latentda.nn.linearization.NetworkLinearization`,
     about one decoder forward per product), J_Gᵀ· by a backward through the graph of the one decoder
@@ -138,10 +139,12 @@ class LatentOperator:
             decoder = NetworkLinearization(self.autoencoder, self.autoencoder.decode, latents, key="decode")
         fields = self.statistics.destandardise(decoder.value.to(frames.dtype))
 
+        anchor = decoder.value.detach()
+
         def tangent(v: Tensor) -> Tensor:
             with autocast(self.device, self.compute_dtype):
                 out = decoder.tangent(self.latent_statistics.scale(v))
-            return self.statistics.scale(out.to(v.dtype))
+            return self.statistics.tangent(anchor.to(v.dtype), out.to(v.dtype))
 
         return fields, tangent
 

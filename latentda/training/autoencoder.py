@@ -1,15 +1,22 @@
 """``latentda train-ae``: train the compressive autoencoder on standardised fields.
 
-The loss is the area-weighted mean squared reconstruction error of standardised fields,
+The loss is the area-weighted mean squared reconstruction error of standardised fields over their
+valid points,
 
-    L = mean_{b,c,i,j} w_i (D(E(x̃))_{bcij} − x̃_{bcij})²,
+    L = Σ_{b,c,i,j} m_{bcij} w_i (D(E(x̃⁰))_{bcij} − x̃_{bcij})² / Σ_{b,c,i,j} m_{bcij} w_i,
 
-with w_i = cos φ_i / mean cos φ on latitude-longitude grids and w = 1 elsewhere. Validation reports
-the area-weighted reconstruction RMSE per channel in standardised units on the validation split.
+with w_i the area weights of the layout (cell areas floored near the poles on latitude-longitude
+grids, ``FieldLayout.area_weights``; w = 1 elsewhere), m = 1 where x̃ is finite and 0 where it is
+masked or missing (NaN), and x̃⁰ = x̃ with NaN set to 0 (the channel mean): the network never
+learns made-up values. The training split's fixed mask (pixels with no value at any step) and the
+bounded variables' transforms (``data.bounds``, ``data.non_negative``, :mod:`latentda.data.bounds`)
+are saved with the model. Validation reports the area-weighted reconstruction RMSE per channel in
+standardised units on the validation split.
 The run folder holds ``checkpoints/``, ``log.jsonl``, ``config.yaml``, ``metrics.json`` and the
 final ``autoencoder/`` folder (EMA weights, layout, statistics, and ``representation_error.json``:
-the final validation RMSE per channel in standardised units, which the posterior adds to the
-observation noise, :mod:`latentda.observe.operators`).
+the final validation RMSE per channel of the physical fields divided by the channel's physical std —
+the standardised RMSE when no transform applies — which the posterior adds to the observation
+noise, :mod:`latentda.observe.operators`).
 
 ``hidden_channels: []`` with ``latent_channels`` = the number of variables is the identity
 autoencoder (:class:`latentda.nn.AutoEncoder`): nothing is trained, the folder is written with the
@@ -27,6 +34,7 @@ import torch
 from latentda.components import save_autoencoder
 from latentda.config import require, to_dict
 from latentda.data import FieldLayout, FieldSource, Statistics, WindowDataset, compute_statistics, open_dataset, split_segments
+from latentda.data.statistics import MissingScan
 from latentda.errors import LatentdaError
 from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, make_accelerator, shared_statistics
 
@@ -41,6 +49,15 @@ class DataConfig:
     variables: list[str] | None = None
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
     time_dim: str | None = None  # the time dimension's name when its CF attributes do not say (latentda.data.times)
+    allow_missing: bool = False  # NaN outside the fixed mask: masked in the loss (else refused, naming the step)
+    bounds: dict[str, dict] | None = None  # variable → {lower, upper, transform, offset} (latentda.data.bounds)
+    non_negative: list[str] | None = None  # variables ≥ 0 (square-root transform): shorthand for bounds
+
+    def transforms(self, channels: list[str]) -> list:
+        """Per channel the :class:`latentda.data.bounds.Bounds` of its variable (None: unbounded)."""
+        from latentda.data.bounds import bounds_by_channel
+
+        return bounds_by_channel(channels, self.bounds, self.non_negative)
 
 
 @dataclass
@@ -77,14 +94,33 @@ class AutoEncoderConfig:
         require(self.valid_samples >= 1, "valid_samples", "must be at least 1")
 
 
-def reconstruction_rmse(model, frames: torch.Tensor, weights: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Area-weighted RMSE per channel of ``model`` on ``frames`` (N, C, H, W), standardised units."""
+def masked_squared_error(output: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ m w e², Σ m w) per channel over (N, C, H, W), e = output − target, m = 1 where target is
+    finite: the two sums of the masked, area-weighted mean squared error."""
+    valid = torch.isfinite(target)
+    error = torch.where(valid, output - torch.nan_to_num(target), torch.zeros_like(output))
+    area = valid * weights
+    return (error.double() ** 2 * area).sum(dim=(0, 2, 3)), area.double().sum(dim=(0, 2, 3))
+
+
+def reconstruction_rmse(model, frames: torch.Tensor, weights: torch.Tensor, batch_size: int = 32,
+                        statistics: Statistics | None = None) -> torch.Tensor:
+    """Area-weighted RMSE per channel of ``model`` on ``frames`` (N, C, H, W) over their valid
+    points, in standardised units; with ``statistics``, of the physical fields divided by each
+    channel's physical std (the same number when no channel is bounded)."""
     squared = torch.zeros(frames.shape[1], dtype=torch.float64)
+    area = torch.zeros(frames.shape[1], dtype=torch.float64)
     for start in range(0, len(frames), batch_size):
         batch = frames[start : start + batch_size]
-        error = (model(batch) - batch).double() ** 2 * weights.double()
-        squared += error.mean(dim=(2, 3)).sum(dim=0)
-    return (squared / len(frames)).sqrt()
+        output = model(torch.nan_to_num(batch))
+        if statistics is not None:
+            output, batch = statistics.destandardise(output.double()), statistics.destandardise(batch.double())
+        sums = masked_squared_error(output, batch, weights)
+        squared, area = squared + sums[0], area + sums[1]
+    rmse = (squared / area.clamp_min(1e-300)).sqrt()
+    if statistics is not None:
+        rmse = rmse / torch.as_tensor(statistics.physical_std)
+    return rmse
 
 
 def _valid_frames(dataset: WindowDataset, count: int) -> torch.Tensor:
@@ -103,6 +139,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         raise LatentdaError(f"{run_dir}: run already has an autoencoder (choose another output)")
     dataset = open_dataset(config.data.path, config.data.time_dim)
     layout = FieldLayout.from_dataset(dataset, config.data.variables)
+    transforms = config.data.transforms(layout.channels)
     splits = split_segments(dataset, config.data.splits)
     torch.manual_seed(config.training.seed)  # the initial weights depend on the config only
     try:  # architecture errors before any pass over the data
@@ -118,18 +155,26 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         )
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
-    statistics = shared_statistics(accelerator, run_dir / "statistics.json",
-                                   lambda: compute_statistics(dataset, layout, splits["train"], progress=progress), resume)
+    scan = MissingScan(layout.channels)
+
+    def scan_statistics() -> Statistics:
+        statistics = compute_statistics(dataset, layout, splits["train"], progress=progress, transforms=transforms, scan=scan)
+        scan.check(config.data.allow_missing)  # a gap is refused (naming the step) unless allowed
+        return statistics
+
+    statistics = shared_statistics(accelerator, run_dir / "statistics.json", scan_statistics, resume)
+    layout = _shared_layout(accelerator, run_dir / "layout.json", layout, scan, config.data.allow_missing)
     if model.is_identity:
         return _write_identity(config, run_dir, model, layout, statistics, accelerator)
     source = FieldSource(config.data.path, layout, statistics, config.data.time_dim)
-    train = WindowDataset(source, splits["train"], window=1)
-    valid = WindowDataset(source, splits["valid"] or splits["train"], window=1)
+    train = WindowDataset(source, splits["train"], window=1, split="train")
+    valid = WindowDataset(source, splits["valid"] or splits["train"], window=1, split="valid" if splits["valid"] else "train")
     weights = torch.from_numpy(layout.area_weights())
 
     def loss_fn(network, batch, generator):
         frames = batch[:, 0]
-        return ((network(frames) - frames) ** 2 * weights.to(frames.device)).mean()
+        squared, area = masked_squared_error(network(torch.nan_to_num(frames)), frames, weights.to(frames.device))
+        return (squared.sum() / area.sum().clamp_min(1e-12)).to(frames.dtype)
 
     valid_frames = _valid_frames(valid, config.valid_samples)
 
@@ -142,10 +187,28 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
 
     def save_outputs(final, metrics):
         rmse = [metrics["rmse"][channel] for channel in layout.channels]
+        if statistics.bounded:  # the error of the physical fields, in units of their std
+            device = next(final.parameters()).device
+            with torch.no_grad():
+                rmse = reconstruction_rmse(final, valid_frames.to(device), weights.to(device), statistics=statistics).tolist()
         save_autoencoder(run_dir / "autoencoder", final, layout, statistics, representation_error=rmse)
         return {"compression_factor": final.compression_factor, "latent_shape": list(final.latent_shape)}
 
     return trainer.run(to_dict(config), save_outputs)
+
+
+def _shared_layout(accelerator, path: Path, layout: FieldLayout, scan: MissingScan, allow_missing: bool) -> FieldLayout:
+    """The layout with the fixed mask of the training split (``scan``, when it ran) and the
+    ``allow_missing`` rule, saved to ``path`` by the main process and read by all (a resumed run reads
+    the saved one: its scan did not run again)."""
+    if scan.finite is not None and accelerator.is_main_process:
+        layout.mask, layout.allow_missing = scan.mask, allow_missing
+        layout.save(path)
+    accelerator.wait_for_everyone()
+    if path.is_file():
+        return FieldLayout.load(path)
+    layout.allow_missing = allow_missing  # a run folder from before masks were recorded
+    return layout
 
 
 def _write_identity(config: AutoEncoderConfig, run_dir: Path, model, layout: FieldLayout, statistics: Statistics,

@@ -25,7 +25,7 @@ from latentda.config import require, to_dict
 from latentda.data import LatentSource, Statistics, WindowDataset, split_segments, time_step
 from latentda.data.splits import Segment
 from latentda.data.calendar import CALENDAR_FEATURES
-from latentda.data.statistics import streaming_statistics
+from latentda.data.statistics import MissingScan, streaming_statistics
 from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, denoising_loss, make_schedule
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
@@ -95,8 +95,8 @@ class LatentDiffusionConfig:
 def latent_statistics(source: LatentSource, segments: list[Segment], progress: bool = True) -> Statistics:
     """Per-channel mean/std of the latents in ``segments`` (one streaming pass)."""
     channels = [f"latent{i}" for i in range(source.dataset.sizes["channel"])]
-    chunks = (source.read(s.trajectory, s.start, s.stop) for s in segments)
-    return streaming_statistics(chunks, channels, len(segments), progress)
+    chunks = (source.read(s.trajectory, s.start, s.stop) for s in segments)  # missing states: NaN, skipped
+    return streaming_statistics(chunks, channels, len(segments), progress, scan=MissingScan(channels))
 
 
 class _Standardised(torch.utils.data.Dataset):
@@ -159,9 +159,11 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     schedule = make_schedule(config.diffusion.sigma_min, config.diffusion.sigma_max)
     denoiser = Denoiser(backbone, schedule)
     K = config.model.window
-    train = _Standardised(WindowDataset(source, splits["train"], window=K, with_context=calendar), z_statistics)
+    train = _Standardised(WindowDataset(source, splits["train"], window=K, with_context=calendar, split="train"),
+                          z_statistics)
     valid_set = _Standardised(WindowDataset(source, splits["valid"] or splits["train"], window=K, stride=K,
-                                            with_context=calendar), z_statistics)
+                                            with_context=calendar, split="valid" if splits["valid"] else "train"),
+                              z_statistics)
     picks = np.linspace(0, len(valid_set) - 1, num=min(config.valid_windows, len(valid_set))).round().astype(int)
     valid_items = [valid_set[int(i)] for i in picks]
     valid_windows = torch.stack([item[0] if calendar else item for item in valid_items])
