@@ -63,6 +63,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     from latentda.data import FieldLayout, compute_statistics, describe_step, open_dataset, split_segments, time_step
+    from latentda.data.statistics import MissingScan
 
     dataset = open_dataset(args.data, args.time_dim)
     layout = FieldLayout.from_dataset(dataset, args.variables)
@@ -73,7 +74,10 @@ def _inspect(args: argparse.Namespace) -> None:
           f"{'lat-lon (area-weighted)' if layout.is_latlon else 'Cartesian'}")
     print("splits: " + ", ".join(f"{k} {sum(s.length for s in v)} states in {len(v)} segments" for k, v in splits.items()))
     _print_latent_shapes(layout)
-    statistics = compute_statistics(dataset, layout, splits["train"], progress=not args.quiet)
+    scan = MissingScan(layout.channels)
+    statistics = compute_statistics(dataset, layout, splits["train"], progress=not args.quiet, scan=scan)
+    print(f"training split: {scan.summary()}")
+    scan.check(args.allow_missing)
     print(f"{'channel':<24}{'mean':>14}{'std':>14}")
     for name, mean, std in zip(statistics.channels, statistics.mean, statistics.std):
         print(f"{name:<24}{mean:>14.6g}{std:>14.6g}")
@@ -187,43 +191,48 @@ def _observe(args: argparse.Namespace) -> None:
     from latentda.config import load_config
     from latentda.data import check_finite, write_dataset
     from latentda.observe import ObservationConfig, observations_to_dataset, synthesize
+    from latentda.observe.files import MASKED_BY_TRUTH
 
     config = load_config(ObservationConfig, args.operator)
     if args.out.exists():
         raise LatentdaError(f"{args.out}: already exists (remove it first)")
     truth, layout = _select_truth(args)
     fields = layout.to_array(truth)
-    check_finite(fields, layout.channels, " in the truth")  # a NaN pixel or a missing chunk is not 'unobserved'
+    check_finite(fields, layout.channels, " in the truth", allow_missing=True)  # inf refused; NaN = masked: unobserved
     operator = synthesize(fields, layout, config, seed=args.seed)
     attrs = {"title": "synthetic observations written by latentda observe", "source_truth": str(args.truth),
              "seed": args.seed}
     write_dataset(observations_to_dataset(operator, layout, truth["time"], attrs), args.out)
-    print(f"wrote {args.out}: {operator.size} observed values in {len(operator.groups)} group(s)")
+    masked = sum(group.attrs[MASKED_BY_TRUTH] for group in operator.groups)
+    print(f"wrote {args.out}: {operator.size} observed values in {len(operator.groups)} group(s)"
+          + (f"; {masked} left unobserved where the truth is NaN (masked)" if masked else ""))
 
 
 def _reanalyze(args: argparse.Namespace) -> None:
-    from latentda.data import open_dataset
+    from latentda.observe import TableWindow, observation_dataset, open_observations
 
     settings = _posterior_settings(args, split_blankets=args.split == "blankets")
+    observations = open_observations(args.observations)  # a file, or a table (CSV, parquet) placed on the window
     pipeline = _load_run_pipeline(args)
-    pipeline.reanalyze(open_dataset(args.observations), args.members, args.seed, settings, out=args.out, resume=args.resume,
+    observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args))
+    pipeline.reanalyze(observations, args.members, args.seed, settings, out=args.out, resume=args.resume,
                        overwrite=args.overwrite, attrs={"observations": _recorded(args.observations)}, report=print)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
-    from latentda.evaluation import evaluate, write_report
+    from latentda.evaluation import NOT_CHANNELS, evaluate, write_report
 
     prediction = open_dataset(args.prediction)
     truth = open_dataset(args.truth, args.time_dim)
-    observations = open_dataset(args.observations) if args.observations else None
+    observations = _evaluation_observations(args.observations, prediction) if args.observations else None
     rows, summary = evaluate(prediction, truth, observations, args.trajectory)
     columns = ("rmse", "crps", "spread", "spread_skill_ratio", "coverage_90")
     if any(isinstance(scores, dict) and "pole_rmse" in scores for scores in summary.values()):
         columns += ("pole_rmse",)  # unweighted, over the rows at ±90° (latentda.metrics.pole_rmse)
     print(f"{'channel':<20}" + "".join(f"{n:>20}" for n in columns))
     for channel, scores in summary.items():
-        if channel in ("spectra", "members", "observation_residual_ratio"):
+        if channel in NOT_CHANNELS:
             continue
         print(f"{channel:<20}" + "".join(f"{scores.get(n, float('nan')):>20.4f}" for n in columns))
     if "observation_residual_ratio" in summary:
@@ -232,14 +241,31 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {write_report(rows, summary, args.out, overwrite=args.overwrite)}")
 
 
+def _evaluation_observations(path: Path, prediction):
+    """The observation file, or a table (CSV, parquet) placed on the prediction's times."""
+    import pandas as pd
+
+    from latentda.data import FieldLayout
+    from latentda.observe import open_observations, table_to_dataset
+
+    observations = open_observations(path)
+    if isinstance(observations, pd.DataFrame):
+        if "prediction_timedelta" in prediction.dims:
+            raise LatentdaError("score a forecast against an observation file (a table is placed on a reanalysis' times)")
+        return table_to_dataset(observations, FieldLayout.from_dataset(prediction), times=prediction["time"].values)
+    return observations
+
+
 def _forecast(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
+    from latentda.observe import TableWindow, observation_dataset, open_observations
 
     if (args.observations is None) == (args.initial is None):
         raise LatentdaError("give exactly one of --observations and --initial")
     settings = _posterior_settings(args)
     pipeline = _load_run_pipeline(args)
-    observations = open_dataset(args.observations) if args.observations is not None else None
+    observations = open_observations(args.observations) if args.observations is not None else None
+    observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args))
     initial = open_dataset(args.initial) if args.initial is not None else None
     pipeline.forecast(args.lead, args.members, observations, initial, args.seed, args.mode, args.conditioning,
                       args.condition_noise, settings, out=args.out, resume=args.resume, overwrite=args.overwrite,
@@ -479,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("data", type=Path, help="netCDF file or zarr store")
     sub.add_argument("--variables", nargs="+", help="variables to use (default: all with a time axis)")
     sub.add_argument("--statistics-out", type=Path, help="write the training-split statistics to this JSON file")
+    sub.add_argument("--allow-missing", action="store_true",
+                     help="accept NaN outside the fixed mask (missing values; data.allow_missing in the AE config)")
     _time_dim_option(sub, "the dataset")
 
     sub = command("train-ae", "train the autoencoder (fields ↔ latents)", _train_ae)
@@ -526,7 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     _sampler_options(sub)
     _posterior_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
-    sub.add_argument("--observations", required=True, type=Path, help="observation file (see 'latentda observe')")
+    sub.add_argument("--observations", required=True, type=Path,
+                     help="observation file (see 'latentda observe'), or a table of observations (CSV, parquet)")
+    from latentda.observe import TableWindow
+
+    _field_options(sub.add_argument_group("tabular observations (docs/observations.md)"), TableWindow, False)
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--split", choices=["members", "blankets"], default="members",
@@ -541,7 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     _sampler_options(sub)
     _posterior_options(sub)
     sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
-    sub.add_argument("--observations", type=Path, help="observation window to assimilate first (ends 'now')")
+    sub.add_argument("--observations", type=Path,
+                     help="observation window to assimilate first (ends 'now'): a file or a table (CSV, parquet)")
+    _field_options(sub.add_argument_group("tabular observations (docs/observations.md)"), TableWindow, False)
     sub.add_argument("--initial", type=Path,
                      help="initial state(s) instead of observations (last states used); with a realization dim, "
                           "e.g. a reanalysis, member m continues from member m")

@@ -52,6 +52,7 @@ from latentda.errors import LatentdaError
 from latentda.nn.compilation import compile_blocks
 from latentda.nn.transformer import TrajectoryTransformer
 from latentda.observe.files import read_observations
+from latentda.observe.tabular import observation_dataset
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.prior import resolve_sampling
@@ -253,10 +254,11 @@ class LatentDAPipeline:
         return torch.cat(out).reshape(*lead, *out[0].shape[1:]).numpy()
 
     def encode(self, fields: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-        """Physical fields (..., T, C, H, W) → standardised latents (..., T, c, h, w)."""
+        """Physical fields (..., T, C, H, W) → standardised latents (..., T, c, h, w); masked (NaN)
+        pixels enter the encoder as 0, the channel mean, as in training."""
         fields = np.asarray(fields, dtype=np.float32)
         lead = fields.shape[:-3]
-        flat = torch.from_numpy(self.statistics.standardise(fields.reshape(-1, *fields.shape[-3:])))
+        flat = torch.from_numpy(np.nan_to_num(self.statistics.standardise(fields.reshape(-1, *fields.shape[-3:]))))
         out = []
         with torch.no_grad():
             for start in range(0, len(flat), batch_size):
@@ -307,15 +309,18 @@ class LatentDAPipeline:
         return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples"})
 
     # ------------------------------------------------------------------ posterior
-    def observation_operator(self, observations: xr.Dataset, allow_short: bool = False,
+    def observation_operator(self, observations, allow_short: bool = False,
                              representation_error: bool = True) -> ObservationOperator:
-        """The pixel-space operator, y and σ of an observation dataset, checked against the model
+        """The pixel-space operator, y and σ of an observation dataset (or a pandas DataFrame of
+        tabular observations, :mod:`latentda.observe.tabular`, on the window it infers with the
+        model's time step), checked against the model
         (``allow_short``: a window shorter than K, as when nowcasting its continuation). With
         ``representation_error`` each observation's noise variance is inflated by the autoencoder's
         reconstruction error of its channel(s), r_c s_c in physical units (:mod:`latentda.observe.operators`)."""
+        observations = observation_dataset(observations, self.layout, self.time_step)
         operator = read_observations(observations, self.layout, self.statistics)
         if representation_error:
-            operator = operator.with_representation_error(self.representation_error * np.asarray(self.statistics.std, dtype=np.float64))
+            operator = operator.with_representation_error(self.representation_error * self.statistics.physical_std)
         if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
         self.check_time_step(observations["time"])
@@ -349,11 +354,14 @@ class LatentDAPipeline:
         """The attributes a run records: ``attrs`` and the folder or hub id of this pipeline."""
         return {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {})}
 
-    def reanalyze(self, observations: xr.Dataset, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None,
+    def reanalyze(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None,
                   *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
                   attrs: dict | None = None, report: Report | None = None, **options) -> xr.Dataset:
         """Posterior ensemble p(x_{1:L} | y) of the observation window, dims (realization, time, ...).
 
+        ``observations``: an observation dataset, or a pandas DataFrame of tabular observations
+        (:mod:`latentda.observe.tabular`: the window from the earliest row to the latest at the model's
+        time step; :func:`latentda.observe.table_to_dataset` sets another window or tolerance).
         ``settings`` is a :class:`PosteriorSettings` (or pass its fields as keywords: guidance,
         iterations, solver, sampler, steps, ...). With ``out`` (``PATH.zarr`` or ``.nc``) the members are
         written one by one to ``out.partial``, renamed to ``out`` when complete, and the dataset is
@@ -364,17 +372,18 @@ class LatentDAPipeline:
         receives progress messages (e.g. ``print``). See :mod:`latentda.runs`.
         """
         settings = self._run_settings(settings, options)
+        observations = observation_dataset(observations, self.layout, self.time_step)
         operator = self.observation_operator(observations, representation_error=settings.representation_error)
         return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
                               self._recorded(attrs), out, resume, overwrite, report)
 
-    def _forecast_start(self, members: int, observations: xr.Dataset | None, initial: xr.Dataset | None,
+    def _forecast_start(self, members: int, observations, initial: xr.Dataset | None,
                         settings: PosteriorSettings):
         """(observation operator, encoded initial latents, their times, the times ending at "now") of
         a forecast's source: the observations, or the last states of ``initial`` (member m of an
         initial ensemble for forecast member m; the last ``default_context`` states)."""
         operator = encoded = initial_times = None
-        source = observations
+        source = observations = observation_dataset(observations, self.layout, self.time_step)
         if observations is not None:
             operator = self.observation_operator(observations, allow_short=True,  # shorter than K: nowcast
                                                  representation_error=settings.representation_error)
@@ -388,12 +397,12 @@ class LatentDAPipeline:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
             arrays = [self.layout.to_array(row) for row in rows]  # e.g. a reanalysis: member m continues member m
             for array in arrays:
-                check_finite(array, self.layout.channels, " in the initial state", self.statistics)
+                check_finite(array, self.layout.channels, " in the initial state", self.statistics, self.layout.mask)
             encoded = torch.stack([self.encode(array) for array in arrays])
             initial_times = source["time"].values
         return operator, encoded, initial_times, None if source is None else source["time"]
 
-    def forecast(self, lead: int, members: int = 8, observations: xr.Dataset | None = None,
+    def forecast(self, lead: int, members: int = 8, observations=None,
                  initial: xr.Dataset | None = None, seed: int = 0, mode: str = "autoregressive",
                  conditioning: str = "mmps", condition_noise: float = 0.05, settings: PosteriorSettings | None = None,
                  *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
@@ -401,6 +410,7 @@ class LatentDAPipeline:
         """Forecast ensemble from an observation window or initial state(s), in WeatherBench2 layout:
         dims (realization, time, prediction_timedelta, ...), lead 0 being "now".
 
+        ``observations``: a dataset or a DataFrame of tabular observations, as for :meth:`reanalyze`.
         ``initial`` may carry a ``realization`` dim (e.g. a reanalysis): member m continues member m.
         ``mode``: autoregressive or aao; ``conditioning``: mmps or inpaint, ``condition_noise`` the σ_c of
         mmps (:mod:`latentda.posterior.forecast`).

@@ -448,9 +448,10 @@ def observe(w: World, truth: Path, out: Path, *extra: str, operator: Path | None
     return ["observe", "--truth", str(truth), "--operator", str(operator or w.operator), "--out", str(out), *extra]
 
 
-case("observe-truth-nan")(lambda w, d: (
-    observe(w, rewrite(w.truth, d / "t.nc", with_value("u", np.nan, (3, 2, 2))), d / "o.nc"), "'u'"))
-case("observe-truth-missing-chunk")(lambda w, d: (observe(w, remove_chunk(copy(w.truth_zarr, d)), d / "o.nc"), "'u'"))
+case("observe-truth-inf")(lambda w, d: (
+    observe(w, rewrite(w.truth, d / "t.nc", with_value("u", np.inf, (3, 2, 2))), d / "o.nc"), "'u' holds inf"))
+case("observe-truth-all-nan")(lambda w, d: (  # NaN is masked, hence unobserved: here nothing is left
+    observe(w, rewrite(w.truth, d / "t.nc", lambda ds: ds.map(lambda v: v * np.nan)), d / "o.nc"), "nothing observed"))
 case("observe-truth-corrupt-chunk")(lambda w, d: (observe(w, corrupt_chunk(copy(w.truth_zarr, d)), d / "o.nc"), "cannot read"))
 case("observe-seed-negative")(lambda w, d: (observe(w, w.truth, d / "o.nc", "--seed", "-5"), "--seed"))
 case("observe-out-is-truth")(lambda w, d: (observe(w, w.truth, w.truth), "input"))

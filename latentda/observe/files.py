@@ -8,6 +8,7 @@ file; a time step with no observation is all NaN). Each variable says how it was
            latentda_source    source variable(s) (channel names, e.g. "u" or "u v" or "t@500")
            latentda_transform identity | speed | saturate
            noise_std          observation noise standard deviation, in the variable's units
+                              (or a variable <name>_noise_std on the group's dims: σ per entry)
            units              must match the source variable's units (checked)
            coarsen_factor / saturation   when they apply
 
@@ -19,7 +20,10 @@ file; a time step with no observation is all NaN). Each variable says how it was
               source field flattened per time (H·W columns)
 
 ``latentda observe`` builds such a file from a truth and an operator config (YAML), adding
-Gaussian noise with a seed.
+Gaussian noise with a seed. Where the truth is NaN (a land mask, missing steps) nothing is
+observed: an entry whose clean value H(x) is NaN — a NaN pixel, any NaN corner of a bilinear
+point, any NaN pixel of a coarsened block — is left unobserved and counted
+(:data:`MASKED_BY_TRUTH` in the group's attrs).
 """
 
 from __future__ import annotations
@@ -40,12 +44,17 @@ from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 
 __all__ = ["ObservationSpec", "ObservationConfig", "read_observations", "check_group_magnitude", "load_observations",
-           "observations_to_dataset", "synthesize"]
+           "observations_to_dataset", "synthesize", "fractional_index", "MASKED_BY_TRUTH"]
+
+MASKED_BY_TRUTH = "masked_by_truth"
+"""Key of :attr:`ObservationGroup.attrs` giving how many entries :func:`synthesize` left unobserved
+because the truth is NaN there."""
 
 
 # ---------------------------------------------------------------------------------- positions
-def _fractional_index(values: np.ndarray, axis) -> np.ndarray:
-    """Grid coordinates → fractional pixel indices along ``axis`` (periodic axes wrap)."""
+def fractional_index(values: np.ndarray, axis) -> np.ndarray:
+    """Grid coordinates → fractional pixel indices along ``axis`` (periodic axes wrap; outside a
+    non-periodic axis is an error)."""
     coords = np.asarray(axis.values, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     if axis.periodic:
@@ -101,10 +110,13 @@ def read_observations(observations: xr.Dataset, layout: FieldLayout, statistics:
 def check_group_magnitude(group: ObservationGroup, statistics: Statistics) -> None:
     """A group's observed values must be plausible for its source channels: within
     :data:`MAX_STANDARD_DEVIATIONS` standard deviations of the mean, mapped through the observation
-    (a speed of two channels: norms of means and stds; a linear row: its weights' sum and absolute sum)."""
+    (a speed of two channels: norms of means and stds; a linear row: its weights' sum and absolute sum),
+    the moments of the physical values (``Statistics.physical_mean``/``physical_std``: those of a
+    bounded variable's transform are in other units)."""
     channels = group.channels
-    mean = statistics.mean[channels[0]] if len(channels) == 1 else np.hypot.reduce(statistics.mean[channels])
-    std = np.hypot.reduce(statistics.std[channels])
+    means, stds = statistics.physical_mean, statistics.physical_std
+    mean = means[channels[0]] if len(channels) == 1 else np.hypot.reduce(means[channels])
+    std = np.hypot.reduce(stds[channels])
     if group.sampling == "linear":
         mean, std = group.matrix.sum(axis=1) * mean, np.abs(group.matrix).sum(axis=1) * std + 1e-300
     check_magnitude(group.values, mean, std, f"observation '{group.name}'")
@@ -137,7 +149,8 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
     groups = []
     grid_y, grid_x = layout.grid
     groups_named = [str(n) for n, v in observations.data_vars.items() if "latentda_sampling" in v.attrs]
-    auxiliary = {f"{g}_matrix" for g in groups_named} | {f"{g}_{axis.name}" for g in groups_named for axis in layout.grid}
+    auxiliary = ({f"{g}_matrix" for g in groups_named} | {f"{g}_noise_std" for g in groups_named}
+                 | {f"{g}_{axis.name}" for g in groups_named for axis in layout.grid})
     for name, variable in observations.data_vars.items():
         name = str(name)
         if name in auxiliary:  # a linear group's matrix, or point coordinates stored as variables
@@ -154,16 +167,15 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
             units = attrs.get("units")
             if expected is not None and units is not None and units != expected:
                 raise LatentdaError(f"observation '{name}' is in '{units}' but '{sources[0]}' is in '{expected}'")
-        noise_std = _number(attrs, "noise_std", name)
-        if not noise_std > 0:
-            raise LatentdaError(f"observation '{name}': noise_std must be positive (got {attrs.get('noise_std')})")
-        values = read_values(variable.transpose(TIME, ...)).astype(np.float64)
+        variable = variable.transpose(TIME, ...)
+        values = read_values(variable).astype(np.float64)
         kwargs = {}
         if sampling == "grid":
             for axis in layout.grid:
                 if axis.name not in variable.dims:
                     raise LatentdaError(f"observation '{name}' lacks the model's grid dimension '{axis.name}'")
-            values = read_values(variable.transpose(TIME, grid_y.name, grid_x.name)).astype(np.float64)
+            variable = variable.transpose(TIME, grid_y.name, grid_x.name)
+            values = read_values(variable).astype(np.float64)
             if values.shape[1:] != layout.shape:
                 raise LatentdaError(f"observation '{name}' is on a {values.shape[1:]} grid, the model's is {layout.shape}")
             for axis in layout.grid:
@@ -182,7 +194,7 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
                 key = f"{name}_{axis.name}"
                 if key not in observations.coords and key not in observations:
                     raise LatentdaError(f"observation '{name}': point coordinate '{key}' missing")
-                coordinates.append(_fractional_index(_finite(observations[key].values, key, name), axis))
+                coordinates.append(fractional_index(_finite(observations[key].values, key, name), axis))
             kwargs["points"] = np.stack(coordinates, axis=1)
         elif sampling == "linear":
             key = f"{name}_matrix"
@@ -192,12 +204,29 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
             if kwargs["matrix"].shape != (values.shape[1], layout.shape[0] * layout.shape[1]):
                 raise LatentdaError(f"observation '{name}': matrix shape {kwargs['matrix'].shape} does not match")
         groups.append(ObservationGroup(
-            name, channels, transform, sampling, values, noise_std,
+            name, channels, transform, sampling, values, _noise_std(observations, variable, name),
             saturation=_number(attrs, "saturation", name, 1.0), periodic=layout.periodic, attrs=dict(attrs), **kwargs,
         ))
     if not groups:
         raise LatentdaError("observation file has no observation variable")
     return ObservationOperator(groups, observations[TIME].values)
+
+
+def _noise_std(observations: xr.Dataset, variable: xr.DataArray, name: str) -> float | np.ndarray:
+    """σ_y of group ``name``: the attribute ``noise_std`` (a positive number), or the variable
+    ``<name>_noise_std`` (σ per entry, on dims of the group, broadcast to its dims in their order)."""
+    key = f"{name}_noise_std"
+    if key not in observations:
+        noise_std = _number(variable.attrs, "noise_std", name)
+        if not noise_std > 0:
+            raise LatentdaError(f"observation '{name}': noise_std must be positive (got {variable.attrs.get('noise_std')})")
+        return noise_std
+    if "noise_std" in variable.attrs:
+        raise LatentdaError(f"observation '{name}': give the attribute noise_std or the variable {key}, not both")
+    noise = observations[key]
+    if not set(noise.dims) <= set(variable.dims):
+        raise LatentdaError(f"observation '{name}': {key} has dims {noise.dims}, not among the group's {variable.dims}")
+    return read_values(noise.broadcast_like(variable).transpose(*variable.dims)).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -210,7 +239,7 @@ def observations_to_dataset(operator: ObservationOperator, layout: FieldLayout, 
         channel_names = [layout.channels[c] for c in group.channels]
         group_attrs = {
             "latentda_sampling": group.sampling, "latentda_source": " ".join(channel_names),
-            "latentda_transform": group.transform, "noise_std": group.noise_std,
+            "latentda_transform": group.transform,
         }
         units = _units_of(layout, channel_names[0])
         if units is not None:
@@ -232,6 +261,10 @@ def observations_to_dataset(operator: ObservationOperator, layout: FieldLayout, 
         else:
             dims = (TIME, f"{name}_row")
             data_vars[f"{name}_matrix"] = xr.Variable((f"{name}_row", f"{name}_column"), group.matrix)
+        if np.ndim(group.noise_std) == 0:
+            group_attrs["noise_std"] = float(group.noise_std)
+        else:  # σ per entry, NaN where nothing is observed
+            data_vars[f"{name}_noise_std"] = xr.Variable(dims, np.where(group.mask, group.noise(), np.nan).astype(np.float32))
         data_vars[name] = xr.Variable(dims, group.values.astype(np.float32), attrs=group_attrs)
     return xr.Dataset(data_vars, coords=coords, attrs={"Conventions": CONVENTIONS, **(attrs or {})})
 
@@ -278,7 +311,11 @@ class ObservationConfig:
 
 
 def synthesize(truth: np.ndarray, layout: FieldLayout, config: ObservationConfig, seed: int = 0) -> ObservationOperator:
-    """Observations of a truth (T, C, H, W) (physical units) with noise, as an operator with values."""
+    """Observations of a truth (T, C, H, W) (physical units) with noise, as an operator with values.
+
+    NaN in the truth is a mask: an entry selected by the config whose clean value H(x) is NaN (any
+    NaN pixel in its footprint) is unobserved, and counted in ``group.attrs[MASKED_BY_TRUTH]``. When
+    the mask leaves nothing observed at all, a one-line error says so."""
     rng = np.random.default_rng(seed)
     T = truth.shape[0]
     H, W = layout.shape
@@ -300,7 +337,7 @@ def synthesize(truth: np.ndarray, layout: FieldLayout, config: ObservationConfig
             else:
                 if spec.coordinates:
                     coordinates = np.asarray(spec.coordinates, dtype=np.float64)
-                    kwargs["points"] = np.stack([_fractional_index(coordinates[:, i], layout.grid[i]) for i in range(2)], axis=1)
+                    kwargs["points"] = np.stack([fractional_index(coordinates[:, i], layout.grid[i]) for i in range(2)], axis=1)
                 else:
                     upper = [H if layout.periodic[0] else H - 1, W if layout.periodic[1] else W - 1]
                     kwargs["points"] = rng.uniform(0, 1, (spec.points, 2)) * np.array(upper, dtype=np.float64)
@@ -311,14 +348,19 @@ def synthesize(truth: np.ndarray, layout: FieldLayout, config: ObservationConfig
                 pattern = np.broadcast_to(rng.uniform(size=shape) < spec.fraction, (T, *shape))
             else:
                 pattern = rng.uniform(size=(T, *shape)) < spec.fraction
-            mask = pattern & observed_times.reshape(-1, *([1] * len(shape)))
+            selected = pattern & observed_times.reshape(-1, *([1] * len(shape)))
             values = np.full((T, *shape), np.nan)
             group = ObservationGroup(name, channels, spec.transform, spec.sampling, values, spec.noise_std,
                                      saturation=spec.saturation, periodic=layout.periodic, **kwargs)
             clean = group.sampled(group.transformed(x))[0].numpy()
+            mask = selected & ~np.isnan(clean)
             values[mask] = clean[mask] + spec.noise_std * rng.standard_normal(int(mask.sum()))
             group.values = values
+            group.attrs[MASKED_BY_TRUTH] = int(np.sum(selected & np.isnan(clean)))
             groups.append(group)
+    masked = sum(group.attrs[MASKED_BY_TRUTH] for group in groups)
+    if masked and not any(group.mask.any() for group in groups):
+        raise LatentdaError(f"nothing observed: the truth is NaN (masked) at all {masked} selected entries")
     return ObservationOperator(groups)
 
 

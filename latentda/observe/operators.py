@@ -15,6 +15,10 @@ composition of three parts, each differentiable (the posterior sampler needs JVP
 3. a *selection* of the entries actually observed (a boolean mask over (T, …): NaN in files),
    which also expresses observations at some time steps only.
 
+Noise. Each observed entry has its own σ_y: ``noise_std`` is a scalar (one σ for the group) or an
+array broadcast to the values' shape (T, *sample_shape), e.g. a σ per report of a station table;
+only the observed entries' σ must be finite and positive.
+
 Several groups combine by concatenating their outputs (:class:`ObservationOperator`).
 
 Representation error. The posterior sees the fields only through the decoder, which cannot express
@@ -66,7 +70,7 @@ class ObservationGroup:
     transform: str
     sampling: str
     values: np.ndarray
-    noise_std: float
+    noise_std: float | np.ndarray  # a scalar, or an array broadcast to values' shape (σ per entry)
     factor: int = 1
     points: np.ndarray | None = None  # (P, 2) fractional (row, column) pixel indices
     matrix: np.ndarray | None = None  # (M_g, H·W)
@@ -83,8 +87,7 @@ class ObservationGroup:
         needed = 2 if self.transform == "speed" else 1
         if len(self.channels) != needed:
             raise LatentdaError(f"observation '{self.name}': transform '{self.transform}' needs {needed} source variable(s)")
-        if not (np.isfinite(self.noise_std) and self.noise_std > 0):
-            raise LatentdaError(f"observation '{self.name}': noise_std must be positive, got {self.noise_std}")
+        self._check_noise()
         if self.sampling == "points" and (self.points is None or self.points.ndim != 2 or self.points.shape[1] != 2):
             raise LatentdaError(f"observation '{self.name}': points sampling needs (P, 2) positions")
         if self.sampling == "linear" and self.matrix is None:
@@ -96,9 +99,30 @@ class ObservationGroup:
         if not (np.isfinite(self.saturation) and self.saturation > 0):
             raise LatentdaError(f"observation '{self.name}': saturation must be a positive number, got {self.saturation}")
 
+    def _check_noise(self) -> None:
+        """σ_y broadcasts to the values' shape and is finite and positive: everywhere for a scalar,
+        at the observed entries for an array (NaN elsewhere is fine)."""
+        if np.ndim(self.noise_std) == 0:
+            if not (np.isfinite(self.noise_std) and self.noise_std > 0):
+                raise LatentdaError(f"observation '{self.name}': noise_std must be positive, got {self.noise_std}")
+            return
+        try:
+            observed = self.noise()[self.mask]
+        except ValueError:
+            raise LatentdaError(f"observation '{self.name}': noise_std of shape {np.shape(self.noise_std)} does not match "
+                                f"the values' {self.values.shape}") from None
+        bad = int(np.sum(~(np.isfinite(observed) & (observed > 0))))
+        if bad:
+            raise LatentdaError(f"observation '{self.name}': noise_std must be positive at every observed entry "
+                                f"({bad} are not)")
+
     @property
     def mask(self) -> np.ndarray:
         return ~np.isnan(self.values)
+
+    def noise(self) -> np.ndarray:
+        """σ_y over the values' shape (T, *sample_shape) (a read-only broadcast)."""
+        return np.broadcast_to(np.asarray(self.noise_std, dtype=np.float64), self.values.shape)
 
     # ------------------------------------------------------------------ the operator
     def transformed(self, x: Tensor) -> Tensor:
@@ -144,14 +168,14 @@ class ObservationGroup:
 
     def effective_std(self) -> np.ndarray:
         """√(σ_y² + σ_r²) over the sample shape (T, *sample_shape)."""
-        return np.broadcast_to(np.hypot(self.noise_std, self.representation_std), self.values.shape)
+        return np.broadcast_to(np.hypot(self.noise(), self.representation_std), self.values.shape)
 
     def observed(self, representation: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(y, σ) of the observed entries, in the order of ``__call__``; σ includes the
         representation error unless ``representation`` is False (then σ_y alone)."""
         y = self.values[self.mask]
         if not representation:
-            return y, np.full(y.shape, self.noise_std)
+            return y, self.noise()[self.mask]
         return y, self.effective_std()[self.mask]
 
 
@@ -219,8 +243,9 @@ class ObservationOperator:
         """Per trajectory root mean square of (y − H(x)) / σ_y: ≈ 1 when x is consistent with the data
         (the std of the normalised residual when it has zero mean; a bias also raises it). σ_y is
         the observation noise given, without the representation error, so the ratio means the same
-        with or without it (through an imperfect decoder it cannot then reach 1)."""
+        with or without it (through an imperfect decoder it cannot then reach 1). Entries where H(x)
+        is NaN (an output's fixed mask under a point's corners or a block) are left out."""
         y, std = self.observed(representation=False)
         with torch.no_grad():
             z = (y - self(x).double()) / std
-        return z.square().mean(dim=1).sqrt()
+        return z.square().nanmean(dim=1).sqrt()

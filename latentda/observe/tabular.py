@@ -1,0 +1,380 @@
+"""Tabular observations: a table with one row per observation → an :class:`ObservationOperator`.
+
+Real observations (stations, buoys, aircraft, soundings) come as rows, not as fields. A table — a
+CSV or parquet file, or a pandas DataFrame — has the columns (names matched case-insensitively)::
+
+    time        when: a datetime (ISO 8601 text in a CSV, e.g. 2020-01-01T06:00; naive = UTC) or a
+                number on the model's (numeric) time axis
+    <grid y>    where, in the model's grid coordinates: latitude (or lat) and longitude (or lon) on
+    <grid x>    a lat-lon grid, y and x on a Cartesian one (pixel indices without coordinates)
+    level       optional: the level of a variable with levels (or name the channel 'var@level')
+    variable    a model variable (with levels: its channel 'temperature@500' or the level column)
+    value       the observed value, in the model variable's units
+    noise_std   the observation noise σ > 0 of this row, same units
+
+**Time assignment.** The window to assimilate is L states t_k = t_0 + kΔ (Δ the model's time
+step). A row observed at τ is assigned to the nearest state, k* = argmin_k |τ − t_k| (a tie goes
+to the earlier state), when |τ − t_k*| ≤ tolerance (default Δ/2, which accepts every row between
+the first and the last state); rows farther from every state are refused, naming how many and
+the first. The observation is then taken as one of the state x_{k*}: the time offset is not
+modelled, so keep the tolerance small against the time scales that matter.
+
+**The window.** Given as the state times (``times``), or built from the model's time step:
+t_0 = ``window_start`` (default the earliest row's time) and L = ``window_length`` (default the
+fewest states covering the latest row, L = ⌈(τ_max − t_0)/Δ − 1/2⌉ + 1, ties as above). A reanalysis needs
+L ≥ K (the model's window); a forecast's window ends "now" at its last state.
+
+**Positions.** Every row is a point observation: bilinear interpolation of the channel at its
+position (the ``points`` sampling of :mod:`latentda.observe.operators`; a periodic axis wraps, a
+position outside a non-periodic axis is an error). The rows of one channel make one ``points``
+group, named after the channel ('@' → '_'). Its points are the distinct (position, repeat) pairs in
+order of first appearance, where the repeat r of a row counts the earlier rows of the same channel,
+position and state: several rows at one position and state are independent observations y_i =
+H_i(x) + ε_i, each its own point. Values are (L, P) with NaN where a point has no row at a state,
+and σ_y is per entry (a scalar when the whole group shares one).
+
+The result is the operator, or the observation dataset of :mod:`latentda.observe.files`
+(:func:`table_to_dataset`), so everything downstream reads it as a file of point observations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from latentda.data.io import input_format, open_dataset
+from latentda.data.layout import TIME, FieldLayout
+from latentda.data.times import describe_step
+from latentda.data.times import time_step as regular_step
+from latentda.errors import LatentdaError
+from latentda.observe.files import fractional_index, observations_to_dataset
+from latentda.observe.operators import ObservationGroup, ObservationOperator
+
+__all__ = ["TableWindow", "observations_from_table", "table_to_dataset", "observation_dataset", "open_observations",
+           "read_table", "table_format"]
+
+_ALIASES = {"latitude": ("latitude", "lat"), "lat": ("lat", "latitude"),
+            "longitude": ("longitude", "lon"), "lon": ("lon", "longitude")}
+
+
+@dataclass(frozen=True)
+class TableWindow:
+    """How the rows of a table are placed on the window's states (module docstring); the command
+    line options ``--window-start``, ``--window-length``, ``--time-tolerance``."""
+
+    window_start: str | None = field(default=None, metadata={
+        "help": "time of the window's first state, an ISO date-time or a number (None: the earliest row's)"})
+    window_length: int | None = field(default=None, metadata={
+        "help": "number of states of the window (None: up to the latest row)"})
+    time_tolerance: str | None = field(default=None, metadata={
+        "help": "largest distance from a row's time to its state, in the model's time units (seconds for "
+                "datetimes) or a duration like 90min or 3h (None: half the time step)"})
+
+    @classmethod
+    def of(cls, arguments) -> "TableWindow":
+        """The window options of parsed command line ``arguments`` (an argparse namespace)."""
+        return cls(**{f.name: getattr(arguments, f.name, None) for f in dataclasses.fields(cls)})
+
+    @property
+    def given(self) -> list[str]:
+        """The options given, as command line options."""
+        return ["--" + f.name.replace("_", "-") for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+
+# ---------------------------------------------------------------------------------- files
+def table_format(path: str | os.PathLike) -> str | None:
+    """``"parquet"`` (magic bytes PAR1) or ``"csv"`` (suffix .csv, or a first line of text with a
+    comma) when ``path`` is a table file; None for anything else (a netCDF file, a zarr folder)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if _is_netcdf(path):
+        return None
+    try:
+        first_line = head.split(b"\n")[0].decode()
+    except UnicodeDecodeError:
+        return None
+    return "csv" if path.suffix.lower() == ".csv" or "," in first_line else None
+
+
+def _is_netcdf(path: Path) -> bool:
+    try:
+        return input_format(path) == "netcdf"
+    except LatentdaError:
+        return False
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV or parquet file (:func:`table_format`) as a DataFrame, with a one-line error."""
+    fmt = table_format(path)
+    if fmt is None:
+        raise LatentdaError(f"{path}: not a table (CSV or parquet)")
+    try:
+        return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path, skipinitialspace=True)
+    except ImportError:
+        raise LatentdaError(f"{path}: reading parquet needs pyarrow (pip install 'latentda[parquet]')") from None
+    except Exception as error:  # the readers raise many types; the user needs one line
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LatentdaError(f"{path}: not a readable {fmt} table ({message})") from None
+
+
+def open_observations(path: str | os.PathLike) -> xr.Dataset | pd.DataFrame:
+    """Observations told by their content: a table (CSV, parquet) as a DataFrame, else an
+    observation file (netCDF, zarr, a glob pattern) as a dataset (:func:`latentda.data.open_dataset`)."""
+    if table_format(path) is not None:
+        return read_table(path)
+    if Path(path).is_file() and not _is_netcdf(Path(path)):
+        raise LatentdaError(f"{path}: neither an observation file (netCDF, zarr) nor a table (CSV, parquet)")
+    return open_dataset(path)
+
+
+# ---------------------------------------------------------------------------------- columns
+def _column(table: pd.DataFrame, names: tuple[str, ...], required: bool = True) -> pd.Series | None:
+    """The column called one of ``names`` (case-insensitive, spaces stripped)."""
+    found = [column for column in table.columns if str(column).strip().lower() in names]
+    if len(found) > 1:
+        raise LatentdaError(f"observation table has several columns for '{names[0]}': {', '.join(map(str, found))}")
+    if not found:
+        if not required:
+            return None
+        aliases = " or ".join(f"'{n}'" for n in names)
+        raise LatentdaError(f"observation table lacks the column {aliases} (columns: {', '.join(map(str, table.columns))})")
+    return table[found[0]]
+
+
+def _first_bad(bad: np.ndarray, column: pd.Series, problem: str) -> None:
+    """Refuse the rows flagged by ``bad``, naming how many and the first (0-based data row)."""
+    count = int(np.sum(bad))
+    if count:
+        first = int(np.argmax(bad))
+        raise LatentdaError(f"observation table: {count} row(s) with {problem} in column '{column.name}' "
+                            f"(first: row {first}, {column.iloc[first]!r})")
+
+
+def _numbers(column: pd.Series, positive: bool = False) -> np.ndarray:
+    """A column as finite float64 (and > 0 with ``positive``); a row without one is refused."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values <= 0 if positive else False)
+    _first_bad(bad, column, "no positive number" if positive else "no finite number (NaN or missing)")
+    return values
+
+
+def _times(column: pd.Series) -> np.ndarray:
+    """A time column as float64 numbers or datetime64[ns] (tz-aware times converted to UTC)."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return _numbers(column)
+    if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(column):
+        times = pd.to_datetime(column, utc=True)
+    else:
+        times = pd.to_datetime(column.astype("string").str.strip(), utc=True, errors="coerce", format="ISO8601")
+    _first_bad(times.isna().to_numpy(), column, "no date-time (ISO 8601, e.g. 2020-01-01T06:00)")
+    return times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+
+
+def _channel_of(key: str, layout: FieldLayout, rows: int) -> int:
+    """The channel index of ``variable`` or ``variable@level`` (levels compared as numbers)."""
+    if key in layout.channels:
+        return layout.channels.index(key)
+    name, level = key.rsplit("@", 1) if "@" in key else (key, None)
+    spec = next((s for s in layout.variables if s.name == name), None)
+    if spec is None:
+        raise LatentdaError(f"observation table: unknown variable '{name}' in {rows} row(s) "
+                            f"(model has: {', '.join(s.name for s in layout.variables)})")
+    if not spec.has_level:
+        raise LatentdaError(f"observation table: variable '{name}' has no levels, {rows} row(s) give level {level}")
+    levels = [str(v) for v in layout.level.values]
+    if level is None:
+        raise LatentdaError(f"observation table: variable '{name}' has levels ({', '.join(levels)}): {rows} row(s) "
+                            f"give none (a 'level' column, or '{name}@LEVEL')")
+    match = [v for v in layout.level.values if str(v) == level or _same_number(v, level)]
+    if not match:
+        raise LatentdaError(f"observation table: variable '{name}' has no level {level} (levels: {', '.join(levels)})")
+    return layout.channels.index(f"{name}@{match[0]}")
+
+
+def _same_number(a, b) -> bool:
+    try:
+        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=0))
+    except (TypeError, ValueError):
+        return False
+
+
+def _channels(table: pd.DataFrame, layout: FieldLayout) -> np.ndarray:
+    """Each row's channel index, from the variable column (and the level column when present)."""
+    keys = _column(table, ("variable",)).astype("string").str.strip()
+    _first_bad(keys.isna().to_numpy() | (keys == "").to_numpy(dtype=bool, na_value=True), keys, "no variable")
+    level = _column(table, ("level",), required=False)
+    if level is not None:
+        text = level.astype("string").str.strip()
+        given = text.notna() & (text != "")
+        numbers = pd.to_numeric(text, errors="coerce")
+        text = text.where(numbers.isna(), numbers.map(lambda v: f"{v:.15g}", na_action="ignore"))  # 500.0 → 500
+        keys = keys.where(~given, keys + "@" + text)
+    codes, uniques = pd.factorize(keys)
+    counts = np.bincount(codes, minlength=len(uniques))
+    return np.array([_channel_of(key, layout, int(n)) for key, n in zip(uniques, counts)], dtype=np.int64)[codes]
+
+
+# ---------------------------------------------------------------------------------- window
+def _duration(value, datetimes: bool) -> float | None:
+    """A time amount in the model's units (seconds for datetimes): a number, or a duration
+    (``"3h"``, ``"90min"``, a timedelta) on a datetime axis."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        if not datetimes:
+            raise ValueError
+        return pd.Timedelta(value).total_seconds()
+    except (TypeError, ValueError):
+        raise LatentdaError(f"time tolerance {value!r}: expected a number{' or a duration like 3h' if datetimes else ''}") from None
+
+
+def _instant(value, datetimes: bool):
+    """A window start as datetime64[ns] or float, matching the rows' kind of times."""
+    try:
+        if not datetimes:
+            return float(value)
+        instant = pd.Timestamp(value)
+        return (instant.tz_convert("UTC").tz_localize(None) if instant.tzinfo else instant).to_datetime64().astype("datetime64[ns]")
+    except (TypeError, ValueError):
+        kind = "an ISO date-time" if datetimes else "a number (the table's times are numbers)"
+        raise LatentdaError(f"window start {value!r}: expected {kind}") from None
+
+
+def _describe(value) -> str:
+    return str(np.datetime64(value, "s")) if isinstance(value, np.datetime64) else f"{float(value):g}"
+
+
+def _window(row_times: np.ndarray, times, step: float | None, window: TableWindow) -> np.ndarray:
+    """The states' times: ``times`` as given, or t_0 + kΔ, k < L (module docstring)."""
+    datetimes = np.issubdtype(row_times.dtype, np.datetime64)
+    if times is not None:
+        if window.window_start is not None or window.window_length is not None:
+            raise LatentdaError("give the window's times, or its start and length, not both")
+        times = np.asarray(times)
+        if np.issubdtype(times.dtype, np.datetime64) != datetimes:
+            kinds = ("datetimes", "numbers")
+            raise LatentdaError(f"the table's times are {kinds[not datetimes]} but the window's are {kinds[datetimes]}")
+        return times.astype("datetime64[ns]") if datetimes else times.astype(np.float64)
+    if step is None:
+        raise LatentdaError("give the window's times, or the model's time step")
+    start = row_times.min() if window.window_start is None else _instant(window.window_start, datetimes)
+    span = float((row_times.max() - start) / np.timedelta64(1, "s")) if datetimes else float(row_times.max() - start)
+    length = window.window_length if window.window_length is not None else max(int(np.ceil(span / step - 0.5)) + 1, 1)
+    if length < 1:
+        raise LatentdaError(f"window length {length}: must be positive")
+    steps = np.arange(length)
+    return start + steps * np.timedelta64(round(step * 1e9), "ns") if datetimes else start + steps * step
+
+
+def _assign_states(row_times: np.ndarray, states: np.ndarray, step: float | None, tolerance) -> np.ndarray:
+    """Each row's nearest state (ties: the earlier), refusing rows farther than the tolerance."""
+    datetimes = np.issubdtype(states.dtype, np.datetime64)
+    offset = (lambda t: (t - states[0]) / np.timedelta64(1, "s")) if datetimes else (lambda t: t - states[0])
+    state_offsets, row_offsets = offset(states).astype(np.float64), offset(row_times).astype(np.float64)
+    if np.any(np.diff(state_offsets) <= 0):
+        raise LatentdaError("the window's times must increase")
+    tolerance = _duration(tolerance, datetimes)
+    if tolerance is None:
+        if step is None and states.size == 1:
+            raise LatentdaError("a window of one state needs a time tolerance or the model's time step")
+        tolerance = (step if step is not None else regular_step(xr.DataArray(states, dims=TIME), what="window times")[0]) / 2
+    if not tolerance >= 0:
+        raise LatentdaError(f"time tolerance {tolerance:g}: must be zero or positive")
+    right = np.clip(np.searchsorted(state_offsets, row_offsets), 0, states.size - 1)
+    left = np.clip(right - 1, 0, states.size - 1)
+    nearest = np.where(np.abs(row_offsets - state_offsets[left]) <= np.abs(state_offsets[right] - row_offsets), left, right)
+    slack = 1e-9 * (np.abs(state_offsets).max() + tolerance)  # rounding of float times
+    outside = np.abs(row_offsets - state_offsets[nearest]) > tolerance + slack
+    if outside.any():
+        units = "seconds" if datetimes else "1"
+        raise LatentdaError(f"{int(outside.sum())} observation row(s) are more than {describe_step(tolerance, units)} from "
+                            f"every state of the window ({_describe(states[0])} to {_describe(states[-1])}, "
+                            f"{states.size} states); first: {_describe(row_times[np.argmax(outside)])}")
+    return nearest
+
+
+# ---------------------------------------------------------------------------------- conversion
+def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
+                            window_start=None, window_length: int | None = None,
+                            time_tolerance=None) -> ObservationOperator:
+    """The operator (one ``points`` group per observed channel) of a table with one row per
+    observation, on the window's states (module docstring; ``operator.times`` are the states').
+
+    ``times``: the states' times (datetime64 or numbers); or else ``time_step`` (the model's Δ,
+    seconds for datetimes) with ``window_start`` (default the earliest row) and ``window_length``
+    (default up to the latest row). ``time_tolerance``: the largest |τ − t_k| accepted (a number in
+    the time axis' units, or a duration like "3h" for datetimes; default Δ/2)."""
+    if not isinstance(table, pd.DataFrame):
+        raise LatentdaError(f"observations as a table must be a pandas DataFrame, got {type(table).__name__}")
+    if table.empty:
+        raise LatentdaError("observation table has no row")
+    table = table.reset_index(drop=True)
+    grid_y, grid_x = layout.grid
+    y = _numbers(_column(table, _ALIASES.get(grid_y.name, (grid_y.name,))))
+    x = _numbers(_column(table, _ALIASES.get(grid_x.name, (grid_x.name,))))
+    channels = _channels(table, layout)
+    values = _numbers(_column(table, ("value",)))
+    noise = _numbers(_column(table, ("noise_std",)), positive=True)
+    row_times = _times(_column(table, ("time",)))
+    window = TableWindow(window_start, window_length, time_tolerance)
+    states = _window(row_times, times, time_step, window)
+    state = _assign_states(row_times, states, time_step, time_tolerance)
+    rows = pd.DataFrame({"channel": channels, "y": y, "x": x, "state": state})
+    rows["repeat"] = rows.groupby(["channel", "y", "x", "state"], sort=False).cumcount()
+    groups = []
+    for channel in np.unique(channels):
+        mine = rows[rows["channel"] == channel]
+        point = mine.groupby(["y", "x", "repeat"], sort=False).ngroup().to_numpy()  # 0 … P − 1, first appearance
+        positions = np.zeros((point.max() + 1, 2))
+        positions[point] = mine[["y", "x"]].to_numpy()
+        points = np.stack([fractional_index(positions[:, axis], layout.grid[axis]) for axis in range(2)], axis=1)
+        at, index = mine["state"].to_numpy(), mine.index.to_numpy()
+        observed, sigma = np.full((states.size, len(points)), np.nan), np.full((states.size, len(points)), np.nan)
+        observed[at, point], sigma[at, point] = values[index], noise[index]
+        shared = np.all(noise[index] == noise[index[0]])  # one σ for the group: the noise_std attribute
+        groups.append(ObservationGroup(layout.channels[channel].replace("@", "_"), [int(channel)], "identity", "points",
+                                       observed, noise[index[0]] if shared else sigma, points=points,
+                                       periodic=layout.periodic))
+    return ObservationOperator(groups, times=states)
+
+
+def table_to_dataset(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
+                     window_start=None, window_length: int | None = None, time_tolerance=None,
+                     attrs: dict | None = None) -> xr.Dataset:
+    """The observation dataset (the file format of :mod:`latentda.observe.files`) of a table;
+    arguments as for :func:`observations_from_table`."""
+    operator = observations_from_table(table, layout, times, time_step, window_start, window_length, time_tolerance)
+    time = xr.DataArray(operator.times, dims=TIME)
+    attrs = {"title": "observations converted from a table by latentda", **(attrs or {})}
+    return observations_to_dataset(operator, layout, time, attrs)
+
+
+def observation_dataset(observations: xr.Dataset | pd.DataFrame | None, layout: FieldLayout, time_step: float,
+                        window: TableWindow | None = None) -> xr.Dataset | None:
+    """Observations as a dataset: a dataset (or None) as is, a table converted on the window built
+    from the model's ``time_step`` and ``window`` (options that only a table may be given)."""
+    window = window or TableWindow()
+    if isinstance(observations, pd.DataFrame):
+        return table_to_dataset(observations, layout, time_step=time_step, **dataclasses.asdict(window))
+    given = window.given
+    if given:
+        raise LatentdaError(f"{', '.join(given)}: for tabular observations (CSV, parquet) only")
+    if observations is not None and not isinstance(observations, xr.Dataset):
+        raise LatentdaError(f"observations must be an xarray Dataset or a pandas DataFrame, got {type(observations).__name__}")
+    return observations
