@@ -111,6 +111,11 @@ def test_own_data_end_to_end(own_run, capsys):
 
     code, text = _run(["train-ldm", "--config", ldm_config, "--latents", str(root / "latents.zarr"), "--quiet"], capsys)
     assert code == 0, text
+    from latentda.components import load_representation_error
+
+    error = load_representation_error(folder, layout.channels)  # measured by train-ae, carried into the pipeline
+    assert (error > 0).all()
+    np.testing.assert_array_equal(load_representation_error(root / "ldm" / "pipeline" / "autoencoder", layout.channels), error)
 
     observe = _write_yaml(root / "observe.yaml", {"observations": [
         {"name": "stations", "variables": ["t2m", "sst"], "sampling": "points", "points": 40, "noise_std": 0.5},

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from latentda.components import load_autoencoder
+from latentda.components import load_autoencoder, load_representation_error
 from latentda.config import require, to_dict
 from latentda.data import LatentSource, Statistics, WindowDataset, split_segments, time_step
 from latentda.data.splits import Segment
@@ -184,7 +184,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     def save_outputs(final, metrics):
         step, units = time_step(dataset["time"])  # checked regular by split_segments
         settings = SavedSettings(**dataclasses.asdict(SamplerSettings.of(config.diffusion)), time_step=step, time_units=units)
-        pipeline = LatentDAPipeline(autoencoder, layout, statistics, final, z_statistics, schedule, settings)
+        pipeline = LatentDAPipeline(autoencoder, layout, statistics, final, z_statistics, schedule, settings,
+                                    representation_error=load_representation_error(autoencoder_dir, layout.channels))
         summary = {"steps": trainer.step, "valid": metrics, "train_samples_per_second": trainer.throughput,
                    "parameters": sum(p.numel() for p in final.parameters())}
         pipeline.save_pretrained(run_dir / "pipeline", model_card=model_card(pipeline, config, summary))
