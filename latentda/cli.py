@@ -272,6 +272,21 @@ def _forecast(args: argparse.Namespace) -> None:
                       report=print)
 
 
+def _filter(args: argparse.Namespace) -> None:
+    from latentda.data import open_dataset
+    from latentda.observe import TableWindow, observation_dataset, open_observations
+
+    settings = _posterior_settings(args)
+    pipeline = _load_run_pipeline(args)
+    observations = observation_dataset(open_observations(args.observations), pipeline.layout, pipeline.time_step,
+                                       TableWindow.of(args))
+    initial = open_dataset(args.initial) if args.initial is not None else None
+    pipeline.filter(observations, args.members, args.seed, settings, conditioning=args.conditioning,
+                    condition_noise=args.condition_noise, context=args.context, initial=initial, out=args.out,
+                    resume=args.resume, overwrite=args.overwrite, attrs={"observations": _recorded(args.observations)},
+                    report=print)
+
+
 def _load_run_pipeline(args: argparse.Namespace):
     """The pipeline of a reanalysis or forecast, on this process's device (a GPU per process under
     torchrun/accelerate launch), its progress bars and per-member lines silenced by --quiet."""
@@ -399,7 +414,7 @@ INPUT_OPTIONS = ("data", "truth", "observations", "initial", "pipeline", "predic
                  "config", "operator")
 OUTPUT_OPTIONS = {"out": "--out", "statistics_out": "--statistics-out"}
 DATASET_OUTPUTS = {"simulate": "zarr", "encode": "zarr", "sample": None, "observe": None, "reanalyze": None,
-                   "forecast": None}  # commands writing a dataset → the one format they write (None: by suffix)
+                   "forecast": None, "filter": None}  # commands writing a dataset → the one format they write (None: by suffix)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -587,6 +602,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--out", required=True, type=Path, help="output FC.zarr (or .nc)")
     sub.add_argument("--resume", action="store_true", help="complete an interrupted run")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    sub = command("filter", "cycling filter: each state's analysis from the observations up to it (docs/filter.md)",
+                  _filter)
+    _pipeline_options(sub)
+    _sampler_options(sub)
+    _posterior_options(sub)
+    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
+    sub.add_argument("--observations", required=True, type=Path,
+                     help="observations, one cycle per time step: a file or a table (CSV, parquet)")
+    _field_options(sub.add_argument_group("tabular observations (docs/observations.md)"), TableWindow, False)
+    sub.add_argument("--initial", type=Path, help="states just before the first cycle (e.g. a reanalysis: member m "
+                                                  "starts from member m); default: the prior")
+    sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
+    group = sub.add_argument_group("filter")
+    group.add_argument("--conditioning", choices=["mmps", "inpaint"], default="mmps",
+                       help="how each window follows the member's history (default mmps)")
+    group.add_argument("--condition-noise", type=float, default=0.05,
+                       help="σ_c of the mmps conditioning, standardised latent units (default 0.05)")
+    group.add_argument("--context", type=_positive_int, help="history states conditioning each window (default K − 1)")
+    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--out", required=True, type=Path, help="output FILTER.zarr (or .nc), written cycle by cycle")
+    sub.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished cycle")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("evaluate", "score an ensemble against the truth (rmse, crps, spread-skill, ...)", _evaluate)

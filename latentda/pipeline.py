@@ -57,7 +57,7 @@ from latentda.observe.operators import ObservationOperator
 from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.prior import resolve_sampling
 from latentda.posterior.reanalysis import PosteriorSettings
-from latentda.runs import Report, run_forecast, run_reanalysis
+from latentda.runs import Report, run_filter, run_forecast, run_reanalysis
 
 __all__ = ["LatentDAPipeline"]
 
@@ -421,6 +421,33 @@ class LatentDAPipeline:
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
                                condition_noise, initial_times=initial_times)  # every check, before any work
         return run_forecast(run, self.layout, time, self._recorded(attrs), out, resume, overwrite, report)
+
+    def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
+               conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None,
+               initial: xr.Dataset | None = None, out: str | os.PathLike | None = None, resume: bool = False,
+               overwrite: bool = False, attrs: dict | None = None, report: Report | None = None, **options) -> xr.Dataset:
+        """Cycling filter: the analysis of each time step of ``observations`` given the observations up
+        to it only, members carried from cycle to cycle (:mod:`latentda.posterior.filtering`), dims
+        (realization, time, ...). Each cycle conditions a window of K states on the member's last
+        ``context`` latent states (default K − 1; ``conditioning`` mmps with slack ``condition_noise``,
+        or inpaint) and on the cycle's observations through the decoder. ``initial`` (e.g. a
+        reanalysis, member m for member m) gives the states just before the first cycle; without it
+        the first cycle starts from the prior. ``observations``: a dataset or a table, as for
+        :meth:`reanalyze` (a cycle may observe other positions than the last, or nothing: a forecast
+        step). With ``out`` the analyses are written cycle by cycle and ``resume=True`` continues an
+        interrupted run from its last finished cycle (bit-identical); one process.
+        ``settings``/keywords, ``attrs``, ``report`` as for :meth:`reanalyze`."""
+        from latentda.posterior.filtering import FilterSettings
+
+        settings = self._run_settings(settings, options)
+        filtering = FilterSettings(conditioning, condition_noise, context)
+        filtering.validate(self.window)
+        observations = observation_dataset(observations, self.layout, self.time_step)
+        operator = self.observation_operator(observations, allow_short=True,
+                                             representation_error=settings.representation_error)
+        encoded = self._forecast_start(members, None, initial, settings)[1] if initial is not None else None
+        return run_filter(self, self.layout, operator, observations["time"], members, settings, filtering, seed, encoded,
+                          self._recorded(attrs), out, resume, overwrite, report)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:

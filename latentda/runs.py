@@ -18,6 +18,11 @@ so members may be computed in any order and on any process:
 
 Both the Python API (:meth:`latentda.pipeline.LatentDAPipeline.reanalyze`, ``.forecast``) and the
 command line go through :func:`run_reanalysis` and :func:`run_forecast`.
+
+A cycling filter (:func:`run_filter`) is written cycle by cycle instead: each cycle's analyses of
+every member go into their time step of the store, then the members' state after it
+(:class:`latentda.posterior.filtering.FilterState`, a safetensors file in the partial store), so an
+interrupted filter resumes from its last finished cycle, again bit-identical. It runs in one process.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, open_ensemble
+from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, ensemble_dataset, open_ensemble
 from latentda.data.io import remove_path
 from latentda.data.layout import FieldLayout
 from latentda.diffusion.distributed import check_blanket_split
@@ -42,7 +47,8 @@ from latentda.posterior.forecast import ForecastMembers
 from latentda.posterior.prior import PriorModel
 from latentda.posterior.reanalysis import PosteriorSettings
 
-__all__ = ["EnsembleRun", "run_reanalysis", "run_forecast", "run_attributes", "lead_time_axis", "process_state"]
+__all__ = ["EnsembleRun", "run_reanalysis", "run_forecast", "run_filter", "run_attributes", "lead_time_axis",
+           "process_state"]
 
 Report = Callable[[str], None]
 UNRECORDED = ("batch_members", "split_blankets", "decode_chunk")  # change float rounding only, not the members
@@ -188,3 +194,54 @@ def run_forecast(forecast: ForecastMembers, layout: FieldLayout, time: xr.DataAr
                                    disable=not (prior.progress and run.is_main)):
             run.write(member, fields)
     return run.finish()
+
+
+def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOperator, time: xr.DataArray, members: int,
+               settings: PosteriorSettings, options, seed: int = 0, initial: torch.Tensor | None = None,
+               attrs: dict | None = None, out: str | os.PathLike | None = None, resume: bool = False,
+               overwrite: bool = False, report: Report | None = None) -> xr.Dataset:
+    """The cycling filter's analyses (:mod:`latentda.posterior.filtering`) of ``operator``'s window, one
+    cycle per time step, dims (realization, time, ...), written to ``out`` cycle by cycle when given
+    (module docstring). ``options``: a validated :class:`latentda.posterior.filtering.FilterSettings`;
+    ``initial``: encoded latents the members start from (None: the prior, conditioned on the first cycle)."""
+    from latentda.posterior.filtering import FilterState, filter_members, split_cycles
+
+    attrs = {"title": "latentda cycling filter (analyses)", **(attrs or {}), "seed": seed,
+             **run_attributes(settings, conditioning=options.conditioning, context=options.context,
+                              condition_noise=options.condition_noise if options.conditioning == "mmps" else None)}
+    cycles = split_cycles(operator)
+    state = None
+    writer = created = None
+    if out is not None:
+        EnsembleWriter.check(out, resume, overwrite)
+        created = not Path(out).with_name(Path(out).name + ".partial").exists()
+        writer = EnsembleWriter(out, layout, time, members, attrs, resume=resume, overwrite=overwrite, by_time=True)
+        saved = writer.load_state()
+        if saved is not None:
+            state = FilterState.from_arrays(saved)
+            if report is not None:
+                report(f"resuming: {state.cycle} cycle(s) already complete")
+    first = 0 if state is None else state.cycle
+    analyses = []
+    try:
+        run = filter_members(prior, cycles[first:], list(range(members)), settings, seed, options.conditioning,
+                             options.condition_noise, options.context, initial if state is None else None,
+                             state=state, times=np.asarray(time.values)[first:])
+        for cycle in tqdm(run, total=len(cycles) - first, desc="cycles", disable=not prior.progress):
+            if writer is None:
+                analyses.append(cycle.analysis)
+                continue
+            writer.write(cycle.cycle, cycle.analysis)
+            writer.save_state(cycle.state.to_arrays())
+            if report is not None and cycle.residual_ratio is not None and prior.progress:
+                report(f"cycle {cycle.cycle}: observation residual ratio {float(np.mean(cycle.residual_ratio)):.3f}")
+    except Exception:
+        if writer is not None and created:
+            remove_path(writer.partial)  # a failed fresh run leaves nothing (an interrupted one keeps its cycles)
+        raise
+    if writer is None:
+        return ensemble_dataset(layout, np.stack(analyses, axis=1), time, attrs=attrs)
+    final = writer.finalize(overwrite=overwrite)
+    if report is not None:
+        report(f"wrote {final}")
+    return open_ensemble(final, layout)

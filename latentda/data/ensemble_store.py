@@ -103,15 +103,18 @@ class EnsembleInMemory:
 
 
 class EnsembleWriter:
-    """Writes an ensemble (realization, time, ...) of fields on ``layout`` member by member."""
+    """Writes an ensemble (realization, time, ...) of fields on ``layout`` member by member, or with
+    ``by_time`` time step by time step (a cycling filter: every member's analysis of one cycle)."""
 
     def __init__(self, out: str | os.PathLike, layout: FieldLayout, time: xr.DataArray, members: int,
                  attrs: dict | None = None, resume: bool = False, overwrite: bool = False,
-                 init_time: xr.DataArray | None = None, attach: bool = False) -> None:
+                 init_time: xr.DataArray | None = None, attach: bool = False, by_time: bool = False) -> None:
         """``time`` is the time axis of each member; for a forecast pass the lead times as ``time``
         and the initialisation time as ``init_time``: dims become (realization, time, prediction_timedelta, ...).
-        ``attach`` opens the partial store another process created (several processes, one output)."""
+        ``attach`` opens the partial store another process created (several processes, one output).
+        ``by_time``: :meth:`write` takes all members of one time step, and completion is per time step."""
         self.out = Path(out)
+        self.by_time = by_time
         self.init_time = init_time
         time = time_axis(time)
         self.partial = self.out.with_name(self.out.name + ".partial")
@@ -138,10 +141,11 @@ class EnsembleWriter:
         coords = {name: template[name] for name in template.coords if name != REALIZATION}
         coords[REALIZATION] = xr.DataArray(np.arange(members), dims=REALIZATION, attrs=REALIZATION_ATTRS)
         variables = {name: (v.dims, "float32", v.attrs) for name, v in template.data_vars.items()}
-        variables[COMPLETED] = ((REALIZATION,), "float32", {"long_name": "1 when the member is complete"})
+        done = (self.time_dim, "time step") if by_time else (REALIZATION, "member")
+        variables[COMPLETED] = ((done[0],), "float32", {"long_name": f"1 when the {done[1]} is complete"})
         with atomic_path(self.partial) as temporary:  # the partial store itself appears whole
             create_store(temporary, coords, variables, template.attrs)
-            write_region(temporary, {COMPLETED: np.zeros(members, np.float32)}, (slice(None),))
+            write_region(temporary, {COMPLETED: np.zeros(time.size if by_time else members, np.float32)}, (slice(None),))
             masks = {name: v.values for name, v in template.data_vars.items() if REALIZATION not in v.dims}
             write_region(temporary, masks, (Ellipsis,))  # the fixed masks, written once
 
@@ -167,16 +171,41 @@ class EnsembleWriter:
         return [int(i) for i in np.flatnonzero(flags == 1)]
 
     def pending(self) -> list[int]:
+        """The members (time steps, ``by_time``) not yet written."""
         done = set(self.completed())
-        return [m for m in range(self.members) if m not in done]
+        count = zarr.open_group(self.partial, mode="r")[COMPLETED].shape[0]
+        return [m for m in range(count) if m not in done]
 
-    def write(self, member: int, fields: np.ndarray) -> None:
-        """Store member ``member``'s fields (time, C, H, W), then mark it complete."""
-        member_dataset = ensemble_dataset(self.layout, fields[None].astype(np.float32), np.arange(fields.shape[0]),
-                                          realizations=[member], init_time=self.init_time)
-        arrays = {name: member_dataset[name].values for name in self.variables}
-        write_region(self.partial, arrays, (slice(member, member + 1),))
-        write_region(self.partial, {COMPLETED: np.ones(1, np.float32)}, (slice(member, member + 1),))
+    def write(self, index: int, fields: np.ndarray) -> None:
+        """Store member ``index``'s fields (time, C, H, W) — with ``by_time``, time step ``index``'s
+        fields of every member (realization, C, H, W) — then mark it complete."""
+        fields = fields[:, None] if self.by_time else fields[None]
+        part = ensemble_dataset(self.layout, fields.astype(np.float32), np.arange(fields.shape[1]),
+                                realizations=list(range(fields.shape[0])) if self.by_time else [index],
+                                init_time=self.init_time)
+        arrays = {name: part[name].values for name in self.variables}
+        region = (slice(None), slice(index, index + 1)) if self.by_time else (slice(index, index + 1),)
+        write_region(self.partial, arrays, region)
+        write_region(self.partial, {COMPLETED: np.ones(1, np.float32)}, (slice(index, index + 1),))
+
+    @property
+    def state_file(self) -> Path:
+        """Where a run keeps what resuming it needs beyond its fields (a filter's member states)."""
+        return self.partial / "latentda_run_state.safetensors"
+
+    def save_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the run state by ``arrays`` (safetensors, written whole then renamed into place)."""
+        from safetensors.numpy import save_file
+
+        temporary = self.state_file.with_name(self.state_file.name + ".tmp")
+        save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()}, str(temporary))
+        os.replace(temporary, self.state_file)
+
+    def load_state(self) -> dict[str, np.ndarray] | None:
+        """The run state saved last (None when there is none)."""
+        from safetensors.numpy import load_file
+
+        return load_file(str(self.state_file)) if self.state_file.is_file() else None
 
     def finalize(self, overwrite: bool = False) -> Path:
         """Move the complete ensemble to ``out`` (dropping the bookkeeping variable)."""
@@ -190,6 +219,8 @@ class EnsembleWriter:
         else:
             group = zarr.open_group(self.partial, mode="a")
             del group[COMPLETED]
+            if self.state_file.is_file():
+                self.state_file.unlink()
             if self.out.exists():
                 remove_path(self.out)
             os.replace(self.partial, self.out)

@@ -1,0 +1,152 @@
+"""The DAPPER adapter (latentda.integrations.dapper): a tiny HMM on the tiny pipeline's 2×8×8 fields,
+LatentDA beside EnKF in an xpList, statistics for every cycle, the filter never reading a future
+observation, the smoother, and the translation of DAPPER observation operators."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("dapper", reason="DAPPER is an optional extra: pip install 'latentda[dapper]'")
+
+import dapper as dpr  # noqa: E402
+import dapper.mods as modelling  # noqa: E402
+import dapper.stats  # noqa: E402
+from dapper.da_methods import EnKF  # noqa: E402
+
+from conftest import make_tiny_pipeline  # noqa: E402
+from latentda.errors import LatentdaError  # noqa: E402
+from latentda.integrations.dapper import LatentDA, observation_matrix, observation_operator  # noqa: E402
+
+NX = 2 * 8 * 8
+OBSERVATIONS = 5  # Ko + 1
+
+
+def _obs_at(ko: int) -> modelling.Operator:
+    """Even cycles: 24 grid points, new ones every cycle; odd cycles: means of pixel pairs of u and of v."""
+    if ko % 2 == 0:
+        points = np.sort(np.random.default_rng(ko).choice(NX, 24, replace=False))
+        return modelling.Operator(**modelling.partial_Id_Obs(NX, points), noise=0.01)
+    rows = np.zeros((16, NX))
+    for r in range(16):
+        start = 4 * r if r < 8 else 64 + 4 * (r - 8)
+        rows[r, start : start + 2] = 0.5
+    return modelling.Operator(M=16, model=lambda x: x @ rows.T, noise=np.full(16, 0.04))
+
+
+def _hmm():
+    tseq = modelling.Chronology(dt=1, dko=1, Ko=OBSERVATIONS - 1, BurnIn=0)
+    dynamics = {"M": NX, "model": lambda x, t, dt: 0.9 * np.roll(x, 1, axis=-1), "noise": 0}
+    return modelling.HiddenMarkovModel(dynamics, {"time_dependent": _obs_at}, tseq, modelling.GaussRV(C=1.0, M=NX))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    pipeline, _ = make_tiny_pipeline(tmp_path_factory.mktemp("dapper") / "pipeline")
+    pipeline.set_progress_bar_config(disable=True)
+    HMM = _hmm()
+    dpr.set_seed(3)
+    xx, yy = HMM.simulate()
+    return pipeline, HMM, xx, yy
+
+
+def _method(pipeline, **options):
+    return LatentDA(pipeline=pipeline, N=3, settings={"steps": 2}, **options)
+
+
+def test_in_an_xplist_beside_enkf(setup):
+    pipeline, HMM, xx, yy = setup
+    xps = dpr.xpList([EnKF("Sqrt", N=8), _method(pipeline)])
+    xps.launch(HMM, save_as=False, fail_gently=False, free=False)
+    latent = xps[1]
+    for sub in ("a", "f"):
+        series = getattr(latent.stats.err.rms, sub)
+        assert series.shape == (OBSERVATIONS,) and np.isfinite(series).all()  # every cycle assessed
+    assert np.isfinite(latent.stats.spread.rms.a).all() and np.isfinite(latent.stats.residual_ratio).all()
+    assert np.isfinite(latent.avrgs.err.rms.a.val) and np.isfinite(latent.avrgs.residual_ratio.val)
+    table = xps.tabulate_avrgs(["rmse.a", "rmv.a"], colorize=False)
+    assert "LatentDA" in table and "EnKF" in table
+
+
+class _Spy(np.ndarray):
+    """An observation sequence that records which yy[ko] are read."""
+
+    reads: list = []
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            _Spy.reads.append(int(index))
+        return super().__getitem__(index)
+
+
+def test_filter_never_reads_the_future(setup, monkeypatch):
+    pipeline, HMM, xx, yy = setup
+    assessed = []
+    real = dapper.stats.Stats.assess
+
+    def spying(self, k, ko=None, faus=None, **kwargs):
+        assessed.append((ko, max(_Spy.reads, default=-1)))
+        return real(self, k, ko, faus, **kwargs)
+
+    monkeypatch.setattr(dapper.stats.Stats, "assess", spying)
+    _Spy.reads = []
+    xp = _method(pipeline)
+    xp.assimilate(HMM, xx, yy.view(_Spy))
+    assert assessed[0] == (None, -1)  # the start: no observation read
+    assert {ko for ko, _ in assessed[1:]} == set(range(OBSERVATIONS))
+    for ko, newest in assessed[1:]:
+        assert newest == ko  # statistics at cycle ko were computed having read yy[0..ko] only
+
+    # and poisoned future observations change nothing before them
+    monkeypatch.setattr(dapper.stats.Stats, "assess", real)
+    poisoned = yy.copy()
+    for ko in range(3, OBSERVATIONS):
+        poisoned[ko] = poisoned[ko] + 1e3
+    first, second = _method(pipeline), _method(pipeline)
+    first.assimilate(HMM, xx, yy)
+    second.assimilate(HMM, xx, poisoned)
+    np.testing.assert_array_equal(first.stats.mu.a[:3], second.stats.mu.a[:3])
+    assert not np.allclose(first.stats.mu.a[3:], second.stats.mu.a[3:])
+
+
+def test_smoother_records_smoothed_statistics(setup):
+    pipeline, HMM, xx, yy = setup
+    xp = _method(pipeline, mode="smoother")
+    xp.assimilate(HMM, xx, yy, fail_gently=False)
+    assert np.isfinite(xp.stats.err.rms.s).all() and np.isnan(xp.stats.err.rms.a).all()
+    xp.stats.average_in_time()
+    assert np.isfinite(xp.avrgs.err.rms.s.val)
+    with pytest.raises(LatentdaError, match="mode"):
+        LatentDA(pipeline=pipeline, mode="bidirectional")
+
+
+def test_observation_operators_are_translated_exactly(setup):
+    pipeline, HMM, xx, yy = setup
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(NX)
+    transposed = np.arange(NX).reshape(2, 8, 8).transpose(0, 2, 1).ravel()  # states ordered (channel, x, y)
+    for ko in (0, 1):
+        operator = _obs_at(ko)
+        H = observation_matrix(operator, NX)
+        for index in (None, transposed):
+            fields = x.reshape(2, 8, 8) if index is None else np.empty(NX)
+            if index is not None:
+                fields[index] = x
+                fields = fields.reshape(2, 8, 8)
+            translated = observation_operator(H, H @ x, np.full(H.shape[0], 0.1), (2, 8, 8), index)
+            assert [g.sampling for g in translated.groups] == (["grid"] * 2 if ko == 0 else ["linear"] * 2)
+            y, _ = translated.observed()
+            np.testing.assert_allclose(translated(torch.from_numpy(fields)[None, None]).numpy()[0], y.numpy(), atol=1e-12)
+    nonlinear = modelling.Operator(M=3, model=lambda x: x[..., :3] ** 2, noise=0.1)
+    with pytest.raises(LatentdaError, match="not linear"):
+        observation_matrix(nonlinear, NX)
+    mixing = np.zeros((1, NX))
+    mixing[0, [0, 64]] = 1
+    with pytest.raises(LatentdaError, match="one channel"):
+        observation_operator(mixing, np.zeros(1), np.ones(1), (2, 8, 8))
+    correlated = modelling.Operator(**modelling.partial_Id_Obs(NX, np.arange(2)), noise=np.array([[1.0, 0.5], [0.5, 1.0]]))
+    hmm = _hmm()
+    hmm.Obs = type(hmm.Obs)(time_dependent=lambda ko: correlated)
+    observed = np.empty(OBSERVATIONS, dtype=object)
+    observed[:] = [np.zeros(2)] * OBSERVATIONS
+    with pytest.raises(LatentdaError, match="diagonal"):
+        _method(pipeline).assimilate(hmm, xx, observed)
