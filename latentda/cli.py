@@ -35,6 +35,17 @@ def _positive_int(text: str) -> int:
 def _simulate(args: argparse.Namespace) -> None:
     from latentda.simulate import GaussianSystem, write_gaussian_zarr, write_kolmogorov_zarr
 
+    if args.system == "dapper-qg":
+        from latentda.simulate.dapper_qg import GRID_POINTS, write_dapper_qg_zarr
+
+        if args.coarsen != 1 or args.size not in (64, GRID_POINTS):
+            raise LatentdaError(f"the QG grid is fixed ({GRID_POINTS}×{GRID_POINTS}, DAPPER's): --size and --coarsen "
+                                "do not apply to dapper-qg")
+        path = write_dapper_qg_zarr(args.out, trajectories=args.trajectories, steps=args.steps, spinup=args.spinup,
+                                    seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
+                                    progress=not args.quiet)
+        print(f"wrote {path}")
+        return
     if args.system == "gaussian":
         if args.coarsen != 1:
             raise LatentdaError("--coarsen applies to the Kolmogorov flow only")
@@ -319,6 +330,19 @@ def _pipeline_options(sub: argparse.ArgumentParser) -> None:
                           "docs/benchmarks.md)")
 
 
+def _run_options(sub: argparse.ArgumentParser, observations_help: str, required: bool = True) -> None:
+    """The options of the commands that sample a posterior (reanalyze, forecast, filter): the
+    pipeline, the sampler and guidance, the observations (a file or a table) and a table's window."""
+    from latentda.observe import TableWindow
+
+    _pipeline_options(sub)
+    _sampler_options(sub)
+    _posterior_options(sub)
+    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
+    sub.add_argument("--observations", required=required, type=Path, help=observations_help)
+    _field_options(sub.add_argument_group("tabular observations (docs/observations.md)"), TableWindow, False)
+
+
 def _device(args: argparse.Namespace) -> str:
     import torch
 
@@ -495,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("simulate", "simulate built-in training data (2-D Kolmogorov flow, needs the 'sim' extra; "
                   "or a linear-Gaussian system whose posterior is known exactly)", _simulate)
-    sub.add_argument("system", choices=["kolmogorov", "gaussian"], help="which system to simulate")
+    sub.add_argument("system", choices=["kolmogorov", "gaussian", "dapper-qg"],
+                     help="which system to simulate (dapper-qg: DAPPER's QG model, one state per analysis cycle of "
+                          "dapper.mods.QG.sakov2008, 129×129 psi; needs `make dapper`)")
     sub.add_argument("--out", required=True, type=Path, help="output zarr store (PATH.zarr)")
     sub.add_argument("--trajectories", type=_positive_int, default=64, help="number of independent trajectories (default 64)")
     sub.add_argument("--steps", type=_positive_int, default=64, help="states per trajectory, 0.2 time units apart (default 64)")
@@ -565,15 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     _time_dim_option(sub, "--truth")
 
     sub = command("reanalyze", "posterior ensemble of trajectories given observations", _reanalyze)
-    _pipeline_options(sub)
-    _sampler_options(sub)
-    _posterior_options(sub)
-    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
-    sub.add_argument("--observations", required=True, type=Path,
-                     help="observation file (see 'latentda observe'), or a table of observations (CSV, parquet)")
-    from latentda.observe import TableWindow
-
-    _field_options(sub.add_argument_group("tabular observations (docs/observations.md)"), TableWindow, False)
+    _run_options(sub, "observation file (see 'latentda observe'), or a table of observations (CSV, parquet)")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--split", choices=["members", "blankets"], default="members",
@@ -584,13 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("forecast", "forecast ensemble from observations or an initial state", _forecast)
-    _pipeline_options(sub)
-    _sampler_options(sub)
-    _posterior_options(sub)
-    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
-    sub.add_argument("--observations", type=Path,
-                     help="observation window to assimilate first (ends 'now'): a file or a table (CSV, parquet)")
-    _field_options(sub.add_argument_group("tabular observations (docs/observations.md)"), TableWindow, False)
+    _run_options(sub, "observation window to assimilate first (ends 'now'): a file or a table (CSV, parquet)",
+                 required=False)
     sub.add_argument("--initial", type=Path,
                      help="initial state(s) instead of observations (last states used); with a realization dim, "
                           "e.g. a reanalysis, member m continues from member m")
@@ -606,13 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("filter", "cycling filter: each state's analysis from the observations up to it (docs/filter.md)",
                   _filter)
-    _pipeline_options(sub)
-    _sampler_options(sub)
-    _posterior_options(sub)
-    sub.add_argument("--pipeline", required=True, type=Path, help="pipeline folder")
-    sub.add_argument("--observations", required=True, type=Path,
-                     help="observations, one cycle per time step: a file or a table (CSV, parquet)")
-    _field_options(sub.add_argument_group("tabular observations (docs/observations.md)"), TableWindow, False)
+    _run_options(sub, "observations, one cycle per time step: a file or a table (CSV, parquet)")
     sub.add_argument("--initial", type=Path, help="states just before the first cycle (e.g. a reanalysis: member m "
                                                   "starts from member m); default: the prior")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
