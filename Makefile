@@ -54,5 +54,11 @@ demo-full: $(STAMP)
 	LATENTDA=$(LATENTDA) bash tools/train_reference.sh $(ARGS)
 	$(MAKE) demo
 
+# DAPPER's Fortran QG model (f2py, into the venv's dapper package; installs gfortran, meson and ninja if
+# missing; skipped when built) for `latentda simulate dapper-qg` and tools/bench_dapper_qg.py (docs/filter.md).
+.PHONY: dapper
+dapper: $(STAMP)
+	PY=$(PY) bash tools/build_dapper_qg.sh
+
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info
