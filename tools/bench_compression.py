@@ -41,7 +41,6 @@ import argparse
 import importlib.util
 import json
 import math
-import statistics as stats
 import time
 from pathlib import Path
 
@@ -59,20 +58,10 @@ bench_cost = importlib.util.module_from_spec(_bench_cost_spec)
 _bench_cost_spec.loader.exec_module(bench_cost)  # flops() and sparse_operator(), shared with the cost benchmark
 
 
-def seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return stats.median(times)
-
-
 def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
     """float32 FLOP/s of a size² matmul with the current thread count."""
     a = torch.randn(size, size)
-    return 2 * size**3 / seconds(lambda: a @ a, repeats)
+    return 2 * size**3 / bench_cost.seconds(lambda: a @ a, repeats)
 
 
 def read_frames(dataset, layout, statistics: Statistics, segments, every: int = 1) -> np.ndarray:
@@ -164,8 +153,8 @@ def guided_step_cost(pipeline, iterations: int, repeats: int) -> dict:
            "unguided_gflop_per_state": f_unguided / L / 1e9, "mmps_gflop_per_state": f_guided / L / 1e9,
            "mmps_over_unguided_flops": f_guided / f_unguided, "decoder_share_of_mmps": decoder_part / f_guided}
     if repeats > 0:
-        t_unguided = seconds(unguided, repeats)
-        t_guided = seconds(lambda: guided(z, sigma), repeats)
+        t_unguided = bench_cost.seconds(unguided, repeats)
+        t_guided = bench_cost.seconds(lambda: guided(z, sigma), repeats)
         out.update(unguided_ms_per_state=t_unguided / L * 1e3, mmps_ms_per_state=t_guided / L * 1e3,
                    mmps_over_unguided_wall=t_guided / t_unguided)
     return out
@@ -370,7 +359,7 @@ def main() -> None:
         row["pca_spectrum_error"] = same.get("spectrum_error", float("nan"))
 
     channels = layout.channels
-    header = (f"| point | latents | ×comp | params | " + " | ".join(f"RMSE {c}" for c in channels)
+    header = ("| point | latents | ×comp | params | " + " | ".join(f"RMSE {c}" for c in channels)
               + " | RMSE PCA same size | spectrum err (all / high k) | decoder GFLOP/frame | MMPS n="
               f"{args.iterations} GFLOP/state | MMPS / unguided (FLOPs) | decoder share | MMPS ms/state |")
     print("\n" + header)

@@ -385,7 +385,7 @@ def filter_members(
 
 
 def _run(prior, cycles, members, settings, seed, options, initial, state, times) -> Iterator[FilterCycle]:
-    K, context = prior.window, options.resolved_context(prior.window)
+    context = options.resolved_context(prior.window)
     if state is not None:
         rows = [state.members.index(m) for m in members]
         history = state.history[rows].to(prior.device, prior.dtype)

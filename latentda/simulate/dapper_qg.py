@@ -209,30 +209,15 @@ def write_dapper_qg_zarr(out: str | os.PathLike[str], trajectories: int, steps: 
     layout), batch by batch into a temporary sibling renamed to ``out`` once complete
     (:func:`latentda.data.io.atomic_path`), zarr format 2 with consolidated metadata, as
     :func:`latentda.simulate.kolmogorov.write_kolmogorov_zarr`."""
-    from latentda.data.io import already_exists, atomic_path
-    from latentda.simulate.kolmogorov import _zarr_format_kwargs
+    from latentda.simulate.store import check_store_path, write_trajectory_batches
 
-    out = Path(out)
-    if not out.name:
-        raise LatentdaError(f"output path {str(out)!r} has no file name")
     setup = _check(trajectories, steps, spinup, seed, batch_size, perturbation)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise already_exists(out)
+    out = check_store_path(out, overwrite)
     sakov2008, sample = _import_qg()
     import xarray  # noqa: F401 - fail before simulating if the data stack is broken
 
     dt = float(sakov2008.model.prms["dtout"])
     attrs = _attrs(sakov2008, setup)
-    encoding = {"psi": {"chunks": (1, 1, GRID_POINTS, GRID_POINTS), "dtype": "float32"},
-                "trajectory": {"chunks": (min(setup["trajectories"], 1 << 20),)}}
-    format_kwargs = _zarr_format_kwargs()
-    with atomic_path(out, overwrite=overwrite) as temporary:
-        start = 0
-        for batch in _batches(sakov2008, sample, setup, progress):
-            dataset = _dataset(batch, start, setup, dt, attrs, first=start == 0)
-            if start == 0:
-                dataset.to_zarr(temporary, mode="w-", encoding=encoding, **format_kwargs)
-            else:
-                dataset.to_zarr(temporary, append_dim="trajectory", **format_kwargs)
-            start += batch.shape[0]
-    return out
+    return write_trajectory_batches(out, _batches(sakov2008, sample, setup, progress),
+                                    lambda batch, start: _dataset(batch, start, setup, dt, attrs, first=start == 0),
+                                    ["psi"], (GRID_POINTS, GRID_POINTS), setup["trajectories"], overwrite)

@@ -281,27 +281,12 @@ def write_gaussian_zarr(
     follow :func:`latentda.data.split_segments` (the last trajectories are held out). Written to a
     temporary sibling renamed to ``out`` once complete.
     """
-    from latentda.data.io import already_exists, atomic_path
-    from latentda.simulate.kolmogorov import _zarr_format_kwargs
+    from latentda.simulate.store import check_store_path, write_trajectory_batches
 
     system = system or GaussianSystem()
-    out = Path(out)
-    if not out.name:
-        raise LatentdaError(f"output path {str(out)!r} has no file name")
     batches = simulate_gaussian(system, trajectories, steps, seed, batch_size, progress)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise already_exists(out)
+    out = check_store_path(out, overwrite)
     attrs = _attrs(system, trajectories, steps, seed)
-    encoding = {name: {"chunks": (1, 1, system.size, system.size), "dtype": "float32"} for name in system.channels}
-    encoding["trajectory"] = {"chunks": (min(trajectories, 1 << 20),)}
-    format_kwargs = _zarr_format_kwargs()
-    with atomic_path(out, overwrite=overwrite) as temporary:
-        start = 0
-        for batch in batches:
-            dataset = _dataset(batch, start, system, steps, attrs, first=start == 0)
-            if start == 0:
-                dataset.to_zarr(temporary, mode="w-", encoding=encoding, **format_kwargs)
-            else:
-                dataset.to_zarr(temporary, append_dim="trajectory", **format_kwargs)
-            start += batch.shape[0]
-    return out
+    return write_trajectory_batches(out, batches, lambda batch, start: _dataset(batch, start, system, steps, attrs,
+                                                                                first=start == 0),
+                                    list(system.channels), (system.size, system.size), trajectories, overwrite)

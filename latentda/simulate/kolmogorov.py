@@ -74,7 +74,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from latentda.data.io import already_exists, atomic_path
+from latentda.simulate.store import check_store_path, write_trajectory_batches
 from latentda.errors import LatentdaError
 
 __all__ = ["simulate_kolmogorov", "write_kolmogorov_zarr"]
@@ -475,15 +475,6 @@ def _batch_dataset(
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
-def _zarr_format_kwargs() -> dict:
-    # Format 2 where zarr-python 3 would default to 3: the package supports zarr>=2.16, which
-    # reads only format 2, and consolidated metadata is part of the format 2 spec.
-    import zarr
-
-    major = int(str(zarr.__version__).split(".")[0])
-    return {"zarr_format": 2} if major >= 3 else {}
-
-
 def write_kolmogorov_zarr(out: str | os.PathLike[str], trajectories: int, steps: int, overwrite: bool = False,
                           progress: bool = True, **options: Any) -> Path:
     """Simulate Kolmogorov flow and stream it to a CF-style zarr store.
@@ -507,34 +498,15 @@ def write_kolmogorov_zarr(out: str | os.PathLike[str], trajectories: int, steps:
     Returns:
         The path of the written store.
     """
-    out = Path(out)
     setup = _validate(trajectories, steps, **options)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise already_exists(out)
-    if not out.name:
-        raise LatentdaError(f"output path {str(out)!r} has no file name")
+    out = check_store_path(out, overwrite)
     _import_jax_cfd()
     import xarray  # noqa: F401 - fail before simulating if the data stack is broken
 
     solver = _build_solver(setup.size, setup.coarsen, setup.dt, setup.reynolds)
     attrs = _dataset_attrs(setup, solver.inner_steps, solver.inner_dt)
     cells = setup.size // setup.coarsen
-    encoding = {
-        "u": {"chunks": (1, 1, cells, cells), "dtype": "float32"},
-        "v": {"chunks": (1, 1, cells, cells), "dtype": "float32"},
-        "trajectory": {"chunks": (min(setup.trajectories, 1 << 20),)},
-    }
-    format_kwargs = _zarr_format_kwargs()
-    with atomic_path(out, overwrite=overwrite) as temporary:
-        start = 0
-        for batch in simulate_kolmogorov(trajectories, steps, progress=progress, **options):
-            first = start == 0
-            dataset = _batch_dataset(batch, start, setup, attrs, with_fixed_coords=first)
-            if first:
-                dataset.to_zarr(temporary, mode="w-", encoding=encoding, **format_kwargs)
-            else:
-                dataset.to_zarr(temporary, append_dim="trajectory", **format_kwargs)
-            start += batch.shape[0]
-        if start != setup.trajectories:
-            raise RuntimeError(f"simulated {start} trajectories, expected {setup.trajectories}")
-    return out
+    return write_trajectory_batches(
+        out, simulate_kolmogorov(trajectories, steps, progress=progress, **options),
+        lambda batch, start: _batch_dataset(batch, start, setup, attrs, with_fixed_coords=start == 0),
+        ["u", "v"], (cells, cells), setup.trajectories, overwrite)
