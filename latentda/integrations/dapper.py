@@ -84,7 +84,9 @@ def observation_matrix(operator, size: int, rng: np.random.Generator | None = No
     if matrix is None or matrix.ndim != 2 or matrix.shape[1] != size:
         columns = []
         for start in range(0, size, PROBE_CHUNK):
-            basis = np.eye(size, dtype=np.float64)[start : start + PROBE_CHUNK]
+            count = min(PROBE_CHUNK, size - start)
+            basis = np.zeros((count, size))
+            basis[np.arange(count), start + np.arange(count)] = 1.0  # unit vectors e_start … e_{start+count−1}
             columns.append(np.asarray(operator(basis), dtype=np.float64).reshape(len(basis), -1))
         matrix = np.concatenate(columns).T
     probes = rng.standard_normal((2, size))
