@@ -11,10 +11,10 @@ line's start — does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from latentda.errors import LatentdaError
+from latentda.lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -40,13 +40,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from latentda.runs import EnsembleRun
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'latentda' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

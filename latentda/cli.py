@@ -609,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "e.g. a reanalysis, member m continues from member m")
     sub.add_argument("--lead", required=True, type=_positive_int, help="number of states to forecast after 'now'")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
-    from latentda.posterior.forecast import ForecastSettings
+    from latentda.posterior.forecast_settings import ForecastSettings
 
     _field_options(sub.add_argument_group("forecast"), ForecastSettings, False)
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -15,15 +15,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from latentda.diffusion.settings import resolve_overlap
 from latentda.errors import LatentdaError
 
 __all__ = ["blanket_starts", "resolve_overlap", "BlanketDenoiser"]
-
-
-def resolve_overlap(window: int, overlap: int | None) -> int:
-    """The overlap of consecutive blankets: ``overlap`` as given (0: windows share no state), or
-    the default K // 2 when None. The one place the default is decided."""
-    return window // 2 if overlap is None else overlap
 
 
 def blanket_starts(length: int, window: int, overlap: int) -> list[int]:

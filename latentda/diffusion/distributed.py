@@ -39,7 +39,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from latentda.diffusion.blankets import BlanketDenoiser, blanket_starts, resolve_overlap
+from latentda.diffusion.blankets import BlanketDenoiser, blanket_starts
+from latentda.diffusion.settings import resolve_overlap
 from latentda.errors import LatentdaError
 
 __all__ = ["CopyToRegion", "GatherFromRegion", "DistributedBlanketDenoiser", "blanket_denoiser", "process_count",

@@ -41,11 +41,12 @@ from diffusers import EDMEulerScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from latentda.diffusion.settings import SAMPLERS
+
 
 __all__ = ["noise_levels", "sample", "standard_normal", "SAMPLERS"]
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
-SAMPLERS = ("ddpm", "ddim", "heun", "pc", "heun-pc")
 
 
 def noise_levels(schedule: EDMEulerScheduler, steps: int, sigma_start: float | None = None) -> Tensor:

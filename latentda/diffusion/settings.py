@@ -17,11 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latentda.config import require
-from latentda.diffusion.blankets import resolve_overlap
-from latentda.diffusion.sampling import SAMPLERS
 from latentda.errors import LatentdaError
 
-__all__ = ["SamplerSettings", "SAMPLER_FIELDS"]
+__all__ = ["SamplerSettings", "SAMPLER_FIELDS", "SAMPLERS", "resolve_overlap"]
+
+SAMPLERS = ("ddpm", "ddim", "heun", "pc", "heun-pc")
+
+
+def resolve_overlap(window: int, overlap: int | None) -> int:
+    """The overlap of consecutive blankets (:mod:`latentda.diffusion.blankets`): ``overlap`` as given
+    (0: windows share no state), or the default K // 2 when None. The one place the default is decided."""
+    return window // 2 if overlap is None else overlap
 
 
 def _help(text: str, **more) -> dict:

@@ -57,7 +57,8 @@ from torch import Tensor
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics
 from latentda.diffusion.settings import SamplerSettings
-from latentda.diffusion.blankets import BlanketDenoiser, resolve_overlap
+from latentda.diffusion.blankets import BlanketDenoiser
+from latentda.diffusion.settings import resolve_overlap
 from latentda.errors import LatentdaError
 from latentda.nn.autoencoder import AutoEncoder
 from latentda.observe.operators import ObservationOperator

@@ -30,50 +30,25 @@ The output lead 0 is the analysis of the last observed state.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from latentda.diffusion.blankets import resolve_overlap
+from latentda.diffusion.settings import resolve_overlap
 from latentda.diffusion.sampling import standard_normal
 from latentda.errors import LatentdaError
 from latentda.nn.precision import Autocast
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser
+from latentda.posterior.forecast_settings import CONDITIONINGS, MODES, ForecastSettings
 from latentda.posterior.prior import PriorModel
 from latentda.posterior.reanalysis import PosteriorSettings, batches, guided_denoiser, member_generator, sample_members
 
 __all__ = ["forecast_members", "ForecastMembers", "ForecastSettings", "default_context", "extend_operator", "MODES",
            "CONDITIONINGS"]
-
-MODES = ("autoregressive", "aao")
-CONDITIONINGS = ("mmps", "inpaint")
-
-
-@dataclass(frozen=True)
-class ForecastSettings:
-    """How a forecast continues the history (the module docstring has the math); the options of
-    ``latentda forecast`` are generated from these fields (their ``help``)."""
-
-    mode: str = field(default="autoregressive", metadata={"help": "autoregressive: roll blankets forward; aao: sample "
-                                                                   "window and lead all at once", "choices": MODES})
-    conditioning: str = field(default="mmps", metadata={"help": "how each new blanket follows the previous latents "
-                                                                "(mmps: sharper and calibrated, docs/benchmarks.md)",
-                                                        "choices": CONDITIONINGS})
-    condition_noise: float = field(default=0.05, metadata={"help": "σ_c of the mmps conditioning, standardised latent units"})
-
-    def validate(self) -> None:
-        """Every rule on the values alone (a one-line :class:`LatentdaError` naming the field)."""
-        if self.mode not in MODES:
-            raise LatentdaError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.conditioning not in CONDITIONINGS:
-            raise LatentdaError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
-        if self.conditioning == "mmps" and not (isinstance(self.condition_noise, (int, float)) and self.condition_noise > 0):
-            raise LatentdaError(f"the conditioning noise must be positive, got {self.condition_noise}")
-
 
 def extend_operator(operator: ObservationOperator, extra: int, extra_times=None) -> ObservationOperator:
     """The same observations followed by ``extra`` unobserved time steps (at ``extra_times``)."""
