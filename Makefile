@@ -12,8 +12,8 @@ STAMP_DEV := $(VENV)/.installed-dev
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 # Installer: uv (parallel downloads and byte-compilation: about 3x faster than pip here) when it can be
 # installed, else pip. uv does not read pip's configuration, so a local wheel folder pip is configured
-# with (`pip config get global.find-links`, e.g. where a CPU torch lies) is passed on to it.
-FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+# with ($$PIP_FIND_LINKS or `pip config get global.find-links`, e.g. where a CPU torch lies) is passed on to it.
+FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
 comma := ,
 define install
