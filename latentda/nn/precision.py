@@ -6,15 +6,17 @@ decoder (their forward, tangent and backward passes): ``float32`` (no autocast),
 2-core CPU of docs/benchmarks.md bfloat16 was slower, ``tools/bench_precision.py``). Everything
 around the networks — the CG solve of MMPS (float64), the sampler's updates, the observation
 operator — keeps its own dtype: :class:`Autocast` returns its outputs in the input's dtype.
+torch is imported on first use, so that the command line lists :data:`PRECISIONS` without it.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 __all__ = ["PRECISIONS", "resolve_precision", "autocast", "Autocast"]
 
@@ -23,6 +25,8 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 def resolve_precision(precision: str | None, device) -> torch.dtype:
     """The compute dtype that ``precision`` (one of :data:`PRECISIONS`, None = auto) means on ``device``."""
+    import torch
+
     precision = precision or "auto"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
@@ -34,6 +38,8 @@ def resolve_precision(precision: str | None, device) -> torch.dtype:
 
 def autocast(device, dtype: torch.dtype):
     """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing for float32."""
+    import torch
+
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
@@ -43,10 +49,13 @@ class Autocast:
     """``fn(x, *args)`` computed under :func:`autocast`, its output cast back to x's dtype."""
 
     def __init__(self, fn: Callable[..., Tensor], device, dtype: torch.dtype) -> None:
+        import torch
+
         self.fn, self.device, self.dtype = fn, device, dtype
+        self.reduced = dtype != torch.float32
 
     def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
-        if self.dtype == torch.float32:
+        if not self.reduced:
             return self.fn(x, *args, **kwargs)
         with autocast(self.device, self.dtype):
             out = self.fn(x, *args, **kwargs)
