@@ -173,3 +173,23 @@ def test_a_finished_run_is_not_rewritten(tmp_path, data_path):
     with pytest.raises(LatentdaError, match="already has an autoencoder"):
         train_autoencoder(config, progress=False)
     assert (tmp_path / "identity" / "autoencoder" / "statistics.json").stat().st_mtime_ns == before
+
+
+def test_latent_noise_trains_the_decoder_on_perturbed_latents_reproducibly(tmp_path, data_path):
+    def config(name, noise):
+        base = _config(tmp_path, data_path, name, steps=3)
+        base.latent_noise = noise
+        return base
+
+    for name, noise in (("clean", 0.0), ("noisy", 0.5), ("noisy-again", 0.5)):
+        train_autoencoder(config(name, noise), progress=False)
+    clean, noisy, again = (_weights(tmp_path / name) for name in ("clean", "noisy", "noisy-again"))
+    assert all(torch.equal(noisy[k], again[k]) for k in noisy)  # the noise is drawn from the seeded batch draws
+    assert any(not torch.equal(clean[k], noisy[k]) for k in clean)  # and it reaches the loss
+    model, _, _ = load_autoencoder(tmp_path / "noisy" / "autoencoder")
+    x = torch.randn(2, 2, 8, 8)
+    eps = 0.5 * torch.randn(2, *model.latent_shape)
+    with torch.no_grad():
+        assert torch.allclose(model(x, eps), model.decode(model.encode(x) + eps))
+    with pytest.raises(LatentdaError, match="latent_noise: must be at least 0"):
+        parse(AutoEncoderConfig, {"data": {"path": str(data_path)}, "output": "x", "latent_noise": -0.1})

@@ -310,6 +310,8 @@ class AutoEncoder(ModelMixin, ConfigMixin):
         height, width = self._sample_size
         return self.decoder(z)[..., :height, :width]
 
-    def forward(self, x: Tensor) -> Tensor:
-        r"""Reconstruction :math:`D(E(x))`."""
-        return self.decode(self.encode(x))
+    def forward(self, x: Tensor, latent_noise: Tensor | None = None) -> Tensor:
+        r"""Reconstruction :math:`D(E(x))`, or :math:`D(E(x) + \epsilon)` with ``latent_noise``
+        :math:`\epsilon` (training with noisy latents, :mod:`latentda.training.autoencoder`)."""
+        z = self.encode(x)
+        return self.decode(z if latent_noise is None else z + latent_noise)

@@ -89,9 +89,13 @@ class AutoEncoderConfig:
     model: AutoEncoderModelConfig = field(default_factory=AutoEncoderModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     valid_samples: int = 64
+    # σ of Gaussian noise added to the latents before decoding in training, D(E(x) + σε) (latent units;
+    # 0: none): a decoder that tolerates latent errors, as the prior's (docs/compression.md)
+    latent_noise: float = 0.0
 
     def validate(self, prefix: str) -> None:
         require(self.valid_samples >= 1, "valid_samples", "must be at least 1")
+        require(self.latent_noise >= 0, "latent_noise", "must be at least 0")
 
 
 def masked_squared_error(output: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +177,10 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
 
     def loss_fn(network, batch, generator):
         frames = batch[:, 0]
-        squared, area = masked_squared_error(network(torch.nan_to_num(frames)), frames, weights.to(frames.device))
+        noise = None
+        if config.latent_noise > 0:
+            noise = config.latent_noise * generator.randn(*model.latent_shape).to(frames.device, frames.dtype)
+        squared, area = masked_squared_error(network(torch.nan_to_num(frames), noise), frames, weights.to(frames.device))
         return (squared.sum() / area.sum().clamp_min(1e-12)).to(frames.dtype)
 
     valid_frames = _valid_frames(valid, config.valid_samples)
