@@ -223,3 +223,23 @@ def test_training_reduces_reconstruction_error():
     with torch.no_grad():
         final = loss().item()
     assert final < initial / 5, (initial, final)
+
+
+@pytest.mark.parametrize("shape,margin", [((2, 3, 5, 7), 1), ((1, 2, 6, 6), 2), ((1, 1, 3, 4), 1)])
+def test_torus_padding_matches_circular_padding_and_its_derivatives(shape, margin):
+    import torch.nn.functional as F
+
+    from latentda.nn.autoencoder import _TorusPad
+
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    reference = F.pad(x, (margin,) * 4, mode="circular")
+    padded = _TorusPad.apply(x, margin)
+    assert torch.equal(padded, reference)
+    cotangent = torch.randn_like(reference)
+    expected, = torch.autograd.grad(reference, x, cotangent)
+    folded, = torch.autograd.grad(padded, x, cotangent)
+    assert torch.allclose(folded, expected, rtol=0, atol=1e-12)  # the backward folds every margin back
+    tangent = torch.randn(shape, dtype=torch.float64)
+    _, forward_mode = torch.func.jvp(lambda v: _TorusPad.apply(v, margin), (x.detach(),), (tangent,))
+    assert torch.equal(forward_mode, F.pad(tangent, (margin,) * 4, mode="circular"))
