@@ -10,8 +10,9 @@ docs/benchmarks.md a 3×3 convolution of 16 × 16 × 64 × 64 values after a cir
 :func:`keep_freed_memory` raises both thresholds — mmap for requests above 32 MiB only (the most
 glibc allows), trim once more than 1 GiB is free — so freed buffers are reused instead of faulted
 in again. The peak memory of a run does not change; up to 1 GiB of freed memory stays with the
-process until it exits. The command line calls it at start; from Python call it before the work
-(or set glibc's variables yourself: ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``).
+process until it exits. The command line calls it at start and every :class:`LatentDAPipeline` when
+it is built, so sampling from Python gets it too; glibc's own variables, when set
+(e.g. ``MALLOC_TRIM_THRESHOLD_=131072`` to keep its defaults), take precedence.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import xarray as xr
 from diffusers import EDMEulerScheduler
 
 from latentda import __version__
+from latentda.allocator import keep_freed_memory
 from latentda.components import (check_inside, checked_representation_error, load_autoencoder, load_model,
                                  load_representation_error, save_autoencoder)
 from latentda.config import parse, parse_known, read_json, require
@@ -125,6 +126,7 @@ class LatentDAPipeline:
         of some of its keys, checked; the others take the defaults). ``representation_error``: the
         autoencoder's validation reconstruction RMSE per channel in standardised units
         (``autoencoder/representation_error.json``; None: 0), added to the observation noise."""
+        keep_freed_memory()  # sampling allocates and frees megabytes per operation (latentda.allocator)
         self.autoencoder = autoencoder.eval()
         self.layout = layout
         self.statistics = statistics

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import make_tiny_pipeline
 from latentda import cli
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -31,3 +32,10 @@ def test_the_command_line_keeps_freed_memory(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert calls == [True]
+
+
+def test_a_pipeline_keeps_freed_memory_when_built(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("latentda.pipeline.keep_freed_memory", lambda: calls.append(True) or True)
+    make_tiny_pipeline(tmp_path / "pipeline")
+    assert calls == [True]  # Python users sample with the same allocator setting as the command line

@@ -15,7 +15,6 @@ import time
 import numpy as np
 import torch
 
-from latentda.allocator import keep_freed_memory
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 
@@ -40,7 +39,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--sampler", default="ddpm")
     args = parser.parse_args()
-    keep_freed_memory()  # as the command line does (docs/benchmarks.md, The C allocator)
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)
     operator = sparse_operator(pipeline, args.length)

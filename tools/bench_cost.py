@@ -27,7 +27,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from latentda.diffusion.denoiser import denoising_loss
-from latentda.allocator import keep_freed_memory
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
@@ -86,7 +85,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    keep_freed_memory()  # as the command line does (docs/benchmarks.md, The C allocator)
     torch.manual_seed(0)
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     K = pipeline.window

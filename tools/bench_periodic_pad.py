@@ -16,7 +16,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from latentda.allocator import keep_freed_memory
 from latentda.nn import autoencoder
 from latentda.pipeline import LatentDAPipeline
 
@@ -33,7 +32,6 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    keep_freed_memory()
     decoder = LatentDAPipeline.from_pretrained(args.pipeline).autoencoder
     z = torch.randn(args.frames, *decoder.latent_shape, requires_grad=True)
 

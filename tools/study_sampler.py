@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 
-from latentda.allocator import keep_freed_memory
 from latentda.config import parse
 from latentda.data import FieldLayout, open_dataset
 from latentda.observe import ObservationConfig, synthesize
@@ -59,7 +58,6 @@ def main() -> None:
     parser.add_argument("--setting", choices=list(SETTINGS), default="sparse 5%", help="observations (as bench_posterior)")
     parser.add_argument("--json")
     args = parser.parse_args()
-    keep_freed_memory()  # as the command line does
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)
     dataset = open_dataset(args.truth)
