@@ -71,8 +71,8 @@ def soft_clip(z: Tensor, bound: float) -> Tensor:
 
 class _TorusPad(torch.autograd.Function):
     r"""Circular padding of both grid axes by :math:`q` in one copy, with a backward that folds the
-    margins back onto the edges they copy (one copy of the centre and eight small sums) instead of
-    autograd's zero-filled gradient per axis, and a forward-mode rule (the padding is linear, so its
+    margins back onto the edges they copy, one axis after the other (the sums autograd does, without
+    its zero-filled gradient per axis), and a forward-mode rule (the padding is linear, so its
     tangent is the padded tangent) for ``torch.func.jvp``. The padded values are those of
     ``F.pad(x, (q, q, q, q), mode="circular")``."""
 
@@ -87,26 +87,17 @@ class _TorusPad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         q = ctx.q
-        inner = grad[..., q:-q, :]  # rows of x: fold the column margins first
-        folded = inner[..., q:-q].clone()
-        folded[..., :q] += inner[..., -q:]
-        folded[..., -q:] += inner[..., :q]
-        top, bottom = grad[..., :q, :], grad[..., -q:, :]  # padded rows: copies of x's last and first rows
-        folded[..., -q:, :] += top[..., q:-q] + _fold_columns(top, q)
-        folded[..., :q, :] += bottom[..., q:-q] + _fold_columns(bottom, q)
+        columns = grad[..., q:-q].clone()  # fold the column margins onto the opposite edges, then the rows
+        columns[..., :q] += grad[..., -q:]
+        columns[..., -q:] += grad[..., :q]
+        folded = columns[..., q:-q, :].clone()
+        folded[..., :q, :] += columns[..., -q:, :]
+        folded[..., -q:, :] += columns[..., :q, :]
         return folded, None
 
     @staticmethod
     def jvp(ctx, tangent: Tensor, _) -> Tensor:
         return F.pad(tangent, (ctx.q,) * 4, mode="circular")
-
-
-def _fold_columns(rows: Tensor, q: int) -> Tensor:
-    """The column margins of padded ``rows`` folded onto their edges, centre excluded (zeros there)."""
-    folded = torch.zeros_like(rows[..., q:-q])
-    folded[..., :q] += rows[..., -q:]
-    folded[..., -q:] += rows[..., :q]
-    return folded
 
 
 class PeriodicConv2d(nn.Conv2d):
@@ -135,7 +126,7 @@ class PeriodicConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.margin
-        if p > 0 and all(self.periodic) and min(x.shape[-2:]) >= p:
+        if p > 0 and all(self.periodic):
             x = _TorusPad.apply(x, p)
         elif p > 0:
             # F.pad's tuple runs from the last axis backwards: (W left, W right, H top, H bottom).
