@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from latentda.components import load_autoencoder  # noqa: E402
 from latentda.data import FieldSource, WindowDataset, open_dataset, split_segments  # noqa: E402
-from latentda.training.autoencoder import reconstruction_rmse  # noqa: E402
+from latentda.training.autoencoder import evenly_spaced_frames, reconstruction_rmse  # noqa: E402
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
     dataset = open_dataset(args.data)
     test = split_segments(dataset)["test"]
     frames = WindowDataset(FieldSource(args.data, layout, statistics), test, window=1)
-    picks = np.linspace(0, len(frames) - 1, min(args.samples, len(frames))).round().astype(int)
-    batch = torch.stack([frames[int(i)][0] for i in picks])
+    batch = evenly_spaced_frames(frames, args.samples)
     with torch.no_grad():
         rmse = reconstruction_rmse(model, batch, torch.from_numpy(layout.area_weights()))
     print(f"compression factor {model.compression_factor:.1f}, latent shape {tuple(model.latent_shape)}")

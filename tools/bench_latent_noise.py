@@ -15,24 +15,11 @@ with a; docs/compression.md has the results.
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from latentda.components import load_autoencoder
-from latentda.data import FieldSource, WindowDataset, split_segments, open_dataset
-from latentda.training.autoencoder import reconstruction_rmse
-
-
-class _Perturbed(torch.nn.Module):
-    """x ↦ D(E(x) + a s_c ε): the autoencoder with its latents perturbed (fresh ε per call)."""
-
-    def __init__(self, model, scale: torch.Tensor, generator: torch.Generator) -> None:
-        super().__init__()
-        self.model, self.scale, self.generator = model, scale, generator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model.encode(x)
-        return self.model.decode(z + self.scale * torch.randn(z.shape, generator=self.generator))
+from latentda.data import FieldSource, WindowDataset, open_dataset, split_segments
+from latentda.training.autoencoder import evenly_spaced_frames, reconstruction_rmse
 
 
 def main() -> None:
@@ -49,14 +36,17 @@ def main() -> None:
         model, layout, statistics = load_autoencoder(folder)
         model.eval()
         frames = WindowDataset(FieldSource(args.data, layout, statistics), split_segments(dataset)["test"], window=1)
-        picks = np.linspace(0, len(frames) - 1, min(args.frames, len(frames))).round().astype(int)
-        batch = torch.stack([frames[int(i)][0] for i in picks])
+        batch = evenly_spaced_frames(frames, args.frames)
         weights = torch.from_numpy(layout.area_weights())
         with torch.no_grad():
             std = model.encode(batch).std(dim=(0, 2, 3))
             scores = []
             for level in args.levels:
-                perturbed = _Perturbed(model, level * std[:, None, None], torch.Generator().manual_seed(0))
+                generator, scale = torch.Generator().manual_seed(0), level * std[:, None, None]
+
+                def perturbed(x):  # D(E(x) + a s_c ε), a fresh ε per batch
+                    return model(x, scale * torch.randn(len(x), *model.latent_shape, generator=generator))
+
                 scores.append(float(reconstruction_rmse(perturbed, batch, weights).mean()))
         print(f"{str(folder):48s} {' '.join(f'{s:.3f}' for s in std.tolist()):32s}"
               + "".join(f"  {score:11.4f}" for score in scores))

@@ -127,7 +127,8 @@ def reconstruction_rmse(model, frames: torch.Tensor, weights: torch.Tensor, batc
     return rmse
 
 
-def _valid_frames(dataset: WindowDataset, count: int) -> torch.Tensor:
+def evenly_spaced_frames(dataset: WindowDataset, count: int) -> torch.Tensor:
+    """``count`` frames (N, C, H, W) of a window-1 ``dataset``, evenly spaced over it (all when fewer)."""
     picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
     return torch.stack([dataset[int(i)][0] for i in picks])
 
@@ -183,7 +184,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         squared, area = masked_squared_error(network(torch.nan_to_num(frames), noise), frames, weights.to(frames.device))
         return (squared.sum() / area.sum().clamp_min(1e-12)).to(frames.dtype)
 
-    valid_frames = _valid_frames(valid, config.valid_samples)
+    valid_frames = evenly_spaced_frames(valid, config.valid_samples)
 
     def validate_fn(network):
         device = next(network.parameters()).device
