@@ -13,6 +13,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PY:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || { echo "no python at $PY (make setup, or PY=...)" >&2; exit 2; }
+# absolute: the f2py build below runs in a temporary folder (the Makefile passes .venv/bin/python)
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
 
 if ! "$PY" -c "import dapper" >/dev/null 2>&1; then
     echo "DAPPER is not installed in $PY: pip install 'latentda[dapper]' (dapper==1.7.1)" >&2
