@@ -57,6 +57,7 @@ import torch
 try:
     import dapper.stats
     from dapper.da_methods import da_method
+    from dapper.tools.progressbar import progbar
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError("latentda.integrations.dapper needs DAPPER: pip install 'latentda[dapper]' (dapper==1.7.1)") from error
 
@@ -243,7 +244,8 @@ class LatentDA:
 
         run = filter_members(self.pipeline, cycles(), members, settings, self.latent_seed, conditioning=self.conditioning,
                              condition_noise=self.condition_noise, context=self.context, forecasts=self.forecasts)
-        for cycle in run:
+        # DAPPER's own progress bar (its methods show one; off under pytest or where DAPPER's config disables it)
+        for cycle in progbar(run, desc=f"LatentDA filter, {self.N} members", total=len(kko) + 1):
             E = self._to_state(cycle.analysis)
             if cycle.cycle == 0:
                 self.stats.assess(0, E=E)
