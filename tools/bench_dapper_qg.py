@@ -29,6 +29,10 @@ Methods (``--methods``, default ``letkf``, plus ``latentda-filter latentda-smoot
 The model runs in this process (``--processes 1``, the default: DAPPER's QG ``model.mp`` and LETKF's
 ``mp`` off) or in DAPPER's multiprocessing pool (``--processes 0``: all cores).
 
+Methods may run in separate processes (e.g. the LETKF on one core beside the latentda rows): with the same
+``--seed`` they get the same truth and observations, which the JSON's ``truth_sha256`` and
+``observations_sha256`` let one check.
+
     python tools/bench_dapper_qg.py --methods letkf --json runs/bench-qg/letkf.json
     python tools/bench_dapper_qg.py --T 250 --methods letkf latentda-filter latentda-smoother \\
         --pipeline runs/ldm-qg/pipeline --json runs/bench-qg/all.json

@@ -4,10 +4,10 @@
 # analysis cycle of the benchmark (dtout = 5). Needs DAPPER's Fortran module: `make dapper` (run first here).
 # The pipeline lands in runs/ldm-qg/pipeline, for tools/bench_dapper_qg.py --pipeline.
 #
-# Simulation: ≈ 0.055 s per model step on one core, so 128 trajectories × (64 spin-up + 64) steps ≈ 15 min.
-# The trainings have not been run to the end yet (their configs' step counts are guesses): on 2 CPU cores
-# expect hours for train-ldm (2312 tokens per window). Extra arguments go to both trainings (e.g. --resume,
-# or --set training.steps=5 for a smoke test).
+# Measured on 2 CPU cores (docs/filter.md "The QG benchmark"): simulate 5.4 min (128 trajectories × (32 + 64)
+# steps, 0.024 s per step), train-ae 18.7 min (3000 steps; part of it beside a LETKF run), encode 1.7 min,
+# train-ldm 36 min (6000 steps). Extra arguments go to both trainings (e.g. --resume, or
+# --set training.steps=5 for a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LATENTDA=${LATENTDA:-.venv/bin/latentda}
@@ -18,7 +18,7 @@ LATENTS=${LATENTS:-data/qg-latents.zarr}
 mkdir -p data runs
 PY="${PY:-$(dirname "$LATENTDA")/python}" bash tools/build_dapper_qg.sh
 [ -e "$DATA" ] && [ -z "${RESIMULATE:-}" ] && echo "reusing $DATA (RESIMULATE=1 to simulate again)" || \
-    $LATENTDA simulate dapper-qg --out "$DATA" --trajectories "$TRAJECTORIES" --steps "$STEPS" --spinup 64 --seed 0 --overwrite
+    $LATENTDA simulate dapper-qg --out "$DATA" --trajectories "$TRAJECTORIES" --steps "$STEPS" --spinup 32 --seed 0 --overwrite
 $LATENTDA train-ae --config configs/ae/qg.yaml --set data.path="$DATA" "$@"
 $LATENTDA encode --autoencoder runs/ae-qg/autoencoder --data "$DATA" --out "$LATENTS" --overwrite
 $LATENTDA train-ldm --config configs/ldm/qg.yaml --latents "$LATENTS" "$@"
