@@ -8,8 +8,7 @@ import yaml
 
 from latentda.nn.autoencoder import AutoEncoder
 from latentda.nn.transformer import TrajectoryTransformer
-
-GRID = 129  # latentda.simulate.dapper_qg.GRID_POINTS (not imported: that module needs no DAPPER, but stay light)
+from latentda.simulate.dapper_qg import GRID_POINTS as GRID  # importing it needs no DAPPER
 
 
 def _load(path: str) -> dict:

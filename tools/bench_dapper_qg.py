@@ -73,7 +73,25 @@ def _hmm(T: float, burn_in: float | None, processes: int):
     return HMM
 
 
-def _methods(args) -> list:
+def _pipeline(args):
+    """The latentda pipeline of --pipeline, loaded once for every latentda method (None without it)."""
+    if args.pipeline is None:
+        return None
+    from latentda import LatentDAPipeline
+
+    return LatentDAPipeline.from_pretrained(str(args.pipeline))
+
+
+def _autoencoder_floor(pipeline, xx, tseq) -> float:
+    """DAPPER's rmse of the truth encoded and decoded, D(E(x_k)), averaged over the same cycles as the
+    methods' (after the burn-in): no posterior over these latents scores lower on average."""
+    states = xx[tseq.kko[tseq.masko]]
+    fields = states.reshape(len(states), pipeline.layout.num_channels, *pipeline.layout.shape)  # C order, as LatentDA
+    decoded = pipeline.decode(pipeline.encode(fields)).reshape(len(states), -1)
+    return float(np.sqrt(((decoded - states) ** 2).mean(axis=1)).mean())
+
+
+def _methods(args, pipeline) -> list:
     from dapper.da_methods import EnKS, LETKF, iEnKS
 
     mp = args.processes != 1 and (True if args.processes == 0 else args.processes)
@@ -86,12 +104,10 @@ def _methods(args) -> list:
         elif name == "ienks":
             made.append((name, iEnKS("Sqrt", N=25, Lag=2, nIter=3, infl=1.04)))
         elif name.startswith("latentda-"):
-            if args.pipeline is None:
+            if pipeline is None:
                 sys.exit(f"{name} needs --pipeline")
-            from latentda import LatentDAPipeline
             from latentda.integrations.dapper import LatentDA
 
-            pipeline = LatentDAPipeline.from_pretrained(str(args.pipeline))
             settings = json.loads(args.settings) if args.settings else None
             mode = name.split("-", 1)[1]
             made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=settings)))
@@ -152,7 +168,8 @@ def main(argv=None) -> dict:
 
     HMM = _hmm(args.T, args.burn_in, args.processes)
     tseq = HMM.tseq
-    methods = _methods(args)  # before simulating: a bad --pipeline fails fast
+    pipeline = _pipeline(args)
+    methods = _methods(args, pipeline)  # before simulating: a bad --pipeline fails fast
     set_seed(args.seed)
     start = time.perf_counter()
     xx, yy = HMM.simulate()
@@ -168,6 +185,10 @@ def main(argv=None) -> dict:
                               # observations exactly: compare the digests
                               "truth_sha256": _digest(xx), "observations_sha256": _digest(yy)},
                "methods": {}}
+    if pipeline is not None:
+        floor = _autoencoder_floor(pipeline, xx, tseq)
+        results["experiment"]["autoencoder_floor_rmse"] = floor
+        print(f"autoencoder floor (rmse of D(E(truth)) over the averaged cycles): {floor:.4f}", flush=True)
     for name, xp in methods:
         set_seed(args.seed + 1)
         start = time.perf_counter()
