@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentda.nn.autoencoder import AutoEncoder, soft_clip
+from latentda.nn.autoencoder import AutoEncoder, SelfAttention2d, soft_clip
 
 
 def small_autoencoder(**overrides) -> AutoEncoder:
@@ -74,9 +74,10 @@ def test_single_stage_has_no_downsampling():
     assert model.encode(torch.randn(1, 3, 6, 5)).shape == (1, 4, 6, 5)
 
 
+@pytest.mark.parametrize("attention_heads", [0, 2])
 @pytest.mark.parametrize("axis", [0, 1])
-def test_periodic_shift_equivariance(axis: int):
-    model = small_autoencoder(periodic=(True, True))
+def test_periodic_shift_equivariance(axis: int, attention_heads: int):
+    model = small_autoencoder(periodic=(True, True), attention_heads=attention_heads)
     f = model.downsample_factor
     x = torch.randn(2, 3, 32, 32)
     dim = 2 + axis
@@ -157,8 +158,9 @@ def test_encode_rejects_wrong_shapes():
         model.decode(torch.randn(2, 4, 7, 8))
 
 
-def test_decode_jvp_and_vjp_match_finite_difference():
-    model = small_autoencoder(sample_size=(14, 16), periodic=(False, True)).double()
+@pytest.mark.parametrize("attention_heads", [0, 2])
+def test_decode_jvp_and_vjp_match_finite_difference(attention_heads: int):
+    model = small_autoencoder(sample_size=(14, 16), periodic=(False, True), attention_heads=attention_heads).double()
     generator = torch.Generator().manual_seed(1)
     z = torch.randn(1, *model.latent_shape, generator=generator, dtype=torch.float64)
     v = torch.randn(z.shape, generator=generator, dtype=torch.float64)
@@ -175,6 +177,44 @@ def test_decode_jvp_and_vjp_match_finite_difference():
     _, vjp_fn = torch.func.vjp(model.decode, z)
     (vjp,) = vjp_fn(u)
     torch.testing.assert_close((u * jvp).sum(), (vjp * v).sum(), rtol=1e-10, atol=0)
+
+
+def test_self_attention_is_multi_head_attention_over_grid_points():
+    """SelfAttention2d against torch's own multi-head attention on the same weights."""
+    torch.manual_seed(0)
+    block = SelfAttention2d(channels=16, heads=4, groups=4).double()
+    x = torch.randn(2, 16, 5, 6, dtype=torch.float64)
+    qkv = block.qkv(block.norm(x)).flatten(2)  # (B, 3C, N)
+    q, k, v = (t.reshape(2, 4, 4, 30).transpose(-1, -2) for t in qkv.chunk(3, dim=1))  # (B, heads, N, d)
+    mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √d) v
+    expected = x + block.out(mixed.transpose(-1, -2).reshape(2, 16, 5, 6))
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_attention_sits_at_the_coarsest_grid_and_round_trips(tmp_path: Path):
+    model = small_autoencoder(attention_heads=4)
+    assert isinstance(model.encoder.layers[-1], SelfAttention2d)  # the encoder's end, 16 channels at 8×8
+    assert isinstance(model.decoder.layers[0], SelfAttention2d)  # the decoder's start
+    assert sum(isinstance(m, SelfAttention2d) for m in model.modules()) == 2
+    model.save_pretrained(tmp_path)
+    loaded = AutoEncoder.from_pretrained(tmp_path).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="attention_heads=3 must divide the coarsest width 16"):
+        small_autoencoder(attention_heads=3)
+
+
+def test_attention_decoder_is_linearised_by_forward_mode_autograd():
+    """The softmax is functional: the tangent pass must notice and fall back to torch.func.jvp."""
+    from latentda.nn.linearization import NetworkLinearization
+
+    model = small_autoencoder(attention_heads=2, periodic=(True, True))
+    z = torch.randn(2, *model.latent_shape)
+    v = torch.randn(z.shape)
+    linearization = NetworkLinearization(model, model.decode, z, key="decode")
+    assert not linearization.exact
+    torch.testing.assert_close(linearization.tangent(v), torch.func.jvp(model.decode, (z,), (v,))[1])
 
 
 def test_gradient_checkpointing_gives_same_gradients():

@@ -14,6 +14,11 @@ Architecture (Appa-style, Andry et al. 2025):
   and a soft clip.
 * Decoder: the mirror image, with a 1x1 conv to 4x the next width followed by ``pixel_shuffle(2)``
   between stages.
+* Optional attention (``attention_heads`` > 0): one :class:`SelfAttention2d` block at the coarsest
+  grid, after the encoder's last stage and before the decoder's first, as Appa's bottleneck
+  (Andry et al. 2025). It has no positional encoding, so it commutes with every permutation of the
+  grid points, the periodic shifts included: the padding rule below still makes the network
+  shift-equivariant.
 
 Downsampling rule: with :math:`S` = ``len(hidden_channels)`` stages there are :math:`S - 1`
 downsamplings, so the factor is :math:`f = 2^{S-1}` (:attr:`AutoEncoder.downsample_factor`).
@@ -60,7 +65,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
-__all__ = ["AutoEncoder", "PeriodicConv2d", "ResidualBlock", "soft_clip"]
+__all__ = ["AutoEncoder", "PeriodicConv2d", "ResidualBlock", "SelfAttention2d", "soft_clip"]
 
 
 def soft_clip(z: Tensor, bound: float) -> Tensor:
@@ -163,6 +168,35 @@ class ResidualBlock(nn.Module):
         return self.skip(x) + self.residual(x)
 
 
+class SelfAttention2d(nn.Module):
+    r"""Pre-normalised residual multi-head self-attention over the :math:`N = HW` grid points:
+
+    .. math:: x + W_o \big[\, V_h \operatorname{softmax}(K_h^\top Q_h / \sqrt{d}) \,\big]_{h=1}^{n}
+
+    with :math:`(Q, K, V) = W_{qkv} \operatorname{GroupNorm}(x)` (1x1 convolutions), :math:`n` heads of
+    :math:`d = C / n` channels each; the softmax normalises over the keys. The cost is
+    :math:`4 N d n (N + 2 C)` FLOP per frame (projections and the two products), small at the
+    coarsest grid. The softmax is functional, so the decoder's tangent pass
+    (:mod:`latentda.nn.linearization`) falls back to ``torch.func.jvp`` for a network with it."""
+
+    def __init__(self, channels: int, heads: int, groups: int = 8):
+        super().__init__()
+        if heads < 1 or channels % heads != 0:
+            raise ValueError(f"attention_heads={heads} must divide the coarsest width {channels}")
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(batch, 3, self.heads, channels // self.heads, height * width)
+        q, k, v = qkv.unbind(1)  # (B, heads, d, N)
+        weights = torch.softmax(q.transpose(-1, -2) @ k / math.sqrt(q.shape[2]), dim=-1)  # (B, heads, N query, N key)
+        mixed = v @ weights.transpose(-1, -2)  # (B, heads, d, N query)
+        return x + self.out(mixed.reshape(batch, channels, height, width))
+
+
 class Downsample(nn.Module):
     r"""Halves both grid sizes: ``pixel_unshuffle(2)`` then a 1x1 conv to ``out_channels``."""
 
@@ -197,6 +231,7 @@ class _Trunk(nn.Module):
         blocks_per_stage: int,
         periodic: Sequence[bool],
         groups: int,
+        attention_heads: int = 0,
     ):
         super().__init__()
         self.stem = PeriodicConv2d(in_channels, widths[0], 3, periodic)
@@ -205,6 +240,10 @@ class _Trunk(nn.Module):
             layers.extend(ResidualBlock(width, width, periodic, groups) for _ in range(blocks_per_stage))
             if i + 1 < len(widths):
                 layers.append(resample(width, widths[i + 1]))
+        if attention_heads and resample is Downsample:  # at the coarsest grid: the encoder's end
+            layers.append(SelfAttention2d(widths[-1], attention_heads, groups))
+        elif attention_heads:  # the decoder's start
+            layers.insert(0, SelfAttention2d(widths[0], attention_heads, groups))
         self.layers = nn.ModuleList(layers)
         self.norm = nn.GroupNorm(groups, widths[-1])
         self.activation = nn.SiLU()  # a module, not F.silu: the decoder's tangent pass replaces it (nn.linearization)
@@ -234,10 +273,12 @@ class AutoEncoder(ModelMixin, ConfigMixin):
         periodic: Whether grid axes 0 (H) and 1 (W) are periodic.
         latent_bound: Soft bound :math:`b` of the latents, :math:`|z| < b`.
         groups: GroupNorm groups; must divide every entry of ``hidden_channels``.
+        attention_heads: Heads of the self-attention block at the coarsest grid (0: none); must
+            divide the last entry of ``hidden_channels``.
     """
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["ResidualBlock"]  # the units FSDP shards one at a time
+    _no_split_modules = ["ResidualBlock", "SelfAttention2d"]  # the units FSDP shards one at a time
 
     @register_to_config
     def __init__(
@@ -250,6 +291,7 @@ class AutoEncoder(ModelMixin, ConfigMixin):
         periodic: Sequence[bool] = (False, False),
         latent_bound: float = 5.0,
         groups: int = 8,
+        attention_heads: int = 0,
     ):
         super().__init__()
         widths = [int(w) for w in hidden_channels]
@@ -282,10 +324,12 @@ class AutoEncoder(ModelMixin, ConfigMixin):
                 )
 
         self.encoder = _Trunk(
-            in_channels, latent_channels, widths, Downsample, blocks_per_stage, self._periodic, groups
+            in_channels, latent_channels, widths, Downsample, blocks_per_stage, self._periodic, groups,
+            attention_heads,
         )
         self.decoder = _Trunk(
-            latent_channels, in_channels, widths[::-1], Upsample, blocks_per_stage, self._periodic, groups
+            latent_channels, in_channels, widths[::-1], Upsample, blocks_per_stage, self._periodic, groups,
+            attention_heads,
         )
 
     @property

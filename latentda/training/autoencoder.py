@@ -69,6 +69,7 @@ class AutoEncoderModelConfig:
     blocks_per_stage: int = 2
     latent_bound: float = 5.0
     groups: int = 8
+    attention_heads: int = 0  # self-attention at the coarsest grid (0: none)
 
     def validate(self, prefix: str) -> None:
         require(self.latent_channels >= 1, f"{prefix}.latent_channels", "must be at least 1")
@@ -78,6 +79,9 @@ class AutoEncoderModelConfig:
                 f"must divide every hidden width {self.hidden_channels}")
         require(self.blocks_per_stage >= 1, f"{prefix}.blocks_per_stage", "must be at least 1")
         require(self.latent_bound > 0, f"{prefix}.latent_bound", "must be positive")
+        require(self.attention_heads >= 0, f"{prefix}.attention_heads", "must be 0 (no attention) or positive")
+        require(not self.attention_heads or (self.hidden_channels and self.hidden_channels[-1] % self.attention_heads == 0),
+                f"{prefix}.attention_heads", f"must divide the coarsest width (hidden_channels[-1]) of {self.hidden_channels}")
 
 
 @dataclass
@@ -157,6 +161,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
             periodic=list(layout.periodic),
             latent_bound=config.model.latent_bound,
             groups=config.model.groups,
+            attention_heads=config.model.attention_heads,
         )
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
