@@ -99,6 +99,10 @@ def test_bad_configs_name_the_key(tmp_path, data_path):
         parse(AutoEncoderConfig, {**base, "training": {"steps": 0}})
     with pytest.raises(LatentdaError, match=r"model.groups: must divide"):
         parse(AutoEncoderConfig, {**base, "model": {"hidden_channels": [12], "groups": 8}})
+    with pytest.raises(LatentdaError, match=r"model.attention_heads: must divide the coarsest width"):
+        parse(AutoEncoderConfig, {**base, "model": {"hidden_channels": [8, 16], "attention_heads": 3}})
+    with pytest.raises(LatentdaError, match=r"model.attention_heads: must be 0"):
+        parse(AutoEncoderConfig, {**base, "model": {"attention_heads": -1}})
     with pytest.raises(LatentdaError, match=r"missing required key 'output'"):
         parse(AutoEncoderConfig, {"data": {"path": "x"}})
     path = tmp_path / "c.yaml"
