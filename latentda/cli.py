@@ -293,7 +293,7 @@ def _filter(args: argparse.Namespace) -> None:
                                        TableWindow.of(args))
     initial = open_dataset(args.initial) if args.initial is not None else None
     pipeline.filter(observations, args.members, args.seed, settings, conditioning=args.conditioning,
-                    condition_noise=args.condition_noise, context=args.context, initial=initial, out=args.out,
+                    condition_noise=args.condition_noise, context=args.context, lag=args.lag, initial=initial, out=args.out,
                     resume=args.resume, overwrite=args.overwrite, attrs={"observations": _recorded(args.observations)},
                     report=print)
 
@@ -628,7 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how each window follows the member's history (default mmps)")
     group.add_argument("--condition-noise", type=float, default=0.05,
                        help="σ_c of the mmps conditioning, standardised latent units (default 0.05)")
-    group.add_argument("--context", type=_positive_int, help="history states conditioning each window (default K − 1)")
+    group.add_argument("--context", type=_positive_int, help="history states conditioning each window (default K − lag)")
+    group.add_argument("--lag", type=_positive_int, default=1,
+                       help="states sampled anew each cycle, with their cycles' observations: the new one and the "
+                            "lag − 1 before it (default 1; docs/filter.md)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--out", required=True, type=Path, help="output FILTER.zarr (or .nc), written cycle by cycle")
     sub.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished cycle")

@@ -425,14 +425,15 @@ class LatentDAPipeline:
         return run_forecast(run, self.layout, time, self._recorded(attrs), out, resume, overwrite, report)
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
-               conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None,
+               conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int = 1,
                initial: xr.Dataset | None = None, out: str | os.PathLike | None = None, resume: bool = False,
                overwrite: bool = False, attrs: dict | None = None, report: Report | None = None, **options) -> xr.Dataset:
         """Cycling filter: the analysis of each time step of ``observations`` given the observations up
         to it only, members carried from cycle to cycle (:mod:`latentda.posterior.filtering`), dims
         (realization, time, ...). Each cycle conditions a window of K states on the member's last
-        ``context`` latent states (default K − 1; ``conditioning`` mmps with slack ``condition_noise``,
-        or inpaint) and on the cycle's observations through the decoder. ``initial`` (e.g. a
+        ``context`` latent states (default K − lag; ``conditioning`` mmps with slack ``condition_noise``,
+        or inpaint) and on the cycle's observations through the decoder; with ``lag`` > 1 the
+        lag − 1 states before the new one are sampled again with their own cycles' observations. ``initial`` (e.g. a
         reanalysis, member m for member m) gives the states just before the first cycle; without it
         the first cycle starts from the prior. ``observations``: a dataset or a table, as for
         :meth:`reanalyze` (a cycle may observe other positions than the last, or nothing: a forecast
@@ -442,7 +443,7 @@ class LatentDAPipeline:
         from latentda.posterior.filtering import FilterSettings
 
         settings = self._run_settings(settings, options)
-        filtering = FilterSettings(conditioning, condition_noise, context)
+        filtering = FilterSettings(conditioning, condition_noise, context, lag=lag)
         filtering.validate(self.window)
         observations = observation_dataset(observations, self.layout, self.time_step)
         operator = self.observation_operator(observations, allow_short=True,

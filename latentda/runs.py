@@ -208,7 +208,8 @@ def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOper
 
     attrs = {"title": "latentda cycling filter (analyses)", **(attrs or {}), "seed": seed,
              **run_attributes(settings, conditioning=options.conditioning, context=options.context,
-                              condition_noise=options.condition_noise if options.conditioning == "mmps" else None)}
+                              condition_noise=options.condition_noise if options.conditioning == "mmps" else None,
+                              lag=options.lag if options.lag > 1 else None)}
     cycles = split_cycles(operator)
     state = None
     writer = created = None
@@ -218,7 +219,7 @@ def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOper
         writer = EnsembleWriter(out, layout, time, members, attrs, resume=resume, overwrite=overwrite, by_time=True)
         saved = writer.load_state()
         if saved is not None:
-            state = FilterState.from_arrays(saved)
+            state = FilterState.from_arrays(saved, cycles)  # a lagged filter re-reads its last cycles
             if report is not None:
                 report(f"resuming: {state.cycle} cycle(s) already complete")
     first = 0 if state is None else state.cycle
@@ -226,7 +227,7 @@ def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOper
     try:
         run = filter_members(prior, cycles[first:], list(range(members)), settings, seed, options.conditioning,
                              options.condition_noise, options.context, initial if state is None else None,
-                             state=state, times=np.asarray(time.values)[first:])
+                             state=state, times=np.asarray(time.values)[first:], lag=options.lag)
         for cycle in tqdm(run, total=len(cycles) - first, desc="cycles", disable=not prior.progress):
             if writer is None:
                 analyses.append(cycle.analysis)

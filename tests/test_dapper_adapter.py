@@ -78,7 +78,8 @@ class _Spy(np.ndarray):
         return super().__getitem__(index)
 
 
-def test_filter_never_reads_the_future(setup, monkeypatch):
+@pytest.mark.parametrize("lag", [1, 2])
+def test_filter_never_reads_the_future(setup, monkeypatch, lag):
     pipeline, HMM, xx, yy = setup
     assessed = []
     real = dapper.stats.Stats.assess
@@ -89,7 +90,7 @@ def test_filter_never_reads_the_future(setup, monkeypatch):
 
     monkeypatch.setattr(dapper.stats.Stats, "assess", spying)
     _Spy.reads = []
-    xp = _method(pipeline)
+    xp = _method(pipeline, lag=lag)
     xp.assimilate(HMM, xx, yy.view(_Spy))
     assert assessed[0] == (None, -1)  # the start: no observation read
     assert {ko for ko, _ in assessed[1:]} == set(range(OBSERVATIONS))
@@ -101,7 +102,7 @@ def test_filter_never_reads_the_future(setup, monkeypatch):
     poisoned = yy.copy()
     for ko in range(3, OBSERVATIONS):
         poisoned[ko] = poisoned[ko] + 1e3
-    first, second = _method(pipeline), _method(pipeline)
+    first, second = _method(pipeline, lag=lag), _method(pipeline, lag=lag)
     first.assimilate(HMM, xx, yy)
     second.assimilate(HMM, xx, poisoned)
     np.testing.assert_array_equal(first.stats.mu.a[:3], second.stats.mu.a[:3])

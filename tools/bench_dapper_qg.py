@@ -110,7 +110,8 @@ def _methods(args, pipeline) -> list:
 
             settings = json.loads(args.settings) if args.settings else None
             mode = name.split("-", 1)[1]
-            made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=settings)))
+            options = json.loads(args.latentda_options) if args.latentda_options else {}
+            made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=settings, **options)))
         else:
             sys.exit(f"unknown method {name}")
     return made
@@ -137,6 +138,21 @@ def _averages(xp) -> dict:
     return out
 
 
+def _series(xp) -> dict:
+    """Per cycle (k = 1 … Ko + 1): DAPPER's rmse (err.rms) and spread (spread.rms) of the analyses,
+    forecasts and smoothed states, where recorded (e.g. to compare runs of different lengths)."""
+    out = {}
+    for name, path in (("rmse", ("err", "rms")), ("spread", ("spread", "rms"))):
+        series = xp.stats
+        for part in path:
+            series = getattr(series, part, None)
+        for sub in ("a", "f", "s"):
+            values = getattr(series, sub, None) if series is not None else None
+            if values is not None and np.isfinite(values).any():
+                out[f"{name}.{sub}"] = [round(float(v), 5) for v in np.asarray(values)]
+    return out
+
+
 def _digest(arrays) -> str:
     """SHA-256 of arrays' float64 bytes (the truth ``xx``, the observations ``yy`` of every cycle)."""
     import hashlib
@@ -155,6 +171,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--pipeline", type=Path, help="latentda pipeline trained on QG (tools/train_qg.sh)")
     parser.add_argument("--members", type=int, default=8, help="latentda members (default 8)")
     parser.add_argument("--settings", help="latentda PosteriorSettings as JSON, e.g. '{\"steps\": 16}'")
+    parser.add_argument("--latentda-options",
+                        help="other LatentDA arguments as JSON, e.g. '{\"condition_noise\": 0.3, \"lag\": 2}'")
     parser.add_argument("--T", type=float, default=1500.0, help="experiment length in model time (default 1500: 300 cycles)")
     parser.add_argument("--burn-in", type=float, default=None, help="default: 250/1500 of T")
     parser.add_argument("--seed", type=int, default=3000, help="twin-experiment seed (default 3000)")
@@ -208,10 +226,12 @@ def main(argv=None) -> dict:
         row = {"method": str(xp), "wall_s": round(wall, 1), "s_per_cycle": round(wall / (tseq.Ko + 1), 3),
                **_averages(xp)}
         results["methods"][name] = row
+        series = _series(xp)
         print(f"\n{name}: {xp}  wall {wall:.1f} s ({row['s_per_cycle']} s/cycle)")
         print("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key not in ("method", "wall_s", "s_per_cycle")),
               flush=True)
         del xp.stats
+        row["series"] = series  # after the printout: one list per score, a value per cycle
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2))

@@ -156,7 +156,7 @@ def observation_operator(matrix: np.ndarray, y: np.ndarray, noise_std: np.ndarra
 class LatentDA:
     """latentda as a DAPPER method (module docstring). ``settings``: a
     :class:`latentda.posterior.reanalysis.PosteriorSettings` or a dict of its fields (None: the
-    pipeline's defaults); ``conditioning``, ``condition_noise``, ``context``: the filter's
+    pipeline's defaults); ``conditioning``, ``condition_noise``, ``context``, ``lag``: the filter's
     (:func:`latentda.posterior.filtering.filter_members`)."""
 
     pipeline: Any
@@ -167,6 +167,7 @@ class LatentDA:
     conditioning: str = "mmps"
     condition_noise: float = 0.05
     context: Any = None
+    lag: int = 1
     forecasts: bool = True
     state_index: Any = None
 
@@ -243,7 +244,8 @@ class LatentDA:
                 yield self._operator(HMM, ko, yy[ko])
 
         run = filter_members(self.pipeline, cycles(), members, settings, self.latent_seed, conditioning=self.conditioning,
-                             condition_noise=self.condition_noise, context=self.context, forecasts=self.forecasts)
+                             condition_noise=self.condition_noise, context=self.context, forecasts=self.forecasts,
+                             lag=self.lag)
         # DAPPER's own progress bar (its methods show one; off under pytest or where DAPPER's config disables it)
         for cycle in progbar(run, desc=f"LatentDA filter, {self.N} members", total=len(kko) + 1):
             E = self._to_state(cycle.analysis)
