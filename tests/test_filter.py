@@ -162,10 +162,10 @@ def test_bad_arguments_fail_before_any_work(tiny):
         list(filter_members(pipeline, [long], [0], settings))
 
 
-def test_linear_gaussian_filter_against_closed_forms():
-    """With the exact prior of a slow AR(1) system (window 2) the ensemble follows the exact recursion of
-    the scheme (mean within sampling error, variance within 20 %); that recursion is not the Kalman
-    filter's, and the ensemble mean is told apart from the Kalman mean (module docstring)."""
+def _slow_linear_gaussian(window: int, cycles: int = 5, noise: float = 0.3):
+    """A slow AR(1) system (correlation time 100 steps, 4 × 4 pixels), its exact prior over windows of
+    ``window`` states, and ``cycles`` cycles observing 40 % of the pixels (new positions each cycle):
+    (system, prior, operators, observation matrices, observed values)."""
     from latentda.data import FieldLayout
     from latentda.diffusion.denoiser import make_schedule
     from latentda.diffusion.settings import SamplerSettings
@@ -173,11 +173,10 @@ def test_linear_gaussian_filter_against_closed_forms():
     from latentda.simulate.gaussian import GaussianSystem, _dataset
 
     system = GaussianSystem(size=4, variables=1, cutoff_wavenumber=1.5, correlation_time=100.0)
-    cycles, noise, members, slack = 5, 0.3, 64, 0.05
     truth = system.trajectory(cycles, np.random.default_rng(1))
     layout = FieldLayout.from_dataset(_dataset(truth[None].astype(np.float32), 0, system, cycles, {}, True).isel(trajectory=0))
     sampling = SamplerSettings(sampler="pc", steps=16, tau=0.5, sigma_start=20.0)
-    prior = ExactPrior(system, layout, make_schedule(1e-3, 1e3), sampling, window=2)
+    prior = ExactPrior(system, layout, make_schedule(1e-3, 1e3), sampling, window=window)
     rng = np.random.default_rng(2)
     n = system.size**2
     operators, rows, values = [], [], []
@@ -187,6 +186,16 @@ def test_linear_gaussian_filter_against_closed_forms():
         operators.append(ObservationOperator([ObservationGroup("u", [0], "identity", "grid", observed, noise)]))
         rows.append(np.eye(n)[mask.ravel()])
         values.append(observed[0][mask])
+    return system, prior, operators, rows, values
+
+
+def test_linear_gaussian_filter_against_closed_forms():
+    """With the exact prior of a slow AR(1) system (window 2) the ensemble follows the exact recursion of
+    the scheme (mean within sampling error, variance within 20 %); that recursion is not the Kalman
+    filter's, and the ensemble mean is told apart from the Kalman mean (module docstring)."""
+    noise, members, slack = 0.3, 64, 0.05
+    system, prior, operators, rows, values = _slow_linear_gaussian(window=2, noise=noise)
+    n = system.size**2
     C0, C1 = system.covariance_matrix(0), system.covariance_matrix(1)
     window = np.block([[C0, C1.T], [C1, C0]])
     A = C1 @ np.linalg.inv(C0)
@@ -270,27 +279,9 @@ def test_lagged_filter_against_its_closed_form():
     of the lagged scheme (mean within sampling error, variance within 20 %), and that law is closer to
     the Kalman filter's than the lag-1 scheme's: re-sampling the previous state with its observations
     lets y_k revise it (module docstring)."""
-    from latentda.data import FieldLayout
-    from latentda.diffusion.denoiser import make_schedule
-    from latentda.diffusion.settings import SamplerSettings
-    from latentda.posterior.exact import ExactPrior
-    from latentda.simulate.gaussian import GaussianSystem, _dataset
-
-    system = GaussianSystem(size=4, variables=1, cutoff_wavenumber=1.5, correlation_time=100.0)
-    cycles, noise, members, slack = 5, 0.3, 64, 0.05
-    truth = system.trajectory(cycles, np.random.default_rng(1))
-    layout = FieldLayout.from_dataset(_dataset(truth[None].astype(np.float32), 0, system, cycles, {}, True).isel(trajectory=0))
-    sampling = SamplerSettings(sampler="pc", steps=16, tau=0.5, sigma_start=20.0)
-    prior = ExactPrior(system, layout, make_schedule(1e-3, 1e3), sampling, window=3)
-    rng = np.random.default_rng(2)
+    noise, members, slack = 0.3, 64, 0.05
+    system, prior, operators, rows, values = _slow_linear_gaussian(window=3, noise=noise)
     n = system.size**2
-    operators, rows, values = [], [], []
-    for k in range(cycles):
-        mask = rng.uniform(size=(4, 4)) < 0.4
-        observed = np.where(mask, truth[k, 0] + noise * rng.standard_normal((4, 4)), np.nan)[None]
-        operators.append(ObservationOperator([ObservationGroup("u", [0], "identity", "grid", observed, noise)]))
-        rows.append(np.eye(n)[mask.ravel()])
-        values.append(observed[0][mask])
     lagged = _scheme_closed_form(system, rows, values, noise, slack, window=3, lag=2, context=1)
     plain = _scheme_closed_form(system, rows, values, noise, slack, window=3, lag=1, context=1)
     C0, C1 = system.covariance_matrix(0), system.covariance_matrix(1)

@@ -24,7 +24,11 @@ Methods (``--methods``, default ``letkf``, plus ``latentda-filter latentda-smoot
 - ``ienks``: ``iEnKS("Sqrt", N=25, Lag=2, nIter=3, infl=1.04)``, global too;
 - ``latentda-filter`` / ``latentda-smoother``: :class:`latentda.integrations.dapper.LatentDA` (mode
   ``filter`` / ``smoother``, ``--members`` members) with a pipeline trained on QG states one ``dtout``
-  apart (``latentda simulate dapper-qg``, ``tools/train_qg.sh``).
+  apart (``latentda simulate dapper-qg``, ``tools/train_qg.sh``); ``--settings`` sets their
+  PosteriorSettings and ``--latentda-options`` their other arguments (e.g. ``{"lag": 4}``).
+
+The JSON holds, per method, the averages and the per-cycle series (``series``: rmse and spread of
+``a``, ``f``, ``s`` by cycle), so runs of different lengths can be compared on common cycles.
 
 The model runs in this process (``--processes 1``, the default: DAPPER's QG ``model.mp`` and LETKF's
 ``mp`` off) or in DAPPER's multiprocessing pool (``--processes 0``: all cores).
