@@ -195,39 +195,40 @@ def test_linear_gaussian_filter_against_closed_forms():
     filter's, and the ensemble mean is told apart from the Kalman mean (module docstring)."""
     noise, members, slack = 0.3, 64, 0.05
     system, prior, operators, rows, values = _slow_linear_gaussian(window=2, noise=noise)
-    n = system.size**2
-    C0, C1 = system.covariance_matrix(0), system.covariance_matrix(1)
-    window = np.block([[C0, C1.T], [C1, C0]])
-    A = C1 @ np.linalg.inv(C0)
-    Q = C0 - A @ C0 @ A.T
-    scheme, kalman = [], []
-    for k, (H, y) in enumerate(zip(rows, values)):
-        R = noise**2 * np.eye(len(y))
-        if k == 0:  # a window of the prior with y at its last state
-            gain = C0 @ H.T @ np.linalg.inv(H @ C0 @ H.T + R)
-            m, P = gain @ y, C0 - gain @ H @ C0
-            mk, Pk = m, P
-        else:  # the window given the member's last state (slack σ_c, in standardised units) and y
-            B = np.block([[np.eye(n), np.zeros((n, n))], [np.zeros((len(y), n)), H]])
-            N = np.diag(np.concatenate([np.full(n, slack**2 * system.variance), np.full(len(y), noise**2)]))
-            gain = (window @ B.T @ np.linalg.inv(B @ window @ B.T + N))[n:]
-            m = gain[:, :n] @ m + gain[:, n:] @ y
-            P = gain[:, :n] @ P @ gain[:, :n].T + C0 - gain @ (B @ window)[:, n:]
-            forecast, forecast_cov = A @ mk, A @ Pk @ A.T + Q
-            K = forecast_cov @ H.T @ np.linalg.inv(H @ forecast_cov @ H.T + R)
-            mk, Pk = forecast + K @ (y - H @ forecast), forecast_cov - K @ H @ forecast_cov
-        scheme.append((m, P))
-        kalman.append((mk, Pk))
+    scheme = _scheme_closed_form(system, rows, values, noise, slack, window=2, lag=1, context=1)
+    kalman = _kalman_filter(system, rows, values, noise)
     settings = PosteriorSettings(iterations=24, batch_members=members)  # 24 ≥ the solve's size: exact
     out = list(filter_members(prior, operators, list(range(members)), settings, seed=0, condition_noise=slack))
-    for cycle, (m, P), (mk, _) in zip(out, scheme, kalman):
+    _assert_ensemble_follows(out, scheme, members)
+    sampling_std = np.sqrt(np.diag(scheme[-1][1]) / members)
+    ensemble_mean = out[-1].analysis.reshape(members, -1).mean(0)
+    assert np.sqrt((((ensemble_mean - kalman[-1][0]) / sampling_std) ** 2).mean()) > 2.0
+    assert np.trace(scheme[-1][1]) > 1.5 * np.trace(kalman[-1][1])  # the spread the scheme pays
+
+
+def _kalman_filter(system, rows, values, noise):
+    """The Kalman filter of the AR(1) system x_{k+1} = A x_k + w (A = C₁C₀⁻¹, Q = C₀ − A C₀ Aᵀ), from the
+    stationary law, observed by rows[k] with values[k] and noise std ``noise``: (mean, covariance) per cycle."""
+    n = system.size**2
+    C0, C1 = system.covariance_matrix(0), system.covariance_matrix(1)
+    A = C1 @ np.linalg.inv(C0)
+    Q = C0 - A @ C0 @ A.T
+    out = []
+    for k, (H, y) in enumerate(zip(rows, values)):
+        forecast, forecast_cov = (np.zeros(n), C0) if k == 0 else (A @ mean, A @ cov @ A.T + Q)
+        gain = forecast_cov @ H.T @ np.linalg.inv(H @ forecast_cov @ H.T + noise**2 * np.eye(len(y)))
+        mean, cov = forecast + gain @ (y - H @ forecast), forecast_cov - gain @ H @ forecast_cov
+        out.append((mean, cov))
+    return out
+
+
+def _assert_ensemble_follows(cycles, law, members):
+    """Every cycle's analysis ensemble has the law's mean (within sampling error) and variance (within 20 %)."""
+    for cycle, (m, P) in zip(cycles, law, strict=True):
         ensemble = cycle.analysis.reshape(members, -1).astype(np.float64)
         sampling_std = np.sqrt(np.diag(P) / members)
         assert np.sqrt((((ensemble.mean(0) - m) / sampling_std) ** 2).mean()) < 1.6
         assert 0.8 < ensemble.var(0, ddof=1).sum() / np.trace(P) < 1.2
-    ensemble_mean = out[-1].analysis.reshape(members, -1).mean(0)
-    assert np.sqrt((((ensemble_mean - kalman[-1][0]) / sampling_std) ** 2).mean()) > 2.0
-    assert np.trace(scheme[-1][1]) > 1.5 * np.trace(kalman[-1][1])  # the spread the scheme pays
 
 
 def _scheme_closed_form(system, rows, values, noise, slack, window, lag, context):
@@ -281,24 +282,13 @@ def test_lagged_filter_against_its_closed_form():
     lets y_k revise it (module docstring)."""
     noise, members, slack = 0.3, 64, 0.05
     system, prior, operators, rows, values = _slow_linear_gaussian(window=3, noise=noise)
-    n = system.size**2
     lagged = _scheme_closed_form(system, rows, values, noise, slack, window=3, lag=2, context=1)
     plain = _scheme_closed_form(system, rows, values, noise, slack, window=3, lag=1, context=1)
-    C0, C1 = system.covariance_matrix(0), system.covariance_matrix(1)
-    A = C1 @ np.linalg.inv(C0)
-    Q = C0 - A @ C0 @ A.T
-    for k, (H, y) in enumerate(zip(rows, values)):  # the Kalman filter
-        forecast, forecast_cov = (np.zeros(n), C0) if k == 0 else (A @ mk, A @ Pk @ A.T + Q)
-        gain = forecast_cov @ H.T @ np.linalg.inv(H @ forecast_cov @ H.T + noise**2 * np.eye(len(y)))
-        mk, Pk = forecast + gain @ (y - H @ forecast), forecast_cov - gain @ H @ forecast_cov
+    mk = _kalman_filter(system, rows, values, noise)[-1][0]
     settings = PosteriorSettings(iterations=40, batch_members=members)  # ≥ the solve's size: exact
     out = list(filter_members(prior, operators, list(range(members)), settings, seed=0, condition_noise=slack,
                               lag=2, context=1))
-    for cycle, (m, P) in zip(out, lagged):
-        ensemble = cycle.analysis.reshape(members, -1).astype(np.float64)
-        sampling_std = np.sqrt(np.diag(P) / members)
-        assert np.sqrt((((ensemble.mean(0) - m) / sampling_std) ** 2).mean()) < 1.6
-        assert 0.8 < ensemble.var(0, ddof=1).sum() / np.trace(P) < 1.2
+    _assert_ensemble_follows(out, lagged, members)
     assert np.trace(lagged[-1][1]) < np.trace(plain[-1][1])
     assert np.abs(lagged[-1][0] - mk).mean() < np.abs(plain[-1][0] - mk).mean()
 

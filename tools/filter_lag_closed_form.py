@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from latentda.simulate.gaussian import GaussianSystem  # noqa: E402
-from test_filter import _scheme_closed_form  # noqa: E402
+from test_filter import _kalman_filter, _scheme_closed_form  # noqa: E402
 
 SCHEMES = [(2, 1, 1), (8, 1, 7), (8, 2, 6), (8, 4, 4), (8, 7, 1)]
 
@@ -45,13 +45,7 @@ def main(argv=None) -> None:
             observed = np.where(mask, truth[k, 0] + noise * rng.standard_normal((4, 4)), np.nan)
             rows.append(np.eye(n)[mask.ravel()])
             values.append(observed[mask])
-        C0, C1 = system.covariance_matrix(0), system.covariance_matrix(1)
-        A = C1 @ np.linalg.inv(C0)
-        Q = C0 - A @ C0 @ A.T
-        for k, (H, y) in enumerate(zip(rows, values)):
-            forecast, forecast_cov = (np.zeros(n), C0) if k == 0 else (A @ mean, A @ cov @ A.T + Q)
-            gain = forecast_cov @ H.T @ np.linalg.inv(H @ forecast_cov @ H.T + noise**2 * np.eye(len(y)))
-            mean, cov = forecast + gain @ (y - H @ forecast), forecast_cov - gain @ H @ forecast_cov
+        mean, cov = _kalman_filter(system, rows, values, noise)[-1]
         kalman_rmse = np.sqrt(((mean - truth[-1, 0].ravel()) ** 2).mean())
         for window, lag, context in SCHEMES:
             m, P = _scheme_closed_form(system, rows, values, noise, slack, window, lag, context)[-1]
