@@ -15,7 +15,7 @@ from dapper.da_methods import EnKF  # noqa: E402
 
 from conftest import make_tiny_pipeline  # noqa: E402
 from latentda.errors import LatentdaError  # noqa: E402
-from latentda.integrations.dapper import LatentDA, observation_matrix, observation_operator  # noqa: E402
+from latentda.integrations.dapper import LatentDA, forecast_skill, observation_matrix, observation_operator  # noqa: E402
 
 NX = 2 * 8 * 8
 OBSERVATIONS = 5  # Ko + 1
@@ -151,3 +151,37 @@ def test_observation_operators_are_translated_exactly(setup):
     observed[:] = [np.zeros(2)] * OBSERVATIONS
     with pytest.raises(LatentdaError, match="diagonal"):
         _method(pipeline).assimilate(hmm, xx, observed)
+
+
+def test_forecast_skill_against_the_models_closed_form(setup):
+    """The tiny HMM's model is x_{k+1} = 0.9 roll(x_k): from D(E(x_ko)) its error after ℓ cycles is
+    0.9^ℓ roll^ℓ(D(E(x_ko)) − x_ko), whose RMS is 0.9^ℓ times the autoencoder's error at ko — with any
+    state ordering (the RMS does not see it, a wrong fields ↔ state conversion would)."""
+    pipeline, HMM, xx, yy = setup
+    rng = np.random.default_rng(1)
+    for index in (None, rng.permutation(NX)):
+        skill = forecast_skill(pipeline, HMM, xx, lead=2, cycles=2, members=3, settings={"steps": 2}, state_index=index)
+        context = skill["context"]
+        assert skill["leads"] == [1, 2] and context == 2  # the tiny pipeline's window 4: overlap 2
+        assert skill["cycles"] == [1, 2]  # the cycles with 2 true states before them and 2 after (Ko = 4)
+        kko = HMM.tseq.kko
+        floors, persistence = [], np.zeros(2)
+        for ko in skill["cycles"]:
+            fields = np.empty(NX)
+            if index is None:
+                fields = xx[kko[ko]].copy()
+            else:
+                fields[index] = xx[kko[ko]]
+            decoded = pipeline.decode(pipeline.encode(fields.reshape(1, 2, 8, 8))).reshape(NX).astype(np.float64)
+            state = decoded if index is None else decoded[index]
+            floors.append(np.sqrt(np.mean((state - xx[kko[ko]]) ** 2)))
+            persistence += [np.sqrt(np.mean((xx[kko[ko]] - xx[kko[ko + lead]]) ** 2)) for lead in (1, 2)]
+        np.testing.assert_allclose(skill["model_rmse"], [0.9 * np.mean(floors), 0.81 * np.mean(floors)], rtol=1e-5)
+        np.testing.assert_allclose(skill["persistence_rmse"], persistence / 2, rtol=1e-12)
+        assert np.isfinite(skill["prior_rmse"]).all() and min(skill["prior_spread"]) > 0
+    again = forecast_skill(pipeline, HMM, xx, lead=2, cycles=2, members=3, settings={"steps": 2}, state_index=index)
+    assert again == skill  # seeded: the same members
+    with pytest.raises(LatentdaError, match="no cycle"):
+        forecast_skill(pipeline, HMM, xx, lead=4, members=3)
+    with pytest.raises(LatentdaError, match="members ≥ 2"):
+        forecast_skill(pipeline, HMM, xx, members=1)

@@ -27,6 +27,12 @@ Methods (``--methods``, default ``letkf``, plus ``latentda-filter latentda-smoot
   apart (``latentda simulate dapper-qg``, ``tools/train_qg.sh``); ``--settings`` sets their
   PosteriorSettings and ``--latentda-options`` their other arguments (e.g. ``{"lag": 4}``).
 
+``--forecast-skill CYCLES`` (with ``--pipeline``) adds how close the learned prior's dynamics are to
+the model: :func:`latentda.integrations.dapper.forecast_skill` — at CYCLES cycles after the burn-in,
+the prior's forecast from the true past (the filter's cycle with a perfect history) against DAPPER's
+model from D(E(truth)) and persistence, ``--forecast-lead`` cycles ahead (``experiment.forecast_skill``
+in the JSON); ``--methods`` may then be empty (``--methods``, no names).
+
 The JSON holds, per method, the averages and the per-cycle series (``series``: rmse and spread of
 ``a``, ``f``, ``s`` by cycle), so runs of different lengths can be compared on common cycles.
 
@@ -169,7 +175,7 @@ def _digest(arrays) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=None,
+    parser.add_argument("--methods", nargs="*", default=None,
                         help="letkf enks ienks latentda-filter latentda-smoother (default: letkf, plus the latentda "
                              "ones with --pipeline)")
     parser.add_argument("--pipeline", type=Path, help="latentda pipeline trained on QG (tools/train_qg.sh)")
@@ -181,6 +187,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--burn-in", type=float, default=None, help="default: 250/1500 of T")
     parser.add_argument("--seed", type=int, default=3000, help="twin-experiment seed (default 3000)")
     parser.add_argument("--processes", type=int, default=1, help="1: no multiprocessing (default); 0: all cores")
+    parser.add_argument("--forecast-skill", type=int, default=0, metavar="CYCLES",
+                        help="with --pipeline: the prior's forecasts from the true past at CYCLES cycles after the burn-in "
+                             "against DAPPER's model from D(E(truth)) and persistence (latentda.integrations.dapper."
+                             "forecast_skill; --members members, --settings, the context and condition_noise of --latentda-options, "
+                             "--forecast-lead cycles ahead); 0: off")
+    parser.add_argument("--forecast-lead", type=int, default=4, help="cycles ahead for --forecast-skill (default 4)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.methods is None:
@@ -211,6 +223,23 @@ def main(argv=None) -> dict:
         floor = _autoencoder_floor(pipeline, xx, tseq)
         results["experiment"]["autoencoder_floor_rmse"] = floor
         print(f"autoencoder floor (rmse of D(E(truth)) over the averaged cycles): {floor:.4f}", flush=True)
+    if pipeline is not None and args.forecast_skill > 0:
+        from latentda.integrations.dapper import forecast_skill
+
+        start = time.perf_counter()
+        options = json.loads(args.latentda_options) if args.latentda_options else {}
+        skill = forecast_skill(pipeline, HMM, xx, lead=args.forecast_lead, cycles=args.forecast_skill,
+                               members=args.members, settings=json.loads(args.settings) if args.settings else None,
+                               context=options.get("context"), condition_noise=options.get("condition_noise", 0.05))
+        skill["wall_s"] = round(time.perf_counter() - start, 1)
+        results["experiment"]["forecast_skill"] = skill
+        print(f"forecasts from the true past ({len(skill['cycles'])} cycles, context {skill['context']}, "
+              f"{args.members} members, {skill['wall_s']} s), rmse by lead {skill['leads']}:", flush=True)
+        for name in ("prior_rmse", "prior_spread", "model_rmse", "persistence_rmse"):
+            print(f"  {name:17s}" + "".join(f"{value:8.3f}" for value in skill[name]), flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2))
     for name, xp in methods:
         set_seed(args.seed + 1)
         start = time.perf_counter()

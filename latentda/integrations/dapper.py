@@ -66,7 +66,7 @@ from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.filtering import filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 
-__all__ = ["LatentDA", "observation_operator", "observation_matrix"]
+__all__ = ["LatentDA", "forecast_skill", "observation_operator", "observation_matrix"]
 
 PROBE_CHUNK = 1024
 
@@ -258,3 +258,75 @@ class LatentDA:
                 self.stats.assess(k, ko, "f", E=self._to_state(cycle.forecast))
             self.stats.assess(k, ko, E=E)
             self.stats.residual_ratio[ko] = float(np.mean(cycle.residual_ratio))
+
+
+def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: int = 4, settings: Any = None,
+                   context: int | None = None, condition_noise: float = 0.05, seed: int = 0,
+                   state_index: Any = None) -> dict:
+    r"""How close the learned prior's dynamics are to the twin experiment's model, on the experiment's own
+    truth ``xx``: forecasts from the true past, ℓ = 1 … ``lead`` cycles ahead, at ``cycles`` observation
+    cycles ko spread evenly over those after the burn-in (``HMM.tseq.masko``).
+
+    - ``prior``: latentda's forecast (:func:`latentda.posterior.forecast.forecast_members`, ``members``
+      members, MMPS conditioning with noise σ_c on the encoded true states x_{ko−c+1}, …, x_ko, c =
+      ``context``, default the pipeline's) — what the filter's cycle does from a perfect history;
+    - ``model``: DAPPER's own model ``HMM.Dyn`` from D(E(x_ko)), the truth as the autoencoder returns it —
+      what an exact model does from the autoencoder's floor;
+    - ``persistence``: x_ko.
+
+    Scores by DAPPER's definitions: rmse = the RMS over the grid of the error of the ensemble mean,
+    x̄ − x_{ko+ℓ}; spread = the root of the grid mean of the ensemble variance (ddof 1); each averaged over
+    the cycles. The prior's rmse at ℓ = 1 against the model's is the learned dynamics' error per cycle
+    that an assimilation must correct, beside the observations' noise. States ↔ fields as in
+    :class:`LatentDA` (``state_index``). Returns {"leads", "cycles" (the ko used), "context",
+    "prior_rmse", "prior_spread", "model_rmse", "persistence_rmse"} (lists by lead)."""
+    from latentda.posterior.forecast import default_context, forecast_members
+
+    tseq = HMM.tseq
+    kko = np.asarray(tseq.kko)
+    settings = settings if isinstance(settings, PosteriorSettings) else PosteriorSettings(**dict(settings or {}))
+    context = default_context(pipeline, settings) if context is None else context
+    if lead < 1 or cycles < 1 or members < 2:
+        raise LatentdaError(f"forecast_skill needs lead ≥ 1, cycles ≥ 1 and members ≥ 2, got {lead}, {cycles}, {members}")
+    valid = [ko for ko in range(len(kko)) if tseq.masko[ko] and ko >= context - 1 and ko + lead < len(kko)]
+    if not valid:
+        raise LatentdaError(f"no cycle after the burn-in has {context} true states before it and {lead} after it")
+    chosen = sorted({valid[i] for i in np.linspace(0, len(valid) - 1, min(cycles, len(valid))).round().astype(int)})
+    layout = pipeline.layout
+    shape = (layout.num_channels, *layout.shape)
+    index = None if state_index is None else np.asarray(state_index)
+
+    def to_fields(states: np.ndarray) -> np.ndarray:
+        flat = np.asarray(states, dtype=np.float64).reshape(len(states), -1)
+        if index is not None:
+            flat = flat[:, np.argsort(index)]  # field entry index[i] holds state entry i
+        return flat.reshape(len(states), *shape)
+
+    def to_state(fields: np.ndarray) -> np.ndarray:
+        flat = np.asarray(fields, dtype=np.float64).reshape(len(fields), -1)
+        return flat if index is None else flat[:, index]
+
+    def rms(values: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(values**2)))
+
+    scores = {name: np.zeros((len(chosen), lead)) for name in ("prior_rmse", "prior_spread", "model_rmse", "persistence_rmse")}
+    for row, ko in enumerate(chosen):
+        past = xx[kko[ko - context + 1 : ko + 1]]
+        targets = xx[kko[ko + 1 : ko + lead + 1]]
+        initial = pipeline.encode(to_fields(past))[None]
+        run = forecast_members(pipeline, list(range(members)), lead, settings, seed=seed + ko, initial=initial,
+                               conditioning="mmps", condition_noise=condition_noise, context=context)
+        ensemble = np.stack([fields[1:] for _, fields in run])  # (members, lead, C, H, W); lead 0 is x_ko's
+        model = to_state(pipeline.decode(pipeline.encode(to_fields(xx[kko[ko]][None]))))[0]  # D(E(x_ko))
+        k = kko[ko]
+        for step in range(lead):
+            while k < kko[ko + step + 1]:  # dko model steps per cycle; x_{k+1} = Dyn(x_k, t_k, dt) as HMM.simulate
+                model = HMM.Dyn(model, tseq.tt[k], tseq.dt)
+                k += 1
+            states = to_state(ensemble[:, step])
+            scores["prior_rmse"][row, step] = rms(states.mean(0) - targets[step])
+            scores["prior_spread"][row, step] = float(np.sqrt(states.var(0, ddof=1).mean()))
+            scores["model_rmse"][row, step] = rms(model - targets[step])
+            scores["persistence_rmse"][row, step] = rms(xx[kko[ko]] - targets[step])
+    return {"leads": list(range(1, lead + 1)), "cycles": [int(ko) for ko in chosen], "context": int(context),
+            **{name: [float(v) for v in values.mean(0)] for name, values in scores.items()}}
