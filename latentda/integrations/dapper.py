@@ -152,6 +152,13 @@ def observation_operator(matrix: np.ndarray, y: np.ndarray, noise_std: np.ndarra
     return ObservationOperator(groups)
 
 
+def _fields_to_states(fields: np.ndarray, state_index: Any = None) -> np.ndarray:
+    """Fields (N, C, H, W) → DAPPER states (N, Nx): the C-order flattening, entry i = field entry
+    ``state_index[i]`` when given (module docstring)."""
+    flat = np.asarray(fields, dtype=np.float64).reshape(len(fields), -1)
+    return flat if state_index is None else flat[:, np.asarray(state_index)]
+
+
 @da_method()
 class LatentDA:
     """latentda as a DAPPER method (module docstring). ``settings``: a
@@ -188,8 +195,7 @@ class LatentDA:
         return (layout.num_channels, *layout.shape)
 
     def _to_state(self, fields: np.ndarray) -> np.ndarray:
-        flat = np.asarray(fields, dtype=np.float64).reshape(fields.shape[0], -1)
-        return flat if self.state_index is None else flat[:, np.asarray(self.state_index)]
+        return _fields_to_states(fields, self.state_index)
 
     def _operator(self, HMM, ko: int, y) -> ObservationOperator:
         obs = HMM.Obs(ko)
@@ -302,10 +308,6 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
             flat = flat[:, np.argsort(index)]  # field entry index[i] holds state entry i
         return flat.reshape(len(states), *shape)
 
-    def to_state(fields: np.ndarray) -> np.ndarray:
-        flat = np.asarray(fields, dtype=np.float64).reshape(len(fields), -1)
-        return flat if index is None else flat[:, index]
-
     def rms(values: np.ndarray) -> float:
         return float(np.sqrt(np.mean(values**2)))
 
@@ -317,13 +319,13 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
         run = forecast_members(pipeline, list(range(members)), lead, settings, seed=seed + ko, initial=initial,
                                conditioning="mmps", condition_noise=condition_noise, context=context)
         ensemble = np.stack([fields[1:] for _, fields in run])  # (members, lead, C, H, W); lead 0 is x_ko's
-        model = to_state(pipeline.decode(pipeline.encode(to_fields(xx[kko[ko]][None]))))[0]  # D(E(x_ko))
+        model = _fields_to_states(pipeline.decode(pipeline.encode(to_fields(xx[kko[ko]][None]))), index)[0]  # D(E(x_ko))
         k = kko[ko]
         for step in range(lead):
             while k < kko[ko + step + 1]:  # dko model steps per cycle; x_{k+1} = Dyn(x_k, t_k, dt) as HMM.simulate
                 model = HMM.Dyn(model, tseq.tt[k], tseq.dt)
                 k += 1
-            states = to_state(ensemble[:, step])
+            states = _fields_to_states(ensemble[:, step], index)
             scores["prior_rmse"][row, step] = rms(states.mean(0) - targets[step])
             scores["prior_spread"][row, step] = float(np.sqrt(states.var(0, ddof=1).mean()))
             scores["model_rmse"][row, step] = rms(model - targets[step])
