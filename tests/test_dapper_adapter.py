@@ -185,3 +185,42 @@ def test_forecast_skill_against_the_models_closed_form(setup):
         forecast_skill(pipeline, HMM, xx, lead=4, members=3)
     with pytest.raises(LatentdaError, match="members ≥ 2"):
         forecast_skill(pipeline, HMM, xx, members=1)
+
+
+def test_forecast_skill_reads_the_true_past_and_steps_the_model_per_cycle(setup, monkeypatch):
+    """dko = 2 model steps per cycle, a time-dependent model x_{k+1} = (0.9 + 0.01 t_k) roll(x_k) and a
+    burn-in: the model's row is each cycle's product of factors times the autoencoder's error, over the
+    cycles after the burn-in only. The prior's row: a stand-in forecast that accepts only the encoded
+    x_{ko−1}, x_ko as its history and returns the truth x_{ko..ko+lead} plus a known offset per member, so its
+    rmse is |mean offset| and its spread their standard deviation at every lead."""
+    pipeline = setup[0]
+    tseq = modelling.Chronology(dt=1, dko=2, Ko=7, BurnIn=5)  # observations at t = 2, 4, …, 16; t > 5 from ko = 2
+    dynamics = {"M": NX, "model": lambda x, t, dt: (0.9 + 0.01 * t) * np.roll(x, 1, axis=-1), "noise": 0}
+    HMM = modelling.HiddenMarkovModel(dynamics, {"time_dependent": _obs_at}, tseq, modelling.GaussRV(C=1.0, M=NX))
+    dpr.set_seed(5)
+    xx, _ = HMM.simulate()
+    kko = tseq.kko
+    encoded = {ko: pipeline.encode(xx[kko[ko - 1 : ko + 1]].reshape(2, 2, 8, 8)) for ko in range(1, len(kko))}
+    offsets = np.array([-1.0, 0.5, 2.0])
+
+    def stand_in(prior, members, lead, settings, seed=0, initial=None, context=None, **options):
+        matches = [ko for ko, z in encoded.items() if torch.equal(z, initial[0])]
+        assert len(matches) == 1 and context == 2
+        truth = xx[kko[matches[0] : matches[0] + lead + 1]].reshape(lead + 1, 2, 8, 8)
+        return iter([(m, truth + offsets[m]) for m in members])
+
+    monkeypatch.setattr("latentda.posterior.forecast.forecast_members", stand_in)
+    skill = forecast_skill(pipeline, HMM, xx, lead=2, cycles=4, members=3)
+    assert skill["cycles"] == [2, 3, 4, 5]  # after the burn-in (ko 0, 1 excluded), 2 cycles before the end
+    expected = np.zeros(2)
+    for ko in skill["cycles"]:
+        decoded = pipeline.decode(pipeline.encode(xx[kko[ko]].reshape(1, 2, 8, 8))).reshape(NX).astype(np.float64)
+        floor = np.sqrt(np.mean((decoded - xx[kko[ko]]) ** 2))
+        factor = 1.0
+        for lead in (1, 2):
+            for k in range(kko[ko + lead - 1], kko[ko + lead]):
+                factor *= 0.9 + 0.01 * tseq.tt[k]
+            expected[lead - 1] += floor * factor / 4
+    np.testing.assert_allclose(skill["model_rmse"], expected, rtol=1e-5)
+    np.testing.assert_allclose(skill["prior_rmse"], [abs(offsets.mean())] * 2, rtol=1e-6)
+    np.testing.assert_allclose(skill["prior_spread"], [offsets.std(ddof=1)] * 2, rtol=1e-6)

@@ -29,7 +29,7 @@ Methods (``--methods``, default ``letkf``, plus ``latentda-filter latentda-smoot
 
 ``--forecast-skill CYCLES`` (with ``--pipeline``) adds how close the learned prior's dynamics are to
 the model: :func:`latentda.integrations.dapper.forecast_skill` — at CYCLES cycles after the burn-in,
-the prior's forecast from the true past (the filter's cycle with a perfect history) against DAPPER's
+the prior's forecast from the true past (a filter's cycle with a perfect history) against DAPPER's
 model from D(E(truth)) and persistence, ``--forecast-lead`` cycles ahead (``experiment.forecast_skill``
 in the JSON); ``--methods`` may then be empty (``--methods``, no names).
 
@@ -195,6 +195,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--forecast-lead", type=int, default=4, help="cycles ahead for --forecast-skill (default 4)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    if args.forecast_skill and args.pipeline is None:
+        parser.error("--forecast-skill needs --pipeline")
     if args.methods is None:
         args.methods = ["letkf"] + (["latentda-filter", "latentda-smoother"] if args.pipeline else [])
 

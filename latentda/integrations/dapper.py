@@ -275,7 +275,8 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
 
     - ``prior``: latentda's forecast (:func:`latentda.posterior.forecast.forecast_members`, ``members``
       members, MMPS conditioning with noise σ_c on the encoded true states x_{ko−c+1}, …, x_ko, c =
-      ``context``, default the pipeline's) — what the filter's cycle does from a perfect history;
+      ``context``, default the pipeline's forecast context, its blanket overlap) — what a filter's cycle
+      does from a perfect history (the lagged filter's default context is K − ℓ: pass it to match);
     - ``model``: DAPPER's own model ``HMM.Dyn`` from D(E(x_ko)), the truth as the autoencoder returns it —
       what an exact model does from the autoencoder's floor;
     - ``persistence``: x_ko.
