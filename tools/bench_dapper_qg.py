@@ -173,6 +173,13 @@ def _digest(arrays) -> str:
     return digest.hexdigest()[:16]
 
 
+def _write(path: Path | None, results: dict) -> None:
+    """Write the results so far (after every method: a long run keeps what finished)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="*", default=None,
@@ -239,9 +246,7 @@ def main(argv=None) -> dict:
               f"{args.members} members, {skill['wall_s']} s), rmse by lead {skill['leads']}:", flush=True)
         for name in ("prior_rmse", "prior_spread", "model_rmse", "persistence_rmse"):
             print(f"  {name:17s}" + "".join(f"{value:8.3f}" for value in skill[name]), flush=True)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2))
+        _write(args.json, results)
     for name, xp in methods:
         set_seed(args.seed + 1)
         start = time.perf_counter()
@@ -252,9 +257,7 @@ def main(argv=None) -> dict:
             results["methods"][name] = {"method": str(xp), "wall_s": round(wall, 1),
                                         "failed": f"{type(error).__name__}: {error}"}
             print(f"\n{name}: {xp}  FAILED after {wall:.1f} s: {type(error).__name__}: {error}", flush=True)
-            if args.json:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(results, indent=2))
+            _write(args.json, results)
             continue
         wall = time.perf_counter() - start
         xp.stats.average_in_time()
@@ -267,9 +270,7 @@ def main(argv=None) -> dict:
               flush=True)
         del xp.stats
         row["series"] = series  # after the printout: one list per score, a value per cycle
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2))
+        _write(args.json, results)
     return results
 
 

@@ -159,6 +159,19 @@ def _fields_to_states(fields: np.ndarray, state_index: Any = None) -> np.ndarray
     return flat if state_index is None else flat[:, np.asarray(state_index)]
 
 
+def _states_to_fields(states: np.ndarray, shape: tuple[int, int, int], state_index: Any = None) -> np.ndarray:
+    """DAPPER states (N, Nx) → fields (N, C, H, W): the inverse of :func:`_fields_to_states`."""
+    flat = np.asarray(states, dtype=np.float64).reshape(len(states), -1)
+    if state_index is not None:
+        flat = flat[:, np.argsort(np.asarray(state_index))]  # field entry state_index[i] holds state entry i
+    return flat.reshape(len(states), *shape)
+
+
+def _posterior_settings(settings: Any) -> PosteriorSettings:
+    """``settings`` as :class:`PosteriorSettings`: one already, a dict of its fields, or None (the defaults)."""
+    return settings if isinstance(settings, PosteriorSettings) else PosteriorSettings(**dict(settings or {}))
+
+
 @da_method()
 class LatentDA:
     """latentda as a DAPPER method (module docstring). ``settings``: a
@@ -186,9 +199,7 @@ class LatentDA:
 
     # ------------------------------------------------------------------ helpers
     def _posterior_settings(self) -> PosteriorSettings:
-        if isinstance(self.settings, PosteriorSettings):
-            return self.settings
-        return PosteriorSettings(**dict(self.settings or {}))
+        return _posterior_settings(self.settings)
 
     def _field_shape(self) -> tuple[int, int, int]:
         layout = self.pipeline.layout
@@ -291,7 +302,7 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
 
     tseq = HMM.tseq
     kko = np.asarray(tseq.kko)
-    settings = settings if isinstance(settings, PosteriorSettings) else PosteriorSettings(**dict(settings or {}))
+    settings = _posterior_settings(settings)
     context = default_context(pipeline, settings) if context is None else context
     if lead < 1 or cycles < 1 or members < 2:
         raise LatentdaError(f"forecast_skill needs lead ≥ 1, cycles ≥ 1 and members ≥ 2, got {lead}, {cycles}, {members}")
@@ -299,15 +310,8 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     if not valid:
         raise LatentdaError(f"no cycle after the burn-in has {context} true states before it and {lead} after it")
     chosen = sorted({valid[i] for i in np.linspace(0, len(valid) - 1, min(cycles, len(valid))).round().astype(int)})
-    layout = pipeline.layout
-    shape = (layout.num_channels, *layout.shape)
+    shape = (pipeline.layout.num_channels, *pipeline.layout.shape)
     index = None if state_index is None else np.asarray(state_index)
-
-    def to_fields(states: np.ndarray) -> np.ndarray:
-        flat = np.asarray(states, dtype=np.float64).reshape(len(states), -1)
-        if index is not None:
-            flat = flat[:, np.argsort(index)]  # field entry index[i] holds state entry i
-        return flat.reshape(len(states), *shape)
 
     def rms(values: np.ndarray) -> float:
         return float(np.sqrt(np.mean(values**2)))
@@ -316,11 +320,11 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     for row, ko in enumerate(chosen):
         past = xx[kko[ko - context + 1 : ko + 1]]
         targets = xx[kko[ko + 1 : ko + lead + 1]]
-        initial = pipeline.encode(to_fields(past))[None]
+        initial = pipeline.encode(_states_to_fields(past, shape, index))[None]
         run = forecast_members(pipeline, list(range(members)), lead, settings, seed=seed + ko, initial=initial,
                                conditioning="mmps", condition_noise=condition_noise, context=context)
         ensemble = np.stack([fields[1:] for _, fields in run])  # (members, lead, C, H, W); lead 0 is x_ko's
-        model = _fields_to_states(pipeline.decode(pipeline.encode(to_fields(xx[kko[ko]][None]))), index)[0]  # D(E(x_ko))
+        model = _fields_to_states(pipeline.decode(pipeline.encode(_states_to_fields(xx[kko[ko]][None], shape, index))), index)[0]  # D(E(x_ko))
         k = kko[ko]
         for step in range(lead):
             while k < kko[ko + step + 1]:  # dko model steps per cycle; x_{k+1} = Dyn(x_k, t_k, dt) as HMM.simulate
