@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentda.diffusion.blankets import BlanketDenoiser, blanket_starts
-from latentda.diffusion.denoiser import Denoiser, denoising_loss, make_schedule
+from latentda.diffusion.denoiser import Denoiser, TrainingNoise, denoising_loss, make_schedule
 from latentda.diffusion.gaussian import GaussianDenoiser
 from latentda.diffusion.sampling import noise_levels, sample
 from latentda.errors import LatentdaError
@@ -82,6 +82,54 @@ def test_loss_is_small_for_the_exact_denoiser():
     x = torch.distributions.MultivariateNormal(mean, covariance).sample((5000,))
     losses = [denoising_loss(Wrap(b), x, BatchRandom(0, 0, range(len(x)))).item() for b in (0.0, 0.05)]
     assert losses[0] < losses[1]
+
+
+def _ks_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov–Smirnov statistic: the largest gap between the empirical CDFs."""
+    points = torch.cat([a, b]).sort().values
+    cdf = lambda s: torch.searchsorted(s.sort().values, points, right=True) / len(s)
+    return float((cdf(a) - cdf(b)).abs().max())
+
+
+@pytest.mark.parametrize("low, high", [(1e-3, 1e3), (1e-2, 1.0)])
+def test_training_noise_levels_follow_their_law(low, high):
+    """The inverse-transform draws of TrainingNoise against independent samples of the same law:
+    log-normal truncated to [σ_min, σ_max] by rejection from N(μ, s²) (also when the range cuts deep
+    into the normal, where a clamp would pile mass on the ends), and log-uniform."""
+    generator = torch.Generator().manual_seed(0)
+    n = 40_000
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    mean, std = -2.0, 2.0
+    drawn = TrainingNoise("log-normal", mean, std).sigmas(u, low, high).log()
+    normal = mean + std * torch.randn(20 * n, generator=generator, dtype=torch.float64)
+    kept = normal[(normal >= math.log(low)) & (normal <= math.log(high))][:n]
+    assert len(kept) > n // 4
+    assert drawn.min() >= math.log(low) - 1e-12 and drawn.max() <= math.log(high) + 1e-12
+    assert _ks_distance(drawn, kept) < 0.015  # ≈ 1.6 / √(n/2) would be the 99.9 % critical value
+    assert _ks_distance(drawn, normal[:n]) > 0.05 or (low, high) == (1e-3, 1e3)  # the truncation is real
+    uniform = TrainingNoise().sigmas(u, low, high).log()
+    reference = math.log(low) + (math.log(high) - math.log(low)) * torch.rand(n, generator=generator, dtype=torch.float64)
+    assert _ks_distance(uniform, reference) < 0.015
+    assert _ks_distance(drawn, reference) > 0.05  # and differs from the log-uniform one
+
+
+def test_denoising_loss_draws_its_levels_from_the_training_noise():
+    """The σ the denoiser sees in the loss are the training noise law's draws, example by example."""
+    seen = []
+
+    class Record(Denoiser):
+        def forward(self, x_t, sigma, context=None):
+            seen.append(sigma)
+            return x_t
+
+    x = torch.zeros(4000, 3)
+    levels = TrainingNoise("log-normal", -2.0, 0.5)
+    denoising_loss(Record(torch.nn.Identity()), x, BatchRandom(0, 0, range(len(x))), levels=levels)
+    u = BatchRandom(0, 0, range(len(x))).rand(dtype=torch.float64)
+    torch.testing.assert_close(seen[0].double(), levels.sigmas(u, 1e-3, 1e3), rtol=1e-6, atol=0)
+    assert abs(float(seen[0].log().median()) + 2.0) < 0.05
+    denoising_loss(Record(torch.nn.Identity()), x, BatchRandom(0, 0, range(len(x))))  # default: log-uniform
+    assert abs(float(seen[1].log().mean())) < 0.3 and float(seen[1].max()) > 100
 
 
 def test_blanket_equals_window_when_length_is_window():

@@ -112,9 +112,10 @@ def test_diffusion_config_is_the_sampler_settings_with_the_noise_range():
     config = load_config(LatentDiffusionConfig, ROOT / "configs" / "ldm" / "kolmogorov.yaml")
     assert isinstance(config.diffusion, SamplerSettings)
     assert SamplerSettings.of(config.diffusion).steps == config.diffusion.steps
-    assert [f.name for f in dataclasses.fields(DiffusionConfig)] == [*SAMPLER_FIELDS, "sigma_min", "sigma_max"]
+    assert [f.name for f in dataclasses.fields(DiffusionConfig)] == [*SAMPLER_FIELDS, "sigma_min", "sigma_max", "noise_distribution",
+                                                               "log_sigma_mean", "log_sigma_std"]
     base = {"output": "x"}
-    with pytest.raises(LatentdaError, match=r"unknown key 'diffusion.step' \(allowed: sampler, steps, .*sigma_max\)"):
+    with pytest.raises(LatentdaError, match=r"unknown key 'diffusion.step' \(allowed: sampler, steps, .*log_sigma_std\)"):
         parse(LatentDiffusionConfig, {**base, "diffusion": {"step": 3}})
     with pytest.raises(LatentdaError, match="diffusion.steps: expected an integer, got 'ten'"):
         parse(LatentDiffusionConfig, {**base, "diffusion": {"steps": "ten"}})

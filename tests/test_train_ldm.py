@@ -114,6 +114,10 @@ def test_bad_ldm_inputs(tmp_path, latents):
         parse(LatentDiffusionConfig, {"output": "x", "model": {"hidden_size": 10, "num_heads": 4}})
     with pytest.raises(LatentdaError, match="diffusion.sampler"):
         parse(LatentDiffusionConfig, {"output": "x", "diffusion": {"sampler": "magic"}})
+    with pytest.raises(LatentdaError, match="diffusion.noise_distribution: must be one of log-uniform, log-normal"):
+        parse(LatentDiffusionConfig, {"output": "x", "diffusion": {"noise_distribution": "gaussian"}})
+    with pytest.raises(LatentdaError, match="diffusion.log_sigma_std: must be positive"):
+        parse(LatentDiffusionConfig, {"output": "x", "diffusion": {"noise_distribution": "log-normal", "log_sigma_std": 0}})
 
 
 def _train_two_processes(tmp_path, latents, training: dict, port: int, resume_steps: int | None = None) -> dict:

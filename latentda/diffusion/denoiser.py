@@ -11,22 +11,60 @@ so that F's target has unit variance at every σ. These coefficients come from d
 ``EDMEulerScheduler`` (its ``precondition_*`` methods), which also gives the sampling σ grid and is
 saved with the pipeline as its noise schedule. Training minimises
 
-    E_{σ, x, ε} λ(σ) ‖D(x + σ ε, σ) − x‖²,   λ(σ) = 1/σ² + 1/σ_d²,   log σ ~ U(log σ_min, log σ_max),
+    E_{σ, x, ε} λ(σ) ‖D(x + σ ε, σ) − x‖²,   λ(σ) = 1/σ² + 1/σ_d²,
 
-which with σ_d = 1 (standardised latents) is the weight 1/σ² + 1.
+which with σ_d = 1 (standardised latents) is the weight 1/σ² + 1. The training noise levels
+(:class:`TrainingNoise`) are log-uniform on [σ_min, σ_max] by default, or log-normal,
+log σ ~ N(P_mean, P_std²) truncated to [log σ_min, log σ_max] (EDM's choice, P_mean = −1.2,
+P_std = 1.2), which spends the network's capacity where sampling needs it: λ(σ) makes every level's
+target unit-variance, so the distribution of σ alone decides how much training each level gets.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from diffusers import EDMEulerScheduler
 from torch import Tensor, nn
 
-__all__ = ["Denoiser", "make_schedule", "denoising_loss", "SIGMA_MIN", "SIGMA_MAX"]
+__all__ = ["Denoiser", "make_schedule", "denoising_loss", "TrainingNoise", "NOISE_DISTRIBUTIONS", "SIGMA_MIN", "SIGMA_MAX"]
 
 SIGMA_MIN, SIGMA_MAX = 1e-3, 1e3
+NOISE_DISTRIBUTIONS = ("log-uniform", "log-normal")
+
+
+@dataclass(frozen=True)
+class TrainingNoise:
+    """The law of the training noise level σ on [σ_min, σ_max], drawn by inverse transform from one
+    uniform u ∈ [0, 1) per example:
+
+    - ``log-uniform``: log σ = a + u (b − a), with a = log σ_min, b = log σ_max;
+    - ``log-normal``: log σ = μ + s Φ⁻¹(Φ(α) + u (Φ(β) − Φ(α))), α = (a − μ)/s, β = (b − μ)/s: the normal
+      N(μ, s²) with μ = ``log_sigma_mean``, s = ``log_sigma_std`` truncated to [a, b] (exactly, not
+      clamped: no mass piles up at the ends).
+    """
+
+    distribution: str = "log-uniform"
+    log_sigma_mean: float = -1.2
+    log_sigma_std: float = 1.2
+
+    def __post_init__(self) -> None:
+        if self.distribution not in NOISE_DISTRIBUTIONS:
+            raise ValueError(f"unknown noise distribution {self.distribution!r} (choose from {', '.join(NOISE_DISTRIBUTIONS)})")
+        if not self.log_sigma_std > 0:
+            raise ValueError(f"log_sigma_std must be positive, got {self.log_sigma_std!r}")
+
+    def sigmas(self, u: Tensor, sigma_min: float, sigma_max: float) -> Tensor:
+        """σ for uniform draws ``u`` (float64 recommended: the normal's tails need the precision)."""
+        a, b = math.log(sigma_min), math.log(sigma_max)
+        if self.distribution == "log-uniform":
+            return torch.exp(a + u * (b - a))
+        mean, std = self.log_sigma_mean, self.log_sigma_std
+        low, high = (torch.special.ndtr(torch.tensor((v - mean) / std, dtype=u.dtype)) for v in (a, b))
+        log_sigma = mean + std * torch.special.ndtri(low + u * (high - low))
+        return torch.exp(log_sigma.clamp(a, b))  # the clamp only absorbs rounding at the ends
 
 
 def make_schedule(sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, sigma_data: float = 1.0, rho: float = 7.0, sigma_schedule: str = "karras") -> EDMEulerScheduler:
@@ -67,15 +105,15 @@ class Denoiser(nn.Module):
         return self.schedule.precondition_outputs(x_t, output, sigma)
 
 
-def denoising_loss(denoiser: Denoiser, x: Tensor, random, context: Tensor | None = None) -> Tensor:
-    """λ(σ)-weighted denoising score matching loss of a batch x (B, ...).
+def denoising_loss(denoiser: Denoiser, x: Tensor, random, context: Tensor | None = None,
+                   levels: TrainingNoise = TrainingNoise()) -> Tensor:
+    """λ(σ)-weighted denoising score matching loss of a batch x (B, ...), σ drawn from ``levels``.
 
     ``random`` draws the noise levels and noise example by example (``rand(*shape)`` and
     ``randn(*shape)`` returning (B, *shape), e.g. :class:`latentda.training.loop.BatchRandom`).
     """
     u = random.rand(dtype=torch.float64)
-    log_min, log_max = math.log(denoiser.sigma_min), math.log(denoiser.sigma_max)
-    sigma = torch.exp(log_min + u * (log_max - log_min)).to(x.device, x.dtype)
+    sigma = levels.sigmas(u, denoiser.sigma_min, denoiser.sigma_max).to(x.device, x.dtype)
     noise = random.randn(*x.shape[1:]).to(x.device, x.dtype)
     sigma_b = _expand(sigma, x)
     denoised = denoiser(x + sigma_b * noise, sigma, context)

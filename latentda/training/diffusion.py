@@ -26,7 +26,7 @@ from latentda.data import LatentSource, Statistics, WindowDataset, split_segment
 from latentda.data.splits import Segment
 from latentda.data.calendar import CALENDAR_FEATURES
 from latentda.data.statistics import MissingScan, streaming_statistics
-from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, denoising_loss, make_schedule
+from latentda.diffusion.denoiser import NOISE_DISTRIBUTIONS, SIGMA_MAX, SIGMA_MIN, Denoiser, TrainingNoise, denoising_loss, make_schedule
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
@@ -62,17 +62,29 @@ class DenoiserModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig(SamplerSettings):
-    """The ``diffusion:`` section: the noise range of training and sampling, and the default sampler
-    settings saved with the pipeline (the fields of :class:`latentda.diffusion.settings.SamplerSettings`,
-    flat in the same section)."""
+    """The ``diffusion:`` section: the noise range of training and sampling, the law of the training
+    noise levels on it (``noise_distribution``: ``log-uniform``, or ``log-normal`` with
+    log σ ~ N(``log_sigma_mean``, ``log_sigma_std``²) truncated to the range;
+    :class:`latentda.diffusion.denoiser.TrainingNoise`), and the default sampler settings saved with the
+    pipeline (the fields of :class:`latentda.diffusion.settings.SamplerSettings`, flat in the same section)."""
 
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
+    noise_distribution: str = "log-uniform"
+    log_sigma_mean: float = TrainingNoise.log_sigma_mean
+    log_sigma_std: float = TrainingNoise.log_sigma_std
 
     def validate(self, prefix: str = "") -> None:
         super().validate(prefix)
         require(0 < self.sigma_min < self.sigma_max, f"{prefix}.sigma_min", "must satisfy 0 < sigma_min < sigma_max")
         self.check_sigma_range(self.sigma_min, self.sigma_max, prefix)
+        require(self.noise_distribution in NOISE_DISTRIBUTIONS, f"{prefix}.noise_distribution",
+                f"must be one of {', '.join(NOISE_DISTRIBUTIONS)}, got {self.noise_distribution!r}")
+        require(self.log_sigma_std > 0, f"{prefix}.log_sigma_std", f"must be positive, got {self.log_sigma_std!r}")
+
+    def training_noise(self) -> TrainingNoise:
+        """The law the training noise levels are drawn from."""
+        return TrainingNoise(self.noise_distribution, self.log_sigma_mean, self.log_sigma_std)
 
 
 @dataclass
@@ -169,9 +181,11 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     valid_windows = torch.stack([item[0] if calendar else item for item in valid_items])
     valid_context = torch.stack([item[1] for item in valid_items]) if calendar else None
 
+    levels = config.diffusion.training_noise()
+
     def loss_fn(model, batch, random):
         x, context = batch if isinstance(batch, tuple) else (batch, None)
-        return denoising_loss(Denoiser(model, schedule), x, random, context)
+        return denoising_loss(Denoiser(model, schedule), x, random, context, levels)
 
     def validate_fn(model):
         device = next(model.parameters()).device
