@@ -51,10 +51,12 @@ class TrainingNoise:
     log_sigma_std: float = 1.2
 
     def __post_init__(self) -> None:
+        """The rules, once (``DiffusionConfig.validate`` reports them as config errors): each message
+        starts with the config key it is about."""
         if self.distribution not in NOISE_DISTRIBUTIONS:
-            raise ValueError(f"unknown noise distribution {self.distribution!r} (choose from {', '.join(NOISE_DISTRIBUTIONS)})")
+            raise ValueError(f"noise_distribution: must be one of {', '.join(NOISE_DISTRIBUTIONS)}, got {self.distribution!r}")
         if not self.log_sigma_std > 0:
-            raise ValueError(f"log_sigma_std must be positive, got {self.log_sigma_std!r}")
+            raise ValueError(f"log_sigma_std: must be positive, got {self.log_sigma_std!r}")
 
     def sigmas(self, u: Tensor, sigma_min: float, sigma_max: float) -> Tensor:
         """σ for uniform draws ``u`` (float64 recommended: the normal's tails need the precision)."""

@@ -26,7 +26,7 @@ from latentda.data import LatentSource, Statistics, WindowDataset, split_segment
 from latentda.data.splits import Segment
 from latentda.data.calendar import CALENDAR_FEATURES
 from latentda.data.statistics import MissingScan, streaming_statistics
-from latentda.diffusion.denoiser import NOISE_DISTRIBUTIONS, SIGMA_MAX, SIGMA_MIN, Denoiser, TrainingNoise, denoising_loss, make_schedule
+from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, TrainingNoise, denoising_loss, make_schedule
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
@@ -78,9 +78,11 @@ class DiffusionConfig(SamplerSettings):
         super().validate(prefix)
         require(0 < self.sigma_min < self.sigma_max, f"{prefix}.sigma_min", "must satisfy 0 < sigma_min < sigma_max")
         self.check_sigma_range(self.sigma_min, self.sigma_max, prefix)
-        require(self.noise_distribution in NOISE_DISTRIBUTIONS, f"{prefix}.noise_distribution",
-                f"must be one of {', '.join(NOISE_DISTRIBUTIONS)}, got {self.noise_distribution!r}")
-        require(self.log_sigma_std > 0, f"{prefix}.log_sigma_std", f"must be positive, got {self.log_sigma_std!r}")
+        try:
+            self.training_noise()
+        except ValueError as error:  # "key: message"
+            key, message = str(error).split(": ", 1)
+            require(False, f"{prefix}.{key}", message)
 
     def training_noise(self) -> TrainingNoise:
         """The law the training noise levels are drawn from."""
