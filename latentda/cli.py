@@ -43,9 +43,11 @@ def _simulate(args: argparse.Namespace) -> None:
                                 "do not apply to dapper-qg")
         path = write_dapper_qg_zarr(args.out, trajectories=args.trajectories, steps=args.steps, spinup=args.spinup,
                                     seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, workers=args.workers)
         print(f"wrote {path}")
         return
+    if args.workers != 1:
+        raise LatentdaError("--workers applies to dapper-qg only (the other simulators run batched in one process)")
     if args.system == "gaussian":
         if args.coarsen != 1:
             raise LatentdaError("--coarsen applies to the Kolmogorov flow only")
@@ -531,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--spinup", type=int, default=64, help="states discarded before recording (default 64)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--batch-size", type=_positive_int, default=32, help="trajectories simulated at once (default 32)")
+    sub.add_argument("--workers", type=_positive_int, default=1,
+                     help="dapper-qg: processes simulating trajectories in parallel (default 1; same data whatever the number)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gaussian = sub.add_argument_group("gaussian system (see latentda.simulate.gaussian)")
     gaussian.add_argument("--variables", type=int, default=2, help="1 (u) or 2 (u, v) variables (default 2)")

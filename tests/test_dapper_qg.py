@@ -60,6 +60,15 @@ def test_states_are_dapper_model_steps_and_independent_of_batching(qg_store):
     assert not np.allclose(psi[0], psi[1])
 
 
+def test_parallel_workers_give_the_same_states(qg_store):
+    import xarray as xr
+
+    psi = xr.open_zarr(qg_store)["psi"].values
+    batches = list(dapper_qg.simulate_dapper_qg(3, 3, spinup=2, seed=5, batch_size=2, workers=2, progress=False))
+    assert [len(batch) for batch in batches] == [2, 1]
+    np.testing.assert_array_equal(np.concatenate(batches), psi)
+
+
 def test_bad_arguments(tmp_path):
     from latentda.cli import main
     from latentda.errors import LatentdaError
@@ -68,3 +77,7 @@ def test_bad_arguments(tmp_path):
         dapper_qg.write_dapper_qg_zarr(tmp_path / "a.zarr", trajectories=0, steps=2)
     assert main(["simulate", "dapper-qg", "--out", str(tmp_path / "b.zarr"), "--coarsen", "2", "--quiet"]) == 2
     assert not (tmp_path / "b.zarr").exists()
+    with pytest.raises(LatentdaError, match="workers"):
+        dapper_qg.write_dapper_qg_zarr(tmp_path / "c.zarr", trajectories=2, steps=2, workers=0)
+    assert main(["simulate", "gaussian", "--out", str(tmp_path / "d.zarr"), "--workers", "2", "--quiet"]) == 2
+    assert not (tmp_path / "d.zarr").exists()
