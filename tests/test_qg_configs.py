@@ -41,7 +41,7 @@ def test_autoencoder_and_prior_shapes_agree():
                                      sample_size=(latent_grid, latent_grid), patch_size=patch,
                                      hidden_size=prior["hidden_size"], depth=1, num_heads=prior["num_heads"],
                                      mlp_ratio=prior["mlp_ratio"], attention=prior["attention"])
-    assert int(np.prod(backbone.grid)) == window * (latent_grid // patch[1]) * (latent_grid // patch[2]) == 72
+    assert int(np.prod(backbone.grid)) == window * (latent_grid // patch[1]) * (latent_grid // patch[2]) == 144
     with torch.no_grad():
         out = backbone(torch.randn(1, window, model["latent_channels"], latent_grid, latent_grid), torch.zeros(1))
     assert out.shape == (1, window, model["latent_channels"], latent_grid, latent_grid)

@@ -7,9 +7,10 @@
 # Default: 512 trajectories × 64 states (32 768 states), the data of the benchmark's current rows (docs/filter.md
 # "Where the training noise levels go"; those were simulated as seeds 0 and 1 of 256 trajectories each, here one
 # seed of 512: the same law). Measured on 2 CPU cores: simulate ≈ 10.5 min (512 × (32 + 64) steps, 0.024 s per
-# step, WORKERS processes, default all cores), train-ae 11.7 min, encode 4.3 min, train-ldm ≈ 43 min (6000
-# steps, one core). TRAJECTORIES=128 gives the first, smaller pipeline (1/4 of the data). Extra arguments go to
-# both trainings (e.g. --resume, or --set training.steps=5 for a smoke test).
+# step, WORKERS processes, default all cores), train-ae 11.7 min, encode 4.3 min, train-ldm ≈ 75 min (6000
+# steps, window 16, one core beside another job; 43 min with the earlier window of 8). TRAJECTORIES=128 gives
+# the first, smaller pipeline (1/4 of the data). Extra arguments go to both trainings
+# (e.g. --resume, or --set training.steps=5 for a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LATENTDA=${LATENTDA:-.venv/bin/latentda}
