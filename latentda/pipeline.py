@@ -438,7 +438,8 @@ class LatentDAPipeline:
         the first cycle starts from the prior. ``observations``: a dataset or a table, as for
         :meth:`reanalyze` (a cycle may observe other positions than the last, or nothing: a forecast
         step). With ``out`` the analyses are written cycle by cycle and ``resume=True`` continues an
-        interrupted run from its last finished cycle (bit-identical); one process.
+        interrupted run from its last finished cycle (bit-identical). Under torchrun/accelerate launch
+        the members are dealt over the processes and each cycle gathered (:func:`latentda.runs.run_filter`).
         ``settings``/keywords, ``attrs``, ``report`` as for :meth:`reanalyze`."""
         from latentda.posterior.filtering import FilterSettings
 

@@ -22,7 +22,10 @@ command line go through :func:`run_reanalysis` and :func:`run_forecast`.
 A cycling filter (:func:`run_filter`) is written cycle by cycle instead: each cycle's analyses of
 every member go into their time step of the store, then the members' state after it
 (:class:`latentda.posterior.filtering.FilterState`, a safetensors file in the partial store), so an
-interrupted filter resumes from its last finished cycle, again bit-identical. It runs in one process.
+interrupted filter resumes from its last finished cycle, again bit-identical. Under several processes
+its members are dealt round-robin too (member m to process m mod P), each cycle's analyses and states
+gathered (:func:`gather_members`, an all-gather) and written by the main process: a cycle costs
+⌈N/P⌉ members' work, and the members are those of one process (each draws from its own stream).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from tqdm.auto import tqdm
 from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, ensemble_dataset, open_ensemble
 from latentda.data.io import remove_path
 from latentda.data.layout import FieldLayout
-from latentda.diffusion.distributed import check_blanket_split
+from latentda.diffusion.distributed import check_blanket_split, process_count
+from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior import reanalysis
 from latentda.posterior.forecast import ForecastMembers
@@ -48,7 +52,7 @@ from latentda.posterior.prior import PriorModel
 from latentda.posterior.reanalysis import PosteriorSettings
 
 __all__ = ["EnsembleRun", "run_reanalysis", "run_forecast", "run_filter", "run_attributes", "lead_time_axis",
-           "process_state"]
+           "process_state", "gather_members"]
 
 Report = Callable[[str], None]
 UNRECORDED = ("batch_members", "split_blankets", "decode_chunk")  # change float rounding only, not the members
@@ -60,6 +64,28 @@ def process_state():
     from accelerate import PartialState  # heavy: imported when a run starts
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def gather_members(local: np.ndarray, count: int) -> np.ndarray:
+    """The rows of ``count`` members dealt round-robin over the processes (member m on process
+    m mod P; ``local`` holds this process's, in increasing order) gathered on every process, in member
+    order (an all-gather; processes with fewer members pad). Alone (no process group, or one
+    process): ``local`` itself. Values pass as float64: exact for float32 and small integers."""
+    import torch.distributed as dist
+
+    processes = process_count()
+    if processes == 1:
+        return local
+    rows = -(-count // processes)  # ⌈count / P⌉
+    padded = np.zeros((rows, *local.shape[1:]), dtype=np.float64)
+    padded[: len(local)] = local
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.from_numpy(padded).to(device)
+    parts = [torch.empty_like(tensor) for _ in range(processes)]
+    dist.all_gather(parts, tensor)
+    stacked = torch.stack(parts).cpu().numpy()  # (P, rows, ...): member m = r + P·i at [r, i]
+    members = np.arange(count)
+    return stacked[members % processes, members // processes].astype(local.dtype, copy=False)
 
 
 def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
@@ -211,38 +237,60 @@ def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOper
                               condition_noise=options.condition_noise if options.conditioning == "mmps" else None,
                               lag=options.lag if options.lag > 1 else None)}
     cycles = split_cycles(operator)
+    processes = process_state()
+    main = processes.is_main_process
+    if members < processes.num_processes:
+        raise LatentdaError(f"{members} members cannot be dealt over {processes.num_processes} processes")
+    mine = list(range(members))[processes.process_index :: processes.num_processes]
     state = None
     writer = created = None
     if out is not None:
-        EnsembleWriter.check(out, resume, overwrite)
+        EnsembleWriter.check(out, resume, overwrite)  # every process, before any waits
         created = not Path(out).with_name(Path(out).name + ".partial").exists()
-        writer = EnsembleWriter(out, layout, time, members, attrs, resume=resume, overwrite=overwrite, by_time=True)
-        saved = writer.load_state()
+
+        def store(**kwargs) -> EnsembleWriter:
+            return EnsembleWriter(out, layout, time, members, attrs, resume=resume, overwrite=overwrite, by_time=True, **kwargs)
+
+        processes.wait_for_everyone()
+        writer = store() if main else None
+        processes.wait_for_everyone()
+        saved = (writer or store(attach=True)).load_state()
         if saved is not None:
             state = FilterState.from_arrays(saved, cycles)  # a lagged filter re-reads its last cycles
-            if report is not None:
+            if report is not None and main:
                 report(f"resuming: {state.cycle} cycle(s) already complete")
     first = 0 if state is None else state.cycle
     analyses = []
     try:
-        run = filter_members(prior, cycles[first:], list(range(members)), settings, seed, options.conditioning,
+        run = filter_members(prior, cycles[first:], mine, settings, seed, options.conditioning,
                              options.condition_noise, options.context, initial if state is None else None,
                              state=state, times=np.asarray(time.values)[first:], lag=options.lag)
-        for cycle in tqdm(run, total=len(cycles) - first, desc="cycles", disable=not prior.progress):
-            if writer is None:
-                analyses.append(cycle.analysis)
+        for cycle in tqdm(run, total=len(cycles) - first, desc="cycles", disable=not (prior.progress and main)):
+            analysis = gather_members(cycle.analysis, members)
+            if out is None:
+                analyses.append(analysis)
                 continue
-            writer.write(cycle.cycle, cycle.analysis)
-            writer.save_state(cycle.state.to_arrays())
-            if report is not None and cycle.residual_ratio is not None and prior.progress:
-                report(f"cycle {cycle.cycle}: observation residual ratio {float(np.mean(cycle.residual_ratio)):.3f}")
+            arrays = cycle.state.to_arrays()
+            for name in ("history", "generator_states", "forecast_states"):
+                if name in arrays:
+                    arrays[name] = gather_members(arrays[name], members)
+            arrays["members"] = np.arange(members, dtype=np.int64)
+            ratio = None if cycle.residual_ratio is None else gather_members(np.asarray(cycle.residual_ratio), members)
+            if main:
+                writer.write(cycle.cycle, analysis)
+                writer.save_state(arrays)
+                if report is not None and ratio is not None and prior.progress:
+                    report(f"cycle {cycle.cycle}: observation residual ratio {float(np.mean(ratio)):.3f}")
     except Exception:
         if writer is not None and created:
             remove_path(writer.partial)  # a failed fresh run leaves nothing (an interrupted one keeps its cycles)
         raise
-    if writer is None:
+    if out is None:
         return ensemble_dataset(layout, np.stack(analyses, axis=1), time, attrs=attrs)
-    final = writer.finalize(overwrite=overwrite)
-    if report is not None:
-        report(f"wrote {final}")
-    return open_ensemble(final, layout)
+    processes.wait_for_everyone()
+    if main:
+        final = writer.finalize(overwrite=overwrite)
+        if report is not None:
+            report(f"wrote {final}")
+    processes.wait_for_everyone()
+    return open_ensemble(out, layout)

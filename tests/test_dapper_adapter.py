@@ -2,6 +2,11 @@
 LatentDA beside EnKF in an xpList, statistics for every cycle, the filter never reading a future
 observation, the smoother, and the translation of DAPPER observation operators."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,12 +18,13 @@ import dapper.mods as modelling  # noqa: E402
 import dapper.stats  # noqa: E402
 from dapper.da_methods import EnKF  # noqa: E402
 
-from conftest import make_tiny_pipeline  # noqa: E402
+from conftest import make_tiny_pipeline, run_torchrun  # noqa: E402
 from latentda.errors import LatentdaError  # noqa: E402
 from latentda.integrations.dapper import LatentDA, forecast_skill, observation_matrix, observation_operator  # noqa: E402
 
 NX = 2 * 8 * 8
 OBSERVATIONS = 5  # Ko + 1
+N_MEMBERS = 3
 
 
 def _obs_at(ko: int) -> modelling.Operator:
@@ -33,7 +39,7 @@ def _obs_at(ko: int) -> modelling.Operator:
     return modelling.Operator(M=16, model=lambda x: x @ rows.T, noise=np.full(16, 0.04))
 
 
-def _hmm():
+def tiny_hmm():
     tseq = modelling.Chronology(dt=1, dko=1, Ko=OBSERVATIONS - 1, BurnIn=0)
     dynamics = {"M": NX, "model": lambda x, t, dt: 0.9 * np.roll(x, 1, axis=-1), "noise": 0}
     return modelling.HiddenMarkovModel(dynamics, {"time_dependent": _obs_at}, tseq, modelling.GaussRV(C=1.0, M=NX))
@@ -43,14 +49,25 @@ def _hmm():
 def setup(tmp_path_factory):
     pipeline, _ = make_tiny_pipeline(tmp_path_factory.mktemp("dapper") / "pipeline")
     pipeline.set_progress_bar_config(disable=True)
-    HMM = _hmm()
+    HMM = tiny_hmm()
     dpr.set_seed(3)
     xx, yy = HMM.simulate()
     return pipeline, HMM, xx, yy
 
 
 def _method(pipeline, **options):
-    return LatentDA(pipeline=pipeline, N=3, settings={"steps": 2}, **options)
+    return LatentDA(pipeline=pipeline, N=N_MEMBERS, settings={"steps": 2}, **options)
+
+
+def statistics(xp) -> dict:
+    """DAPPER's per-cycle rmse and spread of every series recorded (a, f, s), and the residual ratios."""
+    out = {"residual_ratio": np.asarray(xp.stats.residual_ratio, dtype=np.float64)}
+    for name, series in (("rmse", xp.stats.err.rms), ("spread", xp.stats.spread.rms)):
+        for sub in ("a", "f", "s"):
+            values = np.asarray(getattr(series, sub, np.nan), dtype=np.float64)
+            if np.isfinite(values).any():
+                out[f"{name}.{sub}"] = values
+    return out
 
 
 def test_in_an_xplist_beside_enkf(setup):
@@ -120,6 +137,31 @@ def test_smoother_records_smoothed_statistics(setup):
         LatentDA(pipeline=pipeline, mode="bidirectional")
 
 
+def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
+    """torchrun, 2 CPU processes: members 0, 2 | 1 gathered each cycle give DAPPER the one-process
+    statistics (filter and smoother); processes with another truth stop with a one-line error."""
+    pipeline, HMM, xx, yy = setup
+    pipeline.save_pretrained(tmp_path / "pipeline")
+    script = str(Path(__file__).parent / "scripts" / "dapper_members.py")
+    run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "two.npz")], 29531)
+    two = np.load(tmp_path / "two.npz")
+    expected = {}
+    for mode in ("filter", "smoother"):
+        xp = _method(pipeline, mode=mode)
+        xp.assimilate(HMM, xx, yy, fail_gently=False)
+        expected.update({f"{mode}.{key}": value for key, value in statistics(xp).items()})
+    assert sorted(two.files) == sorted(expected) and "filter.rmse.f" in expected and "smoother.rmse.s" in expected
+    for key, values in expected.items():  # up to float rounding (1 thread a process, 2 alone)
+        np.testing.assert_allclose(two[key], values, rtol=1e-3, atol=1e-5, err_msg=key)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29532", script,
+                             str(tmp_path / "pipeline"), str(tmp_path / "bad.npz"), "disagree"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "disagree on the truth xx" in result.stdout, result.stdout[-2000:]
+    assert not (tmp_path / "bad.npz").exists()
+
+
 def test_observation_operators_are_translated_exactly(setup):
     pipeline, HMM, xx, yy = setup
     rng = np.random.default_rng(0)
@@ -145,7 +187,7 @@ def test_observation_operators_are_translated_exactly(setup):
     with pytest.raises(LatentdaError, match="one channel"):
         observation_operator(mixing, np.zeros(1), np.ones(1), (2, 8, 8))
     correlated = modelling.Operator(**modelling.partial_Id_Obs(NX, np.arange(2)), noise=np.array([[1.0, 0.5], [0.5, 1.0]]))
-    hmm = _hmm()
+    hmm = tiny_hmm()
     hmm.Obs = type(hmm.Obs)(time_dependent=lambda ko: correlated)
     observed = np.empty(OBSERVATIONS, dtype=object)
     observed[:] = [np.zeros(2)] * OBSERVATIONS

@@ -336,6 +336,42 @@ def test_filter_command_writes_cycles_and_resumes_bit_identical(tmp_path, monkey
                      str(observations)]) == 0
 
 
+def test_filter_command_deals_members_over_two_processes(tmp_path, monkeypatch):
+    """torchrun, 2 CPU processes: members 0, 2 | 1, each cycle gathered and written by the main
+    process, give the one-process filter (up to float rounding); a run interrupted in one process
+    resumes under two from its saved member states (the other process reads them from the store)."""
+    from conftest import make_observed_pipeline, run_torchrun
+    from latentda import cli
+    from latentda.data import open_dataset
+    from latentda.posterior import filtering
+
+    _, _, _, observations = make_observed_pipeline(tmp_path, times=5)
+    run = ["filter", "--pipeline", str(tmp_path / "pipeline"), "--observations", str(observations),
+           "--members", "3", "--steps", "2", "--iterations", "1", "--seed", "3", "--lag", "2", "--quiet"]
+    assert cli.main(run + ["--out", str(tmp_path / "one.zarr")]) == 0
+    one = open_dataset(tmp_path / "one.zarr")["u"].values
+    run_torchrun(["-m", "latentda.cli", *run, "--out", str(tmp_path / "two.zarr")], 29533)
+    two = open_dataset(tmp_path / "two.zarr")["u"].values
+    # identical up to float rounding (the processes run 1 thread each, the single one 2: other reduction order)
+    np.testing.assert_allclose(two, one, atol=1e-4 * np.abs(one).max())
+
+    real, calls = filtering._window_sample, []
+
+    def stops(*args, **kwargs):  # Ctrl-C while sampling the third cycle (one call per cycle: 3 members, one batch)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(filtering, "_window_sample", stops)
+    cut = ["--out", str(tmp_path / "cut.zarr"), "--batch-members", "3"]
+    assert cli.main(run + cut) == 130
+    resumed = run_torchrun(["-m", "latentda.cli", *run, *cut, "--resume"], 29534)
+    assert "resuming: 2 cycle(s) already complete" in resumed.stdout
+    np.testing.assert_allclose(open_dataset(tmp_path / "cut.zarr")["u"].values, one, atol=1e-4 * np.abs(one).max())
+    assert not (tmp_path / "cut.zarr.partial").exists()
+
+
 def test_pipeline_filter_from_an_initial_ensemble_and_a_table(tmp_path):
     """The Python API: start from a reanalysis' members (member m from member m), observations as a table."""
     import pandas as pd

@@ -47,6 +47,15 @@ Methods may run in separate processes (e.g. the LETKF on one core beside the lat
     python tools/bench_dapper_qg.py --T 250 --methods letkf latentda-filter latentda-smoother \\
         --pipeline runs/ldm-qg/pipeline --json runs/bench-qg/all.json
 
+The latentda rows may deal their members over processes (:class:`LatentDA` under torchrun: member m on
+process m mod P, the analyses gathered every cycle; the ensemble is the one-process ensemble), e.g. 8
+members on two cores, 4 each, in the time of 4::
+
+    torchrun --nproc_per_node 2 tools/bench_dapper_qg.py --T 250 --methods latentda-filter --members 8 \
+        --pipeline runs/ldm-qg-K16/pipeline --json runs/bench-qg/filter-m8.json
+
+Only the main process prints and writes; DAPPER's own methods run in a separate, single process.
+
 Needs DAPPER's Fortran QG module: ``bash tools/build_dapper_qg.sh`` (``make dapper``).
 """
 
@@ -206,6 +215,16 @@ def main(argv=None) -> dict:
         parser.error("--forecast-skill needs --pipeline")
     if args.methods is None:
         args.methods = ["letkf"] + (["latentda-filter", "latentda-smoother"] if args.pipeline else [])
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and any(not name.startswith("latentda-") for name in args.methods):
+        parser.error("under torchrun only the latentda methods deal their members over the processes: run DAPPER's "
+                     "methods in a separate, single process with the same --seed")
+    if processes > 1 and args.forecast_skill:
+        parser.error("--forecast-skill runs in a single process")
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    say = print if main_process else (lambda *_, **__: None)  # the main process prints and writes for all
+    if not main_process:
+        args.json = None
 
     from dapper.tools.seeding import set_seed
 
@@ -217,12 +236,12 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     xx, yy = HMM.simulate()
     simulate_s = time.perf_counter() - start
-    print(f"QG sakov2008: T={tseq.T} ({tseq.Ko + 1} cycles of dto={tseq.dto}), BurnIn={tseq.BurnIn} "
+    say(f"QG sakov2008: T={tseq.T} ({tseq.Ko + 1} cycles of dto={tseq.dto}), BurnIn={tseq.BurnIn} "
           f"(averages over cycles {int(tseq.masko.argmax()) + 1}..{tseq.Ko + 1}), seed {args.seed}; "
           f"truth and observations simulated in {simulate_s:.1f} s", flush=True)
     results = {"experiment": {"hmm": "dapper.mods.QG.sakov2008", "T": tseq.T, "BurnIn": tseq.BurnIn, "dto": tseq.dto,
                               "cycles": tseq.Ko + 1, "averaged_cycles": int(tseq.masko.sum()), "seed": args.seed,
-                              "processes": args.processes, "Nx": int(HMM.Nx), "Ny": 300,
+                              "processes": args.processes, "member_processes": processes, "Nx": int(HMM.Nx), "Ny": 300,
                               "documented": DOCUMENTED,
                               # methods run in separate processes with the same --seed share this truth and these
                               # observations exactly: compare the digests
@@ -231,7 +250,7 @@ def main(argv=None) -> dict:
     if pipeline is not None:
         floor = _autoencoder_floor(pipeline, xx, tseq)
         results["experiment"]["autoencoder_floor_rmse"] = floor
-        print(f"autoencoder floor (rmse of D(E(truth)) over the averaged cycles): {floor:.4f}", flush=True)
+        say(f"autoencoder floor (rmse of D(E(truth)) over the averaged cycles): {floor:.4f}", flush=True)
     if pipeline is not None and args.forecast_skill > 0:
         from latentda.integrations.dapper import forecast_skill
 
@@ -242,10 +261,10 @@ def main(argv=None) -> dict:
                                context=options.get("context"), condition_noise=options.get("condition_noise", 0.05))
         skill["wall_s"] = round(time.perf_counter() - start, 1)
         results["experiment"]["forecast_skill"] = skill
-        print(f"forecasts from the true past ({len(skill['cycles'])} cycles, context {skill['context']}, "
+        say(f"forecasts from the true past ({len(skill['cycles'])} cycles, context {skill['context']}, "
               f"{args.members} members, {skill['wall_s']} s), rmse by lead {skill['leads']}:", flush=True)
         for name in ("prior_rmse", "prior_spread", "model_rmse", "persistence_rmse"):
-            print(f"  {name:17s}" + "".join(f"{value:8.3f}" for value in skill[name]), flush=True)
+            say(f"  {name:17s}" + "".join(f"{value:8.3f}" for value in skill[name]), flush=True)
         _write(args.json, results)
     for name, xp in methods:
         set_seed(args.seed + 1)
@@ -256,7 +275,7 @@ def main(argv=None) -> dict:
             wall = time.perf_counter() - start
             results["methods"][name] = {"method": str(xp), "wall_s": round(wall, 1),
                                         "failed": f"{type(error).__name__}: {error}"}
-            print(f"\n{name}: {xp}  FAILED after {wall:.1f} s: {type(error).__name__}: {error}", flush=True)
+            say(f"\n{name}: {xp}  FAILED after {wall:.1f} s: {type(error).__name__}: {error}", flush=True)
             _write(args.json, results)
             continue
         wall = time.perf_counter() - start
@@ -265,8 +284,8 @@ def main(argv=None) -> dict:
                **_averages(xp)}
         results["methods"][name] = row
         series = _series(xp)
-        print(f"\n{name}: {xp}  wall {wall:.1f} s ({row['s_per_cycle']} s/cycle)")
-        print("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key not in ("method", "wall_s", "s_per_cycle")),
+        say(f"\n{name}: {xp}  wall {wall:.1f} s ({row['s_per_cycle']} s/cycle)")
+        say("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key not in ("method", "wall_s", "s_per_cycle")),
               flush=True)
         del xp.stats
         row["series"] = series  # after the printout: one list per score, a value per cycle

@@ -61,10 +61,12 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError("latentda.integrations.dapper needs DAPPER: pip install 'latentda[dapper]' (dapper==1.7.1)") from error
 
+from latentda.diffusion.distributed import process_count
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.filtering import filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+from latentda.runs import gather_members, process_state
 
 __all__ = ["LatentDA", "forecast_skill", "observation_operator", "observation_matrix"]
 
@@ -167,6 +169,31 @@ def _states_to_fields(states: np.ndarray, shape: tuple[int, int, int], state_ind
     return flat.reshape(len(states), *shape)
 
 
+def _processes() -> tuple[int, int]:
+    """(this process's index, the number of processes): joins the process group under torchrun /
+    accelerate launch (:func:`latentda.runs.process_state`); (0, 1) alone."""
+    state = process_state()
+    return state.process_index, state.num_processes
+
+
+def _check_same(values: np.ndarray, what: str) -> None:
+    """One-line error unless every process holds the same ``values`` (compared by checksums)."""
+    import torch.distributed as dist
+
+    if process_count() == 1:
+        return
+    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    weights = np.cos(np.arange(flat.size) * 0.7)  # two checksums: a plain and a position-weighted sum
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    mine = torch.tensor([flat.sum(), flat @ weights, float(flat.size)], dtype=torch.float64, device=device)
+    low, high = mine.clone(), mine.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.allclose(low, high, rtol=1e-12, atol=0.0):
+        raise LatentdaError(f"the processes disagree on {what}: run the same twin experiment (HMM.simulate() under "
+                            "the same seed) in every process")
+
+
 def _posterior_settings(settings: Any) -> PosteriorSettings:
     """``settings`` as :class:`PosteriorSettings`: one already, a dict of its fields, or None (the defaults)."""
     return settings if isinstance(settings, PosteriorSettings) else PosteriorSettings(**dict(settings or {}))
@@ -236,17 +263,23 @@ class LatentDA:
     # ------------------------------------------------------------------ DAPPER's entry point
     def assimilate(self, HMM, xx, yy):
         self._check(HMM)
+        rank, processes = _processes()
+        if self.N < processes:
+            raise LatentdaError(f"{self.N} members cannot be dealt over {processes} processes: give N ≥ {processes}")
+        _check_same(xx, "the truth xx")
         self._new_residual_series()
         settings = self._posterior_settings()
-        members = list(range(self.N))
+        members = list(range(self.N))[rank::processes]  # this process's share (module docstring)
         kko = HMM.tseq.kko
         if self.mode == "smoother":
+            _check_same(np.concatenate([np.ravel(y) for y in yy]), "the observations yy")
             cycles = [None] + [self._operator(HMM, ko, yy[ko]) for ko in range(len(kko))]
             window = join_cycles(cycles)
             if window.length < self.pipeline.window:
                 raise LatentdaError(f"the smoother needs at least {self.pipeline.window} states (k = 0 and the "
                                     f"observation times), the HMM has {window.length}")
             ensemble = np.stack([fields for _, fields, _ in posterior_members(self.pipeline, window, members, settings, self.latent_seed)])
+            ensemble = gather_members(ensemble, self.N)
             self.stats.assess(0, E=self._to_state(ensemble[:, 0]))
             for ko, k in enumerate(kko):
                 E = self._to_state(ensemble[:, ko + 1])
@@ -258,23 +291,27 @@ class LatentDA:
         def cycles():  # lazy: yy[ko] is read when cycle ko + 1 is computed, after cycle ko was assessed
             yield None  # k = 0: the start, a prior sample
             for ko in range(len(kko)):
-                yield self._operator(HMM, ko, yy[ko])
+                y = yy[ko]
+                _check_same(y, f"the observations of cycle {ko}")
+                yield self._operator(HMM, ko, y)
 
         run = filter_members(self.pipeline, cycles(), members, settings, self.latent_seed, conditioning=self.conditioning,
                              condition_noise=self.condition_noise, context=self.context, forecasts=self.forecasts,
                              lag=self.lag)
         # DAPPER's own progress bar (its methods show one; off under pytest or where DAPPER's config disables it)
-        for cycle in progbar(run, desc=f"LatentDA filter, {self.N} members", total=len(kko) + 1):
-            E = self._to_state(cycle.analysis)
+        if rank == 0:  # one bar for the processes together
+            run = progbar(run, desc=f"LatentDA filter, {self.N} members", total=len(kko) + 1)
+        for cycle in run:
+            E = self._to_state(gather_members(cycle.analysis, self.N))
             if cycle.cycle == 0:
                 self.stats.assess(0, E=E)
                 continue
             ko = cycle.cycle - 1
             k = kko[ko]
             if cycle.forecast is not None:
-                self.stats.assess(k, ko, "f", E=self._to_state(cycle.forecast))
+                self.stats.assess(k, ko, "f", E=self._to_state(gather_members(cycle.forecast, self.N)))
             self.stats.assess(k, ko, E=E)
-            self.stats.residual_ratio[ko] = float(np.mean(cycle.residual_ratio))
+            self.stats.residual_ratio[ko] = float(np.mean(gather_members(np.asarray(cycle.residual_ratio), self.N)))
 
 
 def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: int = 4, settings: Any = None,
