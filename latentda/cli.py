@@ -633,9 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--condition-noise", type=float, default=0.05,
                        help="σ_c of the mmps conditioning, standardised latent units (default 0.05)")
     group.add_argument("--context", type=_positive_int, help="history states conditioning each window (default K − lag)")
-    group.add_argument("--lag", type=_positive_int, default=1,
+    group.add_argument("--lag", type=_positive_int,
                        help="states sampled anew each cycle, with their cycles' observations: the new one and the "
-                            "lag − 1 before it (default 1; on QG about K/2 scored best: docs/filter.md)")
+                            "lag − 1 before it (default K/2 for a prior of window K, at least 1: docs/filter.md)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--out", required=True, type=Path, help="output FILTER.zarr (or .nc), written cycle by cycle")
     sub.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished cycle")

@@ -425,7 +425,7 @@ class LatentDAPipeline:
         return run_forecast(run, self.layout, time, self._recorded(attrs), out, resume, overwrite, report)
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
-               conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int = 1,
+               conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int | None = None,
                initial: xr.Dataset | None = None, out: str | os.PathLike | None = None, resume: bool = False,
                overwrite: bool = False, attrs: dict | None = None, report: Report | None = None, **options) -> xr.Dataset:
         """Cycling filter: the analysis of each time step of ``observations`` given the observations up
@@ -433,7 +433,8 @@ class LatentDAPipeline:
         (realization, time, ...). Each cycle conditions a window of K states on the member's last
         ``context`` latent states (default K − lag; ``conditioning`` mmps with slack ``condition_noise``,
         or inpaint) and on the cycle's observations through the decoder; with ``lag`` > 1 the
-        lag − 1 states before the new one are sampled again with their own cycles' observations. ``initial`` (e.g. a
+        lag − 1 states before the new one are sampled again with their own cycles' observations
+        (default ⌊K/2⌋). ``initial`` (e.g. a
         reanalysis, member m for member m) gives the states just before the first cycle; without it
         the first cycle starts from the prior. ``observations``: a dataset or a table, as for
         :meth:`reanalyze` (a cycle may observe other positions than the last, or nothing: a forecast
@@ -441,10 +442,10 @@ class LatentDAPipeline:
         interrupted run from its last finished cycle (bit-identical). Under torchrun/accelerate launch
         the members are dealt over the processes and each cycle gathered (:func:`latentda.runs.run_filter`).
         ``settings``/keywords, ``attrs``, ``report`` as for :meth:`reanalyze`."""
-        from latentda.posterior.filtering import FilterSettings
+        from latentda.posterior.filtering import FilterSettings, default_lag
 
         settings = self._run_settings(settings, options)
-        filtering = FilterSettings(conditioning, condition_noise, context, lag=lag)
+        filtering = FilterSettings(conditioning, condition_noise, context, lag=default_lag(self.window) if lag is None else lag)
         filtering.validate(self.window)
         observations = observation_dataset(observations, self.layout, self.time_step)
         operator = self.observation_operator(observations, allow_short=True,

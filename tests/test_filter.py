@@ -90,16 +90,17 @@ def test_causality_analysis_never_depends_on_later_observations(tiny, conditioni
 
 
 def test_resume_from_a_cycle_state_gives_the_same_members(tiny):
+    """The plain filter (lag 1): a state stored as arrays resumes without the run's cycles."""
     pipeline, fields = tiny
     operators = _operators(fields)
-    full = _run(pipeline, operators, [0, 1], forecasts=True)
+    full = _run(pipeline, operators, [0, 1], forecasts=True, lag=1)
     state = FilterState.from_arrays(full[2].state.to_arrays())  # as a store would keep it
-    resumed = _run(pipeline, operators[3:], [0, 1], forecasts=True, state=state)
+    resumed = _run(pipeline, operators[3:], [0, 1], forecasts=True, lag=1, state=state)
     assert [c.cycle for c in resumed] == [3, 4]
     for a, b in zip(full[3:], resumed):
         np.testing.assert_array_equal(a.analysis, b.analysis)
         np.testing.assert_array_equal(a.forecast, b.forecast)
-    one = _run(pipeline, operators[3:], [1], forecasts=True, state=full[2].state)  # a share of the members
+    one = _run(pipeline, operators[3:], [1], forecasts=True, lag=1, state=full[2].state)  # a share of the members
     np.testing.assert_allclose(one[-1].analysis[0], full[-1].analysis[1], atol=1e-5)  # decoded alone: rounding
 
 
@@ -126,7 +127,7 @@ def test_lagged_filter_samples_the_recent_states_again_and_resumes(tiny):
     for a, b in zip(out[3:], resumed):
         np.testing.assert_array_equal(a.analysis, b.analysis)
     with pytest.raises(LatentdaError, match="lag 1"):
-        _run(pipeline, operators[3:], [0, 1], state=state)
+        _run(pipeline, operators[3:], [0, 1], lag=1, state=state)
 
 
 def test_initial_latents_and_split_cycles(tiny):

@@ -214,7 +214,7 @@ class LatentDA:
     conditioning: str = "mmps"
     condition_noise: float = 0.05
     context: Any = None
-    lag: int = 1
+    lag: Any = None  # None: ⌊K/2⌋ (latentda.posterior.filtering.default_lag)
     forecasts: bool = True
     state_index: Any = None
 
