@@ -388,6 +388,7 @@ def test_pipeline_filter_from_an_initial_ensemble_and_a_table(tmp_path):
                           "value": [0.2, -0.4], "noise_std": 0.1})
     analyses = pipeline.filter(table, members=2, initial=initial, **options)
     assert dict(analyses["u"].sizes) == {"realization": 2, "time": 2, "y": 8, "x": 8}
+    assert analyses.attrs["latentda_lag"] == str(pipeline.window // 2) == "2"  # the default lag: ⌊K/2⌋
     np.testing.assert_allclose(analyses["time"].values, truth["time"].values[4:6])
     again = pipeline.filter(table, members=2, initial=initial.isel(realization=[1, 0]), **options)
     assert not np.array_equal(again["u"].values[0], analyses["u"].values[0])  # member 0 follows initial member 0
