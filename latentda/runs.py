@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, ensemble_dataset, open_ensemble
 from latentda.data.io import remove_path
 from latentda.data.layout import FieldLayout
-from latentda.diffusion.distributed import check_blanket_split, process_count
+from latentda.diffusion.distributed import check_blanket_split, collective_device, process_count
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior import reanalysis
@@ -79,8 +79,7 @@ def gather_members(local: np.ndarray, count: int) -> np.ndarray:
     rows = -(-count // processes)  # ⌈count / P⌉
     padded = np.zeros((rows, *local.shape[1:]), dtype=np.float64)
     padded[: len(local)] = local
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.from_numpy(padded).to(device)
+    tensor = torch.from_numpy(padded).to(collective_device())
     parts = [torch.empty_like(tensor) for _ in range(processes)]
     dist.all_gather(parts, tensor)
     stacked = torch.stack(parts).cpu().numpy()  # (P, rows, ...): member m = r + P·i at [r, i]

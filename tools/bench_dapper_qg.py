@@ -237,8 +237,8 @@ def main(argv=None) -> dict:
     xx, yy = HMM.simulate()
     simulate_s = time.perf_counter() - start
     say(f"QG sakov2008: T={tseq.T} ({tseq.Ko + 1} cycles of dto={tseq.dto}), BurnIn={tseq.BurnIn} "
-          f"(averages over cycles {int(tseq.masko.argmax()) + 1}..{tseq.Ko + 1}), seed {args.seed}; "
-          f"truth and observations simulated in {simulate_s:.1f} s", flush=True)
+        f"(averages over cycles {int(tseq.masko.argmax()) + 1}..{tseq.Ko + 1}), seed {args.seed}; "
+        f"truth and observations simulated in {simulate_s:.1f} s", flush=True)
     results = {"experiment": {"hmm": "dapper.mods.QG.sakov2008", "T": tseq.T, "BurnIn": tseq.BurnIn, "dto": tseq.dto,
                               "cycles": tseq.Ko + 1, "averaged_cycles": int(tseq.masko.sum()), "seed": args.seed,
                               "processes": args.processes, "member_processes": processes, "Nx": int(HMM.Nx), "Ny": 300,
@@ -262,7 +262,7 @@ def main(argv=None) -> dict:
         skill["wall_s"] = round(time.perf_counter() - start, 1)
         results["experiment"]["forecast_skill"] = skill
         say(f"forecasts from the true past ({len(skill['cycles'])} cycles, context {skill['context']}, "
-              f"{args.members} members, {skill['wall_s']} s), rmse by lead {skill['leads']}:", flush=True)
+            f"{args.members} members, {skill['wall_s']} s), rmse by lead {skill['leads']}:", flush=True)
         for name in ("prior_rmse", "prior_spread", "model_rmse", "persistence_rmse"):
             say(f"  {name:17s}" + "".join(f"{value:8.3f}" for value in skill[name]), flush=True)
         _write(args.json, results)
@@ -286,7 +286,7 @@ def main(argv=None) -> dict:
         series = _series(xp)
         say(f"\n{name}: {xp}  wall {wall:.1f} s ({row['s_per_cycle']} s/cycle)")
         say("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key not in ("method", "wall_s", "s_per_cycle")),
-              flush=True)
+            flush=True)
         del xp.stats
         row["series"] = series  # after the printout: one list per score, a value per cycle
         _write(args.json, results)

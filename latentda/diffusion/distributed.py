@@ -44,7 +44,7 @@ from latentda.diffusion.settings import resolve_overlap
 from latentda.errors import LatentdaError
 
 __all__ = ["CopyToRegion", "GatherFromRegion", "DistributedBlanketDenoiser", "blanket_denoiser", "process_count",
-           "check_blanket_split"]
+           "collective_device", "check_blanket_split"]
 
 
 def process_count(group=None) -> int:
@@ -52,6 +52,13 @@ def process_count(group=None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
+
+
+def collective_device(group=None) -> torch.device:
+    """Where the process group's collectives take tensors: this process's GPU under NCCL, else the CPU (gloo)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def check_blanket_split(length: int, window: int, overlap: int | None, processes: int) -> None:

@@ -61,7 +61,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError("latentda.integrations.dapper needs DAPPER: pip install 'latentda[dapper]' (dapper==1.7.1)") from error
 
-from latentda.diffusion.distributed import process_count
+from latentda.diffusion.distributed import collective_device, process_count
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.filtering import filter_members, join_cycles
@@ -184,8 +184,7 @@ def _check_same(values: np.ndarray, what: str) -> None:
         return
     flat = np.asarray(values, dtype=np.float64).reshape(-1)
     weights = np.cos(np.arange(flat.size) * 0.7)  # two checksums: a plain and a position-weighted sum
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    mine = torch.tensor([flat.sum(), flat @ weights, float(flat.size)], dtype=torch.float64, device=device)
+    mine = torch.tensor([flat.sum(), flat @ weights, float(flat.size)], dtype=torch.float64, device=collective_device())
     low, high = mine.clone(), mine.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)

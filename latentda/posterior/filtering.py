@@ -39,8 +39,8 @@ decoder runs on ℓ frames. y_k then revises the member's recent past, which the
 never does; the analysis of cycle k is still the window's last state and still uses y_1, …, y_k
 only (the re-sampled earlier states are not output again). The default lag is ⌊K/2⌋
 (:func:`default_lag`; 1 for K ≤ 3): on DAPPER's QG twin experiment the lag took 40 % off the plain
-filter's rmse with K = 8 (ℓ = 4) and a lag of K/2 scored best with K = 16 (docs/filter.md). The member keeps context + ℓ − 1 states
-(default context K − ℓ) and the observations of its last ℓ − 1 cycles (:class:`FilterState`
+filter's rmse with K = 8 (ℓ = 4) and a lag of K/2 scored best with K = 16 (docs/filter.md). The
+member keeps context + ℓ − 1 states (default context K − ℓ) and the observations of its last ℓ − 1 cycles (:class:`FilterState`
 ``recent``). For the linear-Gaussian system the scheme's exact law stays closed-form (a Gaussian
 recursion on the stacked history, ``tests/test_filter.py``): with correlation time 100 steps and
 40 % of the pixels observed a cycle, after 8 cycles of a window-8 prior the analysis spread is
@@ -95,8 +95,8 @@ from latentda.posterior.prior import PriorModel
 from latentda.posterior.reanalysis import (LatentOperator, PosteriorSettings, batches, member_generator,
                                            sample_members)
 
-__all__ = ["filter_members", "default_lag", "FilterCycle", "FilterState", "FilterSettings", "split_cycles", "join_cycles", "forecast_generator",
-           "CONDITIONINGS"]
+__all__ = ["filter_members", "default_lag", "FilterCycle", "FilterState", "FilterSettings", "split_cycles", "join_cycles",
+           "forecast_generator", "CONDITIONINGS"]
 
 CONDITIONINGS = ("mmps", "inpaint")
 
@@ -408,8 +408,8 @@ def filter_members(
     needed by calendar-conditioned priors when the operators carry none. ``forecasts``: also draw
     each cycle's forecast (the window without y_k). ``lag``: each cycle samples the new state and
     the lag − 1 states before it anew, given their cycles' observations (module docstring: a lagged
-    filter; the analysis of cycle k still uses y_1, …, y_k only); None: :func:`default_lag`, ⌊K/2⌋. Every argument is checked before
-    any work.
+    filter; the analysis of cycle k still uses y_1, …, y_k only); None: :func:`default_lag`, ⌊K/2⌋.
+    Every argument is checked before any work.
     """
     settings.validate(prior)
     lag = default_lag(prior.window) if lag is None else lag
