@@ -11,14 +11,15 @@ import pytest
 import xarray as xr
 
 
-def run_torchrun(arguments: list[str], port: int) -> subprocess.CompletedProcess:
+def run_torchrun(arguments: list[str], port: int, check: bool = True) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 2`` (gloo CPU processes, one thread each) on ``arguments`` — a
-    script and its arguments, or ``-m module ...`` — asserting it succeeds; returns the process."""
+    script and its arguments, or ``-m module ...`` — asserting it succeeds unless ``check`` is
+    False; returns the process."""
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *arguments], env=env,
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0 or not check, result.stderr[-3000:]
     return result
 
 

@@ -2,9 +2,6 @@
 LatentDA beside EnKF in an xpList, statistics for every cycle, the filter never reading a future
 observation, the smoother, and the translation of DAPPER observation operators."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,11 +150,7 @@ def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
     assert sorted(two.files) == sorted(expected) and "filter.rmse.f" in expected and "smoother.rmse.s" in expected
     for key, values in expected.items():  # up to float rounding (1 thread a process, 2 alone)
         np.testing.assert_allclose(two[key], values, rtol=1e-3, atol=1e-5, err_msg=key)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29532", script,
-                             str(tmp_path / "pipeline"), str(tmp_path / "bad.npz"), "disagree"], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "bad.npz"), "disagree"], 29532, check=False)
     assert result.returncode != 0 and "disagree on the truth xx" in result.stdout, result.stdout[-2000:]
     assert not (tmp_path / "bad.npz").exists()
 
