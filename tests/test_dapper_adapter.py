@@ -123,6 +123,35 @@ def test_filter_never_reads_the_future(setup, monkeypatch, lag):
     assert not np.allclose(first.stats.mu.a[3:], second.stats.mu.a[3:])
 
 
+def test_filter_started_late_is_the_filter_on_the_later_cycles(setup, monkeypatch):
+    """start_cycle = s: yy[s:] only are read, cycles before s stay unassessed (NaN), and the analyses are
+    those of the filter run from the start on the experiment that begins at cycle s (the same HMM with
+    its observation operators and observations shifted by s)."""
+    pipeline, HMM, xx, yy = setup
+    start = 2
+    _Spy.reads = []
+    late = _method(pipeline, lag=2, start_cycle=start)
+    late.assimilate(HMM, xx, yy.view(_Spy))
+    assert min(_Spy.reads) == start
+    assert np.isnan(late.stats.mu.a[:start]).all() and np.isnan(late.stats.err.rms.f[:start]).all()
+    assert np.isfinite(late.stats.err.rms.a[start:]).all() and np.isfinite(late.stats.residual_ratio[start:]).all()
+
+    tseq = modelling.Chronology(dt=1, dko=1, Ko=OBSERVATIONS - 1 - start, BurnIn=0)
+    shifted = modelling.HiddenMarkovModel(HMM.Dyn, {"time_dependent": lambda ko: _obs_at(ko + start)}, tseq, HMM.X0)
+    fresh = _method(pipeline, lag=2)
+    fresh.assimilate(shifted, xx[start:], yy[start:])
+    np.testing.assert_allclose(late.stats.mu.a[start:], fresh.stats.mu.a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(late.stats.residual_ratio[start:], fresh.stats.residual_ratio, rtol=1e-5)
+
+    late.stats.average_in_time()  # DAPPER averages over the cycles after its burn-in: NaN where unassessed
+    assert np.isnan(late.avrgs.err.rms.a.val)
+    with pytest.raises(LatentdaError, match="start_cycle 5 is past"):
+        _method(pipeline, start_cycle=OBSERVATIONS).assimilate(HMM, xx, yy)
+    for mode, value, message in (("filter", -1, "integer ≥ 0"), ("smoother", 2, "the filter's")):
+        with pytest.raises(LatentdaError, match=message):
+            _method(pipeline, mode=mode, start_cycle=value)
+
+
 def test_smoother_records_smoothed_statistics(setup):
     pipeline, HMM, xx, yy = setup
     xp = _method(pipeline, mode="smoother")

@@ -40,7 +40,10 @@ representation error is added to the noise as in ``latentda reanalyze`` (``setti
 observations yy[0..ko] only are read (yy[ko] when the cycle is computed: never a later one; the
 test spies on it); statistics: ``assess(0, E)`` for the start (a prior sample), then per ko
 ``assess(k, ko, 'f', E)`` for the forecast (``forecasts=True``) and ``assess(k, ko, E)`` (``a`` and
-``u``) for the analysis. ``smoother``: one reanalysis of the whole window (k = 0 and every
+``u``) for the analysis. ``start_cycle`` = s > 0 starts the filter late: its first state is a prior
+sample (not assessed) and it assimilates yy[s], yy[s + 1], … only; the statistics of the cycles before s
+stay NaN (DAPPER averages after its burn-in, so s ≤ the first cycle after the burn-in minus a few
+spin-up cycles measures the filter's equilibrium error without paying for the cycles before). ``smoother``: one reanalysis of the whole window (k = 0 and every
 observation time, at least the prior's window K of states) conditioned on all of yy, recorded as
 ``s`` (smoothed) at every ko and ``u``; DAPPER keeps ``s`` series for methods with a ``Lag``
 attribute, which this mode sets (``Lag = "window"``). A per-cycle ``residual_ratio`` (ensemble mean
@@ -203,7 +206,8 @@ class LatentDA:
     """latentda as a DAPPER method (module docstring). ``settings``: a
     :class:`latentda.posterior.reanalysis.PosteriorSettings` or a dict of its fields (None: the
     pipeline's defaults); ``conditioning``, ``condition_noise``, ``context``, ``lag``: the filter's
-    (:func:`latentda.posterior.filtering.filter_members`)."""
+    (:func:`latentda.posterior.filtering.filter_members`); ``start_cycle``: the first cycle ko the filter
+    assimilates (module docstring)."""
 
     pipeline: Any
     N: int = 8
@@ -216,10 +220,15 @@ class LatentDA:
     lag: Any = None  # None: ⌊K/2⌋ (latentda.posterior.filtering.default_lag)
     forecasts: bool = True
     state_index: Any = None
+    start_cycle: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("filter", "smoother"):
             raise LatentdaError(f"mode must be filter or smoother, got {self.mode!r}")
+        if not (isinstance(self.start_cycle, (int, np.integer)) and self.start_cycle >= 0):
+            raise LatentdaError(f"start_cycle must be an integer ≥ 0, got {self.start_cycle!r}")
+        if self.mode == "smoother" and self.start_cycle:
+            raise LatentdaError("start_cycle is the filter's: the smoother reads the whole window")
         if self.mode == "smoother":
             self.Lag = "window"  # DAPPER keeps the 's' (smoothed) series of methods with a Lag
 
@@ -287,9 +296,13 @@ class LatentDA:
                     torch.from_numpy(ensemble[:, ko + 1 : ko + 2]).double()).mean())
             return
 
+        start = int(self.start_cycle)
+        if start >= len(kko):
+            raise LatentdaError(f"start_cycle {start} is past the last of the HMM's {len(kko)} observation cycles")
+
         def cycles():  # lazy: yy[ko] is read when cycle ko + 1 is computed, after cycle ko was assessed
-            yield None  # k = 0: the start, a prior sample
-            for ko in range(len(kko)):
+            yield None  # the start, a prior sample (k = 0, or just before cycle start_cycle)
+            for ko in range(start, len(kko)):
                 y = yy[ko]
                 _check_same(y, f"the observations of cycle {ko}")
                 yield self._operator(HMM, ko, y)
@@ -299,13 +312,14 @@ class LatentDA:
                              lag=self.lag)
         # DAPPER's own progress bar (its methods show one; off under pytest or where DAPPER's config disables it)
         if rank == 0:  # one bar for the processes together
-            run = progbar(run, desc=f"LatentDA filter, {self.N} members", total=len(kko) + 1)
+            run = progbar(run, desc=f"LatentDA filter, {self.N} members", total=len(kko) - start + 1)
         for cycle in run:
             E = self._to_state(gather_members(cycle.analysis, self.N))
             if cycle.cycle == 0:
-                self.stats.assess(0, E=E)
+                if start == 0:
+                    self.stats.assess(0, E=E)
                 continue
-            ko = cycle.cycle - 1
+            ko = start + cycle.cycle - 1
             k = kko[ko]
             if cycle.forecast is not None:
                 self.stats.assess(k, ko, "f", E=self._to_state(gather_members(cycle.forecast, self.N)))
