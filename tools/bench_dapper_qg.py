@@ -230,14 +230,23 @@ def main(argv=None) -> dict:
 
     from dapper.tools.seeding import set_seed
 
-    HMM = _hmm(args.T, args.burn_in, args.processes)
-    tseq = HMM.tseq
     pipeline = _pipeline(args)
-    methods = _methods(args, pipeline)  # before simulating: a bad --pipeline fails fast
-    set_seed(args.seed)
-    start = time.perf_counter()
-    xx, yy = HMM.simulate()
-    simulate_s = time.perf_counter() - start
+    rank = int(os.environ.get("RANK", "0"))
+    for turn in range(processes):
+        # one process at a time: importing DAPPER's QG model rewrites the namelist file its Fortran step reads at
+        # every call (docs/filter.md, "One QG experiment at a time per installation")
+        if turn == rank:
+            HMM = _hmm(args.T, args.burn_in, args.processes)
+            tseq = HMM.tseq
+            methods = _methods(args, pipeline)  # before simulating: a bad --pipeline fails fast
+            set_seed(args.seed)
+            start = time.perf_counter()
+            xx, yy = HMM.simulate()
+            simulate_s = time.perf_counter() - start
+        if processes > 1:
+            from latentda.runs import process_state
+
+            process_state().wait_for_everyone()
     say(f"QG sakov2008: T={tseq.T} ({tseq.Ko + 1} cycles of dto={tseq.dto}), BurnIn={tseq.BurnIn} "
         f"(averages over cycles {int(tseq.masko.argmax()) + 1}..{tseq.Ko + 1}), seed {args.seed}; "
         f"truth and observations simulated in {simulate_s:.1f} s", flush=True)

@@ -10,7 +10,8 @@
 # step, WORKERS processes, default all cores), train-ae 11.7 min, encode 4.3 min, train-ldm ≈ 75 min (6000
 # steps, window 16, one core beside another job; 43 min with the earlier window of 8). TRAJECTORIES=128 gives
 # the first, smaller pipeline (1/4 of the data). Extra arguments go to both trainings
-# (e.g. --resume, or --set training.steps=5 for a smoke test).
+# (e.g. --resume, or --set training.steps=5 for a smoke test). SHIP=1 copies the pipeline to pretrained/qg (the
+# shipped one, which tests/test_pretrained_qg.py checks against tests/data/qg_truth.safetensors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LATENTDA=${LATENTDA:-.venv/bin/latentda}
@@ -28,3 +29,7 @@ $LATENTDA train-ae --config configs/ae/qg.yaml --set data.path="$DATA" "$@"
 $LATENTDA encode --autoencoder runs/ae-qg/autoencoder --data "$DATA" --out "$LATENTS" --overwrite
 $LATENTDA train-ldm --config configs/ldm/qg.yaml --latents "$LATENTS" "$@"
 echo "QG pipeline in runs/ldm-qg/pipeline: python tools/bench_dapper_qg.py --pipeline runs/ldm-qg/pipeline"
+if [ -n "${SHIP:-}" ]; then
+    rm -rf pretrained/qg && mkdir -p pretrained && cp -r runs/ldm-qg/pipeline pretrained/qg
+    echo "copied to pretrained/qg"
+fi
