@@ -1,0 +1,52 @@
+"""Write tests/data/qg_truth.safetensors: 14 consecutive analysis-time states of the QG benchmark's truth,
+for tests of the shipped QG pipeline (pretrained/qg) that need no Fortran.
+
+The truth is tools/bench_dapper_qg.py's (``dapper.mods.QG.sakov2008``, T = 500, ``--seed`` 3000): held out
+from the training data (``latentda simulate dapper-qg`` starts from perturbed sample states and spins up).
+States ψ at observation cycles ko = 60 … 73 (one ``dtout`` apart, as the prior's time step), float16
+(rounding error ~0.004 against the autoencoder's floor 0.34), key ``psi`` (14, 1, 129, 129). Needs DAPPER's
+Fortran module (``make dapper``)::
+
+    python tools/make_qg_fixture.py
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+CYCLES = range(60, 74)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("tests/data/qg_truth.safetensors"))
+    parser.add_argument("--seed", type=int, default=3000)
+    args = parser.parse_args()
+
+    import dapper.mods as modelling
+    from dapper.mods.QG import sakov2008
+    from dapper.tools.seeding import set_seed
+
+    HMM = sakov2008.HMM.copy()
+    tseq = HMM.tseq
+    HMM.tseq = modelling.Chronology(dt=tseq.dt, dko=tseq.dko, T=500, BurnIn=250)
+    set_seed(args.seed)
+    xx, _ = HMM.simulate()
+    states = xx[np.asarray(HMM.tseq.kko)[list(CYCLES)]]
+    psi = states.reshape(len(states), 1, 129, 129).astype(np.float16)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"psi": psi}, str(args.out), metadata={"hmm": "dapper.mods.QG.sakov2008", "T": "500", "seed": str(args.seed),
+                                                    "cycles": f"{CYCLES.start}-{CYCLES.stop - 1}", "dtout": "5"})
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(xx, dtype=np.float64).tobytes()).hexdigest()[:16]
+    print(f"{args.out}: psi {psi.shape}, cycles {CYCLES.start}..{CYCLES.stop - 1}, std {states.std():.3f}; "
+          f"truth_sha256 {digest} (as in the benchmark's T = 500 JSONs)")
+
+
+if __name__ == "__main__":
+    main()
