@@ -27,13 +27,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3000)
     args = parser.parse_args()
 
-    import dapper.mods as modelling
-    from dapper.mods.QG import sakov2008
+    from bench_dapper_qg import _digest, _hmm  # the benchmark's own experiment and truth digest (same folder)
     from dapper.tools.seeding import set_seed
 
-    HMM = sakov2008.HMM.copy()
-    tseq = HMM.tseq
-    HMM.tseq = modelling.Chronology(dt=tseq.dt, dko=tseq.dko, T=500, BurnIn=250)
+    HMM = _hmm(500.0, 250.0, processes=1)
     set_seed(args.seed)
     xx, _ = HMM.simulate()
     states = xx[np.asarray(HMM.tseq.kko)[list(CYCLES)]]
@@ -41,11 +38,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({"psi": psi}, str(args.out), metadata={"hmm": "dapper.mods.QG.sakov2008", "T": "500", "seed": str(args.seed),
                                                     "cycles": f"{CYCLES.start}-{CYCLES.stop - 1}", "dtout": "5"})
-    import hashlib
-
-    digest = hashlib.sha256(np.ascontiguousarray(xx, dtype=np.float64).tobytes()).hexdigest()[:16]
     print(f"{args.out}: psi {psi.shape}, cycles {CYCLES.start}..{CYCLES.stop - 1}, std {states.std():.3f}; "
-          f"truth_sha256 {digest} (as in the benchmark's T = 500 JSONs)")
+          f"truth_sha256 {_digest(xx)} (as in the benchmark's T = 500 JSONs)")
 
 
 if __name__ == "__main__":
