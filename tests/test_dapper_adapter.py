@@ -123,7 +123,7 @@ def test_filter_never_reads_the_future(setup, monkeypatch, lag):
     assert not np.allclose(first.stats.mu.a[3:], second.stats.mu.a[3:])
 
 
-def test_filter_started_late_is_the_filter_on_the_later_cycles(setup, monkeypatch):
+def test_filter_started_late_is_the_filter_on_the_later_cycles(setup):
     """start_cycle = s: yy[s:] only are read, cycles before s stay unassessed (NaN), and the analyses are
     those of the filter run from the start on the experiment that begins at cycle s (the same HMM with
     its observation operators and observations shifted by s)."""

@@ -231,6 +231,8 @@ def main(argv=None) -> dict:
     from dapper.tools.seeding import set_seed
 
     pipeline = _pipeline(args)
+    from latentda.runs import process_state
+
     rank = int(os.environ.get("RANK", "0"))
     for turn in range(processes):
         # one process at a time: importing DAPPER's QG model rewrites the namelist file its Fortran step reads at
@@ -244,8 +246,6 @@ def main(argv=None) -> dict:
             xx, yy = HMM.simulate()
             simulate_s = time.perf_counter() - start
         if processes > 1:
-            from latentda.runs import process_state
-
             process_state().wait_for_everyone()
     say(f"QG sakov2008: T={tseq.T} ({tseq.Ko + 1} cycles of dto={tseq.dto}), BurnIn={tseq.BurnIn} "
         f"(averages over cycles {int(tseq.masko.argmax()) + 1}..{tseq.Ko + 1}), seed {args.seed}; "
