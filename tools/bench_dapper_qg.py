@@ -22,6 +22,13 @@ Methods (``--methods``, default ``letkf``, plus ``latentda-filter latentda-smoot
   for 16 641 unknowns is a weak baseline, included for completeness; it stores the whole ensemble
   trajectory (8·N·Nx bytes per cycle: 1 GB at T = 1500);
 - ``ienks``: ``iEnKS("Sqrt", N=25, Lag=2, nIter=3, infl=1.04)``, global too;
+- ``letkf-err<s>-<r>`` (e.g. ``letkf-err0.38-0.27``): the LETKF above with an *imperfect* model, DAPPER's
+  plus smooth additive noise (:func:`latentda.integrations.imperfect_model.with_model_error`): per cycle s
+  shared by all members (an error the ensemble does not see) and r per member (one it samples), fields
+  smoothed over ``--model-error-length`` grid points; the truth stays the exact model's. It asks what the
+  LETKF scores with a model that errs as much as a learned prior; the row records the imperfect model's
+  one-cycle forecast from the truth (member and ensemble-mean rmse, spread), to set beside
+  ``--forecast-skill``'s;
 - ``latentda-filter`` / ``latentda-smoother``: :class:`latentda.integrations.dapper.LatentDA` (mode
   ``filter`` / ``smoother``, ``--members`` members) with a pipeline trained on QG states one ``dtout``
   apart (``latentda simulate dapper-qg``, ``tools/train_qg.sh``); ``--settings`` sets their
@@ -67,6 +74,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -77,6 +85,8 @@ import numpy as np
 
 DOCUMENTED = {"letkf": "LETKF(N=25, infl=1.04, loc_rad=10): rmse.a 0.64 (dapper/mods/QG/sakov2008.py)"}
 SUBS = ("a", "f", "s", "u")
+MODEL_ERROR_ROW = r"letkf-err(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)"  # letkf-err<shared>-<independent>
+QG_FIELDS = (1, 129, 129)
 
 
 def _hmm(T: float, burn_in: float | None, processes: int):
@@ -119,11 +129,14 @@ def _methods(args, pipeline) -> list:
     made = []
     for name in args.methods:
         if name == "letkf":
-            made.append((name, LETKF(N=25, infl=1.04, loc_rad=10, mp=mp)))
+            made.append((name, LETKF(N=25, infl=1.04, loc_rad=10, mp=mp), None))
+        elif re.fullmatch(MODEL_ERROR_ROW, name):
+            shared, independent = (float(value) for value in re.fullmatch(MODEL_ERROR_ROW, name).groups())
+            made.append((name, LETKF(N=25, infl=1.04, loc_rad=10, mp=mp), {"shared": shared, "independent": independent}))
         elif name == "enks":
-            made.append((name, EnKS("Sqrt", N=25, Lag=2, infl=1.04)))
+            made.append((name, EnKS("Sqrt", N=25, Lag=2, infl=1.04), None))
         elif name == "ienks":
-            made.append((name, iEnKS("Sqrt", N=25, Lag=2, nIter=3, infl=1.04)))
+            made.append((name, iEnKS("Sqrt", N=25, Lag=2, nIter=3, infl=1.04), None))
         elif name.startswith("latentda-"):
             if pipeline is None:
                 sys.exit(f"{name} needs --pipeline")
@@ -132,10 +145,31 @@ def _methods(args, pipeline) -> list:
             settings = json.loads(args.settings) if args.settings else None
             mode = name.split("-", 1)[1]
             options = json.loads(args.latentda_options) if args.latentda_options else {}
-            made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=settings, **options)))
+            made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=settings, **options), None))
         else:
             sys.exit(f"unknown method {name}")
     return made
+
+
+def _model_error_skill(noisy, xx, cycles: int = 8, members: int = 25) -> dict:
+    """The imperfect model's one-cycle forecasts from the true state x_ko (``members`` copies), at ``cycles``
+    cycles spread over those after the burn-in: the RMS error of a member and of the ensemble mean, and the
+    spread (ddof 1), averaged over the cycles — to set beside ``forecast_skill``'s learned prior."""
+    tseq = noisy.tseq
+    kko = np.asarray(tseq.kko)
+    valid = [ko for ko in range(len(kko) - 1) if tseq.masko[ko]]
+    chosen = sorted({valid[i] for i in np.linspace(0, len(valid) - 1, min(cycles, len(valid))).round().astype(int)})
+    scores = np.zeros((len(chosen), 3))
+    for row, ko in enumerate(chosen):
+        ensemble = np.tile(xx[kko[ko]], (members, 1))
+        for k in range(kko[ko], kko[ko + 1]):
+            ensemble = noisy.Dyn(ensemble, tseq.tt[k], tseq.dt)
+        error = ensemble - xx[kko[ko + 1]]
+        scores[row] = (np.sqrt(np.mean(error**2, axis=1)).mean(), np.sqrt(np.mean(error.mean(0) ** 2)),
+                       np.sqrt(ensemble.var(0, ddof=1).mean()))
+    member, mean, spread = scores.mean(0)
+    return {"cycles": chosen, "members": members, "member_rmse": float(member), "mean_rmse": float(mean),
+            "spread": float(spread)}
 
 
 def _averages(xp) -> dict:
@@ -194,8 +228,8 @@ def _write(path: Path | None, results: dict) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="*", default=None,
-                        help="letkf enks ienks latentda-filter latentda-smoother (default: letkf, plus the latentda "
-                             "ones with --pipeline)")
+                        help="letkf enks ienks letkf-err<s>-<r> latentda-filter latentda-smoother (default: letkf, plus "
+                             "the latentda ones with --pipeline)")
     parser.add_argument("--pipeline", type=Path, help="latentda pipeline trained on QG (tools/train_qg.sh)")
     parser.add_argument("--members", type=int, default=8, help="latentda members (default 8)")
     parser.add_argument("--settings", help="latentda PosteriorSettings as JSON, e.g. '{\"steps\": 16}'")
@@ -211,6 +245,8 @@ def main(argv=None) -> dict:
                              "forecast_skill; --members members, --settings, the context and condition_noise of --latentda-options, "
                              "--forecast-lead cycles ahead); 0: off")
     parser.add_argument("--forecast-lead", type=int, default=4, help="cycles ahead for --forecast-skill (default 4)")
+    parser.add_argument("--model-error-length", type=float, default=8.0,
+                        help="letkf-err rows: the model error fields' smoothing length in grid points (default 8)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.forecast_skill and args.pipeline is None:
@@ -277,15 +313,26 @@ def main(argv=None) -> dict:
         for name in ("prior_rmse", "prior_spread", "model_rmse", "persistence_rmse"):
             say(f"  {name:17s}" + "".join(f"{value:8.3f}" for value in skill[name]), flush=True)
         _write(args.json, results)
-    for name, xp in methods:
+    for name, xp, model_error in methods:
+        hmm, model_error_row = HMM, {}
+        if model_error is not None:  # the LETKF with an imperfect model (the truth stays the exact model's)
+            from latentda.integrations.imperfect_model import with_model_error
+
+            spec = {**model_error, "length": args.model_error_length}
+            skill = _model_error_skill(with_model_error(HMM, QG_FIELDS, **spec, seed=args.seed + 3), xx)
+            model_error_row = {"model_error": {**spec, "one_cycle": skill}}
+            say(f"\n{name}: model error per cycle shared {spec['shared']}, independent {spec['independent']}, length "
+                f"{spec['length']}: one-cycle forecast from the truth, member rmse {skill['member_rmse']:.3f}, "
+                f"ensemble-mean rmse {skill['mean_rmse']:.3f}, spread {skill['spread']:.3f}", flush=True)
+            hmm = with_model_error(HMM, QG_FIELDS, **spec, seed=args.seed + 2)
         set_seed(args.seed + 1)
         start = time.perf_counter()
         try:
-            xp.assimilate(HMM, xx, yy)
+            xp.assimilate(hmm, xx, yy)
         except Exception as error:  # noqa: BLE001 - e.g. a diverging global smoother: record it, go on
             wall = time.perf_counter() - start
             results["methods"][name] = {"method": str(xp), "wall_s": round(wall, 1),
-                                        "failed": f"{type(error).__name__}: {error}"}
+                                        "failed": f"{type(error).__name__}: {error}", **model_error_row}
             say(f"\n{name}: {xp}  FAILED after {wall:.1f} s: {type(error).__name__}: {error}", flush=True)
             _write(args.json, results)
             continue
@@ -293,11 +340,12 @@ def main(argv=None) -> dict:
         xp.stats.average_in_time()
         cycles_run = tseq.Ko + 1 - getattr(xp, "start_cycle", 0)
         row = {"method": str(xp), "wall_s": round(wall, 1), "s_per_cycle": round(wall / cycles_run, 3),
-               **_averages(xp)}
+               **_averages(xp), **model_error_row}
         results["methods"][name] = row
         series = _series(xp)
         say(f"\n{name}: {xp}  wall {wall:.1f} s ({row['s_per_cycle']} s/cycle)")
-        say("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key not in ("method", "wall_s", "s_per_cycle")),
+        say("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items()
+                             if key not in ("method", "wall_s", "s_per_cycle", "model_error")),
             flush=True)
         del xp.stats
         row["series"] = series  # after the printout: one list per score, a value per cycle
