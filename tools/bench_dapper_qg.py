@@ -28,7 +28,8 @@ Methods (``--methods``, default ``letkf``, plus ``latentda-filter latentda-smoot
   smoothed over ``--model-error-length`` grid points; the truth stays the exact model's. It asks what the
   LETKF scores with a model that errs as much as a learned prior; the row records the imperfect model's
   one-cycle forecast from the truth (member and ensemble-mean rmse, spread), to set beside
-  ``--forecast-skill``'s;
+  ``--forecast-skill``'s; ``--model-error-inflation`` and ``--model-error-members`` set its inflation and
+  ensemble size (default the documented 1.04 and 25; ``letkf-err0-0`` is then the exact model's LETKF);
 - ``latentda-filter`` / ``latentda-smoother``: :class:`latentda.integrations.dapper.LatentDA` (mode
   ``filter`` / ``smoother``, ``--members`` members) with a pipeline trained on QG states one ``dtout``
   apart (``latentda simulate dapper-qg``, ``tools/train_qg.sh``); ``--settings`` sets their
@@ -132,7 +133,8 @@ def _methods(args, pipeline) -> list:
             made.append((name, LETKF(N=25, infl=1.04, loc_rad=10, mp=mp), None))
         elif re.fullmatch(MODEL_ERROR_ROW, name):
             shared, independent = (float(value) for value in re.fullmatch(MODEL_ERROR_ROW, name).groups())
-            made.append((name, LETKF(N=25, infl=1.04, loc_rad=10, mp=mp), {"shared": shared, "independent": independent}))
+            made.append((name, LETKF(N=args.model_error_members, infl=args.model_error_inflation, loc_rad=10, mp=mp),
+                         {"shared": shared, "independent": independent}))
         elif name == "enks":
             made.append((name, EnKS("Sqrt", N=25, Lag=2, infl=1.04), None))
         elif name == "ienks":
@@ -247,6 +249,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--forecast-lead", type=int, default=4, help="cycles ahead for --forecast-skill (default 4)")
     parser.add_argument("--model-error-length", type=float, default=8.0,
                         help="letkf-err rows: the model error fields' smoothing length in grid points (default 8)")
+    parser.add_argument("--model-error-inflation", type=float, default=1.04,
+                        help="letkf-err rows: the LETKF's multiplicative inflation (default 1.04, the documented one)")
+    parser.add_argument("--model-error-members", type=int, default=25,
+                        help="letkf-err rows: the LETKF's ensemble size (default 25, the documented one)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.forecast_skill and args.pipeline is None:
