@@ -435,12 +435,13 @@ class LatentDAPipeline:
         or inpaint) and on the cycle's observations through the decoder; with ``lag`` > 1 the
         lag − 1 states before the new one are sampled again with their own cycles' observations
         (default ⌊K/2⌋). ``initial`` (e.g. a reanalysis, member m for member m) gives the states just
-        before the first cycle; without it the first cycle starts from the prior. ``observations``: a dataset or a table, as for
-        :meth:`reanalyze` (a cycle may observe other positions than the last, or nothing: a forecast
-        step). With ``out`` the analyses are written cycle by cycle and ``resume=True`` continues an
-        interrupted run from its last finished cycle (bit-identical). Under torchrun/accelerate launch
-        the members are dealt over the processes and each cycle gathered (:func:`latentda.runs.run_filter`).
-        ``settings``/keywords, ``attrs``, ``report`` as for :meth:`reanalyze`."""
+        before the first cycle; without it the first cycle starts from the prior. ``observations``: a
+        dataset or a table, as for :meth:`reanalyze` (a cycle may observe other positions than the
+        last, or nothing: a forecast step). With ``out`` the analyses are written cycle by cycle and
+        ``resume=True`` continues an interrupted run from its last finished cycle (bit-identical).
+        Under torchrun/accelerate launch the members are dealt over the processes and each cycle
+        gathered (:func:`latentda.runs.run_filter`). ``settings``/keywords, ``attrs``, ``report`` as
+        for :meth:`reanalyze`."""
         from latentda.posterior.filtering import FilterSettings, default_lag
 
         settings = self._run_settings(settings, options)

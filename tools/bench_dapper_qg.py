@@ -223,8 +223,10 @@ def _digest(arrays) -> str:
 def _write(path: Path | None, results: dict) -> None:
     """Write the results so far (after every method: a long run keeps what finished)."""
     if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2))
+        from latentda.data.io import atomic_path
+
+        with atomic_path(path, overwrite=True) as temporary:  # a crash mid-write keeps the previous results
+            temporary.write_text(json.dumps(results, indent=2))
 
 
 def main(argv=None) -> dict:
@@ -325,7 +327,9 @@ def main(argv=None) -> dict:
             from latentda.integrations.imperfect_model import with_model_error
 
             spec = {**model_error, "length": args.model_error_length}
-            skill = _model_error_skill(with_model_error(HMM, QG_FIELDS, **spec, seed=args.seed + 3), xx)
+            # with the LETKF's N members: the ensemble mean's one-cycle error is √(s² + r²/N)
+            skill = _model_error_skill(with_model_error(HMM, QG_FIELDS, **spec, seed=args.seed + 3), xx,
+                                       members=args.model_error_members)
             model_error_row = {"model_error": {**spec, "one_cycle": skill}}
             say(f"\n{name}: model error per cycle shared {spec['shared']}, independent {spec['independent']}, length "
                 f"{spec['length']}: one-cycle forecast from the truth, member rmse {skill['member_rmse']:.3f}, "

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from latentda.data.io import atomic_path
+
 CYCLES = range(60, 74)
 
 
@@ -35,9 +37,10 @@ def main() -> None:
     xx, _ = HMM.simulate()
     states = xx[np.asarray(HMM.tseq.kko)[list(CYCLES)]]
     psi = states.reshape(len(states), 1, 129, 129).astype(np.float16)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"psi": psi}, str(args.out), metadata={"hmm": "dapper.mods.QG.sakov2008", "T": "500", "seed": str(args.seed),
-                                                    "cycles": f"{CYCLES.start}-{CYCLES.stop - 1}", "dtout": "5"})
+    metadata = {"hmm": "dapper.mods.QG.sakov2008", "T": "500", "seed": str(args.seed),
+                "cycles": f"{CYCLES.start}-{CYCLES.stop - 1}", "dtout": "5"}
+    with atomic_path(args.out, overwrite=True) as temporary:
+        save_file({"psi": psi}, str(temporary), metadata=metadata)
     print(f"{args.out}: psi {psi.shape}, cycles {CYCLES.start}..{CYCLES.stop - 1}, std {states.std():.3f}; "
           f"truth_sha256 {_digest(xx)} (as in the benchmark's T = 500 JSONs)")
 

@@ -44,9 +44,10 @@ test spies on it); statistics: ``assess(0, E)`` for the start (a prior sample), 
 sample (not assessed) and it assimilates yy[s], yy[s + 1], … only; the statistics of the cycles before s
 stay NaN (DAPPER averages after its burn-in, so s ≤ the first cycle after the burn-in minus a few
 spin-up cycles measures the filter's equilibrium error without paying for the cycles before).
-``smoother``: one reanalysis of the whole window (k = 0 and every observation time, at least the prior's window K of states) conditioned on all of yy, recorded as
-``s`` (smoothed) at every ko and ``u``; DAPPER keeps ``s`` series for methods with a ``Lag``
-attribute, which this mode sets (``Lag = "window"``). A per-cycle ``residual_ratio`` (ensemble mean
+``smoother``: one reanalysis of the whole window (k = 0 and every observation time, at least the
+prior's window K of states) conditioned on all of yy, recorded as ``s`` (smoothed) at every ko and
+``u``; DAPPER keeps ``s`` series for methods with a ``Lag`` attribute, which this mode sets
+(``Lag = "window"``). A per-cycle ``residual_ratio`` (ensemble mean
 of the std of (y − H x)/σ_y) is recorded too (``xp.avrgs.residual_ratio``).
 """
 

@@ -35,7 +35,7 @@ from latentda.errors import LatentdaError
 __all__ = ["ModelError", "smooth_fields", "with_model_error"]
 
 
-def smooth_fields(rng: np.random.Generator, count: int, shape: tuple[int, ...], length: float,
+def smooth_fields(rng: np.random.Generator, count: int, shape: tuple[int, int, int], length: float,
                   zero_edges: bool = True) -> np.ndarray:
     r"""``count`` random fields on a grid ``shape`` = (C, H, W), flattened in C order to (count, C·H·W):
     white noise smoothed over (H, W) by a Gaussian kernel of standard deviation ``length`` grid points

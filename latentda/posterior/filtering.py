@@ -41,10 +41,10 @@ only (the re-sampled earlier states are not output again). The default lag is �
 (:func:`default_lag`; 1 for K ≤ 3): on DAPPER's QG twin experiment the lag took 40 % off the plain
 filter's rmse with K = 8 (ℓ = 4) and a lag of K/2 scored best with K = 16 (docs/filter.md). The
 member keeps context + ℓ − 1 states (default context K − ℓ) and the observations of its last ℓ − 1
-cycles (:class:`FilterState` ``recent``). For the linear-Gaussian system the scheme's exact law stays closed-form (a Gaussian
-recursion on the stacked history, ``tests/test_filter.py``): with correlation time 100 steps and
-40 % of the pixels observed a cycle, after 8 cycles of a window-8 prior the analysis spread is
-1.68 × the Kalman filter's with ℓ = 1, 1.32 × with ℓ = 2 and 1.11 × with ℓ = 4
+cycles (:class:`FilterState` ``recent``). For the linear-Gaussian system the scheme's exact law
+stays closed-form (a Gaussian recursion on the stacked history, ``tests/test_filter.py``): with
+correlation time 100 steps and 40 % of the pixels observed a cycle, after 8 cycles of a window-8
+prior the analysis spread is 1.68 × the Kalman filter's with ℓ = 1, 1.32 × with ℓ = 2 and 1.11 × with ℓ = 4
 (``tools/filter_lag_closed_form.py``, docs/filter.md); a cycle costs a window with the decoder on
 ℓ frames.
 
