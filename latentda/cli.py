@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import signal
 import sys
 import threading
@@ -28,6 +29,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 
@@ -412,6 +420,10 @@ def _posterior_options(sub: argparse.ArgumentParser) -> None:
     group.add_argument("--no-representation-error", dest="representation_error", action="store_const", const=False,
                        help="use the observation noise alone in the likelihood (default: add the autoencoder's "
                             "reconstruction error per channel, autoencoder/representation_error.json)")
+    group.add_argument("--prior-inflation", type=_positive_float,
+                       help="sample with the prior of τ·z (standardised latents): its conditionals keep their mean and "
+                            "widen their spread by τ, multiplicative inflation for a prior whose ensembles are too "
+                            "narrow (default 1: the prior as trained; docs/filter.md)")
 
 
 def _recorded(value) -> str:

@@ -117,3 +117,24 @@ def test_bad_observations():
         MMPSDenoiser(denoise, lambda x: x @ A.T, y * math.nan, noise_std)
     with pytest.raises(ValueError, match="unknown solver"):
         MMPSDenoiser(denoise, lambda x: x @ A.T, y, noise_std, solver="lu")
+
+
+@pytest.mark.parametrize("sigma", [0.05, 1.0, 20.0])
+def test_inflated_denoiser_is_the_denoiser_of_the_scaled_law(sigma):
+    """τ D(x/τ, σ/τ) is E[τz | τz + σε]: for z ~ N(m, Σ) the denoiser of N(τm, τ²Σ), and for the
+    non-Gaussian z = ±1 (equally likely), whose denoiser is tanh(x/σ²), the denoiser of ±τ,
+    τ tanh(τx/σ²); the guided denoiser over it is MMPS's closed form with the inflated prior."""
+    from latentda.posterior.prior import InflatedDenoiser
+
+    tau = 1.7
+    mean, covariance, A, noise_std, y = _problem()
+    x_t = torch.randn(4, len(mean), generator=torch.Generator().manual_seed(1), dtype=torch.float64) * (1 + sigma)
+    inflated = InflatedDenoiser(GaussianDenoiser(mean, covariance), tau)
+    wide = GaussianDenoiser(tau * mean, tau**2 * covariance)
+    assert torch.allclose(inflated(x_t, torch.tensor(sigma)), wide(x_t, torch.tensor(sigma)), atol=1e-10)
+    assert not torch.allclose(inflated(x_t, torch.tensor(sigma)), GaussianDenoiser(mean, covariance)(x_t, torch.tensor(sigma)))
+    two_point = InflatedDenoiser(lambda x, s: torch.tanh(x / s**2), tau)
+    assert torch.allclose(two_point(x_t, torch.tensor(sigma)), tau * torch.tanh(tau * x_t / sigma**2), atol=1e-12)
+    guided = MMPSDenoiser(inflated, lambda x: x @ A.T, y, noise_std, iterations=len(y))
+    expected = _closed_form(tau * mean, tau**2 * covariance, A, noise_std, y, x_t, sigma)
+    assert (guided(x_t, torch.tensor(sigma, dtype=torch.float64)) - expected).abs().max() < 1e-8

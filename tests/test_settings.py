@@ -229,3 +229,35 @@ def test_forecast_options_are_the_forecast_settings_and_checked_once():
                        (dict(condition_noise=0.0), "conditioning noise")):
         with pytest.raises(LatentdaError, match=named):
             ForecastSettings(**bad).validate()
+
+
+def test_prior_inflation_reaches_every_posterior_denoiser_and_is_checked(tmp_path):
+    """``--prior-inflation`` is PosteriorSettings.prior_inflation; reanalyses, filters and forecasts
+    take their prior's denoiser from PosteriorSettings.prior_denoiser, inflated by it
+    (latentda.posterior.prior.InflatedDenoiser); bad values name the field."""
+    import torch
+
+    from conftest import make_tiny_pipeline
+    from latentda.posterior import filtering, forecast, reanalysis
+    from latentda.posterior.prior import InflatedDenoiser
+
+    for command in (["reanalyze"], ["forecast", "--lead", "2"], ["filter"]):
+        args = cli.build_parser().parse_args([*command, "--pipeline", "p", "--observations", "o", "--out", "x",
+                                              "--prior-inflation", "1.5"])
+        assert cli._posterior_settings(args).prior_inflation == 1.5
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["filter", "--pipeline", "p", "--observations", "o", "--prior-inflation", "0"])
+    pipeline, _ = make_tiny_pipeline(tmp_path / "pipeline")
+    x = torch.randn(2, pipeline.window, *pipeline.latent_shape, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor(0.7)
+    for window_only in (False, True):
+        plain = PosteriorSettings().prior_denoiser(pipeline, window_only=window_only)
+        inflated = PosteriorSettings(prior_inflation=1.5).prior_denoiser(pipeline, window_only=window_only)
+        assert not isinstance(plain, InflatedDenoiser) and isinstance(inflated, InflatedDenoiser)
+        with torch.no_grad():
+            assert torch.allclose(inflated(x, sigma), 1.5 * plain(x / 1.5, sigma / 1.5), atol=1e-6)
+    for code in (filtering, forecast, reanalysis.guided_denoiser):  # no path builds the prior's denoiser by itself
+        assert "trajectory_denoiser(" not in inspect.getsource(code)
+    for bad in (0, -1.0, float("nan"), float("inf"), "2"):
+        with pytest.raises(LatentdaError, match="prior_inflation"):
+            PosteriorSettings(prior_inflation=bad).validate()

@@ -88,7 +88,6 @@ from torch import Tensor
 
 from latentda.diffusion.sampling import standard_normal
 from latentda.errors import LatentdaError
-from latentda.nn.precision import Autocast
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser
 from latentda.posterior.prior import PriorModel
@@ -336,7 +335,7 @@ def _window_sample(prior: PriorModel, history: Tensor, operator: ObservationOper
     positions = slice(K - observed - n, K - observed) if n else None
     known = history[:, history.shape[1] - n :].to(prior.device, prior.dtype)
     dtype = settings.compute_dtype(prior.device)
-    denoise = Autocast(prior.trajectory_denoiser(times=times), prior.device, dtype)  # L = K: the window denoiser
+    denoise = settings.prior_denoiser(prior, times, window_only=True)  # L = K: the window denoiser
     if positions is not None and options.conditioning == "inpaint":
         denoise = _Replacement(denoise, known, positions, generators)
     latent_positions = positions if options.conditioning == "mmps" else None

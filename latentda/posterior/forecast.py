@@ -40,7 +40,6 @@ from torch import Tensor
 from latentda.diffusion.settings import resolve_overlap
 from latentda.diffusion.sampling import standard_normal
 from latentda.errors import LatentdaError
-from latentda.nn.precision import Autocast
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser
 from latentda.posterior.forecast_settings import CONDITIONINGS, MODES, ForecastSettings
@@ -82,8 +81,7 @@ def _window(prior: PriorModel, history: Tensor, context: int, conditioning: str,
     """One window (B, K, ...) per member whose first ``context`` states follow the member's
     ``history`` (``times``: the window's K times, for calendar-conditioned priors, else None)."""
     known = history[:, -context:]
-    window_denoiser = Autocast(prior.trajectory_denoiser(times=times), prior.device,  # L = K: the window denoiser
-                               settings.compute_dtype(prior.device))
+    window_denoiser = settings.prior_denoiser(prior, times, window_only=True)  # L = K: the window denoiser
     if conditioning == "inpaint":
         denoise = _Inpainting(window_denoiser, known, generators)
     else:

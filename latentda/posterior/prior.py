@@ -27,7 +27,7 @@ import torch
 from latentda.data.statistics import Statistics
 from latentda.diffusion.settings import SamplerSettings
 
-__all__ = ["PriorModel", "resolve_sampling"]
+__all__ = ["PriorModel", "resolve_sampling", "InflatedDenoiser"]
 
 
 @runtime_checkable
@@ -77,3 +77,23 @@ def resolve_sampling(prior: PriorModel, **overrides) -> SamplerSettings:
     sampling.check_sigma_range(float(prior.scheduler.config.sigma_min), float(prior.scheduler.config.sigma_max))
     sampling.check_window(prior.window)
     return sampling
+
+
+class InflatedDenoiser:
+    r"""The denoiser of the prior *inflated* by τ (``factor``): the law of τ z̃ for z̃ drawn from the
+    prior (standardised latents, climatological mean 0), whose denoiser is exactly
+
+        D_τ(x_t, σ) = E[τ z̃ | τ z̃ + σ ε = x_t] = τ D(x_t / τ, σ / τ),
+
+    since (τ z̃ + σ ε)/τ = z̃ + (σ/τ) ε: the network sees inputs of its own law at the level σ/τ.
+    For a Gaussian prior N(0, Σ) it is the denoiser of N(0, τ²Σ), D(x_t, σ/τ), and every
+    conditional keeps its mean and has τ² times the covariance: the transition of a window prior
+    from a member's history to the new state keeps its forecast and widens its spread by τ, the
+    multiplicative inflation of ensemble filters applied to the prior's error (docs/filter.md).
+    Guidance wraps it like any denoiser: the Tweedie covariance σ² ∂D_τ/∂x_t is the inflated prior's."""
+
+    def __init__(self, denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], factor: float) -> None:
+        self.denoise, self.factor = denoise, float(factor)
+
+    def __call__(self, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.factor * self.denoise(x_t / self.factor, sigma / self.factor)

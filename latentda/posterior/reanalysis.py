@@ -15,6 +15,7 @@ share of the blanket windows (:mod:`latentda.diffusion.distributed`), for long t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
@@ -27,7 +28,7 @@ from latentda.observe.operators import ObservationOperator
 from latentda.nn.linearization import NetworkLinearization
 from latentda.nn.precision import PRECISIONS, Autocast, autocast, resolve_precision
 from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
-from latentda.posterior.prior import PriorModel, resolve_sampling
+from latentda.posterior.prior import InflatedDenoiser, PriorModel, resolve_sampling
 from latentda.diffusion.sampling import sample
 from latentda.diffusion.settings import SAMPLER_FIELDS, SamplerSettings
 from latentda.posterior.solvers import SOLVERS
@@ -60,6 +61,7 @@ class PosteriorSettings:
     precision: str | None = None  # dtype of the networks' passes (latentda.nn.precision; None: auto per device)
     split_blankets: bool = False  # share each trajectory's blanket windows over torch.distributed processes
     representation_error: bool = True  # add the autoencoder's reconstruction error to the observation noise
+    prior_inflation: float | None = None  # τ: sample with the prior of τ z̃ (InflatedDenoiser; None: 1, the prior as trained)
 
     def validate(self, prior: PriorModel | None = None) -> None:
         """Check every field; with ``prior``, the sampler settings as resolved against it (its σ range
@@ -70,6 +72,9 @@ class PosteriorSettings:
         require(self.decode_chunk is None or self.decode_chunk >= 1, "decode_chunk", "must be at least 1")
         require(self.batch_members is None or self.batch_members >= 1, "batch_members", "must be at least 1")
         require(self.precision is None or self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        require(self.prior_inflation is None or (isinstance(self.prior_inflation, (int, float))
+                                                 and math.isfinite(self.prior_inflation) and self.prior_inflation > 0),
+                "prior_inflation", f"must be a positive number (or null: 1), got {self.prior_inflation!r}")
         if prior is None:  # the overrides given, by the same rules (the library defaults they replace are valid)
             SamplerSettings().with_overrides(**self.sampler_overrides())
         else:
@@ -89,6 +94,19 @@ class PosteriorSettings:
 
     def compute_dtype(self, device) -> torch.dtype:
         return resolve_precision(self.precision, device)
+
+    def prior_denoiser(self, prior: PriorModel, times=None, window_only: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
+        """The prior's denoiser as these settings sample it: the trajectory denoiser (blankets
+        ``overlap`` apart; with ``window_only`` one window of K states) under the compute dtype,
+        inflated by ``prior_inflation`` when given (:class:`InflatedDenoiser`)."""
+        if window_only:
+            blankets = prior.trajectory_denoiser(times=times)
+        else:
+            blankets = prior.trajectory_denoiser(self.sampling(prior).overlap, times=times, split_blankets=self.split_blankets)
+        denoise = Autocast(blankets, prior.device, self.compute_dtype(prior.device))
+        if self.prior_inflation is None or self.prior_inflation == 1:
+            return denoise
+        return InflatedDenoiser(denoise, self.prior_inflation)
 
 
 def default_batch_members(device, through_decoder: bool = True) -> int:
@@ -218,9 +236,7 @@ def guided_denoiser(prior: PriorModel, operator: ObservationOperator, settings: 
     y, noise_std = operator.observed()
     dtype = settings.compute_dtype(prior.device)
     A = LatentOperator(prior, operator, settings.decode_chunk, dtype)
-    blankets = prior.trajectory_denoiser(settings.sampling(prior).overlap, times=operator.times,
-                                         split_blankets=settings.split_blankets)
-    denoise = Autocast(blankets, prior.device, dtype)
+    denoise = settings.prior_denoiser(prior, operator.times)
     if settings.guidance == "dps":
         return DPSDenoiser(denoise, A, y, noise_std, scale=settings.dps_scale)
     return MMPSDenoiser(denoise, A, y, noise_std, iterations=settings.iterations, solver=settings.solver)
