@@ -421,9 +421,9 @@ def _posterior_options(sub: argparse.ArgumentParser) -> None:
                        help="use the observation noise alone in the likelihood (default: add the autoencoder's "
                             "reconstruction error per channel, autoencoder/representation_error.json)")
     group.add_argument("--prior-inflation", type=_positive_float,
-                       help="sample with the prior of τ·z (standardised latents): its conditionals keep their mean and "
-                            "widen their spread by τ, multiplicative inflation for a prior whose ensembles are too "
-                            "narrow (default 1: the prior as trained; docs/filter.md)")
+                       help="sample with the prior's denoiser at the level σ/τ: a Gaussian prior's conditionals keep their "
+                            "mean and widen their spread by τ, multiplicative inflation for a prior whose ensembles "
+                            "are too narrow (default 1: the prior as trained; docs/filter.md)")
 
 
 def _recorded(value) -> str:

@@ -234,7 +234,7 @@ def _assert_ensemble_follows(cycles, law, members):
 
 def _scheme_closed_form(system, rows, values, noise, slack, window, lag, context, inflation=1.0):
     """The exact law of one member of the filter (module docstring) for the stationary Gaussian prior
-    (with ``inflation`` τ: the prior of τ x, covariance τ² Σ):
+    (with ``inflation`` τ: covariance τ² Σ):
     the member's history (its last context + lag − 1 states) is Gaussian, and each cycle maps it
     linearly (the window posterior's gain on the conditioning states and the observations) plus
     independent noise (that posterior's covariance). Returns the analysis mean and covariance per cycle."""
@@ -297,8 +297,8 @@ def test_lagged_filter_against_its_closed_form():
 
 
 def test_inflated_prior_filter_against_its_closed_form():
-    """``prior_inflation`` τ = 1.5 samples with the prior of τ z̃ (for the Gaussian system N(0, τ²Σ):
-    latentda.posterior.prior.InflatedDenoiser): the ensemble follows the scheme's exact law under that
+    """``prior_inflation`` τ = 1.5 samples with the prior inflated by τ (for the Gaussian system
+    N(0, τ²Σ): latentda.posterior.prior.InflatedDenoiser): the ensemble follows the scheme's exact law under that
     prior (mean within sampling error, variance within 20 %), whose spread the 20 % tells apart from
     the plain prior's."""
     noise, members, slack, tau = 0.3, 64, 0.05, 1.5

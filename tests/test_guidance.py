@@ -120,21 +120,23 @@ def test_bad_observations():
 
 
 @pytest.mark.parametrize("sigma", [0.05, 1.0, 20.0])
-def test_inflated_denoiser_is_the_denoiser_of_the_scaled_law(sigma):
-    """τ D(x/τ, σ/τ) is E[τz | τz + σε]: for z ~ N(m, Σ) the denoiser of N(τm, τ²Σ), and for the
-    non-Gaussian z = ±1 (equally likely), whose denoiser is tanh(x/σ²), the denoiser of ±τ,
-    τ tanh(τx/σ²); the guided denoiser over it is MMPS's closed form with the inflated prior."""
+def test_inflated_denoiser_is_the_denoiser_of_the_widened_gaussian(sigma):
+    """D(x, σ/τ) is, for z ~ N(m, Σ), the denoiser of N(m, τ²Σ) (mean kept, covariance τ²Σ), and
+    MMPS over it is the closed-form posterior under that prior; the law of two points ±1 (denoiser
+    tanh(x/σ²)) keeps its support: its inflated denoiser still ends on ±1 as σ → 0."""
     from latentda.posterior.prior import InflatedDenoiser
 
     tau = 1.7
     mean, covariance, A, noise_std, y = _problem()
     x_t = torch.randn(4, len(mean), generator=torch.Generator().manual_seed(1), dtype=torch.float64) * (1 + sigma)
     inflated = InflatedDenoiser(GaussianDenoiser(mean, covariance), tau)
-    wide = GaussianDenoiser(tau * mean, tau**2 * covariance)
-    assert torch.allclose(inflated(x_t, torch.tensor(sigma)), wide(x_t, torch.tensor(sigma)), atol=1e-10)
-    assert not torch.allclose(inflated(x_t, torch.tensor(sigma)), GaussianDenoiser(mean, covariance)(x_t, torch.tensor(sigma)))
-    two_point = InflatedDenoiser(lambda x, s: torch.tanh(x / s**2), tau)
-    assert torch.allclose(two_point(x_t, torch.tensor(sigma)), tau * torch.tanh(tau * x_t / sigma**2), atol=1e-12)
+    wide = GaussianDenoiser(mean, tau**2 * covariance)
+    level = torch.tensor(sigma, dtype=torch.float64)
+    assert torch.allclose(inflated(x_t, level), wide(x_t, level), atol=1e-10)
+    assert not torch.allclose(inflated(x_t, level), GaussianDenoiser(mean, covariance)(x_t, level))
     guided = MMPSDenoiser(inflated, lambda x: x @ A.T, y, noise_std, iterations=len(y))
-    expected = _closed_form(tau * mean, tau**2 * covariance, A, noise_std, y, x_t, sigma)
-    assert (guided(x_t, torch.tensor(sigma, dtype=torch.float64)) - expected).abs().max() < 1e-8
+    expected = _closed_form(mean, tau**2 * covariance, A, noise_std, y, x_t, sigma)
+    assert (guided(x_t, level) - expected).abs().max() < 1e-8
+    two_point = InflatedDenoiser(lambda x, s: torch.tanh(x / s**2), tau)
+    assert torch.allclose(two_point(x_t, level), torch.tanh(tau**2 * x_t / sigma**2), atol=1e-12)
+    assert torch.allclose(two_point(x_t, torch.tensor(1e-3)).abs(), torch.ones_like(x_t))

@@ -255,7 +255,7 @@ def test_prior_inflation_reaches_every_posterior_denoiser_and_is_checked(tmp_pat
         inflated = PosteriorSettings(prior_inflation=1.5).prior_denoiser(pipeline, window_only=window_only)
         assert not isinstance(plain, InflatedDenoiser) and isinstance(inflated, InflatedDenoiser)
         with torch.no_grad():
-            assert torch.allclose(inflated(x, sigma), 1.5 * plain(x / 1.5, sigma / 1.5), atol=1e-6)
+            assert torch.allclose(inflated(x, sigma), plain(x, sigma / 1.5), atol=1e-6)
     for code in (filtering, forecast, reanalysis.guided_denoiser):  # no path builds the prior's denoiser by itself
         assert "trajectory_denoiser(" not in inspect.getsource(code)
     for bad in (0, -1.0, float("nan"), float("inf"), "2"):

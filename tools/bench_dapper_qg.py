@@ -315,6 +315,8 @@ def main(argv=None) -> dict:
                                members=args.members, settings=json.loads(args.settings) if args.settings else None,
                                context=options.get("context"), condition_noise=options.get("condition_noise", 0.05))
         skill["wall_s"] = round(time.perf_counter() - start, 1)
+        skill.update(members=args.members, condition_noise=options.get("condition_noise", 0.05),
+                     settings=json.loads(args.settings) if args.settings else {})
         results["experiment"]["forecast_skill"] = skill
         say(f"forecasts from the true past ({len(skill['cycles'])} cycles, context {skill['context']}, "
             f"{args.members} members, {skill['wall_s']} s), rmse by lead {skill['leads']}:", flush=True)

@@ -61,7 +61,7 @@ class PosteriorSettings:
     precision: str | None = None  # dtype of the networks' passes (latentda.nn.precision; None: auto per device)
     split_blankets: bool = False  # share each trajectory's blanket windows over torch.distributed processes
     representation_error: bool = True  # add the autoencoder's reconstruction error to the observation noise
-    prior_inflation: float | None = None  # τ: sample with the prior of τ z̃ (InflatedDenoiser; None: 1, the prior as trained)
+    prior_inflation: float | None = None  # τ: the prior's denoiser at σ/τ, its spread widened by τ (InflatedDenoiser; None: 1)
 
     def validate(self, prior: PriorModel | None = None) -> None:
         """Check every field; with ``prior``, the sampler settings as resolved against it (its σ range
