@@ -258,6 +258,6 @@ def test_prior_inflation_reaches_every_posterior_denoiser_and_is_checked(tmp_pat
             assert torch.allclose(inflated(x, sigma), plain(x, sigma / 1.5), atol=1e-6)
     for code in (filtering, forecast, reanalysis.guided_denoiser):  # no path builds the prior's denoiser by itself
         assert "trajectory_denoiser(" not in inspect.getsource(code)
-    for bad in (0, -1.0, float("nan"), float("inf"), "2"):
+    for bad in (0, -1.0, float("nan"), float("inf"), "2", True):
         with pytest.raises(LatentdaError, match="prior_inflation"):
             PosteriorSettings(prior_inflation=bad).validate()

@@ -73,6 +73,7 @@ class PosteriorSettings:
         require(self.batch_members is None or self.batch_members >= 1, "batch_members", "must be at least 1")
         require(self.precision is None or self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
         require(self.prior_inflation is None or (isinstance(self.prior_inflation, (int, float))
+                                                 and not isinstance(self.prior_inflation, bool)
                                                  and math.isfinite(self.prior_inflation) and self.prior_inflation > 0),
                 "prior_inflation", f"must be a positive number (or null: 1), got {self.prior_inflation!r}")
         if prior is None:  # the overrides given, by the same rules (the library defaults they replace are valid)
