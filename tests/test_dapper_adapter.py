@@ -227,6 +227,7 @@ def test_forecast_skill_against_the_models_closed_form(setup):
         skill = forecast_skill(pipeline, HMM, xx, lead=2, cycles=2, members=3, settings={"steps": 2}, state_index=index)
         context = skill["context"]
         assert skill["leads"] == [1, 2] and context == 2  # the tiny pipeline's window 4: overlap 2
+        assert (skill["members"], skill["condition_noise"], skill["settings"]) == (3, 0.05, {"steps": 2})  # what it ran
         assert skill["cycles"] == [1, 2]  # the cycles with 2 true states before them and 2 after (Ko = 4)
         kko = HMM.tseq.kko
         floors, persistence = [], np.zeros(2)

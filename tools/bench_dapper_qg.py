@@ -144,10 +144,9 @@ def _methods(args, pipeline) -> list:
                 sys.exit(f"{name} needs --pipeline")
             from latentda.integrations.dapper import LatentDA
 
-            settings = json.loads(args.settings) if args.settings else None
             mode = name.split("-", 1)[1]
-            options = json.loads(args.latentda_options) if args.latentda_options else {}
-            made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=settings, **options), None))
+            made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=args.settings,
+                                        **args.latentda_options), None))
         else:
             sys.exit(f"unknown method {name}")
     return made
@@ -257,6 +256,11 @@ def main(argv=None) -> dict:
                         help="letkf-err rows: the LETKF's ensemble size (default 25, the documented one)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    try:  # the JSON options, parsed once
+        args.settings = json.loads(args.settings) if args.settings else None
+        args.latentda_options = json.loads(args.latentda_options) if args.latentda_options else {}
+    except json.JSONDecodeError as error:
+        parser.error(f"--settings / --latentda-options: not JSON ({error})")
     if args.forecast_skill and args.pipeline is None:
         parser.error("--forecast-skill needs --pipeline")
     if args.methods is None:
@@ -310,13 +314,10 @@ def main(argv=None) -> dict:
         from latentda.integrations.dapper import forecast_skill
 
         start = time.perf_counter()
-        options = json.loads(args.latentda_options) if args.latentda_options else {}
+        options = {key: args.latentda_options[key] for key in ("context", "condition_noise") if key in args.latentda_options}
         skill = forecast_skill(pipeline, HMM, xx, lead=args.forecast_lead, cycles=args.forecast_skill,
-                               members=args.members, settings=json.loads(args.settings) if args.settings else None,
-                               context=options.get("context"), condition_noise=options.get("condition_noise", 0.05))
+                               members=args.members, settings=args.settings, **options)
         skill["wall_s"] = round(time.perf_counter() - start, 1)
-        skill.update(members=args.members, condition_noise=options.get("condition_noise", 0.05),
-                     settings=json.loads(args.settings) if args.settings else {})
         results["experiment"]["forecast_skill"] = skill
         say(f"forecasts from the true past ({len(skill['cycles'])} cycles, context {skill['context']}, "
             f"{args.members} members, {skill['wall_s']} s), rmse by lead {skill['leads']}:", flush=True)

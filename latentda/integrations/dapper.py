@@ -53,6 +53,7 @@ of the std of (y − H x)/σ_y) is recorded too (``xp.avrgs.residual_ratio``).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -347,8 +348,9 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     x̄ − x_{ko+ℓ}; spread = the root of the grid mean of the ensemble variance (ddof 1); each averaged over
     the cycles. The prior's rmse at ℓ = 1 against the model's is the learned dynamics' error per cycle
     that an assimilation must correct, beside the observations' noise. States ↔ fields as in
-    :class:`LatentDA` (``state_index``). Returns {"leads", "cycles" (the ko used), "context",
-    "prior_rmse", "prior_spread", "model_rmse", "persistence_rmse"} (lists by lead)."""
+    :class:`LatentDA` (``state_index``). Returns {"leads", "cycles" (the ko used), "context", "members",
+    "condition_noise", "settings" (the PosteriorSettings fields not at their defaults), "prior_rmse",
+    "prior_spread", "model_rmse", "persistence_rmse"} (lists by lead)."""
     from latentda.posterior.forecast import default_context, forecast_members
 
     tseq = HMM.tseq
@@ -386,5 +388,7 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
             scores["prior_spread"][row, step] = float(np.sqrt(states.var(0, ddof=1).mean()))
             scores["model_rmse"][row, step] = rms(model - targets[step])
             scores["persistence_rmse"][row, step] = rms(xx[kko[ko]] - targets[step])
+    given = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if getattr(settings, f.name) != f.default}
     return {"leads": list(range(1, lead + 1)), "cycles": [int(ko) for ko in chosen], "context": int(context),
+            "members": int(members), "condition_noise": float(condition_noise), "settings": given,
             **{name: [float(v) for v in values.mean(0)] for name, values in scores.items()}}
