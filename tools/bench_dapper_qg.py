@@ -156,10 +156,12 @@ def _model_error_skill(noisy, xx, cycles: int = 8, members: int = 25) -> dict:
     """The imperfect model's one-cycle forecasts from the true state x_ko (``members`` copies), at ``cycles``
     cycles spread over those after the burn-in: the RMS error of a member and of the ensemble mean, and the
     spread (ddof 1), averaged over the cycles — to set beside ``forecast_skill``'s learned prior."""
+    from latentda.integrations.dapper import evenly_spaced
+
     tseq = noisy.tseq
     kko = np.asarray(tseq.kko)
     valid = [ko for ko in range(len(kko) - 1) if tseq.masko[ko]]
-    chosen = sorted({valid[i] for i in np.linspace(0, len(valid) - 1, min(cycles, len(valid))).round().astype(int)})
+    chosen = evenly_spaced(valid, cycles)
     scores = np.zeros((len(chosen), 3))
     for row, ko in enumerate(chosen):
         ensemble = np.tile(xx[kko[ko]], (members, 1))

@@ -73,7 +73,7 @@ from latentda.posterior.filtering import filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 from latentda.runs import gather_members, process_state
 
-__all__ = ["LatentDA", "forecast_skill", "observation_operator", "observation_matrix"]
+__all__ = ["LatentDA", "forecast_skill", "evenly_spaced", "observation_operator", "observation_matrix"]
 
 PROBE_CHUNK = 1024
 
@@ -329,6 +329,11 @@ class LatentDA:
             self.stats.residual_ratio[ko] = float(np.mean(gather_members(np.asarray(cycle.residual_ratio), self.N)))
 
 
+def evenly_spaced(cycles: list[int], count: int) -> list[int]:
+    """At most ``count`` of ``cycles`` (sorted), spread evenly from the first to the last."""
+    return sorted({cycles[i] for i in np.linspace(0, len(cycles) - 1, min(count, len(cycles))).round().astype(int)})
+
+
 def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: int = 4, settings: Any = None,
                    context: int | None = None, condition_noise: float = 0.05, seed: int = 0,
                    state_index: Any = None) -> dict:
@@ -362,7 +367,7 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     valid = [ko for ko in range(len(kko)) if tseq.masko[ko] and ko >= context - 1 and ko + lead < len(kko)]
     if not valid:
         raise LatentdaError(f"no cycle after the burn-in has {context} true states before it and {lead} after it")
-    chosen = sorted({valid[i] for i in np.linspace(0, len(valid) - 1, min(cycles, len(valid))).round().astype(int)})
+    chosen = evenly_spaced(valid, cycles)
     shape = (pipeline.layout.num_channels, *pipeline.layout.shape)
     index = None if state_index is None else np.asarray(state_index)
 
