@@ -1,0 +1,85 @@
+"""tools/compare_dapper_runs.py: the paired change of two runs' series and the N-member prediction, against the
+figures computed directly and against ensembles drawn with a known shared error."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "compare_dapper_runs.py"
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("compare_dapper_runs", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensemble_series(rng, cycles: int, members: int, shared: float, own: float, size: int = 4000):
+    """DAPPER's per-cycle rmse of the ensemble mean and spread (rms of the ddof-1 std) for members drawn as
+    truth + a shared error b (std ``shared``, one draw a cycle) + each member's own (std ``own``)."""
+    rmse, spread = [], []
+    for _ in range(cycles):
+        ensemble = rng.normal(0, shared, size) + rng.normal(0, own, (members, size))
+        rmse.append(float(np.sqrt((ensemble.mean(0) ** 2).mean())))
+        spread.append(float(np.sqrt(ensemble.var(0, ddof=1).mean())))
+    return rmse, spread
+
+
+def write_run(path: Path, rmse, spread, members: int, seed: int = 3000) -> Path:
+    path.write_text(json.dumps({
+        "experiment": {"seed": seed, "cycles": len(rmse), "truth_sha256": "abc"},
+        "methods": {"latentda-filter": {"method": f"LatentDA(pipeline=<…>, N={members}, mode='filter')",
+                                        "series": {"rmse.a": rmse, "spread.a": spread}}}}))
+    return path
+
+
+def test_prediction_matches_the_ensemble_drawn_with_more_members():
+    """rmse_N² ≈ rmse_M² − spread_M²(1/M − 1/N): predicted from 4 members, measured with 16, same law."""
+    tool = load_tool()
+    rng = np.random.default_rng(0)
+    r4, s4 = ensemble_series(rng, 40, 4, shared=0.7, own=1.0)
+    r16, _ = ensemble_series(rng, 40, 16, shared=0.7, own=1.0)
+    predicted = tool.predicted_rmse(r4, s4, 4, 16)
+    exact = math.sqrt(0.7**2 + 1.0 / 16)
+    assert np.mean(r4) > exact + 0.1  # four members do err more: the prediction has something to remove
+    assert predicted == pytest.approx(exact, rel=0.03)
+    assert predicted == pytest.approx(np.mean(r16), rel=0.03)
+
+
+def test_paired_change_and_output(tmp_path, capsys):
+    tool = load_tool()
+    rng = np.random.default_rng(1)
+    base = list(rng.uniform(1.0, 2.0, 30))
+    spread = [0.5] * 30
+    shift = [0.1 + 0.01 * ((-1) ** k) for k in range(30)]
+    a = write_run(tmp_path / "a.json", base, spread, 4)
+    b = write_run(tmp_path / "b.json", [x + d for x, d in zip(base, shift)], spread, 4)
+    tool.main([str(a), str(b), "--cycles", "11", "30", "--members", "8"])
+    out = capsys.readouterr().out
+    window = shift[10:30]
+    change = np.mean(window)
+    se = np.std(window, ddof=1) / math.sqrt(20)
+    assert f"rmse {np.mean(base[10:30]):.3f}" in out
+    assert f"paired change {change:+.3f} ± {se:.3f}" in out
+    assert f"predicted with 8 members: {tool.predicted_rmse(base[10:30], spread[10:30], 4, 8):.3f}" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "not-json", "too-short", "other-seed"])
+def test_bad_runs_are_named(tmp_path, case):
+    tool = load_tool()
+    a = write_run(tmp_path / "a.json", [1.0] * 10, [0.5] * 10, 4)
+    b = tmp_path / "b.json"
+    if case == "not-json":
+        b.write_text("{")
+    elif case == "too-short":
+        write_run(b, [1.0] * 5, [0.5] * 5, 4)
+    elif case == "other-seed":
+        write_run(b, [1.0] * 10, [0.5] * 10, 4, seed=1)
+    with pytest.raises(SystemExit) as error:
+        tool.main([str(a), str(b), "--cycles", "1", "10"])
+    assert "b.json" in str(error.value)

@@ -1,0 +1,100 @@
+"""Compare runs of tools/bench_dapper_qg.py cycle by cycle, on the same cycles of the same truth.
+
+    python tools/compare_dapper_runs.py REFERENCE.json OTHER.json [MORE.json ...] --cycles 51 70 \
+        [--method latentda-filter] [--members 8]
+
+For every JSON: the mean over cycles [first, last] (1-based, inclusive) of DAPPER's per-cycle rmse and spread
+of the method's analyses (smoothed states for a smoother), spread/rmse, and against the first JSON the paired
+change, the mean of rmse_other(k) − rmse_reference(k) over the cycles ± its standard error (std / √n, cycles
+taken as independent: the errors of neighbouring cycles are correlated, so it is a lower bound). Pairing cancels
+what the cycles share (the same truth and observations): differences of a few percent are resolved in 20 cycles
+that the unpaired means would not separate.
+
+``--members N`` adds what N members would score, predicted from an M-member run's series: the ensemble mean of
+M independent members errs by E|x̄_M − x|² = b² + s²(1 + 1/M) with s² the members' variance (DAPPER's spread²,
+ddof 1), so rmse_N² ≈ rmse_M² − spread_M²(1/M − 1/N) cycle by cycle (docs/filter.md, "Eight members"). M is read
+from the JSON's method record (``N=M``).
+
+Pair only runs of one truth and one set of observations: the same ``--seed``; a run of a longer T shares its first
+cycles with a shorter one (DAPPER simulates in time order), so their JSONs' ``truth_sha256`` differ although the
+cycles compared are the same. Each run's ``truth_sha256`` and T are printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+KEYS = {"latentda-filter": ("rmse.a", "spread.a"), "latentda-smoother": ("rmse.s", "spread.s")}
+
+
+def load_series(path: Path, method: str) -> tuple[list[float], list[float], int | None, dict]:
+    """(rmse, spread, members, experiment) of one method's per-cycle series in a bench JSON."""
+    try:
+        result = json.loads(path.read_text())
+        record = result["methods"][method]
+        series = record["series"]
+        experiment = dict(result["experiment"])
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path}: no such file")
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise SystemExit(f"error: {path}: not a bench_dapper_qg JSON with a per-cycle series of {method!r}")
+    rmse_key, spread_key = KEYS.get(method, ("rmse.a", "spread.a"))
+    found = re.search(r"\bN=(\d+)", str(record.get("method", "")))
+    return series[rmse_key], series[spread_key], int(found.group(1)) if found else None, experiment
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def predicted_rmse(rmse: list[float], spread: list[float], members: int, target: int) -> float:
+    """Mean over cycles of √(rmse² − spread²(1/members − 1/target)): the same posterior with target members."""
+    shrink = 1 / members - 1 / target
+    return mean([math.sqrt(max(r * r - s * s * shrink, 0.0)) for r, s in zip(rmse, spread)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="bench JSONs; the first is the reference")
+    parser.add_argument("--cycles", nargs=2, type=int, required=True, metavar=("FIRST", "LAST"),
+                        help="1-based analysis cycles, inclusive")
+    parser.add_argument("--method", default="latentda-filter", help="the method's key in the JSONs")
+    parser.add_argument("--members", type=int, help="also predict each run's rmse with this many members")
+    args = parser.parse_args(argv)
+    first, last = args.cycles
+    if not 1 <= first <= last:
+        parser.error(f"--cycles {first} {last}: need 1 ≤ FIRST ≤ LAST")
+    runs = [(path, *load_series(path, args.method)) for path in args.runs]
+    for path, rmse, _, _, experiment in runs:
+        if len(rmse) < last:
+            raise SystemExit(f"error: {path}: its series has {len(rmse)} cycles, --cycles asks for {last}")
+        if experiment.get("seed") != runs[0][4].get("seed"):
+            raise SystemExit(f"error: {path}: seed {experiment.get('seed')}, the reference's {runs[0][4].get('seed')}: "
+                             "different truths cannot be paired")
+    window = slice(first - 1, last)
+    reference = runs[0][1][window]
+    n = last - first + 1
+    print(f"{args.method}, cycles {first}–{last} ({n})")
+    for path, rmse, spread, members, experiment in runs:
+        r, s = rmse[window], spread[window]
+        line = (f"{path.name} ({experiment.get('cycles')} cycles, truth {experiment.get('truth_sha256')}): rmse {mean(r):.3f}  spread {mean(s):.3f}  spread/rmse {mean(s) / mean(r):.2f}")
+        if path is not runs[0][0]:
+            change = [a - b for a, b in zip(r, reference)]
+            d = mean(change)
+            se = math.sqrt(sum((c - d) ** 2 for c in change) / max(n - 1, 1) / n)
+            line += f"  paired change {d:+.3f} ± {se:.3f} ({100 * d / mean(reference):+.1f} %)"
+        if args.members:
+            if members is None:
+                line += "  (members unknown: no prediction)"
+            else:
+                line += f"  predicted with {args.members} members: {predicted_rmse(r, s, members, args.members):.3f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
