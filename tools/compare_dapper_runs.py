@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     reference = runs[0][1][window]
     n = last - first + 1
     print(f"{args.method}, cycles {first}–{last} ({n})")
-    for path, rmse, spread, members, experiment in runs:
+    for index, (path, rmse, spread, members, experiment) in enumerate(runs):
         r, s = rmse[window], spread[window]
         line = (f"{path.name} ({experiment.get('cycles')} cycles, truth {experiment.get('truth_sha256')}): rmse {mean(r):.3f}  spread {mean(s):.3f}  spread/rmse {mean(s) / mean(r):.2f}")
-        if path is not runs[0][0]:
+        if index:  # against the reference
             change = [a - b for a, b in zip(r, reference)]
             d = mean(change)
             se = math.sqrt(sum((c - d) ** 2 for c in change) / max(n - 1, 1) / n)
