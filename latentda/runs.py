@@ -13,8 +13,10 @@ so members may be computed in any order and on any process:
   others attach to it, and the unfinished members are dealt round-robin — or, with
   ``split_blankets``, every process samples every member, sharing the blanket windows, and the main
   process writes.
-- **errors**: a store this run created is removed when the run fails (it would block a rerun); an
-  interrupted one is kept for ``resume``.
+- **errors**: a store this run created is removed when the run fails on a problem of its inputs or
+  settings (a :class:`~latentda.errors.LatentdaError`) or before it finished anything; when it fails
+  otherwise (out of memory, a full disk, a lost node) after finishing members or cycles, the store
+  is kept for ``resume`` and the error says so. An interrupted one is always kept.
 
 Both the Python API (:meth:`latentda.pipeline.LatentDAPipeline.reanalyze`, ``.forecast``) and the
 command line go through :func:`run_reanalysis` and :func:`run_forecast`.
@@ -85,6 +87,17 @@ def gather_members(local: np.ndarray, count: int) -> np.ndarray:
     stacked = torch.stack(parts).cpu().numpy()  # (P, rows, ...): member m = r + P·i at [r, i]
     members = np.arange(count)
     return stacked[members % processes, members // processes].astype(local.dtype, copy=False)
+
+
+def _fail(error: BaseException, store: EnsembleWriter, finished: int, what: str) -> None:
+    """What a fresh run that failed leaves (module docstring, **errors**): the store is removed after a
+    :class:`LatentdaError` or when nothing is finished; otherwise its ``finished`` members or cycles
+    (``what``) are kept for ``resume``, and ``error`` carries a note saying where."""
+    if isinstance(error, LatentdaError) or finished == 0:
+        remove_path(store.partial)
+    else:
+        error.add_note(f"latentda: {finished} finished {what}(s) kept in {store.partial}: run again with --resume "
+                       "(resume=True) to continue, or remove it")
 
 
 def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
@@ -162,8 +175,8 @@ class EnsembleRun:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if isinstance(error, Exception) and self.created and self.is_main:
-            remove_path(self.store.partial)  # a failed fresh run leaves nothing (an interrupted one keeps its members)
+        if isinstance(error, Exception) and self.created and self.is_main:  # an interrupted one keeps its members
+            _fail(error, self.store, len(self.store.completed()), "member")
 
     def finish(self) -> xr.Dataset:
         """The complete ensemble: the store moved to ``out`` (and opened lazily, variables in the
@@ -280,9 +293,9 @@ def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOper
                 writer.save_state(arrays)
                 if report is not None and ratio is not None and prior.progress:
                     report(f"cycle {cycle.cycle}: observation residual ratio {float(np.mean(ratio)):.3f}")
-    except Exception:
-        if writer is not None and created:
-            remove_path(writer.partial)  # a failed fresh run leaves nothing (an interrupted one keeps its cycles)
+    except Exception as error:
+        if writer is not None and created:  # an interrupted run keeps its cycles
+            _fail(error, writer, len(writer.completed()), "cycle")
         raise
     if out is None:
         return ensemble_dataset(layout, np.stack(analyses, axis=1), time, attrs=attrs)

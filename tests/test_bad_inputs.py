@@ -663,6 +663,26 @@ def test_an_error_after_the_store_was_created_removes_it(world, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []  # neither the output nor its .partial store
 
 
+def test_a_failure_outside_the_inputs_keeps_the_finished_members(world, tmp_path, monkeypatch):
+    """Out of memory (or a full disk) after the first member: that member stays for --resume, and the
+    error says where; the resumed run completes."""
+    def fail():
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    _stop_after_first_member(monkeypatch, fail)
+    out = tmp_path / "post.zarr"
+    args = reanalyze_args(world, world.observations, out)
+    args[args.index("--members") + 1] = "2"
+    with pytest.raises(RuntimeError, match="out of memory") as failure:
+        cli.main(args)
+    assert any("1 finished member(s) kept in" in note and "--resume" in note for note in failure.value.__notes__)
+    assert not out.exists()
+    assert open_dataset(tmp_path / "post.zarr.partial")["completed"].values.tolist() == [1, 0]
+    monkeypatch.undo()
+    assert cli.main(args + ["--resume"]) == 0
+    assert open_dataset(out).sizes["realization"] == 2 and not (tmp_path / "post.zarr.partial").exists()
+
+
 def test_a_mistyped_relative_folder_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
     from latentda.errors import LatentdaError
     from latentda.pipeline import LatentDAPipeline

@@ -314,7 +314,8 @@ def test_inflated_prior_filter_against_its_closed_form():
 @pytest.mark.parametrize("lag", [1, 2])
 def test_filter_command_writes_cycles_and_resumes_bit_identical(tmp_path, monkeypatch, capsys, lag):
     """``latentda filter``: one analysis per observation time, written cycle by cycle; a run stopped
-    by Ctrl-C after two cycles resumes from its saved member states to the uninterrupted result (with
+    after two cycles — by Ctrl-C (lag 1), by a failure outside the inputs such as running out of memory
+    (lag 2) — keeps them and resumes from its saved member states to the uninterrupted result (with
     a lag too: the resumed run re-reads the observations of the cycles it samples again)."""
     from conftest import make_observed_pipeline
     from latentda import cli
@@ -333,15 +334,20 @@ def test_filter_command_writes_cycles_and_resumes_bit_identical(tmp_path, monkey
 
     real, calls = filtering._window_sample, []
 
-    def stops(*args, **kwargs):  # Ctrl-C while sampling the third cycle (one call per member and cycle)
+    def stops(*args, **kwargs):  # stopped while sampling the third cycle (one call per member and cycle)
         calls.append(1)
         if len(calls) == 5:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if lag == 1 else RuntimeError("out of memory (simulated)")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(filtering, "_window_sample", stops)
     out = tmp_path / "cut.zarr"
-    assert cli.main(run + ["--out", str(out)]) == 130  # "interrupted", as after Ctrl-C
+    if lag == 1:
+        assert cli.main(run + ["--out", str(out)]) == 130  # "interrupted", as after Ctrl-C
+    else:
+        with pytest.raises(RuntimeError, match="out of memory") as failure:
+            cli.main(run + ["--out", str(out)])
+        assert any("2 finished cycle(s) kept in" in note for note in failure.value.__notes__)
     assert not out.exists() and (tmp_path / "cut.zarr.partial").exists()
     assert cli.main(run + ["--out", str(out)]) == 2  # an interrupted run is continued only with --resume
     assert "--resume" in capsys.readouterr().err

@@ -49,6 +49,8 @@ def test_api_reanalysis_interrupted_and_resumed_equals_uninterrupted(setup, tmp_
         pipeline.reanalyze(obs, out=killed, **options)  # not without resume
     with pytest.raises(LatentdaError, match="other settings"):
         pipeline.reanalyze(obs, seed=7, out=killed, resume=True, **options)  # members would mix
+    with pytest.raises(LatentdaError, match=r"other settings \(latentda_steps\)"):  # given then, the default now
+        pipeline.reanalyze(obs, out=killed, resume=True, members=3, iterations=1)
 
     calls = []
     monkeypatch.setattr(reanalysis, "posterior_members", lambda p, o, members, *a: (calls.append(members), real(p, o, members, *a))[1])

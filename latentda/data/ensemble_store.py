@@ -133,7 +133,10 @@ class EnsembleWriter:
                                     f"{', '.join(lacking)}); remove it to start again")
             if existing.sizes.get(REALIZATION) != members or existing.sizes.get(self.time_dim) != time.size:
                 raise LatentdaError(f"{self.partial}: the interrupted run had other members or times; remove it to start again")
-            changed = [k for k, v in (attrs or {}).items() if str(existing.attrs.get(k)) != str(v)]
+            given = attrs or {}
+            # every setting either run recorded: one left at its default now but given then is a change too
+            keys = [*given, *(k for k in existing.attrs if k.startswith("latentda_") and k not in given)]
+            changed = [k for k in keys if str(existing.attrs.get(k)) != str(given.get(k))]
             if changed:  # a resumed run must be the same run: members from two settings must not mix
                 raise LatentdaError(f"{self.partial}: the interrupted run had other settings ({', '.join(changed)}); "
                                     "remove it to start again")
