@@ -380,10 +380,10 @@ class LatentDAPipeline:
                               self._recorded(attrs), out, resume, overwrite, report)
 
     def _forecast_start(self, members: int, observations, initial: xr.Dataset | None,
-                        settings: PosteriorSettings):
+                        settings: PosteriorSettings, states: int | None = None):
         """(observation operator, encoded initial latents, their times, the times ending at "now") of
         a forecast's source: the observations, or the last states of ``initial`` (member m of an
-        initial ensemble for forecast member m; the last ``default_context`` states)."""
+        initial ensemble for forecast member m; the last ``states``, default ``default_context``)."""
         operator = encoded = initial_times = None
         source = observations = observation_dataset(observations, self.layout, self.time_step)
         if observations is not None:
@@ -393,7 +393,8 @@ class LatentDAPipeline:
             if "time" not in initial.dims:
                 raise LatentdaError("the initial state has no 'time' dimension")
             self.layout.check(initial)
-            source = initial.isel(time=slice(-default_context(self, settings), None))  # only these condition the forecast
+            count = default_context(self, settings) if states is None else states
+            source = initial.isel(time=slice(-count, None))  # only these condition the forecast
             rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
             if "realization" in source.dims and source.sizes["realization"] < members:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
@@ -435,7 +436,8 @@ class LatentDAPipeline:
         or inpaint) and on the cycle's observations through the decoder; with ``lag`` > 1 the
         lag − 1 states before the new one are sampled again with their own cycles' observations
         (default ⌊K/2⌋). ``initial`` (e.g. a reanalysis, member m for member m) gives the states just
-        before the first cycle; without it the first cycle starts from the prior. ``observations``: a
+        before the first cycle (its last ``context`` states; the last one time step before the first
+        cycle, checked); without it the first cycle starts from the prior. ``observations``: a
         dataset or a table, as for :meth:`reanalyze` (a cycle may observe other positions than the
         last, or nothing: a forecast step). With ``out`` the analyses are written cycle by cycle and
         ``resume=True`` continues an interrupted run from its last finished cycle (bit-identical).
@@ -450,7 +452,17 @@ class LatentDAPipeline:
         observations = observation_dataset(observations, self.layout, self.time_step)
         operator = self.observation_operator(observations, allow_short=True,
                                              representation_error=settings.representation_error)
-        encoded = self._forecast_start(members, None, initial, settings)[1] if initial is not None else None
+        encoded = None
+        if initial is not None:
+            _, encoded, initial_times, _ = self._forecast_start(members, None, initial, settings,
+                                                                states=filtering.resolved_context(self.window))
+            first = observations["time"].values[:1]
+            if np.issubdtype(initial_times.dtype, np.datetime64) != np.issubdtype(first.dtype, np.datetime64):
+                raise LatentdaError(f"the initial state's times ({initial_times.dtype}) and the observation times "
+                                    f"({first.dtype}) are not of one kind")
+            # the initial states are the ones just before the first cycle: one time axis, one model step apart
+            time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=observations["time"].attrs),
+                      expected=self.time_step, what="time axis of the initial state followed by the first cycle")
         return run_filter(self, self.layout, operator, observations["time"], members, settings, filtering, seed, encoded,
                           self._recorded(attrs), out, resume, overwrite, report)
 

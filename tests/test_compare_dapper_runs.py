@@ -69,7 +69,7 @@ def test_paired_change_and_output(tmp_path, capsys):
     assert f"predicted with 8 members: {tool.predicted_rmse(base[10:30], spread[10:30], 4, 8):.3f}" in out
 
 
-@pytest.mark.parametrize("case", ["missing", "not-json", "too-short", "other-seed"])
+@pytest.mark.parametrize("case", ["missing", "not-json", "too-short", "other-seed", "no-score", "no-series-key"])
 def test_bad_runs_are_named(tmp_path, case):
     tool = load_tool()
     a = write_run(tmp_path / "a.json", [1.0] * 10, [0.5] * 10, 4)
@@ -80,6 +80,12 @@ def test_bad_runs_are_named(tmp_path, case):
         write_run(b, [1.0] * 5, [0.5] * 5, 4)
     elif case == "other-seed":
         write_run(b, [1.0] * 10, [0.5] * 10, 4, seed=1)
+    elif case == "no-score":  # a filter started at cycle 4: non-finite, null in the JSON, before it
+        write_run(b, [None] * 3 + [1.0] * 7, [None] * 3 + [0.5] * 7, 4)
+    elif case == "no-series-key":
+        b.write_text(a.read_text().replace('"rmse.a"', '"rmse.f"'))
     with pytest.raises(SystemExit) as error:
         tool.main([str(a), str(b), "--cycles", "1", "10"])
     assert "b.json" in str(error.value)
+    if case == "no-score":
+        assert "no score for cycle 1 (3 of" in str(error.value)

@@ -126,12 +126,14 @@ def test_filter_never_reads_the_future(setup, monkeypatch, lag):
 def test_filter_started_late_is_the_filter_on_the_later_cycles(setup):
     """start_cycle = s: yy[s:] only are read, cycles before s stay unassessed (NaN), and the analyses are
     those of the filter run from the start on the experiment that begins at cycle s (the same HMM with
-    its observation operators and observations shifted by s)."""
+    its observation operators and observations shifted by s); s may not pass DAPPER's first averaged cycle."""
     pipeline, HMM, xx, yy = setup
     start = 2
+    burnt = modelling.HiddenMarkovModel(HMM.Dyn, {"time_dependent": _obs_at},  # averages cycles s, s + 1, …
+                                        modelling.Chronology(dt=1, dko=1, Ko=OBSERVATIONS - 1, BurnIn=start), HMM.X0)
     _Spy.reads = []
     late = _method(pipeline, lag=2, start_cycle=start)
-    late.assimilate(HMM, xx, yy.view(_Spy))
+    late.assimilate(burnt, xx, yy.view(_Spy))
     assert min(_Spy.reads) == start
     assert np.isnan(late.stats.mu.a[:start]).all() and np.isnan(late.stats.err.rms.f[:start]).all()
     assert np.isfinite(late.stats.err.rms.a[start:]).all() and np.isfinite(late.stats.residual_ratio[start:]).all()
@@ -143,8 +145,10 @@ def test_filter_started_late_is_the_filter_on_the_later_cycles(setup):
     np.testing.assert_allclose(late.stats.mu.a[start:], fresh.stats.mu.a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(late.stats.residual_ratio[start:], fresh.stats.residual_ratio, rtol=1e-5)
 
-    late.stats.average_in_time()  # DAPPER averages over the cycles after its burn-in: NaN where unassessed
-    assert np.isnan(late.avrgs.err.rms.a.val)
+    late.stats.average_in_time()  # DAPPER averages over the cycles after its burn-in: those the filter assessed
+    assert late.avrgs.err.rms.a.val == pytest.approx(np.mean(late.stats.err.rms.a[start:]))
+    with pytest.raises(LatentdaError, match="start_cycle 2 is after cycle 0, the first that DAPPER averages"):
+        _method(pipeline, start_cycle=start).assimilate(HMM, xx, yy)  # no burn-in: cycles 0, 1 would be NaN
     with pytest.raises(LatentdaError, match="start_cycle 5 is past"):
         _method(pipeline, start_cycle=OBSERVATIONS).assimilate(HMM, xx, yy)
     for mode, value, message in (("filter", -1, "integer ≥ 0"), ("smoother", 2, "the filter's")):

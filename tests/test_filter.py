@@ -3,6 +3,8 @@ causality (cycle k never reads or depends on later observations), resuming from 
 and the linear-Gaussian closed form with the exact prior (the scheme's own recursion, and its gap to
 the Kalman filter)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -102,6 +104,13 @@ def test_resume_from_a_cycle_state_gives_the_same_members(tiny):
         np.testing.assert_array_equal(a.forecast, b.forecast)
     one = _run(pipeline, operators[3:], [1], forecasts=True, lag=1, state=full[2].state)  # a share of the members
     np.testing.assert_allclose(one[-1].analysis[0], full[-1].analysis[1], atol=1e-5)  # decoded alone: rounding
+    with pytest.raises(LatentdaError, match=r"holds members \[0, 1\], not \[2\]"):
+        _run(pipeline, operators[3:], [1, 2], lag=1, state=state)
+    other = dataclasses.replace(state, history=state.history[:, :, :1])  # one latent channel: another model's
+    with pytest.raises(LatentdaError, match="a state of another model"):
+        _run(pipeline, operators[3:], [0, 1], lag=1, state=other)
+    with pytest.raises(LatentdaError, match="1 times for 2 cycles"):  # resuming, times are cut as the cycles
+        _run(pipeline, operators[3:], [0, 1], lag=1, state=state, times=[3.0])
 
 
 def test_lagged_filter_samples_the_recent_states_again_and_resumes(tiny):
@@ -396,12 +405,14 @@ def test_filter_command_deals_members_over_two_processes(tmp_path, monkeypatch):
     assert not (tmp_path / "cut.zarr.partial").exists()
 
 
-def test_pipeline_filter_from_an_initial_ensemble_and_a_table(tmp_path):
-    """The Python API: start from a reanalysis' members (member m from member m), observations as a table."""
+def test_pipeline_filter_from_an_initial_ensemble_and_a_table(tmp_path, monkeypatch):
+    """The Python API: start from a reanalysis' members (member m from member m), observations as a table;
+    the filter's own context of the initial states is used, and they must end one step before the first cycle."""
     import pandas as pd
 
     from conftest import make_observed_pipeline
     from latentda.data import open_dataset
+    from latentda.posterior import filtering
 
     pipeline, truth, _, observations = make_observed_pipeline(tmp_path, times=6)
     pipeline.set_progress_bar_config(disable=True)
@@ -417,3 +428,9 @@ def test_pipeline_filter_from_an_initial_ensemble_and_a_table(tmp_path):
     assert not np.array_equal(again["u"].values[0], analyses["u"].values[0])  # member 0 follows initial member 0
     with pytest.raises(LatentdaError, match="context"):
         pipeline.filter(table, members=2, context=9, **options)
+    with pytest.raises(LatentdaError, match="initial state followed by the first cycle"):  # times 0–2, then 4
+        pipeline.filter(table, members=2, initial=initial.isel(time=slice(0, 3)), **options)
+    starts, real = [], filtering.filter_members
+    monkeypatch.setattr(filtering, "filter_members", lambda *a, **k: (starts.append(a[8]), real(*a, **k))[1])
+    pipeline.filter(table, members=2, initial=initial, context=3, lag=1, **options)
+    assert starts[-1].shape[:2] == (2, 3)  # the filter's context of 3 states, not a forecast's default

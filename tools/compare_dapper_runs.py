@@ -34,18 +34,20 @@ KEYS = {"latentda-filter": ("rmse.a", "spread.a"), "latentda-smoother": ("rmse.s
 
 def load_series(path: Path, method: str) -> tuple[list[float], list[float], int | None, dict]:
     """(rmse, spread, members, experiment) of one method's per-cycle series in a bench JSON."""
+    rmse_key, spread_key = KEYS.get(method, ("rmse.a", "spread.a"))
     try:
         result = json.loads(path.read_text())
         record = result["methods"][method]
         series = record["series"]
         experiment = dict(result["experiment"])
+        rmse, spread = list(series[rmse_key]), list(series[spread_key])
     except FileNotFoundError:
         raise SystemExit(f"error: {path}: no such file")
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise SystemExit(f"error: {path}: not a bench_dapper_qg JSON with a per-cycle series of {method!r}")
-    rmse_key, spread_key = KEYS.get(method, ("rmse.a", "spread.a"))
+        raise SystemExit(f"error: {path}: not a bench_dapper_qg JSON with a per-cycle series of {method!r} "
+                         f"({rmse_key}, {spread_key})")
     found = re.search(r"\bN=(\d+)", str(record.get("method", "")))
-    return series[rmse_key], series[spread_key], int(found.group(1)) if found else None, experiment
+    return rmse, spread, int(found.group(1)) if found else None, experiment
 
 
 def mean(values: list[float]) -> float:
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     for path, rmse, _, _, experiment in runs:
         if len(rmse) < last:
             raise SystemExit(f"error: {path}: its series has {len(rmse)} cycles, --cycles asks for {last}")
+        missing = [first + k for k, value in enumerate(rmse[first - 1 : last]) if value is None]
+        if missing:  # non-finite in the JSON: e.g. the cycles before a filter's start_cycle
+            raise SystemExit(f"error: {path}: no score for cycle {missing[0]} ({len(missing)} of --cycles {first} {last} "
+                             "have none: before the run's start_cycle?)")
         if experiment.get("seed") != runs[0][4].get("seed"):
             raise SystemExit(f"error: {path}: seed {experiment.get('seed')}, the reference's {runs[0][4].get('seed')}: "
                              "different truths cannot be paired")

@@ -42,8 +42,8 @@ test spies on it); statistics: ``assess(0, E)`` for the start (a prior sample), 
 ``assess(k, ko, 'f', E)`` for the forecast (``forecasts=True``) and ``assess(k, ko, E)`` (``a`` and
 ``u``) for the analysis. ``start_cycle`` = s > 0 starts the filter late: its first state is a prior
 sample (not assessed) and it assimilates yy[s], yy[s + 1], … only; the statistics of the cycles before s
-stay NaN (DAPPER averages after its burn-in, so s ≤ the first cycle after the burn-in minus a few
-spin-up cycles measures the filter's equilibrium error without paying for the cycles before).
+stay NaN. DAPPER averages after its burn-in, so s may not pass the first averaged cycle (checked), and s
+a few spin-up cycles before it measures the filter's equilibrium error without paying for the cycles before.
 ``smoother``: one reanalysis of the whole window (k = 0 and every observation time, at least the
 prior's window K of states) conditioned on all of yy, recorded as ``s`` (smoothed) at every ko and
 ``u``; DAPPER keeps ``s`` series for methods with a ``Lag`` attribute, which this mode sets
@@ -301,6 +301,10 @@ class LatentDA:
         start = int(self.start_cycle)
         if start >= len(kko):
             raise LatentdaError(f"start_cycle {start} is past the last of the HMM's {len(kko)} observation cycles")
+        averaged = np.flatnonzero(np.asarray(HMM.tseq.masko))
+        if averaged.size and start > averaged[0]:  # those cycles' statistics would be NaN, and DAPPER's averages
+            raise LatentdaError(f"start_cycle {start} is after cycle {averaged[0]}, the first that DAPPER averages "
+                                "(after the HMM's burn-in): start at or before it")
 
         def cycles():  # lazy: yy[ko] is read when cycle ko + 1 is computed, after cycle ko was assessed
             yield None  # the start, a prior sample (k = 0, or just before cycle start_cycle)

@@ -26,7 +26,7 @@ of observations into cycles).
 **Start.** Before any state exists (no ``initial`` latents), the first cycle samples a whole window
 of the prior conditioned on y_1 at its last state: the K − 1 states before it are a spin-up drawn
 from the stationary prior given y_1 and dropped; the new state starts the member's history, which
-grows by one state a cycle up to ``context``. ``initial`` latents (an encoded state, a reanalysis'
+grows by one state a cycle up to ``context`` + ℓ − 1. ``initial`` latents (an encoded state, a reanalysis'
 last states) replace that start.
 
 **Lag.** With ``lag`` = ℓ > 1 each cycle samples the new state *and the ℓ − 1 states before it* anew,
@@ -64,10 +64,11 @@ spread 1.4× the Kalman filter's; docs/filter.md).
 **Cost per cycle**, per member, with S denoiser calls per sample (sampler ``pc`` with s steps and c
 corrections: S = (s − 1)(1 + c) + 1; the pipeline default is 15) and n solver iterations: every
 call is one guided step of a window of K states, i.e. 1 denoiser forward + (n + 1) denoiser VJPs
-over the window, and, through the decoder, on **one frame** only: 1 decoder forward + n tangent
-passes + (n + 1) decoder VJPs; then one decoder forward to output the analysis. The history part of
-A costs nothing (a copy). So a cycle costs a reanalysis of a single window with the decoder on one
-frame in K; with ``forecasts`` one more unguided (latent-only) sample and one decoder forward.
+over the window, and, through the decoder, on the ℓ frames the cycle samples (lag ℓ; one frame for
+the plain filter): 1 decoder forward + n tangent passes + (n + 1) decoder VJPs each; then one
+decoder forward to output the analysis. The history part of A costs nothing (a copy). So a cycle
+costs a reanalysis of a single window with the decoder on ℓ frames in K; with ``forecasts`` one
+more unguided (latent-only) sample and one decoder forward.
 
 Members are independent draws: member m draws every random number of every cycle from its own
 generator (seed, m), so a member is the same whatever batch it shares, and a run resumes from the
@@ -403,8 +404,8 @@ def filter_members(
     the future). ``initial``: standardised latents (1 or ≥ max(members) + 1, n0, c, h, w) that
     replace the start (row m for member m when there are several). ``state``: resume from the
     :class:`FilterState` of a finished cycle (its ``cycle`` is the index of the first cycle of
-    ``cycles`` still to compute: pass the remaining cycles only). ``times``: the time of each cycle,
-    needed by calendar-conditioned priors when the operators carry none. ``forecasts``: also draw
+    ``cycles`` still to compute: pass the remaining cycles only). ``times``: the time of each cycle of
+    ``cycles`` (resuming: the remaining ones), needed by calendar-conditioned priors when the operators carry none. ``forecasts``: also draw
     each cycle's forecast (the window without y_k). ``lag``: each cycle samples the new state and
     the lag − 1 states before it anew, given their cycles' observations (module docstring: a lagged
     filter; the analysis of cycle k still uses y_1, …, y_k only); None: :func:`default_lag`, ⌊K/2⌋.
@@ -429,8 +430,17 @@ def filter_members(
             raise LatentdaError(f"the initial latents have {initial.shape[0]} members; member {max(members)} was asked for")
     if state is not None and len(state.recent) > lag - 1:
         raise LatentdaError(f"the filter state re-samples {len(state.recent)} past cycle(s); lag {lag} re-samples at most {lag - 1}")
-    if state is not None and sorted(state.members) != sorted(members):
-        state = state.only(members)  # raises ValueError for members it does not hold
+    if state is not None:
+        missing = sorted(set(members) - set(state.members))
+        if missing:
+            raise LatentdaError(f"the filter state holds members {state.members}, not {missing}")
+        if tuple(state.history.shape[2:]) != tuple(prior.latent_shape):
+            raise LatentdaError(f"the filter state's latents are {tuple(state.history.shape[2:])}, "
+                                f"the prior's {tuple(prior.latent_shape)}: a state of another model")
+        if sorted(state.members) != sorted(members):
+            state = state.only(members)
+    if times is not None and isinstance(cycles, Sequence) and len(times) < len(cycles):
+        raise LatentdaError(f"{len(times)} times for {len(cycles)} cycles (resuming, cut times as the cycles)")
     return _run(prior, cycles, members, settings, seed, options, initial, state, times)
 
 
