@@ -101,8 +101,13 @@ def _hmm(T: float, burn_in: float | None, processes: int):
     burn_in = math.floor(burn_in / tseq.dto) * tseq.dto
     HMM.tseq = modelling.Chronology(dt=tseq.dt, dko=tseq.dko, T=T, BurnIn=burn_in)
     # HMM.copy() deep-copies the model_config whose bound `step` is HMM.Dyn.model: set mp on that copy
-    HMM.Dyn.model.__self__.mp = processes != 1 and (True if processes == 0 else processes)
+    HMM.Dyn.model.__self__.mp = _multiprocessing(processes)
     return HMM
+
+
+def _multiprocessing(processes: int):
+    """DAPPER's ``mp`` for --processes: False for 1 (serial), True for 0 (all cores), else the count."""
+    return processes != 1 and (True if processes == 0 else processes)
 
 
 def _pipeline(args):
@@ -114,19 +119,21 @@ def _pipeline(args):
     return LatentDAPipeline.from_pretrained(str(args.pipeline))
 
 
-def _autoencoder_floor(pipeline, xx, tseq) -> float:
+def _autoencoder_floor(pipeline, xx, tseq, state_index=None) -> float:
     """DAPPER's rmse of the truth encoded and decoded, D(E(x_k)), averaged over the same cycles as the
     methods' (after the burn-in): no posterior over these latents scores lower on average."""
+    from latentda.integrations.dapper import _fields_to_states, _states_to_fields
+
     states = xx[tseq.kko[tseq.masko]]
-    fields = states.reshape(len(states), pipeline.layout.num_channels, *pipeline.layout.shape)  # C order, as LatentDA
-    decoded = pipeline.decode(pipeline.encode(fields)).reshape(len(states), -1)
+    fields = _states_to_fields(states, (pipeline.layout.num_channels, *pipeline.layout.shape), state_index)  # as LatentDA
+    decoded = _fields_to_states(pipeline.decode(pipeline.encode(fields)), state_index)
     return float(np.sqrt(((decoded - states) ** 2).mean(axis=1)).mean())
 
 
 def _methods(args, pipeline) -> list:
     from dapper.da_methods import EnKS, LETKF, iEnKS
 
-    mp = args.processes != 1 and (True if args.processes == 0 else args.processes)
+    mp = _multiprocessing(args.processes)
     made = []
     for name in args.methods:
         if name == "letkf":
@@ -309,7 +316,7 @@ def main(argv=None) -> dict:
                               "truth_sha256": _digest(xx), "observations_sha256": _digest(yy)},
                "methods": {}}
     if pipeline is not None:
-        floor = _autoencoder_floor(pipeline, xx, tseq)
+        floor = _autoencoder_floor(pipeline, xx, tseq, args.latentda_options.get("state_index"))
         results["experiment"]["autoencoder_floor_rmse"] = floor
         say(f"autoencoder floor (rmse of D(E(truth)) over the averaged cycles): {floor:.4f}", flush=True)
     if pipeline is not None and args.forecast_skill > 0:
