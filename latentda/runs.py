@@ -68,6 +68,14 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def deal_members(count: int, index: int, processes: int) -> list[int]:
+    """Process ``index``'s share of ``count`` members dealt round-robin over ``processes`` (member m to
+    process m mod P, the layout :func:`gather_members` reverses); every process needs one."""
+    if count < processes:
+        raise LatentdaError(f"{count} members cannot be dealt over {processes} processes: give at least {processes}")
+    return list(range(count))[index::processes]
+
+
 def gather_members(local: np.ndarray, count: int) -> np.ndarray:
     """The rows of ``count`` members dealt round-robin over the processes (member m on process
     m mod P; ``local`` holds this process's, in increasing order) gathered on every process, in member
@@ -251,9 +259,7 @@ def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOper
     cycles = split_cycles(operator)
     processes = process_state()
     main = processes.is_main_process
-    if members < processes.num_processes:
-        raise LatentdaError(f"{members} members cannot be dealt over {processes.num_processes} processes")
-    mine = list(range(members))[processes.process_index :: processes.num_processes]
+    mine = deal_members(members, processes.process_index, processes.num_processes)
     state = None
     writer = created = None
     if out is not None:

@@ -165,3 +165,12 @@ def test_a_layer_never_imports_a_higher_one(layer):
     for file in files:
         wrong = [name for name in _imports(file) if name.startswith(higher)]
         assert not wrong, f"{file.relative_to(PACKAGE.parent)} imports {wrong}"
+
+
+def test_members_are_dealt_round_robin_each_process_one_at_least():
+    from latentda.runs import deal_members
+
+    shares = [deal_members(7, index, 3) for index in range(3)]
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]] and sorted(sum(shares, [])) == list(range(7))
+    with pytest.raises(LatentdaError, match="2 members cannot be dealt over 3 processes"):
+        deal_members(2, 0, 3)

@@ -71,7 +71,7 @@ from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.filtering import filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
-from latentda.runs import gather_members, process_state
+from latentda.runs import deal_members, gather_members, process_state
 
 __all__ = ["LatentDA", "forecast_skill", "evenly_spaced", "observation_operator", "observation_matrix"]
 
@@ -274,12 +274,10 @@ class LatentDA:
     def assimilate(self, HMM, xx, yy):
         self._check(HMM)
         rank, processes = _processes()
-        if self.N < processes:
-            raise LatentdaError(f"{self.N} members cannot be dealt over {processes} processes: give N ≥ {processes}")
+        members = deal_members(self.N, rank, processes)  # this process's share (module docstring)
         _check_same(xx, "the truth xx")
         self._new_residual_series()
         settings = self._posterior_settings()
-        members = list(range(self.N))[rank::processes]  # this process's share (module docstring)
         kko = HMM.tseq.kko
         if self.mode == "smoother":
             _check_same(np.concatenate([np.ravel(y) for y in yy]), "the observations yy")
