@@ -99,6 +99,8 @@ def test_bad_configs_name_the_key(tmp_path, data_path):
         parse(AutoEncoderConfig, {**base, "training": {"steps": 0}})
     with pytest.raises(LatentdaError, match=r"model.groups: must divide"):
         parse(AutoEncoderConfig, {**base, "model": {"hidden_channels": [12], "groups": 8}})
+    with pytest.raises(LatentdaError, match=r"model.groups: must be at least 1"):
+        parse(AutoEncoderConfig, {**base, "model": {"hidden_channels": [12], "groups": 0}})
     with pytest.raises(LatentdaError, match=r"model.attention_heads: must divide the coarsest width"):
         parse(AutoEncoderConfig, {**base, "model": {"hidden_channels": [8, 16], "attention_heads": 3}})
     with pytest.raises(LatentdaError, match=r"model.attention_heads: must be 0"):

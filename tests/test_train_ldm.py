@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import make_box_dataset, run_torchrun
 from latentda import cli
 from latentda.components import save_autoencoder
-from latentda.config import parse
+from latentda.config import parse, to_dict
 from latentda.data import FieldLayout, compute_statistics, open_dataset, write_dataset
 from latentda.encoding import encode_dataset
 from latentda.errors import LatentdaError
@@ -85,6 +85,13 @@ def test_sample_cli_and_bad_pipeline(tmp_path, latents, capsys):
     with pytest.raises(LatentdaError, match="no .safetensors weights"):
         LatentDAPipeline.from_pretrained(broken)
     assert not (tmp_path / "x.nc").exists()
+    # a finished run whose checkpoints were pruned is not trained again over its pipeline, resumed or not
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    before = (folder / "denoiser" / "diffusion_pytorch_model.safetensors").read_bytes()
+    for resume, told in ((False, "a pipeline \\(choose"), (True, "a pipeline and no checkpoint to continue from")):
+        with pytest.raises(LatentdaError, match=f"run already has {told}"):
+            train_latent_diffusion(_config(tmp_path / "run", steps=2), str(latents), resume=resume, progress=False)
+    assert (folder / "denoiser" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
 def test_ldm_resume_equals_uninterrupted(tmp_path, latents, monkeypatch):
@@ -100,6 +107,19 @@ def test_ldm_resume_equals_uninterrupted(tmp_path, latents, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_latent_diffusion(_config(tmp_path / "killed"), str(latents), progress=False)
     monkeypatch.setattr(loop, "batch_random", real)
+    recorded = (tmp_path / "killed" / "config.yaml").read_text()
+    # the checkpoint's optimizer would silently keep the first learning rate: a changed one is refused, as is
+    # another model (named by the first run's config.yaml; without it, by the checkpoint's tensors)
+    with pytest.raises(LatentdaError, match=r"other settings \(training.learning_rate: 0.001 → 0.01\)"):
+        train_latent_diffusion(_config(tmp_path / "killed", learning_rate=1e-2), str(latents), resume=True, progress=False)
+    wider = parse(LatentDiffusionConfig, {**to_dict(_config(tmp_path / "killed")),
+                                          "model": {**TINY["model"], "hidden_size": 32}})
+    with pytest.raises(LatentdaError, match="model.hidden_size: 16 → 32"):
+        train_latent_diffusion(wider, str(latents), resume=True, progress=False)
+    assert (tmp_path / "killed" / "config.yaml").read_text() == recorded  # the first run's record is kept
+    (tmp_path / "killed" / "config.yaml").unlink()
+    with pytest.raises(LatentdaError, match="checkpoint does not match the model"):
+        train_latent_diffusion(wider, str(latents), resume=True, progress=False)
     train_latent_diffusion(_config(tmp_path / "killed"), str(latents), resume=True, progress=False)
     a = load_file(tmp_path / "straight" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "killed" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
@@ -112,6 +132,12 @@ def test_bad_ldm_inputs(tmp_path, latents):
         train_latent_diffusion(_config(tmp_path / "r"), str(latents.parent / "box.zarr"), progress=False)
     with pytest.raises(LatentdaError, match="hidden_size: must be divisible"):
         parse(LatentDiffusionConfig, {"output": "x", "model": {"hidden_size": 10, "num_heads": 4}})
+    with pytest.raises(LatentdaError, match="num_heads: must be at least 1"):
+        parse(LatentDiffusionConfig, {"output": "x", "model": {"num_heads": 0}})
+    with pytest.raises(LatentdaError, match="mlp_ratio: must be positive"):
+        parse(LatentDiffusionConfig, {"output": "x", "model": {"mlp_ratio": -1.0}})
+    with pytest.raises(LatentdaError, match="training.compile_backend: must be one of torch's compile backends"):
+        parse(LatentDiffusionConfig, {"output": "x", "training": {"compile": True, "compile_backend": "inductr"}})
     with pytest.raises(LatentdaError, match="diffusion.sampler"):
         parse(LatentDiffusionConfig, {"output": "x", "diffusion": {"sampler": "magic"}})
     with pytest.raises(LatentdaError, match="diffusion.noise_distribution: must be one of log-uniform, log-normal"):

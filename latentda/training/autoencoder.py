@@ -75,6 +75,7 @@ class AutoEncoderModelConfig:
         require(self.latent_channels >= 1, f"{prefix}.latent_channels", "must be at least 1")
         require(all(c >= 1 for c in self.hidden_channels), f"{prefix}.hidden_channels",
                 "must be a list of positive widths (empty: the identity)")
+        require(self.groups >= 1, f"{prefix}.groups", "must be at least 1")
         require(all(c % self.groups == 0 for c in self.hidden_channels), f"{prefix}.groups",
                 f"must divide every hidden width {self.hidden_channels}")
         require(self.blocks_per_stage >= 1, f"{prefix}.blocks_per_stage", "must be at least 1")
@@ -143,9 +144,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
 
     run_dir = Path(config.output)
     accelerator = accelerator or make_accelerator(config.training)
-    check_run_dir(run_dir, resume, {"data": config.data.path})
-    if not resume and (run_dir / "autoencoder").exists():
-        raise LatentdaError(f"{run_dir}: run already has an autoencoder (choose another output)")
+    check_run_dir(run_dir, resume, {"data": config.data.path}, final="autoencoder")
     dataset = open_dataset(config.data.path, config.data.time_dim)
     layout = FieldLayout.from_dataset(dataset, config.data.variables)
     transforms = config.data.transforms(layout.channels)

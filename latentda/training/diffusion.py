@@ -56,6 +56,9 @@ class DenoiserModelConfig:
 
     def validate(self, prefix: str) -> None:
         require(self.window >= 1, f"{prefix}.window", "must be at least 1")
+        for name in ("hidden_size", "depth", "num_heads"):
+            require(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
+        require(self.mlp_ratio > 0, f"{prefix}.mlp_ratio", "must be positive")
         require(self.hidden_size % self.num_heads == 0, f"{prefix}.hidden_size", f"must be divisible by num_heads={self.num_heads}")
         require(self.attention == "full" or self.local_window is not None, f"{prefix}.local_window", "is required with attention: local")
 
@@ -156,7 +159,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     splits = split_segments(dataset, config.splits)
     calendar = config.model.calendar and source.calendar is not None  # datetime times: condition on the calendar
     accelerator = accelerator or make_accelerator(config.training)
-    check_run_dir(run_dir, resume, {"latents": latents, "autoencoder": autoencoder_dir})
+    check_run_dir(run_dir, resume, {"latents": latents, "autoencoder": autoencoder_dir}, final="pipeline")
     torch.manual_seed(config.training.seed)
     try:  # architecture errors before any pass over the data
         backbone = TrajectoryTransformer(
@@ -207,7 +210,9 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         pipeline.save_pretrained(run_dir / "pipeline", model_card=model_card(pipeline, config, summary))
         return {}
 
-    return trainer.run(to_dict(config), save_outputs)
+    # the sampler defaults only set how the saved pipeline samples: a resumed run may retune them
+    sampling = frozenset(f"diffusion.{f.name}" for f in dataclasses.fields(SamplerSettings))
+    return trainer.run(to_dict(config), save_outputs, may_change=sampling)
 
 
 def model_card(pipeline: LatentDAPipeline, config: LatentDiffusionConfig, summary: dict) -> str:

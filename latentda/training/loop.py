@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from latentda.config import MAX_SEED, require
-from latentda.data.io import check_output_path
+from latentda.data.io import atomic_path, check_output_path
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -80,6 +80,12 @@ class TrainingConfig:
         require(0 <= self.ema_decay < 1, key + "ema_decay", "must be in [0, 1)")
         require(self.num_workers >= 0, key + "num_workers", "must be non-negative")
         require(0 <= self.seed <= MAX_SEED, key + "seed", f"must be in [0, {MAX_SEED}]")
+        if self.compile:  # a wrong name would fail only once the model is built, after the statistics pass
+            from torch._dynamo import list_backends
+
+            backends = list_backends(exclude_tags=())
+            require(self.compile_backend in backends, key + "compile_backend",
+                    f"must be one of torch's compile backends ({', '.join(b for b in backends if 'TESTING' not in b)})")
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -133,12 +139,59 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
 
 
-def check_run_dir(run_dir: str | Path, resume: bool, inputs: dict | None = None) -> None:
-    """A run folder with checkpoints is continued only with ``resume`` (never overwritten by mistake),
-    and it is never one of the run's ``inputs`` (name → path) or inside one."""
+def check_run_dir(run_dir: str | Path, resume: bool, inputs: dict | None = None, final: str | None = None) -> None:
+    """A run folder with checkpoints is continued only with ``resume`` (never overwritten by mistake);
+    one holding the run's ``final`` artefact (e.g. ``pipeline``) only from a checkpoint with ``resume``
+    (which rewrites the same weights), never trained again from scratch over it; and it is never one
+    of the run's ``inputs`` (name → path) or inside one."""
     check_output_path(run_dir, inputs or {}, "output", replaced=False)  # a run writes into its folder
-    if not resume and latest_checkpoint(Path(run_dir) / "checkpoints") is not None:
+    checkpoint = latest_checkpoint(Path(run_dir) / "checkpoints") is not None
+    if not resume and checkpoint:
         raise LatentdaError(f"{run_dir}: run already has checkpoints (pass --resume to continue it, or choose another output)")
+    if final is not None and (Path(run_dir) / final).exists() and not checkpoint:
+        article = "an" if final[0] in "aeiou" else "a"
+        raise LatentdaError(f"{run_dir}: run already has {article} {final}" + (" and no checkpoint to continue from" if resume else "")
+                            + " (choose another output)")
+
+
+# What a resumed run may change: how long it trains (a longer cosine schedule restarts warm from the
+# checkpoint's step), how often it checkpoints and validates, how it is run, and where it writes. The rest
+# is the run itself: the checkpoint's optimizer state would silently override a new learning rate or
+# weight decay, and the model, its training law and data split must stay those the weights were trained with.
+RESUMABLE = frozenset({"output", "training.steps", "training.checkpoint_every", "training.validate_every",
+                       "training.keep_checkpoints", "training.num_workers", "training.compile",
+                       "training.compile_backend", "training.gradient_checkpointing", "training.strategy"})
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """A nested config as {"section.key": value}."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(_dotted(value, name + ".") if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def check_resumed_config(run_dir: Path, config_data: dict, may_change: frozenset[str] = frozenset()) -> None:
+    """A resumed run keeps its first config (``run_dir/config.yaml``) except :data:`RESUMABLE` keys and
+    ``may_change`` (a model's own, e.g. the sampler defaults a pipeline is saved with): one line naming
+    the keys that differ otherwise."""
+    import yaml
+
+    recorded = run_dir / "config.yaml"
+    if not recorded.is_file():
+        return
+    try:
+        first = yaml.safe_load(recorded.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise LatentdaError(f"{recorded}: unreadable ({type(error).__name__}): the run's first config is lost") from None
+    old, new = _dotted(first if isinstance(first, dict) else {}), _dotted(config_data)
+    allowed = RESUMABLE | may_change
+    changed = sorted(k for k in old.keys() | new.keys() if k not in allowed and str(old.get(k)) != str(new.get(k)))
+    if changed:
+        listed = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
+        raise LatentdaError(f"{run_dir}: --resume continues the run of {recorded.name}, which had other settings ({listed}); "
+                            "train into another output to change them")
 
 
 def shared_statistics(accelerator: Accelerator, path: Path, compute: Callable, resume: bool):
@@ -211,6 +264,7 @@ class Trainer:
         self.sharded = config.strategy == "fsdp" and world > 1
         self.plain_model = None  # fsdp: an unsharded copy (main process) that receives the final weights
         self.step = 0
+        self.config_text: str | None = None  # config.yaml, written by fit once the checkpoint (if any) has loaded
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -225,7 +279,10 @@ class Trainer:
         model, config = self.model, self.config
         if checkpoint is not None:
             model_state, ema_state, optimizer_state, state, path = checkpoint
-            loaded = model.load_state_dict(model_state, strict=False)
+            try:
+                loaded = model.load_state_dict(model_state, strict=False)
+            except RuntimeError:  # a tensor of another size: another architecture
+                raise LatentdaError(f"{path}: checkpoint does not match the model (different config?)") from None
             if loaded.missing_keys or loaded.unexpected_keys:
                 raise LatentdaError(f"{path}: checkpoint does not match the model (different config?)")
         model.to(self.accelerator.device)
@@ -328,15 +385,18 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ a whole run
-    def run(self, config_data: dict, save_outputs: Callable[[torch.nn.Module, dict], dict]) -> dict:
-        """Write ``config.yaml``, train, then (main process) hand the EMA model and the final metrics
-        to ``save_outputs``, which writes the run's artefacts and returns extra summary entries for
-        ``metrics.json``. Returns the final validation metrics."""
+    def run(self, config_data: dict, save_outputs: Callable[[torch.nn.Module, dict], dict],
+            may_change: frozenset[str] = frozenset()) -> dict:
+        """Write ``config.yaml`` (resuming: after :func:`check_resumed_config` with ``may_change``), train,
+        then (main process) hand the EMA model and the final metrics to ``save_outputs``, which writes
+        the run's artefacts and returns extra summary entries for ``metrics.json``. Returns the final
+        validation metrics."""
         import yaml
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.accelerator.is_main_process:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_data, sort_keys=False))
+        if self.resume and latest_checkpoint(self.checkpoint_dir) is not None:
+            check_resumed_config(self.run_dir, config_data, may_change)
+        self.config_text = yaml.safe_dump(config_data, sort_keys=False)  # written once the weights load (fit)
         metrics = self.fit()
         ema_state = self._ema_state() if self.sharded else None  # a collective: before the main-only part
         if self.accelerator.is_main_process:
@@ -359,6 +419,10 @@ class Trainer:
         """Train until ``config.steps``; when resuming, continue from the last checkpoint."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._build(self._load_latest())
+        self.accelerator.wait_for_everyone()  # every process has loaded before the main one replaces the record
+        if self.config_text is not None and self.accelerator.is_main_process:
+            with atomic_path(self.run_dir / "config.yaml", overwrite=True) as temporary:
+                temporary.write_text(self.config_text, encoding="utf-8")
         accelerator, config = self.accelerator, self.config
         if self.sharded:  # sharded in place by _build; Accelerate would wrap it in DDP again
             self.model_prepared, self.optimizer = self.model, accelerator.prepare(self.optimizer)
