@@ -170,6 +170,19 @@ def checked_representation_error(rmse, channels: list[str]) -> np.ndarray:
     return values
 
 
+def autoencoder_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of what decides an autoencoder's latents: its config, weights, layout and statistics
+    (names and bytes). ``latentda encode`` records it so that ``train-ldm`` can tell latents of another
+    autoencoder (one retrained at the same path) from latents of this one."""
+    import hashlib
+
+    folder = Path(path)
+    digest = hashlib.sha256()
+    for name in ("config.json", LAYOUT_FILE, STATISTICS_FILE, *sorted(p.name for p in folder.glob("*.safetensors"))):
+        digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def load_autoencoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Read an autoencoder folder: (model in eval mode, layout, statistics)."""
     from latentda.nn.autoencoder import AutoEncoder

@@ -8,6 +8,8 @@ dataset size. The store holds::
     coordinates trajectory, time                              copied from the input
     attrs latentda_layout, latentda_statistics (JSON)        what decoding back to fields needs
           compression_factor, autoencoder, Conventions
+          latentda_autoencoder_sha256                        the autoencoder's fingerprint: train-ldm
+                                                             refuses latents of another one
 
 and is written to a temporary path and renamed when complete.
 
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentda.components import load_autoencoder
+from latentda.components import autoencoder_fingerprint, load_autoencoder
 from latentda.data import LATENT, atomic_path, open_dataset, time_step
 from latentda.data.windows import MISSING_ATTR
 from latentda.data.io import create_store, write_region
@@ -69,6 +71,7 @@ def encode_dataset(
         "Conventions": CONVENTIONS,
         "title": "latent trajectories written by latentda encode",
         "autoencoder": str(Path(autoencoder).resolve()),
+        "latentda_autoencoder_sha256": autoencoder_fingerprint(autoencoder),
         "source_data": str(Path(data).resolve()),
         "compression_factor": float(model.compression_factor),
         "latentda_layout": json.dumps(layout.to_dict()),

@@ -10,7 +10,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import make_box_dataset, run_torchrun
 from latentda import cli
@@ -130,6 +130,14 @@ def test_ldm_resume_equals_uninterrupted(tmp_path, latents, monkeypatch):
 def test_bad_ldm_inputs(tmp_path, latents):
     with pytest.raises(LatentdaError, match="no 'latent' variable"):
         train_latent_diffusion(_config(tmp_path / "r"), str(latents.parent / "box.zarr"), progress=False)
+    # an autoencoder of the same latent shape but other weights (e.g. retrained at the same path) did not write them
+    other = shutil.copytree(latents.parent / "ae", tmp_path / "other-ae")
+    weights = other / "diffusion_pytorch_model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(weights).items()}, weights)
+    config = parse(LatentDiffusionConfig, {**to_dict(_config(tmp_path / "r")), "autoencoder": str(other)})
+    with pytest.raises(LatentdaError, match="encoded by another autoencoder than"):
+        train_latent_diffusion(config, str(latents), progress=False)
+    assert not (tmp_path / "r").exists()
     with pytest.raises(LatentdaError, match="hidden_size: must be divisible"):
         parse(LatentDiffusionConfig, {"output": "x", "model": {"hidden_size": 10, "num_heads": 4}})
     with pytest.raises(LatentdaError, match="num_heads: must be at least 1"):

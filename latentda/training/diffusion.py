@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from latentda.components import load_autoencoder, load_representation_error
+from latentda.components import autoencoder_fingerprint, load_autoencoder, load_representation_error
 from latentda.config import require, to_dict
 from latentda.data import LatentSource, Statistics, WindowDataset, split_segments, time_step
 from latentda.data.splits import Segment
@@ -153,6 +153,10 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     if autoencoder_dir is None:
         raise LatentdaError("config: autoencoder: not given and not recorded in the latents")
     autoencoder, layout, statistics = load_autoencoder(autoencoder_dir)
+    recorded = dataset.attrs.get("latentda_autoencoder_sha256")  # absent in stores of older versions
+    if recorded is not None and recorded != autoencoder_fingerprint(autoencoder_dir):
+        raise LatentdaError(f"{latents}: encoded by another autoencoder than {autoencoder_dir} (its weights, config or "
+                            "statistics differ from those `latentda encode` used): encode the data again with it")
     c, h, w = (dataset.sizes[d] for d in ("channel", "latent_y", "latent_x"))
     if (c, h, w) != tuple(autoencoder.latent_shape):
         raise LatentdaError(f"latents are {c}×{h}×{w} but the autoencoder gives {tuple(autoencoder.latent_shape)}")
