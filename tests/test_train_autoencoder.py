@@ -59,7 +59,10 @@ def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, data_path, monke
     monkeypatch.setattr(loop, "batch_random", real)
     with pytest.raises(LatentdaError, match="already has checkpoints"):
         train_autoencoder(config, progress=False)
-    train_autoencoder(config, resume=True, progress=False)
+    # the newest checkpoint corrupt (e.g. a disk failure): resumed from the older complete one, to the same weights
+    (tmp_path / "killed" / "checkpoints" / "step-000006" / "ema.safetensors").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="step-000006: corrupt or incomplete checkpoint .*; resuming from the older step-000003"):
+        train_autoencoder(config, resume=True, progress=False)
 
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()

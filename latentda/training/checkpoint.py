@@ -10,8 +10,10 @@ shared between users would then be able to run code. So a checkpoint here is a f
         optimizer.safetensors   every tensor of the optimizer state, keys "state.<param>.<name>"
         state.json              step, optimizer param groups, scheduler state, EMA counters
 
-written to a temporary folder and renamed once complete, so a run killed while saving leaves the
-previous checkpoint intact. Random states are not needed: data order and noise are derived from
+written to a temporary folder, flushed to disk (files and folder) and renamed once complete, so a run
+killed while saving, or a node that crashes after it, leaves the previous checkpoint intact; older
+ones are pruned only then. Resuming reads the newest checkpoint that loads whole: a corrupt newer one
+is skipped with a warning (:func:`load_latest`). Random states are not needed: data order and noise are derived from
 (seed, step) (see :mod:`latentda.training.loop`).
 """
 
@@ -28,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from latentda.data.io import atomic_path, remove_path
 from latentda.errors import LatentdaError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_latest", "latest_checkpoint", "list_checkpoints"]
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -92,9 +94,50 @@ def save_checkpoint(
         tensors, meta = _flatten_optimizer(optimizer_state)
         save_file(tensors, temporary / "optimizer.safetensors")
         (temporary / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
+        for file in temporary.iterdir():
+            _fsync(file)
+        _fsync(temporary)
+    _fsync(directory)  # the rename is on disk before an older checkpoint goes
     for _, old in list_checkpoints(directory)[:-keep]:
         remove_path(old)
     return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder's entries to disk (a no-op where the system cannot sync folders)."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def load_latest(directory: str | os.PathLike) -> tuple | None:
+    """(model_state, ema_state, optimizer_state, state_json, path) of the newest checkpoint in
+    ``directory`` that reads whole, None when there is none. A corrupt newer one is skipped with a
+    warning naming it (resuming from an older complete one loses steps, not the run); when every one
+    is corrupt, the newest's error."""
+    import warnings
+
+    checkpoints = list_checkpoints(directory)
+    first_error = None
+    for _, path in reversed(checkpoints):
+        try:
+            loaded = (*load_checkpoint(path), path)
+        except LatentdaError as error:
+            first_error = first_error or error
+            continue
+        if first_error is not None:
+            warnings.warn(f"{first_error}; resuming from the older {path.name}", stacklevel=2)
+        return loaded
+    if first_error is not None:
+        raise first_error
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:

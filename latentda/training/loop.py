@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from latentda.config import MAX_SEED, require
 from latentda.data.io import atomic_path, check_output_path
 from latentda.errors import LatentdaError
-from latentda.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
 
 __all__ = ["TrainingConfig", "Trainer", "BatchRandom", "batch_indices", "batch_random", "make_accelerator",
            "check_run_dir", "shared_statistics"]
@@ -315,8 +315,7 @@ class Trainer:
         self.step = state["step"]
 
     def _load_latest(self) -> tuple | None:
-        path = latest_checkpoint(self.checkpoint_dir) if self.resume else None
-        return None if path is None else (*load_checkpoint(path), path)
+        return load_latest(self.checkpoint_dir) if self.resume else None
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
         """The EMA weights by name, gathered whole (a collective under fsdp: every rank calls it)."""
