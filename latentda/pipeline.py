@@ -480,7 +480,7 @@ class LatentDAPipeline:
             (folder / "model_index.json").write_text(json.dumps({**MODEL_INDEX, "_latentda_version": __version__}, indent=1))
             (folder / "pipeline_config.json").write_text(json.dumps(self.saved_settings.to_json(), indent=1))
             if model_card is not None:
-                (folder / "README.md").write_text(model_card)
+                (folder / "README.md").write_text(model_card, encoding="utf-8")
         return path
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload latentda pipeline", private: bool | None = None,
@@ -565,5 +565,5 @@ class LatentDAPipeline:
         pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, saved, representation_error)
         pipeline.source = str(Path(given).resolve()) if Path(given).is_dir() else str(given)
         card = path / "README.md"
-        pipeline.model_card = card.read_text() if card.is_file() else None
+        pipeline.model_card = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None
         return pipeline.to(device, dtype)

@@ -198,6 +198,14 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         raise
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Replace the text file ``path`` (UTF-8) whole: written beside it, then renamed over it, so a
+    run killed meanwhile leaves the old file or the new one, never half of one."""
+    with atomic_path(path, overwrite=True) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def _without_source_codecs(dataset: xr.Dataset) -> xr.Dataset:
     """Keep CF time encoding (units, calendar, dtype) but drop the codecs and chunking a dataset
     inherited from the file it was read from (zarr 2 codecs cannot be written to zarr 3, etc.)."""

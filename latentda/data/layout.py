@@ -24,14 +24,13 @@ import base64
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import xarray as xr
 
 from latentda.config import read_json
-from latentda.data.io import read_values
+from latentda.data.io import read_values, write_text_atomic
 from latentda.data.times import TIME, TRAJECTORY
 from latentda.errors import LatentdaError
 
@@ -425,7 +424,7 @@ class FieldLayout:
             raise LatentdaError(f"malformed layout ({', '.join(problems) or 'attrs'} of the wrong type or empty)")
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FieldLayout":

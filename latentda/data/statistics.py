@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 
 from latentda.config import read_json
 from latentda.data.bounds import Bounds
+from latentda.data.io import write_text_atomic
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.splits import Segment
 from latentda.errors import LatentdaError
@@ -176,7 +176,7 @@ class Statistics:
         return record
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "Statistics":

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from latentda.config import MAX_SEED, require
-from latentda.data.io import atomic_path, check_output_path
+from latentda.data.io import check_output_path, write_text_atomic
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
 
@@ -409,7 +409,7 @@ class Trainer:
                 self.restore_weights()
             summary = {"steps": self.step, "valid": metrics, "train_samples_per_second": self.throughput,
                        "parameters": sum(p.numel() for p in final.parameters()), **extra}
-            (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+            write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=1))
         self.accelerator.wait_for_everyone()
         return metrics
 
@@ -420,8 +420,7 @@ class Trainer:
         self._build(self._load_latest())
         self.accelerator.wait_for_everyone()  # every process has loaded before the main one replaces the record
         if self.config_text is not None and self.accelerator.is_main_process:
-            with atomic_path(self.run_dir / "config.yaml", overwrite=True) as temporary:
-                temporary.write_text(self.config_text, encoding="utf-8")
+            write_text_atomic(self.run_dir / "config.yaml", self.config_text)
         accelerator, config = self.accelerator, self.config
         if self.sharded:  # sharded in place by _build; Accelerate would wrap it in DDP again
             self.model_prepared, self.optimizer = self.model, accelerator.prepare(self.optimizer)
