@@ -235,7 +235,8 @@ def _reanalyze(args: argparse.Namespace) -> None:
     settings = _posterior_settings(args, split_blankets=args.split == "blankets")
     observations = open_observations(args.observations)  # a file, or a table (CSV, parquet) placed on the window
     pipeline = _load_run_pipeline(args)
-    observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args))
+    observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args),
+                                       time_units=pipeline.time_units)
     pipeline.reanalyze(observations, args.members, args.seed, settings, out=args.out, resume=args.resume,
                        overwrite=args.overwrite, attrs={"observations": _recorded(args.observations)}, report=print)
 
@@ -286,7 +287,8 @@ def _forecast(args: argparse.Namespace) -> None:
     settings = _posterior_settings(args)
     pipeline = _load_run_pipeline(args)
     observations = open_observations(args.observations) if args.observations is not None else None
-    observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args))
+    observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args),
+                                       time_units=pipeline.time_units)
     initial = open_dataset(args.initial) if args.initial is not None else None
     pipeline.forecast(args.lead, args.members, observations, initial, args.seed, args.mode, args.conditioning,
                       args.condition_noise, settings, out=args.out, resume=args.resume, overwrite=args.overwrite,
@@ -300,7 +302,7 @@ def _filter(args: argparse.Namespace) -> None:
     settings = _posterior_settings(args)
     pipeline = _load_run_pipeline(args)
     observations = observation_dataset(open_observations(args.observations), pipeline.layout, pipeline.time_step,
-                                       TableWindow.of(args))
+                                       TableWindow.of(args), time_units=pipeline.time_units)
     initial = open_dataset(args.initial) if args.initial is not None else None
     pipeline.filter(observations, args.members, args.seed, settings, conditioning=args.conditioning,
                     condition_noise=args.condition_noise, context=args.context, lag=args.lag, initial=initial, out=args.out,

@@ -66,12 +66,29 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
         raise LatentdaError("the prediction's times are not all in the truth") from None
 
 
+def _same_times(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal time axes (float model times up to the rounding of time + lead, as :func:`_align`)."""
+    if np.issubdtype(a.dtype, np.datetime64) != np.issubdtype(b.dtype, np.datetime64) or a.shape != b.shape:
+        return False
+    if np.issubdtype(a.dtype, np.datetime64):
+        return bool((a == b).all())
+    scale = max(1.0, float(np.abs(b).max())) if b.size else 1.0
+    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=1e-6 * scale))
+
+
+def _time_span(times: np.ndarray) -> str:
+    return f"{times[0]} … {times[-1]}" if len(times) else "none"
+
+
 def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset | None = None,
              trajectory: int | None = None) -> tuple[list[dict], dict]:
     """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel)."""
     if "realization" not in prediction.dims:
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
     if "prediction_timedelta" in prediction.dims:  # a forecast: score against the truth at valid times
+        if prediction.sizes.get(TIME, 1) != 1:
+            raise LatentdaError(f"the forecast has {prediction.sizes[TIME]} initialisation times; evaluate scores one "
+                                "(select it, e.g. dataset.isel(time=[i]))")
         init = prediction[TIME].values[0]
         prediction = prediction.isel({TIME: 0}, drop=True).rename(prediction_timedelta=TIME)
         prediction = prediction.assign_coords({TIME: init + prediction[TIME].values})
@@ -119,6 +136,9 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         operator = read_observations(observations, layout)
         if operator.length != len(times):
             raise LatentdaError(f"the observations cover {operator.length} times, the prediction {len(times)}")
+        if operator.times is not None and not _same_times(np.asarray(operator.times), times):
+            raise LatentdaError(f"the observations are of other times ({_time_span(np.asarray(operator.times))}) than the "
+                                f"prediction ({_time_span(times)}): the residual ratio would compare other states")
         ratios = operator.residual_ratio(torch.from_numpy(ensemble).double())
         summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
     spectra = {}

@@ -183,9 +183,12 @@ def predictive_pit(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
     if m < 2:
         raise ValueError("interval coverage needs at least two members")
     scale = ensemble.std(axis=0, ddof=1) * np.sqrt(1 + 1 / m)
+    error = np.asarray(truth, dtype=np.float64) - ensemble.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        standardised = (np.asarray(truth, dtype=np.float64) - ensemble.mean(axis=0)) / scale
-    standardised = np.where(scale == 0, np.sign(standardised) * np.inf, standardised)  # 0/0 → nan stays
+        standardised = error / scale
+    # members all equal: the truth on them is the law's centre (PIT 0.5, e.g. a dry pixel forecast dry),
+    # off them in a tail; a missing truth (NaN) stays NaN
+    standardised = np.where(scale == 0, np.where(error == 0, 0.0, np.sign(error) * np.inf), standardised)
     return student.cdf(standardised, m - 1)
 
 

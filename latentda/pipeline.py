@@ -319,7 +319,7 @@ class LatentDAPipeline:
         (``allow_short``: a window shorter than K, as when nowcasting its continuation). With
         ``representation_error`` each observation's noise variance is inflated by the autoencoder's
         reconstruction error of its channel(s), r_c s_c in physical units (:mod:`latentda.observe.operators`)."""
-        observations = observation_dataset(observations, self.layout, self.time_step)
+        observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = read_observations(observations, self.layout, self.statistics)
         if representation_error:
             operator = operator.with_representation_error(self.representation_error * self.statistics.physical_std)
@@ -374,7 +374,7 @@ class LatentDAPipeline:
         receives progress messages (e.g. ``print``). See :mod:`latentda.runs`.
         """
         settings = self._run_settings(settings, options)
-        observations = observation_dataset(observations, self.layout, self.time_step)
+        observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = self.observation_operator(observations, representation_error=settings.representation_error)
         return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
                               self._recorded(attrs), out, resume, overwrite, report)
@@ -385,7 +385,7 @@ class LatentDAPipeline:
         a forecast's source: the observations, or the last states of ``initial`` (member m of an
         initial ensemble for forecast member m; the last ``states``, default ``default_context``)."""
         operator = encoded = initial_times = None
-        source = observations = observation_dataset(observations, self.layout, self.time_step)
+        source = observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         if observations is not None:
             operator = self.observation_operator(observations, allow_short=True,  # shorter than K: nowcast
                                                  representation_error=settings.representation_error)
@@ -395,6 +395,7 @@ class LatentDAPipeline:
             self.layout.check(initial)
             count = default_context(self, settings) if states is None else states
             source = initial.isel(time=slice(-count, None))  # only these condition the forecast
+            time_step(source["time"], expected=self.time_step, what="the initial state's times")  # consecutive model steps
             rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
             if "realization" in source.dims and source.sizes["realization"] < members:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
@@ -449,7 +450,7 @@ class LatentDAPipeline:
         settings = self._run_settings(settings, options)
         filtering = FilterSettings(conditioning, condition_noise, context, lag=default_lag(self.window) if lag is None else lag)
         filtering.validate(self.window)
-        observations = observation_dataset(observations, self.layout, self.time_step)
+        observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = self.observation_operator(observations, allow_short=True,
                                              representation_error=settings.representation_error)
         encoded = None

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from safetensors.torch import load_file, save_file
 
 from conftest import make_box_dataset, make_tiny_pipeline
@@ -533,6 +534,9 @@ def _(w, d):
 case("forecast-initial-absurd")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", with_value("u", 1e30, (7, 0, 0))))),
     "standard deviations"))
+case("forecast-initial-every-other-step")(lambda w, d: (forecast_args(  # states 2 model steps apart
+    w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.isel(time=slice(None, None, 2))))),
+    "the initial state's times"))
 case("forecast-initial-nan")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", with_value("v", np.nan, (7, 1, 1))))), "NaN"))
 case("forecast-both-sources")(lambda w, d: (forecast_args(
@@ -562,6 +566,25 @@ case("evaluate-truth-corrupt-chunk")(lambda w, d: (evaluate_args(
 case("evaluate-truth-needs-trajectory")(lambda w, d: (evaluate_args(w, w.prediction, truth=w.data), "--trajectory"))
 case("evaluate-observations-nan-coordinate")(lambda w, d: (evaluate_args(
     w, w.prediction, "--observations", str(rewrite(w.points, d / "o.nc", nan_point_coordinate))), "p_x"))
+
+
+def one_step_later(dataset):
+    """The same observations labelled one model step later (as many times: only their labels differ)."""
+    times = dataset["time"]
+    return dataset.assign_coords(time=(times + (times[1] - times[0])).assign_attrs(times.attrs))
+
+
+def two_forecasts(dataset):
+    """A forecast file with two initialisation times (WeatherBench2 layout), from an ensemble."""
+    times = dataset["time"].values
+    forecast = dataset.rename(time="prediction_timedelta").assign_coords(prediction_timedelta=times - times[0])
+    return xr.concat([forecast.expand_dims(time=[times[0]]), forecast.expand_dims(time=[times[1]])], "time")
+
+
+case("evaluate-observations-of-other-times")(lambda w, d: (evaluate_args(
+    w, w.prediction, "--observations", str(rewrite(w.observations, d / "o.nc", one_step_later))), "other times"))
+case("evaluate-forecast-two-initialisations")(lambda w, d: (evaluate_args(
+    w, rewrite(w.prediction, d / "f.zarr", two_forecasts)), "2 initialisation times"))
 
 
 # ---------------------------------------------------------------------------------- the check

@@ -67,6 +67,10 @@ def test_ties_and_nan():
     assert set(np.unique(ranks)) == {0, 1, 2, 3}  # ties spread evenly, not all in one bin
     truth[:10] = np.nan
     assert rank_histogram(ensemble, truth).sum() == 990
+    # members all equal: covered where the truth is on them (a dry pixel forecast dry), not where it is off them;
+    # missing truths are left out
+    truth[10:20] = 1.0
+    assert interval_coverage(ensemble[:, None, None, None], truth[None, None, None], 0.5).item() == pytest.approx(980 / 990)
 
 
 def test_evaluate_reports_calibration(tmp_path):

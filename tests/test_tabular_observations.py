@@ -229,7 +229,10 @@ def test_reanalyze_a_csv_table_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     bad = tmp_path / "bad.csv"
     table.assign(variable="w").to_csv(bad, index=False)
+    dated = tmp_path / "dated.csv"  # a day apart, for a model whose step is 0.2 (units "1"): not 432 000 states
+    table.assign(time=pd.date_range("2020-01-01", periods=len(table), freq="D").astype(str)).to_csv(dated, index=False)
     for arguments, message in [(["--observations", str(bad)], "unknown variable 'w'"),
+                               (["--observations", str(dated)], "the table's times are date-times, the model's are numbers"),
                                (["--window-start", "0", "--time-tolerance", "0.01"], "more than 0.01 from every state"),
                                (["--observations", str(observations), "--window-length", "8"], "--window-length: for tabular")]:
         assert cli.main(run + arguments + ["--out", str(tmp_path / "x.nc")]) == 2

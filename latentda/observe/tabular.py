@@ -343,11 +343,17 @@ def table_to_dataset(table: pd.DataFrame, layout: FieldLayout, times=None, time_
 
 
 def observation_dataset(observations: xr.Dataset | pd.DataFrame | None, layout: FieldLayout, time_step: float,
-                        window: TableWindow | None = None) -> xr.Dataset | None:
+                        window: TableWindow | None = None, time_units: str | None = None) -> xr.Dataset | None:
     """Observations as a dataset: a dataset (or None) as is, a table converted on the window built
-    from the model's ``time_step`` and ``window`` (options that only a table may be given)."""
+    from the model's ``time_step`` and ``window`` (options that only a table may be given). With the
+    model's ``time_units`` ("seconds": a datetime time axis), a table must have times of its kind."""
     window = window or TableWindow()
     if isinstance(observations, pd.DataFrame):
+        if time_units is not None:  # before the window is built: a day in a model of step 0.2 is 432 000 states
+            datetimes = np.issubdtype(_times(_column(observations, ("time",))).dtype, np.datetime64)
+            if datetimes != (time_units == "seconds"):
+                kinds = ("date-times", f"numbers (model time, units {time_units!r})")
+                raise LatentdaError(f"the table's times are {kinds[not datetimes]}, the model's are {kinds[datetimes]}")
         return table_to_dataset(observations, layout, time_step=time_step, **dataclasses.asdict(window))
     given = window.given
     if given:
