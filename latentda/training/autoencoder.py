@@ -206,7 +206,8 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         save_autoencoder(run_dir / "autoencoder", final, layout, statistics, representation_error=rmse)
         return {"compression_factor": final.compression_factor, "latent_shape": list(final.latent_shape)}
 
-    return trainer.run(to_dict(config), save_outputs)
+    # continuing on more (or other) data is allowed: the statistics stay those of the first run's data
+    return trainer.run(to_dict(config), save_outputs, may_change=frozenset({"data.path"}))
 
 
 def _shared_layout(accelerator, path: Path, layout: FieldLayout, scan: MissingScan, allow_missing: bool) -> FieldLayout:
