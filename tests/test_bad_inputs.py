@@ -468,6 +468,10 @@ case("observe-operator-invalid-yaml")(bad_operator("observations: [{name: o\n", 
 case("observe-operator-not-utf8")(bad_operator(b"observations:\n  - {name: \xe9t\xe9, variables: [u]}\n", "UTF-8"))
 case("observe-operator-noise-negative")(bad_operator(
     "observations:\n  - {name: o, variables: [u], noise_std: -1}\n", "noise_std"))
+case("observe-operator-first-past-the-window")(bad_operator(  # the truth has 8 steps: the group would be empty
+    "observations:\n  - {name: o, variables: [u], first: 20}\n", "observation 'o' selects nothing"))
+case("observe-operator-first-negative")(bad_operator(
+    "observations:\n  - {name: o, variables: [u], first: -2}\n", "first: must be at least 0"))
 
 
 # reanalyze ------------------------------------------------------------------------------------

@@ -294,6 +294,8 @@ class ObservationSpec:
         require(0 < self.fraction <= 1, f"{prefix}.fraction", "must be in (0, 1]")
         require(self.factor >= 1, f"{prefix}.factor", "must be at least 1")
         require(self.every >= 1, f"{prefix}.every", "must be at least 1")
+        require(self.first >= 0, f"{prefix}.first", "must be at least 0 (the first time step of the window)")
+        require(self.last is None or self.last > self.first, f"{prefix}.last", "must be after first (exclusive end)")
         require(self.sampling != "points" or self.points > 0 or self.coordinates, f"{prefix}.points",
                 "give a number of random points or coordinates")
         require(len(self.variables) == (2 if self.transform == "speed" else len(self.variables)) and self.variables,
@@ -349,6 +351,9 @@ def synthesize(truth: np.ndarray, layout: FieldLayout, config: ObservationConfig
             else:
                 pattern = rng.uniform(size=(T, *shape)) < spec.fraction
             selected = pattern & observed_times.reshape(-1, *([1] * len(shape)))
+            if not selected.any():  # a group written empty would pass for observations
+                raise LatentdaError(f"observation '{name}' selects nothing on this window of {T} step(s) (first {spec.first}, "
+                                    f"last {spec.last}, every {spec.every}, fraction {spec.fraction})")
             values = np.full((T, *shape), np.nan)
             group = ObservationGroup(name, channels, spec.transform, spec.sampling, values, spec.noise_std,
                                      saturation=spec.saturation, periodic=layout.periodic, **kwargs)
