@@ -108,12 +108,13 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         empty = [c for c, n in zip(layout.channels, scored) if n == 0]
         raise LatentdaError(f"nothing to score for {', '.join(empty)}: no point where the truth and the prediction "
                             "both have values (all masked or missing)")
-    scores = ensemble_scores(ensemble, target, layout.area_weights())
+    areas = layout.area_weights(floor=0.0)  # scores weigh the plain cell areas (WeatherBench2); the floor is training's
+    scores = ensemble_scores(ensemble, target, areas)
     if layout.pole_rows():
         scores["pole_rmse"] = pole_rmse(ensemble, target, layout.pole_rows())
     if members > 1:
         for level in COVERAGE_LEVELS:
-            scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, layout.area_weights())
+            scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas)
     times = prediction[TIME].values
     rows = []
     for c, channel in enumerate(layout.channels):

@@ -213,7 +213,8 @@ class FieldLayout:
 
     def area_weights(self, floor: float = AREA_WEIGHT_FLOOR) -> np.ndarray:
         """Area weights of shape (H, 1), mean 1: ones off lat-lon grids; on a lat-lon grid each row's
-        cell-band area on the sphere, floored at ``floor`` so that the pole rows are trained and scored.
+        cell-band area on the sphere, floored at ``floor`` so that the pole rows are trained (scores use
+        ``floor=0``, the plain areas).
 
         Row i spans the band between the midpoints of its latitude and its neighbours' (the outer
         edges half a step beyond the first and last rows), clipped to [−90°, 90°]:
