@@ -1,6 +1,7 @@
 """train-ae: a killed run resumed equals an uninterrupted one; saved folders load; bad configs fail."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -61,8 +62,11 @@ def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, data_path, monke
         train_autoencoder(config, progress=False)
     # the newest checkpoint corrupt (e.g. a disk failure): resumed from the older complete one, to the same weights
     (tmp_path / "killed" / "checkpoints" / "step-000006" / "ema.safetensors").write_bytes(b"garbage")
+    with pytest.raises(LatentdaError, match=r"other settings \(training.learning_rate: 0.003 → 0.001\)"):
+        train_autoencoder(_config(tmp_path, data_path, "killed", learning_rate=1e-3), resume=True, progress=False)
+    moved = shutil.copytree(data_path, tmp_path / "moved.zarr")  # the data may move (or grow) between attempts
     with pytest.warns(UserWarning, match="step-000006: corrupt or incomplete checkpoint .*; resuming from the older step-000003"):
-        train_autoencoder(config, resume=True, progress=False)
+        train_autoencoder(_config(tmp_path, moved, "killed"), resume=True, progress=False)
 
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()
