@@ -56,6 +56,9 @@ def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, data_path, monke
     with pytest.raises(KeyboardInterrupt):
         train_autoencoder(config, progress=False)
     assert [step for step, _ in list_checkpoints(tmp_path / "killed" / "checkpoints")] == [3, 6]
+    stale = tmp_path / "killed" / "checkpoints" / ".step-000009.tmp-0123abcd"  # as a save killed half-way leaves it
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
     assert not (tmp_path / "killed" / "autoencoder").exists()
     monkeypatch.setattr(loop, "batch_random", real)
     with pytest.raises(LatentdaError, match="already has checkpoints"):
@@ -68,6 +71,7 @@ def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, data_path, monke
     with pytest.warns(UserWarning, match="step-000006: corrupt or incomplete checkpoint .*; resuming from the older step-000003"):
         train_autoencoder(_config(tmp_path, moved, "killed"), resume=True, progress=False)
 
+    assert not stale.exists()  # cleared by the next save
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()
     for name in straight:

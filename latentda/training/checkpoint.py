@@ -87,6 +87,8 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically and keep only the ``keep`` most recent ones."""
     directory = Path(directory)
     path = directory / f"step-{step:06d}"
+    for stale in [*directory.glob(".step-*.tmp-*"), *directory.glob(".step-*.old-*")]:
+        remove_path(stale)  # the half-written folder of a save that was killed
     with atomic_path(path, overwrite=True) as temporary:
         temporary.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, temporary / "model.safetensors")
