@@ -187,9 +187,10 @@ def check_resumed_config(run_dir: Path, config_data: dict, may_change: frozenset
         raise LatentdaError(f"{recorded}: unreadable ({type(error).__name__}): the run's first config is lost") from None
     old, new = _dotted(first if isinstance(first, dict) else {}), _dotted(config_data)
     allowed = RESUMABLE | may_change
-    changed = sorted(k for k in old.keys() | new.keys() if k not in allowed and str(old.get(k)) != str(new.get(k)))
+    # keys of both: a config written by another version of latentda may lack (or have) a field this one has not
+    changed = sorted(k for k in old.keys() & new.keys() if k not in allowed and str(old[k]) != str(new[k]))
     if changed:
-        listed = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
+        listed = ", ".join(f"{k}: {old[k]!r} → {new[k]!r}" for k in changed)
         raise LatentdaError(f"{run_dir}: --resume continues the run of {recorded.name}, which had other settings ({listed}); "
                             "train into another output to change them")
 
