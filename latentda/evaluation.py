@@ -20,8 +20,9 @@ rows little weight (see ``FieldLayout.area_weights``), so errors there would go 
 Calibration (ensembles of two or more members): per channel and time the coverage of the central
 50 % and 90 % intervals (``coverage_50``, ``coverage_90``: ≈ 0.5 and 0.9 when calibrated, lower
 when under-dispersed; Student-t prediction intervals from the ensemble mean and spread); per channel the rank histogram of the truth pooled over space and time with
-its χ² flatness statistic, p-value and flatness χ²/m (``summary[channel]["rank_histogram"]``) and
-the coverage of central intervals of levels 0.1 … 0.9 (``summary[channel]["coverage_curve"]``);
+its χ² flatness statistic, p-value and flatness χ²/m (``summary[channel]["rank_histogram"]``; every
+pixel one count, as a χ² test of counts needs) and the coverage of central intervals of levels 0.1 … 0.9
+(``summary[channel]["coverage_curve"]``, area-weighted as ``coverage_50``/``coverage_90``);
 ``calibration.png`` draws the rank histograms, the coverage (PIT reliability) curve and the
 spread-skill ratio by time. Definitions in :mod:`latentda.metrics`.
 """
@@ -126,7 +127,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     if members > 1:
         for c, channel in enumerate(layout.channels):
             counts = rank_histogram(ensemble[:, :, c], target[:, c])
-            levels, observed = coverage_curve(ensemble[:, :, c], target[:, c])
+            levels, observed = coverage_curve(ensemble[:, :, c], target[:, c], weights=areas)  # as coverage_50/90
             summary[channel]["rank_histogram"] = {"counts": counts.tolist(), **rank_flatness(counts)}
             summary[channel]["coverage_curve"] = {"level": levels.tolist(), "observed": observed.tolist()}
     if observations is not None:

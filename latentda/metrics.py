@@ -206,9 +206,13 @@ def interval_coverage(ensemble: np.ndarray, truth: np.ndarray, level: float, wei
         return (covered * area).sum(axis=(-2, -1)) / area.sum(axis=(-2, -1))
 
 
-def coverage_curve(ensemble: np.ndarray, truth: np.ndarray, levels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(levels, coverage) of the central prediction intervals, pooled over all entries of ``truth``."""
+def coverage_curve(ensemble: np.ndarray, truth: np.ndarray, levels: np.ndarray | None = None,
+                   weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, coverage) of the central prediction intervals, pooled over all entries of ``truth``
+    (..., H, W), each weighted by its row's area ``weights`` (H, 1) when given (as :func:`interval_coverage`)."""
     levels = np.linspace(0.1, 0.9, 9) if levels is None else np.asarray(levels, dtype=np.float64)
     pit = predictive_pit(ensemble, truth)
-    pit = pit[~np.isnan(pit)]
-    return levels, np.array([float((np.abs(pit - 0.5) <= p / 2).mean()) for p in levels])
+    area = np.ones_like(pit) if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), pit.shape)
+    valid = ~np.isnan(pit)
+    pit, area = pit[valid], area[valid]
+    return levels, np.array([float((area * (np.abs(pit - 0.5) <= p / 2)).sum() / area.sum()) for p in levels])

@@ -73,6 +73,19 @@ def test_ties_and_nan():
     assert interval_coverage(ensemble[:, None, None, None], truth[None, None, None], 0.5).item() == pytest.approx(980 / 990)
 
 
+def test_weighted_coverage_curve_agrees_with_interval_coverage():
+    """On a grid whose rows weigh differently, the curve's points are the area-weighted coverages."""
+    rng = np.random.default_rng(5)
+    ensemble = rng.standard_normal((5, 1, 1, 6, 40))  # (m, T, C, H, W)
+    truth = rng.standard_normal((1, 1, 6, 40)) * np.linspace(0.2, 3.0, 6)[:, None]  # calibrated in some rows only
+    weights = np.linspace(0.1, 2.0, 6)[:, None]
+    levels, weighted = coverage_curve(ensemble[:, :, 0], truth[:, 0], np.array([0.5, 0.9]), weights=weights)
+    for level, value in zip(levels, weighted):
+        assert value == pytest.approx(interval_coverage(ensemble, truth, level, weights).item())
+    _, plain = coverage_curve(ensemble[:, :, 0], truth[:, 0], np.array([0.5, 0.9]))
+    assert not np.allclose(plain, weighted)
+
+
 def test_evaluate_reports_calibration(tmp_path):
     truth = make_box_dataset(trajectories=1, times=6, size=8)
     truth_path = write_dataset(truth, tmp_path / "truth.zarr")
