@@ -289,14 +289,15 @@ def _assign_states(row_times: np.ndarray, states: np.ndarray, step: float | None
 # ---------------------------------------------------------------------------------- conversion
 def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
                             window_start=None, window_length: int | None = None,
-                            time_tolerance=None) -> ObservationOperator:
+                            time_tolerance=None, time_units: str | None = None) -> ObservationOperator:
     """The operator (one ``points`` group per observed channel) of a table with one row per
     observation, on the window's states (module docstring; ``operator.times`` are the states').
 
     ``times``: the states' times (datetime64 or numbers); or else ``time_step`` (the model's Δ,
     seconds for datetimes) with ``window_start`` (default the earliest row) and ``window_length``
     (default up to the latest row). ``time_tolerance``: the largest |τ − t_k| accepted (a number in
-    the time axis' units, or a duration like "3h" for datetimes; default Δ/2)."""
+    the time axis' units, or a duration like "3h" for datetimes; default Δ/2). ``time_units``: the
+    model's ("seconds": a datetime time axis); the rows' times must then be of its kind."""
     if not isinstance(table, pd.DataFrame):
         raise LatentdaError(f"observations as a table must be a pandas DataFrame, got {type(table).__name__}")
     if table.empty:
@@ -309,6 +310,10 @@ def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None
     values = _numbers(_column(table, ("value",)))
     noise = _numbers(_column(table, ("noise_std",)), positive=True)
     row_times = _times(_column(table, ("time",)))
+    datetimes = np.issubdtype(row_times.dtype, np.datetime64)
+    if time_units is not None and datetimes != (time_units == "seconds"):  # a day at step 0.2: 432 000 states
+        kinds = ("date-times", f"numbers (model time, units {time_units!r})")
+        raise LatentdaError(f"the table's times are {kinds[not datetimes]}, the model's are {kinds[datetimes]}")
     window = TableWindow(window_start, window_length, time_tolerance)
     states = _window(row_times, times, time_step, window)
     state = _assign_states(row_times, states, time_step, time_tolerance)
@@ -333,10 +338,11 @@ def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None
 
 def table_to_dataset(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
                      window_start=None, window_length: int | None = None, time_tolerance=None,
-                     attrs: dict | None = None) -> xr.Dataset:
+                     attrs: dict | None = None, time_units: str | None = None) -> xr.Dataset:
     """The observation dataset (the file format of :mod:`latentda.observe.files`) of a table;
     arguments as for :func:`observations_from_table`."""
-    operator = observations_from_table(table, layout, times, time_step, window_start, window_length, time_tolerance)
+    operator = observations_from_table(table, layout, times, time_step, window_start, window_length, time_tolerance,
+                                       time_units)
     time = xr.DataArray(operator.times, dims=TIME)
     attrs = {"title": "observations converted from a table by latentda", **(attrs or {})}
     return observations_to_dataset(operator, layout, time, attrs)
@@ -349,12 +355,8 @@ def observation_dataset(observations: xr.Dataset | pd.DataFrame | None, layout: 
     model's ``time_units`` ("seconds": a datetime time axis), a table must have times of its kind."""
     window = window or TableWindow()
     if isinstance(observations, pd.DataFrame):
-        if time_units is not None:  # before the window is built: a day in a model of step 0.2 is 432 000 states
-            datetimes = np.issubdtype(_times(_column(observations, ("time",))).dtype, np.datetime64)
-            if datetimes != (time_units == "seconds"):
-                kinds = ("date-times", f"numbers (model time, units {time_units!r})")
-                raise LatentdaError(f"the table's times are {kinds[not datetimes]}, the model's are {kinds[datetimes]}")
-        return table_to_dataset(observations, layout, time_step=time_step, **dataclasses.asdict(window))
+        return table_to_dataset(observations, layout, time_step=time_step, time_units=time_units,
+                                **dataclasses.asdict(window))
     given = window.given
     if given:
         raise LatentdaError(f"{', '.join(given)}: for tabular observations (CSV, parquet) only")
