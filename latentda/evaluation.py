@@ -61,20 +61,24 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
         raise LatentdaError("the prediction's and the truth's times are not of the same kind (datetimes vs numbers)")
     try:
         if np.issubdtype(times.dtype, np.number):  # float model times: tolerate rounding of time + lead
-            return truth.sel({TIME: times}, method="nearest", tolerance=1e-6 * max(1.0, float(np.abs(times).max())))
+            return truth.sel({TIME: times}, method="nearest", tolerance=_time_tolerance(times))
         return truth.sel({TIME: times})
     except KeyError:
         raise LatentdaError("the prediction's times are not all in the truth") from None
 
 
+def _time_tolerance(times: np.ndarray) -> float:
+    """How far float model times may differ and be the same time: the rounding of time + lead."""
+    return 1e-6 * max(1.0, float(np.abs(times).max())) if len(times) else 1e-6
+
+
 def _same_times(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal time axes (float model times up to the rounding of time + lead, as :func:`_align`)."""
+    """Equal time axes (float model times up to :func:`_time_tolerance`, as :func:`_align`)."""
     if np.issubdtype(a.dtype, np.datetime64) != np.issubdtype(b.dtype, np.datetime64) or a.shape != b.shape:
         return False
     if np.issubdtype(a.dtype, np.datetime64):
         return bool((a == b).all())
-    scale = max(1.0, float(np.abs(b).max())) if b.size else 1.0
-    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=1e-6 * scale))
+    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=_time_tolerance(b)))
 
 
 def _time_span(times: np.ndarray) -> str:
