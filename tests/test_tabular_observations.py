@@ -1,6 +1,8 @@
 """Tabular observations (one row per observation) against the existing point-observation path;
 time assignment, the window, errors, CSV/parquet files, the command line; NaN truth in observe."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,6 +104,21 @@ def test_per_row_noise_round_trips_through_the_file(tmp_path):
         read_observations(both, layout)
     representation = operator.with_representation_error(np.array([0.3, 0.0]))  # σ_eff² = σ_y² + 0.3² per entry
     np.testing.assert_allclose(representation.observed()[1].numpy()[:3], np.hypot([0.1, 0.2, 0.3], 0.3))
+
+
+def test_exact_copies_of_rows_are_kept_and_warned_about():
+    """Two rows at one position and state with different values are two observations (no warning); a table
+    appended to itself keeps every row as an observation (2P points) but warns how many rows are copies."""
+    dataset = make_box_dataset(trajectories=1, times=4, size=8).isel(trajectory=0, drop=True)
+    layout = FieldLayout.from_dataset(dataset)
+    table = pd.DataFrame({"time": [0.0, 0.0, 0.4], "y": [1.0, 1.0, 2.0], "x": [0.5, 0.5, 3.0], "variable": "u",
+                          "value": [0.1, 0.2, 0.3], "noise_std": 0.1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert observations_from_table(table, layout, time_step=0.2).groups[0].values.shape == (3, 3)
+    with pytest.warns(UserWarning, match=r"^3 observation row\(s\) repeat an earlier row exactly \(first: row 3\)"):
+        doubled = observations_from_table(pd.concat([table, table]), layout, time_step=0.2)
+    assert np.count_nonzero(~np.isnan(doubled.groups[0].values)) == 6
 
 
 def test_noise_per_entry_is_checked_where_observed():

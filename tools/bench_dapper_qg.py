@@ -163,7 +163,7 @@ def _model_error_skill(noisy, xx, cycles: int = 8, members: int = 25) -> dict:
     """The imperfect model's one-cycle forecasts from the true state x_ko (``members`` copies), at ``cycles``
     cycles spread over those after the burn-in: the RMS error of a member and of the ensemble mean, and the
     spread (ddof 1), averaged over the cycles — to set beside ``forecast_skill``'s learned prior."""
-    from latentda.integrations.dapper import evenly_spaced
+    from latentda.integrations.dapper import advance, evenly_spaced
 
     tseq = noisy.tseq
     kko = np.asarray(tseq.kko)
@@ -171,9 +171,7 @@ def _model_error_skill(noisy, xx, cycles: int = 8, members: int = 25) -> dict:
     chosen = evenly_spaced(valid, cycles)
     scores = np.zeros((len(chosen), 3))
     for row, ko in enumerate(chosen):
-        ensemble = np.tile(xx[kko[ko]], (members, 1))
-        for k in range(kko[ko], kko[ko + 1]):
-            ensemble = noisy.Dyn(ensemble, tseq.tt[k], tseq.dt)
+        ensemble = advance(noisy.Dyn, tseq, np.tile(xx[kko[ko]], (members, 1)), kko[ko], kko[ko + 1])
         error = ensemble - xx[kko[ko + 1]]
         scores[row] = (np.sqrt(np.mean(error**2, axis=1)).mean(), np.sqrt(np.mean(error.mean(0) ** 2)),
                        np.sqrt(ensemble.var(0, ddof=1).mean()))

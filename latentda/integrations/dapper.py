@@ -73,7 +73,7 @@ from latentda.posterior.filtering import filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 from latentda.runs import deal_members, gather_members, process_state
 
-__all__ = ["LatentDA", "forecast_skill", "evenly_spaced", "observation_operator", "observation_matrix"]
+__all__ = ["LatentDA", "forecast_skill", "advance", "evenly_spaced", "observation_operator", "observation_matrix"]
 
 PROBE_CHUNK = 1024
 
@@ -336,6 +336,14 @@ def evenly_spaced(cycles: list[int], count: int) -> list[int]:
     return sorted({cycles[i] for i in np.linspace(0, len(cycles) - 1, min(count, len(cycles))).round().astype(int)})
 
 
+def advance(dyn, tseq, x: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """x_stop from x_start by the model's steps x_{k+1} = dyn(x_k, t_k, dt), as ``HMM.simulate`` makes the truth
+    (``start``/``stop``: model step indices, e.g. ``tseq.kko[ko]`` and ``tseq.kko[ko + 1]`` for one cycle)."""
+    for k in range(start, stop):
+        x = dyn(x, tseq.tt[k], tseq.dt)
+    return x
+
+
 def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: int = 4, settings: Any = None,
                    context: int | None = None, condition_noise: float = 0.05, seed: int = 0,
                    state_index: Any = None) -> dict:
@@ -385,11 +393,8 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
                                conditioning="mmps", condition_noise=condition_noise, context=context)
         ensemble = np.stack([fields[1:] for _, fields in run])  # (members, lead, C, H, W); lead 0 is x_ko's
         model = _fields_to_states(pipeline.decode(pipeline.encode(_states_to_fields(xx[kko[ko]][None], shape, index))), index)[0]  # D(E(x_ko))
-        k = kko[ko]
         for step in range(lead):
-            while k < kko[ko + step + 1]:  # dko model steps per cycle; x_{k+1} = Dyn(x_k, t_k, dt) as HMM.simulate
-                model = HMM.Dyn(model, tseq.tt[k], tseq.dt)
-                k += 1
+            model = advance(HMM.Dyn, tseq, model, kko[ko + step], kko[ko + step + 1])  # one cycle: dko model steps
             states = _fields_to_states(ensemble[:, step], index)
             scores["prior_rmse"][row, step] = rms(states.mean(0) - targets[step])
             scores["prior_spread"][row, step] = float(np.sqrt(states.var(0, ddof=1).mean()))

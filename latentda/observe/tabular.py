@@ -30,7 +30,8 @@ position outside a non-periodic axis is an error). The rows of one channel make 
 group, named after the channel ('@' → '_'). Its points are the distinct (position, repeat) pairs in
 order of first appearance, where the repeat r of a row counts the earlier rows of the same channel,
 position and state: several rows at one position and state are independent observations y_i =
-H_i(x) + ε_i, each its own point. Values are (L, P) with NaN where a point has no row at a state,
+H_i(x) + ε_i, each its own point (rows that copy another exactly — same channel, position, time, value
+and σ — are kept but warned about: a concatenated file counted twice would halve the noise). Values are (L, P) with NaN where a point has no row at a state,
 and σ_y is per entry (a scalar when the whole group shares one).
 
 The result is the operator, or the observation dataset of :mod:`latentda.observe.files`
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,6 +289,16 @@ def _assign_states(row_times: np.ndarray, states: np.ndarray, step: float | None
 
 
 # ---------------------------------------------------------------------------------- conversion
+def _warn_copies(rows: pd.DataFrame) -> None:
+    """Warn when rows repeat an earlier row exactly (channel, position, time, value, σ): the likely copies of
+    a file appended twice, which would count as independent observations (σ effectively divided by √2)."""
+    copies = rows.duplicated(["channel", "y", "x", "time", "value", "noise"])
+    if copies.any():
+        first = int(np.flatnonzero(copies.to_numpy())[0])
+        warnings.warn(f"{int(copies.sum())} observation row(s) repeat an earlier row exactly (first: row {first}); each "
+                      "counts as an independent observation — drop copies with table.drop_duplicates()", stacklevel=3)
+
+
 def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
                             window_start=None, window_length: int | None = None,
                             time_tolerance=None, time_units: str | None = None) -> ObservationOperator:
@@ -318,6 +330,7 @@ def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None
     states = _window(row_times, times, time_step, window)
     state = _assign_states(row_times, states, time_step, time_tolerance)
     rows = pd.DataFrame({"channel": channels, "y": y, "x": x, "state": state})
+    _warn_copies(rows.assign(time=row_times, value=values, noise=noise))
     rows["repeat"] = rows.groupby(["channel", "y", "x", "state"], sort=False).cumcount()
     groups = []
     for channel in np.unique(channels):
