@@ -1,0 +1,138 @@
+"""Does an ensemble of independently trained priors forecast better than one prior? A screen on DAPPER's QG.
+
+    python tools/qg_prior_ensemble.py --pipelines runs/ldm-qg-w288/pipeline runs/ldm-qg-12k/pipeline \\
+        --cycles-from docs/benchmarks/dapper-qg/forecast-skill-24-ship-w288.json --json runs/bench-qg/prior-ensemble.json
+
+The forecast of :func:`latentda.integrations.dapper.forecast_skill` one cycle ahead from the true past (context
+12, σ_c 0.05, the QG twin experiment T = 500 under seed 3000, as ``tools/bench_dapper_qg.py``), ``--members`` members
+per prior — prior p draws members p·M … p·M + M − 1, so no two priors share a random stream — at the cycles of
+``--cycles-from`` (a ``--forecast-skill`` JSON of the bench: paired with its row) or ``--cycles`` evenly spaced
+after the burn-in. Scores by DAPPER's definitions (rmse of the ensemble mean, spread = root mean variance), averaged
+over the cycles:
+
+- each prior alone (M members);
+- the mixture at the same size: M/2 members of each of two priors, averaged over every choice of halves, paired
+  against the first prior's M members (mean difference ± its standard error over the cycles);
+- every member of every prior together;
+- the correlation over the grid of the ensemble-mean errors of two priors, beside that of two halves of one prior:
+  errors the priors share cannot be averaged away by mixing them.
+
+A multi-model ensemble helps when the priors' errors are independent (their correlation well below the within-prior
+one); latentda's filter members never interact, so a mixture's filter is the priors' filters run side by side.
+Needs DAPPER's Fortran QG module (``make dapper``); steps the QG model while simulating the truth (~20 s): run one
+QG experiment at a time per installation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _forecasts(pipeline, HMM, xx, cycles, members: list[int], context: int, condition_noise: float) -> np.ndarray:
+    """(cycles, members, Nx): the prior's one-cycle forecasts from the true past, as forecast_skill draws them."""
+    from latentda.integrations.dapper import _fields_to_states, _posterior_settings, _states_to_fields
+    from latentda.posterior.forecast import forecast_members
+
+    kko = np.asarray(HMM.tseq.kko)
+    shape = (pipeline.layout.num_channels, *pipeline.layout.shape)
+    out = []
+    for ko in cycles:
+        initial = pipeline.encode(_states_to_fields(xx[kko[ko - context + 1 : ko + 1]], shape))[None]
+        run = forecast_members(pipeline, members, 1, _posterior_settings(None), seed=ko, initial=initial,
+                               conditioning="mmps", condition_noise=condition_noise, context=context)
+        out.append(_fields_to_states(np.stack([fields[1] for _, fields in run])))
+    return np.stack(out)
+
+
+def _scores(ensemble: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cycle: rmse of the ensemble mean and spread (root of the grid-mean variance, ddof 1)."""
+    return (np.sqrt(((ensemble.mean(1) - truth) ** 2).mean(1)), np.sqrt(ensemble.var(1, ddof=1).mean(1)))
+
+
+def _error_correlation(a: np.ndarray, b: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over the cycles of the grid correlation of the ensemble-mean errors of a and b."""
+    return float(np.mean([np.corrcoef(x, y)[0, 1] for x, y in zip(a.mean(1) - truth, b.mean(1) - truth)]))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipelines", nargs="+", required=True, help="two or more priors of one autoencoder")
+    parser.add_argument("--members", type=int, default=4, help="members per prior (even, ≥ 2; default 4)")
+    parser.add_argument("--cycles", type=int, default=24, help="cycles after the burn-in, evenly spaced (default 24)")
+    parser.add_argument("--cycles-from", help="take the cycles of this --forecast-skill JSON of the bench instead")
+    parser.add_argument("--context", type=int, default=12)
+    parser.add_argument("--condition-noise", type=float, default=0.05)
+    parser.add_argument("--json", help="write the scores here")
+    args = parser.parse_args(argv)
+    if len(args.pipelines) < 2 or args.members < 2 or args.members % 2:
+        parser.error("give two or more --pipelines and an even --members ≥ 2")
+
+    import bench_dapper_qg as bench
+    from dapper.tools.seeding import set_seed
+
+    from latentda import LatentDAPipeline
+    from latentda.integrations.dapper import evenly_spaced
+
+    HMM = bench._hmm(500.0, 250.0, 1)
+    kko = np.asarray(HMM.tseq.kko)
+    set_seed(3000)
+    xx, _ = HMM.simulate()
+    if args.cycles_from:
+        cycles = json.loads(Path(args.cycles_from).read_text())["experiment"]["forecast_skill"]["cycles"]
+    else:
+        valid = [ko for ko in range(len(kko) - 1) if HMM.tseq.masko[ko] and ko >= args.context - 1]
+        cycles = evenly_spaced(valid, args.cycles)
+    truth = np.stack([xx[kko[ko + 1]] for ko in cycles])
+    M = args.members
+    ensembles, result = [], {"truth_sha256": bench._digest(xx), "cycles": [int(c) for c in cycles], "members": M,
+                             "context": args.context, "condition_noise": args.condition_noise, "priors": {}}
+    for p, path in enumerate(args.pipelines):
+        start = time.perf_counter()
+        ensemble = _forecasts(LatentDAPipeline.from_pretrained(path), HMM, xx, cycles, list(range(p * M, (p + 1) * M)),
+                              args.context, args.condition_noise)
+        rmse, spread = _scores(ensemble, truth)
+        halves = _error_correlation(ensemble[:, : M // 2], ensemble[:, M // 2 :], truth)
+        result["priors"][path] = {"rmse": float(rmse.mean()), "spread": float(spread.mean()),
+                                  "half_error_correlation": halves, "wall_s": round(time.perf_counter() - start, 1)}
+        print(f"{path}: rmse {rmse.mean():.4f}, spread {spread.mean():.4f}, error correlation of its two halves "
+              f"{halves:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        ensembles.append(ensemble)
+    first, second = ensembles[0], ensembles[1]
+    alone = _scores(first, truth)[0]
+    mixed = [_scores(np.concatenate([first[:, list(i)], second[:, list(j)]], 1), truth) for i in
+             itertools.combinations(range(M), M // 2) for j in itertools.combinations(range(M), M // 2)]
+    rmse, spread = np.mean([m[0] for m in mixed], 0), np.mean([m[1] for m in mixed], 0)
+    difference = rmse - alone
+    together = _scores(np.concatenate(ensembles, 1), truth)
+    result["mixture_same_size"] = {"rmse": float(rmse.mean()), "spread": float(spread.mean()),
+                                   "minus_first": float(difference.mean()),
+                                   "standard_error": float(difference.std(ddof=1) / np.sqrt(len(difference))),
+                                   "lower_on": int((difference < 0).sum())}
+    result["all_members"] = {"members": M * len(ensembles), "rmse": float(together[0].mean()),
+                             "spread": float(together[1].mean())}
+    result["error_correlation_first_second"] = _error_correlation(first, second, truth)
+    m = result["mixture_same_size"]
+    print(f"mixture, {M // 2} + {M // 2} members: rmse {m['rmse']:.4f} ({m['minus_first']:+.4f} ± {m['standard_error']:.4f} "
+          f"against the first prior's {M}, lower on {m['lower_on']}/{len(cycles)} cycles), spread {m['spread']:.4f}")
+    print(f"all {M * len(ensembles)} members: rmse {together[0].mean():.4f}, spread {together[1].mean():.4f}")
+    print(f"error correlation of the first two priors' means: {result['error_correlation_first_second']:.3f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        bench._write(Path(args.json), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
