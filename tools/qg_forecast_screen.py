@@ -1,0 +1,171 @@
+"""The learned prior's one-cycle forecast from the true past on DAPPER's QG, screened: sampler settings against a
+saved run, paired member by member, and ensembles of several priors against one.
+
+    python tools/qg_forecast_screen.py --pipelines runs/ldm-qg-w288/pipeline runs/ldm-qg-12k/pipeline \\
+        --cycles-from docs/benchmarks/dapper-qg/forecast-skill-24-ship-w288.json \\
+        --save runs/bench-qg/screen-w288-12k.npz --json docs/benchmarks/dapper-qg/prior-ensemble-w288-12k.json
+    python tools/qg_forecast_screen.py --pipelines runs/ldm-qg-w288/pipeline --settings '{"iterations": 4}' \\
+        --cycles-from docs/benchmarks/dapper-qg/forecast-skill-24-ship-w288.json --every 4 \\
+        --against runs/bench-qg/screen-w288-12k.npz
+
+The forecast is :func:`latentda.integrations.dapper.forecast_skill`'s one cycle ahead (context 12, σ_c 0.05 by
+default), on the QG twin experiment T = 500 under seed 3000 (``tools/bench_dapper_qg.py``'s truth), ``--members``
+members per prior — prior p draws members p·M … p·M + M − 1, so no two priors share a random stream, and a rerun with
+other ``--settings`` draws the same streams (common random numbers) — at the cycles of ``--cycles-from`` (a
+``--forecast-skill`` JSON of the bench), every ``--every``-th, or ``--cycles`` evenly spaced after the burn-in.
+Scores by DAPPER's definitions (rmse of the ensemble mean, spread = root of the grid-mean variance), averaged over
+the cycles, for each prior; and
+
+- ``--against NPZ`` (a ``--save`` of an earlier run): the first prior's rmse minus that run's first prior's on the
+  cycles both have (mean ± its standard error over the cycles) — e.g. solver iterations, paired;
+- with two or more priors, the mixture at one prior's size: M/2 members of each of the first two priors (every
+  choice of halves) against the first prior's M, every member of every prior together, and the correlation over
+  the grid of the two priors' ensemble-mean errors beside that of two halves of one prior (errors the priors share
+  cannot be averaged away by mixing them; latentda's filter members never interact, so a mixture's filter is the
+  priors' filters side by side).
+
+Needs DAPPER's Fortran QG module (``make dapper``); steps the QG model while simulating the truth (~20 s): run one QG
+experiment at a time per installation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _forecasts(pipeline, HMM, xx, cycles, members: list[int], settings, context: int, condition_noise: float) -> np.ndarray:
+    """(cycles, members, Nx): the prior's one-cycle forecasts from the true past, as forecast_skill draws them."""
+    from latentda.integrations.dapper import _fields_to_states, _states_to_fields
+    from latentda.posterior.forecast import forecast_members
+
+    kko = np.asarray(HMM.tseq.kko)
+    shape = (pipeline.layout.num_channels, *pipeline.layout.shape)
+    out = []
+    for ko in cycles:
+        initial = pipeline.encode(_states_to_fields(xx[kko[ko - context + 1 : ko + 1]], shape))[None]
+        run = forecast_members(pipeline, members, 1, settings, seed=ko, initial=initial, conditioning="mmps",
+                               condition_noise=condition_noise, context=context)
+        out.append(_fields_to_states(np.stack([fields[1] for _, fields in run])))
+    return np.stack(out)
+
+
+def _scores(ensemble: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cycle: rmse of the ensemble mean and spread (root of the grid-mean variance, ddof 1)."""
+    return (np.sqrt(((ensemble.mean(1) - truth) ** 2).mean(1)), np.sqrt(ensemble.var(1, ddof=1).mean(1)))
+
+
+def _error_correlation(a: np.ndarray, b: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over the cycles of the grid correlation of the ensemble-mean errors of a and b."""
+    return float(np.mean([np.corrcoef(x, y)[0, 1] for x, y in zip(a.mean(1) - truth, b.mean(1) - truth)]))
+
+
+def _paired(difference: np.ndarray) -> dict:
+    return {"mean": float(difference.mean()), "standard_error": float(difference.std(ddof=1) / np.sqrt(len(difference))),
+            "lower_on": int((difference < 0).sum()), "cycles": int(len(difference))}
+
+
+def _mixture(first: np.ndarray, second: np.ndarray, truth: np.ndarray) -> dict:
+    """M/2 members of each prior (every choice of halves) against the first prior's M."""
+    M = first.shape[1]
+    halves = list(itertools.combinations(range(M), M // 2))
+    mixed = [_scores(np.concatenate([first[:, list(i)], second[:, list(j)]], 1), truth) for i in halves for j in halves]
+    rmse, spread = np.mean([m[0] for m in mixed], 0), np.mean([m[1] for m in mixed], 0)
+    return {"rmse": float(rmse.mean()), "spread": float(spread.mean()),
+            "against_first": _paired(rmse - _scores(first, truth)[0])}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipelines", nargs="+", required=True, help="one prior, or several of one autoencoder")
+    parser.add_argument("--members", type=int, default=4, help="members per prior (even, ≥ 2; default 4)")
+    parser.add_argument("--settings", type=json.loads, default=None, help="PosteriorSettings fields as JSON")
+    parser.add_argument("--cycles", type=int, default=24, help="cycles after the burn-in, evenly spaced (default 24)")
+    parser.add_argument("--cycles-from", help="take the cycles of this --forecast-skill JSON of the bench instead")
+    parser.add_argument("--every", type=int, default=1, help="keep every n-th of those cycles")
+    parser.add_argument("--context", type=int, default=12)
+    parser.add_argument("--condition-noise", type=float, default=0.05)
+    parser.add_argument("--save", help="save the truth and every prior's members here (.npz)")
+    parser.add_argument("--against", help="a --save of an earlier run: the first prior's rmse paired against its")
+    parser.add_argument("--json", help="write the scores here")
+    args = parser.parse_args(argv)
+    if args.members < 2 or args.members % 2 or args.every < 1:
+        parser.error("--members must be even and ≥ 2, --every ≥ 1")
+
+    import bench_dapper_qg as bench
+    from dapper.tools.seeding import set_seed
+
+    from latentda import LatentDAPipeline
+    from latentda.integrations.dapper import _posterior_settings, evenly_spaced
+
+    settings = _posterior_settings(args.settings)
+    HMM = bench._hmm(500.0, 250.0, 1)
+    kko = np.asarray(HMM.tseq.kko)
+    set_seed(3000)
+    xx, _ = HMM.simulate()
+    if args.cycles_from:
+        cycles = json.loads(Path(args.cycles_from).read_text())["experiment"]["forecast_skill"]["cycles"]
+    else:
+        valid = [ko for ko in range(len(kko) - 1) if HMM.tseq.masko[ko] and ko >= args.context - 1]
+        cycles = evenly_spaced(valid, args.cycles)
+    cycles = [int(c) for c in cycles[:: args.every]]
+    truth = np.stack([xx[kko[ko + 1]] for ko in cycles])
+    M = args.members
+    result = {"truth_sha256": bench._digest(xx), "cycles": cycles, "members": M, "context": args.context,
+              "condition_noise": args.condition_noise, "settings": args.settings or {}, "priors": {}}
+    ensembles = []
+    for p, path in enumerate(args.pipelines):
+        start = time.perf_counter()
+        ensemble = _forecasts(LatentDAPipeline.from_pretrained(path), HMM, xx, cycles, list(range(p * M, (p + 1) * M)),
+                              settings, args.context, args.condition_noise)
+        rmse, spread = _scores(ensemble, truth)
+        halves = _error_correlation(ensemble[:, : M // 2], ensemble[:, M // 2 :], truth)
+        result["priors"][path] = {"rmse": float(rmse.mean()), "spread": float(spread.mean()),
+                                  "half_error_correlation": halves, "wall_s": round(time.perf_counter() - start, 1)}
+        print(f"{path}: rmse {rmse.mean():.4f}, spread {spread.mean():.4f}, error correlation of its two halves "
+              f"{halves:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        ensembles.append(ensemble)
+    if args.save:
+        np.savez(args.save, cycles=np.array(cycles), truth=truth, **{f"prior{p}": e for p, e in enumerate(ensembles)})
+    if args.against:
+        earlier = np.load(args.against)
+        rows = [list(earlier["cycles"]).index(c) for c in cycles if c in list(earlier["cycles"])]
+        mine = [i for i, c in enumerate(cycles) if c in list(earlier["cycles"])]
+        if not rows:
+            sys.exit(f"{args.against} has none of these cycles")
+        difference = _scores(ensembles[0][mine], truth[mine])[0] - _scores(earlier["prior0"][rows], truth[mine])[0]
+        result["against"] = {"path": args.against, **_paired(difference)}
+        a = result["against"]
+        print(f"against {args.against}: {a['mean']:+.4f} ± {a['standard_error']:.4f} (lower on {a['lower_on']}/"
+              f"{a['cycles']} cycles)")
+    if len(ensembles) > 1:
+        mixture = result["mixture_same_size"] = _mixture(ensembles[0], ensembles[1], truth)
+        together = _scores(np.concatenate(ensembles, 1), truth)
+        result["all_members"] = {"members": M * len(ensembles), "rmse": float(together[0].mean()),
+                                 "spread": float(together[1].mean())}
+        result["error_correlation_first_second"] = _error_correlation(ensembles[0], ensembles[1], truth)
+        paired = mixture["against_first"]
+        print(f"mixture, {M // 2} + {M // 2} members: rmse {mixture['rmse']:.4f} ({paired['mean']:+.4f} ± "
+              f"{paired['standard_error']:.4f} against the first prior's {M}, lower on {paired['lower_on']}/{len(cycles)} "
+              f"cycles), spread {mixture['spread']:.4f}")
+        print(f"all {M * len(ensembles)} members: rmse {together[0].mean():.4f}, spread {together[1].mean():.4f}")
+        print(f"error correlation of the first two priors' means: {result['error_correlation_first_second']:.3f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        bench._write(Path(args.json), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
