@@ -43,7 +43,11 @@ class PosteriorSettings:
 
     ``sampler``, ``steps``, ``corrections``, ``tau``, ``sigma_start``, ``churn`` and ``overlap`` are
     the fields of :class:`latentda.diffusion.settings.SamplerSettings`; None takes the pipeline's
-    (``pipeline_config.json``), and :meth:`sampling` resolves them against a prior."""
+    (``pipeline_config.json``), and :meth:`sampling` resolves them against a prior.
+
+    ``iterations``: the MMPS solve's fixed count. With a learned denoiser a small count regularises the solve
+    rather than approximating a better answer: on QG, 8 iterations (CG or GMRES) blew every member up where 3–4 were
+    best (docs/filter.md, "Solver iterations: a regularisation")."""
 
     guidance: Literal["mmps", "dps"] = "mmps"
     iterations: int = 3
