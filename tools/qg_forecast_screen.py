@@ -18,11 +18,13 @@ the cycles, for each prior; and
 
 - ``--against NPZ`` (a ``--save`` of an earlier run): the first prior's rmse minus that run's first prior's on the
   cycles both have (mean ± its standard error over the cycles) — e.g. solver iterations, paired;
+- per prior, the rmse of means of 1, M/2 and M members (rmse² ≈ b² + v/n: b, the error all members share), the
+  median member rmse and the worst member's per cycle (a blown-up sample shows there);
 - with two or more priors, the mixture at one prior's size: M/2 members of each of the first two priors (every
   choice of halves) against the first prior's M, every member of every prior together, and the correlation over
-  the grid of the two priors' ensemble-mean errors beside that of two halves of one prior (errors the priors share
-  cannot be averaged away by mixing them; latentda's filter members never interact, so a mixture's filter is the
-  priors' filters side by side).
+  the grid of the ensemble-mean errors of M/2-member halves across the two priors beside that of the two halves of
+  one prior (errors the priors share cannot be averaged away by mixing them; latentda's filter members never
+  interact, so a mixture's filter is the priors' filters side by side).
 
 Needs DAPPER's Fortran QG module (``make dapper``); steps the QG model while simulating the truth (~20 s): run one QG
 experiment at a time per installation.
@@ -72,18 +74,76 @@ def _error_correlation(a: np.ndarray, b: np.ndarray, truth: np.ndarray) -> float
 
 
 def _paired(difference: np.ndarray) -> dict:
-    return {"mean": float(difference.mean()), "standard_error": float(difference.std(ddof=1) / np.sqrt(len(difference))),
-            "lower_on": int((difference < 0).sum()), "cycles": int(len(difference))}
+    """Mean of per-cycle differences, its standard error over the cycles (None for one cycle), cycles below 0."""
+    error = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else None
+    return {"mean": float(difference.mean()), "standard_error": error, "lower_on": int((difference < 0).sum()),
+            "cycles": int(len(difference))}
+
+
+def _subsets(size: int, count: int, limit: int = 200) -> list[tuple[int, ...]]:
+    """Every ``count``-subset of range(size), or ``limit`` of them drawn with a fixed seed when there are more."""
+    every = list(itertools.combinations(range(size), count))
+    if len(every) <= limit:
+        return every
+    rng = np.random.default_rng(0)
+    return [every[i] for i in sorted(rng.choice(len(every), limit, replace=False))]
+
+
+def _prior_row(path: str, ensemble: np.ndarray, truth: np.ndarray) -> dict:
+    """One prior's scores: rmse and spread of its M-member mean; the rmse of means of 1 and M/2 members (averaged
+    over subsets: rmse² ≈ b² + v/n extrapolates to n → ∞); the error correlation of its two halves' means; each
+    member's rmse per cycle (a blown-up sample shows here)."""
+    M = ensemble.shape[1]
+    rmse, spread = _scores(ensemble, truth)
+    by_size = {n: float(np.mean([_scores(ensemble[:, list(i)], truth)[0].mean() if n > 1 else
+                                 np.sqrt(((ensemble[:, i[0]] - truth) ** 2).mean(1)).mean() for i in _subsets(M, n)]))
+               for n in sorted({1, M // 2})}
+    member = np.sqrt(((ensemble - truth[:, None]) ** 2).mean(2))  # (cycles, members)
+    return {"pipeline": path, "rmse": float(rmse.mean()), "spread": float(spread.mean()),
+            "rmse_by_members": {**{str(n): v for n, v in by_size.items()}, str(M): float(rmse.mean())},
+            "half_error_correlation": _error_correlation(ensemble[:, : M // 2], ensemble[:, M // 2 :], truth),
+            "member_rmse_median": float(np.median(member)), "worst_member_rmse": [float(v) for v in member.max(1)]}
 
 
 def _mixture(first: np.ndarray, second: np.ndarray, truth: np.ndarray) -> dict:
-    """M/2 members of each prior (every choice of halves) against the first prior's M."""
+    """M/2 members of each prior (every choice of halves, at most 200 pairs) against the first prior's M; the error
+    correlation of half-means across the priors, the size of ``_prior_row``'s half correlation."""
     M = first.shape[1]
-    halves = list(itertools.combinations(range(M), M // 2))
-    mixed = [_scores(np.concatenate([first[:, list(i)], second[:, list(j)]], 1), truth) for i in halves for j in halves]
+    halves = _subsets(M, M // 2, limit=15)
+    pairs = [(i, j) for i in halves for j in halves]
+    mixed = [_scores(np.concatenate([first[:, list(i)], second[:, list(j)]], 1), truth) for i, j in pairs]
     rmse, spread = np.mean([m[0] for m in mixed], 0), np.mean([m[1] for m in mixed], 0)
-    return {"rmse": float(rmse.mean()), "spread": float(spread.mean()),
-            "against_first": _paired(rmse - _scores(first, truth)[0])}
+    across = float(np.mean([_error_correlation(first[:, list(i)], second[:, list(j)], truth) for i, j in pairs]))
+    return {"rmse": float(rmse.mean()), "spread": float(spread.mean()), "against_first": _paired(rmse - _scores(first, truth)[0]),
+            "half_error_correlation_across": across}
+
+
+def summary(paths: list[str], ensembles: list[np.ndarray], truth: np.ndarray, cycles: list[int], settings: dict | None,
+            context: int, condition_noise: float, truth_sha256: str, earlier: dict | None = None) -> dict:
+    """The scores (module docstring) of ``ensembles`` (cycles, M, Nx), one per prior; ``earlier``: a ``--save``
+    (cycles, truth, prior0) to pair the first prior with."""
+    result = {"truth_sha256": truth_sha256, "cycles": [int(c) for c in cycles], "members": int(ensembles[0].shape[1]),
+              "context": context, "condition_noise": condition_noise, "settings": settings or {},
+              "priors": [_prior_row(path, ensemble, truth) for path, ensemble in zip(paths, ensembles)]}
+    if earlier is not None:
+        before = [int(c) for c in earlier["cycles"]]
+        mine = [i for i, c in enumerate(cycles) if c in before]
+        rows = [before.index(cycles[i]) for i in mine]
+        if not mine:
+            raise SystemExit("the --against run has none of these cycles")
+        if not np.array_equal(earlier["truth"][rows], truth[mine]):
+            raise SystemExit("the --against run was made on another truth")
+        if earlier["prior0"].shape[1] != ensembles[0].shape[1]:
+            raise SystemExit(f"the --against run has {earlier['prior0'].shape[1]} members, this one {ensembles[0].shape[1]}")
+        difference = _scores(ensembles[0][mine], truth[mine])[0] - _scores(earlier["prior0"][rows], truth[mine])[0]
+        result["against"] = {"settings": json.loads(str(earlier.get("settings", "{}"))),
+                             "pipeline": str(earlier.get("pipeline0", "")), **_paired(difference)}
+    if len(ensembles) > 1:
+        result["mixture_same_size"] = _mixture(ensembles[0], ensembles[1], truth)
+        together = _scores(np.concatenate(ensembles, 1), truth)
+        result["all_members"] = {"members": int(sum(e.shape[1] for e in ensembles)), "rmse": float(together[0].mean()),
+                                 "spread": float(together[1].mean())}
+    return result
 
 
 def main(argv=None) -> dict:
@@ -96,7 +156,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--every", type=int, default=1, help="keep every n-th of those cycles")
     parser.add_argument("--context", type=int, default=12)
     parser.add_argument("--condition-noise", type=float, default=0.05)
-    parser.add_argument("--save", help="save the truth and every prior's members here (.npz)")
+    parser.add_argument("--save", help="save the truth, the settings and every prior's members here (.npz)")
     parser.add_argument("--against", help="a --save of an earlier run: the first prior's rmse paired against its")
     parser.add_argument("--json", help="write the scores here")
     args = parser.parse_args(argv)
@@ -115,52 +175,48 @@ def main(argv=None) -> dict:
     set_seed(3000)
     xx, _ = HMM.simulate()
     if args.cycles_from:
-        cycles = json.loads(Path(args.cycles_from).read_text())["experiment"]["forecast_skill"]["cycles"]
+        experiment = json.loads(Path(args.cycles_from).read_text())["experiment"]
+        if experiment.get("truth_sha256", bench._digest(xx)) != bench._digest(xx):
+            parser.error(f"{args.cycles_from} was run on another truth (not T = 500 under seed 3000)")
+        cycles = experiment["forecast_skill"]["cycles"]
     else:
         valid = [ko for ko in range(len(kko) - 1) if HMM.tseq.masko[ko] and ko >= args.context - 1]
         cycles = evenly_spaced(valid, args.cycles)
     cycles = [int(c) for c in cycles[:: args.every]]
     truth = np.stack([xx[kko[ko + 1]] for ko in cycles])
     M = args.members
-    result = {"truth_sha256": bench._digest(xx), "cycles": cycles, "members": M, "context": args.context,
-              "condition_noise": args.condition_noise, "settings": args.settings or {}, "priors": {}}
-    ensembles = []
+    if min(cycles) - args.context + 1 < 0:
+        parser.error(f"cycle {min(cycles)} has fewer than --context {args.context} true states before it")
+    ensembles, walls = [], []
     for p, path in enumerate(args.pipelines):
         start = time.perf_counter()
-        ensemble = _forecasts(LatentDAPipeline.from_pretrained(path), HMM, xx, cycles, list(range(p * M, (p + 1) * M)),
-                              settings, args.context, args.condition_noise)
-        rmse, spread = _scores(ensemble, truth)
-        halves = _error_correlation(ensemble[:, : M // 2], ensemble[:, M // 2 :], truth)
-        result["priors"][path] = {"rmse": float(rmse.mean()), "spread": float(spread.mean()),
-                                  "half_error_correlation": halves, "wall_s": round(time.perf_counter() - start, 1)}
-        print(f"{path}: rmse {rmse.mean():.4f}, spread {spread.mean():.4f}, error correlation of its two halves "
-              f"{halves:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-        ensembles.append(ensemble)
+        ensembles.append(_forecasts(LatentDAPipeline.from_pretrained(path), HMM, xx, cycles,
+                                    list(range(p * M, (p + 1) * M)), settings, args.context, args.condition_noise))
+        walls.append(round(time.perf_counter() - start, 1))
+        print(f"{path}: {walls[-1]} s", flush=True)
     if args.save:
-        np.savez(args.save, cycles=np.array(cycles), truth=truth, **{f"prior{p}": e for p, e in enumerate(ensembles)})
-    if args.against:
-        earlier = np.load(args.against)
-        rows = [list(earlier["cycles"]).index(c) for c in cycles if c in list(earlier["cycles"])]
-        mine = [i for i, c in enumerate(cycles) if c in list(earlier["cycles"])]
-        if not rows:
-            sys.exit(f"{args.against} has none of these cycles")
-        difference = _scores(ensembles[0][mine], truth[mine])[0] - _scores(earlier["prior0"][rows], truth[mine])[0]
-        result["against"] = {"path": args.against, **_paired(difference)}
+        np.savez(args.save, cycles=np.array(cycles), truth=truth, settings=json.dumps(args.settings or {}),
+                 **{f"prior{p}": e for p, e in enumerate(ensembles)}, **{f"pipeline{p}": path for p, path in enumerate(args.pipelines)})
+    earlier = dict(np.load(args.against)) if args.against else None
+    result = summary(args.pipelines, ensembles, truth, cycles, args.settings, args.context, args.condition_noise,
+                     bench._digest(xx), earlier)
+    for row, wall in zip(result["priors"], walls):
+        row["wall_s"] = wall
+    for row in result["priors"]:
+        print(f"{row['pipeline']}: rmse {row['rmse']:.4f}, spread {row['spread']:.4f}, rmse by members "
+              f"{row['rmse_by_members']}, worst member {max(row['worst_member_rmse']):.3f}, error correlation of its "
+              f"two halves {row['half_error_correlation']:.3f}")
+    if "against" in result:
         a = result["against"]
-        print(f"against {args.against}: {a['mean']:+.4f} ± {a['standard_error']:.4f} (lower on {a['lower_on']}/"
-              f"{a['cycles']} cycles)")
-    if len(ensembles) > 1:
-        mixture = result["mixture_same_size"] = _mixture(ensembles[0], ensembles[1], truth)
-        together = _scores(np.concatenate(ensembles, 1), truth)
-        result["all_members"] = {"members": M * len(ensembles), "rmse": float(together[0].mean()),
-                                 "spread": float(together[1].mean())}
-        result["error_correlation_first_second"] = _error_correlation(ensembles[0], ensembles[1], truth)
+        error = "" if a["standard_error"] is None else f" ± {a['standard_error']:.4f}"
+        print(f"against {args.against}: {a['mean']:+.4f}{error} (lower on {a['lower_on']}/{a['cycles']} cycles)")
+    if "mixture_same_size" in result:
+        mixture, together = result["mixture_same_size"], result["all_members"]
         paired = mixture["against_first"]
-        print(f"mixture, {M // 2} + {M // 2} members: rmse {mixture['rmse']:.4f} ({paired['mean']:+.4f} ± "
-              f"{paired['standard_error']:.4f} against the first prior's {M}, lower on {paired['lower_on']}/{len(cycles)} "
-              f"cycles), spread {mixture['spread']:.4f}")
-        print(f"all {M * len(ensembles)} members: rmse {together[0].mean():.4f}, spread {together[1].mean():.4f}")
-        print(f"error correlation of the first two priors' means: {result['error_correlation_first_second']:.3f}")
+        print(f"mixture, {M // 2} + {M // 2} members: rmse {mixture['rmse']:.4f} ({paired['mean']:+.4f} against the first "
+              f"prior's {M}, lower on {paired['lower_on']}/{len(cycles)} cycles), spread {mixture['spread']:.4f}; error "
+              f"correlation of half-means across the priors {mixture['half_error_correlation_across']:.3f}")
+        print(f"all {together['members']} members: rmse {together['rmse']:.4f}, spread {together['spread']:.4f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         bench._write(Path(args.json), result)
