@@ -116,7 +116,7 @@ def test_exact_copies_of_rows_are_kept_and_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert observations_from_table(table, layout, time_step=0.2).groups[0].values.shape == (3, 3)
-    with pytest.warns(UserWarning, match=r"^3 observation row\(s\) repeat an earlier row exactly \(first: row 3\)"):
+    with pytest.warns(UserWarning, match=r"^3 observation row\(s\) repeat an earlier row exactly \(the first at position 3\)"):
         doubled = observations_from_table(pd.concat([table, table]), layout, time_step=0.2)
     assert np.count_nonzero(~np.isnan(doubled.groups[0].values)) == 6
 

@@ -295,8 +295,9 @@ def _warn_copies(rows: pd.DataFrame) -> None:
     copies = rows.duplicated(["channel", "y", "x", "time", "value", "noise"])
     if copies.any():
         first = int(np.flatnonzero(copies.to_numpy())[0])
-        warnings.warn(f"{int(copies.sum())} observation row(s) repeat an earlier row exactly (first: row {first}); each "
-                      "counts as an independent observation — drop copies with table.drop_duplicates()", stacklevel=3)
+        warnings.warn(f"{int(copies.sum())} observation row(s) repeat an earlier row exactly (the first at position "
+                      f"{first}); each counts as an independent observation — drop copies first (pandas drop_duplicates "
+                      "on the time, position, variable, value and noise_std columns)", stacklevel=3)
 
 
 def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
