@@ -52,6 +52,33 @@ def test_forecast_from_initial_state_follows_it(setup, conditioning, tolerance):
     assert np.abs(fields[0] - expected).max() < tolerance * np.abs(expected).max()
 
 
+def test_forecast_conditioning_uses_the_settings_solver(setup, monkeypatch):
+    """The history's MMPS solve runs the solver of the settings (it once always ran CG): GMRES is called with the
+    settings' iteration count, and not when the settings ask for CG."""
+    from latentda.posterior import solvers
+
+    root, pipeline, truth, truth_path, observations = setup
+    pipeline.set_progress_bar_config(disable=True)
+    initial = pipeline.encode(pipeline.layout.to_array(truth.isel(time=slice(0, 2))))[None]
+    calls = []
+
+    def counted(matvec, b, iterations):
+        calls.append(iterations)
+        return solvers.gmres(matvec, b, iterations)
+
+    def run(solver):
+        (_, fields), = forecast_members(pipeline, [0], 2, PosteriorSettings(steps=3, iterations=2, solver=solver),
+                                        initial=initial, context=2)
+        return fields
+
+    monkeypatch.setitem(solvers.SOLVERS, "gmres", counted)
+    assert np.isfinite(run("gmres")).all()
+    assert calls and set(calls) == {2}
+    calls.clear()
+    run("cg")
+    assert not calls
+
+
 def test_all_at_once_and_autoregressive_cover_the_lead(setup):
     root, pipeline, truth, truth_path, observations = setup
     operator = pipeline.observation_operator(open_dataset(observations))

@@ -86,7 +86,8 @@ def _window(prior: PriorModel, history: Tensor, context: int, conditioning: str,
         denoise = _Inpainting(window_denoiser, known, generators)
     else:
         denoise = MMPSDenoiser(window_denoiser, lambda z: z[:, :context].reshape(z.shape[0], -1),
-                               known.reshape(known.shape[0], -1), noise, iterations=settings.iterations)
+                               known.reshape(known.shape[0], -1), noise, iterations=settings.iterations,
+                               solver=settings.solver)
     return sample_members(prior, denoise, prior.window, generators, settings)
 
 
