@@ -49,18 +49,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def _forecasts(pipeline, HMM, xx, cycles, members: list[int], settings, context: int, condition_noise: float) -> np.ndarray:
     """(cycles, members, Nx): the prior's one-cycle forecasts from the true past, as forecast_skill draws them."""
-    from latentda.integrations.dapper import _fields_to_states, _states_to_fields
-    from latentda.posterior.forecast import forecast_members
+    from latentda.integrations.dapper import true_past_forecast
 
-    kko = np.asarray(HMM.tseq.kko)
-    shape = (pipeline.layout.num_channels, *pipeline.layout.shape)
-    out = []
-    for ko in cycles:
-        initial = pipeline.encode(_states_to_fields(xx[kko[ko - context + 1 : ko + 1]], shape))[None]
-        run = forecast_members(pipeline, members, 1, settings, seed=ko, initial=initial, conditioning="mmps",
-                               condition_noise=condition_noise, context=context)
-        out.append(_fields_to_states(np.stack([fields[1] for _, fields in run])))
-    return np.stack(out)
+    return np.stack([true_past_forecast(pipeline, HMM, xx, ko, 1, members, settings, context, condition_noise, seed=ko)[:, 0]
+                     for ko in cycles])
 
 
 def _scores(ensemble: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -73,7 +73,7 @@ from latentda.posterior.filtering import filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 from latentda.runs import deal_members, gather_members, process_state
 
-__all__ = ["LatentDA", "forecast_skill", "advance", "evenly_spaced", "observation_operator", "observation_matrix"]
+__all__ = ["LatentDA", "forecast_skill", "true_past_forecast", "advance", "evenly_spaced", "observation_operator", "observation_matrix"]
 
 PROBE_CHUNK = 1024
 
@@ -344,6 +344,23 @@ def advance(dyn, tseq, x: np.ndarray, start: int, stop: int) -> np.ndarray:
     return x
 
 
+def true_past_forecast(pipeline, HMM, xx, ko: int, lead: int, members: list[int], settings: PosteriorSettings,
+                       context: int, condition_noise: float, seed: int, state_index: Any = None) -> np.ndarray:
+    """(members, lead, Nx): the prior's forecast of x_{ko+1} … x_{ko+lead} (DAPPER states) from the encoded true
+    states x_{ko−c+1}, …, x_ko (c = ``context``; MMPS conditioning with noise σ_c = ``condition_noise``), members
+    drawn with ``seed`` — one cycle of :func:`forecast_skill`."""
+    from latentda.posterior.forecast import forecast_members
+
+    kko = np.asarray(HMM.tseq.kko)
+    layout = pipeline.layout
+    index = None if state_index is None else np.asarray(state_index)
+    past = _states_to_fields(xx[kko[ko - context + 1 : ko + 1]], (layout.num_channels, *layout.shape), index)
+    run = forecast_members(pipeline, list(members), lead, settings, seed=seed, initial=pipeline.encode(past)[None],
+                           conditioning="mmps", condition_noise=condition_noise, context=context)
+    fields = np.stack([member_fields[1:] for _, member_fields in run])  # (members, lead, C, H, W); lead 0 is x_ko's
+    return np.stack([_fields_to_states(fields[:, step], index) for step in range(lead)], axis=1)
+
+
 def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: int = 4, settings: Any = None,
                    context: int | None = None, condition_noise: float = 0.05, seed: int = 0,
                    state_index: Any = None) -> dict:
@@ -366,7 +383,7 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     :class:`LatentDA` (``state_index``). Returns {"leads", "cycles" (the ko used), "context", "members",
     "condition_noise", "settings" (the PosteriorSettings fields not at their defaults), "prior_rmse",
     "prior_spread", "model_rmse", "persistence_rmse"} (lists by lead)."""
-    from latentda.posterior.forecast import default_context, forecast_members
+    from latentda.posterior.forecast import default_context
 
     tseq = HMM.tseq
     kko = np.asarray(tseq.kko)
@@ -386,16 +403,13 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
 
     scores = {name: np.zeros((len(chosen), lead)) for name in ("prior_rmse", "prior_spread", "model_rmse", "persistence_rmse")}
     for row, ko in enumerate(chosen):
-        past = xx[kko[ko - context + 1 : ko + 1]]
         targets = xx[kko[ko + 1 : ko + lead + 1]]
-        initial = pipeline.encode(_states_to_fields(past, shape, index))[None]
-        run = forecast_members(pipeline, list(range(members)), lead, settings, seed=seed + ko, initial=initial,
-                               conditioning="mmps", condition_noise=condition_noise, context=context)
-        ensemble = np.stack([fields[1:] for _, fields in run])  # (members, lead, C, H, W); lead 0 is x_ko's
+        ensemble = true_past_forecast(pipeline, HMM, xx, ko, lead, list(range(members)), settings, context,
+                                      condition_noise, seed + ko, index)  # (members, lead, Nx)
         model = _fields_to_states(pipeline.decode(pipeline.encode(_states_to_fields(xx[kko[ko]][None], shape, index))), index)[0]  # D(E(x_ko))
         for step in range(lead):
             model = advance(HMM.Dyn, tseq, model, kko[ko + step], kko[ko + step + 1])  # one cycle: dko model steps
-            states = _fields_to_states(ensemble[:, step], index)
+            states = ensemble[:, step]
             scores["prior_rmse"][row, step] = rms(states.mean(0) - targets[step])
             scores["prior_spread"][row, step] = float(np.sqrt(states.var(0, ddof=1).mean()))
             scores["model_rmse"][row, step] = rms(model - targets[step])
