@@ -642,8 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "starts from member m); default: the prior")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
     group = sub.add_argument_group("filter")
-    group.add_argument("--conditioning", choices=["mmps", "inpaint"], default="mmps",
-                       help="how each window follows the member's history (default mmps)")
+    group.add_argument("--conditioning", choices=["mmps", "inpaint", "known"], default="mmps",
+                       help="how each window follows the member's history (default mmps; known: exact, for priors "
+                            "trained with model.known_frames)")
     group.add_argument("--condition-noise", type=float, default=0.05,
                        help="σ_c of the mmps conditioning, standardised latent units (default 0.05)")
     group.add_argument("--context", type=_positive_int, help="history states conditioning each window (default K − lag)")

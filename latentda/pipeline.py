@@ -211,6 +211,38 @@ class LatentDAPipeline:
         """Whether the prior is conditioned on calendar features (datetime training data)."""
         return bool(self.backbone.config.context_features)
 
+    @property
+    def known_frames(self) -> bool:
+        """Whether the prior was also trained given clean leading states (``model.known_frames``):
+        then :meth:`history_denoiser` conditions a window on a history exactly."""
+        return bool(getattr(self.backbone.config, "known_frames", False))
+
+    def history_denoiser(self, known: torch.Tensor, times=None):
+        """E[z̃_{1:K} | z̃_t, z̃_{1:n} = known] for one window whose first n states are ``known`` (B, n,
+        c, h, w), standardised: the window's states 1..n are taken from ``known`` whatever x_t holds
+        there (:mod:`latentda.diffusion.denoiser`, "Known frames"). Priors trained with
+        ``known_frames`` only. ``times``: the window's K times (calendar-conditioned priors)."""
+        if not self.known_frames:
+            raise LatentdaError("this prior was not trained with known frames (model.known_frames): condition the "
+                                "history with mmps or inpaint")
+        n, K = known.shape[1], self.window
+        if not 1 <= n < K:
+            raise LatentdaError(f"{n} known states: a window of {K} takes 1 to {K - 1}")
+        context = None
+        if self.calendar:
+            features = calendar_features(times) if times is not None else None
+            if features is None:
+                raise LatentdaError("this model is conditioned on the calendar: it needs the (datetime) times of the window")
+            context = torch.from_numpy(features).to(self.device, self.dtype)[None]
+        given = (torch.arange(K, device=known.device) < n)[None]
+
+        def denoise(x, sigma):
+            x = torch.cat([known.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1), x[:, n:]], dim=1)
+            batch_context = None if context is None else context.expand(x.shape[0], -1, -1).to(x.dtype)
+            return self.denoiser(x, sigma, batch_context, given.expand(x.shape[0], -1))
+
+        return denoise
+
     def trajectory_denoiser(self, overlap: int | None = None, times=None, split_blankets: bool = False):
         """E[z̃_{1:L} | z̃_t] for any L ≥ K from the window denoiser (overlapping blankets).
 
@@ -416,8 +448,8 @@ class LatentDAPipeline:
 
         ``observations``: a dataset or a DataFrame of tabular observations, as for :meth:`reanalyze`.
         ``initial`` may carry a ``realization`` dim (e.g. a reanalysis): member m continues member m.
-        ``mode``: autoregressive or aao; ``conditioning``: mmps or inpaint, ``condition_noise`` the σ_c of
-        mmps (:mod:`latentda.posterior.forecast`).
+        ``mode``: autoregressive or aao; ``conditioning``: mmps, inpaint or known (priors trained with
+        known frames, :attr:`known_frames`), ``condition_noise`` the σ_c of mmps (:mod:`latentda.posterior.forecast`).
         ``settings``/keywords, ``out``, ``resume``, ``overwrite``, ``attrs``, ``report`` as for :meth:`reanalyze`.
         """
         settings = self._run_settings(settings, options)
@@ -434,7 +466,7 @@ class LatentDAPipeline:
         to it only, members carried from cycle to cycle (:mod:`latentda.posterior.filtering`), dims
         (realization, time, ...). Each cycle conditions a window of K states on the member's last
         ``context`` latent states (default K − lag; ``conditioning`` mmps with slack ``condition_noise``,
-        or inpaint) and on the cycle's observations through the decoder; with ``lag`` > 1 the
+        inpaint, or known for priors trained with known frames) and on the cycle's observations through the decoder; with ``lag`` > 1 the
         lag − 1 states before the new one are sampled again with their own cycles' observations
         (default ⌊K/2⌋). ``initial`` (e.g. a reanalysis, member m for member m) gives the states just
         before the first cycle (its last ``context`` states; the last one time step before the first

@@ -305,6 +305,23 @@ def test_lagged_filter_against_its_closed_form():
     assert np.abs(lagged[-1][0] - mk).mean() < np.abs(plain[-1][0] - mk).mean()
 
 
+def test_known_history_filter_against_its_closed_form():
+    """conditioning known (the prior's own conditional given the clean history, here the exact Gaussian
+    one): lag 2, context 1 with window 4, so the window is laid out history first, the two new states
+    after it and a last state sampled and dropped. The ensemble follows the scheme's exact law with no
+    slack (σ_c → 0), whose spread the 20 % tells apart from the mmps scheme's with a wide slack σ_c = 1
+    (narrower here: a slow system's loose history lets each cycle's observations pull harder)."""
+    noise, members = 0.3, 64
+    system, prior, operators, rows, values = _slow_linear_gaussian(window=4, noise=noise)
+    exact = _scheme_closed_form(system, rows, values, noise, 1e-4, window=4, lag=2, context=1)
+    loose = _scheme_closed_form(system, rows, values, noise, 1.0, window=4, lag=2, context=1)
+    settings = PosteriorSettings(iterations=40, batch_members=members)
+    out = list(filter_members(prior, operators, list(range(members)), settings, seed=0, conditioning="known",
+                              lag=2, context=1))
+    _assert_ensemble_follows(out, exact, members)
+    assert np.trace(exact[-1][1]) > 1.25 * np.trace(loose[-1][1])
+
+
 def test_inflated_prior_filter_against_its_closed_form():
     """``prior_inflation`` τ = 1.5 samples with the prior inflated by τ (for the Gaussian system
     N(0, τ²Σ): latentda.posterior.prior.InflatedDenoiser): the ensemble follows the scheme's exact law under that

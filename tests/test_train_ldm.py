@@ -223,3 +223,37 @@ def test_compiled_blocks_train_like_eager(tmp_path, latents):
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
     assert compiled["denoising_mse_mean"] == pytest.approx(eager["denoising_mse_mean"], rel=1e-3)
+
+
+def test_known_frames_prior_trains_and_conditions_forecasts_and_filters(tmp_path, latents):
+    """model.known_frames: the saved pipeline knows it, validation reports the conditional's error, the
+    history denoiser keeps the given states and reads them (another history, other free states), and a
+    forecast and a filter run with conditioning known, the forecast starting from its history."""
+    from latentda.posterior.filtering import filter_members
+    from latentda.posterior.forecast import forecast_members
+    from latentda.posterior.reanalysis import PosteriorSettings
+
+    config = _config(tmp_path / "run", steps=6)
+    config.model.known_frames = True
+    metrics = train_latent_diffusion(config, str(latents), progress=False)
+    assert metrics["known_3_denoising_mse_mean"] > 0 and set(metrics["known_3_denoising_mse"]) == set(metrics["denoising_mse"])
+    pipeline = LatentDAPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    pipeline.set_progress_bar_config(disable=True)
+    assert pipeline.known_frames
+    torch.manual_seed(0)
+    history = torch.randn(1, 2, *pipeline.latent_shape)
+    x_t = torch.randn(1, 4, *pipeline.latent_shape)
+    with torch.no_grad():
+        out = pipeline.history_denoiser(history)(x_t, torch.tensor(1.0))
+        other = pipeline.history_denoiser(history + 1)(x_t, torch.tensor(1.0))
+    assert torch.equal(out[:, :2], history) and not torch.allclose(out[:, 2:], other[:, 2:])
+    settings = PosteriorSettings(steps=3)
+    run = forecast_members(pipeline, [0, 1], 2, settings, initial=history, conditioning="known", context=2)
+    fields = np.stack([f for _, f in run])
+    assert fields.shape == (2, 3, 2, 8, 8) and np.isfinite(fields).all()
+    np.testing.assert_allclose(fields[:, 0], pipeline.decode(history[:, -1:])[0, 0][None].repeat(2, 0), atol=1e-5)
+    cycles = list(filter_members(pipeline, [None, None, None], [0, 1], settings, conditioning="known", lag=1))
+    assert len(cycles) == 3 and np.isfinite(cycles[-1].analysis).all()
+    config.model.known_probability = 1.5
+    with pytest.raises(LatentdaError, match="known_probability"):
+        parse(LatentDiffusionConfig, to_dict(config))

@@ -252,7 +252,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--forecast-skill", type=int, default=0, metavar="CYCLES",
                         help="with --pipeline: the prior's forecasts from the true past at CYCLES cycles after the burn-in "
                              "against DAPPER's model from D(E(truth)) and persistence (latentda.integrations.dapper."
-                             "forecast_skill; --members members, --settings, the context and condition_noise of --latentda-options, "
+                             "forecast_skill; --members members, --settings, the context, condition_noise and conditioning of --latentda-options, "
                              "--forecast-lead cycles ahead); 0: off")
     parser.add_argument("--forecast-lead", type=int, default=4, help="cycles ahead for --forecast-skill (default 4)")
     parser.add_argument("--model-error-length", type=float, default=8.0,
@@ -321,7 +321,7 @@ def main(argv=None) -> dict:
         from latentda.integrations.dapper import forecast_skill
 
         start = time.perf_counter()
-        options = {key: args.latentda_options[key] for key in ("context", "condition_noise") if key in args.latentda_options}
+        options = {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning") if key in args.latentda_options}
         skill = forecast_skill(pipeline, HMM, xx, lead=args.forecast_lead, cycles=args.forecast_skill,
                                members=args.members, settings=args.settings, **options)
         skill["wall_s"] = round(time.perf_counter() - start, 1)

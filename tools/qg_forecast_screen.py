@@ -47,12 +47,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def _forecasts(pipeline, HMM, xx, cycles, members: list[int], settings, context: int, condition_noise: float) -> np.ndarray:
+def _forecasts(pipeline, HMM, xx, cycles, members: list[int], settings, context: int, condition_noise: float,
+               conditioning: str = "mmps") -> np.ndarray:
     """(cycles, members, Nx): the prior's one-cycle forecasts from the true past, as forecast_skill draws them."""
     from latentda.integrations.dapper import true_past_forecast
 
-    return np.stack([true_past_forecast(pipeline, HMM, xx, ko, 1, members, settings, context, condition_noise, seed=ko)[:, 0]
-                     for ko in cycles])
+    return np.stack([true_past_forecast(pipeline, HMM, xx, ko, 1, members, settings, context, condition_noise, seed=ko,
+                                        conditioning=conditioning)[:, 0] for ko in cycles])
 
 
 def _scores(ensemble: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +149,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--every", type=int, default=1, help="keep every n-th of those cycles")
     parser.add_argument("--context", type=int, default=12)
     parser.add_argument("--condition-noise", type=float, default=0.05)
+    parser.add_argument("--conditioning", nargs="+", default=["mmps"], choices=["mmps", "known"],
+                        help="how each prior follows the true past: one for all, or one per --pipelines (known: priors "
+                             "trained with known frames)")
     parser.add_argument("--save", help="save the truth, the settings and every prior's members here (.npz)")
     parser.add_argument("--against", help="a --save of an earlier run: the first prior's rmse paired against its")
     parser.add_argument("--json", help="write the scores here")
@@ -179,11 +183,15 @@ def main(argv=None) -> dict:
     M = args.members
     if min(cycles) - args.context + 1 < 0:
         parser.error(f"cycle {min(cycles)} has fewer than --context {args.context} true states before it")
+    conditionings = args.conditioning * len(args.pipelines) if len(args.conditioning) == 1 else args.conditioning
+    if len(conditionings) != len(args.pipelines):
+        parser.error("give one --conditioning, or one per --pipelines")
     ensembles, walls = [], []
     for p, path in enumerate(args.pipelines):
         start = time.perf_counter()
         ensembles.append(_forecasts(LatentDAPipeline.from_pretrained(path), HMM, xx, cycles,
-                                    list(range(p * M, (p + 1) * M)), settings, args.context, args.condition_noise))
+                                    list(range(p * M, (p + 1) * M)), settings, args.context, args.condition_noise,
+                                    conditionings[p]))
         walls.append(round(time.perf_counter() - start, 1))
         print(f"{path}: {walls[-1]} s", flush=True)
     if args.save:
@@ -192,8 +200,9 @@ def main(argv=None) -> dict:
     earlier = dict(np.load(args.against)) if args.against else None
     result = summary(args.pipelines, ensembles, truth, cycles, args.settings, args.context, args.condition_noise,
                      bench._digest(xx), earlier)
-    for row, wall in zip(result["priors"], walls):
+    for row, wall, conditioning in zip(result["priors"], walls, conditionings):
         row["wall_s"] = wall
+        row["conditioning"] = conditioning
     for row in result["priors"]:
         print(f"{row['pipeline']}: rmse {row['rmse']:.4f}, spread {row['spread']:.4f}, rmse by members "
               f"{row['rmse_by_members']}, worst member {max(row['worst_member_rmse']):.3f}, error correlation of its "

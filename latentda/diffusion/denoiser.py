@@ -18,6 +18,20 @@ which with σ_d = 1 (standardised latents) is the weight 1/σ² + 1. The trainin
 log σ ~ N(P_mean, P_std²) truncated to [log σ_min, log σ_max] (EDM's choice, P_mean = −1.2,
 P_std = 1.2), which spends the network's capacity where sampling needs it: λ(σ) makes every level's
 target unit-variance, so the distribution of σ alone decides how much training each level gets.
+
+**Known frames.** A backbone built with ``known_frames`` is also the conditional denoiser of a
+window given some of its states clean, k ⊂ {1..K} (a forecast's or a filter's history):
+
+    D(x_t, σ; k)_t = x_t                                   for t ∈ k (the given states, unscaled),
+    D(x_t, σ; k)_t = c_skip x_t + c_out F(x̃, c_noise, k)_t  otherwise,  x̃_t = x_t (t ∈ k), c_in x_t (t ∉ k),
+
+the network seeing the given states as they are (c_in would shrink them to nothing at high σ) and a
+per-state flag. Trained with :class:`KnownFrames` (a random prefix given, with some probability),
+the loss λ(σ)‖D − x‖² is averaged over the other states only. The history then conditions the
+window exactly, by construction, rather than through guidance with a slack σ_c
+(:mod:`latentda.posterior.forecast`): the conditional p(z_{n+1:K} | z_{1:n}) is learnt, not
+approximated by the Gaussian step of MMPS. As in video diffusion models conditioned on context
+frames (e.g. Ho et al. 2022, "Video diffusion models"; Chen et al. 2024, "Diffusion forcing").
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ import torch
 from diffusers import EDMEulerScheduler
 from torch import Tensor, nn
 
-__all__ = ["Denoiser", "make_schedule", "denoising_loss", "TrainingNoise", "NOISE_DISTRIBUTIONS", "SIGMA_MIN", "SIGMA_MAX"]
+__all__ = ["Denoiser", "make_schedule", "denoising_loss", "TrainingNoise", "KnownFrames", "NOISE_DISTRIBUTIONS", "SIGMA_MIN", "SIGMA_MAX"]
 
 SIGMA_MIN, SIGMA_MAX = 1e-3, 1e3
 NOISE_DISTRIBUTIONS = ("log-uniform", "log-normal")
@@ -98,27 +112,60 @@ class Denoiser(nn.Module):
     def sigma_max(self) -> float:
         return float(self.schedule.config.sigma_max)
 
-    def forward(self, x_t: Tensor, sigma: Tensor | float, context: Tensor | None = None) -> Tensor:
-        """x_t: (B, ...), σ: scalar or (B,). Returns the denoised mean with the shape of x_t."""
+    def forward(self, x_t: Tensor, sigma: Tensor | float, context: Tensor | None = None, known: Tensor | None = None) -> Tensor:
+        """x_t: (B, ...), σ: scalar or (B,). Returns the denoised mean with the shape of x_t.
+        ``known`` (B, K) bool: the states of x_t (B, K, ...) given clean (module docstring, "Known
+        frames"); they are returned as they are."""
         sigma = _expand(sigma, x_t)
         scaled = self.schedule.precondition_inputs(x_t, sigma)
         noise_label = self.schedule.precondition_noise(sigma.flatten())
-        output = self.backbone(scaled, noise_label, context)
-        return self.schedule.precondition_outputs(x_t, output, sigma)
+        if known is None:
+            return self.schedule.precondition_outputs(x_t, self.backbone(scaled, noise_label, context), sigma)
+        given = known.reshape(*known.shape, *([1] * (x_t.ndim - known.ndim)))
+        output = self.backbone(torch.where(given, x_t, scaled), noise_label, context, known)
+        return torch.where(given, x_t, self.schedule.precondition_outputs(x_t, output, sigma))
+
+
+@dataclass(frozen=True)
+class KnownFrames:
+    """Which leading states of each training window are given clean (module docstring, "Known
+    frames"): with probability ``probability`` a prefix of n states, n uniform in {1, …, K − 1},
+    otherwise none (the window's prior, which reanalyses and a filter's first cycle sample)."""
+
+    probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.probability <= 1:
+            raise ValueError(f"known_probability: must be in (0, 1], got {self.probability!r}")
+
+    def draw(self, random, window: int) -> Tensor:
+        """(B, K) bool from two uniforms per example of ``random`` (as :func:`denoising_loss`'s)."""
+        given = random.rand(dtype=torch.float64) < self.probability
+        count = 1 + (random.rand(dtype=torch.float64) * (window - 1)).floor().clamp(max=window - 2)
+        count = torch.where(given, count, torch.zeros_like(count))
+        return torch.arange(window, device=count.device)[None] < count[:, None]
 
 
 def denoising_loss(denoiser: Denoiser, x: Tensor, random, context: Tensor | None = None,
-                   levels: TrainingNoise = TrainingNoise()) -> Tensor:
+                   levels: TrainingNoise = TrainingNoise(), known_frames: KnownFrames | None = None) -> Tensor:
     """λ(σ)-weighted denoising score matching loss of a batch x (B, ...), σ drawn from ``levels``.
 
     ``random`` draws the noise levels and noise example by example (``rand(*shape)`` and
     ``randn(*shape)`` returning (B, *shape), e.g. :class:`latentda.training.loop.BatchRandom`).
+    ``known_frames``: windows x (B, K, ...) some of whose leading states are given clean; the loss
+    is then the mean over the other states' elements.
     """
     u = random.rand(dtype=torch.float64)
     sigma = levels.sigmas(u, denoiser.sigma_min, denoiser.sigma_max).to(x.device, x.dtype)
     noise = random.randn(*x.shape[1:]).to(x.device, x.dtype)
     sigma_b = _expand(sigma, x)
-    denoised = denoiser(x + sigma_b * noise, sigma, context)
     sigma_data = float(denoiser.schedule.config.sigma_data)
     weight = 1 / sigma_b**2 + 1 / sigma_data**2
-    return (weight * (denoised - x) ** 2).mean()
+    if known_frames is None:
+        denoised = denoiser(x + sigma_b * noise, sigma, context)
+        return (weight * (denoised - x) ** 2).mean()
+    known = known_frames.draw(random, x.shape[1]).to(x.device)
+    given = known.reshape(*known.shape, *([1] * (x.ndim - 2)))
+    denoised = denoiser(torch.where(given, x, x + sigma_b * noise), sigma, context, known)
+    free = (~given).to(x.dtype).expand_as(x)
+    return (weight * (denoised - x) ** 2 * free).sum() / free.sum()

@@ -345,10 +345,11 @@ def advance(dyn, tseq, x: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def true_past_forecast(pipeline, HMM, xx, ko: int, lead: int, members: list[int], settings: PosteriorSettings,
-                       context: int, condition_noise: float, seed: int, state_index: Any = None) -> np.ndarray:
+                       context: int, condition_noise: float, seed: int, state_index: Any = None,
+                       conditioning: str = "mmps") -> np.ndarray:
     """(members, lead, Nx): the prior's forecast of x_{ko+1} … x_{ko+lead} (DAPPER states) from the encoded true
-    states x_{ko−c+1}, …, x_ko (c = ``context``; MMPS conditioning with noise σ_c = ``condition_noise``), members
-    drawn with ``seed`` — one cycle of :func:`forecast_skill`."""
+    states x_{ko−c+1}, …, x_ko (c = ``context``; ``conditioning`` mmps with noise σ_c = ``condition_noise``, or
+    known for a prior trained with known frames), members drawn with ``seed`` — one cycle of :func:`forecast_skill`."""
     from latentda.posterior.forecast import forecast_members
 
     kko = np.asarray(HMM.tseq.kko)
@@ -356,20 +357,20 @@ def true_past_forecast(pipeline, HMM, xx, ko: int, lead: int, members: list[int]
     index = None if state_index is None else np.asarray(state_index)
     past = _states_to_fields(xx[kko[ko - context + 1 : ko + 1]], (layout.num_channels, *layout.shape), index)
     run = forecast_members(pipeline, list(members), lead, settings, seed=seed, initial=pipeline.encode(past)[None],
-                           conditioning="mmps", condition_noise=condition_noise, context=context)
+                           conditioning=conditioning, condition_noise=condition_noise, context=context)
     fields = np.stack([member_fields[1:] for _, member_fields in run])  # (members, lead, C, H, W); lead 0 is x_ko's
     return np.stack([_fields_to_states(fields[:, step], index) for step in range(lead)], axis=1)
 
 
 def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: int = 4, settings: Any = None,
                    context: int | None = None, condition_noise: float = 0.05, seed: int = 0,
-                   state_index: Any = None) -> dict:
+                   state_index: Any = None, conditioning: str = "mmps") -> dict:
     r"""How close the learned prior's dynamics are to the twin experiment's model, on the experiment's own
     truth ``xx``: forecasts from the true past, ℓ = 1 … ``lead`` cycles ahead, at ``cycles`` observation
     cycles ko spread evenly over those after the burn-in (``HMM.tseq.masko``).
 
     - ``prior``: latentda's forecast (:func:`latentda.posterior.forecast.forecast_members`, ``members``
-      members, MMPS conditioning with noise σ_c on the encoded true states x_{ko−c+1}, …, x_ko, c =
+      members, conditioned (``conditioning``: MMPS with noise σ_c, or known) on the encoded true states x_{ko−c+1}, …, x_ko, c =
       ``context``, default the pipeline's forecast context, its blanket overlap) — what a filter's cycle
       does from a perfect history (the lagged filter's default context is K − ℓ: pass it to match);
     - ``model``: DAPPER's own model ``HMM.Dyn`` from D(E(x_ko)), the truth as the autoencoder returns it —
@@ -381,7 +382,7 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     the cycles. The prior's rmse at ℓ = 1 against the model's is the learned dynamics' error per cycle
     that an assimilation must correct, beside the observations' noise. States ↔ fields as in
     :class:`LatentDA` (``state_index``). Returns {"leads", "cycles" (the ko used), "context", "members",
-    "condition_noise", "settings" (the PosteriorSettings fields not at their defaults), "prior_rmse",
+    "conditioning", "condition_noise", "settings" (the PosteriorSettings fields not at their defaults), "prior_rmse",
     "prior_spread", "model_rmse", "persistence_rmse"} (lists by lead)."""
     from latentda.posterior.forecast import default_context
 
@@ -405,7 +406,7 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     for row, ko in enumerate(chosen):
         targets = xx[kko[ko + 1 : ko + lead + 1]]
         ensemble = true_past_forecast(pipeline, HMM, xx, ko, lead, list(range(members)), settings, context,
-                                      condition_noise, seed + ko, index)  # (members, lead, Nx)
+                                      condition_noise, seed + ko, index, conditioning)  # (members, lead, Nx)
         model = _fields_to_states(pipeline.decode(pipeline.encode(_states_to_fields(xx[kko[ko]][None], shape, index))), index)[0]  # D(E(x_ko))
         for step in range(lead):
             model = advance(HMM.Dyn, tseq, model, kko[ko + step], kko[ko + step + 1])  # one cycle: dko model steps
@@ -416,5 +417,5 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
             scores["persistence_rmse"][row, step] = rms(xx[kko[ko]] - targets[step])
     given = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if getattr(settings, f.name) != f.default}
     return {"leads": list(range(1, lead + 1)), "cycles": [int(ko) for ko in chosen], "context": int(context),
-            "members": int(members), "condition_noise": float(condition_noise), "settings": given,
+            "members": int(members), "conditioning": conditioning, "condition_noise": float(condition_noise), "settings": given,
             **{name: [float(v) for v in values.mean(0)] for name, values in scores.items()}}

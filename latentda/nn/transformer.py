@@ -27,6 +27,10 @@ Architecture (Peebles & Xie 2023, DiT, with the changes listed below)
 3. **Context** (optional): per-time-step features (e.g. time-of-day or calendar encodings)
    :math:`(B, K, F)` are grouped by time patch, mapped by a zero-initialised linear layer and
    added to every token of that time step.
+   **Known frames** (optional, ``known_frames=True``): a per-time-step flag
+   :math:`k_t \in \{0, 1\}` (1: the state is given clean, e.g. a forecast's history), mapped the
+   same way and added to its tokens, so one network is the prior of a window and its conditional
+   given clean leading states (:mod:`latentda.diffusion.denoiser`, "Known frames").
 4. **Attention** with QK-norm: queries and keys are RMS-normalised per head before the rotary
    encoding and :func:`torch.nn.functional.scaled_dot_product_attention`. Optionally *local*: a
    boolean mask lets token :math:`i` attend to token :math:`j` only if
@@ -348,6 +352,8 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
         attention: ``"full"`` or ``"local"``.
         local_window: For local attention, radius in tokens along (t, h, w) (or one int for all).
         context_features: Per-time-step context features :math:`F` (0 = no context).
+        known_frames: Whether the network takes a per-time-step flag of the states given clean
+            (``known``, (B, K) bool), trained by the denoiser's known-frame loss.
         noise_embedding_size: Sinusoidal features of the noise label.
         rope_base: RoPE base for time and non-periodic axes.
     """
@@ -371,6 +377,7 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
         local_window: int | Sequence[int] | None = None,
         context_features: int = 0,
         noise_embedding_size: int = 256,
+        known_frames: bool = False,
         rope_base: float = 10000.0,
     ) -> None:
         super().__init__()
@@ -407,6 +414,7 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
         self.context_embedding = (
             nn.Linear(context_features * patch[0], hidden_size) if context_features > 0 else None
         )
+        self.known_embedding = nn.Linear(patch[0], hidden_size) if known_frames else None
         self.rotary = Rotary3d(hidden_size // num_heads, self.grid, self.periodic_thw, rope_base)
         if attention == "local":
             radius = _triple(local_window, "local_window")  # type: ignore[arg-type]
@@ -431,8 +439,7 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
                 nn.init.normal_(layer.weight, std=0.02)
         zero = [block.modulation[-1] for block in self.blocks]
         zero += [self.final_layer.modulation[-1], self.final_layer.linear]
-        if self.context_embedding is not None:
-            zero.append(self.context_embedding)
+        zero += [layer for layer in (self.context_embedding, self.known_embedding) if layer is not None]
         for layer in zero:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -464,13 +471,16 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"expected context of shape ({batch}, {window}, {features}), got {got}")
         return label, context
 
-    def forward(self, x: Tensor, noise_label: Tensor | float, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_label: Tensor | float, context: Tensor | None = None,
+                known: Tensor | None = None) -> Tensor:
         r"""Denoiser network output.
 
         Arguments:
             x: Latent blankets, (B, K, c, h, w).
             noise_label: Noise label (EDM's :math:`c_{\text{noise}} = \ln(\sigma)/4`), scalar or (B,).
             context: Per-time-step features (B, K, F); required iff ``context_features > 0``.
+            known: Which states are given clean, (B, K) bool (``known_frames`` models only; None:
+                none).
 
         Returns:
             Tensor of the same shape as ``x``.
@@ -486,6 +496,15 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
             per_time = self.context_embedding(rearrange(context, "b (t pt) f -> b t (pt f)", pt=pt))
             tokens = rearrange(
                 rearrange(tokens, "b (t s) d -> b t s d", t=T) + per_time.unsqueeze(2), "b t s d -> b (t s) d"
+            )
+        if known is not None:
+            if self.known_embedding is None:
+                raise ValueError("got known frames but the model was built with known_frames=False")
+            if tuple(known.shape) != (x.shape[0], self.sample_shape[0]):
+                raise ValueError(f"expected known of shape ({x.shape[0]}, {self.sample_shape[0]}), got {tuple(known.shape)}")
+            flags = self.known_embedding(rearrange(known.to(tokens.dtype), "b (t pt) -> b t pt", pt=pt))
+            tokens = rearrange(
+                rearrange(tokens, "b (t s) d -> b t s d", t=T) + flags.unsqueeze(2), "b t s d -> b (t s) d"
             )
         conditioning = self.noise_embedding(label)
         mask = self.attention_mask
@@ -519,4 +538,6 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
         total += 2 * d * 2 * d + 2 * (config.noise_embedding_size * d + d * d)  # final adaLN, noise MLP
         if self.context_embedding is not None:
             total += 2 * self.grid[0] * config.context_features * self.patch[0] * d
+        if self.known_embedding is not None:
+            total += 2 * self.grid[0] * self.patch[0] * d
         return int(batch_size * total)

@@ -71,6 +71,7 @@ __all__ = [
     "condition_on_observations",
     "exact_posterior",
     "StationaryDenoiser",
+    "KnownHistoryDenoiser",
     "ExactPrior",
 ]
 
@@ -286,6 +287,52 @@ class StationaryDenoiser:
         return torch.fft.ifft2(back, norm="ortho").real.to(dtype)
 
 
+class KnownHistoryDenoiser:
+    """E[x | x_t, x_{1:n} = h] for windows x (…, K, C, N, N) of the stationary law whose first n
+    states are given: x_t's first n states are taken as h, the others are x + σ ε.
+
+    Per Fourier mode the window covariance T_k ⊗ R splits into the given (g) and free (f) states:
+    x̂_f(k) | ĥ ~ N((M_k ⊗ I) ĥ(k), C_k ⊗ R) with M_k = T_fg T_gg⁻¹ and C_k = T_ff − T_fg T_gg⁻¹ T_gf,
+    and the free states are denoised as in :class:`StationaryDenoiser` about that mean with C_k's
+    eigenvectors: the exact conditional denoiser a prior trained with known frames learns
+    (:mod:`latentda.diffusion.denoiser`, "Known frames")."""
+
+    def __init__(self, system: GaussianSystem, window: int, given: int) -> None:
+        if not 1 <= given < window:
+            raise LatentdaError(f"{given} known states: a window of {window} takes 1 to {window - 1}")
+        self.given = given
+        lags = np.abs(np.arange(window)[:, None] - np.arange(window)[None, :])
+        toeplitz = np.moveaxis(system.lagged_mode_covariance(lags), (0, 1), (-2, -1))  # (N, N, K, K)
+        tgg, tgf = toeplitz[..., :given, :given], toeplitz[..., :given, given:]
+        tfg, tff = toeplitz[..., given:, :given], toeplitz[..., given:, given:]
+        gain = np.swapaxes(np.linalg.solve(tgg, tgf), -2, -1)  # M = T_fg T_gg⁻¹ (T_gg symmetric)
+        conditional = tff - gain @ tgf
+        time_eigenvalues, time_vectors = np.linalg.eigh((conditional + np.swapaxes(conditional, -2, -1)) / 2)
+        variable_eigenvalues, variable_vectors = np.linalg.eigh(system.variable_covariance())
+        self.gain = torch.from_numpy(gain)  # (N, N, K − n, n)
+        self.time_vectors = torch.from_numpy(time_vectors)
+        self.variable_vectors = torch.from_numpy(variable_vectors)
+        self.eigenvalues = torch.from_numpy(np.clip(time_eigenvalues, 0, None)[..., :, None] * variable_eigenvalues)
+
+    def __call__(self, x_t: Tensor, sigma: Tensor | float) -> Tensor:
+        dtype, n = x_t.dtype, self.given
+        x = x_t.to(torch.float64)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+        coefficients = torch.movedim(torch.fft.fft2(x, norm="ortho"), (-2, -1), (-4, -3))  # (…, N, N, K, C)
+        known, free = coefficients[..., :n, :], coefficients[..., n:, :]
+        mean = torch.einsum("ijfg,...ijgc->...ijfc", self.gain.to(x.device).to(coefficients.dtype), known)
+        time_vectors = self.time_vectors.to(x.device).to(coefficients.dtype)
+        variable_vectors = self.variable_vectors.to(x.device).to(coefficients.dtype)
+        rotated = torch.einsum("...ijtc,ijts,cd->...ijsd", free - mean, time_vectors, variable_vectors)
+        eigenvalues = self.eigenvalues.to(x.device)
+        if sigma.numel() > 1:
+            sigma = sigma.reshape(-1, *([1] * (rotated.ndim - 1)))
+        shrunk = rotated * (eigenvalues / (eigenvalues + sigma**2))
+        back = mean + torch.einsum("...ijsd,ijts,cd->...ijtc", shrunk, time_vectors, variable_vectors)
+        back = torch.movedim(back, (-4, -3), (-2, -1))
+        return torch.cat([x_t[..., :n, :, :, :], torch.fft.ifft2(back, norm="ortho").real.to(dtype)], dim=-4)
+
+
 class ExactPrior:
     r"""The system's exact prior as a :class:`~latentda.posterior.prior.PriorModel`.
 
@@ -348,6 +395,20 @@ class ExactPrior:
         if split_blankets:
             raise LatentdaError("the exact prior runs in one process (split_blankets is not supported)")
         return BlanketDenoiser(self._denoiser, self._window, self._overlap if overlap is None else overlap)
+
+    @property
+    def known_frames(self) -> bool:
+        return True
+
+    def history_denoiser(self, known: Tensor, times=None):
+        """The exact window denoiser given its first n states ``known`` (:class:`KnownHistoryDenoiser`)."""
+        n = known.shape[1]
+        exact = KnownHistoryDenoiser(replace(self.system, variance=1.0), self._window, n)
+
+        def denoise(x, sigma):
+            return exact(torch.cat([known.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1), x[:, n:]], dim=1), sigma)
+
+        return denoise
 
     def decode(self, z: Tensor, batch_size: int = 64) -> np.ndarray:
         """Standardised (…, T, C, N, N) → physical fields, float32 numpy."""

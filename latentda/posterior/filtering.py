@@ -18,7 +18,11 @@ units, as in :mod:`latentda.posterior.forecast`) and the pixel-space operator of
 the decoder (:class:`latentda.posterior.reanalysis.LatentOperator`) on the new state only. With
 ``conditioning="inpaint"`` the history is imposed by replacement instead (at noise level σ the
 known states are set to h + σε before denoising and to h after it) and MMPS carries the
-observations alone. A cycle without observations (``None``) is a forecast step: the window follows
+observations alone. With ``conditioning="known"`` (priors trained with known frames,
+:mod:`latentda.diffusion.denoiser`) the window is laid out the other way: the n history states first,
+given clean to the prior's own conditional, the new state(s) right after them, and any later states
+of the window sampled and dropped; A is then the cycle's operator alone and the history costs
+nothing. A cycle without observations (``None``) is a forecast step: the window follows
 the history only. The observation operator may change every cycle (positions, counts, kinds): each
 cycle has its own :class:`ObservationOperator` of one time step (:func:`split_cycles` cuts a window
 of observations into cycles).
@@ -90,22 +94,22 @@ from torch import Tensor
 from latentda.diffusion.sampling import standard_normal
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
-from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser
-from latentda.posterior.prior import PriorModel
+from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser, Unguided
+from latentda.posterior.prior import PriorModel, check_known_frames
 from latentda.posterior.reanalysis import (LatentOperator, PosteriorSettings, batches, member_generator,
                                            sample_members)
 
 __all__ = ["filter_members", "default_lag", "FilterCycle", "FilterState", "FilterSettings", "split_cycles", "join_cycles",
            "forecast_generator", "CONDITIONINGS"]
 
-CONDITIONINGS = ("mmps", "inpaint")
+CONDITIONINGS = ("mmps", "inpaint", "known")
 
 
 @dataclass(frozen=True)
 class FilterSettings:
     """How each cycle follows the member's history (module docstring)."""
 
-    conditioning: str = "mmps"  # mmps (σ_c slack) or inpaint (replacement)
+    conditioning: str = "mmps"  # mmps (σ_c slack), inpaint (replacement) or known (a prior trained with known frames)
     condition_noise: float = 0.05  # σ_c of the mmps conditioning, standardised latent units
     context: int | None = None  # history states conditioning each window (None: K − lag)
     forecasts: bool = False  # also draw the forecast of each cycle (the window without y_k)
@@ -253,20 +257,20 @@ def forecast_generator(seed: int, member: int) -> torch.Generator:
 
 
 class _HistoryOperator:
-    """A(z) = [z_{positions} flattened ; B(z_{K−r:K})] for windows (B, K, c, h, w): the latent identity
-    on the history positions (optional) stacked over an operator ``last`` of the window's last
-    r = ``observed`` states (optional: a :class:`LatentOperator` of r time steps). Linearised part by
-    part, so the decoder runs on those r frames only (module docstring)."""
+    """A(z) = [z_{positions} flattened ; B(z_{new})] for windows (B, K, c, h, w): the latent identity
+    on the history positions (optional) stacked over an operator ``last`` of the window's states
+    ``new`` (optional: a :class:`LatentOperator` of as many time steps; by default the last). Linearised
+    part by part, so the decoder runs on those frames only (module docstring)."""
 
-    def __init__(self, positions: slice | None, last: LatentOperator | None, observed: int = 1) -> None:
-        self.positions, self.last, self.observed = positions, last, observed
+    def __init__(self, positions: slice | None, last: LatentOperator | None, new: slice = slice(-1, None)) -> None:
+        self.positions, self.last, self.new = positions, last, new
 
     def __call__(self, z: Tensor) -> Tensor:
         parts = []
         if self.positions is not None:
             parts.append(z[:, self.positions].reshape(z.shape[0], -1))
         if self.last is not None:
-            parts.append(self.last(z[:, -self.observed :]))
+            parts.append(self.last(z[:, self.new]))
         return torch.cat(parts, dim=1)
 
     def linearize(self, anchor: Tensor) -> "_HistoryLinearization":
@@ -275,8 +279,8 @@ class _HistoryOperator:
 
 class _HistoryLinearization:
     def __init__(self, parent: _HistoryOperator, anchor: Tensor) -> None:
-        self.positions, self.shape, self.observed = parent.positions, anchor.shape, parent.observed
-        self.last = None if parent.last is None else parent.last.linearize(anchor[:, -self.observed :])
+        self.positions, self.shape, self.new = parent.positions, anchor.shape, parent.new
+        self.last = None if parent.last is None else parent.last.linearize(anchor[:, self.new])
         parts = []
         if self.positions is not None:
             parts.append(anchor[:, self.positions].reshape(anchor.shape[0], -1))
@@ -290,7 +294,7 @@ class _HistoryLinearization:
         if self.positions is not None:
             parts.append(v[:, self.positions].reshape(v.shape[0], -1))
         if self.last is not None:
-            parts.append(self.last.forward(v[:, -self.observed :].contiguous()).to(v.dtype))
+            parts.append(self.last.forward(v[:, self.new].contiguous()).to(v.dtype))
         return torch.cat(parts, dim=1)
 
     def transpose(self, u: Tensor) -> Tensor:
@@ -299,7 +303,7 @@ class _HistoryLinearization:
             known = out[:, self.positions]
             out[:, self.positions] = u[:, : self.known].reshape(known.shape)
         if self.last is not None:
-            out[:, -self.observed :] = self.last.transpose(u[:, self.known :]).to(u.dtype)
+            out[:, self.new] = self.last.transpose(u[:, self.known :]).to(u.dtype)
         return out
 
 
@@ -318,31 +322,32 @@ class _Replacement:
         return torch.cat([mean[:, :start], self.known.to(mean.dtype).expand_as(mean[:, start:stop]), mean[:, stop:]], dim=1)
 
 
-class _NoGrad:
-    def __init__(self, denoise) -> None:
-        self.denoise = denoise
-
-    def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
-        with torch.no_grad():
-            return self.denoise(x_t, sigma)
-
-
 def _window_sample(prior: PriorModel, history: Tensor, operator: ObservationOperator | None, options: FilterSettings,
                    settings: PosteriorSettings, generators: list[torch.Generator], times, observed: int = 1) -> Tensor:
-    """One window (B, K, …) per member: its history before the last ``observed`` states, whose
-    observations ``operator`` (``observed`` time steps, or None) reads."""
+    """The ``observed`` new states (B, observed, …) per member, sampled in one window with the member's
+    history before them, whose observations ``operator`` (``observed`` time steps, or None) reads.
+    ``times``: the K times of a window ending at the newest state (calendar-conditioned priors)."""
     K = prior.window
     n = min(history.shape[1], options.resolved_context(K), K - observed)
-    positions = slice(K - observed - n, K - observed) if n else None
     known = history[:, history.shape[1] - n :].to(prior.device, prior.dtype)
     dtype = settings.compute_dtype(prior.device)
-    denoise = settings.prior_denoiser(prior, times, window_only=True)  # L = K: the window denoiser
-    if positions is not None and options.conditioning == "inpaint":
-        denoise = _Replacement(denoise, known, positions, generators)
+    if options.conditioning == "known" and n:
+        # the history first, given clean; the new states right after it; any later ones sampled and dropped
+        new, positions = slice(n, n + observed), None
+        if times is not None and new.stop < K:
+            times = np.asarray(times)
+            times = times + (times[1] - times[0]) * (K - new.stop)
+        denoise = settings.prior_denoiser(prior, times, window_only=True, known=known)
+    else:
+        new = slice(K - observed, K)
+        positions = slice(K - observed - n, K - observed) if n else None
+        denoise = settings.prior_denoiser(prior, times, window_only=True)  # L = K: the window denoiser
+        if positions is not None and options.conditioning == "inpaint":
+            denoise = _Replacement(denoise, known, positions, generators)
     latent_positions = positions if options.conditioning == "mmps" else None
     last = None if operator is None else LatentOperator(prior, operator, settings.decode_chunk, dtype)
     if latent_positions is None and last is None:
-        return sample_members(prior, _NoGrad(denoise), K, generators, settings)
+        return sample_members(prior, Unguided(denoise), K, generators, settings)[:, new]
     ys, stds = [], []
     if latent_positions is not None:
         ys.append(known.reshape(known.shape[0], -1).double().cpu())
@@ -351,13 +356,13 @@ def _window_sample(prior: PriorModel, history: Tensor, operator: ObservationOper
         y, std = operator.observed()
         ys.append(y.expand(len(generators), -1))
         stds.append(std)
-    A = _HistoryOperator(latent_positions, last, observed)
+    A = _HistoryOperator(latent_positions, last, new)
     y, std = torch.cat(ys, dim=1), torch.cat(stds)
     if settings.guidance == "dps":
         guided = DPSDenoiser(denoise, A, y, std, scale=settings.dps_scale)
     else:
         guided = MMPSDenoiser(denoise, A, y, std, iterations=settings.iterations, solver=settings.solver)
-    return sample_members(prior, guided, K, generators, settings)
+    return sample_members(prior, guided, K, generators, settings)[:, new]
 
 
 def _window_times(prior: PriorModel, time) -> np.ndarray | None:
@@ -415,6 +420,7 @@ def filter_members(
     lag = default_lag(prior.window) if lag is None else lag
     options = FilterSettings(conditioning, condition_noise, context, forecasts, lag)
     options.validate(prior.window)
+    check_known_frames(prior, conditioning)
     if settings.split_blankets:
         raise LatentdaError("split_blankets applies to reanalyses only (a filter samples one window at a time)")
     members = list(members)
@@ -494,7 +500,7 @@ def _run(prior, cycles, members, settings, seed, options, initial, state, times)
             picked = [generators[i] for i in batch]
             z = _window_sample(prior, rows[:, : rows.shape[1] - resampled], joined, options, settings, picked, window_times,
                                observed)
-            new.append(z[:, -observed:].detach())
+            new.append(z.detach())
             if options.forecasts:
                 f = _window_sample(prior, rows, None, options, settings, [forecast_generators[i] for i in batch], window_times)
                 forecast_new.append(f[:, -1].detach())

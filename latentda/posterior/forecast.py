@@ -12,7 +12,10 @@ overlap is either
 - ``mmps``: MMPS guidance with the latent identity operator A(z) = z_{1:c} and a small noise
   σ_c (``condition_noise``, in standardised latent units), or
 - ``inpaint``: replacement — at noise level σ the known states are set to h + σ ε before each
-  denoising and to h after it.
+  denoising and to h after it, or
+- ``known``: the prior's own conditional given the clean states, for priors trained with known
+  frames (``model.known_frames``; :mod:`latentda.diffusion.denoiser`): the history enters the network
+  as it is and no guidance approximates the conditioning.
 
 Measured on 8 held-out Kolmogorov trajectories (``tools/study_forecast.py``, docs/benchmarks.md),
 MMPS with σ_c = 0.05 and 3 CG iterations is the default: one step ahead its RMSE is 0.14–0.15
@@ -41,9 +44,9 @@ from latentda.diffusion.settings import resolve_overlap
 from latentda.diffusion.sampling import standard_normal
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
-from latentda.posterior.guidance import MMPSDenoiser
+from latentda.posterior.guidance import MMPSDenoiser, Unguided
 from latentda.posterior.forecast_settings import CONDITIONINGS, MODES, ForecastSettings
-from latentda.posterior.prior import PriorModel
+from latentda.posterior.prior import PriorModel, check_known_frames
 from latentda.posterior.reanalysis import PosteriorSettings, batches, guided_denoiser, member_generator, sample_members
 
 __all__ = ["forecast_members", "ForecastMembers", "ForecastSettings", "default_context", "extend_operator", "MODES",
@@ -82,7 +85,9 @@ def _window(prior: PriorModel, history: Tensor, context: int, conditioning: str,
     ``history`` (``times``: the window's K times, for calendar-conditioned priors, else None)."""
     known = history[:, -context:]
     window_denoiser = settings.prior_denoiser(prior, times, window_only=True)  # L = K: the window denoiser
-    if conditioning == "inpaint":
+    if conditioning == "known":
+        denoise = Unguided(settings.prior_denoiser(prior, times, window_only=True, known=known))
+    elif conditioning == "inpaint":
         denoise = _Inpainting(window_denoiser, known, generators)
     else:
         denoise = MMPSDenoiser(window_denoiser, lambda z: z[:, :context].reshape(z.shape[0], -1),
@@ -130,6 +135,7 @@ def forecast_members(
     if (operator is None) == (initial is None):
         raise LatentdaError("give exactly one of observations and initial")
     ForecastSettings(mode, conditioning, condition_noise).validate()
+    check_known_frames(prior, conditioning)
     if mode == "aao" and operator is None:
         raise LatentdaError("all-at-once mode needs observations")
     if mode == "aao" and operator is not None and operator.length + lead < prior.window:

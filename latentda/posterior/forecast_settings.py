@@ -10,7 +10,7 @@ from latentda.errors import LatentdaError
 __all__ = ["ForecastSettings", "MODES", "CONDITIONINGS"]
 
 MODES = ("autoregressive", "aao")
-CONDITIONINGS = ("mmps", "inpaint")
+CONDITIONINGS = ("mmps", "inpaint", "known")
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class ForecastSettings:
     mode: str = field(default="autoregressive", metadata={"help": "autoregressive: roll blankets forward; aao: sample "
                                                                    "window and lead all at once", "choices": MODES})
     conditioning: str = field(default="mmps", metadata={"help": "how each new blanket follows the previous latents "
-                                                                "(mmps: sharper and calibrated, docs/benchmarks.md)",
+                                                                "(mmps: sharper and calibrated, docs/benchmarks.md; "
+                                                                "known: exact, priors trained with known frames)",
                                                         "choices": CONDITIONINGS})
     condition_noise: float = field(default=0.05, metadata={"help": "σ_c of the mmps conditioning, standardised latent units"})
 

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from latentda.posterior.solvers import SOLVERS
 
-__all__ = ["MMPSDenoiser", "DPSDenoiser", "Operator", "Linearization", "linearize"]
+__all__ = ["MMPSDenoiser", "DPSDenoiser", "Unguided", "Operator", "Linearization", "linearize"]
 
 Operator = Callable[[Tensor], Tensor]
 Denoise = Callable[[Tensor, Tensor], Tensor]
@@ -149,3 +149,14 @@ class DPSDenoiser(_Guided):
         gradient = jacobian_transpose(A.transpose(weights))
         variance = torch.as_tensor(sigma, dtype=torch.float64) ** 2
         return (mean.detach() + (self.scale * variance * gradient.double()).to(mean.dtype)).detach()
+
+
+class Unguided:
+    """A denoiser called without gradients (a sample no observation guides)."""
+
+    def __init__(self, denoise) -> None:
+        self.denoise = denoise
+
+    def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.denoise(x_t, sigma)

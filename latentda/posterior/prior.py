@@ -10,7 +10,10 @@ observations through the decoder. It needs
 - the decoder D with both standardisations (``autoencoder``, ``statistics``, ``latent_statistics``)
   and the frame decoder ``decode`` z̃ → x,
 - the latent shape, ``device``, ``dtype``, the model's time step (``time_step`` in ``time_units``,
-  ``lead_times``) and whether it is conditioned on the calendar.
+  ``lead_times``) and whether it is conditioned on the calendar;
+- optionally (``known_frames`` true), ``history_denoiser(known, times)``: E[z̃_{1:K} | z̃_t, z̃_{1:n} =
+  known] for a window given its first n states clean, which forecasts and filters use with
+  ``conditioning="known"`` (:func:`has_known_frames`).
 
 :class:`latentda.pipeline.LatentDAPipeline` satisfies it; anything else that does can be sampled
 the same way (a test double, a prior assembled by hand). The pipeline imports the posterior,
@@ -26,8 +29,9 @@ import torch
 
 from latentda.data.statistics import Statistics
 from latentda.diffusion.settings import SamplerSettings
+from latentda.errors import LatentdaError
 
-__all__ = ["PriorModel", "resolve_sampling", "InflatedDenoiser"]
+__all__ = ["PriorModel", "resolve_sampling", "InflatedDenoiser", "has_known_frames", "check_known_frames"]
 
 
 @runtime_checkable
@@ -67,6 +71,18 @@ class PriorModel(Protocol):
     def decode(self, z: torch.Tensor, batch_size: int = 64) -> np.ndarray: ...
 
     def lead_times(self, count: int) -> np.ndarray: ...
+
+
+def has_known_frames(prior: PriorModel) -> bool:
+    """Whether ``prior`` conditions a window on clean leading states (``history_denoiser``)."""
+    return bool(getattr(prior, "known_frames", False))
+
+
+def check_known_frames(prior: PriorModel, conditioning: str) -> None:
+    """``conditioning="known"`` (forecasts, filters) needs a prior trained with known frames."""
+    if conditioning == "known" and not has_known_frames(prior):
+        raise LatentdaError("conditioning known needs a prior trained with known frames (model.known_frames: true); "
+                            "this one conditions its history with mmps or inpaint")
 
 
 def resolve_sampling(prior: PriorModel, **overrides) -> SamplerSettings:

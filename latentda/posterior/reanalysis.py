@@ -100,11 +100,15 @@ class PosteriorSettings:
     def compute_dtype(self, device) -> torch.dtype:
         return resolve_precision(self.precision, device)
 
-    def prior_denoiser(self, prior: PriorModel, times=None, window_only: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
+    def prior_denoiser(self, prior: PriorModel, times=None, window_only: bool = False,
+                       known: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         """The prior's denoiser as these settings sample it: the trajectory denoiser (blankets
-        ``overlap`` apart; with ``window_only`` one window of K states) under the compute dtype,
+        ``overlap`` apart; with ``window_only`` one window of K states; with ``known`` (B, n, …) the
+        window given its first n states, ``prior.history_denoiser``) under the compute dtype,
         inflated by ``prior_inflation`` when given (:class:`InflatedDenoiser`)."""
-        if window_only:
+        if known is not None:
+            blankets = prior.history_denoiser(known, times=times)
+        elif window_only:
             blankets = prior.trajectory_denoiser(times=times)
         else:
             blankets = prior.trajectory_denoiser(self.sampling(prior).overlap, times=times, split_blankets=self.split_blankets)

@@ -26,7 +26,7 @@ from latentda.data import LatentSource, Statistics, WindowDataset, split_segment
 from latentda.data.splits import Segment
 from latentda.data.calendar import CALENDAR_FEATURES
 from latentda.data.statistics import MissingScan, streaming_statistics
-from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, TrainingNoise, denoising_loss, make_schedule
+from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, KnownFrames, TrainingNoise, denoising_loss, make_schedule
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
@@ -42,7 +42,13 @@ class DenoiserModelConfig:
     """Architecture of :class:`latentda.nn.TrajectoryTransformer` (latent shape comes from the data).
 
     ``calendar``: when the data's time axis holds datetimes, condition on the time of day and year
-    (:mod:`latentda.data.calendar`); ignored for numeric (model) time axes."""
+    (:mod:`latentda.data.calendar`); ignored for numeric (model) time axes.
+
+    ``known_frames``: also train the conditional of a window given its first n states clean (n
+    uniform in 1..K − 1, in a fraction ``known_probability`` of the windows; the others train the
+    prior as usual): forecasts and filters then condition on a member's history exactly
+    (``conditioning: known``) instead of through guidance (:mod:`latentda.diffusion.denoiser`,
+    "Known frames"; docs/filter.md)."""
 
     window: int = 8
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -53,9 +59,13 @@ class DenoiserModelConfig:
     attention: Literal["full", "local"] = "full"
     local_window: list[int] | None = None
     calendar: bool = True
+    known_frames: bool = False
+    known_probability: float = 0.5
 
     def validate(self, prefix: str) -> None:
         require(self.window >= 1, f"{prefix}.window", "must be at least 1")
+        require(not self.known_frames or self.window >= 2, f"{prefix}.known_frames", "needs a window of at least 2 states")
+        require(0 < self.known_probability <= 1, f"{prefix}.known_probability", "must be in (0, 1]")
         for name in ("hidden_size", "depth", "num_heads"):
             require(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
         require(self.mlp_ratio > 0, f"{prefix}.mlp_ratio", "must be positive")
@@ -130,14 +140,21 @@ class _Standardised(torch.utils.data.Dataset):
         return self.statistics.standardise(item)
 
 
-def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, context: torch.Tensor | None = None) -> dict:
-    """Mean squared denoising error per element at each σ of ``VALID_SIGMAS`` (fixed noise)."""
+def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, context: torch.Tensor | None = None,
+                     given: int = 0) -> dict:
+    """Mean squared denoising error per element at each σ of ``VALID_SIGMAS`` (fixed noise); with
+    ``given`` > 0 (known-frame models) the first ``given`` states are given clean and the error is
+    that of the others."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(windows.shape, generator=generator).to(windows.device)
+    known = None
+    if given:
+        known = (torch.arange(windows.shape[1], device=windows.device) < given)[None].expand(windows.shape[0], -1)
+        noise[:, :given] = 0  # the given states are clean
     errors = {}
     for sigma in VALID_SIGMAS:
-        out = denoiser(windows + sigma * noise, torch.tensor(sigma, device=windows.device), context)
-        errors[f"sigma={sigma:g}"] = float(((out - windows) ** 2).mean())
+        out = denoiser(windows + sigma * noise, torch.tensor(sigma, device=windows.device), context, known)
+        errors[f"sigma={sigma:g}"] = float(((out - windows)[:, given:] ** 2).mean())
     return errors
 
 
@@ -171,7 +188,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
             hidden_size=config.model.hidden_size, depth=config.model.depth, num_heads=config.model.num_heads,
             mlp_ratio=config.model.mlp_ratio, periodic=tuple(layout.periodic), attention=config.model.attention,
             local_window=tuple(config.model.local_window) if config.model.local_window else None,
-            context_features=CALENDAR_FEATURES if calendar else 0,
+            context_features=CALENDAR_FEATURES if calendar else 0, known_frames=config.model.known_frames,
         )
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
@@ -191,16 +208,23 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     valid_context = torch.stack([item[1] for item in valid_items]) if calendar else None
 
     levels = config.diffusion.training_noise()
+    known_frames = KnownFrames(config.model.known_probability) if config.model.known_frames else None
 
     def loss_fn(model, batch, random):
         x, context = batch if isinstance(batch, tuple) else (batch, None)
-        return denoising_loss(Denoiser(model, schedule), x, random, context, levels)
+        return denoising_loss(Denoiser(model, schedule), x, random, context, levels, known_frames)
 
     def validate_fn(model):
         device = next(model.parameters()).device
         context = valid_context.to(device) if valid_context is not None else None
         errors = validation_error(Denoiser(model, schedule), valid_windows.to(device), context=context)
-        return {"denoising_mse": errors, "denoising_mse_mean": float(np.mean(list(errors.values())))}
+        metrics = {"denoising_mse": errors, "denoising_mse_mean": float(np.mean(list(errors.values())))}
+        if known_frames is not None:  # the forecast's case: the first 3/4 of the window given
+            given = max(1, 3 * K // 4)
+            known = validation_error(Denoiser(model, schedule), valid_windows.to(device), context=context, given=given)
+            metrics[f"known_{given}_denoising_mse"] = known
+            metrics[f"known_{given}_denoising_mse_mean"] = float(np.mean(list(known.values())))
+        return metrics
 
     trainer = Trainer(backbone, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ldm", resume)
 
