@@ -67,19 +67,15 @@ def test_known_frames_draw_prefixes_and_the_loss_ignores_them():
     with pytest.raises(ValueError, match="known_probability"):
         KnownFrames(0.0)
 
-    class Wrong(torch.nn.Module):  # exact on the free states, wrong on the given ones
-        def __init__(self, x):
-            super().__init__()
-            self.x = x
-
+    class Zero(torch.nn.Module):  # F = 0: D = c_skip x_t on the free states
         def forward(self, x, label, context=None, known=None):
             return torch.zeros_like(x)
 
     x = torch.randn(8, 4, 1, 2, 2)
-    denoiser = Denoiser(Wrong(x), make_schedule())
+    denoiser = Denoiser(Zero(), make_schedule())
     loss = denoising_loss(denoiser, x, _Draws(8, seed=1), known_frames=KnownFrames(1.0))
     assert torch.isfinite(loss) and loss > 0
-    draws = _Draws(8, seed=1)  # the same draws: the loss is the mean over the free states only
+    draws = _Draws(8, seed=1)  # the same draws: the given states count zero
     sigma = TrainingNoise().sigmas(draws.rand(dtype=torch.float64), 1e-3, 1e3).float()  # the loss's order of draws
     noise = draws.randn(4, 1, 2, 2)
     given = KnownFrames(1.0).draw(draws, 4)[:, :, None, None, None]
@@ -88,7 +84,37 @@ def test_known_frames_draw_prefixes_and_the_loss_ignores_them():
     denoised = torch.where(given, x, c_skip[:, None, None, None, None] * x_t)
     weight = (1 / sigma**2 + 1)[:, None, None, None, None]
     free = (~given).float().expand_as(x)
-    torch.testing.assert_close(loss, (weight * (denoised - x) ** 2 * free).sum() / free.sum())
+    torch.testing.assert_close(loss, (weight * (denoised - x) ** 2 * free).sum() / x.numel())
+    halves = [denoising_loss(denoiser, x[i : i + 4], _Rows(_Draws(8, seed=1), slice(i, i + 4)), known_frames=KnownFrames(1.0))
+              for i in (0, 4)]
+    torch.testing.assert_close(loss, (halves[0] + halves[1]) / 2)  # the same however the batch is split
+
+
+class _Rows:
+    """The draws of some rows of a batch (as one process's share of it)."""
+
+    def __init__(self, draws, rows):
+        self.draws, self.rows = draws, rows
+
+    def rand(self, *shape, dtype=torch.float32):
+        return self.draws.rand(*shape, dtype=dtype)[self.rows]
+
+    def randn(self, *shape, dtype=torch.float32):
+        return self.draws.randn(*shape, dtype=dtype)[self.rows]
+
+
+def test_a_known_frames_network_without_flags_is_the_network_with_none_given():
+    """Unconditional calls (reanalyses, a filter's first cycle) see the flags as training did: all
+    false, the embedding's bias included."""
+    network = TrajectoryTransformer(in_channels=1, window=4, sample_size=(2, 2), patch_size=(1, 1, 1), hidden_size=12,
+                                    depth=1, num_heads=2, known_frames=True)
+    torch.manual_seed(0)
+    for parameter in network.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    x = torch.randn(2, 4, 1, 2, 2)
+    none = torch.zeros(2, 4, dtype=torch.bool)
+    torch.testing.assert_close(network(x, 0.1), network(x, 0.1, known=none))
+    assert not torch.allclose(network(x, 0.1, known=none), network(x, 0.1, known=torch.ones(2, 4, dtype=torch.bool)))
 
 
 def test_known_history_denoiser_is_the_dense_gaussian_conditional():
@@ -111,6 +137,8 @@ def test_known_history_denoiser_is_the_dense_gaussian_conditional():
             dense = GaussianDenoiser(torch.from_numpy(mean), torch.from_numpy(covariance))
             np.testing.assert_allclose(out[b, given:].reshape(-1).numpy(),
                                        dense(x_t[b : b + 1, given:], sigma).reshape(-1).numpy(), atol=1e-9)
+    both = exact(x_t, torch.tensor([0.1, 2.0], dtype=torch.float64))  # one level per window
+    np.testing.assert_allclose(both[1].numpy(), exact(x_t[1:], 2.0)[0].numpy(), atol=1e-12)
     with pytest.raises(LatentdaError, match="known states"):
         KnownHistoryDenoiser(SYSTEM, window, window)
 
@@ -171,3 +199,21 @@ def test_known_conditioning_needs_a_prior_trained_with_known_frames(tmp_path):
                                      depth=1, num_heads=2)
     with pytest.raises(ValueError, match="known_frames=False"):
         backbone(torch.zeros(1, 4, 1, 2, 2), 0.0, known=torch.zeros(1, 4, dtype=torch.bool))
+
+
+def test_filter_window_times_follow_the_known_layout():
+    """History first: with one history state in a window of 4, the new state sits at position 1, so the
+    window's times (given ending at the new state) are moved on by 2 steps, and the new state keeps its time."""
+    from latentda.posterior.filtering import FilterSettings, _window_sample
+    from latentda.posterior.reanalysis import member_generator
+
+    _, _, prior = _exact_prior(window=4)
+    seen = []
+    history_denoiser = prior.history_denoiser
+    prior.history_denoiser = lambda known, times=None: seen.append(times) or history_denoiser(known, times)
+    history = torch.zeros(1, 1, *prior.latent_shape)
+    new = _window_sample(prior, history, None, FilterSettings("known", lag=1), PosteriorSettings(steps=2),
+                         [member_generator(0, 0)], np.arange(4.0) + 10)
+    assert new.shape == (1, 1, *prior.latent_shape)
+    np.testing.assert_array_equal(seen[0], np.arange(4.0) + 12)
+    assert seen[0][1] == 13  # the new state's time, the last of the times given

@@ -27,7 +27,7 @@ window given some of its states clean, k ⊂ {1..K} (a forecast's or a filter's 
 
 the network seeing the given states as they are (c_in would shrink them to nothing at high σ) and a
 per-state flag. Trained with :class:`KnownFrames` (a random prefix given, with some probability),
-the loss λ(σ)‖D − x‖² is averaged over the other states only. The history then conditions the
+the loss λ(σ)‖D − x‖² counts the other states only. The history then conditions the
 window exactly, by construction, rather than through guidance with a slack σ_c
 (:mod:`latentda.posterior.forecast`): the conditional p(z_{n+1:K} | z_{1:n}) is learnt, not
 approximated by the Gaussian step of MMPS. As in video diffusion models conditioned on context
@@ -152,8 +152,9 @@ def denoising_loss(denoiser: Denoiser, x: Tensor, random, context: Tensor | None
 
     ``random`` draws the noise levels and noise example by example (``rand(*shape)`` and
     ``randn(*shape)`` returning (B, *shape), e.g. :class:`latentda.training.loop.BatchRandom`).
-    ``known_frames``: windows x (B, K, ...) some of whose leading states are given clean; the loss
-    is then the mean over the other states' elements.
+    ``known_frames``: windows x (B, K, ...) some of whose leading states are given clean; their
+    elements then count zero in the mean (the sum over the other states' elements over the batch's
+    element count, so that the loss of a batch does not depend on how it is split over processes).
     """
     u = random.rand(dtype=torch.float64)
     sigma = levels.sigmas(u, denoiser.sigma_min, denoiser.sigma_max).to(x.device, x.dtype)
@@ -167,5 +168,5 @@ def denoising_loss(denoiser: Denoiser, x: Tensor, random, context: Tensor | None
     known = known_frames.draw(random, x.shape[1]).to(x.device)
     given = known.reshape(*known.shape, *([1] * (x.ndim - 2)))
     denoised = denoiser(torch.where(given, x, x + sigma_b * noise), sigma, context, known)
-    free = (~given).to(x.dtype).expand_as(x)
-    return (weight * (denoised - x) ** 2 * free).sum() / free.sum()
+    free = (~given).to(x.dtype)
+    return (weight * (denoised - x) ** 2 * free).mean()  # a mean over all elements: the same however a batch is split

@@ -480,7 +480,7 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
             noise_label: Noise label (EDM's :math:`c_{\text{noise}} = \ln(\sigma)/4`), scalar or (B,).
             context: Per-time-step features (B, K, F); required iff ``context_features > 0``.
             known: Which states are given clean, (B, K) bool (``known_frames`` models only; None:
-                none).
+                none, the flags all false).
 
         Returns:
             Tensor of the same shape as ``x``.
@@ -497,9 +497,11 @@ class TrajectoryTransformer(ModelMixin, ConfigMixin):
             tokens = rearrange(
                 rearrange(tokens, "b (t s) d -> b t s d", t=T) + per_time.unsqueeze(2), "b t s d -> b (t s) d"
             )
-        if known is not None:
-            if self.known_embedding is None:
-                raise ValueError("got known frames but the model was built with known_frames=False")
+        if known is not None and self.known_embedding is None:
+            raise ValueError("got known frames but the model was built with known_frames=False")
+        if self.known_embedding is not None:
+            if known is None:  # no state given: the flags as training saw them (its bias included)
+                known = torch.zeros(x.shape[0], self.sample_shape[0], dtype=torch.bool, device=x.device)
             if tuple(known.shape) != (x.shape[0], self.sample_shape[0]):
                 raise ValueError(f"expected known of shape ({x.shape[0]}, {self.sample_shape[0]}), got {tuple(known.shape)}")
             flags = self.known_embedding(rearrange(known.to(tokens.dtype), "b (t pt) -> b t pt", pt=pt))

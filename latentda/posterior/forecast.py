@@ -84,10 +84,11 @@ def _window(prior: PriorModel, history: Tensor, context: int, conditioning: str,
     """One window (B, K, ...) per member whose first ``context`` states follow the member's
     ``history`` (``times``: the window's K times, for calendar-conditioned priors, else None)."""
     known = history[:, -context:]
-    window_denoiser = settings.prior_denoiser(prior, times, window_only=True)  # L = K: the window denoiser
     if conditioning == "known":
         denoise = Unguided(settings.prior_denoiser(prior, times, window_only=True, known=known))
-    elif conditioning == "inpaint":
+        return sample_members(prior, denoise, prior.window, generators, settings)
+    window_denoiser = settings.prior_denoiser(prior, times, window_only=True)  # L = K: the window denoiser
+    if conditioning == "inpaint":
         denoise = _Inpainting(window_denoiser, known, generators)
     else:
         denoise = MMPSDenoiser(window_denoiser, lambda z: z[:, :context].reshape(z.shape[0], -1),
