@@ -217,3 +217,23 @@ def test_filter_window_times_follow_the_known_layout():
     assert new.shape == (1, 1, *prior.latent_shape)
     np.testing.assert_array_equal(seen[0], np.arange(4.0) + 12)
     assert seen[0][1] == 13  # the new state's time, the last of the times given
+
+
+def test_conditional_denoising_tool_known_and_mmps_agree_on_the_exact_prior():
+    """tools/conditional_denoising.py on the exact Gaussian prior: its own conditional and MMPS with a vanishing
+    slack and a converged solve are the same Gaussian conditional at every level; the error grows with σ."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("conditional_denoising",
+                                                  Path(__file__).parents[1] / "tools" / "conditional_denoising.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    system, _, prior = _exact_prior(window=3)
+    windows = torch.from_numpy(np.stack([system.trajectory(3, np.random.default_rng(i)) for i in range(6)])
+                               / np.sqrt(system.variance)).float()
+    known = tool.conditional_errors(prior, "known", windows, 2, (0.1, 3.0), 1e-3, 40, batch=3)
+    mmps = tool.conditional_errors(prior, "mmps", windows, 2, (0.1, 3.0), 1e-3, 40, batch=3)
+    for sigma in known:
+        np.testing.assert_allclose(known[sigma], mmps[sigma], rtol=2e-2)
+    assert known["sigma=3"][0] > 3 * known["sigma=0.1"][0]
