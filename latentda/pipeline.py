@@ -56,7 +56,7 @@ from latentda.observe.files import read_observations
 from latentda.observe.tabular import observation_dataset
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.forecast import default_context, forecast_members
-from latentda.posterior.prior import resolve_sampling
+from latentda.posterior.prior import resolve_sampling, with_history
 from latentda.posterior.reanalysis import PosteriorSettings
 from latentda.runs import Report, run_filter, run_forecast, run_reanalysis
 
@@ -228,20 +228,22 @@ class LatentDAPipeline:
         n, K = known.shape[1], self.window
         if not 1 <= n < K:
             raise LatentdaError(f"{n} known states: a window of {K} takes 1 to {K - 1}")
-        context = None
-        if self.calendar:
-            features = calendar_features(times) if times is not None else None
-            if features is None:
-                raise LatentdaError("this model is conditioned on the calendar: it needs the (datetime) times of the window")
-            context = torch.from_numpy(features).to(self.device, self.dtype)[None]
+        context = self._calendar_context(times) if self.calendar else None
         given = (torch.arange(K, device=known.device) < n)[None]
 
         def denoise(x, sigma):
-            x = torch.cat([known.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1), x[:, n:]], dim=1)
+            x = with_history(known, x)
             batch_context = None if context is None else context.expand(x.shape[0], -1, -1).to(x.dtype)
             return self.denoiser(x, sigma, batch_context, given.expand(x.shape[0], -1))
 
         return denoise
+
+    def _calendar_context(self, times) -> torch.Tensor:
+        """The calendar features of ``times`` (1, L, F), for a calendar-conditioned prior."""
+        features = calendar_features(times) if times is not None else None
+        if features is None:
+            raise LatentdaError("this model is conditioned on the calendar: it needs the (datetime) times of the trajectory")
+        return torch.from_numpy(features).to(self.device, self.dtype)[None]
 
     def trajectory_denoiser(self, overlap: int | None = None, times=None, split_blankets: bool = False):
         """E[z̃_{1:L} | z̃_t] for any L ≥ K from the window denoiser (overlapping blankets).
@@ -255,10 +257,7 @@ class LatentDAPipeline:
         blanket = blanket_denoiser(self.denoiser, self.window, overlap, split=split_blankets)
         if not self.calendar:
             return blanket
-        features = calendar_features(times) if times is not None else None
-        if features is None:
-            raise LatentdaError("this model is conditioned on the calendar: it needs the (datetime) times of the trajectory")
-        context = torch.from_numpy(features).to(self.device, self.dtype)[None]
+        context = self._calendar_context(times)
 
         def denoise(x, sigma):
             return blanket(x, sigma, context.expand(x.shape[0], -1, -1))

@@ -63,6 +63,7 @@ from latentda.errors import LatentdaError
 from latentda.nn.autoencoder import AutoEncoder
 from latentda.observe.operators import ObservationOperator
 from latentda.simulate.gaussian import GaussianSystem
+from latentda.posterior.prior import with_history
 
 __all__ = [
     "GaussianTrajectoryLaw",
@@ -406,7 +407,7 @@ class ExactPrior:
         exact = KnownHistoryDenoiser(replace(self.system, variance=1.0), self._window, n)
 
         def denoise(x, sigma):
-            return exact(torch.cat([known.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1), x[:, n:]], dim=1), sigma)
+            return exact(with_history(known, x), sigma)
 
         return denoise
 

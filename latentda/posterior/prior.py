@@ -31,7 +31,7 @@ from latentda.data.statistics import Statistics
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 
-__all__ = ["PriorModel", "resolve_sampling", "InflatedDenoiser", "has_known_frames", "check_known_frames"]
+__all__ = ["PriorModel", "resolve_sampling", "InflatedDenoiser", "has_known_frames", "check_known_frames", "with_history"]
 
 
 @runtime_checkable
@@ -76,6 +76,12 @@ class PriorModel(Protocol):
 def has_known_frames(prior: PriorModel) -> bool:
     """Whether ``prior`` conditions a window on clean leading states (``history_denoiser``)."""
     return bool(getattr(prior, "known_frames", False))
+
+
+def with_history(known: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """Windows x_t (B, K, …) whose first n states are ``known`` (1 or B, n, …): what a history denoiser
+    reads (the given states are not x_t's, so no gradient flows to them)."""
+    return torch.cat([known.to(x_t.dtype).expand(x_t.shape[0], *known.shape[1:]), x_t[:, known.shape[1]:]], dim=1)
 
 
 def check_known_frames(prior: PriorModel, conditioning: str) -> None:
