@@ -6,7 +6,8 @@ A pipeline folder (the layout of a diffusers ``DiffusionPipeline``)::
     pipeline_config.json        time step between states, default sampler settings
     autoencoder/                AutoEncoder config + safetensors, layout.json, statistics.json,
                                 representation_error.json (optional, latentda.components)
-    denoiser/                   TrajectoryTransformer config + safetensors, latent_statistics.json
+    denoiser/                   TrajectoryTransformer config + safetensors, latent_statistics.json,
+                                increment_statistics.json (priors in increment coordinates only)
     scheduler/                  diffusers EDMEulerScheduler config (σ range, preconditioning)
     README.md                   model card
 
@@ -46,6 +47,7 @@ from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
 from latentda.data.times import time_step
 from latentda.diffusion.denoiser import Denoiser
+from latentda.diffusion.increments import Increments
 from latentda.diffusion.distributed import blanket_denoiser
 from latentda.diffusion.sampling import sample as run_sampler
 from latentda.diffusion.settings import SamplerSettings
@@ -56,7 +58,7 @@ from latentda.observe.files import read_observations
 from latentda.observe.tabular import observation_dataset
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.forecast import default_context, forecast_members
-from latentda.posterior.prior import resolve_sampling, with_history
+from latentda.posterior.prior import check_window_length, history_coordinates, resolve_sampling, window_latents, with_history
 from latentda.posterior.reanalysis import PosteriorSettings
 from latentda.runs import Report, run_filter, run_forecast, run_reanalysis
 
@@ -121,11 +123,15 @@ class LatentDAPipeline:
         scheduler: EDMEulerScheduler,
         settings: SavedSettings | Mapping[str, Any] | None = None,
         representation_error: np.ndarray | None = None,
+        increment_statistics: Statistics | None = None,
     ) -> None:
         """``settings``: the contents of ``pipeline_config.json`` (a :class:`SavedSettings`, or a mapping
         of some of its keys, checked; the others take the defaults). ``representation_error``: the
         autoencoder's validation reconstruction RMSE per channel in standardised units
-        (``autoencoder/representation_error.json``; None: 0), added to the observation noise."""
+        (``autoencoder/representation_error.json``; None: 0), added to the observation noise.
+        ``increment_statistics``: the one-step increments' per-channel moments of a prior trained in
+        increment coordinates (``model.increments``, ``denoiser/increment_statistics.json``;
+        :mod:`latentda.diffusion.increments`); None: state coordinates."""
         keep_freed_memory()  # sampling allocates and frees megabytes per operation (latentda.allocator)
         self.autoencoder = autoencoder.eval()
         self.layout = layout
@@ -149,6 +155,7 @@ class LatentDAPipeline:
         self.progress = True
         self.model_card: str | None = None
         self.source: str | None = None  # the folder or hub id it was loaded from (recorded in run outputs)
+        self.increments = None if increment_statistics is None else Increments(increment_statistics)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -226,13 +233,14 @@ class LatentDAPipeline:
             raise LatentdaError("this prior was not trained with known frames (model.known_frames): condition the "
                                 "history with mmps or inpaint")
         n, K = known.shape[1], self.window
+        given_states = history_coordinates(self, known)
         if not 1 <= n < K:
             raise LatentdaError(f"{n} known states: a window of {K} takes 1 to {K - 1}")
         context = self._calendar_context(times) if self.calendar else None
         given = (torch.arange(K, device=known.device) < n)[None]
 
         def denoise(x, sigma):
-            x = with_history(known, x)
+            x = with_history(given_states, x)
             batch_context = None if context is None else context.expand(x.shape[0], -1, -1).to(x.dtype)
             return self.denoiser(x, sigma, batch_context, given.expand(x.shape[0], -1))
 
@@ -317,6 +325,7 @@ class LatentDAPipeline:
         if length < 1 or members < 1:
             raise LatentdaError(f"length ({length}) and members ({members}) must be positive")
         padded = max(length, self.window)  # shorter trajectories: sample one window, keep the start
+        check_window_length(self, padded)
         if denoise is None:
             times = None if start_time is None else np.datetime64(start_time) + self.lead_times(padded)
             blanket = self.trajectory_denoiser(sampling.overlap, times=times)
@@ -329,7 +338,7 @@ class LatentDAPipeline:
         z = run_sampler(denoise, (members, padded, *self.latent_shape), self.scheduler, generator=generator,
                         device=self.device, dtype=self.dtype, progress=self.progress, description="sample",
                         **sampling.sample_kwargs())
-        return z[:, :length]
+        return window_latents(self, z)[:, :length]
 
     def sample(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
                seed: int = 0, start_time=None, **overrides) -> xr.Dataset:
@@ -508,6 +517,8 @@ class LatentDAPipeline:
                              representation_error=self.representation_error)
             self.backbone.save_pretrained(folder / "denoiser", safe_serialization=True)
             self.latent_statistics.save(folder / "denoiser" / "latent_statistics.json")
+            if self.increments is not None:
+                self.increments.statistics.save(folder / "denoiser" / "increment_statistics.json")
             self.scheduler.save_pretrained(folder / "scheduler")
             (folder / "model_index.json").write_text(json.dumps({**MODEL_INDEX, "_latentda_version": __version__}, indent=1))
             (folder / "pipeline_config.json").write_text(json.dumps(self.saved_settings.to_json(), indent=1))
@@ -594,7 +605,12 @@ class LatentDAPipeline:
         if len(latent_statistics.channels) != autoencoder.latent_shape[0]:
             raise LatentdaError(f"{path}: latent statistics have {len(latent_statistics.channels)} channels, latents {autoencoder.latent_shape[0]}")
         representation_error = load_representation_error(path / "autoencoder", layout.channels)
-        pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, saved, representation_error)
+        increments_file = path / "denoiser" / "increment_statistics.json"
+        increment_statistics = Statistics.load(increments_file) if increments_file.is_file() else None
+        if increment_statistics is not None and len(increment_statistics.channels) != autoencoder.latent_shape[0]:
+            raise LatentdaError(f"{increments_file}: {len(increment_statistics.channels)} channels, latents {autoencoder.latent_shape[0]}")
+        pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, saved, representation_error,
+                       increment_statistics)
         pipeline.source = str(Path(given).resolve()) if Path(given).is_dir() else str(given)
         card = path / "README.md"
         pipeline.model_card = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None

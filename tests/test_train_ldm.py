@@ -256,3 +256,44 @@ def test_known_frames_prior_trains_and_conditions_forecasts_and_filters(tmp_path
     config.model.known_probability = 1.5
     with pytest.raises(LatentdaError, match="known_probability"):
         parse(LatentDiffusionConfig, to_dict(config))
+
+
+def test_increment_prior_trains_on_increments_and_samples_one_window_at_a_time(tmp_path, latents):
+    """model.increments: the run measures the one-step increments of the training split's standardised
+    latents (against numpy on the same segments), the pipeline saves and reloads them, forecasts and
+    filters run in increment coordinates, and a trajectory longer than the window is a clear error."""
+    from latentda.data import LatentSource, split_segments
+    from latentda.posterior.filtering import filter_members
+    from latentda.posterior.forecast import forecast_members
+    from latentda.posterior.reanalysis import PosteriorSettings
+
+    config = _config(tmp_path / "run", steps=6)
+    config.model.increments = True
+    config.model.known_frames = True
+    train_latent_diffusion(config, str(latents), progress=False)
+    pipeline = LatentDAPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    pipeline.set_progress_bar_config(disable=True)
+    source = LatentSource(str(latents))
+    steps = []
+    for segment in split_segments(source.dataset, config.splits)["train"]:
+        z = pipeline.latent_statistics.standardise(source.read(segment.trajectory, segment.start, segment.stop).astype(np.float64))
+        steps.append(z[1:] - z[:-1])
+    steps = np.concatenate(steps)
+    np.testing.assert_allclose(pipeline.increments.statistics.mean, steps.mean(axis=(0, 2, 3)), atol=1e-6)
+    np.testing.assert_allclose(pipeline.increments.statistics.std, steps.std(axis=(0, 2, 3)), rtol=1e-4)
+    pipeline.save_pretrained(tmp_path / "copy")
+    again = LatentDAPipeline.from_pretrained(tmp_path / "copy")
+    np.testing.assert_array_equal(again.increments.statistics.std, pipeline.increments.statistics.std)
+    settings = PosteriorSettings(steps=3)
+    history = pipeline.encode(np.random.default_rng(0).standard_normal((2, 2, 8, 8)))[None]
+    run = forecast_members(pipeline, [0, 1], 2, settings, initial=history, conditioning="known", context=2)
+    fields = np.stack([f for _, f in run])
+    assert fields.shape == (2, 3, 2, 8, 8) and np.isfinite(fields).all()
+    np.testing.assert_allclose(fields[:, 0], np.broadcast_to(pipeline.decode(history[0, -1:])[0], fields[:, 0].shape), atol=1e-4)
+    run = forecast_members(pipeline, [0], 1, settings, initial=history, context=2)  # mmps through L
+    assert np.isfinite(np.stack([f for _, f in run])).all()
+    cycles = list(filter_members(pipeline, [None, None, None], [0, 1], settings, conditioning="known", lag=1))
+    assert len(cycles) == 3 and np.isfinite(cycles[-1].analysis).all()
+    assert pipeline.sample_latents(4, steps=2).shape == (1, 4, *pipeline.latent_shape)
+    with pytest.raises(LatentdaError, match="increment coordinates"):
+        pipeline.sample_latents(6, steps=2)

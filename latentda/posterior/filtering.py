@@ -95,7 +95,7 @@ from latentda.diffusion.sampling import standard_normal
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser, Unguided
-from latentda.posterior.prior import PriorModel, check_known_frames
+from latentda.posterior.prior import PriorModel, check_known_frames, increments_of, window_operator
 from latentda.posterior.reanalysis import (LatentOperator, PosteriorSettings, batches, member_generator,
                                            sample_members)
 
@@ -356,7 +356,7 @@ def _window_sample(prior: PriorModel, history: Tensor, operator: ObservationOper
         y, std = operator.observed()
         ys.append(y.expand(len(generators), -1))
         stds.append(std)
-    A = _HistoryOperator(latent_positions, last, new)
+    A = window_operator(prior, _HistoryOperator(latent_positions, last, new))
     y, std = torch.cat(ys, dim=1), torch.cat(stds)
     if settings.guidance == "dps":
         guided = DPSDenoiser(denoise, A, y, std, scale=settings.dps_scale)
@@ -421,6 +421,9 @@ def filter_members(
     options = FilterSettings(conditioning, condition_noise, context, forecasts, lag)
     options.validate(prior.window)
     check_known_frames(prior, conditioning)
+    if conditioning == "inpaint" and increments_of(prior) is not None:
+        raise LatentdaError("conditioning inpaint replaces states inside the window, which a prior in increment coordinates "
+                            "(model.increments) cannot: use known or mmps")
     if settings.split_blankets:
         raise LatentdaError("split_blankets applies to reanalyses only (a filter samples one window at a time)")
     members = list(members)

@@ -46,7 +46,7 @@ from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser, Unguided
 from latentda.posterior.forecast_settings import CONDITIONINGS, MODES, ForecastSettings
-from latentda.posterior.prior import PriorModel, check_known_frames
+from latentda.posterior.prior import PriorModel, check_known_frames, history_coordinates, window_operator
 from latentda.posterior.reanalysis import PosteriorSettings, batches, guided_denoiser, member_generator, sample_members
 
 __all__ = ["forecast_members", "ForecastMembers", "ForecastSettings", "default_context", "extend_operator", "MODES",
@@ -89,9 +89,10 @@ def _window(prior: PriorModel, history: Tensor, context: int, conditioning: str,
         return sample_members(prior, denoise, prior.window, generators, settings)
     window_denoiser = settings.prior_denoiser(prior, times, window_only=True)  # L = K: the window denoiser
     if conditioning == "inpaint":
-        denoise = _Inpainting(window_denoiser, known, generators)
+        denoise = _Inpainting(window_denoiser, history_coordinates(prior, known), generators)
     else:
-        denoise = MMPSDenoiser(window_denoiser, lambda z: z[:, :context].reshape(z.shape[0], -1),
+        history_operator = window_operator(prior, lambda z: z[:, :context].reshape(z.shape[0], -1))
+        denoise = MMPSDenoiser(window_denoiser, history_operator,
                                known.reshape(known.shape[0], -1), noise, iterations=settings.iterations,
                                solver=settings.solver)
     return sample_members(prior, denoise, prior.window, generators, settings)

@@ -13,7 +13,12 @@ observations through the decoder. It needs
   ``lead_times``) and whether it is conditioned on the calendar;
 - optionally (``known_frames`` true), ``history_denoiser(known, times)``: E[z̃_{1:K} | z̃_t, z̃_{1:n} =
   known] for a window given its first n states clean, which forecasts and filters use with
-  ``conditioning="known"`` (:func:`has_known_frames`).
+  ``conditioning="known"`` (:func:`has_known_frames`);
+- optionally, ``increments`` (an :class:`latentda.diffusion.increments.Increments`, or None): the prior
+  samples windows in increment coordinates u, not z̃ (``model.increments``). The posterior then
+  samples u, reads observations through A(L(u)) (:func:`window_operator`), gives a history as its
+  increments (:func:`history_coordinates`) and returns z̃ (:func:`window_latents`); such a prior
+  samples one window at a time (at most K states).
 
 :class:`latentda.pipeline.LatentDAPipeline` satisfies it; anything else that does can be sampled
 the same way (a test double, a prior assembled by hand). The pipeline imports the posterior,
@@ -31,7 +36,8 @@ from latentda.data.statistics import Statistics
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 
-__all__ = ["PriorModel", "resolve_sampling", "InflatedDenoiser", "has_known_frames", "check_known_frames", "with_history"]
+__all__ = ["PriorModel", "resolve_sampling", "InflatedDenoiser", "has_known_frames", "check_known_frames", "with_history",
+           "increments_of", "window_latents", "window_operator", "history_coordinates", "check_window_length"]
 
 
 @runtime_checkable
@@ -82,6 +88,38 @@ def with_history(known: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     """Windows x_t (B, K, …) whose first n states are ``known`` (1 or B, n, …): what a history denoiser
     reads (the given states are not x_t's, so no gradient flows to them)."""
     return torch.cat([known.to(x_t.dtype).expand(x_t.shape[0], *known.shape[1:]), x_t[:, known.shape[1]:]], dim=1)
+
+
+def increments_of(prior: PriorModel):
+    """The prior's :class:`latentda.diffusion.increments.Increments`, or None (state coordinates)."""
+    return getattr(prior, "increments", None)
+
+
+def window_latents(prior: PriorModel, sample: torch.Tensor) -> torch.Tensor:
+    """Standardised latents z̃ of windows the prior's sampler returned (increment coordinates → z̃)."""
+    increments = increments_of(prior)
+    return sample if increments is None else increments.to_latents(sample)
+
+
+def window_operator(prior: PriorModel, operator):
+    """An operator of latent windows as the prior's sampler reads it: A, or A(L(u)) in increment coordinates."""
+    from latentda.diffusion.increments import IncrementOperator
+
+    increments = increments_of(prior)
+    return operator if increments is None else IncrementOperator(operator, increments)
+
+
+def history_coordinates(prior: PriorModel, known: torch.Tensor) -> torch.Tensor:
+    """A window's first n states ``known`` (B, n, …) in the coordinates the prior samples."""
+    increments = increments_of(prior)
+    return known if increments is None else increments.to_increments(known)
+
+
+def check_window_length(prior: PriorModel, length: int) -> None:
+    """A prior in increment coordinates samples windows of exactly K states (no blankets)."""
+    if increments_of(prior) is not None and length != prior.window:
+        raise LatentdaError(f"this prior samples in increment coordinates (model.increments): it samples one window of "
+                            f"{prior.window} states at a time, not {length} (blankets need a prior in state coordinates)")
 
 
 def check_known_frames(prior: PriorModel, conditioning: str) -> None:

@@ -28,7 +28,8 @@ from latentda.observe.operators import ObservationOperator
 from latentda.nn.linearization import NetworkLinearization
 from latentda.nn.precision import PRECISIONS, Autocast, autocast, resolve_precision
 from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
-from latentda.posterior.prior import InflatedDenoiser, PriorModel, resolve_sampling
+from latentda.posterior.prior import (InflatedDenoiser, PriorModel, check_window_length, resolve_sampling, window_latents,
+                                     window_operator)
 from latentda.diffusion.sampling import sample
 from latentda.diffusion.settings import SAMPLER_FIELDS, SamplerSettings
 from latentda.posterior.solvers import SOLVERS
@@ -244,7 +245,7 @@ def guided_denoiser(prior: PriorModel, operator: ObservationOperator, settings: 
     """The posterior denoiser E[z̃_{1:L} | z̃_t, y] for the trajectory prior."""
     y, noise_std = operator.observed()
     dtype = settings.compute_dtype(prior.device)
-    A = LatentOperator(prior, operator, settings.decode_chunk, dtype)
+    A = window_operator(prior, LatentOperator(prior, operator, settings.decode_chunk, dtype))
     denoise = settings.prior_denoiser(prior, operator.times)
     if settings.guidance == "dps":
         return DPSDenoiser(denoise, A, y, noise_std, scale=settings.dps_scale)
@@ -263,10 +264,13 @@ def batches(members: list[int], size: int) -> list[list[int]]:
 def sample_members(prior: PriorModel, denoise, length: int, generators: list[torch.Generator], settings: PosteriorSettings,
                    progress: bool = False, description: str = "members") -> Tensor:
     """Standardised latent trajectories (len(generators), length, c, h, w) sampled together, row b
-    drawing all its noise from ``generators[b]``: each row is what it would be if sampled alone."""
-    return sample(denoise, (len(generators), length, *prior.latent_shape), prior.scheduler, generator=generators,
-                  device=prior.device, dtype=prior.dtype, progress=progress, description=description,
-                  **settings.sampling(prior).sample_kwargs())
+    drawing all its noise from ``generators[b]``: each row is what it would be if sampled alone
+    (a prior in increment coordinates samples u and returns its latents z̃)."""
+    check_window_length(prior, length)
+    drawn = sample(denoise, (len(generators), length, *prior.latent_shape), prior.scheduler, generator=generators,
+                   device=prior.device, dtype=prior.dtype, progress=progress, description=description,
+                   **settings.sampling(prior).sample_kwargs())
+    return window_latents(prior, drawn)
 
 
 def posterior_members(prior: PriorModel, operator: ObservationOperator, members: list[int], settings: PosteriorSettings,

@@ -27,6 +27,7 @@ from latentda.data.splits import Segment
 from latentda.data.calendar import CALENDAR_FEATURES
 from latentda.data.statistics import MissingScan, streaming_statistics
 from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, KnownFrames, TrainingNoise, denoising_loss, make_schedule
+from latentda.diffusion.increments import Increments
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
@@ -48,7 +49,13 @@ class DenoiserModelConfig:
     uniform in 1..K − 1, in a fraction ``known_probability`` of the windows; the others train the
     prior as usual): forecasts and filters then condition on a member's history exactly
     (``conditioning: known``) instead of through guidance (:mod:`latentda.diffusion.denoiser`,
-    "Known frames"; docs/filter.md)."""
+    "Known frames"; docs/filter.md).
+
+    ``increments``: diffuse windows in increment coordinates, u_1 = z̃_1, u_k = (z̃_k − z̃_{k−1} − m)/s
+    with the one-step increments' per-channel moments m, s of the training split
+    (:mod:`latentda.diffusion.increments`): every state at unit scale, so the network predicts the
+    change from one state to the next. Such a prior samples one window at a time (forecasts,
+    filters, reanalyses of at most K states; no blankets)."""
 
     window: int = 8
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -61,11 +68,13 @@ class DenoiserModelConfig:
     calendar: bool = True
     known_frames: bool = False
     known_probability: float = 0.5
+    increments: bool = False
 
     def validate(self, prefix: str) -> None:
         require(self.window >= 1, f"{prefix}.window", "must be at least 1")
         require(not self.known_frames or self.window >= 2, f"{prefix}.known_frames", "needs a window of at least 2 states")
         require(0 < self.known_probability <= 1, f"{prefix}.known_probability", "must be in (0, 1]")
+        require(not self.increments or self.window >= 2, f"{prefix}.increments", "needs a window of at least 2 states")
         for name in ("hidden_size", "depth", "num_heads"):
             require(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
         require(self.mlp_ratio > 0, f"{prefix}.mlp_ratio", "must be positive")
@@ -126,18 +135,37 @@ def latent_statistics(source: LatentSource, segments: list[Segment], progress: b
     return streaming_statistics(chunks, channels, len(segments), progress, scan=MissingScan(channels))
 
 
+def increment_statistics(source: LatentSource, segments: list[Segment], statistics: Statistics, progress: bool = True) -> Statistics:
+    """Per-channel mean/std of the one-step increments z̃_{k+1} − z̃_k of the standardised latents in
+    ``segments`` (one streaming pass): the scale of increment coordinates."""
+    channels = [f"latent{i}" for i in range(source.dataset.sizes["channel"])]
+
+    def chunks():
+        for s in segments:
+            z = statistics.standardise(source.read(s.trajectory, s.start, s.stop))
+            yield z[1:] - z[:-1]
+
+    return streaming_statistics(chunks(), channels, len(segments), progress, scan=MissingScan(channels))
+
+
 class _Standardised(torch.utils.data.Dataset):
-    def __init__(self, windows: WindowDataset, statistics: Statistics) -> None:
-        self.windows, self.statistics = windows, statistics
+    """Windows of standardised latents z̃, or their increment coordinates u when ``increments`` is given."""
+
+    def __init__(self, windows: WindowDataset, statistics: Statistics, increments: Increments | None = None) -> None:
+        self.windows, self.statistics, self.increments = windows, statistics, increments
 
     def __len__(self) -> int:
         return len(self.windows)
 
+    def _coordinates(self, window):
+        z = self.statistics.standardise(window)
+        return z if self.increments is None else self.increments.to_increments(torch.as_tensor(z))
+
     def __getitem__(self, i: int):
         item = self.windows[i]
         if isinstance(item, tuple):  # (window, context)
-            return self.statistics.standardise(item[0]), item[1]
-        return self.statistics.standardise(item)
+            return self._coordinates(item[0]), item[1]
+        return self._coordinates(item)
 
 
 def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, context: torch.Tensor | None = None,
@@ -194,14 +222,19 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         raise LatentdaError(f"config: model: {error}") from None
     z_statistics = shared_statistics(accelerator, run_dir / "latent_statistics.json",
                                      lambda: latent_statistics(source, splits["train"], progress), resume)
+    increments = None
+    if config.model.increments:
+        increments = Increments(shared_statistics(accelerator, run_dir / "increment_statistics.json",
+                                                  lambda: increment_statistics(source, splits["train"], z_statistics, progress),
+                                                  resume))
     schedule = make_schedule(config.diffusion.sigma_min, config.diffusion.sigma_max)
     denoiser = Denoiser(backbone, schedule)
     K = config.model.window
     train = _Standardised(WindowDataset(source, splits["train"], window=K, with_context=calendar, split="train"),
-                          z_statistics)
+                          z_statistics, increments)
     valid_set = _Standardised(WindowDataset(source, splits["valid"] or splits["train"], window=K, stride=K,
                                             with_context=calendar, split="valid" if splits["valid"] else "train"),
-                              z_statistics)
+                              z_statistics, increments)
     picks = np.linspace(0, len(valid_set) - 1, num=min(config.valid_windows, len(valid_set))).round().astype(int)
     valid_items = [valid_set[int(i)] for i in picks]
     valid_windows = torch.stack([item[0] if calendar else item for item in valid_items])
@@ -232,7 +265,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         step, units = time_step(dataset["time"])  # checked regular by split_segments
         settings = SavedSettings(**dataclasses.asdict(SamplerSettings.of(config.diffusion)), time_step=step, time_units=units)
         pipeline = LatentDAPipeline(autoencoder, layout, statistics, final, z_statistics, schedule, settings,
-                                    representation_error=load_representation_error(autoencoder_dir, layout.channels))
+                                    representation_error=load_representation_error(autoencoder_dir, layout.channels),
+                                    increment_statistics=None if increments is None else increments.statistics)
         summary = {"steps": trainer.step, "valid": metrics, "train_samples_per_second": trainer.throughput,
                    "parameters": sum(p.numel() for p in final.parameters())}
         pipeline.save_pretrained(run_dir / "pipeline", model_card=model_card(pipeline, config, summary))
