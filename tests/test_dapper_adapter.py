@@ -95,11 +95,14 @@ class _Spy(np.ndarray):
 @pytest.mark.parametrize("lag", [1, 2])
 def test_filter_never_reads_the_future(setup, monkeypatch, lag):
     pipeline, HMM, xx, yy = setup
-    assessed = []
+    assessed, smoothed = [], []
     real = dapper.stats.Stats.assess
 
     def spying(self, k, ko=None, faus=None, **kwargs):
-        assessed.append((ko, max(_Spy.reads, default=-1)))
+        if faus == "s":  # the lagged filter's fixed-lag smoother: state ko given yy[0..ko + lag − 1]
+            smoothed.append((ko, max(_Spy.reads, default=-1)))
+        else:
+            assessed.append((ko, max(_Spy.reads, default=-1)))
         return real(self, k, ko, faus, **kwargs)
 
     monkeypatch.setattr(dapper.stats.Stats, "assess", spying)
@@ -110,6 +113,12 @@ def test_filter_never_reads_the_future(setup, monkeypatch, lag):
     assert {ko for ko, _ in assessed[1:]} == set(range(OBSERVATIONS))
     for ko, newest in assessed[1:]:
         assert newest == ko  # statistics at cycle ko were computed having read yy[0..ko] only
+    if lag == 1:
+        assert not smoothed
+    else:
+        assert sorted(ko for ko, _ in smoothed) == list(range(OBSERVATIONS))
+        for ko, newest in smoothed:
+            assert newest == min(ko + lag - 1, OBSERVATIONS - 1)
 
     # and poisoned future observations change nothing before them
     monkeypatch.setattr(dapper.stats.Stats, "assess", real)
@@ -121,6 +130,23 @@ def test_filter_never_reads_the_future(setup, monkeypatch, lag):
     second.assimilate(HMM, xx, poisoned)
     np.testing.assert_array_equal(first.stats.mu.a[:3], second.stats.mu.a[:3])
     assert not np.allclose(first.stats.mu.a[3:], second.stats.mu.a[3:])
+    if lag > 1:  # the smoother's state ko reads lag − 1 cycles ahead, no further
+        np.testing.assert_array_equal(first.stats.mu.s[: 3 - lag + 1], second.stats.mu.s[: 3 - lag + 1])
+        assert not np.allclose(first.stats.mu.s[3 - lag + 1 :], second.stats.mu.s[3 - lag + 1 :])
+
+
+def test_lagged_filter_is_a_fixed_lag_smoother(setup):
+    """lag 3: DAPPER keeps an s series (Lag = 3); a state's smoothed estimate is its last sample, which at
+    the last cycle is the analysis itself and before it differs from the analysis (revised by later
+    observations)."""
+    pipeline, HMM, xx, yy = setup
+    xp = _method(pipeline, lag=3)
+    assert xp.Lag == 3 and not hasattr(_method(pipeline, lag=1), "Lag")
+    xp.assimilate(HMM, xx, yy)
+    s, a = xp.stats.mu.s, xp.stats.mu.a
+    assert np.isfinite(s).all() and np.isfinite(xp.stats.err.rms.s).all()
+    np.testing.assert_allclose(s[-1], a[-1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(s[:-1], a[:-1])
 
 
 def test_filter_started_late_is_the_filter_on_the_later_cycles(setup):

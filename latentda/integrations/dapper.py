@@ -49,6 +49,13 @@ prior's window K of states) conditioned on all of yy, recorded as ``s`` (smoothe
 ``u``; DAPPER keeps ``s`` series for methods with a ``Lag`` attribute, which this mode sets
 (``Lag = "window"``). A per-cycle ``residual_ratio`` (ensemble mean
 of the std of (y − H x)/σ_y) is recorded too (``xp.avrgs.residual_ratio``).
+
+**The lagged filter is a fixed-lag smoother.** With lag ℓ > 1 each cycle samples the new state and the
+ℓ − 1 before it again given their observations (:func:`latentda.posterior.filtering.filter_members`);
+a state's last sample, taken at cycle ko + ℓ − 1, is its estimate given the observations up to that
+cycle (``FilterCycle.sampled``), recorded as ``s`` at ko (the last cycles' states: their samples at
+the last cycle), so ``rmse.s`` of a filter run is its fixed-lag smoother's, at no extra cost beyond one
+decoder forward per member and cycle (``Lag = ℓ``).
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from latentda.diffusion.distributed import collective_device, process_count
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
-from latentda.posterior.filtering import filter_members, join_cycles
+from latentda.posterior.filtering import default_lag, filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 from latentda.runs import deal_members, gather_members, process_state
 
@@ -233,8 +240,13 @@ class LatentDA:
             raise LatentdaError("start_cycle is the filter's: the smoother reads the whole window")
         if self.mode == "smoother":
             self.Lag = "window"  # DAPPER keeps the 's' (smoothed) series of methods with a Lag
+        elif self._lag() > 1:
+            self.Lag = self._lag()  # the lagged filter is also a fixed-lag smoother (module docstring)
 
     # ------------------------------------------------------------------ helpers
+    def _lag(self) -> int:
+        return default_lag(self.pipeline.window) if self.lag is None else int(self.lag)
+
     def _posterior_settings(self) -> PosteriorSettings:
         return _posterior_settings(self.settings)
 
@@ -318,6 +330,7 @@ class LatentDA:
         if rank == 0:  # one bar for the processes together
             run = progbar(run, desc=f"LatentDA filter, {self.N} members", total=len(kko) - start + 1)
         for cycle in run:
+            self._assess_smoothed(HMM, cycle, start)
             E = self._to_state(gather_members(cycle.analysis, self.N))
             if cycle.cycle == 0:
                 if start == 0:
@@ -329,6 +342,21 @@ class LatentDA:
                 self.stats.assess(k, ko, "f", E=self._to_state(gather_members(cycle.forecast, self.N)))
             self.stats.assess(k, ko, E=E)
             self.stats.residual_ratio[ko] = float(np.mean(gather_members(np.asarray(cycle.residual_ratio), self.N)))
+
+
+    def _assess_smoothed(self, HMM, cycle, start: int) -> None:
+        """``s`` statistics of the lagged filter's final estimates (module docstring): the first state a
+        cycle sampled once it samples ℓ (no later cycle samples it again), and at the last cycle all of them."""
+        lag, kko = self._lag(), HMM.tseq.kko
+        if lag == 1 or cycle.sampled is None:
+            return
+        n = cycle.sampled.shape[1]
+        last = start + cycle.cycle - 1 == len(kko) - 1
+        for j in range(n) if last else range(1 if n == lag else 0):
+            ko = start + cycle.cycle - n + j  # the filter's cycle c is ko = start + c − 1 (c = 0: the start)
+            if ko >= start:
+                fields = gather_members(self.pipeline.decode(cycle.sampled[:, j : j + 1])[:, 0], self.N)
+                self.stats.assess(kko[ko], ko, "s", E=self._to_state(fields))
 
 
 def evenly_spaced(cycles: list[int], count: int) -> list[int]:

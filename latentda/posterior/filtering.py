@@ -187,8 +187,12 @@ class FilterState:
 class FilterCycle:
     """One finished cycle for the members of the call: ``analysis`` (members, C, H, W) in physical
     units, the new latent state ``latents`` (members, c, h, w), ``residual_ratio`` (members,; None
-    without observations), ``forecast`` (members, C, H, W) when asked, and the :class:`FilterState`
-    to resume after this cycle."""
+    without observations), ``forecast`` (members, C, H, W) when asked, the :class:`FilterState`
+    to resume after this cycle, and ``sampled`` (members, n, c, h, w): the latents of every state the
+    cycle sampled, cycles ``cycle`` − n + 1 … ``cycle`` (n = the lag once the filter has run that many
+    cycles). Its first is a **fixed-lag smoother** estimate: with lag ℓ, state k − ℓ + 1 given the
+    observations up to cycle k, which no later cycle samples again (a member's trajectory given ℓ − 1
+    cycles of future observations; at the last cycle every state of ``sampled`` is final)."""
 
     cycle: int
     members: list[int]
@@ -197,6 +201,7 @@ class FilterCycle:
     residual_ratio: np.ndarray | None
     forecast: np.ndarray | None
     state: FilterState
+    sampled: Tensor | None = None
 
 
 def split_cycles(operator: ObservationOperator) -> list[ObservationOperator | None]:
@@ -520,4 +525,4 @@ def _run(prior, cycles, members, settings, seed, options, initial, state, times)
                                [g.get_state() for g in generators],
                                None if forecast_generators is None else [g.get_state() for g in forecast_generators],
                                list(recent))
-        yield FilterCycle(index, list(members), analysis, latents.cpu(), ratio, forecast, snapshot)
+        yield FilterCycle(index, list(members), analysis, latents.cpu(), ratio, forecast, snapshot, states.cpu())
