@@ -216,3 +216,28 @@ def test_a_prior_in_increment_coordinates_samples_one_window_at_a_time():
     inc_prior = _increment_prior(prior)
     with pytest.raises(LatentdaError, match="one window of 3 states at a time, not 5"):
         sample_members(inc_prior, inc_prior.trajectory_denoiser(), 5, [torch.Generator()], PosteriorSettings())
+
+
+def test_command_line_with_a_prior_in_increment_coordinates(tmp_path, capsys):
+    """A pipeline folder with denoiser/increment_statistics.json samples in increment coordinates: the
+    filter runs (one window per cycle), a reanalysis longer than the window is refused with a one-line
+    error and leaves no output, and so is the filter's inpaint conditioning."""
+    from conftest import make_observed_pipeline
+    from latentda import cli
+    from latentda.pipeline import LatentDAPipeline
+
+    _, _, _, observations = make_observed_pipeline(tmp_path, times=6)
+    folder = tmp_path / "pipeline"
+    channels = LatentDAPipeline.from_pretrained(folder).latent_statistics.channels
+    Statistics(list(channels), np.zeros(len(channels)), np.full(len(channels), 0.2)).save(folder / "denoiser" / "increment_statistics.json")
+    assert LatentDAPipeline.from_pretrained(folder).increments is not None
+    base = ["--pipeline", str(folder), "--observations", str(observations), "--members", "1", "--steps", "2", "--quiet"]
+    assert cli.main(["filter", *base, "--iterations", "1", "--out", str(tmp_path / "filter.zarr")]) == 0
+    assert (tmp_path / "filter.zarr").exists()
+    capsys.readouterr()
+    assert cli.main(["reanalyze", *base, "--out", str(tmp_path / "post.zarr")]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "increment coordinates" in error and len(error.splitlines()) == 1
+    assert not list(tmp_path.glob("post.zarr*"))
+    assert cli.main(["filter", *base, "--conditioning", "inpaint", "--out", str(tmp_path / "inpaint.zarr")]) != 0
+    assert "inpaint" in capsys.readouterr().err and not list(tmp_path.glob("inpaint.zarr*"))
