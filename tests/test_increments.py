@@ -185,27 +185,11 @@ def test_mmps_filter_of_a_prior_in_increment_coordinates_follows_the_closed_form
 
 def test_known_forecast_of_a_prior_in_increment_coordinates_is_the_closed_form():
     """Two steps ahead from a clean history, in windows of 3 in increment coordinates: the AR(1) law
-    N(A^ℓ x, C₀ − A^ℓ C₀ A^ℓᵀ) (as in z̃ coordinates, tests/test_known_frames.py)."""
-    from latentda.posterior.forecast import forecast_members
-    from test_known_frames import _exact_prior
+    N(A^ℓ x, C₀ − A^ℓ C₀ A^ℓᵀ), as in z̃ coordinates (tests/test_known_frames.py)."""
+    from test_known_frames import _exact_prior, known_forecast_follows_the_closed_form
 
-    members = 96
     system, truth, prior = _exact_prior(window=3)
-    inc_prior = _increment_prior(prior)
-    history = torch.from_numpy(truth[:2] / np.sqrt(system.variance)).float()[None]
-    run = forecast_members(inc_prior, list(range(members)), 2, PosteriorSettings(batch_members=members), seed=0,
-                           initial=history, conditioning="known", context=2)
-    fields = np.stack([f for _, f in run])
-    C0, C1 = system.covariance_matrix(0), system.covariance_matrix(1)
-    A = C1 @ np.linalg.inv(C0)
-    step, x = np.eye(len(A)), truth[1].reshape(-1)
-    for lead in (1, 2):
-        step = A @ step
-        mean, covariance = step @ x, C0 - step @ C0 @ step.T
-        ensemble = fields[:, lead].reshape(members, -1).astype(np.float64)
-        z = (ensemble.mean(0) - mean) / np.sqrt(np.diag(covariance) / members)
-        assert np.sqrt((z**2).mean()) < 1.6
-        assert 0.8 < ensemble.var(0, ddof=1).sum() / np.trace(covariance) < 1.2
+    known_forecast_follows_the_closed_form(_increment_prior(prior), system, truth)
 
 
 def test_a_prior_in_increment_coordinates_samples_one_window_at_a_time():
