@@ -228,7 +228,9 @@ class LatentDAPipeline:
         """E[z̃_{1:K} | z̃_t, z̃_{1:n} = known] for one window whose first n states are ``known`` (B, n,
         c, h, w), standardised: the window's states 1..n are taken from ``known`` whatever x_t holds
         there (:mod:`latentda.diffusion.denoiser`, "Known frames"). Priors trained with
-        ``known_frames`` only. ``times``: the window's K times (calendar-conditioned priors)."""
+        ``known_frames`` only. ``times``: the window's K times (calendar-conditioned priors). A prior in
+        increment coordinates (:attr:`increments`) takes ``known`` as z̃ and denoises u, the given
+        states being their increments (:mod:`latentda.diffusion.increments`)."""
         if not self.known_frames:
             raise LatentdaError("this prior was not trained with known frames (model.known_frames): condition the "
                                 "history with mmps or inpaint")
@@ -259,7 +261,8 @@ class LatentDAPipeline:
         A calendar-conditioned prior needs the ``times`` (datetime64, length L) of the trajectory.
         ``split_blankets``: under torchrun/accelerate launch, each process evaluates only its share of
         the windows and the outputs are gathered (:mod:`latentda.diffusion.distributed`); every process
-        must then make the same calls. Alone, it is the plain denoiser.
+        must then make the same calls. Alone, it is the plain denoiser. A prior in increment coordinates
+        (:attr:`increments`) denoises u, one window of K states (no blankets).
         """
         overlap = self.overlap if overlap is None else overlap
         blanket = blanket_denoiser(self.denoiser, self.window, overlap, split=split_blankets)
@@ -607,8 +610,10 @@ class LatentDAPipeline:
         representation_error = load_representation_error(path / "autoencoder", layout.channels)
         increments_file = path / "denoiser" / "increment_statistics.json"
         increment_statistics = Statistics.load(increments_file) if increments_file.is_file() else None
-        if increment_statistics is not None and len(increment_statistics.channels) != autoencoder.latent_shape[0]:
-            raise LatentdaError(f"{increments_file}: {len(increment_statistics.channels)} channels, latents {autoencoder.latent_shape[0]}")
+        if increment_statistics is not None and (len(increment_statistics.channels) != autoencoder.latent_shape[0]
+                                                 or increment_statistics.bounded):
+            raise LatentdaError(f"{increments_file}: needs {autoencoder.latent_shape[0]} unbounded channels, "
+                                f"has {len(increment_statistics.channels)}{' (bounded)' if increment_statistics.bounded else ''}")
         pipeline = cls(autoencoder, layout, statistics, backbone, latent_statistics, scheduler, saved, representation_error,
                        increment_statistics)
         pipeline.source = str(Path(given).resolve()) if Path(given).is_dir() else str(given)

@@ -136,12 +136,12 @@ def test_filter_never_reads_the_future(setup, monkeypatch, lag):
 
 
 def test_lagged_filter_is_a_fixed_lag_smoother(setup):
-    """lag 3: DAPPER keeps an s series (Lag = 3); a state's smoothed estimate is its last sample, which at
+    """lag 3: DAPPER keeps an s series (Lag = 2: the estimate of cycle ko reads y up to ko + 2, as EnKS's Lag); a state's smoothed estimate is its last sample, which at
     the last cycle is the analysis itself and before it differs from the analysis (revised by later
     observations)."""
     pipeline, HMM, xx, yy = setup
     xp = _method(pipeline, lag=3)
-    assert xp.Lag == 3 and not hasattr(_method(pipeline, lag=1), "Lag")
+    assert xp.Lag == 2 and not hasattr(_method(pipeline, lag=1), "Lag")
     xp.assimilate(HMM, xx, yy)
     s, a = xp.stats.mu.s, xp.stats.mu.a
     assert np.isfinite(s).all() and np.isfinite(xp.stats.err.rms.s).all()

@@ -205,7 +205,8 @@ def test_a_prior_in_increment_coordinates_samples_one_window_at_a_time():
 def test_command_line_with_a_prior_in_increment_coordinates(tmp_path, capsys):
     """A pipeline folder with denoiser/increment_statistics.json samples in increment coordinates: the
     filter runs (one window per cycle), a reanalysis longer than the window is refused with a one-line
-    error and leaves no output, and so is the filter's inpaint conditioning."""
+    error and leaves no output, and so are the filter's inpaint conditioning and a forecast from more
+    observed states than the window (checked before any work)."""
     from conftest import make_observed_pipeline
     from latentda import cli
     from latentda.pipeline import LatentDAPipeline
@@ -225,3 +226,5 @@ def test_command_line_with_a_prior_in_increment_coordinates(tmp_path, capsys):
     assert not list(tmp_path.glob("post.zarr*"))
     assert cli.main(["filter", *base, "--conditioning", "inpaint", "--out", str(tmp_path / "inpaint.zarr")]) != 0
     assert "inpaint" in capsys.readouterr().err and not list(tmp_path.glob("inpaint.zarr*"))
+    assert cli.main(["forecast", *base, "--lead", "2", "--out", str(tmp_path / "forecast.zarr")]) != 0  # 6 states > K
+    assert "increment coordinates" in capsys.readouterr().err and not list(tmp_path.glob("forecast.zarr*"))

@@ -30,6 +30,8 @@ def main() -> None:
     valid = split_segments(source.dataset)["valid"]
     for path in args.pipelines:
         pipeline = LatentDAPipeline.from_pretrained(path)
+        if pipeline.increments is not None:  # its denoiser reads increment coordinates: errors not comparable
+            parser.error(f"{path}: a prior in increment coordinates (model.increments); this tool compares z̃ denoisers")
         windows = WindowDataset(source, valid, window=pipeline.window, stride=pipeline.window)
         picks = np.linspace(0, len(windows) - 1, num=min(args.windows, len(windows))).round().astype(int)
         batch = torch.stack([pipeline.standardise_latents(windows[int(i)]) for i in picks])

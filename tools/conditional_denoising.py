@@ -74,6 +74,8 @@ def main() -> None:
         if method not in ("known", "mmps"):
             parser.error(f"{spec}: give PIPELINE:known or PIPELINE:mmps")
         pipeline = LatentDAPipeline.from_pretrained(path)
+        if pipeline.increments is not None:  # its denoisers read increment coordinates
+            parser.error(f"{path}: a prior in increment coordinates (model.increments); this tool measures z̃ denoisers")
         if not 1 <= args.given < pipeline.window:
             parser.error(f"--given must be in [1, {pipeline.window - 1}]")
         windows = torch.stack([torch.as_tensor(pipeline.latent_statistics.standardise(w)).float()

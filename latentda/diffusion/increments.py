@@ -24,7 +24,7 @@ known leading states of a window are known increments too (u_1 … u_n depend on
 Windows only: blankets (trajectories longer than K) would need a state shared by two windows to be
 denoised at the same noise level in both, but each window's first coordinate is its own absolute
 state, which in another window's coordinates is a sum of noisy increments. A prior in increment
-coordinates therefore samples one window at a time: forecasts, filters, reanalyses of at most K states.
+coordinates therefore samples one window at a time: forecasts, filters, reanalyses of one window of K states.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ of the std of (y − H x)/σ_y) is recorded too (``xp.avrgs.residual_ratio``).
 a state's last sample, taken at cycle ko + ℓ − 1, is its estimate given the observations up to that
 cycle (``FilterCycle.sampled``), recorded as ``s`` at ko (the last cycles' states: their samples at
 the last cycle), so ``rmse.s`` of a filter run is its fixed-lag smoother's, at no extra cost beyond one
-decoder forward per member and cycle (``Lag = ℓ``).
+decoder forward per member and cycle (``Lag = ℓ − 1``: the cycles of observations after ko it reads, as for
+DAPPER's EnKS).
 """
 
 from __future__ import annotations
@@ -240,8 +241,8 @@ class LatentDA:
             raise LatentdaError("start_cycle is the filter's: the smoother reads the whole window")
         if self.mode == "smoother":
             self.Lag = "window"  # DAPPER keeps the 's' (smoothed) series of methods with a Lag
-        elif self._lag() > 1:
-            self.Lag = self._lag()  # the lagged filter is also a fixed-lag smoother (module docstring)
+        elif self._lag() > 1:  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
+            self.Lag = self._lag() - 1  # Lag: the cycles after ko whose observations its estimate reads (as EnKS's)
 
     # ------------------------------------------------------------------ helpers
     def _lag(self) -> int:

@@ -46,7 +46,7 @@ from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser, Unguided
 from latentda.posterior.forecast_settings import CONDITIONINGS, MODES, ForecastSettings
-from latentda.posterior.prior import PriorModel, check_known_frames, history_coordinates, window_operator
+from latentda.posterior.prior import PriorModel, check_known_frames, check_window_length, history_coordinates, window_operator
 from latentda.posterior.reanalysis import PosteriorSettings, batches, guided_denoiser, member_generator, sample_members
 
 __all__ = ["forecast_members", "ForecastMembers", "ForecastSettings", "default_context", "extend_operator", "MODES",
@@ -146,6 +146,8 @@ def forecast_members(
     context = default_context(prior, settings) if context is None else context
     if not 1 <= context < K:
         raise LatentdaError(f"context {context} must be in [1, {K - 1}]")
+    if operator is not None:  # the window sampled from the observations (a prior in increment coordinates: K states)
+        check_window_length(prior, operator.length + (lead if mode == "aao" else max(0, K - operator.length)))
     if initial is not None and initial.shape[1] < context:
         raise LatentdaError(f"the initial condition has {initial.shape[1]} states; {context} are needed")
     if initial is not None and initial.shape[0] > 1 and max(members, default=0) >= initial.shape[0]:
@@ -191,8 +193,8 @@ class ForecastMembers:
                 extra = self.lead if self.mode == "aao" else max(0, K - observed)  # shorter than K: nowcast its end
                 last = None if self.operator.times is None else np.asarray(self.operator.times)[-1]
                 after = None if last is None else last + prior.lead_times(extra + 1)[1:]
-                window_operator = extend_operator(self.operator, extra, after) if extra else self.operator
-                denoise = guided_denoiser(prior, window_operator, settings)
+                extended = extend_operator(self.operator, extra, after) if extra else self.operator
+                denoise = guided_denoiser(prior, extended, settings)
                 history = sample_members(prior, denoise, observed + extra, generators, settings)
                 now = observed - 1
                 start = None if self.operator.times is None else np.asarray(self.operator.times)[0]

@@ -18,7 +18,7 @@ observations through the decoder. It needs
   samples windows in increment coordinates u, not z̃ (``model.increments``). The posterior then
   samples u, reads observations through A(L(u)) (:func:`window_operator`), gives a history as its
   increments (:func:`history_coordinates`) and returns z̃ (:func:`window_latents`); such a prior
-  samples one window at a time (at most K states).
+  samples one window (K states) at a time.
 
 :class:`latentda.pipeline.LatentDAPipeline` satisfies it; anything else that does can be sampled
 the same way (a test double, a prior assembled by hand). The pipeline imports the posterior,

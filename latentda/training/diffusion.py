@@ -55,7 +55,7 @@ class DenoiserModelConfig:
     with the one-step increments' per-channel moments m, s of the training split
     (:mod:`latentda.diffusion.increments`): every state at unit scale, so the network predicts the
     change from one state to the next. Such a prior samples one window at a time (forecasts,
-    filters, reanalyses of at most K states; no blankets)."""
+    filters, reanalyses of one window of K states; no blankets)."""
 
     window: int = 8
     patch_size: tuple[int, int, int] = (1, 2, 2)
