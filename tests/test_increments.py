@@ -10,10 +10,10 @@ import torch
 
 from latentda.data.statistics import Statistics
 from latentda.diffusion.gaussian import GaussianDenoiser
-from latentda.diffusion.increments import IncrementOperator, Increments
+from latentda.diffusion.increments import Increments
 from latentda.errors import LatentdaError
 from latentda.posterior.guidance import Linearization, MMPSDenoiser
-from latentda.posterior.prior import with_history
+from latentda.posterior.prior import IncrementOperator, with_history
 from latentda.posterior.reanalysis import PosteriorSettings
 
 # The filters below sample with Heun's ODE steps: the test prior's default (pc, 16 steps) is 10 % too

@@ -18,7 +18,8 @@ the residuals' std (e.g. GenCast, Price et al. 2024). The map is linear and inve
 with tangent L v = cumsum(v_1, s v_2, …, s v_K) and transpose Lᵀ w = (r_1, s r_2, …, s r_K), r_j = Σ_{k≥j} w_k.
 The prior is the same law of windows written in other coordinates, but the noise σ ε of the
 diffusion is added to u: on the latents it is σ on z̃_1 and a random walk of steps σ s after it.
-Observation operators of latent windows are composed with the map (:class:`IncrementOperator`); the
+Observation operators of latent windows are composed with the map
+(:class:`latentda.posterior.prior.IncrementOperator`); the
 known leading states of a window are known increments too (u_1 … u_n depend on z̃_1 … z̃_n only).
 
 Windows only: blankets (trajectories longer than K) would need a state shared by two windows to be
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from latentda.data.statistics import Statistics
 
-__all__ = ["Increments", "IncrementOperator"]
+__all__ = ["Increments"]
 
 TIME = -4  # windows are (…, K, c, h, w)
 
@@ -66,32 +67,3 @@ class Increments:
         """Lᵀ w: reverse cumulative sums over time, the increments' part scaled by s."""
         tails = w.flip(TIME).cumsum(TIME).flip(TIME)
         return torch.cat([tails.narrow(TIME, 0, 1), self.statistics.scale(tails.narrow(TIME, 1, w.shape[TIME] - 1))], dim=TIME)
-
-
-class IncrementOperator:
-    """A(L(u)): an operator A of latent windows read through increment coordinates, with its
-    linearisation at û composed with the map's tangent, A·L v and Lᵀ·Aᵀ w (A's own linearisation
-    when it has one, e.g. the decoder's tangent passes, :mod:`latentda.posterior.guidance`)."""
-
-    def __init__(self, operator, increments: Increments) -> None:
-        self.operator, self.increments = operator, increments
-
-    def __call__(self, u: Tensor) -> Tensor:
-        return self.operator(self.increments.to_latents(u))
-
-    def linearize(self, anchor: Tensor) -> "_IncrementLinearization":
-        from latentda.posterior.guidance import linearize
-
-        return _IncrementLinearization(linearize(self.operator, self.increments.to_latents(anchor.detach())), self.increments)
-
-
-class _IncrementLinearization:
-    def __init__(self, inner, increments: Increments) -> None:
-        self.inner, self.increments = inner, increments
-        self.value = inner.value
-
-    def forward(self, v: Tensor) -> Tensor:
-        return self.inner.forward(self.increments.tangent(v))
-
-    def transpose(self, w: Tensor) -> Tensor:
-        return self.increments.tangent_transpose(self.inner.transpose(w))

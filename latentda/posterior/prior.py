@@ -35,9 +35,11 @@ import torch
 from latentda.data.statistics import Statistics
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
+from latentda.posterior.guidance import linearize
 
 __all__ = ["PriorModel", "resolve_sampling", "InflatedDenoiser", "has_known_frames", "check_known_frames", "with_history",
-           "increments_of", "window_latents", "window_operator", "history_coordinates", "check_window_length"]
+           "increments_of", "window_latents", "window_operator", "history_coordinates", "check_window_length",
+           "IncrementOperator"]
 
 
 @runtime_checkable
@@ -103,8 +105,6 @@ def window_latents(prior: PriorModel, sample: torch.Tensor) -> torch.Tensor:
 
 def window_operator(prior: PriorModel, operator):
     """An operator of latent windows as the prior's sampler reads it: A, or A(L(u)) in increment coordinates."""
-    from latentda.diffusion.increments import IncrementOperator
-
     increments = increments_of(prior)
     return operator if increments is None else IncrementOperator(operator, increments)
 
@@ -160,3 +160,30 @@ class InflatedDenoiser:
 
     def __call__(self, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.denoise(x_t, sigma / self.factor)
+
+
+class IncrementOperator:
+    """A(L(u)): an operator A of latent windows read through increment coordinates, with its
+    linearisation at û composed with the map's tangent, A·L v and Lᵀ·Aᵀ w (A's own linearisation
+    when it has one, e.g. the decoder's tangent passes, :mod:`latentda.posterior.guidance`)."""
+
+    def __init__(self, operator, increments) -> None:
+        self.operator, self.increments = operator, increments
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return self.operator(self.increments.to_latents(u))
+
+    def linearize(self, anchor: torch.Tensor) -> "_IncrementLinearization":
+        return _IncrementLinearization(linearize(self.operator, self.increments.to_latents(anchor.detach())), self.increments)
+
+
+class _IncrementLinearization:
+    def __init__(self, inner, increments) -> None:
+        self.inner, self.increments = inner, increments
+        self.value = inner.value
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.inner.forward(self.increments.tangent(v))
+
+    def transpose(self, w: torch.Tensor) -> torch.Tensor:
+        return self.increments.tangent_transpose(self.inner.transpose(w))
