@@ -90,6 +90,65 @@ def test_known_frames_draw_prefixes_and_the_loss_ignores_them():
     torch.testing.assert_close(loss, (halves[0] + halves[1]) / 2)  # the same however the batch is split
 
 
+def test_history_noise_puts_the_given_states_off_by_one_offset_per_window():
+    """KnownFrames(noise=σ_h): every given state of a window moves by the same e ~ N(0, σ_h²), the free
+    states not at all; in increment coordinates u_1 moves by e, the first free increment by −e/s and
+    no other; the loss trains on the offset window; σ_h = 0 draws nothing."""
+    from latentda.data.statistics import Statistics
+    from latentda.diffusion.increments import Increments
+
+    B, K = 4000, 5
+    x = torch.randn(B, K, 2, 1, 1)
+    known = KnownFrames(1.0).draw(_Draws(B), K)
+    given = known[:, :, None, None, None]
+    out = KnownFrames(1.0, noise=0.3).offset(x, known, _Draws(B, seed=2))
+    delta = out - x
+    assert torch.equal(torch.where(given, 0, delta), torch.zeros_like(x))  # free states untouched
+    first = delta[:, :1]
+    torch.testing.assert_close(torch.where(given, delta - first, 0), torch.zeros_like(x))  # one offset per window
+    assert abs(first.std().item() - 0.3) < 0.01 and abs(first.mean().item()) < 0.01
+    assert abs(np.corrcoef(first[:, 0, 0].flatten(), first[:, 0, 1].flatten())[0, 1]) < 0.05  # independent elements
+
+    increments = Increments(Statistics(["a", "b"], mean=[0.1, -0.2], std=[0.05, 0.2]))
+    u = torch.randn(B, K, 2, 1, 1)
+    moved = KnownFrames(1.0, noise=0.3).offset(u, known, _Draws(B, seed=2), increments)
+    e = first  # the same draws
+    n = known.sum(1)
+    s = torch.tensor([0.05, 0.2])[None, :, None, None]
+    for k in range(K):
+        expected = u[:, k].clone()
+        expected += torch.where((k == 0) & (n > 0), 1.0, 0.0)[:, None, None, None] * e[:, 0]
+        expected -= torch.where((k == n) & (k > 0), 1.0, 0.0)[:, None, None, None] * e[:, 0] / s
+        torch.testing.assert_close(moved[:, k], expected, atol=2e-5, rtol=1e-5)
+
+    class Mean(torch.nn.Module):  # F = the window's mean state: the free states' output reads the given ones
+        def forward(self, x, label, context=None, known=None):
+            return x.mean(1, keepdim=True).expand_as(x)
+
+    denoiser, x = Denoiser(Mean(), make_schedule()), torch.randn(8, 4, 1, 2, 2)
+    loss = denoising_loss(denoiser, x, _Draws(8, seed=1), known_frames=KnownFrames(1.0, noise=0.5))
+    draws = _Draws(8, seed=1)  # by hand, in the loss's order of draws
+    sigma = TrainingNoise().sigmas(draws.rand(dtype=torch.float64), 1e-3, 1e3).float()[:, None, None, None, None]
+    noise = draws.randn(4, 1, 2, 2)
+    known = KnownFrames(1.0).draw(draws, 4)
+    off = x + 0.5 * known.float()[:, :, None, None, None] * draws.randn(1, 2, 2)[:, None]
+    given = known[:, :, None, None, None]
+    x_t = torch.where(given, off, off + sigma * noise)
+    seen = torch.where(given, x_t, x_t / torch.sqrt(sigma**2 + 1)).mean(1, keepdim=True)
+    denoised = torch.where(given, off, x_t / (sigma**2 + 1) + sigma / torch.sqrt(sigma**2 + 1) * seen)
+    expected = ((1 / sigma**2 + 1) * (denoised - off) ** 2 * (~given).float()).sum() / x.numel()
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, denoising_loss(denoiser, x, _Draws(8, seed=1), known_frames=KnownFrames(1.0)))
+
+    draws = _Draws(4, seed=3)
+    state = draws.generator.get_state()
+    assert torch.equal(KnownFrames(1.0).offset(x[:4], known[:4], draws), x[:4])
+    assert torch.equal(draws.generator.get_state(), state)  # nothing drawn: runs without noise train as before
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="history_noise"):
+            KnownFrames(0.5, noise=bad)
+
+
 class _Rows:
     """The draws of some rows of a batch (as one process's share of it)."""
 

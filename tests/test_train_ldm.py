@@ -256,6 +256,34 @@ def test_known_frames_prior_trains_and_conditions_forecasts_and_filters(tmp_path
     config.model.known_probability = 1.5
     with pytest.raises(LatentdaError, match="known_probability"):
         parse(LatentDiffusionConfig, to_dict(config))
+    config.model.known_probability = 0.5
+    for noise, known, message in ((-0.1, True, "must be a finite number"), (0.1, False, "needs known_frames")):
+        config.model.history_noise, config.model.known_frames = noise, known
+        with pytest.raises(LatentdaError, match=f"history_noise.*{message}"):
+            parse(LatentDiffusionConfig, to_dict(config))
+
+
+def test_history_noise_trains_on_offset_histories(tmp_path, latents):
+    """model.history_noise: the same run (seed, batches) with the given states offset trains other
+    weights, a finite loss, and a pipeline that loads and forecasts from a known history (in increment
+    coordinates: the offset passes through the map)."""
+    from latentda.posterior.forecast import forecast_members
+    from latentda.posterior.reanalysis import PosteriorSettings
+
+    weights = {}
+    for noise in (0.0, 0.3):
+        config = _config(tmp_path / f"run{noise}", steps=3)
+        config.model.known_frames, config.model.known_probability, config.model.increments = True, 1.0, True
+        config.model.history_noise = noise
+        metrics = train_latent_diffusion(config, str(latents), progress=False)
+        assert np.isfinite(metrics["denoising_mse_mean"])
+        weights[noise] = load_file(tmp_path / f"run{noise}" / "pipeline/denoiser/diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(weights[0.0][name], weights[0.3][name]) for name in weights[0.0])
+    pipeline = LatentDAPipeline.from_pretrained(tmp_path / "run0.3" / "pipeline")
+    pipeline.set_progress_bar_config(disable=True)
+    history = torch.randn(1, 2, *pipeline.latent_shape)
+    run = forecast_members(pipeline, [0], 1, PosteriorSettings(steps=2), initial=history, conditioning="known", context=2)
+    assert np.isfinite(np.stack([f for _, f in run])).all()
 
 
 def test_increment_prior_trains_on_increments_and_samples_one_window_at_a_time(tmp_path, latents):

@@ -43,6 +43,8 @@ import torch
 from diffusers import EDMEulerScheduler
 from torch import Tensor, nn
 
+from latentda.diffusion.increments import Increments
+
 __all__ = ["Denoiser", "make_schedule", "denoising_loss", "TrainingNoise", "KnownFrames", "NOISE_DISTRIBUTIONS", "SIGMA_MIN", "SIGMA_MAX"]
 
 SIGMA_MIN, SIGMA_MAX = 1e-3, 1e3
@@ -128,15 +130,32 @@ class Denoiser(nn.Module):
 
 @dataclass(frozen=True)
 class KnownFrames:
-    """Which leading states of each training window are given clean (module docstring, "Known
-    frames"): with probability ``probability`` a prefix of n states, n uniform in {1, …, K − 1},
-    otherwise none (the window's prior, which reanalyses and a filter's first cycle sample)."""
+    """Which leading states of each training window are given (module docstring, "Known frames"):
+    with probability ``probability`` a prefix of n states, n uniform in {1, …, K − 1}, otherwise none
+    (the window's prior, which reanalyses and a filter's first cycle sample).
+
+    ``noise`` σ_h > 0 gives the prefix **wrong as a whole** (conditioning augmentation, as cascaded
+    diffusion models noise their low-resolution input, Ho et al. 2022): one offset e ~ N(0, σ_h² I)
+    per window, in standardised latents z̃, added to every given state alike,
+
+        z̃'_k = z̃_k + e  (k ≤ n),   z̃'_k = z̃_k  (k > n),
+
+    and the window z̃' is the training example (given states and targets). The given history keeps its
+    own dynamics (its increments are exact) but sits off the truth, as a filter member's past does;
+    the network learns p(z̃_{n+1:K} | z̃'_{1:n}), whose first free state departs from the last given one
+    by the forecast's increment plus a correction of variance σ_h² it cannot predict, and MMPS then
+    sees that variance in the denoiser's Jacobian, so observations can pull a window away from a
+    member's wrong past. In increment coordinates (``increments``, :mod:`latentda.diffusion.increments`)
+    the offset moves u_1 by e and the first free increment by −e/s."""
 
     probability: float = 0.5
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.probability <= 1:
             raise ValueError(f"known_probability: must be in (0, 1], got {self.probability!r}")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"history_noise: must be a finite number ≥ 0, got {self.noise!r}")
 
     def draw(self, random, window: int) -> Tensor:
         """(B, K) bool from two uniforms per example of ``random`` (as :func:`denoising_loss`'s)."""
@@ -145,16 +164,31 @@ class KnownFrames:
         count = torch.where(given, count, torch.zeros_like(count))
         return torch.arange(window, device=count.device)[None] < count[:, None]
 
+    def offset(self, x: Tensor, known: Tensor, random, increments: Increments | None = None) -> Tensor:
+        """The windows x (B, K, c, h, w) with their given states off by one draw e per window (class
+        docstring); x itself when ``noise`` is 0 (no draw). ``increments``: x is in increment
+        coordinates, the offset is added to its latents."""
+        if self.noise == 0:
+            return x
+        e = self.noise * random.randn(*x.shape[2:]).to(x.device, x.dtype)
+        delta = known.to(x.dtype)[:, :, None, None, None] * e[:, None]
+        if increments is None:
+            return x + delta
+        return increments.to_increments(increments.to_latents(x) + delta)
+
 
 def denoising_loss(denoiser: Denoiser, x: Tensor, random, context: Tensor | None = None,
-                   levels: TrainingNoise = TrainingNoise(), known_frames: KnownFrames | None = None) -> Tensor:
+                   levels: TrainingNoise = TrainingNoise(), known_frames: KnownFrames | None = None,
+                   increments: Increments | None = None) -> Tensor:
     """λ(σ)-weighted denoising score matching loss of a batch x (B, ...), σ drawn from ``levels``.
 
     ``random`` draws the noise levels and noise example by example (``rand(*shape)`` and
     ``randn(*shape)`` returning (B, *shape), e.g. :class:`latentda.training.loop.BatchRandom`).
     ``known_frames``: windows x (B, K, ...) some of whose leading states are given clean; their
     elements then count zero in the mean (the sum over the other states' elements over the batch's
-    element count, so that the loss of a batch does not depend on how it is split over processes).
+    element count, so that the loss of a batch does not depend on how it is split over processes);
+    with ``known_frames.noise`` the given states are off by one offset per window
+    (:meth:`KnownFrames.offset`; ``increments``: x is in increment coordinates).
     """
     u = random.rand(dtype=torch.float64)
     sigma = levels.sigmas(u, denoiser.sigma_min, denoiser.sigma_max).to(x.device, x.dtype)
@@ -166,6 +200,7 @@ def denoising_loss(denoiser: Denoiser, x: Tensor, random, context: Tensor | None
         denoised = denoiser(x + sigma_b * noise, sigma, context)
         return (weight * (denoised - x) ** 2).mean()
     known = known_frames.draw(random, x.shape[1]).to(x.device)
+    x = known_frames.offset(x, known, random, increments)
     given = known.reshape(*known.shape, *([1] * (x.ndim - 2)))
     denoised = denoiser(torch.where(given, x, x + sigma_b * noise), sigma, context, known)
     free = (~given).to(x.dtype)

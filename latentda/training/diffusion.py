@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -49,7 +50,9 @@ class DenoiserModelConfig:
     uniform in 1..K − 1, in a fraction ``known_probability`` of the windows; the others train the
     prior as usual): forecasts and filters then condition on a member's history exactly
     (``conditioning: known``) instead of through guidance (:mod:`latentda.diffusion.denoiser`,
-    "Known frames"; docs/filter.md).
+    "Known frames"; docs/filter.md). ``history_noise`` σ_h: the given states are trained off the
+    truth by one offset e ~ N(0, σ_h² I) per window, as a filter member's past is
+    (:class:`latentda.diffusion.denoiser.KnownFrames`), so that the window may depart from a wrong history.
 
     ``increments``: diffuse windows in increment coordinates, u_1 = z̃_1, u_k = (z̃_k − z̃_{k−1} − m)/s
     with the one-step increments' per-channel moments m, s of the training split
@@ -68,12 +71,16 @@ class DenoiserModelConfig:
     calendar: bool = True
     known_frames: bool = False
     known_probability: float = 0.5
+    history_noise: float = 0.0
     increments: bool = False
 
     def validate(self, prefix: str) -> None:
         require(self.window >= 1, f"{prefix}.window", "must be at least 1")
         require(not self.known_frames or self.window >= 2, f"{prefix}.known_frames", "needs a window of at least 2 states")
         require(0 < self.known_probability <= 1, f"{prefix}.known_probability", "must be in (0, 1]")
+        require(math.isfinite(self.history_noise) and self.history_noise >= 0, f"{prefix}.history_noise",
+                "must be a finite number ≥ 0")
+        require(self.history_noise == 0 or self.known_frames, f"{prefix}.history_noise", "needs known_frames: true")
         require(not self.increments or self.window >= 2, f"{prefix}.increments", "needs a window of at least 2 states")
         for name in ("hidden_size", "depth", "num_heads"):
             require(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
@@ -241,11 +248,12 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     valid_context = torch.stack([item[1] for item in valid_items]) if calendar else None
 
     levels = config.diffusion.training_noise()
-    known_frames = KnownFrames(config.model.known_probability) if config.model.known_frames else None
+    known_frames = (KnownFrames(config.model.known_probability, config.model.history_noise)
+                    if config.model.known_frames else None)
 
     def loss_fn(model, batch, random):
         x, context = batch if isinstance(batch, tuple) else (batch, None)
-        return denoising_loss(Denoiser(model, schedule), x, random, context, levels, known_frames)
+        return denoising_loss(Denoiser(model, schedule), x, random, context, levels, known_frames, increments)
 
     def validate_fn(model):
         device = next(model.parameters()).device
