@@ -220,8 +220,9 @@ class LatentDAPipeline:
 
     @property
     def known_frames(self) -> bool:
-        """Whether the prior was also trained given clean leading states (``model.known_frames``):
-        then :meth:`history_denoiser` conditions a window on a history exactly."""
+        """Whether the prior was also trained given leading states (``model.known_frames``; clean, or
+        off the truth with ``model.history_noise``): then :meth:`history_denoiser` conditions a window on
+        a history by construction, without guidance."""
         return bool(getattr(self.backbone.config, "known_frames", False))
 
     def history_denoiser(self, known: torch.Tensor, times=None):

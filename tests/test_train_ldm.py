@@ -263,13 +263,22 @@ def test_known_frames_prior_trains_and_conditions_forecasts_and_filters(tmp_path
             parse(LatentDiffusionConfig, to_dict(config))
 
 
-def test_history_noise_trains_on_offset_histories(tmp_path, latents):
+def test_history_noise_trains_on_offset_histories(tmp_path, latents, monkeypatch):
     """model.history_noise: the same run (seed, batches) with the given states offset trains other
-    weights, a finite loss, and a pipeline that loads and forecasts from a known history (in increment
-    coordinates: the offset passes through the map)."""
+    weights, a finite loss, and a pipeline that loads and forecasts from a known history; the offset
+    reaches the loss with σ_h and, in increment coordinates, the run's map (it is added to the latents)."""
+    from latentda.diffusion.denoiser import KnownFrames
+    from latentda.diffusion.increments import Increments
     from latentda.posterior.forecast import forecast_members
     from latentda.posterior.reanalysis import PosteriorSettings
 
+    calls, offset = [], KnownFrames.offset
+
+    def spy(self, x, known, random, increments=None):
+        calls.append((self.noise, increments))
+        return offset(self, x, known, random, increments)
+
+    monkeypatch.setattr(KnownFrames, "offset", spy)
     weights = {}
     for noise in (0.0, 0.3):
         config = _config(tmp_path / f"run{noise}", steps=3)
@@ -279,6 +288,7 @@ def test_history_noise_trains_on_offset_histories(tmp_path, latents):
         assert np.isfinite(metrics["denoising_mse_mean"])
         weights[noise] = load_file(tmp_path / f"run{noise}" / "pipeline/denoiser/diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(weights[0.0][name], weights[0.3][name]) for name in weights[0.0])
+    assert {noise for noise, _ in calls} == {0.0, 0.3} and all(isinstance(i, Increments) for _, i in calls)
     pipeline = LatentDAPipeline.from_pretrained(tmp_path / "run0.3" / "pipeline")
     pipeline.set_progress_bar_config(disable=True)
     history = torch.randn(1, 2, *pipeline.latent_shape)

@@ -20,7 +20,8 @@ P_std = 1.2), which spends the network's capacity where sampling needs it: λ(σ
 target unit-variance, so the distribution of σ alone decides how much training each level gets.
 
 **Known frames.** A backbone built with ``known_frames`` is also the conditional denoiser of a
-window given some of its states clean, k ⊂ {1..K} (a forecast's or a filter's history):
+window given some of its states, k ⊂ {1..K} (a forecast's or a filter's history; clean, or trained
+off the truth by ``history_noise``, :class:`KnownFrames`):
 
     D(x_t, σ; k)_t = x_t                                   for t ∈ k (the given states, unscaled),
     D(x_t, σ; k)_t = c_skip x_t + c_out F(x̃, c_noise, k)_t  otherwise,  x̃_t = x_t (t ∈ k), c_in x_t (t ∉ k),
@@ -28,7 +29,8 @@ window given some of its states clean, k ⊂ {1..K} (a forecast's or a filter's 
 the network seeing the given states as they are (c_in would shrink them to nothing at high σ) and a
 per-state flag. Trained with :class:`KnownFrames` (a random prefix given, with some probability),
 the loss λ(σ)‖D − x‖² counts the other states only. The history then conditions the
-window exactly, by construction, rather than through guidance with a slack σ_c
+window by construction (exactly when trained clean; as a history that errs by σ_h with
+``history_noise``), rather than through guidance with a slack σ_c
 (:mod:`latentda.posterior.forecast`): the conditional p(z_{n+1:K} | z_{1:n}) is learnt, not
 approximated by the Gaussian step of MMPS. As in video diffusion models conditioned on context
 frames (e.g. Ho et al. 2022, "Video diffusion models"; Chen et al. 2024, "Diffusion forcing").
@@ -143,10 +145,12 @@ class KnownFrames:
     and the window z̃' is the training example (given states and targets). The given history keeps its
     own dynamics (its increments are exact) but sits off the truth, as a filter member's past does;
     the network learns p(z̃_{n+1:K} | z̃'_{1:n}), whose first free state departs from the last given one
-    by the forecast's increment plus a correction of variance σ_h² it cannot predict, and MMPS then
+    by the forecast's increment plus a correction of variance up to σ_h² (less where a shifted history
+    looks unlike the data and betrays e), and MMPS then
     sees that variance in the denoiser's Jacobian, so observations can pull a window away from a
     member's wrong past. In increment coordinates (``increments``, :mod:`latentda.diffusion.increments`)
-    the offset moves u_1 by e and the first free increment by −e/s."""
+    the offset moves u_1 by e and the first free increment by −e/s: about 10 σ_h on QG (s ≈ 0.07–0.13), so σ_h
+    is small, of the order of a filter's error in z̃ (≈ 0.19 per unit of ψ error on QG)."""
 
     probability: float = 0.5
     noise: float = 0.0
@@ -171,7 +175,7 @@ class KnownFrames:
         if self.noise == 0:
             return x
         e = self.noise * random.randn(*x.shape[2:]).to(x.device, x.dtype)
-        delta = known.to(x.dtype)[:, :, None, None, None] * e[:, None]
+        delta = known.to(x.dtype).reshape(*known.shape, *([1] * (x.ndim - 2))) * e.unsqueeze(1)
         if increments is None:
             return x + delta
         return increments.to_increments(increments.to_latents(x) + delta)

@@ -82,7 +82,7 @@ class PriorModel(Protocol):
 
 
 def has_known_frames(prior: PriorModel) -> bool:
-    """Whether ``prior`` conditions a window on clean leading states (``history_denoiser``)."""
+    """Whether ``prior`` conditions a window on given leading states (``history_denoiser``)."""
     return bool(getattr(prior, "known_frames", False))
 
 
