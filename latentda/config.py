@@ -22,7 +22,7 @@ import yaml
 
 from latentda.errors import LatentdaError
 
-__all__ = ["parse", "parse_known", "load_config", "require", "to_dict", "read_text", "read_json", "parse_yaml",
+__all__ = ["parse", "parse_known", "load_config", "require", "to_dict", "config_defaults", "read_text", "read_json", "parse_yaml",
            "MAX_SEED"]
 
 T = TypeVar("T")
@@ -183,14 +183,28 @@ def load_config(cls: type[T], path: str | os.PathLike, overrides: dict | None = 
     return parse(cls, data)
 
 
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def to_dict(instance: Any) -> dict:
     """A config dataclass as plain data (tuples become lists), e.g. to save next to a model."""
+    return _plain(instance)
 
-    def plain(value):
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
 
-    return plain(dataclasses.asdict(instance))
+def config_defaults(cls: type) -> dict:
+    """The defaults of config dataclass ``cls`` as plain data (sections as mappings; required keys
+    absent): what a key a config file leaves out means."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return _plain(values)

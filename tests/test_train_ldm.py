@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from conftest import make_box_dataset, run_torchrun
 from latentda import cli
 from latentda.components import save_autoencoder
-from latentda.config import parse, to_dict
+from latentda.config import config_defaults, parse, to_dict
 from latentda.data import FieldLayout, compute_statistics, open_dataset, write_dataset
 from latentda.encoding import encode_dataset
 from latentda.errors import LatentdaError
@@ -117,6 +117,15 @@ def test_ldm_resume_equals_uninterrupted(tmp_path, latents, monkeypatch):
     with pytest.raises(LatentdaError, match="model.hidden_size: 16 → 32"):
         train_latent_diffusion(wider, str(latents), resume=True, progress=False)
     assert (tmp_path / "killed" / "config.yaml").read_text() == recorded  # the first run's record is kept
+    # a record written before model.increments existed had its default: another value now is refused too
+    older = yaml.safe_load(recorded)
+    del older["model"]["increments"]
+    (tmp_path / "killed" / "config.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    newer = parse(LatentDiffusionConfig, {**to_dict(_config(tmp_path / "killed")), "model": {**TINY["model"], "increments": True}})
+    with pytest.raises(LatentdaError, match=r"model.increments: not recorded, the default False → True"):
+        train_latent_diffusion(newer, str(latents), resume=True, progress=False)
+    loop.check_resumed_config(tmp_path / "killed", to_dict(_config(tmp_path / "killed")),
+                              defaults=config_defaults(LatentDiffusionConfig))  # the default itself: accepted
     (tmp_path / "killed" / "config.yaml").unlink()
     with pytest.raises(LatentdaError, match="checkpoint does not match the model"):
         train_latent_diffusion(wider, str(latents), resume=True, progress=False)

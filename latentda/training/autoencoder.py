@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from latentda.components import save_autoencoder
-from latentda.config import require, to_dict
+from latentda.config import config_defaults, require, to_dict
 from latentda.data import FieldLayout, FieldSource, Statistics, WindowDataset, compute_statistics, open_dataset, split_segments
 from latentda.data.statistics import MissingScan
 from latentda.errors import LatentdaError
@@ -207,7 +207,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         return {"compression_factor": final.compression_factor, "latent_shape": list(final.latent_shape)}
 
     # continuing on more (or other) data is allowed: the statistics stay those of the first run's data
-    return trainer.run(to_dict(config), save_outputs, may_change=frozenset({"data.path"}))
+    return trainer.run(to_dict(config), save_outputs, may_change=frozenset({"data.path"}), defaults=config_defaults(AutoEncoderConfig))
 
 
 def _shared_layout(accelerator, path: Path, layout: FieldLayout, scan: MissingScan, allow_missing: bool) -> FieldLayout:

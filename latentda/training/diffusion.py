@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from latentda.components import autoencoder_fingerprint, load_autoencoder, load_representation_error
-from latentda.config import require, to_dict
+from latentda.config import config_defaults, require, to_dict
 from latentda.data import LatentSource, Statistics, WindowDataset, split_segments, time_step
 from latentda.data.splits import Segment
 from latentda.data.calendar import CALENDAR_FEATURES
@@ -282,7 +282,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
 
     # the sampler defaults only set how the saved pipeline samples: a resumed run may retune them
     sampling = frozenset(f"diffusion.{f.name}" for f in dataclasses.fields(SamplerSettings))
-    return trainer.run(to_dict(config), save_outputs, may_change=sampling)
+    return trainer.run(to_dict(config), save_outputs, may_change=sampling, defaults=config_defaults(LatentDiffusionConfig))
 
 
 def model_card(pipeline: LatentDAPipeline, config: LatentDiffusionConfig, summary: dict) -> str:

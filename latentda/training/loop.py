@@ -172,10 +172,13 @@ def _dotted(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def check_resumed_config(run_dir: Path, config_data: dict, may_change: frozenset[str] = frozenset()) -> None:
+def check_resumed_config(run_dir: Path, config_data: dict, may_change: frozenset[str] = frozenset(),
+                         defaults: dict | None = None) -> None:
     """A resumed run keeps its first config (``run_dir/config.yaml``) except :data:`RESUMABLE` keys and
     ``may_change`` (a model's own, e.g. the sampler defaults a pipeline is saved with): one line naming
-    the keys that differ otherwise."""
+    the keys that differ otherwise. A key the first config lacks (written by a latentda without it)
+    had its default (``defaults``, :func:`latentda.config.config_defaults`, which keep an older run's
+    behaviour): set to anything else now, it differs too."""
     import yaml
 
     recorded = run_dir / "config.yaml"
@@ -189,8 +192,12 @@ def check_resumed_config(run_dir: Path, config_data: dict, may_change: frozenset
     allowed = RESUMABLE | may_change
     # keys of both: a config written by another version of latentda may lack (or have) a field this one has not
     changed = sorted(k for k in old.keys() & new.keys() if k not in allowed and str(old[k]) != str(new[k]))
-    if changed:
-        listed = ", ".join(f"{k}: {old[k]!r} → {new[k]!r}" for k in changed)
+    fallback = _dotted(defaults or {})
+    added = sorted(k for k in new.keys() - old.keys()
+                   if k in fallback and k not in allowed and str(fallback[k]) != str(new[k]))
+    if changed or added:
+        listed = ", ".join([f"{k}: {old[k]!r} → {new[k]!r}" for k in changed]
+                           + [f"{k}: not recorded, the default {fallback[k]!r} → {new[k]!r}" for k in added])
         raise LatentdaError(f"{run_dir}: --resume continues the run of {recorded.name}, which had other settings ({listed}); "
                             "train into another output to change them")
 
@@ -386,8 +393,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ a whole run
     def run(self, config_data: dict, save_outputs: Callable[[torch.nn.Module, dict], dict],
-            may_change: frozenset[str] = frozenset()) -> dict:
-        """Write ``config.yaml`` (resuming: after :func:`check_resumed_config` with ``may_change``), train,
+            may_change: frozenset[str] = frozenset(), defaults: dict | None = None) -> dict:
+        """Write ``config.yaml`` (resuming: after :func:`check_resumed_config` with ``may_change`` and
+        ``defaults``), train,
         then (main process) hand the EMA model and the final metrics to ``save_outputs``, which writes
         the run's artefacts and returns extra summary entries for ``metrics.json``. Returns the final
         validation metrics."""
@@ -395,7 +403,7 @@ class Trainer:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resume and latest_checkpoint(self.checkpoint_dir) is not None:
-            check_resumed_config(self.run_dir, config_data, may_change)
+            check_resumed_config(self.run_dir, config_data, may_change, defaults)
         self.config_text = yaml.safe_dump(config_data, sort_keys=False)  # written once the weights load (fit)
         metrics = self.fit()
         ema_state = self._ema_state() if self.sharded else None  # a collective: before the main-only part
