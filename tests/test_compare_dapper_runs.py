@@ -30,12 +30,27 @@ def ensemble_series(rng, cycles: int, members: int, shared: float, own: float, s
     return rmse, spread
 
 
-def write_run(path: Path, rmse, spread, members: int, seed: int = 3000) -> Path:
+def write_run(path: Path, rmse, spread, members: int, seed: int = 3000, smoothed=None) -> Path:
+    series = {"rmse.a": rmse, "spread.a": spread}
+    if smoothed is not None:  # a lagged filter's fixed-lag smoother
+        series.update({"rmse.s": smoothed[0], "spread.s": smoothed[1]})
     path.write_text(json.dumps({
         "experiment": {"seed": seed, "cycles": len(rmse), "truth_sha256": "abc"},
         "methods": {"latentda-filter": {"method": f"LatentDA(pipeline=<…>, N={members}, mode='filter')",
-                                        "series": {"rmse.a": rmse, "spread.a": spread}}}}))
+                                        "series": series}}}))
     return path
+
+
+def test_smoothed_compares_the_smoothed_states(tmp_path, capsys):
+    tool = load_tool()
+    a = write_run(tmp_path / "a.json", [2.0] * 10, [1.0] * 10, 4, smoothed=([1.0] * 10, [0.5] * 10))
+    b = write_run(tmp_path / "b.json", [3.0] * 10, [1.0] * 10, 4, smoothed=([1.0 + 0.02 * k for k in range(10)], [0.6] * 10))
+    tool.main([str(a), str(b), "--cycles", "1", "10", "--smoothed"])
+    out = capsys.readouterr().out
+    assert "(smoothed states)" in out and "rmse 1.000  spread 0.500" in out
+    assert "rmse 1.090  spread 0.600" in out and "paired change +0.090" in out  # not the analyses' +1.000
+    with pytest.raises(SystemExit, match="rmse.s"):  # a run without smoothed states is named
+        tool.main([str(write_run(tmp_path / "c.json", [1.0] * 10, [0.5] * 10, 4)), str(a), "--cycles", "1", "10", "--smoothed"])
 
 
 def test_prediction_matches_the_ensemble_drawn_with_more_members():

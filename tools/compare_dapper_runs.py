@@ -10,6 +10,10 @@ taken as independent: the errors of neighbouring cycles are correlated, so it is
 what the cycles share (the same truth and observations): differences of a few percent are resolved in 20 cycles
 that the unpaired means would not separate.
 
+``--smoothed`` compares a filter's fixed-lag smoother instead: each state's last sample, DAPPER's ``rmse.s`` and
+``spread.s`` of a lagged filter run (docs/filter.md, "Lag"); its last ℓ − 1 cycles are finalised with fewer
+future cycles, so leave them out of ``--cycles``.
+
 ``--members N`` adds what N members would score, predicted from an M-member run's series: the ensemble mean of
 M independent members errs by E|x̄_M − x|² = b² + s²(1 + 1/M) with s² the members' variance (DAPPER's spread²,
 ddof 1), so rmse_N² ≈ rmse_M² − spread_M²(1/M − 1/N) cycle by cycle (docs/filter.md, "Eight members"). M is read
@@ -32,9 +36,10 @@ from pathlib import Path
 KEYS = {"latentda-filter": ("rmse.a", "spread.a"), "latentda-smoother": ("rmse.s", "spread.s")}
 
 
-def load_series(path: Path, method: str) -> tuple[list[float], list[float], int | None, dict]:
-    """(rmse, spread, members, experiment) of one method's per-cycle series in a bench JSON."""
-    rmse_key, spread_key = KEYS.get(method, ("rmse.a", "spread.a"))
+def load_series(path: Path, method: str, smoothed: bool = False) -> tuple[list[float], list[float], int | None, dict]:
+    """(rmse, spread, members, experiment) of one method's per-cycle series in a bench JSON (``smoothed``:
+    of its smoothed states, ``rmse.s``, ``spread.s``)."""
+    rmse_key, spread_key = ("rmse.s", "spread.s") if smoothed else KEYS.get(method, ("rmse.a", "spread.a"))
     try:
         result = json.loads(path.read_text())
         record = result["methods"][method]
@@ -67,11 +72,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="1-based analysis cycles, inclusive")
     parser.add_argument("--method", default="latentda-filter", help="the method's key in the JSONs")
     parser.add_argument("--members", type=int, help="also predict each run's rmse with this many members")
+    parser.add_argument("--smoothed", action="store_true",
+                        help="the smoothed states' scores (rmse.s, spread.s: a lagged filter's fixed-lag smoother)")
     args = parser.parse_args(argv)
     first, last = args.cycles
     if not 1 <= first <= last:
         parser.error(f"--cycles {first} {last}: need 1 ≤ FIRST ≤ LAST")
-    runs = [(path, *load_series(path, args.method)) for path in args.runs]
+    runs = [(path, *load_series(path, args.method, args.smoothed)) for path in args.runs]
     for path, rmse, _, _, experiment in runs:
         if len(rmse) < last:
             raise SystemExit(f"error: {path}: its series has {len(rmse)} cycles, --cycles asks for {last}")
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     window = slice(first - 1, last)
     reference = runs[0][1][window]
     n = last - first + 1
-    print(f"{args.method}, cycles {first}–{last} ({n})")
+    print(f"{args.method}{' (smoothed states)' if args.smoothed else ''}, cycles {first}–{last} ({n})")
     for index, (path, rmse, spread, members, experiment) in enumerate(runs):
         r, s = rmse[window], spread[window]
         line = (f"{path.name} ({experiment.get('cycles')} cycles, truth {experiment.get('truth_sha256')}): rmse {mean(r):.3f}  spread {mean(s):.3f}  spread/rmse {mean(s) / mean(r):.2f}")
