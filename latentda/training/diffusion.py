@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -77,9 +76,11 @@ class DenoiserModelConfig:
     def validate(self, prefix: str) -> None:
         require(self.window >= 1, f"{prefix}.window", "must be at least 1")
         require(not self.known_frames or self.window >= 2, f"{prefix}.known_frames", "needs a window of at least 2 states")
-        require(0 < self.known_probability <= 1, f"{prefix}.known_probability", "must be in (0, 1]")
-        require(math.isfinite(self.history_noise) and self.history_noise >= 0, f"{prefix}.history_noise",
-                "must be a finite number ≥ 0")
+        try:  # the rules of known_probability and history_noise, once (KnownFrames)
+            KnownFrames(self.known_probability, self.history_noise)
+        except ValueError as error:  # "key: message"
+            key, message = str(error).split(": ", 1)
+            require(False, f"{prefix}.{key}", message)
         require(self.history_noise == 0 or self.known_frames, f"{prefix}.history_noise", "needs known_frames: true")
         require(not self.increments or self.window >= 2, f"{prefix}.increments", "needs a window of at least 2 states")
         for name in ("hidden_size", "depth", "num_heads"):
