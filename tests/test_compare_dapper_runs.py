@@ -84,6 +84,21 @@ def test_paired_change_and_output(tmp_path, capsys):
     assert f"predicted with 8 members: {tool.predicted_rmse(base[10:30], spread[10:30], 4, 8):.3f}" in out
 
 
+def test_a_run_of_another_method_is_named_with_it(tmp_path, capsys):
+    tool = load_tool()
+    a = write_run(tmp_path / "a.json", [2.0] * 10, [1.0] * 10, 4)
+    hybrid = tmp_path / "hybrid.json"
+    hybrid.write_text(json.dumps({"experiment": {"seed": 3000, "cycles": 10, "truth_sha256": "abc"},
+                                  "methods": {"letkf-learned": {"method": "LETKF(N=25)",
+                                                                "series": {"rmse.a": [2.5] * 10, "spread.a": [1.5] * 10}}}}))
+    tool.main([str(a), f"{hybrid}:letkf-learned", "--cycles", "1", "10"])
+    out = capsys.readouterr().out
+    assert "hybrid.json:letkf-learned (10 cycles" in out and "rmse 2.500  spread 1.500" in out
+    assert "paired change +0.500" in out
+    with pytest.raises(SystemExit, match="'latentda-filter'"):  # without the method, the default is looked for
+        tool.main([str(a), str(hybrid), "--cycles", "1", "10"])
+
+
 @pytest.mark.parametrize("case", ["missing", "not-json", "too-short", "other-seed", "no-score", "no-series-key"])
 def test_bad_runs_are_named(tmp_path, case):
     tool = load_tool()

@@ -30,6 +30,11 @@ Methods (``--methods``, default ``letkf``, plus ``latentda-filter latentda-smoot
   one-cycle forecast from the truth (member and ensemble-mean rmse, spread), to set beside
   ``--forecast-skill``'s; ``--model-error-inflation`` and ``--model-error-members`` set its inflation and
   ensemble size (default the documented 1.04 and 25; ``letkf-err0-0`` is then the exact model's LETKF);
+- ``letkf-learned`` (with ``--pipeline``): the hybrid filter, the same LETKF with the learned prior as its model
+  (:func:`latentda.integrations.learned_model.with_learned_model`: each member's next state is one draw of the
+  prior's forecast from its encoded last ``context`` states; ``context``, ``conditioning`` and ``condition_noise``
+  of ``--latentda-options``, default 1, known for a prior trained with known frames else MMPS, 0.05; ``--settings``
+  its sampler), ``--model-error-inflation`` and ``--model-error-members`` its inflation and ensemble size;
 - ``latentda-filter`` / ``latentda-smoother``: :class:`latentda.integrations.dapper.LatentDA` (mode
   ``filter`` / ``smoother``, ``--members`` members) with a pipeline trained on QG states one ``dtout``
   apart (``latentda simulate dapper-qg``, ``tools/train_qg.sh``); ``--settings`` sets their
@@ -142,6 +147,10 @@ def _methods(args, pipeline) -> list:
             shared, independent = (float(value) for value in re.fullmatch(MODEL_ERROR_ROW, name).groups())
             made.append((name, LETKF(N=args.model_error_members, infl=args.model_error_inflation, loc_rad=10, mp=mp),
                          {"shared": shared, "independent": independent}))
+        elif name == "letkf-learned":
+            if pipeline is None:
+                sys.exit(f"{name} needs --pipeline")
+            made.append((name, LETKF(N=args.model_error_members, infl=args.model_error_inflation, loc_rad=10), "learned"))
         elif name == "enks":
             made.append((name, EnKS("Sqrt", N=25, Lag=2, infl=1.04), None))
         elif name == "ienks":
@@ -238,7 +247,7 @@ def _write(path: Path | None, results: dict) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="*", default=None,
-                        help="letkf enks ienks letkf-err<s>-<r> latentda-filter latentda-smoother (default: letkf, plus "
+                        help="letkf enks ienks letkf-err<s>-<r> letkf-learned latentda-filter latentda-smoother (default: letkf, plus "
                              "the latentda ones with --pipeline)")
     parser.add_argument("--pipeline", type=Path, help="latentda pipeline trained on QG (tools/train_qg.sh)")
     parser.add_argument("--members", type=int, default=8, help="latentda members (default 8)")
@@ -258,9 +267,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--model-error-length", type=float, default=8.0,
                         help="letkf-err rows: the model error fields' smoothing length in grid points (default 8)")
     parser.add_argument("--model-error-inflation", type=float, default=1.04,
-                        help="letkf-err rows: the LETKF's multiplicative inflation (default 1.04, the documented one)")
+                        help="letkf-err and letkf-learned rows: the LETKF's multiplicative inflation (default 1.04, the documented one)")
     parser.add_argument("--model-error-members", type=int, default=25,
-                        help="letkf-err rows: the LETKF's ensemble size (default 25, the documented one)")
+                        help="letkf-err and letkf-learned rows: the LETKF's ensemble size (default 25, the documented one)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     try:  # the JSON options, parsed once
@@ -333,7 +342,16 @@ def main(argv=None) -> dict:
         _write(args.json, results)
     for name, xp, model_error in methods:
         hmm, model_error_row = HMM, {}
-        if model_error is not None:  # the LETKF with an imperfect model (the truth stays the exact model's)
+        if model_error == "learned":  # the LETKF with the learned prior as its model (the truth stays the exact model's)
+            from latentda.integrations.learned_model import with_learned_model
+
+            options = {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning")
+                       if key in args.latentda_options}
+            pipeline.set_progress_bar_config(disable=True)  # one forecast per cycle: DAPPER's bar counts the cycles
+            hmm = with_learned_model(HMM, pipeline, settings=args.settings, seed=args.seed + 2, **options)
+            model_error_row = {"learned_model": {**options, "settings": args.settings, "pipeline": str(args.pipeline)}}
+            say(f"\n{name}: the LETKF with the learned prior as its model ({options or 'defaults'})", flush=True)
+        elif model_error is not None:  # the LETKF with an imperfect model (the truth stays the exact model's)
             from latentda.integrations.imperfect_model import with_model_error
 
             spec = {**model_error, "length": args.model_error_length}
@@ -365,7 +383,7 @@ def main(argv=None) -> dict:
         series = _series(xp)
         say(f"\n{name}: {xp}  wall {wall:.1f} s ({row['s_per_cycle']} s/cycle)")
         say("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items()
-                             if key not in ("method", "wall_s", "s_per_cycle", "model_error")),
+                             if key not in ("method", "wall_s", "s_per_cycle", "model_error", "learned_model")),
             flush=True)
         del xp.stats
         row["series"] = series  # after the printout: one list per score, a value per cycle

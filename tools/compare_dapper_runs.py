@@ -2,6 +2,7 @@
 
     python tools/compare_dapper_runs.py REFERENCE.json OTHER.json [MORE.json ...] --cycles 51 70 \
         [--method latentda-filter] [--members 8]
+    python tools/compare_dapper_runs.py FILTER.json HYBRID.json:letkf-learned --cycles 51 80   # two methods
 
 For every JSON: the mean over cycles [first, last] (1-based, inclusive) of DAPPER's per-cycle rmse and spread
 of the method's analyses (smoothed states for a smoother), spread/rmse, and against the first JSON the paired
@@ -13,6 +14,10 @@ that the unpaired means would not separate.
 ``--smoothed`` compares a filter's fixed-lag smoother instead: each state's last sample, DAPPER's ``rmse.s`` and
 ``spread.s`` of a lagged filter run (docs/filter.md, "Lag"); its last ℓ − 1 cycles are finalised with fewer
 future cycles, so leave them out of ``--cycles``.
+
+A run given as ``PATH.json:METHOD`` is read for that method instead of ``--method`` (methods of different runs, e.g.
+latentda's filter against the LETKF with the learned prior as its model; a method other than latentda's smoother is
+read by its analyses, ``rmse.a``, ``spread.a``).
 
 ``--members N`` adds what N members would score, predicted from an M-member run's series: the ensemble mean of
 M independent members errs by E|x̄_M − x|² = b² + s²(1 + 1/M) with s² the members' variance (DAPPER's spread²,
@@ -55,6 +60,12 @@ def load_series(path: Path, method: str, smoothed: bool = False) -> tuple[list[f
     return rmse, spread, int(found.group(1)) if found else None, experiment
 
 
+def _run_spec(text: str, default_method: str) -> tuple[Path, str]:
+    """``PATH.json:METHOD`` → (PATH.json, METHOD); a plain path → (path, ``default_method``)."""
+    head, _, tail = text.rpartition(":")
+    return (Path(head), tail) if head.endswith(".json") and tail else (Path(text), default_method)
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -67,7 +78,7 @@ def predicted_rmse(rmse: list[float], spread: list[float], members: int, target:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="bench JSONs; the first is the reference")
+    parser.add_argument("runs", nargs="+", help="bench JSONs (PATH.json or PATH.json:METHOD); the first is the reference")
     parser.add_argument("--cycles", nargs=2, type=int, required=True, metavar=("FIRST", "LAST"),
                         help="1-based analysis cycles, inclusive")
     parser.add_argument("--method", default="latentda-filter", help="the method's key in the JSONs")
@@ -78,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     first, last = args.cycles
     if not 1 <= first <= last:
         parser.error(f"--cycles {first} {last}: need 1 ≤ FIRST ≤ LAST")
-    runs = [(path, *load_series(path, args.method, args.smoothed)) for path in args.runs]
+    specs = [_run_spec(text, args.method) for text in args.runs]
+    runs = [(path, *load_series(path, method, args.smoothed)) for path, method in specs]
     for path, rmse, _, _, experiment in runs:
         if len(rmse) < last:
             raise SystemExit(f"error: {path}: its series has {len(rmse)} cycles, --cycles asks for {last}")
@@ -93,9 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     reference = runs[0][1][window]
     n = last - first + 1
     print(f"{args.method}{' (smoothed states)' if args.smoothed else ''}, cycles {first}–{last} ({n})")
-    for index, (path, rmse, spread, members, experiment) in enumerate(runs):
+    for index, ((path, rmse, spread, members, experiment), (_, method)) in enumerate(zip(runs, specs)):
         r, s = rmse[window], spread[window]
-        line = (f"{path.name} ({experiment.get('cycles')} cycles, truth {experiment.get('truth_sha256')}): rmse {mean(r):.3f}  spread {mean(s):.3f}  spread/rmse {mean(s) / mean(r):.2f}")
+        name = path.name if method == args.method else f"{path.name}:{method}"
+        line = (f"{name} ({experiment.get('cycles')} cycles, truth {experiment.get('truth_sha256')}): rmse {mean(r):.3f}  spread {mean(s):.3f}  spread/rmse {mean(s) / mean(r):.2f}")
         if index:  # against the reference
             change = [a - b for a, b in zip(r, reference)]
             d = mean(change)
