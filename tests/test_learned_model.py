@@ -47,8 +47,26 @@ def test_a_step_is_the_priors_forecast_of_each_member_from_its_own_state(pipelin
     one = LearnedModel(pipeline, settings=SETTINGS, seed=5)(states[0], 0.0, 1.0)  # a single state (Nx,)
     assert one.shape == (NX,)
     np.testing.assert_allclose(one, expected[0], rtol=1e-6, atol=1e-6)
-    again = model(states, 1.0, 1.0)  # the next call draws new noise (stream seed + 1)
+    again = model(states, 1.0, 1.0)  # the next step draws new noise (stream seed + 1)
     assert not np.allclose(again, got)
+    np.testing.assert_allclose(model(states, 0.0, 1.0), got, rtol=1e-6, atol=1e-6)  # the same time, the same draws
+
+
+def test_member_m_is_forecast_from_its_own_state_and_returned_in_row_m(pipeline, monkeypatch):
+    """The tiny prior ignores its history (zero backbone), so route through a fake forecast that returns each
+    member's given state, decoded, plus m: row m must be D(E(x_m)) + m, the rows handed over in reverse."""
+    def fake(prior, members, lead, settings, **kwargs):
+        initial = kwargs["initial"]
+        for m in reversed(members):
+            now = prior.decode(initial[m, -1:])
+            yield m, np.concatenate([now, now + m])
+
+    monkeypatch.setattr(forecast_module, "forecast_members", fake)
+    states = _states(3, seed=4)
+    got = LearnedModel(pipeline, settings=SETTINGS)(states, 0.0, 1.0)
+    shape = (pipeline.layout.num_channels, *pipeline.layout.shape)
+    reconstructed = _fields_to_states(pipeline.decode(pipeline.encode(_states_to_fields(states, shape))))
+    np.testing.assert_allclose(got, reconstructed + np.arange(3)[:, None], rtol=1e-6, atol=1e-6)
 
 
 def test_context_remembers_the_members_last_states_while_the_calls_follow_in_time(pipeline, monkeypatch):
@@ -93,6 +111,12 @@ def test_the_hmm_is_copied_and_an_ensemble_filter_runs_with_the_learned_model(pi
 def test_bad_input(pipeline):
     with pytest.raises(LatentdaError, match="context must be an integer in \\[1, 3\\]"):
         LearnedModel(pipeline, context=4)
+    with pytest.raises(LatentdaError, match="conditioning must be one of"):
+        LearnedModel(pipeline, conditioning="exact")
+    with pytest.raises(LatentdaError, match="known frames"):  # the tiny prior was not trained with them
+        LearnedModel(pipeline, conditioning="known")
+    with pytest.raises(LatentdaError, match="steps"):
+        LearnedModel(pipeline, settings={"steps": 0})
     with pytest.raises(LatentdaError, match="non-finite"):
         LearnedModel(pipeline, settings=SETTINGS)(np.full((2, NX), np.nan), 0.0, 1.0)
     HMM = tiny_hmm()

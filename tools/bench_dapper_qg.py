@@ -150,7 +150,7 @@ def _methods(args, pipeline) -> list:
         elif name == "letkf-learned":
             if pipeline is None:
                 sys.exit(f"{name} needs --pipeline")
-            made.append((name, LETKF(N=args.model_error_members, infl=args.model_error_inflation, loc_rad=10), "learned"))
+            made.append((name, LETKF(N=args.model_error_members, infl=args.model_error_inflation, loc_rad=10, mp=mp), "learned"))
         elif name == "enks":
             made.append((name, EnKS("Sqrt", N=25, Lag=2, infl=1.04), None))
         elif name == "ienks":
@@ -345,12 +345,15 @@ def main(argv=None) -> dict:
         if model_error == "learned":  # the LETKF with the learned prior as its model (the truth stays the exact model's)
             from latentda.integrations.learned_model import with_learned_model
 
-            options = {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning")
+            options = {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning", "state_index")
                        if key in args.latentda_options}
-            pipeline.set_progress_bar_config(disable=True)  # one forecast per cycle: DAPPER's bar counts the cycles
             hmm = with_learned_model(HMM, pipeline, settings=args.settings, seed=args.seed + 2, **options)
-            model_error_row = {"learned_model": {**options, "settings": args.settings, "pipeline": str(args.pipeline)}}
-            say(f"\n{name}: the LETKF with the learned prior as its model ({options or 'defaults'})", flush=True)
+            learned = hmm.Dyn.model
+            model_error_row = {"learned_model": {"context": learned.context, "conditioning": learned.conditioning,
+                                                 "condition_noise": learned.condition_noise, "seed": learned.seed,
+                                                 "settings": args.settings, "pipeline": str(args.pipeline)}}
+            say(f"\n{name}: the LETKF with the learned prior as its model (context {learned.context}, "
+                f"{learned.conditioning} conditioning)", flush=True)
         elif model_error is not None:  # the LETKF with an imperfect model (the truth stays the exact model's)
             from latentda.integrations.imperfect_model import with_model_error
 
@@ -365,6 +368,8 @@ def main(argv=None) -> dict:
             hmm = with_model_error(HMM, QG_FIELDS, **spec, seed=args.seed + 2)
         set_seed(args.seed + 1)
         start = time.perf_counter()
+        if pipeline is not None:  # the learned model forecasts once a cycle: DAPPER's own bar counts the cycles
+            pipeline.set_progress_bar_config(disable=model_error == "learned")
         try:
             xp.assimilate(hmm, xx, yy)
         except Exception as error:  # noqa: BLE001 - e.g. a diverging global smoother: record it, go on

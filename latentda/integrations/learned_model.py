@@ -2,11 +2,10 @@ r"""latentda's prior as the forecast model of DAPPER's ensemble filters: a hybri
 
 latentda's own filter (:mod:`latentda.posterior.filtering`) both forecasts and analyses with the learned prior:
 each cycle's new states are one guided sample per member. The other way to use a learned prior in data
-assimilation keeps the ensemble filter's analysis and replaces only its model: the members' forecasts from one
-analysis to the next come from the prior, the analysis is the filter's (e.g. DAPPER's LETKF, localised). With a
-prior whose one-cycle forecast is close to the system's, that filter inherits the LETKF's skill at placing
-the observations' information in the unobserved box, which a sampler guided by one window's observations
-recovers less well (docs/filter.md).
+assimilation keeps an ensemble filter's analysis and replaces only its model: the members' forecasts from one
+analysis to the next come from the prior, the analysis is the filter's (e.g. DAPPER's LETKF, localised). Both
+use the same prior; comparing them separates the analysis from the learned dynamics (docs/filter.md, "The LETKF
+with the learned prior as its model").
 
 :class:`LearnedModel` is a DAPPER model function ``model(E, t, dt)``: each row of E (a member's state, as
 :class:`latentda.integrations.dapper.LatentDA` reads DAPPER's states) is encoded, E(x), and its next state is
@@ -15,12 +14,14 @@ conditioned on the member's last ``context`` encoded states, decoded:
 
     x_{k+1}^m = D(z̃_{k+1}^m),   z̃_{k+1}^m ~ p(z̃_{k+1} | z̃_{k−c+1}^m … z̃_k^m),   z̃_j^m = E(x_j^m),
 
-with x_j^m the state DAPPER handed the model for member m at its j-th call (the analyses, in a filter). With
+with x_j^m the state DAPPER handed the model for member m at time t_j (the analyses, in a filter). With
 ``context`` 1 (the default) the model is Markov, as DAPPER's models are: only the state it is given matters.
 With c > 1 it remembers the states of its last c − 1 calls, one per member row, and uses them while the calls
 follow one another in time (t of a call = t + dt of the one before, the same number of rows); otherwise it
-starts again from the one state given. One time step of the prior must be one ``dt`` of the model (the QG
-benchmark's prior is trained one analysis cycle apart, and ``HMM.tseq.dko`` = 1 there).
+starts again from the one state given. The model is stochastic (each call draws) and, with c > 1, stateful: use
+it with filters that step it once per cycle (EnKF, LETKF), not with iterative smoothers that re-run a cycle.
+One time step of the prior must be one ``dt`` of the model (the QG benchmark's prior is trained one analysis
+cycle apart, and ``HMM.tseq.dko`` = 1 there).
 
     HMM_learned = with_learned_model(HMM, pipeline)
     LETKF(N=25, infl=1.04, loc_rad=10).assimilate(HMM_learned, xx, yy)   # xx, yy from HMM.simulate()
@@ -45,13 +46,19 @@ class LearnedModel:
 
     ``settings``: :class:`latentda.posterior.reanalysis.PosteriorSettings` (or a dict of its fields) of the
     forecast's sampler; ``conditioning``: ``known`` (the default for a prior trained with known frames) or ``mmps``
-    with slack σ_c = ``condition_noise``; ``seed``: call j draws member m's forecast from stream (seed + j, m), so
-    a rerun draws the same forecasts; ``state_index`` as :class:`latentda.integrations.dapper.LatentDA`'s."""
+    with slack σ_c = ``condition_noise``; ``seed``: the step from t draws member m's forecast from stream
+    (seed + round(t / dt), m), so a rerun — or the same model in a second experiment — draws the same forecasts
+    at the same times; ``state_index`` as :class:`latentda.integrations.dapper.LatentDA`'s. Every option is
+    checked here, before DAPPER runs."""
 
     def __init__(self, pipeline, context: int = 1, settings: Any = None, conditioning: str | None = None,
                  condition_noise: float = 0.05, seed: int = 0, state_index: Any = None) -> None:
         from latentda.integrations.dapper import _posterior_settings
+        from latentda.posterior.forecast_settings import ForecastSettings
+        from latentda.posterior.prior import check_known_frames
 
+        if pipeline.calendar:
+            raise LatentdaError("the learned model cannot give a calendar-conditioned prior the dates of DAPPER's times")
         if not (isinstance(context, int) and not isinstance(context, bool) and 1 <= context < pipeline.window):
             raise LatentdaError(f"context must be an integer in [1, {pipeline.window - 1}] (the prior's window "
                                 f"{pipeline.window} minus one), got {context!r}")
@@ -60,6 +67,9 @@ class LearnedModel:
         self.conditioning = conditioning or ("known" if pipeline.known_frames else "mmps")
         self.condition_noise = float(condition_noise)
         self.state_index = None if state_index is None else np.asarray(state_index)
+        ForecastSettings("autoregressive", self.conditioning, self.condition_noise).validate()
+        check_known_frames(pipeline, self.conditioning)
+        self.settings.validate(pipeline)
         self.shape = (pipeline.layout.num_channels, *pipeline.layout.shape)
         self.calls = 0
         self._past: torch.Tensor | None = None  # (N, n < context, c, h, w): the encoded states of the last calls
@@ -79,7 +89,7 @@ class LearnedModel:
         past = torch.cat([self._past, latents[:, None]], dim=1) if follows else latents[:, None]
         self._past = past[:, past.shape[1] - self.context + 1:] if self.context > 1 else None  # the last c − 1
         self._next_time = t + dt
-        run = forecast_members(self.pipeline, list(range(len(rows))), 1, self.settings, seed=self.seed + self.calls,
+        run = forecast_members(self.pipeline, list(range(len(rows))), 1, self.settings, seed=self.seed + round(t / dt),
                                initial=past, conditioning=self.conditioning, condition_noise=self.condition_noise,
                                context=min(self.context, past.shape[1]))
         self.calls += 1
