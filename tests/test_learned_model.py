@@ -117,6 +117,8 @@ def test_bad_input(pipeline):
         LearnedModel(pipeline, conditioning="known")
     with pytest.raises(LatentdaError, match="steps"):
         LearnedModel(pipeline, settings={"steps": 0})
+    with pytest.raises(LatentdaError, match="states of 5 entries"):
+        LearnedModel(pipeline, settings=SETTINGS)(np.zeros((2, 5)), 0.0, 1.0)
     with pytest.raises(LatentdaError, match="non-finite"):
         LearnedModel(pipeline, settings=SETTINGS)(np.full((2, NX), np.nan), 0.0, 1.0)
     HMM = tiny_hmm()

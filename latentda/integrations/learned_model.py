@@ -81,6 +81,9 @@ class LearnedModel:
 
         x = np.asarray(x, dtype=np.float64)
         rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[1] != np.prod(self.shape):
+            raise LatentdaError(f"the learned model was given states of {rows.shape[1]} entries; the pipeline's fields "
+                                f"{self.shape} have {int(np.prod(self.shape))}")
         if not np.isfinite(rows).all():
             raise LatentdaError("the learned model was given non-finite states (the ensemble diverged)")
         latents = self.pipeline.encode(_states_to_fields(rows, self.shape, self.state_index))  # (N, c, h, w)
