@@ -135,22 +135,31 @@ def _autoencoder_floor(pipeline, xx, tseq, state_index=None) -> float:
     return float(np.sqrt(((decoded - states) ** 2).mean(axis=1)).mean())
 
 
+def _forecast_options(args) -> dict:
+    """The --latentda-options that set how the prior forecasts (the forecast skill's, the learned model's)."""
+    return {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning", "state_index")
+            if key in args.latentda_options}
+
+
 def _methods(args, pipeline) -> list:
     from dapper.da_methods import EnKS, LETKF, iEnKS
 
     mp = _multiprocessing(args.processes)
+
+    def imperfect_model_letkf():  # the letkf-err and letkf-learned rows' LETKF
+        return LETKF(N=args.model_error_members, infl=args.model_error_inflation, loc_rad=10, mp=mp)
+
     made = []
     for name in args.methods:
         if name == "letkf":
             made.append((name, LETKF(N=25, infl=1.04, loc_rad=10, mp=mp), None))
         elif re.fullmatch(MODEL_ERROR_ROW, name):
             shared, independent = (float(value) for value in re.fullmatch(MODEL_ERROR_ROW, name).groups())
-            made.append((name, LETKF(N=args.model_error_members, infl=args.model_error_inflation, loc_rad=10, mp=mp),
-                         {"shared": shared, "independent": independent}))
+            made.append((name, imperfect_model_letkf(), {"shared": shared, "independent": independent}))
         elif name == "letkf-learned":
             if pipeline is None:
                 sys.exit(f"{name} needs --pipeline")
-            made.append((name, LETKF(N=args.model_error_members, infl=args.model_error_inflation, loc_rad=10, mp=mp), "learned"))
+            made.append((name, imperfect_model_letkf(), "learned"))
         elif name == "enks":
             made.append((name, EnKS("Sqrt", N=25, Lag=2, infl=1.04), None))
         elif name == "ienks":
@@ -261,7 +270,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--forecast-skill", type=int, default=0, metavar="CYCLES",
                         help="with --pipeline: the prior's forecasts from the true past at CYCLES cycles after the burn-in "
                              "against DAPPER's model from D(E(truth)) and persistence (latentda.integrations.dapper."
-                             "forecast_skill; --members members, --settings, the context, condition_noise and conditioning of --latentda-options, "
+                             "forecast_skill; --members members, --settings, the context, condition_noise, conditioning and state_index of --latentda-options, "
                              "--forecast-lead cycles ahead); 0: off")
     parser.add_argument("--forecast-lead", type=int, default=4, help="cycles ahead for --forecast-skill (default 4)")
     parser.add_argument("--model-error-length", type=float, default=8.0,
@@ -330,7 +339,7 @@ def main(argv=None) -> dict:
         from latentda.integrations.dapper import forecast_skill
 
         start = time.perf_counter()
-        options = {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning") if key in args.latentda_options}
+        options = _forecast_options(args)
         skill = forecast_skill(pipeline, HMM, xx, lead=args.forecast_lead, cycles=args.forecast_skill,
                                members=args.members, settings=args.settings, **options)
         skill["wall_s"] = round(time.perf_counter() - start, 1)
@@ -345,9 +354,7 @@ def main(argv=None) -> dict:
         if model_error == "learned":  # the LETKF with the learned prior as its model (the truth stays the exact model's)
             from latentda.integrations.learned_model import with_learned_model
 
-            options = {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning", "state_index")
-                       if key in args.latentda_options}
-            hmm = with_learned_model(HMM, pipeline, settings=args.settings, seed=args.seed + 2, **options)
+            hmm = with_learned_model(HMM, pipeline, settings=args.settings, seed=args.seed + 2, **_forecast_options(args))
             learned = hmm.Dyn.model
             model_error_row = {"learned_model": {"context": learned.context, "conditioning": learned.conditioning,
                                                  "condition_noise": learned.condition_noise, "seed": learned.seed,
