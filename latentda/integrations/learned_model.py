@@ -71,7 +71,6 @@ class LearnedModel:
         check_known_frames(pipeline, self.conditioning)
         self.settings.validate(pipeline)
         self.shape = (pipeline.layout.num_channels, *pipeline.layout.shape)
-        self.calls = 0
         self._past: torch.Tensor | None = None  # (N, n < context, c, h, w): the encoded states of the last calls
         self._next_time: float | None = None
 
@@ -87,15 +86,13 @@ class LearnedModel:
         if not np.isfinite(rows).all():
             raise LatentdaError("the learned model was given non-finite states (the ensemble diverged)")
         latents = self.pipeline.encode(_states_to_fields(rows, self.shape, self.state_index))  # (N, c, h, w)
-        follows = (self._past is not None and self._past.shape[0] == len(rows) and self._next_time is not None
-                   and np.isclose(t, self._next_time))
+        follows = self._past is not None and self._past.shape[0] == len(rows) and np.isclose(t, self._next_time)
         past = torch.cat([self._past, latents[:, None]], dim=1) if follows else latents[:, None]
         self._past = past[:, past.shape[1] - self.context + 1:] if self.context > 1 else None  # the last c − 1
         self._next_time = t + dt
         run = forecast_members(self.pipeline, list(range(len(rows))), 1, self.settings, seed=self.seed + round(t / dt),
                                initial=past, conditioning=self.conditioning, condition_noise=self.condition_noise,
                                context=min(self.context, past.shape[1]))
-        self.calls += 1
         fields = np.stack([member_fields[1] for _, member_fields in sorted(run, key=lambda item: item[0])])
         return _fields_to_states(fields, self.state_index).reshape(x.shape)
 
