@@ -347,3 +347,80 @@ def test_increment_prior_trains_on_increments_and_samples_one_window_at_a_time(t
     assert pipeline.sample_latents(4, steps=2).shape == (1, 4, *pipeline.latent_shape)
     with pytest.raises(LatentdaError, match="increment coordinates"):
         pipeline.sample_latents(6, steps=2)
+
+
+def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, monkeypatch):
+    """init_from: the run starts from the pipeline's denoiser weights (with a learning rate too small to move
+    them its pipeline holds them, a run without init_from does not), also at another window K; a resumed run
+    keeps its checkpoint's weights; a folder that is not a pipeline, another architecture, another autoencoder
+    or the other coordinates are refused in one line before any training."""
+    train_latent_diffusion(_config(tmp_path / "first", steps=3, seed=1), str(latents), progress=False)  # another init
+    first = tmp_path / "first" / "pipeline"
+    start = load_file(first / "denoiser" / "diffusion_pytorch_model.safetensors")
+
+    def longer(output, **training):
+        config = _config(output, **training)
+        config.model.window = 6
+        return config
+
+    still = longer(tmp_path / "still", steps=1, learning_rate=1e-12)
+    still.init_from = str(first)
+    train_latent_diffusion(still, str(latents), progress=False)
+    pipeline = LatentDAPipeline.from_pretrained(tmp_path / "still" / "pipeline")
+    assert pipeline.window == 6
+    weights = pipeline.backbone.state_dict()
+    for name in start:
+        torch.testing.assert_close(weights[name], start[name], rtol=0, atol=1e-9)
+    train_latent_diffusion(longer(tmp_path / "fresh", steps=1, learning_rate=1e-12), str(latents), progress=False)
+    fresh = load_file(tmp_path / "fresh" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    assert max(float((fresh[n] - start[n]).abs().max()) for n in start) > 1e-2
+    # interrupted after its checkpoint at step 3, the fine-tuning resumes from it, not from init_from again
+    # (which may be gone by then)
+    tuned = longer(tmp_path / "tuned")
+    tuned.init_from = str(first)
+    train_latent_diffusion(tuned, str(latents), progress=False)
+    real = loop.batch_random
+
+    def dies(seed, step, rank, local):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(seed, step, rank, local)
+
+    killed = longer(tmp_path / "killed")
+    killed.init_from = str(shutil.copytree(first, tmp_path / "gone"))
+    monkeypatch.setattr(loop, "batch_random", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train_latent_diffusion(killed, str(latents), progress=False)
+    monkeypatch.setattr(loop, "batch_random", real)
+    shutil.rmtree(tmp_path / "gone")
+    train_latent_diffusion(killed, str(latents), resume=True, progress=False)
+    a = load_file(tmp_path / "tuned" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "killed" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0)
+
+    def refused(pattern, folder=first, **model):
+        config = _config(tmp_path / "refused", steps=1)
+        config.init_from = str(folder)
+        for key, value in model.items():
+            setattr(config.model, key, value)
+        with pytest.raises(LatentdaError, match=pattern):
+            train_latent_diffusion(config, str(latents), progress=False)
+        assert not (tmp_path / "refused" / "checkpoints").exists()
+
+    refused("init_from: .* is not a pipeline folder", folder=first / "denoiser")
+    refused("init_from: .* has another architecture than config: model \\(weights .*\\)", hidden_size=32)
+    refused("init_from: .* is a prior in state coordinates, this run's model.increments is true",
+            increments=True, known_frames=True)
+    other = shutil.copytree(first, tmp_path / "other")
+    weights = other / "autoencoder" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(weights).items()}, weights)
+    refused("init_from: .* was trained on the latents of another autoencoder", folder=other)
+    assert cli.main(["train-ldm", "--config", str(_write(tmp_path / "c.yaml", {**to_dict(_config(tmp_path / "cli")),
+                                                                              "init_from": str(tmp_path / "none")})),
+                     "--latents", str(latents), "--quiet"]) == 2
+
+
+def _write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path

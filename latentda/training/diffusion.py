@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from latentda.components import autoencoder_fingerprint, load_autoencoder, load_representation_error
+from latentda.components import autoencoder_fingerprint, load_autoencoder, load_model, load_representation_error
 from latentda.config import config_defaults, require, to_dict
 from latentda.data import LatentSource, Statistics, WindowDataset, split_segments, time_step
 from latentda.data.splits import Segment
@@ -31,9 +31,10 @@ from latentda.diffusion.increments import Increments
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
+from latentda.training.checkpoint import latest_checkpoint
 from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, make_accelerator, shared_statistics
 
-__all__ = ["DenoiserModelConfig", "DiffusionConfig", "LatentDiffusionConfig", "train_latent_diffusion", "VALID_SIGMAS"]
+__all__ = ["DenoiserModelConfig", "DiffusionConfig", "LatentDiffusionConfig", "initial_weights", "train_latent_diffusion", "VALID_SIGMAS"]
 
 VALID_SIGMAS = (0.01, 0.1, 1.0, 10.0)
 
@@ -121,10 +122,15 @@ class DiffusionConfig(SamplerSettings):
 
 @dataclass
 class LatentDiffusionConfig:
-    """A ``configs/ldm/*.yaml`` file."""
+    """A ``configs/ldm/*.yaml`` file.
+
+    ``init_from``: a pipeline folder whose denoiser weights start the training instead of a random
+    initialisation (:func:`initial_weights`): fine-tuning a shared prior on other data of the same
+    autoencoder, or to another window K (the transformer's weights do not depend on K)."""
 
     output: str
     autoencoder: str | None = None
+    init_from: str | None = None
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
     model: DenoiserModelConfig = field(default_factory=DenoiserModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -174,6 +180,45 @@ class _Standardised(torch.utils.data.Dataset):
         if isinstance(item, tuple):  # (window, context)
             return self._coordinates(item[0]), item[1]
         return self._coordinates(item)
+
+
+def initial_weights(pipeline: str | Path, backbone, autoencoder_dir: str | Path, increments: bool) -> dict:
+    """The denoiser weights of the pipeline folder ``pipeline`` (safetensors only, checked as any
+    loaded model: :func:`latentda.components.load_model`), to start training ``backbone`` from.
+
+    Refused in one line: a pipeline of another autoencoder (its latents mean something else), of
+    the other coordinates (``model.increments``), or of another architecture (a weight missing,
+    extra or of another shape). Only the window K may differ: the rotary encoding computes the
+    positions, so no weight depends on K (a prior of K = 16 starts one of K = 32)."""
+    from latentda.nn.transformer import TrajectoryTransformer
+
+    folder = Path(pipeline)
+    if not (folder / "denoiser").is_dir() or not (folder / "autoencoder").is_dir():
+        raise LatentdaError(f"config: init_from: {folder} is not a pipeline folder (no denoiser/ and autoencoder/)")
+    if not _same_autoencoder(folder / "autoencoder", autoencoder_dir):
+        raise LatentdaError(f"config: init_from: {folder} was trained on the latents of another autoencoder than "
+                            f"{autoencoder_dir}")
+    if (folder / "denoiser" / "increment_statistics.json").is_file() != increments:
+        raise LatentdaError(f"config: init_from: {folder} is a prior in " + ("increment" if not increments else "state")
+                            + " coordinates, this run's model.increments is " + str(increments).lower())
+    weights = load_model(TrajectoryTransformer, folder / "denoiser", "denoiser").state_dict()
+    expected = backbone.state_dict()
+    problems = sorted(set(weights) ^ set(expected)) + [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    if problems:
+        raise LatentdaError(f"config: init_from: {folder}'s denoiser has another architecture than config: model "
+                            f"(weights {', '.join(problems[:3])} differ)")
+    return weights
+
+
+def _same_autoencoder(a: str | Path, b: str | Path) -> bool:
+    """Whether two autoencoder folders give the same latents: the same weights, layout and statistics
+    (a pipeline re-saves its autoencoder, so the files' bytes may differ)."""
+    (model_a, layout_a, stats_a), (model_b, layout_b, stats_b) = load_autoencoder(a), load_autoencoder(b)
+    weights_a, weights_b = model_a.state_dict(), model_b.state_dict()
+    return (layout_a == layout_b and stats_a.channels == stats_b.channels
+            and np.array_equal(stats_a.mean, stats_b.mean) and np.array_equal(stats_a.std, stats_b.std)
+            and weights_a.keys() == weights_b.keys()
+            and all(weights_a[k].shape == weights_b[k].shape and torch.equal(weights_a[k], weights_b[k]) for k in weights_a))
 
 
 def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, context: torch.Tensor | None = None,
@@ -228,6 +273,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         )
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
+    if config.init_from is not None and not (resume and latest_checkpoint(run_dir / "checkpoints") is not None):
+        backbone.load_state_dict(initial_weights(config.init_from, backbone, autoencoder_dir, config.model.increments))
     z_statistics = shared_statistics(accelerator, run_dir / "latent_statistics.json",
                                      lambda: latent_statistics(source, splits["train"], progress), resume)
     increments = None
