@@ -349,7 +349,7 @@ def test_increment_prior_trains_on_increments_and_samples_one_window_at_a_time(t
         pipeline.sample_latents(6, steps=2)
 
 
-def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, monkeypatch):
+def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, monkeypatch, capsys):
     """init_from: the run starts from the pipeline's denoiser weights (with a learning rate too small to move
     them its pipeline holds them, a run without init_from does not), also at another window K; a resumed run
     keeps its checkpoint's weights; a folder that is not a pipeline, another architecture, another autoencoder
@@ -399,6 +399,9 @@ def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, m
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0)
 
+    with pytest.raises(LatentdaError, match=r"other settings \(init_from: "):  # the record of where it started
+        train_latent_diffusion(longer(tmp_path / "killed"), str(latents), resume=True, progress=False)
+
     def refused(pattern, folder=first, **model):
         config = _config(tmp_path / "refused", steps=1)
         config.init_from = str(folder)
@@ -406,19 +409,26 @@ def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, m
             setattr(config.model, key, value)
         with pytest.raises(LatentdaError, match=pattern):
             train_latent_diffusion(config, str(latents), progress=False)
-        assert not (tmp_path / "refused" / "checkpoints").exists()
+        assert not (tmp_path / "refused").exists()  # refused before the statistics pass writes the run folder
 
     refused("init_from: .* is not a pipeline folder", folder=first / "denoiser")
-    refused("init_from: .* has another architecture than config: model \\(weights .*\\)", hidden_size=32)
+    refused(r"init_from: .*'s denoiser has another architecture than this run's \(hidden_size: 16 → 32", hidden_size=32)
+    refused(r"init_from: .*'s denoiser has another architecture than this run's \(known_frames: False → True",
+            known_frames=True)
     refused("init_from: .* is a prior in state coordinates, this run's model.increments is true",
             increments=True, known_frames=True)
+    increment = _config(tmp_path / "increment", steps=1)
+    increment.model.increments = increment.model.known_frames = True
+    train_latent_diffusion(increment, str(latents), progress=False)
+    refused("init_from: .* is a prior in increment coordinates, this run's model.increments is false",
+            folder=tmp_path / "increment" / "pipeline")
     other = shutil.copytree(first, tmp_path / "other")
     weights = other / "autoencoder" / "diffusion_pytorch_model.safetensors"
     save_file({k: v + 0.01 for k, v in load_file(weights).items()}, weights)
     refused("init_from: .* was trained on the latents of another autoencoder", folder=other)
-    assert cli.main(["train-ldm", "--config", str(_write(tmp_path / "c.yaml", {**to_dict(_config(tmp_path / "cli")),
-                                                                              "init_from": str(tmp_path / "none")})),
-                     "--latents", str(latents), "--quiet"]) == 2
+    config = _write(tmp_path / "c.yaml", {**to_dict(_config(tmp_path / "cli")), "init_from": str(tmp_path / "none")})
+    assert cli.main(["train-ldm", "--config", str(config), "--latents", str(latents), "--quiet"]) == 2
+    assert "init_from: " in capsys.readouterr().err and not (tmp_path / "cli").exists()
 
 
 def _write(path, data):

@@ -182,43 +182,51 @@ class _Standardised(torch.utils.data.Dataset):
         return self._coordinates(item)
 
 
-def initial_weights(pipeline: str | Path, backbone, autoencoder_dir: str | Path, increments: bool) -> dict:
+def initial_weights(pipeline: str | Path, backbone, autoencoder: tuple, increments: bool) -> dict:
     """The denoiser weights of the pipeline folder ``pipeline`` (safetensors only, checked as any
-    loaded model: :func:`latentda.components.load_model`), to start training ``backbone`` from.
+    loaded model: :func:`latentda.components.load_model`), to start training ``backbone`` from;
+    ``autoencoder`` is the run's (model, layout, statistics).
 
     Refused in one line: a pipeline of another autoencoder (its latents mean something else), of
-    the other coordinates (``model.increments``), or of another architecture (a weight missing,
-    extra or of another shape). Only the window K may differ: the rotary encoding computes the
-    positions, so no weight depends on K (a prior of K = 16 starts one of K = 32)."""
+    the other coordinates (``model.increments``), or of another architecture (a setting of the
+    transformer's config, or a weight missing, extra or of another shape). Only the window K may
+    differ: the rotary encoding computes the positions, so no weight depends on K (a prior of
+    K = 16 starts one of K = 32)."""
+    from latentda.components import check_inside
     from latentda.nn.transformer import TrajectoryTransformer
 
     folder = Path(pipeline)
     if not (folder / "denoiser").is_dir() or not (folder / "autoencoder").is_dir():
         raise LatentdaError(f"config: init_from: {folder} is not a pipeline folder (no denoiser/ and autoencoder/)")
-    if not _same_autoencoder(folder / "autoencoder", autoencoder_dir):
-        raise LatentdaError(f"config: init_from: {folder} was trained on the latents of another autoencoder than "
-                            f"{autoencoder_dir}")
+    check_inside(folder, "pipeline")
     if (folder / "denoiser" / "increment_statistics.json").is_file() != increments:
         raise LatentdaError(f"config: init_from: {folder} is a prior in " + ("increment" if not increments else "state")
                             + " coordinates, this run's model.increments is " + str(increments).lower())
-    weights = load_model(TrajectoryTransformer, folder / "denoiser", "denoiser").state_dict()
-    expected = backbone.state_dict()
-    problems = sorted(set(weights) ^ set(expected)) + [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
-    if problems:
-        raise LatentdaError(f"config: init_from: {folder}'s denoiser has another architecture than config: model "
-                            f"(weights {', '.join(problems[:3])} differ)")
+    if _autoencoder_identity(load_autoencoder(folder / "autoencoder")) != _autoencoder_identity(autoencoder):
+        raise LatentdaError(f"config: init_from: {folder} was trained on the latents of another autoencoder than this run's")
+    initial = load_model(TrajectoryTransformer, folder / "denoiser", "denoiser")
+    settings = {k: v for k, v in dict(initial.config).items() if not k.startswith("_") and k != "window"}
+    differ = [f"{k}: {v} → {backbone.config.get(k)}" for k, v in settings.items() if _plain(v) != _plain(backbone.config.get(k))]
+    weights, expected = initial.state_dict(), backbone.state_dict()
+    differ += sorted(set(weights) ^ set(expected)) + [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    if differ:
+        raise LatentdaError(f"config: init_from: {folder}'s denoiser has another architecture than this run's "
+                            f"({', '.join(differ[:3])})")
     return weights
 
 
-def _same_autoencoder(a: str | Path, b: str | Path) -> bool:
-    """Whether two autoencoder folders give the same latents: the same weights, layout and statistics
-    (a pipeline re-saves its autoencoder, so the files' bytes may differ)."""
-    (model_a, layout_a, stats_a), (model_b, layout_b, stats_b) = load_autoencoder(a), load_autoencoder(b)
-    weights_a, weights_b = model_a.state_dict(), model_b.state_dict()
-    return (layout_a == layout_b and stats_a.channels == stats_b.channels
-            and np.array_equal(stats_a.mean, stats_b.mean) and np.array_equal(stats_a.std, stats_b.std)
-            and weights_a.keys() == weights_b.keys()
-            and all(weights_a[k].shape == weights_b[k].shape and torch.equal(weights_a[k], weights_b[k]) for k in weights_a))
+def _plain(value):
+    """A config value comparable across a JSON round trip (tuples as lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _autoencoder_identity(autoencoder: tuple) -> tuple:
+    """What decides an autoencoder's latents, comparable across a re-save (a pipeline writes its
+    autoencoder again, so files may differ in bytes): its config, layout, statistics and weights."""
+    model, layout, statistics = autoencoder
+    config = json.dumps({k: v for k, v in dict(model.config).items() if not k.startswith("_")}, sort_keys=True)
+    weights = tuple((k, tuple(v.shape), v.numpy().tobytes()) for k, v in sorted(model.state_dict().items()))
+    return (config, json.dumps(layout.to_dict(), sort_keys=True), json.dumps(statistics.to_dict(), sort_keys=True), weights)
 
 
 def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, context: torch.Tensor | None = None,
@@ -261,7 +269,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     splits = split_segments(dataset, config.splits)
     calendar = config.model.calendar and source.calendar is not None  # datetime times: condition on the calendar
     accelerator = accelerator or make_accelerator(config.training)
-    check_run_dir(run_dir, resume, {"latents": latents, "autoencoder": autoencoder_dir}, final="pipeline")
+    inputs = {"latents": latents, "autoencoder": autoencoder_dir, **({"init_from": config.init_from} if config.init_from else {})}
+    check_run_dir(run_dir, resume, inputs, final="pipeline")
     torch.manual_seed(config.training.seed)
     try:  # architecture errors before any pass over the data
         backbone = TrajectoryTransformer(
@@ -274,7 +283,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
     if config.init_from is not None and not (resume and latest_checkpoint(run_dir / "checkpoints") is not None):
-        backbone.load_state_dict(initial_weights(config.init_from, backbone, autoencoder_dir, config.model.increments))
+        backbone.load_state_dict(initial_weights(config.init_from, backbone, (autoencoder, layout, statistics),
+                                                 config.model.increments))
     z_statistics = shared_statistics(accelerator, run_dir / "latent_statistics.json",
                                      lambda: latent_statistics(source, splits["train"], progress), resume)
     increments = None
