@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, ensemble_dataset, open_ensemble
 from latentda.data.io import remove_path
 from latentda.data.layout import FieldLayout
-from latentda.diffusion.distributed import check_blanket_split, collective_device, process_count
+from latentda.diffusion.distributed import check_blanket_split, collective_device, process_count, release_process_group_at_exit
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior import reanalysis
@@ -65,7 +65,9 @@ def process_state():
     alone, one process)."""
     from accelerate import PartialState  # heavy: imported when a run starts
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    release_process_group_at_exit()
+    return state
 
 
 def deal_members(count: int, index: int, processes: int) -> list[int]:

@@ -44,7 +44,7 @@ from latentda.diffusion.settings import resolve_overlap
 from latentda.errors import LatentdaError
 
 __all__ = ["CopyToRegion", "GatherFromRegion", "DistributedBlanketDenoiser", "blanket_denoiser", "process_count",
-           "collective_device", "check_blanket_split"]
+           "collective_device", "check_blanket_split", "release_process_group_at_exit"]
 
 
 def process_count(group=None) -> int:
@@ -52,6 +52,28 @@ def process_count(group=None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
+
+
+_RELEASE_REGISTERED = False
+
+
+def release_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (once registered, whatever the
+    number of calls), while Python is still whole. Left to the interpreter's finalisation, gloo's
+    worker threads may still hold tensors whose release needs the GIL: the process then aborts
+    (``terminate called without an active exception``, SIGABRT) after its work is done, and torchrun
+    reports the run as failed (seen once here in the two-process DAPPER test; pytorch/pytorch#179291)."""
+    global _RELEASE_REGISTERED
+    if _RELEASE_REGISTERED or not (dist.is_available() and dist.is_initialized()):
+        return
+    import atexit
+
+    def release() -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(release)
+    _RELEASE_REGISTERED = True
 
 
 def collective_device(group=None) -> torch.device:

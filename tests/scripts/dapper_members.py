@@ -52,3 +52,9 @@ for count in (2, 5):  # every process's members, in member order (uneven shares 
     assert gathered.dtype == np.float32 and np.array_equal(gathered, np.stack([np.arange(count), -np.arange(count)], axis=1)), gathered
 if dist.get_rank() == 0:
     np.savez(out, **results)
+# the process group is released at exit, before the interpreter's finalisation (a gloo group left to it can
+# abort the process after its work: latentda.diffusion.distributed.release_process_group_at_exit)
+import atexit  # noqa: E402
+
+atexit._run_exitfuncs()
+assert not dist.is_initialized()
