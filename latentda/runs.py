@@ -65,8 +65,12 @@ def process_state():
     alone, one process)."""
     from accelerate import PartialState  # heavy: imported when a run starts
 
+    import torch.distributed as dist
+
+    joining = not dist.is_initialized()
     state = PartialState(cpu=not torch.cuda.is_available())
-    release_process_group_at_exit()
+    if joining and dist.is_initialized():  # latentda started the group: it releases it at exit
+        release_process_group_at_exit()
     return state
 
 

@@ -33,6 +33,7 @@ needs at least one window. Alone (no process group, or a group of one) nothing h
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -54,26 +55,27 @@ def process_count(group=None) -> int:
     return dist.get_world_size(group)
 
 
-_RELEASE_REGISTERED = False
-
-
 def release_process_group_at_exit() -> None:
-    """Destroy the default process group when the interpreter exits (once registered, whatever the
-    number of calls), while Python is still whole. Left to the interpreter's finalisation, gloo's
+    """Destroy the default process group when this process exits, while Python is still whole (call
+    right after latentda joined the group). Left to the interpreter's finalisation, a gloo group's
     worker threads may still hold tensors whose release needs the GIL: the process then aborts
     (``terminate called without an active exception``, SIGABRT) after its work is done, and torchrun
-    reports the run as failed (seen once here in the two-process DAPPER test; pytorch/pytorch#179291)."""
-    global _RELEASE_REGISTERED
-    if _RELEASE_REGISTERED or not (dist.is_available() and dist.is_initialized()):
-        return
+    reports the run as failed (seen once here in the two-process DAPPER test; the hook pytorch/pytorch
+    PR #179291 proposed for every group, closed unmerged). Gloo (CPU) groups only: NCCL's shutdown
+    waits for outstanding collectives, so at the exit of a failed rank it could hang where leaving
+    it to torchrun does not. Registering again replaces the earlier registration; a forked child does not
+    destroy its parent's group."""
     import atexit
 
-    def release() -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    atexit.unregister(_release_process_group)
+    atexit.register(_release_process_group)
+    _release_process_group.owner = os.getpid()
 
-    atexit.register(release)
-    _RELEASE_REGISTERED = True
+
+def _release_process_group() -> None:
+    if (os.getpid() == getattr(_release_process_group, "owner", None) and dist.is_available() and dist.is_initialized()
+            and dist.get_backend() == "gloo"):
+        dist.destroy_process_group()
 
 
 def collective_device(group=None) -> torch.device:

@@ -137,8 +137,10 @@ def batch_indices(size: int, batch_size: int, step: int, seed: int) -> torch.Ten
 def make_accelerator(config: TrainingConfig) -> Accelerator:
     """An Accelerator for this config; on a machine without CUDA, processes use the CPU (gloo), so
     ``torchrun --nproc_per_node N`` gives N ranks there too."""
+    joining = not torch.distributed.is_initialized()
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
-    release_process_group_at_exit()
+    if joining and torch.distributed.is_initialized():  # latentda started the group: it releases it at exit
+        release_process_group_at_exit()
     return accelerator
 
 
