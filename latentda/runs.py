@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, ensemble_dataset, open_ensemble
 from latentda.data.io import remove_path
 from latentda.data.layout import FieldLayout
-from latentda.diffusion.distributed import check_blanket_split, collective_device, process_count, release_process_group_at_exit
+from latentda.diffusion.distributed import check_blanket_split, collective_device, process_count, started_here
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior import reanalysis
@@ -65,13 +65,7 @@ def process_state():
     alone, one process)."""
     from accelerate import PartialState  # heavy: imported when a run starts
 
-    import torch.distributed as dist
-
-    joining = not dist.is_initialized()
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if joining and dist.is_initialized():  # latentda started the group: it releases it at exit
-        release_process_group_at_exit()
-    return state
+    return started_here(lambda: PartialState(cpu=not torch.cuda.is_available()))
 
 
 def deal_members(count: int, index: int, processes: int) -> list[int]:

@@ -45,7 +45,7 @@ from latentda.diffusion.settings import resolve_overlap
 from latentda.errors import LatentdaError
 
 __all__ = ["CopyToRegion", "GatherFromRegion", "DistributedBlanketDenoiser", "blanket_denoiser", "process_count",
-           "collective_device", "check_blanket_split", "release_process_group_at_exit"]
+           "collective_device", "check_blanket_split", "started_here"]
 
 
 def process_count(group=None) -> int:
@@ -55,21 +55,26 @@ def process_count(group=None) -> int:
     return dist.get_world_size(group)
 
 
-def release_process_group_at_exit() -> None:
-    """Destroy the default process group when this process exits, while Python is still whole (call
-    right after latentda joined the group). Left to the interpreter's finalisation, a gloo group's
-    worker threads may still hold tensors whose release needs the GIL: the process then aborts
-    (``terminate called without an active exception``, SIGABRT) after its work is done, and torchrun
-    reports the run as failed (seen once here in the two-process DAPPER test; the hook pytorch/pytorch
-    PR #179291 proposed for every group, closed unmerged). Gloo (CPU) groups only: NCCL's shutdown
-    waits for outstanding collectives, so at the exit of a failed rank it could hang where leaving
-    it to torchrun does not. Registering again replaces the earlier registration; a forked child does not
-    destroy its parent's group."""
+def started_here(make: Callable):
+    """``make()`` — accelerate's ``PartialState`` or ``Accelerator``, which join the default process
+    group under torchrun — and, when that call started the group, its destruction at this process's
+    exit, while Python is still whole. Left to the interpreter's finalisation, a gloo group's worker
+    threads may still hold tensors whose release needs the GIL: the process then aborts (``terminate
+    called without an active exception``, SIGABRT) after its work is done, and torchrun reports the
+    run as failed (seen once here in the two-process DAPPER test; the hook pytorch/pytorch PR #179291
+    proposed for every group, closed unmerged). Gloo (CPU) groups only: NCCL's shutdown waits for
+    outstanding collectives, so at the exit of a failed rank it could hang where leaving it to
+    torchrun does not. A group the caller started is left alone; registering again replaces the
+    earlier registration; a forked child does not destroy its parent's group."""
     import atexit
 
-    atexit.unregister(_release_process_group)
-    atexit.register(_release_process_group)
-    _release_process_group.owner = os.getpid()
+    joining = not (dist.is_available() and dist.is_initialized())
+    made = make()
+    if joining and dist.is_available() and dist.is_initialized():
+        atexit.unregister(_release_process_group)
+        atexit.register(_release_process_group)
+        _release_process_group.owner = os.getpid()
+    return made
 
 
 def _release_process_group() -> None:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from latentda.config import MAX_SEED, require
 from latentda.data.io import check_output_path, write_text_atomic
-from latentda.diffusion.distributed import release_process_group_at_exit
+from latentda.diffusion.distributed import started_here
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
 
@@ -137,11 +137,7 @@ def batch_indices(size: int, batch_size: int, step: int, seed: int) -> torch.Ten
 def make_accelerator(config: TrainingConfig) -> Accelerator:
     """An Accelerator for this config; on a machine without CUDA, processes use the CPU (gloo), so
     ``torchrun --nproc_per_node N`` gives N ranks there too."""
-    joining = not torch.distributed.is_initialized()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
-    if joining and torch.distributed.is_initialized():  # latentda started the group: it releases it at exit
-        release_process_group_at_exit()
-    return accelerator
+    return started_here(lambda: Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()))
 
 
 def check_run_dir(run_dir: str | Path, resume: bool, inputs: dict | None = None, final: str | None = None) -> None:

@@ -53,7 +53,7 @@ for count in (2, 5):  # every process's members, in member order (uneven shares 
 if dist.get_rank() == 0:
     np.savez(out, **results)
 # the process group is released at exit, before the interpreter's finalisation (a gloo group left to it can
-# abort the process after its work: latentda.diffusion.distributed.release_process_group_at_exit)
+# abort the process after its work: latentda.diffusion.distributed.started_here)
 import atexit  # noqa: E402
 
 atexit._run_exitfuncs()
