@@ -170,16 +170,24 @@ def checked_representation_error(rmse, channels: list[str]) -> np.ndarray:
     return values
 
 
-def autoencoder_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of what decides an autoencoder's latents: its config, weights, layout and statistics
-    (names and bytes). ``latentda encode`` records it so that ``train-ldm`` can tell latents of another
-    autoencoder (one retrained at the same path) from latents of this one."""
+def autoencoder_fingerprint(path: str | os.PathLike, legacy: bool = False) -> str:
+    """sha256 of what decides an autoencoder's latents: its config, weights, layout and statistics.
+    ``latentda encode`` records it so that ``train-ldm`` can tell latents of another autoencoder (one
+    retrained at the same path) from latents of this one, and ``init_from`` a pipeline of another.
+    The config counts by its settings, without diffusers' bookkeeping keys (``_name_or_path``, which
+    a re-save, e.g. into a pipeline folder, writes): a copy of the folder has the fingerprint of its
+    original. ``legacy``: the fingerprint earlier latentda versions recorded, over config.json's bytes
+    (still accepted from stores they encoded)."""
     import hashlib
 
     folder = Path(path)
     digest = hashlib.sha256()
     for name in ("config.json", LAYOUT_FILE, STATISTICS_FILE, *sorted(p.name for p in folder.glob("*.safetensors"))):
-        digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
+        content = (folder / name).read_bytes()
+        if name == "config.json" and not legacy:
+            settings = {k: v for k, v in json.loads(content).items() if not k.startswith("_")}
+            content = json.dumps(settings, sort_keys=True).encode()
+        digest.update(name.encode() + b"\0" + content + b"\0")
     return digest.hexdigest()
 
 

@@ -434,3 +434,29 @@ def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, m
 def _write(path, data):
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_latents_are_of_the_autoencoder_whatever_copy_of_it_is_named(tmp_path, latents):
+    """The autoencoder's fingerprint is of its settings, weights, layout and statistics: a pipeline's re-saved
+    copy of the autoencoder that encoded the latents trains on them (its config.json gains `_name_or_path`), and a
+    store recording the fingerprint of earlier versions (config.json's bytes) is still accepted."""
+    from latentda.components import autoencoder_fingerprint
+
+    train_latent_diffusion(_config(tmp_path / "first", steps=1), str(latents), progress=False)
+    copy = tmp_path / "first" / "pipeline" / "autoencoder"
+    original = latents.parent / "ae"
+    assert (copy / "config.json").read_bytes() != (original / "config.json").read_bytes()
+    assert autoencoder_fingerprint(copy) == autoencoder_fingerprint(original)
+    config = parse(LatentDiffusionConfig, {**to_dict(_config(tmp_path / "copy", steps=1)), "autoencoder": str(copy)})
+    train_latent_diffusion(config, str(latents), progress=False)
+    import zarr
+
+    older = shutil.copytree(latents, tmp_path / "older.zarr")
+    assert zarr.open_group(str(older), mode="r").attrs["latentda_autoencoder_sha256"] == autoencoder_fingerprint(original)
+    legacy = autoencoder_fingerprint(original, legacy=True)
+    assert legacy != autoencoder_fingerprint(original)
+    zarr.open_group(str(older), mode="r+").attrs["latentda_autoencoder_sha256"] = legacy
+    train_latent_diffusion(_config(tmp_path / "legacy", steps=1), str(older), progress=False)
+    zarr.open_group(str(older), mode="r+").attrs["latentda_autoencoder_sha256"] = "0" * 64
+    with pytest.raises(LatentdaError, match="encoded by another autoencoder than"):
+        train_latent_diffusion(_config(tmp_path / "other", steps=1), str(older), progress=False)

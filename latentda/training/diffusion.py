@@ -182,12 +182,13 @@ class _Standardised(torch.utils.data.Dataset):
         return self._coordinates(item)
 
 
-def initial_weights(pipeline: str | Path, backbone, autoencoder: tuple, increments: bool) -> dict:
+def initial_weights(pipeline: str | Path, backbone, autoencoder_dir: str | Path, increments: bool) -> dict:
     """The denoiser weights of the pipeline folder ``pipeline`` (safetensors only, checked as any
-    loaded model: :func:`latentda.components.load_model`), to start training ``backbone`` from;
-    ``autoencoder`` is the run's (model, layout, statistics).
+    loaded model: :func:`latentda.components.load_model`), to start training ``backbone`` from, the
+    run's autoencoder being ``autoencoder_dir``.
 
-    Refused in one line: a pipeline of another autoencoder (its latents mean something else), of
+    Refused in one line: a pipeline of another autoencoder (its latents mean something else: another
+    :func:`latentda.components.autoencoder_fingerprint`), of
     the other coordinates (``model.increments``), or of another architecture (a setting of the
     transformer's config, or a weight missing, extra or of another shape). Only the window K may
     differ: the rotary encoding computes the positions, so no weight depends on K (a prior of
@@ -202,7 +203,7 @@ def initial_weights(pipeline: str | Path, backbone, autoencoder: tuple, incremen
     if (folder / "denoiser" / "increment_statistics.json").is_file() != increments:
         raise LatentdaError(f"config: init_from: {folder} is a prior in " + ("increment" if not increments else "state")
                             + " coordinates, this run's model.increments is " + str(increments).lower())
-    if _autoencoder_identity(load_autoencoder(folder / "autoencoder")) != _autoencoder_identity(autoencoder):
+    if autoencoder_fingerprint(folder / "autoencoder") != autoencoder_fingerprint(autoencoder_dir):
         raise LatentdaError(f"config: init_from: {folder} was trained on the latents of another autoencoder than this run's")
     initial = load_model(TrajectoryTransformer, folder / "denoiser", "denoiser")
     settings = {k: v for k, v in dict(initial.config).items() if not k.startswith("_") and k != "window"}
@@ -218,15 +219,6 @@ def initial_weights(pipeline: str | Path, backbone, autoencoder: tuple, incremen
 def _plain(value):
     """A config value comparable across a JSON round trip (tuples as lists)."""
     return json.loads(json.dumps(value))
-
-
-def _autoencoder_identity(autoencoder: tuple) -> tuple:
-    """What decides an autoencoder's latents, comparable across a re-save (a pipeline writes its
-    autoencoder again, so files may differ in bytes): its config, layout, statistics and weights."""
-    model, layout, statistics = autoencoder
-    config = json.dumps({k: v for k, v in dict(model.config).items() if not k.startswith("_")}, sort_keys=True)
-    weights = tuple((k, tuple(v.shape), v.numpy().tobytes()) for k, v in sorted(model.state_dict().items()))
-    return (config, json.dumps(layout.to_dict(), sort_keys=True), json.dumps(statistics.to_dict(), sort_keys=True), weights)
 
 
 def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, context: torch.Tensor | None = None,
@@ -260,7 +252,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         raise LatentdaError("config: autoencoder: not given and not recorded in the latents")
     autoencoder, layout, statistics = load_autoencoder(autoencoder_dir)
     recorded = dataset.attrs.get("latentda_autoencoder_sha256")  # absent in stores of older versions
-    if recorded is not None and recorded != autoencoder_fingerprint(autoencoder_dir):
+    if recorded is not None and recorded not in (autoencoder_fingerprint(autoencoder_dir),
+                                                 autoencoder_fingerprint(autoencoder_dir, legacy=True)):
         raise LatentdaError(f"{latents}: encoded by another autoencoder than {autoencoder_dir} (its weights, config or "
                             "statistics differ from those `latentda encode` used): encode the data again with it")
     c, h, w = (dataset.sizes[d] for d in ("channel", "latent_y", "latent_x"))
@@ -283,8 +276,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
     if config.init_from is not None and not (resume and latest_checkpoint(run_dir / "checkpoints") is not None):
-        backbone.load_state_dict(initial_weights(config.init_from, backbone, (autoencoder, layout, statistics),
-                                                 config.model.increments))
+        backbone.load_state_dict(initial_weights(config.init_from, backbone, autoencoder_dir, config.model.increments))
     z_statistics = shared_statistics(accelerator, run_dir / "latent_statistics.json",
                                      lambda: latent_statistics(source, splits["train"], progress), resume)
     increments = None
