@@ -355,6 +355,13 @@ class LatentDAPipeline:
         return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples"})
 
     # ------------------------------------------------------------------ posterior
+    @property
+    def physical_representation_error(self) -> np.ndarray:
+        """r_c s_c: each channel's reconstruction error r_c (standardised units) times its physical std s_c
+        (for a channel with a transform, the std of the variable as observed, not of the transformed one):
+        the noise std that ``representation_error`` adds to observations of channel c."""
+        return np.asarray(self.representation_error, dtype=np.float64) * self.statistics.physical_std
+
     def observation_operator(self, observations, allow_short: bool = False,
                              representation_error: bool = True) -> ObservationOperator:
         """The pixel-space operator, y and σ of an observation dataset (or a pandas DataFrame of
@@ -366,7 +373,7 @@ class LatentDAPipeline:
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = read_observations(observations, self.layout, self.statistics)
         if representation_error:
-            operator = operator.with_representation_error(self.representation_error * self.statistics.physical_std)
+            operator = operator.with_representation_error(self.physical_representation_error)
         if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
         self.check_time_step(observations["time"])

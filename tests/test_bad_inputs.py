@@ -746,3 +746,20 @@ def test_scores_are_never_bare_nan_in_json(world, tmp_path):
     text = (tmp_path / "report" / "summary.json").read_text()
     data = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in summary.json"))
     assert data["u"]["rmse"] is None
+
+
+def test_number_checks_take_numpy_numbers_and_refuse_bools_and_non_finite_values():
+    from latentda.errors import LatentdaError, check_integer, check_positive
+
+    value = check_integer("lag", np.int64(3), 1, 3)
+    assert value == 3 and type(value) is int
+    for bad, message in ((True, "lag must be an integer in \\[1, 3\\], got True"), (2.0, "got 2.0"), ("2", "got '2'"),
+                         (0, "got 0"), (4, "got 4")):
+        with pytest.raises(LatentdaError, match=message):
+            check_integer("lag", bad, 1, 3)
+    with pytest.raises(LatentdaError, match="seed must be an integer ≥ 0 \\(a hint\\), got -1"):
+        check_integer("seed", -1, 0, hint=" (a hint)")
+    assert check_positive("σ", np.float32(0.5)) == 0.5
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(LatentdaError, match="σ must be positive and finite"):
+            check_positive("σ", bad)

@@ -2,6 +2,7 @@
 LatentDA beside EnKF in an xpList, statistics for every cycle, the filter never reading a future
 observation, the smoother, and the translation of DAPPER observation operators."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import dapper.stats  # noqa: E402
 from dapper.da_methods import EnKF  # noqa: E402
 
 from conftest import make_tiny_pipeline, run_torchrun  # noqa: E402
+from latentda.data.statistics import Statistics  # noqa: E402
 from latentda.errors import LatentdaError  # noqa: E402
 from latentda.integrations.dapper import LatentDA, forecast_skill, observation_matrix, observation_operator  # noqa: E402
 
@@ -53,7 +55,7 @@ def setup(tmp_path_factory):
 
 
 def _method(pipeline, **options):
-    return LatentDA(pipeline=pipeline, N=N_MEMBERS, settings={"steps": 2}, **options)
+    return LatentDA(pipeline=pipeline, N=N_MEMBERS, **{"settings": {"steps": 2}, **options})
 
 
 def statistics(xp) -> dict:
@@ -193,6 +195,30 @@ def test_smoother_records_smoothed_statistics(setup):
         LatentDA(pipeline=pipeline, mode="bidirectional")
 
 
+def test_arguments_are_checked_when_the_method_is_made(setup):
+    """A bad argument fails in LatentDA(...), before an xpList runs the methods listed before it; numpy numbers
+    (an xpList built from np.arange) pass as Python's; the smoother refuses the filter's arguments; observation
+    errors name the cycle."""
+    pipeline, HMM, xx, yy = setup
+    assert _method(pipeline, lag=np.int64(2), condition_noise=np.float32(0.05), context=np.int64(2)).Lag == 1
+    for options, message in ((dict(lag=0), r"lag must be an integer in \[1, 3\] \(the prior's window is 4\), got 0"),
+                             (dict(lag=2.0), "lag must be an integer"),
+                             (dict(lag=2, context=3), r"context must be an integer in \[1, 2\]"),
+                             (dict(condition_noise=0.0), "conditioning noise must be positive"),
+                             (dict(conditioning="nudging"), "conditioning must be one of"),
+                             (dict(settings={"steps": 0}), "steps: must be an integer ≥ 1"),
+                             (dict(mode="smoother", lag=2, context=1), "lag, context: the filter's, not the smoother's")):
+        with pytest.raises(LatentdaError, match=message):
+            _method(pipeline, **options)
+    biased = modelling.Operator(**modelling.partial_Id_Obs(NX, np.arange(4)), noise=modelling.GaussRV(mu=0.5, C=0.01, M=4))
+    hmm = tiny_hmm()
+    hmm.Obs = type(hmm.Obs)(time_dependent=lambda ko: biased if ko == 1 else _obs_at(ko))
+    observed = np.empty(OBSERVATIONS, dtype=object)
+    observed[:] = [yy[ko] if ko != 1 else np.zeros(4) for ko in range(OBSERVATIONS)]
+    with pytest.raises(LatentdaError, match="cycle ko = 1: LatentDA supports zero-mean observation noise only"):
+        _method(pipeline, lag=1).assimilate(hmm, xx, observed)
+
+
 def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
     """torchrun, 2 CPU processes: members 0, 2 | 1 gathered each cycle give DAPPER the one-process
     statistics (filter and smoother); processes with another truth stop with a one-line error."""
@@ -245,6 +271,25 @@ def test_observation_operators_are_translated_exactly(setup):
     observed[:] = [np.zeros(2)] * OBSERVATIONS
     with pytest.raises(LatentdaError, match="diagonal"):
         _method(pipeline).assimilate(hmm, xx, observed)
+
+
+def test_representation_error_is_added_in_physical_units(setup):
+    """As ``latentda reanalyze``: observations of channel c get r_c s_c more noise, s_c the channel's physical std
+    (for a transformed, e.g. bounded, channel not the std of the transformed variable)."""
+    pipeline, HMM, xx, yy = setup
+    prior = copy.copy(pipeline)
+    stats = pipeline.statistics
+    prior.statistics = Statistics(stats.channels, stats.mean, stats.std, stats.count, stats.transforms,
+                                  stats.physical_mean, stats.std * np.array([3.0, 0.5]))
+    prior.representation_error = np.array([0.2, 0.4])
+    for ko in (0, 1):
+        _, plain = _method(prior, settings={"steps": 2, "representation_error": False})._operator(HMM, ko, yy[ko]).observed()
+        _, noisy = _method(prior)._operator(HMM, ko, yy[ko]).observed()
+        extra = (noisy**2 - plain**2).numpy()
+        expected = (0.2 * 3.0 * stats.std[0], 0.4 * 0.5 * stats.std[1])  # rows of u first, then of v (_obs_at)
+        half = len(extra) // 2 if ko == 1 else int((observation_matrix(_obs_at(ko), NX).argmax(1) < 64).sum())
+        np.testing.assert_allclose(extra[:half], expected[0] ** 2, rtol=1e-10)
+        np.testing.assert_allclose(extra[half:], expected[1] ** 2, rtol=1e-10)
 
 
 def test_forecast_skill_against_the_models_closed_form(setup):

@@ -111,6 +111,10 @@ def test_resume_from_a_cycle_state_gives_the_same_members(tiny):
         _run(pipeline, operators[3:], [0, 1], lag=1, state=other)
     with pytest.raises(LatentdaError, match="1 times for 2 cycles"):  # resuming, times are cut as the cycles
         _run(pipeline, operators[3:], [0, 1], lag=1, state=state, times=[3.0])
+    with pytest.raises(LatentdaError, match="3 times for 2 cycles"):  # the first cycles' times left in
+        _run(pipeline, operators[3:], [0, 1], lag=1, state=state, times=[2.0, 3.0, 4.0])
+    with pytest.raises(LatentdaError, match="cycle 4: 1 times for more cycles"):  # a lazy iterable outlives its times
+        _run(pipeline, iter(operators[3:]), [0, 1], lag=1, state=state, times=[3.0])
 
 
 def test_lagged_filter_samples_the_recent_states_again_and_resumes(tiny):

@@ -167,11 +167,13 @@ def _methods(args, pipeline) -> list:
         elif name.startswith("latentda-"):
             if pipeline is None:
                 sys.exit(f"{name} needs --pipeline")
-            from latentda.integrations.dapper import LatentDA
+            from latentda.integrations.dapper import FILTER_ARGUMENTS, LatentDA
 
             mode = name.split("-", 1)[1]
-            made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=args.settings,
-                                        **args.latentda_options), None))
+            options = {key: value for key, value in args.latentda_options.items()  # the filter's apply to it only
+                       if mode == "filter" or key not in FILTER_ARGUMENTS}
+            made.append((name, LatentDA(pipeline=pipeline, N=args.members, mode=mode, settings=args.settings, **options),
+                         None))
         else:
             sys.exit(f"unknown method {name}")
     return made

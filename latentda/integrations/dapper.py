@@ -75,13 +75,13 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("latentda.integrations.dapper needs DAPPER: pip install 'latentda[dapper]' (dapper==1.7.1)") from error
 
 from latentda.diffusion.distributed import collective_device, process_count
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_integer
 from latentda.observe.operators import ObservationGroup, ObservationOperator
-from latentda.posterior.filtering import default_lag, filter_members, join_cycles
+from latentda.posterior.filtering import FilterSettings, default_lag, filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 from latentda.runs import deal_members, gather_members, process_state
 
-__all__ = ["LatentDA", "forecast_skill", "true_past_forecast", "advance", "evenly_spaced", "observation_operator", "observation_matrix"]
+__all__ = ["LatentDA", "FILTER_ARGUMENTS", "forecast_skill", "true_past_forecast", "advance", "evenly_spaced", "observation_operator", "observation_matrix"]
 
 PROBE_CHUNK = 1024
 
@@ -123,6 +123,8 @@ def _noise_std(operator, count: int) -> np.ndarray:
     variance = np.diag(full)
     if not (variance > 0).all():
         raise LatentdaError("the observation noise variances must be positive")
+    if np.any(np.asarray(getattr(operator.noise, "mu", 0), dtype=np.float64) != 0):
+        raise LatentdaError("LatentDA supports zero-mean observation noise only (Obs.noise.mu)")
     return np.sqrt(variance)
 
 
@@ -211,6 +213,9 @@ def _posterior_settings(settings: Any) -> PosteriorSettings:
     return settings if isinstance(settings, PosteriorSettings) else PosteriorSettings(**dict(settings or {}))
 
 
+FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts")  # refused by the smoother
+
+
 @da_method()
 class LatentDA:
     """latentda as a DAPPER method (module docstring). ``settings``: a
@@ -233,15 +238,22 @@ class LatentDA:
     start_cycle: int = 0
 
     def __post_init__(self) -> None:
+        """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
+        methods listed before it."""
         if self.mode not in ("filter", "smoother"):
             raise LatentdaError(f"mode must be filter or smoother, got {self.mode!r}")
-        if not (isinstance(self.start_cycle, (int, np.integer)) and self.start_cycle >= 0):
-            raise LatentdaError(f"start_cycle must be an integer ≥ 0, got {self.start_cycle!r}")
-        if self.mode == "smoother" and self.start_cycle:
-            raise LatentdaError("start_cycle is the filter's: the smoother reads the whole window")
+        check_integer("start_cycle", self.start_cycle, 0)
+        self._posterior_settings().validate(self.pipeline)
         if self.mode == "smoother":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            filter_only = [name for name in FILTER_ARGUMENTS if getattr(self, name) != defaults[name]]
+            if filter_only:
+                raise LatentdaError(f"{', '.join(filter_only)}: the filter's, not the smoother's (it reads the whole window)")
             self.Lag = "window"  # DAPPER keeps the 's' (smoothed) series of methods with a Lag
-        elif self._lag() > 1:  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
+            return
+        lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
+        FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
+        if self._lag() > 1:  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
             self.Lag = self._lag() - 1  # Lag: the cycles after ko whose observations its estimate reads (as EnKS's)
 
     # ------------------------------------------------------------------ helpers
@@ -260,16 +272,18 @@ class LatentDA:
 
     def _operator(self, HMM, ko: int, y) -> ObservationOperator:
         obs = HMM.Obs(ko)
-        size = HMM.Dyn.M
-        matrix = observation_matrix(obs, size)
-        operator = observation_operator(matrix, y, _noise_std(obs, matrix.shape[0]), self._field_shape(), self.state_index)
+        try:
+            matrix = observation_matrix(obs, HMM.Dyn.M)
+            operator = observation_operator(matrix, y, _noise_std(obs, matrix.shape[0]), self._field_shape(), self.state_index)
+        except LatentdaError as error:
+            raise LatentdaError(f"the observations of cycle ko = {ko}: {error}") from None
         return self._with_representation_error(operator)
 
     def _with_representation_error(self, operator: ObservationOperator) -> ObservationOperator:
-        error = getattr(self.pipeline, "representation_error", None)
+        error = getattr(self.pipeline, "physical_representation_error", None)  # None: a prior without an autoencoder
         if error is None or not self._posterior_settings().representation_error:
             return operator
-        return operator.with_representation_error(np.asarray(error) * np.asarray(self.pipeline.statistics.std, dtype=np.float64))
+        return operator.with_representation_error(error)
 
     def _check(self, HMM) -> None:
         C, H, W = self._field_shape()

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_integer
 
 __all__ = ["LearnedModel", "with_learned_model"]
 
@@ -59,9 +59,8 @@ class LearnedModel:
 
         if pipeline.calendar:
             raise LatentdaError("the learned model cannot give a calendar-conditioned prior the dates of DAPPER's times")
-        if not (isinstance(context, int) and not isinstance(context, bool) and 1 <= context < pipeline.window):
-            raise LatentdaError(f"context must be an integer in [1, {pipeline.window - 1}] (the prior's window "
-                                f"{pipeline.window} minus one), got {context!r}")
+        context = check_integer("context", context, 1, pipeline.window - 1,
+                                hint=f" (the prior's window {pipeline.window} minus one)")
         self.pipeline, self.context, self.seed = pipeline, context, int(seed)
         self.settings = _posterior_settings(settings)
         self.conditioning = conditioning or ("known" if pipeline.known_frames else "mmps")

@@ -92,7 +92,7 @@ import torch
 from torch import Tensor
 
 from latentda.diffusion.sampling import standard_normal
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_integer, check_positive
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser, Unguided
 from latentda.posterior.prior import PriorModel, check_known_frames, increments_of, window_operator
@@ -118,14 +118,13 @@ class FilterSettings:
     def validate(self, window: int) -> None:
         if self.conditioning not in CONDITIONINGS:
             raise LatentdaError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
-        if self.conditioning == "mmps" and not (isinstance(self.condition_noise, (int, float)) and self.condition_noise > 0):
-            raise LatentdaError(f"the conditioning noise must be positive, got {self.condition_noise}")
+        if self.conditioning == "mmps":
+            check_positive("the conditioning noise", self.condition_noise)
         if window < 2:
             raise LatentdaError(f"filtering needs a window of at least 2 states, the prior has {window}")
-        if not (isinstance(self.lag, int) and 1 <= self.lag <= window - 1):
-            raise LatentdaError(f"lag must be an integer in [1, {window - 1}] (the prior's window is {window}), got {self.lag!r}")
-        if self.context is not None and not 1 <= self.context <= window - self.lag:
-            raise LatentdaError(f"context {self.context} must be in [1, {window - self.lag}] (window {window}, lag {self.lag})")
+        check_integer("lag", self.lag, 1, window - 1, hint=f" (the prior's window is {window})")
+        if self.context is not None:
+            check_integer("context", self.context, 1, window - self.lag, hint=f" (window {window}, lag {self.lag})")
 
     def resolved_context(self, window: int) -> int:
         return window - self.lag if self.context is None else int(self.context)
@@ -453,7 +452,7 @@ def filter_members(
                                 f"the prior's {tuple(prior.latent_shape)}: a state of another model")
         if sorted(state.members) != sorted(members):
             state = state.only(members)
-    if times is not None and isinstance(cycles, Sequence) and len(times) < len(cycles):
+    if times is not None and isinstance(cycles, Sequence) and len(times) != len(cycles):
         raise LatentdaError(f"{len(times)} times for {len(cycles)} cycles (resuming, cut times as the cycles)")
     return _run(prior, cycles, members, settings, seed, options, initial, state, times)
 
@@ -491,6 +490,8 @@ def _run(prior, cycles, members, settings, seed, options, initial, state, times)
         _check_cycle(prior, index, operator)
         time = None
         if times is not None:
+            if offset >= len(times):  # a lazy ``cycles`` longer than ``times``
+                raise LatentdaError(f"cycle {index}: {len(times)} times for more cycles")
             time = np.asarray(times)[offset]
         elif operator is not None and operator.times is not None:
             time = np.asarray(operator.times)[0]

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from latentda.diffusion.settings import resolve_overlap
 from latentda.diffusion.sampling import standard_normal
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_integer
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.guidance import MMPSDenoiser, Unguided
 from latentda.posterior.forecast_settings import CONDITIONINGS, MODES, ForecastSettings
@@ -144,8 +144,7 @@ def forecast_members(
         raise LatentdaError(f"all-at-once needs observed states + lead ≥ the window of {prior.window}")
     K = prior.window
     context = default_context(prior, settings) if context is None else context
-    if not 1 <= context < K:
-        raise LatentdaError(f"context {context} must be in [1, {K - 1}]")
+    check_integer("context", context, 1, K - 1)
     if operator is not None:  # the window sampled from the observations (a prior in increment coordinates: K states)
         check_window_length(prior, operator.length + (lead if mode == "aao" else max(0, K - operator.length)))
     if initial is not None and initial.shape[1] < context:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_positive
 
 __all__ = ["ForecastSettings", "MODES", "CONDITIONINGS"]
 
@@ -32,5 +32,5 @@ class ForecastSettings:
             raise LatentdaError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.conditioning not in CONDITIONINGS:
             raise LatentdaError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
-        if self.conditioning == "mmps" and not (isinstance(self.condition_noise, (int, float)) and self.condition_noise > 0):
-            raise LatentdaError(f"the conditioning noise must be positive, got {self.condition_noise}")
+        if self.conditioning == "mmps":
+            check_positive("the conditioning noise", self.condition_noise)

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_integer
 
 __all__ = ["available", "simulate_dapper_qg", "write_dapper_qg_zarr", "GRID_POINTS"]
 
@@ -89,20 +89,14 @@ def available() -> bool:
     return True
 
 
-def _check_integer(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise LatentdaError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check(trajectories, steps, spinup, seed, batch_size, perturbation, workers=1) -> dict:
     perturbation = float(perturbation)
     if not np.isfinite(perturbation) or perturbation < 0:
         raise LatentdaError(f"perturbation must be a finite number >= 0, got {perturbation}")
-    return dict(trajectories=_check_integer("trajectories", trajectories, 1), steps=_check_integer("steps", steps, 1),
-                spinup=_check_integer("spinup", spinup, 0), seed=_check_integer("seed", seed, 0),
-                batch_size=_check_integer("batch_size", batch_size, 1), perturbation=perturbation,
-                workers=_check_integer("workers", workers, 1))
+    return dict(trajectories=check_integer("trajectories", trajectories, 1), steps=check_integer("steps", steps, 1),
+                spinup=check_integer("spinup", spinup, 0), seed=check_integer("seed", seed, 0),
+                batch_size=check_integer("batch_size", batch_size, 1), perturbation=perturbation,
+                workers=check_integer("workers", workers, 1))
 
 
 def _trajectory(sakov2008, sample: np.ndarray, index: int, steps: int, spinup: int, seed: int,

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_integer
 
 __all__ = ["GaussianSystem", "simulate_gaussian", "write_gaussian_zarr"]
 
@@ -80,9 +80,7 @@ class GaussianSystem:
 
     def __post_init__(self) -> None:
         for name in ("size", "variables"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise LatentdaError(f"{name} must be an integer, got {value!r}")
+            check_integer(name, getattr(self, name))
         if self.size < 2:
             raise LatentdaError(f"size must be at least 2, got {self.size}")
         if self.variables not in (1, 2):
@@ -189,12 +187,6 @@ def trajectory_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise LatentdaError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def simulate_gaussian(
     system: GaussianSystem,
     trajectories: int,
@@ -204,10 +196,10 @@ def simulate_gaussian(
     progress: bool = True,
 ) -> Iterator[np.ndarray]:
     """Trajectories of ``system`` in batches: float32 arrays (b, steps, C, N, N), b ≤ batch_size."""
-    trajectories = _check_count("trajectories", trajectories, 1)
-    steps = _check_count("steps", steps, 1)
-    seed = _check_count("seed", seed, 0)
-    batch_size = _check_count("batch_size", batch_size, 1)
+    trajectories = check_integer("trajectories", trajectories, 1)
+    steps = check_integer("steps", steps, 1)
+    seed = check_integer("seed", seed, 0)
+    batch_size = check_integer("batch_size", batch_size, 1)
     return _batches(system, trajectories, steps, seed, batch_size, progress)
 
 

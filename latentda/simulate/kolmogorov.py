@@ -75,7 +75,7 @@ from typing import Any, Callable
 import numpy as np
 
 from latentda.simulate.store import check_store_path, write_trajectory_batches
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_integer, check_positive
 
 __all__ = ["simulate_kolmogorov", "write_kolmogorov_zarr"]
 
@@ -248,24 +248,6 @@ def _trajectory_keys(seed: int, start: int, stop: int) -> Any:
     return jax.vmap(lambda index: jax.random.fold_in(base, index))(indices)
 
 
-def _check_integer(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise LatentdaError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise LatentdaError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise LatentdaError(f"{name} must be <= {maximum}, got {value}")
-    return int(value)
-
-
-def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise LatentdaError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise LatentdaError(f"{name} must be a positive finite number, got {value}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class _Setup:
     trajectories: int
@@ -283,20 +265,20 @@ def _validate(trajectories: Any, steps: Any, size: Any = 64, coarsen: Any = 1, d
               reynolds: Any = 1000.0, seed: Any = 0, batch_size: Any = 32) -> _Setup:
     """The checked settings of a simulation: the one place of the defaults of the options of
     :func:`simulate_kolmogorov` and :func:`write_kolmogorov_zarr`."""
-    size = _check_integer("size", size, MINIMUM_SIZE)
-    coarsen = _check_integer("coarsen", coarsen, 1)
+    size = check_integer("size", size, MINIMUM_SIZE)
+    coarsen = check_integer("coarsen", coarsen, 1)
     if size % coarsen:
         raise LatentdaError(f"size ({size}) must be divisible by coarsen ({coarsen})")
     return _Setup(
-        trajectories=_check_integer("trajectories", trajectories, 1, 2**32 - 1),
-        steps=_check_integer("steps", steps, 1),
+        trajectories=check_integer("trajectories", trajectories, 1, 2**32 - 1),
+        steps=check_integer("steps", steps, 1),
         size=size,
         coarsen=coarsen,
-        dt=_check_positive("dt", dt),
-        spinup=_check_integer("spinup", spinup, 0),
-        reynolds=_check_positive("reynolds", reynolds),
-        seed=_check_integer("seed", seed, 0, 2**32 - 1),
-        batch_size=_check_integer("batch_size", batch_size, 1),
+        dt=check_positive("dt", dt),
+        spinup=check_integer("spinup", spinup, 0),
+        reynolds=check_positive("reynolds", reynolds),
+        seed=check_integer("seed", seed, 0, 2**32 - 1),
+        batch_size=check_integer("batch_size", batch_size, 1),
     )
 
 
