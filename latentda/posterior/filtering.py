@@ -130,6 +130,12 @@ class FilterSettings:
         return window - self.lag if self.context is None else int(self.context)
 
 
+def _stored(history: Tensor) -> Tensor:
+    """The history as a filter state keeps it: float64 as it is (a float64 prior resumes bit-identically), any
+    other dtype as float32 (bf16 has no numpy type)."""
+    return history if history.dtype == torch.float64 else history.float()
+
+
 @dataclass
 class FilterState:
     """Everything a filter needs to continue after a cycle: the index of the next cycle, each
@@ -149,7 +155,7 @@ class FilterState:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays (e.g. for a zarr store's resume record); :meth:`from_arrays` inverts it."""
         arrays = {"cycle": np.asarray(self.cycle, dtype=np.int64), "members": np.asarray(self.members, dtype=np.int64),
-                  "history": self.history.detach().cpu().float().numpy(),
+                  "history": _stored(self.history.detach().cpu()).numpy(),
                   "generator_states": np.stack([s.numpy() for s in self.generator_states]),
                   "recent": np.asarray(len(self.recent), dtype=np.int64)}
         if self.forecast_states is not None:
@@ -169,7 +175,7 @@ class FilterState:
                                 f"(at least the first {cycle}) to resume it")
         recent = list(cycles[cycle - count : cycle]) if count else []
         return cls(cycle, [int(m) for m in np.asarray(arrays["members"])],
-                   torch.from_numpy(np.asarray(arrays["history"], dtype=np.float32)),
+                   _stored(torch.from_numpy(np.asarray(arrays["history"]))),
                    [torch.from_numpy(np.asarray(s, dtype=np.uint8)) for s in arrays["generator_states"]],
                    None if forecast is None else [torch.from_numpy(np.asarray(s, dtype=np.uint8)) for s in forecast],
                    recent)
