@@ -80,3 +80,23 @@ def test_calendar_prior_end_to_end(calendar_pipeline, tmp_path):
                      "--lead", "3", "--members", "1", "--steps", "2", "--out", str(out), "--quiet"]) == 0
     forecast = open_dataset(out)
     assert forecast["prediction_timedelta"].values[1] == np.timedelta64(6, "h")
+
+
+def test_dapper_methods_refuse_a_calendar_prior_when_made(calendar_pipeline):
+    """DAPPER's times are numbers, not dates: LatentDA and the learned model refuse such a prior at once."""
+    pytest.importorskip("dapper", reason="DAPPER is an optional extra: pip install 'latentda[dapper]'")
+    import dapper.mods as modelling
+
+    from latentda.integrations.dapper import LatentDA
+    from latentda.integrations.learned_model import with_learned_model
+
+    _, _, pipeline = calendar_pipeline
+    for mode in ("filter", "smoother"):
+        with pytest.raises(LatentdaError, match="calendar-conditioned prior the dates of DAPPER's times"):
+            LatentDA(pipeline=pipeline, N=2, mode=mode)
+    size = int(np.prod([pipeline.layout.num_channels, *pipeline.layout.shape]))
+    hmm = modelling.HiddenMarkovModel({"M": size, "model": lambda x, t, dt: x, "noise": 0},
+                                      {"M": size, "model": lambda x: x, "noise": 1.0},
+                                      modelling.Chronology(dt=1, dko=1, Ko=2), modelling.GaussRV(C=1.0, M=size))
+    with pytest.raises(LatentdaError, match="calendar-conditioned prior the dates of DAPPER's times"):
+        with_learned_model(hmm, pipeline)

@@ -242,6 +242,8 @@ class LatentDA:
         methods listed before it."""
         if self.mode not in ("filter", "smoother"):
             raise LatentdaError(f"mode must be filter or smoother, got {self.mode!r}")
+        if getattr(self.pipeline, "calendar", False):
+            raise LatentdaError("LatentDA cannot give a calendar-conditioned prior the dates of DAPPER's times")
         check_integer("start_cycle", self.start_cycle, 0)
         self._posterior_settings().validate(self.pipeline)
         if self.mode == "smoother":
