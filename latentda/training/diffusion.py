@@ -182,10 +182,10 @@ class _Standardised(torch.utils.data.Dataset):
         return self._coordinates(item)
 
 
-def initial_weights(pipeline: str | Path, backbone, autoencoder_dir: str | Path, increments: bool) -> dict:
+def initial_weights(pipeline: str | Path, backbone, autoencoder_sha256: str, increments: bool) -> dict:
     """The denoiser weights of the pipeline folder ``pipeline`` (safetensors only, checked as any
     loaded model: :func:`latentda.components.load_model`), to start training ``backbone`` from, the
-    run's autoencoder being ``autoencoder_dir``.
+    run's autoencoder having the fingerprint ``autoencoder_sha256``.
 
     Refused in one line: a pipeline of another autoencoder (its latents mean something else: another
     :func:`latentda.components.autoencoder_fingerprint`), of
@@ -203,7 +203,7 @@ def initial_weights(pipeline: str | Path, backbone, autoencoder_dir: str | Path,
     if (folder / "denoiser" / "increment_statistics.json").is_file() != increments:
         raise LatentdaError(f"config: init_from: {folder} is a prior in " + ("increment" if not increments else "state")
                             + " coordinates, this run's model.increments is " + str(increments).lower())
-    if autoencoder_fingerprint(folder / "autoencoder") != autoencoder_fingerprint(autoencoder_dir):
+    if autoencoder_fingerprint(folder / "autoencoder") != autoencoder_sha256:
         raise LatentdaError(f"config: init_from: {folder} was trained on the latents of another autoencoder than this run's")
     initial = load_model(TrajectoryTransformer, folder / "denoiser", "denoiser")
     settings = {k: v for k, v in dict(initial.config).items() if not k.startswith("_") and k != "window"}
@@ -251,9 +251,9 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     if autoencoder_dir is None:
         raise LatentdaError("config: autoencoder: not given and not recorded in the latents")
     autoencoder, layout, statistics = load_autoencoder(autoencoder_dir)
+    fingerprint = autoencoder_fingerprint(autoencoder_dir)
     recorded = dataset.attrs.get("latentda_autoencoder_sha256")  # absent in stores of older versions
-    if recorded is not None and recorded not in (autoencoder_fingerprint(autoencoder_dir),
-                                                 autoencoder_fingerprint(autoencoder_dir, legacy=True)):
+    if recorded not in (None, fingerprint) and recorded != autoencoder_fingerprint(autoencoder_dir, legacy=True):
         raise LatentdaError(f"{latents}: encoded by another autoencoder than {autoencoder_dir} (its weights, config or "
                             "statistics differ from those `latentda encode` used): encode the data again with it")
     c, h, w = (dataset.sizes[d] for d in ("channel", "latent_y", "latent_x"))
@@ -276,7 +276,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
     if config.init_from is not None and not (resume and latest_checkpoint(run_dir / "checkpoints") is not None):
-        backbone.load_state_dict(initial_weights(config.init_from, backbone, autoencoder_dir, config.model.increments))
+        backbone.load_state_dict(initial_weights(config.init_from, backbone, fingerprint, config.model.increments))
     z_statistics = shared_statistics(accelerator, run_dir / "latent_statistics.json",
                                      lambda: latent_statistics(source, splits["train"], progress), resume)
     increments = None
