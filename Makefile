@@ -69,7 +69,7 @@ demo-full: $(STAMP)
 	$(MAKE) demo
 
 # DAPPER's Fortran QG model (f2py, into the venv's dapper package; installs gfortran, meson and ninja if
-# missing; skipped when built) for `latentda simulate dapper-qg` and tools/bench_dapper_qg.py (docs/filter.md).
+# missing; skipped when built) for `latentda simulate dapper-qg` and tools/bench_dapper_qg.py (docs/qg-benchmark.md).
 .PHONY: dapper
 dapper: $(STAMP_DEV)
 	PY=$(PY) bash tools/build_dapper_qg.sh

@@ -425,7 +425,7 @@ def _posterior_options(sub: argparse.ArgumentParser) -> None:
     group.add_argument("--prior-inflation", type=_positive_float,
                        help="sample with the prior's denoiser at the level σ/τ: a Gaussian prior's conditionals keep their "
                             "mean and widen their spread by τ, multiplicative inflation for a prior whose ensembles "
-                            "are too narrow (default 1: the prior as trained; docs/filter.md)")
+                            "are too narrow (default 1: the prior as trained; docs/configuration.md)")
 
 
 def _recorded(value) -> str:

@@ -49,13 +49,13 @@ def test_autoencoder_reaches_its_floor_on_held_out_states(qg):
     pipeline, psi = qg
     decoded = pipeline.decode(pipeline.encode(psi.astype(np.float32)))
     errors = [rmse(d, x) for d, x in zip(decoded, psi)]
-    # docs/filter.md: the floor D(E(truth)) is 0.32–0.34 on the benchmark's cycles (ψ's std ≈ 7)
+    # docs/qg-benchmark.md: the floor D(E(truth)) is 0.32–0.34 on the benchmark's cycles (ψ's std ≈ 7)
     assert np.mean(errors) < 0.40 and max(errors) < 0.45, errors  # shipped: 0.334 mean, 0.349 max
 
 
 def test_prior_forecasts_the_flow_better_than_persistence(qg):
     """Forecast two cycles ahead from the 12 true states before (the prior's context, its blanket overlap):
-    the ensemble mean beats persistence, x_{k+2} ≈ x_k (docs/filter.md: 0.79–0.82 against 0.97 over 24
+    the ensemble mean beats persistence, x_{k+2} ≈ x_k (docs/qg-benchmark.md: 0.79–0.82 against 0.97 over 24
     cycles)."""
     pipeline, psi = qg
     context = pipeline.overlap

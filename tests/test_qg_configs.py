@@ -1,4 +1,4 @@
-"""The QG benchmark's configs (configs/ae/qg.yaml, configs/ldm/qg.yaml, docs/filter.md) fit together
+"""The QG benchmark's configs (configs/ae/qg.yaml, configs/ldm/qg.yaml, docs/qg-benchmark.md) fit together
 and fit DAPPER's 129 × 129 box: encode pads to a multiple of the factor and decode crops back, the
 latent grid is what the prior's patches divide, and a window of the prior is the documented tokens."""
 

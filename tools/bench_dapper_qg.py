@@ -311,7 +311,7 @@ def main(argv=None) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     for turn in range(processes):
         # one process at a time: importing DAPPER's QG model rewrites the namelist file its Fortran step reads at
-        # every call (docs/filter.md, "One QG experiment at a time per installation")
+        # every call (docs/qg-benchmark.md, "One QG experiment at a time per installation")
         if turn == rank:
             HMM = _hmm(args.T, args.burn_in, args.processes)
             tseq = HMM.tseq

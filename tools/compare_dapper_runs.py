@@ -21,7 +21,7 @@ read by its analyses, ``rmse.a``, ``spread.a``).
 
 ``--members N`` adds what N members would score, predicted from an M-member run's series: the ensemble mean of
 M independent members errs by E|x̄_M − x|² = b² + s²(1 + 1/M) with s² the members' variance (DAPPER's spread²,
-ddof 1), so rmse_N² ≈ rmse_M² − spread_M²(1/M − 1/N) cycle by cycle (docs/filter.md, "Eight members"). M is read
+ddof 1), so rmse_N² ≈ rmse_M² − spread_M²(1/M − 1/N) cycle by cycle (docs/qg-benchmark.md, "Eight members"). M is read
 from the JSON's method record (``N=M``).
 
 Pair only runs of one truth and one set of observations: the same ``--seed``; a run of a longer T shares its first

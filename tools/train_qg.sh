@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Train latentda on DAPPER's QG model (dapper.mods.QG.sakov2008, docs/filter.md "The QG benchmark") with
+# Train latentda on DAPPER's QG model (dapper.mods.QG.sakov2008, docs/qg-benchmark.md) with
 # the commands a user would run: simulate → train-ae → encode → train-ldm. One latentda time step is one
 # analysis cycle of the benchmark (dtout = 5). Needs DAPPER's Fortran module: `make dapper` (run first here).
 # The pipeline lands in runs/ldm-qg/pipeline, for tools/bench_dapper_qg.py --pipeline.
 #
-# Default: 512 trajectories × 64 states (32 768 states), the data of the benchmark's current rows (docs/filter.md
+# Default: 512 trajectories × 64 states (32 768 states), the data of the benchmark's current rows (docs/qg-benchmark.md
 # "Where the training noise levels go"; those were simulated as seeds 0 and 1 of 256 trajectories each, here one
 # seed of 512: the same law). Measured on 2 CPU cores: simulate ≈ 10.5 min (512 × (32 + 64) steps, 0.024 s per
 # step, WORKERS processes, default all cores), train-ae 11.7 min, encode 4.3 min, train-ldm ≈ 75 min (6000

@@ -20,7 +20,7 @@ assimilate with the copy::
     LETKF(N=25, infl=1.04, loc_rad=10).assimilate(noisy, xx, yy)
 
 ``tools/bench_dapper_qg.py`` runs it as the ``letkf-err<s>-<r>`` rows: an LETKF whose model errs by as much
-per cycle as the learned prior does (docs/filter.md).
+per cycle as the learned prior does (docs/qg-benchmark.md).
 """
 
 from __future__ import annotations

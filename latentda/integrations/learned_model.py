@@ -4,7 +4,7 @@ latentda's own filter (:mod:`latentda.posterior.filtering`) both forecasts and a
 each cycle's new states are one guided sample per member. The other way to use a learned prior in data
 assimilation keeps an ensemble filter's analysis and replaces only its model: the members' forecasts from one
 analysis to the next come from the prior, the analysis is the filter's (e.g. DAPPER's LETKF, localised). Both
-use the same prior; comparing them separates the analysis from the learned dynamics (docs/filter.md, "The LETKF
+use the same prior; comparing them separates the analysis from the learned dynamics (docs/qg-benchmark.md, "The LETKF
 with the learned prior as its model").
 
 :class:`LearnedModel` is a DAPPER model function ``model(E, t, dt)``: each row of E (a member's state, as

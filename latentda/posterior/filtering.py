@@ -43,7 +43,7 @@ decoder runs on ℓ frames. y_k then revises the member's recent past, which the
 never does; the analysis of cycle k is still the window's last state and still uses y_1, …, y_k
 only (the re-sampled earlier states are not output again). The default lag is ⌊K/2⌋
 (:func:`default_lag`; 1 for K ≤ 3): on DAPPER's QG twin experiment the lag took 40 % off the plain
-filter's rmse with K = 8 (ℓ = 4) and a lag of K/2 scored best with K = 16 (docs/filter.md). The
+filter's rmse with K = 8 (ℓ = 4) and a lag of K/2 scored best with K = 16 (docs/qg-benchmark.md). The
 member keeps context + ℓ − 1 states (default context K − ℓ) and the observations of its last ℓ − 1
 cycles (:class:`FilterState` ``recent``). For the linear-Gaussian system the scheme's exact law
 stays closed-form (a Gaussian recursion on the stacked history, ``tests/test_filter.py``): with

@@ -148,11 +148,11 @@ class InflatedDenoiser:
     σ²)⁻¹(x − m) is exactly the denoiser of N(m, τ²Σ): every conditional keeps its mean and has τ²
     times the covariance — the transition of a window prior from a member's history to the new state
     keeps its forecast and widens its spread by τ, the multiplicative inflation of ensemble filters
-    applied to the prior's error (docs/filter.md). For a non-Gaussian prior its Tweedie covariance
+    applied to the prior's error (docs/qg-benchmark.md, "Inflating the prior"). For a non-Gaussian prior its Tweedie covariance
     σ²∂D_τ/∂x at level σ is τ² times the prior's at level σ/τ, and the support is kept (a law of
     two points ±1, whose denoiser is tanh(x/σ²), stays on ±1), unlike the law of τz̃, which rescales every state and
     which a learned prior's nonlinear dynamics do not follow (on QG τ = 1.5 about 0 made the
-    forecast from the true past err 0.97 instead of 0.53; docs/filter.md). Guidance wraps it like any
+    forecast from the true past err 0.97 instead of 0.53; docs/qg-benchmark.md). Guidance wraps it like any
     denoiser: the Tweedie covariance σ² ∂D_τ/∂x_t is the inflated prior's."""
 
     def __init__(self, denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], factor: float) -> None:

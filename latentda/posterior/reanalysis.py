@@ -48,7 +48,7 @@ class PosteriorSettings:
 
     ``iterations``: the MMPS solve's fixed count. With a learned denoiser a small count regularises the solve
     rather than approximating a better answer: on QG, 8 CG iterations blew the members up and 8 GMRES iterations
-    were 12 % worse than 3 CG, the best measured with 4 (docs/filter.md, "Solver iterations: a regularisation")."""
+    were 12 % worse than 3 CG, the best measured with 4 (docs/qg-benchmark.md, "Solver iterations: a regularisation")."""
 
     guidance: Literal["mmps", "dps"] = "mmps"
     iterations: int = 3
