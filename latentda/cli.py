@@ -414,7 +414,8 @@ def _posterior_options(sub: argparse.ArgumentParser) -> None:
     group.add_argument("--iterations", type=_positive_int, help="MMPS solver iterations (default 3)")
     group.add_argument("--solver", choices=["cg", "gmres"], help="MMPS linear solver (default cg)")
     group.add_argument("--batch-members", type=_positive_int,
-                       help="members sampled together (default 1 on CPU, 8 on GPU; same members, more throughput on GPU)")
+                       help="members sampled together (default 8 on GPU; on CPU 1 when observations guide the sampling through the "
+                            "decoder, 8 for a forecast from --initial alone; the members are the same whatever the batch)")
     group.add_argument("--precision", choices=PRECISIONS,
                        help="dtype of the networks' passes (default auto: bfloat16 on GPU, float32 on CPU; CG stays float64)")
     group.add_argument("--decode-chunk", type=_positive_int,
