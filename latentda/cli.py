@@ -290,9 +290,11 @@ def _forecast(args: argparse.Namespace) -> None:
     observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args),
                                        time_units=pipeline.time_units)
     initial = open_dataset(args.initial) if args.initial is not None else None
+    source = {"observations": _recorded(args.observations)} if args.observations is not None else \
+        {"initial": _recorded(args.initial)}  # --resume refuses a run from another input
     pipeline.forecast(args.lead, args.members, observations, initial, args.seed, args.mode, args.conditioning,
                       args.condition_noise, settings, out=args.out, resume=args.resume, overwrite=args.overwrite,
-                      report=print)
+                      attrs=source, report=print)
 
 
 def _filter(args: argparse.Namespace) -> None:

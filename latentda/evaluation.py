@@ -56,6 +56,9 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
         if not 0 <= trajectory < truth.sizes[TRAJECTORY]:
             raise LatentdaError(f"--trajectory {trajectory} out of range (the truth has {truth.sizes[TRAJECTORY]})")
         truth = truth.isel({TRAJECTORY: trajectory}, drop=True)
+    values, counts = np.unique(truth[TIME].values, return_counts=True)
+    if (counts > 1).any():  # a state per time: which of two states at one time is the truth is not defined
+        raise LatentdaError(f"the truth's times are not unique: {values[counts > 1][0]} appears {counts.max()} times")
     times = prediction[TIME].values
     if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(truth[TIME].values.dtype, np.datetime64):
         raise LatentdaError("the prediction's and the truth's times are not of the same kind (datetimes vs numbers)")
@@ -105,7 +108,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     target = layout.to_array(truth)
     # NaN in the prediction only on its fixed mask (NaN scores would pass for results); in the truth
     # NaN is masked or missing and left out of every score
-    check_finite(ensemble, layout.channels, " in the prediction", mask=_prediction_mask(prediction, layout))
+    check_finite(ensemble, layout.channels, " in the prediction", mask=_prediction_mask(prediction, layout), hint=None)
     check_finite(target, layout.channels, " in the truth", allow_missing=True)
     valid = np.isfinite(target) & np.isfinite(ensemble).all(axis=0)
     scored = valid.sum(axis=(0, 2, 3))

@@ -445,14 +445,17 @@ class LatentDAPipeline:
                 raise LatentdaError("the initial state has no 'time' dimension")
             self.layout.check(initial)
             count = default_context(self, settings) if states is None else states
-            source = initial.isel(time=slice(-count, None))  # only these condition the forecast
-            time_step(source["time"], expected=self.time_step, what="the initial state's times")  # consecutive model steps
+            first = max(0, initial.sizes["time"] - count)  # errors name the file's indices, not the used states'
+            source = initial.isel(time=slice(first, None))  # only these condition the forecast
+            time_step(source["time"], expected=self.time_step,  # consecutive model steps
+                      what=f"the initial state's times (its last {source.sizes['time']}, from index {first})")
             rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
             if "realization" in source.dims and source.sizes["realization"] < members:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
             arrays = [self.layout.to_array(row) for row in rows]  # e.g. a reanalysis: member m continues member m
             for array in arrays:
-                check_finite(array, self.layout.channels, " in the initial state", self.statistics, self.layout.mask)
+                check_finite(array, self.layout.channels, " in the initial state", self.statistics, self.layout.mask,
+                             first_step=first, hint=None)
             encoded = torch.stack([self.encode(array) for array in arrays])
             initial_times = source["time"].values
         return operator, encoded, initial_times, None if source is None else source["time"]

@@ -542,7 +542,8 @@ case("forecast-initial-every-other-step")(lambda w, d: (forecast_args(  # states
     w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.isel(time=slice(None, None, 2))))),
     "the initial state's times"))
 case("forecast-initial-nan")(lambda w, d: (forecast_args(
-    w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", with_value("v", np.nan, (7, 1, 1))))), "NaN"))
+    w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", with_value("v", np.nan, (7, 1, 1))))),
+    "NaN values at step 7 in the initial state (channel v)"))  # the file's step; no training advice
 case("forecast-both-sources")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(w.truth), "--observations", str(w.observations)), "exactly one"))
 case("forecast-out-is-initial")(lambda w, d: (forecast_args(w, w.truth, "--initial", str(w.truth), "--overwrite"), "input"))
@@ -591,6 +592,17 @@ case("evaluate-forecast-two-initialisations")(lambda w, d: (evaluate_args(
     w, rewrite(w.prediction, d / "f.zarr", two_forecasts)), "2 initialisation times"))
 
 
+def repeated_time(dataset):
+    """The second state labelled with the first state's time."""
+    times = dataset["time"].values.copy()
+    times[1] = times[0]
+    return dataset.assign_coords(time=("time", times, dataset["time"].attrs))
+
+
+case("evaluate-truth-repeated-time")(lambda w, d: (evaluate_args(
+    w, w.prediction, truth=rewrite(w.truth, d / "t.nc", repeated_time)), "not unique"))
+
+
 # ---------------------------------------------------------------------------------- the check
 def snapshot(*folders: Path) -> dict[str, str]:
     """Every file (and symlink) under ``folders`` with a hash of its content."""
@@ -637,6 +649,19 @@ def test_bad_input_is_a_clean_error(name, world, tmp_path, capsys):
     run_case(world, tmp_path, CASES[name](world, tmp_path), capsys)
 
 
+def test_errors_outside_training_give_no_training_advice(world, tmp_path, capsys):
+    """NaN in a forecast's initial state or in a prediction: the message names the file's step and
+    ends there (setting allow_missing in a data config does not apply to them)."""
+    for name in ("forecast-initial-nan", "evaluate-all-nan-ensemble"):
+        folder = tmp_path / name
+        folder.mkdir()
+        argv, _ = CASES[name](world, folder)
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        line = capsys.readouterr().err.strip()
+        assert "NaN values" in line and "allow_missing" not in line and line.endswith(")"), line
+
+
 def test_the_suite_is_large_and_counted_in_the_docs():
     assert len(CASES) >= 60
     docs = (Path(__file__).parents[1] / "docs" / "errors.md").read_text()
@@ -674,6 +699,42 @@ def test_sigterm_is_handled_like_ctrl_c_and_resume_accepts_another_spelling(worl
     args[args.index("--observations") + 1] = str(spelled)
     assert cli.main(args + ["--resume"]) == 0
     assert open_dataset(out).sizes["realization"] == 2 and not (tmp_path / "post.zarr.partial").exists()
+
+
+def test_a_forecast_resumes_only_from_the_same_input(world, tmp_path, monkeypatch, capsys):
+    """An interrupted forecast records its input: --resume with other observations, or with --initial
+    instead, is refused (members from two inputs must not mix), and the same input completes it."""
+    from latentda.posterior.forecast import ForecastMembers
+
+    real = ForecastMembers.__iter__
+
+    def interrupted(self):
+        for count, item in enumerate(real(self)):
+            if count == 1:
+                raise KeyboardInterrupt
+            yield item
+
+    out = tmp_path / "fc.zarr"
+    args = forecast_args(world, out, "--observations", str(world.observations))
+    args[args.index("--members") + 1] = "2"
+    monkeypatch.setattr(ForecastMembers, "__iter__", interrupted)
+    assert cli.main(args) == 130
+    assert open_dataset(tmp_path / "fc.zarr.partial")["completed"].values.tolist() == [1, 0]
+    monkeypatch.undo()
+    other = tmp_path / "other.nc"
+    shutil.copy(world.observations, other)
+    args[args.index("--observations") + 1] = str(other)
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 2
+    assert "the interrupted run had other settings (observations)" in capsys.readouterr().err
+    initial = forecast_args(world, out, "--initial", str(world.truth), "--resume")
+    initial[initial.index("--members") + 1] = "2"
+    assert cli.main(initial) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert open_dataset(tmp_path / "fc.zarr.partial")["completed"].values.tolist() == [1, 0]  # nothing lost
+    args[args.index("--observations") + 1] = str(world.observations)
+    assert cli.main(args + ["--resume"]) == 0
+    assert open_dataset(out).sizes["realization"] == 2 and not (tmp_path / "fc.zarr.partial").exists()
 
 
 def test_an_error_after_the_store_was_created_removes_it(world, tmp_path, monkeypatch, capsys):

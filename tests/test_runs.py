@@ -94,7 +94,9 @@ def test_api_forecast_is_the_command_line_forecast(setup, tmp_path):
         assert api["prediction_timedelta"].attrs == command["prediction_timedelta"].attrs
         assert api["prediction_timedelta"].attrs["long_name"] == "forecast lead time"
         np.testing.assert_array_equal(api["u"].values, command["u"].values)
-    assert written.attrs == command.attrs and command.attrs["latentda_condition_noise"] == "0.1"
+    recorded = dict(command.attrs)  # the command also records its input file (--resume checks it)
+    assert recorded.pop("observations") == str(observations.resolve())
+    assert written.attrs == recorded and command.attrs["latentda_condition_noise"] == "0.1"
     # the API has the command's options (with the untrained prior, σ_c does not change the values)
     other = pipeline.forecast(**{**options, "condition_noise": 0.5}, out=tmp_path / "other.zarr")
     assert other.attrs["latentda_condition_noise"] == "0.5"
@@ -174,3 +176,23 @@ def test_members_are_dealt_round_robin_each_process_one_at_least():
     assert shares == [[0, 3, 6], [1, 4], [2, 5]] and sorted(sum(shares, [])) == list(range(7))
     with pytest.raises(LatentdaError, match="2 members cannot be dealt over 3 processes"):
         deal_members(2, 0, 3)
+
+
+def test_a_filters_run_state_in_its_partial_store_raises_no_zarr_warning(tmp_path):
+    """zarr warns about any file of a store outside its hierarchy; the filter's run state is one (kept in
+    the .partial store for --resume), so latentda silences that one warning — and only it."""
+    script = f"""
+import numpy as np, xarray as xr
+SETUP
+from latentda.data import open_dataset
+path = {str(tmp_path / 's.zarr')!r}
+xr.Dataset({{"a": ("x", np.arange(3.0))}}).to_zarr(path, mode="w", consolidated=False)
+open(path + "/latentda_run_state.safetensors", "wb").close()
+open_dataset(path)
+"""
+    def stderr(setup: str) -> str:
+        return subprocess.run([sys.executable, "-W", "default", "-c", script.replace("SETUP", setup)], capture_output=True,
+                              text=True, check=True).stderr
+
+    assert "latentda_run_state.safetensors is not recognized" in stderr("")  # zarr's warning, as it reads
+    assert "not recognized" not in stderr("import latentda.data.ensemble_store")

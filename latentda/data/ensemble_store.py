@@ -11,6 +11,7 @@ interface and builds the same dataset without a store (a run without ``out``).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ COMPLETED = "completed"
 LEAD = "prediction_timedelta"
 REALIZATION = "realization"
 REALIZATION_ATTRS = {"long_name": "ensemble member", "standard_name": "realization"}
+RUN_STATE = "latentda_run_state.safetensors"  # a filter's member states, inside its .partial store
+# zarr lists every key of a store it opens and warns about a file that is not part of the hierarchy: this one is
+# ours (written whole, then renamed into place) and removed when the run finishes
+warnings.filterwarnings("ignore", message=f"Object at {RUN_STATE} is not recognized as a component of a Zarr hierarchy")
 
 
 def time_axis(time: xr.DataArray | np.ndarray) -> xr.DataArray:
@@ -194,7 +199,7 @@ class EnsembleWriter:
     @property
     def state_file(self) -> Path:
         """Where a run keeps what resuming it needs beyond its fields (a filter's member states)."""
-        return self.partial / "latentda_run_state.safetensors"
+        return self.partial / RUN_STATE
 
     def save_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the run state by ``arrays`` (safetensors, written whole then renamed into place)."""

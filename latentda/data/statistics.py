@@ -62,12 +62,14 @@ def check_magnitude(values: np.ndarray, mean, std, what: str) -> None:
 
 
 def check_finite(array: np.ndarray, channels: list[str], where: str = "", statistics: "Statistics | None" = None,
-                 mask: np.ndarray | None = None, allow_missing: bool = False, first_step: int = 0) -> None:
+                 mask: np.ndarray | None = None, allow_missing: bool = False, first_step: int = 0,
+                 hint: str | None = ALLOW_MISSING_HINT) -> None:
     """Raise a one-line error naming the first channel (and step) holding inf, or NaN where neither
     the fixed ``mask`` (C, H, W), True where valid, nor ``allow_missing`` allows it (a missing zarr
     chunk reads as NaN); with ``statistics`` also the first whose values are absurdly far from the
     model's mean (:func:`check_magnitude`). ``array`` is (..., T, C, H, W) with steps numbered from
-    ``first_step``."""
+    ``first_step``. ``hint`` ends the NaN message (default: how to train with missing values; None
+    where that does not apply, e.g. a forecast's initial state or a prediction)."""
     if array.ndim < 3:
         return
     infinite = np.isinf(array).reshape(-1, *array.shape[-3:]).any(axis=(0, 2, 3))
@@ -83,8 +85,9 @@ def check_finite(array: np.ndarray, channels: list[str], where: str = "", statis
             channel = channels[int(index[-3])]
             step = f" at step {first_step + int(index[-4])}" if array.ndim >= 4 else ""
             kind = "outside its fixed mask" if mask is not None and not np.asarray(mask).all() else ""
+            advice = f": {hint}" if hint else ""
             raise LatentdaError(f"variable '{channel.split('@')[0]}' holds NaN values{step}{where} {kind}(channel "
-                                f"{channel}): {ALLOW_MISSING_HINT}".replace("  ", " "))
+                                f"{channel}){advice}".replace("  ", " "))
     if statistics is not None:
         for c, channel in enumerate(channels):
             check_magnitude(array[..., c, :, :], statistics.physical_mean[c], statistics.physical_std[c],
