@@ -60,7 +60,7 @@ from latentda.observe.operators import ObservationOperator
 from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.prior import check_window_length, history_coordinates, resolve_sampling, window_latents, with_history
 from latentda.posterior.reanalysis import PosteriorSettings
-from latentda.runs import Report, run_filter, run_forecast, run_reanalysis
+from latentda.runs import Report, input_fingerprint, run_filter, run_forecast, run_reanalysis
 
 __all__ = ["LatentDAPipeline"]
 
@@ -403,9 +403,11 @@ class LatentDAPipeline:
         settings.validate(self)
         return settings
 
-    def _recorded(self, attrs: dict | None) -> dict:
-        """The attributes a run records: ``attrs`` and the folder or hub id of this pipeline."""
-        return {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {})}
+    def _recorded(self, attrs: dict | None, *inputs) -> dict:
+        """The attributes a run records: ``attrs``, the folder or hub id of this pipeline, and the
+        fingerprint of its ``inputs`` (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same)."""
+        return {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
+                "latentda_input_sha256": input_fingerprint(*inputs)}
 
     def reanalyze(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None,
                   *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
@@ -428,7 +430,7 @@ class LatentDAPipeline:
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = self.observation_operator(observations, representation_error=settings.representation_error)
         return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
-                              self._recorded(attrs), out, resume, overwrite, report)
+                              self._recorded(attrs, observations), out, resume, overwrite, report)
 
     def _forecast_start(self, members: int, observations, initial: xr.Dataset | None,
                         settings: PosteriorSettings, states: int | None = None):
@@ -475,10 +477,12 @@ class LatentDAPipeline:
         ``settings``/keywords, ``out``, ``resume``, ``overwrite``, ``attrs``, ``report`` as for :meth:`reanalyze`.
         """
         settings = self._run_settings(settings, options)
+        observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator, encoded, initial_times, time = self._forecast_start(members, observations, initial, settings)
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
                                condition_noise, initial_times=initial_times)  # every check, before any work
-        return run_forecast(run, self.layout, time, self._recorded(attrs), out, resume, overwrite, report)
+        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, initial), out, resume, overwrite,
+                            report)
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
                conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int | None = None,
@@ -519,7 +523,7 @@ class LatentDAPipeline:
             time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=observations["time"].attrs),
                       expected=self.time_step, what="time axis of the initial state followed by the first cycle")
         return run_filter(self, self.layout, operator, observations["time"], members, settings, filtering, seed, encoded,
-                          self._recorded(attrs), out, resume, overwrite, report)
+                          self._recorded(attrs, observations, initial), out, resume, overwrite, report)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:

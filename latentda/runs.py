@@ -8,7 +8,8 @@ so members may be computed in any order and on any process:
 - **resume**: an interrupted run (Ctrl-C, SIGTERM) keeps every finished member; run again with
   ``resume=True`` it computes only the others, and the result is bit-identical to an
   uninterrupted run. The settings that decide the members are recorded in the store's attributes
-  (:func:`run_attributes`) and a resumed run must match them.
+  (:func:`run_attributes`), with a fingerprint of the input (:func:`input_fingerprint`), and a resumed
+  run must match them.
 - **processes**: under ``torchrun``/``accelerate launch`` the main process creates the store, the
   others attach to it, and the unfinished members are dealt round-robin — or, with
   ``split_blankets``, every process samples every member, sharing the blanket windows, and the main
@@ -116,6 +117,31 @@ def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
     given = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None and k not in UNRECORDED}
     given.update({k: v for k, v in recorded.items() if v is not None})
     return {f"latentda_{k}": str(v) for k, v in given.items()}
+
+
+def input_fingerprint(*inputs) -> str:
+    """sha256 (16 hex digits) of a run's inputs — observation datasets or tables, initial states; None
+    for an absent one — recorded as ``latentda_input_sha256`` so that ``resume`` refuses to complete a run
+    with members of another input. The values and coordinates count; attributes and file names do not."""
+    import hashlib
+
+    import pandas as pd
+
+    digest = hashlib.sha256()
+    for item in inputs:
+        if item is None:
+            digest.update(b"\x00none")
+            continue
+        if isinstance(item, pd.DataFrame):
+            item = xr.Dataset.from_dataframe(item.reset_index(drop=True))
+        for name in sorted(item.variables, key=str):
+            values = np.asarray(item[name].values)
+            digest.update(f"\x00{name}:{values.dtype.str}:{values.shape}".encode())
+            if values.dtype.kind in "OUS":  # text: its characters, not object pointers
+                digest.update("\x1f".join(map(str, values.ravel())).encode())
+            else:
+                digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def lead_time_axis(prior: PriorModel, count: int) -> xr.DataArray:

@@ -105,6 +105,31 @@ def test_api_forecast_is_the_command_line_forecast(setup, tmp_path):
     assert not (tmp_path / "never.zarr").exists() and not (tmp_path / "never.zarr.partial").exists()
 
 
+def test_api_resume_refuses_another_input(setup, tmp_path, monkeypatch):
+    """The API records a fingerprint of a run's input (values and coordinates): resume=True with other
+    observations, or a forecast from other initial states, is refused instead of mixing members; the
+    same input, opened again, completes the run."""
+    from latentda.runs import input_fingerprint
+
+    folder, pipeline, observations = setup
+    dataset = open_dataset(observations).load()
+    changed = dataset.copy(deep=True)
+    name = next(iter(changed.data_vars))
+    changed[name].values[..., 0] += 1.0
+    assert input_fingerprint(dataset) == input_fingerprint(open_dataset(observations).load())
+    assert input_fingerprint(dataset) != input_fingerprint(changed)
+    assert input_fingerprint(dataset, None) != input_fingerprint(None, dataset)  # which input it is counts too
+    out = tmp_path / "post.zarr"
+    interrupt_reanalyses_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.reanalyze(dataset, members=2, steps=2, out=out)
+    monkeypatch.undo()
+    with pytest.raises(LatentdaError, match=r"other settings \(latentda_input_sha256\)"):
+        pipeline.reanalyze(changed, members=2, steps=2, out=out, resume=True)
+    resumed = pipeline.reanalyze(open_dataset(observations), members=2, steps=2, out=out, resume=True)
+    assert resumed.sizes["realization"] == 2 and resumed.attrs["latentda_input_sha256"] == input_fingerprint(dataset)
+
+
 def test_overlap_and_forecast_context_defaults(setup):
     from latentda.posterior.forecast import default_context
 
