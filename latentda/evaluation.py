@@ -58,7 +58,7 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
         truth = truth.isel({TRAJECTORY: trajectory}, drop=True)
     values, counts = np.unique(truth[TIME].values, return_counts=True)
     if (counts > 1).any():  # a state per time: which of two states at one time is the truth is not defined
-        raise LatentdaError(f"the truth's times are not unique: {values[counts > 1][0]} appears {counts.max()} times")
+        raise LatentdaError(f"the truth's times are not unique: {values[counts > 1][0]} appears {counts[counts > 1][0]} times")
     times = prediction[TIME].values
     if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(truth[TIME].values.dtype, np.datetime64):
         raise LatentdaError("the prediction's and the truth's times are not of the same kind (datetimes vs numbers)")

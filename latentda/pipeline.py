@@ -403,11 +403,14 @@ class LatentDAPipeline:
         settings.validate(self)
         return settings
 
-    def _recorded(self, attrs: dict | None, *inputs) -> dict:
+    def _recorded(self, attrs: dict | None, observations: xr.Dataset | None = None,
+                  initial: xr.Dataset | None = None) -> dict:
         """The attributes a run records: ``attrs``, the folder or hub id of this pipeline, and the
-        fingerprint of its ``inputs`` (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same)."""
+        fingerprints of its observations and of the initial states it reads
+        (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same)."""
+        inputs = {"observations": observations, "initial": initial}
         return {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
-                "latentda_input_sha256": input_fingerprint(*inputs)}
+                **{f"latentda_{name}_sha256": input_fingerprint(data) for name, data in inputs.items() if data is not None}}
 
     def reanalyze(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None,
                   *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
@@ -434,10 +437,10 @@ class LatentDAPipeline:
 
     def _forecast_start(self, members: int, observations, initial: xr.Dataset | None,
                         settings: PosteriorSettings, states: int | None = None):
-        """(observation operator, encoded initial latents, their times, the times ending at "now") of
-        a forecast's source: the observations, or the last states of ``initial`` (member m of an
+        """(observation operator, encoded initial latents, their times, the times ending at "now", the
+        initial states read) of a forecast's source: the observations, or the last states of ``initial`` (member m of an
         initial ensemble for forecast member m; the last ``states``, default ``default_context``)."""
-        operator = encoded = initial_times = None
+        operator = encoded = initial_times = used = None
         source = observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         if observations is not None:
             operator = self.observation_operator(observations, allow_short=True,  # shorter than K: nowcast
@@ -449,8 +452,8 @@ class LatentDAPipeline:
             count = default_context(self, settings) if states is None else states
             first = max(0, initial.sizes["time"] - count)  # errors name the file's indices, not the used states'
             source = initial.isel(time=slice(first, None))  # only these condition the forecast
-            time_step(source["time"], expected=self.time_step,  # consecutive model steps
-                      what=f"the initial state's times (its last {source.sizes['time']}, from index {first})")
+            time_step(source["time"], expected=self.time_step, what="the initial state's times",  # consecutive steps
+                      first_index=first)
             rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
             if "realization" in source.dims and source.sizes["realization"] < members:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
@@ -459,8 +462,8 @@ class LatentDAPipeline:
                 check_finite(array, self.layout.channels, " in the initial state", self.statistics, self.layout.mask,
                              first_step=first, hint=None)
             encoded = torch.stack([self.encode(array) for array in arrays])
-            initial_times = source["time"].values
-        return operator, encoded, initial_times, None if source is None else source["time"]
+            initial_times, used = source["time"].values, source
+        return operator, encoded, initial_times, None if source is None else source["time"], used
 
     def forecast(self, lead: int, members: int = 8, observations=None,
                  initial: xr.Dataset | None = None, seed: int = 0, mode: str = "autoregressive",
@@ -478,11 +481,10 @@ class LatentDAPipeline:
         """
         settings = self._run_settings(settings, options)
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
-        operator, encoded, initial_times, time = self._forecast_start(members, observations, initial, settings)
+        operator, encoded, initial_times, time, used = self._forecast_start(members, observations, initial, settings)
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
                                condition_noise, initial_times=initial_times)  # every check, before any work
-        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, initial), out, resume, overwrite,
-                            report)
+        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, used), out, resume, overwrite, report)
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
                conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int | None = None,
@@ -511,10 +513,10 @@ class LatentDAPipeline:
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = self.observation_operator(observations, allow_short=True,
                                              representation_error=settings.representation_error)
-        encoded = None
+        encoded = used = None
         if initial is not None:
-            _, encoded, initial_times, _ = self._forecast_start(members, None, initial, settings,
-                                                                states=filtering.resolved_context(self.window))
+            _, encoded, initial_times, _, used = self._forecast_start(members, None, initial, settings,
+                                                                      states=filtering.resolved_context(self.window))
             first = observations["time"].values[:1]
             if np.issubdtype(initial_times.dtype, np.datetime64) != np.issubdtype(first.dtype, np.datetime64):
                 raise LatentdaError(f"the initial state's times ({initial_times.dtype}) and the observation times "
@@ -523,7 +525,7 @@ class LatentDAPipeline:
             time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=observations["time"].attrs),
                       expected=self.time_step, what="time axis of the initial state followed by the first cycle")
         return run_filter(self, self.layout, operator, observations["time"], members, settings, filtering, seed, encoded,
-                          self._recorded(attrs, observations, initial), out, resume, overwrite, report)
+                          self._recorded(attrs, observations, used), out, resume, overwrite, report)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:

@@ -119,28 +119,32 @@ def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
     return {f"latentda_{k}": str(v) for k, v in given.items()}
 
 
-def input_fingerprint(*inputs) -> str:
-    """sha256 (16 hex digits) of a run's inputs — observation datasets or tables, initial states; None
-    for an absent one — recorded as ``latentda_input_sha256`` so that ``resume`` refuses to complete a run
-    with members of another input. The values and coordinates count; attributes and file names do not."""
+def input_fingerprint(dataset: xr.Dataset, states_per_read: int = 16) -> str:
+    """sha256 (16 hex digits) of a run's input — its observations, or the initial states it reads —
+    recorded as ``latentda_observations_sha256`` / ``latentda_initial_sha256`` so that ``resume`` refuses
+    to complete a run with members of another input. The values and coordinates count (times as
+    nanoseconds, whatever precision they were decoded with); attributes and file names do not. Read
+    ``states_per_read`` time steps at a time: a large lazily opened input is never held whole."""
     import hashlib
 
-    import pandas as pd
-
     digest = hashlib.sha256()
-    for item in inputs:
-        if item is None:
-            digest.update(b"\x00none")
-            continue
-        if isinstance(item, pd.DataFrame):
-            item = xr.Dataset.from_dataframe(item.reset_index(drop=True))
-        for name in sorted(item.variables, key=str):
-            values = np.asarray(item[name].values)
-            digest.update(f"\x00{name}:{values.dtype.str}:{values.shape}".encode())
+    for name in sorted(dataset.variables, key=str):
+        variable = dataset[name].variable
+        kind = variable.dtype.kind
+        stored = "ns" if kind in "mM" else "text" if kind in "OUS" else variable.dtype.str  # as hashed below
+        digest.update(f"\x00{name}:{variable.dims}:{variable.shape}:{stored}".encode())
+        steps = variable.sizes.get("time", 1)
+        for start in range(0, steps, states_per_read):
+            part = variable.isel(time=slice(start, start + states_per_read)) if "time" in variable.dims else variable
+            values = np.asarray(part.values)
+            if values.dtype.kind == "M":  # datetimes and durations: their instants, not their decoded precision
+                values = values.astype("datetime64[ns]").view(np.int64)
+            elif values.dtype.kind == "m":
+                values = values.astype("timedelta64[ns]").view(np.int64)
             if values.dtype.kind in "OUS":  # text: its characters, not object pointers
                 digest.update("\x1f".join(map(str, values.ravel())).encode())
             else:
-                digest.update(np.ascontiguousarray(values).tobytes())
+                digest.update(np.ascontiguousarray(values).data)
     return digest.hexdigest()[:16]
 
 

@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LATENTDA=${LATENTDA:-.venv/bin/latentda}
+PY=${PY:-$(dirname "$(command -v "$LATENTDA")")/python}  # the interpreter latentda runs under
 SYSTEM="--variables 1 --size 32 --cutoff-wavenumber 2 --spectral-exponent 4 --correlation-time 10"
 TRAJECTORIES="--trajectories 256 --steps 64 --seed 0"
 mkdir -p data runs
@@ -17,7 +18,7 @@ if [ -e data/gaussian.zarr ] && [ -z "${RESIMULATE:-}" ]; then
     # an existing store is reused only if it is this benchmark's system (one written by a plain
     # `latentda simulate gaussian` has 2 variables and other scales: the identity autoencoder would refuse it
     # after the first prior's training)
-    "$(dirname "$LATENTDA")/python" - <<'PY' || exit 2
+    "$PY" - <<'PY' || exit 2
 import sys
 import xarray as xr
 from latentda.simulate.gaussian import GaussianSystem
@@ -28,9 +29,9 @@ try:
 except (LatentdaError, OSError, ValueError, KeyError) as error:
     sys.exit(f"data/gaussian.zarr: {error} (RESIMULATE=1 writes the benchmark's system over it)")
 expected = GaussianSystem(variables=1, size=32, cutoff_wavenumber=2.0, spectral_exponent=4.0, correlation_time=10.0)
-if system != expected or ds.sizes.get("trajectory") != 256 or ds.sizes.get("time") != 64:
+if system != expected or ds.sizes.get("trajectory") != 256 or ds.sizes.get("time") != 64 or ds.attrs.get("seed") != 0:
     sys.exit(f"data/gaussian.zarr holds another system ({system}, {dict(ds.sizes)}), not this benchmark's "
-             f"({expected}, 256 trajectories of 64 states): move it away, or RESIMULATE=1 writes the benchmark's over it")
+             f"({expected}, 256 trajectories of 64 states, seed 0): move it away, or RESIMULATE=1 writes the benchmark's over it")
 PY
     echo "reusing data/gaussian.zarr (RESIMULATE=1 to simulate again)"
 else

@@ -11,14 +11,14 @@ interface and builds the same dataset without a store (a run without ``out``).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import zarr
 
-from latentda.data.io import already_exists, atomic_path, create_store, open_dataset, output_format, remove_path, write_region
+from latentda.data.io import (already_exists, atomic_path, create_store, open_dataset, output_format, quiet_zarr,
+                              remove_path, write_region)
 from latentda.data.layout import CONVENTIONS, TIME, FieldLayout
 from latentda.errors import LatentdaError
 
@@ -28,10 +28,11 @@ COMPLETED = "completed"
 LEAD = "prediction_timedelta"
 REALIZATION = "realization"
 REALIZATION_ATTRS = {"long_name": "ensemble member", "standard_name": "realization"}
-RUN_STATE = "latentda_run_state.safetensors"  # a filter's member states, inside its .partial store
-# zarr lists every key of a store it opens and warns about a file that is not part of the hierarchy: this one is
-# ours (written whole, then renamed into place) and removed when the run finishes
-warnings.filterwarnings("ignore", message=f"Object at {RUN_STATE} is not recognized as a component of a Zarr hierarchy")
+RUN_STATE = "latentda_run_state.safetensors"  # a filter's member states, inside its .partial store (io.quiet_zarr)
+# fingerprints of a run's inputs (latentda.runs.input_fingerprint); a store of a latentda older than them has
+# none, and its inputs (nor a forecast's recorded file) are then not compared on resume
+INPUT_FINGERPRINTS = ("latentda_observations_sha256", "latentda_initial_sha256")
+INPUT_FILES = ("observations", "initial")
 
 
 def time_axis(time: xr.DataArray | np.ndarray) -> xr.DataArray:
@@ -141,10 +142,14 @@ class EnsembleWriter:
             given = attrs or {}
             # every setting either run recorded: one left at its default now but given then is a change too
             keys = [*given, *(k for k in existing.attrs if k.startswith("latentda_") and k not in given)]
+            if not any(k in existing.attrs for k in INPUT_FINGERPRINTS):  # written before inputs were recorded
+                keys = [k for k in keys if k in existing.attrs or k not in (*INPUT_FINGERPRINTS, *INPUT_FILES)]
             changed = [k for k in keys if str(existing.attrs.get(k)) != str(given.get(k))]
             if changed:  # a resumed run must be the same run: members from two settings must not mix
+                read = set(changed) & {*INPUT_FINGERPRINTS, *INPUT_FILES}
+                advice = "resume with the observations and initial states it read, or " if read else ""
                 raise LatentdaError(f"{self.partial}: the interrupted run had other settings ({', '.join(changed)}); "
-                                    "remove it to start again")
+                                    f"{advice}remove it to start again")
             return
         coords = {name: template[name] for name in template.coords if name != REALIZATION}
         coords[REALIZATION] = xr.DataArray(np.arange(members), dims=REALIZATION, attrs=REALIZATION_ATTRS)
@@ -175,13 +180,15 @@ class EnsembleWriter:
         return LEAD if self.init_time is not None else TIME
 
     def completed(self) -> list[int]:
-        flags = zarr.open_group(self.partial, mode="r")[COMPLETED][:]
+        with quiet_zarr():
+            flags = zarr.open_group(self.partial, mode="r")[COMPLETED][:]
         return [int(i) for i in np.flatnonzero(flags == 1)]
 
     def pending(self) -> list[int]:
         """The members (time steps, ``by_time``) not yet written."""
         done = set(self.completed())
-        count = zarr.open_group(self.partial, mode="r")[COMPLETED].shape[0]
+        with quiet_zarr():
+            count = zarr.open_group(self.partial, mode="r")[COMPLETED].shape[0]
         return [m for m in range(count) if m not in done]
 
     def write(self, index: int, fields: np.ndarray) -> None:
@@ -225,8 +232,8 @@ class EnsembleWriter:
                 dataset.to_netcdf(temporary, engine="h5netcdf")
             remove_path(self.partial)
         else:
-            group = zarr.open_group(self.partial, mode="a")
-            del group[COMPLETED]
+            with quiet_zarr():
+                del zarr.open_group(self.partial, mode="a")[COMPLETED]
             if self.state_file.is_file():
                 self.state_file.unlink()
             if self.out.exists():

@@ -135,8 +135,7 @@ def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dat
     fmt = input_format(path)
     try:
         if fmt == "zarr":
-            with warnings.catch_warnings():  # stores without consolidated metadata are fine
-                warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+            with quiet_zarr():  # stores without consolidated metadata are fine
                 dataset = xr.open_zarr(path, chunks=None, consolidated=None)
         else:
             with open(path, "rb") as handle:
@@ -257,6 +256,18 @@ def create_store(path: str | os.PathLike, coords: dict, variables: dict[str, tup
 
 def write_region(path: str | os.PathLike, arrays: dict[str, np.ndarray], index: tuple) -> None:
     """Write ``arrays[name]`` into ``store[name][index]`` for each name."""
-    group = zarr.open_group(path, mode="a")
-    for name, values in arrays.items():
-        group[name][index] = values
+    with quiet_zarr():
+        group = zarr.open_group(path, mode="a")
+        for name, values in arrays.items():
+            group[name][index] = values
+
+
+@contextlib.contextmanager
+def quiet_zarr() -> Iterator[None]:
+    """Silence zarr's warnings that tell a user nothing: a store without consolidated metadata (fine), and a file
+    of latentda's own inside a store (``latentda_*``, e.g. a filter's run state in its ``.partial`` store, which zarr
+    lists as "not recognized as a component of a Zarr hierarchy")."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+        warnings.filterwarnings("ignore", message=r"Object at latentda_\S* is not recognized as a component")
+        yield

@@ -103,11 +103,13 @@ def _describe_time(value) -> str:
     return str(value.astype("datetime64[s]")) if isinstance(value, np.datetime64) else f"{value:g}"
 
 
-def time_step(time: xr.DataArray, expected: float | None = None, what: str = "time axis") -> tuple[float, str]:
+def time_step(time: xr.DataArray, expected: float | None = None, what: str = "time axis",
+              first_index: int = 0) -> tuple[float, str]:
     """(Δ, units) of a regular time axis: seconds for datetimes, else the axis' ``units`` ("1" when
     it has none). Raises a one-line error naming the first index where the step changes (or where
-    the times stop increasing), and, with ``expected``, when Δ is not ``expected`` (the model's
-    step). An axis of one state has the step ``expected`` (1 without it)."""
+    the times stop increasing; indices counted from ``first_index``: ``time`` may be the end of a
+    file's axis), and, with ``expected``, when Δ is not ``expected`` (the model's step). An axis of
+    one state has the step ``expected`` (1 without it)."""
     values = np.asarray(time.values)
     if np.issubdtype(values.dtype, np.datetime64):
         steps, units = np.diff(values) / np.timedelta64(1, "s"), "seconds"
@@ -120,11 +122,13 @@ def time_step(time: xr.DataArray, expected: float | None = None, what: str = "ti
         return (1.0 if expected is None else float(expected)), units
     step = float(steps[0])
     if not step > 0:
-        raise LatentdaError(f"{what} not increasing at index 1 ({_describe_time(values[0])} → {_describe_time(values[1])})")
+        raise LatentdaError(f"{what} not increasing at index {first_index + 1} "
+                            f"({_describe_time(values[0])} → {_describe_time(values[1])})")
     changed = np.flatnonzero(~np.isclose(steps, step, rtol=_RTOL, atol=0))
     if changed.size:
         i = int(changed[0]) + 1
-        raise LatentdaError(f"irregular {what} at index {i}: {_describe_time(values[i - 1])} → {_describe_time(values[i])} "
+        raise LatentdaError(f"irregular {what} at index {first_index + i}: {_describe_time(values[i - 1])} → "
+                            f"{_describe_time(values[i])} "
                             f"is {describe_step(float(steps[i - 1]), units)}, expected {describe_step(step, units)} "
                             "(the first step); latentda needs one time step")
     if expected is not None and not np.isclose(step, expected, rtol=_RTOL, atol=0):
