@@ -404,11 +404,11 @@ class LatentDAPipeline:
         return settings
 
     def _recorded(self, attrs: dict | None, observations: xr.Dataset | None = None,
-                  initial: xr.Dataset | None = None) -> dict:
-        """The attributes a run records: ``attrs``, the folder or hub id of this pipeline, and the
-        fingerprints of its observations and of the initial states it reads
+                  initial: xr.Dataset | None = None, out=None) -> dict:
+        """The attributes a run records: ``attrs``, the folder or hub id of this pipeline, and, when it is
+        written to ``out``, the fingerprints of its observations and of the initial states it reads
         (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same)."""
-        inputs = {"observations": observations, "initial": initial}
+        inputs = {"observations": observations, "initial": initial} if out is not None else {}
         return {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
                 **{f"latentda_{name}_sha256": input_fingerprint(data) for name, data in inputs.items() if data is not None}}
 
@@ -433,7 +433,7 @@ class LatentDAPipeline:
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = self.observation_operator(observations, representation_error=settings.representation_error)
         return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
-                              self._recorded(attrs, observations), out, resume, overwrite, report)
+                              self._recorded(attrs, observations, out=out), out, resume, overwrite, report)
 
     def _forecast_start(self, members: int, observations, initial: xr.Dataset | None,
                         settings: PosteriorSettings, states: int | None = None):
@@ -462,7 +462,10 @@ class LatentDAPipeline:
                 check_finite(array, self.layout.channels, " in the initial state", self.statistics, self.layout.mask,
                              first_step=first, hint=None)
             encoded = torch.stack([self.encode(array) for array in arrays])
-            initial_times, used = source["time"].values, source
+            used = source[[spec.name for spec in self.layout.variables]]  # what the run reads: its variables and members
+            if "realization" in used.dims:
+                used = used.isel(realization=slice(members))
+            initial_times = source["time"].values
         return operator, encoded, initial_times, None if source is None else source["time"], used
 
     def forecast(self, lead: int, members: int = 8, observations=None,
@@ -484,7 +487,8 @@ class LatentDAPipeline:
         operator, encoded, initial_times, time, used = self._forecast_start(members, observations, initial, settings)
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
                                condition_noise, initial_times=initial_times)  # every check, before any work
-        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, used), out, resume, overwrite, report)
+        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, used, out), out, resume, overwrite,
+                            report)
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
                conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int | None = None,
@@ -525,7 +529,7 @@ class LatentDAPipeline:
             time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=observations["time"].attrs),
                       expected=self.time_step, what="time axis of the initial state followed by the first cycle")
         return run_filter(self, self.layout, operator, observations["time"], members, settings, filtering, seed, encoded,
-                          self._recorded(attrs, observations, used), out, resume, overwrite, report)
+                          self._recorded(attrs, observations, used, out), out, resume, overwrite, report)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:

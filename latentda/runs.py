@@ -142,7 +142,7 @@ def input_fingerprint(dataset: xr.Dataset, states_per_read: int = 16) -> str:
             elif values.dtype.kind == "m":
                 values = values.astype("timedelta64[ns]").view(np.int64)
             if values.dtype.kind in "OUS":  # text: its characters, not object pointers
-                digest.update("\x1f".join(map(str, values.ravel())).encode())
+                digest.update("".join(f"{value}\x1f" for value in values.ravel()).encode())
             else:
                 digest.update(np.ascontiguousarray(values).data)
     return digest.hexdigest()[:16]

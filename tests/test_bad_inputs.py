@@ -542,8 +542,8 @@ case("forecast-initial-every-other-step")(lambda w, d: (forecast_args(  # states
     w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.isel(time=slice(None, None, 2))))),
     "the initial state's times"))
 case("forecast-initial-gap")(lambda w, d: (forecast_args(  # state 6 of 8 missing: a gap at the file's index 6
-    w, d / "f.zarr", "--overlap", "3", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.drop_isel(time=6)))),
-    "irregular the initial state's times at index 6"))  # the file's index, not the index among the states read
+    w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.drop_isel(time=6)))),
+    "1 → 1.4 at index 6 is 0.4"))  # the file's index, not the index among the states read
 case("forecast-initial-nan")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", with_value("v", np.nan, (7, 1, 1))))),
     "NaN values at step 7 in the initial state (channel v)"))  # the file's step; no training advice

@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LATENTDA=${LATENTDA:-.venv/bin/latentda}
-PY=${PY:-$(dirname "$(command -v "$LATENTDA")")/python}  # the interpreter latentda runs under
+LAUNCHER=$(command -v "$LATENTDA") || { echo "train_gaussian.sh: $LATENTDA not found (set LATENTDA)" >&2; exit 2; }
+PY=${PY:-$(dirname "$(readlink -f "$LAUNCHER")")/python}  # the interpreter latentda runs under (PY=... to set it)
 SYSTEM="--variables 1 --size 32 --cutoff-wavenumber 2 --spectral-exponent 4 --correlation-time 10"
 TRAJECTORIES="--trajectories 256 --steps 64 --seed 0"
 mkdir -p data runs
@@ -30,7 +31,8 @@ except (LatentdaError, OSError, ValueError, KeyError) as error:
     sys.exit(f"data/gaussian.zarr: {error} (RESIMULATE=1 writes the benchmark's system over it)")
 expected = GaussianSystem(variables=1, size=32, cutoff_wavenumber=2.0, spectral_exponent=4.0, correlation_time=10.0)
 if system != expected or ds.sizes.get("trajectory") != 256 or ds.sizes.get("time") != 64 or ds.attrs.get("seed") != 0:
-    sys.exit(f"data/gaussian.zarr holds another system ({system}, {dict(ds.sizes)}), not this benchmark's "
+    sys.exit(f"data/gaussian.zarr holds another system ({system}, {dict(ds.sizes)}, seed {ds.attrs.get('seed')}), "
+             "not this benchmark's "
              f"({expected}, 256 trajectories of 64 states, seed 0): move it away, or RESIMULATE=1 writes the benchmark's over it")
 PY
     echo "reusing data/gaussian.zarr (RESIMULATE=1 to simulate again)"

@@ -141,9 +141,11 @@ class EnsembleWriter:
                 raise LatentdaError(f"{self.partial}: the interrupted run had other members or times; remove it to start again")
             given = attrs or {}
             # every setting either run recorded: one left at its default now but given then is a change too
-            keys = [*given, *(k for k in existing.attrs if k.startswith("latentda_") and k not in given)]
-            if not any(k in existing.attrs for k in INPUT_FINGERPRINTS):  # written before inputs were recorded
-                keys = [k for k in keys if k in existing.attrs or k not in (*INPUT_FINGERPRINTS, *INPUT_FILES)]
+            keys = [*given, *(k for k in existing.attrs if (k.startswith("latentda_") or k in INPUT_FILES) and k not in given)]
+            if not any(k in existing.attrs for k in INPUT_FINGERPRINTS):  # written before inputs were fingerprinted
+                keys = [k for k in keys if k not in INPUT_FINGERPRINTS]
+                if not any(k in existing.attrs for k in INPUT_FILES):  # nor its file recorded (a forecast)
+                    keys = [k for k in keys if k not in INPUT_FILES]
             changed = [k for k in keys if str(existing.attrs.get(k)) != str(given.get(k))]
             if changed:  # a resumed run must be the same run: members from two settings must not mix
                 read = set(changed) & {*INPUT_FINGERPRINTS, *INPUT_FILES}

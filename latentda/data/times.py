@@ -120,6 +120,13 @@ def time_step(time: xr.DataArray, expected: float | None = None, what: str = "ti
                             "(a calendar without leap days?)")
     if steps.size == 0:
         return (1.0 if expected is None else float(expected)), units
+    if expected is not None and first_index:  # a file's last states: name the file's index of the first wrong step
+        wrong = np.flatnonzero(~np.isclose(steps, expected, rtol=_RTOL, atol=0))
+        if wrong.size:
+            i = int(wrong[0]) + 1
+            raise LatentdaError(f"{what}: {_describe_time(values[i - 1])} → {_describe_time(values[i])} at index "
+                                f"{first_index + i} is {describe_step(float(steps[i - 1]), units)}, the model's step is "
+                                f"{describe_step(float(expected), units)}")
     step = float(steps[0])
     if not step > 0:
         raise LatentdaError(f"{what} not increasing at index {first_index + 1} "
