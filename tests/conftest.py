@@ -140,3 +140,18 @@ def interrupt_reanalyses_after(monkeypatch, members: int):
 
     monkeypatch.setattr(reanalysis, "posterior_members", interrupted)
     return real
+
+
+def interrupt_forecasts_after(monkeypatch, members: int) -> None:
+    """Make forecasts stop with Ctrl-C after ``members`` finished members (as an interrupted run would)."""
+    from latentda.posterior.forecast import ForecastMembers
+
+    real = ForecastMembers.__iter__
+
+    def interrupted(self):
+        for count, item in enumerate(real(self)):
+            if count == members:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(ForecastMembers, "__iter__", interrupted)

@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 from safetensors.torch import load_file, save_file
 
-from conftest import make_box_dataset, make_tiny_pipeline
+from conftest import interrupt_forecasts_after, make_box_dataset, make_tiny_pipeline
 from latentda import cli
 from latentda.data import open_dataset, write_dataset
 
@@ -707,20 +707,10 @@ def test_sigterm_is_handled_like_ctrl_c_and_resume_accepts_another_spelling(worl
 def test_a_forecast_resumes_only_from_the_same_input(world, tmp_path, monkeypatch, capsys):
     """An interrupted forecast records its input: --resume with other observations, or with --initial
     instead, is refused (members from two inputs must not mix), and the same input completes it."""
-    from latentda.posterior.forecast import ForecastMembers
-
-    real = ForecastMembers.__iter__
-
-    def interrupted(self):
-        for count, item in enumerate(real(self)):
-            if count == 1:
-                raise KeyboardInterrupt
-            yield item
-
     out = tmp_path / "fc.zarr"
     args = forecast_args(world, out, "--observations", str(world.observations))
     args[args.index("--members") + 1] = "2"
-    monkeypatch.setattr(ForecastMembers, "__iter__", interrupted)
+    interrupt_forecasts_after(monkeypatch, 1)
     assert cli.main(args) == 130
     assert open_dataset(tmp_path / "fc.zarr.partial")["completed"].values.tolist() == [1, 0]
     monkeypatch.undo()

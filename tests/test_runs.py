@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import interrupt_reanalyses_after, make_observed_pipeline
+from conftest import interrupt_forecasts_after, interrupt_reanalyses_after, make_observed_pipeline
 from latentda import cli
 from latentda.data import open_dataset
 from latentda.errors import LatentdaError
@@ -141,21 +141,13 @@ def test_api_resume_refuses_another_input(setup, tmp_path, monkeypatch):
 def test_api_forecast_resume_reads_the_same_initial_states(setup, tmp_path, monkeypatch):
     """A forecast from initial states records the fingerprint of the states it reads (the last
     `context`): other ones are refused on resume; a change to earlier, unread states is not a change."""
-    from latentda.posterior.forecast import ForecastMembers, default_context
+    from latentda.posterior.forecast import default_context
     from latentda.posterior.reanalysis import PosteriorSettings
 
     folder, pipeline, observations = setup
     truth = pipeline.sample(length=8, members=1, seed=3).isel(realization=0, drop=True).load()
-    real = ForecastMembers.__iter__
-
-    def interrupted(self):
-        for count, item in enumerate(real(self)):
-            if count == 1:
-                raise KeyboardInterrupt
-            yield item
-
     options = dict(lead=2, members=2, steps=2, out=tmp_path / "fc.zarr")
-    monkeypatch.setattr(ForecastMembers, "__iter__", interrupted)
+    interrupt_forecasts_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         pipeline.forecast(initial=truth, **options)
     monkeypatch.undo()
