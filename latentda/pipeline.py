@@ -441,7 +441,7 @@ class LatentDAPipeline:
         initial states read) of a forecast's source: the observations, or the last states of ``initial`` (member m of an
         initial ensemble for forecast member m; the last ``states``, default ``default_context``)."""
         operator = encoded = initial_times = used = None
-        source = observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
+        source = observations  # a dataset (the caller converts a table: observation_dataset)
         if observations is not None:
             operator = self.observation_operator(observations, allow_short=True,  # shorter than K: nowcast
                                                  representation_error=settings.representation_error)
