@@ -306,10 +306,12 @@ def _filter(args: argparse.Namespace) -> None:
     observations = observation_dataset(open_observations(args.observations), pipeline.layout, pipeline.time_step,
                                        TableWindow.of(args), time_units=pipeline.time_units)
     initial = open_dataset(args.initial) if args.initial is not None else None
+    sources = {"observations": _recorded(args.observations)}  # --resume refuses a run from other inputs
+    if args.initial is not None:
+        sources["initial"] = _recorded(args.initial)
     pipeline.filter(observations, args.members, args.seed, settings, conditioning=args.conditioning,
                     condition_noise=args.condition_noise, context=args.context, lag=args.lag, initial=initial, out=args.out,
-                    resume=args.resume, overwrite=args.overwrite, attrs={"observations": _recorded(args.observations)},
-                    report=print)
+                    resume=args.resume, overwrite=args.overwrite, attrs=sources, report=print)
 
 
 def _load_run_pipeline(args: argparse.Namespace):

@@ -457,3 +457,55 @@ def test_pipeline_filter_from_an_initial_ensemble_and_a_table(tmp_path, monkeypa
     monkeypatch.setattr(filtering, "filter_members", lambda *a, **k: (starts.append(a[8]), real(*a, **k))[1])
     pipeline.filter(table, members=2, initial=initial, context=3, lag=1, **options)
     assert starts[-1].shape[:2] == (2, 3)  # the filter's context of 3 states, not a forecast's default
+
+
+def test_filter_resume_reads_the_same_initial_states(tmp_path, monkeypatch):
+    """A filter from initial states records the fingerprint of the states it reads (its last `context`):
+    resumed with another of those it is refused and loses nothing; a change to an earlier, unread state is
+    not a change, and the resumed run equals the uninterrupted one."""
+    from conftest import make_observed_pipeline
+    from latentda import cli
+    from latentda.data import open_dataset
+    from latentda.posterior import filtering
+    from latentda.runs import input_fingerprint
+
+    pipeline, _, _, observations = make_observed_pipeline(tmp_path, times=6)
+    pipeline.set_progress_bar_config(disable=True)
+    options = {"members": 2, "steps": 2, "iterations": 1}
+    initial = pipeline.reanalyze(open_dataset(observations).isel(time=slice(0, 4)), **options).load()
+    later = open_dataset(observations).isel(time=slice(4, 6))
+    whole = pipeline.filter(later, initial=initial, out=tmp_path / "whole.zarr", **options)
+    read = pipeline.window - pipeline.window // 2  # the default context: K − lag = 2 of the 4 initial states
+    assert whole.attrs["latentda_initial_sha256"] == input_fingerprint(initial.isel(time=slice(-read, None)))
+
+    real, calls = filtering._window_sample, []
+
+    def stops(*args, **kwargs):  # Ctrl-C while sampling the second cycle (one call per cycle: 2 members, one batch)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(filtering, "_window_sample", stops)
+    out = tmp_path / "cut.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.filter(later, initial=initial, out=out, **options)
+    monkeypatch.setattr(filtering, "_window_sample", real)
+    partial = tmp_path / "cut.zarr.partial"
+    kept = open_dataset(partial)["u"].isel(time=0).values.copy()
+    read_state, unread_state = initial.copy(deep=True), initial.copy(deep=True)
+    read_state["u"].values[:, -1] += 1.0  # the last state: the filter's history
+    unread_state["u"].values[:, 0] += 1.0  # before the last `context`: never read
+    with pytest.raises(LatentdaError, match=r"other settings \(latentda_initial_sha256\); resume with the obs"):
+        pipeline.filter(later, initial=read_state, out=out, resume=True, **options)
+    np.testing.assert_array_equal(open_dataset(partial)["u"].isel(time=0).values, kept)  # nothing lost
+    resumed = pipeline.filter(later, initial=unread_state, out=out, resume=True, **options)
+    np.testing.assert_array_equal(resumed["u"].values, whole["u"].values)
+    initial.to_netcdf(tmp_path / "initial.nc")  # the command records its files too, as the forecast does
+    open_dataset(observations).isel(time=slice(4, 6)).to_netcdf(tmp_path / "later.nc")
+    assert cli.main(["filter", "--pipeline", str(tmp_path / "pipeline"), "--observations", str(tmp_path / "later.nc"),
+                     "--initial", str(tmp_path / "initial.nc"), "--members", "2", "--steps", "2", "--iterations", "1",
+                     "--quiet", "--out", str(tmp_path / "cli.zarr")]) == 0
+    recorded = open_dataset(tmp_path / "cli.zarr").attrs
+    assert recorded["initial"] == str((tmp_path / "initial.nc").resolve())
+    assert recorded["latentda_initial_sha256"] == whole.attrs["latentda_initial_sha256"]
