@@ -5,7 +5,11 @@ prediction_timedelta, … scored at valid times time + prediction_timedelta) is 
 trajectory of the truth is selected when it has several). Scores per channel and time step are in
 :mod:`latentda.metrics`; with observations, the observation residual ratio (RMS of (y − H(x))/σ per
 member, ≈ 1 when consistent) is added. Outputs: ``metrics.csv`` (one row per channel and time),
-``summary.json`` (means over time), ``scores.png`` (scores against time) and ``spectra.png``.
+``summary.json`` (means over time; the spread-skill ratio pooled over time, √((m+1)/m · mean spread² / mean
+rmse²), :func:`latentda.metrics.pooled_spread_skill_ratio`), ``scores.png`` (scores against time) and
+``spectra.png``. A forecast's lead 0 is its initial state (the states it was given, or the analysis it
+starts from), not a forecast: it has its rows in ``metrics.csv`` (column ``lead``; a reanalysis' rows have
+``step``, the time index) but is left out of the summary, the rank histograms and the coverage curve.
 
 Masks and missing values: every score is over the points where the truth and all members have
 values. NaN in the truth (a land mask, a missing step) is left out; NaN in the prediction is
@@ -40,8 +44,8 @@ from latentda.data.io import atomic_path
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
 from latentda.errors import LatentdaError
-from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, rank_flatness,
-                              pole_rmse, rank_histogram)
+from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, pole_rmse,
+                              pooled_spread_skill_ratio, rank_flatness, rank_histogram)
 
 __all__ = ["evaluate", "write_report", "NOT_CHANNELS"]
 
@@ -93,7 +97,8 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel)."""
     if "realization" not in prediction.dims:
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
-    if "prediction_timedelta" in prediction.dims:  # a forecast: score against the truth at valid times
+    forecast = "prediction_timedelta" in prediction.dims
+    if forecast:  # score against the truth at valid times
         if prediction.sizes.get(TIME, 1) != 1:
             raise LatentdaError(f"the forecast has {prediction.sizes[TIME]} initialisation times; evaluate scores one "
                                 "(select it, e.g. dataset.isel(time=[i]))")
@@ -124,17 +129,22 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         for level in COVERAGE_LEVELS:
             scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas)
     times = prediction[TIME].values
+    index = "lead" if forecast else "step"
     rows = []
     for c, channel in enumerate(layout.channels):
         for t, time in enumerate(times):
-            rows.append({"channel": channel, "time": str(time), "lead": t,
+            rows.append({"channel": channel, "time": str(time), index: t,
                          **{name: float(value[t, c]) for name, value in scores.items()}})
-    summary = {channel: {name: float(np.nanmean(value[:, c])) for name, value in scores.items()}
+    summarised = slice(1 if forecast and len(times) > 1 else 0, None)  # a forecast's lead 0 is no forecast
+    summary = {channel: {name: float(np.nanmean(value[summarised, c])) for name, value in scores.items()}
                for c, channel in enumerate(layout.channels)}
     if members > 1:
+        pooled = pooled_spread_skill_ratio(scores["spread"][summarised], scores["rmse"][summarised], members)
         for c, channel in enumerate(layout.channels):
-            counts = rank_histogram(ensemble[:, :, c], target[:, c])
-            levels, observed = coverage_curve(ensemble[:, :, c], target[:, c], weights=areas)  # as coverage_50/90
+            summary[channel]["spread_skill_ratio"] = float(pooled[c])
+            counts = rank_histogram(ensemble[:, summarised, c], target[summarised, c])
+            levels, observed = coverage_curve(ensemble[:, summarised, c], target[summarised, c],
+                                              weights=areas)  # as coverage_50/90
             summary[channel]["rank_histogram"] = {"counts": counts.tolist(), **rank_flatness(counts)}
             summary[channel]["coverage_curve"] = {"level": levels.tolist(), "observed": observed.tolist()}
     if observations is not None:
@@ -218,7 +228,7 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
     for axis, name in zip(np.atleast_1d(axes), names):
         for channel in channels:
             series = [r for r in rows if r["channel"] == channel]
-            axis.plot([r["lead"] for r in series], [r[name] for r in series], label=channel)
+            axis.plot([_step(r) for r in series], [r[name] for r in series], label=channel)
         if name == "spread_skill_ratio":
             axis.axhline(1.0, color="k", lw=0.8, ls="--")
         axis.set_title(name)
@@ -239,6 +249,11 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
         _calibration_figure(rows, summary, channels, out / "calibration.png")
 
 
+def _step(row: dict) -> int:
+    """A row's time index: its lead (a forecast) or step (a reanalysis)."""
+    return row["lead"] if "lead" in row else row["step"]
+
+
 def _calibration_figure(rows: list[dict], summary: dict, channels: list[str], path: Path) -> None:
     """Rank histograms, coverage of central intervals against their level, spread-skill by time."""
     import matplotlib.pyplot as plt
@@ -253,7 +268,7 @@ def _calibration_figure(rows: list[dict], summary: dict, channels: list[str], pa
         curve = summary[channel]["coverage_curve"]
         axes[1].plot(curve["level"], curve["observed"], marker="o", ms=3, label=channel)
         series = [r for r in rows if r["channel"] == channel]
-        axes[2].plot([r["lead"] for r in series], [r["spread_skill_ratio"] for r in series], label=channel)
+        axes[2].plot([_step(r) for r in series], [r["spread_skill_ratio"] for r in series], label=channel)
     axes[0].axhline(1.0, color="k", lw=0.8, ls="--")
     axes[0].set(title="rank histogram of the truth", xlabel="rank among members", ylabel="frequency × (m+1)")
     axes[1].plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")

@@ -6,12 +6,15 @@ the truth and every member are finite: masked or missing points, NaN, are left o
 
 - ``rmse``: √⟨(X̄ − y)²⟩, the error of the ensemble mean;
 - ``spread``: √⟨s²⟩ with s² the unbiased ensemble variance;
-- ``spread_skill_ratio``: √((m+1)/m) · spread / rmse, which is 1 in expectation for an ensemble
-  drawn from the same distribution as the truth (the factor corrects for finite m);
+- ``spread_skill_ratio``: √((m+1)/m) · spread / rmse (the factor corrects for finite m: for an
+  ensemble drawn from the same distribution as the truth (m+1)/m · E[spread²] = E[rmse²]); ∞ where
+  rmse is 0 and the spread is not, NaN where both are. Its square's numerator and denominator have
+  the expectations that agree; the ratio of one time's roots is biased above 1 when few points are
+  scored (Jensen), so an average over times is :func:`pooled_spread_skill_ratio`;
 - ``crps``: the fair ensemble CRPS ⟨(1/m) Σ_i |X_i − y| − 1/(2m(m−1)) Σ_{i,j} |X_i − X_j|⟩, using
   Σ_{i,j} |X_i − X_j| = 2 Σ_k (2k − m + 1) X_(k) over the sorted members (k = 0..m−1);
 - ``pole_rmse`` (lat-lon grids whose first/last row is within one grid step of ±90°, see
-  ``FieldLayout.pole_rows``): √((X̄ − y)²) averaged without weights over the pole rows, which the
+  ``FieldLayout.pole_rows``): √(mean of (X̄ − y)² over the pole rows, without weights), which the
   area weights (even floored) make nearly invisible in ``rmse``;
 - ``energy_spectrum``: the power of a field by wavenumber — isotropic (radial bins of |k|) on a
   doubly periodic box, zonal (along the periodic axis, averaged over the other) otherwise.
@@ -44,6 +47,7 @@ import numpy as np
 
 __all__ = [
     "ensemble_scores",
+    "pooled_spread_skill_ratio",
     "fair_crps",
     "pole_rmse",
     "energy_spectrum",
@@ -92,8 +96,17 @@ def ensemble_scores(ensemble: np.ndarray, truth: np.ndarray, weights: np.ndarray
     if m > 1:
         spread = np.sqrt(_weighted_mean(np.where(valid, ensemble.var(axis=0, ddof=1), np.nan), weights))
         scores["spread"] = spread
-        scores["spread_skill_ratio"] = np.sqrt((m + 1) / m) * spread / np.maximum(rmse, 1e-300)
+        with np.errstate(divide="ignore", invalid="ignore"):  # rmse 0: ∞ (or NaN with no spread either)
+            scores["spread_skill_ratio"] = np.sqrt((m + 1) / m) * spread / rmse
     return scores
+
+
+def pooled_spread_skill_ratio(spread: np.ndarray, rmse: np.ndarray, members: int, axis: int = 0) -> np.ndarray:
+    """√((m+1)/m) · √(mean spread²) / √(mean rmse²) over ``axis`` (times; NaN entries left out): the
+    spread-skill ratio of several times, 1 in expectation for a calibrated ensemble whatever the
+    number of points per time (the mean of per-time ratios is not: each is a ratio of roots)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt((members + 1) / members * np.nanmean(spread**2, axis=axis) / np.nanmean(rmse**2, axis=axis))
 
 
 def pole_rmse(ensemble: np.ndarray, truth: np.ndarray, rows: list[int]) -> np.ndarray:
@@ -129,7 +142,7 @@ def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, Tru
     n = fields.shape[axis]
     power = np.abs(np.fft.rfft(fields, axis=axis)) ** 2 / n**2
     power = np.moveaxis(power, axis, -1).reshape(-1, power.shape[axis]).mean(axis=0)
-    power[1:] *= 2  # positive and negative frequencies
+    power[1 : (n + 1) // 2] *= 2  # positive and negative frequencies (the Nyquist bin of an even n has no twin)
     return np.arange(1, power.size), power[1:]
 
 
@@ -186,9 +199,9 @@ def predictive_pit(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
     error = np.asarray(truth, dtype=np.float64) - ensemble.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         standardised = error / scale
-    # members all equal: the truth on them is the law's centre (PIT 0.5, e.g. a dry pixel forecast dry),
-    # off them in a tail; a missing truth (NaN) stays NaN
-    standardised = np.where(scale == 0, np.where(error == 0, 0.0, np.sign(error) * np.inf), standardised)
+        # members all equal: the truth on them is the law's centre (PIT 0.5, e.g. a dry pixel forecast dry),
+        # off them in a tail; a missing truth (NaN) stays NaN
+        standardised = np.where(scale == 0, np.where(error == 0, 0.0, np.sign(error) * np.inf), standardised)
     return student.cdf(standardised, m - 1)
 
 

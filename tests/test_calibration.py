@@ -110,3 +110,35 @@ def test_evaluate_reports_calibration(tmp_path):
     assert "calibration.png" in {p.name for p in out.iterdir()}
     header = (out / "metrics.csv").read_text().splitlines()[0]
     assert "coverage_50" in header and "coverage_90" in header
+
+
+def test_evaluate_leaves_a_forecasts_initial_state_out_of_its_summary(tmp_path):
+    """A forecast's lead 0 is the state it starts from (here given: every member equal to the truth):
+    it has its rows in metrics.csv but the summary, the rank histogram and the coverage curve score the
+    forecast, leads 1 to 8, which are calibrated."""
+    truth = make_box_dataset(trajectories=1, times=9, size=16)
+    truth_path = write_dataset(truth, tmp_path / "truth.zarr")
+    rng = np.random.default_rng(1)
+    target = truth.isel(trajectory=0, drop=True)
+    members = target.expand_dims(realization=np.arange(6)).copy(deep=True)
+    for name in ("u", "v"):
+        centre = target[name] + xr.DataArray(rng.standard_normal(target[name].shape), dims=target[name].dims)
+        drawn = centre + xr.DataArray(rng.standard_normal(members[name].shape), dims=members[name].dims)
+        members[name] = drawn.where(drawn["time"] > 0, target[name]).astype(np.float32)  # lead 0: the truth
+    times = target["time"].values
+    forecast = members.rename(time="prediction_timedelta").assign_coords(prediction_timedelta=times - times[0])
+    prediction = write_dataset(forecast.expand_dims(time=[times[0]]), tmp_path / "forecast.nc")
+    out = tmp_path / "report"
+    assert cli.main(["evaluate", "--prediction", str(prediction), "--truth", str(truth_path), "--trajectory", "0",
+                     "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("u", "v"):
+        assert summary[name]["coverage_90"] == pytest.approx(0.9, abs=0.03)
+        assert summary[name]["spread_skill_ratio"] == pytest.approx(1.0, abs=0.06)
+        assert sum(summary[name]["rank_histogram"]["counts"]) == 8 * 16 * 16  # leads 1–8, every pixel
+        assert summary[name]["rank_histogram"]["flatness"] < 2.0
+    rows = (out / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first = dict(zip(header, rows[1].split(",")))
+    assert header[:3] == ["channel", "time", "lead"] and len(rows) == 1 + 2 * 9
+    assert first["lead"] == "0" and float(first["spread"]) == 0.0 and float(first["rmse"]) == 0.0

@@ -9,7 +9,7 @@ import xarray as xr
 from conftest import make_box_dataset
 from latentda import cli
 from latentda.data import write_dataset
-from latentda.metrics import energy_spectrum, ensemble_scores, fair_crps, lag_autocorrelation
+from latentda.metrics import energy_spectrum, ensemble_scores, fair_crps, lag_autocorrelation, pooled_spread_skill_ratio
 
 
 def test_fair_crps_matches_pairwise_definition():
@@ -35,6 +35,27 @@ def test_calibrated_ensemble_has_unit_spread_skill_and_gaussian_crps():
     assert overconfident["spread_skill_ratio"].mean() < 0.4
 
 
+def test_spread_skill_ratio_on_few_points_is_pooled_over_time():
+    """m = 4 members exchangeable with the truth on 2×2 fields: each time's ratio of roots is biased
+    above 1 (Jensen: ≈ 1.2 here), the ratio of the time-mean squares is not."""
+    rng = np.random.default_rng(2)
+    m = 4
+    ensemble = rng.standard_normal((m, 2000, 1, 2, 2))
+    truth = rng.standard_normal((2000, 1, 2, 2))
+    scores = ensemble_scores(ensemble, truth)
+    assert scores["spread_skill_ratio"].mean() > 1.15
+    pooled = pooled_spread_skill_ratio(scores["spread"], scores["rmse"], m)
+    assert pooled.shape == (1,) and pooled[0] == pytest.approx(1.0, abs=0.03)
+    assert pooled_spread_skill_ratio(scores["spread"] * 0.5, scores["rmse"], m)[0] == pytest.approx(0.5 * pooled[0])
+
+
+def test_spread_skill_ratio_where_the_ensemble_mean_is_exact():
+    """rmse 0: the ratio is ∞ with a spread, NaN without (not a huge finite number that would pass for a score)."""
+    truth = np.zeros((1, 1, 2, 2))
+    assert ensemble_scores(np.stack([truth - 0.1, truth + 0.1]), truth)["spread_skill_ratio"][0, 0] == np.inf
+    assert np.isnan(ensemble_scores(np.stack([truth, truth]), truth)["spread_skill_ratio"][0, 0])
+
+
 def test_area_weights_change_rmse():
     truth = np.zeros((1, 1, 2, 3))
     ensemble = np.zeros((2, 1, 1, 2, 3))
@@ -52,6 +73,23 @@ def test_spectrum_of_a_single_wave():
     assert power.sum() == pytest.approx(field.var())  # Parseval
     k, zonal = energy_spectrum(field[None], (False, True))
     assert k[np.argmax(zonal)] == 3
+
+
+@pytest.mark.parametrize("width", [8, 7])
+def test_zonal_spectrum_keeps_parseval_with_the_shortest_wave(width):
+    """Along one periodic axis the power sums to the variance, the shortest wave included: for an even
+    width the Nyquist wave cos(πx) has no negative-frequency twin and is counted once."""
+    x = np.arange(width)
+    field = np.sin(2 * np.pi * x / width) + 0.5 * np.cos(2 * np.pi * 3 * x / width)
+    if width % 2 == 0:
+        field = field + np.cos(np.pi * x)  # the Nyquist wave (an odd width has none)
+    field = np.broadcast_to(field, (5, width))
+    k, zonal = energy_spectrum(field[None], (False, True))
+    assert k.tolist() == list(range(1, width // 2 + 1))
+    assert zonal.sum() == pytest.approx(field.var())
+    assert zonal[0] == pytest.approx(0.5) and zonal[2] == pytest.approx(0.5**2 / 2)
+    if width % 2 == 0:
+        assert zonal[-1] == pytest.approx(1.0)  # mean of cos²(πx) = 1
 
 
 def test_lag_autocorrelation():

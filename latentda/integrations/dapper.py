@@ -48,7 +48,7 @@ a few spin-up cycles before it measures the filter's equilibrium error without p
 prior's window K of states) conditioned on all of yy, recorded as ``s`` (smoothed) at every ko and
 ``u``; DAPPER keeps ``s`` series for methods with a ``Lag`` attribute, which this mode sets
 (``Lag = "window"``). A per-cycle ``residual_ratio`` (ensemble mean
-of the std of (y − H x)/σ_y) is recorded too (``xp.avrgs.residual_ratio``).
+of the RMS of (y − H x)/σ_y, bias included) is recorded too (``xp.avrgs.residual_ratio``).
 
 **The lagged filter is a fixed-lag smoother.** With lag ℓ > 1 each cycle samples the new state and the
 ℓ − 1 before it again given their observations (:func:`latentda.posterior.filtering.filter_members`);
