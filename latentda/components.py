@@ -97,6 +97,7 @@ def load_model(model_class, path: str | os.PathLike, what: str):
     weight checked: none missing, unexpected or of the wrong shape (diffusers would leave a missing
     one on the meta device), and all finite (NaN weights would make every output NaN, silently)."""
     path = check_model_folder(path, what)
+    _check_model_config(model_class, path / "config.json", what)
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # its warnings about missing weights become our one-line error
     try:
@@ -114,6 +115,21 @@ def load_model(model_class, path: str | os.PathLike, what: str):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise LatentdaError(f"{path}: the {what} weight '{name}' holds NaN or inf values")
     return model
+
+
+def _check_model_config(model_class, config_file: Path, what: str) -> None:
+    """The model's ``config.json`` names ``model_class`` and only keys its constructor takes (diffusers
+    would ignore a misspelt key and build the model with that setting's default)."""
+    import inspect
+
+    config = read_json(config_file, f"{what} config")
+    named = config.get("_class_name", model_class.__name__)
+    if named != model_class.__name__:
+        raise LatentdaError(f"{config_file}: a {named} config, expected {model_class.__name__}")
+    accepted = set(inspect.signature(model_class.__init__).parameters) | set(getattr(model_class, "ignore_for_config", ()))
+    unknown = sorted(key for key in config if not key.startswith("_") and key not in accepted)
+    if unknown:
+        raise LatentdaError(f"{config_file}: unknown key(s) {', '.join(map(repr, unknown))} for the {what}")
 
 
 def save_autoencoder(path: str | os.PathLike, model, layout: FieldLayout, statistics: Statistics,

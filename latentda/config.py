@@ -22,7 +22,7 @@ import yaml
 
 from latentda.errors import LatentdaError
 
-__all__ = ["parse", "parse_known", "load_config", "require", "to_dict", "config_defaults", "read_text", "read_json", "parse_yaml",
+__all__ = ["parse", "parse_file", "parse_known", "check_types", "require_count", "require_seed", "load_config", "require", "to_dict", "config_defaults", "read_text", "read_json", "parse_yaml",
            "MAX_SEED"]
 
 T = TypeVar("T")
@@ -122,14 +122,42 @@ def parse(cls: type[T], data: dict, prefix: str = "") -> T:
     return instance
 
 
-def parse_known(cls: type[T], data: dict, source: str | os.PathLike) -> T:
-    """Validate the keys of ``data`` that ``cls`` declares (others are ignored: files written by
-    other versions or libraries, e.g. a diffusers scheduler config) into ``cls``; errors name ``source``."""
-    known = {f.name for f in dataclasses.fields(cls)}
+def parse_file(cls: type[T], data: dict, source: str | os.PathLike) -> T:
+    """:func:`parse` of the data read from the file ``source``, whose errors name the file."""
     try:
-        return parse(cls, {k: v for k, v in data.items() if k in known})
+        return parse(cls, data)
     except LatentdaError as error:
         raise LatentdaError(f"{source}: {str(error).removeprefix('config: ')}") from None
+
+
+def parse_known(cls: type[T], data: dict, source: str | os.PathLike) -> T:
+    """Validate the keys of ``data`` that ``cls`` declares (others are ignored: files written by
+    other libraries, e.g. a diffusers scheduler config) into ``cls``; errors name ``source``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return parse_file(cls, {k: v for k, v in data.items() if k in known} if isinstance(data, dict) else data, source)
+
+
+def check_types(instance: Any, skip: tuple[str, ...] = ()) -> None:
+    """Check the fields of the dataclass ``instance`` (e.g. settings built from keyword arguments), but those in
+    ``skip``, against their type hints by :func:`parse`'s rules: one-line errors naming the field instead of a
+    failure deep in the work."""
+    hints = typing.get_type_hints(type(instance))
+    for field in (f for f in dataclasses.fields(instance) if f.name not in skip):
+        value = getattr(instance, field.name)
+        parsed = _parse_value(hints[field.name], value, field.name)
+        require(not isinstance(value, str) or isinstance(parsed, str), field.name, f"expected a number, got {value!r}")
+
+
+def require_count(value: Any, key: str) -> None:
+    """``value`` is a positive integer (not a bool: True is not one member)."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key,
+            f"must be a positive integer, got {value!r}")
+
+
+def require_seed(value: Any, key: str = "seed") -> None:
+    """``value`` is a seed: an integer in [0, :data:`MAX_SEED`]."""
+    require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED, key,
+            f"must be an integer in [0, {MAX_SEED}], got {value!r}")
 
 
 def read_text(path: str | os.PathLike, what: str) -> str:

@@ -39,7 +39,7 @@ from latentda import __version__
 from latentda.allocator import keep_freed_memory
 from latentda.components import (check_inside, checked_representation_error, load_autoencoder, load_model,
                                  load_representation_error, save_autoencoder)
-from latentda.config import parse, parse_known, read_json, require
+from latentda.config import parse, parse_file, parse_known, read_json, require, require_count, require_seed
 from latentda.data.calendar import calendar_features
 from latentda.data.ensemble_store import ensemble_dataset
 from latentda.data.io import atomic_path
@@ -70,6 +70,7 @@ MODEL_INDEX = {
     "denoiser": ["latentda.nn", "TrajectoryTransformer"],
     "scheduler": ["diffusers", "EDMEulerScheduler"],
 }
+PIPELINE_ENTRIES = ("model_index.json", "pipeline_config.json", "README.md", "autoencoder", "denoiser", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class LatentDAPipeline:
         return next(self.backbone.parameters()).dtype
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "LatentDAPipeline":
+        _check_device(device, dtype)
         kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         if kwargs:
             self.autoencoder.to(**kwargs)
@@ -326,8 +328,11 @@ class LatentDAPipeline:
         fields: corrections, tau, sigma_start, churn, overlap) replace the pipeline's defaults
         (:attr:`sampling`) where not None."""
         sampling = resolve_sampling(self, steps=steps, sampler=method, **overrides)
-        if length < 1 or members < 1:
-            raise LatentdaError(f"length ({length}) and members ({members}) must be positive")
+        require_count(length, "length")
+        require_count(members, "members")
+        require_seed(seed)
+        if start_time is not None:
+            start_time = self._start_time(start_time)
         padded = max(length, self.window)  # shorter trajectories: sample one window, keep the start
         check_window_length(self, padded)
         if denoise is None:
@@ -351,7 +356,7 @@ class LatentDAPipeline:
         z = self.sample_latents(length, members, steps, method, seed, start_time=start_time, **overrides)
         time = None
         if start_time is not None:
-            time = xr.DataArray(np.datetime64(start_time) + self.lead_times(length), dims="time")
+            time = xr.DataArray(self._start_time(start_time) + self.lead_times(length), dims="time")
         return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples"})
 
     # ------------------------------------------------------------------ posterior
@@ -386,6 +391,16 @@ class LatentDAPipeline:
         :func:`latentda.data.times.time_step` with the model's step expected."""
         time_step(time, expected=self.time_step, what="observation times")
 
+    def _start_time(self, start_time) -> np.datetime64:
+        """``start_time`` as a datetime64, for a pipeline whose time axis is dates."""
+        if self.time_units != "seconds":
+            raise LatentdaError(f"start_time: this pipeline's time axis is model time (units {self.time_units!r}), "
+                                "not dates: leave start_time out")
+        try:
+            return np.datetime64(start_time)
+        except (ValueError, TypeError):
+            raise LatentdaError(f"start_time: {start_time!r} is not a date and time") from None
+
     def lead_times(self, count: int) -> np.ndarray:
         """Lead times 0, Δ, …, (count−1)Δ: timedelta64 for datetime models, numbers otherwise."""
         if self.time_units == "seconds":
@@ -396,12 +411,26 @@ class LatentDAPipeline:
         """``settings``, or a :class:`PosteriorSettings` of the keyword ``options``; validated."""
         if settings is not None and options:
             raise LatentdaError(f"give settings or their fields as keywords, not both ({', '.join(options)})")
+        if isinstance(settings, Mapping):  # settings={"steps": 16}: the fields as a mapping
+            settings, options = None, dict(settings)
+        if settings is not None and not isinstance(settings, PosteriorSettings):
+            raise LatentdaError(f"settings: expected a PosteriorSettings or a dict of its fields, got {type(settings).__name__}")
         try:
             settings = settings or PosteriorSettings(**options)
         except TypeError as error:  # an unknown keyword
             raise LatentdaError(str(error)) from None
         settings.validate(self)
         return settings
+
+    @staticmethod
+    def _check_run(members, seed, attrs, observations=None, needs_observations: bool = False) -> None:
+        """The arguments every ensemble run shares, checked before any work."""
+        require_count(members, "members")
+        require_seed(seed)
+        if attrs is not None and not isinstance(attrs, Mapping):
+            raise LatentdaError(f"attrs: expected a dict of attributes to record, got {type(attrs).__name__}")
+        if needs_observations and observations is None:
+            raise LatentdaError("observations: none given (an observation dataset or a pandas DataFrame)")
 
     def _recorded(self, attrs: dict | None, observations: xr.Dataset | None = None,
                   initial: xr.Dataset | None = None, out=None) -> dict:
@@ -429,6 +458,7 @@ class LatentDAPipeline:
         ``split_blankets``, the blanket windows). ``attrs`` are recorded in the output; ``report``
         receives progress messages (e.g. ``print``). See :mod:`latentda.runs`.
         """
+        self._check_run(members, seed, attrs, observations, needs_observations=True)
         settings = self._run_settings(settings, options)
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = self.observation_operator(observations, representation_error=settings.representation_error)
@@ -482,6 +512,8 @@ class LatentDAPipeline:
         known frames, :attr:`known_frames`), ``condition_noise`` the σ_c of mmps (:mod:`latentda.posterior.forecast`).
         ``settings``/keywords, ``out``, ``resume``, ``overwrite``, ``attrs``, ``report`` as for :meth:`reanalyze`.
         """
+        self._check_run(members, seed, attrs)
+        require_count(lead, "lead")
         settings = self._run_settings(settings, options)
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator, encoded, initial_times, time, used = self._forecast_start(members, observations, initial, settings)
@@ -511,6 +543,7 @@ class LatentDAPipeline:
         for :meth:`reanalyze`."""
         from latentda.posterior.filtering import FilterSettings, default_lag
 
+        self._check_run(members, seed, attrs, observations, needs_observations=True)
         settings = self._run_settings(settings, options)
         filtering = FilterSettings(conditioning, condition_noise, context, lag=default_lag(self.window) if lag is None else lag)
         filtering.validate(self.window)
@@ -533,8 +566,23 @@ class LatentDAPipeline:
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:
-        """Write the pipeline folder (to a temporary folder renamed into place: never half-written)."""
-        path = Path(path)
+        """Write the pipeline folder (to a temporary folder renamed into place: never half-written), with
+        ``model_card`` (default: the card it was loaded with, :attr:`model_card`) as its README.md. An existing
+        ``path`` is replaced only if it is a pipeline folder holding nothing else (an earlier save); any other
+        file or folder there is refused, never deleted."""
+        path = Path(path).expanduser().absolute()
+        model_card = self.model_card if model_card is None else model_card
+        if model_card is not None and not isinstance(model_card, str):
+            raise LatentdaError(f"model_card: expected the card's text, got {type(model_card).__name__}")
+        _check_replaceable(path)
+        try:
+            self._write_folder(path, model_card)
+        except OSError as error:  # a full disk, no permission, a file where a parent folder should be
+            where = f": {error.filename}" if error.filename else ""
+            raise LatentdaError(f"{path}: cannot write the pipeline folder ({error.strerror or error}{where})") from None
+        return path
+
+    def _write_folder(self, path: Path, model_card: str | None) -> None:
         with atomic_path(path, overwrite=True) as folder:
             folder.mkdir(parents=True)
             save_autoencoder(folder / "autoencoder", self.autoencoder, self.layout, self.statistics,
@@ -548,7 +596,6 @@ class LatentDAPipeline:
             (folder / "pipeline_config.json").write_text(json.dumps(self.saved_settings.to_json(), indent=1))
             if model_card is not None:
                 (folder / "README.md").write_text(model_card, encoding="utf-8")
-        return path
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload latentda pipeline", private: bool | None = None,
                     token: str | None = None, revision: str | None = None, create_pr: bool = False):
@@ -556,17 +603,27 @@ class LatentDAPipeline:
         import tempfile
 
         from huggingface_hub import CommitOperationAdd, HfApi
+        from huggingface_hub.utils import validate_repo_id
 
+        try:
+            validate_repo_id(repo_id)
+        except Exception as error:  # HFValidationError; a non-string id
+            raise LatentdaError(f"{repo_id!r}: not a hub repo id ({str(error).splitlines()[0]})") from None
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, model_card=self.model_card)
+            folder = Path(folder) / "pipeline"
+            self.save_pretrained(folder)
             operations = [
                 CommitOperationAdd(path_in_repo=file.relative_to(folder).as_posix(), path_or_fileobj=str(file))
-                for file in sorted(Path(folder).rglob("*")) if file.is_file()
+                for file in sorted(folder.rglob("*")) if file.is_file()
             ]
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision,
-                                     create_pr=create_pr, repo_type="model")
+            try:  # offline, refused, rate-limited: huggingface_hub and its HTTP client raise many types
+                api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+                return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision,
+                                         create_pr=create_pr, repo_type="model")
+            except Exception as error:
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise LatentdaError(f"{repo_id}: upload to the hub failed ({message})") from error
 
     @staticmethod
     def _resolve(path_or_repo_id: str | os.PathLike, revision: str | None, cache_dir: str | os.PathLike | None) -> Path:
@@ -598,6 +655,7 @@ class LatentDAPipeline:
                         cache_dir: str | os.PathLike | None = None) -> "LatentDAPipeline":
         """Load a pipeline from a folder written by :meth:`save_pretrained` (or ``latentda train-ldm``)
         or from a Hugging Face Hub repo id (``org/name``, at ``revision``; honours HF_HUB_OFFLINE)."""
+        _check_device(device, dtype)  # before any weight is read
         given, path = path, cls._resolve(path, revision, cache_dir)
         for part in ("model_index.json", "pipeline_config.json", "autoencoder", "denoiser", "scheduler"):
             if not (path / part).exists():
@@ -608,7 +666,7 @@ class LatentDAPipeline:
             if index.get(name) != MODEL_INDEX[name]:
                 raise LatentdaError(f"{path}: model_index.json names {index.get(name)} for '{name}', expected {MODEL_INDEX[name]}")
         settings_file, schedule_file = path / "pipeline_config.json", path / "scheduler" / "scheduler_config.json"
-        saved = parse_known(SavedSettings, read_json(settings_file, "pipeline config"), settings_file)
+        saved = parse_file(SavedSettings, read_json(settings_file, "pipeline config"), settings_file)  # latentda's own file
         schedule = parse_known(SavedSchedule, read_json(schedule_file, "scheduler config"), schedule_file)
         autoencoder, layout, statistics = load_autoencoder(path / "autoencoder", device)
         backbone = load_model(TrajectoryTransformer, path / "denoiser", "denoiser")
@@ -641,3 +699,35 @@ class LatentDAPipeline:
         card = path / "README.md"
         pipeline.model_card = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None
         return pipeline.to(device, dtype)
+
+
+def _check_device(device, dtype) -> None:
+    """``device`` names a device torch can use here and ``dtype`` is a floating torch dtype (or None)."""
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise LatentdaError(f"device: {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LatentdaError(f"device: {str(device)!r}, but torch sees no CUDA GPU here")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise LatentdaError(f"device: {str(device)!r}, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise LatentdaError("device: 'mps', but torch sees no Apple GPU here")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise LatentdaError(f"dtype: expected a floating torch dtype (e.g. torch.float32), got {dtype!r}")
+
+
+def _check_replaceable(path: Path) -> None:
+    """``path`` may be written by :meth:`LatentDAPipeline.save_pretrained`: absent, an empty folder, or a
+    pipeline folder holding nothing but a pipeline's files (which the new save replaces)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise LatentdaError(f"{path}: exists and is not a pipeline folder: save to another path or remove it")
+    if not path.is_dir():
+        return
+    entries = sorted(entry.name for entry in path.iterdir())
+    others = [name for name in entries if name not in PIPELINE_ENTRIES]
+    if entries and ("model_index.json" not in entries or others):
+        held = f"holds {', '.join(others[:3])}{', …' if len(others) > 3 else ''}" if others else "has no model_index.json"
+        raise LatentdaError(f"{path}: a folder that is not only a pipeline ({held}); saving would delete it: "
+                            "save to another path, or remove what it holds")

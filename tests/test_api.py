@@ -117,3 +117,74 @@ def test_broken_folders_give_one_line_errors(saved, tmp_path):
         LatentDAPipeline.from_pretrained(stats)
     with pytest.raises(LatentdaError, match="not a hub id|not found"):
         LatentDAPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_save_pretrained_replaces_only_a_pipeline_folder(saved, tmp_path):
+    """save_pretrained never deletes what is not a pipeline's: a folder holding other files, or a file, is
+    refused and left as it was; an earlier save is replaced whole; the card it was loaded with is kept."""
+    pipeline, truth, folder = saved
+    loaded = LatentDAPipeline.from_pretrained(folder)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "important.txt").write_text("keep me")
+    with pytest.raises(LatentdaError, match=r"not only a pipeline \(holds important.txt\); saving would delete it"):
+        loaded.save_pretrained(mine)
+    assert [p.name for p in mine.iterdir()] == ["important.txt"]
+    (tmp_path / "afile").write_text("data")
+    with pytest.raises(LatentdaError, match="exists and is not a pipeline folder"):
+        loaded.save_pretrained(tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "data"
+    with pytest.raises(LatentdaError, match="cannot write the pipeline folder"):  # a parent that is a file
+        loaded.save_pretrained(tmp_path / "afile" / "pipeline")
+    copy = loaded.save_pretrained(tmp_path / "copy")
+    assert (copy / "README.md").read_text(encoding="utf-8") == loaded.model_card  # the card goes with it
+    (copy / "README.md").unlink()  # an earlier save, even without its card: replaced whole
+    again = LatentDAPipeline.from_pretrained(folder).save_pretrained(copy, model_card="# another card\n")
+    assert (again / "README.md").read_text(encoding="utf-8") == "# another card\n"
+    z = pipeline.encode(pipeline.layout.to_array(truth))
+    np.testing.assert_array_equal(LatentDAPipeline.from_pretrained(copy).decode(z), pipeline.decode(z))
+
+
+def test_misspelt_keys_in_a_saved_folder_are_refused(saved, tmp_path):
+    """pipeline_config.json and the models' config.json are latentda's own files: a key they do not
+    declare (a misspelling that would silently fall back to the default) or another model class is refused."""
+    pipeline, truth, folder = saved
+    cases = {"pipeline_config.json": ({"time_stp": 5.0}, r"pipeline_config.json: unknown key 'time_stp'"),
+             "denoiser/config.json": ({"rope_bse": 10.0}, r"denoiser/config.json: unknown key\(s\) 'rope_bse' for the denoiser"),
+             "autoencoder/config.json": ({"_class_name": "UNet2DModel"}, r"a UNet2DModel config, expected AutoEncoder")}
+    for name, (change, message) in cases.items():
+        broken = tmp_path / name.replace("/", "-")
+        shutil.copytree(folder, broken)
+        data = json.loads((broken / name).read_text())
+        (broken / name).write_text(json.dumps({**data, **change}))
+        with pytest.raises(LatentdaError, match=message):
+            LatentDAPipeline.from_pretrained(broken)
+
+
+def test_device_dtype_and_hub_upload_errors_are_one_line(saved, monkeypatch):
+    """A device torch cannot use or a dtype that is not a floating torch dtype is refused before any weight
+    is read; a bad repo id before anything is saved; an unreachable hub as one line."""
+    pipeline, truth, folder = saved
+    with pytest.raises(LatentdaError, match="'gpu' is not a torch device"):
+        LatentDAPipeline.from_pretrained(folder, device="gpu")
+    with pytest.raises(LatentdaError, match="expected a floating torch dtype"):
+        LatentDAPipeline.from_pretrained(folder, dtype="float16")
+    with pytest.raises(LatentdaError, match="expected a floating torch dtype"):
+        LatentDAPipeline.from_pretrained(folder, dtype=torch.int32)
+    if not torch.cuda.is_available():
+        with pytest.raises(LatentdaError, match="torch sees no CUDA GPU here"):
+            LatentDAPipeline.from_pretrained(folder, device="cuda")
+    loaded = LatentDAPipeline.from_pretrained(folder)
+    saves = []
+    monkeypatch.setattr(LatentDAPipeline, "save_pretrained", lambda self, path, **k: saves.append(path))
+    with pytest.raises(LatentdaError, match="not a hub repo id"):
+        loaded.push_to_hub("bad id!!")
+    assert saves == []
+    monkeypatch.undo()
+
+    def unreachable(self, repo_id, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "create_repo", unreachable)
+    with pytest.raises(LatentdaError, match=r"org/tiny: upload to the hub failed \(\[Errno -2\] Name or service"):
+        loaded.push_to_hub("org/tiny")

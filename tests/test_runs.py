@@ -163,6 +163,48 @@ def test_api_forecast_resume_reads_the_same_initial_states(setup, tmp_path, monk
     assert resumed.sizes["realization"] == 2
 
 
+def test_api_arguments_are_checked_before_any_work(setup, monkeypatch):
+    """Members, seeds, leads, settings and their fields of the wrong type or range are one-line errors
+    naming the argument, raised before anything is sampled (the command line checks the same)."""
+    folder, pipeline, observations = setup
+    dataset = open_dataset(observations)
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(reanalysis, "posterior_members", never)
+    bad = [(dict(members=0), "members: must be a positive integer, got 0"),
+           (dict(members=True), "members: must be a positive integer, got True"),
+           (dict(members="2"), "members: must be a positive integer, got '2'"),
+           (dict(seed=-1), r"seed: must be an integer in \[0, 4294967295\], got -1"),
+           (dict(seed=1.5), "seed: must be an integer"),
+           (dict(settings="fast"), "settings: expected a PosteriorSettings or a dict of its fields, got str"),
+           (dict(iterations="3"), "iterations: expected an integer, got '3'"),
+           (dict(batch_members=2.0), "batch_members: expected an integer"),
+           (dict(dps_scale=float("nan")), "dps_scale: must be finite"),
+           (dict(guidance="dps", dps_scale=-1.0), "dps_scale: must be non-negative"),
+           (dict(representation_error="no"), "representation_error: expected true or false, got 'no'"),
+           (dict(split_blankets=1), "split_blankets: expected true or false"),
+           (dict(attrs="note"), "attrs: expected a dict")]
+    for options, message in bad:
+        with pytest.raises(LatentdaError, match=message):
+            pipeline.reanalyze(dataset, **options)
+    with pytest.raises(LatentdaError, match="observations: none given"):
+        pipeline.reanalyze(None, members=1)
+    with pytest.raises(LatentdaError, match="lead: must be a positive integer, got '2'"):
+        pipeline.forecast("2", members=1, observations=dataset)
+    with pytest.raises(LatentdaError, match="members: must be a positive integer, got 0"):
+        pipeline.filter(dataset, members=0)
+    with pytest.raises(LatentdaError, match="length: must be a positive integer, got 16.0"):
+        pipeline.sample(16.0)
+    with pytest.raises(LatentdaError, match="start_time: this pipeline's time axis is model time"):
+        pipeline.sample(4, start_time="2020-01-01")
+    monkeypatch.undo()
+    as_mapping = pipeline.reanalyze(dataset, members=1, settings={"steps": 2, "iterations": 1})
+    as_keywords = pipeline.reanalyze(dataset, members=1, steps=2, iterations=1)
+    np.testing.assert_array_equal(as_mapping["u"].values, as_keywords["u"].values)
+
+
 def test_overlap_and_forecast_context_defaults(setup):
     from latentda.posterior.forecast import default_context
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentda.config import require
+from latentda.config import check_types, require
 from latentda.observe.operators import ObservationOperator
 from latentda.nn.linearization import NetworkLinearization
 from latentda.nn.precision import PRECISIONS, Autocast, autocast, resolve_precision
@@ -71,7 +71,11 @@ class PosteriorSettings:
     def validate(self, prior: PriorModel | None = None) -> None:
         """Check every field; with ``prior``, the sampler settings as resolved against it (its σ range
         and window), so that a bad value fails before any work, not inside the sampler."""
+        # e.g. iterations "3" or representation_error "no": an error here, not a surprise later (the sampler's
+        # fields by SamplerSettings' own rules, below)
+        check_types(self, skip=SAMPLER_FIELDS)
         require(self.guidance in ("mmps", "dps"), "guidance", "must be mmps or dps")
+        require(self.dps_scale >= 0, "dps_scale", f"must be non-negative, got {self.dps_scale!r}")
         require(self.iterations >= 1, "iterations", "must be at least 1")
         require(self.solver in SOLVERS, "solver", f"must be one of {', '.join(SOLVERS)}")
         require(self.decode_chunk is None or self.decode_chunk >= 1, "decode_chunk", "must be at least 1")
