@@ -142,6 +142,23 @@ def interrupt_reanalyses_after(monkeypatch, members: int):
     return real
 
 
+def interrupt_filter_at(monkeypatch, call: int, error=KeyboardInterrupt):
+    """Make the filter raise ``error`` (Ctrl-C by default) at its ``call``-th window sample (one per cycle and
+    batch of members), as an interrupted run would; returns the real ``_window_sample``."""
+    from latentda.posterior import filtering
+
+    real, calls = filtering._window_sample, []
+
+    def stops(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(filtering, "_window_sample", stops)
+    return real
+
+
 def interrupt_forecasts_after(monkeypatch, members: int) -> None:
     """Make forecasts stop with Ctrl-C after ``members`` finished members (as an interrupted run would)."""
     from latentda.posterior.forecast import ForecastMembers

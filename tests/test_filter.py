@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_pipeline
+from conftest import interrupt_filter_at, make_tiny_pipeline
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.filtering import FilterState, filter_members, join_cycles, split_cycles
@@ -364,15 +364,8 @@ def test_filter_command_writes_cycles_and_resumes_bit_identical(tmp_path, monkey
     assert whole.attrs["latentda_conditioning"] == "mmps" and np.isfinite(whole["u"].values).all()
     assert whole.attrs.get("latentda_lag") == (None if lag == 1 else str(lag))
 
-    real, calls = filtering._window_sample, []
-
-    def stops(*args, **kwargs):  # stopped while sampling the third cycle (one call per member and cycle)
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt if lag == 1 else RuntimeError("out of memory (simulated)")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(filtering, "_window_sample", stops)
+    # stopped while sampling the third cycle (one call per member and cycle)
+    real = interrupt_filter_at(monkeypatch, 5, KeyboardInterrupt if lag == 1 else RuntimeError("out of memory (simulated)"))
     out = tmp_path / "cut.zarr"
     if lag == 1:
         assert cli.main(run + ["--out", str(out)]) == 130  # "interrupted", as after Ctrl-C
@@ -399,7 +392,6 @@ def test_filter_command_deals_members_over_two_processes(tmp_path, monkeypatch):
     from conftest import make_observed_pipeline, run_torchrun
     from latentda import cli
     from latentda.data import open_dataset
-    from latentda.posterior import filtering
 
     _, _, _, observations = make_observed_pipeline(tmp_path, times=5)
     run = ["filter", "--pipeline", str(tmp_path / "pipeline"), "--observations", str(observations),
@@ -411,15 +403,7 @@ def test_filter_command_deals_members_over_two_processes(tmp_path, monkeypatch):
     # identical up to float rounding (the processes run 1 thread each, the single one 2: other reduction order)
     np.testing.assert_allclose(two, one, atol=1e-4 * np.abs(one).max())
 
-    real, calls = filtering._window_sample, []
-
-    def stops(*args, **kwargs):  # Ctrl-C while sampling the third cycle (one call per cycle: 3 members, one batch)
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(filtering, "_window_sample", stops)
+    interrupt_filter_at(monkeypatch, 3)  # Ctrl-C while sampling the third cycle (one call per cycle: 3 members, one batch)
     cut = ["--out", str(tmp_path / "cut.zarr"), "--batch-members", "3"]
     assert cli.main(run + cut) == 130
     resumed = run_torchrun(["-m", "latentda.cli", *run, *cut, "--resume"], 29534)
@@ -478,15 +462,7 @@ def test_filter_resume_reads_the_same_initial_states(tmp_path, monkeypatch):
     read = pipeline.window - pipeline.window // 2  # the default context: K − lag = 2 of the 4 initial states
     assert whole.attrs["latentda_initial_sha256"] == input_fingerprint(initial.isel(time=slice(-read, None)))
 
-    real, calls = filtering._window_sample, []
-
-    def stops(*args, **kwargs):  # Ctrl-C while sampling the second cycle (one call per cycle: 2 members, one batch)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(filtering, "_window_sample", stops)
+    real = interrupt_filter_at(monkeypatch, 2)  # Ctrl-C while sampling the second cycle (one call per cycle: 2 members)
     out = tmp_path / "cut.zarr"
     with pytest.raises(KeyboardInterrupt):
         pipeline.filter(later, initial=initial, out=out, **options)
