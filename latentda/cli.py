@@ -468,12 +468,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
     writes (an unknown suffix found after sampling would waste the run)."""
     from latentda.config import MAX_SEED
     from latentda.data.io import check_output_path, output_format
+    from latentda.devices import check_device
 
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise LatentdaError(f"--seed {seed}: must be an integer in [0, {MAX_SEED}]")
     if getattr(args, "device", None) is not None:
-        _check_device(args.device)
+        check_device(args.device, "--device")
     inputs = {name: getattr(args, name) for name in INPUT_OPTIONS if getattr(args, name, None) is not None}
     for name, option in OUTPUT_OPTIONS.items():
         out = getattr(args, name, None)
@@ -487,22 +488,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
         if out.exists() and not getattr(args, "overwrite", False):
             hint = "pass --overwrite to replace it" if hasattr(args, "overwrite") else "remove it first"
             raise LatentdaError(f"{out}: already exists ({hint})")
-
-
-def _check_device(name: str) -> None:
-    """``--device`` names a torch device this machine has (cpu, cuda, cuda:N or mps)."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise LatentdaError(f"--device {name}: not a device (cpu, cuda, cuda:N or mps)") from None
-    count = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-             "mps": int(torch.backends.mps.is_available())}
-    if device.type not in count:
-        raise LatentdaError(f"--device {name}: not supported (cpu, cuda, cuda:N or mps)")
-    if (device.index or 0) >= count[device.type]:
-        raise LatentdaError(f"--device {name}: this machine has {count[device.type]} {device.type} device(s)")
 
 
 class _Parser(argparse.ArgumentParser):

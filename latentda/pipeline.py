@@ -46,6 +46,7 @@ from latentda.data.io import atomic_path
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
 from latentda.data.times import time_step
+from latentda.devices import check_device
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.increments import Increments
 from latentda.diffusion.distributed import blanket_denoiser
@@ -702,18 +703,10 @@ class LatentDAPipeline:
 
 
 def _check_device(device, dtype) -> None:
-    """``device`` names a device torch can use here and ``dtype`` is a floating torch dtype (or None)."""
+    """``device`` is one this machine has (:func:`latentda.devices.check_device`) and ``dtype`` a floating torch
+    dtype (or None)."""
     if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise LatentdaError(f"device: {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise LatentdaError(f"device: {str(device)!r}, but torch sees no CUDA GPU here")
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise LatentdaError(f"device: {str(device)!r}, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise LatentdaError("device: 'mps', but torch sees no Apple GPU here")
+        check_device(device)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise LatentdaError(f"dtype: expected a floating torch dtype (e.g. torch.float32), got {dtype!r}")
 
