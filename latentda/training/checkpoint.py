@@ -12,8 +12,9 @@ shared between users would then be able to run code. So a checkpoint here is a f
 
 written to a temporary folder, flushed to disk (files and folder) and renamed once complete, so a run
 killed while saving, or a node that crashes after it, leaves the previous checkpoint intact; older
-ones are pruned only then. Resuming reads the newest checkpoint that loads whole: a corrupt newer one
-is skipped with a warning (:func:`load_latest`). Random states are not needed: data order and noise are derived from
+ones are pruned only then. Resuming reads the newest checkpoint that loads whole and is consistent
+(:func:`load_checkpoint`; with the model, :func:`check_fits`): a corrupt newer one is skipped with a warning
+(:func:`load_latest`). Random states are not needed: data order and noise are derived from
 (seed, step) (see :mod:`latentda.training.loop`).
 """
 
@@ -30,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from latentda.data.io import atomic_path, remove_path
 from latentda.errors import LatentdaError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_latest", "latest_checkpoint", "list_checkpoints"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_latest", "latest_checkpoint", "list_checkpoints", "check_fits"]
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -119,11 +120,11 @@ def _fsync(path: Path) -> None:
         os.close(handle)
 
 
-def load_latest(directory: str | os.PathLike) -> tuple | None:
+def load_latest(directory: str | os.PathLike, model: torch.nn.Module | None = None) -> tuple | None:
     """(model_state, ema_state, optimizer_state, state_json, path) of the newest checkpoint in
-    ``directory`` that reads whole, None when there is none. A corrupt newer one is skipped with a
-    warning naming it (resuming from an older complete one loses steps, not the run); when every one
-    is corrupt, the newest's error."""
+    ``directory`` that reads whole (and, given ``model``, fits it: :func:`check_fits`), None when there
+    is none. A corrupt newer one is skipped with a warning naming it (resuming from an older complete
+    one loses steps, not the run); when every one is corrupt, the newest's error."""
     import warnings
 
     checkpoints = list_checkpoints(directory)
@@ -131,6 +132,8 @@ def load_latest(directory: str | os.PathLike) -> tuple | None:
     for _, path in reversed(checkpoints):
         try:
             loaded = (*load_checkpoint(path), path)
+            if model is not None:
+                check_fits(loaded, model)
         except LatentdaError as error:
             first_error = first_error or error
             continue
@@ -142,8 +145,21 @@ def load_latest(directory: str | os.PathLike) -> tuple | None:
     return None
 
 
+def _corrupt(path: Path, problem: str) -> LatentdaError:
+    return LatentdaError(f"{path}: corrupt or incomplete checkpoint ({problem})")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
-    """Read a checkpoint folder: (model_state, ema_state, optimizer_state, state_json)."""
+    """Read a checkpoint folder: (model_state, ema_state, optimizer_state, state_json).
+
+    Checked, else one line naming the checkpoint (:func:`load_latest` then tries an older one): every
+    file reads; ``state.json``'s step is the folder's, the scheduler's count of steps is that step, the
+    EMA's is a count and the optimizer has parameter groups; every floating tensor is finite (NaN
+    weights would train NaN, or be written as the final model)."""
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text())
@@ -151,5 +167,51 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
         ema = load_file(path / "ema.safetensors")
         optimizer = _unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["optimizer"])
     except Exception as error:  # safetensors raises its own error type on a truncated file
-        raise LatentdaError(f"{path}: corrupt or incomplete checkpoint ({error})") from None
+        raise _corrupt(path, str(error)) from None
+    step = int(_NAME.match(path.name).group(1)) if _NAME.match(path.name) else None
+    scheduler = state.get("scheduler")
+    groups = optimizer["param_groups"]
+    if not (_is_count(state.get("step")) and state["step"] == step):
+        raise _corrupt(path, f"state.json: step {state.get('step')!r}, not the folder's {step}")
+    if not (isinstance(scheduler, dict) and scheduler.get("last_epoch") == step):
+        raise _corrupt(path, f"state.json: no scheduler state at step {step}")
+    if not _is_count(state.get("ema_step")):
+        raise _corrupt(path, f"state.json: ema_step {state.get('ema_step')!r} is not a count of steps")
+    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                         and _GROUP_KEYS <= g.keys() for g in groups)):
+        raise _corrupt(path, "state.json: the optimizer's parameter groups are missing or incomplete")
+    tensors = {"model.safetensors": model.items(), "ema.safetensors": ema.items(),
+               "optimizer.safetensors": ((f"state.{i}.{n}", v) for i, values in optimizer["state"].items()
+                                         for n, v in values.items() if isinstance(v, torch.Tensor))}
+    for file, items in tensors.items():
+        for name, tensor in items:
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise _corrupt(path, f"{file}: '{name}' holds NaN or inf values")
     return model, ema, optimizer, state
+
+
+_GROUP_KEYS = frozenset({"params", "lr", "betas", "eps", "weight_decay"})  # AdamW's (the loop's optimizer)
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def check_fits(loaded: tuple, model: torch.nn.Module) -> None:
+    """The checkpoint ``loaded`` (:func:`load_latest`'s tuple) fits ``model``: the same weights by name
+    and shape (else "does not match the model": another config), the EMA of every parameter, and an
+    AdamW state over the model's parameters (each index once in the groups; step and both moments of
+    the parameter's shape). One line naming the checkpoint otherwise."""
+    model_state, ema_state, optimizer_state, _, path = loaded
+    expected = model.state_dict()
+    if model_state.keys() != expected.keys() or any(model_state[k].shape != v.shape for k, v in expected.items()):
+        raise LatentdaError(f"{path}: checkpoint does not match the model (different config?)")
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    wrong = sorted(ema_state.keys() ^ shapes.keys()) + [k for k in shapes if k in ema_state and ema_state[k].shape != shapes[k]]
+    if wrong:
+        raise _corrupt(path, f"ema.safetensors: '{wrong[0]}' missing, unexpected or of another shape")
+    shapes = list(shapes.values())
+    indices = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    if not (all(_is_count(i) for i in indices) and sorted(indices) == list(range(len(shapes)))):
+        raise _corrupt(path, "state.json: the optimizer's parameter groups are not the model's parameters")
+    for index, values in optimizer_state["state"].items():
+        if not (0 <= index < len(shapes) and "step" in values
+                and all(isinstance(values.get(n), torch.Tensor) and values[n].shape == shapes[index] for n in _MOMENTS)):
+            raise _corrupt(path, f"optimizer.safetensors: the state of parameter {index} is incomplete or of another shape")

@@ -281,19 +281,18 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def _build(self, checkpoint: tuple | None) -> None:
-        """Weights from ``checkpoint`` (if any), sharding (fsdp), then the optimizer, learning-rate
-        schedule and EMA over the (possibly sharded) parameters, with their checkpointed states."""
+        """Weights from ``checkpoint`` (if any: one that fits the model, :func:`load_latest`), sharding
+        (fsdp), then the optimizer, learning-rate schedule and EMA over the (possibly sharded)
+        parameters, with their checkpointed states. A checkpoint past ``config.steps`` is refused."""
         from latentda.training import sharding
 
         model, config = self.model, self.config
         if checkpoint is not None:
             model_state, ema_state, optimizer_state, state, path = checkpoint
-            try:
-                loaded = model.load_state_dict(model_state, strict=False)
-            except RuntimeError:  # a tensor of another size: another architecture
-                raise LatentdaError(f"{path}: checkpoint does not match the model (different config?)") from None
-            if loaded.missing_keys or loaded.unexpected_keys:
-                raise LatentdaError(f"{path}: checkpoint does not match the model (different config?)")
+            if state["step"] > config.steps:  # it would write the final model of a longer run as this one's
+                raise LatentdaError(f"{path}: the run is at step {state['step']}, past training.steps {config.steps}: "
+                                    f"resume with training.steps of at least {state['step']}")
+            model.load_state_dict(model_state)
         model.to(self.accelerator.device)
         if self.sharded:
             if self.accelerator.is_main_process:
@@ -324,7 +323,7 @@ class Trainer:
         self.step = state["step"]
 
     def _load_latest(self) -> tuple | None:
-        return load_latest(self.checkpoint_dir) if self.resume else None
+        return load_latest(self.checkpoint_dir, self.model) if self.resume else None
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
         """The EMA weights by name, gathered whole (a collective under fsdp: every rank calls it)."""

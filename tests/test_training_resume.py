@@ -1,0 +1,154 @@
+"""Resuming train-ae: a checkpoint that reads but holds no consistent state is refused in one line naming it (an
+older one resumes instead). The runs are tiny (4 × 8 states of 8 × 8)."""
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from conftest import make_box_dataset
+from latentda import cli
+from latentda.config import parse
+from latentda.data import write_dataset
+from latentda.errors import LatentdaError
+from latentda.training import loop
+from latentda.training.autoencoder import AutoEncoderConfig, train_autoencoder
+
+TRAINING = {"steps": 9, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2, "checkpoint_every": 3, "validate_every": 9}
+
+
+def _settings(data, output, **training) -> dict:
+    return {"data": {"path": str(data)}, "output": str(output),
+            "model": {"latent_channels": 2, "hidden_channels": [8, 16], "blocks_per_stage": 1},
+            "training": {**TRAINING, **training}, "valid_samples": 4}
+
+
+def _config(data, output, **training) -> AutoEncoderConfig:
+    return parse(AutoEncoderConfig, _settings(data, output, **training))
+
+
+def _killed_at(step: int, config: AutoEncoderConfig) -> None:
+    """Train ``config`` until the job is killed at ``step`` (after the checkpoints before it)."""
+    real = loop.batch_random
+
+    def dies(seed, at, rank, local):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(seed, at, rank, local)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "batch_random", dies)
+        with pytest.raises(KeyboardInterrupt):
+            train_autoencoder(config, progress=False)
+
+
+def _files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _weights(run):
+    return load_file(run / "autoencoder" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """box.zarr, other.zarr (other values), a run killed at step 7 of 9 (checkpoints at 3 and 6) and the same run
+    uninterrupted."""
+    root = tmp_path_factory.mktemp("runs")
+    write_dataset(make_box_dataset(trajectories=4, times=8, size=8), root / "box.zarr")
+    write_dataset(make_box_dataset(trajectories=4, times=8, size=8, seed=1), root / "other.zarr")
+    train_autoencoder(_config(root / "box.zarr", root / "straight"), progress=False)
+    _killed_at(7, _config(root / "box.zarr", root / "killed"))
+    return root
+
+
+def _edit_state(change):
+    def edit(checkpoint):
+        state = json.loads((checkpoint / "state.json").read_text())
+        change(state)
+        (checkpoint / "state.json").write_text(json.dumps(state))
+    return edit
+
+
+def _edit_tensors(file, change):
+    def edit(checkpoint):
+        tensors = load_file(checkpoint / file)
+        change(tensors)
+        save_file(tensors, checkpoint / file)
+    return edit
+
+
+def _first(tensors, part=""):
+    return next(k for k in tensors if part in k)
+
+
+def _nan(tensors):
+    tensors[_first(tensors)] = torch.full_like(tensors[_first(tensors)], float("nan"))
+
+
+CORRUPTIONS = {  # name: (edit of a checkpoint folder, the problem the error names)
+    "no scheduler": (_edit_state(lambda s: s.pop("scheduler")), r"state.json: no scheduler state at step 6"),
+    "no ema_step": (_edit_state(lambda s: s.pop("ema_step")), r"state.json: ema_step None is not a count of steps"),
+    "step a string": (_edit_state(lambda s: s.update(step="6")), r"state.json: step '6', not the folder's 6"),
+    "step negative": (_edit_state(lambda s: s.update(step=-5)), r"state.json: step -5, not the folder's 6"),
+    "step beyond the run": (_edit_state(lambda s: s.update(step=10**6)), r"state.json: step 1000000, not the folder's 6"),
+    "no param_groups": (_edit_state(lambda s: s["optimizer"].update(param_groups=[])),
+                        r"state.json: the optimizer's parameter groups are missing or incomplete"),
+    "ema weight missing": (_edit_tensors("ema.safetensors", lambda t: t.pop(_first(t))),
+                           r"ema.safetensors: '.+' missing, unexpected or of another shape"),
+    "ema weight of another shape": (_edit_tensors("ema.safetensors", lambda t: t.update({_first(t): torch.zeros(3)})),
+                                    r"ema.safetensors: '.+' missing, unexpected or of another shape"),
+    "ema NaN": (_edit_tensors("ema.safetensors", _nan), r"ema.safetensors: '.+' holds NaN or inf values"),
+    "model NaN": (_edit_tensors("model.safetensors", _nan), r"model.safetensors: '.+' holds NaN or inf values"),
+    "moment of another shape": (_edit_tensors("optimizer.safetensors", lambda t: t.update({_first(t, "exp_avg"): torch.zeros(3)})),
+                                r"optimizer.safetensors: the state of parameter \d+ is incomplete or of another shape"),
+    "second moment missing": (_edit_tensors("optimizer.safetensors", lambda t: t.pop(_first(t, "exp_avg_sq"))),
+                              r"optimizer.safetensors: the state of parameter \d+ is incomplete or of another shape"),
+}
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_a_malformed_checkpoint_is_one_line_naming_it_and_nothing_is_written(tmp_path, runs, name, capsys):
+    """Every checkpoint parses but holds a state that would crash (a traceback), train from step −5, write the final
+    model of a 10⁶-step run or NaN weights: `train-ae --resume` exits 2 with one line naming the newest checkpoint
+    and the problem, and leaves the run folder as it was (no autoencoder/, no metrics.json)."""
+    edit, problem = CORRUPTIONS[name]
+    run = shutil.copytree(runs / "killed", tmp_path / "run")
+    for checkpoint in sorted((run / "checkpoints").iterdir()):
+        edit(checkpoint)
+    before = _files(run)
+    config = tmp_path / "ae.yaml"
+    config.write_text(yaml.safe_dump(_settings(runs / "box.zarr", run)))
+    assert cli.main(["train-ae", "--config", str(config), "--resume", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0
+    assert re.search(r"run/checkpoints/step-000006: corrupt or incomplete checkpoint \(" + problem + r"\)$", error), error
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("name", ["step negative", "ema NaN", "second moment missing"])
+def test_a_malformed_newest_checkpoint_resumes_from_the_older_one(tmp_path, runs, name):
+    """As a truncated checkpoint: a warning naming the newest and its problem, then the run resumes from the older
+    one and ends with the weights of the uninterrupted run."""
+    edit, problem = CORRUPTIONS[name]
+    run = shutil.copytree(runs / "killed", tmp_path / "run")
+    edit(run / "checkpoints" / "step-000006")
+    with pytest.warns(UserWarning, match=r"step-000006: corrupt or incomplete checkpoint \(" + problem
+                      + r"\); resuming from the older step-000003"):
+        train_autoencoder(_config(runs / "box.zarr", run), resume=True, progress=False)
+    straight, resumed = _weights(runs / "straight"), _weights(run)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, runs):
+    """A run at step 6 resumed with training.steps 5 would write its step-6 weights as a 5-step run's: refused."""
+    run = shutil.copytree(runs / "killed", tmp_path / "run")
+    before = _files(run)
+    with pytest.raises(LatentdaError, match=r"step-000006: the run is at step 6, past training.steps 5: "
+                                            r"resume with training.steps of at least 6"):
+        train_autoencoder(_config(runs / "box.zarr", run, steps=5), resume=True, progress=False)
+    assert _files(run) == before
