@@ -460,3 +460,41 @@ def test_latents_are_of_the_autoencoder_whatever_copy_of_it_is_named(tmp_path, l
     zarr.open_group(str(older), mode="r+").attrs["latentda_autoencoder_sha256"] = "0" * 64
     with pytest.raises(LatentdaError, match="encoded by another autoencoder than"):
         train_latent_diffusion(_config(tmp_path / "other", steps=1), str(older), progress=False)
+
+
+def _killed_at(step, config, latents):
+    real = loop.batch_random
+
+    def dies(seed, at, rank, local):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(seed, at, rank, local)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "batch_random", dies)
+        with pytest.raises(KeyboardInterrupt):
+            train_latent_diffusion(config, str(latents), progress=False)
+
+
+@pytest.fixture(scope="module")
+def other_latents(latents, tmp_path_factory):
+    """The same data encoded by another autoencoder of the same latent shape (other weights)."""
+    root = tmp_path_factory.mktemp("other")
+    other_ae = shutil.copytree(latents.parent / "ae", root / "other-ae")
+    weights = other_ae / "diffusion_pytorch_model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(weights).items()}, weights)
+    return encode_dataset(other_ae, latents.parent / "box.zarr", root / "other.zarr", progress=False)
+
+
+def test_ldm_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, latents, other_latents):
+    """A run killed before its first checkpoint left latent_statistics.json of its latents; resumed on other latents
+    it starts from scratch: their statistics and the weights of a new run on them."""
+    train_latent_diffusion(_config(tmp_path / "fresh"), str(other_latents), progress=False)
+    _killed_at(1, _config(tmp_path / "early"), latents)
+    assert not (tmp_path / "early" / "checkpoints").exists() and (tmp_path / "early" / "latent_statistics.json").is_file()
+    train_latent_diffusion(_config(tmp_path / "early"), str(other_latents), resume=True, progress=False)
+    assert ((tmp_path / "early" / "latent_statistics.json").read_text()
+            == (tmp_path / "fresh" / "latent_statistics.json").read_text())
+    fresh, early = (load_file(tmp_path / run / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
+                    for run in ("fresh", "early"))
+    assert all(torch.equal(early[k], fresh[k]) for k in fresh)

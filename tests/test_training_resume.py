@@ -1,5 +1,6 @@
 """Resuming train-ae: a checkpoint that reads but holds no consistent state is refused in one line naming it (an
-older one resumes instead). The runs are tiny (4 × 8 states of 8 × 8)."""
+older one resumes instead), and a run killed before its first checkpoint starts again from scratch. The runs are
+tiny (4 × 8 states of 8 × 8)."""
 
 import json
 import re
@@ -12,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import make_box_dataset
 from latentda import cli
+from latentda.components import load_autoencoder
 from latentda.config import parse
 from latentda.data import write_dataset
 from latentda.errors import LatentdaError
@@ -152,3 +154,23 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, runs):
                                             r"resume with training.steps of at least 6"):
         train_autoencoder(_config(runs / "box.zarr", run, steps=5), resume=True, progress=False)
     assert _files(run) == before
+
+
+def test_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, runs):
+    """A run killed before its first checkpoint left statistics.json and layout.json of its data; resumed on other
+    data, it starts from scratch: its statistics, layout and weights are those of a new run on that data (not the
+    stale ones), and with fewer variables it trains instead of failing."""
+    other = runs / "other.zarr"
+    train_autoencoder(_config(other, tmp_path / "fresh", steps=3), progress=False)
+    _killed_at(1, _config(runs / "box.zarr", tmp_path / "run", steps=3))
+    assert not (tmp_path / "run" / "checkpoints").exists() and (tmp_path / "run" / "statistics.json").is_file()
+    train_autoencoder(_config(other, tmp_path / "run", steps=3), resume=True, progress=False)
+    for name in ("statistics.json", "layout.json"):
+        assert (tmp_path / "run" / name).read_text() == (tmp_path / "fresh" / name).read_text()
+    fresh, resumed = _weights(tmp_path / "fresh"), _weights(tmp_path / "run")
+    assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
+
+    _killed_at(1, _config(runs / "box.zarr", tmp_path / "one", steps=3))
+    config = parse(AutoEncoderConfig, {**_settings(other, tmp_path / "one", steps=3), "data": {"path": str(other), "variables": ["u"]}})
+    train_autoencoder(config, resume=True, progress=False)
+    assert load_autoencoder(tmp_path / "one" / "autoencoder")[1].channels == ["u"]

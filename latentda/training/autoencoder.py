@@ -36,7 +36,7 @@ from latentda.config import config_defaults, require, to_dict
 from latentda.data import FieldLayout, FieldSource, Statistics, WindowDataset, compute_statistics, open_dataset, split_segments
 from latentda.data.statistics import MissingScan
 from latentda.errors import LatentdaError
-from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, make_accelerator, shared_statistics
+from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, continues, make_accelerator, shared_statistics
 
 __all__ = ["DataConfig", "AutoEncoderModelConfig", "AutoEncoderConfig", "train_autoencoder", "reconstruction_rmse"]
 
@@ -171,7 +171,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         scan.check(config.data.allow_missing)  # a gap is refused (naming the step) unless allowed
         return statistics
 
-    statistics = shared_statistics(accelerator, run_dir / "statistics.json", scan_statistics, resume)
+    statistics = shared_statistics(accelerator, run_dir / "statistics.json", scan_statistics, continues(run_dir, resume))
     layout = _shared_layout(accelerator, run_dir / "layout.json", layout, scan, config.data.allow_missing)
     if model.is_identity:
         return _write_identity(config, run_dir, model, layout, statistics, accelerator)
@@ -213,7 +213,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
 def _shared_layout(accelerator, path: Path, layout: FieldLayout, scan: MissingScan, allow_missing: bool) -> FieldLayout:
     """The layout with the fixed mask of the training split (``scan``, when it ran) and the
     ``allow_missing`` rule, saved to ``path`` by the main process and read by all (a resumed run reads
-    the saved one: its scan did not run again)."""
+    the saved one: its scan did not run again; a run started again from scratch writes its own)."""
     if scan.finite is not None and accelerator.is_main_process:
         layout.mask, layout.allow_missing = scan.mask, allow_missing
         layout.save(path)

@@ -31,8 +31,7 @@ from latentda.diffusion.increments import Increments
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
-from latentda.training.checkpoint import latest_checkpoint
-from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, make_accelerator, shared_statistics
+from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, continues, make_accelerator, shared_statistics
 
 __all__ = ["DenoiserModelConfig", "DiffusionConfig", "LatentDiffusionConfig", "initial_weights", "train_latent_diffusion", "VALID_SIGMAS"]
 
@@ -264,6 +263,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     accelerator = accelerator or make_accelerator(config.training)
     inputs = {"latents": latents, "autoencoder": autoencoder_dir, **({"init_from": config.init_from} if config.init_from else {})}
     check_run_dir(run_dir, resume, inputs, final="pipeline")
+    continuing = continues(run_dir, resume)  # else from scratch: statistics computed again
     torch.manual_seed(config.training.seed)
     try:  # architecture errors before any pass over the data
         backbone = TrajectoryTransformer(
@@ -275,15 +275,15 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         )
     except ValueError as error:
         raise LatentdaError(f"config: model: {error}") from None
-    if config.init_from is not None and not (resume and latest_checkpoint(run_dir / "checkpoints") is not None):
+    if config.init_from is not None and not continuing:
         backbone.load_state_dict(initial_weights(config.init_from, backbone, fingerprint, config.model.increments))
     z_statistics = shared_statistics(accelerator, run_dir / "latent_statistics.json",
-                                     lambda: latent_statistics(source, splits["train"], progress), resume)
+                                     lambda: latent_statistics(source, splits["train"], progress), continuing)
     increments = None
     if config.model.increments:
         increments = Increments(shared_statistics(accelerator, run_dir / "increment_statistics.json",
                                                   lambda: increment_statistics(source, splits["train"], z_statistics, progress),
-                                                  resume))
+                                                  continuing))
     schedule = make_schedule(config.diffusion.sigma_min, config.diffusion.sigma_max)
     denoiser = Denoiser(backbone, schedule)
     K = config.model.window

@@ -42,7 +42,7 @@ from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
 
 __all__ = ["TrainingConfig", "Trainer", "BatchRandom", "batch_indices", "batch_random", "make_accelerator",
-           "check_run_dir", "shared_statistics"]
+           "check_run_dir", "continues", "shared_statistics"]
 ValidateFn = Callable[[torch.nn.Module], dict]
 
 
@@ -203,12 +203,19 @@ def check_resumed_config(run_dir: Path, config_data: dict, may_change: frozenset
                             "train into another output to change them")
 
 
-def shared_statistics(accelerator: Accelerator, path: Path, compute: Callable, resume: bool):
+def continues(run_dir: str | Path, resume: bool) -> bool:
+    """Whether a run continues from a checkpoint (``resume`` and one exists); else it starts from
+    scratch, whatever an attempt killed before its first checkpoint left in ``run_dir``."""
+    return resume and latest_checkpoint(Path(run_dir) / "checkpoints") is not None
+
+
+def shared_statistics(accelerator: Accelerator, path: Path, compute: Callable, reuse: bool):
     """Statistics computed once, by the main process, saved to ``path`` and read by every other
-    process (a resumed run reads the saved file: they are never recomputed)."""
+    process; with ``reuse`` (a run that :func:`continues`) the saved file is read: the statistics its
+    checkpoints were trained with are never recomputed."""
     from latentda.data.statistics import Statistics
 
-    if not (resume and path.is_file()):
+    if not (reuse and path.is_file()):
         if accelerator.is_main_process:
             statistics = compute()  # before creating the run folder: bad data leaves nothing behind
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +409,7 @@ class Trainer:
         import yaml
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume and latest_checkpoint(self.checkpoint_dir) is not None:
+        if continues(self.run_dir, self.resume):
             check_resumed_config(self.run_dir, config_data, may_change, defaults)
         self.config_text = yaml.safe_dump(config_data, sort_keys=False)  # written once the weights load (fit)
         metrics = self.fit()
