@@ -486,6 +486,22 @@ def other_latents(latents, tmp_path_factory):
     return encode_dataset(other_ae, latents.parent / "box.zarr", root / "other.zarr", progress=False)
 
 
+def test_resume_refuses_the_latents_of_another_autoencoder(tmp_path, latents, other_latents):
+    """The denoiser learns what its autoencoder's latents mean: a run resumed on latents another autoencoder encoded
+    (the config names none, so it is the latents' own) is refused in one line naming the checkpoint, and nothing is
+    written; more latents of the same autoencoder (another store) continue it."""
+    _killed_at(4, _config(tmp_path / "run"), latents)
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()}
+    with pytest.raises(LatentdaError, match=r"run/checkpoints/step-000003: the run was trained with another autoencoder "
+                                            r"of the latents \(sha256 [0-9a-f]{12}…, now [0-9a-f]{12}…\): resume with the "
+                                            "inputs it used, or start a new run"):
+        train_latent_diffusion(_config(tmp_path / "run"), str(other_latents), resume=True, progress=False)
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()} == before
+    more = shutil.copytree(latents, tmp_path / "more.zarr")
+    train_latent_diffusion(_config(tmp_path / "run"), str(more), resume=True, progress=False)
+    assert (tmp_path / "run" / "pipeline").is_dir()
+
+
 def test_ldm_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, latents, other_latents):
     """A run killed before its first checkpoint left latent_statistics.json of its latents; resumed on other latents
     it starts from scratch: their statistics and the weights of a new run on them."""

@@ -8,7 +8,7 @@ shared between users would then be able to run code. So a checkpoint here is a f
         model.safetensors       the (unwrapped, gathered) model weights
         ema.safetensors         the exponential moving average of the weights
         optimizer.safetensors   every tensor of the optimizer state, keys "state.<param>.<name>"
-        state.json              step, optimizer param groups, scheduler state, EMA counters
+        state.json              step, optimizer param groups, scheduler state, EMA counters, fingerprints
 
 written to a temporary folder, flushed to disk (files and folder) and renamed once complete, so a run
 killed while saving, or a node that crashes after it, leaves the previous checkpoint intact; older
@@ -175,6 +175,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
         raise _corrupt(path, f"state.json: step {state.get('step')!r}, not the folder's {step}")
     if not (isinstance(scheduler, dict) and scheduler.get("last_epoch") == step):
         raise _corrupt(path, f"state.json: no scheduler state at step {step}")
+    fingerprints = state.get("fingerprints", {})
+    if not (isinstance(fingerprints, dict) and all(isinstance(v, str) for v in fingerprints.values())):
+        raise _corrupt(path, f"state.json: fingerprints {fingerprints!r} are not sha256 by name")
     if not _is_count(state.get("ema_step")):
         raise _corrupt(path, f"state.json: ema_step {state.get('ema_step')!r} is not a count of steps")
     if not (isinstance(groups, list) and groups and all(isinstance(g, dict) and isinstance(g.get("params"), list)

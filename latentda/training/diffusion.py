@@ -317,7 +317,9 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
             metrics[f"known_{given}_denoising_mse_mean"] = float(np.mean(list(known.values())))
         return metrics
 
-    trainer = Trainer(backbone, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ldm", resume)
+    # the latents mean what their autoencoder made them: more of its latents may continue a run, another's may not
+    trainer = Trainer(backbone, loss_fn, train, config.training, run_dir, validate_fn, accelerator, progress, "train-ldm", resume,
+                      fingerprints={"autoencoder of the latents": fingerprint})
 
     def save_outputs(final, metrics):
         step, units = time_step(dataset["time"])  # checked regular by split_segments

@@ -248,6 +248,8 @@ class Trainer:
     ``validate_fn(model)`` (optional) is called with the EMA weights and returns a dict of metrics.
     The run folder holds ``checkpoints/`` and ``log.jsonl``. A run folder that already has
     checkpoints is an error unless ``resume`` (nothing of a finished run is overwritten by mistake).
+    ``fingerprints`` (name → sha256 of what the run trains on that its config does not say, e.g.
+    train-ldm's autoencoder) are saved with every checkpoint: resuming with others is refused.
     """
 
     def __init__(
@@ -262,10 +264,11 @@ class Trainer:
         progress: bool = True,
         description: str = "training",
         resume: bool = False,
+        fingerprints: dict[str, str] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         check_run_dir(self.run_dir, resume)
-        self.resume = resume
+        self.resume, self.fingerprints = resume, dict(fingerprints or {})
         self.accelerator = accelerator or make_accelerator(config)
         world = self.accelerator.num_processes
         if config.batch_size % world:
@@ -290,7 +293,8 @@ class Trainer:
     def _build(self, checkpoint: tuple | None) -> None:
         """Weights from ``checkpoint`` (if any: one that fits the model, :func:`load_latest`), sharding
         (fsdp), then the optimizer, learning-rate schedule and EMA over the (possibly sharded)
-        parameters, with their checkpointed states. A checkpoint past ``config.steps`` is refused."""
+        parameters, with their checkpointed states. A checkpoint past ``config.steps`` or of other
+        ``fingerprints`` is refused."""
         from latentda.training import sharding
 
         model, config = self.model, self.config
@@ -299,6 +303,11 @@ class Trainer:
             if state["step"] > config.steps:  # it would write the final model of a longer run as this one's
                 raise LatentdaError(f"{path}: the run is at step {state['step']}, past training.steps {config.steps}: "
                                     f"resume with training.steps of at least {state['step']}")
+            for name, fingerprint in self.fingerprints.items():
+                trained = state.get("fingerprints", {}).get(name, fingerprint)  # not recorded by older versions: accepted
+                if trained != fingerprint:
+                    raise LatentdaError(f"{path}: the run was trained with another {name} (sha256 {trained[:12]}…, now "
+                                        f"{fingerprint[:12]}…): resume with the inputs it used, or start a new run")
             model.load_state_dict(model_state)
         model.to(self.accelerator.device)
         if self.sharded:
@@ -359,7 +368,7 @@ class Trainer:
                 ema_state,
                 optimizer_state,
                 {"scheduler": scheduler_state, "ema_step": self.ema.optimization_step, "strategy": self.config.strategy,
-                 "processes": self.accelerator.num_processes},
+                 "processes": self.accelerator.num_processes, "fingerprints": self.fingerprints},
                 keep=self.config.keep_checkpoints,
             )
         self.accelerator.wait_for_everyone()
