@@ -514,3 +514,13 @@ def test_ldm_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, la
     fresh, early = (load_file(tmp_path / run / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
                     for run in ("fresh", "early"))
     assert all(torch.equal(early[k], fresh[k]) for k in fresh)
+
+
+def test_ldm_output_is_not_another_runs_folder(tmp_path, latents):
+    """train-ldm into a train-ae run's folder (its statistics, layout, autoencoder/) is refused, nothing written."""
+    run = tmp_path / "ae-run"
+    (run / "autoencoder").mkdir(parents=True)
+    (run / "layout.json").write_text("{}")
+    with pytest.raises(LatentdaError, match=r"ae-run: not a folder of this kind of run \(it holds autoencoder, layout.json\)"):
+        train_latent_diffusion(_config(run), str(latents), progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["autoencoder", "layout.json"]

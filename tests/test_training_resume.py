@@ -1,6 +1,6 @@
 """Resuming train-ae: a checkpoint that reads but holds no consistent state is refused in one line naming it (an
-older one resumes instead), and a run killed before its first checkpoint starts again from scratch. The runs are
-tiny (4 × 8 states of 8 × 8)."""
+older one resumes instead), a run killed before its first checkpoint starts again from scratch, and the output is
+a run's folder. The runs are tiny (4 × 8 states of 8 × 8); train-ldm's own cases are in test_train_ldm.py."""
 
 import json
 import re
@@ -174,3 +174,28 @@ def test_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, runs):
     config = parse(AutoEncoderConfig, {**_settings(other, tmp_path / "one", steps=3), "data": {"path": str(other), "variables": ["u"]}})
     train_autoencoder(config, resume=True, progress=False)
     assert load_autoencoder(tmp_path / "one" / "autoencoder")[1].channels == ["u"]
+
+
+def test_output_is_a_run_folder(tmp_path, runs, capsys):
+    """`output` an existing file, or a folder of other files (a copy of an autoencoder folder), is refused in one
+    line before the statistics pass, resumed or not, and nothing is written into it; a new or empty folder trains."""
+    config = tmp_path / "ae.yaml"
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    config.write_text(yaml.safe_dump(_settings(runs / "box.zarr", file, steps=1)))
+    assert cli.main(["train-ae", "--config", str(config), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.endswith("notes.txt: exists and is not a folder (output is the run's folder): "
+                                                     "choose another output")
+    assert file.read_text() == "mine"
+    copy = shutil.copytree(runs / "straight" / "autoencoder", tmp_path / "ae-copy")
+    before = _files(copy)
+    for resume in (False, True):
+        with pytest.raises(LatentdaError, match=r"ae-copy: not a folder of this kind of run \(it holds config.json, "
+                                                r"diffusion_pytorch_model.safetensors, representation_error.json\): "
+                                                "train into a new or empty output"):
+            train_autoencoder(_config(runs / "box.zarr", copy, steps=1), resume=resume, progress=False)
+    assert _files(copy) == before and sorted(p.name for p in copy.iterdir()) == sorted(before)
+    (tmp_path / "empty").mkdir()
+    train_autoencoder(_config(runs / "box.zarr", tmp_path / "empty", steps=1), progress=False)
+    assert (tmp_path / "empty" / "autoencoder").is_dir()

@@ -144,7 +144,8 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
 
     run_dir = Path(config.output)
     accelerator = accelerator or make_accelerator(config.training)
-    check_run_dir(run_dir, resume, {"data": config.data.path}, final="autoencoder")
+    check_run_dir(run_dir, resume, {"data": config.data.path}, final="autoencoder",
+                  files=frozenset({"statistics.json", "layout.json"}))
     dataset = open_dataset(config.data.path, config.data.time_dim)
     layout = FieldLayout.from_dataset(dataset, config.data.variables)
     transforms = config.data.transforms(layout.channels)

@@ -262,7 +262,8 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     calendar = config.model.calendar and source.calendar is not None  # datetime times: condition on the calendar
     accelerator = accelerator or make_accelerator(config.training)
     inputs = {"latents": latents, "autoencoder": autoencoder_dir, **({"init_from": config.init_from} if config.init_from else {})}
-    check_run_dir(run_dir, resume, inputs, final="pipeline")
+    check_run_dir(run_dir, resume, inputs, final="pipeline",
+                  files=frozenset({"latent_statistics.json", "increment_statistics.json"}))
     continuing = continues(run_dir, resume)  # else from scratch: statistics computed again
     torch.manual_seed(config.training.seed)
     try:  # architecture errors before any pass over the data

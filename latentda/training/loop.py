@@ -140,12 +140,28 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     return started_here(lambda: Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()))
 
 
-def check_run_dir(run_dir: str | Path, resume: bool, inputs: dict | None = None, final: str | None = None) -> None:
+# What every run writes into its folder (a command adds its statistics and its final artefact).
+RUN_FILES = frozenset({"checkpoints", "config.yaml", "log.jsonl", "metrics.json"})
+
+
+def check_run_dir(run_dir: str | Path, resume: bool, inputs: dict | None = None, final: str | None = None,
+                  files: frozenset[str] | None = None) -> None:
     """A run folder with checkpoints is continued only with ``resume`` (never overwritten by mistake);
     one holding the run's ``final`` artefact (e.g. ``pipeline``) only from a checkpoint with ``resume``
     (which rewrites the same weights), never trained again from scratch over it; and it is never one
-    of the run's ``inputs`` (name → path) or inside one."""
+    of the run's ``inputs`` (name → path) or inside one. It is a folder (or does not exist yet); given
+    ``files`` (what a run of this kind writes besides :data:`RUN_FILES` and ``final``), one holding
+    anything else (hidden names aside: temporaries) is not this kind of run's and is refused, before
+    anything is written into it."""
     check_output_path(run_dir, inputs or {}, "output", replaced=False)  # a run writes into its folder
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise LatentdaError(f"{run_dir}: exists and is not a folder (output is the run's folder): choose another output")
+    if files is not None and Path(run_dir).is_dir():
+        own = RUN_FILES | files | {final}
+        foreign = sorted(p.name for p in Path(run_dir).iterdir() if p.name not in own and not p.name.startswith("."))
+        if foreign:
+            raise LatentdaError(f"{run_dir}: not a folder of this kind of run (it holds {', '.join(foreign[:3])}"
+                                + (", …" if len(foreign) > 3 else "") + "): train into a new or empty output")
     checkpoint = latest_checkpoint(Path(run_dir) / "checkpoints") is not None
     if not resume and checkpoint:
         raise LatentdaError(f"{run_dir}: run already has checkpoints (pass --resume to continue it, or choose another output)")
