@@ -126,9 +126,15 @@ def test_ldm_resume_equals_uninterrupted(tmp_path, latents, monkeypatch):
         train_latent_diffusion(newer, str(latents), resume=True, progress=False)
     loop.check_resumed_config(tmp_path / "killed", to_dict(_config(tmp_path / "killed")),
                               defaults=config_defaults(LatentDiffusionConfig))  # the default itself: accepted
+    # without its record the run's settings are unknown (a learning rate is not in the tensors): refused
     (tmp_path / "killed" / "config.yaml").unlink()
+    with pytest.raises(LatentdaError, match=r"killed/config.yaml: missing, the run's first config is lost"):
+        train_latent_diffusion(_config(tmp_path / "killed"), str(latents), resume=True, progress=False)
+    # a record edited to another model: the checkpoint's tensors still tell
+    (tmp_path / "killed" / "config.yaml").write_text(yaml.safe_dump(to_dict(wider), sort_keys=False))
     with pytest.raises(LatentdaError, match="checkpoint does not match the model"):
         train_latent_diffusion(wider, str(latents), resume=True, progress=False)
+    (tmp_path / "killed" / "config.yaml").write_text(recorded)
     train_latent_diffusion(_config(tmp_path / "killed"), str(latents), resume=True, progress=False)
     a = load_file(tmp_path / "straight" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "killed" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")

@@ -156,6 +156,17 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, runs):
     assert _files(run) == before
 
 
+def test_resume_without_the_runs_config_is_refused(tmp_path, runs):
+    """config.yaml is what a resumed run's settings are checked against (a learning rate is not in the tensors):
+    deleted, resuming is refused rather than continued unchecked."""
+    run = shutil.copytree(runs / "killed", tmp_path / "run")
+    (run / "config.yaml").unlink()
+    before = _files(run)
+    with pytest.raises(LatentdaError, match=r"run/config.yaml: missing, the run's first config is lost"):
+        train_autoencoder(_config(runs / "box.zarr", run, learning_rate=1e-2), resume=True, progress=False)
+    assert _files(run) == before
+
+
 def test_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, runs):
     """A run killed before its first checkpoint left statistics.json and layout.json of its data; resumed on other
     data, it starts from scratch: its statistics, layout and weights are those of a new run on that data (not the

@@ -199,8 +199,9 @@ def check_resumed_config(run_dir: Path, config_data: dict, may_change: frozenset
     import yaml
 
     recorded = run_dir / "config.yaml"
-    if not recorded.is_file():
-        return
+    if not recorded.is_file():  # the checkpoints' settings are unknown: their tensors would not tell a learning rate
+        raise LatentdaError(f"{recorded}: missing, the run's first config is lost: restore it to --resume, "
+                            "or train into another output")
     try:
         first = yaml.safe_load(recorded.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
