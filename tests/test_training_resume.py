@@ -167,6 +167,17 @@ def test_resume_without_the_runs_config_is_refused(tmp_path, runs):
     assert _files(run) == before
 
 
+def test_resume_without_the_runs_statistics_is_refused(tmp_path, runs):
+    """The checkpoints were trained on standardised fields: statistics.json deleted, resuming is refused rather than
+    continued with statistics computed again from data that may be another."""
+    run = shutil.copytree(runs / "killed", tmp_path / "run")
+    (run / "statistics.json").unlink()
+    before = _files(run)
+    with pytest.raises(LatentdaError, match=r"run/statistics.json: missing, and the run's checkpoints were trained with"):
+        train_autoencoder(_config(runs / "other.zarr", run), resume=True, progress=False)
+    assert _files(run) == before
+
+
 def test_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, runs):
     """A run killed before its first checkpoint left statistics.json and layout.json of its data; resumed on other
     data, it starts from scratch: its statistics, layout and weights are those of a new run on that data (not the

@@ -232,7 +232,10 @@ def shared_statistics(accelerator: Accelerator, path: Path, compute: Callable, r
     checkpoints were trained with are never recomputed."""
     from latentda.data.statistics import Statistics
 
-    if not (reuse and path.is_file()):
+    if reuse and not path.is_file():  # deleted: computing them again from this data would change what the weights mean
+        raise LatentdaError(f"{path}: missing, and the run's checkpoints were trained with it: restore it to --resume, "
+                            "or train into another output")
+    if not reuse:
         if accelerator.is_main_process:
             statistics = compute()  # before creating the run folder: bad data leaves nothing behind
             path.parent.mkdir(parents=True, exist_ok=True)
