@@ -142,6 +142,24 @@ def interrupt_reanalyses_after(monkeypatch, members: int):
     return real
 
 
+def kill_training_at(step: int, train) -> None:
+    """Run ``train()`` (a train_autoencoder or train_latent_diffusion call) until the job is killed, as by Ctrl-C,
+    when it reaches ``step`` (after the checkpoints before it)."""
+    from latentda.training import loop
+
+    real = loop.batch_random
+
+    def dies(seed, at, rank, local):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(seed, at, rank, local)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "batch_random", dies)
+        with pytest.raises(KeyboardInterrupt):
+            train()
+
+
 def interrupt_filter_at(monkeypatch, call: int, error=KeyboardInterrupt):
     """Make the filter raise ``error`` (Ctrl-C by default) at its ``call``-th window sample (one per cycle and
     batch of members), as an interrupted run would; returns the real ``_window_sample``."""

@@ -8,13 +8,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_box_dataset
+from conftest import kill_training_at, make_box_dataset
 from latentda import cli
 from latentda.components import load_autoencoder, load_representation_error
 from latentda.config import load_config, parse
 from latentda.data import write_dataset
 from latentda.errors import LatentdaError
-from latentda.training import loop
 from latentda.training.autoencoder import AutoEncoderConfig, train_autoencoder
 from latentda.training.checkpoint import list_checkpoints
 
@@ -39,28 +38,18 @@ def _weights(run):
     return load_file(run / "autoencoder" / "diffusion_pytorch_model.safetensors")
 
 
-def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, data_path, monkeypatch):
+def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, data_path):
     torch.manual_seed(0)
     train_autoencoder(_config(tmp_path, data_path, "straight"), progress=False)
 
-    real = loop.batch_random
-
-    def dies_at_step_7(seed, step, rank, local):
-        if step == 7:
-            raise KeyboardInterrupt  # as if the job were killed after the step-6 checkpoint
-        return real(seed, step, rank, local)
-
     torch.manual_seed(1)  # global RNG state must not matter: init comes from the config's seed
-    monkeypatch.setattr(loop, "batch_random", dies_at_step_7)
     config = _config(tmp_path, data_path, "killed")
-    with pytest.raises(KeyboardInterrupt):
-        train_autoencoder(config, progress=False)
+    kill_training_at(7, lambda: train_autoencoder(config, progress=False))  # killed after the step-6 checkpoint
     assert [step for step, _ in list_checkpoints(tmp_path / "killed" / "checkpoints")] == [3, 6]
     stale = tmp_path / "killed" / "checkpoints" / ".step-000009.tmp-0123abcd"  # as a save killed half-way leaves it
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     assert not (tmp_path / "killed" / "autoencoder").exists()
-    monkeypatch.setattr(loop, "batch_random", real)
     with pytest.raises(LatentdaError, match="already has checkpoints"):
         train_autoencoder(config, progress=False)
     # the newest checkpoint corrupt (e.g. a disk failure): resumed from the older complete one, to the same weights

@@ -12,7 +12,7 @@ import xarray as xr
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import make_box_dataset, run_torchrun
+from conftest import kill_training_at, make_box_dataset, run_torchrun
 from latentda import cli
 from latentda.components import save_autoencoder
 from latentda.config import config_defaults, parse, to_dict
@@ -94,19 +94,9 @@ def test_sample_cli_and_bad_pipeline(tmp_path, latents, capsys):
     assert (folder / "denoiser" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
-def test_ldm_resume_equals_uninterrupted(tmp_path, latents, monkeypatch):
+def test_ldm_resume_equals_uninterrupted(tmp_path, latents):
     train_latent_diffusion(_config(tmp_path / "straight"), str(latents), progress=False)
-    real = loop.batch_random
-
-    def dies(seed, step, rank, local):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(seed, step, rank, local)
-
-    monkeypatch.setattr(loop, "batch_random", dies)
-    with pytest.raises(KeyboardInterrupt):
-        train_latent_diffusion(_config(tmp_path / "killed"), str(latents), progress=False)
-    monkeypatch.setattr(loop, "batch_random", real)
+    _killed_at(4, _config(tmp_path / "killed"), latents)
     recorded = (tmp_path / "killed" / "config.yaml").read_text()
     # the checkpoint's optimizer would silently keep the first learning rate: a changed one is refused, as is
     # another model (named by the first run's config.yaml; without it, by the checkpoint's tensors)
@@ -355,7 +345,7 @@ def test_increment_prior_trains_on_increments_and_samples_one_window_at_a_time(t
         pipeline.sample_latents(6, steps=2)
 
 
-def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, monkeypatch, capsys):
+def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, capsys):
     """init_from: the run starts from the pipeline's denoiser weights (with a learning rate too small to move
     them its pipeline holds them, a run without init_from does not), also at another window K; a resumed run
     keeps its checkpoint's weights; a folder that is not a pipeline, another architecture, another autoencoder
@@ -385,19 +375,9 @@ def test_init_from_starts_from_a_pipeline_of_another_window(tmp_path, latents, m
     tuned = longer(tmp_path / "tuned")
     tuned.init_from = str(first)
     train_latent_diffusion(tuned, str(latents), progress=False)
-    real = loop.batch_random
-
-    def dies(seed, step, rank, local):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(seed, step, rank, local)
-
     killed = longer(tmp_path / "killed")
     killed.init_from = str(shutil.copytree(first, tmp_path / "gone"))
-    monkeypatch.setattr(loop, "batch_random", dies)
-    with pytest.raises(KeyboardInterrupt):
-        train_latent_diffusion(killed, str(latents), progress=False)
-    monkeypatch.setattr(loop, "batch_random", real)
+    _killed_at(4, killed, latents)
     shutil.rmtree(tmp_path / "gone")
     train_latent_diffusion(killed, str(latents), resume=True, progress=False)
     a = load_file(tmp_path / "tuned" / "pipeline" / "denoiser" / "diffusion_pytorch_model.safetensors")
@@ -469,17 +449,7 @@ def test_latents_are_of_the_autoencoder_whatever_copy_of_it_is_named(tmp_path, l
 
 
 def _killed_at(step, config, latents):
-    real = loop.batch_random
-
-    def dies(seed, at, rank, local):
-        if at == step:
-            raise KeyboardInterrupt
-        return real(seed, at, rank, local)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "batch_random", dies)
-        with pytest.raises(KeyboardInterrupt):
-            train_latent_diffusion(config, str(latents), progress=False)
+    kill_training_at(step, lambda: train_latent_diffusion(config, str(latents), progress=False))
 
 
 @pytest.fixture(scope="module")

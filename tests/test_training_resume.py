@@ -11,13 +11,12 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import make_box_dataset
+from conftest import kill_training_at, make_box_dataset
 from latentda import cli
 from latentda.components import load_autoencoder
 from latentda.config import parse
 from latentda.data import write_dataset
 from latentda.errors import LatentdaError
-from latentda.training import loop
 from latentda.training.autoencoder import AutoEncoderConfig, train_autoencoder
 
 TRAINING = {"steps": 9, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2, "checkpoint_every": 3, "validate_every": 9}
@@ -35,17 +34,7 @@ def _config(data, output, **training) -> AutoEncoderConfig:
 
 def _killed_at(step: int, config: AutoEncoderConfig) -> None:
     """Train ``config`` until the job is killed at ``step`` (after the checkpoints before it)."""
-    real = loop.batch_random
-
-    def dies(seed, at, rank, local):
-        if at == step:
-            raise KeyboardInterrupt
-        return real(seed, at, rank, local)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "batch_random", dies)
-        with pytest.raises(KeyboardInterrupt):
-            train_autoencoder(config, progress=False)
+    kill_training_at(step, lambda: train_autoencoder(config, progress=False))
 
 
 def _files(folder) -> dict:

@@ -282,9 +282,10 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
                                      lambda: latent_statistics(source, splits["train"], progress), continuing)
     increments = None
     if config.model.increments:
-        increments = Increments(shared_statistics(accelerator, run_dir / "increment_statistics.json",
+        saved = run_dir / "increment_statistics.json"  # none: a run trained without increments, which the config
+        increments = Increments(shared_statistics(accelerator, saved,  # check below refuses to continue with them
                                                   lambda: increment_statistics(source, splits["train"], z_statistics, progress),
-                                                  continuing))
+                                                  continuing and saved.is_file()))
     schedule = make_schedule(config.diffusion.sigma_min, config.diffusion.sigma_max)
     denoiser = Denoiser(backbone, schedule)
     K = config.model.window
