@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -378,6 +379,11 @@ class LatentDAPipeline:
         reconstruction error of its channel(s), r_c s_c in physical units (:mod:`latentda.observe.operators`)."""
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = read_observations(observations, self.layout, self.statistics)
+        if self.layout.mask is not None:
+            operator, dropped = operator.off_mask(self.layout.mask)
+            if dropped:
+                warnings.warn(f"{dropped} observation(s) read pixels of the model's fixed mask (pixels without values, e.g. "
+                              "land): left out", stacklevel=2)
         if representation_error:
             operator = operator.with_representation_error(self.physical_representation_error)
         if operator.length < self.window and not allow_short:

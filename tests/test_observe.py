@@ -24,6 +24,59 @@ def _group(sampling="grid", transform="identity", channels=(0,), shape=(8, 8), T
     return ObservationGroup("g", list(channels), transform, sampling, values, 0.1, **kwargs)
 
 
+def test_observations_reading_the_fixed_mask_are_left_out():
+    """An entry that reads a pixel of the model's fixed mask (u has no values on a 3×3 land block; v everywhere)
+    is left out — a point on land or with a land corner, a block holding land, a linear row weighing it — and one
+    that does not read it (a zero weight, another channel) is kept; nothing left is an error."""
+    valid = np.ones((2, 8, 8), dtype=bool)
+    valid[0, 1:4, 1:4] = False
+    T = 2
+    points = ObservationGroup("p", [0], "identity", "points", np.zeros((T, 3)), 0.1,
+                              points=np.array([[3.0, 3.0], [0.5, 0.5], [6.2, 6.7]]))
+    blocks = ObservationGroup("b", [0], "identity", "coarsen", np.zeros((T, 2, 2)), 0.1, factor=4)
+    matrix = np.zeros((2, 64))
+    matrix[0, [3 * 8 + 3, 7 * 8 + 7]] = 0.5  # reads the land pixel (3, 3)
+    matrix[1, [0, 1]] = 0.5  # reads (0, 0) and (0, 1) only: the land pixels have weight 0
+    rows = ObservationGroup("m", [0], "identity", "linear", np.zeros((T, 2)), 0.1, matrix=matrix)
+    other = ObservationGroup("v", [1], "identity", "grid", np.where(np.arange(64).reshape(8, 8) % 5 == 0, 1.0, np.nan)[None]
+                             .repeat(T, axis=0), 0.1)
+    operator = ObservationOperator([points, blocks, rows, other])
+    kept, dropped = operator.off_mask(valid)
+    assert dropped == T * (2 + 1 + 1)  # per time: 2 points, the top-left block, the first row
+    observed = {group.name: group.mask[0] for group in kept.groups}
+    assert observed["p"].tolist() == [False, False, True]
+    assert observed["b"].tolist() == [[False, True], [True, True]]
+    assert observed["m"].tolist() == [False, True]
+    np.testing.assert_array_equal(observed["v"], other.mask[0])  # v has values everywhere
+    assert kept.size == operator.size - dropped
+    field = _field(T=T)
+    np.testing.assert_array_equal(kept(field).numpy(), torch.cat([g(field) for g in kept.groups], 1).numpy())
+    on_land = ObservationOperator([ObservationGroup("l", [0], "identity", "points", np.zeros((T, 1)), 0.1,
+                                                    points=np.array([[2.2, 1.9]]))])
+    with pytest.raises(LatentdaError, match=r"all 2 observations read pixels of the model's fixed mask"):
+        on_land.off_mask(valid)
+
+
+def test_longitudes_compare_modulo_360_on_a_regional_grid():
+    """On a lat-lon grid that is not a whole circle (no wrap), a longitude is still an angle: −50 is 310 on a grid of
+    280…340, 310 is −50 on one of −80…−20, and a point outside either is refused naming the convention."""
+    from latentda.observe.files import grid_indices
+
+    def regional(longitudes):
+        return FieldLayout.from_dataset(xr.Dataset(
+            {"t": (("time", "latitude", "longitude"), np.zeros((1, 4, longitudes.size)))},
+            coords={"time": [0.0], "latitude": [40.0, 30.0, 20.0, 10.0], "longitude": longitudes}))
+
+    east, west = regional(np.arange(280.0, 341.0, 10.0)), regional(np.arange(-80.0, -19.0, 10.0))
+    assert not east.periodic[1] and not west.periodic[1]
+    expected = [[1.0, 3.0], [2.5, 1.5]]  # (30°N, 310°E) and (15°N, 295°E)
+    np.testing.assert_allclose(grid_indices([[30.0, 310.0], [15.0, 295.0]], east), expected)
+    np.testing.assert_allclose(grid_indices([[30.0, -50.0], [15.0, -65.0]], east), expected)
+    np.testing.assert_allclose(grid_indices([[30.0, 310.0], [15.0, 295.0]], west), expected)
+    with pytest.raises(LatentdaError, match=r"outside the grid along 'longitude' \(\[280.0, 340.0\] \(longitudes compared modulo 360\)"):
+        grid_indices([[30.0, 0.0]], east)
+
+
 def test_grid_mask_selects_observed_pixels():
     group = _group()
     group.values[:] = np.nan

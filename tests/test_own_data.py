@@ -146,6 +146,21 @@ def test_own_data_end_to_end(own_run, capsys):
     assert summary["valid_points"]["sst"]["fraction"] < 1 == summary["valid_points"]["t2m"]["fraction"]
     assert np.isfinite(summary["observation_residual_ratio"]["mean"])
 
+    # a station table with one sst row on land: the model has no sst there, so that row is left out, with a warning
+    import pandas as pd
+
+    from latentda.pipeline import LatentDAPipeline
+
+    i, j = np.argwhere(land)[0]
+    sea = np.argwhere(~land)[0]
+    latitude, longitude = reanalysis["latitude"].values, reanalysis["longitude"].values
+    table = pd.DataFrame({"time": [reanalysis["time"].values[0]] * 2, "latitude": [latitude[i], latitude[sea[0]]],
+                          "longitude": [longitude[j], longitude[sea[1]]], "variable": "sst",
+                          "value": float(np.nanmean(values)), "noise_std": 0.5})
+    with pytest.warns(UserWarning, match=r"1 observation\(s\) read pixels of the model's fixed mask"):
+        operator = LatentDAPipeline.from_pretrained(pipeline).observation_operator(table, allow_short=True)
+    assert operator.size == 1
+
 
 def test_evaluate_scores_valid_points_and_refuses_nothing_to_score(tmp_path, capsys):
     from latentda.data.ensemble_store import ensemble_dataset

@@ -44,7 +44,7 @@ from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 
 __all__ = ["ObservationSpec", "ObservationConfig", "read_observations", "check_group_magnitude", "load_observations",
-           "observations_to_dataset", "synthesize", "fractional_index", "MASKED_BY_TRUTH"]
+           "observations_to_dataset", "synthesize", "fractional_index", "grid_indices", "MASKED_BY_TRUTH"]
 
 MASKED_BY_TRUTH = "masked_by_truth"
 """Key of :attr:`ObservationGroup.attrs` giving how many entries :func:`synthesize` left unobserved
@@ -52,9 +52,10 @@ because the truth is NaN there."""
 
 
 # ---------------------------------------------------------------------------------- positions
-def fractional_index(values: np.ndarray, axis) -> np.ndarray:
+def fractional_index(values: np.ndarray, axis, longitude: bool = False) -> np.ndarray:
     """Grid coordinates → fractional pixel indices along ``axis`` (periodic axes wrap; outside a
-    non-periodic axis is an error)."""
+    non-periodic axis is an error). A ``longitude`` is an angle: on a regional grid (not periodic) it is
+    compared modulo 360 (−50 is 310 on a grid of 280…340; 310 is −50 on one of −80…−20)."""
     coords = np.asarray(axis.values, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     if axis.periodic:
@@ -63,10 +64,21 @@ def fractional_index(values: np.ndarray, axis) -> np.ndarray:
         return np.mod(values - coords[0], period) / step
     increasing = coords[-1] >= coords[0]
     c = coords if increasing else coords[::-1]
+    if longitude:
+        values = c[0] + np.mod(values - c[0], 360.0)
     if (values < c[0]).any() or (values > c[-1]).any():
-        raise LatentdaError(f"point observations outside the grid along '{axis.name}' ([{c[0]}, {c[-1]}])")
+        convention = " (longitudes compared modulo 360)" if longitude else ""
+        raise LatentdaError(f"point observations outside the grid along '{axis.name}' ([{c[0]}, {c[-1]}]{convention})")
     index = np.interp(values, c, np.arange(c.size, dtype=np.float64))
     return index if increasing else (coords.size - 1) - index
+
+
+def grid_indices(positions: np.ndarray, layout: FieldLayout) -> np.ndarray:
+    """Grid coordinates (P, 2) → fractional (row, column) pixel indices (:func:`fractional_index` along each axis;
+    on a lat-lon grid the second is a longitude)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    return np.stack([fractional_index(positions[:, i], layout.grid[i], longitude=layout.is_latlon and i == 1)
+                     for i in range(2)], axis=1)
 
 
 def _grid_coordinate(index: np.ndarray, axis) -> np.ndarray:
@@ -194,8 +206,8 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
                 key = f"{name}_{axis.name}"
                 if key not in observations.coords and key not in observations:
                     raise LatentdaError(f"observation '{name}': point coordinate '{key}' missing")
-                coordinates.append(fractional_index(_finite(observations[key].values, key, name), axis))
-            kwargs["points"] = np.stack(coordinates, axis=1)
+                coordinates.append(_finite(observations[key].values, key, name))
+            kwargs["points"] = grid_indices(np.stack(coordinates, axis=1), layout)
         elif sampling == "linear":
             key = f"{name}_matrix"
             if key not in observations:
@@ -339,7 +351,7 @@ def synthesize(truth: np.ndarray, layout: FieldLayout, config: ObservationConfig
             else:
                 if spec.coordinates:
                     coordinates = np.asarray(spec.coordinates, dtype=np.float64)
-                    kwargs["points"] = np.stack([fractional_index(coordinates[:, i], layout.grid[i]) for i in range(2)], axis=1)
+                    kwargs["points"] = grid_indices(coordinates, layout)
                 else:
                     upper = [H if layout.periodic[0] else H - 1, W if layout.periodic[1] else W - 1]
                     kwargs["points"] = rng.uniform(0, 1, (spec.points, 2)) * np.array(upper, dtype=np.float64)

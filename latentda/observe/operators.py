@@ -157,6 +157,19 @@ class ObservationGroup:
             raise LatentdaError(f"observation '{self.name}': operator output {tuple(sampled.shape[1:])} does not match values {tuple(mask.shape)}")
         return sampled[:, mask]
 
+    def reads_masked(self, valid: np.ndarray) -> np.ndarray:
+        """Entries (T, *sample_shape) whose value reads a pixel without values: ``valid`` (C, H, W) is a
+        model's fixed mask (False: land in an ocean field). Every pixel an entry reads counts, with any
+        weight (a bilinear corner, a block's pixel, a matrix column), as :func:`~latentda.observe.files.synthesize`
+        leaves an entry unobserved where the truth is NaN."""
+        indicator = torch.from_numpy(np.where(valid, 0.0, np.nan))[None, None]  # (1, 1, C, H, W): NaN on the mask
+        if self.sampling == "linear":  # a zero weight reads nothing (NaN·0 would count it)
+            reads = torch.as_tensor(self.matrix != 0, dtype=torch.float64)
+            touched = (reads @ torch.isnan(self.transformed(indicator)).double().reshape(-1, 1)).reshape(1, 1, -1) > 0
+        else:
+            touched = torch.isnan(self.sampled(self.transformed(indicator)))
+        return np.broadcast_to(touched[0].numpy(), self.values.shape)
+
     def with_representation_error(self, channel_error: np.ndarray) -> "ObservationGroup":
         """A copy whose :attr:`representation_std` comes from the decoder's reconstruction error per
         source channel ``channel_error`` (r_c s_c, physical units, indexed by channel; see the module
@@ -227,6 +240,21 @@ class ObservationOperator:
 
     def __call__(self, x: Tensor) -> Tensor:
         return torch.cat([group(x) for group in self.groups], dim=1)
+
+    def off_mask(self, valid: np.ndarray) -> tuple["ObservationOperator", int]:
+        """(a copy without the observed entries that read a pixel of the fixed mask ``valid`` (C, H, W, False where a
+        channel has no values: :meth:`ObservationGroup.reads_masked`), how many were left out). The model's fields
+        there are no data (the autoencoder never learned them): an observation of them would pull the posterior
+        toward the decoder's filler. Leaving nothing observed is an error."""
+        groups, dropped = [], 0
+        for group in self.groups:
+            masked = group.mask & group.reads_masked(valid)
+            dropped += int(masked.sum())
+            groups.append(dataclasses.replace(group, values=np.where(masked, np.nan, group.values)) if masked.any() else group)
+        if dropped and dropped == self.size:
+            raise LatentdaError(f"all {dropped} observations read pixels of the model's fixed mask (pixels without values, "
+                                "e.g. land): nothing to assimilate")
+        return ObservationOperator(groups, self.times), dropped
 
     def with_representation_error(self, channel_error: np.ndarray) -> "ObservationOperator":
         """A copy with the decoder's reconstruction error r_c s_c (physical units, per channel) added

@@ -55,7 +55,7 @@ from latentda.data.layout import TIME, FieldLayout
 from latentda.data.times import describe_step
 from latentda.data.times import time_step as regular_step
 from latentda.errors import LatentdaError
-from latentda.observe.files import fractional_index, observations_to_dataset
+from latentda.observe.files import grid_indices, observations_to_dataset
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.observe.window import TableWindow
 
@@ -339,7 +339,7 @@ def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None
         point = mine.groupby(["y", "x", "repeat"], sort=False).ngroup().to_numpy()  # 0 … P − 1, first appearance
         positions = np.zeros((point.max() + 1, 2))
         positions[point] = mine[["y", "x"]].to_numpy()
-        points = np.stack([fractional_index(positions[:, axis], layout.grid[axis]) for axis in range(2)], axis=1)
+        points = grid_indices(positions, layout)
         at, index = mine["state"].to_numpy(), mine.index.to_numpy()
         observed, sigma = np.full((states.size, len(points)), np.nan), np.full((states.size, len(points)), np.nan)
         observed[at, point], sigma[at, point] = values[index], noise[index]
