@@ -88,7 +88,8 @@ def encode_dataset(
                     stop = min(start + batch_size, steps)
                     frames = layout.to_array(dataset, trajectory, slice(start, stop))
                     where = "" if trajectory is None else f" of trajectory {index}"
-                    check_finite(frames, layout.channels, where, statistics, layout.mask, layout.allow_missing, start)
+                    check_finite(frames, layout.channels, where, statistics, layout.mask, layout.allow_missing, start,
+                                 hint="fill them first: this autoencoder was trained without allow_missing")
                     x = statistics.standardise(frames.astype(np.float32))
                     z = model.encode(torch.from_numpy(np.nan_to_num(x)).to(device)).cpu().numpy()
                     gaps = missing_states(x, layout.mask)

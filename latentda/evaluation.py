@@ -71,7 +71,13 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
             return truth.sel({TIME: times}, method="nearest", tolerance=_time_tolerance(times))
         return truth.sel({TIME: times})
     except KeyError:
-        raise LatentdaError("the prediction's times are not all in the truth") from None
+        known = truth[TIME].values
+        if np.issubdtype(times.dtype, np.number):
+            absent = np.abs(times.astype(np.float64)[:, None] - known.astype(np.float64)[None]).min(axis=1) > _time_tolerance(times)
+        else:
+            absent = ~np.isin(times, known)
+        raise LatentdaError(f"the prediction's times are not all in the truth: {int(absent.sum())} are not, the first "
+                            f"{times[np.argmax(absent)]} (the truth has {_time_span(known)})") from None
 
 
 def _time_tolerance(times: np.ndarray) -> float:

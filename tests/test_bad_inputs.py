@@ -305,6 +305,8 @@ def broken_autoencoder(w: World, d: Path, change: Callable[[Path], None]) -> Pat
 
 
 case("encode-autoencoder-missing")(lambda w, d: (encode(w, d / "none", d / "l.zarr"), "folder not found"))
+case("encode-nan-in-the-data")(lambda w, d: (encode(w, w.pipeline / AE, d / "l.zarr", data=rewrite(
+    w.data, d / "g.nc", with_value("u", np.nan, (0, 3, 1, 1)))), "fill them first: this autoencoder was trained without allow_missing"))
 case("encode-nan-weights")(lambda w, d: (encode(w, broken_autoencoder(
     w, d, lambda f: edit_weights(f / WEIGHTS, nan_first_tensor)), d / "l.zarr"), "NaN"))
 case("encode-missing-tensor")(lambda w, d: (encode(w, broken_autoencoder(
@@ -591,6 +593,9 @@ def two_forecasts(dataset):
 
 case("evaluate-observations-of-other-times")(lambda w, d: (evaluate_args(
     w, w.prediction, "--observations", str(rewrite(w.observations, d / "o.nc", one_step_later))), "other times"))
+case("evaluate-prediction-beyond-the-truth")(lambda w, d: (evaluate_args(  # the last time: one step after the truth's
+    w, rewrite(w.prediction, d / "p.nc", lambda ds: ds.assign_coords(time=ds["time"] + 100 * (ds["time"][1] - ds["time"][0])))),
+    "not all in the truth: "))
 case("evaluate-forecast-two-initialisations")(lambda w, d: (evaluate_args(
     w, rewrite(w.prediction, d / "f.zarr", two_forecasts)), "2 initialisation times"))
 

@@ -190,3 +190,24 @@ def test_rewriting_a_zarr_2_store(tmp_path):
     for suffix in (".zarr", ".nc"):
         out = write_dataset(open_dataset(tmp_path / "v2.zarr").isel(trajectory=slice(0, 1)), tmp_path / f"copy{suffix}")
         xr.testing.assert_allclose(open_dataset(out).load(), dataset.isel(trajectory=slice(0, 1)))
+
+
+def test_layouts_of_files_as_users_have_them():
+    """Float levels (recent ERA5) spell channels as the docs do (t@850); CF's time_bnds is not a field; a longitude
+    rolled to −180…180 without sorting is refused (it would break the circle and misplace points); another unit
+    than the model's is refused where both give one."""
+    dataset = make_latlon_dataset()
+    floats = dataset.assign_coords(level=dataset["level"].astype(np.float64))
+    assert FieldLayout.from_dataset(floats).channels == ["mean_sea_level_pressure", "temperature@500", "temperature@850"]
+    bounds = dataset.assign(time_bnds=(("time", "bnds"), np.zeros((dataset.sizes["time"], 2))))
+    assert FieldLayout.from_dataset(bounds).channels == FieldLayout.from_dataset(dataset).channels
+    rolled = dataset.assign_coords(longitude=(dataset["longitude"] + 180) % 360 - 180)
+    with pytest.raises(LatentdaError, match=r"coordinate 'longitude' is not monotonic \(at index 8: 157.5 → -180.0\): "
+                                            r"sort it first, e.g. dataset.sortby\('longitude'\)"):
+        FieldLayout.from_dataset(rolled)
+    FieldLayout.from_dataset(rolled.sortby("longitude"))
+    layout = FieldLayout.from_dataset(dataset)
+    celsius = dataset.assign(temperature=(dataset["temperature"] - 273.15).assign_attrs(units="degC"))
+    with pytest.raises(LatentdaError, match=r"variable 'temperature' is in 'degC', the model's in 'K': convert it first"):
+        layout.check(celsius)
+    layout.check(dataset.assign(temperature=dataset["temperature"].assign_attrs(units="")))  # no unit given: not checked

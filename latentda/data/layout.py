@@ -34,7 +34,7 @@ from latentda.data.io import read_values, write_text_atomic
 from latentda.data.times import TIME, TRAJECTORY
 from latentda.errors import LatentdaError
 
-__all__ = ["VariableSpec", "AxisSpec", "FieldLayout", "TIME", "TRAJECTORY", "CONVENTIONS", "to_json_value"]
+__all__ = ["VariableSpec", "AxisSpec", "FieldLayout", "TIME", "TRAJECTORY", "CONVENTIONS", "to_json_value", "level_text"]
 
 CONVENTIONS = "CF-1.10"  # the global ``Conventions`` attribute of every dataset latentda writes
 
@@ -89,6 +89,11 @@ class VariableSpec:
     attrs: dict = field(default_factory=dict)
 
 
+def level_text(value) -> str:
+    """A level as a channel name spells it: 850 for 850.0 (a float level coordinate, as recent ERA5 files have)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _is_periodic(coordinate: xr.DataArray, is_longitude: bool) -> bool:
     """An axis is periodic if it says so (attribute ``periodic``) or is a longitude circle."""
     flag = coordinate.attrs.get("periodic")
@@ -138,8 +143,10 @@ class FieldLayout:
     def from_dataset(cls, dataset: xr.Dataset, variables: Sequence[str] | None = None) -> "FieldLayout":
         """Infer the layout of ``dataset``, checking it has a time axis and a 2-D grid.
 
-        ``variables`` selects and orders data variables (default: all that have a time axis, in
-        alphabetical order, since netCDF and zarr do not keep the same order).
+        ``variables`` selects and orders data variables (default: all on the time axis and the grid, in
+        alphabetical order, since netCDF and zarr do not keep the same order; so CF's ``time_bnds`` is not
+        one). The grid's coordinates must be monotonic (a longitude axis rolled to −180…180 without sorting
+        is not: it would make a global circle non-periodic and misplace point observations).
         """
         if TIME not in dataset.dims:
             raise LatentdaError(f"dataset has no '{TIME}' dimension (found dims: {', '.join(map(str, dataset.dims)) or 'none'}; "
@@ -151,7 +158,7 @@ class FieldLayout:
                 f"found {', '.join(map(str, dataset.dims))}"
             )
         if variables is None:
-            variables = sorted(str(n) for n, v in dataset.data_vars.items() if TIME in v.dims)
+            variables = sorted(str(n) for n, v in dataset.data_vars.items() if {TIME, *grid_names} <= set(v.dims))
         else:
             unknown = [v for v in variables if v not in dataset.data_vars]
             if unknown:
@@ -159,7 +166,7 @@ class FieldLayout:
                     f"unknown variable(s) {', '.join(unknown)}; the dataset has: {', '.join(map(str, dataset.data_vars))}"
                 )
         if not variables:
-            raise LatentdaError("dataset has no data variable with a time axis")
+            raise LatentdaError(f"dataset has no data variable on ({TIME}, {', '.join(grid_names)})")
         level_name = next((n for n in _LEVEL_NAMES if n in dataset.dims), None)
         allowed = {TIME, TRAJECTORY, "realization", *grid_names} | ({level_name} if level_name else set())
         specs = []
@@ -171,6 +178,12 @@ class FieldLayout:
                 problem = f"lacks dims {missing}" if missing else f"has unsupported dims {extra}"
                 raise LatentdaError(f"variable '{name}' {problem} (dims: {variable.dims})")
             specs.append(VariableSpec(name, level_name in variable.dims, _attrs(variable.attrs)))
+        for name in grid_names:
+            step = np.diff(np.asarray(dataset[name].values, dtype=np.float64))
+            if step.size and not ((step > 0).all() or (step < 0).all()):
+                where = int(np.argmax(step <= 0) if step[0] > 0 else np.argmax(step >= 0)) + 1
+                raise LatentdaError(f"coordinate '{name}' is not monotonic (at index {where}: {dataset[name].values[where - 1]} → "
+                                    f"{dataset[name].values[where]}): sort it first, e.g. dataset.sortby('{name}')")
         is_latlon = grid_names[0] in ("latitude", "lat")
         # xarray gives an integer index for a dimension without a coordinate, which is what we want.
         grid = tuple(
@@ -202,7 +215,7 @@ class FieldLayout:
         names = []
         for spec in self.variables:
             if spec.has_level:
-                names.extend(f"{spec.name}@{value}" for value in self.level.values)
+                names.extend(f"{spec.name}@{level_text(value)}" for value in self.level.values)
             else:
                 names.append(spec.name)
         return names
@@ -271,10 +284,14 @@ class FieldLayout:
 
     # ------------------------------------------------------------------ checks
     def check(self, dataset: xr.Dataset) -> None:
-        """Raise a one-line error if ``dataset`` does not match this layout (variables, grid, levels)."""
+        """Raise a one-line error if ``dataset`` does not match this layout (variables and their units where both
+        give them, grid, levels)."""
         for spec in self.variables:
             if spec.name not in dataset.data_vars:
                 raise LatentdaError(f"dataset lacks variable '{spec.name}' (has: {', '.join(map(str, dataset.data_vars))})")
+            given, expected = (str(a.get("units", "")).strip() for a in (dataset[spec.name].attrs, spec.attrs))
+            if given and expected and given != expected:
+                raise LatentdaError(f"variable '{spec.name}' is in '{given}', the model's in '{expected}': convert it first")
         for axis in self.grid + ((self.level,) if self.level else ()):
             if axis.name not in dataset.dims:
                 raise LatentdaError(f"dataset lacks dimension '{axis.name}'")

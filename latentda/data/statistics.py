@@ -86,7 +86,7 @@ def check_finite(array: np.ndarray, channels: list[str], where: str = "", statis
             step = f" at step {first_step + int(index[-4])}" if array.ndim >= 4 else ""
             kind = "outside its fixed mask" if mask is not None and not np.asarray(mask).all() else ""
             advice = f": {hint}" if hint else ""
-            raise LatentdaError(f"variable '{channel.split('@')[0]}' holds NaN values{step}{where} {kind}(channel "
+            raise LatentdaError(f"variable '{channel.split('@')[0]}' holds NaN values{step}{where} {kind} (channel "
                                 f"{channel}){advice}".replace("  ", " "))
     if statistics is not None:
         for c, channel in enumerate(channels):
