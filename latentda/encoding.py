@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,7 @@ def encode_dataset(
         create_store(temporary, coords, variables, attrs)
         bar = tqdm(total=len(trajectories) * steps, desc="encode", unit="state", disable=not progress)
         missing: list[list] = []
+        on_mask = 0
         with torch.no_grad():
             for index, trajectory in enumerate(trajectories):
                 for start in range(0, steps, batch_size):
@@ -90,7 +92,9 @@ def encode_dataset(
                     where = "" if trajectory is None else f" of trajectory {index}"
                     check_finite(frames, layout.channels, where, statistics, layout.mask, layout.allow_missing, start,
                                  hint="fill them first: this autoencoder was trained without allow_missing")
-                    x = statistics.standardise(frames.astype(np.float32))
+                    if layout.mask is not None:  # values where the model has none: not the encoder's input in training
+                        on_mask += int((np.isfinite(frames) & ~layout.mask).sum())
+                    x = statistics.standardise(layout.off_mask(frames).astype(np.float32))
                     z = model.encode(torch.from_numpy(np.nan_to_num(x)).to(device)).cpu().numpy()
                     gaps = missing_states(x, layout.mask)
                     z[gaps] = np.nan
@@ -99,6 +103,9 @@ def encode_dataset(
                     write_region(temporary, {LATENT: z}, region)
                     bar.update(stop - start)
         bar.close()
+        if on_mask:
+            warnings.warn(f"{on_mask} value(s) lie on the autoencoder's fixed mask (pixels NaN at every training step): "
+                          "encoded as missing, as in training", stacklevel=2)
         if missing:
             import zarr
 

@@ -304,8 +304,8 @@ class LatentDAPipeline:
 
     def encode(self, fields: np.ndarray, batch_size: int = 64) -> torch.Tensor:
         """Physical fields (..., T, C, H, W) → standardised latents (..., T, c, h, w); masked (NaN)
-        pixels enter the encoder as 0, the channel mean, as in training."""
-        fields = np.asarray(fields, dtype=np.float32)
+        pixels, and every pixel of the fixed mask, enter the encoder as 0, the channel mean, as in training."""
+        fields = self.layout.off_mask(np.asarray(fields, dtype=np.float32))
         lead = fields.shape[:-3]
         flat = torch.from_numpy(np.nan_to_num(self.statistics.standardise(fields.reshape(-1, *fields.shape[-3:]))))
         out = []

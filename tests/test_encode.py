@@ -45,6 +45,29 @@ def test_streamed_latents_equal_direct_encoding(tmp_path, make):
     assert latents.attrs["compression_factor"] == pytest.approx(model.compression_factor)
 
 
+def test_values_on_the_fixed_mask_are_encoded_as_missing(tmp_path):
+    """Pixels of the autoencoder's fixed mask were NaN (0 standardised) at every training step: values a file holds
+    there (after the training period, say) enter the encoder as they did in training — missing — with a warning;
+    the latents equal those of the same data with NaN there."""
+    dataset = make_box_dataset(trajectories=1, times=6, size=8).isel(trajectory=0, drop=True)
+    folder = _autoencoder(tmp_path, dataset)
+    model, layout, statistics = load_autoencoder(folder)
+    layout.mask = np.ones((layout.num_channels, *layout.shape), dtype=bool)
+    layout.mask[0, :3, :2] = False  # u has no values there
+    masked = save_autoencoder(tmp_path / "masked", model, layout, statistics)
+    holes = dataset.copy(deep=True)
+    holes["u"][:, :3, :2] = np.nan
+    with pytest.warns(UserWarning, match=r"36 value\(s\) lie on the autoencoder's fixed mask"):
+        full = encode_dataset(masked, write_dataset(dataset, tmp_path / "full.zarr"), tmp_path / "full-latents.zarr",
+                              progress=False)
+    empty = encode_dataset(masked, write_dataset(holes, tmp_path / "holes.zarr"), tmp_path / "hole-latents.zarr",
+                           progress=False)
+    np.testing.assert_array_equal(open_dataset(full)["latent"].values, open_dataset(empty)["latent"].values)
+    assert not np.array_equal(open_dataset(full)["latent"].values,
+                              open_dataset(encode_dataset(folder, tmp_path / "full.zarr", tmp_path / "plain.zarr",
+                                                          progress=False))["latent"].values)  # the mask matters
+
+
 def test_folder_checks(tmp_path):
     folder = _autoencoder(tmp_path, make_box_dataset())
     (folder / "statistics.json").unlink()

@@ -282,6 +282,12 @@ class FieldLayout:
             attrs[self.level.name] = {"long_name": "vertical level", "axis": "Z", **self.level.attrs}
         return attrs
 
+    def off_mask(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (..., C, H, W) with NaN on the fixed mask, where the model has no values: an output's
+        masked pixels, or values a file holds there (e.g. after the training period, where the mask came from
+        NaN at every training step), which the autoencoder never saw."""
+        return array if self.mask is None else np.where(self.mask, array, np.nan)
+
     # ------------------------------------------------------------------ checks
     def check(self, dataset: xr.Dataset) -> None:
         """Raise a one-line error if ``dataset`` does not match this layout (variables and their units where both
@@ -349,7 +355,7 @@ class FieldLayout:
                 f"array of shape {array.shape} does not match the layout (*{lead_dims}, time, {self.num_channels}, {self.shape[0]}, {self.shape[1]})"
             )
         if self.mask is not None:  # outputs are NaN where the channel has no values (its fixed mask)
-            array = np.where(self.mask, array, np.nan).astype(array.dtype if array.dtype.kind == "f" else np.float32)
+            array = self.off_mask(array).astype(array.dtype if array.dtype.kind == "f" else np.float32)
         coords: dict[str, Any] = {name: list(values) for name, values in leading}
         time_coord = time if isinstance(time, xr.DataArray) else xr.DataArray(np.asarray(time), dims=TIME, name=TIME)
         coords[TIME] = time_coord.rename(TIME) if time_coord.dims == (TIME,) else xr.DataArray(time_coord.values, dims=TIME)
