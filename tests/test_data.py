@@ -211,3 +211,7 @@ def test_layouts_of_files_as_users_have_them():
     with pytest.raises(LatentdaError, match=r"variable 'temperature' is in 'degC', the model's in 'K': convert it first"):
         layout.check(celsius)
     layout.check(dataset.assign(temperature=dataset["temperature"].assign_attrs(units="")))  # no unit given: not checked
+    projected = dataset.assign(temperature=dataset["temperature"].assign_attrs(grid_mapping="crs"), crs=0)
+    layout = FieldLayout.from_dataset(projected)
+    output = layout.to_dataset(layout.to_array(projected), projected["time"])
+    assert "grid_mapping" not in output["temperature"].attrs and output["temperature"].attrs["units"] == "K"  # no dangling

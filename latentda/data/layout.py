@@ -89,6 +89,11 @@ class VariableSpec:
     attrs: dict = field(default_factory=dict)
 
 
+# CF attributes naming other variables of the input file (a curvilinear grid's 2-D coordinates, its projection):
+# outputs do not hold those variables, and a reference to a missing one is not CF.
+REFERENCE_ATTRS = ("grid_mapping", "coordinates", "ancillary_variables", "cell_measures")
+
+
 def level_text(value) -> str:
     """A level as a channel name spells it: 850 for 850.0 (a float level coordinate, as recent ERA5 files have)."""
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
@@ -373,7 +378,8 @@ class FieldLayout:
                 width = 1
                 values = array[..., channel, :, :]
                 dims = lead_dims + [TIME] + grid_dims
-            data_vars[spec.name] = xr.Variable(dims, values, attrs=dict(spec.attrs))
+            attrs_ = {k: v for k, v in spec.attrs.items() if k not in REFERENCE_ATTRS}  # variables outputs do not hold
+            data_vars[spec.name] = xr.Variable(dims, values, attrs=attrs_)
             channel += width
         return xr.Dataset(data_vars, coords=coords, attrs=dict(self.attrs if attrs is None else attrs))
 
