@@ -233,7 +233,7 @@ def _reanalyze(args: argparse.Namespace) -> None:
     from latentda.observe import TableWindow, observation_dataset, open_observations
 
     settings = _posterior_settings(args, split_blankets=args.split == "blankets")
-    observations = open_observations(args.observations)  # a file, or a table (CSV, parquet) placed on the window
+    observations = open_observations(args.observations, args.time_dim)  # a file, or a table placed on the window
     pipeline = _load_run_pipeline(args)
     observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args),
                                        time_units=pipeline.time_units)
@@ -286,10 +286,10 @@ def _forecast(args: argparse.Namespace) -> None:
         raise LatentdaError("give exactly one of --observations and --initial")
     settings = _posterior_settings(args)
     pipeline = _load_run_pipeline(args)
-    observations = open_observations(args.observations) if args.observations is not None else None
+    observations = open_observations(args.observations, args.time_dim) if args.observations is not None else None
     observations = observation_dataset(observations, pipeline.layout, pipeline.time_step, TableWindow.of(args),
                                        time_units=pipeline.time_units)
-    initial = open_dataset(args.initial) if args.initial is not None else None
+    initial = open_dataset(args.initial, args.time_dim) if args.initial is not None else None
     source = {"observations": _recorded(args.observations)} if args.observations is not None else \
         {"initial": _recorded(args.initial)}  # --resume refuses a run from another input
     pipeline.forecast(args.lead, args.members, observations, initial, args.seed, args.mode, args.conditioning,
@@ -303,9 +303,9 @@ def _filter(args: argparse.Namespace) -> None:
 
     settings = _posterior_settings(args)
     pipeline = _load_run_pipeline(args)
-    observations = observation_dataset(open_observations(args.observations), pipeline.layout, pipeline.time_step,
-                                       TableWindow.of(args), time_units=pipeline.time_units)
-    initial = open_dataset(args.initial) if args.initial is not None else None
+    observations = observation_dataset(open_observations(args.observations, args.time_dim), pipeline.layout,
+                                       pipeline.time_step, TableWindow.of(args), time_units=pipeline.time_units)
+    initial = open_dataset(args.initial, args.time_dim) if args.initial is not None else None
     sources = {"observations": _recorded(args.observations)}  # --resume refuses a run from other inputs
     if args.initial is not None:
         sources["initial"] = _recorded(args.initial)
@@ -602,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(sub, "observation file (see 'latentda observe'), or a table of observations (CSV, parquet)")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _time_dim_option(sub, "the observation file")
     sub.add_argument("--split", choices=["members", "blankets"], default="members",
                      help="under torchrun/accelerate launch: deal the members over the processes (default), or share "
                           "each trajectory's blanket windows over them (long trajectories; same output)")
@@ -615,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--initial", type=Path,
                      help="initial state(s) instead of observations (last states used); with a realization dim, "
                           "e.g. a reanalysis, member m continues from member m")
+    _time_dim_option(sub, "the observation file or --initial")
     sub.add_argument("--lead", required=True, type=_positive_int, help="number of states to forecast after 'now'")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
     from latentda.posterior.forecast_settings import ForecastSettings
@@ -630,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(sub, "observations, one cycle per time step: a file or a table (CSV, parquet)")
     sub.add_argument("--initial", type=Path, help="states just before the first cycle (e.g. a reanalysis: member m "
                                                   "starts from member m); default: the prior")
+    _time_dim_option(sub, "the observation file and --initial")
     sub.add_argument("--members", type=_positive_int, default=8, help="ensemble size (default 8)")
     group = sub.add_argument_group("filter")
     group.add_argument("--conditioning", choices=["mmps", "inpaint", "known"], default="mmps",

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import interrupt_forecasts_after, interrupt_reanalyses_after, make_observed_pipeline
 from latentda import cli
-from latentda.data import open_dataset
+from latentda.data import open_dataset, write_dataset
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior import reanalysis
@@ -203,6 +203,24 @@ def test_api_arguments_are_checked_before_any_work(setup, monkeypatch):
     as_mapping = pipeline.reanalyze(dataset, members=1, settings={"steps": 2, "iterations": 1})
     as_keywords = pipeline.reanalyze(dataset, members=1, steps=2, iterations=1)
     np.testing.assert_array_equal(as_mapping["u"].values, as_keywords["u"].values)
+
+
+def test_run_commands_read_files_whose_time_dimension_has_another_name(setup, tmp_path, capsys):
+    """--time-dim names the time dimension of reanalyze's observation file and forecast's --initial (a model trained
+    with --time-dim step reads its own files): the same run as with the axis called time; without it, refused."""
+    folder, pipeline, observations = setup
+    renamed = write_dataset(open_dataset(observations).rename(time="step"), tmp_path / "obs-step.nc")
+    run = ["reanalyze", "--pipeline", str(folder), "--members", "2", "--steps", "2", "--iterations", "1", "--quiet"]
+    assert cli.main(run + ["--observations", str(observations), "--out", str(tmp_path / "a.zarr")]) == 0
+    assert cli.main(run + ["--observations", str(renamed), "--time-dim", "step", "--out", str(tmp_path / "b.zarr")]) == 0
+    np.testing.assert_array_equal(open_dataset(tmp_path / "a.zarr")["u"].values, open_dataset(tmp_path / "b.zarr")["u"].values)
+    assert cli.main(run + ["--observations", str(renamed), "--out", str(tmp_path / "c.zarr")]) == 2
+    assert "no 'time' dimension" in capsys.readouterr().err
+    initial = write_dataset(open_dataset(tmp_path / "a.zarr").rename(time="step"), tmp_path / "initial-step.nc")
+    forecast = ["forecast", "--pipeline", str(folder), "--lead", "1", "--members", "2", "--steps", "2", "--quiet"]
+    assert cli.main(forecast + ["--initial", str(tmp_path / "a.zarr"), "--out", str(tmp_path / "f1.zarr")]) == 0
+    assert cli.main(forecast + ["--initial", str(initial), "--time-dim", "step", "--out", str(tmp_path / "f2.zarr")]) == 0
+    np.testing.assert_array_equal(open_dataset(tmp_path / "f1.zarr")["u"].values, open_dataset(tmp_path / "f2.zarr")["u"].values)
 
 
 def test_overlap_and_forecast_context_defaults(setup):

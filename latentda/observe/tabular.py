@@ -107,14 +107,15 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise LatentdaError(f"{path}: not a readable {fmt} table ({message})") from None
 
 
-def open_observations(path: str | os.PathLike) -> xr.Dataset | pd.DataFrame:
+def open_observations(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dataset | pd.DataFrame:
     """Observations told by their content: a table (CSV, parquet) as a DataFrame, else an
-    observation file (netCDF, zarr, a glob pattern) as a dataset (:func:`latentda.data.open_dataset`)."""
+    observation file (netCDF, zarr, a glob pattern) as a dataset (:func:`latentda.data.open_dataset`, its time
+    dimension ``time_dim`` renamed ``time``)."""
     if table_format(path) is not None:
         return read_table(path)
     if Path(path).is_file() and not _is_netcdf(Path(path)):
         raise LatentdaError(f"{path}: neither an observation file (netCDF, zarr) nor a table (CSV, parquet)")
-    return open_dataset(path)
+    return open_dataset(path, time_dim)
 
 
 # ---------------------------------------------------------------------------------- columns
