@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+from numbers import Integral, Real
 import types
 import typing
 from pathlib import Path
@@ -22,7 +23,7 @@ import yaml
 
 from latentda.errors import LatentdaError
 
-__all__ = ["parse", "parse_file", "parse_known", "check_types", "require_count", "require_seed", "load_config", "require", "to_dict", "config_defaults", "read_text", "read_json", "parse_yaml",
+__all__ = ["parse", "parse_file", "parse_known", "check_types", "load_config", "require", "to_dict", "config_defaults", "read_text", "read_json", "parse_yaml",
            "MAX_SEED"]
 
 T = TypeVar("T")
@@ -77,16 +78,16 @@ def _parse_value(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         require(isinstance(value, bool), key, f"expected true or false, got {value!r}")
         return value
-    if tp is int:
-        require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
-        return value
+    if tp is int:  # a numpy integer too (settings built in Python); never a bool
+        require(isinstance(value, Integral) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return int(value)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; accept what is clearly a number
             try:
                 value = float(value)
             except ValueError:
                 pass
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, Real) and not isinstance(value, bool)
         require(ok, key, f"expected a number, got {value!r}")
         require(math.isfinite(value), key, f"must be finite, got {value!r}")
         return float(value)
@@ -146,18 +147,6 @@ def check_types(instance: Any, skip: tuple[str, ...] = ()) -> None:
         value = getattr(instance, field.name)
         parsed = _parse_value(hints[field.name], value, field.name)
         require(not isinstance(value, str) or isinstance(parsed, str), field.name, f"expected a number, got {value!r}")
-
-
-def require_count(value: Any, key: str) -> None:
-    """``value`` is a positive integer (not a bool: True is not one member)."""
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key,
-            f"must be a positive integer, got {value!r}")
-
-
-def require_seed(value: Any, key: str = "seed") -> None:
-    """``value`` is a seed: an integer in [0, :data:`MAX_SEED`]."""
-    require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED, key,
-            f"must be an integer in [0, {MAX_SEED}], got {value!r}")
 
 
 def read_text(path: str | os.PathLike, what: str) -> str:

@@ -10,7 +10,8 @@ __all__ = ["check_device"]
 
 
 def check_device(device, what: str = "device") -> None:
-    """``device`` (a name or a ``torch.device``) is one this machine has; errors begin with ``what``."""
+    """``device`` (a name or a ``torch.device``) is one this machine has (cpu, cuda, cuda:N and mps are counted; another
+    backend torch knows is left to torch); errors begin with ``what``."""
     import torch
 
     try:
@@ -19,7 +20,7 @@ def check_device(device, what: str = "device") -> None:
         raise LatentdaError(f"{what} {device}: not a device (cpu, cuda, cuda:N or mps)") from None
     count = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
              "mps": int(torch.backends.mps.is_available())}
-    if device.type not in count:
-        raise LatentdaError(f"{what} {device}: not supported (cpu, cuda, cuda:N or mps)")
+    if device.type not in count:  # another backend torch knows (xpu, …): its own errors tell
+        return
     if (device.index or 0) >= count[device.type]:
         raise LatentdaError(f"{what} {device}: this machine has {count[device.type]} {device.type} device(s)")

@@ -89,12 +89,13 @@ def encode_dataset(
                 for start in range(0, steps, batch_size):
                     stop = min(start + batch_size, steps)
                     frames = layout.to_array(dataset, trajectory, slice(start, stop))
+                    if layout.mask is not None:  # values where the model has none: not the encoder's input in training
+                        on_mask += int((np.isfinite(frames) & ~layout.mask).sum())
+                        frames = layout.off_mask(frames)  # nor checked: a fill value on land is no error
                     where = "" if trajectory is None else f" of trajectory {index}"
                     check_finite(frames, layout.channels, where, statistics, layout.mask, layout.allow_missing, start,
                                  hint="fill them first: this autoencoder was trained without allow_missing")
-                    if layout.mask is not None:  # values where the model has none: not the encoder's input in training
-                        on_mask += int((np.isfinite(frames) & ~layout.mask).sum())
-                    x = statistics.standardise(layout.off_mask(frames).astype(np.float32))
+                    x = statistics.standardise(frames.astype(np.float32))
                     z = model.encode(torch.from_numpy(np.nan_to_num(x)).to(device)).cpu().numpy()
                     gaps = missing_states(x, layout.mask)
                     z[gaps] = np.nan

@@ -40,7 +40,7 @@ from latentda import __version__
 from latentda.allocator import keep_freed_memory
 from latentda.components import (check_inside, checked_representation_error, load_autoencoder, load_model,
                                  load_representation_error, save_autoencoder)
-from latentda.config import parse, parse_file, parse_known, read_json, require, require_count, require_seed
+from latentda.config import MAX_SEED, parse, parse_file, parse_known, read_json, require
 from latentda.data.calendar import calendar_features
 from latentda.data.ensemble_store import ensemble_dataset
 from latentda.data.io import atomic_path
@@ -53,7 +53,7 @@ from latentda.diffusion.increments import Increments
 from latentda.diffusion.distributed import blanket_denoiser
 from latentda.diffusion.sampling import sample as run_sampler
 from latentda.diffusion.settings import SamplerSettings
-from latentda.errors import LatentdaError
+from latentda.errors import LatentdaError, check_integer
 from latentda.nn.compilation import compile_blocks
 from latentda.nn.transformer import TrajectoryTransformer
 from latentda.observe.files import read_observations
@@ -330,9 +330,9 @@ class LatentDAPipeline:
         fields: corrections, tau, sigma_start, churn, overlap) replace the pipeline's defaults
         (:attr:`sampling`) where not None."""
         sampling = resolve_sampling(self, steps=steps, sampler=method, **overrides)
-        require_count(length, "length")
-        require_count(members, "members")
-        require_seed(seed)
+        check_integer("length", length, minimum=1)
+        check_integer("members", members, minimum=1)
+        check_integer("seed", seed, 0, MAX_SEED)
         if start_time is not None:
             start_time = self._start_time(start_time)
         padded = max(length, self.window)  # shorter trajectories: sample one window, keep the start
@@ -432,8 +432,8 @@ class LatentDAPipeline:
     @staticmethod
     def _check_run(members, seed, attrs, observations=None, needs_observations: bool = False) -> None:
         """The arguments every ensemble run shares, checked before any work."""
-        require_count(members, "members")
-        require_seed(seed)
+        check_integer("members", members, minimum=1)
+        check_integer("seed", seed, 0, MAX_SEED)
         if attrs is not None and not isinstance(attrs, Mapping):
             raise LatentdaError(f"attrs: expected a dict of attributes to record, got {type(attrs).__name__}")
         if needs_observations and observations is None:
@@ -520,7 +520,7 @@ class LatentDAPipeline:
         ``settings``/keywords, ``out``, ``resume``, ``overwrite``, ``attrs``, ``report`` as for :meth:`reanalyze`.
         """
         self._check_run(members, seed, attrs)
-        require_count(lead, "lead")
+        check_integer("lead", lead, minimum=1)
         settings = self._run_settings(settings, options)
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator, encoded, initial_times, time, used = self._forecast_start(members, observations, initial, settings)
@@ -719,12 +719,12 @@ def _check_device(device, dtype) -> None:
 
 def _check_replaceable(path: Path) -> None:
     """``path`` may be written by :meth:`LatentDAPipeline.save_pretrained`: absent, an empty folder, or a
-    pipeline folder holding nothing but a pipeline's files (which the new save replaces)."""
+    pipeline folder holding nothing but a pipeline's files, hidden names aside (which the new save replaces)."""
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise LatentdaError(f"{path}: exists and is not a pipeline folder: save to another path or remove it")
     if not path.is_dir():
         return
-    entries = sorted(entry.name for entry in path.iterdir())
+    entries = sorted(entry.name for entry in path.iterdir() if not entry.name.startswith("."))  # .DS_Store and the like
     others = [name for name in entries if name not in PIPELINE_ENTRIES]
     if entries and ("model_index.json" not in entries or others):
         held = f"holds {', '.join(others[:3])}{', …' if len(others) > 3 else ''}" if others else "has no model_index.json"

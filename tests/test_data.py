@@ -193,19 +193,28 @@ def test_rewriting_a_zarr_2_store(tmp_path):
 
 
 def test_layouts_of_files_as_users_have_them():
-    """Float levels (recent ERA5) spell channels as the docs do (t@850); CF's time_bnds is not a field; a longitude
-    rolled to −180…180 without sorting is refused (it would break the circle and misplace points); another unit
-    than the model's is refused where both give one."""
+    """A float level (recent ERA5) is named by its value (t@850 is t@850.0); CF's time_bnds is not a field; longitudes
+    are angles — a global circle rolled to −180…180 without sorting is still a circle, a region across Greenwich
+    contiguous — but a coordinate out of order is refused; another unit than the model's is refused where both give
+    one."""
     dataset = make_latlon_dataset()
     floats = dataset.assign_coords(level=dataset["level"].astype(np.float64))
-    assert FieldLayout.from_dataset(floats).channels == ["mean_sea_level_pressure", "temperature@500", "temperature@850"]
+    floated = FieldLayout.from_dataset(floats)
+    assert floated.channels == ["mean_sea_level_pressure", "temperature@500.0", "temperature@850.0"]  # as saved before
+    assert floated.channel_index("temperature@850") == 2 and floated.channel_index("temperature@850.0") == 2
+    assert floated.channel_index("temperature@700") is None and floated.channel_index("temperature") is None
     bounds = dataset.assign(time_bnds=(("time", "bnds"), np.zeros((dataset.sizes["time"], 2))))
     assert FieldLayout.from_dataset(bounds).channels == FieldLayout.from_dataset(dataset).channels
     rolled = dataset.assign_coords(longitude=(dataset["longitude"] + 180) % 360 - 180)
-    with pytest.raises(LatentdaError, match=r"coordinate 'longitude' is not monotonic \(at index 8: 157.5 → -180.0\): "
-                                            r"sort it first, e.g. dataset.sortby\('longitude'\)"):
-        FieldLayout.from_dataset(rolled)
-    FieldLayout.from_dataset(rolled.sortby("longitude"))
+    assert FieldLayout.from_dataset(rolled).periodic == (False, True)
+    shuffled = dataset.isel(longitude=[0, 2, 1, *range(3, 16)])
+    with pytest.raises(LatentdaError, match=r"coordinate 'longitude' is not monotonic \(at index 2: 45 → 22.5\): "
+                                            r"sort it first, e.g. dataset.sortby\('longitude'\) in the convention"):
+        FieldLayout.from_dataset(shuffled)
+    regional = dataset.isel(longitude=[14, 15, 0, 1, 2])  # 315, 337.5, 0, 22.5, 45: across Greenwich, contiguous
+    assert FieldLayout.from_dataset(regional).grid[1].values == [315.0, 337.5, 0.0, 22.5, 45.0]
+    with pytest.raises(LatentdaError, match="coordinate 'latitude' is not monotonic"):
+        FieldLayout.from_dataset(dataset.isel(latitude=[0, 2, 1, 3]))
     layout = FieldLayout.from_dataset(dataset)
     celsius = dataset.assign(temperature=(dataset["temperature"] - 273.15).assign_attrs(units="degC"))
     with pytest.raises(LatentdaError, match=r"variable 'temperature' is in 'degC', the model's in 'K': convert it first"):

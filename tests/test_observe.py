@@ -27,12 +27,13 @@ def _group(sampling="grid", transform="identity", channels=(0,), shape=(8, 8), T
 def test_observations_reading_the_fixed_mask_are_left_out():
     """An entry that reads a pixel of the model's fixed mask (u has no values on a 3×3 land block; v everywhere)
     is left out — a point on land or with a land corner, a block holding land, a linear row weighing it — and one
-    that does not read it (a zero weight, another channel) is kept; nothing left is an error."""
+    that does not read it (a zero weight: a row's, or a point's exactly on a sea pixel beside land; another channel)
+    is kept; nothing left is an error."""
     valid = np.ones((2, 8, 8), dtype=bool)
     valid[0, 1:4, 1:4] = False
     T = 2
-    points = ObservationGroup("p", [0], "identity", "points", np.zeros((T, 3)), 0.1,
-                              points=np.array([[3.0, 3.0], [0.5, 0.5], [6.2, 6.7]]))
+    points = ObservationGroup("p", [0], "identity", "points", np.zeros((T, 4)), 0.1,
+                              points=np.array([[3.0, 3.0], [0.5, 0.5], [6.2, 6.7], [3.0, 0.0]]))
     blocks = ObservationGroup("b", [0], "identity", "coarsen", np.zeros((T, 2, 2)), 0.1, factor=4)
     matrix = np.zeros((2, 64))
     matrix[0, [3 * 8 + 3, 7 * 8 + 7]] = 0.5  # reads the land pixel (3, 3)
@@ -44,7 +45,7 @@ def test_observations_reading_the_fixed_mask_are_left_out():
     kept, dropped = operator.off_mask(valid)
     assert dropped == T * (2 + 1 + 1)  # per time: 2 points, the top-left block, the first row
     observed = {group.name: group.mask[0] for group in kept.groups}
-    assert observed["p"].tolist() == [False, False, True]
+    assert observed["p"].tolist() == [False, False, True, True]  # (3, 0) is sea; its land corner (3, 1) has weight 0
     assert observed["b"].tolist() == [[False, True], [True, True]]
     assert observed["m"].tolist() == [False, True]
     np.testing.assert_array_equal(observed["v"], other.mask[0])  # v has values everywhere
@@ -75,6 +76,8 @@ def test_longitudes_compare_modulo_360_on_a_regional_grid():
     np.testing.assert_allclose(grid_indices([[30.0, 310.0], [15.0, 295.0]], west), expected)
     with pytest.raises(LatentdaError, match=r"outside the grid along 'longitude' \(\[280.0, 340.0\] \(longitudes compared modulo 360\)"):
         grid_indices([[30.0, 0.0]], east)
+    across = regional(np.array([340.0, 350.0, 0.0, 10.0, 20.0]))  # a region across Greenwich
+    np.testing.assert_allclose(grid_indices([[30.0, 5.0], [30.0, -15.0], [30.0, 345.0]], across), [[1, 2.5], [1, 0.5], [1, 0.5]])
 
 
 def test_grid_mask_selects_observed_pixels():

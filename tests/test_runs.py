@@ -173,11 +173,11 @@ def test_api_arguments_are_checked_before_any_work(setup, monkeypatch):
         raise AssertionError("sampling started")
 
     monkeypatch.setattr(reanalysis, "posterior_members", never)
-    bad = [(dict(members=0), "members: must be a positive integer, got 0"),
-           (dict(members=True), "members: must be a positive integer, got True"),
-           (dict(members="2"), "members: must be a positive integer, got '2'"),
-           (dict(seed=-1), r"seed: must be an integer in \[0, 4294967295\], got -1"),
-           (dict(seed=1.5), "seed: must be an integer"),
+    bad = [(dict(members=0), "members must be an integer ≥ 1, got 0"),
+           (dict(members=True), "members must be an integer ≥ 1, got True"),
+           (dict(members="2"), "members must be an integer ≥ 1, got '2'"),
+           (dict(seed=-1), r"seed must be an integer in \[0, 4294967295\], got -1"),
+           (dict(seed=1.5), "seed must be an integer"),
            (dict(settings="fast"), "settings: expected a PosteriorSettings or a dict of its fields, got str"),
            (dict(iterations="3"), "iterations: expected an integer, got '3'"),
            (dict(batch_members=2.0), "batch_members: expected an integer"),
@@ -191,11 +191,11 @@ def test_api_arguments_are_checked_before_any_work(setup, monkeypatch):
             pipeline.reanalyze(dataset, **options)
     with pytest.raises(LatentdaError, match="observations: none given"):
         pipeline.reanalyze(None, members=1)
-    with pytest.raises(LatentdaError, match="lead: must be a positive integer, got '2'"):
+    with pytest.raises(LatentdaError, match="lead must be an integer ≥ 1, got '2'"):
         pipeline.forecast("2", members=1, observations=dataset)
-    with pytest.raises(LatentdaError, match="members: must be a positive integer, got 0"):
+    with pytest.raises(LatentdaError, match="members must be an integer ≥ 1, got 0"):
         pipeline.filter(dataset, members=0)
-    with pytest.raises(LatentdaError, match="length: must be a positive integer, got 16.0"):
+    with pytest.raises(LatentdaError, match="length must be an integer ≥ 1, got 16.0"):
         pipeline.sample(16.0)
     with pytest.raises(LatentdaError, match="start_time: this pipeline's time axis is model time"):
         pipeline.sample(4, start_time="2020-01-01")
@@ -203,6 +203,9 @@ def test_api_arguments_are_checked_before_any_work(setup, monkeypatch):
     as_mapping = pipeline.reanalyze(dataset, members=1, settings={"steps": 2, "iterations": 1})
     as_keywords = pipeline.reanalyze(dataset, members=1, steps=2, iterations=1)
     np.testing.assert_array_equal(as_mapping["u"].values, as_keywords["u"].values)
+    as_numpy = pipeline.reanalyze(dataset, members=np.int64(1), seed=np.int32(0), steps=np.int64(2), iterations=np.int64(1),
+                                  dps_scale=np.float32(0.5))  # numpy numbers, as a sweep over np.arange gives them
+    np.testing.assert_array_equal(as_numpy["u"].values, as_keywords["u"].values)
 
 
 def test_run_commands_read_files_whose_time_dimension_has_another_name(setup, tmp_path, capsys):

@@ -492,6 +492,31 @@ def test_ldm_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, la
     assert all(torch.equal(early[k], fresh[k]) for k in fresh)
 
 
+def test_ldm_resume_without_its_statistics_is_refused_before_any_pass(tmp_path, latents):
+    """The checkpoints were trained on latents standardised by latent_statistics.json and, with increments, scaled by
+    increment_statistics.json: either deleted, resuming is refused rather than computing them again (more latents
+    may continue a run, so they could differ); a run resumed with increments it was not trained with is refused by
+    its config, before any statistics are written."""
+    def with_increments(run):
+        config = _config(run)
+        config.model.increments = True
+        return config
+
+    _killed_at(4, with_increments(tmp_path / "run"), latents)
+    for name in ("increment_statistics.json", "latent_statistics.json"):
+        saved = tmp_path / "run" / name
+        kept = saved.read_bytes()
+        saved.unlink()
+        with pytest.raises(LatentdaError, match=rf"run/{name}: missing, and the run's checkpoints were trained with it"):
+            train_latent_diffusion(with_increments(tmp_path / "run"), str(latents), resume=True, progress=False)
+        assert not saved.exists()
+        saved.write_bytes(kept)
+    _killed_at(4, _config(tmp_path / "plain"), latents)
+    with pytest.raises(LatentdaError, match=r"model.increments: False → True"):
+        train_latent_diffusion(with_increments(tmp_path / "plain"), str(latents), resume=True, progress=False)
+    assert not (tmp_path / "plain" / "increment_statistics.json").exists()
+
+
 def test_ldm_output_is_not_another_runs_folder(tmp_path, latents):
     """train-ldm into a train-ae run's folder (its statistics, layout, autoencoder/) is refused, nothing written."""
     run = tmp_path / "ae-run"

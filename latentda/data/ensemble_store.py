@@ -142,10 +142,11 @@ class EnsembleWriter:
             given = attrs or {}
             # every setting either run recorded: one left at its default now but given then is a change too
             keys = [*given, *(k for k in existing.attrs if (k.startswith("latentda_") or k in INPUT_FILES) and k not in given)]
+            # an input file a store does not record (a filter's --initial before it was recorded) is known by its
+            # fingerprint, which is compared
+            keys = [k for k in keys if not (k in INPUT_FILES and k not in existing.attrs)]
             if not any(k in existing.attrs for k in INPUT_FINGERPRINTS):  # written before inputs were fingerprinted
                 keys = [k for k in keys if k not in INPUT_FINGERPRINTS]
-                if not any(k in existing.attrs for k in INPUT_FILES):  # nor its file recorded (a forecast)
-                    keys = [k for k in keys if k not in INPUT_FILES]
             changed = [k for k in keys if str(existing.attrs.get(k)) != str(given.get(k))]
             if changed:  # a resumed run must be the same run: members from two settings must not mix
                 read = set(changed) & {*INPUT_FINGERPRINTS, *INPUT_FILES}

@@ -34,7 +34,7 @@ from latentda.data.io import read_values, write_text_atomic
 from latentda.data.times import TIME, TRAJECTORY
 from latentda.errors import LatentdaError
 
-__all__ = ["VariableSpec", "AxisSpec", "FieldLayout", "TIME", "TRAJECTORY", "CONVENTIONS", "to_json_value", "level_text"]
+__all__ = ["VariableSpec", "AxisSpec", "FieldLayout", "TIME", "TRAJECTORY", "CONVENTIONS", "to_json_value", "unwrap_longitude"]
 
 CONVENTIONS = "CF-1.10"  # the global ``Conventions`` attribute of every dataset latentda writes
 
@@ -94,9 +94,20 @@ class VariableSpec:
 REFERENCE_ATTRS = ("grid_mapping", "coordinates", "ancillary_variables", "cell_measures")
 
 
-def level_text(value) -> str:
-    """A level as a channel name spells it: 850 for 850.0 (a float level coordinate, as recent ERA5 files have)."""
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+def unwrap_longitude(values: np.ndarray) -> np.ndarray:
+    """Longitudes (degrees) made continuous: each step taken modulo 360 into (−180, 180], so that a regional grid
+    across the 0/360 (or ±180) line, 350, 355, 0, 5, reads 350, 355, 360, 365."""
+    values = np.asarray(values, dtype=np.float64)
+    steps = np.mod(np.diff(values) + 180.0, 360.0) - 180.0
+    return np.concatenate([values[:1], values[0] + np.cumsum(steps)])
+
+
+def _same_number(a, b) -> bool:
+    """Two spellings of one number (``850`` and ``850.0``); False for text that is not a number."""
+    try:
+        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=0))
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_periodic(coordinate: xr.DataArray, is_longitude: bool) -> bool:
@@ -105,7 +116,7 @@ def _is_periodic(coordinate: xr.DataArray, is_longitude: bool) -> bool:
     if flag is not None:
         return str(to_json_value(flag)) in _TRUE
     if is_longitude and coordinate.size > 1:
-        values = np.asarray(coordinate.values, dtype=np.float64)
+        values = unwrap_longitude(coordinate.values)  # a circle rolled to start anywhere: 180 … 357.5, 0 … 177.5
         step = np.diff(values)
         return bool(np.allclose(step, step[0], rtol=1e-4) and np.isclose(abs(step[0]) * values.size, 360.0, rtol=1e-4))
     return False
@@ -183,13 +194,17 @@ class FieldLayout:
                 problem = f"lacks dims {missing}" if missing else f"has unsupported dims {extra}"
                 raise LatentdaError(f"variable '{name}' {problem} (dims: {variable.dims})")
             specs.append(VariableSpec(name, level_name in variable.dims, _attrs(variable.attrs)))
-        for name in grid_names:
-            step = np.diff(np.asarray(dataset[name].values, dtype=np.float64))
+        is_latlon = grid_names[0] in ("latitude", "lat")
+        for axis, name in enumerate(grid_names):
+            values = np.asarray(dataset[name].values, dtype=np.float64)
+            longitude = is_latlon and axis == 1
+            step = np.diff(unwrap_longitude(values) if longitude else values)  # 350, 355, 0, 5: across Greenwich
             if step.size and not ((step > 0).all() or (step < 0).all()):
                 where = int(np.argmax(step <= 0) if step[0] > 0 else np.argmax(step >= 0)) + 1
-                raise LatentdaError(f"coordinate '{name}' is not monotonic (at index {where}: {dataset[name].values[where - 1]} → "
-                                    f"{dataset[name].values[where]}): sort it first, e.g. dataset.sortby('{name}')")
-        is_latlon = grid_names[0] in ("latitude", "lat")
+                advice = (f"dataset.sortby('{name}') in the convention (0…360 or −180…180) where the region is contiguous"
+                          if longitude else f"dataset.sortby('{name}')")
+                raise LatentdaError(f"coordinate '{name}' is not monotonic (at index {where}: {values[where - 1]:g} → "
+                                    f"{values[where]:g}): sort it first, e.g. {advice}")
         # xarray gives an integer index for a dimension without a coordinate, which is what we want.
         grid = tuple(
             AxisSpec.from_coordinate(dataset[name], _is_periodic(dataset[name], is_latlon and axis == 1))
@@ -220,10 +235,23 @@ class FieldLayout:
         names = []
         for spec in self.variables:
             if spec.has_level:
-                names.extend(f"{spec.name}@{level_text(value)}" for value in self.level.values)
+                names.extend(f"{spec.name}@{value}" for value in self.level.values)
             else:
                 names.append(spec.name)
         return names
+
+    def channel_index(self, name: str) -> int | None:
+        """The index of channel ``name`` (``variable`` or ``variable@level``), None if it has none. A level matches by
+        value: ``t@850`` names the channel ``t@850.0`` of a float level coordinate (recent ERA5 files have one)."""
+        channels = self.channels
+        if name in channels:
+            return channels.index(name)
+        variable, _, level = name.partition("@")
+        for index, channel in enumerate(channels):
+            other, _, value = channel.partition("@")
+            if other == variable and level and value and _same_number(value, level):
+                return index
+        return None
 
     @property
     def num_channels(self) -> int:

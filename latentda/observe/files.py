@@ -38,7 +38,7 @@ import xarray as xr
 
 from latentda.config import require
 from latentda.data.io import read_values
-from latentda.data.layout import CONVENTIONS, TIME, FieldLayout
+from latentda.data.layout import CONVENTIONS, TIME, FieldLayout, unwrap_longitude
 from latentda.data.statistics import MAX_STANDARD_DEVIATIONS, Statistics, check_magnitude
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
@@ -58,6 +58,8 @@ def fractional_index(values: np.ndarray, axis, longitude: bool = False) -> np.nd
     compared modulo 360 (−50 is 310 on a grid of 280…340; 310 is −50 on one of −80…−20)."""
     coords = np.asarray(axis.values, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
+    if longitude and not axis.periodic:  # a regional grid may cross the 0/360 line: 350, 355, 0, 5 → 350 … 365
+        coords = unwrap_longitude(coords)
     if axis.periodic:
         step = coords[1] - coords[0]
         period = step * coords.size
@@ -88,10 +90,11 @@ def _grid_coordinate(index: np.ndarray, axis) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- reading
 def _channel(layout: FieldLayout, name: str, variable: str) -> int:
-    channels = layout.channels
-    if name not in channels:
-        raise LatentdaError(f"observation '{variable}' refers to unknown variable '{name}' (model has: {', '.join(channels)})")
-    return channels.index(name)
+    index = layout.channel_index(name)
+    if index is None:
+        raise LatentdaError(f"observation '{variable}' refers to unknown variable '{name}' (model has: "
+                            f"{', '.join(layout.channels)})")
+    return index
 
 
 def _units_of(layout: FieldLayout, channel_name: str) -> str | None:

@@ -159,16 +159,15 @@ class ObservationGroup:
 
     def reads_masked(self, valid: np.ndarray) -> np.ndarray:
         """Entries (T, *sample_shape) whose value reads a pixel without values: ``valid`` (C, H, W) is a
-        model's fixed mask (False: land in an ocean field). Every pixel an entry reads counts, with any
-        weight (a bilinear corner, a block's pixel, a matrix column), as :func:`~latentda.observe.files.synthesize`
-        leaves an entry unobserved where the truth is NaN."""
-        indicator = torch.from_numpy(np.where(valid, 0.0, np.nan))[None, None]  # (1, 1, C, H, W): NaN on the mask
-        if self.sampling == "linear":  # a zero weight reads nothing (NaN·0 would count it)
-            reads = torch.as_tensor(self.matrix != 0, dtype=torch.float64)
-            touched = (reads @ torch.isnan(self.transformed(indicator)).double().reshape(-1, 1)).reshape(1, 1, -1) > 0
+        model's fixed mask (False: land in an ocean field). A pixel counts where any of the group's source channels
+        has no value and the entry gives it a nonzero weight (a bilinear corner, a block's pixel, a matrix column):
+        a station exactly on a sea pixel beside land reads only that pixel."""
+        masked = torch.from_numpy((~np.asarray(valid, dtype=bool)[self.channels]).any(axis=0).astype(np.float64))
+        if self.sampling == "linear":  # |weights|: signed ones could cancel
+            reads = torch.from_numpy(np.abs(self.matrix).astype(np.float64)) @ masked.reshape(-1, 1)
         else:
-            touched = torch.isnan(self.sampled(self.transformed(indicator)))
-        return np.broadcast_to(touched[0].numpy(), self.values.shape)
+            reads = self.sampled(masked[None, None])  # means and bilinear weights: > 0 iff a weighted pixel is masked
+        return np.broadcast_to(reads.reshape(1, *self.values.shape[1:]).numpy() > 0, self.values.shape)
 
     def with_representation_error(self, channel_error: np.ndarray) -> "ObservationGroup":
         """A copy whose :attr:`representation_std` comes from the decoder's reconstruction error per

@@ -51,7 +51,7 @@ import pandas as pd
 import xarray as xr
 
 from latentda.data.io import input_format, open_dataset
-from latentda.data.layout import TIME, FieldLayout, level_text
+from latentda.data.layout import TIME, FieldLayout
 from latentda.data.times import describe_step
 from latentda.data.times import time_step as regular_step
 from latentda.errors import LatentdaError
@@ -173,21 +173,14 @@ def _channel_of(key: str, layout: FieldLayout, rows: int) -> int:
                             f"(model has: {', '.join(s.name for s in layout.variables)})")
     if not spec.has_level:
         raise LatentdaError(f"observation table: variable '{name}' has no levels, {rows} row(s) give level {level}")
-    levels = [level_text(v) for v in layout.level.values]
+    levels = [str(v) for v in layout.level.values]
     if level is None:
         raise LatentdaError(f"observation table: variable '{name}' has levels ({', '.join(levels)}): {rows} row(s) "
                             f"give none (a 'level' column, or '{name}@LEVEL')")
-    match = [v for v in layout.level.values if str(v) == level or _same_number(v, level)]
-    if not match:
+    index = layout.channel_index(f"{name}@{level}")  # 850 matches a level 850.0
+    if index is None:
         raise LatentdaError(f"observation table: variable '{name}' has no level {level} (levels: {', '.join(levels)})")
-    return layout.channels.index(f"{name}@{level_text(match[0])}")
-
-
-def _same_number(a, b) -> bool:
-    try:
-        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=0))
-    except (TypeError, ValueError):
-        return False
+    return index
 
 
 def _channels(table: pd.DataFrame, layout: FieldLayout) -> np.ndarray:

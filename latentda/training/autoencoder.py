@@ -36,7 +36,8 @@ from latentda.config import config_defaults, require, to_dict
 from latentda.data import FieldLayout, FieldSource, Statistics, WindowDataset, compute_statistics, open_dataset, split_segments
 from latentda.data.statistics import MissingScan
 from latentda.errors import LatentdaError
-from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, continues, make_accelerator, shared_statistics
+from latentda.training.loop import (Trainer, TrainingConfig, check_resumed_config, check_run_dir, continues, make_accelerator,
+                                    shared_statistics)
 
 __all__ = ["DataConfig", "AutoEncoderModelConfig", "AutoEncoderConfig", "train_autoencoder", "reconstruction_rmse"]
 
@@ -146,6 +147,10 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
     accelerator = accelerator or make_accelerator(config.training)
     check_run_dir(run_dir, resume, {"data": config.data.path}, final="autoencoder",
                   files=frozenset({"statistics.json", "layout.json"}))
+    # continuing on more (or other) data is allowed: the statistics stay those of the first run's data
+    may_change = frozenset({"data.path"})
+    if continues(run_dir, resume):  # another run's settings are refused before any pass over the data
+        check_resumed_config(run_dir, to_dict(config), may_change, config_defaults(AutoEncoderConfig))
     dataset = open_dataset(config.data.path, config.data.time_dim)
     layout = FieldLayout.from_dataset(dataset, config.data.variables)
     transforms = config.data.transforms(layout.channels)
@@ -207,8 +212,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         save_autoencoder(run_dir / "autoencoder", final, layout, statistics, representation_error=rmse)
         return {"compression_factor": final.compression_factor, "latent_shape": list(final.latent_shape)}
 
-    # continuing on more (or other) data is allowed: the statistics stay those of the first run's data
-    return trainer.run(to_dict(config), save_outputs, may_change=frozenset({"data.path"}), defaults=config_defaults(AutoEncoderConfig))
+    return trainer.run(to_dict(config), save_outputs, may_change=may_change, defaults=config_defaults(AutoEncoderConfig))
 
 
 def _shared_layout(accelerator, path: Path, layout: FieldLayout, scan: MissingScan, allow_missing: bool) -> FieldLayout:

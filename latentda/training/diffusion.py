@@ -31,7 +31,8 @@ from latentda.diffusion.increments import Increments
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
-from latentda.training.loop import Trainer, TrainingConfig, check_run_dir, continues, make_accelerator, shared_statistics
+from latentda.training.loop import (Trainer, TrainingConfig, check_resumed_config, check_run_dir, continues, make_accelerator,
+                                    shared_statistics)
 
 __all__ = ["DenoiserModelConfig", "DiffusionConfig", "LatentDiffusionConfig", "initial_weights", "train_latent_diffusion", "VALID_SIGMAS"]
 
@@ -265,6 +266,10 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     check_run_dir(run_dir, resume, inputs, final="pipeline",
                   files=frozenset({"latent_statistics.json", "increment_statistics.json"}))
     continuing = continues(run_dir, resume)  # else from scratch: statistics computed again
+    # the sampler defaults only set how the saved pipeline samples: a resumed run may retune them
+    sampling = frozenset(f"diffusion.{f.name}" for f in dataclasses.fields(SamplerSettings))
+    if continuing:  # another run's settings are refused before any pass over the data
+        check_resumed_config(run_dir, to_dict(config), sampling, config_defaults(LatentDiffusionConfig))
     torch.manual_seed(config.training.seed)
     try:  # architecture errors before any pass over the data
         backbone = TrajectoryTransformer(
@@ -282,10 +287,9 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
                                      lambda: latent_statistics(source, splits["train"], progress), continuing)
     increments = None
     if config.model.increments:
-        saved = run_dir / "increment_statistics.json"  # none: a run trained without increments, which the config
-        increments = Increments(shared_statistics(accelerator, saved,  # check below refuses to continue with them
+        increments = Increments(shared_statistics(accelerator, run_dir / "increment_statistics.json",
                                                   lambda: increment_statistics(source, splits["train"], z_statistics, progress),
-                                                  continuing and saved.is_file()))
+                                                  continuing))
     schedule = make_schedule(config.diffusion.sigma_min, config.diffusion.sigma_max)
     denoiser = Denoiser(backbone, schedule)
     K = config.model.window
@@ -334,8 +338,6 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         pipeline.save_pretrained(run_dir / "pipeline", model_card=model_card(pipeline, config, summary))
         return {}
 
-    # the sampler defaults only set how the saved pipeline samples: a resumed run may retune them
-    sampling = frozenset(f"diffusion.{f.name}" for f in dataclasses.fields(SamplerSettings))
     return trainer.run(to_dict(config), save_outputs, may_change=sampling, defaults=config_defaults(LatentDiffusionConfig))
 
 
