@@ -76,6 +76,9 @@ def test_longitudes_compare_modulo_360_on_a_regional_grid():
     np.testing.assert_allclose(grid_indices([[30.0, 310.0], [15.0, 295.0]], west), expected)
     with pytest.raises(LatentdaError, match=r"outside the grid along 'longitude' \(\[280.0, 340.0\] \(longitudes compared modulo 360\)"):
         grid_indices([[30.0, 0.0]], east)
+    circle = FieldLayout.from_dataset(make_latlon_dataset().isel(longitude=[15, *range(15)]))  # 337.5, 0, 22.5, …
+    assert circle.periodic[1]
+    np.testing.assert_allclose(grid_indices([[-87.5, 11.25], [-87.5, 337.5], [-87.5, -11.25]], circle)[:, 1], [1.5, 0, 0.5])
     across = regional(np.array([340.0, 350.0, 0.0, 10.0, 20.0]))  # a region across Greenwich
     np.testing.assert_allclose(grid_indices([[30.0, 5.0], [30.0, -15.0], [30.0, 345.0]], across), [[1, 2.5], [1, 0.5], [1, 0.5]])
 

@@ -161,8 +161,8 @@ class FieldLayout:
 
         ``variables`` selects and orders data variables (default: all on the time axis and the grid, in
         alphabetical order, since netCDF and zarr do not keep the same order; so CF's ``time_bnds`` is not
-        one). The grid's coordinates must be monotonic (a longitude axis rolled to −180…180 without sorting
-        is not: it would make a global circle non-periodic and misplace point observations).
+        one). The grid's coordinates must be monotonic, longitudes as angles: a circle rolled to start anywhere
+        (0 … 157.5, −180 … −22.5) or a region across Greenwich (350, 355, 0, 5) is in order.
         """
         if TIME not in dataset.dims:
             raise LatentdaError(f"dataset has no '{TIME}' dimension (found dims: {', '.join(map(str, dataset.dims)) or 'none'}; "

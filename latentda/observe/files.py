@@ -58,7 +58,7 @@ def fractional_index(values: np.ndarray, axis, longitude: bool = False) -> np.nd
     compared modulo 360 (−50 is 310 on a grid of 280…340; 310 is −50 on one of −80…−20)."""
     coords = np.asarray(axis.values, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
-    if longitude and not axis.periodic:  # a regional grid may cross the 0/360 line: 350, 355, 0, 5 → 350 … 365
+    if longitude:  # a region across the 0/360 line (350, 355, 0, 5 → 350 … 365), a circle rolled to start anywhere
         coords = unwrap_longitude(coords)
     if axis.periodic:
         step = coords[1] - coords[0]
@@ -83,8 +83,9 @@ def grid_indices(positions: np.ndarray, layout: FieldLayout) -> np.ndarray:
                      for i in range(2)], axis=1)
 
 
-def _grid_coordinate(index: np.ndarray, axis) -> np.ndarray:
-    coords = np.asarray(axis.values, dtype=np.float64)
+def _grid_coordinate(index: np.ndarray, axis, longitude: bool = False) -> np.ndarray:
+    """Fractional pixel indices → grid coordinates along ``axis`` (the inverse of :func:`fractional_index`)."""
+    coords = unwrap_longitude(axis.values) if longitude else np.asarray(axis.values, dtype=np.float64)
     return np.interp(index, np.arange(coords.size), coords) if not axis.periodic else coords[0] + index * (coords[1] - coords[0])
 
 
@@ -272,7 +273,8 @@ def observations_to_dataset(operator: ObservationOperator, layout: FieldLayout, 
             dims = (TIME, f"{name}_point")
             for axis_index, axis in enumerate(layout.grid):
                 coords[f"{name}_{axis.name}"] = xr.DataArray(
-                    _grid_coordinate(group.points[:, axis_index], axis), dims=f"{name}_point", attrs=dict(axis.attrs))
+                    _grid_coordinate(group.points[:, axis_index], axis, layout.is_latlon and axis_index == 1),
+                    dims=f"{name}_point", attrs=dict(axis.attrs))
         else:
             dims = (TIME, f"{name}_row")
             data_vars[f"{name}_matrix"] = xr.Variable((f"{name}_row", f"{name}_column"), group.matrix)
