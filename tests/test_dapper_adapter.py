@@ -55,7 +55,7 @@ def setup(tmp_path_factory):
 
 
 def _method(pipeline, **options):
-    return LatentDA(pipeline=pipeline, N=N_MEMBERS, **{"settings": {"steps": 2}, **options})
+    return LatentDA(pipeline=pipeline, **{"N": N_MEMBERS, "settings": {"steps": 2}, **options})
 
 
 def statistics(xp) -> dict:
@@ -195,6 +195,31 @@ def test_smoother_records_smoothed_statistics(setup):
         LatentDA(pipeline=pipeline, mode="bidirectional")
 
 
+def test_an_xp_edited_after_it_was_made_runs_as_edited(setup):
+    """DAPPER's xps are plain data edited before a launch: a lag or mode set afterwards is checked and gives the Lag (and
+    the s series) of the method as it runs — that of one made with it; an ndarray state_index compares whole, so
+    xpList(unique=True) and `xp in xps` work."""
+    pipeline, HMM, xx, yy = setup
+    edited, made = _method(pipeline, lag=1), _method(pipeline, lag=3)
+    edited.lag = 3
+    for xp in (edited, made):
+        xp.assimilate(HMM, xx, yy)
+    assert edited.Lag == made.Lag == 2
+    np.testing.assert_array_equal(edited.stats.err.rms.s, made.stats.err.rms.s)
+    back = _method(pipeline, lag=3)
+    back.lag = 1
+    back.assimilate(HMM, xx, yy)
+    assert "Lag" not in back.__dict__ and np.isfinite(back.stats.err.rms.a).all()
+    edited.N = 0
+    with pytest.raises(LatentdaError, match="N must be an integer ≥ 2"):
+        edited.assimilate(HMM, xx, yy)
+    index = np.arange(NX)[::-1].copy()
+    xps = dpr.xpList(unique=True)
+    xps += _method(pipeline, state_index=index)
+    xps += _method(pipeline, state_index=index.copy())
+    assert len(xps) == 1 and xps[0].state_index == tuple(range(NX))[::-1]
+
+
 def test_arguments_are_checked_when_the_method_is_made(setup):
     """A bad argument fails in LatentDA(...), before an xpList runs the methods listed before it; numpy numbers
     (an xpList built from np.arange) pass as Python's; the smoother refuses the filter's arguments; observation
@@ -207,7 +232,10 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(condition_noise=0.0), "conditioning noise must be positive"),
                              (dict(conditioning="nudging"), "conditioning must be one of"),
                              (dict(settings={"steps": 0}), "steps: must be an integer ≥ 1"),
-                             (dict(mode="smoother", lag=2, context=1), "lag, context: the filter's, not the smoother's")):
+                             (dict(mode="smoother", lag=2, context=1), "lag, context: the filter's, not the smoother's"),
+                             (dict(N=1), "N must be an integer ≥ 2"), (dict(N=2.5), "N must be an integer"),
+                             (dict(latent_seed=1.5), "latent_seed must be an integer"),
+                             (dict(forecasts="no"), "forecasts must be True or False")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)
     biased = modelling.Operator(**modelling.partial_Id_Obs(NX, np.arange(4)), noise=modelling.GaussRV(mu=0.5, C=0.01, M=4))

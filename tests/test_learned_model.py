@@ -98,8 +98,11 @@ def test_the_hmm_is_copied_and_an_ensemble_filter_runs_with_the_learned_model(pi
     dpr.set_seed(3)
     xx, yy = HMM.simulate()
     exact = HMM.Dyn.model
+    HMM.Dyn.linear = tangent = lambda x, t, dt: 0.9 * np.roll(np.eye(NX), 1, axis=0)  # the exact model's, as DAPPER's have
     learned = with_learned_model(HMM, pipeline, settings=SETTINGS)
-    assert HMM.Dyn.model is exact and isinstance(learned.Dyn.model, LearnedModel)
+    assert HMM.Dyn.model is exact and isinstance(learned.Dyn.model, LearnedModel) and HMM.Dyn.linear is tangent
+    with pytest.raises(LatentdaError, match="the learned model has no tangent-linear model"):  # not mixed in (ExtKF)
+        learned.Dyn.linear(xx[0], 0.0, 1.0)
     times = []
     step = LearnedModel.__call__
     monkeypatch.setattr(LearnedModel, "__call__", lambda self, x, t, dt: times.append(t) or step(self, x, t, dt))

@@ -75,6 +75,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("latentda.integrations.dapper needs DAPPER: pip install 'latentda[dapper]' (dapper==1.7.1)") from error
 
 from latentda.diffusion.distributed import collective_device, process_count
+from latentda.config import MAX_SEED
 from latentda.errors import LatentdaError, check_integer
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.filtering import FilterSettings, default_lag, filter_members, join_cycles
@@ -239,12 +240,19 @@ class LatentDA:
 
     def __post_init__(self) -> None:
         """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
-        methods listed before it."""
+        methods listed before it (and again when it assimilates: an xp's fields may be edited in between)."""
         if self.mode not in ("filter", "smoother"):
             raise LatentdaError(f"mode must be filter or smoother, got {self.mode!r}")
         if getattr(self.pipeline, "calendar", False):
             raise LatentdaError("LatentDA cannot give a calendar-conditioned prior the dates of DAPPER's times")
+        check_integer("N", self.N, 2, hint=" (an ensemble: its spread needs two members, as DAPPER's EnKF does)")
+        check_integer("latent_seed", self.latent_seed, 0, MAX_SEED)
         check_integer("start_cycle", self.start_cycle, 0)
+        if not isinstance(self.forecasts, (bool, np.bool_)):
+            raise LatentdaError(f"forecasts must be True or False, got {self.forecasts!r}")
+        if isinstance(self.state_index, np.ndarray):  # a tuple compares whole (xpList(unique=True), xp in xps)
+            self.state_index = tuple(int(i) for i in self.state_index.ravel())
+        self.__dict__.pop("Lag", None)
         self._posterior_settings().validate(self.pipeline)
         if self.mode == "smoother":
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
@@ -301,6 +309,10 @@ class LatentDA:
 
     # ------------------------------------------------------------------ DAPPER's entry point
     def assimilate(self, HMM, xx, yy):
+        made_for = self.__dict__.get("Lag")
+        self.__post_init__()  # the fields as they are now: an xp may be edited after it was made
+        if self.__dict__.get("Lag") != made_for:  # DAPPER made its stats ('s' series or not) for the Lag it had
+            self.stats = dapper.stats.Stats(self, HMM, xx, yy, liveplots=self.stats.liveplots, store_u=self.stats.store_u)
         self._check(HMM)
         rank, processes = _processes()
         members = deal_members(self.N, rank, processes)  # this process's share (module docstring)

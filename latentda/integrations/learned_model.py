@@ -104,4 +104,10 @@ def with_learned_model(HMM, pipeline, **options):
                             f"{HMM.tseq.dko} model steps per cycle (dko)")
     learned = HMM.copy()
     learned.Dyn.model = LearnedModel(pipeline, **options)
+    if hasattr(learned.Dyn, "linear"):  # the exact model's tangent would be mixed with the learned forecast (ExtKF, 4D-Var)
+        learned.Dyn.linear = _no_tangent
     return learned
+
+
+def _no_tangent(*args, **kwargs):
+    raise LatentdaError("the learned model has no tangent-linear model: assimilate with an ensemble method (EnKF, LETKF)")
