@@ -73,6 +73,7 @@ MODEL_INDEX = {
     "scheduler": ["diffusers", "EDMEulerScheduler"],
 }
 PIPELINE_ENTRIES = ("model_index.json", "pipeline_config.json", "README.md", "autoencoder", "denoiser", "scheduler")
+FOLDER_JUNK = (".DS_Store", "Thumbs.db")  # what file browsers leave in a folder: a save may replace it (not .git)
 
 
 @dataclass(frozen=True)
@@ -719,12 +720,12 @@ def _check_device(device, dtype) -> None:
 
 def _check_replaceable(path: Path) -> None:
     """``path`` may be written by :meth:`LatentDAPipeline.save_pretrained`: absent, an empty folder, or a
-    pipeline folder holding nothing but a pipeline's files, hidden names aside (which the new save replaces)."""
+    pipeline folder holding nothing but a pipeline's files and a file browser's junk (which the new save replaces)."""
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise LatentdaError(f"{path}: exists and is not a pipeline folder: save to another path or remove it")
     if not path.is_dir():
         return
-    entries = sorted(entry.name for entry in path.iterdir() if not entry.name.startswith("."))  # .DS_Store and the like
+    entries = sorted(entry.name for entry in path.iterdir() if entry.name not in FOLDER_JUNK)
     others = [name for name in entries if name not in PIPELINE_ENTRIES]
     if entries and ("model_index.json" not in entries or others):
         held = f"holds {', '.join(others[:3])}{', …' if len(others) > 3 else ''}" if others else "has no model_index.json"

@@ -143,6 +143,15 @@ def test_save_pretrained_replaces_only_a_pipeline_folder(saved, tmp_path):
     assert (again / "README.md").read_text(encoding="utf-8") == "# another card\n"
     z = pipeline.encode(pipeline.layout.to_array(truth))
     np.testing.assert_array_equal(LatentDAPipeline.from_pretrained(copy).decode(z), pipeline.decode(z))
+    (copy / ".DS_Store").write_bytes(b"junk")  # a file browser's: replaced with the rest
+    loaded.save_pretrained(copy)
+    (copy / ".git").mkdir()  # a clone of a hub repo: its history is not the pipeline's to delete
+    with pytest.raises(LatentdaError, match=r"not only a pipeline \(holds .git\)"):
+        loaded.save_pretrained(copy)
+    assert (copy / ".git").is_dir()
+    tuned = LatentDAPipeline.from_pretrained(folder)
+    tuned.sampling = tuned.sampling.with_overrides(steps=np.int64(3), tau=np.float32(0.5))  # a sweep's numpy numbers
+    assert LatentDAPipeline.from_pretrained(tuned.save_pretrained(tmp_path / "tuned")).sampling.steps == 3
 
 
 def test_misspelt_keys_in_a_saved_folder_are_refused(saved, tmp_path):
@@ -174,6 +183,9 @@ def test_device_dtype_and_hub_upload_errors_are_one_line(saved, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(LatentdaError, match="device cuda: this machine has 0 cuda device"):
             LatentDAPipeline.from_pretrained(folder, device="cuda")
+    from latentda.devices import check_device
+
+    check_device("meta")  # a backend latentda does not count is left to torch
     loaded = LatentDAPipeline.from_pretrained(folder)
     saves = []
     monkeypatch.setattr(LatentDAPipeline, "save_pretrained", lambda self, path, **k: saves.append(path))

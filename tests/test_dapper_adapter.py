@@ -235,7 +235,8 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(mode="smoother", lag=2, context=1), "lag, context: the filter's, not the smoother's"),
                              (dict(N=1), "N must be an integer ≥ 2"), (dict(N=2.5), "N must be an integer"),
                              (dict(latent_seed=1.5), "latent_seed must be an integer"),
-                             (dict(forecasts="no"), "forecasts must be True or False")):
+                             (dict(forecasts="no"), "forecasts must be True or False"),
+                             (dict(state_index=np.arange(NX) + 0.7), "state_index must be a 1-D array of integers")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)
     biased = modelling.Operator(**modelling.partial_Id_Obs(NX, np.arange(4)), noise=modelling.GaussRV(mu=0.5, C=0.01, M=4))

@@ -63,6 +63,12 @@ def test_values_on_the_fixed_mask_are_encoded_as_missing(tmp_path):
     empty = encode_dataset(masked, write_dataset(holes, tmp_path / "holes.zarr"), tmp_path / "hole-latents.zarr",
                            progress=False)
     np.testing.assert_array_equal(open_dataset(full)["latent"].values, open_dataset(empty)["latent"].values)
+    filled = dataset.copy(deep=True)
+    filled["u"][:, :3, :2] = 1e20  # an undeclared fill value on land: no data, not an error
+    with pytest.warns(UserWarning, match="lie on the autoencoder's fixed mask"):
+        fill = encode_dataset(masked, write_dataset(filled, tmp_path / "fill.zarr"), tmp_path / "fill-latents.zarr",
+                              progress=False)
+    np.testing.assert_array_equal(open_dataset(fill)["latent"].values, open_dataset(empty)["latent"].values)
     assert not np.array_equal(open_dataset(full)["latent"].values,
                               open_dataset(encode_dataset(folder, tmp_path / "full.zarr", tmp_path / "plain.zarr",
                                                           progress=False))["latent"].values)  # the mask matters

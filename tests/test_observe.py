@@ -79,7 +79,14 @@ def test_longitudes_compare_modulo_360_on_a_regional_grid():
     circle = FieldLayout.from_dataset(make_latlon_dataset().isel(longitude=[15, *range(15)]))  # 337.5, 0, 22.5, …
     assert circle.periodic[1]
     np.testing.assert_allclose(grid_indices([[-87.5, 11.25], [-87.5, 337.5], [-87.5, -11.25]], circle)[:, 1], [1.5, 0, 0.5])
+    from latentda.data.layout import unwrap_longitude
+    from latentda.observe.files import _grid_coordinate
+
+    np.testing.assert_allclose(unwrap_longitude([0.0, 180.0, 350.0]), [0.0, 180.0, 350.0])  # steps in (−180, 180]
+    with pytest.raises(LatentdaError, match="goes round the circle more than once"):
+        regional(np.arange(0.0, 361.0, 22.5))
     across = regional(np.array([340.0, 350.0, 0.0, 10.0, 20.0]))  # a region across Greenwich
+    np.testing.assert_allclose(_grid_coordinate(np.array([0.5, 2.5]), across.grid[1], longitude=True), [345.0, 5.0])
     np.testing.assert_allclose(grid_indices([[30.0, 5.0], [30.0, -15.0], [30.0, 345.0]], across), [[1, 2.5], [1, 0.5], [1, 0.5]])
 
 

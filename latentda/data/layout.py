@@ -98,7 +98,7 @@ def unwrap_longitude(values: np.ndarray) -> np.ndarray:
     """Longitudes (degrees) made continuous: each step taken modulo 360 into (−180, 180], so that a regional grid
     across the 0/360 (or ±180) line, 350, 355, 0, 5, reads 350, 355, 360, 365."""
     values = np.asarray(values, dtype=np.float64)
-    steps = np.mod(np.diff(values) + 180.0, 360.0) - 180.0
+    steps = 180.0 - np.mod(180.0 - np.diff(values), 360.0)
     return np.concatenate([values[:1], values[0] + np.cumsum(steps)])
 
 
@@ -198,7 +198,11 @@ class FieldLayout:
         for axis, name in enumerate(grid_names):
             values = np.asarray(dataset[name].values, dtype=np.float64)
             longitude = is_latlon and axis == 1
-            step = np.diff(unwrap_longitude(values) if longitude else values)  # 350, 355, 0, 5: across Greenwich
+            unwrapped = unwrap_longitude(values) if longitude else values  # 350, 355, 0, 5: across Greenwich
+            step = np.diff(unwrapped)
+            if longitude and step.size and abs(unwrapped[-1] - unwrapped[0]) >= 360 - 1e-6 * np.abs(step).min():
+                raise LatentdaError(f"coordinate '{name}' goes round the circle more than once ({values[0]:g} … "
+                                    f"{values[-1]:g}, {abs(unwrapped[-1] - unwrapped[0]):g}° in all): a longitude repeats")
             if step.size and not ((step > 0).all() or (step < 0).all()):
                 where = int(np.argmax(step <= 0) if step[0] > 0 else np.argmax(step >= 0)) + 1
                 advice = (f"dataset.sortby('{name}') in the convention (0…360 or −180…180) where the region is contiguous"

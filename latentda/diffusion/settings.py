@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
+import numpy as np
+
 from latentda.config import require
 from latentda.errors import LatentdaError
 
@@ -82,6 +84,12 @@ class SamplerSettings:
     churn: float = field(default=0.0, metadata=_help("stochastic churn (0: none)"))
     overlap: int | None = field(default=None, metadata=_help(
         "states shared by consecutive blankets, in [0, window); also the forecast context"))
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # numpy numbers (a sweep over np.arange) as Python's: JSON writes them
+            value = getattr(self, item.name)
+            if isinstance(value, np.generic):
+                object.__setattr__(self, item.name, value.item())
 
     def validate(self, prefix: str = "") -> None:
         """Every rule on the values alone (a one-line :class:`LatentdaError` naming the field)."""

@@ -251,7 +251,10 @@ class LatentDA:
         if not isinstance(self.forecasts, (bool, np.bool_)):
             raise LatentdaError(f"forecasts must be True or False, got {self.forecasts!r}")
         if isinstance(self.state_index, np.ndarray):  # a tuple compares whole (xpList(unique=True), xp in xps)
-            self.state_index = tuple(int(i) for i in self.state_index.ravel())
+            if self.state_index.ndim != 1 or not np.issubdtype(self.state_index.dtype, np.integer):
+                raise LatentdaError(f"state_index must be a 1-D array of integers, got {self.state_index.dtype} of shape "
+                                    f"{self.state_index.shape}")
+            self.state_index = tuple(int(i) for i in self.state_index)
         self.__dict__.pop("Lag", None)
         self._posterior_settings().validate(self.pipeline)
         if self.mode == "smoother":

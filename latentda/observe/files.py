@@ -86,7 +86,11 @@ def grid_indices(positions: np.ndarray, layout: FieldLayout) -> np.ndarray:
 def _grid_coordinate(index: np.ndarray, axis, longitude: bool = False) -> np.ndarray:
     """Fractional pixel indices → grid coordinates along ``axis`` (the inverse of :func:`fractional_index`)."""
     coords = unwrap_longitude(axis.values) if longitude else np.asarray(axis.values, dtype=np.float64)
-    return np.interp(index, np.arange(coords.size), coords) if not axis.periodic else coords[0] + index * (coords[1] - coords[0])
+    values = np.interp(index, np.arange(coords.size), coords) if not axis.periodic else coords[0] + index * (coords[1] - coords[0])
+    if longitude:  # back into the grid's own convention (5, not 365, on a grid of 350 … 10)
+        lowest = float(np.min(axis.values))
+        values = lowest + np.mod(values - lowest, 360.0)
+    return values
 
 
 # ---------------------------------------------------------------------------------- reading
