@@ -212,7 +212,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
         save_autoencoder(run_dir / "autoencoder", final, layout, statistics, representation_error=rmse)
         return {"compression_factor": final.compression_factor, "latent_shape": list(final.latent_shape)}
 
-    return trainer.run(to_dict(config), save_outputs, may_change=may_change, defaults=config_defaults(AutoEncoderConfig))
+    return trainer.run(to_dict(config), save_outputs)
 
 
 def _shared_layout(accelerator, path: Path, layout: FieldLayout, scan: MissingScan, allow_missing: bool) -> FieldLayout:

@@ -338,7 +338,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         pipeline.save_pretrained(run_dir / "pipeline", model_card=model_card(pipeline, config, summary))
         return {}
 
-    return trainer.run(to_dict(config), save_outputs, may_change=sampling, defaults=config_defaults(LatentDiffusionConfig))
+    return trainer.run(to_dict(config), save_outputs)
 
 
 def model_card(pipeline: LatentDAPipeline, config: LatentDiffusionConfig, summary: dict) -> str:

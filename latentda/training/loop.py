@@ -428,18 +428,15 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ a whole run
-    def run(self, config_data: dict, save_outputs: Callable[[torch.nn.Module, dict], dict],
-            may_change: frozenset[str] = frozenset(), defaults: dict | None = None) -> dict:
-        """Write ``config.yaml`` (resuming: after :func:`check_resumed_config` with ``may_change`` and
-        ``defaults``), train,
+    def run(self, config_data: dict, save_outputs: Callable[[torch.nn.Module, dict], dict]) -> dict:
+        """Write ``config.yaml`` (resuming: the caller has checked ``config_data`` against the first run's with
+        :func:`check_resumed_config`, before its statistics pass), train,
         then (main process) hand the EMA model and the final metrics to ``save_outputs``, which writes
         the run's artefacts and returns extra summary entries for ``metrics.json``. Returns the final
         validation metrics."""
         import yaml
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if continues(self.run_dir, self.resume):
-            check_resumed_config(self.run_dir, config_data, may_change, defaults)
         self.config_text = yaml.safe_dump(config_data, sort_keys=False)  # written once the weights load (fit)
         metrics = self.fit()
         ema_state = self._ema_state() if self.sharded else None  # a collective: before the main-only part
