@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -39,12 +38,12 @@ def _help(text: str, **more) -> dict:
     return {"help": text, **more}
 
 
-def _is_int(value: Any) -> bool:  # a Python or numpy integer, not a bool
-    return isinstance(value, Integral) and not isinstance(value, bool)
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class SamplerSettings:
         "states shared by consecutive blankets, in [0, window); also the forecast context"))
 
     def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):  # numpy numbers (a sweep over np.arange) as Python's: JSON writes them
+        for item in dataclasses.fields(self):  # numpy numbers (a sweep over np.arange) as Python's: checked and JSON-written as such
             value = getattr(self, item.name)
             if isinstance(value, np.generic):
                 object.__setattr__(self, item.name, value.item())

@@ -54,8 +54,9 @@ because the truth is NaN there."""
 # ---------------------------------------------------------------------------------- positions
 def fractional_index(values: np.ndarray, axis, longitude: bool = False) -> np.ndarray:
     """Grid coordinates → fractional pixel indices along ``axis`` (periodic axes wrap; outside a
-    non-periodic axis is an error). A ``longitude`` is an angle: on a regional grid (not periodic) it is
-    compared modulo 360 (−50 is 310 on a grid of 280…340; 310 is −50 on one of −80…−20)."""
+    non-periodic axis is an error). A ``longitude`` is an angle: the grid's coordinates are unwrapped (a region
+    across Greenwich, a circle rolled to start anywhere) and values compared modulo 360 (−50 is 310 on a grid of
+    280…340; 310 is −50 on one of −80…−20)."""
     coords = np.asarray(axis.values, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     if longitude:  # a region across the 0/360 line (350, 355, 0, 5 → 350 … 365), a circle rolled to start anywhere
