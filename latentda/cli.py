@@ -135,6 +135,13 @@ def _latent_summary(model) -> str:
     return f"{' × '.join(map(str, model.latent_shape))}, compression ×{model.compression_factor:.3g}"
 
 
+def _is_main_process() -> bool:
+    """Whether this is the main (or only) process of a run under torchrun/accelerate launch."""
+    from latentda.processes import process_state
+
+    return process_state().is_main_process
+
+
 def _train_ae(args: argparse.Namespace) -> None:
     from latentda.components import load_autoencoder
     from latentda.config import load_config
@@ -142,6 +149,8 @@ def _train_ae(args: argparse.Namespace) -> None:
 
     config = load_config(AutoEncoderConfig, args.config, _overrides(args))
     metrics = train_autoencoder(config, resume=args.resume, progress=not args.quiet)
+    if not _is_main_process():  # one report for the processes training together
+        return
     if metrics:
         print(f"validation reconstruction RMSE (standardised): {metrics['rmse_mean']:.4f} ("
               + ", ".join(f"{k} {v:.4f}" for k, v in metrics["rmse"].items()) + ")")
@@ -153,9 +162,10 @@ def _train_ae(args: argparse.Namespace) -> None:
 def _encode(args: argparse.Namespace) -> None:
     from latentda.encoding import encode_dataset
 
-    path = encode_dataset(args.autoencoder, args.data, args.out, batch_size=args.batch_size,
-                          overwrite=args.overwrite, progress=not args.quiet, time_dim=args.time_dim)
-    print(f"wrote {path}")
+    path = encode_dataset(args.autoencoder, args.data, args.out, batch_size=args.batch_size, overwrite=args.overwrite,
+                          progress=not args.quiet, device=args.device, time_dim=args.time_dim)
+    if _is_main_process():
+        print(f"wrote {path}")
 
 
 def _train_ldm(args: argparse.Namespace) -> None:
@@ -164,6 +174,8 @@ def _train_ldm(args: argparse.Namespace) -> None:
 
     config = load_config(LatentDiffusionConfig, args.config, _overrides(args))
     metrics = train_latent_diffusion(config, str(args.latents), resume=args.resume, progress=not args.quiet)
+    if not _is_main_process():
+        return
     if metrics:
         print("validation denoising MSE: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics["denoising_mse"].items()))
     print(f"wrote {Path(config.output) / 'pipeline'}")
@@ -317,7 +329,7 @@ def _filter(args: argparse.Namespace) -> None:
 def _load_run_pipeline(args: argparse.Namespace):
     """The pipeline of a reanalysis or forecast, on this process's device (a GPU per process under
     torchrun/accelerate launch), its progress bars and per-member lines silenced by --quiet."""
-    from latentda.runs import process_state
+    from latentda.processes import process_state
 
     pipeline = _load_pipeline(args, args.device or process_state().device)
     pipeline.set_progress_bar_config(disable=args.quiet)
@@ -568,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data", required=True, type=Path, help="netCDF file or zarr store to encode")
     sub.add_argument("--out", required=True, type=Path, help="output latents (LATENTS.zarr)")
     sub.add_argument("--batch-size", type=_positive_int, default=64, help="states encoded at once (default 64)")
+    sub.add_argument("--device", help="torch device (default: cuda when available, else cpu; under torchrun each "
+                                      "process's own)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _time_dim_option(sub, "--data")
 

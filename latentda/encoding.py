@@ -13,6 +13,12 @@ dataset size. The store holds::
 
 and is written to a temporary path and renamed when complete.
 
+Several processes (``torchrun`` / ``accelerate launch``): the batches of states are dealt round-robin
+over the processes (batch i to process i mod P, each on its own device); the main process creates the
+temporary store, every process writes its batches into their regions (one time step per chunk: no two
+processes write one chunk), and the main process renames the store once all have finished. A bad
+value met by any process stops every process with its message, and nothing is left.
+
 Masks and missing values: masked pixels (the autoencoder's fixed mask, ``FieldLayout.mask``) enter
 the encoder as 0, the channel mean, as in training. A state with NaN outside the mask is *missing*:
 refused (naming the variable and the step) unless the autoencoder was trained with
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +41,11 @@ from tqdm.auto import tqdm
 
 from latentda.components import autoencoder_fingerprint, load_autoencoder
 from latentda.data import LATENT, atomic_path, open_dataset, time_step
+from latentda.data.io import already_exists, create_store, write_region
 from latentda.data.windows import MISSING_ATTR
-from latentda.data.io import create_store, write_region
 from latentda.data.layout import CONVENTIONS, TIME, TRAJECTORY
 from latentda.data.statistics import check_finite
+from latentda.processes import first_text, gather_texts, process_state, raise_first, run_on_main
 
 __all__ = ["encode_dataset", "missing_states"]
 
@@ -49,12 +57,18 @@ def encode_dataset(
     batch_size: int = 64,
     overwrite: bool = False,
     progress: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     time_dim: str | None = None,
 ) -> Path:
     """Encode every state of ``data`` with the autoencoder folder ``autoencoder`` into ``out``
-    (``time_dim``: the name of ``data``'s time dimension, when not found from its CF attributes).
-    The grid must be the model's and the time axis regular (checked before anything is written)."""
+    (``time_dim``: the name of ``data``'s time dimension, when not found from its CF attributes) on
+    ``device`` (default: this process's, a GPU when there is one). The grid must be the model's and
+    the time axis regular (checked before anything is written)."""
+    state = process_state()
+    main = state.is_main_process
+    device = device or state.device
+    if (Path(out).exists() or Path(out).is_symlink()) and not overwrite:  # every process, before any waits
+        raise already_exists(Path(out))
     model, layout, statistics = load_autoencoder(autoencoder, device)
     dataset = open_dataset(data, time_dim)
     layout.check(dataset)
@@ -79,14 +93,23 @@ def encode_dataset(
         "latentda_statistics": json.dumps(statistics.to_dict()),
     }
     variables = {LATENT: (dims, "float32", {"long_name": "autoencoder latent state", "units": "1"})}
-    with atomic_path(out, overwrite=overwrite) as temporary:
-        create_store(temporary, coords, variables, attrs)
-        bar = tqdm(total=len(trajectories) * steps, desc="encode", unit="state", disable=not progress)
+    batches = [(index, trajectory, start) for index, trajectory in enumerate(trajectories) for start in range(0, steps, batch_size)]
+    mine = batches[state.process_index :: state.num_processes]
+    with ExitStack() as output:  # on the main process: the temporary store, renamed to ``out`` on leaving
+
+        def create() -> str:
+            temporary = output.enter_context(atomic_path(out, overwrite=overwrite))
+            create_store(temporary, coords, variables, attrs)
+            return str(temporary)
+
+        temporary = Path(first_text(run_on_main(create, main) or ""))
+        bar = tqdm(total=sum(min(start + batch_size, steps) - start for _, _, start in mine), desc="encode", unit="state",
+                   disable=not (progress and main))
         missing: list[list] = []
-        on_mask = 0
-        with torch.no_grad():
-            for index, trajectory in enumerate(trajectories):
-                for start in range(0, steps, batch_size):
+        on_mask, error = 0, None
+        try:
+            with torch.no_grad():
+                for index, trajectory, start in mine:
                     stop = min(start + batch_size, steps)
                     frames = layout.to_array(dataset, trajectory, slice(start, stop))
                     if layout.mask is not None:  # values where the model has none: not the encoder's input in training
@@ -103,14 +126,25 @@ def encode_dataset(
                     region = (index, slice(start, stop)) if has_trajectories else (slice(start, stop),)
                     write_region(temporary, {LATENT: z}, region)
                     bar.update(stop - start)
+        except Exception as caught:  # noqa: BLE001 — raised on every process just below
+            error = caught
         bar.close()
-        if on_mask:
+        raise_first(error)  # also: every process has written its batches
+        shares = [json.loads(text) for text in gather_texts(json.dumps([on_mask, missing]))]
+        on_mask = sum(count for count, _ in shares)
+        missing = sorted((pair for _, pairs in shares for pair in pairs), key=lambda pair: (pair[0] or 0, pair[1]))
+        if on_mask and main:
             warnings.warn(f"{on_mask} value(s) lie on the autoencoder's fixed mask (pixels NaN at every training step): "
                           "encoded as missing, as in training", stacklevel=2)
-        if missing:
-            import zarr
 
-            zarr.open_group(temporary, mode="a").attrs[MISSING_ATTR] = json.dumps(missing)
+        def finish() -> None:
+            if missing:
+                import zarr
+
+                zarr.open_group(temporary, mode="a").attrs[MISSING_ATTR] = json.dumps(missing)
+            output.close()  # renamed into place
+
+        run_on_main(finish, main)
     return Path(out)
 
 

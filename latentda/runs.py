@@ -46,56 +46,22 @@ from tqdm.auto import tqdm
 from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, ensemble_dataset, open_ensemble
 from latentda.data.io import remove_path
 from latentda.data.layout import FieldLayout
-from latentda.diffusion.distributed import check_blanket_split, collective_device, process_count, started_here
+from latentda.diffusion.distributed import check_blanket_split
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior import reanalysis
 from latentda.posterior.forecast import ForecastMembers
 from latentda.posterior.prior import PriorModel
+from latentda.processes import deal_members, gather_members, process_state, run_on_main
 from latentda.posterior.reanalysis import PosteriorSettings
 
-__all__ = ["EnsembleRun", "run_reanalysis", "run_forecast", "run_filter", "run_attributes", "lead_time_axis",
-           "process_state", "gather_members"]
+__all__ = ["EnsembleRun", "run_reanalysis", "run_forecast", "run_filter", "run_attributes", "lead_time_axis"]
 
 Report = Callable[[str], None]
 UNRECORDED = ("batch_members", "split_blankets", "decode_chunk")  # change float rounding only, not the members
 
 
-def process_state():
-    """Accelerate's view of the processes (joins the process group under torchrun/accelerate launch;
-    alone, one process)."""
-    from accelerate import PartialState  # heavy: imported when a run starts
 
-    return started_here(lambda: PartialState(cpu=not torch.cuda.is_available()))
-
-
-def deal_members(count: int, index: int, processes: int) -> list[int]:
-    """Process ``index``'s share of ``count`` members dealt round-robin over ``processes`` (member m to
-    process m mod P, the layout :func:`gather_members` reverses); every process needs one."""
-    if count < processes:
-        raise LatentdaError(f"{count} members cannot be dealt over {processes} processes: give at least {processes}")
-    return list(range(count))[index::processes]
-
-
-def gather_members(local: np.ndarray, count: int) -> np.ndarray:
-    """The rows of ``count`` members dealt round-robin over the processes (member m on process
-    m mod P; ``local`` holds this process's, in increasing order) gathered on every process, in member
-    order (an all-gather; processes with fewer members pad). Alone (no process group, or one
-    process): ``local`` itself. Values pass as float64: exact for float32 and small integers."""
-    import torch.distributed as dist
-
-    processes = process_count()
-    if processes == 1:
-        return local
-    rows = -(-count // processes)  # ⌈count / P⌉
-    padded = np.zeros((rows, *local.shape[1:]), dtype=np.float64)
-    padded[: len(local)] = local
-    tensor = torch.from_numpy(padded).to(collective_device())
-    parts = [torch.empty_like(tensor) for _ in range(processes)]
-    dist.all_gather(parts, tensor)
-    stacked = torch.stack(parts).cpu().numpy()  # (P, rows, ...): member m = r + P·i at [r, i]
-    members = np.arange(count)
-    return stacked[members % processes, members // processes].astype(local.dtype, copy=False)
 
 
 def _fail(error: BaseException, store: EnsembleWriter, finished: int, what: str) -> None:
@@ -183,8 +149,7 @@ class EnsembleRun:
                                   init_time=init_time, **kwargs)
 
         self.state.wait_for_everyone()
-        writer = store() if self.is_main else None
-        self.state.wait_for_everyone()
+        writer = run_on_main(store, self.is_main)  # a refused resume stops every process with its message
         self.store = writer or store(attach=True)
         pending = self.store.pending()
         if len(pending) < members:
@@ -300,8 +265,7 @@ def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOper
             return EnsembleWriter(out, layout, time, members, attrs, resume=resume, overwrite=overwrite, by_time=True, **kwargs)
 
         processes.wait_for_everyone()
-        writer = store() if main else None
-        processes.wait_for_everyone()
+        writer = run_on_main(store, main)
         saved = (writer or store(attach=True)).load_state()
         if saved is not None:
             state = FilterState.from_arrays(saved, cycles)  # a lagged filter re-reads its last cycles

@@ -187,6 +187,10 @@ def test_resume_with_other_settings_is_refused(setup, tmp_path, monkeypatch):
     assert cli.main(args) == 130
     monkeypatch.setattr(reanalysis, "posterior_members", real)
     assert cli.main(args + ["--resume", "--seed", "7"]) == 2  # other seed: members would mix
+    # under 2 processes the main one finds it (creating the store): both stop with its one line
+    two = run_torchrun(["-m", "latentda.cli", *args, "--resume", "--seed", "7"], 29536, check=False)
+    assert two.returncode != 0 and two.stderr.count("error: ") == 2 and "other settings (seed" in two.stderr, two.stderr[-2000:]
+    assert "gloo" not in two.stderr and (tmp_path / "p.zarr.partial").is_dir()  # the finished member kept
     assert cli.main(args + ["--resume"]) == 0
 
 

@@ -266,7 +266,7 @@ def test_the_pipeline_is_a_prior_model(setup):
     assert isinstance(setup[1], PriorModel)
 
 
-LAYERS = ["data", "observe", "nn", "diffusion", "posterior", "runs", "pipeline", "cli"]
+LAYERS = ["processes", "data", "observe", "nn", "diffusion", "posterior", "runs", "pipeline", "cli"]
 
 
 def _imports(path: Path) -> set[str]:
@@ -282,7 +282,7 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("layer", LAYERS[:-1])
 def test_a_layer_never_imports_a_higher_one(layer):
-    """data → observe → nn → diffusion → posterior → runs → pipeline → cli (docs/design.md, "Layers")."""
+    """processes → data → observe → nn → diffusion → posterior → runs → pipeline → cli (docs/design.md, "Layers")."""
     files = sorted((PACKAGE / layer).glob("*.py")) if (PACKAGE / layer).is_dir() else [PACKAGE / f"{layer}.py"]
     higher = tuple(f"latentda.{name}" for name in LAYERS[LAYERS.index(layer) + 1 :])
     for file in files:
@@ -291,7 +291,7 @@ def test_a_layer_never_imports_a_higher_one(layer):
 
 
 def test_members_are_dealt_round_robin_each_process_one_at_least():
-    from latentda.runs import deal_members
+    from latentda.processes import deal_members
 
     shares = [deal_members(7, index, 3) for index in range(3)]
     assert shares == [[0, 3, 6], [1, 4], [2, 5]] and sorted(sum(shares, [])) == list(range(7))

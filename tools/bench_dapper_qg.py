@@ -306,7 +306,7 @@ def main(argv=None) -> dict:
     from dapper.tools.seeding import set_seed
 
     pipeline = _pipeline(args)
-    from latentda.runs import process_state
+    from latentda.processes import process_state
 
     rank = int(os.environ.get("RANK", "0"))
     for turn in range(processes):

@@ -43,51 +43,13 @@ from torch import Tensor
 from latentda.diffusion.blankets import BlanketDenoiser, blanket_starts
 from latentda.diffusion.settings import resolve_overlap
 from latentda.errors import LatentdaError
+from latentda.processes import collective_device, process_count
 
-__all__ = ["CopyToRegion", "GatherFromRegion", "DistributedBlanketDenoiser", "blanket_denoiser", "process_count",
-           "collective_device", "check_blanket_split", "started_here"]
-
-
-def process_count(group=None) -> int:
-    """Number of processes in ``group`` (the default torch.distributed group), 1 when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(group)
+__all__ = ["CopyToRegion", "GatherFromRegion", "DistributedBlanketDenoiser", "blanket_denoiser", "check_blanket_split"]
 
 
-def started_here(make: Callable):
-    """``make()`` — accelerate's ``PartialState`` or ``Accelerator``, which join the default process
-    group under torchrun — and, when that call started the group, its destruction at this process's
-    exit, while Python is still whole. Left to the interpreter's finalisation, a gloo group's worker
-    threads may still hold tensors whose release needs the GIL: the process then aborts (``terminate
-    called without an active exception``, SIGABRT) after its work is done, and torchrun reports the
-    run as failed (seen once here in the two-process DAPPER test; the hook pytorch/pytorch PR #179291
-    proposed for every group, closed unmerged). Gloo (CPU) groups only: NCCL's shutdown waits for
-    outstanding collectives, so at the exit of a failed rank it could hang where leaving it to
-    torchrun does not. A group the caller started is left alone; registering again replaces the
-    earlier registration; a forked child does not destroy its parent's group."""
-    import atexit
-
-    joining = not (dist.is_available() and dist.is_initialized())
-    made = make()
-    if joining and dist.is_available() and dist.is_initialized():
-        atexit.unregister(_release_process_group)
-        atexit.register(_release_process_group)
-        _release_process_group.owner = os.getpid()
-    return made
 
 
-def _release_process_group() -> None:
-    if (os.getpid() == getattr(_release_process_group, "owner", None) and dist.is_available() and dist.is_initialized()
-            and dist.get_backend() == "gloo"):
-        dist.destroy_process_group()
-
-
-def collective_device(group=None) -> torch.device:
-    """Where the process group's collectives take tensors: this process's GPU under NCCL, else the CPU (gloo)."""
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def check_blanket_split(length: int, window: int, overlap: int | None, processes: int) -> None:

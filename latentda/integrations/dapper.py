@@ -74,13 +74,12 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError("latentda.integrations.dapper needs DAPPER: pip install 'latentda[dapper]' (dapper==1.7.1)") from error
 
-from latentda.diffusion.distributed import collective_device, process_count
+from latentda.processes import collective_device, deal_members, gather_members, process_count, process_state
 from latentda.config import MAX_SEED
 from latentda.errors import LatentdaError, check_integer
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.posterior.filtering import FilterSettings, default_lag, filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
-from latentda.runs import deal_members, gather_members, process_state
 
 __all__ = ["LatentDA", "FILTER_ARGUMENTS", "forecast_skill", "true_past_forecast", "advance", "evenly_spaced", "observation_operator", "observation_matrix"]
 
@@ -187,7 +186,7 @@ def _states_to_fields(states: np.ndarray, shape: tuple[int, int, int], state_ind
 
 def _processes() -> tuple[int, int]:
     """(this process's index, the number of processes): joins the process group under torchrun /
-    accelerate launch (:func:`latentda.runs.process_state`); (0, 1) alone."""
+    accelerate launch (:func:`latentda.processes.process_state`); (0, 1) alone."""
     state = process_state()
     return state.process_index, state.num_processes
 

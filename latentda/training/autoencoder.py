@@ -3,12 +3,15 @@
 The loss is the area-weighted mean squared reconstruction error of standardised fields over their
 valid points,
 
-    L = Σ_{b,c,i,j} m_{bcij} w_i (D(E(x̃⁰))_{bcij} − x̃_{bcij})² / Σ_{b,c,i,j} m_{bcij} w_i,
+    L = Σ_{b,c,i,j} m_{bcij} w_i (D(E(x̃⁰))_{bcij} − x̃_{bcij})² / (B Σ_{c,i,j} M_{cij} w_i),
 
 with w_i the area weights of the layout (cell areas floored near the poles on latitude-longitude
 grids, ``FieldLayout.area_weights``; w = 1 elsewhere), m = 1 where x̃ is finite and 0 where it is
-masked or missing (NaN), and x̃⁰ = x̃ with NaN set to 0 (the channel mean): the network never
-learns made-up values. The training split's fixed mask (pixels with no value at any step) and the
+masked or missing (NaN), M the fixed mask (1 where a channel has values), and x̃⁰ = x̃ with NaN set
+to 0 (the channel mean): the network never learns made-up values. The denominator is the valid area
+of B states without gaps, not the batch's own: a missing value (``allow_missing``) counts zero and
+every valid value weighs the same whichever batch holds it, and a batch split over processes has
+the loss of the whole batch in one process (DDP averages the processes' gradients). The training split's fixed mask (pixels with no value at any step) and the
 bounded variables' transforms (``data.bounds``, ``data.non_negative``, :mod:`latentda.data.bounds`)
 are saved with the model. Validation reports the area-weighted reconstruction RMSE per channel in
 standardised units on the validation split.
@@ -185,14 +188,20 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
     train = WindowDataset(source, splits["train"], window=1, split="train")
     valid = WindowDataset(source, splits["valid"] or splits["train"], window=1, split="valid" if splits["valid"] else "train")
     weights = torch.from_numpy(layout.area_weights())
+    present = np.ones((layout.num_channels, *layout.shape), bool) if layout.mask is None else layout.mask
+    frame_area = float((present * layout.area_weights()).sum())  # Σ_c Σ_yx w of a state with no gap
 
     def loss_fn(network, batch, generator):
+        """Σ m w e² / (B · frame_area): the area-weighted mean squared error, a gap (allow_missing)
+        counting zero. The denominator is fixed, not the batch's own valid area, so that every valid
+        value weighs the same in every batch and the loss of a batch split over P processes (DDP
+        averages their gradients) equals that of the whole batch in one process."""
         frames = batch[:, 0]
         noise = None
         if config.latent_noise > 0:
             noise = config.latent_noise * generator.randn(*model.latent_shape).to(frames.device, frames.dtype)
-        squared, area = masked_squared_error(network(torch.nan_to_num(frames), noise), frames, weights.to(frames.device))
-        return (squared.sum() / area.sum().clamp_min(1e-12)).to(frames.dtype)
+        squared, _ = masked_squared_error(network(torch.nan_to_num(frames), noise), frames, weights.to(frames.device))
+        return (squared.sum() / (len(frames) * frame_area)).to(frames.dtype)
 
     valid_frames = evenly_spaced_frames(valid, config.valid_samples)
 

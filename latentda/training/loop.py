@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from latentda.config import MAX_SEED, require
 from latentda.data.io import check_output_path, write_text_atomic
-from latentda.diffusion.distributed import started_here
+from latentda.processes import run_on_main, started_here
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
 
@@ -137,7 +137,15 @@ def batch_indices(size: int, batch_size: int, step: int, seed: int) -> torch.Ten
 def make_accelerator(config: TrainingConfig) -> Accelerator:
     """An Accelerator for this config; on a machine without CUDA, processes use the CPU (gloo), so
     ``torchrun --nproc_per_node N`` gives N ranks there too."""
-    return started_here(lambda: Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()))
+    accelerator = started_here(lambda: Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()))
+    check_batch_split(config, accelerator.num_processes)  # before any pass over the data
+    return accelerator
+
+
+def check_batch_split(config: TrainingConfig, processes: int) -> None:
+    """The global batch is dealt evenly over the processes (each takes batch_size / P examples)."""
+    if config.batch_size % processes:
+        raise LatentdaError(f"batch_size {config.batch_size} is not divisible by the {processes} processes")
 
 
 # What every run writes into its folder (a command adds its statistics and its final artefact).
@@ -236,11 +244,12 @@ def shared_statistics(accelerator: Accelerator, path: Path, compute: Callable, r
         raise LatentdaError(f"{path}: missing, and the run's checkpoints were trained with it: restore it to --resume, "
                             "or train into another output")
     if not reuse:
-        if accelerator.is_main_process:
+        def compute_and_save() -> None:
             statistics = compute()  # before creating the run folder: bad data leaves nothing behind
             path.parent.mkdir(parents=True, exist_ok=True)
             statistics.save(path)
-        accelerator.wait_for_everyone()
+
+        run_on_main(compute_and_save, accelerator.is_main_process)  # bad data stops every process with its message
     return Statistics.load(path)
 
 
@@ -290,9 +299,7 @@ class Trainer:
         check_run_dir(self.run_dir, resume)
         self.resume, self.fingerprints = resume, dict(fingerprints or {})
         self.accelerator = accelerator or make_accelerator(config)
-        world = self.accelerator.num_processes
-        if config.batch_size % world:
-            raise LatentdaError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
+        check_batch_split(config, self.accelerator.num_processes)
         self.model, self.loss_fn, self.dataset, self.config = model, loss_fn, dataset, config
         self.validate_fn = validate_fn
         self.progress = progress
@@ -487,8 +494,6 @@ class Trainer:
                 random = batch_random(config.seed, self.step * config.gradient_accumulation + micro, rank, size)
                 with accelerator.autocast():
                     loss = self.loss_fn(self.model_prepared, batch, random) / config.gradient_accumulation
-                if not torch.isfinite(loss):
-                    raise LatentdaError(f"loss became {loss.item()} at step {self.step}: lower the learning rate")
                 last = micro == config.gradient_accumulation - 1
                 if self.sharded:  # reduce-scatter the gradients only after the last micro-batch
                     self.model_prepared.set_requires_gradient_sync(last)
@@ -499,6 +504,11 @@ class Trainer:
                 else:
                     accelerator.backward(loss)
                 total_loss += loss.item()
+            if world > 1:  # the global batch's loss (each process has an equal share), the same on every process
+                total_loss = accelerator.reduce(torch.tensor(total_loss, dtype=torch.float64, device=accelerator.device),
+                                                "mean").item()
+            if not math.isfinite(total_loss):  # on every process at once: none is left waiting at a collective
+                raise LatentdaError(f"loss became {total_loss} at step {self.step}: lower the learning rate")
             accelerator.clip_grad_norm_(self.model_prepared.parameters(), config.grad_clip)
             self.optimizer.step()
             self.scheduler.step()

@@ -21,7 +21,7 @@ from test_dapper_adapter import N_MEMBERS, statistics, tiny_hmm  # noqa: E402
 
 from latentda.errors import LatentdaError  # noqa: E402
 from latentda.integrations.dapper import LatentDA  # noqa: E402
-from latentda.runs import gather_members  # noqa: E402
+from latentda.processes import gather_members  # noqa: E402
 from latentda.pipeline import LatentDAPipeline  # noqa: E402
 
 pipeline_path, out = sys.argv[1:3]
@@ -53,7 +53,7 @@ for count in (2, 5):  # every process's members, in member order (uneven shares 
 if dist.get_rank() == 0:
     np.savez(out, **results)
 # the process group is released at exit, before the interpreter's finalisation (a gloo group left to it can
-# abort the process after its work: latentda.diffusion.distributed.started_here)
+# abort the process after its work: latentda.processes.started_here)
 import atexit  # noqa: E402
 
 atexit._run_exitfuncs()

@@ -1,0 +1,162 @@
+"""The processes of one run under ``torchrun`` or ``accelerate launch`` (one process alone).
+
+- joining the process group (:func:`process_state`, :func:`started_here`) and counting it
+  (:func:`process_count`); where its collectives take tensors (:func:`collective_device`);
+- members dealt round-robin over the processes and gathered back (:func:`deal_members`,
+  :func:`gather_members`);
+- **one error for all**: a problem of the inputs found by one process (the main one checking a store
+  or computing statistics, any one meeting a bad value in its share) must stop every process with the
+  same one-line message, not leave the others waiting at the next barrier until the launcher tears
+  them down with a collective's traceback. :func:`raise_first` exchanges each process's message
+  (:func:`gather_texts`: an all-gather of UTF-8 bytes, never pickled objects); :func:`run_on_main`
+  runs a step on the main process and raises its error on every process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from latentda.errors import LatentdaError
+
+__all__ = ["process_state", "started_here", "process_count", "collective_device", "deal_members", "gather_members",
+           "gather_texts", "first_text", "raise_first", "run_on_main"]
+
+
+def process_count(group=None) -> int:
+    """Number of processes in ``group`` (the default torch.distributed group), 1 when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def started_here(make: Callable):
+    """``make()`` — accelerate's ``PartialState`` or ``Accelerator``, which join the default process
+    group under torchrun — and, when that call started the group, its destruction at this process's
+    exit, while Python is still whole. Left to the interpreter's finalisation, a gloo group's worker
+    threads may still hold tensors whose release needs the GIL: the process then aborts (``terminate
+    called without an active exception``, SIGABRT) after its work is done, and torchrun reports the
+    run as failed (seen once here in the two-process DAPPER test; the hook pytorch/pytorch PR #179291
+    proposed for every group, closed unmerged). Gloo (CPU) groups only: NCCL's shutdown waits for
+    outstanding collectives, so at the exit of a failed rank it could hang where leaving it to
+    torchrun does not. A group the caller started is left alone; registering again replaces the
+    earlier registration; a forked child does not destroy its parent's group."""
+    import atexit
+
+    joining = not (dist.is_available() and dist.is_initialized())
+    made = make()
+    if joining and dist.is_available() and dist.is_initialized():
+        atexit.unregister(_release_process_group)
+        atexit.register(_release_process_group)
+        _release_process_group.owner = os.getpid()
+    return made
+
+
+def _release_process_group() -> None:
+    if (os.getpid() == getattr(_release_process_group, "owner", None) and dist.is_available() and dist.is_initialized()
+            and dist.get_backend() == "gloo"):
+        dist.destroy_process_group()
+
+
+def collective_device(group=None) -> torch.device:
+    """Where the process group's collectives take tensors: this process's GPU under NCCL, else the CPU (gloo)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def process_state():
+    """Accelerate's view of the processes (joins the process group under torchrun/accelerate launch;
+    alone, one process)."""
+    from accelerate import PartialState  # heavy: imported when a run starts
+
+    return started_here(lambda: PartialState(cpu=not torch.cuda.is_available()))
+
+
+def deal_members(count: int, index: int, processes: int) -> list[int]:
+    """Process ``index``'s share of ``count`` members dealt round-robin over ``processes`` (member m to
+    process m mod P, the layout :func:`gather_members` reverses); every process needs one."""
+    if count < processes:
+        raise LatentdaError(f"{count} members cannot be dealt over {processes} processes: give at least {processes}")
+    return list(range(count))[index::processes]
+
+
+def gather_members(local: np.ndarray, count: int) -> np.ndarray:
+    """The rows of ``count`` members dealt round-robin over the processes (member m on process
+    m mod P; ``local`` holds this process's, in increasing order) gathered on every process, in member
+    order (an all-gather; processes with fewer members pad). Alone (no process group, or one
+    process): ``local`` itself. Values pass as float64: exact for float32 and small integers."""
+    import torch.distributed as dist
+
+    processes = process_count()
+    if processes == 1:
+        return local
+    rows = -(-count // processes)  # ⌈count / P⌉
+    padded = np.zeros((rows, *local.shape[1:]), dtype=np.float64)
+    padded[: len(local)] = local
+    tensor = torch.from_numpy(padded).to(collective_device())
+    parts = [torch.empty_like(tensor) for _ in range(processes)]
+    dist.all_gather(parts, tensor)
+    stacked = torch.stack(parts).cpu().numpy()  # (P, rows, ...): member m = r + P·i at [r, i]
+    members = np.arange(count)
+    return stacked[members % processes, members // processes].astype(local.dtype, copy=False)
+
+
+def gather_texts(text: str) -> list[str]:
+    """Every process's ``text`` in rank order, on every process (an all-gather of UTF-8 bytes: nothing
+    is pickled); each calls it at the same point. Alone: ``[text]``."""
+    processes = process_count()
+    if processes == 1:
+        return [text]
+    device = collective_device()
+    data = torch.tensor(list(text.encode("utf-8")), dtype=torch.int32)
+    length = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    padded = torch.zeros(max(int(length), 1), dtype=torch.int32, device=device)
+    padded[: len(data)] = data.to(device)
+    parts = [torch.empty_like(padded) for _ in range(processes)]
+    dist.all_gather(parts, padded)
+    return [bytes(part.cpu().tolist()).rstrip(b"\0").decode("utf-8") for part in parts]
+
+
+def first_text(text: str) -> str:
+    """The first non-empty ``text`` of the processes in rank order ("" when none), on every process:
+    e.g. what the main process alone knows (the others give "")."""
+    return next((part for part in gather_texts(text) if part), "")
+
+
+def raise_first(error: BaseException | None) -> None:
+    """Raise on every process the first process's (in rank order) ``error`` (None: it has none): the
+    process whose error it is raises its own, the others a :class:`LatentdaError` with its message
+    (another kind is named: ``"on another process: RuntimeError: …"``). Every process calls it at the
+    same point."""
+    if error is None:
+        message = ""
+    elif isinstance(error, LatentdaError):
+        message = str(error) or type(error).__name__
+    else:
+        message = f"on another process: {type(error).__name__}: {error}"
+    shared = first_text(message)
+    if not shared:
+        return
+    if error is not None and shared == message:
+        raise error
+    raise LatentdaError(shared)
+
+
+def run_on_main(work: Callable, is_main: bool):
+    """``work()`` on the main process (its result there; None elsewhere); an error it raises is raised
+    on every process (:func:`raise_first`) instead of leaving the others at the next collective. Every
+    process calls it at the same point; the exchange is a barrier."""
+    result = error = None
+    if is_main:
+        try:
+            result = work()
+        except Exception as caught:  # noqa: BLE001 — re-raised below, on every process
+            error = caught
+    raise_first(error)
+    return result

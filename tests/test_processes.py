@@ -1,0 +1,163 @@
+"""Several processes (torchrun, 2 gloo CPU processes): one error for all, the global batch's loss,
+autoencoder training with gaps and `encode` dealt over the processes, each equal to one process."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import make_box_dataset, run_torchrun
+from latentda import cli
+from latentda.components import load_autoencoder
+from latentda.data import open_dataset, write_dataset
+
+pytestmark = pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                                reason="torchrun missing")
+
+
+def _exchange_worker():
+    """Run by each of 2 torchrun processes: texts gathered in rank order; an error of one process,
+    or of the main process's step, raised on both with its message."""
+    import torch.distributed as dist
+
+    from latentda.errors import LatentdaError
+    from latentda.processes import gather_texts, raise_first, run_on_main
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    assert gather_texts(["", "ψ≥0 on rank 1"][rank]) == ["", "ψ≥0 on rank 1"]
+    raise_first(None)  # nobody has one: nothing raised
+    try:
+        raise_first(LatentdaError("x.zarr: NaN at step 3") if rank == 1 else None)
+    except LatentdaError as error:
+        print(f"rank {rank} raised: {error}")
+
+    def bad():
+        raise OSError("disk full")
+
+    try:
+        run_on_main(bad, rank == 0)
+    except OSError as error:
+        print(f"rank {rank} own: {error}")
+    except LatentdaError as error:
+        print(f"rank {rank} raised: {error}")
+    assert run_on_main(lambda: 7, rank == 0) == (7 if rank == 0 else None)
+    dist.destroy_process_group()
+
+
+def test_an_error_of_one_process_is_raised_on_every_process(tmp_path):
+    import inspect
+
+    script = tmp_path / "worker.py"
+    script.write_text(inspect.getsource(_exchange_worker) + "\n\n_exchange_worker()\n")
+    out = run_torchrun([str(script)], 29531).stdout
+    assert "rank 0 raised: x.zarr: NaN at step 3" in out and "rank 1 raised: x.zarr: NaN at step 3" in out
+    assert "rank 0 own: disk full" in out and "rank 1 raised: on another process: OSError: disk full" in out
+
+
+def _ae_config(tmp_path, data, name, **training) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"path": str(data), "allow_missing": True},
+        "output": str(tmp_path / name),
+        "model": {"latent_channels": 2, "hidden_channels": [8, 16], "blocks_per_stage": 1},
+        "training": {"steps": 10, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2, "checkpoint_every": 10,
+                     "validate_every": 10, **training},
+        "valid_samples": 4,
+    }))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gappy(tmp_path_factory):
+    """A box dataset with missing values (NaN) in some states but not others."""
+    dataset = make_box_dataset(trajectories=4, times=8, size=8)
+    u = dataset["u"].values
+    u[0, 2, :3, :] = np.nan  # a partial gap
+    u[2, 5] = np.nan  # a whole missing state
+    dataset["u"].values[:] = u
+    return write_dataset(dataset, tmp_path_factory.mktemp("gappy") / "gappy.zarr")
+
+
+def test_two_processes_train_the_autoencoder_with_gaps_like_one(tmp_path, gappy):
+    """The loss's denominator is fixed (not each process's valid area), so DDP's mean of the processes'
+    gradients is the one-process gradient even when the processes' shares hold different gaps; the
+    logged loss is the global batch's; the result lines are printed once."""
+    assert cli.main(["train-ae", "--config", str(_ae_config(tmp_path, gappy, "one")), "--quiet"]) == 0
+    two = run_torchrun(["-m", "latentda.cli", "train-ae", "--config", str(_ae_config(tmp_path, gappy, "two")), "--quiet"],
+                       29532)
+    assert two.stdout.count("wrote ") == 1 and two.stdout.count("validation reconstruction RMSE") == 1
+    # the same function (weights compared directly differ: a bias before a normalisation has a zero gradient,
+    # whose float rounding noise Adam scales up to steps of the learning rate's size, on 1 process as on 2)
+    frames = torch.nan_to_num(torch.from_numpy(np.stack([open_dataset(gappy)[v].values[:, :4] for v in ("u", "v")], 2)
+                                               .reshape(-1, 2, 8, 8)))
+    with torch.no_grad():
+        outputs = [load_autoencoder(tmp_path / name / "autoencoder")[0](frames) for name in ("one", "two")]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    records = [[json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()] for name in ("one", "two")]
+    losses = [[record["loss"] for record in run if "loss" in record] for run in records]
+    assert len(losses[0]) == 1 and np.allclose(losses[1], losses[0], rtol=1e-5)
+    valid = [[record["valid"]["rmse_mean"] for record in run if "valid" in record] for run in records]
+    assert len(valid[0]) == 1 and np.allclose(valid[1], valid[0], rtol=1e-6)  # 5e-4 apart with each process's own area
+
+
+def test_bad_input_stops_both_processes_with_one_line_each(tmp_path, gappy):
+    """Errors found by the main process alone (the statistics pass) or before any work (a batch the
+    processes cannot share): every process prints the same one-line error; nothing is written."""
+    config = _ae_config(tmp_path, gappy, "strict")
+    result = run_torchrun(["-m", "latentda.cli", "train-ae", "--config", str(config), "--set", "data.allow_missing=false",
+                           "--quiet"], 29533, check=False)
+    message = "train-ae: error: variable 'u' holds NaN at trajectory 0, step 2"  # the two lines may interleave
+    assert result.returncode != 0 and result.stderr.count(message) == 2, result.stderr[-2000:]
+    assert "gloo" not in result.stderr and "RuntimeError" not in result.stderr
+    assert not (tmp_path / "strict").exists()
+
+    result = run_torchrun(["-m", "latentda.cli", "train-ae", "--config", str(config), "--set", "training.batch_size=3",
+                           "--quiet"], 29533, check=False)
+    assert result.stderr.count("error: batch_size 3 is not divisible by the 2 processes") == 2, result.stderr[-2000:]
+    assert not (tmp_path / "strict").exists()  # refused before the statistics pass
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, gappy):
+    root = tmp_path_factory.mktemp("encode")
+    assert cli.main(["train-ae", "--config", str(_ae_config(root, gappy, "ae", steps=2)), "--quiet"]) == 0
+    return root / "ae" / "autoencoder"
+
+
+def test_two_processes_encode_like_one(tmp_path, trained, gappy):
+    """The batches dealt over 2 processes (uneven: 4 trajectories × 3 batches of ≤ 3 states): the same
+    latents and missing states as one process, one store, one report."""
+    args = ["encode", "--autoencoder", str(trained), "--data", str(gappy), "--batch-size", "3", "--quiet"]
+    assert cli.main([*args, "--out", str(tmp_path / "one.zarr")]) == 0
+    result = run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.zarr")], 29534)
+    assert result.stdout.count("wrote ") == 1
+    one, two = open_dataset(tmp_path / "one.zarr"), open_dataset(tmp_path / "two.zarr")
+    np.testing.assert_allclose(two["latent"].values, one["latent"].values, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert two.attrs["latentda_missing_states"] == one.attrs["latentda_missing_states"] == "[[0, 2], [2, 5]]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.zarr", "two.zarr"]  # no temporary left
+
+
+def test_a_bad_state_in_another_process_share_stops_both(tmp_path, trained):
+    """A NaN that only process 1 reads (a state of its batch) with an autoencoder trained without
+    allow_missing: both processes give its one-line error and no output or temporary is left."""
+    strict = tmp_path / "strict"
+    shutil.copytree(trained, strict)
+    layout = json.loads((strict / "layout.json").read_text())
+    layout["allow_missing"] = False
+    (strict / "layout.json").write_text(json.dumps(layout))
+    load_autoencoder(strict)  # still a valid folder
+    dataset = make_box_dataset(trajectories=2, times=6, size=8)
+    dataset["u"].values[1, 4, 2, 2] = np.nan  # batch (trajectory 1, steps 3–5): the second process's
+    data = write_dataset(dataset, tmp_path / "bad.zarr")
+    result = run_torchrun(["-m", "latentda.cli", "encode", "--autoencoder", str(strict), "--data", str(data),
+                           "--batch-size", "3", "--out", str(tmp_path / "z.zarr"), "--quiet"], 29535, check=False)
+    message = "encode: error: variable 'u' holds NaN values at step 4 of trajectory 1"
+    assert result.returncode != 0 and result.stderr.count(message) == 2, result.stderr[-2000:]
+    assert "gloo" not in result.stderr and "RuntimeError" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zarr", "strict"]
