@@ -397,7 +397,7 @@ class LatentDAPipeline:
     def check_time_step(self, time: xr.DataArray) -> None:
         """Consecutive times must be the model's time step apart (seconds for datetime axes):
         :func:`latentda.data.times.time_step` with the model's step expected."""
-        time_step(time, expected=self.time_step, what="observation times")
+        time_step(time, expected=self.time_step, what="observation times", expected_units=self.time_units)
 
     def _start_time(self, start_time) -> np.datetime64:
         """``start_time`` as a datetime64, for a pipeline whose time axis is dates."""
@@ -491,10 +491,10 @@ class LatentDAPipeline:
             first = max(0, initial.sizes["time"] - count)  # errors name the file's indices, not the used states'
             source = initial.isel(time=slice(first, None))  # only these condition the forecast
             time_step(source["time"], expected=self.time_step, what="the initial state's times",  # consecutive steps
-                      first_index=first)
-            rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
+                      first_index=first, expected_units=self.time_units)
             if "realization" in source.dims and source.sizes["realization"] < members:
                 raise LatentdaError(f"the initial state has {source.sizes['realization']} members, fewer than {members}")
+            rows = [source.isel(realization=m) for m in range(members)] if "realization" in source.dims else [source]
             arrays = [self.layout.to_array(row) for row in rows]  # e.g. a reanalysis: member m continues member m
             for array in arrays:
                 check_finite(array, self.layout.channels, " in the initial state", self.statistics, self.layout.mask,

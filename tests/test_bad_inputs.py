@@ -232,6 +232,14 @@ case("simulate-seed-negative")(lambda w, d: (["simulate", "kolmogorov", "--out",
 case("simulate-seed-beyond-64-bits")(lambda w, d: (
     ["simulate", "kolmogorov", "--out", str(d / "s.zarr"), "--seed", str(2**64)], "--seed"))
 case("simulate-out-exists")(lambda w, d: (["simulate", "kolmogorov", "--out", str(w.data)], "already exists"))
+
+
+@case("simulate-out-under-a-file")
+def _(w, d):
+    (d / "notes").write_text("a file, not a folder")
+    return ["simulate", "gaussian", "--size", "16", "--out", str(d / "notes" / "s.zarr")], "notes is a file, not a folder"
+
+
 case("simulate-spinup-negative")(lambda w, d: (
     ["simulate", "kolmogorov", "--out", str(d / "s.zarr"), "--spinup", "-1"], "spinup"))
 case("simulate-out-unknown-format")(lambda w, d: (
@@ -549,6 +557,22 @@ case("forecast-initial-gap")(lambda w, d: (forecast_args(  # state 6 of 8 missin
 case("forecast-initial-nan")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", with_value("v", np.nan, (7, 1, 1))))),
     "NaN values at step 7 in the initial state (channel v)"))  # the file's step; no training advice
+case("forecast-initial-lead-dimension")(lambda w, d: (forecast_args(  # a forecast's output given as the initial state
+    w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.expand_dims(prediction_timedelta=1, axis=1)))),
+    "select one index of 'prediction_timedelta'"))
+case("forecast-initial-dates-for-model-time")(lambda w, d: (forecast_args(
+    w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.assign_coords(
+        time=np.datetime64("2020-01-01") + np.arange(ds.sizes["time"]) * np.timedelta64(200, "ms"))))),
+    "the initial state's times: date-times, but the model's time axis is numbers"))
+
+
+@case("forecast-initial-fewer-members")
+def _(w, d):
+    args = forecast_args(w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.expand_dims(realization=1))))
+    args[args.index("--members") + 1] = "2"
+    return args, "the initial state has 1 members, fewer than 2"
+
+
 case("forecast-both-sources")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(w.truth), "--observations", str(w.observations)), "exactly one"))
 case("forecast-out-is-initial")(lambda w, d: (forecast_args(w, w.truth, "--initial", str(w.truth), "--overwrite"), "input"))

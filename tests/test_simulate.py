@@ -197,6 +197,38 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, exception) -> N
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("number", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_during_a_batch_write_takes_effect_once_it_is_written(tmp_path, monkeypatch, number) -> None:
+    """The signal arrives inside the second batch's to_zarr (zarr 3 writes its chunks in a background
+    thread, which an interrupt there would leave writing into the temporary being removed): the batch
+    is written whole, then the interrupt is raised, the third batch is never written, nothing is left."""
+    import os
+    import signal
+
+    from latentda.cli import Terminated, _terminate
+
+    real, calls = xr.Dataset.to_zarr, []
+
+    def write_interrupted(self, *args, **kwargs):
+        calls.append("write")
+        if len(calls) == 3:
+            os.kill(os.getpid(), getattr(signal, number))  # delivered at once to the handler in place
+        result = real(self, *args, **kwargs)
+        calls.append("written")
+        return result
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", write_interrupted)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # as the command line installs it
+    try:
+        with pytest.raises(Terminated if number == "SIGTERM" else KeyboardInterrupt):
+            write_kolmogorov_zarr(tmp_path / "broken.zarr", batch_size=1, **SMALL)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls == ["write", "written", "write", "written"]  # the second batch's write completed first
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers of before are back
+
+
 def test_interrupted_overwrite_keeps_previous_store(tmp_path, monkeypatch) -> None:
     out = tmp_path / "flow.zarr"
     out.mkdir()

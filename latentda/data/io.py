@@ -12,6 +12,8 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -53,9 +55,13 @@ def check_output_path(out: str | os.PathLike, inputs: dict[str, str | os.PathLik
 
     Paths are compared resolved (symlinks, ``..``, relative spellings), so an output can never
     replace or write into the data a command reads. Inputs that are not local paths (hub ids) never
-    match anything that exists.
+    match anything that exists. An output whose folder is (or lies under) an existing file is refused
+    too: it could not be created.
     """
     target = Path(out).expanduser().resolve()
+    blocking = next((parent for parent in target.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise LatentdaError(f"{option} {out}: {blocking} is a file, not a folder: choose another output path")
     for name, value in inputs.items():
         if value is None:
             continue
@@ -228,7 +234,8 @@ def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool 
             for name, variable in dataset.data_vars.items():
                 chunks = tuple(1 if dim == "time" else size for dim, size in variable.sizes.items())
                 encoding[name] = {"chunks": chunks}
-            dataset.to_zarr(temporary, mode="w", encoding=encoding, consolidated=False)
+            with uninterrupted():
+                dataset.to_zarr(temporary, mode="w", encoding=encoding, consolidated=False)
         else:
             dataset.to_netcdf(temporary, engine="h5netcdf")
     return path
@@ -244,7 +251,8 @@ def create_store(path: str | os.PathLike, coords: dict, variables: dict[str, tup
     ``chunked_dims`` per chunk. Memory stays bounded whatever the store's size.
     """
     skeleton = _without_source_codecs(xr.Dataset(coords=coords, attrs=attrs or {}))
-    skeleton.to_zarr(path, mode="w", consolidated=False)
+    with uninterrupted():
+        skeleton.to_zarr(path, mode="w", consolidated=False)
     group = zarr.open_group(path, mode="a")
     sizes = {name: np.size(getattr(value, "values", value)) for name, value in coords.items()}
     for name, (dims, dtype, variable_attrs) in variables.items():
@@ -254,9 +262,37 @@ def create_store(path: str | os.PathLike, coords: dict, variables: dict[str, tup
                            attributes=dict(variable_attrs), fill_value=np.nan)
 
 
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM held back while the block runs, then delivered to the handlers of
+    before (a KeyboardInterrupt, the command line's exit 143, or the default action).
+
+    For a write into a zarr store: zarr-python 3 writes the chunks in a background thread, and an
+    interrupt that stops the caller's wait leaves that thread writing — into a temporary the caller
+    is removing meanwhile (recreating it) — and prints its cancelled tasks' errors. Held back, the
+    interrupt takes effect once the write is complete (one batch of chunks). Only the main thread
+    can install signal handlers: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous = {number: handler for number, handler in previous.items() if handler is not None}  # set outside Python: left alone
+    for number in previous:
+        signal.signal(number, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 def write_region(path: str | os.PathLike, arrays: dict[str, np.ndarray], index: tuple) -> None:
-    """Write ``arrays[name]`` into ``store[name][index]`` for each name."""
-    with quiet_zarr():
+    """Write ``arrays[name]`` into ``store[name][index]`` for each name (interrupts held back until
+    it is written: :func:`uninterrupted`)."""
+    with quiet_zarr(), uninterrupted():
         group = zarr.open_group(path, mode="a")
         for name, values in arrays.items():
             group[name][index] = values

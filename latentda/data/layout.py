@@ -366,6 +366,11 @@ class FieldLayout:
                 index[TIME] = time
             variable = variable.isel(index)
             dims = (TIME,) + ((self.level.name,) if spec.has_level else ()) + (self.grid[0].name, self.grid[1].name)
+            if set(variable.dims) != set(dims):
+                extra, lacking = [d for d in variable.dims if d not in dims], [d for d in dims if d not in variable.dims]
+                raise LatentdaError(f"variable '{spec.name}' has dimensions {tuple(map(str, variable.dims))}, the model's "
+                                    f"are {dims}: " + (f"select one index of {', '.join(map(repr, extra))}" if extra
+                                                       else f"it lacks {', '.join(map(repr, lacking))}"))
             values = read_values(variable.transpose(*dims))
             parts.append(values.reshape(values.shape[0], -1, *values.shape[-2:]))
         return np.concatenate(parts, axis=1)

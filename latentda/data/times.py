@@ -103,13 +103,19 @@ def _describe_time(value) -> str:
     return str(value.astype("datetime64[s]")) if isinstance(value, np.datetime64) else f"{value:g}"
 
 
+def _kind(units: str) -> str:
+    return "date-times" if units == "seconds" else f"numbers (model time, units {units!r})"
+
+
 def time_step(time: xr.DataArray, expected: float | None = None, what: str = "time axis",
-              first_index: int = 0) -> tuple[float, str]:
+              first_index: int = 0, expected_units: str | None = None) -> tuple[float, str]:
     """(Δ, units) of a regular time axis: seconds for datetimes, else the axis' ``units`` ("1" when
     it has none). Raises a one-line error naming the first index where the step changes (or where
     the times stop increasing; indices counted from ``first_index``: ``time`` may be the end of a
     file's axis), and, with ``expected``, when Δ is not ``expected`` (the model's step). An axis of
-    one state has the step ``expected`` (1 without it)."""
+    one state has the step ``expected`` (1 without it). With ``expected_units`` (the model's:
+    "seconds" for a datetime axis), an axis of the other kind (datetimes for a model of numbers, or
+    the reverse) is refused first."""
     values = np.asarray(time.values)
     if np.issubdtype(values.dtype, np.datetime64):
         steps, units = np.diff(values) / np.timedelta64(1, "s"), "seconds"
@@ -118,6 +124,8 @@ def time_step(time: xr.DataArray, expected: float | None = None, what: str = "ti
     else:
         raise LatentdaError(f"{what}: time coordinate of type {values.dtype} is neither numbers nor datetimes "
                             "(a calendar without leap days?)")
+    if expected_units is not None and (units == "seconds") != (expected_units == "seconds"):
+        raise LatentdaError(f"{what}: {_kind(units).split(' (')[0]}, but the model's time axis is {_kind(expected_units)}")
     if steps.size == 0:
         return (1.0 if expected is None else float(expected)), units
     if expected is not None and first_index:  # a file's last states: name the file's index of the first wrong step

@@ -4,7 +4,8 @@ Every built-in simulator writes the same way: batches of trajectories (B, T, ...
 datasets (dims trajectory, time, y, x; the first batch with the fixed coordinates) and appended
 along ``trajectory`` into a temporary sibling of ``out`` (:func:`latentda.data.io.atomic_path`),
 renamed to ``out`` once complete; on any failure or interruption the temporary is removed and
-``out`` is left as it was. One time step per chunk, zarr format 2 (readable by zarr-python 2 and 3)
+``out`` is left as it was (an interrupt arriving while a batch is written takes effect once it is
+written, :func:`latentda.data.io.uninterrupted`: zarr would otherwise go on writing it). One time step per chunk, zarr format 2 (readable by zarr-python 2 and 3)
 with consolidated metadata.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from latentda.data.io import already_exists, atomic_path
+from latentda.data.io import already_exists, atomic_path, uninterrupted
 from latentda.errors import LatentdaError
 
 __all__ = ["check_store_path", "write_trajectory_batches", "zarr_format_kwargs"]
@@ -54,10 +55,11 @@ def write_trajectory_batches(out: Path, batches: Iterable[np.ndarray], to_datase
         start = 0
         for batch in batches:
             dataset = to_dataset(batch, start)
-            if start == 0:
-                dataset.to_zarr(temporary, mode="w-", encoding=encoding, **format_kwargs)
-            else:
-                dataset.to_zarr(temporary, append_dim="trajectory", **format_kwargs)
+            with uninterrupted():  # an interrupt waits for the batch's chunks: none written after the removal
+                if start == 0:
+                    dataset.to_zarr(temporary, mode="w-", encoding=encoding, **format_kwargs)
+                else:
+                    dataset.to_zarr(temporary, append_dim="trajectory", **format_kwargs)
             start += batch.shape[0]
         if start != trajectories:
             raise RuntimeError(f"simulated {start} trajectories, expected {trajectories}")
