@@ -40,45 +40,47 @@ def _positive_float(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------------- handlers
+GAUSSIAN_OPTIONS = ("variables", "correlation_time", "cutoff_wavenumber", "spectral_exponent", "variable_correlation")
+
+
 def _simulate(args: argparse.Namespace) -> None:
+    """Options that do not apply to the chosen system are refused (a value given for another system
+    would otherwise be ignored without a word); those left out take the system's defaults."""
     from latentda.simulate import GaussianSystem, write_gaussian_zarr, write_kolmogorov_zarr
 
+    def refuse(names, where: str) -> None:
+        given = [name for name in names if getattr(args, name) is not None]
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise LatentdaError(f"{options}: {'applies' if len(given) == 1 else 'apply'} to {where} only, not {args.system}")
+
+    if args.system != "gaussian":
+        refuse(GAUSSIAN_OPTIONS, "the gaussian system")
+    if args.system != "kolmogorov":
+        refuse(["coarsen"], "the Kolmogorov flow")
+    if args.system != "dapper-qg":
+        refuse(["workers"], "dapper-qg (the other simulators run batched in one process)")
+    if args.system == "gaussian":
+        refuse(["spinup"], "kolmogorov and dapper-qg (the gaussian system starts in its stationary law)")
+    spinup = 64 if args.spinup is None else args.spinup
     if args.system == "dapper-qg":
         from latentda.simulate.dapper_qg import GRID_POINTS, write_dapper_qg_zarr
 
-        if args.coarsen != 1 or args.size not in (64, GRID_POINTS):
-            raise LatentdaError(f"the QG grid is fixed ({GRID_POINTS}×{GRID_POINTS}, DAPPER's): --size and --coarsen "
-                                "do not apply to dapper-qg")
-        path = write_dapper_qg_zarr(args.out, trajectories=args.trajectories, steps=args.steps, spinup=args.spinup,
+        if args.size not in (None, GRID_POINTS):
+            raise LatentdaError(f"--size: the QG grid is fixed ({GRID_POINTS}×{GRID_POINTS}, DAPPER's)")
+        path = write_dapper_qg_zarr(args.out, trajectories=args.trajectories, steps=args.steps, spinup=spinup,
                                     seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
-                                    progress=not args.quiet, workers=args.workers)
-        print(f"wrote {path}")
-        return
-    if args.workers != 1:
-        raise LatentdaError("--workers applies to dapper-qg only (the other simulators run batched in one process)")
-    if args.system == "gaussian":
-        if args.coarsen != 1:
-            raise LatentdaError("--coarsen applies to the Kolmogorov flow only")
-        system = GaussianSystem(size=args.size, variables=args.variables, correlation_time=args.correlation_time,
-                                cutoff_wavenumber=args.cutoff_wavenumber, spectral_exponent=args.spectral_exponent,
-                                variable_correlation=args.variable_correlation)
+                                    progress=not args.quiet, workers=args.workers or 1)
+    elif args.system == "gaussian":
+        given = {name: getattr(args, name) for name in GAUSSIAN_OPTIONS if getattr(args, name) is not None}
+        system = GaussianSystem(size=args.size or 64, **given)
         path = write_gaussian_zarr(args.out, trajectories=args.trajectories, steps=args.steps, system=system,
                                    seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
                                    progress=not args.quiet)
-        print(f"wrote {path}")
-        return
-    path = write_kolmogorov_zarr(
-        args.out,
-        trajectories=args.trajectories,
-        steps=args.steps,
-        size=args.size,
-        coarsen=args.coarsen,
-        spinup=args.spinup,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    else:
+        path = write_kolmogorov_zarr(args.out, trajectories=args.trajectories, steps=args.steps, size=args.size or 64,
+                                     coarsen=args.coarsen or 1, spinup=spinup, seed=args.seed, batch_size=args.batch_size,
+                                     overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {path}")
 
 
@@ -543,23 +545,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, type=Path, help="output zarr store (PATH.zarr)")
     sub.add_argument("--trajectories", type=_positive_int, default=64, help="number of independent trajectories (default 64)")
     sub.add_argument("--steps", type=_positive_int, default=64, help="states per trajectory, 0.2 time units apart (default 64)")
-    sub.add_argument("--size", type=_positive_int, default=64, help="solver grid size (default 64)")
-    sub.add_argument("--coarsen", type=_positive_int, default=1,
-                     help="block-average the solver grid by this factor (SDA's setting: --size 256 --coarsen 4)")
-    sub.add_argument("--spinup", type=int, default=64, help="states discarded before recording (default 64)")
+    sub.add_argument("--size", type=_positive_int, help="kolmogorov, gaussian: solver grid size (default 64)")
+    sub.add_argument("--coarsen", type=_positive_int,
+                     help="kolmogorov: block-average the solver grid by this factor (default 1; SDA's setting: "
+                          "--size 256 --coarsen 4)")
+    sub.add_argument("--spinup", type=int, help="kolmogorov, dapper-qg: states discarded before recording (default 64)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_argument("--batch-size", type=_positive_int, default=32, help="trajectories simulated at once (default 32)")
-    sub.add_argument("--workers", type=_positive_int, default=1,
+    sub.add_argument("--workers", type=_positive_int,
                      help="dapper-qg: processes simulating trajectories in parallel (default 1; same data whatever the number)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gaussian = sub.add_argument_group("gaussian system (see latentda.simulate.gaussian)")
-    gaussian.add_argument("--variables", type=int, default=2, help="1 (u) or 2 (u, v) variables (default 2)")
-    gaussian.add_argument("--correlation-time", type=float, default=5.0,
+    gaussian.add_argument("--variables", type=int, help="1 (u) or 2 (u, v) variables (default 2)")
+    gaussian.add_argument("--correlation-time", type=float,
                           help="correlation time of the largest scales, in time steps (default 5)")
-    gaussian.add_argument("--cutoff-wavenumber", type=float, default=4.0, help="k0 of the spectrum (default 4)")
-    gaussian.add_argument("--spectral-exponent", type=float, default=4.0,
+    gaussian.add_argument("--cutoff-wavenumber", type=float, help="k0 of the spectrum (default 4)")
+    gaussian.add_argument("--spectral-exponent", type=float,
                           help="mode variance ∝ (1 + k²/k0²)^(-exponent/2) (default 4)")
-    gaussian.add_argument("--variable-correlation", type=float, default=0.5,
+    gaussian.add_argument("--variable-correlation", type=float,
                           help="correlation between u and v (default 0.5)")
 
     sub = command("inspect", "summarise a dataset: grid, periodicity, splits and per-channel statistics", _inspect)

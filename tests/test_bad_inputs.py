@@ -234,6 +234,15 @@ case("simulate-seed-beyond-64-bits")(lambda w, d: (
 case("simulate-out-exists")(lambda w, d: (["simulate", "kolmogorov", "--out", str(w.data)], "already exists"))
 
 
+case("simulate-gaussian-option-for-kolmogorov")(lambda w, d: (
+    ["simulate", "kolmogorov", "--out", str(d / "s.zarr"), "--correlation-time", "-5", "--variables", "1"],
+    "--variables, --correlation-time: apply to the gaussian system only, not kolmogorov"))
+case("simulate-spinup-for-gaussian")(lambda w, d: (
+    ["simulate", "gaussian", "--out", str(d / "s.zarr"), "--spinup", "999"], "--spinup: applies to kolmogorov and dapper-qg"))
+case("simulate-coarsen-for-dapper-qg")(lambda w, d: (
+    ["simulate", "dapper-qg", "--out", str(d / "s.zarr"), "--coarsen", "2"], "--coarsen: applies to the Kolmogorov flow only"))
+
+
 @case("simulate-out-under-a-file")
 def _(w, d):
     (d / "notes").write_text("a file, not a folder")
