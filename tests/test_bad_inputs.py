@@ -259,6 +259,15 @@ case("inspect-missing")(lambda w, d: (["inspect", "--quiet", str(d / "none.zarr"
 case("inspect-corrupt-chunk")(lambda w, d: (["inspect", "--quiet", str(corrupt_chunk(copy(w.data, d)))], "cannot read"))
 case("inspect-missing-chunk")(lambda w, d: (["inspect", "--quiet", str(remove_chunk(copy(w.data, d)))], "NaN"))
 case("inspect-unknown-variable")(lambda w, d: (["inspect", "--quiet", str(w.data), "--variables", "w"], "unknown variable"))
+@case("inspect-time-units-undecodable")
+def _(w, d):
+    """xarray cannot decode them when opening the file: latentda's own message (the README's table) is given."""
+    dataset = make_box_dataset(trajectories=1, times=3, size=8)
+    dataset["time"] = ("time", np.arange(3.0), {"units": "hours since doomsday"})
+    dataset.to_netcdf(d / "doom.nc", engine="h5netcdf")
+    return ["inspect", "--quiet", str(d / "doom.nc")], "doom.nc: time units 'hours since doomsday' cannot be decoded"
+
+
 case("inspect-nan")(lambda w, d: (["inspect", "--quiet", str(rewrite(w.data, d / "nan.zarr", with_value("v", np.nan)))], "'v'"))
 
 

@@ -140,16 +140,30 @@ def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dat
     path = paths[0]
     fmt = input_format(path)
     try:
-        if fmt == "zarr":
-            with quiet_zarr():  # stores without consolidated metadata are fine
-                dataset = xr.open_zarr(path, chunks=None, consolidated=None)
-        else:
-            with open(path, "rb") as handle:
-                classic = handle.read(3) == b"CDF"  # netCDF-3: scipy reads it; netCDF-4/HDF5: h5netcdf
-            dataset = xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None)
+        dataset = _open_one(path, fmt)
     except Exception as error:  # the backends raise many types; the user needs one line
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        try:  # times xarray cannot decode (units "hours since doomsday"): latentda's own check names them
+            _standard_time_axis(_open_one(path, fmt, decode_times=False), time_dim, path)
+        except LatentdaError:
+            raise
+        except Exception:  # noqa: BLE001 — not the times: the first error tells
+            pass
         raise LatentdaError(f"{path}: not a readable {fmt} dataset ({message})") from None
+    return _standard_time_axis(dataset, time_dim, path)
+
+
+def _open_one(path: Path, fmt: str, **options) -> xr.Dataset:
+    """One netCDF file (netCDF-3 through scipy, netCDF-4/HDF5 through h5netcdf) or zarr store, lazily."""
+    if fmt == "zarr":
+        with quiet_zarr():  # stores without consolidated metadata are fine
+            return xr.open_zarr(path, chunks=None, consolidated=None, **options)
+    with open(path, "rb") as handle:
+        classic = handle.read(3) == b"CDF"
+    return xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None, **options)
+
+
+def _standard_time_axis(dataset: xr.Dataset, time_dim: str | None, path: Path) -> xr.Dataset:
     try:
         return standard_time_axis(dataset, time_dim)
     except LatentdaError as error:
