@@ -329,7 +329,12 @@ class LatentDAPipeline:
         a calendar-conditioned prior needs the ``start_time`` (datetime64) of the trajectories.
         ``steps``, ``method`` (the sampler) and ``overrides`` (the other :class:`SamplerSettings`
         fields: corrections, tau, sigma_start, churn, overlap) replace the pipeline's defaults
-        (:attr:`sampling`) where not None."""
+        (:attr:`sampling`) where not None; ``sampler=`` (the field's name, as in ``reanalyze``) is
+        ``method``."""
+        if "sampler" in overrides:
+            if method is not None:
+                raise LatentdaError("give the sampler as method or as sampler, not both")
+            method = overrides.pop("sampler")
         sampling = resolve_sampling(self, steps=steps, sampler=method, **overrides)
         check_integer("length", length, minimum=1)
         check_integer("members", members, minimum=1)
