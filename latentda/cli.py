@@ -56,9 +56,9 @@ def _simulate(args: argparse.Namespace) -> None:
 
     if args.system != "gaussian":
         refuse(GAUSSIAN_OPTIONS, "the gaussian system")
-    if args.system != "kolmogorov":
+    if args.system != "kolmogorov" and args.coarsen not in (None, 1):
         refuse(["coarsen"], "the Kolmogorov flow")
-    if args.system != "dapper-qg":
+    if args.system != "dapper-qg" and args.workers not in (None, 1):
         refuse(["workers"], "dapper-qg (the other simulators run batched in one process)")
     if args.system == "gaussian":
         refuse(["spinup"], "kolmogorov and dapper-qg (the gaussian system starts in its stationary law)")

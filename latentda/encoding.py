@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from latentda.components import autoencoder_fingerprint, load_autoencoder
 from latentda.data import LATENT, atomic_path, open_dataset, time_step
-from latentda.data.io import already_exists, create_store, write_region
+from latentda.data.io import already_exists, create_store, remove_path, write_region
 from latentda.data.windows import MISSING_ATTR
 from latentda.data.layout import CONVENTIONS, TIME, TRAJECTORY
 from latentda.data.statistics import check_finite
@@ -63,7 +63,8 @@ def encode_dataset(
     """Encode every state of ``data`` with the autoencoder folder ``autoencoder`` into ``out``
     (``time_dim``: the name of ``data``'s time dimension, when not found from its CF attributes) on
     ``device`` (default: this process's, a GPU when there is one). The grid must be the model's and
-    the time axis regular (checked before anything is written)."""
+    the time axis regular (checked before anything is written). Under torchrun / accelerate launch
+    every process must call it (module docstring): the batches are dealt over them."""
     state = process_state()
     main = state.is_main_process
     device = device or state.device
@@ -103,7 +104,16 @@ def encode_dataset(
             return str(temporary)
 
         temporary = Path(first_text(run_on_main(create, main) or ""))
-        bar = tqdm(total=sum(min(start + batch_size, steps) - start for _, _, start in mine), desc="encode", unit="state",
+        if not main:  # leaving on an error or interrupt: its last write may have followed the main one's removal
+
+            def remove_on_error(kind, error, traceback) -> bool:
+                if kind is not None:
+                    remove_path(temporary)
+                return False
+
+            output.push(remove_on_error)
+        shown = "encode" if state.num_processes == 1 else f"encode (process 0's share of {state.num_processes})"
+        bar = tqdm(total=sum(min(start + batch_size, steps) - start for _, _, start in mine), desc=shown, unit="state",
                    disable=not (progress and main))
         missing: list[list] = []
         on_mask, error = 0, None

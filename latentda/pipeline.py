@@ -331,10 +331,11 @@ class LatentDAPipeline:
         fields: corrections, tau, sigma_start, churn, overlap) replace the pipeline's defaults
         (:attr:`sampling`) where not None; ``sampler=`` (the field's name, as in ``reanalyze``) is
         ``method``."""
-        if "sampler" in overrides:
+        sampler = overrides.pop("sampler", None)
+        if sampler is not None:
             if method is not None:
                 raise LatentdaError("give the sampler as method or as sampler, not both")
-            method = overrides.pop("sampler")
+            method = sampler
         sampling = resolve_sampling(self, steps=steps, sampler=method, **overrides)
         check_integer("length", length, minimum=1)
         check_integer("members", members, minimum=1)

@@ -34,6 +34,7 @@ def test_save_load_round_trip_identical_outputs(saved, tmp_path):
     # the sampler by its settings' name (as reanalyze takes it) or by method=: the same draw
     np.testing.assert_array_equal(pipeline.sample(5, 1, steps=2, sampler="ddpm", seed=1)["u"].values,
                                   pipeline.sample(5, 1, steps=2, method="ddpm", seed=1)["u"].values)
+    assert pipeline.sample(5, 1, steps=2, method="ddpm", sampler=None, seed=1)["u"].shape[0] == 1  # None: not given
     with pytest.raises(LatentdaError, match="method or as sampler, not both"):
         pipeline.sample(5, 1, method="ddpm", sampler="pc")
     assert loaded.model_card.startswith("# tiny test pipeline")

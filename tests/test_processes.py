@@ -161,3 +161,41 @@ def test_a_bad_state_in_another_process_share_stops_both(tmp_path, trained):
     assert result.returncode != 0 and result.stderr.count(message) == 2, result.stderr[-2000:]
     assert "gloo" not in result.stderr and "RuntimeError" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zarr", "strict"]
+
+
+def _interrupted_encode_worker(autoencoder: str, data: str, out: str):
+    """Run by each of 2 torchrun processes: process 0 is interrupted (Ctrl-C) at its second batch while
+    process 1, slower, is still writing its own."""
+    import os
+    import time
+
+    import latentda.encoding as encoding
+
+    rank, real, count = int(os.environ["RANK"]), encoding.write_region, [0]
+
+    def write_region(path, arrays, region):
+        count[0] += 1
+        if rank == 0 and count[0] == 2:
+            raise KeyboardInterrupt
+        if rank == 1:
+            time.sleep(0.3)
+        return real(path, arrays, region)
+
+    encoding.write_region = write_region
+    try:
+        encoding.encode_dataset(autoencoder, data, out, batch_size=2, progress=False)
+    except BaseException as error:  # noqa: BLE001 — reported, then the process ends
+        print(f"rank {rank}: {type(error).__name__}", flush=True)
+
+
+def test_an_interrupted_two_process_encode_leaves_nothing(tmp_path, trained, gappy):
+    """The main process removes the temporary when interrupted; the other, still writing, never creates
+    it again (its writes need the store to exist) and removes it too as it leaves."""
+    import inspect
+
+    script = tmp_path / "worker.py"
+    script.write_text(inspect.getsource(_interrupted_encode_worker)
+                      + f"\n\n_interrupted_encode_worker({str(trained)!r}, {str(gappy)!r}, {str(tmp_path / 'z.zarr')!r})\n")
+    result = run_torchrun([str(script)], 29537, check=False)
+    assert "rank 0: KeyboardInterrupt" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worker.py"]

@@ -145,8 +145,9 @@ def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dat
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         try:  # times xarray cannot decode (units "hours since doomsday"): latentda's own check names them
             _standard_time_axis(_open_one(path, fmt, decode_times=False), time_dim, path)
-        except LatentdaError:
-            raise
+        except LatentdaError as undecodable:
+            if "cannot be decoded" in str(undecodable):
+                raise
         except Exception:  # noqa: BLE001 — not the times: the first error tells
             pass
         raise LatentdaError(f"{path}: not a readable {fmt} dataset ({message})") from None
@@ -235,7 +236,9 @@ def _without_source_codecs(dataset: xr.Dataset) -> xr.Dataset:
 
 
 def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a dataset to netCDF or zarr (by suffix), atomically.
+    """Write a dataset to netCDF or zarr (by suffix), atomically. An interrupt waits for a zarr write
+    to finish (:func:`uninterrupted`): give a dataset in memory (``.load()``), not a lazy one whose
+    reading would be held up with it.
 
     Zarr stores are chunked one time step per chunk along ``time`` when it exists.
     """
@@ -297,8 +300,15 @@ def uninterrupted() -> Iterator[None]:
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        blocking = hasattr(signal, "pthread_sigmask")  # a signal arriving while the handlers are put back waits for them
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_BLOCK, list(previous))
+        try:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        finally:
+            if blocking:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, list(previous))
         if received:
             signal.raise_signal(received[0])
 
@@ -307,7 +317,7 @@ def write_region(path: str | os.PathLike, arrays: dict[str, np.ndarray], index: 
     """Write ``arrays[name]`` into ``store[name][index]`` for each name (interrupts held back until
     it is written: :func:`uninterrupted`)."""
     with quiet_zarr(), uninterrupted():
-        group = zarr.open_group(path, mode="a")
+        group = zarr.open_group(path, mode="r+")  # never created again: a removed temporary stays removed
         for name, values in arrays.items():
             group[name][index] = values
 

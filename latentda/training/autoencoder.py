@@ -189,7 +189,7 @@ def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress:
     valid = WindowDataset(source, splits["valid"] or splits["train"], window=1, split="valid" if splits["valid"] else "train")
     weights = torch.from_numpy(layout.area_weights())
     present = np.ones((layout.num_channels, *layout.shape), bool) if layout.mask is None else layout.mask
-    frame_area = float((present * layout.area_weights()).sum())  # Σ_c Σ_yx w of a state with no gap
+    frame_area = float((present * layout.area_weights().astype(np.float64)).sum())  # Σ_c Σ_yx w of a state with no gap
 
     def loss_fn(network, batch, generator):
         """Σ m w e² / (B · frame_area): the area-weighted mean squared error, a gap (allow_missing)
