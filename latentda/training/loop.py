@@ -299,7 +299,8 @@ class Trainer:
         check_run_dir(self.run_dir, resume)
         self.resume, self.fingerprints = resume, dict(fingerprints or {})
         self.accelerator = accelerator or make_accelerator(config)
-        check_batch_split(config, self.accelerator.num_processes)
+        world = self.accelerator.num_processes
+        check_batch_split(config, world)
         self.model, self.loss_fn, self.dataset, self.config = model, loss_fn, dataset, config
         self.validate_fn = validate_fn
         self.progress = progress
