@@ -12,13 +12,15 @@ own error, with no network: on the Kolmogorov prior the ensembles' spread-skill 
 ordering (docs/benchmarks.md, "Fewer steps for the same calibration").
 """
 
-import sys
+import argparse
+import math
 
 import torch
 
-from latentda.diffusion.denoiser import make_schedule
+from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, make_schedule
 from latentda.diffusion.gaussian import GaussianDenoiser
 from latentda.diffusion.sampling import sample
+from latentda.diffusion.settings import SAMPLERS
 from latentda.posterior import MMPSDenoiser
 
 DEFAULT = ["ddpm:16:1000", "ddim:16:1000", "pc:16:1000", "pc:32:1000", "pc:8:20", "heun:8:1000", "heun:16:1000",
@@ -30,8 +32,46 @@ def calls(method: str, steps: int) -> int:
     return per_step * (steps - 1) + 1
 
 
+def parse_config(text: str) -> tuple[str, int, float, float, float]:
+    """(sampler, steps, σ_start, τ, churn) of ``SAMPLER:STEPS:SIGMA_START[:TAU[:CHURN]]``; τ = 0.1 and
+    churn = 0 when left out. Raises ValueError with a one-line reason."""
+    parts = text.split(":")
+    if not 3 <= len(parts) <= 5:
+        raise ValueError(f"has {len(parts)} fields, expected 3 to 5")
+    method = parts[0]
+    if method not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{method}' (choose from {', '.join(SAMPLERS)})")
+    try:
+        steps = int(parts[1])
+        start, tau, churn = (float(part) for part in parts[2:] + ["0.1", "0"][len(parts) - 3 :])
+    except ValueError:
+        raise ValueError("STEPS must be an integer and SIGMA_START, TAU, CHURN numbers") from None
+    if steps < 1:
+        raise ValueError(f"STEPS must be at least 1, got {steps}")
+    if not SIGMA_MIN < start <= SIGMA_MAX:
+        raise ValueError(f"SIGMA_START {start:g} outside the prior's σ range ({SIGMA_MIN:g}, {SIGMA_MAX:g}]")
+    if not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"TAU must be a positive number, got {tau:g}")
+    if not math.isfinite(churn) or churn < 0:
+        raise ValueError(f"CHURN must be a non-negative number, got {churn:g}")
+    return method, steps, start, tau, churn
+
+
 def main() -> None:
-    configs = sys.argv[1:] or DEFAULT
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="*", metavar="CONFIG", default=DEFAULT,
+                        help="SAMPLER:STEPS:SIGMA_START[:TAU[:CHURN]], i.e. sampler:steps:σ_start[:τ[:churn]]: SAMPLER "
+                             f"one of {', '.join(SAMPLERS)}; STEPS noise levels; SIGMA_START the first noise level, in "
+                             f"({SIGMA_MIN:g}, {SIGMA_MAX:g}]; TAU the Langevin step factor of pc and heun-pc, > 0 "
+                             "(default 0.1); CHURN stochastic churn, ≥ 0 (default 0: none). Without CONFIG: " + " ".join(DEFAULT))
+    args = parser.parse_args()
+    configs = args.configs
+    parsed = {}
+    for config in configs:
+        try:
+            parsed[config] = parse_config(config)
+        except ValueError as error:
+            parser.error(f"config '{config}': {error}")
     generator = torch.Generator().manual_seed(0)
     dim, copies = 4, 32
     factor = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
@@ -47,10 +87,7 @@ def main() -> None:
     print("| config (sampler:steps:σ_start[:τ[:churn]]) | calls | prior variance kept | posterior variance kept |")
     print("|---|---|---|---|")
     for config in configs:
-        parts = config.split(":")
-        method, steps, start = parts[0], int(parts[1]), float(parts[2])
-        tau = float(parts[3]) if len(parts) > 3 else 0.1
-        churn = float(parts[4]) if len(parts) > 4 else 0.0
+        method, steps, start, tau, churn = parsed[config]
         ratios = []
         for denoise, target in ((prior, covariance), (guided, posterior)):
             x = sample(denoise, (200, dim * copies), make_schedule(), steps=steps, method=method, sigma_start=start,
