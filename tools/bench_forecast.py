@@ -42,11 +42,23 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--figure")
     args = parser.parse_args()
+    dataset = open_dataset(args.data)
+    splits = split_segments(dataset)
+    held_out = splits["test"][: args.trajectories]
+    needed, available = args.window + args.lead, min((segment.length for segment in held_out), default=0)
+    if needed > available:
+        parser.error(f"--window {args.window} and --lead {args.lead} need {needed} states per held-out trajectory; "
+                     f"{args.data} has {available}")
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)
-    dataset = open_dataset(args.data)
+    context = default_context(pipeline)
+    if args.window < context:
+        parser.error(f"--window {args.window}: the forecasts from the perfect initial state are conditioned on the "
+                     f"{context} states up to the start; give at least {context}")
+    if needed < pipeline.window:
+        parser.error(f"--window {args.window} and --lead {args.lead}: the all-at-once reanalysis needs --window + --lead "
+                     f"≥ the prior's window of {pipeline.window} states")
     layout = FieldLayout.from_dataset(dataset)
-    splits = split_segments(dataset)
     rng = np.random.default_rng(0)
     train = splits["train"]
     climate = np.stack([layout.to_array(dataset, train[i].trajectory, slice(t, t + 1))[0]
@@ -54,15 +66,14 @@ def main() -> None:
     energy_range = [float(np.percentile(0.5 * (climate**2).sum(1).mean((1, 2)), q)) for q in (1, 99)]
     settings = PosteriorSettings(steps=args.steps, sampler=args.sampler)  # 3 CG iterations
     config = parse(ObservationConfig, {"observations": [{"name": "o", "variables": ["u", "v"], "fraction": 0.05, "noise_std": 0.1}]})
-    context = default_context(pipeline)
     start = args.window - 1
     methods = ["perfect init, MMPS", "perfect init, inpaint", "reanalysis, autoregressive", "reanalysis, all at once",
                "persistence", "climatology"]
     scores = {m: [] for m in methods}
     energies = {m: [] for m in methods}
     cost = {}
-    for k, segment in enumerate(splits["test"][: args.trajectories]):
-        truth = layout.to_array(dataset, segment.trajectory, slice(0, start + args.lead + 1))
+    for k, segment in enumerate(held_out):
+        truth = layout.to_array(dataset, segment.trajectory, slice(segment.start, segment.start + needed))
         target = truth[start:]
         initial = pipeline.encode(truth[start - context + 1 : start + 1])[None]
         operator = synthesize(truth[: args.window], layout, config, seed=k)

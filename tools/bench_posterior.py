@@ -93,12 +93,16 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--json")
     args = parser.parse_args()
+    dataset = open_dataset(args.data)
+    splits = split_segments(dataset)
+    held_out = splits["test"][: args.trajectories]
+    available = min((segment.length for segment in held_out), default=0)
+    if args.length > available:
+        parser.error(f"--length {args.length} needs {args.length} states per held-out trajectory; {args.data} has {available}")
     rng = np.random.default_rng(0)
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)
-    layout = FieldLayout.from_dataset(open_dataset(args.data))
-    dataset = open_dataset(args.data)
-    splits = split_segments(dataset)
+    layout = FieldLayout.from_dataset(dataset)
     weights = layout.area_weights()
     train = splits["train"]
     picks = rng.choice(len(train) * train[0].length, size=min(args.train_states, len(train) * train[0].length), replace=False)
@@ -109,8 +113,8 @@ def main() -> None:
     for setting in args.settings:
         config = parse(ObservationConfig, SETTINGS[setting])
         rows = {m: [] for m in args.methods}
-        for k, segment in enumerate(splits["test"][: args.trajectories]):
-            truth = layout.to_array(dataset, segment.trajectory, slice(0, args.length))
+        for k, segment in enumerate(held_out):
+            truth = layout.to_array(dataset, segment.trajectory, slice(segment.start, segment.start + args.length))
             operator = synthesize(truth, layout, config, seed=100 + k)
             for method in args.methods:
                 start = time.perf_counter()

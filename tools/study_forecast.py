@@ -43,16 +43,24 @@ def main() -> None:
             parser.error(f"grid entry '{text}' is not CONDITIONING[NOISE][xITERATIONS]:SAMPLER:STEPS")
         conditioning, noise, iterations, sampler, steps = match.groups()
         entries.append((text, conditioning, float(noise or 0.01), int(iterations or 1), sampler, int(steps)))
+    dataset = open_dataset(args.data)
+    held_out = split_segments(dataset)["test"][: args.trajectories]
+    needed, available = args.start + args.lead + 1, min((segment.length for segment in held_out), default=0)
+    if needed > available:
+        parser.error(f"--start {args.start} and --lead {args.lead} need {needed} states per held-out trajectory; "
+                     f"{args.data} has {available}")
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)
-    dataset = open_dataset(args.data)
     layout = FieldLayout.from_dataset(dataset)
     context = default_context(pipeline)
+    if args.start < context - 1:
+        parser.error(f"--start {args.start}: the forecasts are conditioned on the {context} states up to the start; "
+                     f"give at least {context - 1}")
     scores = {name: [] for name, *_ in entries}
     scores["persistence"] = []
     seconds = {name: 0.0 for name, *_ in entries}
-    for k, segment in enumerate(split_segments(dataset)["test"][: args.trajectories]):
-        truth = layout.to_array(dataset, segment.trajectory, slice(0, args.start + args.lead + 1))
+    for k, segment in enumerate(held_out):
+        truth = layout.to_array(dataset, segment.trajectory, slice(segment.start, segment.start + needed))
         target = truth[args.start :]
         initial = pipeline.encode(truth[args.start - context + 1 : args.start + 1])[None]
         for name, conditioning, noise, iterations, sampler, steps in entries:
