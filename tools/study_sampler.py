@@ -22,6 +22,7 @@ import numpy as np
 
 from latentda.config import parse
 from latentda.data import FieldLayout, open_dataset
+from latentda.errors import LatentdaError
 from latentda.observe import ObservationConfig, synthesize
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
@@ -37,11 +38,19 @@ def denoiser_calls(sampler: str, steps: int, corrections: int) -> int:
 
 
 def parse_config(text: str) -> dict:
+    """The sampler settings of ``SAMPLER:STEPS:SIGMA_START[:TAU[:CORRECTIONS[:CHURN]]]`` (None where left
+    out); ValueError with a one-line reason when the text has too few or too many fields or a field is
+    not a number (the values themselves are checked by PosteriorSettings)."""
     parts = text.split(":")
-    sampler, steps, start = parts[0], int(parts[1]), float(parts[2])
-    tau = float(parts[3]) if len(parts) > 3 else None
-    corrections = int(parts[4]) if len(parts) > 4 else None
-    churn = float(parts[5]) if len(parts) > 5 else None
+    if not 3 <= len(parts) <= 6:
+        raise ValueError(f"has {len(parts)} fields, expected 3 to 6")
+    try:
+        sampler, steps, start = parts[0], int(parts[1]), float(parts[2])
+        tau = float(parts[3]) if len(parts) > 3 else None
+        corrections = int(parts[4]) if len(parts) > 4 else None
+        churn = float(parts[5]) if len(parts) > 5 else None
+    except ValueError:
+        raise ValueError("STEPS and CORRECTIONS must be integers, SIGMA_START, TAU and CHURN numbers") from None
     return {"sampler": sampler, "steps": steps, "sigma_start": start, "tau": tau, "corrections": corrections,
             "churn": churn}
 
@@ -58,16 +67,32 @@ def main() -> None:
     parser.add_argument("--setting", choices=list(SETTINGS), default="sparse 5%", help="observations (as bench_posterior)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    configs = {}
+    for text in args.configs:
+        try:
+            configs[text] = parse_config(text)
+        except ValueError as error:
+            parser.error(f"config '{text}': {error}")
+    dataset = open_dataset(args.truth)
+    trajectories, states = dataset.sizes.get("trajectory", 1), dataset.sizes.get("time", 0)
+    if args.trajectories > trajectories:
+        parser.error(f"--trajectories {args.trajectories}: {args.truth} has {trajectories}")
+    if args.length > states:
+        parser.error(f"--length {args.length} needs {args.length} states per trajectory; {args.truth} has {states}")
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)
-    dataset = open_dataset(args.truth)
+    all_settings = {}
+    for text, config in configs.items():
+        try:
+            all_settings[text] = PosteriorSettings(iterations=args.iterations, **config)
+            all_settings[text].sampling(pipeline)
+        except LatentdaError as error:
+            parser.error(f"config '{text}': {error}")
     layout = FieldLayout.from_dataset(dataset)
     weights = layout.area_weights()
     observation_config = parse(ObservationConfig, SETTINGS[args.setting])
     results = {}
-    for text in args.configs:
-        config = parse_config(text)
-        settings = PosteriorSettings(iterations=args.iterations, **config)
+    for text, settings in all_settings.items():
         sampling = settings.sampling(pipeline)
         calls = denoiser_calls(sampling.sampler, sampling.steps, sampling.corrections)
         rows = []
