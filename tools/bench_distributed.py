@@ -24,27 +24,42 @@ import numpy as np
 from safetensors.numpy import load_file
 
 
+def call(command: list[str], processes: int = 1, env: dict | None = None) -> None:
+    """Run a ``latentda`` child; when it fails, print the last lines of its error output and exit 2."""
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = (result.stderr.strip() or result.stdout.strip() or "(no output)").splitlines()[-10:]
+        name = command[command.index("latentda.cli") + 1]
+        print(f"bench_distributed.py: latentda {name} with {processes} process{'es' if processes > 1 else ''} failed "
+              f"(exit {result.returncode}):", *lines, sep="\n", file=sys.stderr)
+        sys.exit(2)
+
+
 def run(command: list[str], processes: int, port: int) -> float:
     launcher = [sys.executable, "-m", "latentda.cli"] if processes == 1 else [
         str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(processes), "--master_port", str(port),
         "-m", "latentda.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // processes))}
     start = time.perf_counter()
-    subprocess.run(launcher + command, check=True, env=env, capture_output=True)
+    call(launcher + command, processes, env)
     return time.perf_counter() - start
 
 
 def observation_file(work: Path, truth: str, length: int) -> str:
     """5% of the pixels of ``length`` states of the last (held-out) trajectory, σ = 0.1."""
-    import xarray as xr
+    from latentda.data import open_dataset
+    from latentda.errors import LatentdaError
 
-    last = xr.open_zarr(truth, consolidated=False).sizes.get("trajectory", 1) - 1
+    try:
+        last = open_dataset(truth).sizes.get("trajectory", 1) - 1
+    except LatentdaError as error:
+        print(f"bench_distributed.py: --truth: {error}", file=sys.stderr)
+        sys.exit(2)
     observations = work / f"obs{length}.nc"
     operator = work / "op.yaml"
     operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.05, noise_std: 0.1}\n")
-    subprocess.run([sys.executable, "-m", "latentda.cli", "observe", "--truth", truth, "--trajectory", str(last),
-                    "--length", str(length), "--operator", str(operator), "--out", str(observations)], check=True,
-                   capture_output=True)
+    call([sys.executable, "-m", "latentda.cli", "observe", "--truth", truth, "--trajectory", str(last),
+          "--length", str(length), "--operator", str(operator), "--out", str(observations)])
     return str(observations)
 
 
@@ -77,6 +92,16 @@ def main() -> None:
     args = parser.parse_args()
     if {"train", "fsdp"} & set(args.tasks) and not (args.latents and args.config):
         parser.error("tasks train and fsdp need --latents and --config")
+    needed = {}  # --pipeline may be a Hub repo id: the child says when it cannot load it
+    if {"train", "fsdp"} & set(args.tasks):
+        needed |= {"--latents": args.latents, "--config": args.config}
+    if "reanalyze" in args.tasks and args.observations:
+        needed["--observations"] = args.observations
+    if "blankets" in args.tasks or "reanalyze" in args.tasks and not args.observations:
+        needed["--truth"] = args.truth
+    for option, path in needed.items():
+        if not Path(path).exists():
+            parser.error(f"{option} {path}: no such file or directory")
     times, differences = {}, {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
