@@ -39,20 +39,50 @@ print(json.dumps({"trajectories": count, "frames": frames, "seconds": elapsed, "
 """
 
 
+def child(parser: argparse.ArgumentParser, script: str, *arguments) -> str:
+    """Run ``script`` in a fresh Python; its stdout, or (when it fails) the last line of its error output
+    (the exception of its traceback) and exit 2."""
+    result = subprocess.run([sys.executable, "-c", script, *map(str, arguments)], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip() or "(no output)").splitlines()[-1]
+        print(f"{parser.prog}: a child process failed (exit {result.returncode}): {last}", file=sys.stderr)
+        sys.exit(2)
+    return result.stdout
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--autoencoder", required=True, type=Path)
-    parser.add_argument("--data", required=True, type=Path)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--autoencoder", required=True, type=Path, help="autoencoder folder (e.g. PIPELINE/autoencoder)")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="dataset (zarr or netCDF) with a trajectory dimension of at least 4N trajectories")
     parser.add_argument("--trajectories", type=int, default=4, help="N: the small run encodes N, the large 4N")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="frames encoded per batch")
     args = parser.parse_args()
+    if args.trajectories < 1:
+        parser.error(f"--trajectories must be at least 1, got {args.trajectories}")
+    from latentda.data import open_dataset
+    from latentda.errors import LatentdaError
+
+    try:
+        available = open_dataset(args.data).sizes.get("trajectory", 0)
+    except LatentdaError as error:
+        parser.error(f"--data: {error}")
+    if 4 * args.trajectories > available:
+        parser.error(f"--trajectories {args.trajectories}: the large run encodes {4 * args.trajectories} trajectories; "
+                     f"{args.data} has {available}")
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for count in (args.trajectories, 4 * args.trajectories):
-            subprocess.run([sys.executable, "-c", PREPARE, str(args.data), str(count), workdir], check=True)
-            out = subprocess.run([sys.executable, "-c", CHILD, str(args.autoencoder), str(args.data), str(count),
-                                  str(args.batch_size), workdir], capture_output=True, text=True, check=True)
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            child(parser, PREPARE, args.data, count, workdir)
+            out = child(parser, CHILD, args.autoencoder, args.data, count, args.batch_size, workdir)
+            results.append(json.loads(out.strip().splitlines()[-1]))
     for r in results:
         print(f"{r['frames']:>6} frames: {r['frames_per_second']:8.1f} frames/s, peak RSS {r['peak_rss_mb']:.0f} MB "
               f"(before encoding {r['rss_before_encode_mb']:.0f} MB)")

@@ -5,17 +5,18 @@
 Each configuration runs in a fresh process: load the pipeline, build a 5%-of-pixels operator over
 L = m·K states, run one guided step (MMPS, 1 iteration, batch of one member) and report the growth
 of the peak resident memory during the step. Without chunking the decoder's graph of all L frames
-is alive during the step; with ``--decode-chunk`` only ``chunk`` frames' graph is.
+is alive during the step; with a decode chunk (``--chunk``) only that many frames' graph is.
 """
 
 import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, torch
-sys.path.insert(0, "tools")
+sys.path.insert(0, sys.argv[4])  # the tools folder
 from bench_cost import sparse_operator
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.guidance import MMPSDenoiser
@@ -34,28 +35,43 @@ print(json.dumps({"length": L, "chunk": chunk, "step_peak_mb": (after - before) 
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 4, 8], help="multiples of K")
-    parser.add_argument("--chunk", type=int, default=8)
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    import json as _json
-    from pathlib import Path
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
 
-    window = _json.loads((Path(args.pipeline) / "denoiser" / "config.json").read_text())["window"]
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="trajectory lengths L, in multiples of the window K")
+    parser.add_argument("--chunk", type=int, default=8, help="frames decoded at once in the chunked runs (decode chunk)")
+    parser.add_argument("--json", help="also write the measurements to this JSON file")
+    args = parser.parse_args()
+    config = Path(args.pipeline) / "denoiser" / "config.json"
+    if not config.is_file():
+        parser.error(f"--pipeline {args.pipeline}: not a pipeline folder (no {config})")
+    window = json.loads(config.read_text())["window"]
     rows = []
     for multiple in args.lengths:
         for chunk in ("none", str(args.chunk)):
-            out = subprocess.run([sys.executable, "-c", CHILD, args.pipeline, str(multiple * window), chunk],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-c", CHILD, args.pipeline, str(multiple * window), chunk,
+                                  str(Path(__file__).resolve().parent)], capture_output=True, text=True)
+            if out.returncode != 0:
+                last = (out.stderr.strip() or "(no output)").splitlines()[-1]
+                print(f"{parser.prog}: the step at L = {multiple * window}, decode chunk {chunk} failed "
+                      f"(exit {out.returncode}): {last}", file=sys.stderr)
+                sys.exit(2)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"L = {r['length']:4d}, decode chunk {str(r['chunk']):>4s}: step peak +{r['step_peak_mb']:7.1f} MB "
                   f"(process peak {r['total_peak_mb']:.0f} MB)", flush=True)
     for chunk in (None, args.chunk):
         series = [r for r in rows if r["chunk"] == chunk]
+        if series[-1]["length"] == series[0]["length"]:
+            continue  # one length: no growth to report
         growth = (series[-1]["step_peak_mb"] - series[0]["step_peak_mb"]) / (series[-1]["length"] - series[0]["length"])
         print(f"decode chunk {chunk}: {growth:.2f} MB per additional state")
     if args.json:
