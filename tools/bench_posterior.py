@@ -1,4 +1,4 @@
-"""Posterior quality on held-out Kolmogorov trajectories: MMPS (1 and 3 iterations), DPS and baselines.
+r"""Posterior quality on held-out Kolmogorov trajectories: MMPS (1 and 3 iterations), DPS and baselines.
 
     python tools/bench_posterior.py --pipeline runs/ldm-kolmogorov/pipeline --data data/kolmogorov.zarr \
         --trajectories 2 --members 8 --length 16 --steps 32 --json docs/benchmarks/posterior.json
@@ -14,6 +14,7 @@ and trajectories), the observation residual ratio and the wall time per member.
 import argparse
 import dataclasses
 import json
+import re
 import time
 
 import numpy as np
@@ -78,21 +79,37 @@ def summarise(ensemble: np.ndarray, truth: np.ndarray, operator: ObservationOper
     return {name: float(np.nanmean(value)) for name, value in scores.items()} | {"residual_ratio": ratio}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--data", required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
+    parser.add_argument("--data", required=True,
+                        help="dataset (zarr or netCDF); its test split is reanalysed, its train split fits the baselines")
     parser.add_argument("--trajectories", type=int, default=2, help="held-out (test split) trajectories")
-    parser.add_argument("--members", type=int, default=8)
-    parser.add_argument("--length", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--sampler", default=None)
-    parser.add_argument("--rank", type=int, default=256)
-    parser.add_argument("--train-states", type=int, default=4000)
-    parser.add_argument("--methods", nargs="+", default=["MMPS n=1", "MMPS n=3", "DPS", "climatology", "Gaussian OI"])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
-    parser.add_argument("--json")
+    parser.add_argument("--members", type=int, default=8, help="ensemble members per trajectory and method")
+    parser.add_argument("--length", type=int, default=16,
+                        help="states reanalysed per held-out trajectory (its first ones; L)")
+    parser.add_argument("--steps", type=int, default=32, help="diffusion steps (MMPS, DPS)")
+    parser.add_argument("--sampler", default=None,
+                        help="sampler: ddpm, ddim, heun, pc or heun-pc (default: the pipeline's)")
+    parser.add_argument("--rank", type=int, default=256, help="PCA rank of the Gaussian OI baseline's covariance")
+    parser.add_argument("--train-states", type=int, default=4000,
+                        help="random training states for the climatology and Gaussian OI baselines (at most all)")
+    parser.add_argument("--methods", nargs="+", default=["MMPS n=1", "MMPS n=3", "DPS", "climatology", "Gaussian OI"],
+                        help="methods compared: 'MMPS n=N' (N CG iterations), DPS, climatology, 'Gaussian OI'")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+                        help="observation settings: 5 %% of the pixels of u and v, or their 8×8 block means")
+    parser.add_argument("--json", help="also write the mean scores to this JSON file")
     args = parser.parse_args()
+    for method in args.methods:
+        if not (re.fullmatch(r"(MMPS|DPS)( n=\d+)?", method) or method in ("climatology", "Gaussian OI")):
+            parser.error(f"--methods: unknown method '{method}' (MMPS n=N, DPS, climatology or Gaussian OI)")
     dataset = open_dataset(args.data)
     splits = split_segments(dataset)
     held_out = splits["test"][: args.trajectories]
@@ -102,6 +119,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)
+    if args.length < pipeline.window and any(method.startswith(("MMPS", "DPS")) for method in args.methods):
+        parser.error(f"--length {args.length}: MMPS and DPS reanalyse at least the prior's window of {pipeline.window} states")
     layout = FieldLayout.from_dataset(dataset)
     weights = layout.area_weights()
     train = splits["train"]

@@ -1,4 +1,4 @@
-"""Unconditional trajectories of the prior against held-out data: statistics side by side.
+r"""Unconditional trajectories of the prior against held-out data: statistics side by side.
 
     python tools/bench_prior.py --pipeline runs/ldm-kolmogorov/pipeline --data data/kolmogorov.zarr \
         --members 8 --length 32 --out docs/figures/prior.png --json docs/benchmarks/prior.json
@@ -36,22 +36,34 @@ def describe(trajectories: np.ndarray, channels: list[str]) -> dict:
     return out
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--members", type=int, default=8)
-    parser.add_argument("--length", type=int, default=32)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--sampler")
-    parser.add_argument("--out", type=Path, default=Path("docs/figures/prior.png"))
-    parser.add_argument("--json")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
+    parser.add_argument("--data", required=True, help="dataset (zarr or netCDF); its test split's trajectories are compared")
+    parser.add_argument("--members", type=int, default=8,
+                        help="sampled trajectories, and held-out (test split) trajectories compared (at most as many)")
+    parser.add_argument("--length", type=int, default=32, help="states per trajectory, sampled and held-out")
+    parser.add_argument("--steps", type=int, help="diffusion steps (default: the pipeline's)")
+    parser.add_argument("--sampler", help="sampler: ddpm, ddim, heun, pc or heun-pc (default: the pipeline's)")
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/prior.png"),
+                        help="figure to write (PNG); the default overwrites the committed docs figure")
+    parser.add_argument("--json", help="also write the statistics to this JSON file")
     args = parser.parse_args()
-    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     dataset = open_dataset(args.data)
+    test = split_segments(dataset)["test"][: args.members]
+    available = min((segment.length for segment in test), default=0)
+    if args.length > available:
+        parser.error(f"--length {args.length} needs {args.length} states per held-out trajectory; {args.data} has {available}")
+    pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     layout = FieldLayout.from_dataset(dataset)
-    test = split_segments(dataset)["test"]
-    truth = np.stack([layout.to_array(dataset, s.trajectory, slice(0, args.length)) for s in test[: args.members]])
+    truth = np.stack([layout.to_array(dataset, s.trajectory, slice(s.start, s.start + args.length)) for s in test])
     start = time.perf_counter()
     samples = pipeline.sample(args.length, args.members, steps=args.steps, method=args.sampler, seed=0)
     seconds = time.perf_counter() - start

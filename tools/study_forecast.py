@@ -1,4 +1,4 @@
-"""Per-lead study of the forecast settings: conditioning, its noise, sampler and steps.
+r"""Per-lead study of the forecast settings: conditioning, its noise, sampler and steps.
 
     python tools/study_forecast.py --pipeline pretrained/kolmogorov --data data/kolmogorov.zarr \
         --trajectories 8 --members 4 --lead 8 --grid inpaint:ddpm:16 mmps0.05:pc:32
@@ -26,15 +26,27 @@ from latentda.posterior.reanalysis import PosteriorSettings
 ENTRY = re.compile(r"^(inpaint|mmps)([0-9.e-]*)(?:x(\d+))?:(\w+):(\d+)$")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--trajectories", type=int, default=8)
-    parser.add_argument("--members", type=int, default=4)
-    parser.add_argument("--lead", type=int, default=8)
-    parser.add_argument("--start", type=int, default=15)
-    parser.add_argument("--grid", nargs="+", default=["inpaint:ddpm:16", "mmps0.01:ddpm:16"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
+    parser.add_argument("--data", required=True, help="dataset (zarr or netCDF); its test split's trajectories are used")
+    parser.add_argument("--trajectories", type=int, default=8, help="held-out (test split) trajectories")
+    parser.add_argument("--members", type=int, default=4, help="ensemble members per forecast")
+    parser.add_argument("--lead", type=int, default=8, help="forecast length, in states (steps of the data's time step)")
+    parser.add_argument("--start", type=int, default=15,
+                        help="index of the state forecasts start from; every held-out trajectory needs "
+                             "--start + --lead + 1 states, and --start ≥ the forecast context − 1")
+    parser.add_argument("--grid", nargs="+", default=["inpaint:ddpm:16", "mmps0.01:ddpm:16"],
+                        help="settings compared, each CONDITIONING[NOISE][xITERATIONS]:SAMPLER:STEPS with CONDITIONING "
+                             "inpaint or mmps, NOISE the MMPS σ_c (default 0.01), ITERATIONS its CG iterations "
+                             "(default 1), SAMPLER ddpm, ddim, heun, pc or heun-pc and STEPS the diffusion steps")
     args = parser.parse_args()
     entries = []
     for text in args.grid:
@@ -42,7 +54,11 @@ def main() -> None:
         if match is None:
             parser.error(f"grid entry '{text}' is not CONDITIONING[NOISE][xITERATIONS]:SAMPLER:STEPS")
         conditioning, noise, iterations, sampler, steps = match.groups()
-        entries.append((text, conditioning, float(noise or 0.01), int(iterations or 1), sampler, int(steps)))
+        try:
+            noise = float(noise or 0.01)
+        except ValueError:
+            parser.error(f"grid entry '{text}': NOISE '{noise}' is not a number")
+        entries.append((text, conditioning, noise, int(iterations or 1), sampler, int(steps)))
     dataset = open_dataset(args.data)
     held_out = split_segments(dataset)["test"][: args.trajectories]
     needed, available = args.start + args.lead + 1, min((segment.length for segment in held_out), default=0)

@@ -1,4 +1,4 @@
-"""Which sampler settings calibrate the posterior with the fewest denoiser calls?
+r"""Which sampler settings calibrate the posterior with the fewest denoiser calls?
 
     latentda simulate kolmogorov --out study.zarr --trajectories 4 --steps 16 --seed 7
     python tools/study_sampler.py --pipeline pretrained/kolmogorov --truth study.zarr --trajectories 3 \
@@ -55,17 +55,27 @@ def parse_config(text: str) -> dict:
             "churn": churn}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--truth", required=True, help="held-out trajectories (latentda simulate with a new seed)")
-    parser.add_argument("--trajectories", type=int, default=3)
-    parser.add_argument("--members", type=int, default=6)
-    parser.add_argument("--length", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--configs", nargs="+", required=True)
-    parser.add_argument("--setting", choices=list(SETTINGS), default="sparse 5%", help="observations (as bench_posterior)")
-    parser.add_argument("--json")
+    parser.add_argument("--trajectories", type=int, default=3, help="trajectories of --truth reanalysed (its first ones)")
+    parser.add_argument("--members", type=int, default=6, help="ensemble members per trajectory and config")
+    parser.add_argument("--length", type=int, default=16, help="states reanalysed per trajectory (its first ones; L)")
+    parser.add_argument("--iterations", type=int, default=3, help="MMPS CG iterations")
+    parser.add_argument("--configs", nargs="+", required=True,
+                        help="sampler settings compared, each SAMPLER:STEPS:SIGMA_START[:TAU[:CORRECTIONS[:CHURN]]] "
+                             "(what is left out: the pipeline's default)")
+    parser.add_argument("--setting", choices=list(SETTINGS), default="sparse 5%",
+                        help="observations (as bench_posterior): 5 %% of the pixels of u and v, or their 8×8 block means")
+    parser.add_argument("--json", help="also write the mean scores to this JSON file")
     args = parser.parse_args()
     configs = {}
     for text in args.configs:
@@ -81,6 +91,8 @@ def main() -> None:
         parser.error(f"--length {args.length} needs {args.length} states per trajectory; {args.truth} has {states}")
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)
+    if args.length < pipeline.window:
+        parser.error(f"--length {args.length}: the reanalysis needs at least the prior's window of {pipeline.window} states")
     all_settings = {}
     for text, config in configs.items():
         try:
