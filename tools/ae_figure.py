@@ -1,4 +1,4 @@
-"""Figure of an autoencoder's reconstructions: truth / reconstruction / error for each variable.
+r"""Figure of an autoencoder's reconstructions: truth / reconstruction / error for each variable.
 
     python tools/ae_figure.py --autoencoder runs/ae-kolmogorov/autoencoder --data data/kolmogorov.zarr \
         --trajectory 120 --time 10 --out docs/figures/ae_reconstruction.png
@@ -21,14 +21,23 @@ from latentda.data import FieldSource, WindowDataset, open_dataset, split_segmen
 from latentda.training.autoencoder import evenly_spaced_frames, reconstruction_rmse  # noqa: E402
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--autoencoder", required=True, type=Path)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--trajectory", type=int, default=None, help="trajectory to show (default: first test one)")
-    parser.add_argument("--time", type=int, default=0)
-    parser.add_argument("--samples", type=int, default=256, help="test frames for the RMSE")
-    parser.add_argument("--out", type=Path, default=Path("docs/figures/ae_reconstruction.png"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--autoencoder", required=True, type=Path, help="autoencoder folder (e.g. PIPELINE/autoencoder)")
+    parser.add_argument("--data", required=True, type=Path, help="dataset (zarr or netCDF) the autoencoder was trained on")
+    parser.add_argument("--trajectory", type=int, default=None,
+                        help="index of the trajectory to show (default: the first of the test split)")
+    parser.add_argument("--time", type=int, default=0, help="index of the state shown in that trajectory")
+    parser.add_argument("--samples", type=int, default=256, help="evenly spaced test-split frames for the RMSE")
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/ae_reconstruction.png"),
+                        help="figure to write (PNG); the default overwrites the committed docs figure")
     args = parser.parse_args()
 
     model, layout, statistics = load_autoencoder(args.autoencoder)

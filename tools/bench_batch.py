@@ -30,14 +30,22 @@ def matmul_gflops() -> float:
     return 5 * 2 * 2048**3 / (time.perf_counter() - start) / 1e9
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--members", type=int, default=8)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--length", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--sampler", default="ddpm")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
+    parser.add_argument("--members", type=int, default=8, help="ensemble members sampled for every batch size")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="members sampled together (batch_members); the first is the reference")
+    parser.add_argument("--length", type=int, default=16, help="states in the observation window (L)")
+    parser.add_argument("--steps", type=int, default=4, help="diffusion steps (noise levels) per member")
+    parser.add_argument("--sampler", default="ddpm", help="sampler: ddpm, ddim, heun, pc or heun-pc")
     args = parser.parse_args()
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline)
     pipeline.set_progress_bar_config(disable=True)

@@ -57,12 +57,20 @@ def tasks(pipeline: LatentDAPipeline, length: int, batch: int):
     return {"denoiser call": denoise, "training step": train_step, f"MMPS step (L={length})": guided_step}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--length", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
+    parser.add_argument("--length", type=int, default=16, help="states of the trajectory of the guided MMPS step (L)")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="windows (of K latent states) in the denoiser call and the training step")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls after the first; their median is reported")
     args = parser.parse_args()
     results = {}
     for compiled in (False, True):

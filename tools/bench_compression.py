@@ -1,4 +1,4 @@
-"""Compression–fidelity–cost frontier of autoencoders, against a PCA baseline of the same latent size.
+r"""Compression–fidelity–cost frontier of autoencoders, against a PCA baseline of the same latent size.
 
     python tools/bench_compression.py --data data/kolmogorov.zarr \
         --autoencoders pretrained/kolmogorov/autoencoder runs/frontier/*/autoencoder \
@@ -282,24 +282,34 @@ def figure(rows: list[dict], pca: list[dict], k: np.ndarray, path: Path) -> None
     print(f"wrote {path}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--autoencoders", required=True, nargs="+", type=Path, help="autoencoder folders")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="dataset (zarr or netCDF) the autoencoders were trained on")
+    parser.add_argument("--autoencoders", required=True, nargs="+", type=Path,
+                        help="autoencoder folders; the first one's statistics standardise the frames of the PCA")
     parser.add_argument("--reference", type=Path, default=Path("pretrained/kolmogorov"),
-                        help="pipeline whose prior architecture is used for the MMPS step cost")
-    parser.add_argument("--splits", type=float, nargs=3, default=[0.8, 0.1, 0.1])
+                        help="pipeline folder whose prior architecture is used for the MMPS step cost")
+    parser.add_argument("--splits", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VALID", "TEST"),
+                        help="fractions of the train, validation and test splits (as in training)")
     parser.add_argument("--test-frames", type=int, default=None, help="evenly spaced test frames (default: all)")
-    parser.add_argument("--pca-sizes", type=int, nargs="*", default=[64, 128, 256, 512, 1024, 2048, 4096])
+    parser.add_argument("--pca-sizes", type=int, nargs="*", default=[64, 128, 256, 512, 1024, 2048, 4096],
+                        help="PCA latent sizes (numbers of components) scored besides the autoencoders' latent sizes")
     parser.add_argument("--pca-every", type=int, default=1, help="use every n-th training frame for the PCA")
     parser.add_argument("--pca-cache", type=Path, help="read the PCA basis from this .npz if it exists, else write it there "
                         "(it depends on the data, the splits, --pca-every and the first folder's statistics only)")
     parser.add_argument("--reuse", type=Path, help="JSON of an earlier run: take the rows of folders it measured from it")
     parser.add_argument("--iterations", type=int, default=1, help="MMPS solver iterations")
     parser.add_argument("--repeats", type=int, default=3, help="wall-time repeats (0: FLOPs only)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--figure", type=Path)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every measurement")
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--figure", type=Path, help="also draw the frontier and spectrum ratios to this PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -14,8 +14,8 @@ wall times (median of repeats):
 4. training throughput of the denoiser (samples/s, achieved FLOP/s) next to the FLOP/s of a large
    float32 matmul measured in the same run.
 
-Costs do not depend on the weights, so ``--random`` measures an untrained pipeline of the shipped
-architecture without any training.
+Costs do not depend on the weights, so ``--pipeline`` may as well be an untrained pipeline of the
+architecture to measure (there is no ``--random`` option).
 """
 
 import argparse
@@ -77,12 +77,20 @@ def sparse_operator(pipeline, length: int, fraction: float = 0.05, seed: int = 0
     return ObservationOperator(groups)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--iterations", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 4, 8], help="multiples of the window K")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
+    parser.add_argument("--iterations", type=int, nargs="+", default=[1, 3], help="MMPS solver iterations n to measure")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="trajectory lengths L, in multiples of the window K")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement; their median is reported")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Two processes against one on this machine: training and ensemble sampling, speed-up and agreement.
+r"""Two processes against one on this machine: training and ensemble sampling, speed-up and agreement.
 
     python tools/bench_distributed.py --pipeline runs/ldm-kolmogorov/pipeline --latents data/latents.zarr \
         --config configs/ldm/kolmogorov.yaml --steps 20 --members 4
@@ -77,17 +77,28 @@ def reanalysis(args: argparse.Namespace, work: Path, observations: str, name: st
     return times, float(np.abs(outputs[1] - outputs[2]).max())
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--tasks", nargs="+", choices=["train", "fsdp", "reanalyze", "blankets"], default=["train", "reanalyze"])
-    parser.add_argument("--latents", help="latents to train on (task train)")
-    parser.add_argument("--config", help="train-ldm config (task train)")
-    parser.add_argument("--truth", default="data/kolmogorov.zarr", help="truth to observe when --observations is not given")
-    parser.add_argument("--observations", help="observation file for the reanalysis task (default: make one)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--members", type=int, default=4)
-    parser.add_argument("--sampling-steps", type=int, default=8)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id) for the reanalyses")
+    parser.add_argument("--tasks", nargs="+", choices=["train", "fsdp", "reanalyze", "blankets"], default=["train", "reanalyze"],
+                        help="what to run with 1 and with 2 processes")
+    parser.add_argument("--latents", help="latents zarr to train on (tasks train, fsdp)")
+    parser.add_argument("--config", help="train-ldm config YAML (tasks train, fsdp)")
+    parser.add_argument("--truth", default="data/kolmogorov.zarr",
+                        help="truth dataset whose last trajectory is observed (task blankets, and task reanalyze "
+                             "without --observations)")
+    parser.add_argument("--observations", help="observation file for task reanalyze (default: 5 %% of the pixels of 16 "
+                                               "states of --truth)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps (tasks train, fsdp)")
+    parser.add_argument("--members", type=int, default=4, help="ensemble members (tasks reanalyze, blankets)")
+    parser.add_argument("--sampling-steps", type=int, default=8, help="diffusion steps per member (tasks reanalyze, blankets)")
     parser.add_argument("--length", type=int, default=64, help="states of the long trajectory (task blankets)")
     args = parser.parse_args()
     if {"train", "fsdp"} & set(args.tasks) and not (args.latents and args.config):

@@ -127,20 +127,28 @@ def unconditional(prior, length: int, members: int, settings: PosteriorSettings,
     return prior.decode(torch.cat(parts)).astype(np.float64)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="a dataset written by `latentda simulate gaussian`")
     parser.add_argument("--full", help="the full system's pipeline (c)")
     parser.add_argument("--pixel", help="the pixel-space prior's pipeline, identity autoencoder (b)")
-    parser.add_argument("--windows", type=int, default=4)
-    parser.add_argument("--length", type=int, default=16)
-    parser.add_argument("--members", type=int, default=32)
-    parser.add_argument("--noise", type=float, default=0.3, help="observation noise std (default 0.3)")
-    parser.add_argument("--settings", nargs="+", default=["sparse 5%", "coarse 4x"])
-    parser.add_argument("--iterations", type=int, default=3, help="MMPS CG iterations (default 3, the CLI's)")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--tau", type=float)
-    parser.add_argument("--sigma-start", type=float)
+    parser.add_argument("--windows", type=int, default=4, help="held-out trajectories (new seeds), each reanalysed")
+    parser.add_argument("--length", type=int, default=16, help="states per held-out trajectory (L)")
+    parser.add_argument("--members", type=int, default=32, help="ensemble members per trajectory and prior")
+    parser.add_argument("--noise", type=float, default=0.3, help="observation noise std, in units of the field's std (1)")
+    parser.add_argument("--settings", nargs="+", default=["sparse 5%", "coarse 4x"], choices=["sparse 5%", "coarse 4x"],
+                        help="observation settings: 5 %% of the pixels of u, or 4×4 block means of u")
+    parser.add_argument("--iterations", type=int, default=3, help="MMPS CG iterations (the CLI's default)")
+    parser.add_argument("--steps", type=int, help="diffusion steps for every prior (default: each pipeline's)")
+    parser.add_argument("--tau", type=float, help="Langevin step factor τ of the pc samplers (default: each pipeline's)")
+    parser.add_argument("--sigma-start", type=float, help="noise level σ_0 sampling starts from (default: each pipeline's)")
     parser.add_argument("--no-prior", action="store_true", help="skip the unconditional (prior) comparison")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()

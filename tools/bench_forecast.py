@@ -1,9 +1,9 @@
-"""Forecast skill against lead time on held-out Kolmogorov trajectories, with baselines and cost.
+r"""Forecast skill against lead time on held-out Kolmogorov trajectories, with baselines and cost.
 
     python tools/bench_forecast.py --pipeline runs/ldm-kolmogorov/pipeline --data data/kolmogorov.zarr \
         --trajectories 2 --members 4 --lead 32 --json docs/benchmarks/forecast.json --figure docs/figures/forecast.png
 
-Forecasts start at state ``--start`` of each held-out trajectory:
+Forecasts start at state ``--window`` − 1 of each held-out trajectory:
 (i) from the perfect initial state (the true states of the conditioning context, encoded),
     with MMPS (the default: σ_c = 0.05, 3 CG iterations) and with inpainting conditioning;
 (ii) from a reanalysis of 5% of the pixels (σ = 0.1) over the ``--window`` states up to the start
@@ -29,18 +29,27 @@ from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.reanalysis import PosteriorSettings
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--trajectories", type=int, default=2)
-    parser.add_argument("--members", type=int, default=4)
-    parser.add_argument("--lead", type=int, default=32)
-    parser.add_argument("--window", type=int, default=16, help="observation window before the start (reanalysis)")
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--sampler", default="ddpm")
-    parser.add_argument("--json")
-    parser.add_argument("--figure")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
+    parser.add_argument("--data", required=True, help="dataset (zarr or netCDF); its test split's trajectories are used")
+    parser.add_argument("--trajectories", type=int, default=2, help="held-out (test split) trajectories")
+    parser.add_argument("--members", type=int, default=4, help="ensemble members per forecast")
+    parser.add_argument("--lead", type=int, default=32, help="forecast length, in states (steps of the data's time step)")
+    parser.add_argument("--window", type=int, default=16,
+                        help="states observed up to the start (reanalysis); the forecasts start at state --window − 1, "
+                             "so every held-out trajectory needs --window + --lead states")
+    parser.add_argument("--steps", type=int, default=16, help="diffusion steps per forecast window")
+    parser.add_argument("--sampler", default="ddpm", help="sampler: ddpm, ddim, heun, pc or heun-pc")
+    parser.add_argument("--json", help="also write the scores by lead to this JSON file")
+    parser.add_argument("--figure", help="also plot RMSE, CRPS and spread-skill by lead to this PNG")
     args = parser.parse_args()
     dataset = open_dataset(args.data)
     splits = split_segments(dataset)

@@ -1,4 +1,4 @@
-"""How much a decoder tolerates errors of its latents: reconstruction RMSE under latent perturbations.
+r"""How much a decoder tolerates errors of its latents: reconstruction RMSE under latent perturbations.
 
     python tools/bench_latent_noise.py --data data/kolmogorov-128.zarr \
         --autoencoders pretrained/kolmogorov/autoencoder runs/frontier/8x-narrow-noise/autoencoder --levels 0 0.1 0.2 0.5
@@ -22,13 +22,20 @@ from latentda.data import FieldSource, WindowDataset, open_dataset, split_segmen
 from latentda.training.autoencoder import evenly_spaced_frames, reconstruction_rmse
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--autoencoders", required=True, nargs="+", type=Path)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="dataset (zarr or netCDF) the autoencoders were trained on")
+    parser.add_argument("--autoencoders", required=True, nargs="+", type=Path, help="autoencoder folders to compare")
     parser.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5],
-                        help="perturbation std in units of each latent channel's std")
-    parser.add_argument("--frames", type=int, default=512, help="evenly spaced test frames")
+                        help="perturbation levels a: noise std in units of each latent channel's std")
+    parser.add_argument("--frames", type=int, default=512, help="evenly spaced test-split frames")
     args = parser.parse_args()
     dataset = open_dataset(args.data)
     print(f"{'autoencoder':48s} latent std (per channel)          " + "".join(f"  RMSE a={a:<5g}" for a in args.levels))

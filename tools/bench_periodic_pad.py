@@ -26,11 +26,19 @@ def _two_pads(self, x):
     return torch.nn.Conv2d.forward(self, x)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id) whose decoder is timed")
+    parser.add_argument("--frames", type=int, default=16, help="random latent frames decoded per call")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of 10 timed calls of each variant, alternating; the median round is reported")
     args = parser.parse_args()
     decoder = LatentDAPipeline.from_pretrained(args.pipeline).autoencoder
     z = torch.randn(args.frames, *decoder.latent_shape, requires_grad=True)

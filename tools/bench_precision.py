@@ -21,13 +21,21 @@ from latentda.posterior.reanalysis import PosteriorSettings, guided_denoiser
 from bench_cost import sparse_operator
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--length", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16", "float16"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
+    parser.add_argument("--device", default="cpu", help="torch device of the pipeline and the step (cpu, cuda, ...)")
+    parser.add_argument("--length", type=int, default=16, help="states of the observed trajectory (L)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed guided steps per precision; their median is reported")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16", "float16"],
+                        help="precisions of the networks' passes: auto, float32, bfloat16 or float16; the first is the reference")
     args = parser.parse_args()
     pipeline = LatentDAPipeline.from_pretrained(args.pipeline, device=args.device)
     operator = sparse_operator(pipeline, args.length)

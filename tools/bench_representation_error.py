@@ -98,16 +98,24 @@ def example_case(args, folder: Path):
     return pipeline, observe(truth, pipeline.layout, entries, seed=1), truth
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", default="pretrained/kolmogorov")
-    parser.add_argument("--members", type=int, default=4)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--pipeline", default="pretrained/kolmogorov",
+                        help="pipeline folder (or Hub repo id) of the kolmogorov cases")
+    parser.add_argument("--members", type=int, default=4, help="ensemble members of every reanalysis")
     cases = {"kolmogorov": kolmogorov_case, "kolmogorov-precise": lambda a, f: kolmogorov_case(a, f, noise=0.005),
              "example": example_case}
-    parser.add_argument("--cases", nargs="+", default=list(cases), choices=list(cases))
-    parser.add_argument("--ae-steps", type=int, default=600)
-    parser.add_argument("--ldm-steps", type=int, default=600)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--cases", nargs="+", default=list(cases), choices=list(cases), help="cases to run (see above)")
+    parser.add_argument("--ae-steps", type=int, default=600, help="autoencoder training steps (case example)")
+    parser.add_argument("--ldm-steps", type=int, default=600, help="latent prior training steps (case example)")
+    parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as temporary:

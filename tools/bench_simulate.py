@@ -103,14 +103,21 @@ def cold_and_warm(
     return result
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=128, help="recorded states per trajectory")
-    parser.add_argument("--spinup", type=int, default=0, help="discarded states (0: pure cost)")
-    parser.add_argument("--size", type=int, default=64, help="direct solver size")
-    parser.add_argument("--batch", type=int, default=32, help="direct run batch size")
-    parser.add_argument("--fine-size", type=int, default=256, help="SDA solver size")
-    parser.add_argument("--coarsen", type=int, default=4, help="SDA block-average factor")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--steps", type=int, default=128, help="recorded states per trajectory (0.2 time units apart)")
+    parser.add_argument("--spinup", type=int, default=0, help="discarded states before them (0: pure cost)")
+    parser.add_argument("--size", type=int, default=64, help="direct solver grid size (points per side)")
+    parser.add_argument("--batch", type=int, default=32, help="direct run: trajectories, simulated in one batch")
+    parser.add_argument("--fine-size", type=int, default=256, help="SDA solver grid size (points per side)")
+    parser.add_argument("--coarsen", type=int, default=4, help="SDA block-average factor of the outputs")
     parser.add_argument(
         "--coarse-trajectories", type=int, default=2, help="trajectories (and batch) at SDA size"
     )

@@ -1,4 +1,4 @@
-"""Compare runs of tools/bench_dapper_qg.py cycle by cycle, on the same cycles of the same truth.
+r"""Compare runs of tools/bench_dapper_qg.py cycle by cycle, on the same cycles of the same truth.
 
     python tools/compare_dapper_runs.py REFERENCE.json OTHER.json [MORE.json ...] --cycles 51 70 \
         [--method latentda-filter] [--members 8]
@@ -76,13 +76,20 @@ def predicted_rmse(rmse: list[float], spread: list[float], members: int, target:
     return mean([math.sqrt(max(r * r - s * s * shrink, 0.0)) for r, s in zip(rmse, spread)])
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("runs", nargs="+", help="bench JSONs (PATH.json or PATH.json:METHOD); the first is the reference")
     parser.add_argument("--cycles", nargs=2, type=int, required=True, metavar=("FIRST", "LAST"),
                         help="1-based analysis cycles, inclusive")
     parser.add_argument("--method", default="latentda-filter", help="the method's key in the JSONs")
-    parser.add_argument("--members", type=int, help="also predict each run's rmse with this many members")
+    parser.add_argument("--members", type=int, help="also predict each run's rmse with this many members (N)")
     parser.add_argument("--smoothed", action="store_true",
                         help="the smoothed states' scores (rmse.s, spread.s: a lagged filter's fixed-lag smoother)")
     args = parser.parse_args(argv)

@@ -20,11 +20,19 @@ from latentda.pipeline import LatentDAPipeline
 from latentda.training.diffusion import validation_error
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--latents", required=True)
-    parser.add_argument("--pipelines", nargs="+", required=True)
-    parser.add_argument("--windows", type=int, default=64)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--latents", required=True, help="latents zarr (train-ldm's input) of the pipelines' shared autoencoder")
+    parser.add_argument("--pipelines", nargs="+", required=True, help="pipeline folders (or Hub repo ids) to compare")
+    parser.add_argument("--windows", type=int, default=64,
+                        help="validation windows (K states, stride K) scored, spread evenly over the split")
     args = parser.parse_args()
     source = LatentSource(args.latents)
     valid = split_segments(source.dataset)["valid"]

@@ -56,15 +56,24 @@ def conditional_errors(pipeline, method: str, windows: torch.Tensor, given: int,
     return errors
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latents", required=True)
-    parser.add_argument("--pipelines", nargs="+", required=True, help="PIPELINE:known or PIPELINE:mmps")
-    parser.add_argument("--given", type=int, default=12, help="history states given clean (default 12)")
-    parser.add_argument("--windows", type=int, default=32)
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 1.0, 10.0])
-    parser.add_argument("--condition-noise", type=float, default=0.05)
-    parser.add_argument("--iterations", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--latents", required=True, help="latents zarr (train-ldm's input) of the pipelines' autoencoder")
+    parser.add_argument("--pipelines", nargs="+", required=True,
+                        help="PIPELINE:known (the prior's own conditional) or PIPELINE:mmps (MMPS on the history)")
+    parser.add_argument("--given", type=int, default=12, help="history states given clean (n)")
+    parser.add_argument("--windows", type=int, default=32, help="validation windows scored (as train-ldm picks them)")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 1.0, 10.0],
+                        help="noise levels σ, in units of the standardised latents")
+    parser.add_argument("--condition-noise", type=float, default=0.05, help="MMPS: noise std of the history's latents")
+    parser.add_argument("--iterations", type=int, default=3, help="MMPS: CG iterations")
     parser.add_argument("--json", help="write the errors here")
     args = parser.parse_args()
     result = {"given": args.given, "windows": args.windows, "condition_noise": args.condition_noise,

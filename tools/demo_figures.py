@@ -1,4 +1,4 @@
-"""Figures of a reanalysis (and forecast) for a first look: what was observed, what was recovered,
+r"""Figures of a reanalysis (and forecast) for a first look: what was observed, what was recovered,
 how uncertain it is.
 
     python tools/demo_figures.py --truth demo/truth.zarr --observations demo/observations.nc \
@@ -88,14 +88,23 @@ def skill_figure(truth, posterior, forecast, variables: list[str], out: Path) ->
     plt.close(figure)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--truth", required=True)
-    parser.add_argument("--observations", required=True)
-    parser.add_argument("--reanalysis", required=True)
-    parser.add_argument("--forecast")
-    parser.add_argument("--variable", default="u")
-    parser.add_argument("--out", type=Path, default=Path("demo/figures"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--truth", required=True,
+                        help="truth dataset (latentda simulate's output; trajectory 0 is the one observed)")
+    parser.add_argument("--observations", required=True, help="observation file (latentda observe's output)")
+    parser.add_argument("--reanalysis", required=True, help="reanalysis ensemble (latentda reanalyze's output)")
+    parser.add_argument("--forecast", help="forecast ensemble (latentda forecast's output) for the skill figure")
+    parser.add_argument("--variable", default="u", help="variable shown in reanalysis.png")
+    parser.add_argument("--out", type=Path, default=Path("demo/figures"),
+                        help="folder that receives reanalysis.png and skill.png (created if missing)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     truth, observations, posterior = open_dataset(args.truth), open_dataset(args.observations), open_dataset(args.reanalysis)
