@@ -266,8 +266,12 @@ def figure(rows: list[dict], pca: list[dict], k: np.ndarray, path: Path) -> None
     left.set_title("fidelity vs compression (colour: decoder GFLOP/frame; size: parameters)")
     fig.colorbar(shown, ax=left, label="decoder GFLOP per frame")
     left.legend(loc="lower right", fontsize=8)
-    for r in rows:
-        right.plot(k, r["spectrum_ratio"], label=f"{r['name']} (×{r['compression_factor']:.0f})")
+    # one line per autoencoder: 10 colours, then the same colours dashed, dash-dotted, dotted, so that no two
+    # of up to 40 runs look alike (the default cycle repeats its 10 colours)
+    styles = ["-", "--", "-.", ":"]
+    for i, r in enumerate(rows):
+        right.plot(k, r["spectrum_ratio"], color=f"C{i % 10}", ls=styles[i // 10 % len(styles)],
+                   label=f"{r['name']} (×{r['compression_factor']:.0f})")
     for r in pca:
         if round(r["compression_factor"]) == 32:
             right.plot(k, r["spectrum_ratio"], "k--", label="PCA ×32")
