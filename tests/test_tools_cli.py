@@ -1,0 +1,116 @@
+"""The command lines of tools/*.py: ``--help`` works and documents every option, and bad arguments stop
+with a one-line parser error (exit 2) before any work.
+
+Every call runs in ONE child Python (``runpy``, as ``python tools/X.py ...`` would), so that torch and
+latentda are imported once for all the tools. The three tools that need DAPPER's QG model are left out.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_box_dataset
+from latentda.data import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools"
+NEEDS_DAPPER_QG = {"bench_dapper_qg.py", "make_qg_fixture.py", "qg_forecast_screen.py"}
+SCRIPTS = sorted(path.name for path in TOOLS.glob("*.py") if path.name not in NEEDS_DAPPER_QG)
+
+RUNNER = r"""
+import argparse, contextlib, io, json, runpy, sys, traceback
+
+parsers = []
+parse_known_args = argparse.ArgumentParser.parse_known_args
+
+
+def recording(self, args=None, namespace=None):
+    parsers.append(self)
+    return parse_known_args(self, args, namespace)
+
+
+argparse.ArgumentParser.parse_known_args = recording
+results = []
+for script, arguments in json.loads(sys.argv[1]):
+    sys.argv, sys.path[0] = [script, *arguments], script.rsplit("/", 1)[0]
+    del parsers[:]
+    output, code = io.StringIO(), None
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as exit:
+        code = exit.code
+    except BaseException:
+        code, output = "exception", io.StringIO(output.getvalue() + traceback.format_exc())
+    undocumented = [option for parser in parsers for action in parser._actions if not action.help
+                    for option in (action.option_strings or [action.dest])]
+    results.append({"code": code, "output": output.getvalue(), "undocumented": undocumented})
+print(json.dumps(results))
+"""
+
+
+def _short_data(folder: Path) -> str:
+    """A Kolmogorov-like dataset of 5 trajectories of 6 states: one held-out (test) trajectory, shorter
+    than every tool's default needs."""
+    path = folder / "short.zarr"
+    return str(write_dataset(make_box_dataset(trajectories=5, times=6, size=8), path))
+
+
+def _errors(data: str) -> dict[str, tuple[str, list[str], str]]:
+    """name: (script, arguments, what the error line must say)."""
+    unused = ["--pipeline", "never-loaded"]
+    return {
+        "samplers fields": ("bench_samplers.py", ["pc:8"], "config 'pc:8': has 2 fields, expected 3 to 5"),
+        "samplers sampler": ("bench_samplers.py", ["foo:8:10"], "unknown sampler 'foo'"),
+        "samplers number": ("bench_samplers.py", ["pc:8:x"], "config 'pc:8:x'"),
+        "study_forecast length": ("study_forecast.py", [*unused, "--data", data],
+                                  "--start 15 and --lead 8 need 24 states per held-out trajectory"),
+        "bench_forecast length": ("bench_forecast.py", [*unused, "--data", data],
+                                  "--window 16 and --lead 32 need 48 states per held-out trajectory"),
+        "bench_posterior length": ("bench_posterior.py", [*unused, "--data", data],
+                                   "--length 16 needs 16 states per held-out trajectory"),
+        "bench_prior length": ("bench_prior.py", [*unused, "--data", data], "--length 32 needs 32 states"),
+        "study_sampler config": ("study_sampler.py", [*unused, "--truth", data, "--configs", "pc:8"],
+                                 "config 'pc:8': has 2 fields"),
+        "study_sampler length": ("study_sampler.py", [*unused, "--truth", data, "--configs", "pc:8:10"],
+                                 "--length 16 needs 16 states per trajectory"),
+        "bench_distributed truth": ("bench_distributed.py", [*unused, "--tasks", "blankets", "--truth", data + "-missing"],
+                                    "--truth " + data + "-missing: no such file or directory"),
+        "bench_encode trajectories": ("bench_encode.py", ["--autoencoder", "never-loaded", "--data", data],
+                                      "the large run encodes 16 trajectories"),
+    }
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict:
+    errors = _errors(_short_data(tmp_path_factory.mktemp("tools")))
+    jobs = [(name, ["--help"]) for name in SCRIPTS] + [(script, arguments) for script, arguments, _ in errors.values()]
+    result = subprocess.run([sys.executable, "-c", RUNNER, json.dumps([[str(TOOLS / s), a] for s, a in jobs])],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"help": dict(zip(SCRIPTS, results)),
+            "errors": {name: (outcome, errors[name][2]) for name, outcome in zip(errors, results[len(SCRIPTS):])}}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_documents_every_option(outcomes, script):
+    outcome = outcomes["help"][script]
+    assert outcome["code"] == 0, outcome["output"][-2000:]
+    assert outcome["output"].startswith("usage:")
+    assert outcome["undocumented"] == [], f"{script}: options without help: {outcome['undocumented']}"
+
+
+@pytest.mark.parametrize("name", list(_errors("DATA")))
+def test_bad_arguments_are_one_line_errors(outcomes, name):
+    outcome, expected = outcomes["errors"][name]
+    lines = outcome["output"].strip().splitlines()
+    assert outcome["code"] == 2, outcome["output"][-2000:]
+    assert "Traceback" not in outcome["output"]
+    error = [line for line in lines if ": error: " in line]
+    assert len(error) == 1 and expected in error[0], lines
