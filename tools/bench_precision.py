@@ -5,8 +5,9 @@
 For float32, bfloat16 and float16 (autocast of the denoiser's and decoder's passes; the CG solve
 stays float64), prints the median wall time of a guided step (5 % of the pixels observed, 3 CG
 iterations) over float32's, and the relative error of the guided mean against float32 at σ = 10,
-1 and 0.05. On the 2-core CPU of docs/benchmarks.md bfloat16 is slower (no bfloat16 matrix units),
-so ``auto`` keeps float32 there; on a GPU ``auto`` means bfloat16.
+1 and 0.05. On CPUs the speed of bfloat16 depends on the CPU (docs/benchmarks.md: 22× float32's time
+without bfloat16 matrix units, 0.70× on an AMD EPYC with avx512_bf16) and its error is a few per
+cent, so ``auto`` keeps float32 there; on a GPU ``auto`` means bfloat16.
 """
 
 import argparse

@@ -25,8 +25,9 @@ CYCLES = range(60, 74)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("tests/data/qg_truth.safetensors"))
-    parser.add_argument("--seed", type=int, default=3000)
+    parser.add_argument("--out", type=Path, default=Path("tests/data/qg_truth.safetensors"),
+                        help="output file (default tests/data/qg_truth.safetensors: overwrites the committed fixture)")
+    parser.add_argument("--seed", type=int, default=3000, help="seed of DAPPER's truth simulation (default 3000)")
     args = parser.parse_args()
 
     from bench_dapper_qg import _digest, _hmm  # the benchmark's own experiment and truth digest (same folder)

@@ -147,8 +147,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--cycles", type=int, default=24, help="cycles after the burn-in, evenly spaced (default 24)")
     parser.add_argument("--cycles-from", help="take the cycles of this --forecast-skill JSON of the bench instead")
     parser.add_argument("--every", type=int, default=1, help="keep every n-th of those cycles")
-    parser.add_argument("--context", type=int, default=12)
-    parser.add_argument("--condition-noise", type=float, default=0.05)
+    parser.add_argument("--context", type=int, default=12,
+                        help="true states before each forecast that condition it (default 12)")
+    parser.add_argument("--condition-noise", type=float, default=0.05,
+                        help="σ_c of the mmps conditioning on those states, standardised latent units (default 0.05)")
     parser.add_argument("--conditioning", nargs="+", default=["mmps"], choices=["mmps", "known"],
                         help="how each prior follows the true past: one for all, or one per --pipelines (known: priors "
                              "trained with known frames)")
