@@ -39,6 +39,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class ScriptHelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help of the scripts in tools/: the module docstring as written and each option's default
+    (unless None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 # ---------------------------------------------------------------------------------- handlers
 GAUSSIAN_OPTIONS = ("variables", "correlation_time", "cutoff_wavenumber", "spectral_exponent", "variable_correlation")
 

@@ -19,17 +19,11 @@ import torch  # noqa: E402
 from latentda.components import load_autoencoder  # noqa: E402
 from latentda.data import FieldSource, WindowDataset, open_dataset, split_segments  # noqa: E402
 from latentda.training.autoencoder import evenly_spaced_frames, reconstruction_rmse  # noqa: E402
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+from latentda.cli import ScriptHelpFormatter
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--autoencoder", required=True, type=Path, help="autoencoder folder (e.g. PIPELINE/autoencoder)")
     parser.add_argument("--data", required=True, type=Path, help="dataset (zarr or netCDF) the autoencoder was trained on")
     parser.add_argument("--trajectory", type=int, default=None,

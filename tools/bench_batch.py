@@ -17,6 +17,7 @@ import torch
 
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+from latentda.cli import ScriptHelpFormatter
 
 from bench_cost import sparse_operator
 
@@ -30,15 +31,8 @@ def matmul_gflops() -> float:
     return 5 * 2 * 2048**3 / (time.perf_counter() - start) / 1e9
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--members", type=int, default=8, help="ensemble members sampled for every batch size")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8],

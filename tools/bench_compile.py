@@ -18,6 +18,7 @@ from latentda.diffusion.denoiser import denoising_loss
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.guidance import MMPSDenoiser
 from latentda.training.loop import batch_random
+from latentda.cli import ScriptHelpFormatter
 
 
 def timed(function, repeats: int) -> tuple[float, float]:
@@ -57,15 +58,8 @@ def tasks(pipeline: LatentDAPipeline, length: int, batch: int):
     return {"denoiser call": denoise, "training step": train_step, f"MMPS step (L={length})": guided_step}
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--length", type=int, default=16, help="states of the trajectory of the guided MMPS step (L)")
     parser.add_argument("--batch", type=int, default=8,

@@ -52,6 +52,7 @@ from latentda.components import load_autoencoder
 from latentda.data import Statistics, open_dataset, split_segments
 from latentda.metrics import energy_spectrum
 from latentda.training.autoencoder import reconstruction_rmse
+from latentda.cli import ScriptHelpFormatter
 
 _bench_cost_spec = importlib.util.spec_from_file_location("bench_cost", Path(__file__).with_name("bench_cost.py"))
 bench_cost = importlib.util.module_from_spec(_bench_cost_spec)
@@ -286,15 +287,8 @@ def figure(rows: list[dict], pca: list[dict], k: np.ndarray, path: Path) -> None
     print(f"wrote {path}")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="dataset (zarr or netCDF) the autoencoders were trained on")
     parser.add_argument("--autoencoders", required=True, nargs="+", type=Path,
                         help="autoencoder folders; the first one's statistics standardise the frames of the PCA")

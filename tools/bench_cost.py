@@ -32,6 +32,7 @@ from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.guidance import DPSDenoiser, Linearization, MMPSDenoiser
 from latentda.posterior.reanalysis import LatentOperator
 from latentda.training.loop import BatchRandom
+from latentda.cli import ScriptHelpFormatter
 
 
 class _GlobalOnly:
@@ -77,15 +78,8 @@ def sparse_operator(pipeline, length: int, fraction: float = 0.05, seed: int = 0
     return ObservationOperator(groups)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--iterations", type=int, nargs="+", default=[1, 3], help="MMPS solver iterations n to measure")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 4, 8],

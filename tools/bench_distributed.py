@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
+from latentda.cli import ScriptHelpFormatter
 
 
 def call(command: list[str], processes: int = 1, env: dict | None = None) -> None:
@@ -77,15 +78,8 @@ def reanalysis(args: argparse.Namespace, work: Path, observations: str, name: st
     return times, float(np.abs(outputs[1] - outputs[2]).max())
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id) for the reanalyses")
     parser.add_argument("--tasks", nargs="+", choices=["train", "fsdp", "reanalyze", "blankets"], default=["train", "reanalyze"],
                         help="what to run with 1 and with 2 processes")

@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from latentda.cli import ScriptHelpFormatter
+
 PREPARE = r"""
 import sys
 from latentda.data import open_dataset, write_dataset
@@ -50,15 +52,8 @@ def child(parser: argparse.ArgumentParser, script: str, *arguments) -> str:
     return result.stdout
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--autoencoder", required=True, type=Path, help="autoencoder folder (e.g. PIPELINE/autoencoder)")
     parser.add_argument("--data", required=True, type=Path,
                         help="dataset (zarr or netCDF) with a trajectory dimension of at least 4N trajectories")

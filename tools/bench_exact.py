@@ -52,6 +52,7 @@ from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.exact import ExactPrior, GaussianTrajectoryLaw, exact_posterior, stationary_law
 from latentda.posterior.reanalysis import PosteriorSettings, member_generator, posterior_members, sample_members
 from latentda.simulate.gaussian import GaussianSystem
+from latentda.cli import ScriptHelpFormatter
 
 HELD_OUT_SEED = 424242  # trajectories of this seed are never in a training set (the CLI's default seed is 0)
 BANDS = (0, 1, 2, 4, 8, 16, np.inf)
@@ -127,15 +128,8 @@ def unconditional(prior, length: int, members: int, settings: PosteriorSettings,
     return prior.decode(torch.cat(parts)).astype(np.float64)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--data", required=True, help="a dataset written by `latentda simulate gaussian`")
     parser.add_argument("--full", help="the full system's pipeline (c)")
     parser.add_argument("--pixel", help="the pixel-space prior's pipeline, identity autoencoder (b)")

@@ -20,17 +20,11 @@ import torch
 from latentda.components import load_autoencoder
 from latentda.data import FieldSource, WindowDataset, open_dataset, split_segments
 from latentda.training.autoencoder import evenly_spaced_frames, reconstruction_rmse
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+from latentda.cli import ScriptHelpFormatter
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="dataset (zarr or netCDF) the autoencoders were trained on")
     parser.add_argument("--autoencoders", required=True, nargs="+", type=Path, help="autoencoder folders to compare")
     parser.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5],

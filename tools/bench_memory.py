@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from latentda.cli import ScriptHelpFormatter
+
 CHILD = r"""
 import json, resource, sys, torch
 sys.path.insert(0, sys.argv[4])  # the tools folder
@@ -35,15 +37,8 @@ print(json.dumps({"length": L, "chunk": chunk, "step_peak_mb": (after - before) 
 """
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="trajectory lengths L, in multiples of the window K")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from latentda.nn import autoencoder
 from latentda.pipeline import LatentDAPipeline
+from latentda.cli import ScriptHelpFormatter
 
 
 def _two_pads(self, x):
@@ -26,15 +27,8 @@ def _two_pads(self, x):
     return torch.nn.Conv2d.forward(self, x)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id) whose decoder is timed")
     parser.add_argument("--frames", type=int, default=16, help="random latent frames decoded per call")
     parser.add_argument("--rounds", type=int, default=5,

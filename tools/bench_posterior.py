@@ -26,6 +26,7 @@ from latentda.metrics import ensemble_scores
 from latentda.observe import ObservationConfig, ObservationOperator, synthesize
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+from latentda.cli import ScriptHelpFormatter
 
 SETTINGS = {
     "sparse 5%": {"observations": [{"name": "o", "variables": ["u", "v"], "fraction": 0.05, "noise_std": 0.1}]},
@@ -79,15 +80,8 @@ def summarise(ensemble: np.ndarray, truth: np.ndarray, operator: ObservationOper
     return {name: float(np.nanmean(value)) for name, value in scores.items()} | {"residual_ratio": ratio}
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--data", required=True,
                         help="dataset (zarr or netCDF); its test split is reanalysed, its train split fits the baselines")

@@ -18,19 +18,13 @@ import torch
 
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, guided_denoiser
+from latentda.cli import ScriptHelpFormatter
 
 from bench_cost import sparse_operator
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--device", default="cpu", help="torch device of the pipeline and the step (cpu, cuda, ...)")
     parser.add_argument("--length", type=int, default=16, help="states of the observed trajectory (L)")

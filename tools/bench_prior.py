@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from latentda.data import FieldLayout, open_dataset, split_segments  # noqa: E402
 from latentda.metrics import energy_spectrum, lag_autocorrelation  # noqa: E402
 from latentda.pipeline import LatentDAPipeline  # noqa: E402
+from latentda.cli import ScriptHelpFormatter
 
 
 def describe(trajectories: np.ndarray, channels: list[str]) -> dict:
@@ -36,15 +37,8 @@ def describe(trajectories: np.ndarray, channels: list[str]) -> dict:
     return out
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--data", required=True, help="dataset (zarr or netCDF); its test split's trajectories are compared")
     parser.add_argument("--members", type=int, default=8,

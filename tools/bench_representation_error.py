@@ -34,6 +34,7 @@ from latentda.evaluation import NOT_CHANNELS, evaluate
 from latentda.observe import ObservationConfig, observations_to_dataset, synthesize
 from latentda.config import parse
 from latentda.pipeline import LatentDAPipeline
+from latentda.cli import ScriptHelpFormatter
 
 
 def observe(truth, layout: FieldLayout, entries: list[dict], seed: int):
@@ -98,15 +99,8 @@ def example_case(args, folder: Path):
     return pipeline, observe(truth, pipeline.layout, entries, seed=1), truth
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", default="pretrained/kolmogorov",
                         help="pipeline folder (or Hub repo id) of the kolmogorov cases")
     parser.add_argument("--members", type=int, default=4, help="ensemble members of every reanalysis")

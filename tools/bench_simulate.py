@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from latentda.simulate import kolmogorov
+from latentda.cli import ScriptHelpFormatter
 
 
 def run(trajectories: int, steps: int, size: int, coarsen: int, spinup: int, batch: int) -> float:
@@ -103,15 +104,8 @@ def cold_and_warm(
     return result
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--steps", type=int, default=128, help="recorded states per trajectory (0.2 time units apart)")
     parser.add_argument("--spinup", type=int, default=0, help="discarded states before them (0: pure cost)")
     parser.add_argument("--size", type=int, default=64, help="direct solver grid size (points per side)")

@@ -37,6 +37,7 @@ import math
 import re
 import sys
 from pathlib import Path
+from latentda.cli import ScriptHelpFormatter
 
 KEYS = {"latentda-filter": ("rmse.a", "spread.a"), "latentda-smoother": ("rmse.s", "spread.s")}
 
@@ -76,15 +77,8 @@ def predicted_rmse(rmse: list[float], spread: list[float], members: int, target:
     return mean([math.sqrt(max(r * r - s * s * shrink, 0.0)) for r, s in zip(rmse, spread)])
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("runs", nargs="+", help="bench JSONs (PATH.json or PATH.json:METHOD); the first is the reference")
     parser.add_argument("--cycles", nargs=2, type=int, required=True, metavar=("FIRST", "LAST"),
                         help="1-based analysis cycles, inclusive")

@@ -18,17 +18,11 @@ from latentda.data import split_segments
 from latentda.data.windows import LatentSource, WindowDataset
 from latentda.pipeline import LatentDAPipeline
 from latentda.training.diffusion import validation_error
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+from latentda.cli import ScriptHelpFormatter
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--latents", required=True, help="latents zarr (train-ldm's input) of the pipelines' shared autoencoder")
     parser.add_argument("--pipelines", nargs="+", required=True, help="pipeline folders (or Hub repo ids) to compare")
     parser.add_argument("--windows", type=int, default=64,

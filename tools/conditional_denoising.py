@@ -23,6 +23,7 @@ import torch
 from latentda.data import LatentSource, WindowDataset, split_segments
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.guidance import MMPSDenoiser
+from latentda.cli import ScriptHelpFormatter
 
 
 def held_out_windows(latents: str, window: int, count: int, splits=(0.8, 0.1, 0.1)) -> list[np.ndarray]:
@@ -56,15 +57,8 @@ def conditional_errors(pipeline, method: str, windows: torch.Tensor, given: int,
     return errors
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--latents", required=True, help="latents zarr (train-ldm's input) of the pipelines' autoencoder")
     parser.add_argument("--pipelines", nargs="+", required=True,
                         help="PIPELINE:known (the prior's own conditional) or PIPELINE:mmps (MMPS on the history)")

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from latentda.data import open_dataset  # noqa: E402
 from latentda.metrics import ensemble_scores  # noqa: E402
+from latentda.cli import ScriptHelpFormatter
 
 
 def _truth_at(truth, times, trajectory):
@@ -88,15 +89,8 @@ def skill_figure(truth, posterior, forecast, variables: list[str], out: Path) ->
     plt.close(figure)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--truth", required=True,
                         help="truth dataset (latentda simulate's output; trajectory 0 is the one observed)")
     parser.add_argument("--observations", required=True, help="observation file (latentda observe's output)")

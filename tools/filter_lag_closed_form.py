@@ -22,20 +22,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from latentda.simulate.gaussian import GaussianSystem  # noqa: E402
+from latentda.cli import ScriptHelpFormatter
 from test_filter import _kalman_filter, _scheme_closed_form  # noqa: E402
 
 SCHEMES = [(2, 1, 1), (8, 1, 7), (8, 2, 6), (8, 4, 4), (8, 7, 1)]
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--cycles", type=int, default=8, help="analysis cycles (one observed state each) before scoring")
     parser.add_argument("--correlation-times", type=float, nargs="+", default=[4.0, 20.0, 100.0],
                         help="correlation times τ_0 of the largest scales, in states (dt = 1); one table block each")

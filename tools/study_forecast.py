@@ -22,19 +22,13 @@ from latentda.metrics import ensemble_scores
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.reanalysis import PosteriorSettings
+from latentda.cli import ScriptHelpFormatter
 
 ENTRY = re.compile(r"^(inpaint|mmps)([0-9.e-]*)(?:x(\d+))?:(\w+):(\d+)$")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--data", required=True, help="dataset (zarr or netCDF); its test split's trajectories are used")
     parser.add_argument("--trajectories", type=int, default=8, help="held-out (test split) trajectories")

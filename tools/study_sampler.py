@@ -26,6 +26,7 @@ from latentda.errors import LatentdaError
 from latentda.observe import ObservationConfig, synthesize
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
+from latentda.cli import ScriptHelpFormatter
 
 from bench_posterior import SETTINGS, summarise
 
@@ -55,15 +56,8 @@ def parse_config(text: str) -> dict:
             "churn": churn}
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring as written and each option's default (unless None or False)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=ScriptHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="pipeline folder (or Hub repo id)")
     parser.add_argument("--truth", required=True, help="held-out trajectories (latentda simulate with a new seed)")
     parser.add_argument("--trajectories", type=int, default=3, help="trajectories of --truth reanalysed (its first ones)")
