@@ -78,17 +78,17 @@ def _simulate(args: argparse.Namespace) -> None:
             raise LatentdaError(f"--size: the QG grid is fixed ({GRID_POINTS}×{GRID_POINTS}, DAPPER's)")
         path = write_dapper_qg_zarr(args.out, trajectories=args.trajectories, steps=args.steps, spinup=spinup,
                                     seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
-                                    progress=not args.quiet, workers=args.workers or 1)
+                                    progress=not args.quiet, workers=args.workers or 1, resume=args.resume)
     elif args.system == "gaussian":
         given = {name: getattr(args, name) for name in GAUSSIAN_OPTIONS if getattr(args, name) is not None}
         system = GaussianSystem(size=args.size or 64, **given)
         path = write_gaussian_zarr(args.out, trajectories=args.trajectories, steps=args.steps, system=system,
                                    seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, resume=args.resume)
     else:
         path = write_kolmogorov_zarr(args.out, trajectories=args.trajectories, steps=args.steps, size=args.size or 64,
                                      coarsen=args.coarsen or 1, spinup=spinup, seed=args.seed, batch_size=args.batch_size,
-                                     overwrite=args.overwrite, progress=not args.quiet)
+                                     overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
     print(f"wrote {path}")
 
 
@@ -563,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--workers", type=_positive_int,
                      help="dapper-qg: processes simulating trajectories in parallel (default 1; same data whatever the number)")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sub.add_argument("--resume", action="store_true",
+                     help="finish an interrupted run (OUT.partial) with the same settings: its trajectories are kept")
     gaussian = sub.add_argument_group("gaussian system (see latentda.simulate.gaussian)")
     gaussian.add_argument("--variables", type=int, help="1 (u) or 2 (u, v) variables (default 2)")
     gaussian.add_argument("--correlation-time", type=float,

@@ -179,29 +179,33 @@ def test_existing_output_is_kept_without_overwrite(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("exception", [RuntimeError, KeyboardInterrupt])
-def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, exception) -> None:
+def test_a_failure_after_a_batch_keeps_it_for_resume(tmp_path, monkeypatch, exception) -> None:
+    """A failure after the first batch (its trajectory finished) keeps OUT.partial and says so; the
+    output itself is never created. One before any batch leaves nothing (the next test)."""
     real = kolmogorov.simulate_kolmogorov
 
     def failing_after_first_batch(*args, **kwargs):
         batches = real(*args, **kwargs)
 
         def generate():
-            yield next(batches)  # written to the temporary store
+            yield next(batches)  # written to the partial store
             raise exception("simulated failure")
 
         return generate()
 
     monkeypatch.setattr(kolmogorov, "simulate_kolmogorov", failing_after_first_batch)
-    with pytest.raises(exception, match="simulated failure"):
+    message = "1 finished trajectories kept in .*broken.zarr.partial: run again with --resume" if exception is RuntimeError \
+        else "simulated failure"
+    with pytest.raises(exception, match=message):
         write_kolmogorov_zarr(tmp_path / "broken.zarr", batch_size=1, **SMALL)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["broken.zarr.partial"]
 
 
 @pytest.mark.parametrize("number", ["SIGINT", "SIGTERM"])
 def test_an_interrupt_during_a_batch_write_takes_effect_once_it_is_written(tmp_path, monkeypatch, number) -> None:
     """The signal arrives inside the second batch's to_zarr (zarr 3 writes its chunks in a background
-    thread, which an interrupt there would leave writing into the temporary being removed): the batch
-    is written whole, then the interrupt is raised, the third batch is never written, nothing is left."""
+    thread, which an interrupt there would leave writing): the batch is written whole and counted,
+    then the interrupt is raised, the third batch is never written."""
     import os
     import signal
 
@@ -225,8 +229,73 @@ def test_an_interrupt_during_a_batch_write_takes_effect_once_it_is_written(tmp_p
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert calls == ["write", "written", "write", "written"]  # the second batch's write completed first
-    assert list(tmp_path.iterdir()) == []
+    import zarr
+
+    from latentda.simulate.store import COMPLETE_ATTR
+
+    assert [p.name for p in tmp_path.iterdir()] == ["broken.zarr.partial"]  # kept for --resume, both batches counted
+    assert zarr.open_group(tmp_path / "broken.zarr.partial", mode="r").attrs[COMPLETE_ATTR] == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers of before are back
+
+
+def _interrupt_before_batch(monkeypatch, module, name: str, batch: int) -> None:
+    """``module.name`` (a batch generator taking ``first``) raising KeyboardInterrupt before its batch
+    number ``batch`` (counted from 0) of a run from the start."""
+    real = getattr(module, name)
+
+    def interrupted(*args, **kwargs):
+        batches = real(*args, **kwargs)
+        if kwargs.get("first", args[-1] if name == "simulate_gaussian" and len(args) > 6 else 0):
+            return batches  # a resumed run goes through
+
+        def generate():
+            for count, values in enumerate(batches):
+                if count == batch:
+                    raise KeyboardInterrupt
+                yield values
+        return generate()
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+def test_interrupted_simulation_resumes_to_the_uninterrupted_store(tmp_path, monkeypatch) -> None:
+    """Ctrl-C after two batches keeps 4 finished trajectories in OUT.partial; without --resume, or with
+    another seed, the next run is refused; a batch cut short by a kill (its count not recorded) is
+    dropped; resumed with another batch size, the store is bit for bit the uninterrupted run's."""
+    import zarr
+
+    from latentda import cli
+    from latentda.simulate import gaussian
+    from latentda.simulate.store import COMPLETE_ATTR, SETTINGS_ATTR
+
+    args = ["simulate", "gaussian", "--size", "16", "--trajectories", "7", "--steps", "3", "--quiet"]
+    assert cli.main([*args, "--batch-size", "2", "--out", str(tmp_path / "straight.zarr")]) == 0
+    out = tmp_path / "g.zarr"
+    with monkeypatch.context() as patch:
+        _interrupt_before_batch(patch, gaussian, "simulate_gaussian", 2)
+        assert cli.main([*args, "--batch-size", "2", "--out", str(out)]) == 130
+    partial = tmp_path / "g.zarr.partial"
+    assert not out.exists() and zarr.open_group(partial, mode="r").attrs[COMPLETE_ATTR] == 4
+    assert cli.main([*args, "--batch-size", "2", "--out", str(out)]) == 2  # refused: the partial store is kept
+    assert cli.main([*args, "--seed", "1", "--resume", "--out", str(out)]) == 2  # other settings
+    zarr.open_group(partial, mode="r+").attrs[COMPLETE_ATTR] = 3  # as if killed while writing trajectory 3
+    zarr.consolidate_metadata(partial)
+    assert cli.main([*args, "--batch-size", "3", "--resume", "--out", str(out)]) == 0
+    straight, resumed = xr.open_zarr(tmp_path / "straight.zarr"), xr.open_zarr(out)
+    xr.testing.assert_identical(resumed.drop_attrs(), straight.drop_attrs())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.zarr", "straight.zarr"]
+    assert COMPLETE_ATTR not in resumed.attrs and resumed.attrs[SETTINGS_ATTR] == straight.attrs[SETTINGS_ATTR]
+
+
+def test_interrupted_kolmogorov_run_resumes(tmp_path, monkeypatch, small_store) -> None:
+    """The Kolmogorov flow's trajectories from index 2 on (its batch boundaries moved): the same store."""
+    out = tmp_path / "flow.zarr"
+    with monkeypatch.context() as patch:
+        _interrupt_before_batch(patch, kolmogorov, "simulate_kolmogorov", 1)
+        with pytest.raises(KeyboardInterrupt):
+            write_kolmogorov_zarr(out, batch_size=2, **SMALL)
+    write_kolmogorov_zarr(out, batch_size=3, resume=True, **SMALL)
+    xr.testing.assert_identical(xr.open_zarr(out).drop_attrs(), xr.open_zarr(small_store).drop_attrs())
 
 
 def test_interrupted_overwrite_keeps_previous_store(tmp_path, monkeypatch) -> None:

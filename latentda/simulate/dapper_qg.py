@@ -138,9 +138,9 @@ def _simulate_one(index: int, setup: dict) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _trajectories_in_order(sakov2008, sample, setup: dict) -> Iterator[Iterator[np.ndarray]]:
-    """Trajectories 0, 1, … in order: here, or from ``setup["workers"]`` spawned processes."""
-    indices = range(setup["trajectories"])
+def _trajectories_in_order(sakov2008, sample, setup: dict, first: int = 0) -> Iterator[Iterator[np.ndarray]]:
+    """Trajectories ``first``, ``first`` + 1, … in order: here, or from ``setup["workers"]`` spawned processes."""
+    indices = range(first, setup["trajectories"])
     if setup["workers"] == 1:
         yield (_trajectory(sakov2008, sample, index, setup["steps"], setup["spinup"], setup["seed"],
                            setup["perturbation"]) for index in indices)
@@ -149,16 +149,16 @@ def _trajectories_in_order(sakov2008, sample, setup: dict) -> Iterator[Iterator[
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: the parent may hold torch's thread pools
-    with ProcessPoolExecutor(min(setup["workers"], setup["trajectories"]),
+    with ProcessPoolExecutor(min(setup["workers"], len(indices)),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
         yield pool.map(functools.partial(_simulate_one, setup=setup), indices)
 
 
-def _batches(sakov2008, sample, setup: dict, progress: bool) -> Iterator[np.ndarray]:
+def _batches(sakov2008, sample, setup: dict, progress: bool, first: int = 0) -> Iterator[np.ndarray]:
     from tqdm.auto import tqdm
 
-    with tqdm(total=setup["trajectories"], unit="traj", desc="DAPPER QG", disable=not progress, dynamic_ncols=True) as bar, \
-            _trajectories_in_order(sakov2008, sample, setup) as trajectories:
+    with tqdm(total=setup["trajectories"], initial=first, unit="traj", desc="DAPPER QG", disable=not progress,
+              dynamic_ncols=True) as bar, _trajectories_in_order(sakov2008, sample, setup, first) as trajectories:
         batch = []
         for trajectory in trajectories:
             batch.append(trajectory)
@@ -233,10 +233,10 @@ def _dataset(batch: np.ndarray, start: int, setup: dict, dt: float, attrs: dict,
 
 def write_dapper_qg_zarr(out: str | os.PathLike[str], trajectories: int, steps: int, spinup: int = 64, seed: int = 0,
                          batch_size: int = 8, perturbation: float = 0.1, overwrite: bool = False,
-                         progress: bool = True, workers: int = 1) -> Path:
+                         progress: bool = True, workers: int = 1, resume: bool = False) -> Path:
     """Simulate DAPPER's QG model and stream it to a CF-style zarr store (module docstring for the
-    layout), batch by batch into a temporary sibling renamed to ``out`` once complete
-    (:func:`latentda.data.io.atomic_path`), zarr format 2 with consolidated metadata, as
+    layout), batch by batch into ``<out>.partial`` renamed to ``out`` once complete (``resume``
+    finishes an interrupted run: :mod:`latentda.simulate.store`), zarr format 2 with consolidated metadata, as
     :func:`latentda.simulate.kolmogorov.write_kolmogorov_zarr`."""
     from latentda.simulate.store import check_store_path, write_trajectory_batches
 
@@ -247,6 +247,8 @@ def write_dapper_qg_zarr(out: str | os.PathLike[str], trajectories: int, steps: 
 
     dt = float(sakov2008.model.prms["dtout"])
     attrs = _attrs(sakov2008, setup)
-    return write_trajectory_batches(out, _batches(sakov2008, sample, setup, progress),
+    settings = {"system": "dapper-qg", **{k: v for k, v in setup.items() if k not in ("batch_size", "workers")}}
+    return write_trajectory_batches(out, lambda first: _batches(sakov2008, sample, setup, progress, first),
                                     lambda batch, start: _dataset(batch, start, setup, dt, attrs, first=start == 0),
-                                    ["psi"], (GRID_POINTS, GRID_POINTS), setup["trajectories"], overwrite)
+                                    ["psi"], (GRID_POINTS, GRID_POINTS), setup["trajectories"], settings, overwrite,
+                                    resume)

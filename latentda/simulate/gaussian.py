@@ -194,21 +194,24 @@ def simulate_gaussian(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = True,
+    first: int = 0,
 ) -> Iterator[np.ndarray]:
-    """Trajectories of ``system`` in batches: float32 arrays (b, steps, C, N, N), b ≤ batch_size."""
+    """Trajectories ``first``, ``first`` + 1, … of ``system`` in batches: float32 arrays (b, steps, C, N, N),
+    b ≤ batch_size."""
     trajectories = check_integer("trajectories", trajectories, 1)
     steps = check_integer("steps", steps, 1)
     seed = check_integer("seed", seed, 0)
     batch_size = check_integer("batch_size", batch_size, 1)
-    return _batches(system, trajectories, steps, seed, batch_size, progress)
+    return _batches(system, trajectories, steps, seed, batch_size, progress, first)
 
 
 def _batches(system: GaussianSystem, trajectories: int, steps: int, seed: int, batch_size: int,
-             progress: bool) -> Iterator[np.ndarray]:
+             progress: bool, first: int = 0) -> Iterator[np.ndarray]:
     from tqdm.auto import tqdm
 
-    with tqdm(total=trajectories, unit="traj", desc="linear Gaussian", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, trajectories, batch_size):
+    with tqdm(total=trajectories, initial=first, unit="traj", desc="linear Gaussian", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for start in range(first, trajectories, batch_size):
             stop = min(start + batch_size, trajectories)
             batch = np.stack([system.trajectory(steps, trajectory_rng(seed, i)) for i in range(start, stop)])
             bar.update(stop - start)
@@ -264,21 +267,26 @@ def write_gaussian_zarr(
     batch_size: int = 32,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> Path:
     """Simulate ``system`` and stream it to a CF-style zarr store laid out like the Kolmogorov one.
 
     Data variables ``u`` (and ``v``) float32 with dims ``(trajectory, time, y, x)``, one time step
     per chunk; ``time`` = k·dt; ``y``, ``x`` cell centres in ``[0, 2π)`` with ``periodic: 1``;
     the system's parameters in the global attributes (:meth:`GaussianSystem.from_attrs`). Splits
-    follow :func:`latentda.data.split_segments` (the last trajectories are held out). Written to a
-    temporary sibling renamed to ``out`` once complete.
+    follow :func:`latentda.data.split_segments` (the last trajectories are held out). Written to
+    ``<out>.partial`` renamed to ``out`` once complete; ``resume`` finishes an interrupted run
+    (:mod:`latentda.simulate.store`).
     """
     from latentda.simulate.store import check_store_path, write_trajectory_batches
 
     system = system or GaussianSystem()
-    batches = simulate_gaussian(system, trajectories, steps, seed, batch_size, progress)
+    simulate_gaussian(system, trajectories, steps, seed, batch_size, progress)  # the arguments checked now
     out = check_store_path(out, overwrite)
     attrs = _attrs(system, trajectories, steps, seed)
-    return write_trajectory_batches(out, batches, lambda batch, start: _dataset(batch, start, system, steps, attrs,
-                                                                                first=start == 0),
-                                    list(system.channels), (system.size, system.size), trajectories, overwrite)
+    settings = {"system": "gaussian", **system.to_attrs(), "trajectories": trajectories, "steps": steps, "seed": seed}
+    return write_trajectory_batches(out, lambda first: simulate_gaussian(system, trajectories, steps, seed, batch_size,
+                                                                         progress, first),
+                                    lambda batch, start: _dataset(batch, start, system, steps, attrs, first=start == 0),
+                                    list(system.channels), (system.size, system.size), trajectories, settings,
+                                    overwrite, resume)

@@ -68,6 +68,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -282,7 +283,8 @@ def _validate(trajectories: Any, steps: Any, size: Any = 64, coarsen: Any = 1, d
     )
 
 
-def simulate_kolmogorov(trajectories: int, steps: int, progress: bool = True, **options: Any) -> Iterator[np.ndarray]:
+def simulate_kolmogorov(trajectories: int, steps: int, progress: bool = True, first: int = 0,
+                        **options: Any) -> Iterator[np.ndarray]:
     """Simulate Kolmogorov flow trajectories, yielding them in batches.
 
     Arguments are checked at call time (a :class:`~latentda.errors.LatentdaError` names the bad
@@ -292,6 +294,7 @@ def simulate_kolmogorov(trajectories: int, steps: int, progress: bool = True, **
         trajectories: number of trajectories, indexed 0 .. trajectories - 1.
         steps: number of recorded states per trajectory.
         progress: show a tqdm progress bar over trajectories.
+        first: the first trajectory yielded (the others from there on: a resumed run).
         options: the simulation options (keywords), with their defaults:
         size: solver grid cells per side (64).
         coarsen: block-average factor applied to each output (``size`` must be divisible by it) (1).
@@ -310,23 +313,24 @@ def simulate_kolmogorov(trajectories: int, steps: int, progress: bool = True, **
     """
     setup = _validate(trajectories, steps, **options)
     _import_jax_cfd()  # fail now, not on first iteration, when the extra is missing
-    return _simulate_batches(setup, progress)
+    return _simulate_batches(setup, progress, first)
 
 
-def _simulate_batches(setup: _Setup, progress: bool) -> Iterator[np.ndarray]:
+def _simulate_batches(setup: _Setup, progress: bool, first: int = 0) -> Iterator[np.ndarray]:
     from tqdm.auto import tqdm
 
     solver = _build_solver(setup.size, setup.coarsen, setup.dt, setup.reynolds)
     outer_steps = setup.spinup + setup.steps - 1
     with tqdm(
         total=setup.trajectories,
+        initial=first,
         unit="traj",
         desc="Kolmogorov flow",
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
         last_refresh = time.monotonic()
-        for start in range(0, setup.trajectories, setup.batch_size):
+        for start in range(first, setup.trajectories, setup.batch_size):
             stop = min(start + setup.batch_size, setup.trajectories)
             keys = _trajectory_keys(setup.seed, start, stop)
             if stop - start == 1:
@@ -458,7 +462,7 @@ def _batch_dataset(
 
 
 def write_kolmogorov_zarr(out: str | os.PathLike[str], trajectories: int, steps: int, overwrite: bool = False,
-                          progress: bool = True, **options: Any) -> Path:
+                          progress: bool = True, resume: bool = False, **options: Any) -> Path:
     """Simulate Kolmogorov flow and stream it to a CF-style zarr store.
 
     Layout: data variables ``u`` and ``v`` (float32, dims ``(trajectory, time, y, x)``, chunks
@@ -466,9 +470,9 @@ def write_kolmogorov_zarr(out: str | os.PathLike[str], trajectories: int, steps:
     time ``(spinup + k) * dt``), ``y`` and ``x`` (cell centres in ``[0, 2π)``, ``periodic: 1``),
     global attributes with the conventions, provenance and simulation parameters.
 
-    Batches are appended as they are simulated, into a temporary sibling (:func:`latentda.data.io.atomic_path`)
-    renamed to ``out`` only once complete; on any failure or interruption the temporary is
-    removed and ``out`` is left as it was. The store is written in zarr format 2 (readable by
+    Batches are appended as they are simulated, into ``<out>.partial`` renamed to ``out`` only once
+    complete; an interrupted run keeps its finished trajectories there and ``resume=True`` finishes
+    it (:mod:`latentda.simulate.store`). The store is written in zarr format 2 (readable by
     zarr-python 2 and 3) with consolidated metadata. One chunk per time step means many small
     files: at 64² writing costs about as much as simulating (≈ 0.5 ms per chunk on 2 cores).
 
@@ -488,7 +492,8 @@ def write_kolmogorov_zarr(out: str | os.PathLike[str], trajectories: int, steps:
     solver = _build_solver(setup.size, setup.coarsen, setup.dt, setup.reynolds)
     attrs = _dataset_attrs(setup, solver.inner_steps, solver.inner_dt)
     cells = setup.size // setup.coarsen
+    settings = {"system": "kolmogorov", **{k: v for k, v in dataclasses.asdict(setup).items() if k != "batch_size"}}
     return write_trajectory_batches(
-        out, simulate_kolmogorov(trajectories, steps, progress=progress, **options),
+        out, lambda first: simulate_kolmogorov(trajectories, steps, progress=progress, first=first, **options),
         lambda batch, start: _batch_dataset(batch, start, setup, attrs, with_fixed_coords=start == 0),
-        ["u", "v"], (cells, cells), setup.trajectories, overwrite)
+        ["u", "v"], (cells, cells), setup.trajectories, settings, overwrite, resume)

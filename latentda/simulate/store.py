@@ -1,23 +1,34 @@
-"""Simulated trajectories streamed to a zarr store, batch by batch, never half-written.
+"""Simulated trajectories streamed to a zarr store, batch by batch, never half-written, resumable.
 
 Every built-in simulator writes the same way: batches of trajectories (B, T, ...) are turned into
 datasets (dims trajectory, time, y, x; the first batch with the fixed coordinates) and appended
-along ``trajectory`` into a temporary sibling of ``out`` (:func:`latentda.data.io.atomic_path`),
-renamed to ``out`` once complete; on any failure or interruption the temporary is removed and
-``out`` is left as it was (an interrupt arriving while a batch is written takes effect once it is
-written, :func:`latentda.data.io.uninterrupted`: zarr would otherwise go on writing it). One time step per chunk, zarr format 2 (readable by zarr-python 2 and 3)
-with consolidated metadata.
+along ``trajectory`` into ``<out>.partial``, renamed to ``out`` once complete. One time step per
+chunk, zarr format 2 (readable by zarr-python 2 and 3) with consolidated metadata.
+
+Trajectory i depends only on (seed, i) in every simulator, so a run can stop anywhere and go on:
+
+- **interrupted** (Ctrl-C, SIGTERM) or failing after some batches, the partial store keeps the
+  finished trajectories (an interrupt arriving while a batch is written takes effect once it is
+  written, :func:`latentda.data.io.uninterrupted`: zarr would otherwise go on writing it);
+  ``resume=True`` (``--resume``) simulates the others and gives the store an uninterrupted run
+  writes, bit for bit. The settings that decide the trajectories are recorded
+  (``latentda_simulation``, JSON) and a resumed run must have the same; the count of finished
+  trajectories is recorded after each batch (``latentda_trajectories_complete``), so a batch cut
+  short by a kill that nothing could hold back is dropped and simulated again.
+- a run that fails before finishing any batch leaves nothing; a partial store is never overwritten
+  by a new run without ``resume`` (refused, naming it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from latentda.data.io import already_exists, atomic_path, uninterrupted
+from latentda.data.io import already_exists, atomic_path, remove_path, uninterrupted
 from latentda.errors import LatentdaError
 
 __all__ = ["check_store_path", "write_trajectory_batches", "zarr_format_kwargs"]
@@ -42,25 +53,85 @@ def check_store_path(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def write_trajectory_batches(out: Path, batches: Iterable[np.ndarray], to_dataset: Callable[[np.ndarray, int], Any],
-                             variables: list[str], grid: tuple[int, int], trajectories: int,
-                             overwrite: bool = False) -> Path:
-    """Write ``to_dataset(batch, start)`` of every batch (``start``: the index of its first trajectory)
-    into the new store ``out`` (module docstring): ``variables`` float32 in chunks of one time step
-    on the ``grid``; an error if the batches hold other than ``trajectories`` trajectories."""
+SETTINGS_ATTR = "latentda_simulation"
+COMPLETE_ATTR = "latentda_trajectories_complete"
+
+
+def _finished(partial: Path, settings: dict) -> int:
+    """Trajectories finished in an interrupted run's ``partial`` store, which must have ``settings``;
+    arrays longer than that (a batch cut short) are cut back to it."""
+    import zarr
+
+    group = zarr.open_group(partial, mode="r+")
+    recorded = json.loads(group.attrs.get(SETTINGS_ATTR, "null") or "null")
+    if recorded != settings:
+        changed = sorted(k for k in set(settings) | set(recorded or {}) if (recorded or {}).get(k) != settings.get(k))
+        raise LatentdaError(f"{partial}: the interrupted run had other settings ({', '.join(changed) or 'none recorded'}): "
+                            "run it again with them, or remove it")
+    complete = int(group.attrs.get(COMPLETE_ATTR, 0))
+    for name, array in group.arrays():
+        if array.attrs.get("_ARRAY_DIMENSIONS", [None])[0] == "trajectory" and array.shape[0] > complete:
+            array.resize((complete, *array.shape[1:]))
+    zarr.consolidate_metadata(partial)
+    return complete
+
+
+def _record_complete(partial: Path, count: int | None) -> None:
+    """The count of finished trajectories in the store's attributes (None: the attribute removed), consolidated."""
+    import zarr
+
+    group = zarr.open_group(partial, mode="r+")
+    if count is None:
+        if COMPLETE_ATTR in group.attrs:
+            del group.attrs[COMPLETE_ATTR]
+    else:
+        group.attrs[COMPLETE_ATTR] = count
+    zarr.consolidate_metadata(partial)
+
+
+def write_trajectory_batches(out: Path, batches: Callable[[int], Iterable[np.ndarray]],
+                             to_dataset: Callable[[np.ndarray, int], Any], variables: list[str], grid: tuple[int, int],
+                             trajectories: int, settings: dict, overwrite: bool = False, resume: bool = False) -> Path:
+    """Write ``to_dataset(batch, start)`` of every batch of ``batches(first)`` (the trajectories from
+    index ``first`` on; ``start``: the index of the batch's first trajectory) into the store ``out``
+    (module docstring): ``variables`` float32 in chunks of one time step on the ``grid``; an error
+    if the batches hold other than ``trajectories`` trajectories. ``settings`` (JSON-able) decide the
+    trajectories: recorded, and checked when resuming."""
+    settings = json.loads(json.dumps(settings))
+    partial = out.with_name(out.name + ".partial")
+    first = 0
+    if partial.exists():
+        if not resume:
+            raise LatentdaError(f"{partial}: an interrupted simulation is there: pass --resume (resume=True) to finish "
+                                "it, or remove it")
+        first = _finished(partial, settings)
     encoding = {name: {"chunks": (1, 1, *grid), "dtype": "float32"} for name in variables}
     encoding["trajectory"] = {"chunks": (min(trajectories, 1 << 20),)}
     format_kwargs = zarr_format_kwargs()
-    with atomic_path(out, overwrite=overwrite) as temporary:
-        start = 0
-        for batch in batches:
+    start = first
+    try:
+        for batch in batches(first):
             dataset = to_dataset(batch, start)
-            with uninterrupted():  # an interrupt waits for the batch's chunks: none written after the removal
+            # every batch: an append replaces the attributes (the count stays the one before it until it is written)
+            dataset.attrs.update({SETTINGS_ATTR: json.dumps(settings), COMPLETE_ATTR: start})
+            with uninterrupted():  # an interrupt waits for the batch's chunks and its count
                 if start == 0:
-                    dataset.to_zarr(temporary, mode="w-", encoding=encoding, **format_kwargs)
+                    remove_path(partial)  # a store cut short before its first batch was counted
+                    dataset.to_zarr(partial, mode="w-", encoding=encoding, **format_kwargs)
                 else:
-                    dataset.to_zarr(temporary, append_dim="trajectory", **format_kwargs)
-            start += batch.shape[0]
+                    dataset.to_zarr(partial, append_dim="trajectory", **format_kwargs)
+                start += batch.shape[0]
+                _record_complete(partial, start)
         if start != trajectories:
             raise RuntimeError(f"simulated {start} trajectories, expected {trajectories}")
+        _record_complete(partial, None)
+    except BaseException as error:
+        if start == 0 or isinstance(error, LatentdaError):  # nothing finished, or the settings' fault: nothing kept
+            remove_path(partial)
+        elif isinstance(error, Exception):
+            raise RuntimeError(f"{start} finished trajectories kept in {partial}: run again with --resume "
+                               f"after fixing the cause ({type(error).__name__}: {error})") from error
+        raise
+    with atomic_path(out, overwrite=overwrite) as temporary:
+        os.replace(partial, temporary)
     return out
