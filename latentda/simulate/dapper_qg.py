@@ -141,7 +141,7 @@ def _simulate_one(index: int, setup: dict) -> np.ndarray:
 def _trajectories_in_order(sakov2008, sample, setup: dict, first: int = 0) -> Iterator[Iterator[np.ndarray]]:
     """Trajectories ``first``, ``first`` + 1, … in order: here, or from ``setup["workers"]`` spawned processes."""
     indices = range(first, setup["trajectories"])
-    if setup["workers"] == 1:
+    if setup["workers"] == 1 or not indices:  # (none left: a resumed run killed just before its rename)
         yield (_trajectory(sakov2008, sample, index, setup["steps"], setup["spinup"], setup["seed"],
                            setup["perturbation"]) for index in indices)
         return
