@@ -69,6 +69,29 @@ def test_parallel_workers_give_the_same_states(qg_store):
     np.testing.assert_array_equal(np.concatenate(batches), psi)
 
 
+def test_an_interrupted_run_resumes_with_workers_to_the_same_store(qg_store, tmp_path, monkeypatch):
+    """Ctrl-C after the first batch (trajectories 0, 1), then --resume in 2 worker processes: the store
+    of the uninterrupted run (its trajectory 2 simulated from index 2 on)."""
+    import xarray as xr
+
+    from latentda.cli import main
+
+    real = dapper_qg._batches
+
+    def interrupted(*args, **kwargs):
+        batches = real(*args, **kwargs)
+        yield next(batches)
+        raise KeyboardInterrupt
+
+    args = ["simulate", "dapper-qg", "--out", str(tmp_path / "qg.zarr"), "--trajectories", "3", "--steps", "3",
+            "--spinup", "2", "--seed", "5", "--batch-size", "2", "--quiet"]
+    with monkeypatch.context() as patch:
+        patch.setattr(dapper_qg, "_batches", interrupted)
+        assert main(args) == 130
+    assert main([*args, "--resume", "--workers", "2"]) == 0
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "qg.zarr").drop_attrs(), xr.open_zarr(qg_store).drop_attrs())
+
+
 def test_bad_arguments(tmp_path):
     from latentda.cli import main
     from latentda.errors import LatentdaError
