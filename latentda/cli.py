@@ -700,6 +700,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.handler(args)
     except KeyboardInterrupt as interrupt:
         print(f"latentda {args.command}: interrupted", file=sys.stderr)
+        partial = Path(f"{args.out}.partial") if args.command == "simulate" else None
+        if partial is not None and partial.is_dir():
+            print(f"latentda simulate: the finished trajectories are kept in {partial}: the same command with --resume "
+                  "simulates the others", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
     except Exception as error:  # a run removes the store it created (latentda.runs); an interrupted one is kept
         if not isinstance(error, LatentdaError):

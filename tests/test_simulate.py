@@ -278,23 +278,48 @@ def test_interrupted_simulation_resumes_to_the_uninterrupted_store(tmp_path, mon
     assert not out.exists() and zarr.open_group(partial, mode="r").attrs[COMPLETE_ATTR] == 4
     assert cli.main([*args, "--batch-size", "2", "--out", str(out)]) == 2  # refused: the partial store is kept
     assert cli.main([*args, "--seed", "1", "--resume", "--out", str(out)]) == 2  # other settings
-    zarr.open_group(partial, mode="r+").attrs[COMPLETE_ATTR] = 3  # as if killed while writing trajectory 3
-    zarr.consolidate_metadata(partial)
+    # as if killed while appending trajectory 3: its count not written, u resized on disk (not in the consolidated
+    # metadata, written last), a file zarr writes before renaming it left behind
+    group = zarr.open_group(partial, mode="r+", use_consolidated=False)
+    group.attrs[COMPLETE_ATTR] = 3
+    group["u"].resize((5, *group["u"].shape[1:]))
+    (partial / f".zattrs.{'0' * 32}.partial").write_text("{")
     assert cli.main([*args, "--batch-size", "3", "--resume", "--out", str(out)]) == 0
     straight, resumed = xr.open_zarr(tmp_path / "straight.zarr"), xr.open_zarr(out)
     xr.testing.assert_identical(resumed.drop_attrs(), straight.drop_attrs())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.zarr", "straight.zarr"]
+    assert not list(out.rglob("*.partial"))
     assert COMPLETE_ATTR not in resumed.attrs and resumed.attrs[SETTINGS_ATTR] == straight.attrs[SETTINGS_ATTR]
 
 
+def test_a_simulation_stopped_before_its_rename_resumes_without_simulating(tmp_path, monkeypatch) -> None:
+    """Every trajectory finished, stopped before the store is moved into place: --resume only moves it."""
+    from latentda import cli
+    from latentda.simulate import gaussian, store
+
+    args = ["simulate", "gaussian", "--size", "16", "--trajectories", "3", "--steps", "2", "--quiet"]
+    assert cli.main([*args, "--out", str(tmp_path / "straight.zarr")]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "atomic_path", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        assert cli.main([*args, "--out", str(tmp_path / "g.zarr")]) == 130
+    calls = []
+    real_batches = gaussian._batches
+    monkeypatch.setattr(gaussian, "_batches", lambda *a, **k: calls.append(a) or real_batches(*a, **k))
+    assert cli.main([*args, "--resume", "--out", str(tmp_path / "g.zarr")]) == 0
+    assert [call[-1] for call in calls] == [0, 3]  # the arguments checked (never run), then from index 3 on: none
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "g.zarr").drop_attrs(),
+                                xr.open_zarr(tmp_path / "straight.zarr").drop_attrs())
+
+
 def test_interrupted_kolmogorov_run_resumes(tmp_path, monkeypatch, small_store) -> None:
-    """The Kolmogorov flow's trajectories from index 2 on (its batch boundaries moved): the same store."""
+    """The Kolmogorov flow's trajectories from index 1 on, batched (1, 2) instead of the straight run's
+    (0, 1), (2): the same store."""
     out = tmp_path / "flow.zarr"
     with monkeypatch.context() as patch:
         _interrupt_before_batch(patch, kolmogorov, "simulate_kolmogorov", 1)
         with pytest.raises(KeyboardInterrupt):
-            write_kolmogorov_zarr(out, batch_size=2, **SMALL)
-    write_kolmogorov_zarr(out, batch_size=3, resume=True, **SMALL)
+            write_kolmogorov_zarr(out, batch_size=1, **SMALL)
+    write_kolmogorov_zarr(out, batch_size=2, resume=True, **SMALL)
     xr.testing.assert_identical(xr.open_zarr(out).drop_attrs(), xr.open_zarr(small_store).drop_attrs())
 
 

@@ -247,7 +247,7 @@ def write_dapper_qg_zarr(out: str | os.PathLike[str], trajectories: int, steps: 
 
     dt = float(sakov2008.model.prms["dtout"])
     attrs = _attrs(sakov2008, setup)
-    settings = {"system": "dapper-qg", **{k: v for k, v in setup.items() if k not in ("batch_size", "workers")}}
+    settings = {"simulator": "dapper-qg", **{k: v for k, v in setup.items() if k not in ("batch_size", "workers")}}
     return write_trajectory_batches(out, lambda first: _batches(sakov2008, sample, setup, progress, first),
                                     lambda batch, start: _dataset(batch, start, setup, dt, attrs, first=start == 0),
                                     ["psi"], (GRID_POINTS, GRID_POINTS), setup["trajectories"], settings, overwrite,

@@ -284,7 +284,7 @@ def write_gaussian_zarr(
     simulate_gaussian(system, trajectories, steps, seed, batch_size, progress)  # the arguments checked now
     out = check_store_path(out, overwrite)
     attrs = _attrs(system, trajectories, steps, seed)
-    settings = {"system": "gaussian", **system.to_attrs(), "trajectories": trajectories, "steps": steps, "seed": seed}
+    settings = {**system.to_attrs(), "simulator": "gaussian", "trajectories": trajectories, "steps": steps, "seed": seed}
     return write_trajectory_batches(out, lambda first: simulate_gaussian(system, trajectories, steps, seed, batch_size,
                                                                          progress, first),
                                     lambda batch, start: _dataset(batch, start, system, steps, attrs, first=start == 0),

@@ -492,7 +492,7 @@ def write_kolmogorov_zarr(out: str | os.PathLike[str], trajectories: int, steps:
     solver = _build_solver(setup.size, setup.coarsen, setup.dt, setup.reynolds)
     attrs = _dataset_attrs(setup, solver.inner_steps, solver.inner_dt)
     cells = setup.size // setup.coarsen
-    settings = {"system": "kolmogorov", **{k: v for k, v in dataclasses.asdict(setup).items() if k != "batch_size"}}
+    settings = {"simulator": "kolmogorov", **{k: v for k, v in dataclasses.asdict(setup).items() if k != "batch_size"}}
     return write_trajectory_batches(
         out, lambda first: simulate_kolmogorov(trajectories, steps, progress=progress, first=first, **options),
         lambda batch, start: _batch_dataset(batch, start, setup, attrs, with_fixed_coords=start == 0),

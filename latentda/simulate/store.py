@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -35,8 +36,8 @@ __all__ = ["check_store_path", "write_trajectory_batches", "zarr_format_kwargs"]
 
 
 def zarr_format_kwargs() -> dict:
-    """Format 2 where zarr-python 3 would default to 3: the package supports zarr>=2.16, which reads
-    only format 2, and consolidated metadata is part of the format 2 spec."""
+    """Format 2 where zarr-python 3 would default to 3: stores readable by zarr-python 2 too, and
+    consolidated metadata is part of the format 2 spec."""
     import zarr
 
     major = int(str(zarr.__version__).split(".")[0])
@@ -59,34 +60,46 @@ COMPLETE_ATTR = "latentda_trajectories_complete"
 
 def _finished(partial: Path, settings: dict) -> int:
     """Trajectories finished in an interrupted run's ``partial`` store, which must have ``settings``;
-    arrays longer than that (a batch cut short) are cut back to it."""
+    arrays longer than that (a batch cut short) are cut back to it, and files a write cut short left
+    (zarr's ``<name>.<uuid>.partial``) removed. A store cut short before its first batch was recorded
+    (an empty folder, no attributes yet) has none finished."""
     import zarr
 
-    group = zarr.open_group(partial, mode="r+")
+    for leftover in partial.rglob("*.partial"):  # zarr writes a file there, then renames it into place
+        if re.fullmatch(r".+\.[0-9a-f]{32}\.partial", leftover.name) and leftover.is_file():
+            leftover.unlink()
+    try:  # the metadata as on disk: the consolidated copy is written last, so it may lag behind an append
+        group = zarr.open_group(partial, mode="r+", use_consolidated=False)
+    except Exception:  # noqa: BLE001 — nothing readable yet (killed while creating it)
+        if any(partial.iterdir()):
+            raise LatentdaError(f"{partial}: not a simulation's partial store: remove it, or choose another --out") from None
+        return 0
+    if not dict(group.attrs):
+        return 0
     recorded = json.loads(group.attrs.get(SETTINGS_ATTR, "null") or "null")
     if recorded != settings:
         changed = sorted(k for k in set(settings) | set(recorded or {}) if (recorded or {}).get(k) != settings.get(k))
         raise LatentdaError(f"{partial}: the interrupted run had other settings ({', '.join(changed) or 'none recorded'}): "
                             "run it again with them, or remove it")
     complete = int(group.attrs.get(COMPLETE_ATTR, 0))
-    for name, array in group.arrays():
+    for _, array in group.arrays():
         if array.attrs.get("_ARRAY_DIMENSIONS", [None])[0] == "trajectory" and array.shape[0] > complete:
             array.resize((complete, *array.shape[1:]))
     zarr.consolidate_metadata(partial)
     return complete
 
 
-def _record_complete(partial: Path, count: int | None) -> None:
+def _record_complete(store: Path, count: int | None) -> None:
     """The count of finished trajectories in the store's attributes (None: the attribute removed), consolidated."""
     import zarr
 
-    group = zarr.open_group(partial, mode="r+")
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
     if count is None:
         if COMPLETE_ATTR in group.attrs:
             del group.attrs[COMPLETE_ATTR]
     else:
         group.attrs[COMPLETE_ATTR] = count
-    zarr.consolidate_metadata(partial)
+    zarr.consolidate_metadata(store)
 
 
 def write_trajectory_batches(out: Path, batches: Callable[[int], Iterable[np.ndarray]],
@@ -124,14 +137,14 @@ def write_trajectory_batches(out: Path, batches: Callable[[int], Iterable[np.nda
                 _record_complete(partial, start)
         if start != trajectories:
             raise RuntimeError(f"simulated {start} trajectories, expected {trajectories}")
-        _record_complete(partial, None)
     except BaseException as error:
-        if start == 0 or isinstance(error, LatentdaError):  # nothing finished, or the settings' fault: nothing kept
+        if start == 0 or (isinstance(error, LatentdaError) and first == 0):  # nothing kept, or this run's settings' fault
             remove_path(partial)
         elif isinstance(error, Exception):
             raise RuntimeError(f"{start} finished trajectories kept in {partial}: run again with --resume "
                                f"after fixing the cause ({type(error).__name__}: {error})") from error
         raise
-    with atomic_path(out, overwrite=overwrite) as temporary:
-        os.replace(partial, temporary)
+    with uninterrupted(), atomic_path(out, overwrite=overwrite) as temporary:  # an interrupt after the rename
+        os.replace(partial, temporary)  # the partial store keeps its count until here: a stop before is resumable
+        _record_complete(temporary, None)
     return out
