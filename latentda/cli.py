@@ -278,7 +278,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     for channel, scores in summary.items():
         if channel in NOT_CHANNELS:
             continue
-        print(f"{channel:<20}" + "".join(f"{scores.get(n, float('nan')):>20.4f}" for n in columns))
+        print(f"{channel:<20}" + "".join(f"{scores.get(n, float('nan')):>20.4g}" for n in columns))
     if "observation_residual_ratio" in summary:
         print(f"observation residual ratio: {summary['observation_residual_ratio']['mean']:.3f}")
     if args.out:

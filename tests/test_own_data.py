@@ -145,6 +145,8 @@ def test_own_data_end_to_end(own_run, capsys):
         assert np.isfinite([summary[channel]["rmse"], summary[channel]["crps"], summary[channel]["pole_rmse"]]).all()
     assert summary["valid_points"]["sst"]["fraction"] < 1 == summary["valid_points"]["t2m"]["fraction"]
     assert np.isfinite(summary["observation_residual_ratio"]["mean"])
+    tp_row = next(line for line in text.splitlines() if line.startswith("tp "))  # metres: small numbers, not 0.0000
+    assert float(tp_row.split()[2]) == pytest.approx(summary["tp"]["crps"], rel=1e-3) and summary["tp"]["crps"] > 0
 
     # a station table with one sst row on land: the model has no sst there, so that row is left out, with a warning
     import pandas as pd

@@ -525,3 +525,32 @@ def test_ldm_output_is_not_another_runs_folder(tmp_path, latents):
     with pytest.raises(LatentdaError, match=r"ae-run: not a folder of this kind of run \(it holds autoencoder, layout.json\)"):
         train_latent_diffusion(_config(run), str(latents), progress=False)
     assert sorted(p.name for p in run.iterdir()) == ["autoencoder", "layout.json"]
+
+
+def test_latent_statistics_stream_long_segments_in_blocks(tmp_path):
+    """A segment of 150 states (3 blocks of at most 64) and a gap (NaN state): the moments of every latent and
+    of every one-step increment, as computed on the whole arrays at once — the pass holds one block at a time."""
+    from latentda.data.splits import Segment
+    from latentda.data.statistics import Statistics
+    from latentda.data.windows import LatentSource
+    from latentda.training import diffusion
+
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((2, 150, 3, 2, 2)) * [[[[[1.0]], [[2.0]], [[0.5]]]]] + 3).astype(np.float32)
+    z[1, 70] = np.nan  # a missing state: skipped, and so are the two increments touching it
+    xr.Dataset({"latent": (("trajectory", "time", "channel", "latent_y", "latent_x"), z)},
+               coords={"time": np.arange(150.0)}).to_zarr(tmp_path / "z.zarr")
+    source, segments = LatentSource(tmp_path / "z.zarr"), [Segment(0, 0, 150), Segment(1, 10, 150)]
+    reads = []
+    real = source.read
+    source.read = lambda *block: reads.append(block) or real(*block)
+    statistics = diffusion.latent_statistics(source, segments, progress=False)
+    assert max(stop - start for _, start, stop in reads) == diffusion.STATES_PER_READ
+    values = np.concatenate([z[0], z[1, 10:]])
+    np.testing.assert_allclose(statistics.mean, np.nanmean(values, axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(statistics.std, np.nanstd(values, axis=(0, 2, 3)), rtol=1e-5)
+    plain = Statistics(statistics.channels, np.zeros(3), np.ones(3))
+    increments = diffusion.increment_statistics(source, segments, plain, progress=False)
+    steps = np.concatenate([np.diff(z[0], axis=0), np.diff(z[1, 10:], axis=0)])
+    np.testing.assert_allclose(increments.mean, np.nanmean(steps, axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(increments.std, np.nanstd(steps, axis=(0, 2, 3)), rtol=1e-5)

@@ -142,24 +142,40 @@ class LatentDiffusionConfig:
         self.diffusion.check_window(self.model.window, "diffusion")
 
 
+STATES_PER_READ = 64  # the statistics passes read this many states at a time: memory bounded whatever a segment's length
+
+
+def _blocks(segments: list[Segment], overlap: int = 0):
+    """(trajectory, start, stop) of consecutive blocks of :data:`STATES_PER_READ` states covering the
+    ``segments``, each reaching ``overlap`` states into the next block (for increments)."""
+    for s in segments:
+        for start in range(s.start, s.stop, STATES_PER_READ):
+            stop = min(start + STATES_PER_READ + overlap, s.stop)
+            if stop - start > overlap:
+                yield s.trajectory, start, stop
+
+
 def latent_statistics(source: LatentSource, segments: list[Segment], progress: bool = True) -> Statistics:
-    """Per-channel mean/std of the latents in ``segments`` (one streaming pass)."""
+    """Per-channel mean/std of the latents in ``segments`` (one streaming pass, :data:`STATES_PER_READ`
+    states at a time)."""
     channels = [f"latent{i}" for i in range(source.dataset.sizes["channel"])]
-    chunks = (source.read(s.trajectory, s.start, s.stop) for s in segments)  # missing states: NaN, skipped
-    return streaming_statistics(chunks, channels, len(segments), progress, scan=MissingScan(channels))
+    blocks = list(_blocks(segments))
+    chunks = (source.read(*block) for block in blocks)  # missing states: NaN, skipped
+    return streaming_statistics(chunks, channels, len(blocks), progress, scan=MissingScan(channels))
 
 
 def increment_statistics(source: LatentSource, segments: list[Segment], statistics: Statistics, progress: bool = True) -> Statistics:
     """Per-channel mean/std of the one-step increments z̃_{k+1} − z̃_k of the standardised latents in
-    ``segments`` (one streaming pass): the scale of increment coordinates."""
+    ``segments`` (one streaming pass; blocks overlap by one state, so each increment is counted once)."""
     channels = [f"latent{i}" for i in range(source.dataset.sizes["channel"])]
+    blocks = list(_blocks(segments, overlap=1))
 
     def chunks():
-        for s in segments:
-            z = statistics.standardise(source.read(s.trajectory, s.start, s.stop))
+        for block in blocks:
+            z = statistics.standardise(source.read(*block))
             yield z[1:] - z[:-1]
 
-    return streaming_statistics(chunks(), channels, len(segments), progress, scan=MissingScan(channels))
+    return streaming_statistics(chunks(), channels, len(blocks), progress, scan=MissingScan(channels))
 
 
 class _Standardised(torch.utils.data.Dataset):
