@@ -575,6 +575,12 @@ case("forecast-initial-gap")(lambda w, d: (forecast_args(  # state 6 of 8 missin
 case("forecast-initial-nan")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", with_value("v", np.nan, (7, 1, 1))))),
     "NaN values at step 7 in the initial state (channel v)"))  # the file's step; no training advice
+case("forecast-initial-grid-reversed")(lambda w, d: (forecast_args(  # e.g. latitude ascending for a model's descending
+    w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.isel(y=slice(None, None, -1))))),
+    ": reverse it first, e.g. ds.isel(y=slice(None, None, -1))"))
+case("forecast-initial-grid-rolled")(lambda w, d: (forecast_args(  # e.g. longitudes −180…180 for a model's 0…360
+    w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.roll(x=3, roll_coords=True)))),
+    "the same points in another order or longitude convention"))
 case("forecast-initial-lead-dimension")(lambda w, d: (forecast_args(  # a forecast's output given as the initial state
     w, d / "f.zarr", "--initial", str(rewrite(w.truth, d / "i.nc", lambda ds: ds.expand_dims(prediction_timedelta=1, axis=1)))),
     "select one index of 'prediction_timedelta'"))

@@ -122,6 +122,23 @@ def _is_periodic(coordinate: xr.DataArray, is_longitude: bool) -> bool:
     return False
 
 
+def grid_mismatch(name: str, given, model) -> str:
+    """The error for a grid coordinate ``name`` whose values ``given`` are not the model's ``model``:
+    both ranges, and how to reorder a flipped or shifted axis (xarray)."""
+    given, model = np.asarray(given, dtype=np.float64), np.asarray(model, dtype=np.float64)
+
+    def span(values) -> str:
+        return f"{values[0]:g} … {values[-1]:g}" if values.size else "empty"
+
+    hint = ""
+    if given.size == model.size and np.allclose(given[::-1], model):
+        hint = f": reverse it first, e.g. ds.isel({name}=slice(None, None, -1))"
+    elif given.size == model.size and np.allclose(np.sort(np.mod(given, 360)), np.sort(np.mod(model, 360))):
+        hint = (": the same points in another order or longitude convention: put them in the model's (xarray's "
+                "assign_coords, sortby or roll)")
+    return f"coordinate '{name}' differs from the model's grid ({span(given)}, the model's {span(model)}){hint}"
+
+
 def _pack_mask(mask: np.ndarray) -> dict:
     """A boolean mask as JSON: its shape and its bits packed, base64-encoded."""
     return {"shape": list(mask.shape), "bits": base64.b64encode(np.packbits(mask.astype(bool).ravel())).decode()}
@@ -343,7 +360,7 @@ class FieldLayout:
             if axis.name in dataset.coords and not np.allclose(
                 np.asarray(dataset[axis.name].values, dtype=np.float64), np.asarray(axis.values, dtype=np.float64), rtol=1e-6, atol=1e-9
             ):
-                raise LatentdaError(f"coordinate '{axis.name}' differs from the model's grid")
+                raise LatentdaError(grid_mismatch(axis.name, dataset[axis.name].values, axis.values))
 
     # ------------------------------------------------------------------ xarray -> array
     def to_array(self, dataset: xr.Dataset, trajectory: int | None = None, time: slice | None = None) -> np.ndarray:

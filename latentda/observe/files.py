@@ -38,7 +38,7 @@ import xarray as xr
 
 from latentda.config import require
 from latentda.data.io import read_values
-from latentda.data.layout import CONVENTIONS, TIME, FieldLayout, unwrap_longitude
+from latentda.data.layout import CONVENTIONS, TIME, FieldLayout, grid_mismatch, unwrap_longitude
 from latentda.data.statistics import MAX_STANDARD_DEVIATIONS, Statistics, check_magnitude
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
@@ -201,7 +201,8 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
                 raise LatentdaError(f"observation '{name}' is on a {values.shape[1:]} grid, the model's is {layout.shape}")
             for axis in layout.grid:
                 if axis.name in observations.coords and not np.allclose(observations[axis.name].values, axis.values):
-                    raise LatentdaError(f"observation '{name}': coordinate '{axis.name}' differs from the model's grid")
+                    raise LatentdaError(f"observation '{name}': "
+                                        + grid_mismatch(axis.name, observations[axis.name].values, axis.values))
         elif sampling == "coarsen":
             kwargs["factor"] = int(_number(attrs, "coarsen_factor", name, 0))
             if kwargs["factor"] < 1:
