@@ -71,9 +71,13 @@ def test_hidden_functional_nonlinearity_falls_back_to_forward_mode():
     assert torch.allclose(linearization.tangent(v), torch.func.jvp(network, (x,), (v,))[1], atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk", [None, 3])
-def test_decoded_operator_linearisation_is_the_jacobian(pipeline, chunk):
-    """A·v and Aᵀ·u of the decoded operator equal the generic double-backward linearisation."""
+@pytest.mark.parametrize(("chunk", "per_pass"), [(None, 16), (None, 4), (3, 16)])
+def test_decoded_operator_linearisation_is_the_jacobian(pipeline, chunk, per_pass, monkeypatch):
+    """A·v and Aᵀ·u of the decoded operator equal the generic double-backward linearisation (the 10
+    frames decoded in one pass, or in passes of 4, 4 and 2)."""
+    from latentda.posterior import reanalysis
+
+    monkeypatch.setattr(reanalysis, "CPU_PIXELS_PER_PASS", per_pass * int(np.prod(pipeline.layout.shape)))
     operator = sparse_operator(pipeline, 5)
     A = LatentOperator(pipeline, operator, chunk=chunk)
     z = torch.randn(2, 5, *pipeline.latent_shape)

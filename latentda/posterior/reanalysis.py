@@ -146,6 +146,10 @@ class LatentOperator:
     forward at ẑ, and J_H / J_Hᵀ by :class:`latentda.posterior.guidance.Linearization` (H is cheap).
     With ``chunk``, memory-lean: no decoder graph is held for more than ``chunk`` frames at once,
     and every product recomputes the decoder chunk by chunk (one more decoder forward per product).
+    Without it, the graphs of all frames are held, each built for at most :data:`CPU_PIXELS_PER_PASS`
+    output pixels' worth of frames at a time on a CPU (a decoder pass whose activations outgrow the
+    caches is slower per frame: one guided step of 64 states of 73 × 144 took 3.11 s in one pass,
+    1.52 s in passes of 16 frames, linear in the length again), all frames at once on a GPU.
     """
 
     def __init__(self, prior: PriorModel, operator: ObservationOperator, chunk: int | None = None,
@@ -193,24 +197,47 @@ class LatentOperator:
         return _DecodedLinearization(self, anchor.detach()) if self.chunk is None else _ChunkedLinearization(self, anchor.detach())
 
 
+CPU_PIXELS_PER_PASS = 1 << 18  # output pixels per decoder pass of a linearisation on a CPU (LatentOperator): 64 frames of 64²
+
+
 class _DecodedLinearization:
-    """A at ẑ with the decoder's graph and tangent records of all frames held (see LatentOperator)."""
+    """A at ẑ with the decoder's graph and tangent records of all frames held (see LatentOperator), in
+    blocks of frames each linearised by its own decoder pass."""
 
     def __init__(self, parent: LatentOperator, anchor: Tensor) -> None:
         self.shape = anchor.shape
+        flat = anchor.reshape(-1, *anchor.shape[2:])
+        size = len(flat)
+        if torch.device(parent.device).type == "cpu":
+            size = max(1, CPU_PIXELS_PER_PASS // int(np.prod(parent.autoencoder.config.sample_size)))
+        self.frames, fields, self.tangents = [], [], []
         with torch.enable_grad():
-            self.frames = anchor.reshape(-1, *anchor.shape[2:]).requires_grad_(True)
-            self.fields, self.decoder_tangent = parent.decoder_linearization(self.frames)
-        self.pixels = Linearization(parent.operator, self.fields.detach().reshape(*self.shape[:2], *self.fields.shape[1:]))
+            for start in range(0, len(flat), size):
+                frames = flat[start : start + size].clone().requires_grad_(True)
+                value, tangent = parent.decoder_linearization(frames)
+                self.frames.append(frames), fields.append(value), self.tangents.append(tangent)
+        self.fields = fields
+        values = torch.cat([value.detach() for value in fields])
+        self.pixels = Linearization(parent.operator, values.reshape(*self.shape[:2], *values.shape[1:]))
         self.value = self.pixels.value
 
     def forward(self, v: Tensor) -> Tensor:
-        x = self.decoder_tangent(v.reshape(self.frames.shape))
+        v = v.reshape(-1, *self.shape[2:])
+        parts, start = [], 0
+        for frames, tangent in zip(self.frames, self.tangents):
+            parts.append(tangent(v[start : start + len(frames)]))
+            start += len(frames)
+        x = torch.cat(parts)
         return self.pixels.forward(x.reshape(*self.shape[:2], *x.shape[1:]))
 
     def transpose(self, u: Tensor) -> Tensor:
-        g = self.pixels.transpose(u).reshape(self.fields.shape)
-        return torch.autograd.grad(self.fields, self.frames, g.to(self.fields.dtype), retain_graph=True)[0].reshape(self.shape)
+        g = self.pixels.transpose(u).reshape(-1, *self.fields[0].shape[1:])
+        parts, start = [], 0
+        for frames, fields in zip(self.frames, self.fields):
+            block = g[start : start + len(frames)].to(fields.dtype)
+            parts.append(torch.autograd.grad(fields, frames, block, retain_graph=True)[0])
+            start += len(frames)
+        return torch.cat(parts).reshape(self.shape)
 
 
 class _ChunkedLinearization:
