@@ -37,3 +37,7 @@ def test_files_of_one_variable_each_merge_by_pattern(tmp_path, capsys):
         open_dataset(tmp_path / "part_*.cdf")
     with pytest.raises(LatentdaError, match="matches no file"):
         open_dataset(tmp_path / "none_*.nc")
+    for month, part in enumerate((dataset.isel(time=slice(0, 2)), dataset.isel(time=slice(2, 4)))):  # split along time
+        part.to_netcdf(tmp_path / f"month_{month}.nc", engine="h5netcdf")
+    with pytest.raises(LatentdaError, match="they hold different times .*join them along time into one store"):
+        open_dataset(tmp_path / "month_*.nc")

@@ -136,7 +136,12 @@ def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dat
             return xr.merge(parts, compat="no_conflicts", join="exact", combine_attrs="drop_conflicts")
         except (ValueError, xr.MergeError) as error:
             message = str(error).splitlines()[0]
-            raise LatentdaError(f"{path}: the {len(paths)} files do not merge into one dataset ({message})") from None
+            hint = ""
+            times = [part["time"].values for part in parts if "time" in part.coords]
+            if len(times) == len(parts) and len({tuple(np.asarray(t).ravel()) for t in times}) == len(parts):
+                hint = (": they hold different times (e.g. one file a month): join them along time into one store "
+                        "first, one time step per chunk (docs/cluster.md, \"Data\")")
+            raise LatentdaError(f"{path}: the {len(paths)} files do not merge into one dataset ({message}){hint}") from None
     path = paths[0]
     fmt = input_format(path)
     try:
