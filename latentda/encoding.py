@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from latentda.components import autoencoder_fingerprint, load_autoencoder
 from latentda.data import LATENT, atomic_path, open_dataset, time_step
-from latentda.data.io import already_exists, create_store, remove_path, write_region
+from latentda.data.io import already_exists, consolidate, create_store, remove_path, write_region
 from latentda.data.windows import MISSING_ATTR
 from latentda.data.layout import CONVENTIONS, TIME, TRAJECTORY
 from latentda.data.statistics import check_finite
@@ -152,6 +152,7 @@ def encode_dataset(
                 import zarr
 
                 zarr.open_group(temporary, mode="a").attrs[MISSING_ATTR] = json.dumps(missing)
+            consolidate(temporary)
             output.close()  # renamed into place
 
         run_on_main(finish, main)

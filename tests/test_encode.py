@@ -2,6 +2,8 @@
 
 import json
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,9 @@ def test_streamed_latents_equal_direct_encoding(tmp_path, make):
     data = write_dataset(dataset, tmp_path / "data.zarr")
     folder = _autoencoder(tmp_path, dataset)
     out = encode_dataset(folder, data, tmp_path / "latents.zarr", batch_size=5, progress=False)  # uneven batches
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consolidated: a user's xr.open_zarr does not warn
+        xr.open_zarr(out)
     latents = open_dataset(out)
     model, layout, statistics = load_autoencoder(folder)
     has_trajectory = "trajectory" in dataset.dims

@@ -192,6 +192,13 @@ def test_resume_with_other_settings_is_refused(setup, tmp_path, monkeypatch):
     assert two.returncode != 0 and two.stderr.count("error: ") == 2 and "other settings (seed" in two.stderr, two.stderr[-2000:]
     assert "gloo" not in two.stderr and (tmp_path / "p.zarr.partial").is_dir()  # the finished member kept
     assert cli.main(args + ["--resume"]) == 0
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the finished store's metadata consolidated: a user's xr.open_zarr does not warn
+        assert xr.open_zarr(tmp_path / "p.zarr").sizes["realization"] == 2
 
 
 def _split_blankets_worker() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from latentda.data.io import (already_exists, atomic_path, create_store, open_dataset, output_format, quiet_zarr,
+from latentda.data.io import (already_exists, atomic_path, consolidate, create_store, open_dataset, output_format, quiet_zarr,
                               remove_path, write_region)
 from latentda.data.layout import CONVENTIONS, TIME, FieldLayout
 from latentda.errors import LatentdaError
@@ -239,6 +239,7 @@ class EnsembleWriter:
                 del zarr.open_group(self.partial, mode="a")[COMPLETED]
             if self.state_file.is_file():
                 self.state_file.unlink()
+            consolidate(self.partial)  # a finished store opens without xarray's warning
             if self.out.exists():
                 remove_path(self.out)
             os.replace(self.partial, self.out)

@@ -258,6 +258,7 @@ def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool 
                 encoding[name] = {"chunks": chunks}
             with uninterrupted():
                 dataset.to_zarr(temporary, mode="w", encoding=encoding, consolidated=False)
+                consolidate(temporary)
         else:
             dataset.to_netcdf(temporary, engine="h5netcdf")
     return path
@@ -325,6 +326,15 @@ def write_region(path: str | os.PathLike, arrays: dict[str, np.ndarray], index: 
         group = zarr.open_group(path, mode="r+")  # never created again: a removed temporary stays removed
         for name, values in arrays.items():
             group[name][index] = values
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Consolidate a finished zarr store's metadata (one read for all of it; ``xr.open_zarr`` warns on
+    a store without). zarr-python 3 notes that consolidation is not yet part of format 3's spec;
+    it is what xarray reads."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))
 
 
 @contextlib.contextmanager
