@@ -137,7 +137,13 @@ def _print_latent_shapes(layout) -> None:
         except ValueError as error:
             print(f"  {stages} (grid ÷{2 ** (stages - 1)}): not possible ({error})")
             continue
-        print(f"  {stages} (grid ÷{model.downsample_factor}): {_latent_summary(model)}")
+        _, h, w = model.latent_shape
+
+        def divisors(n: int) -> str:
+            return ", ".join(str(d) for d in range(1, 9) if n % d == 0)
+
+        print(f"  {stages} (grid ÷{model.downsample_factor}): {_latent_summary(model)}; "
+              f"patch_size p_h in {{{divisors(h)}}}, p_w in {{{divisors(w)}}}")
 
 
 def _latent_summary(model) -> str:

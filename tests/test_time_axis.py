@@ -74,7 +74,7 @@ def test_inspect_reads_a_renamed_time_axis_end_to_end(tmp_path, capsys):
     assert cli.main(["inspect", "--quiet", str(path)]) == 0
     out = capsys.readouterr().out
     assert "'time': 10" in out and "time step 6 hours (regular)" in out and "mean_sea_level_pressure" in out
-    assert "3 (grid ÷4): 4 × 2 × 4, compression ×12" in out  # the latent shape of the default depth
+    assert "3 (grid ÷4): 4 × 2 × 4, compression ×12; patch_size p_h in {1, 2}, p_w in {1, 2, 4}" in out  # default depth
 
     box = write_dataset(make_box_dataset().rename(time="step"), tmp_path / "box.zarr")
     assert cli.main(["inspect", "--quiet", str(box)]) == 2
