@@ -140,7 +140,7 @@ def write_trajectory_batches(out: Path, batches: Callable[[int], Iterable[np.nda
     except BaseException as error:
         if start == 0 or (isinstance(error, LatentdaError) and first == 0):  # nothing kept, or this run's settings' fault
             remove_path(partial)
-        elif isinstance(error, Exception):
+        elif isinstance(error, Exception) and not isinstance(error, LatentdaError):  # a blow-up of a resumed run: its own line
             raise RuntimeError(f"{start} finished trajectories kept in {partial}: run again with --resume "
                                f"after fixing the cause ({type(error).__name__}: {error})") from error
         raise
