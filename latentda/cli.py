@@ -706,10 +706,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.handler(args)
     except KeyboardInterrupt as interrupt:
         print(f"latentda {args.command}: interrupted", file=sys.stderr)
-        partial = Path(f"{args.out}.partial") if args.command == "simulate" else None
+        work = {"simulate": "trajectories", "reanalyze": "members", "forecast": "members", "filter": "cycles"}.get(args.command)
+        partial = Path(f"{args.out}.partial") if work and getattr(args, "out", None) else None
         if partial is not None and partial.is_dir():
-            print(f"latentda simulate: the finished trajectories are kept in {partial}: the same command with --resume "
-                  "simulates the others", file=sys.stderr)
+            print(f"latentda {args.command}: the finished {work} are kept in {partial}: the same command with --resume "
+                  "continues", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
     except Exception as error:  # a run removes the store it created (latentda.runs); an interrupted one is kept
         if not isinstance(error, LatentdaError):

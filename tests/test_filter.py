@@ -369,6 +369,7 @@ def test_filter_command_writes_cycles_and_resumes_bit_identical(tmp_path, monkey
     out = tmp_path / "cut.zarr"
     if lag == 1:
         assert cli.main(run + ["--out", str(out)]) == 130  # "interrupted", as after Ctrl-C
+        assert "the finished cycles are kept in " in capsys.readouterr().err  # and how to continue
     else:
         with pytest.raises(RuntimeError, match="out of memory") as failure:
             cli.main(run + ["--out", str(out)])
@@ -496,3 +497,28 @@ def test_filter_resume_reads_the_same_initial_states(tmp_path, monkeypatch):
     del zarr.open_group(str(tmp_path / "older.zarr.partial"), mode="a").attrs["initial"]
     assert cli.main(command + ["--resume"]) == 0
     np.testing.assert_array_equal(open_dataset(tmp_path / "older.zarr")["u"].values, open_dataset(tmp_path / "cli.zarr")["u"].values)
+
+
+def test_each_cycle_keeps_only_the_points_it_observes():
+    """Drifting buoys: one group over every position ever seen (NaN where a buoy is not at it). Each cycle
+    keeps only its own points, their values and per-entry noise, so its work does not grow with the window;
+    its (y, σ) are the window's at that step, and the cycles joined back observe the same values."""
+    rng = np.random.default_rng(0)
+    values = np.full((3, 6), np.nan)
+    values[0, :2], values[1, 2:5], values[2, [1, 5]] = rng.standard_normal(2), rng.standard_normal(3), rng.standard_normal(2)
+    noise = np.broadcast_to(np.arange(1, 7) / 10, (3, 6))
+    group = ObservationGroup("buoys", [0], "identity", "points", values, noise.copy(), points=rng.uniform(0, 7, (6, 2)))
+    window = ObservationOperator([group])
+    cycles = split_cycles(window)
+    assert [c.groups[0].points.shape[0] for c in cycles] == [2, 3, 2]
+    np.testing.assert_array_equal(cycles[2].groups[0].points, group.points[[1, 5]])
+    for t, cycle in enumerate(cycles):
+        y, sigma = (np.asarray(a) for a in cycle.observed(representation=False))
+        observed = ~np.isnan(values[t])
+        np.testing.assert_array_equal(y, values[t][observed])
+        np.testing.assert_array_equal(sigma, noise[t][observed])
+    joined = join_cycles(cycles)  # the smoother's window from what the filter assimilated: the same (y, σ)
+    y_joined, sigma_joined = (np.asarray(a) for a in joined.observed(representation=False))
+    y_whole, sigma_whole = (np.asarray(a) for a in window.observed(representation=False))
+    np.testing.assert_array_equal(np.sort(y_joined), np.sort(y_whole))
+    np.testing.assert_array_equal(np.sort(sigma_joined), np.sort(sigma_whole))

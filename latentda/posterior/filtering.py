@@ -209,12 +209,35 @@ class FilterCycle:
     sampled: Tensor | None = None
 
 
+def _group_at(group, t: int):
+    """``group`` at time step ``t`` alone. Points and linear rows keep only the entries observed at
+    ``t``: a table of moving positions (drifting buoys) is one group over every position ever seen,
+    and a cycle's work and memory must be its own observations', not the whole window's."""
+    noise = group.noise_std
+    if np.ndim(noise):
+        noise = np.broadcast_to(np.asarray(noise, dtype=np.float64), group.values.shape)[t : t + 1]
+    changes = {"values": group.values[t : t + 1], "noise_std": noise}
+    if group.sampling in ("points", "linear"):
+        keep = np.flatnonzero(group.mask[t])
+        changes["values"] = changes["values"][:, keep]
+        if np.ndim(noise):
+            changes["noise_std"] = noise[:, keep]
+        if group.sampling == "points":
+            changes["points"] = group.points[keep]
+        else:
+            changes["matrix"] = group.matrix[keep]
+            if np.ndim(group.representation_std):  # one per row
+                changes["representation_std"] = np.asarray(group.representation_std)[keep]
+    return dataclasses.replace(group, **changes)
+
+
 def split_cycles(operator: ObservationOperator) -> list[ObservationOperator | None]:
     """An observation window (L time steps) as L cycles of one time step each (None where nothing
-    is observed); group names, kinds and noise are kept, the positions may differ per step."""
+    is observed); group names, kinds and noise are kept, the positions may differ per step (each
+    cycle's points or rows are those it observes: :func:`_group_at`)."""
     cycles = []
     for t in range(operator.length):
-        groups = [dataclasses.replace(g, values=g.values[t : t + 1]) for g in operator.groups if g.mask[t].any()]
+        groups = [_group_at(g, t) for g in operator.groups if g.mask[t].any()]
         times = None if operator.times is None else np.asarray(operator.times)[t : t + 1]
         cycles.append(ObservationOperator(groups, times) if groups else None)
     return cycles
@@ -225,7 +248,7 @@ def _same_sampling(a, b) -> bool:
     def arrays_equal(x, y):
         return (x is None and y is None) or (x is not None and y is not None and np.array_equal(x, y))
     return (a.name == b.name and a.channels == b.channels and a.transform == b.transform and a.sampling == b.sampling
-            and a.noise_std == b.noise_std and a.factor == b.factor and a.saturation == b.saturation
+            and np.array_equal(np.asarray(a.noise_std), np.asarray(b.noise_std)) and a.factor == b.factor and a.saturation == b.saturation
             and a.periodic == b.periodic and arrays_equal(a.points, b.points) and arrays_equal(a.matrix, b.matrix)
             and np.array_equal(np.asarray(a.representation_std), np.asarray(b.representation_std)))
 
