@@ -746,7 +746,10 @@ def test_sigterm_is_handled_like_ctrl_c_and_resume_accepts_another_spelling(worl
     args[args.index("--members") + 1] = "2"
     _stop_after_first_member(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     assert cli.main(args) == 128 + signal.SIGTERM
-    assert capsys.readouterr().err.strip().endswith("interrupted")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "latentda reanalyze: interrupted"
+    assert lines[1] == (f"latentda reanalyze: the finished members are kept in {tmp_path / 'post.zarr.partial'}: "
+                        "the same command with --resume continues")
     partial = open_dataset(tmp_path / "post.zarr.partial")
     assert partial["completed"].values.tolist() == [1, 0]  # the finished member is kept
     assert signal.getsignal(signal.SIGTERM) is not cli._terminate  # the handler is only installed during main
