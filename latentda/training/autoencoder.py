@@ -39,6 +39,7 @@ from latentda.config import config_defaults, require, to_dict
 from latentda.data import FieldLayout, FieldSource, Statistics, WindowDataset, compute_statistics, open_dataset, split_segments
 from latentda.data.statistics import MissingScan
 from latentda.errors import LatentdaError
+from latentda.processes import run_on_main
 from latentda.training.loop import (Trainer, TrainingConfig, check_resumed_config, check_run_dir, continues, make_accelerator,
                                     shared_statistics)
 
@@ -228,10 +229,12 @@ def _shared_layout(accelerator, path: Path, layout: FieldLayout, scan: MissingSc
     """The layout with the fixed mask of the training split (``scan``, when it ran) and the
     ``allow_missing`` rule, saved to ``path`` by the main process and read by all (a resumed run reads
     the saved one: its scan did not run again; a run started again from scratch writes its own)."""
-    if scan.finite is not None and accelerator.is_main_process:
-        layout.mask, layout.allow_missing = scan.mask, allow_missing
-        layout.save(path)
-    accelerator.wait_for_everyone()
+    def save() -> None:
+        if scan.finite is not None:  # the scan ran (on the main process)
+            layout.mask, layout.allow_missing = scan.mask, allow_missing
+            layout.save(path)
+
+    run_on_main(save, accelerator.is_main_process)  # as the statistics: a failure stops every process
     if path.is_file():
         return FieldLayout.load(path)
     layout.allow_missing = allow_missing  # a run folder from before masks were recorded
