@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from latentda.data.io import already_exists, atomic_path, remove_path, uninterrupted
+from latentda.data.io import already_exists, atomic_path, consolidate, remove_path, uninterrupted
 from latentda.errors import LatentdaError
 
 __all__ = ["check_store_path", "write_trajectory_batches", "zarr_format_kwargs"]
@@ -85,7 +85,7 @@ def _finished(partial: Path, settings: dict) -> int:
     for _, array in group.arrays():
         if array.attrs.get("_ARRAY_DIMENSIONS", [None])[0] == "trajectory" and array.shape[0] > complete:
             array.resize((complete, *array.shape[1:]))
-    zarr.consolidate_metadata(partial)
+    consolidate(partial)
     return complete
 
 
@@ -99,7 +99,7 @@ def _record_complete(store: Path, count: int | None) -> None:
             del group.attrs[COMPLETE_ATTR]
     else:
         group.attrs[COMPLETE_ATTR] = count
-    zarr.consolidate_metadata(store)
+    consolidate(store)
 
 
 def write_trajectory_batches(out: Path, batches: Callable[[int], Iterable[np.ndarray]],
