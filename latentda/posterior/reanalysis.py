@@ -148,8 +148,9 @@ class LatentOperator:
     and every product recomputes the decoder chunk by chunk (one more decoder forward per product).
     Without it, the graphs of all frames are held, each built for at most :data:`CPU_PIXELS_PER_PASS`
     output pixels' worth of frames at a time on a CPU (a decoder pass whose activations outgrow the
-    caches is slower per frame: one guided step of 64 states of 73 × 144 took 3.11 s in one pass,
-    1.52 s in passes of 16 frames, linear in the length again), all frames at once on a GPU.
+    caches is slower per frame: one guided step of 64 states of 73 × 144 took 2.99 s in one pass,
+    1.63 s in passes of 24 frames, linear in the length again: docs/benchmarks.md), all frames at
+    once on a GPU.
     """
 
     def __init__(self, prior: PriorModel, operator: ObservationOperator, chunk: int | None = None,
@@ -216,27 +217,20 @@ class _DecodedLinearization:
                 frames = flat[start : start + size].clone().requires_grad_(True)
                 value, tangent = parent.decoder_linearization(frames)
                 self.frames.append(frames), fields.append(value), self.tangents.append(tangent)
-        self.fields = fields
+        self.fields, self.sizes = fields, [len(frames) for frames in self.frames]
         values = torch.cat([value.detach() for value in fields])
         self.pixels = Linearization(parent.operator, values.reshape(*self.shape[:2], *values.shape[1:]))
         self.value = self.pixels.value
 
     def forward(self, v: Tensor) -> Tensor:
-        v = v.reshape(-1, *self.shape[2:])
-        parts, start = [], 0
-        for frames, tangent in zip(self.frames, self.tangents):
-            parts.append(tangent(v[start : start + len(frames)]))
-            start += len(frames)
-        x = torch.cat(parts)
+        parts = v.reshape(-1, *self.shape[2:]).split(self.sizes)
+        x = torch.cat([tangent(part) for tangent, part in zip(self.tangents, parts)])
         return self.pixels.forward(x.reshape(*self.shape[:2], *x.shape[1:]))
 
     def transpose(self, u: Tensor) -> Tensor:
-        g = self.pixels.transpose(u).reshape(-1, *self.fields[0].shape[1:])
-        parts, start = [], 0
-        for frames, fields in zip(self.frames, self.fields):
-            block = g[start : start + len(frames)].to(fields.dtype)
-            parts.append(torch.autograd.grad(fields, frames, block, retain_graph=True)[0])
-            start += len(frames)
+        g = self.pixels.transpose(u).reshape(-1, *self.fields[0].shape[1:]).split(self.sizes)
+        parts = [torch.autograd.grad(fields, frames, block.to(fields.dtype), retain_graph=True)[0]
+                 for frames, fields, block in zip(self.frames, self.fields, g)]
         return torch.cat(parts).reshape(self.shape)
 
 
