@@ -17,7 +17,7 @@ import xarray as xr
 from latentda.data.times import TIME, TRAJECTORY, time_step
 from latentda.errors import LatentdaError
 
-__all__ = ["Segment", "split_segments", "SPLITS"]
+__all__ = ["Segment", "segment_blocks", "split_segments", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -33,6 +33,14 @@ class Segment:
     @property
     def length(self) -> int:
         return self.stop - self.start
+
+
+def segment_blocks(segments: list[Segment], size: int, overlap: int = 0) -> list[tuple[int | None, int, int]]:
+    """(trajectory, start, stop) of consecutive blocks of ``size`` states covering the ``segments``
+    (a streaming pass reads one at a time), each reaching ``overlap`` states into the next (one, for
+    increments: each pair of neighbours in exactly one block)."""
+    return [(s.trajectory, start, min(start + size + overlap, s.stop))
+            for s in segments for start in range(s.start, s.stop, size) if min(start + size + overlap, s.stop) - start > overlap]
 
 
 def _sizes(total: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:

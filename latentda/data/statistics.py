@@ -37,7 +37,7 @@ from latentda.config import read_json
 from latentda.data.bounds import Bounds
 from latentda.data.io import write_text_atomic
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
-from latentda.data.splits import Segment
+from latentda.data.splits import Segment, segment_blocks
 from latentda.errors import LatentdaError
 
 __all__ = ["Statistics", "MissingScan", "compute_statistics", "streaming_statistics", "check_finite", "check_magnitude",
@@ -259,12 +259,10 @@ class MissingScan:
 
 def _chunks(dataset: xr.Dataset, layout: FieldLayout, segments: list[Segment],
             chunk_size: int) -> Iterable[tuple[np.ndarray, list[str]]]:
-    for segment in segments:
-        for start in range(segment.start, segment.stop, chunk_size):
-            stop = min(start + chunk_size, segment.stop)
-            where = "" if segment.trajectory is None else f"trajectory {segment.trajectory}, "
-            labels = [f"{where}step {i}" for i in range(start, stop)]
-            yield layout.to_array(dataset, segment.trajectory, slice(start, stop)), labels
+    for trajectory, start, stop in segment_blocks(segments, chunk_size):
+        where = "" if trajectory is None else f"trajectory {trajectory}, "
+        labels = [f"{where}step {i}" for i in range(start, stop)]
+        yield layout.to_array(dataset, trajectory, slice(start, stop)), labels
 
 
 class _Moments:
@@ -335,6 +333,6 @@ def compute_statistics(
     if segments is None:
         ids = range(dataset.sizes[TRAJECTORY]) if TRAJECTORY in dataset.dims else [None]
         segments = [Segment(i, 0, dataset.sizes[TIME]) for i in ids]
-    total = sum(-(-s.length // chunk_size) for s in segments)
+    total = len(segment_blocks(segments, chunk_size))
     return streaming_statistics(_chunks(dataset, layout, segments, chunk_size), layout.channels, total, progress,
                                 transforms, scan)

@@ -23,7 +23,7 @@ import yaml
 from latentda.components import autoencoder_fingerprint, load_autoencoder, load_model, load_representation_error
 from latentda.config import config_defaults, require, to_dict
 from latentda.data import LatentSource, Statistics, WindowDataset, split_segments, time_step
-from latentda.data.splits import Segment
+from latentda.data.splits import Segment, segment_blocks
 from latentda.data.calendar import CALENDAR_FEATURES
 from latentda.data.statistics import MissingScan, streaming_statistics
 from latentda.diffusion.denoiser import SIGMA_MAX, SIGMA_MIN, Denoiser, KnownFrames, TrainingNoise, denoising_loss, make_schedule
@@ -145,21 +145,11 @@ class LatentDiffusionConfig:
 STATES_PER_READ = 64  # the statistics passes read this many states at a time: memory bounded whatever a segment's length
 
 
-def _blocks(segments: list[Segment], overlap: int = 0):
-    """(trajectory, start, stop) of consecutive blocks of :data:`STATES_PER_READ` states covering the
-    ``segments``, each reaching ``overlap`` states into the next block (for increments)."""
-    for s in segments:
-        for start in range(s.start, s.stop, STATES_PER_READ):
-            stop = min(start + STATES_PER_READ + overlap, s.stop)
-            if stop - start > overlap:
-                yield s.trajectory, start, stop
-
-
 def latent_statistics(source: LatentSource, segments: list[Segment], progress: bool = True) -> Statistics:
     """Per-channel mean/std of the latents in ``segments`` (one streaming pass, :data:`STATES_PER_READ`
     states at a time)."""
     channels = [f"latent{i}" for i in range(source.dataset.sizes["channel"])]
-    blocks = list(_blocks(segments))
+    blocks = segment_blocks(segments, STATES_PER_READ)
     chunks = (source.read(*block) for block in blocks)  # missing states: NaN, skipped
     return streaming_statistics(chunks, channels, len(blocks), progress, scan=MissingScan(channels))
 
@@ -168,7 +158,7 @@ def increment_statistics(source: LatentSource, segments: list[Segment], statisti
     """Per-channel mean/std of the one-step increments z̃_{k+1} − z̃_k of the standardised latents in
     ``segments`` (one streaming pass; blocks overlap by one state, so each increment is counted once)."""
     channels = [f"latent{i}" for i in range(source.dataset.sizes["channel"])]
-    blocks = list(_blocks(segments, overlap=1))
+    blocks = segment_blocks(segments, STATES_PER_READ, overlap=1)
 
     def chunks():
         for block in blocks:
