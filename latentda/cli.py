@@ -327,19 +327,18 @@ def _forecast(args: argparse.Namespace) -> None:
 
 def _filter(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
-    from latentda.observe import TableWindow, observation_dataset, open_observations
+    from latentda.observe import TableWindow, open_observations
 
     settings = _posterior_settings(args)
     pipeline = _load_run_pipeline(args)
-    observations = observation_dataset(open_observations(args.observations, args.time_dim), pipeline.layout,
-                                       pipeline.time_step, TableWindow.of(args), time_units=pipeline.time_units)
+    observations = open_observations(args.observations, args.time_dim)  # a table is read cycle by cycle
     initial = open_dataset(args.initial, args.time_dim) if args.initial is not None else None
     sources = {"observations": _recorded(args.observations)}  # --resume refuses a run from other inputs
     if args.initial is not None:
         sources["initial"] = _recorded(args.initial)
     pipeline.filter(observations, args.members, args.seed, settings, conditioning=args.conditioning,
-                    condition_noise=args.condition_noise, context=args.context, lag=args.lag, initial=initial, out=args.out,
-                    resume=args.resume, overwrite=args.overwrite, attrs=sources, report=print)
+                    condition_noise=args.condition_noise, context=args.context, lag=args.lag, initial=initial,
+                    window=TableWindow.of(args), out=args.out, resume=args.resume, overwrite=args.overwrite, attrs=sources, report=print)
 
 
 def _load_run_pipeline(args: argparse.Namespace):

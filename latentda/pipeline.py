@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 from diffusers import EDMEulerScheduler
@@ -57,7 +58,8 @@ from latentda.errors import LatentdaError, check_integer
 from latentda.nn.compilation import compile_blocks
 from latentda.nn.transformer import TrajectoryTransformer
 from latentda.observe.files import read_observations
-from latentda.observe.tabular import observation_dataset
+from latentda.observe.tabular import observation_dataset, table_to_cycles
+from latentda.observe.window import TableWindow
 from latentda.observe.operators import ObservationOperator
 from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.prior import check_window_length, history_coordinates, resolve_sampling, window_latents, with_history
@@ -385,20 +387,52 @@ class LatentDAPipeline:
         ``representation_error`` each observation's noise variance is inflated by the autoencoder's
         reconstruction error of its channel(s), r_c s_c in physical units (:mod:`latentda.observe.operators`)."""
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
-        operator = read_observations(observations, self.layout, self.statistics)
-        if self.layout.mask is not None:
-            operator, dropped = operator.off_mask(self.layout.mask)
-            if dropped:
-                warnings.warn(f"{dropped} observation(s) read pixels of the model's fixed mask (pixels without values, e.g. "
-                              "land): left out", stacklevel=2)
-        if representation_error:
-            operator = operator.with_representation_error(self.physical_representation_error)
+        operator, dropped = self._read_operator(observations, representation_error)
+        _warn_off_mask(dropped)
         if operator.length < self.window and not allow_short:
             raise LatentdaError(f"the observation window has {operator.length} states, fewer than the model's window of {self.window}")
-        self.check_time_step(observations["time"])
-        if self.calendar and calendar_features(observations["time"].values) is None:
-            raise LatentdaError("this model is conditioned on the calendar: the observations need datetime times")
+        self._check_times(observations["time"])
         return operator
+
+    def _read_operator(self, observations: xr.Dataset, representation_error: bool) -> tuple[ObservationOperator, int]:
+        """(operator, the number of observations left out on the fixed mask) of an observation dataset."""
+        operator = read_observations(observations, self.layout, self.statistics)
+        dropped = 0
+        if self.layout.mask is not None:
+            operator, dropped = operator.off_mask(self.layout.mask)
+        if representation_error:
+            operator = operator.with_representation_error(self.physical_representation_error)
+        return operator, dropped
+
+    def _check_times(self, time: xr.DataArray) -> None:
+        """The observation window's times: the model's time step apart, datetimes for a calendar model."""
+        self.check_time_step(time)
+        if self.calendar and calendar_features(time.values) is None:
+            raise LatentdaError("this model is conditioned on the calendar: the observations need datetime times")
+
+    def filter_cycles(self, observations, window: TableWindow | None = None, representation_error: bool = True
+                      ) -> tuple[xr.DataArray, list[ObservationOperator | None], xr.Dataset | list]:
+        """(times, one operator per cycle (None: nothing observed), what was read) of a filter's observations:
+        a dataset is read whole and split (:func:`latentda.posterior.filtering.split_cycles`); a table
+        (``window``: :class:`latentda.observe.TableWindow`) is read state by state
+        (:func:`latentda.observe.table_to_cycles`), so that a table of moving positions never becomes
+        a (cycles × positions) array."""
+        from latentda.posterior.filtering import split_cycles
+
+        if not isinstance(observations, pd.DataFrame):
+            observations = observation_dataset(observations, self.layout, self.time_step, window, self.time_units)
+            operator = self.observation_operator(observations, allow_short=True, representation_error=representation_error)
+            return observations["time"], split_cycles(operator), observations
+        time, datasets = table_to_cycles(observations, self.layout, time_step=self.time_step, time_units=self.time_units,
+                                         **dataclasses.asdict(window or TableWindow()))
+        self._check_times(time)
+        cycles, dropped = [], 0
+        for dataset in datasets:
+            operator, left_out = (None, 0) if dataset is None else self._read_operator(dataset, representation_error)
+            cycles.append(operator if operator is None or operator.groups else None)
+            dropped += left_out
+        _warn_off_mask(dropped)
+        return time, cycles, datasets
 
     def check_time_step(self, time: xr.DataArray) -> None:
         """Consecutive times must be the model's time step apart (seconds for datetime axes):
@@ -446,7 +480,7 @@ class LatentDAPipeline:
         if needs_observations and observations is None:
             raise LatentdaError("observations: none given (an observation dataset or a pandas DataFrame)")
 
-    def _recorded(self, attrs: dict | None, observations: xr.Dataset | None = None,
+    def _recorded(self, attrs: dict | None, observations: xr.Dataset | list | None = None,
                   initial: xr.Dataset | None = None, out=None) -> dict:
         """The attributes a run records: ``attrs``, the folder or hub id of this pipeline, and, when it is
         written to ``out``, the fingerprints of its observations and of the initial states it reads
@@ -538,8 +572,9 @@ class LatentDAPipeline:
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
                conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int | None = None,
-               initial: xr.Dataset | None = None, out: str | os.PathLike | None = None, resume: bool = False,
-               overwrite: bool = False, attrs: dict | None = None, report: Report | None = None, **options) -> xr.Dataset:
+               initial: xr.Dataset | None = None, window: TableWindow | None = None, out: str | os.PathLike | None = None,
+               resume: bool = False, overwrite: bool = False, attrs: dict | None = None, report: Report | None = None,
+               **options) -> xr.Dataset:
         """Cycling filter: the analysis of each time step of ``observations`` given the observations up
         to it only, members carried from cycle to cycle (:mod:`latentda.posterior.filtering`), dims
         (realization, time, ...). Each cycle conditions a window of K states on the member's last
@@ -550,7 +585,9 @@ class LatentDAPipeline:
         before the first cycle (its last ``context`` states; the last one time step before the first
         cycle, checked); without it the first cycle starts from the prior. ``observations``: a
         dataset or a table, as for :meth:`reanalyze` (a cycle may observe other positions than the
-        last, or nothing: a forecast step). With ``out`` the analyses are written cycle by cycle and
+        last, or nothing: a forecast step); a table is read state by state (:meth:`filter_cycles`: its
+        memory grows with its rows, whatever the positions), on ``window`` (a
+        :class:`latentda.observe.TableWindow`: start, length, time tolerance; default the rows' span). With ``out`` the analyses are written cycle by cycle and
         ``resume=True`` continues an interrupted run from its last finished cycle (bit-identical).
         Under torchrun/accelerate launch the members are dealt over the processes and each cycle
         gathered (:func:`latentda.runs.run_filter`). ``settings``/keywords, ``attrs``, ``report`` as
@@ -561,22 +598,20 @@ class LatentDAPipeline:
         settings = self._run_settings(settings, options)
         filtering = FilterSettings(conditioning, condition_noise, context, lag=default_lag(self.window) if lag is None else lag)
         filtering.validate(self.window)
-        observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
-        operator = self.observation_operator(observations, allow_short=True,
-                                             representation_error=settings.representation_error)
+        time, cycles, read = self.filter_cycles(observations, window, settings.representation_error)
         encoded = used = None
         if initial is not None:
             _, encoded, initial_times, _, used = self._forecast_start(members, None, initial, settings,
                                                                       states=filtering.resolved_context(self.window))
-            first = observations["time"].values[:1]
+            first = time.values[:1]
             if np.issubdtype(initial_times.dtype, np.datetime64) != np.issubdtype(first.dtype, np.datetime64):
                 raise LatentdaError(f"the initial state's times ({initial_times.dtype}) and the observation times "
                                     f"({first.dtype}) are not of one kind")
             # the initial states are the ones just before the first cycle: one time axis, one model step apart
-            time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=observations["time"].attrs),
+            time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=time.attrs),
                       expected=self.time_step, what="time axis of the initial state followed by the first cycle")
-        return run_filter(self, self.layout, operator, observations["time"], members, settings, filtering, seed, encoded,
-                          self._recorded(attrs, observations, used, out), out, resume, overwrite, report)
+        return run_filter(self, self.layout, cycles, time, members, settings, filtering, seed, encoded,
+                          self._recorded(attrs, read, used, out), out, resume, overwrite, report)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:
@@ -713,6 +748,13 @@ class LatentDAPipeline:
         card = path / "README.md"
         pipeline.model_card = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None
         return pipeline.to(device, dtype)
+
+
+def _warn_off_mask(dropped: int) -> None:
+    """Warn that ``dropped`` observations fell on the model's fixed mask and were left out."""
+    if dropped:
+        warnings.warn(f"{dropped} observation(s) read pixels of the model's fixed mask (pixels without values, e.g. "
+                      "land): left out", stacklevel=3)
 
 
 def _check_device(device, dtype) -> None:

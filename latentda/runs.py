@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -85,14 +85,18 @@ def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
     return {f"latentda_{k}": str(v) for k, v in given.items()}
 
 
-def input_fingerprint(dataset: xr.Dataset, states_per_read: int = 16) -> str:
+def input_fingerprint(dataset: xr.Dataset | Sequence[xr.Dataset | None], states_per_read: int = 16) -> str:
     """sha256 (16 hex digits) of a run's input — its observations, or the initial states it reads —
     recorded as ``latentda_observations_sha256`` / ``latentda_initial_sha256`` so that ``resume`` refuses
     to complete a run with members of another input. The values and coordinates count (times as
     nanoseconds, whatever precision they were decoded with); attributes and file names do not. Read
-    ``states_per_read`` time steps at a time: a large lazily opened input is never held whole."""
+    ``states_per_read`` time steps at a time: a large lazily opened input is never held whole. A
+    sequence of datasets (a table's cycles, None where nothing is observed) is hashed in its order."""
     import hashlib
 
+    if not isinstance(dataset, xr.Dataset):
+        parts = ("-" if part is None else input_fingerprint(part, states_per_read) for part in dataset)
+        return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
     digest = hashlib.sha256()
     for name in sorted(dataset.variables, key=str):
         variable = dataset[name].variable
@@ -237,21 +241,21 @@ def run_forecast(forecast: ForecastMembers, layout: FieldLayout, time: xr.DataAr
     return run.finish()
 
 
-def run_filter(prior: PriorModel, layout: FieldLayout, operator: ObservationOperator, time: xr.DataArray, members: int,
-               settings: PosteriorSettings, options, seed: int = 0, initial: torch.Tensor | None = None,
+def run_filter(prior: PriorModel, layout: FieldLayout, cycles: Sequence[ObservationOperator | None], time: xr.DataArray,
+               members: int, settings: PosteriorSettings, options, seed: int = 0, initial: torch.Tensor | None = None,
                attrs: dict | None = None, out: str | os.PathLike | None = None, resume: bool = False,
                overwrite: bool = False, report: Report | None = None) -> xr.Dataset:
-    """The cycling filter's analyses (:mod:`latentda.posterior.filtering`) of ``operator``'s window, one
-    cycle per time step, dims (realization, time, ...), written to ``out`` cycle by cycle when given
-    (module docstring). ``options``: a validated :class:`latentda.posterior.filtering.FilterSettings`;
+    """The cycling filter's analyses (:mod:`latentda.posterior.filtering`) of ``cycles``, the observations
+    of one time step each (None: nothing observed; :func:`latentda.posterior.filtering.split_cycles`),
+    dims (realization, time, ...), written to ``out`` cycle by cycle when given (module docstring). ``options``: a validated :class:`latentda.posterior.filtering.FilterSettings`;
     ``initial``: encoded latents the members start from (None: the prior, conditioned on the first cycle)."""
-    from latentda.posterior.filtering import FilterState, filter_members, split_cycles
+    from latentda.posterior.filtering import FilterState, filter_members
 
     attrs = {"title": "latentda cycling filter (analyses)", **(attrs or {}), "seed": seed,
              **run_attributes(settings, conditioning=options.conditioning, context=options.context,
                               condition_noise=options.condition_noise if options.conditioning == "mmps" else None,
                               lag=options.lag if options.lag > 1 else None)}
-    cycles = split_cycles(operator)
+    cycles = list(cycles)
     processes = process_state()
     main = processes.is_main_process
     mine = deal_members(members, processes.process_index, processes.num_processes)

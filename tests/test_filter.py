@@ -522,3 +522,86 @@ def test_each_cycle_keeps_only_the_points_it_observes():
     y_whole, sigma_whole = (np.asarray(a) for a in window.observed(representation=False))
     np.testing.assert_array_equal(np.sort(y_joined), np.sort(y_whole))
     np.testing.assert_array_equal(np.sort(sigma_joined), np.sort(sigma_whole))
+
+
+def _moving_table(layout, time_step: float, states: int, seed: int = 0):
+    """Drifting positions: per state three new u positions (σ per row) and one v position read twice
+    (two independent rows, one σ for all v), nothing at state 2."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in (k for k in range(states) if k != 2):
+        for y, x in rng.uniform(0, 7.5, (3, 2)):
+            rows.append({"time": k * time_step, "y": y, "x": x, "variable": "u", "value": rng.normal(),
+                         "noise_std": rng.uniform(0.1, 0.3)})
+        y, x = rng.uniform(0, 7.5, 2)
+        rows += [{"time": k * time_step, "y": y, "x": x, "variable": "v", "value": rng.normal(), "noise_std": 0.2}
+                 for _ in range(2)]
+    return pd.DataFrame(rows)
+
+
+def test_a_table_is_read_cycle_by_cycle_as_its_dataset(tiny):
+    """A table of moving positions is read state by state (no cycles × positions array): each cycle's
+    operator — points, y, σ, representation error included — is the one split from the table's dataset,
+    and the filter's analyses are bit-identical either way."""
+    from latentda.observe import TableWindow, table_to_dataset
+
+    pipeline, _ = tiny
+    table = _moving_table(pipeline.layout, pipeline.time_step, CYCLES)
+    time, cycles, read = pipeline.filter_cycles(table)
+    dataset = table_to_dataset(table, pipeline.layout, time_step=pipeline.time_step)
+    time_whole, split, _ = pipeline.filter_cycles(dataset)
+    np.testing.assert_array_equal(time.values, time_whole.values)
+    assert [c is None for c in cycles] == [c is None for c in split] == [False, False, True, False, False]
+    assert read[2] is None and all(d.sizes["u_point"] == 3 for d in read if d is not None)  # only each state's points
+    for mine, theirs in zip(cycles, split):
+        if mine is None:
+            continue
+        assert [g.name for g in mine.groups] == [g.name for g in theirs.groups] == ["u", "v"]
+        for a, b in zip(mine.groups, theirs.groups):
+            np.testing.assert_array_equal(a.points, b.points)
+        for a, b in zip(mine.observed(), theirs.observed()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    options = {"members": 2, "steps": 2, "iterations": 1}
+    torch.testing.assert_close(pipeline.filter(table, **options)["u"].values, pipeline.filter(dataset, **options)["u"].values,
+                               rtol=0, atol=0)
+    longer, cycles = pipeline.filter_cycles(table, TableWindow(window_start="0", window_length=CYCLES + 2))[:2]
+    np.testing.assert_allclose(longer.values, pipeline.time_step * np.arange(CYCLES + 2))
+    assert cycles[CYCLES:] == [None, None]  # forecast steps
+    with pytest.raises(LatentdaError, match="tabular"):
+        pipeline.filter_cycles(dataset, TableWindow(window_length=3))
+
+
+def test_filter_command_reads_a_csv_table_on_its_window_and_resumes(tmp_path, monkeypatch, capsys):
+    """``latentda filter`` with a CSV of moving positions: the window options apply (two more states:
+    forecast steps), an interrupted run resumes to the uninterrupted result (the table's cycles are
+    fingerprinted), another table is refused on resume, and the window options are refused for a file."""
+    from conftest import make_observed_pipeline
+    from latentda import cli
+    from latentda.data import open_dataset
+
+    pipeline, _, _, observations = make_observed_pipeline(tmp_path, times=6)
+    table = _moving_table(pipeline.layout, pipeline.time_step, CYCLES)
+    table.to_csv(tmp_path / "obs.csv", index=False)
+    run = ["filter", "--pipeline", str(tmp_path / "pipeline"), "--observations", str(tmp_path / "obs.csv"), "--members", "2",
+           "--steps", "2", "--iterations", "1", "--window-length", str(CYCLES + 2), "--quiet"]
+    assert cli.main(run + ["--out", str(tmp_path / "whole.zarr")]) == 0
+    whole = open_dataset(tmp_path / "whole.zarr")["u"].values
+    assert whole.shape == (2, CYCLES + 2, 8, 8) and np.isfinite(whole).all()
+
+    interrupt_filter_at(monkeypatch, 5)  # Ctrl-C in the third cycle (one call per member and cycle)
+    cut = run + ["--out", str(tmp_path / "cut.zarr")]
+    assert cli.main(cut) == 130
+    table.assign(value=table["value"] + 1).to_csv(tmp_path / "obs.csv", index=False)
+    assert cli.main(cut + ["--resume"]) == 2
+    assert "observations" in capsys.readouterr().err
+    table.to_csv(tmp_path / "obs.csv", index=False)
+    monkeypatch.undo()
+    assert cli.main(cut + ["--resume"]) == 0
+    np.testing.assert_array_equal(open_dataset(tmp_path / "cut.zarr")["u"].values, whole)
+
+    file_run = ["filter", "--pipeline", str(tmp_path / "pipeline"), "--observations", str(observations),
+                "--members", "2", "--window-length", "3", "--out", str(tmp_path / "file.zarr"), "--quiet"]
+    assert cli.main(file_run) == 2
+    assert "tabular" in capsys.readouterr().err and not (tmp_path / "file.zarr").exists()

@@ -298,3 +298,34 @@ def test_observe_cli_reports_the_masked_truth(tmp_path, capsys):
     assert cli.main(["observe", "--truth", str(empty), "--operator", str(operator), "--out", str(tmp_path / "o.nc")]) == 2
     assert "nothing observed: the truth is NaN (masked) at all 256 selected entries" in capsys.readouterr().err
     assert not (tmp_path / "o.nc").exists()
+
+
+def test_table_to_cycles_memory_grows_with_the_rows_not_states_times_positions():
+    """100 states of 100 new positions each: the whole window's dataset holds (100 × 10 000) values and σ;
+    read cycle by cycle, the peak is a fraction of one such array, and each cycle has its own 100 points
+    with the dataset's values there."""
+    import tracemalloc
+
+    from latentda.observe import table_to_cycles
+
+    dataset = make_box_dataset(trajectories=1, times=2, size=16).isel(trajectory=0, drop=True)
+    layout = FieldLayout.from_dataset(dataset)
+    rng = np.random.default_rng(0)
+    states, per = 100, 100
+    count = states * per
+    table = pd.DataFrame({"time": np.repeat(np.arange(states, dtype=float), per), "y": rng.uniform(0, 15, count),
+                          "x": rng.uniform(0, 15, count), "variable": "u", "value": rng.normal(size=count),
+                          "noise_std": rng.uniform(0.1, 0.2, count)})
+    tracemalloc.start()
+    try:
+        time, cycles = table_to_cycles(table, layout, time_step=1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    dense = states * count * 8  # bytes of one (states × positions) float64 array
+    assert peak < dense / 3, f"peak {peak / 2**20:.1f} MiB, one dense array {dense / 2**20:.1f} MiB"
+    assert time.size == states and all(c.sizes["u_point"] == per for c in cycles)
+    whole = table_to_dataset(table.iloc[-3 * per:], layout, time_step=1.0)  # the last 3 states, whole
+    last = whole["u"].values[-1]
+    np.testing.assert_array_equal(cycles[-1]["u"].values[0], last[~np.isnan(last)])
+    np.testing.assert_array_equal(cycles[-1]["u_noise_std"].values[0], whole["u_noise_std"].values[-1][~np.isnan(last)])

@@ -80,6 +80,7 @@ def _errors(data: str) -> dict[str, tuple[str, list[str], str]]:
                                  "--length 16 needs 16 states per trajectory"),
         "bench_distributed truth": ("bench_distributed.py", [*unused, "--tasks", "blankets", "--truth", data + "-missing"],
                                     "--truth " + data + "-missing: no such file or directory"),
+        "bench_table_cycles pipeline": ("bench_table_cycles.py", unused, "--pipeline never-loaded: not a pipeline folder"),
         "bench_encode trajectories": ("bench_encode.py", ["--autoencoder", "never-loaded", "--data", data],
                                       "the large run encodes 16 trajectories"),
     }

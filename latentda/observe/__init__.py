@@ -8,7 +8,8 @@ from latentda.lazy import lazy_names
 _FILES = ("ObservationConfig", "ObservationSpec", "load_observations", "observations_to_dataset", "read_observations",
           "synthesize")
 _OPERATORS = ("SAMPLINGS", "TRANSFORMS", "ObservationGroup", "ObservationOperator")
-_TABULAR = ("observation_dataset", "observations_from_table", "open_observations", "read_table", "table_to_dataset")
+_TABULAR = ("observation_dataset", "observations_from_table", "open_observations", "read_table", "table_to_cycles",
+            "table_to_dataset")
 _LAZY = {**{name: "latentda.observe.files" for name in _FILES},
          **{name: "latentda.observe.operators" for name in _OPERATORS},
          **{name: "latentda.observe.tabular" for name in _TABULAR},
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     )
     from latentda.observe.operators import SAMPLINGS, TRANSFORMS, ObservationGroup, ObservationOperator
     from latentda.observe.tabular import (
-        observation_dataset, observations_from_table, open_observations, read_table, table_to_dataset,
+        observation_dataset, observations_from_table, open_observations, read_table, table_to_cycles,
+        table_to_dataset,
     )
     from latentda.observe.window import TableWindow
 

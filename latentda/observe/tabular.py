@@ -59,7 +59,7 @@ from latentda.observe.files import grid_indices, observations_to_dataset
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 from latentda.observe.window import TableWindow
 
-__all__ = ["TableWindow", "observations_from_table", "table_to_dataset", "observation_dataset", "open_observations",
+__all__ = ["TableWindow", "observations_from_table", "table_to_dataset", "table_to_cycles", "observation_dataset", "open_observations",
            "read_table", "table_format"]
 
 _ALIASES = {"latitude": ("latitude", "lat"), "lat": ("lat", "latitude"),
@@ -294,17 +294,11 @@ def _warn_copies(rows: pd.DataFrame) -> None:
                       "on the time, position, variable, value and noise_std columns)", stacklevel=3)
 
 
-def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
-                            window_start=None, window_length: int | None = None,
-                            time_tolerance=None, time_units: str | None = None) -> ObservationOperator:
-    """The operator (one ``points`` group per observed channel) of a table with one row per
-    observation, on the window's states (module docstring; ``operator.times`` are the states').
-
-    ``times``: the states' times (datetime64 or numbers); or else ``time_step`` (the model's Δ,
-    seconds for datetimes) with ``window_start`` (default the earliest row) and ``window_length``
-    (default up to the latest row). ``time_tolerance``: the largest |τ − t_k| accepted (a number in
-    the time axis' units, or a duration like "3h" for datetimes; default Δ/2). ``time_units``: the
-    model's ("seconds": a datetime time axis); the rows' times must then be of its kind."""
+def _placed_rows(table: pd.DataFrame, layout: FieldLayout, times, time_step: float | None, window_start,
+                 window_length: int | None, time_tolerance, time_units: str | None) -> tuple[pd.DataFrame, np.ndarray]:
+    """(rows, states): the window's state times and the table's rows checked and placed on them (module
+    docstring), one row each: its ``channel``, position ``y``, ``x``, ``state``, ``value``, σ (``noise``) and
+    ``point``, an index that orders the points of one channel by first appearance."""
     if not isinstance(table, pd.DataFrame):
         raise LatentdaError(f"observations as a table must be a pandas DataFrame, got {type(table).__name__}")
     if table.empty:
@@ -324,24 +318,72 @@ def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None
     window = TableWindow(window_start, window_length, time_tolerance)
     states = _window(row_times, times, time_step, window)
     state = _assign_states(row_times, states, time_step, time_tolerance)
-    rows = pd.DataFrame({"channel": channels, "y": y, "x": x, "state": state})
-    _warn_copies(rows.assign(time=row_times, value=values, noise=noise))
-    rows["repeat"] = rows.groupby(["channel", "y", "x", "state"], sort=False).cumcount()
+    rows = pd.DataFrame({"channel": channels, "y": y, "x": x, "state": state, "value": values, "noise": noise})
+    _warn_copies(rows.assign(time=row_times))
+    repeat = rows.groupby(["channel", "y", "x", "state"], sort=False).cumcount()
+    rows["point"] = rows.assign(repeat=repeat).groupby(["channel", "y", "x", "repeat"], sort=False).ngroup()
+    return rows, states
+
+
+def _groups(rows: pd.DataFrame, length: int, layout: FieldLayout, shared: pd.Series) -> list[ObservationGroup]:
+    """One ``points`` group per channel of ``rows`` over ``length`` states: values and σ (length, P), NaN
+    where a point has no row, its P points the distinct ``point`` indices in order; σ one number when the
+    channel's rows of the whole table share one (``shared``, by channel)."""
     groups = []
-    for channel in np.unique(channels):
-        mine = rows[rows["channel"] == channel]
-        point = mine.groupby(["y", "x", "repeat"], sort=False).ngroup().to_numpy()  # 0 … P − 1, first appearance
-        positions = np.zeros((point.max() + 1, 2))
+    for channel, mine in rows.groupby("channel", sort=True):
+        order, point = np.unique(mine["point"].to_numpy(), return_inverse=True)  # 0 … P − 1, first appearance
+        positions = np.zeros((order.size, 2))
         positions[point] = mine[["y", "x"]].to_numpy()
-        points = grid_indices(positions, layout)
-        at, index = mine["state"].to_numpy(), mine.index.to_numpy()
-        observed, sigma = np.full((states.size, len(points)), np.nan), np.full((states.size, len(points)), np.nan)
-        observed[at, point], sigma[at, point] = values[index], noise[index]
-        shared = np.all(noise[index] == noise[index[0]])  # one σ for the group: the noise_std attribute
+        at, noise = mine["state"].to_numpy(), mine["noise"].to_numpy()
+        observed, sigma = np.full((length, order.size), np.nan), np.full((length, order.size), np.nan)
+        observed[at, point], sigma[at, point] = mine["value"].to_numpy(), noise
         groups.append(ObservationGroup(layout.channels[channel].replace("@", "_"), [int(channel)], "identity", "points",
-                                       observed, noise[index[0]] if shared else sigma, points=points,
-                                       periodic=layout.periodic))
-    return ObservationOperator(groups, times=states)
+                                       observed, noise[0] if shared[channel] else sigma,
+                                       points=grid_indices(positions, layout), periodic=layout.periodic))
+    return groups
+
+
+def _shared_noise(rows: pd.DataFrame) -> pd.Series:
+    """By channel: whether its rows share one σ (then the group's noise_std is that number)."""
+    return rows.groupby("channel")["noise"].nunique() == 1
+
+
+def observations_from_table(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
+                            window_start=None, window_length: int | None = None,
+                            time_tolerance=None, time_units: str | None = None) -> ObservationOperator:
+    """The operator (one ``points`` group per observed channel) of a table with one row per
+    observation, on the window's states (module docstring; ``operator.times`` are the states').
+
+    ``times``: the states' times (datetime64 or numbers); or else ``time_step`` (the model's Δ,
+    seconds for datetimes) with ``window_start`` (default the earliest row) and ``window_length``
+    (default up to the latest row). ``time_tolerance``: the largest |τ − t_k| accepted (a number in
+    the time axis' units, or a duration like "3h" for datetimes; default Δ/2). ``time_units``: the
+    model's ("seconds": a datetime time axis); the rows' times must then be of its kind.
+
+    Memory: values and σ of (states × points); a table of moving positions (drifting buoys, satellite
+    tracks) is better read cycle by cycle (:func:`table_to_cycles`)."""
+    rows, states = _placed_rows(table, layout, times, time_step, window_start, window_length, time_tolerance, time_units)
+    return ObservationOperator(_groups(rows, states.size, layout, _shared_noise(rows)), times=states)
+
+
+def table_to_cycles(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
+                    window_start=None, window_length: int | None = None, time_tolerance=None,
+                    attrs: dict | None = None, time_units: str | None = None) -> tuple[xr.DataArray, list[xr.Dataset | None]]:
+    """A table's observations state by state, as a cycling filter reads them: (the window's times, one
+    observation dataset of one state per state, None where no row falls on it); arguments as for
+    :func:`observations_from_table`. Each state's points are those its rows observe, in the order of
+    :func:`table_to_dataset`'s, so the datasets are that dataset's states
+    (:func:`latentda.posterior.filtering.split_cycles`) without its (states × points) arrays: memory
+    grows with the rows, not with states × positions when the positions move."""
+    rows, states = _placed_rows(table, layout, times, time_step, window_start, window_length, time_tolerance, time_units)
+    shared = _shared_noise(rows)
+    time = xr.DataArray(states, dims=TIME)
+    attrs = {"title": "observations converted from a table by latentda", **(attrs or {})}
+    cycles: list[xr.Dataset | None] = [None] * states.size
+    for state, mine in rows.groupby("state", sort=True):
+        operator = ObservationOperator(_groups(mine.assign(state=0), 1, layout, shared), times=states[state : state + 1])
+        cycles[state] = observations_to_dataset(operator, layout, time.isel({TIME: slice(state, state + 1)}), attrs)
+    return time, cycles
 
 
 def table_to_dataset(table: pd.DataFrame, layout: FieldLayout, times=None, time_step: float | None = None,
