@@ -557,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "dapper.mods.QG.sakov2008, 129×129 psi; needs `make dapper`)")
     sub.add_argument("--out", required=True, type=Path, help="output zarr store (PATH.zarr)")
     sub.add_argument("--trajectories", type=_positive_int, default=64, help="number of independent trajectories (default 64)")
-    sub.add_argument("--steps", type=_positive_int, default=64, help="states per trajectory, 0.2 time units apart (default 64)")
+    sub.add_argument("--steps", type=_positive_int, default=64, help="states per trajectory (default 64), one time step apart: kolmogorov 0.2 time units, "
+                          "gaussian 1, dapper-qg dtout = 5")
     sub.add_argument("--size", type=_positive_int, help="kolmogorov, gaussian: solver grid size (default 64)")
     sub.add_argument("--coarsen", type=_positive_int,
                      help="kolmogorov: block-average the solver grid by this factor (default 1; SDA's setting: "

@@ -18,6 +18,8 @@ def check_device(device, what: str = "device") -> None:
         device = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise LatentdaError(f"{what} {device}: not a device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "meta":  # shapes without data: nothing could be sampled or written
+        raise LatentdaError(f"{what} {device}: the meta device holds no data; use cpu, cuda, cuda:N or mps")
     count = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
              "mps": int(torch.backends.mps.is_available())}
     if device.type not in count:  # another backend torch knows (xpu, …): its own errors tell

@@ -163,6 +163,13 @@ class LatentDAPipeline:
         self.source: str | None = None  # the folder or hub id it was loaded from (recorded in run outputs)
         self.increments = None if increment_statistics is None else Increments(increment_statistics)
 
+    def __repr__(self) -> str:
+        """Where it was loaded from (or "in memory"), its fields, window and time step: what a table of
+        experiments (DAPPER's xp tables) shows for it."""
+        source = repr(self.source) if self.source is not None else "in memory"
+        shape = "×".join(str(n) for n in (self.layout.num_channels, *self.layout.shape))
+        return f"LatentDAPipeline({source}, fields {shape}, window {self.window}, time step {self.time_step:g})"
+
     # ------------------------------------------------------------------ properties
     @property
     def window(self) -> int:
@@ -680,8 +687,13 @@ class LatentDAPipeline:
 
         Only JSON, safetensors and the model card are fetched: no code and no pickle ever is.
         """
+        if not isinstance(path_or_repo_id, (str, os.PathLike)):
+            raise LatentdaError(f"a pipeline folder or hub id (org/name) is needed, got {type(path_or_repo_id).__name__}")
         path = Path(path_or_repo_id)
         if path.is_dir():
+            if revision is not None or cache_dir is not None:
+                warnings.warn(f"{path}: a local folder is loaded as it is; revision and cache_dir apply to hub ids only",
+                              stacklevel=3)
             return path
         text = str(path_or_repo_id)
         # A hub id is exactly org/name, and no local folder 'org' exists (runs/typo is a mistyped folder).
@@ -711,11 +723,15 @@ class LatentDAPipeline:
                 raise LatentdaError(f"{path}: pipeline folder lacks '{part}'")
         check_inside(path, "pipeline")
         index = read_json(path / "model_index.json", "model index")
-        for name in ("autoencoder", "denoiser", "scheduler"):
+        for name in ("_class_name", "autoencoder", "denoiser", "scheduler"):
             if index.get(name) != MODEL_INDEX[name]:
                 raise LatentdaError(f"{path}: model_index.json names {index.get(name)} for '{name}', expected {MODEL_INDEX[name]}")
+        _warn_newer(index.get("_latentda_version"), path)
         settings_file, schedule_file = path / "pipeline_config.json", path / "scheduler" / "scheduler_config.json"
-        saved = parse_file(SavedSettings, read_json(settings_file, "pipeline config"), settings_file)  # latentda's own file
+        entries = read_json(settings_file, "pipeline config")
+        if isinstance(entries, dict) and "time_step" not in entries:  # a default would silently set the model's clock
+            raise LatentdaError(f"{settings_file}: lacks 'time_step' (the model time between consecutive states)")
+        saved = parse_file(SavedSettings, entries, settings_file)  # latentda's own file
         schedule = parse_known(SavedSchedule, read_json(schedule_file, "scheduler config"), schedule_file)
         autoencoder, layout, statistics = load_autoencoder(path / "autoencoder", device)
         backbone = load_model(TrajectoryTransformer, path / "denoiser", "denoiser")
@@ -748,6 +764,19 @@ class LatentDAPipeline:
         card = path / "README.md"
         pipeline.model_card = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None
         return pipeline.to(device, dtype)
+
+
+def _warn_newer(version, path: Path) -> None:
+    """Warn when the folder at ``path`` was written by a newer latentda than this one."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        newer = version is not None and Version(str(version)) > Version(__version__)
+    except InvalidVersion:
+        newer = False
+    if newer:
+        warnings.warn(f"{path}: written by latentda {version}, newer than this {__version__}; if loading or sampling "
+                      "fails, update latentda", stacklevel=3)
 
 
 def _warn_off_mask(dropped: int) -> None:

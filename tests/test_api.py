@@ -3,6 +3,7 @@ refusal of pickles, clear errors for broken folders."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,18 +163,42 @@ def test_save_pretrained_replaces_only_a_pipeline_folder(saved, tmp_path):
 
 def test_misspelt_keys_in_a_saved_folder_are_refused(saved, tmp_path):
     """pipeline_config.json and the models' config.json are latentda's own files: a key they do not
-    declare (a misspelling that would silently fall back to the default) or another model class is refused."""
+    declare (a misspelling that would silently fall back to the default), a missing time step (the
+    default 1 would silently set the model's clock) or another model or pipeline class is refused."""
     pipeline, truth, folder = saved
-    cases = {"pipeline_config.json": ({"time_stp": 5.0}, r"pipeline_config.json: unknown key 'time_stp'"),
-             "denoiser/config.json": ({"rope_bse": 10.0}, r"denoiser/config.json: unknown key\(s\) 'rope_bse' for the denoiser"),
-             "autoencoder/config.json": ({"_class_name": "UNet2DModel"}, r"a UNet2DModel config, expected AutoEncoder")}
-    for name, (change, message) in cases.items():
-        broken = tmp_path / name.replace("/", "-")
+    cases = [("pipeline_config.json", lambda d: d.update(time_stp=5.0), r"pipeline_config.json: unknown key 'time_stp'"),
+             ("pipeline_config.json", lambda d: d.pop("time_step"), r"pipeline_config.json: lacks 'time_step'"),
+             ("model_index.json", lambda d: d.update(_class_name="StableDiffusionPipeline"),
+              r"model_index.json names StableDiffusionPipeline for '_class_name', expected LatentDAPipeline"),
+             ("denoiser/config.json", lambda d: d.update(rope_bse=10.0),
+              r"denoiser/config.json: unknown key\(s\) 'rope_bse' for the denoiser"),
+             ("autoencoder/config.json", lambda d: d.update(_class_name="UNet2DModel"),
+              r"a UNet2DModel config, expected AutoEncoder")]
+    for number, (name, change, message) in enumerate(cases):
+        broken = tmp_path / f"{number}-{name.replace('/', '-')}"
         shutil.copytree(folder, broken)
         data = json.loads((broken / name).read_text())
-        (broken / name).write_text(json.dumps({**data, **change}))
+        change(data)
+        (broken / name).write_text(json.dumps(data))
         with pytest.raises(LatentdaError, match=message):
             LatentDAPipeline.from_pretrained(broken)
+
+
+def test_loading_names_what_it_ignores_and_what_it_loaded(saved, tmp_path):
+    """A revision or cache folder given with a local folder is ignored with a warning; a folder from a newer
+    latentda loads with one; a pipeline shows where it came from (as in DAPPER's tables of experiments);
+    no folder at all is a one-line error."""
+    pipeline, truth, folder = saved
+    with pytest.warns(UserWarning, match="revision and cache_dir apply to hub ids only"):
+        LatentDAPipeline.from_pretrained(folder, revision="v2")
+    newer = Path(shutil.copytree(folder, tmp_path / "newer"))
+    index = json.loads((newer / "model_index.json").read_text())
+    (newer / "model_index.json").write_text(json.dumps({**index, "_latentda_version": "99.0"}))
+    with pytest.warns(UserWarning, match=r"written by latentda 99.0, newer than this"):
+        loaded = LatentDAPipeline.from_pretrained(newer)
+    assert repr(loaded) == f"LatentDAPipeline({str(newer.resolve())!r}, fields 2×8×8, window 4, time step 0.2)"
+    with pytest.raises(LatentdaError, match="a pipeline folder or hub id .org/name. is needed, got NoneType"):
+        LatentDAPipeline.from_pretrained(None)
 
 
 def test_device_dtype_and_hub_upload_errors_are_one_line(saved, monkeypatch):
@@ -191,7 +216,9 @@ def test_device_dtype_and_hub_upload_errors_are_one_line(saved, monkeypatch):
             LatentDAPipeline.from_pretrained(folder, device="cuda")
     from latentda.devices import check_device
 
-    check_device("meta")  # a backend latentda does not count is left to torch
+    check_device("xpu")  # a backend latentda does not count is left to torch
+    with pytest.raises(LatentdaError, match="device meta: the meta device holds no data"):  # not one to sample on
+        LatentDAPipeline.from_pretrained(folder, device="meta")
     loaded = LatentDAPipeline.from_pretrained(folder)
     saves = []
     monkeypatch.setattr(LatentDAPipeline, "save_pretrained", lambda self, path, **k: saves.append(path))

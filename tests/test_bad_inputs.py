@@ -427,6 +427,7 @@ def broken_sample(change: Callable[[Path], None], expected: str):
 case("sample-seed-negative")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--seed", "-1"), "--seed"))
 case("sample-seed-beyond-64-bits")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--seed", str(2**64 + 1)), "--seed"))
 case("sample-device-bogus")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--device", "bogus"), "--device"))
+case("sample-device-meta")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--device", "meta"), "meta device holds no data"))
 case("sample-out-unknown-format")(lambda w, d: (sample_args(w, w.pipeline, d / "s.txt"), "unknown format"))
 case("sample-out-is-pipeline")(lambda w, d: (sample_args(w, w.pipeline, w.pipeline, "--overwrite"), "input"))
 case("sample-out-inside-pipeline")(lambda w, d: (

@@ -48,6 +48,7 @@ def tiny_hmm():
 def setup(tmp_path_factory):
     pipeline, _ = make_tiny_pipeline(tmp_path_factory.mktemp("dapper") / "pipeline")
     pipeline.set_progress_bar_config(disable=True)
+    pipeline.time_step = 1.0  # the tiny HMM's time between observations (dto)
     HMM = tiny_hmm()
     dpr.set_seed(3)
     xx, yy = HMM.simulate()
@@ -236,6 +237,7 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(N=1), "N must be an integer ≥ 2"), (dict(N=2.5), "N must be an integer"),
                              (dict(latent_seed=1.5), "latent_seed must be an integer"),
                              (dict(forecasts="no"), "forecasts must be True or False"),
+                             (dict(check_time_step="yes"), "check_time_step must be True or False"),
                              (dict(state_index=np.arange(NX) + 0.7), "state_index must be a 1-D array of integers")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)
@@ -246,6 +248,22 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
     observed[:] = [yy[ko] if ko != 1 else np.zeros(4) for ko in range(OBSERVATIONS)]
     with pytest.raises(LatentdaError, match="cycle ko = 1: LatentDA supports zero-mean observation noise only"):
         _method(pipeline, lag=1).assimilate(hmm, xx, observed)
+
+
+def test_the_prior_must_step_as_the_hmm_cycles(setup):
+    """A prior trained on states one dto apart: an HMM observing every other model step (dto = 2, the prior's
+    step 1) is refused with both numbers before any sampling; ``check_time_step=False`` runs it (a prior whose
+    time axis has other units than the HMM's)."""
+    pipeline = setup[0]
+    hmm = tiny_hmm()
+    hmm.tseq = modelling.Chronology(dt=1, dko=2, Ko=2, BurnIn=0)
+    dpr.set_seed(4)
+    xx, yy = hmm.simulate()
+    with pytest.raises(LatentdaError, match=r"time step is 1, the HMM's time between observations \(tseq.dto\) 2"):
+        _method(pipeline, lag=1).assimilate(hmm, xx, yy, fail_gently=False)
+    xp = _method(pipeline, lag=1, check_time_step=False)
+    xp.assimilate(hmm, xx, yy, fail_gently=False)
+    assert np.isfinite(statistics(xp)["rmse.a"][1:]).all()
 
 
 def test_members_dealt_over_two_processes_match_one(setup, tmp_path):

@@ -27,6 +27,7 @@ SETTINGS = {"steps": 2}
 def pipeline(tmp_path_factory):
     pipeline, _ = make_tiny_pipeline(tmp_path_factory.mktemp("learned") / "pipeline")
     pipeline.set_progress_bar_config(disable=True)
+    pipeline.time_step = 1.0  # the tiny HMM's model step (dt = dto)
     return pipeline
 
 
@@ -131,3 +132,7 @@ def test_bad_input(pipeline):
     HMM.tseq = type(HMM.tseq)(dt=1, dko=2, Ko=2, BurnIn=0)
     with pytest.raises(LatentdaError, match="dko"):
         with_learned_model(HMM, pipeline)
+    HMM.tseq = type(HMM.tseq)(dt=0.5, dko=1, Ko=2, BurnIn=0)  # the prior steps 1: refused, unless told otherwise
+    with pytest.raises(LatentdaError, match=r"time step is 1, the HMM's time between observations \(tseq.dto\) 0.5"):
+        with_learned_model(HMM, pipeline)
+    assert isinstance(with_learned_model(HMM, pipeline, check_time_step=False).Dyn.model, LearnedModel)

@@ -14,9 +14,11 @@ in an ``xpList`` assimilates them and records its statistics through ``self.stat
 
 **What it uses of the HMM.** Not ``HMM.Dyn`` nor ``HMM.X0``: the learned prior is the dynamics and
 the initial law, so the pipeline must have been trained on the model's states taken every ``dto``
-(``HMM.tseq.dko`` model steps = one pipeline time step). States exist at k = 0 and at the
+(``HMM.tseq.dko`` model steps = one pipeline time step): ``pipeline.time_step`` must equal
+``HMM.tseq.dto`` (checked for priors on a model-time axis; ``check_time_step=False`` when the
+pipeline's time axis has other units than the HMM's). States exist at k = 0 and at the
 observation times kko; between them (dko > 1) nothing is assessed (the ``u`` series of
-``store_u=True`` keep NaN there).
+``store_u=True`` keep NaN there, so DAPPER's averaged ``rmse.u`` is NaN when dko > 1: compare ``a``).
 
 **State vectors ↔ fields.** A state x (Nx,) is the pipeline's fields (C, H, W) flattened in C order
 (channels in ``pipeline.layout.channels`` order) by default. ``state_index`` (Nx,) changes that: entry
@@ -25,7 +27,7 @@ i of the state is the field entry ``state_index[i]`` of the C-order flattening (
 
 **Observations.** Supported: operators *linear* in the state (any time dependence: ``HMM.Obs(ko)`` is
 read per cycle, positions may change) with a *diagonal* noise covariance ``HMM.Obs(ko).noise.C``
-(zero mean). The operator's matrix is taken from ``Obs(ko).linear(x)`` when it has one, else by
+(zero mean; the noise is treated as Gaussian with that covariance, as DAPPER's EnKF treats it). The operator's matrix is taken from ``Obs(ko).linear(x)`` when it has one, else by
 probing the operator on basis vectors (in chunks), and checked against the operator at random
 states (a nonlinear operator is refused with a one-line error). Each row must read one channel:
 
@@ -113,10 +115,24 @@ def observation_matrix(operator, size: int, rng: np.random.Generator | None = No
     return matrix
 
 
+def check_cycle_step(pipeline, dto: float, opt_out: str) -> None:
+    """The prior's time step (``pipeline.time_step``, model time) is DAPPER's time between observations
+    ``dto``: a prior trained on states 5 apart run on cycles 10 apart would assimilate each cycle with the
+    wrong dynamics and no error. Priors on a datetime axis, or without a time step, are not checked;
+    ``opt_out`` names how to skip the check (a time axis in other units than the HMM's)."""
+    step = getattr(pipeline, "time_step", None)
+    if step is None or getattr(pipeline, "time_units", "1") == "seconds":
+        return
+    if not np.isclose(float(step), float(dto), rtol=1e-6, atol=0):
+        raise LatentdaError(f"the pipeline's time step is {step:g}, the HMM's time between observations (tseq.dto) "
+                            f"{dto:g}: the prior must be trained on the model's states one dto apart "
+                            f"({opt_out} if its time axis has other units)")
+
+
 def _noise_std(operator, count: int) -> np.ndarray:
     covariance = getattr(getattr(operator, "noise", None), "C", None)
     if covariance is None or np.isscalar(covariance):
-        raise LatentdaError("the observation noise must be a Gaussian with a positive covariance (Obs.noise.C)")
+        raise LatentdaError("the observation noise needs a positive covariance (Obs.noise.C); it is treated as Gaussian")
     full = np.asarray(covariance.full, dtype=np.float64)
     if full.shape != (count, count) or not np.allclose(full, np.diag(np.diag(full))):
         raise LatentdaError("LatentDA supports diagonal observation noise covariances only")
@@ -236,6 +252,7 @@ class LatentDA:
     forecasts: bool = True
     state_index: Any = None
     start_cycle: int = 0
+    check_time_step: bool = True  # the pipeline's time step must be HMM.tseq.dto (False: its time axis has other units)
 
     def __post_init__(self) -> None:
         """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
@@ -247,8 +264,9 @@ class LatentDA:
         check_integer("N", self.N, 2, hint=" (an ensemble: its spread needs two members, as DAPPER's EnKF does)")
         check_integer("latent_seed", self.latent_seed, 0, MAX_SEED)
         check_integer("start_cycle", self.start_cycle, 0)
-        if not isinstance(self.forecasts, (bool, np.bool_)):
-            raise LatentdaError(f"forecasts must be True or False, got {self.forecasts!r}")
+        for name in ("forecasts", "check_time_step"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise LatentdaError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.state_index, np.ndarray):  # a tuple compares whole (xpList(unique=True), xp in xps)
             if self.state_index.ndim != 1 or not np.issubdtype(self.state_index.dtype, np.integer):
                 raise LatentdaError(f"state_index must be a 1-D array of integers, got {self.state_index.dtype} of shape "
@@ -301,6 +319,8 @@ class LatentDA:
         C, H, W = self._field_shape()
         if HMM.Dyn.M != C * H * W:
             raise LatentdaError(f"the HMM's state has {HMM.Dyn.M} entries, the pipeline's fields {C}×{H}×{W} = {C * H * W}")
+        if self.check_time_step:
+            check_cycle_step(self.pipeline, HMM.tseq.dto, "check_time_step=False")
         if self.state_index is not None:
             index = np.asarray(self.state_index)
             if index.shape != (HMM.Dyn.M,) or not np.array_equal(np.sort(index), np.arange(HMM.Dyn.M)):

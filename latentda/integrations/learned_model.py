@@ -96,12 +96,18 @@ class LearnedModel:
         return _fields_to_states(fields, self.state_index).reshape(x.shape)
 
 
-def with_learned_model(HMM, pipeline, **options):
+def with_learned_model(HMM, pipeline, check_time_step: bool = True, **options):
     """A copy of the DAPPER ``HMM`` whose dynamics are ``LearnedModel(pipeline, **options)``; ``HMM`` is unchanged.
-    The prior's time step must be the HMM's model step: one step per observation cycle (``HMM.tseq.dko`` = 1)."""
+    The prior's time step must be the HMM's model step: one step per observation cycle (``HMM.tseq.dko`` = 1),
+    ``pipeline.time_step`` = ``HMM.tseq.dt`` (checked on a model-time axis; ``check_time_step=False`` when the
+    pipeline's time axis has other units)."""
+    from latentda.integrations.dapper import check_cycle_step
+
     if HMM.tseq.dko != 1:
         raise LatentdaError(f"the learned model steps one observation cycle at a time; this HMM takes "
                             f"{HMM.tseq.dko} model steps per cycle (dko)")
+    if check_time_step:
+        check_cycle_step(pipeline, HMM.tseq.dto, "check_time_step=False")
     learned = HMM.copy()
     learned.Dyn.model = LearnedModel(pipeline, **options)
     if hasattr(learned.Dyn, "linear"):  # the exact model's tangent would be mixed with the learned forecast (ExtKF, 4D-Var)
