@@ -5,11 +5,14 @@ prediction_timedelta, … scored at valid times time + prediction_timedelta) is 
 trajectory of the truth is selected when it has several). Scores per channel and time step are in
 :mod:`latentda.metrics`; with observations, the observation residual ratio (RMS of (y − H(x))/σ per
 member, ≈ 1 when consistent) is added. Outputs: ``metrics.csv`` (one row per channel and time),
-``summary.json`` (means over time; the spread-skill ratio pooled over time, √((m+1)/m · mean spread² / mean
+``summary.json`` (means over time; ``rmse_pooled``, ``spread_pooled``: √(mean over time of the squares),
+WeatherBench2's time average; the spread-skill ratio pooled over time, √((m+1)/m · mean spread² / mean
 rmse²), :func:`latentda.metrics.pooled_spread_skill_ratio`), ``scores.png`` (scores against time) and
-``spectra.png``. A forecast's lead 0 is its initial state (the states it was given, or the analysis it
-starts from), not a forecast: it has its rows in ``metrics.csv`` (column ``lead``; a reanalysis' rows have
-``step``, the time index) but is left out of the summary, the rank histograms and the coverage curve.
+``spectra.png`` (the prediction's and the truth's on the points scored in both, at the summarised times). A
+forecast's lead 0 is its initial state (the states it was given, or the analysis it starts from), not a
+forecast: it has its rows in ``metrics.csv`` (column ``lead`` the lead time, ``step`` its index; a
+reanalysis' rows have ``step``, the time index) but is left out of the summary, the rank histograms, the
+coverage curve and the spectra; a forecast without a lead 0 is summarised over all its leads.
 
 Masks and missing values: every score is over the points where the truth and all members have
 values. NaN in the truth (a land mask, a missing step) is left out; NaN in the prediction is
@@ -109,6 +112,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
             raise LatentdaError(f"the forecast has {prediction.sizes[TIME]} initialisation times; evaluate scores one "
                                 "(select it, e.g. dataset.isel(time=[i]))")
         init = prediction[TIME].values[0]
+        leads = prediction["prediction_timedelta"].values
         prediction = prediction.isel({TIME: 0}, drop=True).rename(prediction_timedelta=TIME)
         prediction = prediction.assign_coords({TIME: init + prediction[TIME].values})
     layout = FieldLayout.from_dataset(prediction)
@@ -135,15 +139,20 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         for level in COVERAGE_LEVELS:
             scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas)
     times = prediction[TIME].values
-    index = "lead" if forecast else "step"
     rows = []
     for c, channel in enumerate(layout.channels):
         for t, time in enumerate(times):
-            rows.append({"channel": channel, "time": str(time), index: t,
+            where = {"lead": _lead_text(leads[t]), "step": t} if forecast else {"step": t}
+            rows.append({"channel": channel, "time": str(time), **where,
                          **{name: float(value[t, c]) for name, value in scores.items()}})
-    summarised = slice(1 if forecast and len(times) > 1 else 0, None)  # a forecast's lead 0 is no forecast
+    summarised = np.ones(len(times), dtype=bool)
+    if forecast and (leads != leads.dtype.type(0)).any():  # a forecast's lead 0 is no forecast: its initial state
+        summarised = leads != leads.dtype.type(0)
     summary = {channel: {name: float(np.nanmean(value[summarised, c])) for name, value in scores.items()}
                for c, channel in enumerate(layout.channels)}
+    for c, channel in enumerate(layout.channels):  # WeatherBench2's time averages: roots of the mean squares
+        summary[channel]["rmse_pooled"] = float(np.sqrt(np.nanmean(scores["rmse"][summarised, c] ** 2)))
+        summary[channel]["spread_pooled"] = float(np.sqrt(np.nanmean(scores["spread"][summarised, c] ** 2)))
     if members > 1:
         pooled = pooled_spread_skill_ratio(scores["spread"][summarised], scores["rmse"][summarised], members)
         for c, channel in enumerate(layout.channels):
@@ -167,15 +176,26 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         ratios = operator.residual_ratio(torch.from_numpy(ensemble).double())
         summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
     spectra = {}
-    for c, channel in enumerate(layout.channels):
-        k, predicted = energy_spectrum(ensemble[:, :, c], layout.periodic)
-        _, true = energy_spectrum(target[:, c], layout.periodic)
+    for c, channel in enumerate(layout.channels):  # both over the points scored, at the summarised times
+        scored_here = valid[summarised, c]
+        k, predicted = energy_spectrum(np.where(scored_here, ensemble[:, summarised, c], np.nan), layout.periodic)
+        _, true = energy_spectrum(np.where(scored_here, target[summarised, c], np.nan), layout.periodic)
         spectra[channel] = {"wavenumber": k.tolist(), "prediction": predicted.tolist(), "truth": true.tolist()}
     summary["spectra"] = spectra
     summary["members"] = members
     summary["valid_points"] = {channel: {"fraction": float(n / valid[:, c].size), "times_without_any": int(
         (~valid[:, c].any(axis=(1, 2))).sum())} for c, (channel, n) in enumerate(zip(layout.channels, scored))}
     return rows, summary
+
+
+def _lead_text(lead) -> str:
+    """A forecast lead as ``metrics.csv`` writes it: a duration (``6:00:00``, ``1 day, 0:00:00``) or a number
+    of model time units."""
+    if isinstance(lead, np.timedelta64):
+        import datetime
+
+        return str(datetime.timedelta(microseconds=int(lead.astype("timedelta64[us]").astype(np.int64))))
+    return f"{float(lead):g}"
 
 
 def _prediction_mask(prediction: xr.Dataset, layout: FieldLayout) -> np.ndarray | None:
@@ -234,7 +254,7 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
     for axis, name in zip(np.atleast_1d(axes), names):
         for channel in channels:
             series = [r for r in rows if r["channel"] == channel]
-            axis.plot([_step(r) for r in series], [r[name] for r in series], label=channel)
+            axis.plot([r["step"] for r in series], [r[name] for r in series], label=channel)
         if name == "spread_skill_ratio":
             axis.axhline(1.0, color="k", lw=0.8, ls="--")
         axis.set_title(name)
@@ -255,11 +275,6 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
         _calibration_figure(rows, summary, channels, out / "calibration.png")
 
 
-def _step(row: dict) -> int:
-    """A row's time index: its lead (a forecast) or step (a reanalysis)."""
-    return row["lead"] if "lead" in row else row["step"]
-
-
 def _calibration_figure(rows: list[dict], summary: dict, channels: list[str], path: Path) -> None:
     """Rank histograms, coverage of central intervals against their level, spread-skill by time."""
     import matplotlib.pyplot as plt
@@ -274,7 +289,7 @@ def _calibration_figure(rows: list[dict], summary: dict, channels: list[str], pa
         curve = summary[channel]["coverage_curve"]
         axes[1].plot(curve["level"], curve["observed"], marker="o", ms=3, label=channel)
         series = [r for r in rows if r["channel"] == channel]
-        axes[2].plot([_step(r) for r in series], [r["spread_skill_ratio"] for r in series], label=channel)
+        axes[2].plot([r["step"] for r in series], [r["spread_skill_ratio"] for r in series], label=channel)
     axes[0].axhline(1.0, color="k", lw=0.8, ls="--")
     axes[0].set(title="rank histogram of the truth", xlabel="rank among members", ylabel="frequency × (m+1)")
     axes[1].plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")

@@ -120,7 +120,12 @@ def pole_rmse(ensemble: np.ndarray, truth: np.ndarray, rows: list[int]) -> np.nd
 def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, True)) -> tuple[np.ndarray, np.ndarray]:
     """(wavenumbers, power) of fields (..., H, W), averaged over the leading axes. Masked or missing
     points (NaN) are set to the mean of their field's valid points (the spectrum of a masked field
-    is then approximate); a field with no valid point is left out."""
+    is then approximate); a field with no valid point is left out.
+
+    Periodic in both axes: the isotropic spectrum, |F(k)|²/(HW)² summed over shells of
+    |k| = √((k_y n/H)² + (k_x n/W)²) rounded, k = 1 … n/2, in cycles per n = min(H, W) cells (per
+    domain on a square grid; square cells assumed), so a wavelength counts alike along either axis.
+    Otherwise the 1-D spectrum along the periodic axis (x when neither is), one-sided."""
     fields = np.asarray(fields, dtype=np.float64)
     if np.isnan(fields).any():
         flat = fields.reshape(-1, *fields.shape[-2:])
@@ -131,10 +136,11 @@ def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, Tru
     H, W = fields.shape[-2:]
     if periodic[0] and periodic[1]:
         power = np.abs(np.fft.fft2(fields)) ** 2 / (H * W) ** 2
-        ky = np.fft.fftfreq(H, 1 / H)[:, None]
-        kx = np.fft.fftfreq(W, 1 / W)[None, :]
+        n = min(H, W)
+        ky = np.fft.fftfreq(H, 1 / H)[:, None] * (n / H)  # cycles per n cells
+        kx = np.fft.fftfreq(W, 1 / W)[None, :] * (n / W)
         radius = np.rint(np.sqrt(kx**2 + ky**2)).astype(int)
-        kmax = min(H, W) // 2
+        kmax = n // 2
         flat = power.reshape(-1, H * W).mean(axis=0)
         spectrum = np.bincount(radius.ravel(), weights=flat, minlength=kmax + 1)[: kmax + 1]
         return np.arange(1, kmax + 1), spectrum[1:]
@@ -187,8 +193,13 @@ def rank_flatness(counts: np.ndarray) -> dict[str, float]:
             "flatness": statistic / dof if dof > 0 else float("nan")}
 
 
-def predictive_pit(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """PIT of the truth (...) under the Student-t predictive law of the ensemble (m, ...), m ≥ 2."""
+def predictive_pit(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
+    """PIT of the truth (...) under the Student-t predictive law of the ensemble (m, ...), m ≥ 2.
+
+    Members all equal make the law a point mass: a truth off it has PIT 0 or 1, a truth on it (a dry
+    pixel forecast dry) the randomised PIT U(0, 1) of a law with an atom (Czado, Gneiting and Held
+    2009), drawn with ``seed`` — so a calibrated ensemble of a zero-inflated variable still covers its
+    central intervals at their level. A missing truth (NaN) stays NaN."""
     from scipy.stats import t as student
 
     ensemble = np.asarray(ensemble, dtype=np.float64)
@@ -198,11 +209,12 @@ def predictive_pit(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
     scale = ensemble.std(axis=0, ddof=1) * np.sqrt(1 + 1 / m)
     error = np.asarray(truth, dtype=np.float64) - ensemble.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        standardised = error / scale
-        # members all equal: the truth on them is the law's centre (PIT 0.5, e.g. a dry pixel forecast dry),
-        # off them in a tail; a missing truth (NaN) stays NaN
-        standardised = np.where(scale == 0, np.where(error == 0, 0.0, np.sign(error) * np.inf), standardised)
-    return student.cdf(standardised, m - 1)
+        standardised = np.where(scale == 0, np.sign(error) * np.inf, error / scale)
+    pit = student.cdf(standardised, m - 1)
+    atom = (scale == 0) & (error == 0)
+    if atom.any():
+        pit = np.where(atom, np.random.default_rng(seed).uniform(size=pit.shape), pit)
+    return pit
 
 
 def interval_coverage(ensemble: np.ndarray, truth: np.ndarray, level: float, weights: np.ndarray | None = None) -> np.ndarray:

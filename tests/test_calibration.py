@@ -9,6 +9,7 @@ import xarray as xr
 from conftest import make_box_dataset
 from latentda import cli
 from latentda.data import write_dataset
+from latentda.evaluation import evaluate
 from latentda.metrics import coverage_curve, interval_coverage, rank_flatness, rank_histogram, truth_ranks
 
 
@@ -67,10 +68,26 @@ def test_ties_and_nan():
     assert set(np.unique(ranks)) == {0, 1, 2, 3}  # ties spread evenly, not all in one bin
     truth[:10] = np.nan
     assert rank_histogram(ensemble, truth).sum() == 990
-    # members all equal: covered where the truth is on them (a dry pixel forecast dry), not where it is off them;
-    # missing truths are left out
+    # members all equal: a truth on them (a dry pixel forecast dry) has the randomised PIT U(0, 1), so it is
+    # covered at the interval's level; a truth off them never is; missing truths are left out
     truth[10:20] = 1.0
-    assert interval_coverage(ensemble[:, None, None, None], truth[None, None, None], 0.5).item() == pytest.approx(980 / 990)
+    coverage = interval_coverage(ensemble[:, None, None, None], truth[None, None, None], 0.5).item()
+    assert coverage == pytest.approx(0.5 * 980 / 990, abs=0.05)
+
+
+def test_a_calibrated_zero_inflated_ensemble_covers_its_intervals_at_their_level():
+    """Half the points dry (truth and every member 0: an atom), half a calibrated Gaussian ensemble: the
+    coverage curve lies on the diagonal (a dry point counted covered at every level would lift it to
+    0.5 + level/2)."""
+    rng = np.random.default_rng(3)
+    m, points = 10, 40_000
+    centre = rng.standard_normal(points)
+    ensemble = centre + rng.standard_normal((m, points))
+    truth = centre + rng.standard_normal(points)
+    dry = np.arange(points) < points // 2
+    ensemble[:, dry], truth[dry] = 0.0, 0.0
+    levels, observed = coverage_curve(ensemble[:, None, None, None, :], truth[None, None, None, :])
+    np.testing.assert_allclose(observed, levels, atol=0.02)
 
 
 def test_weighted_coverage_curve_agrees_with_interval_coverage():
@@ -140,5 +157,32 @@ def test_evaluate_leaves_a_forecasts_initial_state_out_of_its_summary(tmp_path):
     rows = (out / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     first = dict(zip(header, rows[1].split(",")))
-    assert header[:3] == ["channel", "time", "lead"] and len(rows) == 1 + 2 * 9
+    assert header[:4] == ["channel", "time", "lead", "step"] and len(rows) == 1 + 2 * 9
     assert first["lead"] == "0" and float(first["spread"]) == 0.0 and float(first["rmse"]) == 0.0
+
+    # a forecast from elsewhere whose first lead is not 0: every lead is a forecast, labelled by its lead
+    later = forecast.isel(prediction_timedelta=slice(1, None)).expand_dims(time=[times[0]])
+    rows, summary = evaluate(later, truth, trajectory=0)
+    assert rows[0]["lead"] == f"{times[1] - times[0]:g}" and rows[0]["step"] == 0
+    for name in ("u", "v"):
+        assert sum(summary[name]["rank_histogram"]["counts"]) == 8 * 16 * 16
+        per_lead = np.array([row["rmse"] for row in rows if row["channel"] == name])
+        assert summary[name]["rmse"] == pytest.approx(per_lead.mean())  # the mean over the leads, all of them
+        assert summary[name]["rmse_pooled"] == pytest.approx(np.sqrt(np.mean(per_lead**2)))  # WeatherBench2's
+
+
+def test_spectra_compare_the_points_both_have():
+    """The prediction is NaN on its fixed mask (``u_mask``: say land) where the truth has values: the truth's
+    spectrum is taken on the points scored too, so a prediction equal to the truth up to 1e-3 has its spectrum."""
+    truth = make_box_dataset(trajectories=1, times=4, size=16).isel(trajectory=0, drop=True)
+    rng = np.random.default_rng(2)
+    members = truth.expand_dims(realization=np.arange(3)).copy(deep=True)
+    land = xr.DataArray(rng.uniform(size=(16, 16)) < 0.3, dims=("y", "x"))
+    for name in ("u", "v"):
+        members[name] = members[name] + 1e-3 * xr.DataArray(rng.standard_normal(members[name].shape), dims=members[name].dims)
+    members["u"] = members["u"].where(~land)
+    members["u_mask"] = (~land).astype(np.float32)
+    _, summary = evaluate(members, truth)
+    for name in ("u", "v"):
+        spectrum = summary["spectra"][name]
+        np.testing.assert_allclose(spectrum["prediction"], spectrum["truth"], rtol=0.02)
