@@ -338,7 +338,7 @@ def _filter(args: argparse.Namespace) -> None:
         sources["initial"] = _recorded(args.initial)
     pipeline.filter(observations, args.members, args.seed, settings, conditioning=args.conditioning,
                     condition_noise=args.condition_noise, context=args.context, lag=args.lag, initial=initial,
-                    window=TableWindow.of(args), out=args.out, resume=args.resume, overwrite=args.overwrite, attrs=sources, report=print)
+                    table_window=TableWindow.of(args), out=args.out, resume=args.resume, overwrite=args.overwrite, attrs=sources, report=print)
 
 
 def _load_run_pipeline(args: argparse.Namespace):

@@ -48,7 +48,7 @@ from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
 from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, pole_rmse,
-                              pooled_spread_skill_ratio, rank_flatness, rank_histogram)
+                              pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
 
 __all__ = ["evaluate", "write_report", "NOT_CHANNELS"]
 
@@ -135,9 +135,10 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     scores = ensemble_scores(ensemble, target, areas)
     if layout.pole_rows():
         scores["pole_rmse"] = pole_rmse(ensemble, target, layout.pole_rows())
+    pit = predictive_pit(ensemble, target) if members > 1 else None  # one draw at ties for every coverage
     if members > 1:
         for level in COVERAGE_LEVELS:
-            scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas)
+            scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas, pit)
     times = prediction[TIME].values
     rows = []
     for c, channel in enumerate(layout.channels):
@@ -146,20 +147,21 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
             rows.append({"channel": channel, "time": str(time), **where,
                          **{name: float(value[t, c]) for name, value in scores.items()}})
     summarised = np.ones(len(times), dtype=bool)
-    if forecast and (leads != leads.dtype.type(0)).any():  # a forecast's lead 0 is no forecast: its initial state
-        summarised = leads != leads.dtype.type(0)
+    if forecast and not _is_zero(leads).all():  # a forecast's lead 0 is no forecast: its initial state
+        summarised = ~_is_zero(leads)
     summary = {channel: {name: float(np.nanmean(value[summarised, c])) for name, value in scores.items()}
                for c, channel in enumerate(layout.channels)}
     for c, channel in enumerate(layout.channels):  # WeatherBench2's time averages: roots of the mean squares
-        summary[channel]["rmse_pooled"] = float(np.sqrt(np.nanmean(scores["rmse"][summarised, c] ** 2)))
-        summary[channel]["spread_pooled"] = float(np.sqrt(np.nanmean(scores["spread"][summarised, c] ** 2)))
+        for name in ("rmse", "spread"):
+            if name in scores:  # a single member has no spread
+                summary[channel][f"{name}_pooled"] = float(np.sqrt(np.nanmean(scores[name][summarised, c] ** 2)))
     if members > 1:
         pooled = pooled_spread_skill_ratio(scores["spread"][summarised], scores["rmse"][summarised], members)
         for c, channel in enumerate(layout.channels):
             summary[channel]["spread_skill_ratio"] = float(pooled[c])
             counts = rank_histogram(ensemble[:, summarised, c], target[summarised, c])
             levels, observed = coverage_curve(ensemble[:, summarised, c], target[summarised, c],
-                                              weights=areas)  # as coverage_50/90
+                                              weights=areas, pit=pit[summarised, c])  # as coverage_50/90
             summary[channel]["rank_histogram"] = {"counts": counts.tolist(), **rank_flatness(counts)}
             summary[channel]["coverage_curve"] = {"level": levels.tolist(), "observed": observed.tolist()}
     if observations is not None:
@@ -188,6 +190,14 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     return rows, summary
 
 
+def _is_zero(leads: np.ndarray) -> np.ndarray:
+    """Which leads are 0: durations exactly, model times up to the rounding of time + lead (:func:`_time_tolerance`)."""
+    if np.issubdtype(leads.dtype, np.timedelta64):
+        return leads == np.timedelta64(0)
+    leads = leads.astype(np.float64)
+    return np.abs(leads) <= _time_tolerance(leads)
+
+
 def _lead_text(lead) -> str:
     """A forecast lead as ``metrics.csv`` writes it: a duration (``6:00:00``, ``1 day, 0:00:00``) or a number
     of model time units."""
@@ -195,7 +205,7 @@ def _lead_text(lead) -> str:
         import datetime
 
         return str(datetime.timedelta(microseconds=int(lead.astype("timedelta64[us]").astype(np.int64))))
-    return f"{float(lead):g}"
+    return f"{float(lead):.12g}"
 
 
 def _prediction_mask(prediction: xr.Dataset, layout: FieldLayout) -> np.ndarray | None:

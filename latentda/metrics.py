@@ -123,8 +123,9 @@ def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, Tru
     is then approximate); a field with no valid point is left out.
 
     Periodic in both axes: the isotropic spectrum, |F(k)|²/(HW)² summed over shells of
-    |k| = √((k_y n/H)² + (k_x n/W)²) rounded, k = 1 … n/2, in cycles per n = min(H, W) cells (per
-    domain on a square grid; square cells assumed), so a wavelength counts alike along either axis.
+    |k| = √((k_y n/H)² + (k_x n/W)²) rounded half up, k = 1 … n/2, in cycles per n = max(H, W) cells
+    (per domain on a square grid; square cells assumed), so a wavelength counts alike along either axis
+    and the longest wave of the longer axis is k = 1 (the modes beyond n/2, the corners, are left out).
     Otherwise the 1-D spectrum along the periodic axis (x when neither is), one-sided."""
     fields = np.asarray(fields, dtype=np.float64)
     if np.isnan(fields).any():
@@ -136,10 +137,10 @@ def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, Tru
     H, W = fields.shape[-2:]
     if periodic[0] and periodic[1]:
         power = np.abs(np.fft.fft2(fields)) ** 2 / (H * W) ** 2
-        n = min(H, W)
+        n = max(H, W)
         ky = np.fft.fftfreq(H, 1 / H)[:, None] * (n / H)  # cycles per n cells
         kx = np.fft.fftfreq(W, 1 / W)[None, :] * (n / W)
-        radius = np.rint(np.sqrt(kx**2 + ky**2)).astype(int)
+        radius = np.floor(np.sqrt(kx**2 + ky**2) + 0.5).astype(int)  # half up: rint's half-to-even would alternate bins
         kmax = n // 2
         flat = power.reshape(-1, H * W).mean(axis=0)
         spectrum = np.bincount(radius.ravel(), weights=flat, minlength=kmax + 1)[: kmax + 1]
@@ -217,12 +218,14 @@ def predictive_pit(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0) -> np
     return pit
 
 
-def interval_coverage(ensemble: np.ndarray, truth: np.ndarray, level: float, weights: np.ndarray | None = None) -> np.ndarray:
+def interval_coverage(ensemble: np.ndarray, truth: np.ndarray, level: float, weights: np.ndarray | None = None,
+                      pit: np.ndarray | None = None) -> np.ndarray:
     """Coverage of the central ``level`` prediction interval, ensemble (m, T, C, H, W) and truth
-    (T, C, H, W) → (T, C), averaged over space with the area ``weights`` (NaN entries skipped)."""
+    (T, C, H, W) → (T, C), averaged over space with the area ``weights`` (NaN entries skipped);
+    ``pit``: :func:`predictive_pit` of them when computed already (one draw for its ties)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    pit = predictive_pit(ensemble, truth)
+    pit = predictive_pit(ensemble, truth) if pit is None else pit
     valid = ~np.isnan(pit)
     covered = valid & (np.abs(np.where(valid, pit, 0.5) - 0.5) <= level / 2)
     weights = np.ones((truth.shape[-2], 1)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -232,11 +235,12 @@ def interval_coverage(ensemble: np.ndarray, truth: np.ndarray, level: float, wei
 
 
 def coverage_curve(ensemble: np.ndarray, truth: np.ndarray, levels: np.ndarray | None = None,
-                   weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   weights: np.ndarray | None = None, pit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(levels, coverage) of the central prediction intervals, pooled over all entries of ``truth``
-    (..., H, W), each weighted by its row's area ``weights`` (H, 1) when given (as :func:`interval_coverage`)."""
+    (..., H, W), each weighted by its row's area ``weights`` (H, 1) when given (as :func:`interval_coverage`;
+    ``pit`` as there)."""
     levels = np.linspace(0.1, 0.9, 9) if levels is None else np.asarray(levels, dtype=np.float64)
-    pit = predictive_pit(ensemble, truth)
+    pit = predictive_pit(ensemble, truth) if pit is None else pit
     area = np.ones_like(pit) if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), pit.shape)
     valid = ~np.isnan(pit)
     pit, area = pit[valid], area[valid]

@@ -44,7 +44,7 @@ from latentda.components import (check_inside, checked_representation_error, loa
 from latentda.config import MAX_SEED, parse, parse_file, parse_known, read_json, require
 from latentda.data.calendar import calendar_features
 from latentda.data.ensemble_store import ensemble_dataset
-from latentda.data.io import atomic_path
+from latentda.data.io import atomic_path, open_dataset
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
 from latentda.data.times import time_step
@@ -58,9 +58,9 @@ from latentda.errors import LatentdaError, check_integer
 from latentda.nn.compilation import compile_blocks
 from latentda.nn.transformer import TrajectoryTransformer
 from latentda.observe.files import read_observations
-from latentda.observe.tabular import observation_dataset, table_to_cycles
+from latentda.observe.tabular import observation_dataset, table_to_cycles, table_to_dataset
 from latentda.observe.window import TableWindow
-from latentda.observe.operators import ObservationOperator
+from latentda.observe.operators import ObservationOperator, nothing_off_mask
 from latentda.posterior.forecast import default_context, forecast_members
 from latentda.posterior.prior import check_window_length, history_coordinates, resolve_sampling, window_latents, with_history
 from latentda.posterior.reanalysis import PosteriorSettings
@@ -401,13 +401,15 @@ class LatentDAPipeline:
         self._check_times(observations["time"])
         return operator
 
-    def _read_operator(self, observations: xr.Dataset, representation_error: bool) -> tuple[ObservationOperator, int]:
-        """(operator, the number of observations left out on the fixed mask) of an observation dataset."""
+    def _read_operator(self, observations: xr.Dataset, representation_error: bool,
+                       refuse_empty: bool = True) -> tuple[ObservationOperator | None, int]:
+        """(operator, the number of observations left out on the fixed mask) of an observation dataset
+        (``refuse_empty``: an error when every one is, else None for the operator; :meth:`ObservationOperator.off_mask`)."""
         operator = read_observations(observations, self.layout, self.statistics)
         dropped = 0
         if self.layout.mask is not None:
-            operator, dropped = operator.off_mask(self.layout.mask)
-        if representation_error:
+            operator, dropped = operator.off_mask(self.layout.mask, refuse_empty)
+        if operator is not None and representation_error:
             operator = operator.with_representation_error(self.physical_representation_error)
         return operator, dropped
 
@@ -417,27 +419,34 @@ class LatentDAPipeline:
         if self.calendar and calendar_features(time.values) is None:
             raise LatentdaError("this model is conditioned on the calendar: the observations need datetime times")
 
-    def filter_cycles(self, observations, window: TableWindow | None = None, representation_error: bool = True
+    def filter_cycles(self, observations, table_window: TableWindow | None = None, representation_error: bool = True
                       ) -> tuple[xr.DataArray, list[ObservationOperator | None], xr.Dataset | list]:
         """(times, one operator per cycle (None: nothing observed), what was read) of a filter's observations:
         a dataset is read whole and split (:func:`latentda.posterior.filtering.split_cycles`); a table
-        (``window``: :class:`latentda.observe.TableWindow`) is read state by state
+        (``table_window``: :class:`latentda.observe.TableWindow`) is read state by state
         (:func:`latentda.observe.table_to_cycles`), so that a table of moving positions never becomes
-        a (cycles × positions) array."""
+        a (cycles × positions) array. Either way a cycle keeps only what it observes off the fixed mask."""
         from latentda.posterior.filtering import split_cycles
 
+        if table_window is not None and not isinstance(table_window, TableWindow):
+            raise LatentdaError(f"table_window: expected a latentda.observe.TableWindow, got {type(table_window).__name__}")
         if not isinstance(observations, pd.DataFrame):
-            observations = observation_dataset(observations, self.layout, self.time_step, window, self.time_units)
+            observations = observation_dataset(observations, self.layout, self.time_step, table_window, self.time_units)
             operator = self.observation_operator(observations, allow_short=True, representation_error=representation_error)
             return observations["time"], split_cycles(operator), observations
         time, datasets = table_to_cycles(observations, self.layout, time_step=self.time_step, time_units=self.time_units,
-                                         **dataclasses.asdict(window or TableWindow()))
+                                         **dataclasses.asdict(table_window or TableWindow()))
         self._check_times(time)
-        cycles, dropped = [], 0
+        cycles, dropped, remaining = [], 0, 0
         for dataset in datasets:
-            operator, left_out = (None, 0) if dataset is None else self._read_operator(dataset, representation_error)
-            cycles.append(operator if operator is None or operator.groups else None)
-            dropped += left_out
+            if dataset is None:
+                cycles.append(None)
+                continue
+            operator, left_out = self._read_operator(dataset, representation_error, refuse_empty=False)
+            cycles.append(None if operator is None else split_cycles(operator)[0])  # without the entries on the mask
+            dropped, remaining = dropped + left_out, remaining + (0 if operator is None else operator.size)
+        if not remaining:
+            raise nothing_off_mask(dropped)
         _warn_off_mask(dropped)
         return time, cycles, datasets
 
@@ -579,7 +588,8 @@ class LatentDAPipeline:
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
                conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int | None = None,
-               initial: xr.Dataset | None = None, window: TableWindow | None = None, out: str | os.PathLike | None = None,
+               initial: xr.Dataset | None = None, table_window: TableWindow | None = None,
+               out: str | os.PathLike | None = None,
                resume: bool = False, overwrite: bool = False, attrs: dict | None = None, report: Report | None = None,
                **options) -> xr.Dataset:
         """Cycling filter: the analysis of each time step of ``observations`` given the observations up
@@ -593,8 +603,9 @@ class LatentDAPipeline:
         cycle, checked); without it the first cycle starts from the prior. ``observations``: a
         dataset or a table, as for :meth:`reanalyze` (a cycle may observe other positions than the
         last, or nothing: a forecast step); a table is read state by state (:meth:`filter_cycles`: its
-        memory grows with its rows, whatever the positions), on ``window`` (a
-        :class:`latentda.observe.TableWindow`: start, length, time tolerance; default the rows' span). With ``out`` the analyses are written cycle by cycle and
+        memory grows with its rows, whatever the positions), on ``table_window`` (a
+        :class:`latentda.observe.TableWindow`: start, length, time tolerance; default the rows' span). With
+        ``out`` the analyses are written cycle by cycle and
         ``resume=True`` continues an interrupted run from its last finished cycle (bit-identical).
         Under torchrun/accelerate launch the members are dealt over the processes and each cycle
         gathered (:func:`latentda.runs.run_filter`). ``settings``/keywords, ``attrs``, ``report`` as
@@ -605,7 +616,7 @@ class LatentDAPipeline:
         settings = self._run_settings(settings, options)
         filtering = FilterSettings(conditioning, condition_noise, context, lag=default_lag(self.window) if lag is None else lag)
         filtering.validate(self.window)
-        time, cycles, read = self.filter_cycles(observations, window, settings.representation_error)
+        time, cycles, read = self.filter_cycles(observations, table_window, settings.representation_error)
         encoded = used = None
         if initial is not None:
             _, encoded, initial_times, _, used = self._forecast_start(members, None, initial, settings,
@@ -617,8 +628,26 @@ class LatentDAPipeline:
             # the initial states are the ones just before the first cycle: one time axis, one model step apart
             time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=time.attrs),
                       expected=self.time_step, what="time axis of the initial state followed by the first cycle")
+        recorded = self._recorded(attrs, read, used, out)
+        if resume and out is not None and isinstance(observations, pd.DataFrame):
+            recorded = self._earlier_table_fingerprint(recorded, observations, table_window, out)
         return run_filter(self, self.layout, cycles, time, members, settings, filtering, seed, encoded,
-                          self._recorded(attrs, read, used, out), out, resume, overwrite, report)
+                          recorded, out, resume, overwrite, report)
+
+    def _earlier_table_fingerprint(self, recorded: dict, table, table_window: TableWindow | None, out) -> dict:
+        """``recorded`` with the observations' fingerprint an interrupted filter of this ``table`` recorded
+        before tables were read cycle by cycle (that of its whole-window dataset), so that such a run resumes;
+        unchanged when the run recorded the present one or read other observations."""
+        key = "latentda_observations_sha256"
+        partial = Path(out).with_name(Path(out).name + ".partial")
+        if not partial.exists():
+            return recorded
+        earlier = open_dataset(partial).attrs.get(key)
+        if earlier is None or earlier == recorded.get(key):
+            return recorded
+        whole = table_to_dataset(table, self.layout, time_step=self.time_step, time_units=self.time_units,
+                                 **dataclasses.asdict(table_window or TableWindow()))
+        return {**recorded, key: earlier} if input_fingerprint(whole) == earlier else recorded
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:

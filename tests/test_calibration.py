@@ -171,6 +171,22 @@ def test_evaluate_leaves_a_forecasts_initial_state_out_of_its_summary(tmp_path):
         assert summary[name]["rmse_pooled"] == pytest.approx(np.sqrt(np.mean(per_lead**2)))  # WeatherBench2's
 
 
+def test_coverage_50_and_the_curve_agree_when_members_and_truth_tie(tmp_path):
+    """70 % of the points dry (every member and the truth 0): coverage_50 and coverage_90, means over the
+    times of equally many points, equal the curve's points at 0.5 and 0.9 (one random draw for the ties)."""
+    truth = make_box_dataset(trajectories=1, times=4, size=8).isel(trajectory=0, drop=True)
+    rng = np.random.default_rng(4)
+    members = truth.expand_dims(realization=np.arange(5)).copy(deep=True)
+    dry = xr.DataArray(rng.uniform(size=(4, 8, 8)) < 0.7, dims=("time", "y", "x"))
+    for name in ("u", "v"):
+        members[name] = (members[name] + xr.DataArray(rng.standard_normal(members[name].shape), dims=members[name].dims))
+        members[name], truth[name] = members[name].where(~dry, 0.0), truth[name].where(~dry, 0.0)
+    _, summary = evaluate(members, truth)
+    for name in ("u", "v"):
+        curve = dict(zip(np.round(summary[name]["coverage_curve"]["level"], 6), summary[name]["coverage_curve"]["observed"]))
+        assert summary[name]["coverage_50"] == pytest.approx(curve[0.5]) and summary[name]["coverage_90"] == pytest.approx(curve[0.9])
+
+
 def test_spectra_compare_the_points_both_have():
     """The prediction is NaN on its fixed mask (``u_mask``: say land) where the truth has values: the truth's
     spectrum is taken on the points scored too, so a prediction equal to the truth up to 1e-3 has its spectrum."""

@@ -397,7 +397,9 @@ def test_forecast_skill_reads_the_true_past_and_steps_the_model_per_cycle(setup,
         return iter([(m, truth + offsets[m]) for m in members])
 
     monkeypatch.setattr("latentda.posterior.forecast.forecast_members", stand_in)
-    skill = forecast_skill(pipeline, HMM, xx, lead=2, cycles=4, members=3)
+    with pytest.raises(LatentdaError, match=r"time step is 1, the HMM's time between observations \(tseq.dto\) 2"):
+        forecast_skill(pipeline, HMM, xx, lead=2, cycles=4, members=3)  # the prior steps 1, the cycles 2
+    skill = forecast_skill(pipeline, HMM, xx, lead=2, cycles=4, members=3, check_time_step=False)  # the stand-in's step
     assert skill["cycles"] == [2, 3, 4, 5]  # after the burn-in (ko 0, 1 excluded), 2 cycles before the end
     expected = np.zeros(2)
     for ko in skill["cycles"]:

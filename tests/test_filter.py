@@ -3,6 +3,7 @@ causality (cycle k never reads or depends on later observations), resuming from 
 and the linear-Gaussian closed form with the exact prior (the scheme's own recursion, and its gap to
 the Kalman filter)."""
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -571,6 +572,40 @@ def test_a_table_is_read_cycle_by_cycle_as_its_dataset(tiny):
     assert cycles[CYCLES:] == [None, None]  # forecast steps
     with pytest.raises(LatentdaError, match="tabular"):
         pipeline.filter_cycles(dataset, TableWindow(window_length=3))
+    with pytest.raises(LatentdaError, match="table_window: expected a latentda.observe.TableWindow, got int"):
+        pipeline.filter(table, table_window=5, **options)
+
+
+def test_a_table_on_the_fixed_mask_is_read_as_its_dataset(tiny):
+    """u masked in a corner (land): a state whose only u row is there keeps its v row (u left out), a state
+    observing only the corner is a forecast step, as in the table's dataset; only a table wholly on the
+    mask is an error."""
+    import pandas as pd
+
+    from latentda.observe import table_to_dataset
+
+    pipeline, _ = tiny
+    mask = np.ones((2, 8, 8), dtype=bool)
+    mask[0, :4, :4] = False
+    masked = copy.copy(pipeline)
+    masked.layout = dataclasses.replace(pipeline.layout, mask=mask)
+    step = pipeline.time_step
+    rows = [(0, "u", 0.8, 0.8), (1, "u", 0.8, 0.8), (1, "v", 1.0, 1.0), (2, "u", 3.5, 3.5), (3, "u", 3.5, 3.5)]  # y, x: coordinates
+    table = pd.DataFrame([{"time": k * step, "y": y, "x": x, "variable": v, "value": 0.1, "noise_std": 0.2}
+                          for k, v, y, x in rows])
+    with pytest.warns(UserWarning, match="2 observation.s. read pixels of the model's fixed mask"):
+        _, cycles, _ = masked.filter_cycles(table)
+    with pytest.warns(UserWarning, match="fixed mask"):
+        _, split, _ = masked.filter_cycles(table_to_dataset(table, pipeline.layout, time_step=step))
+    assert cycles[0] is None and split[0] is None
+    assert [g.name for g in cycles[1].groups] == [g.name for g in split[1].groups] == ["v"]
+    for mine, theirs in zip(cycles[1:], split[1:]):
+        for a, b in zip(mine.observed(), theirs.observed()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    analyses = masked.filter(table, members=2, steps=2, iterations=1)
+    assert np.isfinite(analyses["v"].values).all()
+    with pytest.raises(LatentdaError, match="all 2 observations read pixels of the model's fixed mask"):
+        masked.filter_cycles(table.iloc[:2])
 
 
 def test_filter_command_reads_a_csv_table_on_its_window_and_resumes(tmp_path, monkeypatch, capsys):
@@ -605,3 +640,32 @@ def test_filter_command_reads_a_csv_table_on_its_window_and_resumes(tmp_path, mo
                 "--members", "2", "--window-length", "3", "--out", str(tmp_path / "file.zarr"), "--quiet"]
     assert cli.main(file_run) == 2
     assert "tabular" in capsys.readouterr().err and not (tmp_path / "file.zarr").exists()
+
+
+def test_a_table_run_interrupted_before_tables_were_read_by_cycle_resumes(tiny, tmp_path, monkeypatch):
+    """A filter of a table interrupted by an earlier latentda recorded the fingerprint of the table's
+    whole-window dataset: resumed with that table it completes to the uninterrupted result; a run of
+    other observations is still refused and keeps its cycles."""
+    import zarr
+
+    from latentda.observe import table_to_dataset
+    from latentda.runs import input_fingerprint
+
+    pipeline, _ = tiny
+    table = _moving_table(pipeline.layout, pipeline.time_step, CYCLES)
+    options = {"members": 2, "steps": 2, "iterations": 1}
+    whole = pipeline.filter(table, **options)["u"].values
+    out = tmp_path / "cut.zarr"
+    interrupt_filter_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.filter(table, out=out, **options)
+    monkeypatch.undo()
+    partial = zarr.open_group(str(out) + ".partial", mode="r+")
+    partial.attrs["latentda_observations_sha256"] = "0123456789abcdef"  # other observations
+    with pytest.raises(LatentdaError, match="other settings .latentda_observations_sha256"):
+        pipeline.filter(table, out=out, resume=True, **options)
+    earlier = input_fingerprint(table_to_dataset(table, pipeline.layout, time_step=pipeline.time_step))
+    partial.attrs["latentda_observations_sha256"] = earlier  # as the earlier latentda recorded it
+    resumed = pipeline.filter(table, out=out, resume=True, **options)
+    np.testing.assert_array_equal(resumed["u"].values, whole)
+    assert resumed.attrs["latentda_observations_sha256"] == earlier

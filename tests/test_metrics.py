@@ -76,18 +76,20 @@ def test_spectrum_of_a_single_wave():
 
 
 def test_isotropic_spectrum_counts_a_wavelength_alike_along_either_axis_of_a_rectangle():
-    """On an 8 × 32 periodic box a wave 8 cells long has one wavenumber (1 cycle per 8 cells) whether it
-    runs along y or along x, a wave 4 cells long along x is kept (k = 2), and the power sums to the variance."""
+    """On an 8 × 32 periodic box (wavenumbers in cycles per 32 cells) a wave 8 cells long is k = 4 whether
+    it runs along y or along x, the longest waves along x (32 and 16 cells: k = 1, 2) and a short one (4
+    cells: k = 8) are kept, and the power sums to the variance."""
     H, W = 8, 32
     y, x = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
     along_y, along_x = np.sin(2 * np.pi * y / 8), np.sin(2 * np.pi * x / 8)
     k, power_y = energy_spectrum(along_y[None], (True, True))
     _, power_x = energy_spectrum(along_x[None], (True, True))
-    assert k.tolist() == [1, 2, 3, 4] and power_y.tolist() == pytest.approx(power_x.tolist())
-    assert power_y[0] == pytest.approx(0.5)
-    short = 0.7 * np.cos(2 * np.pi * x / 4)
-    _, power = energy_spectrum((along_y + short)[None], (True, True))
-    assert power[1] == pytest.approx(0.7**2 / 2) and power.sum() == pytest.approx((along_y + short).var())
+    assert k.tolist() == list(range(1, 17)) and power_y.tolist() == pytest.approx(power_x.tolist())
+    assert power_y[3] == pytest.approx(0.5)
+    field = along_y + np.cos(2 * np.pi * x / 32) + 0.8 * np.sin(2 * np.pi * x / 16) + 0.7 * np.cos(2 * np.pi * x / 4)
+    _, power = energy_spectrum(field[None], (True, True))
+    assert power[[0, 1, 3, 7]] == pytest.approx([0.5, 0.8**2 / 2, 0.5, 0.7**2 / 2])
+    assert power.sum() == pytest.approx(field.var())
 
 
 @pytest.mark.parametrize("width", [8, 7])

@@ -443,7 +443,7 @@ def true_past_forecast(pipeline, HMM, xx, ko: int, lead: int, members: list[int]
 
 def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: int = 4, settings: Any = None,
                    context: int | None = None, condition_noise: float = 0.05, seed: int = 0,
-                   state_index: Any = None, conditioning: str = "mmps") -> dict:
+                   state_index: Any = None, conditioning: str = "mmps", check_time_step: bool = True) -> dict:
     r"""How close the learned prior's dynamics are to the twin experiment's model, on the experiment's own
     truth ``xx``: forecasts from the true past, ℓ = 1 … ``lead`` cycles ahead, at ``cycles`` observation
     cycles ko spread evenly over those after the burn-in (``HMM.tseq.masko``).
@@ -460,7 +460,7 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     x̄ − x_{ko+ℓ}; spread = the root of the grid mean of the ensemble variance (ddof 1); each averaged over
     the cycles. The prior's rmse at ℓ = 1 against the model's is the learned dynamics' error per cycle
     that an assimilation must correct, beside the observations' noise. States ↔ fields as in
-    :class:`LatentDA` (``state_index``). Returns {"leads", "cycles" (the ko used), "context", "members",
+    :class:`LatentDA` (``state_index``; ``check_time_step`` as there). Returns {"leads", "cycles" (the ko used), "context", "members",
     "conditioning", "condition_noise", "settings" (the PosteriorSettings fields not at their defaults), "prior_rmse",
     "prior_spread", "model_rmse", "persistence_rmse"} (lists by lead)."""
     from latentda.posterior.forecast import default_context
@@ -471,6 +471,8 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     context = default_context(pipeline, settings) if context is None else context
     if lead < 1 or cycles < 1 or members < 2:
         raise LatentdaError(f"forecast_skill needs lead ≥ 1, cycles ≥ 1 and members ≥ 2, got {lead}, {cycles}, {members}")
+    if check_time_step:
+        check_cycle_step(pipeline, tseq.dto, "check_time_step=False")
     valid = [ko for ko in range(len(kko)) if tseq.masko[ko] and ko >= context - 1 and ko + lead < len(kko)]
     if not valid:
         raise LatentdaError(f"no cycle after the burn-in has {context} true states before it and {lead} after it")

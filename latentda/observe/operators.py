@@ -214,6 +214,12 @@ def _bilinear(field_: Tensor, points: Tensor, periodic: tuple[bool, bool]) -> Te
     return out
 
 
+def nothing_off_mask(dropped: int) -> LatentdaError:
+    """The error of observations that all read the model's fixed mask (:meth:`ObservationOperator.off_mask`)."""
+    return LatentdaError(f"all {dropped} observations read pixels of the model's fixed mask (pixels without values, "
+                         "e.g. land): nothing to assimilate")
+
+
 class ObservationOperator:
     """Several :class:`ObservationGroup` concatenated: x (B, T, C, H, W) → (B, M)."""
 
@@ -240,19 +246,21 @@ class ObservationOperator:
     def __call__(self, x: Tensor) -> Tensor:
         return torch.cat([group(x) for group in self.groups], dim=1)
 
-    def off_mask(self, valid: np.ndarray) -> tuple["ObservationOperator", int]:
+    def off_mask(self, valid: np.ndarray, refuse_empty: bool = True) -> tuple["ObservationOperator | None", int]:
         """(a copy without the observed entries that read a pixel of the fixed mask ``valid`` (C, H, W, False where a
         channel has no values: :meth:`ObservationGroup.reads_masked`), how many were left out). The model's fields
         there are no data (the autoencoder never learned them): an observation of them would pull the posterior
-        toward the decoder's filler. Leaving nothing observed is an error."""
+        toward the decoder's filler. Leaving nothing observed is an error, or with ``refuse_empty`` False (one
+        cycle of many may observe only masked pixels) gives None for the operator."""
         groups, dropped = [], 0
         for group in self.groups:
             masked = group.mask & group.reads_masked(valid)
             dropped += int(masked.sum())
             groups.append(dataclasses.replace(group, values=np.where(masked, np.nan, group.values)) if masked.any() else group)
         if dropped and dropped == self.size:
-            raise LatentdaError(f"all {dropped} observations read pixels of the model's fixed mask (pixels without values, "
-                                "e.g. land): nothing to assimilate")
+            if not refuse_empty:
+                return None, dropped
+            raise nothing_off_mask(dropped)
         return ObservationOperator(groups, self.times), dropped
 
     def with_representation_error(self, channel_error: np.ndarray) -> "ObservationOperator":
