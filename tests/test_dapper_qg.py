@@ -104,3 +104,29 @@ def test_bad_arguments(tmp_path):
         dapper_qg.write_dapper_qg_zarr(tmp_path / "c.zarr", trajectories=2, steps=2, workers=0)
     assert main(["simulate", "gaussian", "--out", str(tmp_path / "d.zarr"), "--workers", "2", "--quiet"]) == 2
     assert not (tmp_path / "d.zarr").exists()
+
+
+def test_the_benchmark_scores_the_letkf_and_the_filter_on_one_experiment(tmp_path):
+    """tools/bench_dapper_qg.py on 3 cycles: DAPPER's LETKF and the latentda filter (the shipped QG pipeline,
+    2 members, 2 sampler steps) on the same truth; its JSON records the experiment and each method's rmse
+    and spread of the analyses, finite, over the cycles after the burn-in."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(root / "tools" / "bench_dapper_qg.py"), "--T", "15", "--burn-in", "5",
+                             "--methods", "letkf", "latentda-filter", "--pipeline", str(root / "pretrained" / "qg"),
+                             "--members", "2", "--settings", '{"steps": 2}', "--json", str(out)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                            env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2", "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["experiment"]["T"] == 15 and results["experiment"]["dto"] == 5
+    for name in ("letkf", "latentda-filter"):
+        scores = results["methods"][name]
+        assert all(np.isfinite(scores[key]) and scores[key] > 0 for key in ("rmse.a", "spread.a")), (name, scores)
+    assert "LatentDAPipeline(" in result.stdout  # the method's row names the pipeline it ran
