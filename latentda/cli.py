@@ -271,8 +271,10 @@ def _reanalyze(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
-    from latentda.evaluation import NOT_CHANNELS, evaluate, write_report
+    from latentda.evaluation import NOT_CHANNELS, check_report_path, evaluate, write_report
 
+    if args.out:
+        check_report_path(args.out, args.overwrite)  # before any scoring
     prediction = open_dataset(args.prediction)
     truth = open_dataset(args.truth, args.time_dim)
     observations = _evaluation_observations(args.observations, prediction) if args.observations else None
@@ -312,6 +314,18 @@ def _forecast(args: argparse.Namespace) -> None:
 
     if (args.observations is None) == (args.initial is None):
         raise LatentdaError("give exactly one of --observations and --initial")
+    if args.initial is not None:  # options that would be ignored, and recorded as if they applied
+        unused = ["guidance", "representation_error", "dps_scale"] + (["iterations", "solver"] if args.conditioning != "mmps" else [])
+        given = ["--" + name.replace("_", "-").replace("representation-error", "no-representation-error")
+                 for name in unused if getattr(args, name, None) is not None]
+        if given:
+            verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
+            if args.conditioning == "mmps":
+                raise LatentdaError(f"{', '.join(given)}: {verb} to guidance by observations; a forecast from --initial "
+                                    f"has none (leave {pronoun} out)")
+            raise LatentdaError(f"{', '.join(given)}: {verb} to guidance by observations or to the mmps conditioning; a "
+                                f"forecast from --initial with --conditioning {args.conditioning} has neither "
+                                f"(leave {pronoun} out)")
     settings = _posterior_settings(args)
     pipeline = _load_run_pipeline(args)
     observations = open_observations(args.observations, args.time_dim) if args.observations is not None else None
@@ -446,7 +460,7 @@ def _posterior_options(sub: argparse.ArgumentParser) -> None:
     group.add_argument("--solver", choices=["cg", "gmres"], help="MMPS linear solver (default cg)")
     group.add_argument("--batch-members", type=_positive_int,
                        help="members sampled together (default 8 on GPU; on CPU 1 when observations guide the sampling through the "
-                            "decoder, 8 for a forecast from --initial alone; the members are the same whatever the batch)")
+                            "decoder, 8 for a forecast from --initial alone; the members are the same whatever the batch, up to float rounding)")
     group.add_argument("--precision", choices=PRECISIONS,
                        help="dtype of the networks' passes (default auto: bfloat16 on GPU, float32 on CPU; CG stays float64)")
     group.add_argument("--decode-chunk", type=_positive_int,
@@ -686,9 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--prediction", required=True, type=Path, help="ensemble (dims realization, time, ...)")
     sub.add_argument("--truth", required=True, type=Path, help="true fields (matched by time)")
     sub.add_argument("--trajectory", type=int, help="which trajectory of the truth, when it has several")
-    sub.add_argument("--observations", type=Path, help="observation file: adds the residual ratio")
-    sub.add_argument("--out", type=Path, help="folder for metrics.csv, summary.json and figures")
-    sub.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    sub.add_argument("--observations", type=Path,
+                     help="observation file or table (CSV, parquet) at the prediction's times: adds the residual ratio")
+    sub.add_argument("--out", type=Path, help="folder for metrics.csv, summary.json and figures (without it the "
+                                              "summary is only printed)")
+    sub.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out (a folder holding "
+                                                              "anything else is refused)")
     _time_dim_option(sub, "--truth")
     return parser
 

@@ -43,20 +43,23 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from latentda.data.io import atomic_path
+from latentda.data.io import already_exists, atomic_path, check_replaceable_folder
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
 from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, pole_rmse,
                               pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
 
-__all__ = ["evaluate", "write_report", "NOT_CHANNELS"]
+__all__ = ["evaluate", "write_report", "check_report_path", "NOT_CHANNELS"]
 
 COVERAGE_LEVELS = (0.5, 0.9)
+REPORT_FILES = ("metrics.csv", "summary.json", "scores.png", "spectra.png", "calibration.png")  # what write_report writes
 NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points")  # summary keys that are not channels
 
 
 def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) -> xr.Dataset:
+    if TRAJECTORY not in truth.dims and trajectory is not None:
+        raise LatentdaError(f"--trajectory {trajectory}: the truth has no '{TRAJECTORY}' dimension (leave it out)")
     if TRAJECTORY in truth.dims:
         if trajectory is None:
             raise LatentdaError(f"the truth has {truth.sizes[TRAJECTORY]} trajectories: choose one with --trajectory")
@@ -236,9 +239,21 @@ def _json_numbers(value):
     return value
 
 
+def check_report_path(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """``out`` may receive a report: it does not exist, or (``overwrite``) it is an earlier report — a folder of
+    nothing but a report's files — never a folder holding anything else, which replacing would delete."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise already_exists(out)
+        check_replaceable_folder(out, REPORT_FILES, "summary.json", "an evaluation report")
+
+
 def write_report(rows: list[dict], summary: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write metrics.csv, summary.json and figures into the new folder ``out`` (atomically)."""
+    """Write metrics.csv, summary.json and figures into the new folder ``out`` (atomically; an existing
+    ``out`` is replaced with ``overwrite`` only when it is an earlier report: :func:`check_report_path`)."""
     final = Path(out)
+    check_report_path(final, overwrite)
     with atomic_path(final, overwrite=overwrite) as out:
         out.mkdir(parents=True)
         _write_report(rows, summary, out)

@@ -44,7 +44,7 @@ from latentda.components import (check_inside, checked_representation_error, loa
 from latentda.config import MAX_SEED, parse, parse_file, parse_known, read_json, require
 from latentda.data.calendar import calendar_features
 from latentda.data.ensemble_store import ensemble_dataset
-from latentda.data.io import atomic_path, open_dataset
+from latentda.data.io import atomic_path, check_replaceable_folder, open_dataset
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
 from latentda.data.times import time_step
@@ -75,7 +75,6 @@ MODEL_INDEX = {
     "scheduler": ["diffusers", "EDMEulerScheduler"],
 }
 PIPELINE_ENTRIES = ("model_index.json", "pipeline_config.json", "README.md", "autoencoder", "denoiser", "scheduler")
-FOLDER_JUNK = (".DS_Store", "Thumbs.db")  # what file browsers leave in a folder: a save may replace it (not .git)
 
 
 @dataclass(frozen=True)
@@ -614,6 +613,9 @@ class LatentDAPipeline:
 
         self._check_run(members, seed, attrs, observations, needs_observations=True)
         settings = self._run_settings(settings, options)
+        if settings.overlap is not None:  # it would be ignored, and recorded as if it applied
+            raise LatentdaError("overlap: the blankets of a trajectory longer than the window; a filter cycle samples "
+                                f"one window of {self.window} states (leave it out)")
         filtering = FilterSettings(conditioning, condition_noise, context, lag=default_lag(self.window) if lag is None else lag)
         filtering.validate(self.window)
         time, cycles, read = self.filter_cycles(observations, table_window, settings.representation_error)
@@ -827,13 +829,4 @@ def _check_device(device, dtype) -> None:
 def _check_replaceable(path: Path) -> None:
     """``path`` may be written by :meth:`LatentDAPipeline.save_pretrained`: absent, an empty folder, or a
     pipeline folder holding nothing but a pipeline's files and a file browser's junk (which the new save replaces)."""
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise LatentdaError(f"{path}: exists and is not a pipeline folder: save to another path or remove it")
-    if not path.is_dir():
-        return
-    entries = sorted(entry.name for entry in path.iterdir() if entry.name not in FOLDER_JUNK)
-    others = [name for name in entries if name not in PIPELINE_ENTRIES]
-    if entries and ("model_index.json" not in entries or others):
-        held = f"holds {', '.join(others[:3])}{', …' if len(others) > 3 else ''}" if others else "has no model_index.json"
-        raise LatentdaError(f"{path}: a folder that is not only a pipeline ({held}); saving would delete it: "
-                            "save to another path, or remove what it holds")
+    check_replaceable_folder(path, PIPELINE_ENTRIES, "model_index.json", "a pipeline", verb="saving")

@@ -95,7 +95,8 @@ def copy(source: Path, folder: Path, name: str | None = None) -> Path:
 
 
 def written(path: Path, content: str | bytes) -> Path:
-    """``path``, after writing ``content`` (text as UTF-8) into it."""
+    """``path``, after writing ``content`` (text as UTF-8) into it (its folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content.encode() if isinstance(content, str) else content)
     return path
 
@@ -407,6 +408,8 @@ case("train-ldm-latents-irregular-time")(lambda w, d: (
 case("train-ldm-sigma-min-negative")(lambda w, d: (ldm(w, d, "diffusion.sigma_min=-1"), "sigma_min"))
 case("train-ldm-output-is-latents")(lambda w, d: (ldm(w, d, f"output={w.latents}"), "is the input latents"))
 case("train-ldm-sampler-unknown")(lambda w, d: (ldm(w, d, "diffusion.sampler=euler"), "diffusion.sampler"))
+case("train-ldm-window-longer-than-the-data")(lambda w, d: (  # refused before latent_statistics.json is written
+    ldm(w, d, "model.window=16"), "no window of 16 steps fits"))
 
 
 case("train-ldm-config-invalid-yaml")(lambda w, d: (["train-ldm", "--config", str(
@@ -501,6 +504,12 @@ case("observe-operator-first-past-the-window")(bad_operator(  # the truth has 8 
     "observations:\n  - {name: o, variables: [u], first: 20}\n", "observation 'o' selects nothing"))
 case("observe-operator-first-negative")(bad_operator(
     "observations:\n  - {name: o, variables: [u], first: -2}\n", "first: must be at least 0"))
+case("observe-operator-factor-of-grid")(bad_operator(  # a key of another sampling would be ignored
+    "observations:\n  - {name: o, variables: [u], factor: 4}\n", "factor: is for sampling: coarsen only"))
+case("observe-operator-coordinates-of-grid")(bad_operator(
+    "observations:\n  - {name: o, variables: [u], coordinates: [[1, 2]]}\n", "points and coordinates are for sampling: points"))
+case("observe-operator-saturation-of-identity")(bad_operator(
+    "observations:\n  - {name: o, variables: [u], saturation: 3}\n", "saturation: is for transform: saturate only"))
 
 
 # reanalyze ------------------------------------------------------------------------------------
@@ -533,6 +542,24 @@ case("sample-sigma-start-above-prior")(lambda w, d: (
     sample_args(w, w.pipeline, d / "s.nc", "--sigma-start", "5000"), "sigma_start"))
 case("reanalyze-overlap-not-below-window")(lambda w, d: (
     reanalyze_args(w, w.observations, d / "p.zarr", "--overlap", "99"), "overlap"))
+# options that would be ignored (and recorded as if they applied) are refused
+case("forecast-initial-guidance")(lambda w, d: (forecast_args(
+    w, d / "f.zarr", "--initial", str(w.truth), "--guidance", "dps", "--no-representation-error"),
+    "--guidance, --no-representation-error: apply to guidance by observations"))
+case("forecast-initial-inpaint-iterations")(lambda w, d: (forecast_args(
+    w, d / "f.zarr", "--initial", str(w.truth), "--conditioning", "inpaint", "--iterations", "7"),
+    "--iterations: applies to guidance by observations or to the mmps conditioning"))
+case("forecast-inpaint-condition-noise")(lambda w, d: (forecast_args(
+    w, d / "f.zarr", "--initial", str(w.truth), "--conditioning", "inpaint", "--condition-noise", "0.9"),
+    "condition_noise: the mmps conditioning's"))
+case("forecast-aao-conditioning")(lambda w, d: (forecast_args(
+    w, d / "f.zarr", "--observations", str(w.observations), "--mode", "aao", "--conditioning", "inpaint"),
+    "conditioning, condition_noise: the autoregressive mode's"))
+case("filter-overlap")(lambda w, d: (["filter", "--pipeline", str(w.pipeline), "--observations", str(w.observations),
+                                      "--members", "1", "--steps", "2", "--overlap", "1", "--out", str(d / "f.zarr"),
+                                      "--quiet"], "overlap: the blankets of a trajectory longer than the window"))
+case("evaluate-trajectory-without-dimension")(lambda w, d: (  # the truth is one trajectory: --trajectory would be ignored
+    evaluate_args(w, w.prediction, "--trajectory", "3"), "--trajectory 3: the truth has no 'trajectory' dimension"))
 case("forecast-tau-negative")(lambda w, d: (forecast_args(w, d / "f.zarr", "--initial", str(w.truth), "--tau", "-1"), "tau"))
 case("reanalyze-observations-missing")(lambda w, d: (reanalyze_args(w, d / "none.nc", d / "p.zarr"), "no such file"))
 case("reanalyze-seed-beyond-64-bits")(lambda w, d: (
@@ -616,6 +643,11 @@ case("forecast-observations-absurd")(lambda w, d: (forecast_args(w, d / "f.zarr"
 case("evaluate-all-nan-ensemble")(lambda w, d: (evaluate_args(
     w, rewrite(w.prediction, d / "p.zarr", lambda ds: ds * np.nan)), "NaN"))
 case("evaluate-not-an-ensemble")(lambda w, d: (evaluate_args(w, w.truth), "realization"))
+case("evaluate-overwrite-a-folder-of-other-files")(lambda w, d: (evaluate_args(  # --overwrite replaces only a report
+    w, w.prediction, "--out", str(written(d / "paper" / "notes" / "paper.tex", "draft").parents[1]), "--overwrite"),
+    "not only an evaluation report (holds notes)"))
+case("evaluate-out-exists")(lambda w, d: (evaluate_args(  # refused before any scoring
+    w, w.prediction, "--out", str(written(d / "report" / "summary.json", "{}").parent)), "already exists"))
 case("evaluate-out-is-prediction")(lambda w, d: (evaluate_args(w, w.prediction, "--out", str(w.prediction), "--overwrite"), "input"))
 case("evaluate-out-is-truth")(lambda w, d: (evaluate_args(w, w.prediction, "--out", str(w.truth), "--overwrite"), "input"))
 case("evaluate-out-contains-prediction")(lambda w, d: (evaluate_args(

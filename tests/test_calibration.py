@@ -127,6 +127,10 @@ def test_evaluate_reports_calibration(tmp_path):
     assert "calibration.png" in {p.name for p in out.iterdir()}
     header = (out / "metrics.csv").read_text().splitlines()[0]
     assert "coverage_50" in header and "coverage_90" in header
+    (out / "summary.json").write_text("{}")  # an earlier report: replaced whole with --overwrite
+    assert cli.main(["evaluate", "--prediction", str(prediction), "--truth", str(truth_path), "--trajectory", "0",
+                     "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["u"]["coverage_90"] == summary["u"]["coverage_90"]
 
 
 def test_evaluate_leaves_a_forecasts_initial_state_out_of_its_summary(tmp_path):

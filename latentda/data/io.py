@@ -17,7 +17,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import xarray as xr
@@ -27,7 +27,7 @@ from latentda.data.times import standard_time_axis
 from latentda.errors import LatentdaError
 
 __all__ = ["open_dataset", "input_format", "atomic_path", "write_dataset", "remove_path", "dataset_format", "output_format", "create_store",
-           "write_region", "read_values", "check_output_path"]
+           "write_region", "read_values", "check_output_path", "check_replaceable_folder"]
 
 _ZARR_SUFFIXES = (".zarr",)
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
@@ -183,6 +183,27 @@ def remove_path(path: str | os.PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+FOLDER_JUNK = (".DS_Store", "Thumbs.db")  # what file browsers leave in a folder: a replacement may remove it (not .git)
+
+
+def check_replaceable_folder(path: str | os.PathLike, entries: Sequence[str], marker: str, what: str,
+                             verb: str = "replacing") -> None:
+    """``path`` may be replaced whole by a new ``what`` folder (a pipeline, an evaluation report): absent, an
+    empty folder, or an earlier ``what`` — ``marker`` in it and nothing but ``entries`` and a file browser's
+    junk. Anything else there would be deleted with it: refused in one line (``verb``: the action named)."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise LatentdaError(f"{path}: exists and is not {what} folder: write to another path or remove it")
+    if not path.is_dir():
+        return
+    held = sorted(entry.name for entry in path.iterdir() if entry.name not in FOLDER_JUNK)
+    others = [name for name in held if name not in entries]
+    if held and (marker not in held or others):
+        detail = f"holds {', '.join(others[:3])}{', …' if len(others) > 3 else ''}" if others else f"has no {marker}"
+        raise LatentdaError(f"{path}: a folder that is not only {what} ({detail}); {verb} would delete it: "
+                            "write to another path, or remove what it holds")
 
 
 def already_exists(path: str | os.PathLike) -> LatentdaError:

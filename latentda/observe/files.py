@@ -323,6 +323,12 @@ class ObservationSpec:
                 "give a number of random points or coordinates")
         require(len(self.variables) == (2 if self.transform == "speed" else len(self.variables)) and self.variables,
                 f"{prefix}.variables", "speed needs exactly two variables; others at least one")
+        # a key of another sampling or transform would be ignored without a word
+        require(self.factor == 1 or self.sampling == "coarsen", f"{prefix}.factor", "is for sampling: coarsen only")
+        require((self.points == 0 and self.coordinates is None) or self.sampling == "points", f"{prefix}.points",
+                "points and coordinates are for sampling: points only")
+        require(self.saturation == 1.0 or self.transform == "saturate", f"{prefix}.saturation",
+                "is for transform: saturate only")
 
 
 @dataclass

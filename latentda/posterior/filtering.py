@@ -92,8 +92,9 @@ import torch
 from torch import Tensor
 
 from latentda.diffusion.sampling import standard_normal
-from latentda.errors import LatentdaError, check_integer, check_positive
+from latentda.errors import LatentdaError, check_integer
 from latentda.observe.operators import ObservationGroup, ObservationOperator
+from latentda.posterior.forecast_settings import CONDITIONINGS, check_conditioning
 from latentda.posterior.guidance import DPSDenoiser, MMPSDenoiser, Unguided
 from latentda.posterior.prior import PriorModel, check_known_frames, increments_of, window_operator
 from latentda.posterior.reanalysis import (LatentOperator, PosteriorSettings, batches, member_generator,
@@ -101,8 +102,6 @@ from latentda.posterior.reanalysis import (LatentOperator, PosteriorSettings, ba
 
 __all__ = ["filter_members", "default_lag", "FilterCycle", "FilterState", "FilterSettings", "split_cycles", "join_cycles",
            "forecast_generator", "CONDITIONINGS"]
-
-CONDITIONINGS = ("mmps", "inpaint", "known")
 
 
 @dataclass(frozen=True)
@@ -118,8 +117,7 @@ class FilterSettings:
     def validate(self, window: int) -> None:
         if self.conditioning not in CONDITIONINGS:
             raise LatentdaError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
-        if self.conditioning == "mmps":
-            check_positive("the conditioning noise", self.condition_noise)
+        check_conditioning(self.conditioning, self.condition_noise)
         if window < 2:
             raise LatentdaError(f"filtering needs a window of at least 2 states, the prior has {window}")
         check_integer("lag", self.lag, 1, window - 1, hint=f" (the prior's window is {window})")

@@ -289,6 +289,10 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
         raise LatentdaError(f"config: model: {error}") from None
     if config.init_from is not None and not continuing:
         backbone.load_state_dict(initial_weights(config.init_from, backbone, fingerprint, config.model.increments))
+    K = config.model.window  # windows that do not fit the splits fail here, before any statistics file is written
+    train_windows = WindowDataset(source, splits["train"], window=K, with_context=calendar, split="train")
+    valid_source = WindowDataset(source, splits["valid"] or splits["train"], window=K, stride=K, with_context=calendar,
+                                  split="valid" if splits["valid"] else "train")
     z_statistics = shared_statistics(accelerator, run_dir / "latent_statistics.json",
                                      lambda: latent_statistics(source, splits["train"], progress), continuing)
     increments = None
@@ -298,15 +302,11 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
                                                   continuing))
     schedule = make_schedule(config.diffusion.sigma_min, config.diffusion.sigma_max)
     denoiser = Denoiser(backbone, schedule)
-    K = config.model.window
-    train = _Standardised(WindowDataset(source, splits["train"], window=K, with_context=calendar, split="train"),
-                          z_statistics, increments)
-    valid_set = _Standardised(WindowDataset(source, splits["valid"] or splits["train"], window=K, stride=K,
-                                            with_context=calendar, split="valid" if splits["valid"] else "train"),
-                              z_statistics, increments)
+    train = _Standardised(train_windows, z_statistics, increments)
+    valid_set = _Standardised(valid_source, z_statistics, increments)
     picks = np.linspace(0, len(valid_set) - 1, num=min(config.valid_windows, len(valid_set))).round().astype(int)
     valid_items = [valid_set[int(i)] for i in picks]
-    valid_windows = torch.stack([item[0] if calendar else item for item in valid_items])
+    valid_batch = torch.stack([item[0] if calendar else item for item in valid_items])
     valid_context = torch.stack([item[1] for item in valid_items]) if calendar else None
 
     levels = config.diffusion.training_noise()
@@ -320,11 +320,11 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     def validate_fn(model):
         device = next(model.parameters()).device
         context = valid_context.to(device) if valid_context is not None else None
-        errors = validation_error(Denoiser(model, schedule), valid_windows.to(device), context=context)
+        errors = validation_error(Denoiser(model, schedule), valid_batch.to(device), context=context)
         metrics = {"denoising_mse": errors, "denoising_mse_mean": float(np.mean(list(errors.values())))}
         if known_frames is not None:  # the forecast's case: the first 3/4 of the window given
             given = max(1, 3 * K // 4)
-            known = validation_error(Denoiser(model, schedule), valid_windows.to(device), context=context, given=given)
+            known = validation_error(Denoiser(model, schedule), valid_batch.to(device), context=context, given=given)
             metrics[f"known_{given}_denoising_mse"] = known
             metrics[f"known_{given}_denoising_mse_mean"] = float(np.mean(list(known.values())))
         return metrics
