@@ -646,8 +646,8 @@ case("evaluate-not-an-ensemble")(lambda w, d: (evaluate_args(w, w.truth), "reali
 case("evaluate-overwrite-a-folder-of-other-files")(lambda w, d: (evaluate_args(  # --overwrite replaces only a report
     w, w.prediction, "--out", str(written(d / "paper" / "notes" / "paper.tex", "draft").parents[1]), "--overwrite"),
     "not only an evaluation report (holds notes)"))
-case("evaluate-out-exists")(lambda w, d: (evaluate_args(  # refused before any scoring
-    w, w.prediction, "--out", str(written(d / "report" / "summary.json", "{}").parent)), "already exists"))
+case("evaluate-out-exists")(lambda w, d: (evaluate_args(  # refused before anything is read (the prediction is missing)
+    w, d / "none.zarr", "--out", str(written(d / "report" / "summary.json", "{}").parent)), "already exists"))
 case("evaluate-out-is-prediction")(lambda w, d: (evaluate_args(w, w.prediction, "--out", str(w.prediction), "--overwrite"), "input"))
 case("evaluate-out-is-truth")(lambda w, d: (evaluate_args(w, w.prediction, "--out", str(w.truth), "--overwrite"), "input"))
 case("evaluate-out-contains-prediction")(lambda w, d: (evaluate_args(

@@ -115,3 +115,18 @@ def test_bad_arguments_are_one_line_errors(outcomes, name):
     assert "Traceback" not in outcome["output"]
     error = [line for line in lines if ": error: " in line]
     assert len(error) == 1 and expected in error[0], lines
+
+
+def test_study_forecast_runs_its_default_conditionings(tmp_path):
+    """tools/study_forecast.py on a tiny pipeline: its default grid (inpaint and mmps with σ_c 0.01) runs
+    and prints a row per entry (σ_c is mmps' only: an inpaint entry must not pass one to the forecast)."""
+    from conftest import make_tiny_pipeline
+
+    make_tiny_pipeline(tmp_path / "pipeline")
+    data = write_dataset(make_box_dataset(trajectories=10, times=24, size=8), tmp_path / "data.zarr")
+    result = subprocess.run([sys.executable, str(TOOLS / "study_forecast.py"), "--pipeline", str(tmp_path / "pipeline"),
+                             "--data", str(data), "--trajectories", "1", "--members", "2", "--lead", "1", "--start", "3",
+                             "--grid", "inpaint:ddpm:2", "mmps0.01:ddpm:2"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "inpaint:ddpm:2" in result.stdout and "mmps0.01:ddpm:2" in result.stdout

@@ -137,8 +137,8 @@ def _autoencoder_floor(pipeline, xx, tseq, state_index=None) -> float:
 
 def _forecast_options(args) -> dict:
     """The --latentda-options that set how the prior forecasts (the forecast skill's, the learned model's)."""
-    return {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning", "state_index")
-            if key in args.latentda_options}
+    return {key: args.latentda_options[key] for key in ("context", "condition_noise", "conditioning", "state_index",
+                                                        "check_time_step") if key in args.latentda_options}
 
 
 def _methods(args, pipeline) -> list:

@@ -166,6 +166,7 @@ def main(argv=None) -> dict:
 
     from latentda import LatentDAPipeline
     from latentda.integrations.dapper import _posterior_settings, evenly_spaced
+    from latentda.posterior.forecast_settings import DEFAULT_CONDITION_NOISE
 
     settings = _posterior_settings(args.settings)
     HMM = bench._hmm(500.0, 250.0, 1)
@@ -192,7 +193,8 @@ def main(argv=None) -> dict:
     for p, path in enumerate(args.pipelines):
         start = time.perf_counter()
         ensembles.append(_forecasts(LatentDAPipeline.from_pretrained(path), HMM, xx, cycles,
-                                    list(range(p * M, (p + 1) * M)), settings, args.context, args.condition_noise,
+                                    list(range(p * M, (p + 1) * M)), settings, args.context,
+                                    args.condition_noise if conditionings[p] == "mmps" else DEFAULT_CONDITION_NOISE,  # mmps' only
                                     conditionings[p]))
         walls.append(round(time.perf_counter() - start, 1))
         print(f"{path}: {walls[-1]} s", flush=True)

@@ -75,9 +75,10 @@ def main() -> None:
         initial = pipeline.encode(truth[args.start - context + 1 : args.start + 1])[None]
         for name, conditioning, noise, iterations, sampler, steps in entries:
             began = time.perf_counter()
+            noise_option = {"condition_noise": noise} if conditioning == "mmps" else {}  # σ_c is mmps' only
             run = forecast_members(pipeline, list(range(args.members)), args.lead,
                                    PosteriorSettings(steps=steps, sampler=sampler, iterations=iterations), seed=k, initial=initial,
-                                   conditioning=conditioning, condition_noise=noise)
+                                   conditioning=conditioning, **noise_option)
             ensemble = np.stack([fields for _, fields in run])
             seconds[name] += time.perf_counter() - began
             scores[name].append(ensemble_scores(ensemble, target, layout.area_weights()))
