@@ -315,7 +315,7 @@ def _forecast(args: argparse.Namespace) -> None:
     if (args.observations is None) == (args.initial is None):
         raise LatentdaError("give exactly one of --observations and --initial")
     if args.initial is not None:  # options that would be ignored, and recorded as if they applied
-        unused = ["guidance", "representation_error"] + (["iterations", "solver"] if args.conditioning != "mmps" else [])
+        unused = ["guidance", "representation_error", "decode_chunk"] + (["iterations", "solver"] if args.conditioning != "mmps" else [])
         given = ["--" + name.replace("_", "-").replace("representation-error", "no-representation-error")
                  for name in unused if getattr(args, name, None) is not None]
         if given:

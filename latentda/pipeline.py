@@ -609,13 +609,11 @@ class LatentDAPipeline:
         Under torchrun/accelerate launch the members are dealt over the processes and each cycle
         gathered (:func:`latentda.runs.run_filter`). ``settings``/keywords, ``attrs``, ``report`` as
         for :meth:`reanalyze`."""
-        from latentda.posterior.filtering import FilterSettings, default_lag
+        from latentda.posterior.filtering import FilterSettings, check_cycle_settings, default_lag
 
         self._check_run(members, seed, attrs, observations, needs_observations=True)
         settings = self._run_settings(settings, options)
-        if settings.overlap is not None:  # it would be ignored, and recorded as if it applied
-            raise LatentdaError("overlap: the blankets of a trajectory longer than the window; a filter cycle samples "
-                                f"one window of {self.window} states (leave it out)")
+        check_cycle_settings(settings, self.window)
         filtering = FilterSettings(conditioning, condition_noise, context, lag=default_lag(self.window) if lag is None else lag)
         filtering.validate(self.window)
         time, cycles, read = self.filter_cycles(observations, table_window, settings.representation_error)

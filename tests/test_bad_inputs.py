@@ -544,8 +544,8 @@ case("reanalyze-overlap-not-below-window")(lambda w, d: (
     reanalyze_args(w, w.observations, d / "p.zarr", "--overlap", "99"), "overlap"))
 # options that would be ignored (and recorded as if they applied) are refused
 case("forecast-initial-guidance")(lambda w, d: (forecast_args(
-    w, d / "f.zarr", "--initial", str(w.truth), "--guidance", "dps", "--no-representation-error"),
-    "--guidance, --no-representation-error: apply to guidance by observations"))
+    w, d / "f.zarr", "--initial", str(w.truth), "--guidance", "dps", "--no-representation-error", "--decode-chunk", "2"),
+    "--guidance, --no-representation-error, --decode-chunk: apply to guidance by observations"))
 case("forecast-initial-inpaint-iterations")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(w.truth), "--conditioning", "inpaint", "--iterations", "7"),
     "--iterations: applies to guidance by observations or to the mmps conditioning"))

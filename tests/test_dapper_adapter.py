@@ -238,6 +238,7 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(latent_seed=1.5), "latent_seed must be an integer"),
                              (dict(forecasts="no"), "forecasts must be True or False"),
                              (dict(check_time_step="yes"), "check_time_step must be True or False"),
+                             (dict(settings={"overlap": 1}), "overlap: the blankets of a trajectory longer than the window"),
                              (dict(state_index=np.arange(NX) + 0.7), "state_index must be a 1-D array of integers")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)

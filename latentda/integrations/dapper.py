@@ -80,7 +80,7 @@ from latentda.processes import collective_device, deal_members, gather_members, 
 from latentda.config import MAX_SEED
 from latentda.errors import LatentdaError, check_integer
 from latentda.observe.operators import ObservationGroup, ObservationOperator
-from latentda.posterior.filtering import FilterSettings, default_lag, filter_members, join_cycles
+from latentda.posterior.filtering import FilterSettings, check_cycle_settings, default_lag, filter_members, join_cycles
 from latentda.posterior.reanalysis import PosteriorSettings, posterior_members
 
 __all__ = ["LatentDA", "FILTER_ARGUMENTS", "forecast_skill", "true_past_forecast", "advance", "evenly_spaced", "observation_operator", "observation_matrix"]
@@ -281,6 +281,7 @@ class LatentDA:
                 raise LatentdaError(f"{', '.join(filter_only)}: the filter's, not the smoother's (it reads the whole window)")
             self.Lag = "window"  # DAPPER keeps the 's' (smoothed) series of methods with a Lag
             return
+        check_cycle_settings(self._posterior_settings(), self.pipeline.window)
         lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
         FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
         if self._lag() > 1:  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's

@@ -100,7 +100,7 @@ from latentda.posterior.prior import PriorModel, check_known_frames, increments_
 from latentda.posterior.reanalysis import (LatentOperator, PosteriorSettings, batches, member_generator,
                                            sample_members)
 
-__all__ = ["filter_members", "default_lag", "FilterCycle", "FilterState", "FilterSettings", "split_cycles", "join_cycles",
+__all__ = ["filter_members", "default_lag", "check_cycle_settings", "FilterCycle", "FilterState", "FilterSettings", "split_cycles", "join_cycles",
            "forecast_generator", "CONDITIONINGS"]
 
 
@@ -409,6 +409,14 @@ def _check_cycle(prior: PriorModel, index: int, operator) -> None:
     if operator.length != 1:
         raise LatentdaError(f"cycle {index}: the observations cover {operator.length} time steps, a cycle assimilates one "
                             "(split a window with split_cycles)")
+
+
+def check_cycle_settings(settings: PosteriorSettings, window: int) -> None:
+    """Posterior settings a cycle can use: ``overlap`` (of the blankets of a trajectory longer than the
+    window) has nothing to act on in a cycle of one window, so it is refused rather than ignored and recorded."""
+    if settings.overlap is not None:
+        raise LatentdaError("overlap: the blankets of a trajectory longer than the window; a filter cycle samples "
+                            f"one window of {window} states (leave it out)")
 
 
 def default_lag(window: int) -> int:
