@@ -258,10 +258,14 @@ def _interrupt_before_batch(monkeypatch, module, name: str, batch: int) -> None:
     monkeypatch.setattr(module, name, interrupted)
 
 
-def test_interrupted_simulation_resumes_to_the_uninterrupted_store(tmp_path, monkeypatch) -> None:
-    """Ctrl-C after two batches keeps 4 finished trajectories in OUT.partial; without --resume, or with
-    another seed, the next run is refused; a batch cut short by a kill (its count not recorded) is
-    dropped; resumed with another batch size, the store is bit for bit the uninterrupted run's."""
+def test_interrupted_simulation_resumes_to_the_uninterrupted_store(tmp_path, monkeypatch, capsys) -> None:
+    """Ctrl-C after two batches keeps 4 finished trajectories in OUT.partial; without --resume, with
+    another seed, or with other library versions than those it recorded, the next run is refused (a
+    store of a latentda that recorded none is not checked for them); a batch cut short by a kill (its
+    count not recorded) is dropped; resumed with another batch size, the store is bit for bit the
+    uninterrupted run's."""
+    import json
+
     import zarr
 
     from latentda import cli
@@ -278,6 +282,13 @@ def test_interrupted_simulation_resumes_to_the_uninterrupted_store(tmp_path, mon
     assert not out.exists() and zarr.open_group(partial, mode="r").attrs[COMPLETE_ATTR] == 4
     assert cli.main([*args, "--batch-size", "2", "--out", str(out)]) == 2  # refused: the partial store is kept
     assert cli.main([*args, "--seed", "1", "--resume", "--out", str(out)]) == 2  # other settings
+    group = zarr.open_group(partial, mode="r+", use_consolidated=False)
+    recorded = json.loads(group.attrs[SETTINGS_ATTR])
+    group.attrs[SETTINGS_ATTR] = json.dumps({**recorded, "library_versions": {"numpy": "1.0"}})
+    capsys.readouterr()
+    assert cli.main([*args, "--resume", "--out", str(out)]) == 2
+    assert f"other library versions (numpy 1.0 then, {np.__version__} now)" in capsys.readouterr().err
+    group.attrs[SETTINGS_ATTR] = json.dumps({k: v for k, v in recorded.items() if k != "library_versions"})  # an older latentda's
     # as if killed while appending trajectory 3: its count not written, u resized on disk (not in the consolidated
     # metadata, written last), a file zarr writes before renaming it left behind
     group = zarr.open_group(partial, mode="r+", use_consolidated=False)

@@ -251,4 +251,4 @@ def write_dapper_qg_zarr(out: str | os.PathLike[str], trajectories: int, steps: 
     return write_trajectory_batches(out, lambda first: _batches(sakov2008, sample, setup, progress, first),
                                     lambda batch, start: _dataset(batch, start, setup, dt, attrs, first=start == 0),
                                     ["psi"], (GRID_POINTS, GRID_POINTS), setup["trajectories"], settings, overwrite,
-                                    resume)
+                                    resume, libraries=("dapper", "numpy", "scipy"))

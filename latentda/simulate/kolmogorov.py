@@ -496,4 +496,4 @@ def write_kolmogorov_zarr(out: str | os.PathLike[str], trajectories: int, steps:
     return write_trajectory_batches(
         out, lambda first: simulate_kolmogorov(trajectories, steps, progress=progress, first=first, **options),
         lambda batch, start: _batch_dataset(batch, start, setup, attrs, with_fixed_coords=start == 0),
-        ["u", "v"], (cells, cells), setup.trajectories, settings, overwrite, resume)
+        ["u", "v"], (cells, cells), setup.trajectories, settings, overwrite, resume, libraries=("jax", "jaxlib", "jax-cfd", "numpy"))

@@ -12,7 +12,9 @@ Trajectory i depends only on (seed, i) in every simulator, so a run can stop any
   written, :func:`latentda.data.io.uninterrupted`: zarr would otherwise go on writing it);
   ``resume=True`` (``--resume``) simulates the others and gives the store an uninterrupted run
   writes, bit for bit. The settings that decide the trajectories are recorded
-  (``latentda_simulation``, JSON) and a resumed run must have the same; the count of finished
+  (``latentda_simulation``, JSON), with the versions of the libraries that compute them
+  (``library_versions``: an upgraded jax-cfd may give other trajectories), and a resumed run must
+  have the same (a store of a latentda that recorded no versions is not checked for them); the count of finished
   trajectories is recorded after each batch (``latentda_trajectories_complete``), so a batch cut
   short by a kill that nothing could hold back is dropped and simulated again.
 - a run that fails before finishing any batch leaves nothing; a partial store is never overwritten
@@ -56,6 +58,20 @@ def check_store_path(out: str | os.PathLike, overwrite: bool) -> Path:
 
 SETTINGS_ATTR = "latentda_simulation"
 COMPLETE_ATTR = "latentda_trajectories_complete"
+VERSIONS = "library_versions"
+
+
+def library_versions(names: Iterable[str]) -> dict[str, str]:
+    """The installed versions of the distributions ``names`` (those a simulator's trajectories depend on)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {name: installed(name) for name in names}
 
 
 def _finished(partial: Path, settings: dict) -> int:
@@ -77,8 +93,16 @@ def _finished(partial: Path, settings: dict) -> int:
     if not dict(group.attrs):
         return 0
     recorded = json.loads(group.attrs.get(SETTINGS_ATTR, "null") or "null")
+    if isinstance(recorded, dict) and VERSIONS not in recorded:  # written before versions were recorded
+        settings = {k: v for k, v in settings.items() if k != VERSIONS}
     if recorded != settings:
         changed = sorted(k for k in set(settings) | set(recorded or {}) if (recorded or {}).get(k) != settings.get(k))
+        if changed == [VERSIONS]:
+            then, now = recorded[VERSIONS], settings[VERSIONS]
+            differ = ", ".join(f"{name} {then.get(name)} then, {now.get(name)} now" for name in sorted(set(then) | set(now))
+                               if then.get(name) != now.get(name))
+            raise LatentdaError(f"{partial}: the interrupted run was simulated with other library versions ({differ}): "
+                                "its trajectories could differ from this run's; resume with those versions, or remove it")
         raise LatentdaError(f"{partial}: the interrupted run had other settings ({', '.join(changed) or 'none recorded'}): "
                             "run it again with them, or remove it")
     complete = int(group.attrs.get(COMPLETE_ATTR, 0))
@@ -104,13 +128,15 @@ def _record_complete(store: Path, count: int | None) -> None:
 
 def write_trajectory_batches(out: Path, batches: Callable[[int], Iterable[np.ndarray]],
                              to_dataset: Callable[[np.ndarray, int], Any], variables: list[str], grid: tuple[int, int],
-                             trajectories: int, settings: dict, overwrite: bool = False, resume: bool = False) -> Path:
+                             trajectories: int, settings: dict, overwrite: bool = False, resume: bool = False,
+                             libraries: Iterable[str] = ("numpy",)) -> Path:
     """Write ``to_dataset(batch, start)`` of every batch of ``batches(first)`` (the trajectories from
     index ``first`` on; ``start``: the index of the batch's first trajectory) into the store ``out``
     (module docstring): ``variables`` float32 in chunks of one time step on the ``grid``; an error
     if the batches hold other than ``trajectories`` trajectories. ``settings`` (JSON-able) decide the
-    trajectories: recorded, and checked when resuming."""
-    settings = json.loads(json.dumps(settings))
+    trajectories: recorded with the versions of the distributions ``libraries`` that compute them, and
+    checked when resuming."""
+    settings = json.loads(json.dumps({**settings, VERSIONS: library_versions(libraries)}))
     partial = out.with_name(out.name + ".partial")
     first = 0
     if partial.exists():
