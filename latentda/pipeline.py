@@ -369,12 +369,15 @@ class LatentDAPipeline:
     def sample(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
                seed: int = 0, start_time=None, **overrides) -> xr.Dataset:
         """Unconditional trajectories decoded to physical fields, dims (realization, time, ...);
-        sampler settings as for :meth:`sample_latents`."""
+        sampler settings as for :meth:`sample_latents`, recorded with the seed and the pipeline's folder or
+        hub id (``latentda_<name>``; a setting left out is the pipeline's default)."""
         z = self.sample_latents(length, members, steps, method, seed, start_time=start_time, **overrides)
         time = None
         if start_time is not None:
             time = xr.DataArray(self._start_time(start_time) + self.lead_times(length), dims="time")
-        return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples"})
+        given = {"pipeline": self.source, "seed": seed, "steps": steps, "sampler": method, **overrides}
+        recorded = {f"latentda_{name}": str(value) for name, value in given.items() if value is not None}
+        return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples", **recorded})
 
     # ------------------------------------------------------------------ posterior
     @property
