@@ -18,6 +18,9 @@ so members may be computed in any order and on any process:
   settings (a :class:`~latentda.errors.LatentdaError`) or before it finished anything; when it fails
   otherwise (out of memory, a full disk, a lost node) after finishing members or cycles, the store
   is kept for ``resume`` and the error says so. An interrupted one is always kept.
+- **one writer**: the main process holds the output's lock (:class:`latentda.data.io.OutputLock`) from
+  creating or reopening the store until it is finished, failed or interrupted, so a second run to the
+  same output at the same time (a new one, or a ``resume`` while the first still runs) is refused.
 
 Both the Python API (:meth:`latentda.pipeline.LatentDAPipeline.reanalyze`, ``.forecast``) and the
 command line go through :func:`run_reanalysis` and :func:`run_forecast`.
@@ -184,6 +187,8 @@ class EnsembleRun:
     def __exit__(self, kind, error, traceback) -> None:
         if isinstance(error, Exception) and self.created and self.is_main:  # an interrupted one keeps its members
             _fail(error, self.store, len(self.store.completed()), "member")
+        if error is not None and isinstance(self.store, EnsembleWriter):  # failed or interrupted: the output is free
+            self.store.release()
 
     def finish(self) -> xr.Dataset:
         """The complete ensemble: the store moved to ``out`` (and opened lazily, variables in the
@@ -297,9 +302,11 @@ def run_filter(prior: PriorModel, layout: FieldLayout, cycles: Sequence[Observat
                 writer.save_state(arrays)
                 if report is not None and ratio is not None and prior.progress:
                     report(f"cycle {cycle.cycle}: observation residual ratio {float(np.mean(ratio)):.3f}")
-    except Exception as error:
-        if writer is not None and created:  # an interrupted run keeps its cycles
+    except BaseException as error:
+        if isinstance(error, Exception) and writer is not None and created:  # an interrupted run keeps its cycles
             _fail(error, writer, len(writer.completed()), "cycle")
+        if writer is not None:  # failed or interrupted: the output is free (a resume in this process may take it)
+            writer.release()
         raise
     if out is None:
         return ensemble_dataset(layout, np.stack(analyses, axis=1), time, attrs=attrs)

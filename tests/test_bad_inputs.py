@@ -195,7 +195,7 @@ def partial_store_without_bookkeeping(world: World, out: Path) -> None:
 
     pipeline = LatentDAPipeline.from_pretrained(world.pipeline)
     observations = open_dataset(world.observations)
-    EnsembleWriter(out, pipeline.layout, observations["time"], 2, {})
+    EnsembleWriter(out, pipeline.layout, observations["time"], 2, {}).release()  # a run that stopped
     del zarr.open_group(out.with_name(out.name + ".partial"), mode="a")["completed"]
 
 

@@ -99,6 +99,7 @@ def test_ensemble_writer_refuses_mismatched_resume(setup, tmp_path):
     time = open_dataset(truth)["time"]
     writer = EnsembleWriter(tmp_path / "e.zarr", layout, time, 2)
     writer.write(0, np.zeros((6, 2, 8, 8), np.float32))
+    writer.release()  # that run stopped (interrupted): the output is free for a resume
     with pytest.raises(LatentdaError, match="other members or times"):
         EnsembleWriter(tmp_path / "e.zarr", layout, time, 3, resume=True)
     with pytest.raises(LatentdaError, match="not finished"):

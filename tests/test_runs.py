@@ -320,3 +320,44 @@ def test_latentda_files_in_a_store_raise_no_zarr_warning(tmp_path):
         open_dataset(path)
         write_region(path, {"a": np.zeros(1)}, (slice(0, 1),))
         assert not [w for w in caught if "not recognized" in str(w.message)]
+
+
+def test_one_run_writes_an_output_at_a_time(setup, tmp_path, monkeypatch, capsys):
+    """Another process writing the output now (two jobs of an array given one --out, a --resume while the
+    first still runs): a new run, a resumed one and a filter are refused in one line before any work, the
+    live run's partial store untouched; once that process is gone (even killed) the output is free, and a
+    finished run leaves no lock file."""
+    import os
+    import signal
+
+    folder, pipeline, observations = setup
+    obs = open_dataset(observations)
+    options = dict(members=2, steps=2, iterations=1)
+    out = tmp_path / "post.zarr"
+    with pytest.raises(KeyboardInterrupt):  # an interrupted run's partial store, as the live run would have
+        interrupt_reanalyses_after(monkeypatch, 1)
+        pipeline.reanalyze(obs, out=out, **options)
+    monkeypatch.undo()
+    partial = sorted(p.name for p in (tmp_path / "post.zarr.partial").iterdir())
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from latentda.data.io import OutputLock; "
+                               "lock = OutputLock(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(out)],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for resume in (False, True):
+            with pytest.raises(LatentdaError, match="post.zarr: another process is writing it now"):
+                pipeline.reanalyze(obs, out=out, resume=resume, **options)
+        run = ["reanalyze", "--pipeline", str(folder), "--observations", str(observations), "--members", "2",
+               "--steps", "2", "--iterations", "1", "--out", str(out), "--resume", "--quiet"]
+        assert cli.main(run) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+        with pytest.raises(LatentdaError, match="another process is writing it now"):
+            pipeline.filter(obs, out=out, resume=True, **options)
+        assert sorted(p.name for p in (tmp_path / "post.zarr.partial").iterdir()) == partial
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / ".post.zarr.lock").exists()  # left by the killed process, and no longer held
+    resumed = pipeline.reanalyze(obs, out=out, resume=True, **options)
+    assert np.isfinite(resumed["u"].values).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["post.zarr"]

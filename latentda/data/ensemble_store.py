@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from latentda.data.io import (already_exists, atomic_path, consolidate, create_store, open_dataset, output_format, quiet_zarr,
+from latentda.data.io import (OutputLock, already_exists, atomic_path, consolidate, create_store, open_dataset, output_format, quiet_zarr,
                               remove_path, write_region)
 from latentda.data.layout import CONVENTIONS, TIME, FieldLayout
 from latentda.errors import LatentdaError
@@ -126,8 +126,18 @@ class EnsembleWriter:
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.layout = layout
         self.members = members
+        self.lock = None if attach else OutputLock(self.out)  # one writer per output at a time: released by finalize
+        try:
+            self._open(time, attrs, resume, overwrite, attach)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, time: xr.DataArray, attrs: dict | None, resume: bool, overwrite: bool, attach: bool) -> None:
+        """Check an interrupted run's partial store against this one (resume), or create it."""
+        layout, members, init_time, by_time, out = self.layout, self.members, self.init_time, self.by_time, self.out
         if not attach:
-            self.check(out, resume, overwrite)
+            self.check(out, resume, overwrite, locked=True)
         template = ensemble_dataset(layout, np.zeros((1, time.size, layout.num_channels, *layout.shape), np.float32),
                                     time, attrs=attrs, init_time=init_time)  # one member: the variables' layout
         self.variables = {name: v.dims for name, v in template.data_vars.items() if REALIZATION in v.dims}
@@ -165,12 +175,19 @@ class EnsembleWriter:
             masks = {name: v.values for name, v in template.data_vars.items() if REALIZATION not in v.dims}
             write_region(temporary, masks, (Ellipsis,))  # the fixed masks, written once
 
+    def release(self) -> None:
+        """Release the output's lock (the run is over: finished, failed or interrupted)."""
+        if self.lock is not None:
+            self.lock.release()
+
     @staticmethod
-    def check(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
-        """The output may be written: it does not exist (or ``overwrite``), and an interrupted run
-        is continued only with ``resume``."""
+    def check(out: str | os.PathLike, resume: bool, overwrite: bool, locked: bool = False) -> None:
+        """The output may be written: no other process writes it now (``locked``: this one holds its lock),
+        it does not exist (or ``overwrite``), and an interrupted run is continued only with ``resume``."""
         out = Path(out)
         output_format(out)  # an unknown suffix fails now, not after every member is sampled
+        if not locked and OutputLock.held(out):  # a live run's partial store is not an interrupted one's
+            raise OutputLock.busy(out)
         if out.exists() and not overwrite:
             raise already_exists(out)
         partial = out.with_name(out.name + ".partial")
@@ -243,4 +260,5 @@ class EnsembleWriter:
             if self.out.exists():
                 remove_path(self.out)
             os.replace(self.partial, self.out)
+        self.release()
         return self.out

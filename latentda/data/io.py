@@ -27,7 +27,7 @@ from latentda.data.times import standard_time_axis
 from latentda.errors import LatentdaError
 
 __all__ = ["open_dataset", "input_format", "atomic_path", "write_dataset", "remove_path", "dataset_format", "output_format", "create_store",
-           "write_region", "read_values", "check_output_path", "check_replaceable_folder"]
+           "write_region", "read_values", "check_output_path", "check_replaceable_folder", "OutputLock"]
 
 _ZARR_SUFFIXES = (".zarr",)
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
@@ -204,6 +204,66 @@ def check_replaceable_folder(path: str | os.PathLike, entries: Sequence[str], ma
         detail = f"holds {', '.join(others[:3])}{', …' if len(others) > 3 else ''}" if others else f"has no {marker}"
         raise LatentdaError(f"{path}: a folder that is not only {what} ({detail}); {verb} would delete it: "
                             "write to another path, or remove what it holds")
+
+
+class OutputLock:
+    """An exclusive lock on an output being written: ``fcntl.flock`` on ``.<name>.lock`` beside it, held
+    until :meth:`release` (or the process ends). A second run writing the same output at the same time —
+    two jobs of an array given one ``--out``, a ``--resume`` while the first run still goes — is refused in
+    one line instead of sharing its store. Where ``fcntl`` does not exist (Windows) nothing is locked."""
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        self.out = Path(out)
+        self.path = self.out.with_name(f".{self.out.name}.lock")
+        self.handle = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(self.path, "a")
+        except OSError as error:
+            raise LatentdaError(f"{self.out}: cannot write beside it ({error.strerror or error})") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the file may have been released and removed between our open and our lock: then it is not the lock
+            if os.fstat(handle.fileno()).st_ino != os.stat(self.path).st_ino:
+                raise BlockingIOError
+        except OSError:
+            handle.close()
+            raise self.busy(self.out) from None
+        self.handle = handle
+
+    @staticmethod
+    def busy(out: str | os.PathLike) -> LatentdaError:
+        return LatentdaError(f"{out}: another process is writing it now; wait for it to finish, or write to another path")
+
+    @staticmethod
+    def held(out: str | os.PathLike) -> bool:
+        """Whether a run holds the lock of ``out`` now (tried and let go at once; nothing is created)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return False
+        path = Path(out).with_name(f".{Path(out).name}.lock")
+        try:
+            handle = open(path, "r")  # a holder keeps its file; none: nobody holds it
+        except OSError:
+            return False
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (again: nothing)."""
+        if self.handle is not None and not self.handle.closed:
+            self.path.unlink(missing_ok=True)
+            self.handle.close()
 
 
 def already_exists(path: str | os.PathLike) -> LatentdaError:
