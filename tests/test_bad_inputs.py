@@ -269,6 +269,22 @@ def _(w, d):
     return ["inspect", "--quiet", str(d / "doom.nc")], "doom.nc: time units 'hours since doomsday' cannot be decoded"
 
 
+@case("inspect-variables-in-a-netcdf-group")
+def _(w, d):
+    """A netCDF-4 file whose fields sit in a group: the groups are named (the root group, read, has none)."""
+    make_box_dataset(trajectories=1, times=3, size=8).to_netcdf(d / "grouped.nc", group="fields", engine="h5netcdf")
+    return ["inspect", "--quiet", str(d / "grouped.nc")], "the root group holds no variables (they are in group(s) fields)"
+
+
+@case("inspect-time-as-text")
+def _(w, d):
+    """Times written as text ("2020-01-01 00:00:00"): convert them, the error says how."""
+    dataset = make_box_dataset(trajectories=1, times=3, size=8)
+    dataset = dataset.assign_coords(time=[f"2020-01-01 0{h}:00:00" for h in range(3)])
+    dataset.to_netcdf(d / "text.nc", engine="h5netcdf")
+    return ["inspect", "--quiet", str(d / "text.nc")], "the time coordinate holds text"
+
+
 case("inspect-nan")(lambda w, d: (["inspect", "--quiet", str(rewrite(w.data, d / "nan.zarr", with_value("v", np.nan)))], "'v'"))
 
 

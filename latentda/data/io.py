@@ -146,6 +146,8 @@ def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dat
     fmt = input_format(path)
     try:
         dataset = _open_one(path, fmt)
+    except LatentdaError:  # latentda's own reading of the file (its variables in a group)
+        raise
     except Exception as error:  # the backends raise many types; the user needs one line
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         try:  # times xarray cannot decode (units "hours since doomsday"): latentda's own check names them
@@ -166,7 +168,25 @@ def _open_one(path: Path, fmt: str, **options) -> xr.Dataset:
             return xr.open_zarr(path, chunks=None, consolidated=None, **options)
     with open(path, "rb") as handle:
         classic = handle.read(3) == b"CDF"
-    return xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None, **options)
+    dataset = xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None, **options)
+    if not dataset.data_vars and not classic:  # the fields may sit in a group, which latentda does not read
+        groups = _netcdf_groups(path)
+        if groups:
+            raise LatentdaError(f"{path}: the root group holds no variables (they are in group(s) {', '.join(groups)}); "
+                                "latentda reads the root group: write the fields there (e.g. "
+                                "xr.open_dataset(path, group=...).to_netcdf(new_path))")
+    return dataset
+
+
+def _netcdf_groups(path: Path) -> list[str]:
+    """The names of a netCDF-4 file's groups (none when they cannot be listed)."""
+    import h5netcdf
+
+    try:
+        with h5netcdf.File(path, "r") as handle:
+            return sorted(handle.groups)
+    except Exception:  # noqa: BLE001 — only a hint for an error message
+        return []
 
 
 def _standard_time_axis(dataset: xr.Dataset, time_dim: str | None, path: Path) -> xr.Dataset:

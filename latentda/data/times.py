@@ -121,6 +121,9 @@ def time_step(time: xr.DataArray, expected: float | None = None, what: str = "ti
         steps, units = np.diff(values) / np.timedelta64(1, "s"), "seconds"
     elif np.issubdtype(values.dtype, np.number):
         steps, units = np.diff(values.astype(np.float64)), str(time.attrs.get("units", "1"))
+    elif values.dtype.kind in "OUS" and not (values.dtype.kind == "O" and values.size and not isinstance(values.flat[0], str)):
+        raise LatentdaError(f"{what}: the time coordinate holds text ({values.dtype}), neither numbers nor datetimes: "
+                            "convert it first (pandas.to_datetime for dates, astype(float) for model times)")
     else:
         raise LatentdaError(f"{what}: time coordinate of type {values.dtype} is neither numbers nor datetimes "
                             "(a calendar without leap days?)")
