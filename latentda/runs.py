@@ -67,15 +67,20 @@ UNRECORDED = ("batch_members", "split_blankets", "decode_chunk")  # change float
 
 
 
-def _fail(error: BaseException, store: EnsembleWriter, finished: int, what: str) -> None:
-    """What a fresh run that failed leaves (module docstring, **errors**): the store is removed after a
-    :class:`LatentdaError` or when nothing is finished; otherwise its ``finished`` members or cycles
-    (``what``) are kept for ``resume``, and ``error`` carries a note saying where."""
-    if isinstance(error, LatentdaError) or finished == 0:
-        remove_path(store.partial)
-    else:
-        error.add_note(f"latentda: {finished} finished {what}(s) kept in {store.partial}: run again with --resume "
-                       "(resume=True) to continue, or remove it")
+def _stopped(error: BaseException, store: EnsembleWriter, created: bool, what: str) -> None:
+    """What a run that failed or was interrupted (``error``) leaves (module docstring, **errors**): a fresh
+    (``created``) run's store is removed after a :class:`LatentdaError` or when nothing is finished;
+    otherwise (or interrupted) its finished members or cycles (``what``) are kept for ``resume``, the
+    error carrying a note saying where. The output's lock is released (a resume, even in this process,
+    may take it)."""
+    if isinstance(error, Exception) and created:
+        finished = len(store.completed())
+        if isinstance(error, LatentdaError) or finished == 0:
+            remove_path(store.partial)
+        else:
+            error.add_note(f"latentda: {finished} finished {what}(s) kept in {store.partial}: run again with --resume "
+                           "(resume=True) to continue, or remove it")
+    store.release()
 
 
 def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
@@ -185,10 +190,8 @@ class EnsembleRun:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if isinstance(error, Exception) and self.created and self.is_main:  # an interrupted one keeps its members
-            _fail(error, self.store, len(self.store.completed()), "member")
-        if error is not None and isinstance(self.store, EnsembleWriter):  # failed or interrupted: the output is free
-            self.store.release()
+        if error is not None and isinstance(self.store, EnsembleWriter):
+            _stopped(error, self.store, self.created and self.is_main, "member")
 
     def finish(self) -> xr.Dataset:
         """The complete ensemble: the store moved to ``out`` (and opened lazily, variables in the
@@ -303,10 +306,8 @@ def run_filter(prior: PriorModel, layout: FieldLayout, cycles: Sequence[Observat
                 if report is not None and ratio is not None and prior.progress:
                     report(f"cycle {cycle.cycle}: observation residual ratio {float(np.mean(ratio)):.3f}")
     except BaseException as error:
-        if isinstance(error, Exception) and writer is not None and created:  # an interrupted run keeps its cycles
-            _fail(error, writer, len(writer.completed()), "cycle")
-        if writer is not None:  # failed or interrupted: the output is free (a resume in this process may take it)
-            writer.release()
+        if writer is not None:
+            _stopped(error, writer, created, "cycle")
         raise
     if out is None:
         return ensemble_dataset(layout, np.stack(analyses, axis=1), time, attrs=attrs)

@@ -234,7 +234,7 @@ class OutputLock:
 
     def __init__(self, out: str | os.PathLike) -> None:
         self.out = Path(out)
-        self.path = self.out.with_name(f".{self.out.name}.lock")
+        self.path = self.lock_path(self.out)
         self.handle = None
         try:
             import fcntl
@@ -256,6 +256,11 @@ class OutputLock:
         self.handle = handle
 
     @staticmethod
+    def lock_path(out: str | os.PathLike) -> Path:
+        """The lock file of ``out``: hidden, beside it."""
+        return Path(out).with_name(f".{Path(out).name}.lock")
+
+    @staticmethod
     def busy(out: str | os.PathLike) -> LatentdaError:
         return LatentdaError(f"{out}: another process is writing it now; wait for it to finish, or write to another path")
 
@@ -266,9 +271,8 @@ class OutputLock:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return False
-        path = Path(out).with_name(f".{Path(out).name}.lock")
         try:
-            handle = open(path, "r")  # a holder keeps its file; none: nobody holds it
+            handle = open(OutputLock.lock_path(out), "r")  # a holder keeps its file; none: nobody holds it
         except OSError:
             return False
         with handle:
