@@ -591,9 +591,8 @@ class LatentDAPipeline:
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
                conditioning: str = "mmps", condition_noise: float = 0.05, context: int | None = None, lag: int | None = None,
                initial: xr.Dataset | None = None, table_window: TableWindow | None = None,
-               out: str | os.PathLike | None = None,
-               resume: bool = False, overwrite: bool = False, attrs: dict | None = None, report: Report | None = None,
-               **options) -> xr.Dataset:
+               out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+               attrs: dict | None = None, report: Report | None = None, **options) -> xr.Dataset:
         """Cycling filter: the analysis of each time step of ``observations`` given the observations up
         to it only, members carried from cycle to cycle (:mod:`latentda.posterior.filtering`), dims
         (realization, time, ...). Each cycle conditions a window of K states on the member's last

@@ -121,7 +121,7 @@ def time_step(time: xr.DataArray, expected: float | None = None, what: str = "ti
         steps, units = np.diff(values) / np.timedelta64(1, "s"), "seconds"
     elif np.issubdtype(values.dtype, np.number):
         steps, units = np.diff(values.astype(np.float64)), str(time.attrs.get("units", "1"))
-    elif values.dtype.kind in "OUS" and not (values.dtype.kind == "O" and values.size and not isinstance(values.flat[0], str)):
+    elif values.dtype.kind in "US" or (values.dtype.kind == "O" and values.size and isinstance(values.flat[0], str)):
         raise LatentdaError(f"{what}: the time coordinate holds text ({values.dtype}), neither numbers nor datetimes: "
                             "convert it first (pandas.to_datetime for dates, astype(float) for model times)")
     else:

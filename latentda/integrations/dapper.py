@@ -115,18 +115,18 @@ def observation_matrix(operator, size: int, rng: np.random.Generator | None = No
     return matrix
 
 
-def check_cycle_step(pipeline, dto: float, opt_out: str) -> None:
+def check_cycle_step(pipeline, dto: float) -> None:
     """The prior's time step (``pipeline.time_step``, model time) is DAPPER's time between observations
     ``dto``: a prior trained on states 5 apart run on cycles 10 apart would assimilate each cycle with the
     wrong dynamics and no error. Priors on a datetime axis, or without a time step, are not checked;
-    ``opt_out`` names how to skip the check (a time axis in other units than the HMM's)."""
+    callers skip it with ``check_time_step=False`` (a time axis in other units than the HMM's)."""
     step = getattr(pipeline, "time_step", None)
     if step is None or getattr(pipeline, "time_units", "1") == "seconds":
         return
     if not np.isclose(float(step), float(dto), rtol=1e-6, atol=0):
         raise LatentdaError(f"the pipeline's time step is {step:g}, the HMM's time between observations (tseq.dto) "
                             f"{dto:g}: the prior must be trained on the model's states one dto apart "
-                            f"({opt_out} if its time axis has other units)")
+                            "(check_time_step=False if its time axis has other units)")
 
 
 def _noise_std(operator, count: int) -> np.ndarray:
@@ -321,7 +321,7 @@ class LatentDA:
         if HMM.Dyn.M != C * H * W:
             raise LatentdaError(f"the HMM's state has {HMM.Dyn.M} entries, the pipeline's fields {C}×{H}×{W} = {C * H * W}")
         if self.check_time_step:
-            check_cycle_step(self.pipeline, HMM.tseq.dto, "check_time_step=False")
+            check_cycle_step(self.pipeline, HMM.tseq.dto)
         if self.state_index is not None:
             index = np.asarray(self.state_index)
             if index.shape != (HMM.Dyn.M,) or not np.array_equal(np.sort(index), np.arange(HMM.Dyn.M)):
@@ -473,7 +473,7 @@ def forecast_skill(pipeline, HMM, xx, lead: int = 1, cycles: int = 8, members: i
     if lead < 1 or cycles < 1 or members < 2:
         raise LatentdaError(f"forecast_skill needs lead ≥ 1, cycles ≥ 1 and members ≥ 2, got {lead}, {cycles}, {members}")
     if check_time_step:
-        check_cycle_step(pipeline, tseq.dto, "check_time_step=False")
+        check_cycle_step(pipeline, tseq.dto)
     valid = [ko for ko in range(len(kko)) if tseq.masko[ko] and ko >= context - 1 and ko + lead < len(kko)]
     if not valid:
         raise LatentdaError(f"no cycle after the burn-in has {context} true states before it and {lead} after it")

@@ -107,7 +107,7 @@ def with_learned_model(HMM, pipeline, check_time_step: bool = True, **options):
         raise LatentdaError(f"the learned model steps one observation cycle at a time; this HMM takes "
                             f"{HMM.tseq.dko} model steps per cycle (dko)")
     if check_time_step:
-        check_cycle_step(pipeline, HMM.tseq.dto, "check_time_step=False")
+        check_cycle_step(pipeline, HMM.tseq.dto)
     learned = HMM.copy()
     learned.Dyn.model = LearnedModel(pipeline, **options)
     if hasattr(learned.Dyn, "linear"):  # the exact model's tangent would be mixed with the learned forecast (ExtKF, 4D-Var)
