@@ -9,11 +9,13 @@ one-line message on stderr and exit code 2; nothing is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -710,6 +712,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _own_warnings_on_one_line(command: str):
+    """latentda's own warnings printed as ``latentda COMMAND: warning: message`` (the form of its errors),
+    not with the file, line and source of the call; other libraries' warnings keep Python's format."""
+    package = str(Path(__file__).resolve().parent)
+    default = warnings.formatwarning
+
+    def formatted(message, category, filename, lineno, line=None):
+        if category is UserWarning and str(Path(filename).resolve()).startswith(package):
+            return f"latentda {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from latentda.allocator import keep_freed_memory
 
@@ -719,8 +740,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
-        _check_arguments(args)
-        args.handler(args)
+        with _own_warnings_on_one_line(args.command):
+            _check_arguments(args)
+            args.handler(args)
     except KeyboardInterrupt as interrupt:
         print(f"latentda {args.command}: interrupted", file=sys.stderr)
         work = {"simulate": "trajectories", "reanalyze": "members", "forecast": "members", "filter": "cycles"}.get(args.command)

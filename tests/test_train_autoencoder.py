@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import sys
+import warnings
 
 import pytest
 import torch
@@ -122,6 +124,23 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, data_path, capsys):
     assert not (tmp_path / "o").exists()
     assert cli.main(["train-ae", "--config", str(config), "--set", "training.steps=abc", "--quiet"]) == 2
     assert "training.steps: expected an integer" in capsys.readouterr().err
+
+
+def test_a_warmup_as_long_as_the_run_is_one_warning_line(tmp_path, data_path, capsys):
+    config = tmp_path / "ae.yaml"  # the default warmup (100 steps) and a short run: the rate would never peak
+    config.write_text(yaml.safe_dump({"data": {"path": str(data_path)}, "output": str(tmp_path / "short"),
+                                      "model": {"latent_channels": 2, "hidden_channels": [8]},
+                                      "training": {"steps": 2, "batch_size": 4}, "valid_samples": 4}))
+    with warnings.catch_warnings():  # printed as a plain run prints it (pytest records warnings otherwise)
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        assert cli.main(["train-ae", "--config", str(config), "--quiet"]) == 0
+    error = capsys.readouterr().err
+    assert ("latentda train-ae: warning: training.warmup_steps 100 ≥ training.steps 2: the learning rate never reaches "
+            "training.learning_rate") in error
+    assert "UserWarning" not in error and "warnings.warn" not in error
+    assert (tmp_path / "short" / "autoencoder").is_dir()
 
 
 def test_yaml_exponent_floats_are_numbers(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -309,6 +310,10 @@ class Trainer:
             model.enable_gradient_checkpointing()
         # FSDP only when there is something to shard; one process trains the same way either way
         self.sharded = config.strategy == "fsdp" and world > 1
+        if config.warmup_steps >= config.steps and self.accelerator.is_main_process:
+            warnings.warn(f"training.warmup_steps {config.warmup_steps} ≥ training.steps {config.steps}: the learning rate "
+                          f"never reaches training.learning_rate {config.learning_rate:g} (it rises linearly over the whole "
+                          f"run); set warmup_steps below steps, e.g. {max(config.steps // 10, 0)}", stacklevel=2)
         self.plain_model = None  # fsdp: an unsharded copy (main process) that receives the final weights
         self.step = 0
         self.config_text: str | None = None  # config.yaml, written by fit once the checkpoint (if any) has loaded
