@@ -286,6 +286,8 @@ def _(w, d):
 
 
 case("inspect-nan")(lambda w, d: (["inspect", "--quiet", str(rewrite(w.data, d / "nan.zarr", with_value("v", np.nan)))], "'v'"))
+case("inspect-fill-value")(lambda w, d: (["inspect", "--quiet", str(rewrite(w.data, d / "fill.zarr", with_value(
+    "v", 1e20, (0, 2, 3))))], "variable 'v' holds 1e+20 at trajectory 0, step 2 (channel v): a fill value?"))
 
 
 case("inspect-not-a-dataset")(lambda w, d: (["inspect", "--quiet", str(written(d / "x.nc", "not netCDF"))], "neither a netCDF file"))
@@ -328,6 +330,9 @@ case("train-ae-data-missing")(lambda w, d: (ae(w, d, f"data.path={d / 'none.zarr
 case("train-ae-data-corrupt-chunk")(lambda w, d: (ae(w, d, f"data.path={corrupt_chunk(copy(w.data, d))}"), "cannot read"))
 case("train-ae-data-nan")(lambda w, d: (
     ae(w, d, f"data.path={rewrite(w.data, d / 'nan.zarr', with_value('u', np.nan))}"), "'u'"))
+case("train-ae-data-fill-value")(lambda w, d: (  # 1 % of the points at 1e20 would set the statistics themselves
+    ae(w, d, f"data.path={rewrite(w.data, d / 'fill.zarr', with_value('u', 9.96921e36, (0, 1)))}"),
+    "'u' holds 9.96921e+36 at trajectory 0, step 1 (channel u): a fill value?"))
 case("train-ae-data-irregular-time")(lambda w, d: (
     ae(w, d, f"data.path={rewrite(w.data, d / 'irregular.zarr', irregular_hours)}"), IRREGULAR))
 case("train-ae-output-is-data")(lambda w, d: (ae(w, d, f"output={w.data}"), "is the input data"))

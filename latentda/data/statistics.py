@@ -41,12 +41,16 @@ from latentda.data.splits import Segment, segment_blocks
 from latentda.errors import LatentdaError
 
 __all__ = ["Statistics", "MissingScan", "compute_statistics", "streaming_statistics", "check_finite", "check_magnitude",
-           "MAX_STANDARD_DEVIATIONS", "ALLOW_MISSING_HINT"]
+           "check_fill_magnitude", "MAX_STANDARD_DEVIATIONS", "FILL_MAGNITUDE", "ALLOW_MISSING_HINT"]
 
 
 # Values further than this many standard deviations from the model's mean are not data but a wrong
 # unit or a fill value (1e30, 9.97e36): the sampler would turn them into NaN members, so they are refused.
 MAX_STANDARD_DEVIATIONS = 1e3
+# Training data have no model statistics to be far from yet, and a fill value among them sets the
+# statistics themselves (1 % of points at 1e20 give a std of 1e19): magnitudes this large are taken for
+# fill values (CMIP's 1e20, netCDF's 9.97e36, 1e30) written without a _FillValue attribute, not for data.
+FILL_MAGNITUDE = 1e15
 ALLOW_MISSING_HINT = "fill them, or set allow_missing: true in the data config to train with missing values"
 
 
@@ -59,6 +63,21 @@ def check_magnitude(values: np.ndarray, mean, std, what: str) -> None:
     if worst > MAX_STANDARD_DEVIATIONS:
         raise LatentdaError(f"{what} has values {worst:.3g} standard deviations from the model's mean (more than "
                             f"{MAX_STANDARD_DEVIATIONS:g}: wrong units or a fill value?)")
+
+
+def check_fill_magnitude(chunk: np.ndarray, channels: list[str], labels: list[str]) -> None:
+    """Raise a one-line error naming the first channel and step of ``chunk`` (T, C, H, W) holding a
+    value of magnitude ≥ :data:`FILL_MAGNITUDE` (NaN is not checked here)."""
+    with np.errstate(invalid="ignore"):
+        large = np.abs(chunk) >= FILL_MAGNITUDE
+    if large.any():
+        step, c = (int(i) for i in np.argwhere(large)[0][:2])
+        channel = channels[c]
+        value = float(chunk[step, c][large[step, c]][0])
+        raise LatentdaError(f"variable '{channel.split('@')[0]}' holds {value:.6g} at {labels[step]} (channel {channel}): "
+                            f"a fill value? Magnitudes ≥ {FILL_MAGNITUDE:g} are not taken for data: declare it as the "
+                            "variable's _FillValue or missing_value attribute (xarray then reads NaN), replace it by NaN, "
+                            "or rescale the units")
 
 
 def check_finite(array: np.ndarray, channels: list[str], where: str = "", statistics: "Statistics | None" = None,
@@ -300,6 +319,7 @@ def streaming_statistics(chunks: Iterable, channels: list[str], total: int | Non
     for item in tqdm(chunks, total=total, desc="statistics", disable=not progress, leave=False):
         chunk, labels = item if isinstance(item, tuple) else (item, [f"step {steps + i}" for i in range(len(item))])
         check_finite(chunk, channels, allow_missing=scan is not None)  # inf is never data; NaN only when scanned
+        check_fill_magnitude(chunk, channels, labels)
         chunk = chunk.astype(np.float64)
         physical.add(chunk)
         transformed.add(base._per_channel(chunk, "forward") if base.bounded else chunk)
