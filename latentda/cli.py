@@ -204,7 +204,7 @@ def _sample(args: argparse.Namespace) -> None:
     from latentda.diffusion.settings import SamplerSettings
 
     options = _sampler_overrides(args)
-    SamplerSettings().with_overrides(**options)  # the values given, checked before the pipeline loads
+    SamplerSettings().with_overrides(**options).check_applies(options)  # the values given, checked before the pipeline loads
     pipeline = _load_pipeline(args, _device(args))
     pipeline.set_progress_bar_config(disable=args.quiet)
     if args.out.exists() and not args.overwrite:

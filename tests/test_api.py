@@ -36,12 +36,14 @@ def test_save_load_round_trip_identical_outputs(saved, tmp_path):
     np.testing.assert_array_equal(pipeline.sample(5, 1, steps=2, sampler="ddpm", seed=1)["u"].values,
                                   pipeline.sample(5, 1, steps=2, method="ddpm", seed=1)["u"].values)
     assert pipeline.sample(5, 1, steps=2, method="ddpm", sampler=None, seed=1)["u"].shape[0] == 1  # None: not given
-    drawn = loaded.sample(5, 1, steps=2, sampler="ddpm", seed=3, tau=0.5)  # what decides the draw is recorded
+    drawn = loaded.sample(5, 1, steps=2, sampler="ddpm", seed=3, churn=0.5)  # what decides the draw is recorded
     assert {k: v for k, v in drawn.attrs.items() if k.startswith("latentda_")} == {
         "latentda_pipeline": str(folder.resolve()), "latentda_seed": "3", "latentda_steps": "2", "latentda_sampler": "ddpm",
-        "latentda_tau": "0.5"}
+        "latentda_churn": "0.5"}
     with pytest.raises(LatentdaError, match="method or as sampler, not both"):
         pipeline.sample(5, 1, method="ddpm", sampler="pc")
+    with pytest.raises(LatentdaError, match="tau: applies to the pc and heun-pc samplers only"):  # not recorded as if used
+        pipeline.sample(5, 1, steps=2, sampler="ddpm", tau=0.5)
     assert loaded.model_card.startswith("# tiny test pipeline")
 
 

@@ -452,6 +452,8 @@ case("sample-seed-negative")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc"
 case("sample-seed-beyond-64-bits")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--seed", str(2**64 + 1)), "--seed"))
 case("sample-device-bogus")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--device", "bogus"), "--device"))
 case("sample-device-meta")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--device", "meta"), "meta device holds no data"))
+case("sample-corrections-with-ddim")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--sampler", "ddim", "--corrections",
+                                                                "3"), "corrections: applies to the pc and heun-pc samplers only"))
 case("sample-out-unknown-format")(lambda w, d: (sample_args(w, w.pipeline, d / "s.txt"), "unknown format"))
 case("sample-out-is-pipeline")(lambda w, d: (sample_args(w, w.pipeline, w.pipeline, "--overwrite"), "input"))
 case("sample-out-inside-pipeline")(lambda w, d: (
@@ -547,6 +549,8 @@ def nan_point_coordinate(dataset):
 case("reanalyze-point-coordinate-nan")(bad_observations("points", nan_point_coordinate, "p_x"))
 case("reanalyze-saturation-nan")(bad_observations("saturated", with_attribute("s", saturation=np.nan), "saturation"))
 case("reanalyze-saturation-string")(bad_observations("saturated", with_attribute("s", saturation="high"), "saturation"))
+case("reanalyze-tau-with-the-pipelines-ddpm")(lambda w, d: (  # known once the pipeline is read, before sampling
+    reanalyze_args(w, w.observations, d / "r.zarr", "--tau", "0.3"), "tau: applies to the pc and heun-pc samplers only (the sampler is ddpm)"))
 case("reanalyze-values-absurd")(bad_observations("observations", with_value("o_u", 1e30, (1, 0, 0)), "standard deviations"))
 case("reanalyze-noise-std-string")(bad_observations("observations", with_attribute("o_u", noise_std="small"), "noise_std"))
 case("reanalyze-noise-std-zero")(bad_observations("observations", with_attribute("o_u", noise_std=0.0), "noise_std"))

@@ -59,8 +59,14 @@ def test_with_overrides_ignores_none_replaces_and_validates():
     base = SamplerSettings(sampler="ddpm", steps=8, sigma_start=20.0)
     assert base.with_overrides() == base
     assert base.with_overrides(steps=None, sampler=None, sigma_start=None) == base
-    changed = base.with_overrides(steps=4, tau=0.5, overlap=0)
-    assert changed == dataclasses.replace(base, steps=4, tau=0.5, overlap=0) and base.steps == 8  # a copy
+    changed = base.with_overrides(steps=4, sampler="pc", tau=0.5, overlap=0)
+    assert changed == dataclasses.replace(base, steps=4, sampler="pc", tau=0.5, overlap=0) and base.steps == 8  # a copy
+    for name, value in (("corrections", 3), ("tau", 0.5)):  # Langevin settings given for a run of a sampler without them
+        base.with_overrides(**{name: value})  # a pipeline's defaults may hold them
+        with pytest.raises(LatentdaError, match=f"^{name}: applies to the pc and heun-pc samplers only .the sampler is ddpm."):
+            base.with_overrides(**{name: value}).check_applies({name: value, "steps": None})
+        changed.with_overrides(sampler="heun-pc").check_applies({name: value})
+        base.check_applies({name: None})
     with pytest.raises(LatentdaError, match="config: steps: must be an integer ≥ 1, got 0"):
         base.with_overrides(steps=0)
     with pytest.raises(LatentdaError, match="config: sampler: must be one of"):
@@ -189,8 +195,8 @@ def test_every_sampling_path_uses_the_resolved_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "trajectory_denoiser", lambda overlap=None, **kw: (overlaps.append(overlap),
                                                                                     real_denoiser(overlap, **kw))[1])
     monkeypatch.setattr(latentda.pipeline, "run_sampler", fake_sample)
-    pipeline.sample_latents(6, 1, steps=3, tau=0.5, overlap=1)
-    expected = SamplerSettings(sampler="ddpm", steps=3, tau=0.5, overlap=1).sample_kwargs()
+    pipeline.sample_latents(6, 1, steps=3, sampler="pc", tau=0.5, overlap=1)
+    expected = SamplerSettings(sampler="pc", steps=3, tau=0.5, overlap=1).sample_kwargs()
     assert {k: calls[-1][k] for k in expected} == expected and overlaps[-1] == 1
     with pytest.raises(LatentdaError, match="unknown sampler setting 'taus'"):
         pipeline.sample_latents(6, 1, taus=0.5)

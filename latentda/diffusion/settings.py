@@ -24,6 +24,7 @@ from latentda.errors import LatentdaError
 __all__ = ["SamplerSettings", "SAMPLER_FIELDS", "SAMPLERS", "resolve_overlap"]
 
 SAMPLERS = ("ddpm", "ddim", "heun", "pc", "heun-pc")
+LANGEVIN_SAMPLERS = ("pc", "heun-pc")  # the samplers with Langevin corrections (``corrections``, ``tau``)
 
 
 def resolve_overlap(window: int, overlap: int | None) -> int:
@@ -134,6 +135,15 @@ class SamplerSettings:
         settings = dataclasses.replace(self, **given) if given else self
         settings.validate()
         return settings
+
+    def check_applies(self, overrides: dict[str, Any]) -> None:
+        """Refuse Langevin settings given for a run (``overrides`` not None) when these settings' sampler
+        takes no Langevin steps: they would be recorded with the output as if applied. (A pipeline's
+        stored defaults may hold them for any sampler.)"""
+        unused = [name for name in ("corrections", "tau") if overrides.get(name) is not None]
+        if unused and self.sampler not in LANGEVIN_SAMPLERS:
+            raise LatentdaError(f"{unused[0]}: applies to the {' and '.join(LANGEVIN_SAMPLERS)} samplers only (the sampler "
+                                f"is {self.sampler}): leave it out, or choose one of those samplers")
 
     @staticmethod
     def of(source: Any) -> "SamplerSettings":

@@ -131,9 +131,10 @@ def check_known_frames(prior: PriorModel, conditioning: str) -> None:
 
 def resolve_sampling(prior: PriorModel, **overrides) -> SamplerSettings:
     """The prior's sampler settings with ``overrides`` (field names of :class:`SamplerSettings`;
-    None: the prior's) in place, validated, and checked against the prior's σ range and window,
-    so that a bad value fails before any work, not inside the sampler."""
+    None: the prior's) in place, validated, and checked against the prior's σ range and window (and
+    Langevin settings against its sampler), so that a bad value fails before any work, not inside the sampler."""
     sampling = prior.sampling.with_overrides(**overrides)
+    sampling.check_applies(overrides)
     sampling.check_sigma_range(float(prior.scheduler.config.sigma_min), float(prior.scheduler.config.sigma_max))
     sampling.check_window(prior.window)
     return sampling

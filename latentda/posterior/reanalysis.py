@@ -86,7 +86,8 @@ class PosteriorSettings:
                                                  and math.isfinite(self.prior_inflation) and self.prior_inflation > 0),
                 "prior_inflation", f"must be a positive number (or null: 1), got {self.prior_inflation!r}")
         if prior is None:  # the overrides given, by the same rules (the library defaults they replace are valid)
-            SamplerSettings().with_overrides(**self.sampler_overrides())
+            overrides = self.sampler_overrides()
+            SamplerSettings().with_overrides(**overrides).check_applies(overrides)
         else:
             self.sampling(prior)
 
