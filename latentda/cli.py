@@ -712,6 +712,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _named_as_option(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """``message`` with its leading keywords of the Python API (``condition_noise: …``, as the library's
+    checks name a setting) replaced by the command's options (``--condition-noise: …``)."""
+    names, separator, rest = message.partition(": ")
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {a.dest: max(a.option_strings, key=len) for a in commands.choices[command]._actions if a.option_strings}
+    named = [options.get(name) for name in names.split(", ")]
+    if not separator or None in named:
+        return message
+    return f"{', '.join(named)}: {rest}"
+
+
 @contextlib.contextmanager
 def _own_warnings_on_one_line(command: str):
     """latentda's own warnings printed as ``latentda COMMAND: warning: message`` (the form of its errors),
@@ -754,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a run removes the store it created (latentda.runs); an interrupted one is kept
         if not isinstance(error, LatentdaError):
             raise
-        print(f"latentda {args.command}: error: {error}", file=sys.stderr)
+        print(f"latentda {args.command}: error: {_named_as_option(str(error), parser, args.command)}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         if on_main_thread:

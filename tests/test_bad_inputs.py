@@ -453,7 +453,7 @@ case("sample-seed-beyond-64-bits")(lambda w, d: (sample_args(w, w.pipeline, d / 
 case("sample-device-bogus")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--device", "bogus"), "--device"))
 case("sample-device-meta")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--device", "meta"), "meta device holds no data"))
 case("sample-corrections-with-ddim")(lambda w, d: (sample_args(w, w.pipeline, d / "s.nc", "--sampler", "ddim", "--corrections",
-                                                                "3"), "corrections: applies to the pc and heun-pc samplers only"))
+                                                                "3"), "--corrections: applies to the pc and heun-pc samplers only"))
 case("sample-out-unknown-format")(lambda w, d: (sample_args(w, w.pipeline, d / "s.txt"), "unknown format"))
 case("sample-out-is-pipeline")(lambda w, d: (sample_args(w, w.pipeline, w.pipeline, "--overwrite"), "input"))
 case("sample-out-inside-pipeline")(lambda w, d: (
@@ -550,7 +550,7 @@ case("reanalyze-point-coordinate-nan")(bad_observations("points", nan_point_coor
 case("reanalyze-saturation-nan")(bad_observations("saturated", with_attribute("s", saturation=np.nan), "saturation"))
 case("reanalyze-saturation-string")(bad_observations("saturated", with_attribute("s", saturation="high"), "saturation"))
 case("reanalyze-tau-with-the-pipelines-ddpm")(lambda w, d: (  # known once the pipeline is read, before sampling
-    reanalyze_args(w, w.observations, d / "r.zarr", "--tau", "0.3"), "tau: applies to the pc and heun-pc samplers only (the sampler is ddpm)"))
+    reanalyze_args(w, w.observations, d / "r.zarr", "--tau", "0.3"), "--tau: applies to the pc and heun-pc samplers only (the sampler is ddpm)"))
 case("reanalyze-values-absurd")(bad_observations("observations", with_value("o_u", 1e30, (1, 0, 0)), "standard deviations"))
 case("reanalyze-noise-std-string")(bad_observations("observations", with_attribute("o_u", noise_std="small"), "noise_std"))
 case("reanalyze-noise-std-zero")(bad_observations("observations", with_attribute("o_u", noise_std=0.0), "noise_std"))
@@ -576,10 +576,10 @@ case("forecast-initial-inpaint-iterations")(lambda w, d: (forecast_args(
     "--iterations: applies to guidance by observations or to the mmps conditioning"))
 case("forecast-inpaint-condition-noise")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--initial", str(w.truth), "--conditioning", "inpaint", "--condition-noise", "0.9"),
-    "condition_noise: the mmps conditioning's"))
+    "--condition-noise: the mmps conditioning's"))
 case("forecast-aao-conditioning")(lambda w, d: (forecast_args(
     w, d / "f.zarr", "--observations", str(w.observations), "--mode", "aao", "--conditioning", "inpaint"),
-    "conditioning, condition_noise: the autoregressive mode's"))
+    "--conditioning, --condition-noise: the autoregressive mode's"))
 case("filter-overlap")(lambda w, d: (["filter", "--pipeline", str(w.pipeline), "--observations", str(w.observations),
                                       "--members", "1", "--steps", "2", "--overlap", "1", "--out", str(d / "f.zarr"),
                                       "--quiet"], "overlap: the blankets of a trajectory longer than the window"))
