@@ -47,7 +47,7 @@ from latentda.data.ensemble_store import ensemble_dataset
 from latentda.data.io import atomic_path, check_replaceable_folder, open_dataset
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
-from latentda.data.times import time_step
+from latentda.data.times import standard_time_axis, time_step
 from latentda.devices import check_device
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.increments import Increments
@@ -542,6 +542,7 @@ class LatentDAPipeline:
             operator = self.observation_operator(observations, allow_short=True,  # shorter than K: nowcast
                                                  representation_error=settings.representation_error)
         if initial is not None:
+            initial = standard_time_axis(initial)  # e.g. valid_time, as open_dataset reads a file
             if "time" not in initial.dims:
                 raise LatentdaError("the initial state has no 'time' dimension")
             self.layout.check(initial)

@@ -269,6 +269,15 @@ def _(w, d):
     return ["inspect", "--quiet", str(d / "doom.nc")], "doom.nc: time units 'hours since doomsday' cannot be decoded"
 
 
+@case("inspect-calendar-noleap")
+def _(w, d):
+    """A climate model's calendar: not for numpy datetimes, and installing cftime (xarray's hint) would not help."""
+    dataset = make_box_dataset(trajectories=1, times=3, size=8)
+    dataset["time"] = ("time", np.arange(3.0) * 6, {"units": "hours since 2000-01-01", "calendar": "noleap"})
+    dataset.to_netcdf(d / "noleap.nc", engine="h5netcdf")
+    return ["inspect", "--quiet", str(d / "noleap.nc")], "calendar 'noleap' is not supported"
+
+
 @case("inspect-variables-in-a-netcdf-group")
 def _(w, d):
     """A netCDF-4 file whose fields sit in a group: the groups are named (the root group, read, has none)."""

@@ -167,6 +167,14 @@ def test_synthesize_write_read_round_trip(tmp_path):
     # the noise is what it says: residuals of the truth have unit normalised RMS
     assert 0.85 < float(operator.residual_ratio(x)[0]) < 1.15
     assert operator.size > 200
+    # dims are read by name: a file storing the coarse columns first is the same observations
+    written = open_dataset(path)
+    swapped = read_observations(written.assign(coarse=written["coarse"].transpose("time", "coarse_x", "coarse_y")), layout)
+    torch.testing.assert_close(swapped(x), again(x), rtol=0, atol=0)
+    torch.testing.assert_close(swapped.observed()[0], y2, rtol=0, atol=0)
+    renamed = written.assign(coarse=written["coarse"].rename(coarse_y="rows"))
+    with pytest.raises(LatentdaError, match=r"observation 'coarse' \(coarsen\) has dims .*expected \(time, coarse_y, coarse_x\)"):
+        read_observations(renamed, layout)
 
 
 def test_latlon_points_use_coordinates(tmp_path):

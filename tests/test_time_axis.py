@@ -82,3 +82,26 @@ def test_inspect_reads_a_renamed_time_axis_end_to_end(tmp_path, capsys):
     assert cli.main(["inspect", "--quiet", str(box), "--time-dim", "step"]) == 0
     assert "time step 0.2 (regular)" in capsys.readouterr().out
     assert open_dataset(box, time_dim="step").sizes["time"] == 12
+
+
+def test_datasets_given_to_the_api_find_a_renamed_time_axis_as_files_do(tmp_path):
+    """pipeline.reanalyze/forecast take in-memory datasets whose time axis is, e.g., ERA5's valid_time
+    (marked as time by CF), as the commands read such files: the same draws as with 'time'."""
+    from conftest import make_tiny_pipeline
+    from latentda.config import parse
+    from latentda.observe import ObservationConfig, observations_to_dataset, synthesize
+
+    pipeline, truth = make_tiny_pipeline(tmp_path / "pipeline", times=6)
+    pipeline.set_progress_bar_config(disable=True)
+    config = parse(ObservationConfig, {"observations": [{"name": "o", "variables": ["u"], "fraction": 0.5, "noise_std": 0.1}]})
+    observations = observations_to_dataset(synthesize(pipeline.layout.to_array(truth), pipeline.layout, config, seed=1),
+                                           pipeline.layout, truth["time"])
+    marked = {"axis": "T", "long_name": "valid time"}
+    renamed = observations.rename(time="valid_time").assign_coords(valid_time=lambda d: d["valid_time"].assign_attrs(marked))
+    assert "time" not in renamed.dims
+    options = {"members": 1, "steps": 2, "seed": 4}
+    expected = pipeline.reanalyze(observations, **options)
+    np.testing.assert_array_equal(pipeline.reanalyze(renamed, **options)["u"].values, expected["u"].values)
+    initial = truth.rename(time="valid_time").assign_coords(valid_time=lambda d: d["valid_time"].assign_attrs(marked))
+    np.testing.assert_array_equal(pipeline.forecast(2, initial=initial, **options)["u"].values,
+                                  pipeline.forecast(2, initial=truth, **options)["u"].values)

@@ -67,6 +67,11 @@ def _decoded(dataset: xr.Dataset) -> xr.Dataset:
     units = str(time.attrs.get("units", ""))
     if not (np.issubdtype(time.dtype, np.number) and _SINCE.match(units)):
         return dataset
+    calendar = str(time.attrs.get("calendar", "standard")).lower()
+    if calendar not in ("standard", "gregorian", "proleptic_gregorian"):  # numpy datetimes cannot hold them
+        raise LatentdaError(f"time units '{units}' cannot be decoded: calendar '{calendar}' is not supported (latentda "
+                            "decodes CF times to numpy datetimes); open the file with decode_times=False, drop the time "
+                            "units and use the numbers as a model-time axis (docs/own-data.md)")
     try:
         decoded = xr.decode_cf(xr.Dataset(coords={TIME: time.variable}))
     except (ValueError, TypeError, OverflowError) as error:

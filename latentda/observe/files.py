@@ -207,6 +207,12 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
             kwargs["factor"] = int(_number(attrs, "coarsen_factor", name, 0))
             if kwargs["factor"] < 1:
                 raise LatentdaError(f"observation '{name}': coarsen_factor missing or invalid")
+            coarse_dims = (f"{name}_y", f"{name}_x")  # by name: a file may store them in either order
+            if set(variable.dims) != {TIME, *coarse_dims}:
+                raise LatentdaError(f"observation '{name}' (coarsen) has dims {variable.dims}: expected (time, "
+                                    f"{', '.join(coarse_dims)}), the coarse rows and columns")
+            variable = variable.transpose(TIME, *coarse_dims)
+            values = read_values(variable).astype(np.float64)
             expected = (layout.shape[0] // kwargs["factor"], layout.shape[1] // kwargs["factor"])
             if values.shape[1:] != expected:
                 raise LatentdaError(f"observation '{name}': coarse grid {values.shape[1:]} should be {expected} for factor {kwargs['factor']}")

@@ -52,7 +52,7 @@ import xarray as xr
 
 from latentda.data.io import input_format, open_dataset
 from latentda.data.layout import TIME, FieldLayout
-from latentda.data.times import describe_step
+from latentda.data.times import describe_step, standard_time_axis
 from latentda.data.times import time_step as regular_step
 from latentda.errors import LatentdaError
 from latentda.observe.files import grid_indices, observations_to_dataset
@@ -400,7 +400,8 @@ def table_to_dataset(table: pd.DataFrame, layout: FieldLayout, times=None, time_
 
 def observation_dataset(observations: xr.Dataset | pd.DataFrame | None, layout: FieldLayout, time_step: float,
                         window: TableWindow | None = None, time_units: str | None = None) -> xr.Dataset | None:
-    """Observations as a dataset: a dataset (or None) as is, a table converted on the window built
+    """Observations as a dataset: a dataset (or None) with its time axis found and named ``time`` as
+    :func:`latentda.data.open_dataset` does for a file (e.g. ``valid_time``), a table converted on the window built
     from the model's ``time_step`` and ``window`` (options that only a table may be given). With the
     model's ``time_units`` ("seconds": a datetime time axis), a table must have times of its kind."""
     window = window or TableWindow()
@@ -412,4 +413,4 @@ def observation_dataset(observations: xr.Dataset | pd.DataFrame | None, layout: 
         raise LatentdaError(f"{', '.join(given)}: for tabular observations (CSV, parquet) only")
     if observations is not None and not isinstance(observations, xr.Dataset):
         raise LatentdaError(f"observations must be an xarray Dataset or a pandas DataFrame, got {type(observations).__name__}")
-    return observations
+    return None if observations is None else standard_time_axis(observations)  # as open_dataset reads a file
