@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -712,6 +713,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_main_rank() -> bool:
+    """:func:`latentda.processes.is_main_rank`, without importing torch where it is not loaded yet (no
+    process group then: the launcher's ``RANK`` tells)."""
+    if "torch" not in sys.modules:
+        return os.environ.get("RANK", "0") in ("", "0")
+    from latentda.processes import is_main_rank
+
+    return is_main_rank()
+
+
+# Commands that do their work on one process. Under torchrun/accelerate launch the main process runs
+# them alone, as if not launched (the same result as one process: `sample` draws every member from one
+# generator); the others exit at once, instead of each doing all the work and writing the same output.
+ONE_PROCESS_COMMANDS = frozenset({"simulate", "inspect", "observe", "sample", "evaluate"})
+_LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                       "ROLE_RANK", "ROLE_WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _one_process_for(command: str):
+    """Yields whether this process runs ``command``: always, but for a command of
+    :data:`ONE_PROCESS_COMMANDS` launched on several processes, where only the main one does (with the
+    launcher's variables hidden, so that nothing joins a process group the others will not join)."""
+    processes = int(os.environ.get("WORLD_SIZE") or 1)
+    if command not in ONE_PROCESS_COMMANDS or processes == 1:
+        yield True
+        return
+    if not _is_main_rank():
+        yield False
+        return
+    print(f"latentda {command}: runs on one process (the main one); the launcher's other {processes - 1} have nothing "
+          "to do", file=sys.stderr)
+    hidden = {name: os.environ.pop(name) for name in _LAUNCHER_VARIABLES if name in os.environ}
+    try:
+        yield True
+    finally:
+        os.environ.update(hidden)
+
+
 def _named_as_option(message: str, parser: argparse.ArgumentParser, command: str) -> str:
     """``message`` with its leading keywords of the Python API (``condition_noise: …``, as the library's
     checks name a setting) replaced by the command's options (``--condition-noise: …``)."""
@@ -752,16 +792,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
-        with _own_warnings_on_one_line(args.command):
-            _check_arguments(args)
-            args.handler(args)
+        with _own_warnings_on_one_line(args.command), _one_process_for(args.command) as mine:
+            if mine:
+                _check_arguments(args)
+                args.handler(args)
     except KeyboardInterrupt as interrupt:
-        print(f"latentda {args.command}: interrupted", file=sys.stderr)
-        work = {"simulate": "trajectories", "reanalyze": "members", "forecast": "members", "filter": "cycles"}.get(args.command)
-        partial = Path(f"{args.out}.partial") if work and getattr(args, "out", None) else None
-        if partial is not None and partial.is_dir():
-            print(f"latentda {args.command}: the finished {work} are kept in {partial}: the same command with --resume "
-                  "continues", file=sys.stderr)
+        if _is_main_rank():  # once, not once per process
+            print(f"latentda {args.command}: interrupted", file=sys.stderr)
+            work = {"simulate": "trajectories", "reanalyze": "members", "forecast": "members", "filter": "cycles"}.get(args.command)
+            partial = Path(f"{args.out}.partial") if work and getattr(args, "out", None) else None
+            if partial is not None and partial.is_dir():
+                print(f"latentda {args.command}: the finished {work} are kept in {partial}: the same command with --resume "
+                      "continues", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
     except Exception as error:  # a run removes the store it created (latentda.runs); an interrupted one is kept
         if not isinstance(error, LatentdaError):

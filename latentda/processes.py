@@ -9,12 +9,18 @@
   same one-line message, not leave the others waiting at the next barrier until the launcher tears
   them down with a collective's traceback. :func:`raise_first` exchanges each process's message
   (:func:`gather_texts`: an all-gather of UTF-8 bytes, never pickled objects); :func:`run_on_main`
-  runs a step on the main process and raises its error on every process.
+  runs a step on the main process and raises its error on every process;
+- **waiting without a deadline**: a collective gives up after the process group's timeout (torch's
+  default: 30 minutes under gloo, 10 under NCCL), so processes that wait for long work of another —
+  the main process's statistics pass over a large dataset, the last members of an ensemble — wait
+  on the process group's key-value store instead (:func:`posted_by_main`, :func:`wait_for_all`),
+  polling it; a process that dies is the launcher's to report (torchrun stops the others).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -23,8 +29,8 @@ import torch.distributed as dist
 
 from latentda.errors import LatentdaError
 
-__all__ = ["process_state", "started_here", "process_count", "collective_device", "deal_members", "gather_members",
-           "gather_texts", "first_text", "raise_first", "run_on_main"]
+__all__ = ["process_state", "started_here", "process_count", "is_main_rank", "collective_device", "deal_members",
+           "gather_members", "gather_texts", "first_text", "raise_first", "run_on_main", "posted_by_main", "wait_for_all"]
 
 
 def process_count(group=None) -> int:
@@ -32,6 +38,14 @@ def process_count(group=None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
+
+
+def is_main_rank() -> bool:
+    """Whether this is the main process (rank 0) of the default process group, or alone; also before
+    the group is joined, from the launcher's ``RANK``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def started_here(make: Callable):
@@ -134,12 +148,7 @@ def raise_first(error: BaseException | None) -> None:
     process whose error it is raises its own, the others a :class:`LatentdaError` with its message
     (another kind is named: ``"on another process: RuntimeError: …"``). Every process calls it at the
     same point."""
-    if error is None:
-        message = ""
-    elif isinstance(error, LatentdaError):
-        message = str(error) or type(error).__name__
-    else:
-        message = f"on another process: {type(error).__name__}: {error}"
+    message = _message(error)
     shared = first_text(message)
     if not shared:
         return
@@ -148,15 +157,79 @@ def raise_first(error: BaseException | None) -> None:
     raise LatentdaError(shared)
 
 
+def _store_and_key(kind: str):
+    """The default process group's store and a key for this exchange: the processes call exchanges at
+    the same points, so the n-th exchange of each (counted in the store itself, which a new process
+    group starts afresh) is the same one."""
+    store = dist.distributed_c10d._get_default_store()
+    number = store.add(f"latentda/exchanges/{dist.get_rank()}", 1)
+    return store, f"latentda/{kind}/{number}"
+
+
+def _wait_until(ready: Callable[[], bool]) -> None:
+    """Poll ``ready()`` (every 10 ms at first, then at most every second) until it holds."""
+    delay = 0.01
+    while not ready():
+        time.sleep(delay)
+        delay = min(2 * delay, 1.0)
+
+
+def _barrier() -> None:
+    """A collective barrier (all processes are known to be there or about to be)."""
+    dist.all_reduce(torch.zeros(1, device=collective_device()))
+
+
+def posted_by_main(text: str, is_main: bool) -> str:
+    """The main process's ``text`` on every process, however long the main process takes to post it:
+    the others wait on the process group's store, not in a collective (module docstring); then every
+    process meets at a barrier. Every process calls it at the same point. Alone: ``text``."""
+    if process_count() == 1:
+        return text
+    store, key = _store_and_key("posted")
+    if is_main:
+        store.set(key, text.encode("utf-8"))
+    else:
+        _wait_until(lambda: store.check([key]))
+        text = store.get(key).decode("utf-8")
+    _barrier()
+    return text
+
+
+def wait_for_all() -> None:
+    """A barrier without a deadline: each process counts itself in on the process group's store and
+    waits until all have (module docstring). Every process calls it at the same point."""
+    processes = process_count()
+    if processes == 1:
+        return
+    store, key = _store_and_key("arrived")
+    store.add(key, 1)
+    _wait_until(lambda: store.add(key, 0) >= processes)
+    _barrier()
+
+
+def _message(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, LatentdaError):
+        return str(error) or type(error).__name__
+    return f"on another process: {type(error).__name__}: {error}"
+
+
 def run_on_main(work: Callable, is_main: bool):
     """``work()`` on the main process (its result there; None elsewhere); an error it raises is raised
-    on every process (:func:`raise_first`) instead of leaving the others at the next collective. Every
-    process calls it at the same point; the exchange is a barrier."""
+    on every process instead of leaving the others at the next collective (the process whose error it
+    is raises its own, the others a :class:`LatentdaError` with its message). The others wait for it
+    without a deadline (:func:`posted_by_main`): a statistics pass over a large dataset may take hours.
+    Every process calls it at the same point; it ends with a barrier."""
     result = error = None
     if is_main:
         try:
             result = work()
         except Exception as caught:  # noqa: BLE001 — re-raised below, on every process
             error = caught
-    raise_first(error)
+    shared = posted_by_main(_message(error), is_main)
+    if error is not None:
+        raise error
+    if shared:
+        raise LatentdaError(shared)
     return result

@@ -55,7 +55,7 @@ from latentda.observe.operators import ObservationOperator
 from latentda.posterior import reanalysis
 from latentda.posterior.forecast import ForecastMembers
 from latentda.posterior.prior import PriorModel
-from latentda.processes import deal_members, gather_members, process_state, run_on_main
+from latentda.processes import deal_members, gather_members, process_state, run_on_main, wait_for_all
 from latentda.posterior.reanalysis import PosteriorSettings
 
 __all__ = ["EnsembleRun", "run_reanalysis", "run_forecast", "run_filter", "run_attributes", "lead_time_axis"]
@@ -198,7 +198,7 @@ class EnsembleRun:
         model's channel order), or the dataset in memory."""
         if self.out is None:
             return self.store.finalize()
-        self.state.wait_for_everyone()
+        wait_for_all()  # members take unequal times: the processes done first wait without a deadline
         if self.is_main:
             self.say(f"wrote {self.store.finalize(overwrite=self.overwrite)}")
         self.state.wait_for_everyone()
@@ -214,18 +214,19 @@ def run_reanalysis(prior: PriorModel, layout: FieldLayout, operator: Observation
     ``attrs`` are recorded in the output next to the title, seed and :func:`run_attributes`.
     With ``prior.progress``, each member reports its observation residual ratio."""
     state = process_state()
+    ratios = prior.progress  # each member's residual ratio is reported by the process that samples it
     if settings.split_blankets:
         check_blanket_split(operator.length, prior.window, settings.sampling(prior).blanket_overlap(prior.window),
                             state.num_processes)
-        if not state.is_main_process:
-            prior.progress = False  # one progress bar for the processes sampling together
+    if not state.is_main_process:
+        prior.progress = False  # one progress bar (the main process's), not one per process interleaved
     attrs = {"title": "latentda reanalysis (posterior ensemble)", **(attrs or {}), "seed": seed, **run_attributes(settings)}
     run = EnsembleRun(layout, time, members, attrs, out, resume, overwrite, deal_members=not settings.split_blankets,
                       report=report, state=state)
     with run:
         # looked up when called, so that it can be replaced (tests interrupt a run after some members)
         for member, fields, ratio in reanalysis.posterior_members(prior, operator, run.members, settings, seed):
-            run.write(member, fields, f"member {member}: observation residual ratio {ratio:.3f}" if prior.progress else None)
+            run.write(member, fields, f"member {member}: observation residual ratio {ratio:.3f}" if ratios else None)
     return run.finish()
 
 

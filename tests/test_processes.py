@@ -22,13 +22,17 @@ pytestmark = pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.execu
 
 def _exchange_worker():
     """Run by each of 2 torchrun processes: texts gathered in rank order; an error of one process,
-    or of the main process's step, raised on both with its message."""
+    or of the main process's step, raised on both with its message; a main-process step, or the work
+    of one process before a barrier, longer than the collectives' timeout (2 s here) waited for."""
+    import time
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     from latentda.errors import LatentdaError
-    from latentda.processes import gather_texts, raise_first, run_on_main
+    from latentda.processes import gather_texts, raise_first, run_on_main, wait_for_all
 
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=2))
     rank = dist.get_rank()
     assert gather_texts(["", "ψ≥0 on rank 1"][rank]) == ["", "ψ≥0 on rank 1"]
     raise_first(None)  # nobody has one: nothing raised
@@ -47,6 +51,11 @@ def _exchange_worker():
     except LatentdaError as error:
         print(f"rank {rank} raised: {error}")
     assert run_on_main(lambda: 7, rank == 0) == (7 if rank == 0 else None)
+    assert run_on_main(lambda: time.sleep(5) or "long", rank == 0) == ("long" if rank == 0 else None)
+    if rank == 1:
+        time.sleep(5)  # its last members: the other waits
+    wait_for_all()
+    print(f"rank {rank} waited")
     dist.destroy_process_group()
 
 
@@ -58,6 +67,52 @@ def test_an_error_of_one_process_is_raised_on_every_process(tmp_path):
     out = run_torchrun([str(script)], 29531).stdout
     assert "rank 0 raised: x.zarr: NaN at step 3" in out and "rank 1 raised: x.zarr: NaN at step 3" in out
     assert "rank 0 own: disk full" in out and "rank 1 raised: on another process: OSError: disk full" in out
+    assert "rank 0 waited" in out and "rank 1 waited" in out
+
+
+def _unreadable_batch_worker():
+    """Run by each of 2 torchrun processes: process 1 cannot read its 3rd batch (a corrupt chunk met
+    mid-run): both stop with its one line, neither with the gradients' collective's traceback."""
+    import sys
+
+    import torch
+
+    from latentda.errors import LatentdaError
+    from latentda.training.loop import Trainer, TrainingConfig, make_accelerator
+
+    config = TrainingConfig(steps=20, batch_size=4, warmup_steps=0, checkpoint_every=100, validate_every=100)
+    accelerator = make_accelerator(config)
+    rank = accelerator.process_index
+
+    class Frames(torch.utils.data.Dataset):
+        reads = 0
+
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, index):
+            Frames.reads += 1
+            if rank == 1 and Frames.reads == 5:  # 2 examples a batch on each process: its 3rd batch
+                raise LatentdaError("x.zarr: cannot read variable 'latent' (chunk 5)")
+            return torch.full((2,), float(index))
+
+    trainer = Trainer(torch.nn.Linear(2, 1), lambda model, batch, random: model(batch).pow(2).mean(), Frames(), config,
+                      sys.argv[1], accelerator=accelerator, progress=False)
+    try:
+        trainer.fit()
+    except LatentdaError as error:
+        print(f"rank {rank} at step {trainer.step} raised: {error}")
+
+
+def test_a_batch_one_process_cannot_read_stops_both_with_its_line(tmp_path):
+    import inspect
+
+    script = tmp_path / "worker.py"
+    script.write_text(inspect.getsource(_unreadable_batch_worker) + "\n\n_unreadable_batch_worker()\n")
+    result = run_torchrun([str(script), str(tmp_path / "run")], 29534)
+    for rank in (0, 1):
+        assert f"rank {rank} at step 2 raised: x.zarr: cannot read variable 'latent' (chunk 5)" in result.stdout, result.stdout
+    assert "RuntimeError" not in result.stderr and "Connection closed" not in result.stderr
 
 
 def _ae_config(tmp_path, data, name, **training) -> Path:
@@ -199,3 +254,18 @@ def test_an_interrupted_two_process_encode_leaves_nothing(tmp_path, trained, gap
     result = run_torchrun([str(script)], 29537, check=False)
     assert "rank 0: KeyboardInterrupt" in result.stdout, result.stdout + result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worker.py"]
+
+
+def test_commands_of_one_process_run_once_under_a_launcher(tmp_path):
+    """`sample` (one generator draws every member) launched on 2 processes: the main one samples and writes,
+    as one process would; the other does nothing (before: both wrote the same file, one failed)."""
+    from conftest import make_tiny_pipeline
+
+    make_tiny_pipeline(tmp_path / "pipeline")
+    args = ["sample", "--pipeline", str(tmp_path / "pipeline"), "--length", "5", "--members", "3", "--steps", "2", "--quiet"]
+    assert cli.main([*args, "--out", str(tmp_path / "one.nc")]) == 0
+    result = run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.nc")], 29535)
+    assert result.stdout.count("wrote ") == 1
+    assert result.stderr.count("latentda sample: runs on one process (the main one)") == 1
+    one, two = (open_dataset(tmp_path / name) for name in ("one.nc", "two.nc"))
+    np.testing.assert_array_equal(two["u"].values, one["u"].values)

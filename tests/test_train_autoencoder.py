@@ -4,6 +4,7 @@ import json
 import shutil
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,30 @@ def test_latent_noise_trains_the_decoder_on_perturbed_latents_reproducibly(tmp_p
         assert torch.allclose(model(x, eps), model.decode(model.encode(x) + eps))
     with pytest.raises(LatentdaError, match="latent_noise: must be at least 0"):
         parse(AutoEncoderConfig, {"data": {"path": str(data_path)}, "output": "x", "latent_noise": -0.1})
+
+
+def test_a_second_run_into_a_training_folder_is_refused_while_the_first_trains(tmp_path, data_path):
+    """A requeued job while the first still trains, a script submitted twice: refused before any work
+    (not trained beside the first, removing its checkpoint temporaries); free once the holder is gone."""
+    import os
+    import signal
+    import subprocess
+
+    import latentda
+
+    config = _config(tmp_path, data_path, "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from latentda.data.io import OutputLock; "
+                               "lock = OutputLock(sys.argv[1]); print('held', flush=True); time.sleep(60)", config.output],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(latentda.__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for resume in (False, True):
+            with pytest.raises(LatentdaError, match=r"run: another process is writing it now"):
+                train_autoencoder(config, resume=resume, progress=False)
+        assert not (tmp_path / "run").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    train_autoencoder(config, progress=False)
+    assert (tmp_path / "run" / "autoencoder").is_dir() and not (tmp_path / ".run.lock").exists()

@@ -41,7 +41,7 @@ from latentda.data.statistics import MissingScan
 from latentda.errors import LatentdaError
 from latentda.processes import run_on_main
 from latentda.training.loop import (Trainer, TrainingConfig, check_resumed_config, check_run_dir, continues, make_accelerator,
-                                    shared_statistics)
+                                    one_run_at_a_time, shared_statistics)
 
 __all__ = ["DataConfig", "AutoEncoderModelConfig", "AutoEncoderConfig", "train_autoencoder", "reconstruction_rmse"]
 
@@ -143,6 +143,7 @@ def evenly_spaced_frames(dataset: WindowDataset, count: int) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in picks])
 
 
+@one_run_at_a_time
 def train_autoencoder(config: AutoEncoderConfig, resume: bool = False, progress: bool = True, accelerator=None) -> dict:
     """Train the autoencoder described by ``config``; returns the final validation metrics."""
     from latentda.nn.autoencoder import AutoEncoder

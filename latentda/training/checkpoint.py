@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from latentda.data.io import atomic_path, remove_path
 from latentda.errors import LatentdaError
+from latentda.processes import is_main_rank
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_latest", "latest_checkpoint", "list_checkpoints", "check_fits"]
 
@@ -137,7 +138,7 @@ def load_latest(directory: str | os.PathLike, model: torch.nn.Module | None = No
         except LatentdaError as error:
             first_error = first_error or error
             continue
-        if first_error is not None:
+        if first_error is not None and is_main_rank():  # once, not once per process
             warnings.warn(f"{first_error}; resuming from the older {path.name}", stacklevel=2)
         return loaded
     if first_error is not None:

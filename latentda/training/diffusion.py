@@ -32,7 +32,7 @@ from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
 from latentda.training.loop import (Trainer, TrainingConfig, check_resumed_config, check_run_dir, continues, make_accelerator,
-                                    shared_statistics)
+                                    one_run_at_a_time, shared_statistics)
 
 __all__ = ["DenoiserModelConfig", "DiffusionConfig", "LatentDiffusionConfig", "initial_weights", "train_latent_diffusion", "VALID_SIGMAS"]
 
@@ -245,6 +245,7 @@ def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, c
     return errors
 
 
+@one_run_at_a_time
 def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: bool = False, progress: bool = True,
                            accelerator=None) -> dict:
     """Train the trajectory prior on ``latents``; writes ``{output}/pipeline``. Returns validation metrics."""

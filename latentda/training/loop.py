@@ -21,6 +21,7 @@ With several processes the model is replicated (``strategy: ddp``, Accelerate's 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -37,13 +38,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from latentda.config import MAX_SEED, require
-from latentda.data.io import check_output_path, write_text_atomic
-from latentda.processes import run_on_main, started_here
+from latentda.data.io import OutputLock, check_output_path, write_text_atomic
+from latentda.processes import collective_device, raise_first, run_on_main, started_here
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
 
 __all__ = ["TrainingConfig", "Trainer", "BatchRandom", "batch_indices", "batch_random", "make_accelerator",
-           "check_run_dir", "continues", "shared_statistics"]
+           "one_run_at_a_time", "check_run_dir", "continues", "shared_statistics"]
 ValidateFn = Callable[[torch.nn.Module], dict]
 
 
@@ -141,6 +142,26 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     accelerator = started_here(lambda: Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()))
     check_batch_split(config, accelerator.num_processes)  # before any pass over the data
     return accelerator
+
+
+def one_run_at_a_time(train: Callable) -> Callable:
+    """``train(config, …, accelerator=None)`` (a training stage writing ``config.output``) run while the
+    main process holds the run folder's :class:`latentda.data.io.OutputLock`: a second run into the same
+    folder — a requeued job while the first still trains, a script submitted twice — is refused in one
+    line, on every process, before any work, instead of training beside it and removing its checkpoint
+    temporaries. Released when the run ends, however it ends."""
+
+    @functools.wraps(train)
+    def locked(config, *args, accelerator: Accelerator | None = None, **kwargs):
+        accelerator = accelerator or make_accelerator(config.training)
+        lock = run_on_main(lambda: OutputLock(config.output), accelerator.is_main_process)
+        try:
+            return train(config, *args, accelerator=accelerator, **kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    return locked
 
 
 def check_batch_split(config: TrainingConfig, processes: int) -> None:
@@ -469,6 +490,25 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ the loop
+    def _next_batch(self, batches):
+        """The next batch of ``batches``. A read error (a corrupt chunk met mid-run) on any process stops
+        every process with its one line, rather than leaving the others to fail in the gradients'
+        collective: under several processes each step exchanges one flag (a one-element all-reduce), the
+        message only when a process failed."""
+        batch = error = None
+        try:
+            batch = next(batches)
+        except Exception as caught:  # noqa: BLE001 — raised below, on every process
+            error = caught
+        if self.accelerator.num_processes > 1:
+            failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=collective_device())
+            torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+            if failed.item():
+                raise_first(error)
+        elif error is not None:
+            raise error
+        return batch
+
     def fit(self) -> dict:
         """Train until ``config.steps``; when resuming, continue from the last checkpoint."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -494,7 +534,7 @@ class Trainer:
         while self.step < config.steps:
             total_loss = 0.0
             for micro in range(config.gradient_accumulation):
-                batch = next(batches)
+                batch = self._next_batch(batches)
                 batch = tuple(b.to(accelerator.device) for b in batch) if isinstance(batch, (list, tuple)) else batch.to(accelerator.device)
                 size = len(batch[0]) if isinstance(batch, tuple) else len(batch)
                 random = batch_random(config.seed, self.step * config.gradient_accumulation + micro, rank, size)
