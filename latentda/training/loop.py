@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from latentda.config import MAX_SEED, require
 from latentda.data.io import OutputLock, check_output_path, write_text_atomic
-from latentda.processes import collective_device, raise_first, run_on_main, started_here
+from latentda.processes import collective_device, process_count, raise_first, run_on_main, started_here
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
 
@@ -139,6 +139,14 @@ def batch_indices(size: int, batch_size: int, step: int, seed: int) -> torch.Ten
 def make_accelerator(config: TrainingConfig) -> Accelerator:
     """An Accelerator for this config; on a machine without CUDA, processes use the CPU (gloo), so
     ``torchrun --nproc_per_node N`` gives N ranks there too."""
+    from accelerate.state import AcceleratorState
+
+    earlier = AcceleratorState._shared_state.get("_mixed_precision")  # one state per Python process
+    if earlier is not None and earlier != config.mixed_precision:
+        if process_count() > 1:
+            raise LatentdaError(f"training.mixed_precision: {config.mixed_precision}, but this process already trained with "
+                                f"{earlier} (Accelerate keeps one precision per process): run it in a new process")
+        AcceleratorState._reset_state(reset_partial_state=False)  # alone: e.g. a notebook training two stages
     accelerator = started_here(lambda: Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()))
     check_batch_split(config, accelerator.num_processes)  # before any pass over the data
     return accelerator
@@ -336,6 +344,7 @@ class Trainer:
                           f"never reaches training.learning_rate {config.learning_rate:g} (it rises linearly over the whole "
                           f"run); set warmup_steps below steps, e.g. {max(config.steps // 10, 0)}", stacklevel=2)
         self.plain_model = None  # fsdp: an unsharded copy (main process) that receives the final weights
+        self._mixed_forward = None  # bf16: Accelerate's autocast forward, set aside while the EMA model validates
         self.step = 0
         self.config_text: str | None = None  # config.yaml, written by fit once the checkpoint (if any) has loaded
 
@@ -379,7 +388,7 @@ class Trainer:
             self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.steps)
         else:
             self.scheduler = get_constant_schedule_with_warmup(self.optimizer, config.warmup_steps)
-        self.ema = EMAModel(model.parameters(), decay=config.ema_decay)
+        self.ema = EMAModel(model.parameters(), decay=config.ema_decay)  # decay min(ema_decay, (1 + k)/(10 + k)) at update k
         if checkpoint is None:
             return
         if self.sharded:
@@ -387,6 +396,11 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
+        # the optimizer's saved rate is the old schedule's: a run resumed with more steps follows the
+        # stretched schedule from its first step (LambdaLR's rate at step s: base · λ(s))
+        rates = [base * factor(self.scheduler.last_epoch) for base, factor in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
         names = [name for name, _ in model.named_parameters()]
         self.ema.shadow_params = [sharding.shard_like(ema_state[name], p) for name, p in zip(names, model.parameters())]
         self.ema.optimization_step = state["ema_step"]
@@ -434,10 +448,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def ema_model(self) -> torch.nn.Module:
-        """The unwrapped model holding the EMA weights (until :meth:`restore_weights`)."""
+        """The unwrapped model holding the EMA weights, its forward in full precision (until
+        :meth:`restore_weights`): under ``mixed_precision: bf16`` Accelerate wraps the forward in
+        autocast, which validation — and the representation error saved with the model — must not use."""
         model = self.accelerator.unwrap_model(self.model_prepared)
         self._training_weights = [p.detach().clone() for p in model.parameters()]  # shards stay shards
         self.ema.copy_to(model.parameters())
+        self._mixed_forward = model.__dict__.get("forward") if "_original_forward" in model.__dict__ else None
+        if self._mixed_forward is not None:
+            model.forward = model._original_forward
         return model
 
     def restore_weights(self) -> None:
@@ -448,6 +467,8 @@ class Trainer:
             for p, weights in zip(model.parameters(), self._training_weights):
                 p.copy_(weights)
         self._training_weights = None
+        if self._mixed_forward is not None:  # training goes on under autocast
+            model.forward, self._mixed_forward = self._mixed_forward, None
 
     def _validate(self) -> dict:
         if self.validate_fn is None:
@@ -556,15 +577,16 @@ class Trainer:
             if not math.isfinite(total_loss):  # on every process at once: none is left waiting at a collective
                 raise LatentdaError(f"loss became {total_loss} at step {self.step}: lower the learning rate")
             accelerator.clip_grad_norm_(self.model_prepared.parameters(), config.grad_clip)
+            rate = self.optimizer.param_groups[0]["lr"]  # the rate of this step (logged with its loss)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.ema.step(accelerator.unwrap_model(self.model_prepared).parameters())
             self.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{total_loss:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{total_loss:.4g}", lr=f"{rate:.2e}")
             if self.step % 10 == 0 or self.step == config.steps:
-                self._log({"step": self.step, "loss": total_loss, "lr": self.scheduler.get_last_lr()[0]})
+                self._log({"step": self.step, "loss": total_loss, "lr": rate})
             if self.step % config.validate_every == 0 or self.step == config.steps:
                 metrics = self._validate()
                 if metrics and accelerator.is_main_process:
