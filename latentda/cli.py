@@ -700,7 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub = command("evaluate", "score an ensemble against the truth (rmse, crps, spread-skill, ...)", _evaluate)
-    sub.add_argument("--prediction", required=True, type=Path, help="ensemble (dims realization, time, ...)")
+    sub.add_argument("--prediction", required=True, type=Path, help="ensemble (dims realization, time, ...), or forecasts "
+                     "(realization, time = initialisation time, prediction_timedelta, ...: one or several "
+                     "initialisation times, scored at their valid times and averaged by lead)")
     sub.add_argument("--truth", required=True, type=Path, help="true fields (matched by time)")
     sub.add_argument("--trajectory", type=int, help="which trajectory of the truth, when it has several")
     sub.add_argument("--observations", type=Path,

@@ -14,6 +14,14 @@ forecast: it has its rows in ``metrics.csv`` (column ``lead`` the lead time, ``s
 reanalysis' rows have ``step``, the time index) but is left out of the summary, the rank histograms, the
 coverage curve and the spectra; a forecast without a lead 0 is summarised over all its leads.
 
+A forecast may hold several initialisation times (WeatherBench2's layout: forecasts of one lead set,
+concatenated along ``time``), or one of either left as a coordinate (``.sel(prediction_timedelta=…)``,
+``.isel(time=i)``). Every (initialisation, lead) pair is scored at its valid time (rows with
+``init_time``); the summary averages over all pairs past lead 0, as WeatherBench2 averages over
+initialisation times, and ``summary["by_lead"]`` gives each score by lead, averaged over the
+initialisation times (``rmse_pooled``: √ of the mean square), the curve against lead WeatherBench2
+plots. Leads written as numbers with CF units (``hours``) are read as durations.
+
 Masks and missing values: every score is over the points where the truth and all members have
 values. NaN in the truth (a land mask, a missing step) is left out; NaN in the prediction is
 accepted only on its fixed mask (its ``<variable>_mask`` variables), anywhere else it is an error; a
@@ -41,6 +49,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from latentda.data.io import already_exists, atomic_path, check_replaceable_folder
@@ -54,7 +63,7 @@ __all__ = ["evaluate", "write_report", "check_report_path", "NOT_CHANNELS"]
 
 COVERAGE_LEVELS = (0.5, 0.9)
 REPORT_FILES = ("metrics.csv", "summary.json", "scores.png", "spectra.png", "calibration.png")  # what write_report writes
-NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points")  # summary keys that are not channels
+NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points", "by_lead", "initialisation_times")  # summary keys that are not channels
 
 
 def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) -> xr.Dataset:
@@ -72,23 +81,29 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
     times = prediction[TIME].values
     if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(truth[TIME].values.dtype, np.datetime64):
         raise LatentdaError("the prediction's and the truth's times are not of the same kind (datetimes vs numbers)")
+    known = truth[TIME].values
     try:
         if np.issubdtype(times.dtype, np.number):  # float model times: tolerate rounding of time + lead
-            return truth.sel({TIME: times}, method="nearest", tolerance=_time_tolerance(times))
+            return truth.sel({TIME: times}, method="nearest", tolerance=_time_tolerance(times, known))
         return truth.sel({TIME: times})
     except KeyError:
-        known = truth[TIME].values
         if np.issubdtype(times.dtype, np.number):
-            absent = np.abs(times.astype(np.float64)[:, None] - known.astype(np.float64)[None]).min(axis=1) > _time_tolerance(times)
+            absent = (np.abs(times.astype(np.float64)[:, None] - known.astype(np.float64)[None]).min(axis=1)
+                      > _time_tolerance(times, known))
         else:
             absent = ~np.isin(times, known)
         raise LatentdaError(f"the prediction's times are not all in the truth: {int(absent.sum())} are not, the first "
                             f"{times[np.argmax(absent)]} (the truth has {_time_span(known)})") from None
 
 
-def _time_tolerance(times: np.ndarray) -> float:
-    """How far float model times may differ and be the same time: the rounding of time + lead."""
-    return 1e-6 * max(1.0, float(np.abs(times).max())) if len(times) else 1e-6
+def _time_tolerance(times: np.ndarray, reference: np.ndarray | None = None) -> float:
+    """How far float model times may differ and be the same time: the rounding of time + lead (10⁻⁶ of
+    their magnitude), at most a quarter of the ``reference`` axis' smallest step (large model times must
+    not match a neighbouring state)."""
+    tolerance = 1e-6 * max(1.0, float(np.abs(times).max())) if len(times) else 1e-6
+    if reference is not None and len(np.unique(reference)) > 1:
+        tolerance = min(tolerance, 0.25 * float(np.diff(np.unique(np.asarray(reference, dtype=np.float64))).min()))
+    return tolerance
 
 
 def _same_times(a: np.ndarray, b: np.ndarray) -> bool:
@@ -109,15 +124,12 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel)."""
     if "realization" not in prediction.dims:
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
-    forecast = "prediction_timedelta" in prediction.dims
+    if TIME not in prediction.coords:  # the bare index would be taken for times 0, 1, …
+        raise LatentdaError("the prediction has no 'time' coordinate: its states cannot be matched to the truth's")
+    forecast = "prediction_timedelta" in prediction.coords
+    inits = leads = None
     if forecast:  # score against the truth at valid times
-        if prediction.sizes.get(TIME, 1) != 1:
-            raise LatentdaError(f"the forecast has {prediction.sizes[TIME]} initialisation times; evaluate scores one "
-                                "(select it, e.g. dataset.isel(time=[i]))")
-        init = prediction[TIME].values[0]
-        leads = prediction["prediction_timedelta"].values
-        prediction = prediction.isel({TIME: 0}, drop=True).rename(prediction_timedelta=TIME)
-        prediction = prediction.assign_coords({TIME: init + prediction[TIME].values})
+        prediction, inits, leads, count = _valid_times(prediction)  # count: leads per initialisation time
     layout = FieldLayout.from_dataset(prediction)
     truth = _align(prediction, truth, trajectory)
     layout.check(truth)
@@ -146,7 +158,9 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     rows = []
     for c, channel in enumerate(layout.channels):
         for t, time in enumerate(times):
-            where = {"lead": _lead_text(leads[t]), "step": t} if forecast else {"step": t}
+            where = {"step": t}
+            if forecast:  # step: the lead's index
+                where = {"init_time": str(inits[t]), "lead": _lead_text(leads[t]), "step": t % count}
             rows.append({"channel": channel, "time": str(time), **where,
                          **{name: float(value[t, c]) for name, value in scores.items()}})
     summarised = np.ones(len(times), dtype=bool)
@@ -154,6 +168,13 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         summarised = ~_is_zero(leads)
     summary = {channel: {name: float(np.nanmean(value[summarised, c])) for name, value in scores.items()}
                for c, channel in enumerate(layout.channels)}
+    if forecast:  # WeatherBench2's headline: each score by lead, averaged over the initialisation times
+        summary["by_lead"] = {channel: {_lead_text(leads[i]): {
+            **{name: float(np.nanmean(value[i::count, c])) for name, value in scores.items()},
+            **{f"{name}_pooled": float(np.sqrt(np.nanmean(scores[name][i::count, c] ** 2)))
+               for name in ("rmse", "spread") if name in scores}} for i in range(count)}
+            for c, channel in enumerate(layout.channels)}
+        summary["initialisation_times"] = len(inits) // count
     for c, channel in enumerate(layout.channels):  # WeatherBench2's time averages: roots of the mean squares
         for name in ("rmse", "spread"):
             if name in scores:  # a single member has no spread
@@ -191,6 +212,38 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     summary["valid_points"] = {channel: {"fraction": float(n / valid[:, c].size), "times_without_any": int(
         (~valid[:, c].any(axis=(1, 2))).sum())} for c, (channel, n) in enumerate(zip(layout.channels, scored))}
     return rows, summary
+
+
+_DURATIONS = {"days": "D", "day": "D", "d": "D", "hours": "h", "hour": "h", "hr": "h", "h": "h", "minutes": "min",
+              "minute": "min", "min": "min", "seconds": "s", "second": "s", "sec": "s", "s": "s", "milliseconds": "ms",
+              "microseconds": "us", "nanoseconds": "ns"}  # CF duration units → pandas'
+
+
+
+def _valid_times(forecast: xr.Dataset) -> tuple[xr.Dataset, np.ndarray, np.ndarray, int]:
+    """A forecast (realization, time, prediction_timedelta, …) — one or several initialisation times
+    ``time``, either of them also a single value left as a coordinate (``.sel(prediction_timedelta=…)``,
+    ``.isel(time=i)``) — as an ensemble along ``time`` of its valid times init + lead, case by case
+    (init-major: case k is init k // L, lead k % L), with the init and the lead of each case. Leads of a
+    datetime forecast written as numbers with CF units ("hours", WeatherBench2's and older xarray's
+    encoding) are read as durations. Also returns the number of leads."""
+    for name in (TIME, "prediction_timedelta"):
+        if name not in forecast.dims:  # a single value left as a coordinate: a dimension of one, for the members only
+            coordinate = forecast[name].variable.set_dims(name)
+            forecast = forecast.drop_vars(name)
+            forecast = forecast.assign({v: forecast[v].expand_dims(name) for v in forecast.data_vars
+                                        if "realization" in forecast[v].dims}).assign_coords({name: coordinate})
+    inits, leads = forecast[TIME].values, forecast["prediction_timedelta"].values
+    if np.issubdtype(inits.dtype, np.datetime64) and not np.issubdtype(leads.dtype, np.timedelta64):
+        units = str(forecast["prediction_timedelta"].attrs.get("units", "")).strip().lower()
+        if units not in _DURATIONS:
+            raise LatentdaError(f"the forecast's prediction_timedelta holds numbers (units {units!r}), its times are "
+                                "date-times: give the leads as durations, or numbers with units such as 'hours'")
+        leads = pd.to_timedelta(leads, unit=_DURATIONS[units]).to_numpy()
+    parts = [forecast.isel({TIME: i}, drop=True).rename(prediction_timedelta=TIME).assign_coords({TIME: init + leads})
+             for i, init in enumerate(inits)]
+    cases = parts[0] if len(parts) == 1 else xr.concat(parts, TIME, data_vars="minimal", coords="minimal", compat="override")
+    return cases, np.repeat(inits, len(leads)), np.tile(leads, len(inits)), len(leads)
 
 
 def _is_zero(leads: np.ndarray) -> np.ndarray:
@@ -278,12 +331,11 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
     figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), constrained_layout=True)
     for axis, name in zip(np.atleast_1d(axes), names):
         for channel in channels:
-            series = [r for r in rows if r["channel"] == channel]
-            axis.plot([r["step"] for r in series], [r[name] for r in series], label=channel)
+            axis.plot(*_by_step(rows, channel, name), label=channel)
         if name == "spread_skill_ratio":
             axis.axhline(1.0, color="k", lw=0.8, ls="--")
         axis.set_title(name)
-        axis.set_xlabel("time step")
+        axis.set_xlabel("lead step (mean over initialisation times)" if "lead" in rows[0] else "time step")
     np.atleast_1d(axes)[0].legend()
     figure.savefig(out / "scores.png", dpi=120)
     plt.close(figure)
@@ -300,6 +352,15 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
         _calibration_figure(rows, summary, channels, out / "calibration.png")
 
 
+def _by_step(rows: list[dict], channel: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean of score ``name`` at each step) of ``channel``'s rows: a forecast's lead steps averaged over
+    its initialisation times (one row each otherwise)."""
+    series = [r for r in rows if r["channel"] == channel]
+    steps = np.unique([r["step"] for r in series])
+    values = np.array([np.nanmean([r[name] for r in series if r["step"] == step]) for step in steps])
+    return steps, values
+
+
 def _calibration_figure(rows: list[dict], summary: dict, channels: list[str], path: Path) -> None:
     """Rank histograms, coverage of central intervals against their level, spread-skill by time."""
     import matplotlib.pyplot as plt
@@ -313,15 +374,14 @@ def _calibration_figure(rows: list[dict], summary: dict, channels: list[str], pa
                      label=f"{channel} (χ²/m {histogram['flatness']:.2f}, p {histogram['p_value']:.2g})")
         curve = summary[channel]["coverage_curve"]
         axes[1].plot(curve["level"], curve["observed"], marker="o", ms=3, label=channel)
-        series = [r for r in rows if r["channel"] == channel]
-        axes[2].plot([r["step"] for r in series], [r["spread_skill_ratio"] for r in series], label=channel)
+        axes[2].plot(*_by_step(rows, channel, "spread_skill_ratio"), label=channel)
     axes[0].axhline(1.0, color="k", lw=0.8, ls="--")
     axes[0].set(title="rank histogram of the truth", xlabel="rank among members", ylabel="frequency × (m+1)")
     axes[1].plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
     axes[1].set(title="coverage of central intervals", xlabel="nominal level", ylabel="observed coverage",
                 xlim=(0, 1), ylim=(0, 1))
     axes[2].axhline(1.0, color="k", lw=0.8, ls="--")
-    axes[2].set(title="spread-skill ratio", xlabel="time step")
+    axes[2].set(title="spread-skill ratio", xlabel="lead step" if "lead" in rows[0] else "time step")
     for axis in axes:
         axis.legend(fontsize=7)
     figure.savefig(path, dpi=120)

@@ -699,11 +699,10 @@ def one_step_later(dataset):
     return dataset.assign_coords(time=(times + (times[1] - times[0])).assign_attrs(times.attrs))
 
 
-def two_forecasts(dataset):
-    """A forecast file with two initialisation times (WeatherBench2 layout), from an ensemble."""
+def without_times(dataset):
+    """A forecast whose initialisation time was dropped (``.isel(time=0, drop=True)``): nothing says when it starts."""
     times = dataset["time"].values
-    forecast = dataset.rename(time="prediction_timedelta").assign_coords(prediction_timedelta=times - times[0])
-    return xr.concat([forecast.expand_dims(time=[times[0]]), forecast.expand_dims(time=[times[1]])], "time")
+    return dataset.rename(time="prediction_timedelta").assign_coords(prediction_timedelta=times - times[0])
 
 
 case("evaluate-observations-of-other-times")(lambda w, d: (evaluate_args(
@@ -711,8 +710,8 @@ case("evaluate-observations-of-other-times")(lambda w, d: (evaluate_args(
 case("evaluate-prediction-beyond-the-truth")(lambda w, d: (evaluate_args(  # the last time: one step after the truth's
     w, rewrite(w.prediction, d / "p.nc", lambda ds: ds.assign_coords(time=ds["time"] + 100 * (ds["time"][1] - ds["time"][0])))),
     "not all in the truth: "))
-case("evaluate-forecast-two-initialisations")(lambda w, d: (evaluate_args(
-    w, rewrite(w.prediction, d / "f.zarr", two_forecasts)), "2 initialisation times"))
+case("evaluate-forecast-without-its-time")(lambda w, d: (evaluate_args(
+    w, rewrite(w.prediction, d / "f.zarr", without_times)), "the prediction has no 'time' coordinate"))
 
 
 def repeated_time(dataset):

@@ -9,6 +9,7 @@ import xarray as xr
 from conftest import make_box_dataset
 from latentda import cli
 from latentda.data import write_dataset
+from latentda.errors import LatentdaError
 from latentda.evaluation import evaluate
 from latentda.metrics import coverage_curve, interval_coverage, rank_flatness, rank_histogram, truth_ranks
 
@@ -161,7 +162,7 @@ def test_evaluate_leaves_a_forecasts_initial_state_out_of_its_summary(tmp_path):
     rows = (out / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     first = dict(zip(header, rows[1].split(",")))
-    assert header[:4] == ["channel", "time", "lead", "step"] and len(rows) == 1 + 2 * 9
+    assert header[:5] == ["channel", "time", "init_time", "lead", "step"] and len(rows) == 1 + 2 * 9
     assert first["lead"] == "0" and float(first["spread"]) == 0.0 and float(first["rmse"]) == 0.0
 
     # a forecast from elsewhere whose first lead is not 0: every lead is a forecast, labelled by its lead
@@ -173,6 +174,76 @@ def test_evaluate_leaves_a_forecasts_initial_state_out_of_its_summary(tmp_path):
         per_lead = np.array([row["rmse"] for row in rows if row["channel"] == name])
         assert summary[name]["rmse"] == pytest.approx(per_lead.mean())  # the mean over the leads, all of them
         assert summary[name]["rmse_pooled"] == pytest.approx(np.sqrt(np.mean(per_lead**2)))  # WeatherBench2's
+
+
+def _forecasts_of(truth: xr.Dataset, starts: list[int], leads: int, members: int = 4, seed: int = 0) -> xr.Dataset:
+    """WeatherBench2's layout (realization, time = initialisation, prediction_timedelta, …): per initialisation
+    ``truth.time[start]``, members scattered around the truth at the valid times, the spread growing with lead."""
+    rng = np.random.default_rng(seed)
+    times = truth["time"].values
+    parts = []
+    for start in starts:
+        valid = truth.isel(time=slice(start, start + leads + 1))
+        scale = xr.DataArray(0.1 * (1 + np.arange(leads + 1)), dims="time")
+        drawn = valid.expand_dims(realization=np.arange(members)).map(
+            lambda v: (v + scale * xr.DataArray(rng.standard_normal(v.shape), dims=v.dims)).astype(np.float32))
+        parts.append(drawn.rename(time="prediction_timedelta").assign_coords(
+            prediction_timedelta=times[start : start + leads + 1] - times[start]).expand_dims(time=[times[start]]))
+    return xr.concat(parts, "time")
+
+
+def test_forecasts_of_several_initialisation_times_are_scored_as_weatherbench2_averages(tmp_path):
+    """Every (initialisation, lead) pair scored at its valid time: each row equals the single forecast's; the
+    summary and `by_lead` average over the initialisation times; a scalar lead or initialisation is scored at
+    its valid time; leads in CF integer hours read as durations."""
+    from conftest import make_latlon_dataset
+
+    truth = make_latlon_dataset(times=12)
+    forecast = _forecasts_of(truth, [0, 2, 5], leads=3)
+    rows, summary = evaluate(forecast, truth)
+    singles = [evaluate(forecast.isel(time=[i]), truth) for i in range(3)]
+    channel = "temperature@500"
+    assert summary["initialisation_times"] == 3 and len(rows) == 3 * 4 * 3  # channels × inits × leads
+    for i, (single_rows, _) in enumerate(singles):
+        mine = [row for row in rows if row["init_time"] == str(forecast["time"].values[i])]
+        assert [row["rmse"] for row in mine] == [row["rmse"] for row in single_rows]
+        assert [row["time"] for row in mine] == [row["time"] for row in single_rows]  # valid times
+    by_lead = summary["by_lead"][channel]
+    assert list(by_lead) == ["0:00:00", "6:00:00", "12:00:00", "18:00:00"]
+    for step, lead in enumerate(by_lead):
+        per_init = [[row for row in single if row["channel"] == channel][step]["rmse"] for single, _ in singles]
+        assert by_lead[lead]["rmse"] == pytest.approx(np.mean(per_init), rel=1e-12)
+        assert by_lead[lead]["rmse_pooled"] == pytest.approx(np.sqrt(np.mean(np.square(per_init))), rel=1e-12)
+    assert by_lead["0:00:00"]["rmse"] < by_lead["18:00:00"]["rmse"]  # the spread grows with lead
+    assert summary[channel]["rmse"] == pytest.approx(np.mean([s[channel]["rmse"] for _, s in singles]), rel=1e-12)
+    assert sum(summary[channel]["rank_histogram"]["counts"]) == 3 * 3 * 8 * 16  # 3 inits × leads 1–3 × every pixel
+
+    lead_rows, _ = evaluate(forecast.isel(prediction_timedelta=2), truth)  # a lead chosen as a scalar: its valid time
+    assert [row["rmse"] for row in lead_rows if row["channel"] == channel] == [
+        row["rmse"] for row in rows if row["channel"] == channel and row["lead"] == "12:00:00"]
+    assert lead_rows[0]["time"] == str(forecast["time"].values[0] + np.timedelta64(12, "h"))
+    init_rows, _ = evaluate(forecast.isel(time=1), truth)
+    assert [row["rmse"] for row in init_rows] == [row["rmse"] for row in singles[1][0]]
+
+    hours = forecast["prediction_timedelta"].values // np.timedelta64(1, "h")  # WeatherBench2's / older xarray's encoding
+    encoded = forecast.assign_coords(prediction_timedelta=("prediction_timedelta", hours, {"units": "hours"}))
+    assert [row["rmse"] for row in evaluate(encoded, truth)[0]] == [row["rmse"] for row in rows]
+    with pytest.raises(LatentdaError, match="prediction_timedelta holds numbers .units 'steps'"):
+        evaluate(encoded.assign_coords(prediction_timedelta=encoded["prediction_timedelta"].assign_attrs(units="steps")), truth)
+    with pytest.raises(LatentdaError, match="the prediction has no 'time' coordinate"):
+        evaluate(forecast.drop_vars("time"), truth)
+
+
+def test_large_model_times_are_not_matched_to_a_neighbouring_state():
+    """The tolerance of float model times (the rounding of time + lead) stays below the truth's step however
+    large the times: a prediction half a step off is refused at t ≈ 2·10⁶ as at t ≈ 1."""
+    truth = make_box_dataset(trajectories=1, times=6, size=8).isel(trajectory=0, drop=True)
+    prediction = truth.expand_dims(realization=[0, 1])
+    for offset in (0.0, 2e6):
+        shifted = truth.assign_coords(time=truth["time"] + offset)
+        assert evaluate(prediction.assign_coords(time=prediction["time"] + offset), shifted)[1]["u"]["rmse"] == 0.0
+        with pytest.raises(LatentdaError, match="not all in the truth"):
+            evaluate(prediction.assign_coords(time=prediction["time"] + offset + 0.1), shifted)
 
 
 def test_coverage_50_and_the_curve_agree_when_members_and_truth_tie(tmp_path):
