@@ -345,6 +345,10 @@ case("train-ae-data-fill-value")(lambda w, d: (  # 1 % of the points at 1e20 wou
 case("train-ae-data-irregular-time")(lambda w, d: (
     ae(w, d, f"data.path={rewrite(w.data, d / 'irregular.zarr', irregular_hours)}"), IRREGULAR))
 case("train-ae-output-is-data")(lambda w, d: (ae(w, d, f"output={w.data}"), "is the input data"))
+case("train-ae-output-under-a-file")(lambda w, d: (ae(w, d, f"output={written(d / 'notes', 'a file')}/runs/ae"),
+                                                   "notes is a file, not a folder"))
+case("train-ae-output-in-new-folders-data-missing")(lambda w, d: (  # refused: the folders the run's lock made are gone
+    ae(w, d, f"output={d / 'new' / 'runs' / 'ae'}", f"data.path={d / 'none.zarr'}"), "no such file"))
 case("train-ae-output-inside-data")(lambda w, d: (ae(w, d, f"output={w.data / 'run'}"), "is inside the input data"))
 
 # encode ---------------------------------------------------------------------------------------

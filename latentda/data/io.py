@@ -236,14 +236,17 @@ class OutputLock:
         self.out = Path(out)
         self.path = self.lock_path(self.out)
         self.handle = None
+        self.created: list[Path] = []
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.created = [folder for folder in self.path.parents if not folder.exists()]  # removed again if left empty
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(self.path, "a")
         except OSError as error:
+            self._remove_created()
             raise LatentdaError(f"{self.out}: cannot write beside it ({error.strerror or error})") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -252,8 +255,17 @@ class OutputLock:
                 raise BlockingIOError
         except OSError:
             handle.close()
+            self._remove_created()
             raise self.busy(self.out) from None
         self.handle = handle
+
+    def _remove_created(self) -> None:
+        """The folders this lock created, where nothing else was put in them (a refused run leaves nothing)."""
+        for folder in self.created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     @staticmethod
     def lock_path(out: str | os.PathLike) -> Path:
@@ -288,6 +300,7 @@ class OutputLock:
         if self.handle is not None and not self.handle.closed:
             self.path.unlink(missing_ok=True)
             self.handle.close()
+            self._remove_created()
 
 
 def already_exists(path: str | os.PathLike) -> LatentdaError:

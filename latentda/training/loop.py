@@ -161,6 +161,7 @@ def one_run_at_a_time(train: Callable) -> Callable:
 
     @functools.wraps(train)
     def locked(config, *args, accelerator: Accelerator | None = None, **kwargs):
+        check_output_path(config.output, {}, "output", replaced=False)  # not under a file: before the lock's folder
         accelerator = accelerator or make_accelerator(config.training)
         lock = run_on_main(lambda: OutputLock(config.output), accelerator.is_main_process)
         try:
