@@ -267,5 +267,5 @@ def test_commands_of_one_process_run_once_under_a_launcher(tmp_path):
     result = run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.nc")], 29535)
     assert result.stdout.count("wrote ") == 1
     assert result.stderr.count("latentda sample: runs on one process (the main one)") == 1
-    one, two = (open_dataset(tmp_path / name) for name in ("one.nc", "two.nc"))
-    np.testing.assert_array_equal(two["u"].values, one["u"].values)
+    one, two = (open_dataset(tmp_path / name) for name in ("one.nc", "two.nc"))  # the same draws (threads round apart)
+    np.testing.assert_allclose(two["u"].values, one["u"].values, rtol=1e-5, atol=1e-6)
