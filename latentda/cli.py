@@ -301,11 +301,12 @@ def _evaluation_observations(path: Path, prediction):
     import pandas as pd
 
     from latentda.data import FieldLayout
+    from latentda.evaluation import is_forecast
     from latentda.observe import open_observations, table_to_dataset
 
     observations = open_observations(path)
     if isinstance(observations, pd.DataFrame):
-        if "prediction_timedelta" in prediction.dims:
+        if is_forecast(prediction):
             raise LatentdaError("score a forecast against an observation file (a table is placed on a reanalysis' times)")
         return table_to_dataset(observations, FieldLayout.from_dataset(prediction), times=prediction["time"].values)
     return observations
@@ -756,10 +757,17 @@ def _one_process_for(command: str):
 
 def _named_as_option(message: str, parser: argparse.ArgumentParser, command: str) -> str:
     """``message`` with its leading keywords of the Python API (``condition_noise: …``, as the library's
-    checks name a setting) replaced by the command's options (``--condition-noise: …``)."""
+    checks name a sampling, posterior or forecast setting) replaced by the command's options
+    (``--condition-noise: …``)."""
+    from latentda.posterior.forecast import ForecastSettings
+    from latentda.posterior.reanalysis import PosteriorSettings
+
     names, separator, rest = message.partition(": ")
+    settings = ({f.name for f in dataclasses.fields(PosteriorSettings)} | {f.name for f in dataclasses.fields(ForecastSettings)}
+                | {"members", "seed", "lead", "context", "lag"})
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    options = {a.dest: max(a.option_strings, key=len) for a in commands.choices[command]._actions if a.option_strings}
+    options = {a.dest: max(a.option_strings, key=len) for a in commands.choices[command]._actions
+               if a.option_strings and a.dest in settings}  # settings' keywords only: never a path or "config"
     named = [options.get(name) for name in names.split(", ")]
     if not separator or None in named:
         return message

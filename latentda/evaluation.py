@@ -59,7 +59,7 @@ from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, pole_rmse,
                               pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
 
-__all__ = ["evaluate", "write_report", "check_report_path", "NOT_CHANNELS"]
+__all__ = ["evaluate", "is_forecast", "write_report", "check_report_path", "NOT_CHANNELS"]
 
 COVERAGE_LEVELS = (0.5, 0.9)
 REPORT_FILES = ("metrics.csv", "summary.json", "scores.png", "spectra.png", "calibration.png")  # what write_report writes
@@ -126,7 +126,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
     if TIME not in prediction.coords:  # the bare index would be taken for times 0, 1, …
         raise LatentdaError("the prediction has no 'time' coordinate: its states cannot be matched to the truth's")
-    forecast = "prediction_timedelta" in prediction.coords
+    forecast = is_forecast(prediction)
     inits = leads = None
     if forecast:  # score against the truth at valid times
         prediction, inits, leads, count = _valid_times(prediction)  # count: leads per initialisation time
@@ -212,6 +212,20 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     summary["valid_points"] = {channel: {"fraction": float(n / valid[:, c].size), "times_without_any": int(
         (~valid[:, c].any(axis=(1, 2))).sum())} for c, (channel, n) in enumerate(zip(layout.channels, scored))}
     return rows, summary
+
+
+def is_forecast(prediction: xr.Dataset) -> bool:
+    """Whether ``prediction`` is a forecast: a ``prediction_timedelta`` dimension, or a single lead left as a
+    coordinate (``.sel(prediction_timedelta=…)``); a lead coordinate along another dimension is refused."""
+    if "prediction_timedelta" in prediction.dims:
+        return True
+    if "prediction_timedelta" not in prediction.coords:
+        return False
+    if prediction["prediction_timedelta"].ndim:
+        raise LatentdaError(f"prediction_timedelta runs along {', '.join(map(str, prediction['prediction_timedelta'].dims))}: "
+                            "a forecast has it as a dimension (WeatherBench2's layout), or as one lead; drop it to score "
+                            "the states at their times")
+    return True
 
 
 _DURATIONS = {"days": "D", "day": "D", "d": "D", "hours": "h", "hour": "h", "hr": "h", "h": "h", "minutes": "min",
@@ -331,7 +345,7 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
     figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), constrained_layout=True)
     for axis, name in zip(np.atleast_1d(axes), names):
         for channel in channels:
-            axis.plot(*_by_step(rows, channel, name), label=channel)
+            axis.plot(*_by_step(rows, channel, name), marker="o", ms=3, label=channel)  # a single lead is a point
         if name == "spread_skill_ratio":
             axis.axhline(1.0, color="k", lw=0.8, ls="--")
         axis.set_title(name)
@@ -374,7 +388,7 @@ def _calibration_figure(rows: list[dict], summary: dict, channels: list[str], pa
                      label=f"{channel} (χ²/m {histogram['flatness']:.2f}, p {histogram['p_value']:.2g})")
         curve = summary[channel]["coverage_curve"]
         axes[1].plot(curve["level"], curve["observed"], marker="o", ms=3, label=channel)
-        axes[2].plot(*_by_step(rows, channel, "spread_skill_ratio"), label=channel)
+        axes[2].plot(*_by_step(rows, channel, "spread_skill_ratio"), marker="o", ms=3, label=channel)
     axes[0].axhline(1.0, color="k", lw=0.8, ls="--")
     axes[0].set(title="rank histogram of the truth", xlabel="rank among members", ylabel="frequency × (m+1)")
     axes[1].plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")

@@ -225,7 +225,7 @@ def run_on_main(work: Callable, is_main: bool):
     if is_main:
         try:
             result = work()
-        except Exception as caught:  # noqa: BLE001 — re-raised below, on every process
+        except BaseException as caught:  # noqa: BLE001 — re-raised below; an interrupt too: the others must not wait on
             error = caught
     shared = posted_by_main(_message(error), is_main)
     if error is not None:

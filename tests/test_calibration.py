@@ -232,6 +232,11 @@ def test_forecasts_of_several_initialisation_times_are_scored_as_weatherbench2_a
         evaluate(encoded.assign_coords(prediction_timedelta=encoded["prediction_timedelta"].assign_attrs(units="steps")), truth)
     with pytest.raises(LatentdaError, match="the prediction has no 'time' coordinate"):
         evaluate(forecast.drop_vars("time"), truth)
+    valid = forecast.isel(time=0, drop=True).rename(prediction_timedelta="time")  # a lead coordinate along time
+    valid = valid.assign_coords(time=truth["time"].values[:4], prediction_timedelta=("time", valid["time"].values))
+    with pytest.raises(LatentdaError, match="prediction_timedelta runs along time: .*drop it"):
+        evaluate(valid, truth)
+    assert evaluate(valid.drop_vars("prediction_timedelta"), truth)[0][0]["rmse"] == rows[0]["rmse"]
 
 
 def test_large_model_times_are_not_matched_to_a_neighbouring_state():

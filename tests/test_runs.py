@@ -361,3 +361,25 @@ def test_one_run_writes_an_output_at_a_time(setup, tmp_path, monkeypatch, capsys
     resumed = pipeline.reanalyze(obs, out=out, resume=True, **options)
     assert np.isfinite(resumed["u"].values).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["post.zarr"]
+
+
+def test_an_output_lock_leaves_nothing_of_its_own(tmp_path, monkeypatch):
+    """The lock of a run that is refused or ends removes its file and the folders it had to create; `.` is the
+    folder it names; a path under a file is one line."""
+    from latentda.data.io import OutputLock
+
+    lock = OutputLock(tmp_path / "new" / "deep" / "run")
+    assert (tmp_path / "new" / "deep" / ".run.lock").is_file()
+    with pytest.raises(LatentdaError, match="another process is writing it now"):
+        OutputLock(tmp_path / "new" / "deep" / "run")
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    lock = OutputLock(".")
+    assert (tmp_path / ".here.lock").is_file()
+    lock.release()
+    (tmp_path / "notes").write_text("a file")
+    with pytest.raises(LatentdaError, match="notes/run: cannot write beside it"):
+        OutputLock(tmp_path / "notes" / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "notes"]

@@ -124,7 +124,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, data_path, capsys):
     assert error.count("\n") == 0 and "missing.zarr: no such file" in error
     assert not (tmp_path / "o").exists()
     assert cli.main(["train-ae", "--config", str(config), "--set", "training.steps=abc", "--quiet"]) == 2
-    assert "training.steps: expected an integer" in capsys.readouterr().err
+    assert "latentda train-ae: error: config: training.steps: expected an integer" in capsys.readouterr().err  # not --config
 
 
 def test_a_warmup_as_long_as_the_run_is_one_warning_line(tmp_path, data_path, capsys):

@@ -269,8 +269,10 @@ class OutputLock:
 
     @staticmethod
     def lock_path(out: str | os.PathLike) -> Path:
-        """The lock file of ``out``: hidden, beside it."""
-        return Path(out).with_name(f".{Path(out).name}.lock")
+        """The lock file of ``out``: hidden, beside it (``.`` is the folder it names)."""
+        out = Path(out).absolute()
+        out = out.resolve() if out.name in ("", ".", "..") else out
+        return out.with_name(f".{out.name}.lock")
 
     @staticmethod
     def busy(out: str | os.PathLike) -> LatentdaError:

@@ -476,10 +476,12 @@ class Trainer:
             return {}
         model = self.ema_model()
         model.eval()
-        with torch.no_grad():
-            metrics = self.validate_fn(model)
-        model.train()
-        self.restore_weights()
+        try:
+            with torch.no_grad():
+                metrics = self.validate_fn(model)
+        finally:  # the training weights and forward back, also when validation fails (an API caller may go on)
+            model.train()
+            self.restore_weights()
         self._log({"step": self.step, "valid": metrics})
         return metrics
 
