@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi
+from safetensors.torch import load_file
 
 from conftest import make_tiny_pipeline
 from latentda.errors import LatentdaError
@@ -25,6 +26,13 @@ def saved(tmp_path_factory):
 def test_save_load_round_trip_identical_outputs(saved, tmp_path):
     pipeline, truth, folder = saved
     loaded = LatentDAPipeline.from_pretrained(folder)
+    for name in ("denoiser", "autoencoder"):  # every weight as saved and as it was in memory (not re-initialised)
+        on_disk = load_file(folder / name / "diffusion_pytorch_model.safetensors")
+        module = {"denoiser": lambda p: p.backbone, "autoencoder": lambda p: p.autoencoder}[name]
+        saved_state, loaded_state = module(pipeline).state_dict(), module(loaded).state_dict()
+        assert on_disk.keys() == loaded_state.keys() == saved_state.keys()
+        for key in on_disk:
+            assert torch.equal(loaded_state[key], on_disk[key]) and torch.equal(saved_state[key], on_disk[key]), key
     fields = pipeline.layout.to_array(truth)
     torch.testing.assert_close(loaded.encode(fields), pipeline.encode(fields), rtol=0, atol=0)
     z = pipeline.encode(fields)

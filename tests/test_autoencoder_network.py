@@ -60,6 +60,9 @@ def test_shapes_non_divisible_non_periodic_axis_is_padded_then_cropped():
     x = torch.randn(2, 3, 30, 32)
     z = model.encode(x)
     assert z.shape == (2, 4, 8, 8)
+    # the encoder sees the field with its last row repeated twice below it (edge values, not zeros, not on top)
+    padded = torch.cat([x, x[..., -1:, :], x[..., -1:, :]], dim=-2)
+    torch.testing.assert_close(z, soft_clip(model.encoder(padded), model.config.latent_bound), rtol=0, atol=0)
     x_hat = model.decode(z)
     assert x_hat.shape == (2, 3, 30, 32)
     # The crop keeps the leading rows of the padded (32-row) reconstruction.

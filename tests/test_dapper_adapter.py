@@ -187,9 +187,21 @@ def test_filter_started_late_is_the_filter_on_the_later_cycles(setup):
 
 def test_smoother_records_smoothed_statistics(setup):
     pipeline, HMM, xx, yy = setup
+    from latentda.posterior.filtering import join_cycles
+    from latentda.posterior.reanalysis import posterior_members
+
     xp = _method(pipeline, mode="smoother")
     xp.assimilate(HMM, xx, yy, fail_gently=False)
     assert np.isfinite(xp.stats.err.rms.s).all() and np.isnan(xp.stats.err.rms.a).all()
+    # each cycle k scores the reanalysis' state at k: the members drawn again, the same seed, on the joined window
+    kko = HMM.tseq.kko
+    window = join_cycles([None] + [xp._operator(HMM, ko, yy[ko]) for ko in range(len(kko))])
+    members = np.stack([fields for _, fields, _ in posterior_members(pipeline, window, list(range(N_MEMBERS)),
+                                                                      xp._posterior_settings(), xp.latent_seed)])
+    for ko, k in enumerate(kko):
+        mean = xp._to_state(members[:, ko + 1]).mean(axis=0)
+        np.testing.assert_allclose(xp.stats.mu.s[ko], mean, rtol=1e-5, atol=1e-6)
+        assert xp.stats.err.rms.s[ko] == pytest.approx(np.sqrt(np.mean((mean - xx[k]) ** 2)), rel=1e-5)
     xp.stats.average_in_time()
     assert np.isfinite(xp.avrgs.err.rms.s.val)
     with pytest.raises(LatentdaError, match="mode"):

@@ -83,9 +83,12 @@ def test_all_at_once_and_autoregressive_cover_the_lead(setup):
     root, pipeline, truth, truth_path, observations = setup
     operator = pipeline.observation_operator(open_dataset(observations))
     settings = PosteriorSettings(steps=3)
+    drawn = {}
     for mode in ("aao", "autoregressive"):
         (_, fields), = forecast_members(pipeline, [0], 6, settings, operator=operator, mode=mode)
         assert fields.shape == (7, 2, 8, 8) and np.isfinite(fields).all()
+        drawn[mode] = fields
+    assert not np.allclose(drawn["aao"], drawn["autoregressive"], atol=0.1)  # two algorithms, not one under two names
 
 
 def test_bad_forecast_inputs(setup, tmp_path, capsys):

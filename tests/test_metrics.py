@@ -115,6 +115,13 @@ def test_lag_autocorrelation():
     assert abs(lag_autocorrelation(noise)[0]) < 0.05
     smooth = np.cumsum(noise, axis=1)
     assert lag_autocorrelation(smooth)[0] > 0.8
+    ar = np.zeros((200, 40, 2, 4, 4))  # AR(1), φ = 0.6 (0.3 on the second channel), stationary start: ρ(ℓ) = φ^ℓ
+    phi = np.array([0.6, 0.3])[:, None, None]
+    ar[:, 0] = rng.standard_normal(ar[:, 0].shape) / np.sqrt(1 - phi**2)
+    for t in range(1, 40):
+        ar[:, t] = phi * ar[:, t - 1] + rng.standard_normal(ar[:, t].shape)
+    np.testing.assert_allclose(lag_autocorrelation(ar), [0.6, 0.3], atol=0.02)
+    np.testing.assert_allclose(lag_autocorrelation(ar, lag=2), [0.36, 0.09], atol=0.02)
 
 
 def test_evaluate_cli(tmp_path, capsys):

@@ -217,6 +217,16 @@ def test_observe_cli(tmp_path, capsys):
     assert cli.main(args) == 0
     observations = open_dataset(out)
     assert set(observations.data_vars) == {"o_u", "o_v"} and observations.sizes["time"] == 5
+    layout = FieldLayout.from_dataset(open_dataset(truth))
+    operator_read = read_observations(observations, layout)
+    ratios = [float(operator_read.residual_ratio(torch.from_numpy(layout.to_array(open_dataset(truth).isel(trajectory=i)))
+                                                   [None].double())[0]) for i in (0, 1)]
+    assert 0.6 < ratios[1] < 1.5 and ratios[0] > 5  # observed from trajectory 1, noise σ 0.1
+    again = tmp_path / "seed5.nc"
+    assert cli.main(["observe", "--truth", str(truth), "--operator", str(operator), "--out", str(again), "--trajectory",
+                     "1", "--seed", "5"]) == 0
+    masks = [np.isfinite(open_dataset(path)["o_u"].values) for path in (out, again)]
+    assert (masks[0] != masks[1]).any()  # the seed draws the observed points
     assert cli.main(args) == 2  # exists
     assert "already exists" in capsys.readouterr().err
     operator.write_text("observations:\n  - {name: o, variables: [q]}\n")

@@ -259,6 +259,10 @@ def test_known_frames_prior_trains_and_conditions_forecasts_and_filters(tmp_path
     run = forecast_members(pipeline, [0, 1], 2, settings, initial=history, conditioning="known", context=2)
     fields = np.stack([f for _, f in run])
     assert fields.shape == (2, 3, 2, 8, 8) and np.isfinite(fields).all()
+    start = pipeline.decode(history[0, -1:])[0]  # known conditioning keeps the history: lead 0 is its last state
+    for member in fields:
+        np.testing.assert_allclose(member[0], start, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(fields[0, 1:], fields[1, 1:])  # members differ after it
     cycles = list(filter_members(pipeline, [None, None, None], [0, 1], settings, conditioning="known", lag=1))
     assert len(cycles) == 3 and np.isfinite(cycles[-1].analysis).all()
     config.model.known_probability = 1.5

@@ -231,6 +231,15 @@ def test_vjp_and_jvp_match_autograd():
         (jvp_value * cotangent).sum(), (vjp_value * tangent).sum(), atol=1e-4, rtol=1e-4
     )
 
+    # against the derivative itself: central differences of the forward in float64
+    double = model.double()
+    label, x64, t64 = LABEL.double(), x.double(), tangent.double()
+    _, jvp64 = torch.func.jvp(lambda z: double(z, label), (x64,), (t64,))
+    step = 1e-6
+    difference = (double(x64 + step * t64, label) - double(x64 - step * t64, label)) / (2 * step)
+    assert jvp64.abs().max() > 1e-2
+    torch.testing.assert_close(jvp64, difference, rtol=1e-5, atol=1e-8)
+
 
 def test_gradient_checkpointing_gives_same_gradients():
     model = make_model()
@@ -254,7 +263,17 @@ def test_gradient_checkpointing_gives_same_gradients():
         torch.testing.assert_close(checkpointed, expected)
 
 
-def test_flops_per_forward_scales_with_batch():
-    model = make_model(randomize=False)
-    assert model.flops_per_forward(1) > 0
-    assert model.flops_per_forward(4) == 4 * model.flops_per_forward(1)
+@pytest.mark.parametrize("overrides", [{}, {"depth": 3}, {"window": 6}, {"mlp_ratio": 2.0, "hidden_size": 32}])
+def test_flops_per_forward_is_what_torch_counts(overrides):
+    """The matmul FLOPs of one forward (the FLOP figures of the docs) equal torch's FlopCounterMode count,
+    attention computed by SDPA's math backend (whose matmuls it sees; CPU's fused kernel is not counted)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_model(**overrides)
+    for batch in (1, 3):
+        z = torch.randn(batch, model.config.window, model.config.in_channels, 8, 8)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter, sdpa_kernel(SDPBackend.MATH):
+            model(z, torch.full((batch,), 0.5))
+        assert model.flops_per_forward(batch) == counter.get_total_flops() == batch * model.flops_per_forward(1)
