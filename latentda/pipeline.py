@@ -504,8 +504,26 @@ class LatentDAPipeline:
         written to ``out``, the fingerprints of its observations and of the initial states it reads
         (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same)."""
         inputs = {"observations": observations, "initial": initial} if out is not None else {}
-        return {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
-                **{f"latentda_{name}_sha256": input_fingerprint(data) for name, data in inputs.items() if data is not None}}
+        recorded = {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
+                    **{f"latentda_{name}_sha256": input_fingerprint(data) for name, data in inputs.items() if data is not None}}
+        return self._earlier_fingerprints(recorded, inputs, out) if out is not None else recorded
+
+    @staticmethod
+    def _earlier_fingerprints(recorded: dict, inputs: dict, out) -> dict:
+        """``recorded`` with the input fingerprints an interrupted run of ``out`` recorded, where they are those
+        of the same inputs as earlier latentda hashed them (without their attributes:
+        :func:`latentda.runs.input_fingerprint`), so that such a run resumes (its attributes then unchecked)."""
+        partial = Path(out).with_name(Path(out).name + ".partial")
+        if not partial.exists():
+            return recorded
+        earlier = open_dataset(partial).attrs
+        recorded = dict(recorded)
+        for name, data in inputs.items():
+            key = f"latentda_{name}_sha256"
+            if data is not None and earlier.get(key) not in (None, recorded[key]) and \
+                    input_fingerprint(data, attributes=False) == earlier[key]:
+                recorded[key] = earlier[key]
+        return recorded
 
     def reanalyze(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None,
                   *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
@@ -650,7 +668,7 @@ class LatentDAPipeline:
             return recorded
         whole = table_to_dataset(table, self.layout, time_step=self.time_step, time_units=self.time_units,
                                  **dataclasses.asdict(table_window or TableWindow()))
-        return {**recorded, key: earlier} if input_fingerprint(whole) == earlier else recorded
+        return {**recorded, key: earlier} if input_fingerprint(whole, attributes=False) == earlier else recorded
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:

@@ -129,6 +129,15 @@ def test_api_resume_refuses_another_input(setup, tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(LatentdaError, match=r"other settings \(latentda_observations_sha256\); resume with the obs"):
         pipeline.reanalyze(changed, members=2, steps=2, out=out, resume=True)
+    for attribute, value in (("noise_std", 2.0), ("latentda_source", "v")):  # the same values, another σ or variable
+        described = dataset.copy(deep=True)
+        described[name].attrs[attribute] = value
+        with pytest.raises(LatentdaError, match=r"other settings \(latentda_observations_sha256\)"):
+            pipeline.reanalyze(described, members=2, steps=2, out=out, resume=True)
+    earlier = tmp_path / "earlier.zarr.partial"  # as an earlier latentda fingerprinted them: without their attributes
+    shutil.copytree(tmp_path / "post.zarr.partial", earlier)
+    zarr.open_group(str(earlier), mode="a").attrs["latentda_observations_sha256"] = input_fingerprint(dataset, attributes=False)
+    assert pipeline.reanalyze(dataset, members=2, steps=2, out=tmp_path / "earlier.zarr", resume=True).sizes["realization"] == 2
     legacy = tmp_path / "legacy.zarr.partial"  # as written before inputs were fingerprinted
     shutil.copytree(tmp_path / "post.zarr.partial", legacy)
     del zarr.open_group(str(legacy), mode="a").attrs["latentda_observations_sha256"]
