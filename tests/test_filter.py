@@ -175,8 +175,15 @@ def test_bad_arguments_fail_before_any_work(tiny):
     with pytest.raises(LatentdaError, match="each once"):
         filter_members(pipeline, [], [0, 0], settings)
     long = ObservationOperator([ObservationGroup("u", [0], "identity", "grid", fields[:2, 0].astype(float), 0.1)])
-    with pytest.raises(LatentdaError, match="split_cycles"):
-        list(filter_members(pipeline, [long], [0], settings))
+    one = ObservationOperator([ObservationGroup("u", [0], "identity", "grid", fields[:1, 0].astype(float), 0.1)])
+    with pytest.raises(LatentdaError, match="cycle 2: the observations cover 2 time steps.*split_cycles"):
+        filter_members(pipeline, [one, None, long], [0], settings)  # a list: every cycle checked at the call
+    with pytest.raises(LatentdaError, match="cycle 1: expected an ObservationOperator or None, got str"):
+        filter_members(pipeline, [one, "obs.nc"], [0], settings)
+    lazily = filter_members(pipeline, iter([one, long]), [0], settings)  # an iterator: each cycle as it is read
+    assert next(lazily).cycle == 0
+    with pytest.raises(LatentdaError, match="cycle 1: the observations cover 2"):
+        next(lazily)
 
 
 def _slow_linear_gaussian(window: int, cycles: int = 5, noise: float = 0.3):

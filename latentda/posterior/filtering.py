@@ -453,7 +453,7 @@ def filter_members(
     each cycle's forecast (the window without y_k). ``lag``: each cycle samples the new state and
     the lag − 1 states before it anew, given their cycles' observations (module docstring: a lagged
     filter; the analysis of cycle k still uses y_1, …, y_k only); None: :func:`default_lag`, ⌊K/2⌋.
-    Every argument is checked before any work.
+    Every argument is checked before any work (cycles given lazily, as an iterator: each as it is read).
     """
     settings.validate(prior)
     lag = default_lag(prior.window) if lag is None else lag
@@ -489,6 +489,13 @@ def filter_members(
             state = state.only(members)
     if times is not None and isinstance(cycles, Sequence) and len(times) != len(cycles):
         raise LatentdaError(f"{len(times)} times for {len(cycles)} cycles (resuming, cut times as the cycles)")
+    if isinstance(cycles, Sequence):  # a lazy iterable is checked cycle by cycle, as it is read
+        first = 0 if state is None else state.cycle
+        for offset, operator in enumerate(cycles):
+            _check_cycle(prior, first + offset, operator)
+            if prior.calendar and times is None and (operator is None or operator.times is None):
+                raise LatentdaError(f"cycle {first + offset}: this model is conditioned on the calendar: give the time of "
+                                    "every cycle")
     return _run(prior, cycles, members, settings, seed, options, initial, state, times)
 
 
