@@ -215,3 +215,28 @@ def test_sampler_with_the_exact_prior_draws_the_stationary_law():
     assert 0.85 < draws.var(axis=0, ddof=1).mean() / law.variance.mean() < 1.15
     lag1 = (draws[:, 1:] * draws[:, :-1]).mean() / (draws**2).mean()  # the AR(1) memory across blankets
     assert abs(lag1 - system.pixel_autocorrelation(1)) < 0.05
+
+
+def test_an_aao_forecast_with_the_exact_prior_is_the_exact_posterior():
+    """A forecast from observations of the first 4 states, all at once 2 states past them, with the exact
+    prior: the ensemble of the last observed state and the leads against the closed-form posterior of the
+    6 states given those observations (mean within sampling error, variance within 15 %)."""
+    import dataclasses
+
+    from latentda.posterior.forecast import forecast_members
+    from latentda.posterior.reanalysis import PosteriorSettings
+
+    system, prior, operator = _exact_prior_setup(window=6)
+    observed, members = 4, 128
+    first = ObservationOperator([dataclasses.replace(g, values=g.values[:observed]) for g in operator.groups])
+    blank = ObservationOperator([dataclasses.replace(g, values=np.concatenate(
+        [g.values[:observed], np.full_like(g.values[observed:], np.nan)])) for g in operator.groups])
+    law = exact_posterior(system, blank, mode_variance=False)
+    mean, variance = law.mean[observed - 1:], law.variance[observed - 1:]
+    assert np.sqrt((mean**2 / variance).mean()) > 3 * 1.5 / np.sqrt(members)  # ignoring the observations would show
+    run = forecast_members(prior, list(range(members)), 2, PosteriorSettings(iterations=10, batch_members=members),
+                           operator=first, mode="aao")
+    ensemble = np.stack([fields for _, fields in run]).astype(np.float64)
+    standardised_error = (ensemble.mean(axis=0) - mean) / np.sqrt(variance)
+    assert np.sqrt((standardised_error**2).mean()) < 1.5 / np.sqrt(members)
+    assert 0.85 < ensemble.var(axis=0, ddof=1).sum() / variance.sum() < 1.15
