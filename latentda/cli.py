@@ -764,7 +764,7 @@ def _named_as_option(message: str, parser: argparse.ArgumentParser, command: str
 
     names, separator, rest = message.partition(": ")
     settings = ({f.name for f in dataclasses.fields(PosteriorSettings)} | {f.name for f in dataclasses.fields(ForecastSettings)}
-                | {"members", "seed", "lead", "context", "lag"})
+                | {"members", "seed", "lead", "context", "lag", "start_time"})
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     options = {a.dest: max(a.option_strings, key=len) for a in commands.choices[command]._actions
                if a.option_strings and a.dest in settings}  # settings' keywords only: never a path or "config"

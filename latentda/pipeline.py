@@ -499,14 +499,14 @@ class LatentDAPipeline:
             raise LatentdaError("observations: none given (an observation dataset or a pandas DataFrame)")
 
     def _recorded(self, attrs: dict | None, observations: xr.Dataset | list | None = None,
-                  initial: xr.Dataset | None = None, out=None) -> dict:
+                  initial: xr.Dataset | None = None, out=None, resume: bool = False) -> dict:
         """The attributes a run records: ``attrs``, the folder or hub id of this pipeline, and, when it is
         written to ``out``, the fingerprints of its observations and of the initial states it reads
         (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same)."""
         inputs = {"observations": observations, "initial": initial} if out is not None else {}
         recorded = {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
                     **{f"latentda_{name}_sha256": input_fingerprint(data) for name, data in inputs.items() if data is not None}}
-        return self._earlier_fingerprints(recorded, inputs, out) if out is not None else recorded
+        return self._earlier_fingerprints(recorded, inputs, out) if out is not None and resume else recorded
 
     @staticmethod
     def _earlier_fingerprints(recorded: dict, inputs: dict, out) -> dict:
@@ -516,7 +516,10 @@ class LatentDAPipeline:
         partial = Path(out).with_name(Path(out).name + ".partial")
         if not partial.exists():
             return recorded
-        earlier = open_dataset(partial).attrs
+        try:
+            earlier = open_dataset(partial).attrs
+        except LatentdaError:  # not a run's store: the writer's checks name the problem
+            return recorded
         recorded = dict(recorded)
         for name, data in inputs.items():
             key = f"latentda_{name}_sha256"
@@ -547,7 +550,7 @@ class LatentDAPipeline:
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = self.observation_operator(observations, representation_error=settings.representation_error)
         return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
-                              self._recorded(attrs, observations, out=out), out, resume, overwrite, report)
+                              self._recorded(attrs, observations, out=out, resume=resume), out, resume, overwrite, report)
 
     def _forecast_start(self, members: int, observations, initial: xr.Dataset | None,
                         settings: PosteriorSettings, states: int | None = None):
@@ -604,7 +607,7 @@ class LatentDAPipeline:
         operator, encoded, initial_times, time, used = self._forecast_start(members, observations, initial, settings)
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
                                condition_noise, initial_times=initial_times)  # every check, before any work
-        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, used, out), out, resume, overwrite,
+        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, used, out, resume), out, resume, overwrite,
                             report)
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
@@ -649,7 +652,7 @@ class LatentDAPipeline:
             # the initial states are the ones just before the first cycle: one time axis, one model step apart
             time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=time.attrs),
                       expected=self.time_step, what="time axis of the initial state followed by the first cycle")
-        recorded = self._recorded(attrs, read, used, out)
+        recorded = self._recorded(attrs, read, used, out, resume)
         if resume and out is not None and isinstance(observations, pd.DataFrame):
             recorded = self._earlier_table_fingerprint(recorded, observations, table_window, out)
         return run_filter(self, self.layout, cycles, time, members, settings, filtering, seed, encoded,

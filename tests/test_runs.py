@@ -392,3 +392,12 @@ def test_an_output_lock_leaves_nothing_of_its_own(tmp_path, monkeypatch):
     with pytest.raises(LatentdaError, match="notes/run: cannot write beside it"):
         OutputLock(tmp_path / "notes" / "run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "notes"]
+
+
+def test_a_stray_partial_store_is_named_by_the_writer(setup, tmp_path):
+    """An empty or foreign `.partial` (not a run's store): the run says an interrupted run is in the way, as
+    before fingerprints of earlier versions were looked up (those are read only when resuming)."""
+    folder, pipeline, observations = setup
+    (tmp_path / "post.zarr.partial").mkdir()
+    with pytest.raises(LatentdaError, match="post.zarr.partial: an interrupted run exists"):
+        pipeline.reanalyze(open_dataset(observations), members=1, steps=2, out=tmp_path / "post.zarr")

@@ -267,3 +267,19 @@ def test_prior_inflation_reaches_every_posterior_denoiser_and_is_checked(tmp_pat
     for bad in (0, -1.0, float("nan"), float("inf"), "2", True):
         with pytest.raises(LatentdaError, match="prior_inflation"):
             PosteriorSettings(prior_inflation=bad).validate()
+
+
+def test_errors_name_the_commands_options_for_settings_only():
+    """A library message naming a setting by its keyword names the command's option; `config:` (a YAML key's
+    prefix) and the names of path options stay as they are (the path may have come from another option)."""
+    parser = cli.build_parser()
+
+    def named(message: str, command: str) -> str:
+        return cli._named_as_option(message, parser, command)
+
+    assert named("start_time: this pipeline's time axis is model time", "sample") == "--start-time: this pipeline's time axis is model time"
+    assert named("conditioning, condition_noise: x", "forecast") == "--conditioning, --condition-noise: x"
+    assert named("tau: applies to", "reanalyze") == "--tau: applies to"
+    for message, command in (("config: training.steps: y", "train-ae"), ("truth: not readable", "evaluate"),
+                             ("out: no such file", "evaluate"), ("tau, steps were: z", "reanalyze")):
+        assert named(message, command) == message

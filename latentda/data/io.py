@@ -241,10 +241,8 @@ class OutputLock:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return
-        self.created = [folder for folder in self.path.parents if not folder.exists()]  # removed again if left empty
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a")
+            handle = self._open()
         except OSError as error:
             self._remove_created()
             raise LatentdaError(f"{self.out}: cannot write beside it ({error.strerror or error})") from None
@@ -258,6 +256,24 @@ class OutputLock:
             self._remove_created()
             raise self.busy(self.out) from None
         self.handle = handle
+
+    def _open(self, attempts: int = 5):
+        """The lock file, opened for appending, with the folders above it: those this call created are
+        recorded (innermost first), each made alone so that one another process made is never counted; a
+        folder another lock removed in between is made again."""
+        for attempt in range(attempts):
+            for folder in reversed(self.path.parents):  # outermost first
+                if not folder.exists():
+                    try:
+                        folder.mkdir()
+                        self.created.insert(0, folder)
+                    except FileExistsError:
+                        pass
+            try:
+                return open(self.path, "a")
+            except FileNotFoundError:
+                if attempt == attempts - 1:
+                    raise
 
     def _remove_created(self) -> None:
         """The folders this lock created, where nothing else was put in them (a refused run leaves nothing)."""
