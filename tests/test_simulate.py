@@ -223,11 +223,15 @@ def test_an_interrupt_during_a_batch_write_takes_effect_once_it_is_written(tmp_p
 
     monkeypatch.setattr(xr.Dataset, "to_zarr", write_interrupted)
     previous = signal.signal(signal.SIGTERM, _terminate)  # as the command line installs it
+    # Python's own Ctrl-C handler, also where the suite was started in the background (SIGINT then ignored)
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(Terminated if number == "SIGTERM" else KeyboardInterrupt):
             write_kolmogorov_zarr(tmp_path / "broken.zarr", batch_size=1, **SMALL)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers of before are back
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, ignored)
     assert calls == ["write", "written", "write", "written"]  # the second batch's write completed first
     import zarr
 
@@ -235,7 +239,6 @@ def test_an_interrupt_during_a_batch_write_takes_effect_once_it_is_written(tmp_p
 
     assert [p.name for p in tmp_path.iterdir()] == ["broken.zarr.partial"]  # kept for --resume, both batches counted
     assert zarr.open_group(tmp_path / "broken.zarr.partial", mode="r").attrs[COMPLETE_ATTR] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers of before are back
 
 
 def _interrupt_before_batch(monkeypatch, module, name: str, batch: int) -> None:
