@@ -122,7 +122,8 @@ def gather_members(local: np.ndarray, count: int) -> np.ndarray:
 
 def gather_texts(text: str) -> list[str]:
     """Every process's ``text`` in rank order, on every process (an all-gather of UTF-8 bytes: nothing
-    is pickled); each calls it at the same point. Alone: ``[text]``."""
+    is pickled); each calls it at the same point. Alone: ``[text]``. When every text is empty, one
+    all-reduce of their longest length is the whole exchange (cheap enough to run every training step)."""
     processes = process_count()
     if processes == 1:
         return [text]
@@ -130,6 +131,8 @@ def gather_texts(text: str) -> list[str]:
     data = torch.tensor(list(text.encode("utf-8")), dtype=torch.int32)
     length = torch.tensor([len(data)], dtype=torch.int64, device=device)
     dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    if int(length) == 0:  # the same on every process: none goes on to the all-gather
+        return [""] * processes
     padded = torch.zeros(max(int(length), 1), dtype=torch.int32, device=device)
     padded[: len(data)] = data.to(device)
     parts = [torch.empty_like(padded) for _ in range(processes)]

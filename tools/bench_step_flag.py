@@ -2,10 +2,10 @@
 
     python tools/bench_step_flag.py [--processes 2] [--width 256] [--depth 8] [--batch 16]
 
-Each training step exchanges one flag between the processes (``latentda.training.loop.Trainer._next_batch``:
-a one-element all-reduce and its ``.item()``), so that a batch one process cannot read stops every process
-with its message. This launches ``--processes`` processes with torchrun (gloo on CPU, NCCL on GPUs), times
-that exchange (``--flags`` times) and a DDP step of an MLP of ``--depth`` layers of ``--width`` features on
+Each training step exchanges the processes' read errors (``latentda.training.loop.Trainer._next_batch``:
+``latentda.processes.raise_first(None)``, one one-element all-reduce when none failed), so that a batch one
+process cannot read stops every process with its message. This launches ``--processes`` processes with
+torchrun (gloo on CPU, NCCL on GPUs), times that exchange (``--flags`` times) and a DDP step of an MLP of ``--depth`` layers of ``--width`` features on
 ``--batch`` examples (forward, backward, gradient all-reduce; ``--steps`` times), and prints both and their
 ratio: the flag's share of a step of that size.
 """
@@ -24,15 +24,15 @@ def measure(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
+    from latentda.processes import raise_first
+
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
-    flag = torch.zeros(1, dtype=torch.int32, device=device)
     for _ in range(50):
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        raise_first(None)
     started = time.perf_counter()
     for _ in range(args.flags):
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        flag.item()
+        raise_first(None)
     per_flag = (time.perf_counter() - started) / args.flags
     layers = [torch.nn.Linear(args.width, args.width) for _ in range(args.depth)]
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(*layers).to(device))

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from latentda.config import MAX_SEED, require
 from latentda.data.io import OutputLock, check_output_path, write_text_atomic
-from latentda.processes import collective_device, process_count, raise_first, run_on_main, started_here
+from latentda.processes import process_count, raise_first, run_on_main, started_here
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
 
@@ -516,21 +516,14 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def _next_batch(self, batches):
         """The next batch of ``batches``. A read error (a corrupt chunk met mid-run) on any process stops
-        every process with its one line, rather than leaving the others to fail in the gradients'
-        collective: under several processes each step exchanges one flag (a one-element all-reduce), the
-        message only when a process failed."""
+        every process with its one line (:func:`latentda.processes.raise_first`: without an error, one
+        one-element all-reduce per step), rather than leaving the others to fail in the gradients' collective."""
         batch = error = None
         try:
             batch = next(batches)
         except Exception as caught:  # noqa: BLE001 — raised below, on every process
             error = caught
-        if self.accelerator.num_processes > 1:
-            failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=collective_device())
-            torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
-            if failed.item():
-                raise_first(error)
-        elif error is not None:
-            raise error
+        raise_first(error)
         return batch
 
     def fit(self) -> dict:
