@@ -188,15 +188,21 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
             units = attrs.get("units")
             if expected is not None and units is not None and units != expected:
                 raise LatentdaError(f"observation '{name}' is in '{units}' but '{sources[0]}' is in '{expected}'")
-        variable = variable.transpose(TIME, ...)
-        values = read_values(variable).astype(np.float64)
-        kwargs = {}
+        order = (TIME, ...)  # grid and coarse axes by name: a file may store them in any order
         if sampling == "grid":
             for axis in layout.grid:
                 if axis.name not in variable.dims:
                     raise LatentdaError(f"observation '{name}' lacks the model's grid dimension '{axis.name}'")
-            variable = variable.transpose(TIME, grid_y.name, grid_x.name)
-            values = read_values(variable).astype(np.float64)
+            order = (TIME, grid_y.name, grid_x.name)
+        elif sampling == "coarsen":
+            order = (TIME, f"{name}_y", f"{name}_x")
+            if set(variable.dims) != set(order):
+                raise LatentdaError(f"observation '{name}' (coarsen) has dims {variable.dims}: expected (time, "
+                                    f"{', '.join(order[1:])}), the coarse rows and columns")
+        variable = variable.transpose(*order)
+        values = read_values(variable).astype(np.float64)  # read once, in that order
+        kwargs = {}
+        if sampling == "grid":
             if values.shape[1:] != layout.shape:
                 raise LatentdaError(f"observation '{name}' is on a {values.shape[1:]} grid, the model's is {layout.shape}")
             for axis in layout.grid:
@@ -207,12 +213,6 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
             kwargs["factor"] = int(_number(attrs, "coarsen_factor", name, 0))
             if kwargs["factor"] < 1:
                 raise LatentdaError(f"observation '{name}': coarsen_factor missing or invalid")
-            coarse_dims = (f"{name}_y", f"{name}_x")  # by name: a file may store them in either order
-            if set(variable.dims) != {TIME, *coarse_dims}:
-                raise LatentdaError(f"observation '{name}' (coarsen) has dims {variable.dims}: expected (time, "
-                                    f"{', '.join(coarse_dims)}), the coarse rows and columns")
-            variable = variable.transpose(TIME, *coarse_dims)
-            values = read_values(variable).astype(np.float64)
             expected = (layout.shape[0] // kwargs["factor"], layout.shape[1] // kwargs["factor"])
             if values.shape[1:] != expected:
                 raise LatentdaError(f"observation '{name}': coarse grid {values.shape[1:]} should be {expected} for factor {kwargs['factor']}")
