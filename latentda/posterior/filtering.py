@@ -401,12 +401,14 @@ def _window_times(prior: PriorModel, time) -> np.ndarray | None:
     return None if time is None else np.asarray(time) - prior.lead_times(prior.window)[::-1]
 
 
-def _check_cycle(prior: PriorModel, index: int, operator) -> None:
-    if operator is None:
-        return
-    if not isinstance(operator, ObservationOperator):
+def _check_cycle(prior: PriorModel, index: int, operator, timed: bool) -> None:
+    """Cycle ``index``'s observations: none, or an operator of one time step; and a time for it (``timed``)
+    where the prior is conditioned on the calendar."""
+    if operator is not None and not isinstance(operator, ObservationOperator):
         raise LatentdaError(f"cycle {index}: expected an ObservationOperator or None, got {type(operator).__name__}")
-    if operator.length != 1:
+    if prior.calendar and not (timed or (operator is not None and operator.times is not None)):
+        raise LatentdaError(f"cycle {index}: this model is conditioned on the calendar: give the time of every cycle")
+    if operator is not None and operator.length != 1:
         raise LatentdaError(f"cycle {index}: the observations cover {operator.length} time steps, a cycle assimilates one "
                             "(split a window with split_cycles)")
 
@@ -492,10 +494,7 @@ def filter_members(
     if isinstance(cycles, Sequence):  # a lazy iterable is checked cycle by cycle, as it is read
         first = 0 if state is None else state.cycle
         for offset, operator in enumerate(cycles):
-            _check_cycle(prior, first + offset, operator)
-            if prior.calendar and times is None and (operator is None or operator.times is None):
-                raise LatentdaError(f"cycle {first + offset}: this model is conditioned on the calendar: give the time of "
-                                    "every cycle")
+            _check_cycle(prior, first + offset, operator, timed=times is not None)
     return _run(prior, cycles, members, settings, seed, options, initial, state, times)
 
 
@@ -529,7 +528,7 @@ def _run(prior, cycles, members, settings, seed, options, initial, state, times)
     size = settings.batch_size(prior.device)
     for offset, operator in enumerate(cycles):
         index = first + offset
-        _check_cycle(prior, index, operator)
+        _check_cycle(prior, index, operator, timed=times is not None)
         time = None
         if times is not None:
             if offset >= len(times):  # a lazy ``cycles`` longer than ``times``
@@ -537,8 +536,6 @@ def _run(prior, cycles, members, settings, seed, options, initial, state, times)
             time = np.asarray(times)[offset]
         elif operator is not None and operator.times is not None:
             time = np.asarray(operator.times)[0]
-        if prior.calendar and time is None:
-            raise LatentdaError(f"cycle {index}: this model is conditioned on the calendar: give the time of every cycle")
         window_times = _window_times(prior, time) if prior.calendar else None
         resampled = len(recent)  # past states sampled again with their cycles' observations
         observed = resampled + 1
