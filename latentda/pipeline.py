@@ -29,7 +29,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -499,33 +499,42 @@ class LatentDAPipeline:
             raise LatentdaError("observations: none given (an observation dataset or a pandas DataFrame)")
 
     def _recorded(self, attrs: dict | None, observations: xr.Dataset | list | None = None,
-                  initial: xr.Dataset | None = None, out=None, resume: bool = False) -> dict:
+                  initial: xr.Dataset | None = None, out=None, resume: bool = False,
+                  earlier_forms: dict[str, Callable[[], xr.Dataset]] | None = None) -> dict:
         """The attributes a run records: ``attrs``, the folder or hub id of this pipeline, and, when it is
         written to ``out``, the fingerprints of its observations and of the initial states it reads
-        (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same)."""
+        (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same). Resuming, a fingerprint an
+        earlier latentda recorded for the same input is kept (:meth:`_earlier_fingerprints`); ``earlier_forms``
+        gives, per input, the dataset an earlier latentda hashed instead of it (a table's whole window)."""
         inputs = {"observations": observations, "initial": initial} if out is not None else {}
         recorded = {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
                     **{f"latentda_{name}_sha256": input_fingerprint(data) for name, data in inputs.items() if data is not None}}
-        return self._earlier_fingerprints(recorded, inputs, out) if out is not None and resume else recorded
+        if out is None or not resume:
+            return recorded
+        earlier = {name: [lambda data=data: data] + [(earlier_forms or {}).get(name)] for name, data in inputs.items()
+                   if data is not None}
+        return self._earlier_fingerprints(recorded, earlier, out)
 
     @staticmethod
-    def _earlier_fingerprints(recorded: dict, inputs: dict, out) -> dict:
+    def _earlier_fingerprints(recorded: dict, earlier: dict[str, list], out) -> dict:
         """``recorded`` with the input fingerprints an interrupted run of ``out`` recorded, where they are those
-        of the same inputs as earlier latentda hashed them (without their attributes:
-        :func:`latentda.runs.input_fingerprint`), so that such a run resumes (its attributes then unchecked)."""
+        an earlier latentda computed for the same input: without the variables' attributes
+        (:func:`latentda.runs.input_fingerprint`), of one of the forms ``earlier[name]`` gives (functions
+        returning a dataset; None: none), so that such a run resumes (its attributes then unchecked)."""
         partial = Path(out).with_name(Path(out).name + ".partial")
         if not partial.exists():
             return recorded
         try:
-            earlier = open_dataset(partial).attrs
+            stored = open_dataset(partial).attrs
         except LatentdaError:  # not a run's store: the writer's checks name the problem
             return recorded
         recorded = dict(recorded)
-        for name, data in inputs.items():
+        for name, forms in earlier.items():
             key = f"latentda_{name}_sha256"
-            if data is not None and earlier.get(key) not in (None, recorded[key]) and \
-                    input_fingerprint(data, attributes=False) == earlier[key]:
-                recorded[key] = earlier[key]
+            if stored.get(key) in (None, recorded[key]):
+                continue
+            if any(form is not None and input_fingerprint(form(), attributes=False) == stored[key] for form in forms):
+                recorded[key] = stored[key]
         return recorded
 
     def reanalyze(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None,
@@ -652,26 +661,14 @@ class LatentDAPipeline:
             # the initial states are the ones just before the first cycle: one time axis, one model step apart
             time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=time.attrs),
                       expected=self.time_step, what="time axis of the initial state followed by the first cycle")
-        recorded = self._recorded(attrs, read, used, out, resume)
-        if resume and out is not None and isinstance(observations, pd.DataFrame):
-            recorded = self._earlier_table_fingerprint(recorded, observations, table_window, out)
+        earlier_forms = {}
+        if isinstance(observations, pd.DataFrame):  # earlier latentda fingerprinted a table's whole-window dataset
+            earlier_forms["observations"] = lambda: table_to_dataset(
+                observations, self.layout, time_step=self.time_step, time_units=self.time_units,
+                **dataclasses.asdict(table_window or TableWindow()))
+        recorded = self._recorded(attrs, read, used, out, resume, earlier_forms)
         return run_filter(self, self.layout, cycles, time, members, settings, filtering, seed, encoded,
                           recorded, out, resume, overwrite, report)
-
-    def _earlier_table_fingerprint(self, recorded: dict, table, table_window: TableWindow | None, out) -> dict:
-        """``recorded`` with the observations' fingerprint an interrupted filter of this ``table`` recorded
-        before tables were read cycle by cycle (that of its whole-window dataset), so that such a run resumes;
-        unchanged when the run recorded the present one or read other observations."""
-        key = "latentda_observations_sha256"
-        partial = Path(out).with_name(Path(out).name + ".partial")
-        if not partial.exists():
-            return recorded
-        earlier = open_dataset(partial).attrs.get(key)
-        if earlier is None or earlier == recorded.get(key):
-            return recorded
-        whole = table_to_dataset(table, self.layout, time_step=self.time_step, time_units=self.time_units,
-                                 **dataclasses.asdict(table_window or TableWindow()))
-        return {**recorded, key: earlier} if input_fingerprint(whole, attributes=False) == earlier else recorded
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, model_card: str | None = None) -> Path:
