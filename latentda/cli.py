@@ -202,6 +202,7 @@ def _train_ldm(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     from latentda.data import write_dataset
+    from latentda.data.times import climate_calendar
     from latentda.diffusion.settings import SamplerSettings
 
     options = _sampler_overrides(args)
@@ -210,8 +211,8 @@ def _sample(args: argparse.Namespace) -> None:
     pipeline.set_progress_bar_config(disable=args.quiet)
     if args.out.exists() and not args.overwrite:
         raise LatentdaError(f"{args.out}: already exists (pass --overwrite to replace it)")
-    start_time = None
-    if args.start_time is not None:
+    start_time = args.start_time
+    if args.start_time is not None and climate_calendar(pipeline.time_units) is None:  # climate dates: the pipeline reads them
         import numpy as np
 
         try:

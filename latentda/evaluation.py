@@ -55,6 +55,7 @@ import xarray as xr
 from latentda.data.io import already_exists, atomic_path, check_replaceable_folder
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
+from latentda.data.times import axis_units, climate_calendar
 from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, pole_rmse,
                               pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
@@ -126,6 +127,11 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
     if TIME not in prediction.coords:  # the bare index would be taken for times 0, 1, …
         raise LatentdaError("the prediction has no 'time' coordinate: its states cannot be matched to the truth's")
+    calendars = [climate_calendar(axis_units(dataset[TIME])) if TIME in dataset.coords else None
+                 for dataset in (prediction, truth)]
+    if calendars[0] != calendars[1] and None not in calendars:  # both climate dates: day numbers of two calendars
+        raise LatentdaError(f"the prediction's times are dates of the {calendars[0]} calendar, the truth's of the "
+                            f"{calendars[1]} calendar")
     forecast = is_forecast(prediction)
     inits = leads = None
     if forecast:  # score against the truth at valid times

@@ -47,7 +47,7 @@ from latentda.data.ensemble_store import ensemble_dataset
 from latentda.data.io import atomic_path, check_replaceable_folder, open_dataset
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
-from latentda.data.times import standard_time_axis, time_step
+from latentda.data.times import calendar_attrs, calendar_day, climate_calendar, standard_time_axis, time_step
 from latentda.devices import check_device
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.increments import Increments
@@ -353,7 +353,7 @@ class LatentDAPipeline:
         padded = max(length, self.window)  # shorter trajectories: sample one window, keep the start
         check_window_length(self, padded)
         if denoise is None:
-            times = None if start_time is None else np.datetime64(start_time) + self.lead_times(padded)
+            times = None if start_time is None else start_time + self.lead_times(padded)
             blanket = self.trajectory_denoiser(sampling.overlap, times=times)
 
             def denoise(x, sigma):
@@ -374,7 +374,8 @@ class LatentDAPipeline:
         z = self.sample_latents(length, members, steps, method, seed, start_time=start_time, **overrides)
         time = None
         if start_time is not None:
-            time = xr.DataArray(self._start_time(start_time) + self.lead_times(length), dims="time")
+            time = xr.DataArray(self._start_time(start_time) + self.lead_times(length), dims="time",
+                                attrs=calendar_attrs(self.time_units))
         given = {"pipeline": self.source, "seed": seed, "steps": steps, "sampler": method, **overrides}
         recorded = {f"latentda_{name}": str(value) for name, value in given.items() if value is not None}
         return self.to_dataset(self.decode(z), time, attrs={"title": "latentda unconditional samples", **recorded})
@@ -457,8 +458,13 @@ class LatentDAPipeline:
         :func:`latentda.data.times.time_step` with the model's step expected."""
         time_step(time, expected=self.time_step, what="observation times", expected_units=self.time_units)
 
-    def _start_time(self, start_time) -> np.datetime64:
-        """``start_time`` as a datetime64, for a pipeline whose time axis is dates."""
+    def _start_time(self, start_time):
+        """``start_time`` as a datetime64, for a pipeline whose time axis is dates; as its day number
+        (days since 0001-01-01 in the calendar) for dates of a climate calendar, given as an ISO date,
+        a cftime date or the number."""
+        calendar = climate_calendar(self.time_units)
+        if calendar is not None:
+            return calendar_day(start_time, calendar, "start_time")
         if self.time_units != "seconds":
             raise LatentdaError(f"start_time: this pipeline's time axis is model time (units {self.time_units!r}), "
                                 "not dates: leave start_time out")

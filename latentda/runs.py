@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from latentda.data.ensemble_store import EnsembleInMemory, EnsembleWriter, ensemble_dataset, open_ensemble
 from latentda.data.io import remove_path
 from latentda.data.layout import FieldLayout
+from latentda.data.times import climate_calendar
 from latentda.diffusion.distributed import check_blanket_split
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationOperator
@@ -144,7 +145,7 @@ def lead_time_axis(prior: PriorModel, count: int) -> xr.DataArray:
     """The forecast lead times 0, Δ, …, (count − 1)Δ with their CF attributes."""
     leads = xr.DataArray(prior.lead_times(count), dims="time", attrs={"long_name": "forecast lead time"})
     if prior.time_units != "seconds":  # timedelta64 leads carry their units in the encoding
-        leads.attrs["units"] = prior.time_units
+        leads.attrs["units"] = "days" if climate_calendar(prior.time_units) else prior.time_units
     return leads
 
 

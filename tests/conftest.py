@@ -80,9 +80,11 @@ def box_dataset() -> xr.Dataset:
     return make_box_dataset()
 
 
-def make_tiny_pipeline(folder, times: int = 6):
+def make_tiny_pipeline(folder, times: int = 6, time_axis: xr.DataArray | None = None, time_step: float = 0.2,
+                       time_units: str = "1"):
     """An untrained but complete pipeline on an 8×8 periodic box (window 4), saved to ``folder``;
-    returns (pipeline, truth dataset). The zero-initialised backbone makes the prior N(0, I) latents."""
+    returns (pipeline, truth dataset). The zero-initialised backbone makes the prior N(0, I) latents.
+    ``time_axis`` replaces the truth's (model time 0.2 k), with the model's ``time_step`` and ``time_units``."""
     import torch
 
     from latentda.data import FieldLayout, compute_statistics
@@ -93,6 +95,8 @@ def make_tiny_pipeline(folder, times: int = 6):
     from latentda.pipeline import LatentDAPipeline
 
     truth = make_box_dataset(trajectories=1, times=times, size=8).isel(trajectory=0, drop=True)
+    if time_axis is not None:
+        truth = truth.assign_coords(time=time_axis)
     layout = FieldLayout.from_dataset(truth)
     torch.manual_seed(0)
     autoencoder = AutoEncoder(in_channels=2, latent_channels=2, hidden_channels=[8, 8], blocks_per_stage=1,
@@ -101,9 +105,24 @@ def make_tiny_pipeline(folder, times: int = 6):
                                      depth=1, num_heads=2, periodic=(True, True))
     pipeline = LatentDAPipeline(autoencoder, layout, compute_statistics(truth, layout, progress=False), backbone,
                                 Statistics(["latent0", "latent1"], [0, 0], [1, 1]), make_schedule(),
-                                {"time_step": 0.2, "steps": 4, "sampler": "ddpm"})
+                                {"time_step": time_step, "time_units": time_units, "steps": 4, "sampler": "ddpm"})
     pipeline.save_pretrained(folder, model_card="# tiny test pipeline\n")
     return pipeline, truth
+
+
+def train_tiny_prior(latents, output) -> Path:
+    """Two training steps of a one-block prior (window 4) on ``latents``; returns its pipeline folder."""
+    from latentda.config import parse
+    from latentda.training.diffusion import LatentDiffusionConfig, train_latent_diffusion
+
+    config = parse(LatentDiffusionConfig, {
+        "output": str(output), "splits": [0.5, 0.25, 0.25], "valid_windows": 2,
+        "model": {"window": 4, "hidden_size": 16, "depth": 1, "num_heads": 2, "patch_size": [1, 2, 2]},
+        "diffusion": {"steps": 3, "sampler": "ddpm"},
+        "training": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "validate_every": 2},
+    })
+    train_latent_diffusion(config, str(latents), progress=False)
+    return Path(output) / "pipeline"
 
 
 def make_observed_pipeline(root: Path, times: int = 6, fraction: float = 0.5, length: int | None = None):

@@ -269,13 +269,26 @@ def _(w, d):
     return ["inspect", "--quiet", str(d / "doom.nc")], "doom.nc: time units 'hours since doomsday' cannot be decoded"
 
 
-@case("inspect-calendar-noleap")
+@case("inspect-calendar-unknown")
 def _(w, d):
-    """A climate model's calendar: not for numpy datetimes, and installing cftime (xarray's hint) would not help."""
+    """A calendar CF does not define: named, and xarray's hint (installing cftime) is not relayed."""
     dataset = make_box_dataset(trajectories=1, times=3, size=8)
-    dataset["time"] = ("time", np.arange(3.0) * 6, {"units": "hours since 2000-01-01", "calendar": "noleap"})
-    dataset.to_netcdf(d / "noleap.nc", engine="h5netcdf")
-    return ["inspect", "--quiet", str(d / "noleap.nc")], "calendar 'noleap' is not supported"
+    dataset["time"] = ("time", np.arange(3.0) * 6, {"units": "hours since 2000-01-01", "calendar": "martian"})
+    dataset.to_netcdf(d / "martian.nc", engine="h5netcdf")
+    return ["inspect", "--quiet", str(d / "martian.nc")], "calendar 'martian' is not supported"
+
+
+@case("evaluate-calendars-differ")
+def _(w, d):
+    """A prediction of one climate calendar scored against a truth of another: day numbers of different calendars."""
+    truth = make_box_dataset(trajectories=1, times=3, size=8).isel(trajectory=0, drop=True)
+    truth["time"] = ("time", np.arange(3.0), {"units": "days since 2000-01-01", "calendar": "noleap"})
+    truth.to_netcdf(d / "truth.nc", engine="h5netcdf")
+    prediction = truth.expand_dims(realization=2)
+    prediction["time"] = ("time", np.arange(3.0), {"units": "days since 2000-01-01", "calendar": "360_day"})
+    prediction.to_netcdf(d / "prediction.nc", engine="h5netcdf")
+    return (["evaluate", "--quiet", "--prediction", str(d / "prediction.nc"), "--truth", str(d / "truth.nc"),
+             "--out", str(d / "report")], "dates of the 360_day calendar, the truth's of the noleap calendar")
 
 
 @case("inspect-variables-in-a-netcdf-group")

@@ -6,17 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_latlon_dataset
+from conftest import make_latlon_dataset, train_tiny_prior
 from latentda import cli
 from latentda.components import save_autoencoder
-from latentda.config import parse
 from latentda.data import FieldLayout, compute_statistics, open_dataset, write_dataset
 from latentda.data.calendar import calendar_features
 from latentda.encoding import encode_dataset
 from latentda.errors import LatentdaError
 from latentda.nn.autoencoder import AutoEncoder
 from latentda.pipeline import LatentDAPipeline
-from latentda.training.diffusion import LatentDiffusionConfig, train_latent_diffusion
 
 
 def test_calendar_features():
@@ -39,14 +37,7 @@ def calendar_pipeline(tmp_path_factory):
                               sample_size=list(layout.shape), periodic=list(layout.periodic))
     folder = save_autoencoder(root / "ae", autoencoder, layout, compute_statistics(dataset, layout, progress=False))
     latents = encode_dataset(folder, data, root / "latents.zarr", progress=False)
-    config = parse(LatentDiffusionConfig, {
-        "output": str(root / "run"), "splits": [0.5, 0.25, 0.25], "valid_windows": 2,
-        "model": {"window": 4, "hidden_size": 16, "depth": 1, "num_heads": 2, "patch_size": [1, 2, 2]},
-        "diffusion": {"steps": 3, "sampler": "ddpm"},
-        "training": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "validate_every": 2},
-    })
-    train_latent_diffusion(config, str(latents), progress=False)
-    return root, dataset, LatentDAPipeline.from_pretrained(root / "run" / "pipeline")
+    return root, dataset, LatentDAPipeline.from_pretrained(train_tiny_prior(latents, root / "run"))
 
 
 def test_calendar_prior_end_to_end(calendar_pipeline, tmp_path):

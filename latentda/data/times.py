@@ -13,6 +13,15 @@ the grid t₀ + k Δ. So the time axis is normalised on reading and checked befo
 - **Values.** A numeric time coordinate with CF units "<unit> since <date>" that was not decoded
   (integer "hours since 1940-01-01", or a dataset opened with ``decode_times=False``) is decoded
   to datetimes by xarray's CF decoding.
+- **Climate calendars.** Dates of a calendar numpy datetimes cannot hold — CF's ``noleap``
+  (``365_day``), ``all_leap`` (``366_day``), ``360_day`` and ``julian``, as climate and ocean models
+  write them — become numbers: days since 0001-01-01 00:00:00 *in that calendar* (cftime's
+  ``date2num``), with the coordinate attributes ``units`` and ``calendar`` that say so. Whether
+  xarray decoded them to cftime objects or left them as numbers in other units, every file of one
+  calendar then shares one axis, steps are plain differences (one day is 1.0 in every calendar),
+  and an output written with these attributes opens as the same cftime dates. The model's time
+  units record the calendar (:func:`calendar_time_units`): a file of another calendar, or of plain
+  datetimes, is refused.
 - **Spacing.** Consecutive times must be one step apart: t_i − t_{i−1} = t_1 − t_0 for every i
   (relative tolerance 1e-4), in seconds for datetimes, else in the axis' units. The time
   coordinate is shared by every trajectory of a dataset (xarray allows only a 1-D index), so
@@ -29,13 +38,19 @@ import xarray as xr
 
 from latentda.errors import LatentdaError
 
-__all__ = ["TIME", "TRAJECTORY", "standard_time_axis", "time_step", "describe_step"]
+__all__ = ["TIME", "TRAJECTORY", "standard_time_axis", "time_step", "describe_step", "describe_time", "axis_units",
+           "calendar_time_units", "climate_calendar", "calendar_attrs", "calendar_day", "CALENDAR_REFERENCE"]
 
 TIME = "time"
 TRAJECTORY = "trajectory"
 _SINCE = re.compile(r"^\s*[A-Za-z]+\s+since\s+\S")  # CF time units: "<unit> since <date>"
 _RTOL = 1e-4
 _DURATIONS = (("day", 86400), ("hour", 3600), ("minute", 60))
+_STANDARD_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
+_CLIMATE_CALENDARS = {"noleap": "noleap", "365_day": "noleap", "all_leap": "all_leap", "366_day": "all_leap",
+                      "360_day": "360_day", "julian": "julian"}  # CF's names, and their aliases
+CALENDAR_REFERENCE = "days since 0001-01-01 00:00:00"  # the axis of climate-calendar dates inside latentda
+_CALENDAR_UNITS = re.compile(r"^days since 0001-01-01 00:00:00 \((\w+) calendar\)$")
 
 
 def _is_time(coordinate: xr.DataArray) -> bool:
@@ -59,19 +74,123 @@ def _promote(dataset: xr.Dataset, name: str) -> xr.Dataset:
     return dataset.rename({name: TIME})
 
 
+def calendar_time_units(calendar: str) -> str:
+    """A model's time units for dates of a climate ``calendar``: "days since 0001-01-01 00:00:00 (noleap calendar)"."""
+    return f"{CALENDAR_REFERENCE} ({calendar} calendar)"
+
+
+def climate_calendar(units: str | None) -> str | None:
+    """The climate calendar of a model's time ``units`` (:func:`calendar_time_units`), else None."""
+    match = _CALENDAR_UNITS.match(str(units or ""))
+    return match.group(1) if match else None
+
+
+def calendar_attrs(units: str | None) -> dict:
+    """A time coordinate's CF attributes for a model's time ``units``: units and calendar for a climate
+    calendar (so that the output opens as its cftime dates), none otherwise."""
+    calendar = climate_calendar(units)
+    return {} if calendar is None else {"units": CALENDAR_REFERENCE, "calendar": calendar}
+
+
+def _calendar_days(dates, calendar: str, what: str) -> np.ndarray:
+    """cftime ``dates`` of a climate calendar as float64 days since 0001-01-01 in it."""
+    import cftime
+
+    try:
+        return np.asarray(cftime.date2num(np.asarray(dates), CALENDAR_REFERENCE, calendar), dtype=np.float64)
+    except (ValueError, TypeError) as error:
+        raise LatentdaError(f"{what}: dates of the {calendar} calendar cannot be read ({str(error).splitlines()[0]})") from None
+
+
+def _climate_axis(time: xr.DataArray, calendar: str) -> xr.Variable:
+    """A climate-calendar time coordinate (cftime dates, or numbers in CF units) as days since
+    0001-01-01 in its calendar, its other attributes kept."""
+    values = np.asarray(time.values)
+    attrs = {key: value for key, value in time.attrs.items() if key not in ("units", "calendar")}
+    if values.dtype.kind != "O":  # numbers "<unit> since <date>" xarray did not decode
+        units = str(time.attrs["units"])
+        if units == CALENDAR_REFERENCE:
+            days = values.astype(np.float64)
+        else:
+            import cftime
+
+            try:
+                dates = cftime.num2date(values, units, calendar)
+            except (ValueError, TypeError, OverflowError) as error:
+                raise LatentdaError(f"time units '{units}' cannot be decoded ({str(error).splitlines()[0]})") from None
+            days = _calendar_days(dates, calendar, "time axis")
+    else:
+        days = _calendar_days(values, calendar, "time axis")
+    return xr.Variable(time.dims, days, {**attrs, "units": CALENDAR_REFERENCE, "calendar": calendar})
+
+
+_ISO_DATE = re.compile(r"^\s*(-?\d{1,4})-(\d{1,2})-(\d{1,2})(?:[T ](\d{1,2})(?::(\d{1,2})(?::(\d{1,2})(?:\.(\d{1,6})\d*)?)?)?)?\s*$")
+
+
+def calendar_day(value, calendar: str, what: str = "time") -> float:
+    """A date of a climate ``calendar`` as its day number (days since 0001-01-01 in it): an ISO date
+    such as "2001-02-30T06:00" (a 360_day date), a date object of that calendar (cftime), or the
+    number itself. A date the calendar lacks (29 February in ``noleap``) is refused."""
+    import cftime
+
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, cftime.datetime):
+        given = _CLIMATE_CALENDARS.get(str(value.calendar).lower(), value.calendar)
+        if given != calendar:
+            raise LatentdaError(f"{what}: a date of the {value.calendar} calendar, the model's dates are of the {calendar} calendar")
+        return float(_calendar_days(value, calendar, what))
+    match = _ISO_DATE.match(str(value))
+    if match is None:
+        raise LatentdaError(f"{what}: {value!r} is not a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM:SS) of the {calendar} calendar")
+    year, month, day, hour, minute, second = (int(part or 0) for part in match.groups()[:6])
+    microsecond = int((match.group(7) or "0").ljust(6, "0"))
+    try:
+        date = cftime.datetime(year, month, day, hour, minute, second, microsecond, calendar=calendar)
+    except ValueError:
+        raise LatentdaError(f"{what}: {value!r} is not a date of the {calendar} calendar") from None
+    return float(_calendar_days(date, calendar, what))
+
+
+def _cftime_calendar(values: np.ndarray) -> str | None:
+    """The calendar of an array of cftime dates (None when it holds something else)."""
+    first = values.flat[0] if values.dtype.kind == "O" and values.size else None
+    calendar = getattr(first, "calendar", None)
+    return None if calendar is None or not type(first).__module__.startswith("cftime") else str(calendar).lower()
+
+
+def _refuse_calendar(calendar: str, units: str | None = None) -> LatentdaError:
+    given = f"time units '{units}'" if units else "the time axis"
+    return LatentdaError(f"{given} cannot be decoded: calendar '{calendar}' is not supported (latentda reads the standard "
+                         f"calendar as numpy datetimes, and {', '.join(sorted(_CLIMATE_CALENDARS))} as days since "
+                         "0001-01-01 in their calendar)")
+
+
 def _decoded(dataset: xr.Dataset) -> xr.Dataset:
-    """``dataset`` with a numeric ``time`` coordinate in CF units "<unit> since <date>" decoded."""
+    """``dataset`` with a numeric ``time`` coordinate in CF units "<unit> since <date>" decoded, and
+    dates of a climate calendar as days since 0001-01-01 in it (module docstring)."""
     if TIME not in dataset.coords:
         return dataset
     time = dataset[TIME]
+    calendar = _cftime_calendar(np.asarray(time.values))
+    if calendar is not None:  # xarray decoded them with cftime
+        if calendar in _STANDARD_CALENDARS:  # asked for cftime (use_cftime=True), or dates out of numpy's range
+            try:
+                return dataset.assign_coords({TIME: time.copy(data=xr.CFTimeIndex(time.values).to_datetimeindex(
+                    time_unit="ns"))})
+            except (ValueError, TypeError, OverflowError) as error:
+                raise LatentdaError(f"time axis: {str(error).splitlines()[0]}") from None
+        if calendar not in _CLIMATE_CALENDARS:
+            raise _refuse_calendar(calendar)
+        return dataset.assign_coords({TIME: _climate_axis(time, _CLIMATE_CALENDARS[calendar])})
     units = str(time.attrs.get("units", ""))
     if not (np.issubdtype(time.dtype, np.number) and _SINCE.match(units)):
         return dataset
     calendar = str(time.attrs.get("calendar", "standard")).lower()
-    if calendar not in ("standard", "gregorian", "proleptic_gregorian"):  # numpy datetimes cannot hold them
-        raise LatentdaError(f"time units '{units}' cannot be decoded: calendar '{calendar}' is not supported (latentda "
-                            "decodes CF times to numpy datetimes); open the file with decode_times=False, drop the time "
-                            "units and use the numbers as a model-time axis (docs/own-data.md)")
+    if calendar in _CLIMATE_CALENDARS:
+        return dataset.assign_coords({TIME: _climate_axis(time, _CLIMATE_CALENDARS[calendar])})
+    if calendar not in _STANDARD_CALENDARS:
+        raise _refuse_calendar(calendar, units)
     try:
         decoded = xr.decode_cf(xr.Dataset(coords={TIME: time.variable}))
     except (ValueError, TypeError, OverflowError) as error:
@@ -95,7 +214,10 @@ def standard_time_axis(dataset: xr.Dataset, time_dim: str | None = None) -> xr.D
 
 
 def describe_step(step: float, units: str) -> str:
-    """A time step for messages: "6 hours" for 21600 seconds, "0.2" for a step in units "1"."""
+    """A time step for messages: "6 hours" for 21600 seconds (or 0.25 days of a climate calendar),
+    "0.2" for a step in units "1"."""
+    if climate_calendar(units) is not None:
+        step, units = step * 86400.0, "seconds"
     if units == "seconds":
         for name, size in _DURATIONS:
             if abs(step) >= size and float(step / size).is_integer():
@@ -104,12 +226,35 @@ def describe_step(step: float, units: str) -> str:
     return f"{step:g}" if units in ("1", "") else f"{step:g} {units}"
 
 
-def _describe_time(value) -> str:
-    return str(value.astype("datetime64[s]")) if isinstance(value, np.datetime64) else f"{value:g}"
+def describe_time(value, units: str | None = None) -> str:
+    """A time for messages: a datetime to the second, a climate calendar's day number as its date
+    (``units``: the axis' :func:`calendar_time_units`), else the number."""
+    if isinstance(value, np.datetime64):
+        return str(value.astype("datetime64[s]"))
+    calendar = climate_calendar(units)
+    if calendar is not None:
+        import cftime
+
+        return cftime.num2date(float(value), CALENDAR_REFERENCE, calendar).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{float(value):g}"
 
 
 def _kind(units: str) -> str:
+    calendar = climate_calendar(units)
+    if calendar is not None:
+        return f"dates of the {calendar} calendar"
     return "date-times" if units == "seconds" else f"numbers (model time, units {units!r})"
+
+
+def axis_units(time: xr.DataArray) -> str:
+    """The units of a time axis as :func:`time_step` gives them: "seconds" for datetimes, the
+    :func:`calendar_time_units` of climate-calendar dates, else the ``units`` attribute ("1" without)."""
+    if np.issubdtype(time.dtype, np.datetime64):
+        return "seconds"
+    calendar = str(time.attrs.get("calendar", "")).lower()
+    if calendar in _CLIMATE_CALENDARS and str(time.attrs.get("units", "")) == CALENDAR_REFERENCE:
+        return calendar_time_units(_CLIMATE_CALENDARS[calendar])
+    return str(time.attrs.get("units", "1"))
 
 
 def time_step(time: xr.DataArray, expected: float | None = None, what: str = "time axis",
@@ -125,14 +270,16 @@ def time_step(time: xr.DataArray, expected: float | None = None, what: str = "ti
     if np.issubdtype(values.dtype, np.datetime64):
         steps, units = np.diff(values) / np.timedelta64(1, "s"), "seconds"
     elif np.issubdtype(values.dtype, np.number):
-        steps, units = np.diff(values.astype(np.float64)), str(time.attrs.get("units", "1"))
+        steps, units = np.diff(values.astype(np.float64)), axis_units(time)
     elif values.dtype.kind in "US" or (values.dtype.kind == "O" and values.size and isinstance(values.flat[0], str)):
         raise LatentdaError(f"{what}: the time coordinate holds text ({values.dtype}), neither numbers nor datetimes: "
                             "convert it first (pandas.to_datetime for dates, astype(float) for model times)")
     else:
         raise LatentdaError(f"{what}: time coordinate of type {values.dtype} is neither numbers nor datetimes "
-                            "(a calendar without leap days?)")
-    if expected_units is not None and (units == "seconds") != (expected_units == "seconds"):
+                            "(read it with latentda.data.open_dataset or standard_time_axis)")
+    calendars = climate_calendar(units), climate_calendar(expected_units)
+    if expected_units is not None and ((units == "seconds") != (expected_units == "seconds") or
+                                       (calendars != (None, None) and units != expected_units)):
         raise LatentdaError(f"{what}: {_kind(units).split(' (')[0]}, but the model's time axis is {_kind(expected_units)}")
     if steps.size == 0:
         return (1.0 if expected is None else float(expected)), units
@@ -140,18 +287,18 @@ def time_step(time: xr.DataArray, expected: float | None = None, what: str = "ti
         wrong = np.flatnonzero(~np.isclose(steps, expected, rtol=_RTOL, atol=0))
         if wrong.size:
             i = int(wrong[0]) + 1
-            raise LatentdaError(f"{what}: {_describe_time(values[i - 1])} → {_describe_time(values[i])} at index "
+            raise LatentdaError(f"{what}: {describe_time(values[i - 1], units)} → {describe_time(values[i], units)} at index "
                                 f"{first_index + i} is {describe_step(float(steps[i - 1]), units)}, the model's step is "
                                 f"{describe_step(float(expected), units)}")
     step = float(steps[0])
     if not step > 0:
         raise LatentdaError(f"{what} not increasing at index {first_index + 1} "
-                            f"({_describe_time(values[0])} → {_describe_time(values[1])})")
+                            f"({describe_time(values[0], units)} → {describe_time(values[1], units)})")
     changed = np.flatnonzero(~np.isclose(steps, step, rtol=_RTOL, atol=0))
     if changed.size:
         i = int(changed[0]) + 1
-        raise LatentdaError(f"irregular {what} at index {first_index + i}: {_describe_time(values[i - 1])} → "
-                            f"{_describe_time(values[i])} "
+        raise LatentdaError(f"irregular {what} at index {first_index + i}: {describe_time(values[i - 1], units)} → "
+                            f"{describe_time(values[i], units)} "
                             f"is {describe_step(float(steps[i - 1]), units)}, expected {describe_step(step, units)} "
                             "(the first step); latentda needs one time step")
     if expected is not None and not np.isclose(step, expected, rtol=_RTOL, atol=0):

@@ -52,7 +52,7 @@ import xarray as xr
 
 from latentda.data.io import input_format, open_dataset
 from latentda.data.layout import TIME, FieldLayout
-from latentda.data.times import describe_step, standard_time_axis
+from latentda.data.times import calendar_attrs, calendar_day, climate_calendar, describe_step, standard_time_axis
 from latentda.data.times import time_step as regular_step
 from latentda.errors import LatentdaError
 from latentda.observe.files import grid_indices, observations_to_dataset
@@ -160,6 +160,24 @@ def _times(column: pd.Series) -> np.ndarray:
         times = pd.to_datetime(column.astype("string").str.strip(), utc=True, errors="coerce", format="ISO8601")
     _first_bad(times.isna().to_numpy(), column, "no date-time (ISO 8601, e.g. 2020-01-01T06:00)")
     return times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+
+
+def _calendar_times(column: pd.Series, calendar: str) -> np.ndarray:
+    """A time column as day numbers of a climate ``calendar`` (:func:`latentda.data.times.calendar_day`):
+    numbers as they are, dates (ISO text, e.g. a 360_day "2001-02-30") converted, each distinct one once."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return _numbers(column)
+    text = column.astype("string").str.strip()
+    _first_bad(text.isna().to_numpy(), column, "no date")
+    codes, uniques = pd.factorize(text)
+    days = np.empty(len(uniques), dtype=np.float64)
+    for index, value in enumerate(uniques):
+        try:
+            days[index] = calendar_day(value, calendar, "observation table")
+        except LatentdaError as error:
+            row = int(np.flatnonzero(codes == index)[0])
+            raise LatentdaError(f"{error} (column '{column.name}', row {row})") from None
+    return days[codes]
 
 
 def _channel_of(key: str, layout: FieldLayout, rows: int) -> int:
@@ -310,7 +328,14 @@ def _placed_rows(table: pd.DataFrame, layout: FieldLayout, times, time_step: flo
     channels = _channels(table, layout)
     values = _numbers(_column(table, ("value",)))
     noise = _numbers(_column(table, ("noise_std",)), positive=True)
-    row_times = _times(_column(table, ("time",)))
+    calendar = climate_calendar(time_units)
+    if calendar is None:
+        row_times = _times(_column(table, ("time",)))
+    else:  # dates of a climate calendar: day numbers, as the model's axis (latentda.data.times)
+        row_times = _calendar_times(_column(table, ("time",)), calendar)
+        window_start = None if window_start is None else calendar_day(window_start, calendar, "window start")
+        if time_tolerance is not None and not isinstance(time_tolerance, (int, float, np.number)):
+            time_tolerance = _duration(time_tolerance, datetimes=True) / 86400.0  # "3h": 0.125 days
     datetimes = np.issubdtype(row_times.dtype, np.datetime64)
     if time_units is not None and datetimes != (time_units == "seconds"):  # a day at step 0.2: 432 000 states
         kinds = ("date-times", f"numbers (model time, units {time_units!r})")
@@ -377,7 +402,7 @@ def table_to_cycles(table: pd.DataFrame, layout: FieldLayout, times=None, time_s
     grows with the rows, not with states × positions when the positions move."""
     rows, states = _placed_rows(table, layout, times, time_step, window_start, window_length, time_tolerance, time_units)
     shared = _shared_noise(rows)
-    time = xr.DataArray(states, dims=TIME)
+    time = xr.DataArray(states, dims=TIME, attrs=calendar_attrs(time_units))
     attrs = {"title": "observations converted from a table by latentda", **(attrs or {})}
     cycles: list[xr.Dataset | None] = [None] * states.size
     for state, mine in rows.groupby("state", sort=True):
@@ -393,7 +418,7 @@ def table_to_dataset(table: pd.DataFrame, layout: FieldLayout, times=None, time_
     arguments as for :func:`observations_from_table`."""
     operator = observations_from_table(table, layout, times, time_step, window_start, window_length, time_tolerance,
                                        time_units)
-    time = xr.DataArray(operator.times, dims=TIME)
+    time = xr.DataArray(operator.times, dims=TIME, attrs=calendar_attrs(time_units))
     attrs = {"title": "observations converted from a table by latentda", **(attrs or {})}
     return observations_to_dataset(operator, layout, time, attrs)
 

@@ -44,7 +44,7 @@ class DenoiserModelConfig:
     """Architecture of :class:`latentda.nn.TrajectoryTransformer` (latent shape comes from the data).
 
     ``calendar``: when the data's time axis holds datetimes, condition on the time of day and year
-    (:mod:`latentda.data.calendar`); ignored for numeric (model) time axes.
+    (:mod:`latentda.data.calendar`); ignored for numeric (model) time axes and climate-calendar dates.
 
     ``known_frames``: also train the conditional of a window given its first n states clean (n
     uniform in 1..K − 1, in a fraction ``known_probability`` of the windows; the others train the

@@ -1,0 +1,183 @@
+"""Dates of climate-model calendars (noleap, 360_day): read as day numbers of their calendar whatever
+their CF units, carried through every stage, written back as the same dates; calendars not mixed.
+
+Ground truth: a noleap year has 365 days and a 360_day year 360 (twelve months of 30 days), so the day
+number of a date since 0001-01-01 is counted by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from conftest import make_tiny_pipeline, train_tiny_prior
+from latentda import cli
+from latentda.components import save_autoencoder
+from latentda.data import FieldLayout, compute_statistics, open_dataset, time_step, write_dataset
+from latentda.data.times import CALENDAR_REFERENCE, calendar_day, calendar_time_units, describe_step, standard_time_axis
+from latentda.encoding import encode_dataset
+from latentda.errors import LatentdaError
+from latentda.nn.autoencoder import AutoEncoder
+from latentda.observe import observations_from_table
+from latentda.pipeline import LatentDAPipeline
+
+cftime = pytest.importorskip("cftime")
+
+NOLEAP = calendar_time_units("noleap")
+# 2004-02-28T12:00 in noleap: 2003 whole years of 365 days, January's 31 days and 27 of February, half a day
+START = 2003 * 365 + 31 + 27 + 0.5
+
+
+def noleap_axis(length: int) -> xr.DataArray:
+    """6-hourly day numbers of the noleap calendar from 2004-02-28T12:00 (across the leap day it lacks)."""
+    return xr.DataArray(START + 0.25 * np.arange(length), dims="time",
+                        attrs={"units": CALENDAR_REFERENCE, "calendar": "noleap"})
+
+
+def dates(values) -> list[str]:
+    return [value.strftime("%Y-%m-%dT%H:%M") for value in np.asarray(values)]
+
+
+def field_file(path, time: dict, calendar: str | None, values) -> str:
+    attrs = {"units": time["units"], **({"calendar": calendar} if calendar else {})}
+    dataset = xr.Dataset({"u": (("time", "y", "x"), np.ones((len(values), 2, 2), np.float32))},
+                         coords={"time": ("time", np.asarray(values, dtype=np.float64), attrs)})
+    dataset.to_netcdf(path)
+    return str(path)
+
+
+def test_day_numbers_whatever_the_units(tmp_path):
+    # numbers in hours since 2000 (noleap): day 1999·365 since 0001-01-01, then quarter days
+    noleap = open_dataset(field_file(tmp_path / "a.nc", {"units": "hours since 2000-01-01"}, "noleap", [0, 6, 12]))
+    np.testing.assert_array_equal(noleap["time"].values, 1999 * 365 + np.array([0, 0.25, 0.5]))
+    assert noleap["time"].attrs["calendar"] == "noleap" and noleap["time"].attrs["units"] == CALENDAR_REFERENCE
+    assert time_step(noleap["time"]) == (0.25, NOLEAP)
+    assert describe_step(0.25, NOLEAP) == "6 hours" and describe_step(1.0, NOLEAP) == "1 day"
+    # 365_day is noleap's other name; a 360_day 29 February exists: 2000 years of 360 days, 30 + 28 days
+    alias = open_dataset(field_file(tmp_path / "b.nc", {"units": "days since 2000-01-01"}, "365_day", [0, 1]))
+    assert time_step(alias["time"]) == (1.0, NOLEAP)
+    days360 = open_dataset(field_file(tmp_path / "c.nc", {"units": "days since 2001-02-29"}, "360_day", [0, 1, 2]))
+    np.testing.assert_array_equal(days360["time"].values, 2000 * 360 + 30 + 28 + np.arange(3.0))
+    assert time_step(days360["time"]) == (1.0, calendar_time_units("360_day"))
+    # dates xarray decoded to cftime objects (a zarr store read with cftime installed): the same numbers,
+    # and an axis across 29 February is regular in noleap
+    axis = noleap_axis(4)
+    stored = tmp_path / "d.zarr"
+    xr.Dataset({"u": (("time",), np.zeros(4))}, coords={"time": axis}).to_zarr(stored)
+    decoded = xr.open_zarr(stored)["time"].values
+    assert dates(decoded) == ["2004-02-28T12:00", "2004-02-28T18:00", "2004-03-01T00:00", "2004-03-01T06:00"]
+    again = open_dataset(stored)
+    np.testing.assert_array_equal(again["time"].values, axis.values)
+    assert time_step(again["time"]) == (0.25, NOLEAP)
+    # cftime dates of the standard calendar are numpy datetimes, as a file read without cftime
+    standard = standard_time_axis(xr.Dataset(coords={"time": xr.date_range("2004-02-28", periods=3, freq="D",
+                                                                           calendar="standard", use_cftime=True)}))
+    assert standard["time"].values[2] == np.datetime64("2004-03-01")
+
+
+def test_dates_given_as_text():
+    assert calendar_day("2004-02-28T12:00", "noleap") == START
+    assert calendar_day("2001-02-30 06:00:00", "360_day") == 2000 * 360 + 30 + 29 + 0.25
+    assert calendar_day(cftime.datetime(2004, 3, 1, calendar="noleap"), "noleap") == START + 0.5
+    assert calendar_day(START, "noleap") == START
+    with pytest.raises(LatentdaError, match="'2004-02-29' is not a date of the noleap calendar"):
+        calendar_day("2004-02-29", "noleap")
+    with pytest.raises(LatentdaError, match="a date of the 360_day calendar, the model's dates are of the noleap"):
+        calendar_day(cftime.datetime(2004, 3, 1, calendar="360_day"), "noleap")
+
+
+def test_unknown_calendar_refused(tmp_path):
+    path = field_file(tmp_path / "m.nc", {"units": "hours since 2000-01-01"}, "martian", [0, 6])
+    assert cli.main(["inspect", path, "--quiet"]) == 2
+    with pytest.raises(LatentdaError, match="calendar 'martian' is not supported"):
+        open_dataset(path)
+
+
+@pytest.fixture(scope="module")
+def noleap_run(tmp_path_factory):
+    """A tiny noleap pipeline, its truth (12 states) written as netCDF and observe's observations of the first 8."""
+    root = tmp_path_factory.mktemp("noleap")
+    pipeline, truth = make_tiny_pipeline(root / "pipeline", times=12, time_axis=noleap_axis(12), time_step=0.25,
+                                         time_units=NOLEAP)
+    truth_path = write_dataset(truth, root / "truth.nc")
+    operator = root / "op.yaml"
+    operator.write_text("observations:\n  - {name: o, variables: [u, v], fraction: 0.5, noise_std: 0.1}\n")
+    assert cli.main(["observe", "--truth", str(truth_path), "--operator", str(operator), "--out",
+                     str(root / "obs.nc"), "--length", "8", "--quiet"]) == 0
+    return root, pipeline, truth
+
+
+def test_every_stage_writes_the_same_dates(noleap_run):
+    root, _, truth = noleap_run
+    truth_dates = dates(xr.open_dataset(root / "truth.nc")["time"].values)[:8]
+    assert truth_dates[2] == "2004-03-01T00:00"  # no 29 February
+    common = ["--pipeline", str(root / "pipeline"), "--observations", str(root / "obs.nc"), "--members", "2",
+              "--steps", "2", "--quiet"]
+    assert cli.main(["reanalyze", *common, "--out", str(root / "re.zarr")]) == 0
+    assert dates(xr.open_zarr(root / "re.zarr")["time"].values) == truth_dates  # as cftime dates, opened by xarray
+    assert cli.main(["filter", *common, "--out", str(root / "filter.zarr")]) == 0
+    assert dates(xr.open_zarr(root / "filter.zarr")["time"].values) == truth_dates
+    assert cli.main(["forecast", *common, "--lead", "3", "--out", str(root / "fc.zarr")]) == 0
+    forecast = xr.open_zarr(root / "fc.zarr")
+    assert dates(forecast["time"].values) == truth_dates[-1:]
+    assert forecast["prediction_timedelta"].attrs["units"] == "days"
+    np.testing.assert_array_equal(forecast["prediction_timedelta"].values, [0, 0.25, 0.5, 0.75])
+    # scored at valid times init + lead (days of the calendar): states 7 to 10 of the truth
+    assert cli.main(["evaluate", "--prediction", str(root / "fc.zarr"), "--truth", str(root / "truth.nc"),
+                     "--out", str(root / "report"), "--quiet"]) == 0
+    rows = pd.read_csv(root / "report" / "metrics.csv")
+    np.testing.assert_allclose(np.unique(rows["time"]), noleap_axis(12).values[7:11])
+    assert cli.main(["sample", "--pipeline", str(root / "pipeline"), "--length", "3", "--members", "1", "--steps", "2",
+                     "--start-time", "2004-02-28T18:00", "--out", str(root / "sample.zarr"), "--quiet"]) == 0
+    assert dates(xr.open_zarr(root / "sample.zarr")["time"].values) == ["2004-02-28T18:00", "2004-03-01T00:00",
+                                                                         "2004-03-01T06:00"]
+    assert cli.main(["sample", "--pipeline", str(root / "pipeline"), "--length", "3", "--start-time", "2004-02-29",
+                     "--out", str(root / "bad.zarr"), "--quiet"]) == 2
+    assert not (root / "bad.zarr").exists()
+
+
+def test_calendars_not_mixed(noleap_run, tmp_path):
+    root, pipeline, _ = noleap_run
+    observations = open_dataset(root / "obs.nc")
+    days360 = observations.assign_coords(time=observations["time"].assign_attrs(calendar="360_day"))
+    with pytest.raises(LatentdaError, match="dates of the 360_day calendar, but the model's time axis is dates of the "
+                                            "noleap calendar"):
+        pipeline.reanalyze(days360, members=1, steps=2)
+    datetimes = observations.assign_coords(time=pd.date_range("2004-02-28T12:00", periods=8, freq="6h"))
+    with pytest.raises(LatentdaError, match="date-times, but the model's time axis is dates of the noleap calendar"):
+        pipeline.reanalyze(datetimes, members=1, steps=2)
+    model_time, _ = make_tiny_pipeline(tmp_path / "model-time")  # numbers 0.2 apart, units "1"
+    with pytest.raises(LatentdaError, match="dates of the noleap calendar, but the model's time axis is numbers"):
+        model_time.reanalyze(observations, members=1, steps=2)
+
+
+def test_table_of_dates(noleap_run):
+    _, pipeline, _ = noleap_run
+    table = pd.DataFrame({"time": ["2004-02-28T12:00", "2004-03-01T01:00", "2004-03-01T06:00"], "y": [0.0, 1, 2],
+                          "x": [0.0, 1, 2], "variable": "u", "value": [0.5, 1.0, 1.5], "noise_std": 0.1})
+    operator = observations_from_table(table, pipeline.layout, time_step=0.25, time_units=NOLEAP, time_tolerance="1h")
+    np.testing.assert_array_equal(operator.times, noleap_axis(4).values)  # 28 Feb 12:00 to 1 Mar 06:00: 4 states
+    values = operator.groups[0].values
+    assert [np.flatnonzero(np.isfinite(values[:, point]))[0] for point in range(3)] == [0, 2, 3]
+    dataset = pipeline.reanalyze(table, members=1, steps=2)
+    assert dates(xr.decode_cf(dataset[["time"]])["time"].values)[-1] == "2004-03-01T06:00"
+    with pytest.raises(LatentdaError, match=r"'2004-02-29T00:00' is not a date of the noleap calendar \(column 'time', "
+                                            r"row 1\)"):
+        observations_from_table(table.assign(time=["2004-02-28T12:00", "2004-02-29T00:00", "2004-03-01T00:00"]),
+                                pipeline.layout, time_step=0.25, time_units=NOLEAP)
+
+
+def test_training_records_the_calendar(tmp_path):
+    """encode keeps the day numbers' attributes, and the prior trained on them has the calendar's time units."""
+    truth = make_tiny_pipeline(tmp_path / "unused", times=24, time_axis=noleap_axis(24), time_step=0.25,
+                               time_units=NOLEAP)[1]
+    data = write_dataset(truth, tmp_path / "data.nc")
+    layout = FieldLayout.from_dataset(open_dataset(data))
+    torch.manual_seed(0)
+    autoencoder = AutoEncoder(in_channels=2, latent_channels=2, hidden_channels=[8, 8], blocks_per_stage=1,
+                              sample_size=[8, 8], periodic=[True, True])
+    folder = save_autoencoder(tmp_path / "ae", autoencoder, layout, compute_statistics(truth, layout, progress=False))
+    latents = encode_dataset(folder, data, tmp_path / "latents.zarr", progress=False)
+    assert time_step(open_dataset(latents)["time"]) == (0.25, NOLEAP)
+    pipeline = LatentDAPipeline.from_pretrained(train_tiny_prior(latents, tmp_path / "run"))
+    assert (pipeline.time_step, pipeline.time_units, pipeline.calendar) == (0.25, NOLEAP, False)
