@@ -140,7 +140,10 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     truth = _align(prediction, truth, trajectory)
     layout.check(truth)
     members = prediction.sizes["realization"]
-    ensemble = np.stack([layout.to_array(prediction.isel(realization=m)) for m in range(members)])
+    # each variable read once: a store chunk spanning several members would be decompressed once per member
+    loaded = prediction[[spec.name for spec in layout.variables]].load()
+    ensemble = np.stack([layout.to_array(loaded.isel(realization=m)) for m in range(members)])
+    del loaded
     target = layout.to_array(truth)
     # NaN in the prediction only on its fixed mask (NaN scores would pass for results); in the truth
     # NaN is masked or missing and left out of every score
