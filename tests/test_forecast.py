@@ -62,9 +62,9 @@ def test_forecast_conditioning_uses_the_settings_solver(setup, monkeypatch):
     initial = pipeline.encode(pipeline.layout.to_array(truth.isel(time=slice(0, 2))))[None]
     calls = []
 
-    def counted(matvec, b, iterations):
+    def counted(matvec, b, iterations, lifted=False):
         calls.append(iterations)
-        return solvers.gmres(matvec, b, iterations)
+        return solvers.gmres(matvec, b, iterations, lifted)
 
     def run(solver):
         (_, fields), = forecast_members(pipeline, [0], 2, PosteriorSettings(steps=3, iterations=2, solver=solver),

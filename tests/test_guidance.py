@@ -68,6 +68,24 @@ def test_solvers_solve_spd_and_general_systems():
     assert (gmres(lambda v: torch.einsum("bij,bj->bi", general, v), b, 7) - exact).abs().max() < 1e-9
 
 
+@pytest.mark.parametrize("iterations", [2, 7])
+def test_solvers_lift_their_solution(iterations):
+    """With ``lifted`` the solvers also return L u for the linear map L whose products the matvec returns:
+    the same u as without, and L u equal to L applied to it, converged (7) or not (2); L maps to another shape."""
+    g = torch.Generator().manual_seed(1)
+    B = torch.randn(3, 7, 7, generator=g, dtype=torch.float64)
+    spd = B @ B.transpose(1, 2) + 7 * torch.eye(7, dtype=torch.float64)
+    general = B + 7 * torch.eye(7, dtype=torch.float64)
+    lift = torch.randn(3, 2, 5, 7, generator=g, dtype=torch.float64)  # L: (7,) → (2, 5), per batch row
+    b = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    for solver, matrix in ((conjugate_gradient, spd), (gmres, general)):
+        plain = solver(lambda v: torch.einsum("bij,bj->bi", matrix, v), b, iterations)
+        u, lu = solver(lambda v: (torch.einsum("bij,bj->bi", matrix, v), torch.einsum("bcij,bj->bci", lift, v)),
+                       b, iterations, lifted=True)
+        assert (u - plain).abs().max() < 1e-12
+        assert (lu - torch.einsum("bcij,bj->bci", lift, u)).abs().max() < 1e-10
+
+
 def test_dps_matches_its_formula_and_mmps_differs():
     mean, covariance, A, noise_std, y = _problem()
     denoise = GaussianDenoiser(mean, covariance)

@@ -7,8 +7,9 @@ wall times (median of repeats):
 
 1. unconditional denoiser cost per state for L = K, 2K, 4K, 8K (blankets: must stay constant);
 2. one MMPS step (n solver iterations) and one DPS step over one unguided step, and over the
-   op-count bound: 1 denoiser forward + (n+1) denoiser VJPs + 1 decoder forward + n tangent JVPs
-   (one decoder forward each) + (n+1) decoder VJPs, each primitive measured alone; the same step
+   op-count bound: 1 denoiser forward + n denoiser VJPs + 1 decoder forward + n tangent JVPs
+   (one decoder forward each) + n decoder VJPs, each primitive measured alone (the correction
+   Jᵀ Aᵀ u is summed from the solver's products: latentda.posterior.solvers, ``lifted``); the same step
    with A·v by a double backward (the previous method) and the cost of torch.func.linearize;
 3. reanalysis cost per state (MMPS step) for the same lengths;
 4. training throughput of the denoiser (samples/s, achieved FLOP/s) next to the FLOP/s of a large
@@ -177,8 +178,8 @@ def main() -> None:
             bound = f_forward + f_denoiser_vjp + f_decoder + f_decoder_vjp
             count = "1 fwd + 1 denoiser VJP + 1 decoder fwd + 1 decoder VJP"
         else:
-            bound = f_forward + (n + 1) * f_denoiser_vjp + (1 + n) * f_decoder + (n + 1) * f_decoder_vjp
-            count = f"1 fwd + {n + 1} denoiser VJPs + 1 decoder fwd + {n} tangent JVPs + {n + 1} decoder VJPs"
+            bound = f_forward + n * f_denoiser_vjp + (1 + n) * f_decoder + n * f_decoder_vjp
+            count = f"1 fwd + {n} denoiser VJPs + 1 decoder fwd + {n} tangent JVPs + {n} decoder VJPs"
         wall = seconds(lambda: guided(z, sigma), args.repeats)
         print(f"{name:28s}: {measured / f_forward:6.2f}× unguided FLOPs = {measured / bound:.3f}× the op-count bound "
               f"({bound / f_forward:.2f}×: {count}); wall {wall / t_unguided:6.2f}× unguided "

@@ -20,7 +20,10 @@ of A are built once per step and reused by every iteration. An operator may brin
 linearisation (``A.linearize(x̂)``; the decoded operator of :mod:`latentda.posterior.reanalysis`
 takes A·v by one tangent pass through the decoder, about one decoder forward); otherwise A·v is the
 transpose of its VJP (a double backward through the graph of Aᵀ w, linear in w). Either way A —
-the decoder, when A acts through it — is evaluated once per step, never once per iteration. For a Gaussian prior with
+the decoder, when A acts through it — is evaluated once per step, never once per iteration. The correction
+∇_{x_t}(A(x̂)ᵀ u) = Jᵀ Aᵀ u is linear in u = Σ_k c_k p_k, a combination of the vectors the solver multiplied, so
+it is summed from their products Jᵀ Aᵀ p_k (:mod:`latentda.posterior.solvers`, ``lifted``) rather than paid as
+one more VJP through the denoiser and A: n iterations cost n VJPs of each, not n + 1. For a Gaussian prior with
 its exact denoiser and linear A, M iterations reproduce E[x | x_t, y] exactly.
 
 **DPS** (Chung et al. 2022), the baseline: V = 0, so u = Σ_y⁻¹ (y − A(x̂)) and the guided mean is
@@ -126,14 +129,13 @@ class MMPSDenoiser(_Guided):
         variance = torch.as_tensor(sigma, dtype=torch.float64) ** 2
         noise_var = self.noise_std.to(A.value.device) ** 2
 
-        def matvec(u: Tensor) -> Tensor:
-            product = A.forward(jacobian_transpose(A.transpose(u)))
-            return noise_var * u + variance * product.double()
+        def matvec(u: Tensor) -> tuple[Tensor, Tensor]:  # (M u, Jᵀ Aᵀ u): the solver sums the correction
+            lifted = jacobian_transpose(A.transpose(u))
+            return noise_var * u + variance * A.forward(lifted).double(), lifted
 
         residual = self.y.to(A.value.device, torch.float64) - A.value.double()
-        u = self.solve(matvec, residual, self.iterations)
-        correction = jacobian_transpose(A.transpose(u))
-        return (mean.detach() + (variance * correction.double()).to(mean.dtype)).detach()
+        _, correction = self.solve(matvec, residual, self.iterations, lifted=True)  # Jᵀ Aᵀ u, no further product
+        return (mean.detach() + (variance * correction).to(mean.dtype)).detach()
 
 
 class DPSDenoiser(_Guided):
