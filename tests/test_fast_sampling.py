@@ -166,3 +166,18 @@ def test_sigma_start_and_churn():
     x = sample(denoise, (4000, 3), schedule, steps=32, method="heun", sigma_start=20.0, churn=2.0,
                generator=generator, dtype=torch.float64)
     np.testing.assert_allclose(x.var(0).numpy(), [0.5, 1.0, 2.0], rtol=0.1)
+
+
+@pytest.mark.parametrize("tau", [2.0, 0.5])
+def test_langevin_step_keeps_stiff_directions(tau):
+    """The predictor-corrector on an exact Gaussian whose few stiff directions (variance 10⁻⁴, as pixels
+    pinned by accurate observations) sit among many wide ones (variance 1): the self-normalised step
+    τ / mean(s²) is sized for the wide ones, δ/v ≫ 2 on the stiff ones, and without the cap δ ≤ σ²
+    their variance came out hundreds of times the truth (sampling.py's docstring)."""
+    variances = torch.cat([torch.full((95,), 1.0), torch.full((5,), 1e-4)]).double()
+    denoise = GaussianDenoiser(torch.zeros(100, dtype=torch.float64), torch.diag(variances))
+    x = sample(denoise, (2000, 100), make_schedule(), steps=8, method="pc", tau=tau, sigma_start=20.0,
+               generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ratio = x.var(0) / variances
+    assert 0.5 < ratio[:95].mean() < 2.0
+    assert 0.3 < ratio[95:].mean() < 3.0, f"stiff directions' variance ratio {ratio[95:].mean():.3g}"

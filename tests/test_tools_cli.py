@@ -130,3 +130,32 @@ def test_study_forecast_runs_its_default_conditionings(tmp_path):
                             timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "inpaint:ddpm:2" in result.stdout and "mmps0.01:ddpm:2" in result.stdout
+
+
+def test_summaries_score_the_observed_pixels(monkeypatch):
+    """bench_posterior.summarise (used by study_sampler and bench_exact's mask): the observed pixels are
+    those a grid group observes, and their spread-skill ratio is 1 for members drawn around the truth with
+    the spread of their error, 2 for members twice as wide there."""
+    import numpy as np
+
+    from latentda.observe.operators import ObservationGroup, ObservationOperator
+
+    monkeypatch.syspath_prepend(str(TOOLS))
+    from bench_posterior import observed_pixels, summarise
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((4, 2, 8, 8))
+    values = np.full((4, 8, 8), np.nan)
+    values[:, 2, 3] = truth[:, 1, 2, 3]
+    values[:, 5, 1] = truth[:, 1, 5, 1]
+    operator = ObservationOperator([ObservationGroup("v", [1], "identity", "grid", values, 0.1)])
+    mask = observed_pixels(operator, 2, (8, 8))
+    assert mask.sum() == 8 and mask[:, 1, 2, 3].all() and mask[:, 1, 5, 1].all() and not mask[:, 0].any()
+    center = truth + 0.3 * rng.standard_normal((1, *truth.shape))  # the ensemble mean's error, std 0.3
+    members = 4000
+    for width, expected in ((1.0, 1.0), (2.0, 2.0)):
+        wide = np.where(mask, width, 1.0)
+        ensemble = center + 0.3 * wide * rng.standard_normal((members, *truth.shape))
+        # the mean's error: the members' noise averages out, the centre's 0.3 stays
+        summary = summarise(ensemble, truth, operator, np.ones((8, 8)))
+        assert abs(summary["spread_skill_observed"] - expected) < 0.25 * expected

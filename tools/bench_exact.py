@@ -24,8 +24,10 @@ Scores, pooled over windows, states and pixels (m, v: exact posterior mean and v
 - ``mean error``: RMS of (ensemble mean − m)/√v, and ``bias`` = √max(0, that² − r/N), the same with
   the ensemble mean's own sampling variance r v/N removed (r: variance ratio, N: members);
 - ``variance ratio`` r: Σ ensemble variance / Σ v (unbiased, over all pixels), also per Fourier band
-  of |k| (mode variances of the deviations from the ensemble mean over the exact mode variances) and
-  per state of the window;
+  of |k| (mode variances of the deviations from the ensemble mean over the exact mode variances),
+  per state of the window, and over the observed pixels alone (``observed``; sparse observations:
+  where accurate observations pin the field, the stiffest directions of the posterior, which a
+  pooled ratio hides);
 - ``coverage 50/90``: the exact posterior probability of each pixel's central 50 % / 90 % ensemble
   interval (empirical quantiles), averaged — ideal 0.5 / 0.9 up to the finite-ensemble floor;
 - the same for the prior: unconditional samples of each prior against the stationary law.
@@ -54,6 +56,8 @@ from latentda.posterior.reanalysis import PosteriorSettings, member_generator, p
 from latentda.simulate.gaussian import GaussianSystem
 from latentda.cli import ScriptHelpFormatter
 
+from bench_posterior import observed_pixels
+
 HELD_OUT_SEED = 424242  # trajectories of this seed are never in a training set (the CLI's default seed is 0)
 BANDS = (0, 1, 2, 4, 8, 16, np.inf)
 
@@ -75,8 +79,10 @@ def mode_variance(deviations: np.ndarray) -> np.ndarray:
     return (np.abs(coefficients) ** 2).sum(axis=0) / (len(deviations) - 1)
 
 
-def scores(ensemble: np.ndarray, law: GaussianTrajectoryLaw, system: GaussianSystem) -> dict:
-    """Sufficient sums of one window's ensemble (N, L, C, n, n) against an exact Gaussian law."""
+def scores(ensemble: np.ndarray, law: GaussianTrajectoryLaw, system: GaussianSystem,
+           observed: np.ndarray | None = None) -> dict:
+    """Sufficient sums of one window's ensemble (N, L, C, n, n) against an exact Gaussian law
+    (``observed``: the pixels observed, :func:`observed_pixels`)."""
     members = len(ensemble)
     mean = ensemble.mean(axis=0)
     deviations = ensemble - mean
@@ -97,6 +103,8 @@ def scores(ensemble: np.ndarray, law: GaussianTrajectoryLaw, system: GaussianSys
         "variance_by_band": np.bincount(bands.ravel(), modes.sum(axis=(0, 1)).ravel(), len(BANDS) - 1),
         "exact_by_band": np.bincount(bands.ravel(), law.mode_variance.sum(axis=(0, 1)).ravel(), len(BANDS) - 1),
         "coverage_50": coverage[0.5], "coverage_90": coverage[0.9],
+        "variance_observed": float(variance[observed].sum()) if observed is not None else 0.0,
+        "exact_variance_observed": float(law.variance[observed].sum()) if observed is not None else 0.0,
     }
 
 
@@ -111,6 +119,8 @@ def pooled(windows: list[dict]) -> dict:
         "mean_error": squared**0.5,
         "bias": max(0.0, squared - ratio / members) ** 0.5,
         "variance_ratio": ratio,
+        "variance_ratio_observed": (total("variance_observed") / total("exact_variance_observed")
+                                    if total("exact_variance_observed") > 0 else None),
         "variance_ratio_by_time": (total("variance_by_time") / total("exact_by_time")).round(3).tolist(),
         "variance_ratio_by_band": {f"{lo:g}-{hi:g}": round(float(r), 3) for lo, hi, r in zip(BANDS[:-1], BANDS[1:], by_band)},
         "coverage_50": float(np.mean([w["coverage_50"] for w in windows])),
@@ -183,15 +193,16 @@ def main() -> None:
         for w, truth in enumerate(truths):
             operator = synthesize(truth, layout, ObservationConfig([specs[setting]]), seed=w)
             law = exact_posterior(system, operator)
+            observed = observed_pixels(operator, layout.num_channels, layout.shape)
             started = time.perf_counter()
-            per_prior["exact samples"].append(scores(law.sample(args.members, seed=w), law, system))
+            per_prior["exact samples"].append(scores(law.sample(args.members, seed=w), law, system, observed))
             seconds["exact samples"] += time.perf_counter() - started
             for name, prior in priors.items():
                 started = time.perf_counter()
                 ensemble = np.stack([fields for _, fields, _ in
                                      posterior_members(prior, operator, list(range(args.members)), settings, seed=w)])
                 seconds[name] += time.perf_counter() - started
-                per_prior[name].append(scores(ensemble.astype(np.float64), law, system))
+                per_prior[name].append(scores(ensemble.astype(np.float64), law, system, observed))
         results["posterior"][setting] = {name: {**pooled(per_prior[name]), "seconds_per_member":
                                                 seconds[name] / (args.windows * args.members)} for name in names}
         report(f"posterior, {setting}", results["posterior"][setting])
@@ -209,12 +220,13 @@ def main() -> None:
 
 
 def report(title: str, rows: dict) -> None:
-    print(f"\n{title}\n| ensemble | mean error (bias) | variance ratio | coverage 50 % | coverage 90 % | ratio by |k| band "
-          f"{' / '.join(next(iter(rows.values()))['variance_ratio_by_band'])} |\n|---|---|---|---|---|---|")
+    print(f"\n{title}\n| ensemble | mean error (bias) | variance ratio | observed pixels | coverage 50 % | coverage 90 % | "
+          f"ratio by |k| band {' / '.join(next(iter(rows.values()))['variance_ratio_by_band'])} |\n|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         bands = " / ".join(f"{r:.2f}" for r in row["variance_ratio_by_band"].values())
+        observed = row.get("variance_ratio_observed")
         print(f"| {name} | {row['mean_error']:.3f} ({row['bias']:.3f}) | {row['variance_ratio']:.3f} | "
-              f"{row['coverage_50']:.3f} | {row['coverage_90']:.3f} | {bands} |")
+              f"{'' if observed is None else f'{observed:.3f}'} | {row['coverage_50']:.3f} | {row['coverage_90']:.3f} | {bands} |")
 
 
 if __name__ == "__main__":

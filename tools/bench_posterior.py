@@ -74,10 +74,31 @@ def operator_matrix(operator: ObservationOperator, shape) -> np.ndarray:
     return jacobian.reshape(jacobian.shape[0], -1).numpy()
 
 
+def observed_pixels(operator: ObservationOperator, channels: int, shape) -> np.ndarray:
+    """(L, C, H, W): True where a grid group observes the field (nowhere for block means)."""
+    mask = np.zeros((operator.length, channels, *shape), dtype=bool)
+    for group in operator.groups:
+        if group.sampling == "grid":
+            for channel in group.channels:
+                mask[:, channel] |= np.isfinite(group.values)
+    return mask
+
+
 def summarise(ensemble: np.ndarray, truth: np.ndarray, operator: ObservationOperator, weights) -> dict:
+    """Scores of an ensemble (N, L, C, H, W) against its truth: ``latentda.metrics.ensemble_scores``
+    averaged, the observation residual ratio, and for observations of grid pixels the spread-skill
+    ratio over the observed pixels alone (``spread_skill_observed``: where accurate observations pin
+    the field, which the pooled ratio can hide)."""
     scores = ensemble_scores(ensemble, truth, weights)
     ratio = operator.residual_ratio(torch.from_numpy(ensemble).double()).mean().item()
-    return {name: float(np.nanmean(value)) for name, value in scores.items()} | {"residual_ratio": ratio}
+    summary = {name: float(np.nanmean(value)) for name, value in scores.items()} | {"residual_ratio": ratio}
+    observed = observed_pixels(operator, ensemble.shape[2], ensemble.shape[3:])
+    if observed.any():
+        members = len(ensemble)
+        spread = ensemble.var(axis=0, ddof=1)[observed].mean()
+        error = ((ensemble.mean(axis=0) - truth) ** 2)[observed].mean()
+        summary["spread_skill_observed"] = float(np.sqrt((members + 1) / members * spread / error))
+    return summary
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ previous default). For every config and held-out
 trajectory (new simulations, never seen in training), the observations (``--setting``: sparse 5 %
 or coarse 8×, σ_y = 0.1, seed 100 + k) are reanalysed with MMPS (the settings' CG iterations) and scored against the truth:
 RMSE of the ensemble mean, fair CRPS, spread-skill ratio (ensemble spread over RMSE, with the
-(m + 1)/m finite-ensemble correction of ``latentda.metrics``), observation residual ratio, denoiser
-calls and seconds per member.
+(m + 1)/m finite-ensemble correction of ``latentda.metrics``), the same over the observed pixels alone
+(sparse observations), observation residual ratio, denoiser calls and seconds per member.
+``--prior-inflation`` samples every config with that τ_prior (``PosteriorSettings.prior_inflation``).
 """
 
 import argparse
@@ -69,6 +70,7 @@ def main() -> None:
                              "(what is left out: the pipeline's default)")
     parser.add_argument("--setting", choices=list(SETTINGS), default="sparse 5%",
                         help="observations (as bench_posterior): 5 %% of the pixels of u and v, or their 8×8 block means")
+    parser.add_argument("--prior-inflation", type=float, help="τ_prior of every config (default: none)")
     parser.add_argument("--json", help="also write the mean scores to this JSON file")
     args = parser.parse_args()
     configs = {}
@@ -90,7 +92,8 @@ def main() -> None:
     all_settings = {}
     for text, config in configs.items():
         try:
-            all_settings[text] = PosteriorSettings(iterations=args.iterations, **config)
+            all_settings[text] = PosteriorSettings(iterations=args.iterations, prior_inflation=args.prior_inflation,
+                                                   **config)
             all_settings[text].sampling(pipeline)
         except LatentdaError as error:
             parser.error(f"config '{text}': {error}")
@@ -113,10 +116,11 @@ def main() -> None:
             print(f"{text:18s} trajectory {k}: " + ", ".join(f"{n} {v:.3f}" for n, v in rows[-1].items()), flush=True)
         results[text] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} | {"calls_per_member": calls}
     print("\n| config (sampler:steps:σ_start[:τ[:corrections[:churn]]]) | calls/member | RMSE | CRPS | spread-skill | "
-          "residual ratio | s/member |\n|---|---|---|---|---|---|---|")
+          "spread-skill, observed pixels | residual ratio | s/member |\n|---|---|---|---|---|---|---|---|")
     for text, r in results.items():
+        observed = f"{r['spread_skill_observed']:.2f}" if "spread_skill_observed" in r else ""
         print(f"| {text} | {r['calls_per_member']} | {r['rmse']:.3f} | {r['crps']:.3f} | {r['spread_skill_ratio']:.2f} | "
-              f"{r['residual_ratio']:.2f} | {r['seconds_per_member']:.1f} |")
+              f"{observed} | {r['residual_ratio']:.2f} | {r['seconds_per_member']:.1f} |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "results": results}, handle, indent=1)

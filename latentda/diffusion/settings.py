@@ -60,7 +60,9 @@ class SamplerSettings:
     - ``steps``: N, the number of noise levels σ_0 > … > σ_{N−1} = σ_min of the Karras (ρ = 7) grid.
     - ``corrections``: Langevin corrector steps per level of ``pc`` and ``heun-pc``,
       x ← x + δ s + √(2δ) ε with the score s = (D(x, σ) − x)/σ².
-    - ``tau``: τ, the Langevin step factor: δ = τ / mean(s²), the mean over each member's own values.
+    - ``tau``: τ, the Langevin step factor: δ = min(τ / mean(s²), σ²), the mean over each member's own
+      values; the cap keeps directions pinned by accurate observations stable (:mod:`latentda.diffusion.sampling`),
+      and since mean(s²) ≤ 1/σ², τ ≥ 1 gives δ = σ².
     - ``sigma_start``: σ_0, the level sampling starts from, in (σ_min, σ_max] of the prior
       (None: σ_max). Standardised data have unit variance, so levels far above 1 only add noise
       to noise; starting lower spends the same steps where the data are shaped.
@@ -78,7 +80,7 @@ class SamplerSettings:
         "pc (predictor-corrector: ddim + Langevin corrections), heun-pc", choices=SAMPLERS))
     steps: int = field(default=64, metadata=_help("number of noise levels (diffusion steps)"))
     corrections: int = field(default=1, metadata=_help("Langevin corrections per level (pc and heun-pc samplers)"))
-    tau: float = field(default=0.1, metadata=_help("Langevin step factor τ: step δ = τ / mean(score²) (pc and heun-pc)"))
+    tau: float = field(default=0.1, metadata=_help("Langevin step factor τ: step δ = min(τ / mean(score²), σ²) (pc and heun-pc)"))
     sigma_start: float | None = field(default=None, metadata=_help(
         "noise level the sampler starts from, in (sigma_min, sigma_max] of the prior"))
     churn: float = field(default=0.0, metadata=_help("stochastic churn (0: none)"))
