@@ -71,15 +71,31 @@ def statistics(xp) -> dict:
 
 
 def test_in_an_xplist_beside_enkf(setup):
+    """Launched by DAPPER beside EnKF (its twin experiment simulated under each xp's seed), LatentDA records
+    every cycle, its statistics are those of the same method run alone on that truth (EnKF's run draws
+    nothing of its members), its rmse.a is DAPPER's definition applied to its analysis mean, and the
+    averages tabulate beside EnKF's."""
     pipeline, HMM, xx, yy = setup
     xps = dpr.xpList([EnKF("Sqrt", N=8), _method(pipeline)])
+    for xp in xps:
+        xp.seed = 7
     xps.launch(HMM, save_as=False, fail_gently=False, free=False)
     latent = xps[1]
     for sub in ("a", "f"):
         series = getattr(latent.stats.err.rms, sub)
         assert series.shape == (OBSERVATIONS,) and np.isfinite(series).all()  # every cycle assessed
     assert np.isfinite(latent.stats.spread.rms.a).all() and np.isfinite(latent.stats.residual_ratio).all()
-    assert np.isfinite(latent.avrgs.err.rms.a.val) and np.isfinite(latent.avrgs.residual_ratio.val)
+    dpr.set_seed(7)
+    truth, observed = HMM.simulate()
+    alone = _method(pipeline)
+    alone.assimilate(HMM, truth, observed)
+    np.testing.assert_allclose(latent.stats.mu.a, alone.stats.mu.a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(latent.stats.residual_ratio, alone.stats.residual_ratio, rtol=1e-5)
+    for ko, k in enumerate(HMM.tseq.kko):
+        error = np.sqrt(np.mean((latent.stats.mu.a[ko] - truth[k]) ** 2))
+        assert latent.stats.err.rms.a[ko] == pytest.approx(error, rel=1e-5)
+    assert not np.allclose(latent.stats.err.rms.a, xps[0].stats.err.rms.a)  # two methods, two records
+    assert latent.avrgs.err.rms.a.val == pytest.approx(np.mean(latent.stats.err.rms.a))  # no burn-in: every cycle
     table = xps.tabulate_avrgs(["rmse.a", "rmv.a"], colorize=False)
     assert "LatentDA" in table and "EnKF" in table
 
