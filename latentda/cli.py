@@ -309,7 +309,10 @@ def _evaluation_observations(path: Path, prediction):
     if isinstance(observations, pd.DataFrame):
         if is_forecast(prediction):
             raise LatentdaError("score a forecast against an observation file (a table is placed on a reanalysis' times)")
-        return table_to_dataset(observations, FieldLayout.from_dataset(prediction), times=prediction["time"].values)
+        from latentda.data.times import axis_units
+
+        return table_to_dataset(observations, FieldLayout.from_dataset(prediction), times=prediction["time"].values,
+                                time_units=axis_units(prediction["time"]))  # dates of a climate calendar: read as such
     return observations
 
 

@@ -55,7 +55,7 @@ import xarray as xr
 from latentda.data.io import already_exists, atomic_path, check_replaceable_folder
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
-from latentda.data.times import axis_units, climate_calendar
+from latentda.data.times import axis_units, climate_calendar, standard_time_axis
 from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, pole_rmse,
                               pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
@@ -122,7 +122,10 @@ def _time_span(times: np.ndarray) -> str:
 
 def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset | None = None,
              trajectory: int | None = None) -> tuple[list[dict], dict]:
-    """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel)."""
+    """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel). Time axes
+    are read as ``open_dataset`` reads a file's (:func:`latentda.data.times.standard_time_axis`: e.g. the
+    cftime dates of a climate calendar that ``xr.open_dataset`` gives)."""
+    prediction, truth = standard_time_axis(prediction), standard_time_axis(truth)
     if "realization" not in prediction.dims:
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
     if TIME not in prediction.coords:  # the bare index would be taken for times 0, 1, …
@@ -263,10 +266,25 @@ def _valid_times(forecast: xr.Dataset) -> tuple[xr.Dataset, np.ndarray, np.ndarr
             raise LatentdaError(f"the forecast's prediction_timedelta holds numbers (units {units!r}), its times are "
                                 "date-times: give the leads as durations, or numbers with units such as 'hours'")
         leads = pd.to_timedelta(leads, unit=_DURATIONS[units]).to_numpy()
+    elif climate_calendar(axis_units(forecast[TIME])) is not None:  # dates of a climate calendar: seconds on their axis
+        leads = _lead_seconds(forecast["prediction_timedelta"])
     parts = [forecast.isel({TIME: i}, drop=True).rename(prediction_timedelta=TIME).assign_coords({TIME: init + leads})
              for i, init in enumerate(inits)]
     cases = parts[0] if len(parts) == 1 else xr.concat(parts, TIME, data_vars="minimal", coords="minimal", compat="override")
     return cases, np.repeat(inits, len(leads)), np.tile(leads, len(inits)), len(leads)
+
+
+def _lead_seconds(leads: xr.DataArray) -> np.ndarray:
+    """Forecast leads in seconds, for initialisation times of a climate calendar (seconds on the model's axis):
+    durations (older xarray decodes numbers in "seconds" to them), or numbers with CF duration units."""
+    values = leads.values
+    if np.issubdtype(values.dtype, np.timedelta64):
+        return values / np.timedelta64(1, "s")
+    units = str(leads.attrs.get("units", "")).strip().lower()
+    if units not in _DURATIONS:
+        raise LatentdaError(f"the forecast's prediction_timedelta holds numbers (units {units!r}), its times are dates "
+                            "of a climate calendar: give the leads as durations, or numbers with units such as 'hours'")
+    return pd.to_timedelta(values, unit=_DURATIONS[units]).to_numpy() / np.timedelta64(1, "s")
 
 
 def _is_zero(leads: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ from latentda.data.ensemble_store import ensemble_dataset
 from latentda.data.io import atomic_path, check_replaceable_folder, open_dataset
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics, check_finite
-from latentda.data.times import calendar_attrs, calendar_day, climate_calendar, standard_time_axis, time_step
+from latentda.data.times import calendar_attrs, calendar_time, climate_calendar, standard_time_axis, time_step
 from latentda.devices import check_device
 from latentda.diffusion.denoiser import Denoiser
 from latentda.diffusion.increments import Increments
@@ -459,12 +459,12 @@ class LatentDAPipeline:
         time_step(time, expected=self.time_step, what="observation times", expected_units=self.time_units)
 
     def _start_time(self, start_time):
-        """``start_time`` as a datetime64, for a pipeline whose time axis is dates; as its day number
-        (days since 0001-01-01 in the calendar) for dates of a climate calendar, given as an ISO date,
-        a cftime date or the number."""
+        """``start_time`` as a datetime64, for a pipeline whose time axis is dates; as its number on the
+        model's axis (seconds since 0001-01-01 in the calendar) for dates of a climate calendar, given as an
+        ISO date or a cftime date (:func:`latentda.data.times.calendar_time`)."""
         calendar = climate_calendar(self.time_units)
         if calendar is not None:
-            return calendar_day(start_time, calendar, "start_time")
+            return calendar_time(start_time, calendar, "start_time")
         if self.time_units != "seconds":
             raise LatentdaError(f"start_time: this pipeline's time axis is model time (units {self.time_units!r}), "
                                 "not dates: leave start_time out")

@@ -84,14 +84,20 @@ def _stopped(error: BaseException, store: EnsembleWriter, created: bool, what: s
     store.release()
 
 
+# The revision of the sampling code a run's members come from, recorded with its settings: "2" since the pc
+# sampler's Langevin step is capped at σ² and MMPS sums its correction from the solver's products. A partial run
+# of another revision (none recorded: an earlier latentda) is not resumed, whose members would mix two samplers.
+SAMPLER_REVISION = "2"
+
+
 def run_attributes(settings: PosteriorSettings, **recorded) -> dict[str, str]:
     """The settings that decide a run's members, as recorded in its output (``latentda_<name>``):
-    every posterior setting given (None: the pipeline's default, which ``pipeline`` identifies)
-    and ``recorded`` (e.g. the pipeline's folder). Batching and how processes share the work change
-    nothing but float rounding, and are left out."""
+    every posterior setting given (None: the pipeline's default, which ``pipeline`` identifies),
+    ``recorded`` (e.g. the pipeline's folder) and the :data:`SAMPLER_REVISION`. Batching and how
+    processes share the work change nothing but float rounding, and are left out."""
     given = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None and k not in UNRECORDED}
     given.update({k: v for k, v in recorded.items() if v is not None})
-    return {f"latentda_{k}": str(v) for k, v in given.items()}
+    return {"latentda_sampler_revision": SAMPLER_REVISION, **{f"latentda_{k}": str(v) for k, v in given.items()}}
 
 
 # The attributes of an input's variables that say what it is: an observation group's σ, source variables,
@@ -145,7 +151,7 @@ def lead_time_axis(prior: PriorModel, count: int) -> xr.DataArray:
     """The forecast lead times 0, Δ, …, (count − 1)Δ with their CF attributes."""
     leads = xr.DataArray(prior.lead_times(count), dims="time", attrs={"long_name": "forecast lead time"})
     if prior.time_units != "seconds":  # timedelta64 leads carry their units in the encoding
-        leads.attrs["units"] = "days" if climate_calendar(prior.time_units) else prior.time_units
+        leads.attrs["units"] = "seconds" if climate_calendar(prior.time_units) else prior.time_units
     return leads
 
 

@@ -1,8 +1,8 @@
-"""Dates of climate-model calendars (noleap, 360_day): read as day numbers of their calendar whatever
-their CF units, carried through every stage, written back as the same dates; calendars not mixed.
+"""Dates of climate-model calendars (noleap, 360_day): read as seconds since 0001-01-01 in their calendar
+whatever their CF units, carried through every stage, written back as the same dates; calendars not mixed.
 
-Ground truth: a noleap year has 365 days and a 360_day year 360 (twelve months of 30 days), so the day
-number of a date since 0001-01-01 is counted by hand."""
+Ground truth: a noleap year has 365 days and a 360_day year 360 (twelve months of 30 days), so the
+seconds of a date since 0001-01-01 are counted by hand."""
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from conftest import make_tiny_pipeline, train_tiny_prior
 from latentda import cli
 from latentda.components import save_autoencoder
 from latentda.data import FieldLayout, compute_statistics, open_dataset, time_step, write_dataset
-from latentda.data.times import CALENDAR_REFERENCE, calendar_day, calendar_time_units, describe_step, standard_time_axis
+from latentda.data.times import CALENDAR_REFERENCE, calendar_time, calendar_time_units, describe_step, standard_time_axis
 from latentda.encoding import encode_dataset
 from latentda.errors import LatentdaError
 from latentda.nn.autoencoder import AutoEncoder
@@ -24,17 +24,20 @@ from latentda.pipeline import LatentDAPipeline
 cftime = pytest.importorskip("cftime")
 
 NOLEAP = calendar_time_units("noleap")
+DAY, HOUR = 86400.0, 3600.0
 # 2004-02-28T12:00 in noleap: 2003 whole years of 365 days, January's 31 days and 27 of February, half a day
-START = 2003 * 365 + 31 + 27 + 0.5
+START = (2003 * 365 + 31 + 27 + 0.5) * DAY
 
 
-def noleap_axis(length: int) -> xr.DataArray:
-    """6-hourly day numbers of the noleap calendar from 2004-02-28T12:00 (across the leap day it lacks)."""
-    return xr.DataArray(START + 0.25 * np.arange(length), dims="time",
+def noleap_axis(length: int, step: float = 6 * HOUR) -> xr.DataArray:
+    """Seconds of the noleap calendar from 2004-02-28T12:00 (across the leap day it lacks), 6-hourly."""
+    return xr.DataArray(START + step * np.arange(length), dims="time",
                         attrs={"units": CALENDAR_REFERENCE, "calendar": "noleap"})
 
 
 def dates(values) -> list[str]:
+    """cftime dates to the minute, refusing any fraction of a second (dates written back exactly)."""
+    assert all(value.second == 0 and value.microsecond == 0 for value in np.asarray(values))
     return [value.strftime("%Y-%m-%dT%H:%M") for value in np.asarray(values)]
 
 
@@ -46,19 +49,28 @@ def field_file(path, time: dict, calendar: str | None, values) -> str:
     return str(path)
 
 
-def test_day_numbers_whatever_the_units(tmp_path):
-    # numbers in hours since 2000 (noleap): day 1999·365 since 0001-01-01, then quarter days
+def test_seconds_whatever_the_units(tmp_path):
+    # numbers in hours since 2000 (noleap): day 1999·365 since 0001-01-01, then 6-hourly
     noleap = open_dataset(field_file(tmp_path / "a.nc", {"units": "hours since 2000-01-01"}, "noleap", [0, 6, 12]))
-    np.testing.assert_array_equal(noleap["time"].values, 1999 * 365 + np.array([0, 0.25, 0.5]))
+    np.testing.assert_array_equal(noleap["time"].values, 1999 * 365 * DAY + np.array([0, 6, 12]) * HOUR)
     assert noleap["time"].attrs["calendar"] == "noleap" and noleap["time"].attrs["units"] == CALENDAR_REFERENCE
-    assert time_step(noleap["time"]) == (0.25, NOLEAP)
-    assert describe_step(0.25, NOLEAP) == "6 hours" and describe_step(1.0, NOLEAP) == "1 day"
+    assert time_step(noleap["time"]) == (6 * HOUR, NOLEAP)
+    assert describe_step(6 * HOUR, NOLEAP) == "6 hours" and describe_step(DAY, NOLEAP) == "1 day"
     # 365_day is noleap's other name; a 360_day 29 February exists: 2000 years of 360 days, 30 + 28 days
     alias = open_dataset(field_file(tmp_path / "b.nc", {"units": "days since 2000-01-01"}, "365_day", [0, 1]))
-    assert time_step(alias["time"]) == (1.0, NOLEAP)
+    assert time_step(alias["time"]) == (DAY, NOLEAP)
     days360 = open_dataset(field_file(tmp_path / "c.nc", {"units": "days since 2001-02-29"}, "360_day", [0, 1, 2]))
-    np.testing.assert_array_equal(days360["time"].values, 2000 * 360 + 30 + 28 + np.arange(3.0))
-    assert time_step(days360["time"]) == (1.0, calendar_time_units("360_day"))
+    np.testing.assert_array_equal(days360["time"].values, (2000 * 360 + 30 + 28 + np.arange(3.0)) * DAY)
+    assert time_step(days360["time"]) == (DAY, calendar_time_units("360_day"))
+    # an hourly axis: whole seconds, exact (as float days, 1/24 would be 5 µs off at this magnitude)
+    hourly = open_dataset(field_file(tmp_path / "h.nc", {"units": "hours since 1850-01-01"}, "noleap", np.arange(5.0)))
+    assert time_step(hourly["time"]) == (HOUR, NOLEAP) and describe_step(HOUR, NOLEAP) == "1 hour"
+    # a calendar axis under another name (xarray keeps its units in the encoding): found as ERA5's valid_time is
+    renamed = xr.Dataset({"u": (("valid_time", "y", "x"), np.ones((2, 2, 2), np.float32))},
+                         coords={"valid_time": ("valid_time", [0.0, 6.0], {"units": "hours since 2000-01-01",
+                                                                         "calendar": "noleap"})})
+    renamed.to_netcdf(tmp_path / "valid.nc")
+    assert time_step(open_dataset(tmp_path / "valid.nc")["time"]) == (6 * HOUR, NOLEAP)
     # dates xarray decoded to cftime objects (a zarr store read with cftime installed): the same numbers,
     # and an axis across 29 February is regular in noleap
     axis = noleap_axis(4)
@@ -68,7 +80,7 @@ def test_day_numbers_whatever_the_units(tmp_path):
     assert dates(decoded) == ["2004-02-28T12:00", "2004-02-28T18:00", "2004-03-01T00:00", "2004-03-01T06:00"]
     again = open_dataset(stored)
     np.testing.assert_array_equal(again["time"].values, axis.values)
-    assert time_step(again["time"]) == (0.25, NOLEAP)
+    assert time_step(again["time"]) == (6 * HOUR, NOLEAP)
     # cftime dates of the standard calendar are numpy datetimes, as a file read without cftime
     standard = standard_time_axis(xr.Dataset(coords={"time": xr.date_range("2004-02-28", periods=3, freq="D",
                                                                            calendar="standard", use_cftime=True)}))
@@ -76,14 +88,15 @@ def test_day_numbers_whatever_the_units(tmp_path):
 
 
 def test_dates_given_as_text():
-    assert calendar_day("2004-02-28T12:00", "noleap") == START
-    assert calendar_day("2001-02-30 06:00:00", "360_day") == 2000 * 360 + 30 + 29 + 0.25
-    assert calendar_day(cftime.datetime(2004, 3, 1, calendar="noleap"), "noleap") == START + 0.5
-    assert calendar_day(START, "noleap") == START
-    with pytest.raises(LatentdaError, match="'2004-02-29' is not a date of the noleap calendar"):
-        calendar_day("2004-02-29", "noleap")
-    with pytest.raises(LatentdaError, match="a date of the 360_day calendar, the model's dates are of the noleap"):
-        calendar_day(cftime.datetime(2004, 3, 1, calendar="360_day"), "noleap")
+    assert calendar_time("2004-02-28T12:00", "noleap") == START
+    assert calendar_time("2001-02-30 06:00:00", "360_day") == (2000 * 360 + 30 + 29) * DAY + 6 * HOUR
+    assert calendar_time(cftime.datetime(2004, 3, 1, calendar="noleap"), "noleap") == START + 12 * HOUR
+    for value, message in (("2004-02-29", "'2004-02-29' is not a date of the noleap calendar"),
+                           (cftime.datetime(2004, 3, 1, calendar="360_day"), "a date of the 360_day calendar, the "
+                                                                              "model's dates are of the noleap"),
+                           (START, "is not a date"), ("2004-02-28T12:00Z", "without a time zone")):
+        with pytest.raises(LatentdaError, match=message):
+            calendar_time(value, "noleap")
 
 
 def test_unknown_calendar_refused(tmp_path):
@@ -97,7 +110,7 @@ def test_unknown_calendar_refused(tmp_path):
 def noleap_run(tmp_path_factory):
     """A tiny noleap pipeline, its truth (12 states) written as netCDF and observe's observations of the first 8."""
     root = tmp_path_factory.mktemp("noleap")
-    pipeline, truth = make_tiny_pipeline(root / "pipeline", times=12, time_axis=noleap_axis(12), time_step=0.25,
+    pipeline, truth = make_tiny_pipeline(root / "pipeline", times=12, time_axis=noleap_axis(12), time_step=6 * HOUR,
                                          time_units=NOLEAP)
     truth_path = write_dataset(truth, root / "truth.nc")
     operator = root / "op.yaml"
@@ -115,18 +128,31 @@ def test_every_stage_writes_the_same_dates(noleap_run):
               "--steps", "2", "--quiet"]
     assert cli.main(["reanalyze", *common, "--out", str(root / "re.zarr")]) == 0
     assert dates(xr.open_zarr(root / "re.zarr")["time"].values) == truth_dates  # as cftime dates, opened by xarray
+    table = root / "stations.csv"  # the residual ratio against a table of dates of the calendar
+    pd.DataFrame({"time": ["2004-02-28T18:00", "2004-03-01T00:00"], "y": [1.0, 2.0], "x": [3.0, 4.0], "variable": "u",
+                  "value": [0.1, 0.2], "noise_std": 0.5}).to_csv(table, index=False)
+    assert cli.main(["evaluate", "--prediction", str(root / "re.zarr"), "--truth", str(root / "truth.nc"),
+                     "--observations", str(table), "--out", str(root / "table-report"), "--quiet"]) == 0
     assert cli.main(["filter", *common, "--out", str(root / "filter.zarr")]) == 0
     assert dates(xr.open_zarr(root / "filter.zarr")["time"].values) == truth_dates
     assert cli.main(["forecast", *common, "--lead", "3", "--out", str(root / "fc.zarr")]) == 0
     forecast = xr.open_zarr(root / "fc.zarr")
     assert dates(forecast["time"].values) == truth_dates[-1:]
-    assert forecast["prediction_timedelta"].attrs["units"] == "days"
-    np.testing.assert_array_equal(forecast["prediction_timedelta"].values, [0, 0.25, 0.5, 0.75])
-    # scored at valid times init + lead (days of the calendar): states 7 to 10 of the truth
+    leads = xr.open_zarr(root / "fc.zarr", decode_timedelta=False)["prediction_timedelta"]
+    assert leads.attrs["units"] == "seconds"
+    np.testing.assert_array_equal(leads.values, np.arange(4) * 6 * HOUR)
+    # scored at valid times init + lead (seconds on the calendar's axis): states 7 to 10 of the truth
     assert cli.main(["evaluate", "--prediction", str(root / "fc.zarr"), "--truth", str(root / "truth.nc"),
                      "--out", str(root / "report"), "--quiet"]) == 0
     rows = pd.read_csv(root / "report" / "metrics.csv")
-    np.testing.assert_allclose(np.unique(rows["time"]), noleap_axis(12).values[7:11])
+    np.testing.assert_array_equal(np.unique(rows["time"]), noleap_axis(12).values[7:11])
+    # leads read as durations (older xarray decodes numbers in seconds so): the same valid times
+    from latentda.evaluation import evaluate
+
+    durations = forecast.assign_coords(prediction_timedelta=pd.to_timedelta(leads.values, unit="s").to_numpy())
+    assert np.asarray(durations["time"].values)[0].calendar == "noleap"  # cftime dates, as xr.open_zarr gives them
+    rows, _ = evaluate(durations, open_dataset(root / "truth.nc"))
+    np.testing.assert_array_equal(np.unique([float(row["time"]) for row in rows]), noleap_axis(12).values[7:11])
     assert cli.main(["sample", "--pipeline", str(root / "pipeline"), "--length", "3", "--members", "1", "--steps", "2",
                      "--start-time", "2004-02-28T18:00", "--out", str(root / "sample.zarr"), "--quiet"]) == 0
     assert dates(xr.open_zarr(root / "sample.zarr")["time"].values) == ["2004-02-28T18:00", "2004-03-01T00:00",
@@ -155,7 +181,7 @@ def test_table_of_dates(noleap_run):
     _, pipeline, _ = noleap_run
     table = pd.DataFrame({"time": ["2004-02-28T12:00", "2004-03-01T01:00", "2004-03-01T06:00"], "y": [0.0, 1, 2],
                           "x": [0.0, 1, 2], "variable": "u", "value": [0.5, 1.0, 1.5], "noise_std": 0.1})
-    operator = observations_from_table(table, pipeline.layout, time_step=0.25, time_units=NOLEAP, time_tolerance="1h")
+    operator = observations_from_table(table, pipeline.layout, time_step=6 * HOUR, time_units=NOLEAP, time_tolerance="1h")
     np.testing.assert_array_equal(operator.times, noleap_axis(4).values)  # 28 Feb 12:00 to 1 Mar 06:00: 4 states
     values = operator.groups[0].values
     assert [np.flatnonzero(np.isfinite(values[:, point]))[0] for point in range(3)] == [0, 2, 3]
@@ -164,12 +190,15 @@ def test_table_of_dates(noleap_run):
     with pytest.raises(LatentdaError, match=r"'2004-02-29T00:00' is not a date of the noleap calendar \(column 'time', "
                                             r"row 1\)"):
         observations_from_table(table.assign(time=["2004-02-28T12:00", "2004-02-29T00:00", "2004-03-01T00:00"]),
-                                pipeline.layout, time_step=0.25, time_units=NOLEAP)
+                                pipeline.layout, time_step=6 * HOUR, time_units=NOLEAP)
+    with pytest.raises(LatentdaError, match="the table's times are numbers, the model's are dates of the noleap"):
+        observations_from_table(table.assign(time=[0.0, 0.5, 0.75]), pipeline.layout, time_step=6 * HOUR,
+                                time_units=NOLEAP)
 
 
 def test_training_records_the_calendar(tmp_path):
     """encode keeps the day numbers' attributes, and the prior trained on them has the calendar's time units."""
-    truth = make_tiny_pipeline(tmp_path / "unused", times=24, time_axis=noleap_axis(24), time_step=0.25,
+    truth = make_tiny_pipeline(tmp_path / "unused", times=24, time_axis=noleap_axis(24, HOUR), time_step=HOUR,
                                time_units=NOLEAP)[1]
     data = write_dataset(truth, tmp_path / "data.nc")
     layout = FieldLayout.from_dataset(open_dataset(data))
@@ -178,6 +207,11 @@ def test_training_records_the_calendar(tmp_path):
                               sample_size=[8, 8], periodic=[True, True])
     folder = save_autoencoder(tmp_path / "ae", autoencoder, layout, compute_statistics(truth, layout, progress=False))
     latents = encode_dataset(folder, data, tmp_path / "latents.zarr", progress=False)
-    assert time_step(open_dataset(latents)["time"]) == (0.25, NOLEAP)
+    assert time_step(open_dataset(latents)["time"]) == (HOUR, NOLEAP)
     pipeline = LatentDAPipeline.from_pretrained(train_tiny_prior(latents, tmp_path / "run"))
-    assert (pipeline.time_step, pipeline.time_units, pipeline.calendar) == (0.25, NOLEAP, False)
+    assert (pipeline.time_step, pipeline.time_units, pipeline.calendar) == (HOUR, NOLEAP, False)
+    # hourly dates written back exactly (no 00:59:59.999997)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.sample(3, 1, steps=2, start_time="2004-02-28T23:00").to_zarr(tmp_path / "sample.zarr")
+    assert dates(xr.open_zarr(tmp_path / "sample.zarr")["time"].values) == ["2004-02-28T23:00", "2004-03-01T00:00",
+                                                                             "2004-03-01T01:00"]

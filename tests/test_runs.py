@@ -401,3 +401,28 @@ def test_a_stray_partial_store_is_named_by_the_writer(setup, tmp_path):
     (tmp_path / "post.zarr.partial").mkdir()
     with pytest.raises(LatentdaError, match="post.zarr.partial: an interrupted run exists"):
         pipeline.reanalyze(open_dataset(observations), members=1, steps=2, out=tmp_path / "post.zarr")
+
+
+def test_a_run_of_another_sampler_revision_is_not_resumed(setup, tmp_path, monkeypatch):
+    """A partial run records the revision of the sampling code (latentda.runs.SAMPLER_REVISION): one an earlier
+    latentda left — before the Langevin step's cap, without the attribute — is refused on resume, naming why,
+    rather than completed with members of another sampler; with the revision it resumes."""
+    import zarr
+
+    from latentda.runs import SAMPLER_REVISION
+
+    folder, pipeline, observations = setup
+    out = tmp_path / "post.zarr"
+    interrupt_reanalyses_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.reanalyze(open_dataset(observations), members=2, steps=2, out=out)
+    monkeypatch.undo()
+    attrs = zarr.open_group(str(tmp_path / "post.zarr.partial"), mode="a").attrs
+    assert attrs["latentda_sampler_revision"] == SAMPLER_REVISION
+    del attrs["latentda_sampler_revision"]
+    with pytest.raises(LatentdaError, match=r"other settings \(latentda_sampler_revision\); it was sampled by another "
+                                            "version of latentda's sampler"):
+        pipeline.reanalyze(open_dataset(observations), members=2, steps=2, out=out, resume=True)
+    attrs["latentda_sampler_revision"] = SAMPLER_REVISION
+    resumed = pipeline.reanalyze(open_dataset(observations), members=2, steps=2, out=out, resume=True)
+    assert resumed.sizes["realization"] == 2 and resumed.attrs["latentda_sampler_revision"] == SAMPLER_REVISION

@@ -162,6 +162,8 @@ class EnsembleWriter:
             if changed:  # a resumed run must be the same run: members from two settings must not mix
                 read = set(changed) & {*INPUT_FINGERPRINTS, *INPUT_FILES}
                 advice = "resume with the observations and initial states it read, or " if read else ""
+                if "latentda_sampler_revision" in changed:  # latentda.runs.SAMPLER_REVISION
+                    advice = "it was sampled by another version of latentda's sampler: " + advice
                 raise LatentdaError(f"{self.partial}: the interrupted run had other settings ({', '.join(changed)}); "
                                     f"{advice}remove it to start again")
             return

@@ -15,11 +15,13 @@ the grid t₀ + k Δ. So the time axis is normalised on reading and checked befo
   to datetimes by xarray's CF decoding.
 - **Climate calendars.** Dates of a calendar numpy datetimes cannot hold — CF's ``noleap``
   (``365_day``), ``all_leap`` (``366_day``), ``360_day`` and ``julian``, as climate and ocean models
-  write them — become numbers: days since 0001-01-01 00:00:00 *in that calendar* (cftime's
+  write them — become numbers: seconds since 0001-01-01 00:00:00 *in that calendar* (cftime's
   ``date2num``), with the coordinate attributes ``units`` and ``calendar`` that say so. Whether
   xarray decoded them to cftime objects or left them as numbers in other units, every file of one
-  calendar then shares one axis, steps are plain differences (one day is 1.0 in every calendar),
-  and an output written with these attributes opens as the same cftime dates. The model's time
+  calendar then shares one axis, steps are plain differences in seconds (as for datetimes), and an
+  output written with these attributes opens as the same cftime dates. Whole seconds are exact in
+  float64 (up to 2⁵³ s), so dates, steps and t₀ + kΔ carry no rounding; a fraction of a second is
+  rounded to the microsecond, as cftime reads dates. The model's time
   units record the calendar (:func:`calendar_time_units`): a file of another calendar, or of plain
   datetimes, is refused.
 - **Spacing.** Consecutive times must be one step apart: t_i − t_{i−1} = t_1 − t_0 for every i
@@ -39,7 +41,7 @@ import xarray as xr
 from latentda.errors import LatentdaError
 
 __all__ = ["TIME", "TRAJECTORY", "standard_time_axis", "time_step", "describe_step", "describe_time", "axis_units",
-           "calendar_time_units", "climate_calendar", "calendar_attrs", "calendar_day", "CALENDAR_REFERENCE"]
+           "calendar_time_units", "climate_calendar", "calendar_attrs", "calendar_time", "CALENDAR_REFERENCE"]
 
 TIME = "time"
 TRAJECTORY = "trajectory"
@@ -49,15 +51,16 @@ _DURATIONS = (("day", 86400), ("hour", 3600), ("minute", 60))
 _STANDARD_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
 _CLIMATE_CALENDARS = {"noleap": "noleap", "365_day": "noleap", "all_leap": "all_leap", "366_day": "all_leap",
                       "360_day": "360_day", "julian": "julian"}  # CF's names, and their aliases
-CALENDAR_REFERENCE = "days since 0001-01-01 00:00:00"  # the axis of climate-calendar dates inside latentda
-_CALENDAR_UNITS = re.compile(r"^days since 0001-01-01 00:00:00 \((\w+) calendar\)$")
+CALENDAR_REFERENCE = "seconds since 0001-01-01 00:00:00"  # the axis of climate-calendar dates inside latentda
+_CALENDAR_UNITS = re.compile(r"^seconds since 0001-01-01 00:00:00 \((\w+) calendar\)$")
 
 
 def _is_time(coordinate: xr.DataArray) -> bool:
     """Whether CF marks ``coordinate`` as a time coordinate."""
     attrs = coordinate.attrs
     return (np.issubdtype(coordinate.dtype, np.datetime64) or attrs.get("axis") == "T"
-            or attrs.get("standard_name") == "time" or bool(_SINCE.match(str(attrs.get("units", "")))))
+            or attrs.get("standard_name") == "time" or bool(_SINCE.match(str(attrs.get("units", ""))))
+            or _cftime_calendar(np.asarray(coordinate.values)) is not None)  # xarray keeps the units in encoding
 
 
 def _promote(dataset: xr.Dataset, name: str) -> xr.Dataset:
@@ -75,7 +78,7 @@ def _promote(dataset: xr.Dataset, name: str) -> xr.Dataset:
 
 
 def calendar_time_units(calendar: str) -> str:
-    """A model's time units for dates of a climate ``calendar``: "days since 0001-01-01 00:00:00 (noleap calendar)"."""
+    """A model's time units for dates of a climate ``calendar``: "seconds since 0001-01-01 00:00:00 (noleap calendar)"."""
     return f"{CALENDAR_REFERENCE} ({calendar} calendar)"
 
 
@@ -92,25 +95,26 @@ def calendar_attrs(units: str | None) -> dict:
     return {} if calendar is None else {"units": CALENDAR_REFERENCE, "calendar": calendar}
 
 
-def _calendar_days(dates, calendar: str, what: str) -> np.ndarray:
-    """cftime ``dates`` of a climate calendar as float64 days since 0001-01-01 in it."""
+def _calendar_seconds(dates, calendar: str, what: str) -> np.ndarray:
+    """cftime ``dates`` of a climate calendar as float64 seconds since 0001-01-01 in it (to the microsecond)."""
     import cftime
 
     try:
-        return np.asarray(cftime.date2num(np.asarray(dates), CALENDAR_REFERENCE, calendar), dtype=np.float64)
+        seconds = np.asarray(cftime.date2num(np.asarray(dates), CALENDAR_REFERENCE, calendar), dtype=np.float64)
+        return np.round(seconds * 1e6) / 1e6
     except (ValueError, TypeError) as error:
         raise LatentdaError(f"{what}: dates of the {calendar} calendar cannot be read ({str(error).splitlines()[0]})") from None
 
 
 def _climate_axis(time: xr.DataArray, calendar: str) -> xr.Variable:
-    """A climate-calendar time coordinate (cftime dates, or numbers in CF units) as days since
+    """A climate-calendar time coordinate (cftime dates, or numbers in CF units) as seconds since
     0001-01-01 in its calendar, its other attributes kept."""
     values = np.asarray(time.values)
     attrs = {key: value for key, value in time.attrs.items() if key not in ("units", "calendar")}
     if values.dtype.kind != "O":  # numbers "<unit> since <date>" xarray did not decode
         units = str(time.attrs["units"])
         if units == CALENDAR_REFERENCE:
-            days = values.astype(np.float64)
+            seconds = values.astype(np.float64)
         else:
             import cftime
 
@@ -118,38 +122,38 @@ def _climate_axis(time: xr.DataArray, calendar: str) -> xr.Variable:
                 dates = cftime.num2date(values, units, calendar)
             except (ValueError, TypeError, OverflowError) as error:
                 raise LatentdaError(f"time units '{units}' cannot be decoded ({str(error).splitlines()[0]})") from None
-            days = _calendar_days(dates, calendar, "time axis")
+            seconds = _calendar_seconds(dates, calendar, "time axis")
     else:
-        days = _calendar_days(values, calendar, "time axis")
-    return xr.Variable(time.dims, days, {**attrs, "units": CALENDAR_REFERENCE, "calendar": calendar})
+        seconds = _calendar_seconds(values, calendar, "time axis")
+    return xr.Variable(time.dims, seconds, {**attrs, "units": CALENDAR_REFERENCE, "calendar": calendar})
 
 
 _ISO_DATE = re.compile(r"^\s*(-?\d{1,4})-(\d{1,2})-(\d{1,2})(?:[T ](\d{1,2})(?::(\d{1,2})(?::(\d{1,2})(?:\.(\d{1,6})\d*)?)?)?)?\s*$")
 
 
-def calendar_day(value, calendar: str, what: str = "time") -> float:
-    """A date of a climate ``calendar`` as its day number (days since 0001-01-01 in it): an ISO date
-    such as "2001-02-30T06:00" (a 360_day date), a date object of that calendar (cftime), or the
-    number itself. A date the calendar lacks (29 February in ``noleap``) is refused."""
+def calendar_time(value, calendar: str, what: str = "time") -> float:
+    """A date of a climate ``calendar`` as its number on the model's axis (seconds since 0001-01-01 in
+    it): an ISO date such as "2001-02-30T06:00" (a 360_day date), or a date object of that calendar
+    (cftime). A date the calendar lacks (29 February in ``noleap``) is refused, and so is a plain number
+    (it would be taken for a date near year 1)."""
     import cftime
 
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
-        return float(value)
     if isinstance(value, cftime.datetime):
         given = _CLIMATE_CALENDARS.get(str(value.calendar).lower(), value.calendar)
         if given != calendar:
             raise LatentdaError(f"{what}: a date of the {value.calendar} calendar, the model's dates are of the {calendar} calendar")
-        return float(_calendar_days(value, calendar, what))
+        return float(_calendar_seconds(value, calendar, what))
     match = _ISO_DATE.match(str(value))
     if match is None:
-        raise LatentdaError(f"{what}: {value!r} is not a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM:SS) of the {calendar} calendar")
+        raise LatentdaError(f"{what}: {value!r} is not a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM:SS, without a time "
+                            f"zone) of the {calendar} calendar")
     year, month, day, hour, minute, second = (int(part or 0) for part in match.groups()[:6])
     microsecond = int((match.group(7) or "0").ljust(6, "0"))
     try:
         date = cftime.datetime(year, month, day, hour, minute, second, microsecond, calendar=calendar)
     except ValueError:
         raise LatentdaError(f"{what}: {value!r} is not a date of the {calendar} calendar") from None
-    return float(_calendar_days(date, calendar, what))
+    return float(_calendar_seconds(date, calendar, what))
 
 
 def _cftime_calendar(values: np.ndarray) -> str | None:
@@ -162,13 +166,13 @@ def _cftime_calendar(values: np.ndarray) -> str | None:
 def _refuse_calendar(calendar: str, units: str | None = None) -> LatentdaError:
     given = f"time units '{units}'" if units else "the time axis"
     return LatentdaError(f"{given} cannot be decoded: calendar '{calendar}' is not supported (latentda reads the standard "
-                         f"calendar as numpy datetimes, and {', '.join(sorted(_CLIMATE_CALENDARS))} as days since "
+                         f"calendar as numpy datetimes, and {', '.join(sorted(_CLIMATE_CALENDARS))} as seconds since "
                          "0001-01-01 in their calendar)")
 
 
 def _decoded(dataset: xr.Dataset) -> xr.Dataset:
     """``dataset`` with a numeric ``time`` coordinate in CF units "<unit> since <date>" decoded, and
-    dates of a climate calendar as days since 0001-01-01 in it (module docstring)."""
+    dates of a climate calendar as seconds since 0001-01-01 in it (module docstring)."""
     if TIME not in dataset.coords:
         return dataset
     time = dataset[TIME]
@@ -214,11 +218,9 @@ def standard_time_axis(dataset: xr.Dataset, time_dim: str | None = None) -> xr.D
 
 
 def describe_step(step: float, units: str) -> str:
-    """A time step for messages: "6 hours" for 21600 seconds (or 0.25 days of a climate calendar),
-    "0.2" for a step in units "1"."""
-    if climate_calendar(units) is not None:
-        step, units = step * 86400.0, "seconds"
-    if units == "seconds":
+    """A time step for messages: "6 hours" for 21600 seconds (of datetimes or of a climate calendar's
+    dates), "0.2" for a step in units "1"."""
+    if units == "seconds" or climate_calendar(units) is not None:
         for name, size in _DURATIONS:
             if abs(step) >= size and float(step / size).is_integer():
                 return f"{step / size:g} {name}{'' if abs(step) == size else 's'}"
@@ -227,7 +229,7 @@ def describe_step(step: float, units: str) -> str:
 
 
 def describe_time(value, units: str | None = None) -> str:
-    """A time for messages: a datetime to the second, a climate calendar's day number as its date
+    """A time for messages: a datetime to the second, a climate calendar's number as its date
     (``units``: the axis' :func:`calendar_time_units`), else the number."""
     if isinstance(value, np.datetime64):
         return str(value.astype("datetime64[s]"))

@@ -52,7 +52,8 @@ import xarray as xr
 
 from latentda.data.io import input_format, open_dataset
 from latentda.data.layout import TIME, FieldLayout
-from latentda.data.times import calendar_attrs, calendar_day, climate_calendar, describe_step, standard_time_axis
+from latentda.data.times import (calendar_attrs, calendar_time, climate_calendar, describe_step, describe_time,
+                                 standard_time_axis)
 from latentda.data.times import time_step as regular_step
 from latentda.errors import LatentdaError
 from latentda.observe.files import grid_indices, observations_to_dataset
@@ -163,21 +164,23 @@ def _times(column: pd.Series) -> np.ndarray:
 
 
 def _calendar_times(column: pd.Series, calendar: str) -> np.ndarray:
-    """A time column as day numbers of a climate ``calendar`` (:func:`latentda.data.times.calendar_day`):
-    numbers as they are, dates (ISO text, e.g. a 360_day "2001-02-30") converted, each distinct one once."""
+    """A time column of dates of a climate ``calendar`` (ISO text, e.g. a 360_day "2001-02-30") as the model's
+    numbers (:func:`latentda.data.times.calendar_time`), each distinct date converted once; numbers are refused
+    (a table gives dates, as the model's axis is dates)."""
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
-        return _numbers(column)
+        raise LatentdaError(f"the table's times are numbers, the model's are dates of the {calendar} calendar: give "
+                            "them as dates (ISO text, e.g. 2001-02-28T06:00)")
     text = column.astype("string").str.strip()
     _first_bad(text.isna().to_numpy(), column, "no date")
     codes, uniques = pd.factorize(text)
-    days = np.empty(len(uniques), dtype=np.float64)
+    seconds = np.empty(len(uniques), dtype=np.float64)
     for index, value in enumerate(uniques):
         try:
-            days[index] = calendar_day(value, calendar, "observation table")
+            seconds[index] = calendar_time(value, calendar, "observation table")
         except LatentdaError as error:
             row = int(np.flatnonzero(codes == index)[0])
             raise LatentdaError(f"{error} (column '{column.name}', row {row})") from None
-    return days[codes]
+    return seconds[codes]
 
 
 def _channel_of(key: str, layout: FieldLayout, rows: int) -> int:
@@ -247,8 +250,9 @@ def _instant(value, datetimes: bool):
         raise LatentdaError(f"window start {value!r}: expected {kind}") from None
 
 
-def _describe(value) -> str:
-    return str(np.datetime64(value, "s")) if isinstance(value, np.datetime64) else f"{float(value):g}"
+def _describe(value, units: str | None = None) -> str:
+    """A time for messages: a datetime or a climate calendar's date (``units``: the model's) as a date, else the number."""
+    return str(np.datetime64(value, "s")) if isinstance(value, np.datetime64) else describe_time(value, units)
 
 
 def _window(row_times: np.ndarray, times, step: float | None, window: TableWindow) -> np.ndarray:
@@ -273,7 +277,8 @@ def _window(row_times: np.ndarray, times, step: float | None, window: TableWindo
     return start + steps * np.timedelta64(round(step * 1e9), "ns") if datetimes else start + steps * step
 
 
-def _assign_states(row_times: np.ndarray, states: np.ndarray, step: float | None, tolerance) -> np.ndarray:
+def _assign_states(row_times: np.ndarray, states: np.ndarray, step: float | None, tolerance,
+                   time_units: str | None = None) -> np.ndarray:
     """Each row's nearest state (ties: the earlier), refusing rows farther than the tolerance."""
     datetimes = np.issubdtype(states.dtype, np.datetime64)
     offset = (lambda t: (t - states[0]) / np.timedelta64(1, "s")) if datetimes else (lambda t: t - states[0])
@@ -293,10 +298,11 @@ def _assign_states(row_times: np.ndarray, states: np.ndarray, step: float | None
     slack = 1e-9 * (np.abs(state_offsets).max() + tolerance)  # rounding of float times
     outside = np.abs(row_offsets - state_offsets[nearest]) > tolerance + slack
     if outside.any():
-        units = "seconds" if datetimes else "1"
+        units = "seconds" if datetimes or climate_calendar(time_units) else "1"
         raise LatentdaError(f"{int(outside.sum())} observation row(s) are more than {describe_step(tolerance, units)} from "
-                            f"every state of the window ({_describe(states[0])} to {_describe(states[-1])}, "
-                            f"{states.size} states); first: {_describe(row_times[np.argmax(outside)])}")
+                            f"every state of the window ({_describe(states[0], time_units)} to "
+                            f"{_describe(states[-1], time_units)}, {states.size} states); first: "
+                            f"{_describe(row_times[np.argmax(outside)], time_units)}")
     return nearest
 
 
@@ -331,18 +337,17 @@ def _placed_rows(table: pd.DataFrame, layout: FieldLayout, times, time_step: flo
     calendar = climate_calendar(time_units)
     if calendar is None:
         row_times = _times(_column(table, ("time",)))
-    else:  # dates of a climate calendar: day numbers, as the model's axis (latentda.data.times)
+    else:  # dates of a climate calendar: seconds since 0001-01-01 in it, as the model's axis (latentda.data.times)
         row_times = _calendar_times(_column(table, ("time",)), calendar)
-        window_start = None if window_start is None else calendar_day(window_start, calendar, "window start")
-        if time_tolerance is not None and not isinstance(time_tolerance, (int, float, np.number)):
-            time_tolerance = _duration(time_tolerance, datetimes=True) / 86400.0  # "3h": 0.125 days
+        window_start = None if window_start is None else calendar_time(window_start, calendar, "window start")
+        time_tolerance = _duration(time_tolerance, datetimes=True)  # seconds, as for datetimes: "3h" or 10800
     datetimes = np.issubdtype(row_times.dtype, np.datetime64)
     if time_units is not None and datetimes != (time_units == "seconds"):  # a day at step 0.2: 432 000 states
         kinds = ("date-times", f"numbers (model time, units {time_units!r})")
         raise LatentdaError(f"the table's times are {kinds[not datetimes]}, the model's are {kinds[datetimes]}")
     window = TableWindow(window_start, window_length, time_tolerance)
     states = _window(row_times, times, time_step, window)
-    state = _assign_states(row_times, states, time_step, time_tolerance)
+    state = _assign_states(row_times, states, time_step, time_tolerance, time_units)
     rows = pd.DataFrame({"channel": channels, "y": y, "x": x, "state": state, "value": values, "noise": noise})
     _warn_copies(rows.assign(time=row_times))
     repeat = rows.groupby(["channel", "y", "x", "state"], sort=False).cumcount()
