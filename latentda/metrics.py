@@ -82,8 +82,26 @@ def fair_crps(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return skill - pairwise / (2 * m * (m - 1))
 
 
+SCORE_BLOCK_BYTES = 64 * 2**20  # float64 ensemble values scored at once (ensemble_scores)
+
+
 def ensemble_scores(ensemble: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Scores of ``ensemble`` (m, T, C, H, W) against ``truth`` (T, C, H, W), each of shape (T, C)."""
+    """Scores of ``ensemble`` (m, T, C, H, W) against ``truth`` (T, C, H, W), each of shape (T, C).
+
+    Every score is one number per (time, channel), so times are scored in blocks of at most
+    :data:`SCORE_BLOCK_BYTES` of float64 ensemble values: the float64 copy, the sort of the fair CRPS and
+    their temporaries are a block's, not the whole ensemble's (about 11× its float32 size at once before)."""
+    ensemble, truth = np.asarray(ensemble), np.asarray(truth)
+    per_time = 8 * ensemble.shape[0] * int(np.prod(ensemble.shape[2:]))
+    block = max(1, SCORE_BLOCK_BYTES // max(per_time, 1))
+    if ensemble.shape[1] <= block:
+        return _ensemble_scores(ensemble, truth, weights)
+    parts = [_ensemble_scores(ensemble[:, t : t + block], truth[t : t + block], weights)
+             for t in range(0, ensemble.shape[1], block)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _ensemble_scores(ensemble: np.ndarray, truth: np.ndarray, weights: np.ndarray | None) -> dict[str, np.ndarray]:
     ensemble = np.asarray(ensemble, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     weights = np.ones((truth.shape[-2], 1)) if weights is None else np.asarray(weights, dtype=np.float64)

@@ -11,14 +11,25 @@ import pytest
 import xarray as xr
 
 
-def run_torchrun(arguments: list[str], port: int, check: bool = True) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2`` (gloo CPU processes, one thread each) on ``arguments`` — a
-    script and its arguments, or ``-m module ...`` — asserting it succeeds unless ``check`` is
+def free_port() -> int:
+    """A TCP port no process listens on now (the kernel's choice), for one torchrun's rendezvous: fixed ports
+    shared by tests let a run meet the store of another still alive (a killed run's orphaned workers, a
+    second suite on the machine) and wait there until its timeout."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_torchrun(arguments: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2`` (gloo CPU processes, one thread each, on a free port) on ``arguments``
+    — a script and its arguments, or ``-m module ...`` — asserting it succeeds unless ``check`` is
     False; returns the process."""
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *arguments], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), *arguments],
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 or not check, result.stderr[-3000:]
     return result
 

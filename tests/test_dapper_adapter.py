@@ -301,7 +301,7 @@ def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
     pipeline, HMM, xx, yy = setup
     pipeline.save_pretrained(tmp_path / "pipeline")
     script = str(Path(__file__).parent / "scripts" / "dapper_members.py")
-    run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "two.npz")], 29531)
+    run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "two.npz")])
     two = np.load(tmp_path / "two.npz")
     expected = {}
     for mode in ("filter", "smoother"):
@@ -311,7 +311,7 @@ def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
     assert sorted(two.files) == sorted(expected) and "filter.rmse.f" in expected and "smoother.rmse.s" in expected
     for key, values in expected.items():  # up to float rounding (1 thread a process, 2 alone)
         np.testing.assert_allclose(two[key], values, rtol=1e-3, atol=1e-5, err_msg=key)
-    result = run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "bad.npz"), "disagree"], 29532, check=False)
+    result = run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "bad.npz"), "disagree"], check=False)
     assert result.returncode != 0 and "disagree on the truth xx" in result.stdout, result.stdout[-2000:]
     assert not (tmp_path / "bad.npz").exists()
 

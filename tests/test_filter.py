@@ -407,7 +407,7 @@ def test_filter_command_deals_members_over_two_processes(tmp_path, monkeypatch):
            "--members", "3", "--steps", "2", "--iterations", "1", "--seed", "3", "--lag", "2", "--quiet"]
     assert cli.main(run + ["--out", str(tmp_path / "one.zarr")]) == 0
     one = open_dataset(tmp_path / "one.zarr")["u"].values
-    run_torchrun(["-m", "latentda.cli", *run, "--out", str(tmp_path / "two.zarr")], 29533)
+    run_torchrun(["-m", "latentda.cli", *run, "--out", str(tmp_path / "two.zarr")])
     two = open_dataset(tmp_path / "two.zarr")["u"].values
     # identical up to float rounding (the processes run 1 thread each, the single one 2: other reduction order)
     np.testing.assert_allclose(two, one, atol=1e-4 * np.abs(one).max())
@@ -415,7 +415,7 @@ def test_filter_command_deals_members_over_two_processes(tmp_path, monkeypatch):
     interrupt_filter_at(monkeypatch, 3)  # Ctrl-C while sampling the third cycle (one call per cycle: 3 members, one batch)
     cut = ["--out", str(tmp_path / "cut.zarr"), "--batch-members", "3"]
     assert cli.main(run + cut) == 130
-    resumed = run_torchrun(["-m", "latentda.cli", *run, *cut, "--resume"], 29534)
+    resumed = run_torchrun(["-m", "latentda.cli", *run, *cut, "--resume"])
     assert "resuming: 2 cycle(s) already complete" in resumed.stdout
     np.testing.assert_allclose(open_dataset(tmp_path / "cut.zarr")["u"].values, one, atol=1e-4 * np.abs(one).max())
     assert not (tmp_path / "cut.zarr.partial").exists()

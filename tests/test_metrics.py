@@ -139,3 +139,22 @@ def test_evaluate_cli(tmp_path, capsys):
     assert {"metrics.csv", "scores.png", "spectra.png"} <= {p.name for p in out.iterdir()}
     assert cli.main(["evaluate", "--prediction", str(prediction), "--truth", str(truth_path)]) == 2
     assert "choose one with --trajectory" in capsys.readouterr().err
+
+
+def test_scores_in_time_blocks_equal_the_whole(monkeypatch):
+    """ensemble_scores scores blocks of times (memory): with blocks of one or three times, the same numbers."""
+    from latentda import metrics
+
+    rng = np.random.default_rng(0)
+    ensemble = rng.standard_normal((5, 7, 2, 4, 6)).astype(np.float32)
+    truth = rng.standard_normal((7, 2, 4, 6))
+    truth[2, 0, 1, 1] = np.nan  # missing truth: left out in its block as in the whole
+    weights = rng.uniform(0.5, 1.5, (4, 1))
+    whole = metrics.ensemble_scores(ensemble, truth, weights)
+    per_time = 8 * 5 * 2 * 4 * 6
+    for times in (1, 3):
+        monkeypatch.setattr(metrics, "SCORE_BLOCK_BYTES", times * per_time)
+        blocked = metrics.ensemble_scores(ensemble, truth, weights)
+        assert blocked.keys() == whole.keys()
+        for name in whole:
+            np.testing.assert_array_equal(blocked[name], whole[name])

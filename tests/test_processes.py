@@ -64,7 +64,7 @@ def test_an_error_of_one_process_is_raised_on_every_process(tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(inspect.getsource(_exchange_worker) + "\n\n_exchange_worker()\n")
-    out = run_torchrun([str(script)], 29531).stdout
+    out = run_torchrun([str(script)]).stdout
     assert "rank 0 raised: x.zarr: NaN at step 3" in out and "rank 1 raised: x.zarr: NaN at step 3" in out
     assert "rank 0 own: disk full" in out and "rank 1 raised: on another process: OSError: disk full" in out
     assert "rank 0 waited" in out and "rank 1 waited" in out
@@ -109,7 +109,7 @@ def test_a_batch_one_process_cannot_read_stops_both_with_its_line(tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(inspect.getsource(_unreadable_batch_worker) + "\n\n_unreadable_batch_worker()\n")
-    result = run_torchrun([str(script), str(tmp_path / "run")], 29534)
+    result = run_torchrun([str(script), str(tmp_path / "run")])
     for rank in (0, 1):
         assert f"rank {rank} at step 2 raised: x.zarr: cannot read variable 'latent' (chunk 5)" in result.stdout, result.stdout
     assert "RuntimeError" not in result.stderr and "Connection closed" not in result.stderr
@@ -144,8 +144,7 @@ def test_two_processes_train_the_autoencoder_with_gaps_like_one(tmp_path, gappy)
     gradients is the one-process gradient even when the processes' shares hold different gaps; the
     logged loss is the global batch's; the result lines are printed once."""
     assert cli.main(["train-ae", "--config", str(_ae_config(tmp_path, gappy, "one")), "--quiet"]) == 0
-    two = run_torchrun(["-m", "latentda.cli", "train-ae", "--config", str(_ae_config(tmp_path, gappy, "two")), "--quiet"],
-                       29532)
+    two = run_torchrun(["-m", "latentda.cli", "train-ae", "--config", str(_ae_config(tmp_path, gappy, "two")), "--quiet"])
     assert two.stdout.count("wrote ") == 1 and two.stdout.count("validation reconstruction RMSE") == 1
     # the same function (weights compared directly differ: a bias before a normalisation has a zero gradient,
     # whose float rounding noise Adam scales up to steps of the learning rate's size, on 1 process as on 2)
@@ -166,14 +165,14 @@ def test_bad_input_stops_both_processes_with_one_line_each(tmp_path, gappy):
     processes cannot share): every process prints the same one-line error; nothing is written."""
     config = _ae_config(tmp_path, gappy, "strict")
     result = run_torchrun(["-m", "latentda.cli", "train-ae", "--config", str(config), "--set", "data.allow_missing=false",
-                           "--quiet"], 29533, check=False)
+                           "--quiet"], check=False)
     message = "train-ae: error: variable 'u' holds NaN at trajectory 0, step 2"  # the two lines may interleave
     assert result.returncode != 0 and result.stderr.count(message) == 2, result.stderr[-2000:]
     assert "gloo" not in result.stderr and "RuntimeError" not in result.stderr
     assert not (tmp_path / "strict").exists()
 
     result = run_torchrun(["-m", "latentda.cli", "train-ae", "--config", str(config), "--set", "training.batch_size=3",
-                           "--quiet"], 29533, check=False)
+                           "--quiet"], check=False)
     assert result.stderr.count("error: batch_size 3 is not divisible by the 2 processes") == 2, result.stderr[-2000:]
     assert not (tmp_path / "strict").exists()  # refused before the statistics pass
 
@@ -190,7 +189,7 @@ def test_two_processes_encode_like_one(tmp_path, trained, gappy):
     latents and missing states as one process, one store, one report."""
     args = ["encode", "--autoencoder", str(trained), "--data", str(gappy), "--batch-size", "3", "--quiet"]
     assert cli.main([*args, "--out", str(tmp_path / "one.zarr")]) == 0
-    result = run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.zarr")], 29534)
+    result = run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.zarr")])
     assert result.stdout.count("wrote ") == 1
     one, two = open_dataset(tmp_path / "one.zarr"), open_dataset(tmp_path / "two.zarr")
     np.testing.assert_allclose(two["latent"].values, one["latent"].values, rtol=1e-5, atol=1e-6, equal_nan=True)
@@ -211,7 +210,7 @@ def test_a_bad_state_in_another_process_share_stops_both(tmp_path, trained):
     dataset["u"].values[1, 4, 2, 2] = np.nan  # batch (trajectory 1, steps 3–5): the second process's
     data = write_dataset(dataset, tmp_path / "bad.zarr")
     result = run_torchrun(["-m", "latentda.cli", "encode", "--autoencoder", str(strict), "--data", str(data),
-                           "--batch-size", "3", "--out", str(tmp_path / "z.zarr"), "--quiet"], 29535, check=False)
+                           "--batch-size", "3", "--out", str(tmp_path / "z.zarr"), "--quiet"], check=False)
     message = "encode: error: variable 'u' holds NaN values at step 4 of trajectory 1"
     assert result.returncode != 0 and result.stderr.count(message) == 2, result.stderr[-2000:]
     assert "gloo" not in result.stderr and "RuntimeError" not in result.stderr
@@ -251,7 +250,7 @@ def test_an_interrupted_two_process_encode_leaves_nothing(tmp_path, trained, gap
     script = tmp_path / "worker.py"
     script.write_text(inspect.getsource(_interrupted_encode_worker)
                       + f"\n\n_interrupted_encode_worker({str(trained)!r}, {str(gappy)!r}, {str(tmp_path / 'z.zarr')!r})\n")
-    result = run_torchrun([str(script)], 29537, check=False)
+    result = run_torchrun([str(script)], check=False)
     assert "rank 0: KeyboardInterrupt" in result.stdout, result.stdout + result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worker.py"]
 
@@ -264,7 +263,7 @@ def test_commands_of_one_process_run_once_under_a_launcher(tmp_path):
     make_tiny_pipeline(tmp_path / "pipeline")
     args = ["sample", "--pipeline", str(tmp_path / "pipeline"), "--length", "5", "--members", "3", "--steps", "2", "--quiet"]
     assert cli.main([*args, "--out", str(tmp_path / "one.nc")]) == 0
-    result = run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.nc")], 29535)
+    result = run_torchrun(["-m", "latentda.cli", *args, "--out", str(tmp_path / "two.nc")])
     assert result.stdout.count("wrote ") == 1
     assert result.stderr.count("latentda sample: runs on one process (the main one)") == 1
     one, two = (open_dataset(tmp_path / name) for name in ("one.nc", "two.nc"))  # the same draws (threads round apart)

@@ -162,7 +162,7 @@ def test_bad_ldm_inputs(tmp_path, latents):
         parse(LatentDiffusionConfig, {"output": "x", "diffusion": {"noise_distribution": "log-normal", "log_sigma_std": 0}})
 
 
-def _train_two_processes(tmp_path, latents, training: dict, port: int, resume_steps: int | None = None) -> dict:
+def _train_two_processes(tmp_path, latents, training: dict, resume_steps: int | None = None) -> dict:
     """torchrun with 2 CPU processes (gloo) on a tiny config, then the same run in this process;
     both ranks must agree. Returns the final pipelines' weights {"two": …, "one": …} and the
     fraction of the parameters each rank held ("held")."""
@@ -172,7 +172,7 @@ def _train_two_processes(tmp_path, latents, training: dict, port: int, resume_st
     config.write_text(yaml.safe_dump({"output": str(tmp_path / "two"), **data}))
     script = str(Path(__file__).parent / "scripts" / "distributed_train.py")
     extra = [str(resume_steps)] if resume_steps else []
-    run_torchrun([script, str(latents), str(config), str(tmp_path), *extra], port)
+    run_torchrun([script, str(latents), str(config), str(tmp_path), *extra])
     reports = [(tmp_path / f"rank{r}-of-2.txt").read_text().split() for r in range(2)]
     assert reports[0][0] == reports[1][0]  # the same (gathered) weights on both ranks
     one = parse(LatentDiffusionConfig, {**data, "output": str(tmp_path / "one")})
@@ -193,7 +193,7 @@ needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.e
 def test_two_processes_train_identical_weights(tmp_path, latents):
     """DDP over 2 CPU processes: the same weights on both ranks, matching a one-process run with
     the same global batch up to floating-point reduction order."""
-    weights = _train_two_processes(tmp_path, latents, {}, 29517)
+    weights = _train_two_processes(tmp_path, latents, {})
     assert weights["held"] == [1.0, 1.0]  # replicated
     for name in weights["one"]:
         torch.testing.assert_close(weights["two"][name], weights["one"][name], rtol=1e-4, atol=1e-5)
@@ -205,7 +205,7 @@ def test_fsdp_two_processes_resume_match_one_process(tmp_path, latents):
     and EMA are sharded, the
     checkpoint at step 4 is gathered, then resumed (sharded again) to step 6 — the same weights as
     one process running the same two stages; the checkpoints hold whole tensors."""
-    weights = _train_two_processes(tmp_path, latents, {"strategy": "fsdp", "gradient_accumulation": 2}, 29521,
+    weights = _train_two_processes(tmp_path, latents, {"strategy": "fsdp", "gradient_accumulation": 2},
                                    resume_steps=6)
     assert all(0.4 < held < 0.6 for held in weights["held"]), weights["held"]  # each rank holds half
     for name in weights["one"]:
