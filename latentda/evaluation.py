@@ -83,37 +83,44 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
     if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(truth[TIME].values.dtype, np.datetime64):
         raise LatentdaError("the prediction's and the truth's times are not of the same kind (datetimes vs numbers)")
     known = truth[TIME].values
+    calendar = climate_calendar(axis_units(truth[TIME])) is not None
     try:
         if np.issubdtype(times.dtype, np.number):  # float model times: tolerate rounding of time + lead
-            return truth.sel({TIME: times}, method="nearest", tolerance=_time_tolerance(times, known))
+            return truth.sel({TIME: times}, method="nearest", tolerance=_time_tolerance(times, known, calendar))
         return truth.sel({TIME: times})
     except KeyError:
         if np.issubdtype(times.dtype, np.number):
             absent = (np.abs(times.astype(np.float64)[:, None] - known.astype(np.float64)[None]).min(axis=1)
-                      > _time_tolerance(times, known))
+                      > _time_tolerance(times, known, calendar))
         else:
             absent = ~np.isin(times, known)
         raise LatentdaError(f"the prediction's times are not all in the truth: {int(absent.sum())} are not, the first "
                             f"{times[np.argmax(absent)]} (the truth has {_time_span(known)})") from None
 
 
-def _time_tolerance(times: np.ndarray, reference: np.ndarray | None = None) -> float:
+CALENDAR_TOLERANCE = 1e-3  # seconds: dates of a climate calendar are whole seconds, exact in float64
+
+
+def _time_tolerance(times: np.ndarray, reference: np.ndarray | None = None, calendar: bool = False) -> float:
     """How far float model times may differ and be the same time: the rounding of time + lead (10⁻⁶ of
     their magnitude), at most a quarter of the ``reference`` axis' smallest step (large model times must
-    not match a neighbouring state)."""
+    not match a neighbouring state); for dates of a climate calendar (``calendar``: seconds since year 1,
+    whose 10⁻⁶ would be hours) :data:`CALENDAR_TOLERANCE`."""
+    if calendar:
+        return CALENDAR_TOLERANCE
     tolerance = 1e-6 * max(1.0, float(np.abs(times).max())) if len(times) else 1e-6
     if reference is not None and len(np.unique(reference)) > 1:
         tolerance = min(tolerance, 0.25 * float(np.diff(np.unique(np.asarray(reference, dtype=np.float64))).min()))
     return tolerance
 
 
-def _same_times(a: np.ndarray, b: np.ndarray) -> bool:
+def _same_times(a: np.ndarray, b: np.ndarray, calendar: bool = False) -> bool:
     """Equal time axes (float model times up to :func:`_time_tolerance`, as :func:`_align`)."""
     if np.issubdtype(a.dtype, np.datetime64) != np.issubdtype(b.dtype, np.datetime64) or a.shape != b.shape:
         return False
     if np.issubdtype(a.dtype, np.datetime64):
         return bool((a == b).all())
-    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=_time_tolerance(b)))
+    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=_time_tolerance(b, calendar=calendar)))
 
 
 def _time_span(times: np.ndarray) -> str:
@@ -132,7 +139,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         raise LatentdaError("the prediction has no 'time' coordinate: its states cannot be matched to the truth's")
     calendars = [climate_calendar(axis_units(dataset[TIME])) if TIME in dataset.coords else None
                  for dataset in (prediction, truth)]
-    if calendars[0] != calendars[1] and None not in calendars:  # both climate dates: day numbers of two calendars
+    if calendars[0] != calendars[1] and None not in calendars:  # both climate dates: numbers of two calendars
         raise LatentdaError(f"the prediction's times are dates of the {calendars[0]} calendar, the truth's of the "
                             f"{calendars[1]} calendar")
     forecast = is_forecast(prediction)
@@ -208,7 +215,8 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         operator = read_observations(observations, layout)
         if operator.length != len(times):
             raise LatentdaError(f"the observations cover {operator.length} times, the prediction {len(times)}")
-        if operator.times is not None and not _same_times(np.asarray(operator.times), times):
+        calendar = climate_calendar(axis_units(prediction[TIME])) is not None
+        if operator.times is not None and not _same_times(np.asarray(operator.times), times, calendar):
             raise LatentdaError(f"the observations are of other times ({_time_span(np.asarray(operator.times))}) than the "
                                 f"prediction ({_time_span(times)}): the residual ratio would compare other states")
         ratios = operator.residual_ratio(torch.from_numpy(ensemble).double())

@@ -280,7 +280,7 @@ def _(w, d):
 
 @case("evaluate-calendars-differ")
 def _(w, d):
-    """A prediction of one climate calendar scored against a truth of another: day numbers of different calendars."""
+    """A prediction of one climate calendar scored against a truth of another: seconds of different calendars."""
     truth = make_box_dataset(trajectories=1, times=3, size=8).isel(trajectory=0, drop=True)
     truth["time"] = ("time", np.arange(3.0), {"units": "days since 2000-01-01", "calendar": "noleap"})
     truth.to_netcdf(d / "truth.nc", engine="h5netcdf")

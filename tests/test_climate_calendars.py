@@ -197,7 +197,7 @@ def test_table_of_dates(noleap_run):
 
 
 def test_training_records_the_calendar(tmp_path):
-    """encode keeps the day numbers' attributes, and the prior trained on them has the calendar's time units."""
+    """encode keeps the calendar axis' attributes, and the prior trained on them has the calendar's time units."""
     truth = make_tiny_pipeline(tmp_path / "unused", times=24, time_axis=noleap_axis(24, HOUR), time_step=HOUR,
                                time_units=NOLEAP)[1]
     data = write_dataset(truth, tmp_path / "data.nc")
@@ -215,3 +215,24 @@ def test_training_records_the_calendar(tmp_path):
     pipeline.sample(3, 1, steps=2, start_time="2004-02-28T23:00").to_zarr(tmp_path / "sample.zarr")
     assert dates(xr.open_zarr(tmp_path / "sample.zarr")["time"].values) == ["2004-02-28T23:00", "2004-03-01T00:00",
                                                                              "2004-03-01T01:00"]
+
+
+def test_calendar_times_are_matched_exactly(noleap_run, tmp_path):
+    """evaluate matches dates of a calendar to the second (seconds since year 1: the float tolerance of model time,
+    10⁻⁶ of the magnitude, would be hours), and a table's cftime dates keep their calendar."""
+    root, pipeline, truth = noleap_run
+    from latentda.evaluation import evaluate
+
+    prediction = truth.isel(time=slice(0, 4)).expand_dims(realization=2)
+    shifted = prediction.assign_coords(time=prediction["time"] + HOUR)  # one hour off: no truth state there
+    with pytest.raises(LatentdaError, match="the prediction's times are not all in the truth"):
+        evaluate(shifted, truth)
+    rows, _ = evaluate(prediction.assign_coords(time=prediction["time"] + 1e-4), truth)  # float rounding: the same
+    assert len(rows) == 2 * 4
+    table = pd.DataFrame({"time": [cftime.datetime(2004, 3, 1, calendar="360_day")], "y": [1.0], "x": [1.0],
+                          "variable": "u", "value": [0.0], "noise_std": 0.1})
+    with pytest.raises(LatentdaError, match="a date of the 360_day calendar, the model's dates are of the noleap"):
+        observations_from_table(table, pipeline.layout, time_step=6 * HOUR, time_units=NOLEAP)
+    noleap = table.assign(time=[cftime.datetime(2004, 3, 1, calendar="noleap")])
+    operator = observations_from_table(noleap, pipeline.layout, time_step=6 * HOUR, time_units=NOLEAP)
+    assert operator.times[0] == START + 12 * HOUR

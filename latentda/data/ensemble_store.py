@@ -46,7 +46,7 @@ def _time_attrs(coordinate: xr.DataArray, long_name: str, standard_name: str, ax
     ``standard_name`` when its values are datetimes or timedeltas (whose time units xarray's
     encoding writes; a plain-number model time has none)."""
     datetimes = (np.issubdtype(coordinate.dtype, np.datetime64) or np.issubdtype(coordinate.dtype, np.timedelta64)
-                 or "calendar" in coordinate.attrs)  # days of a climate calendar (latentda.data.times)
+                 or "calendar" in coordinate.attrs)  # dates of a climate calendar (latentda.data.times)
     return {"long_name": long_name, **coordinate.attrs, **({"axis": axis} if axis else {}),
             **({"standard_name": standard_name} if datetimes else {})}
 

@@ -20,8 +20,9 @@ the grid t₀ + k Δ. So the time axis is normalised on reading and checked befo
   xarray decoded them to cftime objects or left them as numbers in other units, every file of one
   calendar then shares one axis, steps are plain differences in seconds (as for datetimes), and an
   output written with these attributes opens as the same cftime dates. Whole seconds are exact in
-  float64 (up to 2⁵³ s), so dates, steps and t₀ + kΔ carry no rounding; a fraction of a second is
-  rounded to the microsecond, as cftime reads dates. The model's time
+  float64 (up to 2⁵³ s), so dates, steps and t₀ + kΔ carry no rounding; a fraction of a second
+  carries float64's resolution at that magnitude (about 8 µs near year 2000), so time steps below
+  about 0.1 s are not supported on these axes. The model's time
   units record the calendar (:func:`calendar_time_units`): a file of another calendar, or of plain
   datetimes, is refused.
 - **Spacing.** Consecutive times must be one step apart: t_i − t_{i−1} = t_1 − t_0 for every i
@@ -96,7 +97,8 @@ def calendar_attrs(units: str | None) -> dict:
 
 
 def _calendar_seconds(dates, calendar: str, what: str) -> np.ndarray:
-    """cftime ``dates`` of a climate calendar as float64 seconds since 0001-01-01 in it (to the microsecond)."""
+    """cftime ``dates`` of a climate calendar as float64 seconds since 0001-01-01 in it (whole seconds exact;
+    fractions to float64's resolution, about 8 µs near year 2000)."""
     import cftime
 
     try:

@@ -170,13 +170,20 @@ def _calendar_times(column: pd.Series, calendar: str) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         raise LatentdaError(f"the table's times are numbers, the model's are dates of the {calendar} calendar: give "
                             "them as dates (ISO text, e.g. 2001-02-28T06:00)")
-    text = column.astype("string").str.strip()
+    import cftime
+
+    given = column.to_numpy()
+    if given.size and all(isinstance(value, cftime.datetime) for value in given):  # dates with their calendar, checked
+        text = pd.Series([value.isoformat() + f"|{value.calendar}" for value in given])
+        objects = {f"{value.isoformat()}|{value.calendar}": value for value in given}
+    else:
+        text, objects = column.astype("string").str.strip(), {}
     _first_bad(text.isna().to_numpy(), column, "no date")
     codes, uniques = pd.factorize(text)
     seconds = np.empty(len(uniques), dtype=np.float64)
     for index, value in enumerate(uniques):
         try:
-            seconds[index] = calendar_time(value, calendar, "observation table")
+            seconds[index] = calendar_time(objects.get(value, value), calendar, "observation table")
         except LatentdaError as error:
             row = int(np.flatnonzero(codes == index)[0])
             raise LatentdaError(f"{error} (column '{column.name}', row {row})") from None
@@ -343,8 +350,8 @@ def _placed_rows(table: pd.DataFrame, layout: FieldLayout, times, time_step: flo
         time_tolerance = _duration(time_tolerance, datetimes=True)  # seconds, as for datetimes: "3h" or 10800
     datetimes = np.issubdtype(row_times.dtype, np.datetime64)
     if time_units is not None and datetimes != (time_units == "seconds"):  # a day at step 0.2: 432 000 states
-        kinds = ("date-times", f"numbers (model time, units {time_units!r})")
-        raise LatentdaError(f"the table's times are {kinds[not datetimes]}, the model's are {kinds[datetimes]}")
+        model = "date-times" if time_units == "seconds" else f"numbers (model time, units {time_units!r})"
+        raise LatentdaError(f"the table's times are {'date-times' if datetimes else 'numbers'}, the model's are {model}")
     window = TableWindow(window_start, window_length, time_tolerance)
     states = _window(row_times, times, time_step, window)
     state = _assign_states(row_times, states, time_step, time_tolerance, time_units)
