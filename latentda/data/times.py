@@ -181,10 +181,14 @@ def _decoded(dataset: xr.Dataset) -> xr.Dataset:
     calendar = _cftime_calendar(np.asarray(time.values))
     if calendar is not None:  # xarray decoded them with cftime
         if calendar in _STANDARD_CALENDARS:  # asked for cftime (use_cftime=True), or dates out of numpy's range
+            index = xr.CFTimeIndex(time.values)
             try:
-                return dataset.assign_coords({TIME: time.copy(data=xr.CFTimeIndex(time.values).to_datetimeindex(
-                    time_unit="ns"))})
-            except (ValueError, TypeError, OverflowError) as error:
+                try:
+                    converted = index.to_datetimeindex(time_unit="ns")
+                except TypeError:  # xarray before 2025.01 has no time_unit (and converts to nanoseconds)
+                    converted = index.to_datetimeindex()
+                return dataset.assign_coords({TIME: time.copy(data=converted)})
+            except (ValueError, OverflowError) as error:
                 raise LatentdaError(f"time axis: {str(error).splitlines()[0]}") from None
         if calendar not in _CLIMATE_CALENDARS:
             raise _refuse_calendar(calendar)
