@@ -561,3 +561,33 @@ def test_latent_statistics_stream_long_segments_in_blocks(tmp_path):
     steps = np.concatenate([np.diff(z[0], axis=0), np.diff(z[1, 10:], axis=0)])
     np.testing.assert_allclose(increments.mean, np.nanmean(steps, axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(increments.std, np.nanstd(steps, axis=(0, 2, 3)), rtol=1e-5)
+
+
+def test_latents_held_in_memory_read_as_from_disk(tmp_path, monkeypatch):
+    """A latent store within LATENTS_IN_MEMORY_BYTES is read whole once and sliced: every window of every
+    trajectory equals the window read from disk (the budget 0), with and without a trajectory dimension,
+    and a source sent to a DataLoader worker (pickled) leaves the array behind."""
+    import pickle
+
+    from latentda.data import windows
+    from latentda.data.splits import Segment
+    from latentda.data.windows import LatentSource, WindowDataset
+
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((3, 12, 2, 2, 3)).astype(np.float32)
+    xr.Dataset({"latent": (("trajectory", "time", "channel", "latent_y", "latent_x"), z)},
+               coords={"time": np.arange(12.0)}).to_zarr(tmp_path / "z.zarr")
+    xr.Dataset({"latent": (("time", "channel", "latent_y", "latent_x"), z[1])},
+               coords={"time": np.arange(12.0)}).to_zarr(tmp_path / "one.zarr")
+    for store, segments in (("z.zarr", [Segment(t, 0, 12) for t in range(3)]), ("one.zarr", [Segment(None, 2, 12)])):
+        memory = WindowDataset(LatentSource(tmp_path / store), segments, window=4)
+        items = [memory[i] for i in range(len(memory))]
+        assert memory.source._values is not None  # held whole
+        assert pickle.loads(pickle.dumps(memory.source))._values is None
+        monkeypatch.setattr(windows, "LATENTS_IN_MEMORY_BYTES", 0)
+        disk = WindowDataset(LatentSource(tmp_path / store), segments, window=4)
+        assert len(disk) == len(memory) > 0
+        for i, item in enumerate(items):
+            torch.testing.assert_close(item, disk[i], rtol=0, atol=0)
+        assert disk.source._values is None
+        monkeypatch.undo()

@@ -6,6 +6,9 @@ and :class:`Statistics` (NaN where masked or missing: the loss skips them); :cla
 ``latentda encode``. :class:`WindowDataset` enumerates every window of ``window`` consecutive steps
 inside a list of segments (a split). Sources open their file on first use in each process (and
 after pickling into DataLoader workers), so every process reads only the windows it is given.
+Latents no larger than :data:`LATENTS_IN_MEMORY_BYTES` are read whole on the first window each
+process asks for and sliced in memory after (a window read through xarray and zarr costs about 2 ms,
+from memory microseconds); larger ones are read window by window.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from latentda.errors import LatentdaError
 __all__ = ["FieldSource", "LatentSource", "WindowDataset", "LATENT", "MISSING_ATTR"]
 
 LATENT = "latent"
+LATENTS_IN_MEMORY_BYTES = 2**30  # latent stores up to this size are held in memory by each process (LatentSource)
 MISSING_ATTR = "latentda_missing_states"  # JSON [[trajectory or null, step], ...] of a latent store
 
 
@@ -47,7 +51,7 @@ class _LazySource:
         return self._dataset
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_dataset": None}
+        return {**self.__dict__, "_dataset": None, "_values": None}
 
 
 class FieldSource(_LazySource):
@@ -75,6 +79,7 @@ class LatentSource(_LazySource):
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
+        self._values: np.ndarray | None = None  # the whole latent array, when held in memory
         if LATENT not in self.dataset.data_vars:
             raise LatentdaError(f"{self.path}: no '{LATENT}' variable (is it the output of 'latentda encode'?)")
         self.calendar = calendar_features(self.dataset["time"].values)
@@ -87,6 +92,13 @@ class LatentSource(_LazySource):
 
     def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
         latent = self.dataset[LATENT]
+        if self._values is None and latent.size * 4 <= LATENTS_IN_MEMORY_BYTES:  # module docstring
+            self._values = read_values(latent).astype(np.float32, copy=False)
+        if self._values is not None:
+            axes = latent.dims
+            index = tuple(trajectory if dim == "trajectory" else slice(start, stop) if dim == "time" else slice(None)
+                          for dim in axes)
+            return self._values[index]
         index = {"time": slice(start, stop)}
         if trajectory is not None:
             index["trajectory"] = trajectory
