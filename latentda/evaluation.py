@@ -67,7 +67,7 @@ REPORT_FILES = ("metrics.csv", "summary.json", "scores.png", "spectra.png", "cal
 NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points", "by_lead", "initialisation_times")  # summary keys that are not channels
 
 
-def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) -> xr.Dataset:
+def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, calendar: bool = False) -> xr.Dataset:
     if TRAJECTORY not in truth.dims and trajectory is not None:
         raise LatentdaError(f"--trajectory {trajectory}: the truth has no '{TRAJECTORY}' dimension (leave it out)")
     if TRAJECTORY in truth.dims:
@@ -83,7 +83,6 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None) ->
     if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(truth[TIME].values.dtype, np.datetime64):
         raise LatentdaError("the prediction's and the truth's times are not of the same kind (datetimes vs numbers)")
     known = truth[TIME].values
-    calendar = climate_calendar(axis_units(truth[TIME])) is not None
     try:
         if np.issubdtype(times.dtype, np.number):  # float model times: tolerate rounding of time + lead
             return truth.sel({TIME: times}, method="nearest", tolerance=_time_tolerance(times, known, calendar))
@@ -142,12 +141,13 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     if calendars[0] != calendars[1] and None not in calendars:  # both climate dates: numbers of two calendars
         raise LatentdaError(f"the prediction's times are dates of the {calendars[0]} calendar, the truth's of the "
                             f"{calendars[1]} calendar")
+    calendar = calendars[1] is not None  # dates of a climate calendar: matched to the second
     forecast = is_forecast(prediction)
     inits = leads = None
     if forecast:  # score against the truth at valid times
         prediction, inits, leads, count = _valid_times(prediction)  # count: leads per initialisation time
     layout = FieldLayout.from_dataset(prediction)
-    truth = _align(prediction, truth, trajectory)
+    truth = _align(prediction, truth, trajectory, calendar)
     layout.check(truth)
     members = prediction.sizes["realization"]
     # each variable read once: a store chunk spanning several members would be decompressed once per member
@@ -215,7 +215,6 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         operator = read_observations(observations, layout)
         if operator.length != len(times):
             raise LatentdaError(f"the observations cover {operator.length} times, the prediction {len(times)}")
-        calendar = climate_calendar(axis_units(prediction[TIME])) is not None
         if operator.times is not None and not _same_times(np.asarray(operator.times), times, calendar):
             raise LatentdaError(f"the observations are of other times ({_time_span(np.asarray(operator.times))}) than the "
                                 f"prediction ({_time_span(times)}): the residual ratio would compare other states")
@@ -253,7 +252,6 @@ _DURATIONS = {"days": "D", "day": "D", "d": "D", "hours": "h", "hour": "h", "hr"
               "microseconds": "us", "nanoseconds": "ns"}  # CF duration units → pandas'
 
 
-
 def _valid_times(forecast: xr.Dataset) -> tuple[xr.Dataset, np.ndarray, np.ndarray, int]:
     """A forecast (realization, time, prediction_timedelta, …) — one or several initialisation times
     ``time``, either of them also a single value left as a coordinate (``.sel(prediction_timedelta=…)``,
@@ -268,31 +266,27 @@ def _valid_times(forecast: xr.Dataset) -> tuple[xr.Dataset, np.ndarray, np.ndarr
             forecast = forecast.assign({v: forecast[v].expand_dims(name) for v in forecast.data_vars
                                         if "realization" in forecast[v].dims}).assign_coords({name: coordinate})
     inits, leads = forecast[TIME].values, forecast["prediction_timedelta"].values
-    if np.issubdtype(inits.dtype, np.datetime64) and not np.issubdtype(leads.dtype, np.timedelta64):
-        units = str(forecast["prediction_timedelta"].attrs.get("units", "")).strip().lower()
-        if units not in _DURATIONS:
-            raise LatentdaError(f"the forecast's prediction_timedelta holds numbers (units {units!r}), its times are "
-                                "date-times: give the leads as durations, or numbers with units such as 'hours'")
-        leads = pd.to_timedelta(leads, unit=_DURATIONS[units]).to_numpy()
+    if np.issubdtype(inits.dtype, np.datetime64):
+        leads = _lead_durations(forecast["prediction_timedelta"], "date-times")
     elif climate_calendar(axis_units(forecast[TIME])) is not None:  # dates of a climate calendar: seconds on their axis
-        leads = _lead_seconds(forecast["prediction_timedelta"])
+        leads = _lead_durations(forecast["prediction_timedelta"], "dates of a climate calendar") / np.timedelta64(1, "s")
     parts = [forecast.isel({TIME: i}, drop=True).rename(prediction_timedelta=TIME).assign_coords({TIME: init + leads})
              for i, init in enumerate(inits)]
     cases = parts[0] if len(parts) == 1 else xr.concat(parts, TIME, data_vars="minimal", coords="minimal", compat="override")
     return cases, np.repeat(inits, len(leads)), np.tile(leads, len(inits)), len(leads)
 
 
-def _lead_seconds(leads: xr.DataArray) -> np.ndarray:
-    """Forecast leads in seconds, for initialisation times of a climate calendar (seconds on the model's axis):
-    durations (older xarray decodes numbers in "seconds" to them), or numbers with CF duration units."""
+def _lead_durations(leads: xr.DataArray, times: str) -> np.ndarray:
+    """Forecast leads as durations (timedelta64), for initialisation ``times`` that are dates: durations as
+    they are, numbers with CF duration units ("hours": WeatherBench2's and older xarray's encoding) converted."""
     values = leads.values
     if np.issubdtype(values.dtype, np.timedelta64):
-        return values / np.timedelta64(1, "s")
+        return values
     units = str(leads.attrs.get("units", "")).strip().lower()
     if units not in _DURATIONS:
-        raise LatentdaError(f"the forecast's prediction_timedelta holds numbers (units {units!r}), its times are dates "
-                            "of a climate calendar: give the leads as durations, or numbers with units such as 'hours'")
-    return pd.to_timedelta(values, unit=_DURATIONS[units]).to_numpy() / np.timedelta64(1, "s")
+        raise LatentdaError(f"the forecast's prediction_timedelta holds numbers (units {units!r}), its times are {times}: "
+                            "give the leads as durations, or numbers with units such as 'hours'")
+    return pd.to_timedelta(values, unit=_DURATIONS[units]).to_numpy()
 
 
 def _is_zero(leads: np.ndarray) -> np.ndarray:

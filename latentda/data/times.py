@@ -57,11 +57,12 @@ _CALENDAR_UNITS = re.compile(r"^seconds since 0001-01-01 00:00:00 \((\w+) calend
 
 
 def _is_time(coordinate: xr.DataArray) -> bool:
-    """Whether CF marks ``coordinate`` as a time coordinate."""
+    """Whether CF marks ``coordinate`` as a time coordinate (cftime dates too: xarray keeps their units in
+    the encoding; only an object coordinate is read to tell)."""
     attrs = coordinate.attrs
     return (np.issubdtype(coordinate.dtype, np.datetime64) or attrs.get("axis") == "T"
             or attrs.get("standard_name") == "time" or bool(_SINCE.match(str(attrs.get("units", ""))))
-            or _cftime_calendar(np.asarray(coordinate.values)) is not None)  # xarray keeps the units in encoding
+            or (coordinate.dtype.kind == "O" and _cftime_calendar(np.asarray(coordinate.values)) is not None))
 
 
 def _promote(dataset: xr.Dataset, name: str) -> xr.Dataset:
@@ -102,8 +103,7 @@ def _calendar_seconds(dates, calendar: str, what: str) -> np.ndarray:
     import cftime
 
     try:
-        seconds = np.asarray(cftime.date2num(np.asarray(dates), CALENDAR_REFERENCE, calendar), dtype=np.float64)
-        return np.round(seconds * 1e6) / 1e6
+        return np.asarray(cftime.date2num(np.asarray(dates), CALENDAR_REFERENCE, calendar), dtype=np.float64)
     except (ValueError, TypeError) as error:
         raise LatentdaError(f"{what}: dates of the {calendar} calendar cannot be read ({str(error).splitlines()[0]})") from None
 

@@ -173,17 +173,15 @@ def _calendar_times(column: pd.Series, calendar: str) -> np.ndarray:
     import cftime
 
     given = column.to_numpy()
-    if given.size and all(isinstance(value, cftime.datetime) for value in given):  # dates with their calendar, checked
-        text = pd.Series([value.isoformat() + f"|{value.calendar}" for value in given])
-        objects = {f"{value.isoformat()}|{value.calendar}": value for value in given}
-    else:
-        text, objects = column.astype("string").str.strip(), {}
-    _first_bad(text.isna().to_numpy(), column, "no date")
-    codes, uniques = pd.factorize(text)
+    if not (given.size and all(isinstance(value, cftime.datetime) for value in given)):  # cftime dates: their calendar checked
+        text = column.astype("string").str.strip()
+        _first_bad(text.isna().to_numpy(), column, "no date")
+        given = text.to_numpy()
+    codes, uniques = pd.factorize(given)
     seconds = np.empty(len(uniques), dtype=np.float64)
     for index, value in enumerate(uniques):
         try:
-            seconds[index] = calendar_time(objects.get(value, value), calendar, "observation table")
+            seconds[index] = calendar_time(value, calendar, "observation table")
         except LatentdaError as error:
             row = int(np.flatnonzero(codes == index)[0])
             raise LatentdaError(f"{error} (column '{column.name}', row {row})") from None
@@ -257,11 +255,6 @@ def _instant(value, datetimes: bool):
         raise LatentdaError(f"window start {value!r}: expected {kind}") from None
 
 
-def _describe(value, units: str | None = None) -> str:
-    """A time for messages: a datetime or a climate calendar's date (``units``: the model's) as a date, else the number."""
-    return str(np.datetime64(value, "s")) if isinstance(value, np.datetime64) else describe_time(value, units)
-
-
 def _window(row_times: np.ndarray, times, step: float | None, window: TableWindow) -> np.ndarray:
     """The states' times: ``times`` as given, or t_0 + kΔ, k < L (module docstring)."""
     datetimes = np.issubdtype(row_times.dtype, np.datetime64)
@@ -307,9 +300,9 @@ def _assign_states(row_times: np.ndarray, states: np.ndarray, step: float | None
     if outside.any():
         units = "seconds" if datetimes or climate_calendar(time_units) else "1"
         raise LatentdaError(f"{int(outside.sum())} observation row(s) are more than {describe_step(tolerance, units)} from "
-                            f"every state of the window ({_describe(states[0], time_units)} to "
-                            f"{_describe(states[-1], time_units)}, {states.size} states); first: "
-                            f"{_describe(row_times[np.argmax(outside)], time_units)}")
+                            f"every state of the window ({describe_time(states[0], time_units)} to "
+                            f"{describe_time(states[-1], time_units)}, {states.size} states); first: "
+                            f"{describe_time(row_times[np.argmax(outside)], time_units)}")
     return nearest
 
 
