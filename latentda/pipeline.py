@@ -29,7 +29,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ from latentda.errors import LatentdaError, check_integer
 from latentda.nn.compilation import compile_blocks
 from latentda.nn.transformer import TrajectoryTransformer
 from latentda.observe.files import read_observations
-from latentda.observe.tabular import observation_dataset, table_to_cycles, table_to_dataset
+from latentda.observe.tabular import observation_dataset, table_to_cycles
 from latentda.observe.window import TableWindow
 from latentda.observe.operators import ObservationOperator, nothing_off_mask
 from latentda.posterior.forecast import default_context, forecast_members
@@ -505,43 +505,13 @@ class LatentDAPipeline:
             raise LatentdaError("observations: none given (an observation dataset or a pandas DataFrame)")
 
     def _recorded(self, attrs: dict | None, observations: xr.Dataset | list | None = None,
-                  initial: xr.Dataset | None = None, out=None, resume: bool = False,
-                  earlier_forms: dict[str, Callable[[], xr.Dataset]] | None = None) -> dict:
+                  initial: xr.Dataset | None = None, out=None) -> dict:
         """The attributes a run records: ``attrs``, the folder or hub id of this pipeline, and, when it is
         written to ``out``, the fingerprints of its observations and of the initial states it reads
-        (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same). Resuming, a fingerprint an
-        earlier latentda recorded for the same input is kept (:meth:`_earlier_fingerprints`); ``earlier_forms``
-        gives, per input, the dataset an earlier latentda hashed instead of it (a table's whole window)."""
+        (:func:`latentda.runs.input_fingerprint`: a resumed run must read the same)."""
         inputs = {"observations": observations, "initial": initial} if out is not None else {}
-        recorded = {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
-                    **{f"latentda_{name}_sha256": input_fingerprint(data) for name, data in inputs.items() if data is not None}}
-        if out is None or not resume:
-            return recorded
-        earlier = {name: [lambda data=data: data] + [(earlier_forms or {}).get(name)] for name, data in inputs.items()
-                   if data is not None}
-        return self._earlier_fingerprints(recorded, earlier, out)
-
-    @staticmethod
-    def _earlier_fingerprints(recorded: dict, earlier: dict[str, list], out) -> dict:
-        """``recorded`` with the input fingerprints an interrupted run of ``out`` recorded, where they are those
-        an earlier latentda computed for the same input: without the variables' attributes
-        (:func:`latentda.runs.input_fingerprint`), of one of the forms ``earlier[name]`` gives (functions
-        returning a dataset; None: none), so that such a run resumes (its attributes then unchecked)."""
-        partial = Path(out).with_name(Path(out).name + ".partial")
-        if not partial.exists():
-            return recorded
-        try:
-            stored = open_dataset(partial).attrs
-        except LatentdaError:  # not a run's store: the writer's checks name the problem
-            return recorded
-        recorded = dict(recorded)
-        for name, forms in earlier.items():
-            key = f"latentda_{name}_sha256"
-            if stored.get(key) in (None, recorded[key]):
-                continue
-            if any(form is not None and input_fingerprint(form(), attributes=False) == stored[key] for form in forms):
-                recorded[key] = stored[key]
-        return recorded
+        return {**(attrs or {}), **({"latentda_pipeline": self.source} if self.source is not None else {}),
+                **{f"latentda_{name}_sha256": input_fingerprint(data) for name, data in inputs.items() if data is not None}}
 
     def reanalyze(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None,
                   *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
@@ -565,7 +535,7 @@ class LatentDAPipeline:
         observations = observation_dataset(observations, self.layout, self.time_step, time_units=self.time_units)
         operator = self.observation_operator(observations, representation_error=settings.representation_error)
         return run_reanalysis(self, self.layout, operator, observations["time"], members, settings, seed,
-                              self._recorded(attrs, observations, out=out, resume=resume), out, resume, overwrite, report)
+                              self._recorded(attrs, observations, out=out), out, resume, overwrite, report)
 
     def _forecast_start(self, members: int, observations, initial: xr.Dataset | None,
                         settings: PosteriorSettings, states: int | None = None):
@@ -622,7 +592,7 @@ class LatentDAPipeline:
         operator, encoded, initial_times, time, used = self._forecast_start(members, observations, initial, settings)
         run = forecast_members(self, list(range(members)), lead, settings, seed, operator, encoded, mode, conditioning,
                                condition_noise, initial_times=initial_times)  # every check, before any work
-        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, used, out, resume), out, resume, overwrite,
+        return run_forecast(run, self.layout, time, self._recorded(attrs, observations, used, out), out, resume, overwrite,
                             report)
 
     def filter(self, observations, members: int = 8, seed: int = 0, settings: PosteriorSettings | None = None, *,
@@ -667,12 +637,7 @@ class LatentDAPipeline:
             # the initial states are the ones just before the first cycle: one time axis, one model step apart
             time_step(xr.DataArray(np.concatenate([initial_times, first]), dims="time", attrs=time.attrs),
                       expected=self.time_step, what="time axis of the initial state followed by the first cycle")
-        earlier_forms = {}
-        if isinstance(observations, pd.DataFrame):  # earlier latentda fingerprinted a table's whole-window dataset
-            earlier_forms["observations"] = lambda: table_to_dataset(
-                observations, self.layout, time_step=self.time_step, time_units=self.time_units,
-                **dataclasses.asdict(table_window or TableWindow()))
-        recorded = self._recorded(attrs, read, used, out, resume, earlier_forms)
+        recorded = self._recorded(attrs, read, used, out)
         return run_filter(self, self.layout, cycles, time, members, settings, filtering, seed, encoded,
                           recorded, out, resume, overwrite, report)
 

@@ -107,20 +107,18 @@ FINGERPRINTED_ATTRIBUTES = ("latentda_sampling", "latentda_source", "latentda_tr
                             "coarsen_factor", "saturation", "units")
 
 
-def input_fingerprint(dataset: xr.Dataset | Sequence[xr.Dataset | None], states_per_read: int = 16,
-                      attributes: bool = True) -> str:
+def input_fingerprint(dataset: xr.Dataset | Sequence[xr.Dataset | None], states_per_read: int = 16) -> str:
     """sha256 (16 hex digits) of a run's input — its observations, or the initial states it reads —
     recorded as ``latentda_observations_sha256`` / ``latentda_initial_sha256`` so that ``resume`` refuses
     to complete a run with members of another input. The values and coordinates count (times as
     nanoseconds, whatever precision they were decoded with), and the variables' attributes that define
-    observations (:data:`FINGERPRINTED_ATTRIBUTES`; ``attributes=False``: not, the fingerprint earlier
-    latentda recorded); file names do not. Read ``states_per_read`` time steps at a time: a large
+    observations (:data:`FINGERPRINTED_ATTRIBUTES`); file names do not. Read ``states_per_read`` time steps at a time: a large
     lazily opened input is never held whole. A sequence of datasets (a table's cycles, None where nothing
     is observed) is hashed in its order."""
     import hashlib
 
     if not isinstance(dataset, xr.Dataset):
-        parts = ("-" if part is None else input_fingerprint(part, states_per_read, attributes) for part in dataset)
+        parts = ("-" if part is None else input_fingerprint(part, states_per_read) for part in dataset)
         return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
     digest = hashlib.sha256()
     for name in sorted(dataset.variables, key=str):
@@ -128,10 +126,9 @@ def input_fingerprint(dataset: xr.Dataset | Sequence[xr.Dataset | None], states_
         kind = variable.dtype.kind
         stored = "ns" if kind in "mM" else "text" if kind in "OUS" else variable.dtype.str  # as hashed below
         digest.update(f"\x00{name}:{variable.dims}:{variable.shape}:{stored}".encode())
-        if attributes:
-            described = {key: np.asarray(variable.attrs[key]).tolist() for key in FINGERPRINTED_ATTRIBUTES
-                         if key in variable.attrs}
-            digest.update(repr(sorted(described.items())).encode())
+        described = {key: np.asarray(variable.attrs[key]).tolist() for key in FINGERPRINTED_ATTRIBUTES
+                     if key in variable.attrs}
+        digest.update(repr(sorted(described.items())).encode())
         steps = variable.sizes.get("time", 1)
         for start in range(0, steps, states_per_read):
             part = variable.isel(time=slice(start, start + states_per_read)) if "time" in variable.dims else variable

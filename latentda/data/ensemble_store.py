@@ -29,8 +29,7 @@ LEAD = "prediction_timedelta"
 REALIZATION = "realization"
 REALIZATION_ATTRS = {"long_name": "ensemble member", "standard_name": "realization"}
 RUN_STATE = "latentda_run_state.safetensors"  # a filter's member states, inside its .partial store (io.quiet_zarr)
-# fingerprints of a run's inputs (latentda.runs.input_fingerprint); a store of a latentda older than them has
-# none, and its inputs (nor a forecast's recorded file) are then not compared on resume
+# fingerprints of a run's inputs (latentda.runs.input_fingerprint), compared on resume with the files it read
 INPUT_FINGERPRINTS = ("latentda_observations_sha256", "latentda_initial_sha256")
 INPUT_FILES = ("observations", "initial")
 
@@ -153,11 +152,6 @@ class EnsembleWriter:
             given = attrs or {}
             # every setting either run recorded: one left at its default now but given then is a change too
             keys = [*given, *(k for k in existing.attrs if (k.startswith("latentda_") or k in INPUT_FILES) and k not in given)]
-            # an input file a store does not record (a filter's --initial before it was recorded) is known by its
-            # fingerprint, which is compared
-            keys = [k for k in keys if not (k in INPUT_FILES and k not in existing.attrs)]
-            if not any(k in existing.attrs for k in INPUT_FINGERPRINTS):  # written before inputs were fingerprinted
-                keys = [k for k in keys if k not in INPUT_FINGERPRINTS]
             changed = [k for k in keys if str(existing.attrs.get(k)) != str(given.get(k))]
             if changed:  # a resumed run must be the same run: members from two settings must not mix
                 read = set(changed) & {*INPUT_FINGERPRINTS, *INPUT_FILES}
