@@ -414,3 +414,34 @@ def test_a_run_of_another_sampler_revision_is_not_resumed(setup, tmp_path, monke
     attrs["latentda_sampler_revision"] = SAMPLER_REVISION
     resumed = pipeline.reanalyze(open_dataset(observations), members=2, steps=2, out=out, resume=True)
     assert resumed.sizes["realization"] == 2 and resumed.attrs["latentda_sampler_revision"] == SAMPLER_REVISION
+
+
+@pytest.mark.parametrize("by_time", [False, True])
+def test_output_chunks_hold_one_write_and_many_states(tmp_path, monkeypatch, by_time):
+    """An ensemble output's chunk holds one member (a filter's: one cycle) — two processes' writes never share a
+    chunk — and as many times (members) as ensemble_store.CHUNK_BYTES holds, not one 64² state per file; the
+    fields read back are those written, whatever the chunking."""
+    import xarray as xr
+    import zarr
+
+    from latentda.data import ensemble_store
+    from latentda.data.ensemble_store import EnsembleWriter, open_ensemble
+    from latentda.data.layout import FieldLayout
+
+    members, steps, size = 3, 10, 8
+    time = xr.DataArray(np.arange(float(steps)), dims="time")
+    layout = FieldLayout.from_dataset(xr.Dataset({name: (("time", "y", "x"), np.zeros((steps, size, size), np.float32))
+                                                  for name in "uv"}, coords={"time": time, "y": np.arange(8.0), "x": np.arange(8.0)}))
+    fields = np.random.default_rng(0).standard_normal((members, steps, 2, size, size)).astype(np.float32)
+    for chunk_bytes, span in ((1 << 20, members if by_time else steps), (3 * 4 * size * size, 3)):
+        monkeypatch.setattr(ensemble_store, "CHUNK_BYTES", chunk_bytes)
+        out = tmp_path / f"{chunk_bytes}.zarr"
+        writer = EnsembleWriter(out, layout, time, members, by_time=by_time)
+        attached = EnsembleWriter(out, layout, time, members, by_time=by_time, attach=True)  # another process's writer
+        for index in range(steps if by_time else members):
+            (attached if index % 2 else writer).write(index, fields[:, index] if by_time else fields[index])
+        writer.finalize()
+        chunks = zarr.open_group(out, mode="r")["u"].chunks
+        assert chunks == ((span, 1) if by_time else (1, span)) + (size, size)
+        written = open_ensemble(out, layout)
+        np.testing.assert_array_equal(np.stack([written[name].values for name in "uv"], axis=2), fields)

@@ -81,6 +81,8 @@ def _errors(data: str) -> dict[str, tuple[str, list[str], str]]:
         "bench_distributed truth": ("bench_distributed.py", [*unused, "--tasks", "blankets", "--truth", data + "-missing"],
                                     "--truth " + data + "-missing: no such file or directory"),
         "bench_table_cycles pipeline": ("bench_table_cycles.py", unused, "--pipeline never-loaded: not a pipeline folder"),
+        "bench_output_chunks members": ("bench_output_chunks.py", ["--members", "0"],
+                                        "--members, --states, --size and --chunk-mib must be positive"),
         "bench_encode trajectories": ("bench_encode.py", ["--autoencoder", "never-loaded", "--data", data],
                                       "the large run encodes 16 trajectories"),
     }

@@ -401,13 +401,15 @@ def write_dataset(dataset: xr.Dataset, path: str | os.PathLike, overwrite: bool 
 
 
 def create_store(path: str | os.PathLike, coords: dict, variables: dict[str, tuple], attrs: dict | None = None,
-                 chunked_dims: tuple[str, ...] = ("time", "trajectory", "realization")) -> None:
+                 chunked_dims: tuple[str, ...] = ("time", "trajectory", "realization"),
+                 chunks: dict[str, tuple[int, ...]] | None = None) -> None:
     """Create an empty zarr store, to be filled region by region with :func:`write_region`.
 
     ``coords`` maps every dimension (and any other coordinate) to its values (a DataArray keeps its
     attributes; xarray writes them, so CF time encoding applies). ``variables`` maps each data
     variable to ``(dims, dtype, attrs)``; arrays are created empty (NaN), one entry of each
-    ``chunked_dims`` per chunk. Memory stays bounded whatever the store's size.
+    ``chunked_dims`` per chunk, or with the chunk shape ``chunks[name]`` where given. Memory stays
+    bounded whatever the store's size. Writers of distinct regions (processes) must not share a chunk.
     """
     skeleton = _without_source_codecs(xr.Dataset(coords=coords, attrs=attrs or {}))
     with uninterrupted():
@@ -416,8 +418,8 @@ def create_store(path: str | os.PathLike, coords: dict, variables: dict[str, tup
     sizes = {name: np.size(getattr(value, "values", value)) for name, value in coords.items()}
     for name, (dims, dtype, variable_attrs) in variables.items():
         shape = tuple(sizes[d] for d in dims)
-        chunks = tuple(1 if d in chunked_dims else n for d, n in zip(dims, shape))
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(dims),
+        chunk = (chunks or {}).get(name) or tuple(1 if d in chunked_dims else n for d, n in zip(dims, shape))
+        group.create_array(name, shape=shape, chunks=chunk, dtype=dtype, dimension_names=list(dims),
                            attributes=dict(variable_attrs), fill_value=np.nan)
 
 
