@@ -174,13 +174,18 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         for level in COVERAGE_LEVELS:
             scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas, pit)
     times = prediction[TIME].values
+    time_texts = _time_texts(times, calendars[1])
+    if forecast:
+        init_texts = _time_texts(inits, calendars[1])
+        if calendars[1] is not None:  # seconds on the calendar's axis: durations, as for datetimes
+            leads = pd.to_timedelta(leads, unit="s").to_numpy()
     rows = []
     for c, channel in enumerate(layout.channels):
-        for t, time in enumerate(times):
+        for t, time in enumerate(time_texts):
             where = {"step": t}
             if forecast:  # step: the lead's index
-                where = {"init_time": str(inits[t]), "lead": _lead_text(leads[t]), "step": t % count}
-            rows.append({"channel": channel, "time": str(time), **where,
+                where = {"init_time": init_texts[t], "lead": _lead_text(leads[t]), "step": t % count}
+            rows.append({"channel": channel, "time": time, **where,
                          **{name: float(value[t, c]) for name, value in scores.items()}})
     summarised = np.ones(len(times), dtype=bool)
     if forecast and not _is_zero(leads).all():  # a forecast's lead 0 is no forecast: its initial state
@@ -295,6 +300,18 @@ def _is_zero(leads: np.ndarray) -> np.ndarray:
         return leads == np.timedelta64(0)
     leads = leads.astype(np.float64)
     return np.abs(leads) <= _time_tolerance(leads)
+
+
+def _time_texts(times: np.ndarray, calendar: str | None) -> list[str]:
+    """Times as ``metrics.csv`` writes them: datetimes and numbers as numpy prints them, dates of a climate
+    ``calendar`` (seconds since 0001-01-01 in it, :mod:`latentda.data.times`) as ISO dates of that calendar."""
+    if calendar is None:
+        return [str(time) for time in times]
+    import cftime
+
+    from latentda.data.times import CALENDAR_REFERENCE
+
+    return [date.isoformat() for date in np.atleast_1d(cftime.num2date(np.asarray(times, np.float64), CALENDAR_REFERENCE, calendar))]
 
 
 def _lead_text(lead) -> str:

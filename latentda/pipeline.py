@@ -228,7 +228,8 @@ class LatentDAPipeline:
 
     @property
     def calendar(self) -> bool:
-        """Whether the prior is conditioned on calendar features (datetime training data)."""
+        """Whether the prior is conditioned on calendar features (training data of dated times: datetimes or dates
+        of a climate calendar)."""
         return bool(self.backbone.config.context_features)
 
     @property
@@ -264,15 +265,16 @@ class LatentDAPipeline:
 
     def _calendar_context(self, times) -> torch.Tensor:
         """The calendar features of ``times`` (1, L, F), for a calendar-conditioned prior."""
-        features = calendar_features(times) if times is not None else None
+        features = calendar_features(times, climate_calendar(self.time_units)) if times is not None else None
         if features is None:
-            raise LatentdaError("this model is conditioned on the calendar: it needs the (datetime) times of the trajectory")
+            raise LatentdaError("this model is conditioned on the calendar: it needs the dates of the trajectory")
         return torch.from_numpy(features).to(self.device, self.dtype)[None]
 
     def trajectory_denoiser(self, overlap: int | None = None, times=None, split_blankets: bool = False):
         """E[z̃_{1:L} | z̃_t] for any L ≥ K from the window denoiser (overlapping blankets).
 
-        A calendar-conditioned prior needs the ``times`` (datetime64, length L) of the trajectory.
+        A calendar-conditioned prior needs the ``times`` (length L: datetime64, or the model axis' numbers for
+        dates of a climate calendar) of the trajectory.
         ``split_blankets``: under torchrun/accelerate launch, each process evaluates only its share of
         the windows and the outputs are gathered (:mod:`latentda.diffusion.distributed`); every process
         must then make the same calls. Alone, it is the plain denoiser. A prior in increment coordinates
@@ -334,7 +336,7 @@ class LatentDAPipeline:
     def sample_latents(self, length: int, members: int = 1, steps: int | None = None, method: str | None = None,
                        seed: int = 0, denoise=None, start_time=None, **overrides) -> torch.Tensor:
         """Standardised latent trajectories (members, L, c, h, w) from the prior (or ``denoise``);
-        a calendar-conditioned prior needs the ``start_time`` (datetime64) of the trajectories.
+        a calendar-conditioned prior needs the ``start_time`` (a date: :meth:`_start_time`) of the trajectories.
         ``steps``, ``method`` (the sampler) and ``overrides`` (the other :class:`SamplerSettings`
         fields: corrections, tau, sigma_start, churn, overlap) replace the pipeline's defaults
         (:attr:`sampling`) where not None; ``sampler=`` (the field's name, as in ``reanalyze``) is
@@ -417,10 +419,10 @@ class LatentDAPipeline:
         return operator, dropped
 
     def _check_times(self, time: xr.DataArray) -> None:
-        """The observation window's times: the model's time step apart, datetimes for a calendar model."""
+        """The observation window's times: the model's time step apart, dates for a calendar model."""
         self.check_time_step(time)
-        if self.calendar and calendar_features(time.values) is None:
-            raise LatentdaError("this model is conditioned on the calendar: the observations need datetime times")
+        if self.calendar and calendar_features(time.values, climate_calendar(self.time_units)) is None:
+            raise LatentdaError("this model is conditioned on the calendar: the observations need dated times")
 
     def filter_cycles(self, observations, table_window: TableWindow | None = None, representation_error: bool = True
                       ) -> tuple[xr.DataArray, list[ObservationOperator | None], xr.Dataset | list]:

@@ -4,6 +4,8 @@ whatever their CF units, carried through every stage, written back as the same d
 Ground truth: a noleap year has 365 days and a 360_day year 360 (twelve months of 30 days), so the
 seconds of a date since 0001-01-01 are counted by hand."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -144,15 +146,20 @@ def test_every_stage_writes_the_same_dates(noleap_run):
     # scored at valid times init + lead (seconds on the calendar's axis): states 7 to 10 of the truth
     assert cli.main(["evaluate", "--prediction", str(root / "fc.zarr"), "--truth", str(root / "truth.nc"),
                      "--out", str(root / "report"), "--quiet"]) == 0
-    rows = pd.read_csv(root / "report" / "metrics.csv")
-    np.testing.assert_array_equal(np.unique(rows["time"]), noleap_axis(12).values[7:11])
+    rows = pd.read_csv(root / "report" / "metrics.csv")  # dates of the calendar, leads as durations
+    # state 7 is 2004-03-02T06:00 (28 February 12:00 + 7 × 6 h, no 29 February)
+    assert sorted(set(rows["time"])) == ["2004-03-02T06:00:00", "2004-03-02T12:00:00", "2004-03-02T18:00:00",
+                                         "2004-03-03T00:00:00"]
+    assert set(rows["init_time"]) == {"2004-03-02T06:00:00"}
+    assert list(rows["lead"][:4]) == ["0:00:00", "6:00:00", "12:00:00", "18:00:00"]
+    assert "18:00:00" in json.loads((root / "report" / "summary.json").read_text())["by_lead"]["u"]
     # leads read as durations (older xarray decodes numbers in seconds so): the same valid times
     from latentda.evaluation import evaluate
 
     durations = forecast.assign_coords(prediction_timedelta=pd.to_timedelta(leads.values, unit="s").to_numpy())
     assert np.asarray(durations["time"].values)[0].calendar == "noleap"  # cftime dates, as xr.open_zarr gives them
-    rows, _ = evaluate(durations, open_dataset(root / "truth.nc"))
-    np.testing.assert_array_equal(np.unique([float(row["time"]) for row in rows]), noleap_axis(12).values[7:11])
+    rows_api, _ = evaluate(durations, open_dataset(root / "truth.nc"))
+    assert sorted({row["time"] for row in rows_api}) == sorted(set(rows["time"]))
     assert cli.main(["sample", "--pipeline", str(root / "pipeline"), "--length", "3", "--members", "1", "--steps", "2",
                      "--start-time", "2004-02-28T18:00", "--out", str(root / "sample.zarr"), "--quiet"]) == 0
     assert dates(xr.open_zarr(root / "sample.zarr")["time"].values) == ["2004-02-28T18:00", "2004-03-01T00:00",
@@ -196,8 +203,28 @@ def test_table_of_dates(noleap_run):
                                 time_units=NOLEAP)
 
 
+@pytest.mark.parametrize(("calendar", "year"), [("noleap", 365), ("all_leap", 366), ("360_day", 360), ("julian", 365.25)])
+def test_calendar_features_of_each_calendar(calendar, year):
+    """Time of day and of year on a climate calendar's axis, counted by hand: 6:00 is a quarter day, the last day of
+    the year is day year − 1 (0-based), and the season's phase repeats exactly a year later."""
+    from latentda.data.calendar import calendar_features
+
+    last_day = {"noleap": "2003-12-31", "all_leap": "2003-12-31", "360_day": "2003-12-30", "julian": "2003-12-31"}[calendar]
+    times = [calendar_time(text, calendar) for text in ("2003-01-01T06:00", f"{last_day}T00:00", "2004-01-01T06:00")]
+    features = calendar_features(np.array(times), calendar)
+    np.testing.assert_allclose(features[0], [1, 0, np.sin(2 * np.pi * 0.25 / year), np.cos(2 * np.pi * 0.25 / year)],
+                               atol=1e-6)
+    days = {"julian": 364}.get(calendar, int(year) - 1)  # julian 2003 is not a leap year: its last day is day 364
+    np.testing.assert_allclose(features[1], [0, 1, np.sin(2 * np.pi * days / year), np.cos(2 * np.pi * days / year)],
+                               atol=1e-6)
+    if calendar != "julian":  # 365.25 days: the phase of a real year drifts by a quarter day
+        np.testing.assert_allclose(features[2], features[0], atol=1e-6)
+    assert calendar_features(np.array(times)) is None  # numbers without a calendar: model time
+
+
 def test_training_records_the_calendar(tmp_path):
-    """encode keeps the calendar axis' attributes, and the prior trained on them has the calendar's time units."""
+    """encode keeps the calendar axis' attributes, and the prior trained on them has the calendar's time units and
+    is conditioned on its time of day and year: it needs dates to sample, and another season samples otherwise."""
     truth = make_tiny_pipeline(tmp_path / "unused", times=24, time_axis=noleap_axis(24, HOUR), time_step=HOUR,
                                time_units=NOLEAP)[1]
     data = write_dataset(truth, tmp_path / "data.nc")
@@ -209,12 +236,22 @@ def test_training_records_the_calendar(tmp_path):
     latents = encode_dataset(folder, data, tmp_path / "latents.zarr", progress=False)
     assert time_step(open_dataset(latents)["time"]) == (HOUR, NOLEAP)
     pipeline = LatentDAPipeline.from_pretrained(train_tiny_prior(latents, tmp_path / "run"))
-    assert (pipeline.time_step, pipeline.time_units, pipeline.calendar) == (HOUR, NOLEAP, False)
+    assert (pipeline.time_step, pipeline.time_units, pipeline.calendar) == (HOUR, NOLEAP, True)
     # hourly dates written back exactly (no 00:59:59.999997)
     pipeline.set_progress_bar_config(disable=True)
+    with pytest.raises(LatentdaError, match="conditioned on the calendar"):
+        pipeline.sample(3, 1, steps=2)
     pipeline.sample(3, 1, steps=2, start_time="2004-02-28T23:00").to_zarr(tmp_path / "sample.zarr")
     assert dates(xr.open_zarr(tmp_path / "sample.zarr")["time"].values) == ["2004-02-28T23:00", "2004-03-01T00:00",
                                                                              "2004-03-01T01:00"]
+    with torch.no_grad():  # two training steps leave the zero-initialised output layers near zero
+        generator = torch.Generator().manual_seed(0)
+        for parameter in pipeline.backbone.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    winter, summer, next_winter = (pipeline.sample(3, 1, steps=2, start_time=date)["u"].values
+                                   for date in ("2004-01-10T06:00", "2004-07-10T06:00", "2005-01-10T06:00"))
+    assert not np.allclose(winter, summer)  # the same noise in another season
+    np.testing.assert_allclose(winter, next_winter, atol=1e-5)  # a noleap year later: the same features
 
 
 def test_calendar_times_are_matched_exactly(noleap_run, tmp_path):

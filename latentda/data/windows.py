@@ -27,6 +27,7 @@ from latentda.data.calendar import calendar_features
 from latentda.data.layout import FieldLayout
 from latentda.data.splits import Segment
 from latentda.data.statistics import Statistics, check_finite
+from latentda.data.times import axis_units, climate_calendar
 from latentda.errors import LatentdaError
 
 __all__ = ["FieldSource", "LatentSource", "WindowDataset", "LATENT", "MISSING_ATTR"]
@@ -75,14 +76,15 @@ class FieldSource(_LazySource):
 
 class LatentSource(_LazySource):
     """Latent trajectories (variable ``latent``, dims trajectory?, time, channel, y, x), with the
-    calendar features of their times when the time axis holds datetimes."""
+    calendar features of their times when the time axis holds dates (datetimes, or a climate calendar's)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
         self._values: np.ndarray | None = None  # the whole latent array, when held in memory
         if LATENT not in self.dataset.data_vars:
             raise LatentdaError(f"{self.path}: no '{LATENT}' variable (is it the output of 'latentda encode'?)")
-        self.calendar = calendar_features(self.dataset["time"].values)
+        time = self.dataset["time"]
+        self.calendar = calendar_features(time.values, climate_calendar(axis_units(time)))
         # states that were missing in the fields (NaN latents, ``latentda encode``): no window uses them
         self.missing = {(None if t is None else int(t), int(step))
                         for t, step in json.loads(self.dataset.attrs.get(MISSING_ATTR, "[]"))}

@@ -43,8 +43,8 @@ VALID_SIGMAS = (0.01, 0.1, 1.0, 10.0)
 class DenoiserModelConfig:
     """Architecture of :class:`latentda.nn.TrajectoryTransformer` (latent shape comes from the data).
 
-    ``calendar``: when the data's time axis holds datetimes, condition on the time of day and year
-    (:mod:`latentda.data.calendar`); ignored for numeric (model) time axes and climate-calendar dates.
+    ``calendar``: when the data's time axis holds dates (datetimes, or dates of a climate calendar), condition
+    on the time of day and year (:mod:`latentda.data.calendar`); ignored for numeric (model) time axes.
 
     ``known_frames``: also train the conditional of a window given its first n states clean (n
     uniform in 1..K − 1, in a fraction ``known_probability`` of the windows; the others train the
@@ -267,7 +267,7 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     if (c, h, w) != tuple(autoencoder.latent_shape):
         raise LatentdaError(f"latents are {c}×{h}×{w} but the autoencoder gives {tuple(autoencoder.latent_shape)}")
     splits = split_segments(dataset, config.splits)
-    calendar = config.model.calendar and source.calendar is not None  # datetime times: condition on the calendar
+    calendar = config.model.calendar and source.calendar is not None  # dated times: condition on the calendar
     accelerator = accelerator or make_accelerator(config.training)
     inputs = {"latents": latents, "autoencoder": autoencoder_dir, **({"init_from": config.init_from} if config.init_from else {})}
     check_run_dir(run_dir, resume, inputs, final="pipeline",
