@@ -1,5 +1,7 @@
 """Data layer: exact round trips, streaming statistics against numpy, splits, windows, bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -175,6 +177,40 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
             write_dataset(dataset, tmp_path / ("other.zarr" if not overwrite else "out.zarr"), overwrite=overwrite)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
     xr.testing.assert_equal(open_dataset(target).load(), dataset)
+
+
+def test_replacing_an_output_never_leaves_neither(tmp_path, monkeypatch):
+    """--overwrite: a file is replaced by one rename; a folder (zarr) is swapped in two, and Ctrl-C arriving between
+    them is held back until the new folder is in place (before, it left the path empty, the old output hidden in
+    .out.zarr.old-*); the interrupt is then delivered, and nothing else is left beside the output."""
+    import os
+    import signal
+
+    from latentda.data import io
+
+    renames = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        real_replace(source, target)
+        renames.append(Path(target).name)
+        if len(renames) == 1 and Path(target).name.startswith(".out.zarr.old-"):
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C right after the old folder is moved aside
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    (tmp_path / "out.txt").write_text("old")
+    with io.atomic_path(tmp_path / "out.txt", overwrite=True) as temporary:
+        temporary.write_text("new")
+    assert (tmp_path / "out.txt").read_text() == "new" and renames == ["out.txt"]  # one atomic rename
+    (tmp_path / "out.zarr").mkdir()
+    (tmp_path / "out.zarr" / "a").write_text("old")
+    renames.clear()
+    with pytest.raises(KeyboardInterrupt):
+        with io.atomic_path(tmp_path / "out.zarr", overwrite=True) as temporary:
+            temporary.mkdir()
+            (temporary / "a").write_text("new")
+    assert (tmp_path / "out.zarr" / "a").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "out.zarr"]
 
 
 def test_netcdf3_classic_files_are_read(tmp_path):

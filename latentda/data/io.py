@@ -331,8 +331,11 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """Yield a temporary sibling of ``path``; rename it to ``path`` when the block succeeds.
 
     On any exception the temporary is removed and ``path`` is left as it was. An existing ``path``
-    (checked before and after the block: it may appear meanwhile) is an error unless ``overwrite``;
-    it is moved aside and removed only once the new one is in place.
+    (checked before and after the block: it may appear meanwhile) is an error unless ``overwrite``:
+    a file is replaced by one atomic rename; a folder (a zarr store), which no rename replaces, is
+    moved aside, the new one moved in — Ctrl-C and SIGTERM held back between the two renames, so an
+    interrupt leaves the old or the new one at ``path``, never neither (only SIGKILL there can, the old
+    one then lying beside it as ``.<name>.old-*``) — and the old one removed once the new one is in place.
     """
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
@@ -346,14 +349,23 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             return
         if not overwrite:
             raise already_exists(path)
+        if not temporary.is_dir() and not (path.is_dir() and not path.is_symlink()):
+            os.replace(temporary, path)  # a file over a file (or a link): atomic
+            return
         previous = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(path, previous)
+        swapped = False
         try:
-            os.replace(temporary, path)
-        except BaseException:
-            os.replace(previous, path)
-            raise
-        remove_path(previous)
+            with uninterrupted():
+                os.replace(path, previous)
+                try:
+                    os.replace(temporary, path)
+                except BaseException:
+                    os.replace(previous, path)
+                    raise
+                swapped = True
+        finally:  # also when an interrupt held back is delivered as the block ends
+            if swapped:
+                remove_path(previous)
     except BaseException:
         remove_path(temporary)
         raise
