@@ -220,20 +220,30 @@ def test_calendar_features_of_each_calendar(calendar, year):
     if calendar != "julian":  # 365.25 days: the phase of a real year drifts by a quarter day
         np.testing.assert_allclose(features[2], features[0], atol=1e-6)
     assert calendar_features(np.array(times)) is None  # numbers without a calendar: model time
+    alias = {"noleap": "365_day", "all_leap": "366_day"}.get(calendar)
+    if alias:  # CF's other names of the calendar
+        np.testing.assert_array_equal(calendar_features(np.array(times), alias), features)
+    with pytest.raises(LatentdaError, match="calendar 'martian' is not supported"):
+        calendar_features(np.array(times), "martian")
+
+
+def noleap_latents(folder) -> str:
+    """Latents of 24 hourly noleap states (a tiny autoencoder), encoded into ``folder``/latents.zarr."""
+    truth = make_tiny_pipeline(folder / "unused", times=24, time_axis=noleap_axis(24, HOUR), time_step=HOUR,
+                               time_units=NOLEAP)[1]
+    data = write_dataset(truth, folder / "data.nc")
+    layout = FieldLayout.from_dataset(open_dataset(data))
+    torch.manual_seed(0)
+    autoencoder = AutoEncoder(in_channels=2, latent_channels=2, hidden_channels=[8, 8], blocks_per_stage=1,
+                              sample_size=[8, 8], periodic=[True, True])
+    ae = save_autoencoder(folder / "ae", autoencoder, layout, compute_statistics(truth, layout, progress=False))
+    return str(encode_dataset(ae, data, folder / "latents.zarr", progress=False))
 
 
 def test_training_records_the_calendar(tmp_path):
     """encode keeps the calendar axis' attributes, and the prior trained on them has the calendar's time units and
     is conditioned on its time of day and year: it needs dates to sample, and another season samples otherwise."""
-    truth = make_tiny_pipeline(tmp_path / "unused", times=24, time_axis=noleap_axis(24, HOUR), time_step=HOUR,
-                               time_units=NOLEAP)[1]
-    data = write_dataset(truth, tmp_path / "data.nc")
-    layout = FieldLayout.from_dataset(open_dataset(data))
-    torch.manual_seed(0)
-    autoencoder = AutoEncoder(in_channels=2, latent_channels=2, hidden_channels=[8, 8], blocks_per_stage=1,
-                              sample_size=[8, 8], periodic=[True, True])
-    folder = save_autoencoder(tmp_path / "ae", autoencoder, layout, compute_statistics(truth, layout, progress=False))
-    latents = encode_dataset(folder, data, tmp_path / "latents.zarr", progress=False)
+    latents = noleap_latents(tmp_path)
     assert time_step(open_dataset(latents)["time"]) == (HOUR, NOLEAP)
     pipeline = LatentDAPipeline.from_pretrained(train_tiny_prior(latents, tmp_path / "run"))
     assert (pipeline.time_step, pipeline.time_units, pipeline.calendar) == (HOUR, NOLEAP, True)
@@ -252,6 +262,30 @@ def test_training_records_the_calendar(tmp_path):
                                    for date in ("2004-01-10T06:00", "2004-07-10T06:00", "2005-01-10T06:00"))
     assert not np.allclose(winter, summer)  # the same noise in another season
     np.testing.assert_allclose(winter, next_winter, atol=1e-5)  # a noleap year later: the same features
+
+
+def test_a_run_started_unconditioned_is_resumed_unconditioned(tmp_path, monkeypatch):
+    """A train-ldm run on climate-calendar dates started by a latentda that did not condition them (its checkpoints
+    have no calendar weights) resumes without the calendar, with a warning, instead of failing to load."""
+    from latentda.config import parse
+    from latentda.data import windows
+    from latentda.training.diffusion import LatentDiffusionConfig, train_latent_diffusion
+
+    latents = noleap_latents(tmp_path)
+    with monkeypatch.context() as before:  # the earlier latentda: no calendar features for climate calendars
+        before.setattr(windows, "climate_calendar", lambda units: None)
+        assert not LatentDAPipeline.from_pretrained(train_tiny_prior(latents, tmp_path / "run")).calendar
+    config = parse(LatentDiffusionConfig, {
+        "output": str(tmp_path / "run"), "splits": [0.5, 0.25, 0.25], "valid_windows": 2,
+        "model": {"window": 4, "hidden_size": 16, "depth": 1, "num_heads": 2, "patch_size": [1, 2, 2]},
+        "diffusion": {"steps": 3, "sampler": "ddpm"},
+        "training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "validate_every": 2},
+    })
+    with pytest.warns(UserWarning, match="did not condition a climate calendar's dates on the calendar"):
+        train_latent_diffusion(config, latents, resume=True, progress=False)
+    pipeline = LatentDAPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert not pipeline.calendar
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())[-1] == "step-000004"
 
 
 def test_calendar_times_are_matched_exactly(noleap_run, tmp_path):

@@ -102,6 +102,48 @@ def test_window_dataset_reads_standardised_windows(tmp_path):
     assert item.dtype.is_floating_point and item.shape == (4, 2, 16, 16)
 
 
+def test_fields_held_in_memory_read_as_from_disk(tmp_path, monkeypatch):
+    """Fields within windows.IN_MEMORY_BYTES are read whole once and sliced (train-ae's windows): every window equals
+    the one read from disk (the budget 0), with and without a trajectory dimension, float64 files included; a NaN
+    outside the mask stops at the same window with the same message; a pickled source leaves the arrays behind."""
+    import pickle
+
+    from latentda.data import windows
+
+    default = windows.IN_MEMORY_BYTES
+    box = make_box_dataset(trajectories=3, times=10, size=8)
+    box["v"] = box["v"].astype(np.float64)
+    broken = box.copy(deep=True)
+    broken["u"][2, 7, 3, 3] = np.nan  # trajectory 2, step 7
+    for name, data, trajectories in (("box.zarr", box, True), ("one.nc", box.isel(trajectory=1, drop=True), False),
+                                     ("broken.zarr", broken, True)):
+        path = write_dataset(data, tmp_path / name)
+        layout = FieldLayout.from_dataset(open_dataset(path))
+        statistics = compute_statistics(box, FieldLayout.from_dataset(box), progress=False)
+        segments = split_segments(open_dataset(path), (1.0, 0.0, 0.0))["train"]
+        outcomes = {}
+        for budget in (default, 0):
+            monkeypatch.setattr(windows, "IN_MEMORY_BYTES", budget)
+            dataset = WindowDataset(FieldSource(path, layout, statistics), segments, window=3)
+            items = []
+            for i in range(len(dataset)):
+                try:
+                    items.append(dataset[i].numpy())
+                except LatentdaError as error:
+                    items.append(str(error))
+            outcomes[budget] = items
+            assert (dataset.source._values is not None) == (budget > 0)
+            assert pickle.loads(pickle.dumps(dataset.source))._values is None
+        held, disk = outcomes.values()
+        assert len(held) == len(disk) == (3 if trajectories else 1) * 8
+        for a, b in zip(held, disk):
+            if isinstance(b, str):
+                assert a == b and "trajectory 2" in b and "step 7" in b
+            else:
+                np.testing.assert_array_equal(a, b)
+        assert sum(isinstance(item, str) for item in disk) == (3 if name == "broken.zarr" else 0)
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(LatentdaError, match="no such file"):
         open_dataset(tmp_path / "missing.nc")

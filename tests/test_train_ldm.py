@@ -564,7 +564,7 @@ def test_latent_statistics_stream_long_segments_in_blocks(tmp_path):
 
 
 def test_latents_held_in_memory_read_as_from_disk(tmp_path, monkeypatch):
-    """A latent store within LATENTS_IN_MEMORY_BYTES is read whole once and sliced: every window of every
+    """A latent store within IN_MEMORY_BYTES is read whole once and sliced: every window of every
     trajectory equals the window read from disk (the budget 0), with and without a trajectory dimension,
     and a source sent to a DataLoader worker (pickled) leaves the array behind."""
     import pickle
@@ -584,7 +584,7 @@ def test_latents_held_in_memory_read_as_from_disk(tmp_path, monkeypatch):
         items = [memory[i] for i in range(len(memory))]
         assert memory.source._values is not None  # held whole
         assert pickle.loads(pickle.dumps(memory.source))._values is None
-        monkeypatch.setattr(windows, "LATENTS_IN_MEMORY_BYTES", 0)
+        monkeypatch.setattr(windows, "IN_MEMORY_BYTES", 0)
         disk = WindowDataset(LatentSource(tmp_path / store), segments, window=4)
         assert len(disk) == len(memory) > 0
         for i, item in enumerate(items):

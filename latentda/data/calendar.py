@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from latentda.errors import LatentdaError
+
 __all__ = ["calendar_features", "CALENDAR_FEATURES", "YEAR_DAYS"]
 
 CALENDAR_FEATURES = 4
@@ -21,7 +23,7 @@ YEAR_DAYS = {"standard": 365.25, "julian": 365.25, "noleap": 365.0, "all_leap": 
 
 def calendar_features(times, calendar: str | None = None) -> np.ndarray | None:
     """(T, 4) float32 features of datetime64 ``times``, or of climate-calendar dates (float seconds since
-    0001-01-01 00:00:00 in ``calendar``, one of :data:`YEAR_DAYS`); None for plain numbers."""
+    0001-01-01 00:00:00 in ``calendar``: noleap, all_leap, 360_day, julian or a CF alias); None for plain numbers."""
     times = np.asarray(times)
     if np.issubdtype(times.dtype, np.datetime64):
         seconds = (times - times.astype("datetime64[D]")) / np.timedelta64(1, "s")
@@ -30,7 +32,11 @@ def calendar_features(times, calendar: str | None = None) -> np.ndarray | None:
     elif calendar is not None and np.issubdtype(times.dtype, np.number):
         import cftime
 
-        from latentda.data.times import CALENDAR_REFERENCE
+        from latentda.data.times import _CLIMATE_CALENDARS, CALENDAR_REFERENCE
+
+        calendar = _CLIMATE_CALENDARS.get(str(calendar).lower(), str(calendar))  # CF's aliases: 365_day is noleap
+        if calendar not in YEAR_DAYS:
+            raise LatentdaError(f"calendar {calendar!r} is not supported (supported: {', '.join(sorted(_CLIMATE_CALENDARS))})")
 
         seconds = np.mod(times.astype(np.float64), 86400.0)  # the reference is a midnight
         dates = np.atleast_1d(cftime.num2date(times.astype(np.float64), CALENDAR_REFERENCE, calendar))

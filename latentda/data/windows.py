@@ -6,9 +6,10 @@ and :class:`Statistics` (NaN where masked or missing: the loss skips them); :cla
 ``latentda encode``. :class:`WindowDataset` enumerates every window of ``window`` consecutive steps
 inside a list of segments (a split). Sources open their file on first use in each process (and
 after pickling into DataLoader workers), so every process reads only the windows it is given.
-Latents no larger than :data:`LATENTS_IN_MEMORY_BYTES` are read whole on the first window each
+Sources no larger than :data:`IN_MEMORY_BYTES` (as float32) are read whole on the first window each
 process asks for and sliced in memory after (a window read through xarray and zarr costs about 2 ms,
-from memory microseconds); larger ones are read window by window.
+from memory microseconds); larger ones are read window by window. Fields are held as read (float32), and
+checked and standardised window by window as from disk: the same windows, the same errors.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from latentda.data.calendar import calendar_features
 from latentda.data.layout import FieldLayout
 from latentda.data.splits import Segment
 from latentda.data.statistics import Statistics, check_finite
-from latentda.data.times import axis_units, climate_calendar
+from latentda.data.times import TRAJECTORY, axis_units, climate_calendar
 from latentda.errors import LatentdaError
 
-__all__ = ["FieldSource", "LatentSource", "WindowDataset", "LATENT", "MISSING_ATTR"]
+__all__ = ["FieldSource", "LatentSource", "WindowDataset", "LATENT", "MISSING_ATTR", "IN_MEMORY_BYTES"]
 
 LATENT = "latent"
-LATENTS_IN_MEMORY_BYTES = 2**30  # latent stores up to this size are held in memory by each process (LatentSource)
+IN_MEMORY_BYTES = 2**30  # sources up to this size (float32) are held in memory by each process (module docstring)
 MISSING_ATTR = "latentda_missing_states"  # JSON [[trajectory or null, step], ...] of a latent store
 
 
@@ -64,10 +65,25 @@ class FieldSource(_LazySource):
         self.layout = layout
         self.statistics = statistics
         self.layout.check(self.dataset)
+        self._values: list[np.ndarray] | None = None  # each trajectory's (time, C, H, W), when held in memory
+
+    def _held(self) -> list[np.ndarray] | None:
+        """Every trajectory's fields as float32 (time, C, H, W), read whole on first use when the variables
+        hold at most :data:`IN_MEMORY_BYTES` as float32; else None."""
+        if self._values is None:
+            dataset = self.dataset
+            if sum(dataset[spec.name].size for spec in self.layout.variables) * 4 <= IN_MEMORY_BYTES:
+                trajectories = range(dataset.sizes[TRAJECTORY]) if TRAJECTORY in dataset.dims else [None]
+                self._values = [self.layout.to_array(dataset, t).astype(np.float32, copy=False) for t in trajectories]
+        return self._values
 
     def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
         """Steps [start, stop) standardised; NaN where masked or missing (allowed by the layout)."""
-        array = self.layout.to_array(self.dataset, trajectory, slice(start, stop))
+        held = self._held()
+        if held is not None:
+            array = held[0 if trajectory is None else trajectory][start:stop]
+        else:
+            array = self.layout.to_array(self.dataset, trajectory, slice(start, stop))
         where = "" if trajectory is None else f" of trajectory {trajectory}"
         check_finite(array, self.layout.channels, where, mask=self.layout.mask, allow_missing=self.layout.allow_missing,
                      first_step=start)
@@ -94,7 +110,7 @@ class LatentSource(_LazySource):
 
     def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
         latent = self.dataset[LATENT]
-        if self._values is None and latent.size * 4 <= LATENTS_IN_MEMORY_BYTES:  # module docstring
+        if self._values is None and latent.size * 4 <= IN_MEMORY_BYTES:  # module docstring
             self._values = read_values(latent).astype(np.float32, copy=False)
         if self._values is not None:
             axes = latent.dims

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from latentda.diffusion.increments import Increments
 from latentda.diffusion.settings import SamplerSettings
 from latentda.errors import LatentdaError
 from latentda.pipeline import LatentDAPipeline, SavedSettings
+from latentda.training.checkpoint import latest_checkpoint
 from latentda.training.loop import (Trainer, TrainingConfig, check_resumed_config, check_run_dir, continues, make_accelerator,
                                     one_run_at_a_time, shared_statistics)
 
@@ -245,6 +247,21 @@ def validation_error(denoiser: Denoiser, windows: torch.Tensor, seed: int = 0, c
     return errors
 
 
+def _conditioned(run_dir: Path) -> bool:
+    """Whether the run's latest checkpoint has the calendar's context weights (model.calendar on dated data; before
+    session 37 dates of climate calendars were not conditioned, so such a run's checkpoints have none)."""
+    from safetensors import safe_open
+
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    if latest is None:
+        return True
+    try:
+        with safe_open(str(latest / "model.safetensors"), framework="pt") as weights:
+            return any("context_embedding." in f".{key}" for key in weights.keys())
+    except Exception:  # noqa: BLE001 — unreadable: the loader names what is wrong (or falls back)
+        return True
+
+
 @one_run_at_a_time
 def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: bool = False, progress: bool = True,
                            accelerator=None) -> dict:
@@ -277,6 +294,10 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     sampling = frozenset(f"diffusion.{f.name}" for f in dataclasses.fields(SamplerSettings))
     if continuing:  # another run's settings are refused before any pass over the data
         check_resumed_config(run_dir, to_dict(config), sampling, config_defaults(LatentDiffusionConfig))
+        if calendar and not _conditioned(run_dir):  # started by a latentda that left climate calendars unconditioned
+            warnings.warn(f"{run_dir}: this run was started by a latentda that did not condition a climate calendar's "
+                          "dates on the calendar: it continues without (start a new run to condition it)", stacklevel=2)
+            calendar = False
     torch.manual_seed(config.training.seed)
     try:  # architecture errors before any pass over the data
         backbone = TrajectoryTransformer(
