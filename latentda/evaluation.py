@@ -55,7 +55,7 @@ import xarray as xr
 from latentda.data.io import already_exists, atomic_path, check_replaceable_folder
 from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
-from latentda.data.times import axis_units, climate_calendar, standard_time_axis
+from latentda.data.times import axis_units, climate_calendar, describe_time, standard_time_axis, time_kind
 from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, pole_rmse,
                               pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
@@ -67,7 +67,19 @@ REPORT_FILES = ("metrics.csv", "summary.json", "scores.png", "spectra.png", "cal
 NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points", "by_lead", "initialisation_times")  # summary keys that are not channels
 
 
-def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, calendar: bool = False) -> xr.Dataset:
+def _time_units(datasets: dict[str, xr.Dataset | None]) -> str:
+    """The :func:`axis_units` of the datasets' time axes (the prediction's), which must be of one kind —
+    date-times, dates of one climate calendar, or numbers — else an error naming both."""
+    units = {name: axis_units(dataset[TIME]) for name, dataset in datasets.items() if dataset is not None and TIME in dataset.coords}
+    first, *others = units
+    for name in others:
+        if time_kind(units[name]) != time_kind(units[first]):
+            whose = f"{name}'" if name.endswith("s") else f"{name}'s"
+            raise LatentdaError(f"the {first}'s times are {time_kind(units[first])}, the {whose} are {time_kind(units[name])}")
+    return units[first]
+
+
+def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, units: str) -> xr.Dataset:
     if TRAJECTORY not in truth.dims and trajectory is not None:
         raise LatentdaError(f"--trajectory {trajectory}: the truth has no '{TRAJECTORY}' dimension (leave it out)")
     if TRAJECTORY in truth.dims:
@@ -78,10 +90,9 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, ca
         truth = truth.isel({TRAJECTORY: trajectory}, drop=True)
     values, counts = np.unique(truth[TIME].values, return_counts=True)
     if (counts > 1).any():  # a state per time: which of two states at one time is the truth is not defined
-        raise LatentdaError(f"the truth's times are not unique: {values[counts > 1][0]} appears {counts[counts > 1][0]} times")
+        raise LatentdaError(f"the truth's times are not unique: {describe_time(values[counts > 1][0], units)} appears {counts[counts > 1][0]} times")
     times = prediction[TIME].values
-    if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(truth[TIME].values.dtype, np.datetime64):
-        raise LatentdaError("the prediction's and the truth's times are not of the same kind (datetimes vs numbers)")
+    calendar = climate_calendar(units) is not None
     known = truth[TIME].values
     try:
         if np.issubdtype(times.dtype, np.number):  # float model times: tolerate rounding of time + lead
@@ -94,7 +105,7 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, ca
         else:
             absent = ~np.isin(times, known)
         raise LatentdaError(f"the prediction's times are not all in the truth: {int(absent.sum())} are not, the first "
-                            f"{times[np.argmax(absent)]} (the truth has {_time_span(known)})") from None
+                            f"{describe_time(times[np.argmax(absent)], units)} (the truth has {_time_span(known, units)})") from None
 
 
 CALENDAR_TOLERANCE = 1e-3  # seconds: dates of a climate calendar are whole seconds, exact in float64
@@ -122,8 +133,9 @@ def _same_times(a: np.ndarray, b: np.ndarray, calendar: bool = False) -> bool:
     return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=_time_tolerance(b, calendar=calendar)))
 
 
-def _time_span(times: np.ndarray) -> str:
-    return f"{times[0]} … {times[-1]}" if len(times) else "none"
+def _time_span(times: np.ndarray, units: str | None = None) -> str:
+    """The first and last of ``times`` for messages (:func:`describe_time`: dates of a climate calendar as dates)."""
+    return f"{describe_time(times[0], units)} … {describe_time(times[-1], units)}" if len(times) else "none"
 
 
 def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset | None = None,
@@ -132,22 +144,21 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     are read as ``open_dataset`` reads a file's (:func:`latentda.data.times.standard_time_axis`: e.g. the
     cftime dates of a climate calendar that ``xr.open_dataset`` gives)."""
     prediction, truth = standard_time_axis(prediction), standard_time_axis(truth)
+    if observations is not None:
+        observations = standard_time_axis(observations)
     if "realization" not in prediction.dims:
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
     if TIME not in prediction.coords:  # the bare index would be taken for times 0, 1, …
         raise LatentdaError("the prediction has no 'time' coordinate: its states cannot be matched to the truth's")
-    calendars = [climate_calendar(axis_units(dataset[TIME])) if TIME in dataset.coords else None
-                 for dataset in (prediction, truth)]
-    if calendars[0] != calendars[1] and None not in calendars:  # both climate dates: numbers of two calendars
-        raise LatentdaError(f"the prediction's times are dates of the {calendars[0]} calendar, the truth's of the "
-                            f"{calendars[1]} calendar")
-    calendar = calendars[1] is not None  # dates of a climate calendar: matched to the second
+    units = _time_units({"prediction": prediction, "truth": truth, "observations": observations})
+    calendar_name = climate_calendar(units)
+    calendar = calendar_name is not None  # dates of a climate calendar: matched to the second
     forecast = is_forecast(prediction)
     inits = leads = None
     if forecast:  # score against the truth at valid times
         prediction, inits, leads, count = _valid_times(prediction)  # count: leads per initialisation time
     layout = FieldLayout.from_dataset(prediction)
-    truth = _align(prediction, truth, trajectory, calendar)
+    truth = _align(prediction, truth, trajectory, units)
     layout.check(truth)
     members = prediction.sizes["realization"]
     # each variable read once: a store chunk spanning several members would be decompressed once per member
@@ -174,10 +185,10 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         for level in COVERAGE_LEVELS:
             scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas, pit)
     times = prediction[TIME].values
-    time_texts = _time_texts(times, calendars[1])
+    time_texts = _time_texts(times, calendar_name)
     if forecast:
-        init_texts = _time_texts(inits, calendars[1])
-        if calendars[1] is not None:  # seconds on the calendar's axis: durations, as for datetimes
+        init_texts = _time_texts(inits, calendar_name)
+        if calendar:  # seconds on the calendar's axis: durations, as for datetimes
             leads = pd.to_timedelta(leads, unit="s").to_numpy()
     rows = []
     for c, channel in enumerate(layout.channels):
@@ -221,8 +232,8 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         if operator.length != len(times):
             raise LatentdaError(f"the observations cover {operator.length} times, the prediction {len(times)}")
         if operator.times is not None and not _same_times(np.asarray(operator.times), times, calendar):
-            raise LatentdaError(f"the observations are of other times ({_time_span(np.asarray(operator.times))}) than the "
-                                f"prediction ({_time_span(times)}): the residual ratio would compare other states")
+            raise LatentdaError(f"the observations are of other times ({_time_span(np.asarray(operator.times), units)}) than "
+                                f"the prediction ({_time_span(times, units)}): the residual ratio would compare other states")
         ratios = operator.residual_ratio(torch.from_numpy(ensemble).double())
         summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
     spectra = {}

@@ -267,7 +267,8 @@ class LatentDAPipeline:
         """The calendar features of ``times`` (1, L, F), for a calendar-conditioned prior."""
         features = calendar_features(times, climate_calendar(self.time_units)) if times is not None else None
         if features is None:
-            raise LatentdaError("this model is conditioned on the calendar: it needs the dates of the trajectory")
+            raise LatentdaError("this model is conditioned on the calendar: it needs the dates of the trajectory (to sample: "
+                                "start_time=, --start-time on the command line)")
         return torch.from_numpy(features).to(self.device, self.dtype)[None]
 
     def trajectory_denoiser(self, overlap: int | None = None, times=None, split_blankets: bool = False):

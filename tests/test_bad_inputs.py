@@ -288,7 +288,7 @@ def _(w, d):
     prediction["time"] = ("time", np.arange(3.0), {"units": "days since 2000-01-01", "calendar": "360_day"})
     prediction.to_netcdf(d / "prediction.nc", engine="h5netcdf")
     return (["evaluate", "--quiet", "--prediction", str(d / "prediction.nc"), "--truth", str(d / "truth.nc"),
-             "--out", str(d / "report")], "dates of the 360_day calendar, the truth's of the noleap calendar")
+             "--out", str(d / "report")], "the prediction's times are dates of the 360_day calendar, the truth's are dates of the noleap calendar")
 
 
 @case("inspect-variables-in-a-netcdf-group")

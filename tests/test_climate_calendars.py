@@ -108,6 +108,16 @@ def test_unknown_calendar_refused(tmp_path):
         open_dataset(path)
 
 
+def test_standard_dates_beyond_numpy_refused_in_one_line(tmp_path, recwarn):
+    """Standard-calendar dates past 2262 (CMIP extensions to 2299) cannot be numpy datetimes: one line that says so and
+    what to do, without xarray's warning about cftime (an internal overflow message before)."""
+    path = field_file(tmp_path / "far.nc", {"units": "days since 1850-01-01"}, "standard", [160000.0, 160001.0])
+    with pytest.raises(LatentdaError, match="dates 2288-01-25 00:00:00 … 2288-01-26 00:00:00 of the standard calendar lie "
+                                            r"outside the years numpy datetimes hold \(1678–2262\)"):
+        open_dataset(path)
+    assert not [w for w in recwarn if "Unable to decode time axis" in str(w.message)]
+
+
 @pytest.fixture(scope="module")
 def noleap_run(tmp_path_factory):
     """A tiny noleap pipeline, its truth (12 states) written as netCDF and observe's observations of the first 8."""
@@ -286,6 +296,34 @@ def test_a_run_started_unconditioned_is_resumed_unconditioned(tmp_path, monkeypa
     pipeline = LatentDAPipeline.from_pretrained(tmp_path / "run" / "pipeline")
     assert not pipeline.calendar
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())[-1] == "step-000004"
+
+
+def test_evaluate_checks_every_time_axis_kind(noleap_run):
+    """evaluate reads observations as it reads predictions and truths (cftime dates from xr.open_dataset: a TypeError
+    before), refuses observations or truths of another kind or calendar naming both (observations of another calendar
+    were compared as bare seconds), and names calendar dates as dates in its messages."""
+    root, _, truth = noleap_run
+    from latentda.evaluation import evaluate
+
+    prediction = truth.isel(time=slice(0, 8)).expand_dims(realization=2)
+    prediction["u"] = prediction["u"] + 0.1 * np.random.default_rng(0).standard_normal(prediction["u"].shape)
+    opened = xr.open_dataset(root / "obs.nc")  # cftime dates of the noleap calendar
+    assert type(np.asarray(opened["time"].values)[0]).__name__ == "DatetimeNoLeap"
+    _, summary = evaluate(prediction, truth, opened)
+    _, expected = evaluate(prediction, truth, open_dataset(root / "obs.nc"))
+    assert summary["observation_residual_ratio"] == expected["observation_residual_ratio"]
+    days360 = opened.assign_coords(time=xr.open_dataset(root / "obs.nc", decode_times=False)["time"].assign_attrs(
+        calendar="360_day"))
+    with pytest.raises(LatentdaError, match="the prediction's times are dates of the noleap calendar, the observations' "
+                                            "are dates of the 360_day calendar"):
+        evaluate(prediction, truth, days360)
+    with pytest.raises(LatentdaError, match="the prediction's times are dates of the noleap calendar, the truth's are "
+                                            "date-times"):
+        evaluate(prediction, truth.assign_coords(time=pd.date_range("2004-02-28T12:00", periods=12, freq="6h")))
+    late = prediction.assign_coords(time=prediction["time"] + 8 * 6 * HOUR)  # states 8 to 15: 12 to 15 are not there
+    with pytest.raises(LatentdaError, match=r"4 are not, the first 2004-03-03T12:00:00 \(the truth has "
+                                            r"2004-02-28T12:00:00 … 2004-03-03T06:00:00\)"):
+        evaluate(late, truth)
 
 
 def test_calendar_times_are_matched_exactly(noleap_run, tmp_path):

@@ -162,13 +162,16 @@ def open_dataset(path: str | os.PathLike, time_dim: str | None = None) -> xr.Dat
 
 
 def _open_one(path: Path, fmt: str, **options) -> xr.Dataset:
-    """One netCDF file (netCDF-3 through scipy, netCDF-4/HDF5 through h5netcdf) or zarr store, lazily."""
-    if fmt == "zarr":
-        with quiet_zarr():  # stores without consolidated metadata are fine
-            return xr.open_zarr(path, chunks=None, consolidated=None, **options)
-    with open(path, "rb") as handle:
-        classic = handle.read(3) == b"CDF"
-    dataset = xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None, **options)
+    """One netCDF file (netCDF-3 through scipy, netCDF-4/HDF5 through h5netcdf) or zarr store, lazily.
+    xarray's warning that it decodes dates with cftime is silenced: latentda reads them itself (times)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unable to decode time axis into full numpy.datetime64")
+        if fmt == "zarr":
+            with quiet_zarr():  # stores without consolidated metadata are fine
+                return xr.open_zarr(path, chunks=None, consolidated=None, **options)
+        with open(path, "rb") as handle:
+            classic = handle.read(3) == b"CDF"
+        dataset = xr.open_dataset(path, engine="scipy" if classic else "h5netcdf", chunks=None, **options)
     if not dataset.data_vars and not classic:  # the fields may sit in a group, which latentda does not read
         groups = _netcdf_groups(path)
         if groups:

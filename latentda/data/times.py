@@ -42,7 +42,7 @@ import xarray as xr
 from latentda.errors import LatentdaError
 
 __all__ = ["TIME", "TRAJECTORY", "standard_time_axis", "time_step", "describe_step", "describe_time", "axis_units",
-           "calendar_time_units", "climate_calendar", "calendar_attrs", "calendar_time", "CALENDAR_REFERENCE"]
+           "calendar_time_units", "climate_calendar", "calendar_attrs", "calendar_time", "CALENDAR_REFERENCE", "time_kind"]
 
 TIME = "time"
 TRAJECTORY = "trajectory"
@@ -188,8 +188,10 @@ def _decoded(dataset: xr.Dataset) -> xr.Dataset:
                 except TypeError:  # xarray before 2025.01 has no time_unit (and converts to nanoseconds)
                     converted = index.to_datetimeindex()
                 return dataset.assign_coords({TIME: time.copy(data=converted)})
-            except (ValueError, OverflowError) as error:
-                raise LatentdaError(f"time axis: {str(error).splitlines()[0]}") from None
+            except (ValueError, OverflowError):
+                raise LatentdaError(f"time axis: dates {index[0]} … {index[-1]} of the {calendar} calendar lie outside the years "
+                                    "numpy datetimes hold (1678–2262), as which latentda reads this calendar: shift the years "
+                                    "by a constant, or give the times as plain numbers (model time)") from None
         if calendar not in _CLIMATE_CALENDARS:
             raise _refuse_calendar(calendar)
         return dataset.assign_coords({TIME: _climate_axis(time, _CLIMATE_CALENDARS[calendar])})
@@ -247,11 +249,18 @@ def describe_time(value, units: str | None = None) -> str:
     return f"{float(value):g}"
 
 
-def _kind(units: str) -> str:
+def time_kind(units: str) -> str:
+    """What a time axis of these :func:`axis_units` holds, for comparing two axes and for messages:
+    "date-times", "dates of the noleap calendar" (one per climate calendar) or "numbers (model time)"."""
     calendar = climate_calendar(units)
     if calendar is not None:
         return f"dates of the {calendar} calendar"
-    return "date-times" if units == "seconds" else f"numbers (model time, units {units!r})"
+    return "date-times" if units == "seconds" else "numbers (model time)"
+
+
+def _kind(units: str) -> str:
+    kind = time_kind(units)
+    return f"numbers (model time, units {units!r})" if kind.startswith("numbers") else kind
 
 
 def axis_units(time: xr.DataArray) -> str:
