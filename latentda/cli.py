@@ -178,6 +178,22 @@ def _train_ae(args: argparse.Namespace) -> None:
     print(f"wrote {folder}")
 
 
+def _last_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The last checkpoint of the training run ``args`` describe (train-ae, train-ldm), None without one."""
+    from latentda.config import load_config
+    from latentda.training.checkpoint import latest_checkpoint
+
+    if args.command == "train-ae":
+        from latentda.training.autoencoder import AutoEncoderConfig as Config
+    else:
+        from latentda.training.diffusion import LatentDiffusionConfig as Config
+    try:
+        output = load_config(Config, args.config, _overrides(args)).output
+    except LatentdaError:
+        return None
+    return latest_checkpoint(Path(output) / "checkpoints")
+
+
 def _encode(args: argparse.Namespace) -> None:
     from latentda.encoding import encode_dataset
 
@@ -818,6 +834,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if partial is not None and partial.is_dir():
                 print(f"latentda {args.command}: the finished {work} are kept in {partial}: the same command with --resume "
                       "continues", file=sys.stderr)
+            checkpoint = _last_checkpoint(args) if args.command in ("train-ae", "train-ldm") else None
+            if checkpoint is not None:
+                print(f"latentda {args.command}: the checkpoints are kept (the last: {checkpoint}): the same command with "
+                      "--resume continues from it", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
     except Exception as error:  # a run removes the store it created (latentda.runs); an interrupted one is kept
         if not isinstance(error, LatentdaError):

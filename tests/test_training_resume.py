@@ -210,3 +210,26 @@ def test_output_is_a_run_folder(tmp_path, runs, capsys):
     (tmp_path / "empty").mkdir()
     train_autoencoder(_config(runs / "box.zarr", tmp_path / "empty", steps=1), progress=False)
     assert (tmp_path / "empty" / "autoencoder").is_dir()
+
+
+def test_an_interrupted_training_names_its_last_checkpoint(tmp_path, runs, capsys, monkeypatch):
+    """Ctrl-C during `train-ae` (after two checkpoints): exit 130, the progress bar's line ended before the messages,
+    which name the last checkpoint and --resume (an 'interrupted' glued to the bar before, and no word of resuming)."""
+    from latentda.training import loop
+
+    config = tmp_path / "ae.yaml"
+    config.write_text(yaml.safe_dump(_settings(runs / "box.zarr", tmp_path / "run")))
+    real = loop.batch_random
+
+    def dies(seed, at, rank, local):
+        if at == 7:
+            raise KeyboardInterrupt
+        return real(seed, at, rank, local)
+
+    monkeypatch.setattr(loop, "batch_random", dies)
+    assert cli.main(["train-ae", "--config", str(config)]) == 130
+    error = capsys.readouterr().err
+    lines = error.splitlines()
+    assert "latentda train-ae: interrupted" in lines  # a line of its own, not the end of the bar's
+    assert lines[-1] == (f"latentda train-ae: the checkpoints are kept (the last: {tmp_path / 'run' / 'checkpoints' / 'step-000006'}): "
+                         "the same command with --resume continues from it")

@@ -548,48 +548,50 @@ class Trainer:
         metrics: dict = {}
         started, first_step = time.perf_counter(), self.step
         self.model_prepared.train()
-        while self.step < config.steps:
-            total_loss = 0.0
-            for micro in range(config.gradient_accumulation):
-                batch = self._next_batch(batches)
-                batch = tuple(b.to(accelerator.device) for b in batch) if isinstance(batch, (list, tuple)) else batch.to(accelerator.device)
-                size = len(batch[0]) if isinstance(batch, tuple) else len(batch)
-                random = batch_random(config.seed, self.step * config.gradient_accumulation + micro, rank, size)
-                with accelerator.autocast():
-                    loss = self.loss_fn(self.model_prepared, batch, random) / config.gradient_accumulation
-                last = micro == config.gradient_accumulation - 1
-                if self.sharded:  # reduce-scatter the gradients only after the last micro-batch
-                    self.model_prepared.set_requires_gradient_sync(last)
-                    accelerator.backward(loss)
-                elif not last:
-                    with accelerator.no_sync(self.model_prepared):
+        try:  # the bar closed (its line ended) also when interrupted: messages start on their own line
+            while self.step < config.steps:
+                total_loss = 0.0
+                for micro in range(config.gradient_accumulation):
+                    batch = self._next_batch(batches)
+                    batch = tuple(b.to(accelerator.device) for b in batch) if isinstance(batch, (list, tuple)) else batch.to(accelerator.device)
+                    size = len(batch[0]) if isinstance(batch, tuple) else len(batch)
+                    random = batch_random(config.seed, self.step * config.gradient_accumulation + micro, rank, size)
+                    with accelerator.autocast():
+                        loss = self.loss_fn(self.model_prepared, batch, random) / config.gradient_accumulation
+                    last = micro == config.gradient_accumulation - 1
+                    if self.sharded:  # reduce-scatter the gradients only after the last micro-batch
+                        self.model_prepared.set_requires_gradient_sync(last)
                         accelerator.backward(loss)
-                else:
-                    accelerator.backward(loss)
-                total_loss += loss.item()
-            if world > 1:  # the global batch's loss (each process has an equal share), the same on every process
-                total_loss = accelerator.reduce(torch.tensor(total_loss, dtype=torch.float64, device=accelerator.device),
-                                                "mean").item()
-            if not math.isfinite(total_loss):  # on every process at once: none is left waiting at a collective
-                raise LatentdaError(f"loss became {total_loss} at step {self.step}: lower the learning rate")
-            accelerator.clip_grad_norm_(self.model_prepared.parameters(), config.grad_clip)
-            rate = self.optimizer.param_groups[0]["lr"]  # the rate of this step (logged with its loss)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.ema.step(accelerator.unwrap_model(self.model_prepared).parameters())
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{total_loss:.4g}", lr=f"{rate:.2e}")
-            if self.step % 10 == 0 or self.step == config.steps:
-                self._log({"step": self.step, "loss": total_loss, "lr": rate})
-            if self.step % config.validate_every == 0 or self.step == config.steps:
-                metrics = self._validate()
-                if metrics and accelerator.is_main_process:
-                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in _flat(metrics).items()))
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                self._save()
-        bar.close()
+                    elif not last:
+                        with accelerator.no_sync(self.model_prepared):
+                            accelerator.backward(loss)
+                    else:
+                        accelerator.backward(loss)
+                    total_loss += loss.item()
+                if world > 1:  # the global batch's loss (each process has an equal share), the same on every process
+                    total_loss = accelerator.reduce(torch.tensor(total_loss, dtype=torch.float64, device=accelerator.device),
+                                                    "mean").item()
+                if not math.isfinite(total_loss):  # on every process at once: none is left waiting at a collective
+                    raise LatentdaError(f"loss became {total_loss} at step {self.step}: lower the learning rate")
+                accelerator.clip_grad_norm_(self.model_prepared.parameters(), config.grad_clip)
+                rate = self.optimizer.param_groups[0]["lr"]  # the rate of this step (logged with its loss)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.ema.step(accelerator.unwrap_model(self.model_prepared).parameters())
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss:.4g}", lr=f"{rate:.2e}")
+                if self.step % 10 == 0 or self.step == config.steps:
+                    self._log({"step": self.step, "loss": total_loss, "lr": rate})
+                if self.step % config.validate_every == 0 or self.step == config.steps:
+                    metrics = self._validate()
+                    if metrics and accelerator.is_main_process:
+                        bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in _flat(metrics).items()))
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                    self._save()
+        finally:
+            bar.close()
         if not metrics:  # resumed after the last step: report the final weights' metrics again
             metrics = self._validate()
         elapsed = time.perf_counter() - started
