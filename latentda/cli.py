@@ -97,13 +97,17 @@ def _simulate(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     from latentda.data import FieldLayout, compute_statistics, describe_step, open_dataset, split_segments, time_step
+    from latentda.data.times import describe_time, time_kind
     from latentda.data.statistics import MissingScan
 
     dataset = open_dataset(args.data, args.time_dim)
     layout = FieldLayout.from_dataset(dataset, args.variables)
     splits = split_segments(dataset)  # refuses an irregular time axis, naming where
     print(f"{args.data}: dims {dict(dataset.sizes)}")
-    print(f"time step {describe_step(*time_step(dataset['time']))} (regular)")
+    step, units = time_step(dataset["time"])
+    times = dataset["time"].values
+    print(f"times {describe_time(times[0], units)} … {describe_time(times[-1], units)}: {time_kind(units)}")
+    print(f"time step {describe_step(step, units)} (regular)")
     print(f"grid {layout.grid[0].name} × {layout.grid[1].name} = {layout.shape}, periodic {layout.periodic}, "
           f"{'lat-lon (area-weighted)' if layout.is_latlon else 'Cartesian'}")
     print("splits: " + ", ".join(f"{k} {sum(s.length for s in v)} states in {len(v)} segments" for k, v in splits.items()))

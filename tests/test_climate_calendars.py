@@ -108,6 +108,14 @@ def test_unknown_calendar_refused(tmp_path):
         open_dataset(path)
 
 
+def test_inspect_names_the_calendar_and_the_span(noleap_run, capsys):
+    root, _, _ = noleap_run
+    assert cli.main(["inspect", str(root / "truth.nc"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "times 2004-02-28T12:00:00 … 2004-03-03T06:00:00: dates of the noleap calendar" in out
+    assert "time step 6 hours (regular)" in out
+
+
 def test_standard_dates_beyond_numpy_refused_in_one_line(tmp_path, recwarn):
     """Standard-calendar dates past 2262 (CMIP extensions to 2299) cannot be numpy datetimes: one line that says so and
     what to do, without xarray's warning about cftime (an internal overflow message before)."""

@@ -74,13 +74,15 @@ def test_inspect_reads_a_renamed_time_axis_end_to_end(tmp_path, capsys):
     assert cli.main(["inspect", "--quiet", str(path)]) == 0
     out = capsys.readouterr().out
     assert "'time': 10" in out and "time step 6 hours (regular)" in out and "mean_sea_level_pressure" in out
+    assert "times 1940-01-01T00:00:00 … 1940-01-03T06:00:00: date-times" in out  # the span, as dates
     assert "3 (grid ÷4): 4 × 2 × 4, compression ×12; patch_size p_h in {1, 2}, p_w in {1, 2, 4}" in out  # default depth
 
     box = write_dataset(make_box_dataset().rename(time="step"), tmp_path / "box.zarr")
     assert cli.main(["inspect", "--quiet", str(box)]) == 2
     assert "give the time dimension's name with --time-dim" in capsys.readouterr().err
     assert cli.main(["inspect", "--quiet", str(box), "--time-dim", "step"]) == 0
-    assert "time step 0.2 (regular)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "time step 0.2 (regular)" in out and "times 0 … 2.2: numbers (model time)" in out
     assert open_dataset(box, time_dim="step").sizes["time"] == 12
 
 
