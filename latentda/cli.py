@@ -106,7 +106,7 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"{args.data}: dims {dict(dataset.sizes)}")
     step, units = time_step(dataset["time"])
     times = dataset["time"].values
-    print(f"times {describe_time(times[0], units)} … {describe_time(times[-1], units)}: {time_kind(units)}")
+    print(f"times {describe_time(times[0], units)} … {describe_time(times[-1], units)}: {time_kind(dataset['time'])}")
     print(f"time step {describe_step(step, units)} (regular)")
     print(f"grid {layout.grid[0].name} × {layout.grid[1].name} = {layout.shape}, periodic {layout.periodic}, "
           f"{'lat-lon (area-weighted)' if layout.is_latlon else 'Cartesian'}")

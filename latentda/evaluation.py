@@ -68,15 +68,19 @@ NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_point
 
 
 def _time_units(datasets: dict[str, xr.Dataset | None]) -> str:
-    """The :func:`axis_units` of the datasets' time axes (the prediction's), which must be of one kind —
-    date-times, dates of one climate calendar, or numbers — else an error naming both."""
-    units = {name: axis_units(dataset[TIME]) for name, dataset in datasets.items() if dataset is not None and TIME in dataset.coords}
-    first, *others = units
-    for name in others:
-        if time_kind(units[name]) != time_kind(units[first]):
+    """The :func:`axis_units` of the prediction's time axis. Every dataset's axis (observations may have none)
+    must be of its kind (:func:`time_kind`: date-times, dates of one climate calendar, or numbers), else an error
+    naming both."""
+    for name in ("prediction", "truth"):
+        if TIME not in datasets[name].coords:  # the bare index would be taken for times 0, 1, …
+            raise LatentdaError(f"the {name} has no 'time' coordinate: its states cannot be matched")
+    kinds = {name: time_kind(dataset[TIME]) for name, dataset in datasets.items()
+             if dataset is not None and TIME in dataset.coords}
+    for name, kind in kinds.items():
+        if kind != kinds["prediction"]:
             whose = f"{name}'" if name.endswith("s") else f"{name}'s"
-            raise LatentdaError(f"the {first}'s times are {time_kind(units[first])}, the {whose} are {time_kind(units[name])}")
-    return units[first]
+            raise LatentdaError(f"the prediction's times are {kinds['prediction']}, the {whose} are {kind}")
+    return axis_units(datasets["prediction"][TIME])
 
 
 def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, units: str) -> xr.Dataset:
@@ -148,8 +152,6 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         observations = standard_time_axis(observations)
     if "realization" not in prediction.dims:
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
-    if TIME not in prediction.coords:  # the bare index would be taken for times 0, 1, …
-        raise LatentdaError("the prediction has no 'time' coordinate: its states cannot be matched to the truth's")
     units = _time_units({"prediction": prediction, "truth": truth, "observations": observations})
     calendar_name = climate_calendar(units)
     calendar = calendar_name is not None  # dates of a climate calendar: matched to the second

@@ -328,6 +328,14 @@ def test_evaluate_checks_every_time_axis_kind(noleap_run):
     with pytest.raises(LatentdaError, match="the prediction's times are dates of the noleap calendar, the truth's are "
                                             "date-times"):
         evaluate(prediction, truth.assign_coords(time=pd.date_range("2004-02-28T12:00", periods=12, freq="6h")))
+    with pytest.raises(LatentdaError, match="the truth has no 'time' coordinate"):  # a traceback before
+        evaluate(prediction, truth.drop_vars("time"))
+    # plain numbers are numbers whatever their units say ("seconds" was taken for date-times: refused)
+    numbers = {units: prediction.assign_coords(time=("time", np.arange(8) * 60.0, {"units": units})) for units in ("seconds", "s")}
+    rows, _ = evaluate(numbers["seconds"], truth.isel(time=slice(0, 8)).assign_coords(numbers["s"]["time"].coords))
+    assert len(rows) == 2 * 8
+    with pytest.raises(LatentdaError, match="the prediction's times are numbers \\(model time\\), the truth's are date-times"):
+        evaluate(numbers["seconds"], truth.assign_coords(time=pd.date_range("2004-02-28T12:00", periods=12, freq="6h")))
     late = prediction.assign_coords(time=prediction["time"] + 8 * 6 * HOUR)  # states 8 to 15: 12 to 15 are not there
     with pytest.raises(LatentdaError, match=r"4 are not, the first 2004-03-03T12:00:00 \(the truth has "
                                             r"2004-02-28T12:00:00 … 2004-03-03T06:00:00\)"):

@@ -144,6 +144,29 @@ def test_fields_held_in_memory_read_as_from_disk(tmp_path, monkeypatch):
         assert sum(isinstance(item, str) for item in disk) == (3 if name == "broken.zarr" else 0)
 
 
+def test_a_corrupt_chunk_no_window_reads_does_not_stop_training(tmp_path):
+    """A source held in memory is read whole: a corrupt chunk where no training window reads (the test split's last
+    state) must not stop train-ae or train-ldm: the source falls back to reading window by window, and a window that
+    touches the chunk names it as before."""
+    from latentda.data.splits import Segment
+    from latentda.data.windows import LatentSource
+
+    path = write_dataset(make_box_dataset(trajectories=2, times=6, size=8), tmp_path / "box.zarr")
+    latents = tmp_path / "z.zarr"
+    xr.Dataset({"latent": (("trajectory", "time", "channel", "latent_y", "latent_x"), np.zeros((2, 6, 2, 2, 2), np.float32))},
+               coords={"time": np.arange(6.0)}).to_zarr(latents, encoding={"latent": {"chunks": (1, 1, 2, 2, 2)}})
+    for chunk in (path / "u" / "c" / "0" / "5" / "0" / "0", latents / "latent" / "c" / "1" / "5" / "0" / "0" / "0"):
+        chunk.write_bytes(b"not zstd at all")
+    layout = FieldLayout.from_dataset(open_dataset(path))
+    statistics = Statistics(channels=layout.channels, mean=np.zeros(2), std=np.ones(2))
+    for source in (FieldSource(path, layout, statistics), LatentSource(latents)):
+        windows = WindowDataset(source, [Segment(0, 0, 5), Segment(1, 0, 5)], window=2)
+        assert all(np.isfinite(windows[i].numpy()).all() for i in range(len(windows)))  # steps 0 to 4
+        assert source._values is None  # left on disk
+        with pytest.raises(LatentdaError, match="cannot read variable '(u|latent)'.*a corrupt chunk"):
+            source.read(1, 4, 6)
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(LatentdaError, match="no such file"):
         open_dataset(tmp_path / "missing.nc")
@@ -253,6 +276,36 @@ def test_replacing_an_output_never_leaves_neither(tmp_path, monkeypatch):
             (temporary / "a").write_text("new")
     assert (tmp_path / "out.zarr" / "a").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "out.zarr"]
+
+
+def test_a_terminated_folder_swap_leaves_the_new_output_alone(tmp_path):
+    """SIGTERM with its default action (a Python program calling the API) between the two renames of a folder's
+    swap: the process ends once the swap is complete and the old folder removed — nothing left beside the output."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal
+from pathlib import Path
+from latentda.data import io
+real = os.replace
+def replace(source, target):
+    real(source, target)
+    if Path(target).name.startswith(".out.zarr.old-"):
+        os.kill(os.getpid(), signal.SIGTERM)
+io.os.replace = replace
+out = Path({str(tmp_path)!r}) / "out.zarr"
+with io.atomic_path(out, overwrite=True) as temporary:
+    temporary.mkdir()
+    (temporary / "a").write_text("new")
+print("not reached")
+"""
+    (tmp_path / "out.zarr").mkdir()
+    (tmp_path / "out.zarr" / "a").write_text("old")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -15 and "not reached" not in result.stdout, result.stderr
+    assert (tmp_path / "out.zarr" / "a").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
 
 
 def test_netcdf3_classic_files_are_read(tmp_path):

@@ -336,9 +336,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     On any exception the temporary is removed and ``path`` is left as it was. An existing ``path``
     (checked before and after the block: it may appear meanwhile) is an error unless ``overwrite``:
     a file is replaced by one atomic rename; a folder (a zarr store), which no rename replaces, is
-    moved aside, the new one moved in — Ctrl-C and SIGTERM held back between the two renames, so an
-    interrupt leaves the old or the new one at ``path``, never neither (only SIGKILL there can, the old
-    one then lying beside it as ``.<name>.old-*``) — and the old one removed once the new one is in place.
+    moved aside, the new one moved in and the old one removed, Ctrl-C and SIGTERM held back meanwhile, so
+    an interrupt leaves the old or the new one at ``path``, never neither, and nothing beside it (only
+    SIGKILL there can leave the old one as ``.<name>.old-*``, or nothing at ``path``).
     """
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
@@ -356,19 +356,14 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             os.replace(temporary, path)  # a file over a file (or a link): atomic
             return
         previous = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        swapped = False
-        try:
-            with uninterrupted():
-                os.replace(path, previous)
-                try:
-                    os.replace(temporary, path)
-                except BaseException:
-                    os.replace(previous, path)
-                    raise
-                swapped = True
-        finally:  # also when an interrupt held back is delivered as the block ends
-            if swapped:
-                remove_path(previous)
+        with uninterrupted():  # an interrupt held back is delivered (SIGTERM's default: the process ends) after all
+            os.replace(path, previous)
+            try:
+                os.replace(temporary, path)
+            except BaseException:
+                os.replace(previous, path)
+                raise
+            remove_path(previous)
     except BaseException:
         remove_path(temporary)
         raise

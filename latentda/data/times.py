@@ -249,18 +249,22 @@ def describe_time(value, units: str | None = None) -> str:
     return f"{float(value):g}"
 
 
-def time_kind(units: str) -> str:
-    """What a time axis of these :func:`axis_units` holds, for comparing two axes and for messages:
-    "date-times", "dates of the noleap calendar" (one per climate calendar) or "numbers (model time)"."""
-    calendar = climate_calendar(units)
-    if calendar is not None:
-        return f"dates of the {calendar} calendar"
-    return "date-times" if units == "seconds" else "numbers (model time)"
+def time_kind(time: xr.DataArray) -> str:
+    """What a (standardised) time axis holds, for comparing two axes and for messages: "date-times",
+    "dates of the noleap calendar" (one per climate calendar) or "numbers (model time)" — whatever
+    their units attribute says (numbers in "seconds" are numbers)."""
+    if np.issubdtype(time.dtype, np.datetime64):
+        return "date-times"
+    calendar = climate_calendar(axis_units(time))
+    return "numbers (model time)" if calendar is None else f"dates of the {calendar} calendar"
 
 
 def _kind(units: str) -> str:
-    kind = time_kind(units)
-    return f"numbers (model time, units {units!r})" if kind.startswith("numbers") else kind
+    """What a model's time axis of these units holds ("seconds": date-times, by latentda's convention)."""
+    calendar = climate_calendar(units)
+    if calendar is not None:
+        return f"dates of the {calendar} calendar"
+    return "date-times" if units == "seconds" else f"numbers (model time, units {units!r})"
 
 
 def axis_units(time: xr.DataArray) -> str:

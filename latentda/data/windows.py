@@ -39,12 +39,34 @@ MISSING_ATTR = "latentda_missing_states"  # JSON [[trajectory or null, step], ..
 
 
 class _LazySource:
-    """Opens ``path`` on first access in the current process; drops the handle when pickled."""
+    """Opens ``path`` on first access in the current process; drops the handle (and the values held) when
+    pickled. Holds the whole source in memory when it fits (:meth:`_held`)."""
 
     def __init__(self, path: str | os.PathLike, time_dim: str | None = None) -> None:
         self.path = Path(path)
         self.time_dim = time_dim  # the time dimension's name, when not found by its CF attributes
         self._dataset: xr.Dataset | None = None
+        self._values = None  # the whole source, when held in memory
+        self._hold = True  # False once it is known not to fit, or not to read whole
+
+    def _held(self):
+        """The whole source (:meth:`_read_whole`), read on first use when its :meth:`_size` float32 values fit
+        :data:`IN_MEMORY_BYTES`; else None. A whole that cannot be read (a corrupt chunk where no window
+        reads: the test split) is left on disk: windows are then read one by one, a bad one naming itself."""
+        if self._values is None and self._hold:
+            self._hold = self._size() * 4 <= IN_MEMORY_BYTES
+            if self._hold:
+                try:
+                    self._values = self._read_whole()
+                except LatentdaError:
+                    self._hold = False
+        return self._values
+
+    def _size(self) -> int:
+        raise NotImplementedError
+
+    def _read_whole(self):
+        raise NotImplementedError
 
     @property
     def dataset(self) -> xr.Dataset:
@@ -65,17 +87,15 @@ class FieldSource(_LazySource):
         self.layout = layout
         self.statistics = statistics
         self.layout.check(self.dataset)
-        self._values: list[np.ndarray] | None = None  # each trajectory's (time, C, H, W), when held in memory
 
-    def _held(self) -> list[np.ndarray] | None:
-        """Every trajectory's fields as float32 (time, C, H, W), read whole on first use when the variables
-        hold at most :data:`IN_MEMORY_BYTES` as float32; else None."""
-        if self._values is None:
-            dataset = self.dataset
-            if sum(dataset[spec.name].size for spec in self.layout.variables) * 4 <= IN_MEMORY_BYTES:
-                trajectories = range(dataset.sizes[TRAJECTORY]) if TRAJECTORY in dataset.dims else [None]
-                self._values = [self.layout.to_array(dataset, t).astype(np.float32, copy=False) for t in trajectories]
-        return self._values
+    def _size(self) -> int:
+        return sum(self.dataset[spec.name].size for spec in self.layout.variables)
+
+    def _read_whole(self) -> list[np.ndarray]:
+        """Every trajectory's fields as float32 (time, C, H, W), as read (neither checked nor standardised)."""
+        dataset = self.dataset
+        trajectories = range(dataset.sizes[TRAJECTORY]) if TRAJECTORY in dataset.dims else [None]
+        return [self.layout.to_array(dataset, t).astype(np.float32, copy=False) for t in trajectories]
 
     def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
         """Steps [start, stop) standardised; NaN where masked or missing (allowed by the layout)."""
@@ -96,7 +116,6 @@ class LatentSource(_LazySource):
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
-        self._values: np.ndarray | None = None  # the whole latent array, when held in memory
         if LATENT not in self.dataset.data_vars:
             raise LatentdaError(f"{self.path}: no '{LATENT}' variable (is it the output of 'latentda encode'?)")
         time = self.dataset["time"]
@@ -108,15 +127,19 @@ class LatentSource(_LazySource):
     def read_context(self, trajectory: int | None, start: int, stop: int) -> np.ndarray | None:
         return None if self.calendar is None else self.calendar[start:stop]
 
+    def _size(self) -> int:
+        return self.dataset[LATENT].size
+
+    def _read_whole(self) -> np.ndarray:
+        return read_values(self.dataset[LATENT]).astype(np.float32, copy=False)
+
     def read(self, trajectory: int | None, start: int, stop: int) -> np.ndarray:
         latent = self.dataset[LATENT]
-        if self._values is None and latent.size * 4 <= IN_MEMORY_BYTES:  # module docstring
-            self._values = read_values(latent).astype(np.float32, copy=False)
-        if self._values is not None:
-            axes = latent.dims
+        held = self._held()
+        if held is not None:
             index = tuple(trajectory if dim == "trajectory" else slice(start, stop) if dim == "time" else slice(None)
-                          for dim in axes)
-            return self._values[index]
+                          for dim in latent.dims)
+            return held[index]
         index = {"time": slice(start, stop)}
         if trajectory is not None:
             index["trajectory"] = trajectory
