@@ -285,7 +285,7 @@ def test_training_records_the_calendar(tmp_path):
 def test_a_run_started_unconditioned_is_resumed_unconditioned(tmp_path, monkeypatch):
     """A train-ldm run on climate-calendar dates started by a latentda that did not condition them (its checkpoints
     have no calendar weights) resumes without the calendar, with a warning, instead of failing to load."""
-    from latentda.config import parse
+    from latentda.config import parse, to_dict
     from latentda.data import windows
     from latentda.training.diffusion import LatentDiffusionConfig, train_latent_diffusion
 
@@ -304,6 +304,11 @@ def test_a_run_started_unconditioned_is_resumed_unconditioned(tmp_path, monkeypa
     pipeline = LatentDAPipeline.from_pretrained(tmp_path / "run" / "pipeline")
     assert not pipeline.calendar
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())[-1] == "step-000004"
+    # a new run starting from it (init_from) is told how
+    fresh = parse(LatentDiffusionConfig, {**to_dict(config), "output": str(tmp_path / "fresh"),
+                                          "init_from": str(tmp_path / "run" / "pipeline")})
+    with pytest.raises(LatentdaError, match="context_features: 0 → 4.*set model.calendar: false to start from it"):
+        train_latent_diffusion(fresh, latents, progress=False)
 
 
 def test_evaluate_checks_every_time_axis_kind(noleap_run):

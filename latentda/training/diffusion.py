@@ -219,8 +219,11 @@ def initial_weights(pipeline: str | Path, backbone, autoencoder_sha256: str, inc
     weights, expected = initial.state_dict(), backbone.state_dict()
     differ += sorted(set(weights) ^ set(expected)) + [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
     if differ:
+        calendar = ("; it was trained without the calendar's features (model.calendar: false, or a climate calendar's dates "
+                    "before latentda conditioned them): set model.calendar: false to start from it"
+                    if not settings.get("context_features") and backbone.config.get("context_features") else "")
         raise LatentdaError(f"config: init_from: {folder}'s denoiser has another architecture than this run's "
-                            f"({', '.join(differ[:3])})")
+                            f"({', '.join(differ[:3])}{calendar})")
     return weights
 
 
@@ -295,8 +298,9 @@ def train_latent_diffusion(config: LatentDiffusionConfig, latents: str, resume: 
     if continuing:  # another run's settings are refused before any pass over the data
         check_resumed_config(run_dir, to_dict(config), sampling, config_defaults(LatentDiffusionConfig))
         if calendar and not _conditioned(run_dir):  # started by a latentda that left climate calendars unconditioned
-            warnings.warn(f"{run_dir}: this run was started by a latentda that did not condition a climate calendar's "
-                          "dates on the calendar: it continues without (start a new run to condition it)", stacklevel=2)
+            if accelerator.is_main_process:  # once, not once per process
+                warnings.warn(f"{run_dir}: this run was started by a latentda that did not condition a climate calendar's "
+                              "dates on the calendar: it continues without (start a new run to condition it)", stacklevel=2)
             calendar = False
     torch.manual_seed(config.training.seed)
     try:  # architecture errors before any pass over the data
