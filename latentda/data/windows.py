@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ IN_MEMORY_BYTES = 2**30  # sources up to this size (float32) are held in memory 
 MISSING_ATTR = "latentda_missing_states"  # JSON [[trajectory or null, step], ...] of a latent store
 
 
-class _LazySource:
+class _LazySource(ABC):
     """Opens ``path`` on first access in the current process; drops the handle (and the values held) when
     pickled. Holds the whole source in memory when it fits (:meth:`_held`)."""
 
@@ -62,11 +63,13 @@ class _LazySource:
                     self._hold = False
         return self._values
 
+    @abstractmethod
     def _size(self) -> int:
-        raise NotImplementedError
+        """The number of values of the whole source."""
 
+    @abstractmethod
     def _read_whole(self):
-        raise NotImplementedError
+        """The whole source as float32 arrays."""
 
     @property
     def dataset(self) -> xr.Dataset:
