@@ -153,8 +153,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     if "realization" not in prediction.dims:
         raise LatentdaError("the prediction has no 'realization' dimension (is it an ensemble?)")
     units = _time_units({"prediction": prediction, "truth": truth, "observations": observations})
-    calendar_name = climate_calendar(units)
-    calendar = calendar_name is not None  # dates of a climate calendar: matched to the second
+    calendar = climate_calendar(units) is not None  # dates of a climate calendar: matched to the second
     forecast = is_forecast(prediction)
     inits = leads = None
     if forecast:  # score against the truth at valid times
@@ -187,9 +186,9 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
         for level in COVERAGE_LEVELS:
             scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas, pit)
     times = prediction[TIME].values
-    time_texts = _time_texts(times, calendar_name)
+    time_texts = _time_texts(times, units)
     if forecast:
-        init_texts = _time_texts(inits, calendar_name)
+        init_texts = _time_texts(inits, units)
         if calendar:  # seconds on the calendar's axis: durations, as for datetimes
             leads = pd.to_timedelta(leads, unit="s").to_numpy()
     rows = []
@@ -315,16 +314,12 @@ def _is_zero(leads: np.ndarray) -> np.ndarray:
     return np.abs(leads) <= _time_tolerance(leads)
 
 
-def _time_texts(times: np.ndarray, calendar: str | None) -> list[str]:
+def _time_texts(times: np.ndarray, units: str) -> list[str]:
     """Times as ``metrics.csv`` writes them: datetimes and numbers as numpy prints them, dates of a climate
-    ``calendar`` (seconds since 0001-01-01 in it, :mod:`latentda.data.times`) as ISO dates of that calendar."""
-    if calendar is None:
+    calendar (``units``: the axis' :func:`axis_units`) as ISO dates of that calendar (:func:`describe_time`)."""
+    if climate_calendar(units) is None:
         return [str(time) for time in times]
-    import cftime
-
-    from latentda.data.times import CALENDAR_REFERENCE
-
-    return [date.isoformat() for date in np.atleast_1d(cftime.num2date(np.asarray(times, np.float64), CALENDAR_REFERENCE, calendar))]
+    return [describe_time(time, units) for time in times]
 
 
 def _lead_text(lead) -> str:
