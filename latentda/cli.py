@@ -295,26 +295,39 @@ def _reanalyze(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from latentda.data import open_dataset
-    from latentda.evaluation import NOT_CHANNELS, check_report_path, evaluate, write_report
+    from latentda.evaluation import check_report_path, evaluate, write_report
 
     if args.out:
         check_report_path(args.out, args.overwrite)  # before any scoring
+    if args.truth is None and args.observations is None:
+        raise LatentdaError("give --truth, --observations or both to score the prediction against")
     prediction = open_dataset(args.prediction)
-    truth = open_dataset(args.truth, args.time_dim)
+    truth = open_dataset(args.truth, args.time_dim) if args.truth is not None else None
     observations = _evaluation_observations(args.observations, prediction) if args.observations else None
     rows, summary = evaluate(prediction, truth, observations, args.trajectory)
-    columns = ("rmse", "crps", "spread", "spread_skill_ratio", "coverage_90")
-    if any(isinstance(scores, dict) and "pole_rmse" in scores for scores in summary.values()):
-        columns += ("pole_rmse",)  # unweighted, over the rows at ±90° (latentda.metrics.pole_rmse)
-    print(f"{'channel':<20}" + "".join(f"{n:>20}" for n in columns))
-    for channel, scores in summary.items():
-        if channel in NOT_CHANNELS:
-            continue
-        print(f"{channel:<20}" + "".join(f"{scores.get(n, float('nan')):>20.4g}" for n in columns))
+    if truth is not None:
+        columns = ("rmse", "crps", "spread", "spread_skill_ratio", "coverage_90")
+        if any(isinstance(scores, dict) and "pole_rmse" in scores for scores in summary.values()):
+            columns += ("pole_rmse",)  # unweighted, over the rows at ±90° (latentda.metrics.pole_rmse)
+        _print_scores("channel", summary, columns)
+    if observations is not None:
+        print("against the observations (observation space, with their error):")
+        _print_scores("observation", summary.get("observation_space", summary),
+                      ("count", "bias", "rmse", "spread", "noise_std", "spread_skill_ratio", "crps"))
     if "observation_residual_ratio" in summary:
         print(f"observation residual ratio: {summary['observation_residual_ratio']['mean']:.3f}")
     if args.out:
         print(f"wrote {write_report(rows, summary, args.out, overwrite=args.overwrite)}")
+
+
+def _print_scores(title: str, summary: dict, columns: tuple[str, ...]) -> None:
+    """One line per channel (or observation group) of ``summary``: its ``columns``."""
+    from latentda.evaluation import NOT_CHANNELS
+
+    print(f"{title:<20}" + "".join(f"{n:>20}" for n in columns))
+    for channel, scores in summary.items():
+        if channel not in NOT_CHANNELS:
+            print(f"{channel:<20}" + "".join(f"{scores.get(n, float('nan')):>20.4g}" for n in columns))
 
 
 def _evaluation_observations(path: Path, prediction):
@@ -322,16 +335,16 @@ def _evaluation_observations(path: Path, prediction):
     import pandas as pd
 
     from latentda.data import FieldLayout
-    from latentda.evaluation import is_forecast
+    from latentda.evaluation import is_forecast, valid_times
     from latentda.observe import open_observations, table_to_dataset
 
     observations = open_observations(path)
     if isinstance(observations, pd.DataFrame):
-        if is_forecast(prediction):
-            raise LatentdaError("score a forecast against an observation file (a table is placed on a reanalysis' times)")
         from latentda.data.times import axis_units
 
-        return table_to_dataset(observations, FieldLayout.from_dataset(prediction), times=prediction["time"].values,
+        times = valid_times(prediction) if is_forecast(prediction) else prediction["time"].values
+        states = prediction.isel(prediction_timedelta=0) if "prediction_timedelta" in prediction.dims else prediction
+        return table_to_dataset(observations, FieldLayout.from_dataset(states), times=times,
                                 time_units=axis_units(prediction["time"]))  # dates of a climate calendar: read as such
     return observations
 
@@ -724,14 +737,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished cycle")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
-    sub = command("evaluate", "score an ensemble against the truth (rmse, crps, spread-skill, ...)", _evaluate)
+    sub = command("evaluate", "score an ensemble against the truth or observations (rmse, crps, spread-skill, ...)",
+                  _evaluate)
     sub.add_argument("--prediction", required=True, type=Path, help="ensemble (dims realization, time, ...), or forecasts "
                      "(realization, time = initialisation time, prediction_timedelta, ...: one or several "
                      "initialisation times, scored at their valid times and averaged by lead)")
-    sub.add_argument("--truth", required=True, type=Path, help="true fields (matched by time)")
+    sub.add_argument("--truth", type=Path, help="true fields (matched by time); without it (real data) the "
+                                                "ensemble is scored against --observations alone")
     sub.add_argument("--trajectory", type=int, help="which trajectory of the truth, when it has several")
     sub.add_argument("--observations", type=Path,
-                     help="observation file or table (CSV, parquet) at the prediction's times: adds the residual ratio")
+                     help="observation file or table (CSV, parquet): the ensemble scored against them in observation "
+                          "space at the times both have (a forecast at its valid times), with the observation error")
     sub.add_argument("--out", type=Path, help="folder for metrics.csv, summary.json and figures (without it the "
                                               "summary is only printed)")
     sub.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out (a folder holding "

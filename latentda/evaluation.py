@@ -1,10 +1,11 @@
-"""``latentda evaluate``: score an ensemble against the truth, write a table and figures.
+"""``latentda evaluate``: score an ensemble against the truth or the observations, write a table and figures.
 
 The prediction (dims realization, time, …; or a forecast with dims realization, time,
 prediction_timedelta, … scored at valid times time + prediction_timedelta) is matched to the truth by time coordinate (one
 trajectory of the truth is selected when it has several). Scores per channel and time step are in
-:mod:`latentda.metrics`; with observations, the observation residual ratio (RMS of (y − H(x))/σ per
-member, ≈ 1 when consistent) is added. Outputs: ``metrics.csv`` (one row per channel and time),
+:mod:`latentda.metrics`; with observations, the observation-space scores below and, for a reanalysis, the
+observation residual ratio (RMS of (y − H(x))/σ per member over the times both have, ≈ 1 when consistent) are
+added. Outputs: ``metrics.csv`` (one row per channel and time),
 ``summary.json`` (means over time; ``rmse_pooled``, ``spread_pooled``: √(mean over time of the squares),
 WeatherBench2's time average; the spread-skill ratio pooled over time, √((m+1)/m · mean spread² / mean
 rmse²), :func:`latentda.metrics.pooled_spread_skill_ratio`), ``scores.png`` (scores against time) and
@@ -21,6 +22,14 @@ concatenated along ``time``), or one of either left as a coordinate (``.sel(pred
 initialisation times, and ``summary["by_lead"]`` gives each score by lead, averaged over the
 initialisation times (``rmse_pooled``: √ of the mean square), the curve against lead WeatherBench2
 plots. Leads written as numbers with CF units (``hours``) are read as durations.
+
+Against observations (real data: no truth; ``truth`` None): the ensemble is scored in observation space, each
+member mapped through the observation file's operator (:func:`latentda.observe.files.read_observations`), per
+observation group and time (a forecast at its valid times; a time without observations has no rows), by
+:func:`latentda.metrics.observation_space_scores` (bias, rmse, spread, noise_std, the spread-skill ratio with the
+observation error, the dressed CRPS): rows with ``observation`` in place of ``channel``, the summary per group
+pooled over every observation (over a forecast's leads past 0, and ``by_lead``), for a reanalysis also the
+residual ratio. With the truth too, the same summary is ``summary["observation_space"]``.
 
 Masks and missing values: every score is over the points where the truth and all members have
 values. NaN in the truth (a land mask, a missing step) is left out; NaN in the prediction is
@@ -44,6 +53,7 @@ spread-skill ratio by time. Definitions in :mod:`latentda.metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -57,14 +67,15 @@ from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
 from latentda.data.times import axis_units, climate_calendar, describe_time, standard_time_axis, time_kind
 from latentda.errors import LatentdaError
-from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, pole_rmse,
-                              pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
+from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, observation_space_scores,
+                              pole_rmse, pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
 
-__all__ = ["evaluate", "is_forecast", "write_report", "check_report_path", "NOT_CHANNELS"]
+__all__ = ["evaluate", "is_forecast", "valid_times", "write_report", "check_report_path", "NOT_CHANNELS"]
 
 COVERAGE_LEVELS = (0.5, 0.9)
 REPORT_FILES = ("metrics.csv", "summary.json", "scores.png", "spectra.png", "calibration.png")  # what write_report writes
-NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points", "by_lead", "initialisation_times")  # summary keys that are not channels
+NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points", "by_lead", "initialisation_times",
+                "observation_space")  # summary keys that are not channels
 
 
 def _time_units(datasets: dict[str, xr.Dataset | None]) -> str:
@@ -72,7 +83,7 @@ def _time_units(datasets: dict[str, xr.Dataset | None]) -> str:
     must be of its kind (:func:`time_kind`: date-times, dates of one climate calendar, or numbers), else an error
     naming both."""
     for name in ("prediction", "truth"):
-        if TIME not in datasets[name].coords:  # the bare index would be taken for times 0, 1, …
+        if datasets[name] is not None and TIME not in datasets[name].coords:  # the bare index would be taken for times 0, 1, …
             raise LatentdaError(f"the {name} has no 'time' coordinate: its states cannot be matched")
     kinds = {name: time_kind(dataset[TIME]) for name, dataset in datasets.items()
              if dataset is not None and TIME in dataset.coords}
@@ -128,26 +139,25 @@ def _time_tolerance(times: np.ndarray, reference: np.ndarray | None = None, cale
     return tolerance
 
 
-def _same_times(a: np.ndarray, b: np.ndarray, calendar: bool = False) -> bool:
-    """Equal time axes (float model times up to :func:`_time_tolerance`, as :func:`_align`)."""
-    if np.issubdtype(a.dtype, np.datetime64) != np.issubdtype(b.dtype, np.datetime64) or a.shape != b.shape:
-        return False
-    if np.issubdtype(a.dtype, np.datetime64):
-        return bool((a == b).all())
-    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=_time_tolerance(b, calendar=calendar)))
-
-
 def _time_span(times: np.ndarray, units: str | None = None) -> str:
     """The first and last of ``times`` for messages (:func:`describe_time`: dates of a climate calendar as dates)."""
     return f"{describe_time(times[0], units)} … {describe_time(times[-1], units)}" if len(times) else "none"
 
 
-def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset | None = None,
+def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observations: xr.Dataset | None = None,
              trajectory: int | None = None) -> tuple[list[dict], dict]:
-    """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel). Time axes
-    are read as ``open_dataset`` reads a file's (:func:`latentda.data.times.standard_time_axis`: e.g. the
-    cftime dates of a climate calendar that ``xr.open_dataset`` gives)."""
-    prediction, truth = standard_time_axis(prediction), standard_time_axis(truth)
+    """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel) against the
+    ``truth``; without a truth (real data), rows (observation, time, scores…) and a summary per observation
+    group against the ``observations`` (module docstring, "Against observations"); with both, the truth's
+    report, the observation-space summary under ``summary["observation_space"]``. Time axes are read as
+    ``open_dataset`` reads a file's (:func:`latentda.data.times.standard_time_axis`: e.g. the cftime dates
+    of a climate calendar that ``xr.open_dataset`` gives)."""
+    if truth is None and observations is None:
+        raise LatentdaError("nothing to score against: give the truth, observations or both")
+    if truth is None and trajectory is not None:
+        raise LatentdaError(f"--trajectory {trajectory} selects a trajectory of the truth: there is none (leave it out)")
+    prediction = standard_time_axis(prediction)
+    truth = standard_time_axis(truth) if truth is not None else None
     if observations is not None:
         observations = standard_time_axis(observations)
     if "realization" not in prediction.dims:
@@ -156,20 +166,40 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     calendar = climate_calendar(units) is not None  # dates of a climate calendar: matched to the second
     forecast = is_forecast(prediction)
     inits = leads = None
+    count = 1
     if forecast:  # score against the truth at valid times
         prediction, inits, leads, count = _valid_times(prediction)  # count: leads per initialisation time
     layout = FieldLayout.from_dataset(prediction)
-    truth = _align(prediction, truth, trajectory, units)
-    layout.check(truth)
+    if truth is not None:
+        truth = _align(prediction, truth, trajectory, units)
+        layout.check(truth)
     members = prediction.sizes["realization"]
     # each variable read once: a store chunk spanning several members would be decompressed once per member
     loaded = prediction[[spec.name for spec in layout.variables]].load()
     ensemble = np.stack([layout.to_array(loaded.isel(realization=m)) for m in range(members)])
     del loaded
-    target = layout.to_array(truth)
-    # NaN in the prediction only on its fixed mask (NaN scores would pass for results); in the truth
-    # NaN is masked or missing and left out of every score
+    # NaN in the prediction only on its fixed mask (NaN scores would pass for results)
     check_finite(ensemble, layout.channels, " in the prediction", mask=_prediction_mask(prediction, layout), hint=None)
+    times = prediction[TIME].values
+    time_texts = _time_texts(times, units)
+    if forecast:
+        init_texts = _time_texts(inits, units)
+        if calendar:  # seconds on the calendar's axis: durations, as for datetimes
+            leads = pd.to_timedelta(leads, unit="s").to_numpy()
+    where = [{"init_time": init_texts[t], "lead": _lead_text(leads[t]), "step": t % count} if forecast else {"step": t}
+             for t in range(len(times))]  # a forecast's step: its lead's index
+    summarised = np.ones(len(times), dtype=bool)
+    if forecast and not _is_zero(leads).all():  # a forecast's lead 0 is no forecast: its initial state
+        summarised = ~_is_zero(leads)
+    if truth is None:
+        rows, summary = _observation_scores(ensemble, observations, layout, times, time_texts, where, summarised,
+                                            units, leads if forecast else None, count)
+        if forecast:
+            summary["initialisation_times"] = len(inits) // count
+        summary["members"] = members
+        return rows, summary
+    target = layout.to_array(truth)
+    # in the truth NaN is masked or missing and left out of every score
     check_finite(target, layout.channels, " in the truth", allow_missing=True)
     valid = np.isfinite(target) & np.isfinite(ensemble).all(axis=0)
     scored = valid.sum(axis=(0, 2, 3))
@@ -185,23 +215,8 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     if members > 1:
         for level in COVERAGE_LEVELS:
             scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas, pit)
-    times = prediction[TIME].values
-    time_texts = _time_texts(times, units)
-    if forecast:
-        init_texts = _time_texts(inits, units)
-        if calendar:  # seconds on the calendar's axis: durations, as for datetimes
-            leads = pd.to_timedelta(leads, unit="s").to_numpy()
-    rows = []
-    for c, channel in enumerate(layout.channels):
-        for t, time in enumerate(time_texts):
-            where = {"step": t}
-            if forecast:  # step: the lead's index
-                where = {"init_time": init_texts[t], "lead": _lead_text(leads[t]), "step": t % count}
-            rows.append({"channel": channel, "time": time, **where,
-                         **{name: float(value[t, c]) for name, value in scores.items()}})
-    summarised = np.ones(len(times), dtype=bool)
-    if forecast and not _is_zero(leads).all():  # a forecast's lead 0 is no forecast: its initial state
-        summarised = ~_is_zero(leads)
+    rows = [{"channel": channel, "time": time, **where[t], **{name: float(value[t, c]) for name, value in scores.items()}}
+            for c, channel in enumerate(layout.channels) for t, time in enumerate(time_texts)]
     summary = {channel: {name: float(np.nanmean(value[summarised, c])) for name, value in scores.items()}
                for c, channel in enumerate(layout.channels)}
     if forecast:  # WeatherBench2's headline: each score by lead, averaged over the initialisation times
@@ -225,18 +240,11 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
             summary[channel]["rank_histogram"] = {"counts": counts.tolist(), **rank_flatness(counts)}
             summary[channel]["coverage_curve"] = {"level": levels.tolist(), "observed": observed.tolist()}
     if observations is not None:
-        import torch
-
-        from latentda.observe.files import read_observations
-
-        operator = read_observations(observations, layout)
-        if operator.length != len(times):
-            raise LatentdaError(f"the observations cover {operator.length} times, the prediction {len(times)}")
-        if operator.times is not None and not _same_times(np.asarray(operator.times), times, calendar):
-            raise LatentdaError(f"the observations are of other times ({_time_span(np.asarray(operator.times), units)}) than "
-                                f"the prediction ({_time_span(times, units)}): the residual ratio would compare other states")
-        ratios = operator.residual_ratio(torch.from_numpy(ensemble).double())
-        summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
+        _, space = _observation_scores(ensemble, observations, layout, times, time_texts, where, summarised, units,
+                                       leads if forecast else None, count)
+        if "observation_residual_ratio" in space:  # where it always was
+            summary["observation_residual_ratio"] = space.pop("observation_residual_ratio")
+        summary["observation_space"] = space
     spectra = {}
     for c, channel in enumerate(layout.channels):  # both over the points scored, at the summarised times
         scored_here = valid[summarised, c]
@@ -248,6 +256,100 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset, observations: xr.Dataset
     summary["valid_points"] = {channel: {"fraction": float(n / valid[:, c].size), "times_without_any": int(
         (~valid[:, c].any(axis=(1, 2))).sum())} for c, (channel, n) in enumerate(zip(layout.channels, scored))}
     return rows, summary
+
+
+OBSERVATION_SCORES = ("count", "bias", "rmse", "spread", "noise_std", "spread_skill_ratio", "crps")
+
+
+def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: FieldLayout, times: np.ndarray,
+                        time_texts: list[str], where: list[dict], summarised: np.ndarray, units: str,
+                        leads: np.ndarray | None, count: int) -> tuple[list[dict], dict]:
+    """The ``ensemble`` (m, T, C, H, W) at ``times`` (a forecast's valid times: ``leads`` given, ``count`` leads per
+    initialisation) against the ``observations`` in observation space (:func:`latentda.metrics.observation_space_scores`):
+    rows per observation group and time observed, and per group the scores pooled over the ``summarised`` times
+    (sums over every observation: ``rmse`` = √(Σ d² / n), ...), by lead for a forecast; for a reanalysis also
+    each member's residual ratio (RMS of (y − H(x_i))/σ over every observation, ≈ 1 when consistent). A time of the
+    prediction without observations has no rows; observations of no time of the prediction are an error."""
+    import torch
+
+    from latentda.observe.files import read_observations
+
+    operator = read_observations(observations, layout)
+    calendar = climate_calendar(units) is not None
+    known = np.asarray(operator.times)
+    index = _match_times(times, known, calendar)
+    cases = np.flatnonzero(index >= 0)
+    if not len(cases):
+        raise LatentdaError(f"the observations are of other times ({_time_span(known, units)}) than the prediction "
+                            f"({_time_span(np.unique(times), units)}): nothing to score")
+    states = torch.from_numpy(ensemble[:, cases]).double()
+    members = ensemble.shape[0]
+    rows, summary, residuals = [], {}, []
+    for group in operator.groups:
+        noise = group.noise()[index[cases]] if np.ndim(group.noise_std) else group.noise_std
+        part = dataclasses.replace(group, values=group.values[index[cases]], noise_std=noise)
+        with torch.no_grad():
+            predicted = part(states).numpy()  # (m, entries): case by case, as the mask's entries
+        y, std = part.observed(representation=False)
+        residuals.append((y[None] - predicted) / std[None])
+        split = np.cumsum(part.mask.reshape(len(cases), -1).sum(axis=1))[:-1]
+        per_case = [observation_space_scores(h, obs, sigma) for h, obs, sigma in
+                    zip(np.split(predicted, split, axis=1), np.split(y, split), np.split(std, split))]
+        for case, scores in zip(cases, per_case):
+            if scores["count"]:
+                rows.append({"observation": group.name, "time": time_texts[case], **where[case], **scores})
+        kept = summarised[cases]
+        summary[group.name] = _pooled_observation_scores([s for s, k in zip(per_case, kept) if k], members)
+        if leads is not None:
+            summary.setdefault("by_lead", {})[group.name] = {
+                _lead_text(leads[step]): _pooled_observation_scores([s for s, case in zip(per_case, cases)
+                                                                     if case % count == step], members)
+                for step in range(count) if (cases % count == step).any()}
+    if not rows:
+        raise LatentdaError("no observation of the prediction's times has a value where the prediction has one "
+                            "(all on its mask)")
+    if leads is None:  # a reanalysis' members against its own observations
+        with np.errstate(invalid="ignore"):
+            ratios = np.sqrt(np.nanmean(np.concatenate(residuals, axis=1) ** 2, axis=1))
+        summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
+    return rows, summary
+
+
+def _pooled_observation_scores(per_time: list[dict], members: int) -> dict:
+    """Observation-space scores of several times from their per-time scores (each a mean over its ``count``
+    observations): the means over every observation, for ``rmse``, ``spread``, ``noise_std`` of the squares."""
+    counts = np.array([s["count"] for s in per_time], dtype=np.float64)
+    total = counts.sum()
+    if total == 0:
+        return {"count": 0}
+
+    def mean(name: str, power: int = 1) -> float:
+        values = np.array([s[name] for s in per_time], dtype=np.float64)
+        return float(np.nansum(counts * values**power) / total)
+
+    pooled = {"count": int(total), "bias": mean("bias"), "rmse": mean("rmse", 2) ** 0.5,
+              "noise_std": mean("noise_std", 2) ** 0.5, "crps": mean("crps")}
+    if members > 1:
+        pooled["spread"] = mean("spread", 2) ** 0.5
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pooled["spread_skill_ratio"] = float(np.sqrt(((members + 1) / members * pooled["spread"] ** 2
+                                                          + pooled["noise_std"] ** 2) / np.float64(pooled["rmse"] ** 2)))
+    return pooled
+
+
+def _match_times(times: np.ndarray, known: np.ndarray, calendar: bool = False) -> np.ndarray:
+    """For each of ``times`` the index of the same time in ``known`` (float model times up to
+    :func:`_time_tolerance`, as :func:`_align`), −1 where there is none."""
+    if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(known.dtype, np.datetime64):
+        return np.full(len(times), -1)
+    if np.issubdtype(times.dtype, np.datetime64):
+        position = {time: i for i, time in enumerate(known)}
+        return np.array([position.get(time, -1) for time in times])
+    times, known = times.astype(np.float64), known.astype(np.float64)
+    distance = np.abs(times[:, None] - known[None])
+    nearest = distance.argmin(axis=1)
+    close = distance[np.arange(len(times)), nearest] <= _time_tolerance(times, known, calendar)
+    return np.where(close, nearest, -1)
 
 
 def is_forecast(prediction: xr.Dataset) -> bool:
@@ -291,6 +393,11 @@ def _valid_times(forecast: xr.Dataset) -> tuple[xr.Dataset, np.ndarray, np.ndarr
              for i, init in enumerate(inits)]
     cases = parts[0] if len(parts) == 1 else xr.concat(parts, TIME, data_vars="minimal", coords="minimal", compat="override")
     return cases, np.repeat(inits, len(leads)), np.tile(leads, len(inits)), len(leads)
+
+
+def valid_times(forecast: xr.Dataset) -> np.ndarray:
+    """The distinct valid times (initialisation + lead) of a forecast, in order (as :func:`evaluate` scores them)."""
+    return np.unique(_valid_times(standard_time_axis(forecast))[0][TIME].values)
 
 
 def _lead_durations(leads: xr.DataArray, times: str) -> np.ndarray:
@@ -394,12 +501,13 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     (out / "summary.json").write_text(json.dumps(_json_numbers(summary), indent=1, allow_nan=False))
+    key = "observation" if "observation" in rows[0] else "channel"  # against observations alone: per group
     channels = [c for c in summary if c not in NOT_CHANNELS]
     names = [n for n in ("rmse", "crps", "spread", "spread_skill_ratio") if n in rows[0]]
     figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), constrained_layout=True)
     for axis, name in zip(np.atleast_1d(axes), names):
         for channel in channels:
-            axis.plot(*_by_step(rows, channel, name), marker="o", ms=3, label=channel)  # a single lead is a point
+            axis.plot(*_by_step(rows, channel, name, key), marker="o", ms=3, label=channel)  # a single lead is a point
         if name == "spread_skill_ratio":
             axis.axhline(1.0, color="k", lw=0.8, ls="--")
         axis.set_title(name)
@@ -407,6 +515,8 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
     np.atleast_1d(axes)[0].legend()
     figure.savefig(out / "scores.png", dpi=120)
     plt.close(figure)
+    if "spectra" not in summary:  # against observations alone: no fields to compare
+        return
     figure, axis = plt.subplots(figsize=(4.5, 3.5), constrained_layout=True)
     for channel, spectrum in summary["spectra"].items():
         line, = axis.loglog(spectrum["wavenumber"], spectrum["truth"], label=f"{channel} truth")
@@ -420,10 +530,11 @@ def _write_report(rows: list[dict], summary: dict, out: Path) -> None:
         _calibration_figure(rows, summary, channels, out / "calibration.png")
 
 
-def _by_step(rows: list[dict], channel: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, mean of score ``name`` at each step) of ``channel``'s rows: a forecast's lead steps averaged over
-    its initialisation times (one row each otherwise)."""
-    series = [r for r in rows if r["channel"] == channel]
+def _by_step(rows: list[dict], channel: str, name: str, key: str = "channel") -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean of score ``name`` at each step) of the rows of ``channel`` (their ``key``: an observation
+    group's name in a report against observations alone): a forecast's lead steps averaged over its
+    initialisation times (one row each otherwise)."""
+    series = [r for r in rows if r[key] == channel]
     steps = np.unique([r["step"] for r in series])
     values = np.array([np.nanmean([r[name] for r in series if r["step"] == step]) for step in steps])
     return steps, values

@@ -20,6 +20,20 @@ the truth and every member are finite: masked or missing points, NaN, are left o
   doubly periodic box, zonal (along the periodic axis, averaged over the other) otherwise.
 - ``lag_autocorrelation``: correlation between states k steps apart, a check of the dynamics.
 
+Against observations (no truth: real data), per set of M observations y_j of error std σ_j, with the
+members' predicted observations h_ij = H(X_i)_j, their mean h̄_j and unbiased variance s_j², d_j = y_j − h̄_j
+(:func:`observation_space_scores`; Candille et al. 2007, "Verification of an ensemble prediction system
+against observations", QJRMS 133):
+
+- ``bias``: mean d (observation minus ensemble mean); ``rmse``: √mean d²; ``spread``: √mean s²;
+  ``noise_std``: √mean σ²;
+- ``spread_skill_ratio``: √(mean((m+1)/m s² + σ²) / mean d²): for members and truth exchangeable and
+  y = H(truth) + ε, E[d²] = (m+1)/m E[s²] + σ² (Saetra et al. 2004), so 1 when calibrated — the
+  observation error is part of the expected distance, and an ensemble of the right spread scored
+  without it would read under-dispersed;
+- ``crps``: :func:`dressed_crps`, the fair CRPS of the ensemble dressed with the observation error
+  (the predictive law of y is (1/m) Σ_i N(h_i, σ²)), in closed form.
+
 Calibration (is the truth a draw from the ensemble's distribution?):
 
 - ``truth_ranks``: the rank r ∈ {0..m} of the truth among the m members (members below it; ties
@@ -58,6 +72,8 @@ __all__ = [
     "predictive_pit",
     "interval_coverage",
     "coverage_curve",
+    "dressed_crps",
+    "observation_space_scores",
 ]
 
 
@@ -80,6 +96,65 @@ def fair_crps(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
     coefficients = (2 * np.arange(m) - m + 1).reshape(-1, *([1] * (ensemble.ndim - 1)))
     pairwise = 2 * (coefficients * ordered).sum(axis=0)
     return skill - pairwise / (2 * m * (m - 1))
+
+
+def _absolute_mean(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """E|μ + s Z| for Z ~ N(0, 1): μ (2Φ(μ/s) − 1) + 2 s φ(μ/s) (|μ| where s = 0)."""
+    from scipy.special import ndtr
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = mean / std
+        value = mean * (2 * ndtr(z) - 1) + 2 * std * np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
+    return np.where(std > 0, value, np.abs(mean))
+
+
+def dressed_crps(ensemble: np.ndarray, observed: np.ndarray, noise_std: np.ndarray | float) -> np.ndarray:
+    """Per-entry fair CRPS of ``ensemble`` (m, ...) dressed with Gaussian noise of std ``noise_std`` (the
+    predictive law of an observation y = H(x) + ε: each member h_i a N(h_i, σ²)) against ``observed`` (...).
+    With A(μ, s) = E|μ + sZ| (closed form, :func:`_absolute_mean`) and CRPS(F, y) = E|Y − y| − ½ E|Y − Y'|
+    (Y, Y' independent draws of F; Grimit et al. 2006, QJRMS 132, for the Gaussian mixture):
+
+        (1/m) Σ_i A(y − h_i, σ) − 1/(2m(m−1)) Σ_{i≠j} A(h_i − h_j, √2 σ),
+
+    the pairs of distinct members as in :func:`fair_crps` (to which it reduces at σ = 0): an unbiased
+    estimate of the dressed score of the law the members are drawn from. One member: the CRPS of
+    N(h_1, σ²) itself, A(y − h_1, σ) − A(0, √2 σ)/2."""
+    ensemble = np.asarray(ensemble, dtype=np.float64)
+    observed = np.asarray(observed, dtype=np.float64)
+    std = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), observed.shape)
+    m = ensemble.shape[0]
+    skill = _absolute_mean(observed[None] - ensemble, std[None]).mean(axis=0)
+    if m == 1:
+        return skill - 0.5 * _absolute_mean(np.zeros_like(observed), np.sqrt(2) * std)
+    pairs = sum(_absolute_mean(ensemble[i] - ensemble[i + 1:], np.sqrt(2) * std[None]).sum(axis=0) for i in range(m - 1))
+    return skill - pairs / (m * (m - 1))  # Σ_{i<j} counts each pair once: 2 Σ_{i<j} / (2 m (m − 1))
+
+
+def observation_space_scores(predicted: np.ndarray, observed: np.ndarray, noise_std: np.ndarray | float) -> dict[str, float]:
+    """Scores of the members' predicted observations ``predicted`` (m, M) against M observations ``observed``
+    (M,) of error std ``noise_std`` (module docstring: ``count``, ``bias``, ``rmse``, ``noise_std``, ``crps``,
+    and with two members or more ``spread`` and ``spread_skill_ratio``). Entries with a NaN (an unobserved
+    or masked point) are left out; with none left every score is NaN and ``count`` 0."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    observed = np.asarray(observed, dtype=np.float64)
+    std = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), observed.shape)
+    valid = np.isfinite(observed) & np.isfinite(predicted).all(axis=0) & np.isfinite(std)
+    predicted, observed, std = predicted[:, valid], observed[valid], std[valid]
+    m, count = predicted.shape[0], int(valid.sum())
+    scores = {"count": count}
+    if count == 0:
+        return {**scores, **{name: float("nan") for name in ("bias", "rmse", "noise_std", "crps")},
+                **({"spread": float("nan"), "spread_skill_ratio": float("nan")} if m > 1 else {})}
+    distance = observed - predicted.mean(axis=0)
+    squared = float(np.mean(distance**2))
+    scores.update(bias=float(distance.mean()), rmse=squared**0.5, noise_std=float(np.mean(std**2)) ** 0.5,
+                  crps=float(dressed_crps(predicted, observed, std).mean()))
+    if m > 1:
+        variance = float(predicted.var(axis=0, ddof=1).mean())
+        scores["spread"] = variance**0.5
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores["spread_skill_ratio"] = float(np.sqrt(((m + 1) / m * variance + scores["noise_std"] ** 2) / np.float64(squared)))
+    return scores
 
 
 SCORE_BLOCK_BYTES = 64 * 2**20  # float64 ensemble values scored at once (ensemble_scores)

@@ -710,10 +710,11 @@ case("evaluate-observations-nan-coordinate")(lambda w, d: (evaluate_args(
     w, w.prediction, "--observations", str(rewrite(w.points, d / "o.nc", nan_point_coordinate))), "p_x"))
 
 
-def one_step_later(dataset):
-    """The same observations labelled one model step later (as many times: only their labels differ)."""
+def after_the_prediction(dataset):
+    """The same observations labelled 100 model steps later: no time of the prediction's (observations of some
+    of its times are scored at those)."""
     times = dataset["time"]
-    return dataset.assign_coords(time=(times + (times[1] - times[0])).assign_attrs(times.attrs))
+    return dataset.assign_coords(time=(times + 100 * (times[1] - times[0])).assign_attrs(times.attrs))
 
 
 def without_times(dataset):
@@ -723,7 +724,8 @@ def without_times(dataset):
 
 
 case("evaluate-observations-of-other-times")(lambda w, d: (evaluate_args(
-    w, w.prediction, "--observations", str(rewrite(w.observations, d / "o.nc", one_step_later))), "other times"))
+    w, w.prediction, "--observations", str(rewrite(w.observations, d / "o.nc", after_the_prediction))),
+    "than the prediction (0 … 1.4): nothing to score"))
 case("evaluate-prediction-beyond-the-truth")(lambda w, d: (evaluate_args(  # the last time: one step after the truth's
     w, rewrite(w.prediction, d / "p.nc", lambda ds: ds.assign_coords(time=ds["time"] + 100 * (ds["time"][1] - ds["time"][0])))),
     "not all in the truth: "))

@@ -1,0 +1,198 @@
+"""Scoring against observations alone (real data: no truth): the dressed CRPS in closed form, spread-skill
+with the observation error, and `evaluate --observations` without `--truth` for reanalyses and forecasts."""
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+import yaml
+from scipy.stats import norm
+
+from conftest import make_box_dataset
+from latentda import cli
+from latentda.data import FieldLayout, open_dataset, write_dataset
+from latentda.evaluation import evaluate
+from latentda.metrics import dressed_crps, fair_crps, observation_space_scores
+from latentda.observe.files import read_observations
+
+
+def test_dressed_crps_is_the_integral_of_the_mixtures_squared_distance():
+    """Against ∫ (F(z) − 1[z ≥ y])² dz of F = (1/m) Σ N(h_i, σ²) numerically: the closed form plus the fair
+    correction of the self-pairs; σ → 0 gives fair_crps; one member the CRPS of N(h, σ²) in closed form."""
+    rng = np.random.default_rng(0)
+    members, y, std = rng.normal(size=(5, 3)), rng.normal(size=3), np.array([0.3, 0.5, 1.0])
+    z = np.linspace(-15, 15, 200_001)
+    for j in range(3):
+        mixture = np.trapezoid((norm.cdf((z[:, None] - members[:, j]) / std[j]).mean(axis=1) - (z >= y[j])) ** 2, z)
+        differences = members[:, j, None] - members[None, :, j]
+        s = np.sqrt(2) * std[j]
+        pair_means = differences * (2 * norm.cdf(differences / s) - 1) + 2 * s * norm.pdf(differences / s)  # E|d + sZ|
+        # the mixture's own term ½ mean over all m² pairs, the fair one ½ over the m(m − 1) distinct pairs
+        fair = mixture + pair_means.sum() / (2 * 25) - (pair_means.sum() - np.trace(pair_means)) / (2 * 20)
+        assert dressed_crps(members[:, j:j + 1], y[j:j + 1], std[j])[0] == pytest.approx(fair, abs=1e-5)
+    np.testing.assert_allclose(dressed_crps(members, y, 1e-12), fair_crps(members, y), atol=1e-9)
+    one, tau = members[:1], 0.7
+    w = (y - one[0]) / tau
+    gaussian = tau * (w * (2 * norm.cdf(w) - 1) + 2 * norm.pdf(w) - 1 / np.sqrt(np.pi))  # Gneiting & Raftery 2007
+    np.testing.assert_allclose(dressed_crps(one, y, tau), gaussian, rtol=1e-12)
+
+
+def test_a_calibrated_ensemble_against_noisy_observations_scores_one():
+    """Members and truth exchangeable (spread s), y = truth + ε of std σ = 2 s: the spread-skill ratio with the
+    observation error is 1; without it the ensemble would read 0.47, under-dispersed. The dressed CRPS's mean is
+    the CRPS of y's law N(μ, s² + σ²) (members → ∞, fair: unbiased at m = 8)."""
+    rng = np.random.default_rng(1)
+    m, entries, s, sigma = 8, 40_000, 0.5, 1.0
+    centre = rng.normal(size=entries) * 3
+    truth = centre + s * rng.standard_normal(entries)
+    members = centre + s * rng.standard_normal((m, entries))
+    y = truth + sigma * rng.standard_normal(entries)
+    scores = observation_space_scores(members, y, np.full(entries, sigma))
+    assert scores["count"] == entries and abs(scores["bias"]) < 0.02
+    assert scores["spread_skill_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert np.sqrt((m + 1) / m) * scores["spread"] / scores["rmse"] == pytest.approx(
+        np.sqrt((m + 1) / m * s**2 / ((m + 1) / m * s**2 + sigma**2)), abs=0.01)  # the ratio without σ: 0.47
+    tau = np.hypot(s, sigma)
+    w = (y - centre) / tau
+    expected = np.mean(tau * (w * (2 * norm.cdf(w) - 1) + 2 * norm.pdf(w) - 1 / np.sqrt(np.pi)))
+    assert scores["crps"] == pytest.approx(expected, rel=0.01)
+    narrow = observation_space_scores(centre + 0.2 * (members - centre), y, np.full(entries, sigma))
+    assert narrow["spread_skill_ratio"] < 0.95  # an under-dispersed ensemble is seen through the observation error
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A truth (6 states of u, v on 8×8), 16 members exchangeable with it, and observations of u at 25 % of the
+    pixels (σ = 0.5) and of the speed at 4 fixed points (σ = 0.3) over states 1–4."""
+    root = tmp_path_factory.mktemp("obs-scores")
+    truth = make_box_dataset(trajectories=1, times=6, size=8).isel(trajectory=0, drop=True)
+    truth_path = write_dataset(truth, root / "truth.zarr")
+    rng = np.random.default_rng(2)
+    members = truth.expand_dims(realization=np.arange(16)).copy(deep=True)
+    for name in ("u", "v"):
+        members[name] = members[name] + xr.DataArray(0.3 * rng.standard_normal(members[name].shape).astype(np.float32),
+                                                     dims=members[name].dims)
+    prediction = write_dataset(members, root / "prediction.nc")
+    operator = root / "observe.yaml"
+    operator.write_text(yaml.safe_dump({"observations": [
+        {"name": "u_grid", "variables": ["u"], "sampling": "grid", "fraction": 0.25, "noise_std": 0.5},
+        {"name": "wind", "variables": ["u", "v"], "transform": "speed", "sampling": "points", "points": 4, "noise_std": 0.3},
+    ]}))
+    assert cli.main(["observe", "--truth", str(truth_path), "--start", "1", "--length", "4", "--operator", str(operator),
+                     "--out", str(root / "obs.nc"), "--seed", "3"]) == 0
+    return root, truth_path, prediction, root / "obs.nc"
+
+
+def test_evaluate_against_observations_alone(world, capsys):
+    """No truth: rows per observation group and observed time (states 1–4 of 0–5), the group's scores equal to
+    hand-computed ones at its observed pixels, pooled as sums over every observation; the residual ratio as with
+    the truth; the same observation-space summary when the truth is given too; a report without spectra."""
+    root, truth_path, prediction, observations = world
+    capsys.readouterr()
+    out = root / "report"
+    assert cli.main(["evaluate", "--prediction", str(prediction), "--observations", str(observations), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "against the observations" in printed and "u_grid" in printed and "wind" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["observation"], int(r["step"])) for r in rows} == {(g, t) for g in ("u_grid", "wind") for t in (1, 2, 3, 4)}
+    assert {"metrics.csv", "summary.json", "scores.png"} == {p.name for p in out.iterdir()}
+
+    ensemble = open_dataset(prediction)["u"].values.astype(np.float64)  # (16, 6, 8, 8)
+    obs = open_dataset(observations)
+    y = obs["u_grid"].values  # (4, 8, 8), NaN where unobserved
+    predicted = ensemble[:, 1:5][:, ~np.isnan(y)]
+    observed = y[~np.isnan(y)]
+    distance = observed - predicted.mean(axis=0)
+    expected = {"count": observed.size, "bias": distance.mean(), "rmse": np.sqrt(np.mean(distance**2)),
+                "spread": np.sqrt(predicted.var(axis=0, ddof=1).mean()), "noise_std": 0.5,
+                "spread_skill_ratio": np.sqrt((17 / 16 * predicted.var(axis=0, ddof=1).mean() + 0.25) / np.mean(distance**2)),
+                "crps": dressed_crps(predicted, observed, 0.5).mean()}
+    for name, value in expected.items():
+        assert summary["u_grid"][name] == pytest.approx(value, rel=1e-6), name
+    layout = FieldLayout.from_dataset(open_dataset(prediction))
+    states = np.stack([layout.to_array(open_dataset(prediction).isel(realization=i)) for i in range(16)])[:, 1:5]
+    ratios = read_observations(obs, layout).residual_ratio(torch.from_numpy(states).double())  # the operator's own
+    assert summary["observation_residual_ratio"]["members"] == pytest.approx(ratios.tolist(), rel=1e-6)
+    at_time_2 = next(r for r in rows if r["observation"] == "u_grid" and r["step"] == "2")
+    pixels = ~np.isnan(y[1])
+    assert float(at_time_2["rmse"]) == pytest.approx(np.sqrt(np.mean((y[1][pixels] - ensemble[:, 2][:, pixels].mean(0)) ** 2)),
+                                                     rel=1e-6)
+
+    both = root / "both"
+    assert cli.main(["evaluate", "--prediction", str(prediction), "--truth", str(truth_path), "--observations",
+                     str(observations), "--out", str(both)]) == 0
+    with_truth = json.loads((both / "summary.json").read_text())
+    assert with_truth["observation_space"]["u_grid"] == pytest.approx(summary["u_grid"])
+    for key in ("mean", "members"):
+        assert with_truth["observation_residual_ratio"][key] == pytest.approx(summary["observation_residual_ratio"][key])
+    assert with_truth["u"]["rmse"] > 0 and "spectra.png" in {p.name for p in both.iterdir()}
+
+
+def _forecast(truth: xr.Dataset, rng, inits=(0, 2), leads=3, members=8) -> xr.Dataset:
+    """Forecasts from states ``inits`` of ``truth``: the truth at each valid time plus member noise growing with lead."""
+    parts = []
+    for init in inits:
+        states = truth.isel(time=slice(init, init + leads))
+        noise = {name: (("realization", "prediction_timedelta", *states[name].dims[1:]),
+                        states[name].values[None] + (0.1 + 0.2 * np.arange(leads))[None, :, None, None]
+                        * rng.standard_normal((members, *states[name].shape)))
+                 for name in ("u", "v")}
+        step = truth["time"].values[1] - truth["time"].values[0]
+        parts.append(xr.Dataset(noise, coords={"realization": np.arange(members), "prediction_timedelta": np.arange(leads) * step,
+                                                "time": truth["time"].values[init], "y": truth["y"], "x": truth["x"]}))
+    return xr.concat(parts, "time")
+
+
+def test_evaluate_a_forecast_against_observations_at_valid_times(world):
+    """Each (initialisation, lead) scored against the observations at its valid time where there are some; by lead
+    averaged (as sums) over the initialisations; lead 0 out of the summary; errors that name what is wrong."""
+    root, truth_path, _, observations = world
+    truth = open_dataset(truth_path)
+    forecast = _forecast(truth, np.random.default_rng(4))
+    rows, summary = evaluate(forecast, observations=open_dataset(observations))
+    # valid times: init 0 → states 0, 1, 2; init 2 → states 2, 3, 4; observed: states 1–4
+    cases = {(r["observation"], r["init_time"], r["step"]) for r in rows}
+    assert len(cases) == 2 * 5 and all(step in (0, 1, 2) for _, _, step in cases)
+    leads = list(summary["by_lead"]["u_grid"])
+    assert len(leads) == 3
+    assert summary["u_grid"]["count"] == sum(summary["by_lead"]["u_grid"][lead]["count"] for lead in leads[1:])
+    assert summary["by_lead"]["u_grid"][leads[2]]["spread"] > summary["by_lead"]["u_grid"][leads[1]]["spread"]
+    assert "observation_residual_ratio" not in summary and summary["initialisation_times"] == 2
+    y = open_dataset(observations)["u_grid"].values  # states 1..4
+    lead_1 = [(forecast["u"].isel(time=i, prediction_timedelta=1).transpose("realization", ...).values, y[init])
+              for i, init in enumerate((0, 2))]  # valid states 1 and 3: observations 0 and 2
+    squares = [((obs - f.mean(0))[~np.isnan(obs)] ** 2) for f, obs in lead_1]
+    pooled = np.sqrt(np.concatenate(squares).mean())
+    assert summary["by_lead"]["u_grid"][leads[1]]["rmse"] == pytest.approx(pooled, rel=1e-6)
+
+    with pytest.raises(Exception, match="other times .* nothing to score"):
+        evaluate(forecast.assign_coords(time=forecast["time"] + 100 * (truth["time"][1] - truth["time"][0]).values),
+                 observations=open_dataset(observations))
+    with pytest.raises(Exception, match="nothing to score against"):
+        evaluate(forecast)
+    assert cli.main(["evaluate", "--prediction", str(root / "prediction.nc")]) == 2
+    assert cli.main(["evaluate", "--prediction", str(root / "prediction.nc"), "--observations", str(observations),
+                     "--trajectory", "0"]) == 2
+
+
+def test_a_table_of_observations_scores_a_forecast(world, tmp_path):
+    """A table (CSV) is placed on the forecast's valid times and scored as the file would be."""
+    root, truth_path, _, observations = world
+    truth = open_dataset(truth_path)
+    forecast = write_dataset(_forecast(truth, np.random.default_rng(5)), tmp_path / "forecast.nc")
+    times = truth["time"].values
+    table = pd.DataFrame({"time": [times[1], times[3], times[4]], "variable": "u", "y": [2.0, 5.0, 1.0],
+                          "x": [3.0, 1.0, 6.0], "value": [0.1, -0.2, 0.3], "noise_std": 0.4})
+    table.to_csv(tmp_path / "obs.csv", index=False)
+    out = tmp_path / "report"
+    assert cli.main(["evaluate", "--prediction", str(forecast), "--observations", str(tmp_path / "obs.csv"),
+                     "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (group,) = [k for k in summary if k not in ("by_lead", "members", "initialisation_times")]
+    assert summary[group]["count"] == 3 and summary[group]["noise_std"] == pytest.approx(0.4)
