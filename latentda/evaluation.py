@@ -282,14 +282,14 @@ def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: 
     if not len(cases):
         raise LatentdaError(f"the observations are of other times ({_time_span(known, units)}) than the prediction "
                             f"({_time_span(np.unique(times), units)}): nothing to score")
-    states = torch.from_numpy(ensemble[:, cases]).double()
     members = ensemble.shape[0]
     rows, summary, residuals = [], {}, []
     for group in operator.groups:
         noise = group.noise()[index[cases]] if np.ndim(group.noise_std) else group.noise_std
         part = dataclasses.replace(group, values=group.values[index[cases]], noise_std=noise)
-        with torch.no_grad():
-            predicted = part(states).numpy()  # (m, entries): case by case, as the mask's entries
+        with torch.no_grad():  # member by member: a float64 copy of one member's states at a time
+            predicted = np.concatenate([part(torch.from_numpy(ensemble[i : i + 1, cases]).double()).numpy()
+                                        for i in range(members)])  # (m, entries): case by case, as the mask's entries
         y, std = part.observed(representation=False)
         residuals.append((y[None] - predicted) / std[None])
         split = np.cumsum(part.mask.reshape(len(cases), -1).sum(axis=1))[:-1]
@@ -342,9 +342,9 @@ def _match_times(times: np.ndarray, known: np.ndarray, calendar: bool = False) -
     :func:`_time_tolerance`, as :func:`_align`), −1 where there is none."""
     if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(known.dtype, np.datetime64):
         return np.full(len(times), -1)
-    if np.issubdtype(times.dtype, np.datetime64):
-        position = {time: i for i, time in enumerate(known)}
-        return np.array([position.get(time, -1) for time in times])
+    if np.issubdtype(times.dtype, np.datetime64):  # exactly, whatever the units of either
+        position = {time: i for i, time in enumerate(known.astype("datetime64[ns]").astype(np.int64))}
+        return np.array([position.get(time, -1) for time in times.astype("datetime64[ns]").astype(np.int64)])
     times, known = times.astype(np.float64), known.astype(np.float64)
     distance = np.abs(times[:, None] - known[None])
     nearest = distance.argmin(axis=1)

@@ -124,6 +124,13 @@ def test_evaluate_against_observations_alone(world, capsys):
     assert float(at_time_2["rmse"]) == pytest.approx(np.sqrt(np.mean((y[1][pixels] - ensemble[:, 2][:, pixels].mean(0)) ** 2)),
                                                      rel=1e-6)
 
+    def dated(dataset):  # model time 0.2 k → 2020-01-01 + 6 h · k (date-times, in units other than ns)
+        steps = np.rint(dataset["time"].values / 0.2).astype(int)
+        return dataset.assign_coords(time=(np.datetime64("2020-01-01", "s") + steps * np.timedelta64(6, "h")))
+
+    _, by_date = evaluate(dated(open_dataset(prediction)), observations=dated(open_dataset(observations)))
+    assert by_date["u_grid"] == pytest.approx(summary["u_grid"])
+
     both = root / "both"
     assert cli.main(["evaluate", "--prediction", str(prediction), "--truth", str(truth_path), "--observations",
                      str(observations), "--out", str(both)]) == 0
