@@ -332,6 +332,7 @@ def _print_scores(title: str, summary: dict, columns: tuple[str, ...]) -> None:
 
 def _evaluation_observations(path: Path, prediction):
     """The observation file, or a table (CSV, parquet) placed on the prediction's times."""
+    import numpy as np
     import pandas as pd
 
     from latentda.data import FieldLayout
@@ -342,9 +343,13 @@ def _evaluation_observations(path: Path, prediction):
     if isinstance(observations, pd.DataFrame):
         from latentda.data.times import axis_units
 
-        times = valid_times(prediction) if is_forecast(prediction) else prediction["time"].values
+        times, tolerance = prediction["time"].values, None  # a reanalysis: rows within half a step of a state
+        if is_forecast(prediction):  # rows within half the closest valid times' spacing of one (any spacing)
+            times = valid_times(prediction)
+            spacing = np.diff(times).min() if len(times) > 1 else np.zeros((), times.dtype)
+            tolerance = spacing / np.timedelta64(2, "s") if np.issubdtype(times.dtype, np.datetime64) else spacing / 2
         states = prediction.isel(prediction_timedelta=0) if "prediction_timedelta" in prediction.dims else prediction
-        return table_to_dataset(observations, FieldLayout.from_dataset(states), times=times,
+        return table_to_dataset(observations, FieldLayout.from_dataset(states), times=times, time_tolerance=tolerance,
                                 time_units=axis_units(prediction["time"]))  # dates of a climate calendar: read as such
     return observations
 

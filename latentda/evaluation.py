@@ -193,7 +193,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
         summarised = ~_is_zero(leads)
     if truth is None:
         rows, summary = _observation_scores(ensemble, observations, layout, times, time_texts, where, summarised,
-                                            units, leads if forecast else None, count)
+                                            units, leads if forecast else None, count, _prediction_mask(prediction, layout))
         if forecast:
             summary["initialisation_times"] = len(inits) // count
         summary["members"] = members
@@ -241,9 +241,8 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
             summary[channel]["coverage_curve"] = {"level": levels.tolist(), "observed": observed.tolist()}
     if observations is not None:
         _, space = _observation_scores(ensemble, observations, layout, times, time_texts, where, summarised, units,
-                                       leads if forecast else None, count)
-        if "observation_residual_ratio" in space:  # where it always was
-            summary["observation_residual_ratio"] = space.pop("observation_residual_ratio")
+                                       leads if forecast else None, count, _prediction_mask(prediction, layout), alone=False)
+        summary["observation_residual_ratio"] = space.pop("observation_residual_ratio")  # where it always was
         summary["observation_space"] = space
     spectra = {}
     for c, channel in enumerate(layout.channels):  # both over the points scored, at the summarised times
@@ -258,23 +257,27 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
     return rows, summary
 
 
-OBSERVATION_SCORES = ("count", "bias", "rmse", "spread", "noise_std", "spread_skill_ratio", "crps")
-
-
 def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: FieldLayout, times: np.ndarray,
                         time_texts: list[str], where: list[dict], summarised: np.ndarray, units: str,
-                        leads: np.ndarray | None, count: int) -> tuple[list[dict], dict]:
+                        leads: np.ndarray | None, count: int, mask: np.ndarray | None,
+                        alone: bool = True) -> tuple[list[dict], dict]:
     """The ``ensemble`` (m, T, C, H, W) at ``times`` (a forecast's valid times: ``leads`` given, ``count`` leads per
     initialisation) against the ``observations`` in observation space (:func:`latentda.metrics.observation_space_scores`):
     rows per observation group and time observed, and per group the scores pooled over the ``summarised`` times
-    (sums over every observation: ``rmse`` = √(Σ d² / n), ...), by lead for a forecast; for a reanalysis also
-    each member's residual ratio (RMS of (y − H(x_i))/σ over every observation, ≈ 1 when consistent). A time of the
-    prediction without observations has no rows; observations of no time of the prediction are an error."""
+    (sums over every observation: ``rmse`` = √(Σ d² / n), ...), by lead for a forecast; and each member's residual
+    ratio (RMS of (y − H(x_i))/σ over every observation, ≈ 1 for a reanalysis consistent with its observations). A
+    time of the prediction without observations has no rows; observations of no time of the prediction are an
+    error. Observations reading a pixel of the prediction's fixed ``mask`` (C, H, W; NaN there) are left out, as
+    ``reanalyze`` leaves them out; with none left an error when scoring against observations ``alone``, else
+    no group and a NaN ratio."""
     import torch
 
     from latentda.observe.files import read_observations
 
     operator = read_observations(observations, layout)
+    taken = sorted({group.name for group in operator.groups} & set(NOT_CHANNELS))
+    if taken:
+        raise LatentdaError(f"observation group {taken[0]!r}: a name the report gives to other results (rename it)")
     calendar = climate_calendar(units) is not None
     known = np.asarray(operator.times)
     index = _match_times(times, known, calendar)
@@ -282,22 +285,27 @@ def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: 
     if not len(cases):
         raise LatentdaError(f"the observations are of other times ({_time_span(known, units)}) than the prediction "
                             f"({_time_span(np.unique(times), units)}): nothing to score")
+    if mask is not None:
+        operator, _ = operator.off_mask(mask, refuse_empty=False)
     members = ensemble.shape[0]
-    rows, summary, residuals = [], {}, []
-    for group in operator.groups:
+    rows, summary = [], {}
+    squares, entries = np.zeros(members), 0  # the residual ratio's sums over every observation
+    for group in operator.groups if operator is not None else []:
         noise = group.noise()[index[cases]] if np.ndim(group.noise_std) else group.noise_std
         part = dataclasses.replace(group, values=group.values[index[cases]], noise_std=noise)
-        with torch.no_grad():  # member by member: a float64 copy of one member's states at a time
-            predicted = np.concatenate([part(torch.from_numpy(ensemble[i : i + 1, cases]).double()).numpy()
-                                        for i in range(members)])  # (m, entries): case by case, as the mask's entries
+        if not part.mask.any():
+            continue
+        with torch.no_grad():  # member by member: a float64 copy of one member's states at a time; the mask's NaN
+            predicted = np.concatenate([part(torch.from_numpy(np.nan_to_num(ensemble[i : i + 1, cases])).double()).numpy()
+                                        for i in range(members)])  # 0 (no entry reads it); (m, entries), case by case
         y, std = part.observed(representation=False)
-        residuals.append((y[None] - predicted) / std[None])
+        squares += (((y[None] - predicted) / std[None]) ** 2).sum(axis=1)
+        entries += y.size
         split = np.cumsum(part.mask.reshape(len(cases), -1).sum(axis=1))[:-1]
         per_case = [observation_space_scores(h, obs, sigma) for h, obs, sigma in
                     zip(np.split(predicted, split, axis=1), np.split(y, split), np.split(std, split))]
-        for case, scores in zip(cases, per_case):
-            if scores["count"]:
-                rows.append({"observation": group.name, "time": time_texts[case], **where[case], **scores})
+        rows += [{"observation": group.name, "time": time_texts[case], **where[case], **scores}
+                 for case, scores in zip(cases, per_case) if scores["count"]]
         kept = summarised[cases]
         summary[group.name] = _pooled_observation_scores([s for s, k in zip(per_case, kept) if k], members)
         if leads is not None:
@@ -305,13 +313,11 @@ def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: 
                 _lead_text(leads[step]): _pooled_observation_scores([s for s, case in zip(per_case, cases)
                                                                      if case % count == step], members)
                 for step in range(count) if (cases % count == step).any()}
-    if not rows:
-        raise LatentdaError("no observation of the prediction's times has a value where the prediction has one "
-                            "(all on its mask)")
-    if leads is None:  # a reanalysis' members against its own observations
-        with np.errstate(invalid="ignore"):
-            ratios = np.sqrt(np.nanmean(np.concatenate(residuals, axis=1) ** 2, axis=1))
-        summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
+    if not rows and alone:
+        raise LatentdaError("every observation of the prediction's times reads its fixed mask (no values there): "
+                            "nothing to score")
+    ratios = np.sqrt(squares / entries) if entries else np.full(members, np.nan)
+    summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
     return rows, summary
 
 
@@ -346,10 +352,12 @@ def _match_times(times: np.ndarray, known: np.ndarray, calendar: bool = False) -
         position = {time: i for i, time in enumerate(known.astype("datetime64[ns]").astype(np.int64))}
         return np.array([position.get(time, -1) for time in times.astype("datetime64[ns]").astype(np.int64)])
     times, known = times.astype(np.float64), known.astype(np.float64)
-    distance = np.abs(times[:, None] - known[None])
-    nearest = distance.argmin(axis=1)
-    close = distance[np.arange(len(times)), nearest] <= _time_tolerance(times, known, calendar)
-    return np.where(close, nearest, -1)
+    order = np.argsort(known)
+    right = np.clip(np.searchsorted(known[order], times), 0, len(known) - 1)
+    left = np.clip(right - 1, 0, len(known) - 1)
+    nearest = np.where(np.abs(times - known[order][left]) <= np.abs(known[order][right] - times), left, right)
+    close = np.abs(times - known[order][nearest]) <= _time_tolerance(times, known, calendar)
+    return np.where(close, order[nearest], -1)
 
 
 def is_forecast(prediction: xr.Dataset) -> bool:

@@ -15,7 +15,7 @@ from scipy.stats import norm
 from conftest import make_box_dataset
 from latentda import cli
 from latentda.data import FieldLayout, open_dataset, write_dataset
-from latentda.evaluation import evaluate
+from latentda.evaluation import NOT_CHANNELS, evaluate
 from latentda.metrics import dressed_crps, fair_crps, observation_space_scores
 from latentda.observe.files import read_observations
 
@@ -170,7 +170,7 @@ def test_evaluate_a_forecast_against_observations_at_valid_times(world):
     assert len(leads) == 3
     assert summary["u_grid"]["count"] == sum(summary["by_lead"]["u_grid"][lead]["count"] for lead in leads[1:])
     assert summary["by_lead"]["u_grid"][leads[2]]["spread"] > summary["by_lead"]["u_grid"][leads[1]]["spread"]
-    assert "observation_residual_ratio" not in summary and summary["initialisation_times"] == 2
+    assert summary["initialisation_times"] == 2 and len(summary["observation_residual_ratio"]["members"]) == 8
     y = open_dataset(observations)["u_grid"].values  # states 1..4
     lead_1 = [(forecast["u"].isel(time=i, prediction_timedelta=1).transpose("realization", ...).values, y[init])
               for i, init in enumerate((0, 2))]  # valid states 1 and 3: observations 0 and 2
@@ -188,7 +188,7 @@ def test_evaluate_a_forecast_against_observations_at_valid_times(world):
                      "--trajectory", "0"]) == 2
 
 
-def test_a_table_of_observations_scores_a_forecast(world, tmp_path):
+def test_a_table_of_observations_scores_a_forecast(world, tmp_path, capsys):
     """A table (CSV) is placed on the forecast's valid times and scored as the file would be."""
     root, truth_path, _, observations = world
     truth = open_dataset(truth_path)
@@ -201,5 +201,44 @@ def test_a_table_of_observations_scores_a_forecast(world, tmp_path):
     assert cli.main(["evaluate", "--prediction", str(forecast), "--observations", str(tmp_path / "obs.csv"),
                      "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    (group,) = [k for k in summary if k not in ("by_lead", "members", "initialisation_times")]
+    (group,) = [k for k in summary if k not in NOT_CHANNELS]
     assert summary[group]["count"] == 3 and summary[group]["noise_std"] == pytest.approx(0.4)
+    # valid times 0, 0.2, 0.6, 0.8 (starts 0 and 0.6, leads 0 and 0.2): uneven, rows within 0.1 of one
+    uneven = write_dataset(_forecast(truth, np.random.default_rng(6), inits=(0, 3), leads=2), tmp_path / "uneven.nc")
+    table.iloc[[0, 2]].to_csv(tmp_path / "near.csv", index=False)  # states 1 and 4: valid times
+    assert cli.main(["evaluate", "--prediction", str(uneven), "--observations", str(tmp_path / "near.csv"),
+                     "--out", str(tmp_path / "uneven")]) == 0
+    assert json.loads((tmp_path / "uneven" / "summary.json").read_text())[group]["count"] == 2
+    table.assign(time=[times[1], times[2], times[4]]).to_csv(tmp_path / "far.csv", index=False)
+    assert cli.main(["evaluate", "--prediction", str(uneven), "--observations", str(tmp_path / "far.csv")]) == 2
+    assert "1 observation row(s) are more than 0.1 from every state" in capsys.readouterr().err  # 0.4: no valid time
+
+
+def test_observations_reading_the_predictions_mask_are_left_out(world):
+    """A prediction with NaN on its fixed mask (<variable>_mask): a linear row or a station reading only valid pixels
+    is scored (a zero weight on a masked pixel reads nothing), one reading a masked pixel is left out, as reanalyze
+    leaves it out; nothing left to score is an error."""
+    root, truth_path, prediction, _ = world
+    ensemble = open_dataset(prediction)
+    land = np.zeros((8, 8), dtype=bool)
+    land[:, :3] = True  # columns 0–2 of u are land
+    masked = ensemble.assign(u=ensemble["u"].where(~land), u_mask=(("y", "x"), (~land).astype(np.float32)))
+    obs = open_dataset(world[3]).isel(time=slice(0, 2))
+    rows = np.zeros((3, 64))
+    rows[0, 8 * 4 + 5] = rows[0, 8 * 6 + 7] = 0.5  # sea pixels only
+    rows[1, 8 * 2 + 6] = 1.0
+    rows[2, 8 * 2 + 1] = rows[2, 8 * 2 + 4] = 0.5  # reads a land pixel
+    values = np.full((2, 3), 0.3)
+    attrs = {"latentda_source": "u", "noise_std": 0.2, "units": "1"}
+    linear = xr.Dataset({"line": (("time", "line_row"), values, {"latentda_sampling": "linear", **attrs}),
+                         "line_matrix": (("line_row", "line_column"), rows)}, coords={"time": obs["time"]})
+    _, summary = evaluate(masked, observations=linear)
+    assert summary["line"]["count"] == 2 * 2 and np.isfinite(summary["line"]["rmse"])
+    station = xr.Dataset({"station": (("time", "station_point"), np.full((2, 1), 0.1), {"latentda_sampling": "points", **attrs}),
+                          "station_y": ("station_point", masked["y"].values[[4]]),
+                          "station_x": ("station_point", masked["x"].values[[3]])},  # the sea pixel beside land
+                         coords={"time": obs["time"]})
+    _, summary = evaluate(masked, observations=station)
+    assert summary["station"]["count"] == 2
+    with pytest.raises(Exception, match="reads its fixed mask"):
+        evaluate(masked, observations=linear.assign(line_matrix=linear["line_matrix"].where(False, 0) + rows[2]))
