@@ -68,7 +68,8 @@ from latentda.data.statistics import check_finite
 from latentda.data.times import axis_units, climate_calendar, describe_time, standard_time_axis, time_kind
 from latentda.errors import LatentdaError
 from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, observation_space_scores,
-                              pole_rmse, pooled_spread_skill_ratio, predictive_pit, rank_flatness, rank_histogram)
+                              pole_rmse, pooled_observation_scores, pooled_spread_skill_ratio, predictive_pit,
+                              rank_flatness, rank_histogram)
 
 __all__ = ["evaluate", "is_forecast", "valid_times", "write_report", "check_report_path", "NOT_CHANNELS"]
 
@@ -103,9 +104,7 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, un
         if not 0 <= trajectory < truth.sizes[TRAJECTORY]:
             raise LatentdaError(f"--trajectory {trajectory} out of range (the truth has {truth.sizes[TRAJECTORY]})")
         truth = truth.isel({TRAJECTORY: trajectory}, drop=True)
-    values, counts = np.unique(truth[TIME].values, return_counts=True)
-    if (counts > 1).any():  # a state per time: which of two states at one time is the truth is not defined
-        raise LatentdaError(f"the truth's times are not unique: {describe_time(values[counts > 1][0], units)} appears {counts[counts > 1][0]} times")
+    _check_unique(truth[TIME].values, "the truth's", units)
     times = prediction[TIME].values
     calendar = climate_calendar(units) is not None
     known = truth[TIME].values
@@ -121,6 +120,14 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, un
             absent = ~np.isin(times, known)
         raise LatentdaError(f"the prediction's times are not all in the truth: {int(absent.sum())} are not, the first "
                             f"{describe_time(times[np.argmax(absent)], units)} (the truth has {_time_span(known, units)})") from None
+
+
+def _check_unique(times: np.ndarray, whose: str, units: str) -> None:
+    """One state (or set of observations) per time: which of two at one time to score is not defined."""
+    values, counts = np.unique(times, return_counts=True)
+    if (counts > 1).any():
+        raise LatentdaError(f"{whose} times are not unique: {describe_time(values[counts > 1][0], units)} appears "
+                            f"{counts[counts > 1][0]} times")
 
 
 CALENDAR_TOLERANCE = 1e-3  # seconds: dates of a climate calendar are whole seconds, exact in float64
@@ -280,6 +287,7 @@ def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: 
         raise LatentdaError(f"observation group {taken[0]!r}: a name the report gives to other results (rename it)")
     calendar = climate_calendar(units) is not None
     known = np.asarray(operator.times)
+    _check_unique(known, "the observations'", units)
     index = _match_times(times, known, calendar)
     cases = np.flatnonzero(index >= 0)
     if not len(cases):
@@ -307,10 +315,10 @@ def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: 
         rows += [{"observation": group.name, "time": time_texts[case], **where[case], **scores}
                  for case, scores in zip(cases, per_case) if scores["count"]]
         kept = summarised[cases]
-        summary[group.name] = _pooled_observation_scores([s for s, k in zip(per_case, kept) if k], members)
+        summary[group.name] = pooled_observation_scores([s for s, k in zip(per_case, kept) if k], members)
         if leads is not None:
             summary.setdefault("by_lead", {})[group.name] = {
-                _lead_text(leads[step]): _pooled_observation_scores([s for s, case in zip(per_case, cases)
+                _lead_text(leads[step]): pooled_observation_scores([s for s, case in zip(per_case, cases)
                                                                      if case % count == step], members)
                 for step in range(count) if (cases % count == step).any()}
     if not rows and alone:
@@ -321,43 +329,16 @@ def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: 
     return rows, summary
 
 
-def _pooled_observation_scores(per_time: list[dict], members: int) -> dict:
-    """Observation-space scores of several times from their per-time scores (each a mean over its ``count``
-    observations): the means over every observation, for ``rmse``, ``spread``, ``noise_std`` of the squares."""
-    counts = np.array([s["count"] for s in per_time], dtype=np.float64)
-    total = counts.sum()
-    if total == 0:
-        return {"count": 0}
-
-    def mean(name: str, power: int = 1) -> float:
-        values = np.array([s[name] for s in per_time], dtype=np.float64)
-        return float(np.nansum(counts * values**power) / total)
-
-    pooled = {"count": int(total), "bias": mean("bias"), "rmse": mean("rmse", 2) ** 0.5,
-              "noise_std": mean("noise_std", 2) ** 0.5, "crps": mean("crps")}
-    if members > 1:
-        pooled["spread"] = mean("spread", 2) ** 0.5
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pooled["spread_skill_ratio"] = float(np.sqrt(((members + 1) / members * pooled["spread"] ** 2
-                                                          + pooled["noise_std"] ** 2) / np.float64(pooled["rmse"] ** 2)))
-    return pooled
-
-
 def _match_times(times: np.ndarray, known: np.ndarray, calendar: bool = False) -> np.ndarray:
-    """For each of ``times`` the index of the same time in ``known`` (float model times up to
-    :func:`_time_tolerance`, as :func:`_align`), −1 where there is none."""
+    """For each of ``times`` the index of the same time in ``known`` (unique; float model times up to
+    :func:`_time_tolerance`, as :func:`_align` selects them), −1 where there is none."""
     if np.issubdtype(times.dtype, np.datetime64) != np.issubdtype(known.dtype, np.datetime64):
         return np.full(len(times), -1)
     if np.issubdtype(times.dtype, np.datetime64):  # exactly, whatever the units of either
-        position = {time: i for i, time in enumerate(known.astype("datetime64[ns]").astype(np.int64))}
-        return np.array([position.get(time, -1) for time in times.astype("datetime64[ns]").astype(np.int64)])
-    times, known = times.astype(np.float64), known.astype(np.float64)
-    order = np.argsort(known)
-    right = np.clip(np.searchsorted(known[order], times), 0, len(known) - 1)
-    left = np.clip(right - 1, 0, len(known) - 1)
-    nearest = np.where(np.abs(times - known[order][left]) <= np.abs(known[order][right] - times), left, right)
-    close = np.abs(times - known[order][nearest]) <= _time_tolerance(times, known, calendar)
-    return np.where(close, order[nearest], -1)
+        return pd.Index(known).get_indexer(times)
+    order = np.argsort(known)  # nearest needs a monotonic index
+    found = pd.Index(known[order]).get_indexer(times, method="nearest", tolerance=_time_tolerance(times, known, calendar))
+    return np.where(found >= 0, order[found], -1)
 
 
 def is_forecast(prediction: xr.Dataset) -> bool:

@@ -74,6 +74,7 @@ __all__ = [
     "coverage_curve",
     "dressed_crps",
     "observation_space_scores",
+    "pooled_observation_scores",
 ]
 
 
@@ -146,15 +147,40 @@ def observation_space_scores(predicted: np.ndarray, observed: np.ndarray, noise_
         return {**scores, **{name: float("nan") for name in ("bias", "rmse", "noise_std", "crps")},
                 **({"spread": float("nan"), "spread_skill_ratio": float("nan")} if m > 1 else {})}
     distance = observed - predicted.mean(axis=0)
-    squared = float(np.mean(distance**2))
-    scores.update(bias=float(distance.mean()), rmse=squared**0.5, noise_std=float(np.mean(std**2)) ** 0.5,
-                  crps=float(dressed_crps(predicted, observed, std).mean()))
+    scores.update(bias=float(distance.mean()), rmse=float(np.mean(distance**2)) ** 0.5,
+                  noise_std=float(np.mean(std**2)) ** 0.5, crps=float(dressed_crps(predicted, observed, std).mean()))
     if m > 1:
-        variance = float(predicted.var(axis=0, ddof=1).mean())
-        scores["spread"] = variance**0.5
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scores["spread_skill_ratio"] = float(np.sqrt(((m + 1) / m * variance + scores["noise_std"] ** 2) / np.float64(squared)))
+        scores["spread"] = float(predicted.var(axis=0, ddof=1).mean()) ** 0.5
+        scores["spread_skill_ratio"] = _spread_skill_with_noise(scores, m)
     return scores
+
+
+def _spread_skill_with_noise(scores: dict[str, float], members: int) -> float:
+    """√(((m+1)/m spread² + noise_std²) / rmse²) of observation-space ``scores`` (module docstring)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.sqrt(((members + 1) / members * scores["spread"] ** 2 + scores["noise_std"] ** 2)
+                             / np.float64(scores["rmse"] ** 2)))
+
+
+def pooled_observation_scores(per_set: list[dict], members: int) -> dict:
+    """:func:`observation_space_scores` of the union of several sets of observations (e.g. the times of a
+    window) from each set's scores (each a mean over its ``count`` observations): the means over every
+    observation — of the squares for ``rmse``, ``spread`` and ``noise_std`` —, ``count`` 0 alone when there is none."""
+    counts = np.array([scores["count"] for scores in per_set], dtype=np.float64)
+    total = counts.sum()
+    if total == 0:
+        return {"count": 0}
+
+    def mean(name: str, power: int = 1) -> float:
+        values = np.array([scores[name] for scores in per_set], dtype=np.float64)
+        return float(np.nansum(counts * values**power) / total)  # a set without observations: NaN, weight 0
+
+    pooled = {"count": int(total), "bias": mean("bias"), "rmse": mean("rmse", 2) ** 0.5,
+              "noise_std": mean("noise_std", 2) ** 0.5, "crps": mean("crps")}
+    if members > 1:
+        pooled["spread"] = mean("spread", 2) ** 0.5
+        pooled["spread_skill_ratio"] = _spread_skill_with_noise(pooled, members)
+    return pooled
 
 
 SCORE_BLOCK_BYTES = 64 * 2**20  # float64 ensemble values scored at once (ensemble_scores)

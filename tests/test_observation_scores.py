@@ -183,6 +183,9 @@ def test_evaluate_a_forecast_against_observations_at_valid_times(world):
                  observations=open_dataset(observations))
     with pytest.raises(Exception, match="nothing to score against"):
         evaluate(forecast)
+    twice = open_dataset(observations).isel(time=[0, 1, 1, 2])
+    with pytest.raises(Exception, match="the observations' times are not unique"):
+        evaluate(forecast, observations=twice)
     assert cli.main(["evaluate", "--prediction", str(root / "prediction.nc")]) == 2
     assert cli.main(["evaluate", "--prediction", str(root / "prediction.nc"), "--observations", str(observations),
                      "--trajectory", "0"]) == 2
