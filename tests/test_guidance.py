@@ -86,6 +86,62 @@ def test_solvers_lift_their_solution(iterations):
         assert (lu - torch.einsum("bcij,bj->bci", lift, u)).abs().max() < 1e-10
 
 
+def test_cg_shift_stops_where_the_covariance_part_is_not_positive():
+    """M = diag(s) + C: with C positive semi-definite the shift changes nothing; with a direction where C is
+    negative (M still positive: the plain curvature test passes) the iterations stop there — the result is a
+    truncated CG iterate, not the exact solve that divides by the small M along that direction."""
+    g = torch.Generator().manual_seed(3)
+    Q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    s = torch.full((5,), 0.09, dtype=torch.float64)
+    b = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    for c, stops in (([4.0, 2.0, 1.0, 0.5, 0.01], False), ([4.0, 2.0, 1.0, 0.5, -0.07], True)):
+        M = torch.diag(s) + Q @ torch.diag(torch.tensor(c, dtype=torch.float64)) @ Q.T
+        matvec = lambda v, M=M: v @ M.T  # noqa: E731
+        plain = [conjugate_gradient(matvec, b, k) for k in range(1, 6)]
+        shifted = conjugate_gradient(matvec, b, 5, shift=s)
+        assert (plain[-1] - torch.linalg.solve(M, b.T).T).abs().max() < 1e-8  # plain CG: the exact solve
+        if not stops:
+            assert (shifted - plain[-1]).abs().max() < 1e-10
+            continue
+        for row in range(2):  # each system stops at its own first non-covariance direction
+            truncated = [k for k in range(4) if (shifted[row] - plain[k][row]).abs().max() < 1e-10]
+            assert truncated, "the shifted result is not a truncated CG iterate"
+        along = (b @ Q[:, -1]).abs()  # the exact solve's amplification along the negative direction: 1 / 0.02
+        assert ((plain[-1] @ Q[:, -1]).abs() > 40 * along).all()
+        assert ((shifted @ Q[:, -1]).abs() < 12 * along).all()  # no more than the noise alone allows (1 / 0.09)
+
+
+def test_mmps_never_pushes_away_from_the_observations_along_a_negative_learned_variance():
+    """A learned-like denoiser whose Jacobian has a direction q of negative variance (σ² qᵀJq = −0.07 against
+    σ_y² = 0.09; the exact mean, only the Jacobian wrong) and observations off the mean along q: the plain solve
+    divides by 0.09 − 0.07 and its correction σ² Jᵀ u points the other way, pushing the mean away from y along q
+    (by 3.5 times the residual); MMPS's CG, given Σ_y, stops at that direction and leaves the mean unguided there."""
+    mean, covariance, _, _, _ = _problem(dim=6)
+    A = torch.eye(6, dtype=torch.float64)
+    noise_std = torch.full((6,), 0.3, dtype=torch.float64)
+    sigma = 1.0
+    exact = GaussianDenoiser(mean, covariance)
+    J = covariance @ torch.linalg.inv(covariance + sigma**2 * torch.eye(6, dtype=torch.float64))
+    q = torch.linalg.eigh(covariance).eigenvectors[:, 0]  # the narrowest direction
+    wrong = J - ((q @ J @ q) + 0.07) * torch.outer(q, q)  # qᵀ wrong q = −0.07, the others J's
+
+    def learned(x_t, s):  # the exact mean, with the Jacobian ``wrong``
+        return exact(x_t, s) + (x_t - x_t.detach()) @ (wrong - J).T
+
+    x_t = mean + sigma * torch.randn(3, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    x_hat = exact(x_t, sigma)
+    y = x_hat[0] + 2.0 * q  # off the first row's mean along q alone
+    residual = (y - x_hat @ A.T) @ q
+    u = conjugate_gradient(lambda v: noise_std**2 * v + sigma**2 * v @ A @ wrong @ A.T, y - x_hat @ A.T, 6)
+    plain = x_hat + sigma**2 * u @ A @ wrong  # the same guided mean without the shift
+    assert ((plain - x_hat)[0] @ q) * residual[0] < -3 * residual[0] ** 2
+    guided = MMPSDenoiser(learned, lambda x: x @ A.T, y, noise_std, iterations=6)(x_t, torch.tensor(sigma, dtype=torch.float64))
+    assert ((guided - x_hat)[0] @ q) * residual[0] >= 0
+    assert (guided[0] - x_hat[0]).abs().max() < 1e-12  # stopped at the first direction: unguided
+    exact_guided = MMPSDenoiser(exact, lambda x: x @ A.T, y, noise_std, iterations=6)(x_t, torch.tensor(sigma, dtype=torch.float64))
+    assert ((exact_guided - x_hat)[0] @ q) * residual[0] > 0  # the exact denoiser pulls toward y
+
+
 def test_dps_matches_its_formula_and_mmps_differs():
     mean, covariance, A, noise_std, y = _problem()
     denoise = GaussianDenoiser(mean, covariance)

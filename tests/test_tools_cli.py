@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_box_dataset
 from latentda.data import write_dataset
@@ -161,3 +162,34 @@ def test_summaries_score_the_observed_pixels(monkeypatch):
         # the mean's error: the members' noise averages out, the centre's 0.3 stays
         summary = summarise(ensemble, truth, operator, np.ones((8, 8)))
         assert abs(summary["spread_skill_observed"] - expected) < 0.25 * expected
+
+
+def test_probe_prior_directions_against_a_gaussian(monkeypatch):
+    """tools/probe_prior_directions.py's measures on a Gaussian of known covariance with its exact denoiser: the
+    principal directions and variances recovered from samples, the Jacobian along each exactly λ/(λ + σ²), the
+    error along each the optimum λσ²/(λ + σ²) within sampling error — and a denoiser that shrinks too much reads low."""
+    monkeypatch.syspath_prepend(str(TOOLS))
+    from probe_prior_directions import directional_scores, principal_directions
+
+    from latentda.diffusion.gaussian import GaussianDenoiser
+
+    g = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    lam = torch.tensor([400.0, 50.0, 10.0] + [1.0] * 9, dtype=torch.float64)
+    covariance = basis @ torch.diag(lam) @ basis.T
+    draws = torch.randn(20000, 12, generator=g, dtype=torch.float64) @ (basis * lam.sqrt()).T
+    variances, directions, spectrum = principal_directions(draws, 3)
+    assert ((variances / lam[:3] - 1).abs() < 0.05).all()
+    assert ((directions @ basis[:, :3]).diagonal().abs() > 0.995).all()
+    assert abs(float(spectrum.sum()) / float(lam.sum()) - 1) < 0.05
+    exact = GaussianDenoiser(torch.zeros(12, dtype=torch.float64), covariance)
+    held = torch.randn(4000, 12, generator=g, dtype=torch.float64) @ (basis * lam.sqrt()).T
+    truth = basis[:, :3].T.contiguous()
+    for sigma in (20.0, 3.0):
+        scores = directional_scores(exact, held, truth, sigma)
+        expected = lam[:3] / (lam[:3] + sigma**2)
+        assert abs(scores["jacobian"] - expected.numpy()).max() < 1e-9
+        optimum = (lam[:3] * sigma**2 / (lam[:3] + sigma**2)).numpy()
+        assert abs(scores["error"] / optimum - 1).max() < 0.1
+    narrow = GaussianDenoiser(torch.zeros(12, dtype=torch.float64), covariance / 4)
+    assert (directional_scores(narrow, held, truth, 20.0)["jacobian"] < 0.8 * (lam[:3] / (lam[:3] + 400)).numpy()).all()

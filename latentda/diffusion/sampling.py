@@ -3,8 +3,12 @@
 Because they only need the mean, the same samplers run the unconditional prior, a trajectory
 stitched from blankets, or a guided (posterior) mean. The σ grid σ_0 = σ_max > … > σ_{N−1} = σ_min
 is the Karras (ρ = 7) grid of diffusers' ``EDMEulerScheduler``, from the prior's σ_max or from a
-lower ``sigma_start`` (standardised data have unit variance: levels far above it only add noise to
-noise, so starting lower spends the same steps where the data are shaped). diffusers' ``step`` functions take
+lower ``sigma_start`` (starting lower spends the same steps where the data are shaped). Standardised
+data have unit variance per element, not along every direction: the first x is drawn with
+(σ_0² + σ_data²) I (below), while a window of correlated states has directions of far larger variance λ
+(the field's mean over a window of the exactness benchmark's latents: λ = 462), whose level-σ_0 law has
+λ + σ_0²; started below √λ, samples of the prior come out narrow along them (docs/exactness.md, "What
+the excess is not"). Posteriors, whose observations pin those directions, are not affected. diffusers' ``step`` functions take
 the raw network output of their own parameterisation, not an arbitrary (e.g. guided) mean, so the
 updates are written here (variance-exploding, x_t = x + σ ε; with x̂ = denoise(x_i, σ_i)):
 

@@ -64,8 +64,9 @@ class SamplerSettings:
       values; the cap keeps directions pinned by accurate observations stable (:mod:`latentda.diffusion.sampling`),
       and since mean(s²) ≤ 1/σ², τ ≥ 1 gives δ = σ².
     - ``sigma_start``: σ_0, the level sampling starts from, in (σ_min, σ_max] of the prior
-      (None: σ_max). Standardised data have unit variance, so levels far above 1 only add noise
-      to noise; starting lower spends the same steps where the data are shaped.
+      (None: σ_max). Starting lower spends the same steps where the data are shaped, but a direction
+      of a window whose variance λ exceeds σ_0² (standardised data have unit variance per element,
+      not along the slow, coherent directions of a window) comes out narrow in unconditional samples.
     - ``churn``: stochastic churn (Karras et al. 2022, Alg. 2): before step i the level is raised to
       σ_i (1 + γ) with fresh noise, γ = min(churn / N, √2 − 1); 0 = none.
     - ``overlap``: states shared by consecutive blankets when a trajectory is longer than the

@@ -39,7 +39,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from latentda.posterior.solvers import SOLVERS
+from latentda.posterior.solvers import SOLVERS, conjugate_gradient
 
 __all__ = ["MMPSDenoiser", "DPSDenoiser", "Unguided", "Operator", "Linearization", "linearize"]
 
@@ -134,7 +134,9 @@ class MMPSDenoiser(_Guided):
             return noise_var * u + variance * A.forward(lifted).double(), lifted
 
         residual = self.y.to(A.value.device, torch.float64) - A.value.double()
-        _, correction = self.solve(matvec, residual, self.iterations, lifted=True)  # Jᵀ Aᵀ u, no further product
+        # CG also stops where σ² A J Aᵀ is not a covariance (pᵀ(M − Σ_y)p ≤ 0: solvers.conjugate_gradient)
+        floor = {"shift": noise_var.double()} if self.solve is conjugate_gradient else {}
+        _, correction = self.solve(matvec, residual, self.iterations, lifted=True, **floor)  # Jᵀ Aᵀ u, no further product
         return (mean.detach() + (variance * correction).to(mean.dtype)).detach()
 
 

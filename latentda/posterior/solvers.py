@@ -34,14 +34,22 @@ def _scaled(coefficient: Tensor, lifted: Tensor) -> Tensor:
     return coefficient.reshape(-1, *[1] * (lifted.dim() - 1)) * lifted.double()
 
 
-def conjugate_gradient(matvec: MatVec, b: Tensor, iterations: int, lifted: bool = False
-                       ) -> Tensor | tuple[Tensor, Tensor]:
+def conjugate_gradient(matvec: MatVec, b: Tensor, iterations: int, lifted: bool = False,
+                       shift: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """u ≈ M⁻¹ b by ``iterations`` CG steps from u₀ = 0 (M symmetric positive definite); with
     ``lifted``, (u, L u) (module docstring).
 
     r₀ = p₀ = b; α = rᵀr / pᵀMp; u += α p; r −= α Mp; β = r'ᵀr' / rᵀr; p = r' + β p.
-    A direction of non-positive curvature (pᵀMp ≤ 0, possible when a learned denoiser's Jacobian
-    is not positive semi-definite) ends that system's iterations instead of diverging.
+    A direction of non-positive curvature (pᵀMp ≤ 0) ends that system's iterations instead of
+    diverging. ``shift``: the known diagonal s > 0 of M = diag(s) + C, C positive semi-definite by
+    construction (MMPS: s = σ_y², C = σ² A V Aᵀ, a covariance); a direction p with pᵀCp =
+    pᵀMp − pᵀ diag(s) p ≤ 0 then ends the iterations too. A learned denoiser's Jacobian is neither
+    symmetric nor positive semi-definite: along such a p the system's "covariance" is negative, M
+    (still positive there) is smaller than the noise alone, and the step α = rᵀr / pᵀMp moves u
+    further than any covariance allows — the divergence of more iterations measured on QG and on the
+    exactness benchmark (docs/exactness.md, "CG and a learned covariance"). Truncating at the first
+    such direction keeps u in the Krylov directions along which the model is a covariance (as
+    Steihaug's truncated CG stops at negative curvature), and changes nothing for an exact denoiser.
     """
     u = torch.zeros_like(b)
     lu = None
@@ -53,7 +61,8 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, iterations: int, lifted: bool 
     for _ in range(iterations):
         mp, lp = matvec(p) if lifted else (matvec(p), None)
         curvature = _dot(p, mp)
-        active = active & (curvature > 0) & (rr > 0)
+        floor = _dot(p, shift * p) if shift is not None else 0.0
+        active = active & (curvature > floor) & (curvature > 0) & (rr > 0)
         alpha = torch.where(active, rr / curvature.where(active, torch.ones_like(curvature)), torch.zeros_like(rr))
         u = u + alpha * p
         if lifted:
