@@ -31,6 +31,9 @@ from latentda.data.io import atomic_path
 from latentda.data.layout import FieldLayout
 from latentda.data.statistics import Statistics
 from latentda.errors import LatentdaError
+from latentda.processes import drop_dynamo_exit_report
+
+drop_dynamo_exit_report()  # diffusers imported torch._dynamo: no import at interpreter exit (latentda.processes)
 
 __all__ = ["save_autoencoder", "load_autoencoder", "load_model", "check_model_folder", "check_inside",
            "save_representation_error", "load_representation_error", "checked_representation_error", "UNSAFE_WEIGHT_SUFFIXES"]

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from latentda.errors import LatentdaError
 
-__all__ = ["process_state", "started_here", "process_count", "is_main_rank", "collective_device", "deal_members",
+__all__ = ["process_state", "started_here", "drop_dynamo_exit_report", "process_count", "is_main_rank", "collective_device", "deal_members",
            "gather_members", "gather_texts", "first_text", "raise_first", "run_on_main", "posted_by_main", "wait_for_all"]
 
 
@@ -68,6 +68,23 @@ def started_here(make: Callable):
         atexit.register(_release_process_group)
         _release_process_group.owner = os.getpid()
     return made
+
+
+def drop_dynamo_exit_report() -> None:
+    """Unregister torch._dynamo's exit report (``dump_compile_times``) once torch._dynamo is imported (diffusers'
+    models and EMA import it).
+
+    The report logs compile times at INFO (never shown by latentda) but builds its table first, importing tabulate
+    and wcwidth *at interpreter exit*; an import then waits on the interpreter's import lock, which a thread left at
+    finalisation can hold — a two-process run hung there after printing its result (py-spy: the main thread in
+    ``_get_module_lock`` under ``dump_compile_times``; tests/test_processes.py). Called where latentda imports
+    diffusers (latentda.components, latentda.training.loop); a no-op before torch._dynamo is imported or without it."""
+    import atexit
+    import sys
+
+    report = getattr(sys.modules.get("torch._dynamo.utils"), "dump_compile_times", None)
+    if report is not None:
+        atexit.unregister(report)
 
 
 def _release_process_group() -> None:

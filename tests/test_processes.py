@@ -2,7 +2,9 @@
 autoencoder training with gaps and `encode` dealt over the processes, each equal to one process."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -268,3 +270,24 @@ def test_commands_of_one_process_run_once_under_a_launcher(tmp_path):
     assert result.stderr.count("latentda sample: runs on one process (the main one)") == 1
     one, two = (open_dataset(tmp_path / name) for name in ("one.nc", "two.nc"))  # the same draws (threads round apart)
     np.testing.assert_allclose(two["u"].values, one["u"].values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["latentda.training.loop", "latentda.pipeline"])
+def test_no_module_is_imported_at_interpreter_exit(module):
+    """torch._dynamo (imported with diffusers' EMA) registers an exit report that imports tabulate at interpreter exit;
+    an import at exit waits on the import lock, which a thread left at finalisation can hold: a two-process run hung
+    there after printing its result (test_a_batch_one_process_cannot_read_stops_both_with_its_line, sessions 37 and
+    39). latentda removes that report where it imports diffusers (training and sampling): nothing is imported at exit."""
+    code = (
+        "import atexit, sys, importlib.abc\n"
+        f"import {module}\n"
+        "assert 'torch._dynamo' in sys.modules and 'tabulate' not in sys.modules\n"
+        "class Spy(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        print('imported at exit:', name, flush=True)\n"
+        "atexit.register(lambda: sys.meta_path.insert(0, Spy()))  # the last registered runs first\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "imported at exit" not in result.stdout, result.stdout

@@ -39,9 +39,12 @@ from tqdm.auto import tqdm
 
 from latentda.config import MAX_SEED, require
 from latentda.data.io import OutputLock, check_output_path, write_text_atomic
-from latentda.processes import process_count, raise_first, run_on_main, started_here
+from latentda.processes import drop_dynamo_exit_report, process_count, raise_first, run_on_main, started_here
 from latentda.errors import LatentdaError
 from latentda.training.checkpoint import latest_checkpoint, load_latest, save_checkpoint
+
+
+drop_dynamo_exit_report()  # diffusers' EMA imported torch._dynamo (latentda.processes)
 
 __all__ = ["TrainingConfig", "Trainer", "BatchRandom", "batch_indices", "batch_random", "make_accelerator",
            "one_run_at_a_time", "check_run_dir", "continues", "shared_statistics"]
