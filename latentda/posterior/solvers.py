@@ -46,10 +46,12 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, iterations: int, lifted: bool 
     pᵀMp − pᵀ diag(s) p ≤ 0 then ends the iterations too. A learned denoiser's Jacobian is neither
     symmetric nor positive semi-definite: along such a p the system's "covariance" is negative, M
     (still positive there) is smaller than the noise alone, and the step α = rᵀr / pᵀMp moves u
-    further than any covariance allows — the divergence of more iterations measured on QG and on the
-    exactness benchmark (docs/exactness.md, "CG and a learned covariance"). Truncating at the first
-    such direction keeps u in the Krylov directions along which the model is a covariance (as
-    Steihaug's truncated CG stops at negative curvature), and changes nothing for an exact denoiser.
+    further than any covariance allows. Truncating at the first such direction keeps u in the Krylov
+    directions along which the model is a covariance (as Steihaug's truncated CG stops at negative
+    curvature) and changes nothing for an exact denoiser. A partial guard: a negative variance mixed
+    into directions whose pᵀCp stays positive goes undetected — 10 iterations on the exactness
+    benchmark's learned prior come back from a variance ratio of 2.59 to 1.82 (3: 1.73), 8 on QG still
+    diverge (docs/exactness.md, "What the excess is not, and what was measured").
     """
     u = torch.zeros_like(b)
     lu = None
