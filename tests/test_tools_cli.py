@@ -182,6 +182,10 @@ def test_probe_prior_directions_against_a_gaussian(monkeypatch):
     assert ((variances / lam[:3] - 1).abs() < 0.05).all()
     assert ((directions @ basis[:, :3]).diagonal().abs() > 0.995).all()
     assert abs(float(spectrum.sum()) / float(lam.sum()) - 1) < 0.05
+    import probe_prior_directions
+
+    monkeypatch.setattr(probe_prior_directions, "SPECTRUM_VALUES", draws.numel() - 1)  # too large: no partial spectrum
+    assert principal_directions(draws, 3)[2] is None
     exact = GaussianDenoiser(torch.zeros(12, dtype=torch.float64), covariance)
     held = torch.randn(4000, 12, generator=g, dtype=torch.float64) @ (basis * lam.sqrt()).T
     truth = basis[:, :3].T.contiguous()

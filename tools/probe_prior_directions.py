@@ -11,7 +11,7 @@ then, on held-out windows x (the test split, or validation when there is none; s
 - **Jacobian**: eᵀJe, J = ∂D(x + σε, σ)/∂x_t of the learned denoiser (one JVP), against the Gaussian value
   λ/(λ + σ²) — what MMPS's covariance σ²J holds along e;
 - **error**: mean (eᵀ(D(x + σε, σ) − x))² against the Gaussian optimum λσ²/(λ + σ²), and the error per element
-  against Σ_i λ_i σ²/(λ_i + σ²) / dim over all of Σ's eigenvalues of the windows read;
+  against Σ_i λ_i σ²/(λ_i + σ²) / dim over all of Σ's eigenvalues (computed up to 2²⁶ window values, else n/a);
 - **samples** (``--members`` > 0): the variance along e of unconditional windows drawn with the pipeline's sampler
   (``--steps`` / ``--sigma-start`` override it) over λ — a start at σ₀² below λ draws the first x too narrow along e
   (:mod:`latentda.diffusion.sampling`).
@@ -35,15 +35,20 @@ from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.reanalysis import PosteriorSettings, member_generator, sample_members
 
 
-def principal_directions(windows: torch.Tensor, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(λ (count,), e (count, D) orthonormal rows, every eigenvalue of the sample covariance the data span) of windows
-    (N, D) in float64: the leading principal directions by a randomised SVD of the centred windows."""
+SPECTRUM_VALUES = 1 << 26  # windows × values up to which every eigenvalue is computed (an exact SVD of that matrix)
+
+
+def principal_directions(windows: torch.Tensor, count: int, seed: int = 0
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(λ (count,), e (count, D) orthonormal rows, every eigenvalue of the sample covariance the data span — None
+    beyond :data:`SPECTRUM_VALUES`) of windows (N, D) in float64: the leading principal directions by a randomised
+    SVD of the centred windows."""
     torch.manual_seed(seed)
     centred = windows - windows.mean(0)
     _, singular, vectors = torch.pca_lowrank(centred, q=min(count + 10, *centred.shape), center=False, niter=6)
-    full = torch.linalg.svdvals(centred) if centred.shape[0] * centred.shape[1] <= 1 << 26 else singular
     scale = 1.0 / (len(windows) - 1)
-    return singular[:count] ** 2 * scale, vectors[:, :count].T.contiguous(), full**2 * scale
+    spectrum = torch.linalg.svdvals(centred) ** 2 * scale if centred.numel() <= SPECTRUM_VALUES else None
+    return singular[:count] ** 2 * scale, vectors[:, :count].T.contiguous(), spectrum
 
 
 def directional_scores(denoise, held: torch.Tensor, directions: torch.Tensor, sigma: float, seed: int = 0) -> dict:
@@ -94,7 +99,7 @@ def main() -> None:
     held = torch.stack([pipeline.standardise_latents(held_windows[int(i)]) for i in picks]).float()
     directions32 = directions.float()
     print(f"{len(windows)} training windows of K = {K} ({windows[0].numel()} values each), {len(held)} held-out; "
-          f"the covariance's total variance {float(spectrum.sum()):.1f}, leading λ "
+          f"the covariance's total variance {float(windows.flatten(1).var(0).sum()):.1f}, leading λ "
           + ", ".join(f"{float(v):.3g}" for v in variances))
     lam = variances.numpy()
     print("\n| σ | learned / Gaussian Jacobian eᵀJe along e_1 … | learned / optimal error along e_1 … | error per element |\n|---|---|---|---|")
@@ -102,10 +107,11 @@ def main() -> None:
         scores = directional_scores(pipeline.denoiser, held, directions32, sigma)
         gaussian_j = lam / (lam + sigma**2)
         gaussian_e = lam * sigma**2 / (lam + sigma**2)
-        optimal = float((spectrum * sigma**2 / (spectrum + sigma**2)).sum()) / windows[0].numel()
+        optimal = ("n/a (too many values for every eigenvalue)" if spectrum is None
+                   else f"{float((spectrum * sigma**2 / (spectrum + sigma**2)).sum()) / windows[0].numel():.4f}")
         print(f"| {sigma:g} | " + ", ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(scores["jacobian"], gaussian_j))
               + " | " + ", ".join(f"{a:.3g} / {b:.3g}" for a, b in zip(scores["error"], gaussian_e))
-              + f" | {scores['error_per_element']:.4f} / {optimal:.4f} |")
+              + f" | {scores['error_per_element']:.4f} / {optimal} |")
     if args.members:
         settings = PosteriorSettings(steps=args.steps, sigma_start=args.sigma_start)
         generators = [member_generator(0, m) for m in range(args.members)]
