@@ -78,44 +78,74 @@ def test_solvers_lift_their_solution(iterations):
     general = B + 7 * torch.eye(7, dtype=torch.float64)
     lift = torch.randn(3, 2, 5, 7, generator=g, dtype=torch.float64)  # L: (7,) → (2, 5), per batch row
     b = torch.randn(3, 7, generator=g, dtype=torch.float64)
-    for solver, matrix in ((conjugate_gradient, spd), (gmres, general)):
-        plain = solver(lambda v: torch.einsum("bij,bj->bi", matrix, v), b, iterations)
+    def shift(value):
+        return {"shift": torch.full((7,), value, dtype=torch.float64)}
+
+    # CG given s: C = M − s I positive semi-definite (7: B Bᵀ, or not symmetric), or not (7.5: negative along B Bᵀ's
+    # smallest directions, dropped)
+    for solver, matrix, options in ((conjugate_gradient, spd, {}), (gmres, general, {}), (conjugate_gradient, spd, shift(7.0)),
+                                    (conjugate_gradient, general, shift(7.0)), (conjugate_gradient, spd, shift(7.5))):
+        plain = solver(lambda v: torch.einsum("bij,bj->bi", matrix, v), b, iterations, **options)
         u, lu = solver(lambda v: (torch.einsum("bij,bj->bi", matrix, v), torch.einsum("bcij,bj->bci", lift, v)),
-                       b, iterations, lifted=True)
+                       b, iterations, lifted=True, **options)
         assert (u - plain).abs().max() < 1e-12
         assert (lu - torch.einsum("bcij,bj->bci", lift, u)).abs().max() < 1e-10
 
 
-def test_cg_shift_stops_where_the_covariance_part_is_not_positive():
-    """M = diag(s) + C: with C positive semi-definite the shift changes nothing; with a direction where C is
-    negative (M still positive: the plain curvature test passes) the iterations stop there — the result is a
-    truncated CG iterate, not the exact solve that divides by the small M along that direction."""
-    g = torch.Generator().manual_seed(3)
-    Q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
-    s = torch.full((5,), 0.09, dtype=torch.float64)
-    b = torch.randn(2, 5, generator=g, dtype=torch.float64)
-    for c, stops in (([4.0, 2.0, 1.0, 0.5, 0.01], False), ([4.0, 2.0, 1.0, 0.5, -0.07], True)):
-        M = torch.diag(s) + Q @ torch.diag(torch.tensor(c, dtype=torch.float64)) @ Q.T
+def test_cg_shift_keeps_cg_where_the_prior_part_is_a_covariance():
+    """M = diag(s) + C with C positive definite, s not a multiple of I, C symmetric or not (a skew part
+    added): CG given s returns plain CG's iterate at every iteration count — past n too, the iterations
+    after convergence left out — and u = 0 for a zero right-hand side."""
+    g = torch.Generator().manual_seed(4)
+    factor = torch.randn(7, 7, generator=g, dtype=torch.float64)
+    skew = torch.randn(7, 7, generator=g, dtype=torch.float64)
+    s = 0.05 + torch.rand(7, generator=g, dtype=torch.float64)
+    b = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    b[1] = 0
+    symmetric = torch.diag(s) + factor @ factor.T / 7
+    for M in (symmetric, symmetric + 0.1 * (skew - skew.T)):
         matvec = lambda v, M=M: v @ M.T  # noqa: E731
-        plain = [conjugate_gradient(matvec, b, k) for k in range(1, 6)]
-        shifted = conjugate_gradient(matvec, b, 5, shift=s)
-        assert (plain[-1] - torch.linalg.solve(M, b.T).T).abs().max() < 1e-8  # plain CG: the exact solve
-        if not stops:
-            assert (shifted - plain[-1]).abs().max() < 1e-10
-            continue
-        for row in range(2):  # each system stops at its own first non-covariance direction
-            truncated = [k for k in range(4) if (shifted[row] - plain[k][row]).abs().max() < 1e-10]
-            assert truncated, "the shifted result is not a truncated CG iterate"
-        along = (b @ Q[:, -1]).abs()  # the exact solve's amplification along the negative direction: 1 / 0.02
-        assert ((plain[-1] @ Q[:, -1]).abs() > 40 * along).all()
-        assert ((shifted @ Q[:, -1]).abs() < 12 * along).all()  # no more than the noise alone allows (1 / 0.09)
+        for k in (1, 2, 4, 7, 9):
+            got = conjugate_gradient(matvec, b, k, shift=s)
+            assert torch.isfinite(got).all() and (got[1] == 0).all()
+            assert (got - conjugate_gradient(matvec, b, k)).abs().max() < 1e-9
+        if M is symmetric:
+            assert (got - torch.linalg.solve(M, b.T).T).abs().max() < 1e-9
+
+
+def test_cg_shift_drops_the_directions_where_the_prior_part_is_not_a_covariance():
+    """C symmetric with two negative eigenvalues (M = σ_y² I + C still positive definite), the right-hand side
+    spread over every direction: plain CG's n-th iterate is M⁻¹ b, which divides by M's small eigenvalues
+    along them (past the noise alone's bound ‖b‖ / min s); CG given s returns P₊ (diag(s) + C⁺)⁻¹ b (C⁺: C's
+    negative eigenvalues set to 0; P₊: the projector on C's positive eigenvectors), within that bound, for a
+    scalar s and for one that is not. Fewer iterations: no part along the negative directions beyond the
+    noise's bound either."""
+    g = torch.Generator().manual_seed(5)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    c = torch.tensor([4.0, 2.0, 1.0, 0.5, -0.08, -0.085], dtype=torch.float64)
+    C = Q @ torch.diag(c) @ Q.T
+    positive = Q[:, :4] @ Q[:, :4].T
+    b = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    for s in (torch.full((6,), 0.09, dtype=torch.float64), 0.09 + 0.01 * torch.rand(6, generator=g, dtype=torch.float64)):
+        M = torch.diag(s) + C
+        assert torch.linalg.eigvalsh(M).min() > 0
+        bound = b.norm(dim=-1) / s.min()
+        plain = conjugate_gradient(lambda v: v @ M.T, b, 6)
+        assert (plain - torch.linalg.solve(M, b.T).T).abs().max() < 1e-8 and (plain.norm(dim=-1) > bound).all()
+        got = conjugate_gradient(lambda v: v @ M.T, b, 6, shift=s)
+        clipped = torch.diag(s) + Q @ torch.diag(c.clamp_min(0)) @ Q.T
+        assert (got - torch.linalg.solve(clipped, b.T).T @ positive).abs().max() < 1e-8
+        assert (got.norm(dim=-1) <= bound).all()
+        for k in range(1, 7):
+            along = conjugate_gradient(lambda v: v @ M.T, b, k, shift=s) @ Q[:, 4:]
+            assert (along.norm(dim=-1) <= bound).all()
 
 
 def test_mmps_never_pushes_away_from_the_observations_along_a_negative_learned_variance():
     """A learned-like denoiser whose Jacobian has a direction q of negative variance (σ² qᵀJq = −0.07 against
     σ_y² = 0.09; the exact mean, only the Jacobian wrong) and observations off the mean along q: the plain solve
     divides by 0.09 − 0.07 and its correction σ² Jᵀ u points the other way, pushing the mean away from y along q
-    (by 3.5 times the residual); MMPS's CG, given Σ_y, stops at that direction and leaves the mean unguided there."""
+    (by 3.5 times the residual); MMPS's CG, given Σ_y, drops that direction and leaves the mean unguided there."""
     mean, covariance, _, _, _ = _problem(dim=6)
     A = torch.eye(6, dtype=torch.float64)
     noise_std = torch.full((6,), 0.3, dtype=torch.float64)
@@ -140,6 +170,37 @@ def test_mmps_never_pushes_away_from_the_observations_along_a_negative_learned_v
     assert (guided[0] - x_hat[0]).abs().max() < 1e-12  # stopped at the first direction: unguided
     exact_guided = MMPSDenoiser(exact, lambda x: x @ A.T, y, noise_std, iterations=6)(x_t, torch.tensor(sigma, dtype=torch.float64))
     assert ((exact_guided - x_hat)[0] @ q) * residual[0] > 0  # the exact denoiser pulls toward y
+
+
+def test_mmps_is_the_kalman_update_with_the_learned_covariance_clipped():
+    """The learned-like Jacobian above (variance −0.07 along q, the exact one elsewhere), observations off
+    the mean in every direction: MMPS with n CG iterations is the Kalman update
+    x̂ + V⁺ (V⁺ + Σ_y)⁻¹ (y − x̂) with V⁺ = σ² J clipped to its positive part — no correction along q, the
+    exact posterior's correction in the other directions; plain CG's solve pushes the mean away from y along q."""
+    mean, covariance, _, _, _ = _problem(dim=6)
+    eye = torch.eye(6, dtype=torch.float64)
+    noise_std = torch.full((6,), 0.3, dtype=torch.float64)
+    sigma = 1.0
+    exact = GaussianDenoiser(mean, covariance)
+    J = covariance @ torch.linalg.inv(covariance + sigma**2 * eye)
+    q = torch.linalg.eigh(covariance).eigenvectors[:, 0]
+    wrong = J - ((q @ J @ q) + 0.07) * torch.outer(q, q)
+
+    def learned(x_t, s):
+        return exact(x_t, s) + (x_t - x_t.detach()) @ (wrong - J).T
+
+    g = torch.Generator().manual_seed(7)
+    x_t = mean + sigma * torch.randn(3, 6, generator=g, dtype=torch.float64)
+    x_hat = exact(x_t, sigma)
+    y = x_hat[0] + torch.randn(6, generator=g, dtype=torch.float64)
+    values, vectors = torch.linalg.eigh(sigma**2 * wrong)
+    clipped_covariance = vectors @ torch.diag(values.clamp_min(0)) @ vectors.T
+    gain = clipped_covariance @ torch.linalg.inv(clipped_covariance + 0.09 * eye)
+    expected = x_hat + (y - x_hat) @ gain.T
+    got = MMPSDenoiser(learned, lambda x: x, y, noise_std, iterations=6)(x_t, torch.tensor(sigma, dtype=torch.float64))
+    assert (got - expected).abs().max() < 1e-9
+    assert ((got - x_hat) @ q).abs().max() < 1e-9
+    assert ((got - x_hat).norm(dim=-1) > 0.1).all()
 
 
 def test_dps_matches_its_formula_and_mmps_differs():

@@ -33,8 +33,8 @@ Scores, pooled over windows, states and pixels (m, v: exact posterior mean and v
 - the same for the prior: unconditional samples of each prior against the stationary law.
 
 Sampler settings are each pipeline's defaults (``pipeline_config.json``), the exact prior takes the
-full system's; ``--steps``/``--tau``/``--sigma-start`` override them for all, ``--iterations`` sets
-MMPS's CG iterations (default 3).
+full system's; ``--steps``/``--tau``/``--sigma-start`` override them for all, ``--iterations`` and
+``--solver`` set MMPS's solver (default 3 iterations of CG).
 """
 
 import argparse
@@ -149,7 +149,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.3, help="observation noise std, in units of the field's std (1)")
     parser.add_argument("--settings", nargs="+", default=["sparse 5%", "coarse 4x"], choices=["sparse 5%", "coarse 4x"],
                         help="observation settings: 5 %% of the pixels of u, or 4×4 block means of u")
-    parser.add_argument("--iterations", type=int, default=3, help="MMPS CG iterations (the CLI's default)")
+    parser.add_argument("--iterations", type=int, default=3, help="MMPS solver iterations (the CLI's default)")
+    parser.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (the CLI's default)")
     parser.add_argument("--steps", type=int, help="diffusion steps for every prior (default: each pipeline's)")
     parser.add_argument("--tau", type=float, help="Langevin step factor τ of the pc samplers (default: each pipeline's)")
     parser.add_argument("--sigma-start", type=float, help="noise level σ_0 sampling starts from (default: each pipeline's)")
@@ -160,7 +161,7 @@ def main() -> None:
     dataset = open_dataset(args.data)
     system = GaussianSystem.from_attrs(dataset.attrs)
     layout = FieldLayout.from_dataset(dataset)
-    settings = PosteriorSettings(iterations=args.iterations, steps=args.steps, tau=args.tau, sigma_start=args.sigma_start)
+    settings = PosteriorSettings(iterations=args.iterations, solver=args.solver, steps=args.steps, tau=args.tau, sigma_start=args.sigma_start)
     priors = {}
     trained = {"(b) pixel prior": args.pixel, "(c) full system": args.full}
     pipelines = {name: LatentDAPipeline.from_pretrained(path) for name, path in trained.items() if path}
@@ -183,7 +184,7 @@ def main() -> None:
 
     truths = [system.trajectory(args.length, np.random.default_rng([HELD_OUT_SEED, w])) for w in range(args.windows)]
     results: dict = {"system": system.to_attrs(), "windows": args.windows, "length": args.length,
-                     "members": args.members, "noise": args.noise, "iterations": args.iterations,
+                     "members": args.members, "noise": args.noise, "iterations": args.iterations, "solver": args.solver,
                      "sampler": dataclasses.asdict(settings.sampling(next(iter(priors.values())))),
                      "posterior": {}, "prior": {}}
     specs = settings_specs(args.noise)

@@ -13,7 +13,10 @@ at x̂ gives the guided mean
 
     E[x | x_t, y] ≈ x̂ + σ² ∇_{x_t} (A(x̂)ᵀ u),   (Σ_y + σ² A J Aᵀ) u = y − A(x̂),   J = ∂x̂/∂x_t,
 
-where u is found by a fixed number of CG (or GMRES) iterations in float64. Each matrix-vector
+where u is found by a fixed number of CG (or GMRES) iterations in float64. For a learned denoiser
+σ² A J Aᵀ need not be a covariance (J is neither symmetric nor positive semi-definite); CG, given Σ_y,
+solves with it made one in its Krylov space and leaves the mean uncorrected along directions of
+negative variance (:func:`latentda.posterior.solvers.conjugate_gradient`). Each matrix-vector
 product costs one VJP through A (Aᵀ·), one VJP through the denoiser (Jᵀ· = J· for an exact
 denoiser, whose Jacobian is symmetric) and one JVP through A (A·). The graphs of the denoiser and
 of A are built once per step and reused by every iteration. An operator may bring its own
@@ -134,7 +137,7 @@ class MMPSDenoiser(_Guided):
             return noise_var * u + variance * A.forward(lifted).double(), lifted
 
         residual = self.y.to(A.value.device, torch.float64) - A.value.double()
-        # CG also stops where σ² A J Aᵀ is not a covariance (pᵀ(M − Σ_y)p ≤ 0: solvers.conjugate_gradient)
+        # CG makes σ² A J Aᵀ a covariance in its Krylov space where it is not one (solvers.conjugate_gradient)
         floor = {"shift": noise_var.double()} if self.solve is conjugate_gradient else {}
         _, correction = self.solve(matvec, residual, self.iterations, lifted=True, **floor)  # Jᵀ Aᵀ u, no further product
         return (mean.detach() + (variance * correction).to(mean.dtype)).detach()
