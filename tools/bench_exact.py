@@ -53,6 +53,7 @@ from latentda.observe.files import ObservationSpec
 from latentda.pipeline import LatentDAPipeline
 from latentda.posterior.exact import ExactPrior, GaussianTrajectoryLaw, exact_posterior, stationary_law
 from latentda.posterior.reanalysis import PosteriorSettings, member_generator, posterior_members, sample_members
+from latentda.posterior.solvers import SOLVERS
 from latentda.simulate.gaussian import GaussianSystem
 from latentda.cli import ScriptHelpFormatter
 
@@ -150,7 +151,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["sparse 5%", "coarse 4x"], choices=["sparse 5%", "coarse 4x"],
                         help="observation settings: 5 %% of the pixels of u, or 4×4 block means of u")
     parser.add_argument("--iterations", type=int, default=3, help="MMPS solver iterations (the CLI's default)")
-    parser.add_argument("--solver", choices=["cg", "gmres"], default="cg", help="MMPS linear solver (the CLI's default)")
+    parser.add_argument("--solver", choices=list(SOLVERS), default="cg", help="MMPS linear solver (the CLI's default)")
     parser.add_argument("--steps", type=int, help="diffusion steps for every prior (default: each pipeline's)")
     parser.add_argument("--tau", type=float, help="Langevin step factor τ of the pc samplers (default: each pipeline's)")
     parser.add_argument("--sigma-start", type=float, help="noise level σ_0 sampling starts from (default: each pipeline's)")

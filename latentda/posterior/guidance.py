@@ -138,8 +138,8 @@ class MMPSDenoiser(_Guided):
 
         residual = self.y.to(A.value.device, torch.float64) - A.value.double()
         # CG makes σ² A J Aᵀ a covariance in its Krylov space where it is not one (solvers.conjugate_gradient)
-        floor = {"shift": noise_var.double()} if self.solve is conjugate_gradient else {}
-        _, correction = self.solve(matvec, residual, self.iterations, lifted=True, **floor)  # Jᵀ Aᵀ u, no further product
+        noise_part = {"shift": noise_var.double()} if self.solve is conjugate_gradient else {}
+        _, correction = self.solve(matvec, residual, self.iterations, lifted=True, **noise_part)  # Jᵀ Aᵀ u, no further product
         return (mean.detach() + (variance * correction).to(mean.dtype)).detach()
 
 

@@ -60,46 +60,41 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, iterations: int, lifted: bool 
     rr = _dot(r, r)
     tiny = torch.finfo(b.dtype).tiny
     active = torch.ones_like(rr, dtype=torch.bool)
-    history = []  # with shift: per iteration (r, rᵀr, pᵀMp, β, M p, L p, active)
+    history = []  # with shift: per iteration (r, rᵀr, β, M p, L p, active)
     for _ in range(iterations):
         mp, lp = matvec(p) if lifted else (matvec(p), None)
         curvature = _dot(p, mp)
         active = active & (curvature > 0) & (rr > 0)
         alpha = torch.where(active, rr / curvature.where(active, torch.ones_like(curvature)), torch.zeros_like(rr))
         if shift is not None:
-            history.append([r, rr, curvature, None, mp, lp, active])
-        else:
-            u = u + alpha * p
-            if lifted:
-                lu = _scaled(alpha, lp) if lu is None else lu + _scaled(alpha, lp)
+            history.append([r, rr, None, mp, lp, active])
+        u = u + alpha * p
+        if lifted:
+            lu = _scaled(alpha, lp) if lu is None else lu + _scaled(alpha, lp)
         r = r - alpha * mp
         rr_next = _dot(r, r)
         beta = rr_next / rr.clamp_min(tiny)
         p = r + beta * p
         rr = rr_next
         if shift is not None:
-            history[-1][3] = beta
+            history[-1][2] = beta
     if shift is not None:
-        return _clip_covariance(history, shift, lifted)
+        return _clip_covariance(history, shift, u, lu)
     return (u, lu) if lifted else u
 
 
-def _clip_covariance(history: list, shift: Tensor, lifted: bool):
-    """CG's iterate where C (M = diag(s) + C) is a covariance on the Krylov space; where it is not, the
-    Galerkin solve in that space with C made a covariance and u kept to its directions of variance ≥ 0.
+def _clip_covariance(history: list, shift: Tensor, u: Tensor, lu: Tensor | None):
+    """CG's iterate (u, L u) where C (M = diag(s) + C) is a covariance on the Krylov space; where it is
+    not, the Galerkin solve in that space with C made a covariance and u kept to its directions of
+    variance ≥ 0.
 
-    CG's recurrences give, for any M, M V = V T + (a multiple of the next residual) with V = [v_0 …
-    v_{k−1}], v_j = r_j / ‖r_j‖, and T the symmetric tridiagonal
-
-        T_jj = 1/α_j + β_{j−1}/α_{j−1},   T_{j,j+1} = T_{j+1,j} = −√β_j / α_j,
-
-    and CG's iterate is u = V T⁻¹ ‖b‖ e₁ (the Lanczos form of CG; no symmetry of M is used). C's
-    quadratic form on span V, from the products CG made (M v_j = (M p_j − β_{j−1} M p_{j−1}) / ‖r_j‖), is
-    F = ½ (Vᵀ M V + (Vᵀ M V)ᵀ) − Vᵀ diag(s) V. With the Gram matrix G = VᵀV = U diag(g) Uᵀ, E = U g^−½
+    V = [v_0 … v_{k−1}], v_j = r_j / ‖r_j‖, spans CG's Krylov space. C's quadratic form on span V, from
+    the products CG made (M v_j = (M p_j − β_{j−1} M p_{j−1}) / ‖r_j‖, since r_j = p_j − β_{j−1} p_{j−1}),
+    is F = ½ (Vᵀ M V + (Vᵀ M V)ᵀ) − Vᵀ diag(s) V. With the Gram matrix G = VᵀV = U diag(g) Uᵀ, E = U g^−½
     maps to orthonormal coordinates (V E is orthonormal; directions with g ≤ 10⁻¹² max g, where V is
     dependent after n iterations, are left out: they add nothing to u), and Eᵀ F E = W Λ Wᵀ gives C's
-    principal directions in span V. If Λ ≥ 0 (an exact denoiser: C a covariance), u is CG's iterate,
-    unchanged. Otherwise, with S = Eᵀ Vᵀ diag(s) V E and C⁺ = W max(Λ, 0) Wᵀ,
+    principal directions in span V. If Λ ≥ 0 (an exact denoiser: C a covariance), CG's iterate is
+    returned as it is. Otherwise, with S = Eᵀ Vᵀ diag(s) V E and C⁺ = W max(Λ, 0) Wᵀ,
 
         (S + C⁺) y = Eᵀ Vᵀ b,   u = V E P₊ y,   P₊ = W 1[Λ ≥ 0] Wᵀ.
 
@@ -109,32 +104,21 @@ def _clip_covariance(history: list, shift: Tensor, lifted: bool):
     then pushes the mean away from y, while a covariance clipped to 0 there corrects nothing there.
     For symmetric M after n iterations, u = P₊ (diag(s) + C⁺)⁻¹ b (C⁺: sym(C)'s negative eigenvalues set
     to 0, P₊ the projector on its other eigenvectors). Since S + C⁺ ⪰ S, yᵀ S y ≤ y·Eᵀ Vᵀ b: ‖u‖ ≤ ‖b‖ /
-    min s, no more than the noise alone allows. The Galerkin solve, not CG's coefficients projected:
-    with a negative direction CG's other coefficients are already thrown off by it (measured on the
-    exactness benchmark, docs/exactness.md). Iterations after a stop (non-positive curvature, or a
-    residual below 10⁻¹² ‖b‖) are left out. Cost beyond CG's: O(k² n) for the k × k forms and two
-    k × k eigendecompositions per system; L u = Σ c_j L v_j from the products L p_j.
+    min s, no more than the noise alone allows. The Galerkin solve, not CG's iterate projected: with a
+    negative direction CG's other coefficients are already thrown off by it (measured on the exactness
+    benchmark, docs/exactness.md). Iterations after a stop (non-positive curvature, or a residual below
+    10⁻¹² ‖b‖) are left out. Cost beyond CG's: O(k² n) for the k × k forms and two k × k
+    eigendecompositions per system; L u = Σ c_j L v_j from the products L p_j.
     """
     k = len(history)
-    residuals, rr, curvature, beta, mp, lp, active = (list(column) for column in zip(*history))
+    residuals, rr, beta, mp, lp, active = (list(column) for column in zip(*history))
     dtype, device, batch = residuals[0].dtype, residuals[0].device, residuals[0].shape[0]
     tiny = torch.finfo(dtype).tiny
     zero = torch.zeros((), dtype=dtype, device=device)
     real = torch.cat([a & (value > CONVERGED**2 * rr[0]) for a, value in zip(active, rr)], dim=1)  # (B, k), a prefix
-    pairs = real[:, :, None] & real[:, None, :]
-    eye = torch.eye(k, dtype=dtype, device=device).expand(batch, -1, -1)
     norms = [value.clamp_min(tiny).sqrt() for value in rr]
     V = torch.stack([r / norm for r, norm in zip(residuals, norms)], dim=1) * real[..., None]  # (B, k, n), 0 after a stop
     MV = torch.stack([(mp[j] - (beta[j - 1] * mp[j - 1] if j else 0)) / norms[j] for j in range(k)], dim=1) * real[..., None]
-    inverse_alpha = [c / value.clamp_min(tiny) for c, value in zip(curvature, rr)]  # 1/α_j, (B, 1)
-    T = torch.zeros(batch, k, k, dtype=dtype, device=device)
-    for j in range(k):
-        T[:, j, j] = (inverse_alpha[j] + (beta[j - 1] * inverse_alpha[j - 1] if j else 0))[:, 0]
-        if j + 1 < k:
-            T[:, j, j + 1] = T[:, j + 1, j] = -(beta[j].sqrt() * inverse_alpha[j])[:, 0]
-    rhs = torch.zeros(batch, k, 1, dtype=dtype, device=device)
-    rhs[:, 0, 0] = norms[0][:, 0]
-    c = torch.linalg.solve(T.where(pairs, eye), rhs.where(real[..., None], zero))  # CG's coefficients, (B, k, 1)
     K = V @ MV.mT  # K_ij = v_iᵀ M v_j
     noise = torch.einsum("bin,bjn->bij", V * shift, V)  # Vᵀ diag(s) V
     form = 0.5 * (K + K.mT) - noise  # C's quadratic form on span V (0 after a stop: V's rows are)
@@ -146,18 +130,18 @@ def _clip_covariance(history: list, shift: Tensor, lifted: bool):
     negative = (values < -NEGATIVE_FLOOR * (values.abs().amax(dim=-1, keepdim=True) + shift.amax())).any(dim=-1)
     clipped = to_orthonormal.mT @ noise @ to_orthonormal + W @ (values.clamp_min(0)[..., None] * W.mT)  # S + C⁺
     independent_pairs = independent[:, :, None] & independent[:, None, :]
+    eye = torch.eye(k, dtype=dtype, device=device).expand(batch, -1, -1)
     y = torch.linalg.solve(clipped.where(independent_pairs, eye), to_orthonormal.mT @ (V @ residuals[0][..., None]))
-    y = W @ ((values >= 0)[..., None] * (W.mT @ y))  # P₊ y
-    c = torch.where(negative[:, None, None], to_orthonormal @ y, c)[..., 0].where(real, zero)  # (B, k)
-    u = torch.einsum("bk,bkn->bn", c, V)
-    if not lifted:
+    c = (to_orthonormal @ (W @ ((values >= 0)[..., None] * (W.mT @ y))))[..., 0].where(real, zero)  # E P₊ y on V, (B, k)
+    u = torch.where(negative[:, None], torch.einsum("bk,bkn->bn", c, V), u)
+    if lu is None:
         return u
-    lu = None
+    galerkin = None
     for j in range(k):  # L v_j = (L p_j − β_{j−1} L p_{j−1}) / ‖r_j‖
         lr = lp[j].double() - (_scaled(beta[j - 1], lp[j - 1]) if j else 0)
         term = _scaled(c[:, j : j + 1] / norms[j], lr)
-        lu = term if lu is None else lu + term
-    return u, lu
+        galerkin = term if galerkin is None else galerkin + term
+    return u, torch.where(negative.reshape(-1, *[1] * (lu.dim() - 1)), galerkin, lu)
 
 
 def gmres(matvec: MatVec, b: Tensor, iterations: int, lifted: bool = False) -> Tensor | tuple[Tensor, Tensor]:
