@@ -139,7 +139,10 @@ def encode_dataset(
         except Exception as caught:  # noqa: BLE001 — raised on every process just below
             error = caught
         bar.close()
-        raise_first(error)  # also: every process has written its batches
+        try:
+            raise_first(error)  # also: every process has written its batches
+        finally:
+            error = None  # see latentda.processes.raise_first: no reference cycle
         shares = [json.loads(text) for text in gather_texts(json.dumps([on_mask, missing]))]
         on_mask = sum(count for count, _ in shares)
         missing = sorted((pair for _, pairs in shares for pair in pairs), key=lambda pair: (pair[0] or 0, pair[1]))

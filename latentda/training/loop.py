@@ -526,7 +526,10 @@ class Trainer:
             batch = next(batches)
         except Exception as caught:  # noqa: BLE001 — raised below, on every process
             error = caught
-        raise_first(error)
+        try:
+            raise_first(error)
+        finally:
+            error = None  # see latentda.processes.raise_first: no reference cycle keeps the trainer alive
         return batch
 
     def fit(self) -> dict:
