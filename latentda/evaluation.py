@@ -31,6 +31,12 @@ observation error, the dressed CRPS): rows with ``observation`` in place of ``ch
 pooled over every observation (over a forecast's leads past 0, and ``by_lead``), for a reanalysis also the
 residual ratio. With the truth too, the same summary is ``summary["observation_space"]``.
 
+Memory: the prediction (and the truth) are read and scored a block of times at a time (:data:`BLOCK_BYTES` of
+float32 states, at least one time; a forecast's initialisations read one by one), so the memory is a block's, not
+the ensemble's; what is kept whole is one number per (time, channel) per score, the rank and coverage counts,
+the spectra's sums, and the observations. The scores are those of one block of all (the draws at ties of the PIT
+and the ranks come from one stream each, block after block); the spectra to rounding (sums in another order).
+
 Masks and missing values: every score is over the points where the truth and all members have
 values. NaN in the truth (a land mask, a missing step) is left out; NaN in the prediction is
 accepted only on its fixed mask (its ``<variable>_mask`` variables), anywhere else it is an error; a
@@ -67,13 +73,18 @@ from latentda.data.layout import TIME, TRAJECTORY, FieldLayout
 from latentda.data.statistics import check_finite
 from latentda.data.times import axis_units, climate_calendar, describe_time, standard_time_axis, time_kind
 from latentda.errors import LatentdaError
-from latentda.metrics import (coverage_curve, energy_spectrum, ensemble_scores, interval_coverage, observation_space_scores,
+from latentda.metrics import (CURVE_LEVELS, coverage_sums, ensemble_scores, interval_coverage, observation_space_scores,
                               pole_rmse, pooled_observation_scores, pooled_spread_skill_ratio, predictive_pit,
-                              rank_flatness, rank_histogram)
+                              rank_flatness, rank_histogram, spectrum_sums)
 
 __all__ = ["evaluate", "is_forecast", "valid_times", "write_report", "check_report_path", "NOT_CHANNELS"]
 
 COVERAGE_LEVELS = (0.5, 0.9)
+# The prediction is read and scored this many bytes of float32 states at a time (a block of times, at least one):
+# evaluate's arrays peak at ~7x a block, not ~7x the ensemble (read whole). 16-64 MiB scored as fast as the whole
+# (faster: 13 s against 16 s), 4 MiB 2x slower (a 1 MiB output chunk then decompressed for several blocks);
+# tools/bench_evaluate_memory.py, docs/benchmarks.md "Scoring in blocks of times".
+BLOCK_BYTES = 1 << 25
 REPORT_FILES = ("metrics.csv", "summary.json", "scores.png", "spectra.png", "calibration.png")  # what write_report writes
 NOT_CHANNELS = ("spectra", "members", "observation_residual_ratio", "valid_points", "by_lead", "initialisation_times",
                 "observation_space")  # summary keys that are not channels
@@ -95,7 +106,8 @@ def _time_units(datasets: dict[str, xr.Dataset | None]) -> str:
     return axis_units(datasets["prediction"][TIME])
 
 
-def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, units: str) -> xr.Dataset:
+def _align(times: np.ndarray, truth: xr.Dataset, trajectory: int | None, units: str) -> xr.Dataset:
+    """The truth at the prediction's ``times`` (of one trajectory), not read yet."""
     if TRAJECTORY not in truth.dims and trajectory is not None:
         raise LatentdaError(f"--trajectory {trajectory}: the truth has no '{TRAJECTORY}' dimension (leave it out)")
     if TRAJECTORY in truth.dims:
@@ -105,7 +117,6 @@ def _align(prediction: xr.Dataset, truth: xr.Dataset, trajectory: int | None, un
             raise LatentdaError(f"--trajectory {trajectory} out of range (the truth has {truth.sizes[TRAJECTORY]})")
         truth = truth.isel({TRAJECTORY: trajectory}, drop=True)
     _check_unique(truth[TIME].values, "the truth's", units)
-    times = prediction[TIME].values
     calendar = climate_calendar(units) is not None
     known = truth[TIME].values
     try:
@@ -152,7 +163,7 @@ def _time_span(times: np.ndarray, units: str | None = None) -> str:
 
 
 def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observations: xr.Dataset | None = None,
-             trajectory: int | None = None) -> tuple[list[dict], dict]:
+             trajectory: int | None = None, block_bytes: int = BLOCK_BYTES) -> tuple[list[dict], dict]:
     """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel) against the
     ``truth``; without a truth (real data), rows (observation, time, scores…) and a summary per observation
     group against the ``observations`` (module docstring, "Against observations"); with both, the truth's
@@ -175,19 +186,18 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
     inits = leads = None
     count = 1
     if forecast:  # score against the truth at valid times
-        prediction, inits, leads, count = _valid_times(prediction)  # count: leads per initialisation time
+        cases, inits, leads, count = _valid_times(prediction)  # count: leads per initialisation time
+    else:
+        cases = _Cases([prediction])
+    prediction = cases.parts[0]  # the variables, grid, members and mask of every part
+    times = cases.times
     layout = FieldLayout.from_dataset(prediction)
     if truth is not None:
-        truth = _align(prediction, truth, trajectory, units)
+        truth = _align(times, truth, trajectory, units)
         layout.check(truth)
     members = prediction.sizes["realization"]
-    # each variable read once: a store chunk spanning several members would be decompressed once per member
-    loaded = prediction[[spec.name for spec in layout.variables]].load()
-    ensemble = np.stack([layout.to_array(loaded.isel(realization=m)) for m in range(members)])
-    del loaded
-    # NaN in the prediction only on its fixed mask (NaN scores would pass for results)
-    check_finite(ensemble, layout.channels, " in the prediction", mask=_prediction_mask(prediction, layout), hint=None)
-    times = prediction[TIME].values
+    mask = _prediction_mask(prediction, layout)
+    blocks = _time_blocks(len(times), 4 * members * layout.num_channels * int(np.prod(layout.shape)), block_bytes)
     time_texts = _time_texts(times, units)
     if forecast:
         init_texts = _time_texts(inits, units)
@@ -198,30 +208,60 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
     summarised = np.ones(len(times), dtype=bool)
     if forecast and not _is_zero(leads).all():  # a forecast's lead 0 is no forecast: its initial state
         summarised = ~_is_zero(leads)
+    in_observations = None
+    if observations is not None:  # the observations matched to the prediction's times before any read
+        in_observations = _ObservationScores(observations, layout, times, units, mask, members)
     if truth is None:
-        rows, summary = _observation_scores(ensemble, observations, layout, times, time_texts, where, summarised,
-                                            units, leads if forecast else None, count, _prediction_mask(prediction, layout))
+        for block in blocks:
+            in_observations.add(_read_block(cases.block(block), layout, members, block.start, mask), block)
+        rows, summary = in_observations.result(time_texts, where, summarised, leads if forecast else None, count)
         if forecast:
             summary["initialisation_times"] = len(inits) // count
         summary["members"] = members
         return rows, summary
-    target = layout.to_array(truth)
-    # in the truth NaN is masked or missing and left out of every score
-    check_finite(target, layout.channels, " in the truth", allow_missing=True)
-    valid = np.isfinite(target) & np.isfinite(ensemble).all(axis=0)
-    scored = valid.sum(axis=(0, 2, 3))
+    areas = layout.area_weights(floor=0.0)  # scores weigh the plain cell areas (WeatherBench2); the floor is training's
+    channels = range(layout.num_channels)
+    parts = []  # each block's scores per (time, channel)
+    scored = np.zeros(layout.num_channels, dtype=np.int64)  # points where the truth and every member have values
+    any_valid = np.zeros((len(times), layout.num_channels), dtype=bool)
+    covered_area = np.zeros((layout.num_channels, len(CURVE_LEVELS)))  # the coverage curve's sums (coverage_sums)
+    scored_area = np.zeros(layout.num_channels)
+    pit_draws = np.random.default_rng(0)  # the PIT's and the ranks' draws at ties: one stream each, block after block
+    rank_draws = [np.random.default_rng(0) for _ in channels]
+    counts = np.zeros((layout.num_channels, members + 1), dtype=np.int64)
+    spectra = {side: [_SpectrumSums(layout.periodic) for _ in channels] for side in ("prediction", "truth")}
+    for block in blocks:
+        ensemble = _read_block(cases.block(block), layout, members, block.start, mask)
+        truth_here, kept = layout.to_array(truth.isel({TIME: block})), summarised[block]
+        # in the truth NaN is masked or missing and left out of every score
+        check_finite(truth_here, layout.channels, " in the truth", allow_missing=True)
+        valid = np.isfinite(truth_here) & np.isfinite(ensemble).all(axis=0)
+        scored += valid.sum(axis=(0, 2, 3))
+        any_valid[block] = valid.any(axis=(2, 3))
+        part = ensemble_scores(ensemble, truth_here, areas)
+        if layout.pole_rows():
+            part["pole_rmse"] = pole_rmse(ensemble, truth_here, layout.pole_rows())
+        if members > 1:  # one draw at ties for every coverage
+            pit = predictive_pit(ensemble, truth_here, rng=pit_draws)
+            for level in COVERAGE_LEVELS:
+                part[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, truth_here, level, areas, pit)
+            for c in channels:
+                counts[c] += rank_histogram(ensemble[:, kept, c], truth_here[kept, c], rng=rank_draws[c])
+                covered, total = coverage_sums(pit[kept, c], CURVE_LEVELS, areas)  # as coverage_50/90
+                covered_area[c] += covered
+                scored_area[c] += total
+        for c in channels:  # both over the points scored, at the summarised times
+            spectra["prediction"][c].add(np.where(valid[kept, c], ensemble[:, kept, c], np.nan))
+            spectra["truth"][c].add(np.where(valid[kept, c], truth_here[kept, c], np.nan))
+        if in_observations is not None:
+            in_observations.add(ensemble, block)
+        parts.append(part)
+        del ensemble, truth_here
     if not scored.all():
         empty = [c for c, n in zip(layout.channels, scored) if n == 0]
         raise LatentdaError(f"nothing to score for {', '.join(empty)}: no point where the truth and the prediction "
                             "both have values (all masked or missing)")
-    areas = layout.area_weights(floor=0.0)  # scores weigh the plain cell areas (WeatherBench2); the floor is training's
-    scores = ensemble_scores(ensemble, target, areas)
-    if layout.pole_rows():
-        scores["pole_rmse"] = pole_rmse(ensemble, target, layout.pole_rows())
-    pit = predictive_pit(ensemble, target) if members > 1 else None  # one draw at ties for every coverage
-    if members > 1:
-        for level in COVERAGE_LEVELS:
-            scores[f"coverage_{round(100 * level)}"] = interval_coverage(ensemble, target, level, areas, pit)
+    scores = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     rows = [{"channel": channel, "time": time, **where[t], **{name: float(value[t, c]) for name, value in scores.items()}}
             for c, channel in enumerate(layout.channels) for t, time in enumerate(time_texts)]
     summary = {channel: {name: float(np.nanmean(value[summarised, c])) for name, value in scores.items()}
@@ -241,92 +281,166 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
         pooled = pooled_spread_skill_ratio(scores["spread"][summarised], scores["rmse"][summarised], members)
         for c, channel in enumerate(layout.channels):
             summary[channel]["spread_skill_ratio"] = float(pooled[c])
-            counts = rank_histogram(ensemble[:, summarised, c], target[summarised, c])
-            levels, observed = coverage_curve(ensemble[:, summarised, c], target[summarised, c],
-                                              weights=areas, pit=pit[summarised, c])  # as coverage_50/90
-            summary[channel]["rank_histogram"] = {"counts": counts.tolist(), **rank_flatness(counts)}
-            summary[channel]["coverage_curve"] = {"level": levels.tolist(), "observed": observed.tolist()}
-    if observations is not None:
-        _, space = _observation_scores(ensemble, observations, layout, times, time_texts, where, summarised, units,
-                                       leads if forecast else None, count, _prediction_mask(prediction, layout), alone=False)
+            summary[channel]["rank_histogram"] = {"counts": counts[c].tolist(), **rank_flatness(counts[c])}
+            summary[channel]["coverage_curve"] = {"level": CURVE_LEVELS.tolist(),
+                                                  "observed": (covered_area[c] / scored_area[c]).tolist()}
+    if in_observations is not None:
+        _, space = in_observations.result(time_texts, where, summarised, leads if forecast else None, count, alone=False)
         summary["observation_residual_ratio"] = space.pop("observation_residual_ratio")  # where it always was
         summary["observation_space"] = space
-    spectra = {}
-    for c, channel in enumerate(layout.channels):  # both over the points scored, at the summarised times
-        scored_here = valid[summarised, c]
-        k, predicted = energy_spectrum(np.where(scored_here, ensemble[:, summarised, c], np.nan), layout.periodic)
-        _, true = energy_spectrum(np.where(scored_here, target[summarised, c], np.nan), layout.periodic)
-        spectra[channel] = {"wavenumber": k.tolist(), "prediction": predicted.tolist(), "truth": true.tolist()}
-    summary["spectra"] = spectra
+    summary["spectra"] = {}
+    for c, channel in enumerate(layout.channels):
+        k, predicted = spectra["prediction"][c].spectrum()
+        _, true = spectra["truth"][c].spectrum()
+        summary["spectra"][channel] = {"wavenumber": k.tolist(), "prediction": predicted.tolist(), "truth": true.tolist()}
     summary["members"] = members
-    summary["valid_points"] = {channel: {"fraction": float(n / valid[:, c].size), "times_without_any": int(
-        (~valid[:, c].any(axis=(1, 2))).sum())} for c, (channel, n) in enumerate(zip(layout.channels, scored))}
+    summary["valid_points"] = {channel: {"fraction": float(n / (len(times) * int(np.prod(layout.shape)))),
+                                         "times_without_any": int((~any_valid[:, c]).sum())}
+                               for c, (channel, n) in enumerate(zip(layout.channels, scored))}
     return rows, summary
 
 
-def _observation_scores(ensemble: np.ndarray, observations: xr.Dataset, layout: FieldLayout, times: np.ndarray,
-                        time_texts: list[str], where: list[dict], summarised: np.ndarray, units: str,
-                        leads: np.ndarray | None, count: int, mask: np.ndarray | None,
-                        alone: bool = True) -> tuple[list[dict], dict]:
-    """The ``ensemble`` (m, T, C, H, W) at ``times`` (a forecast's valid times: ``leads`` given, ``count`` leads per
-    initialisation) against the ``observations`` in observation space (:func:`latentda.metrics.observation_space_scores`):
-    rows per observation group and time observed, and per group the scores pooled over the ``summarised`` times
-    (sums over every observation: ``rmse`` = √(Σ d² / n), ...), by lead for a forecast; and each member's residual
-    ratio (RMS of (y − H(x_i))/σ over every observation, ≈ 1 for a reanalysis consistent with its observations). A
-    time of the prediction without observations has no rows; observations of no time of the prediction are an
-    error. Observations reading a pixel of the prediction's fixed ``mask`` (C, H, W; NaN there) are left out, as
-    ``reanalyze`` leaves them out; with none left an error when scoring against observations ``alone``, else
-    no group and a NaN ratio."""
-    import torch
+def _time_blocks(times: int, bytes_per_time: int, block_bytes: int) -> list[slice]:
+    """Consecutive slices of ``times`` times, each as many as ``block_bytes`` hold at ``bytes_per_time`` (at least one)."""
+    size = max(1, block_bytes // max(bytes_per_time, 1))
+    return [slice(start, min(start + size, times)) for start in range(0, times, size)]
 
-    from latentda.observe.files import read_observations
 
-    operator = read_observations(observations, layout)
-    taken = sorted({group.name for group in operator.groups} & set(NOT_CHANNELS))
-    if taken:
-        raise LatentdaError(f"observation group {taken[0]!r}: a name the report gives to other results (rename it)")
-    calendar = climate_calendar(units) is not None
-    known = np.asarray(operator.times)
-    _check_unique(known, "the observations'", units)
-    index = _match_times(times, known, calendar)
-    cases = np.flatnonzero(index >= 0)
-    if not len(cases):
-        raise LatentdaError(f"the observations are of other times ({_time_span(known, units)}) than the prediction "
-                            f"({_time_span(np.unique(times), units)}): nothing to score")
-    if mask is not None:
-        operator, _ = operator.off_mask(mask, refuse_empty=False)
-    members = ensemble.shape[0]
-    rows, summary = [], {}
-    squares, entries = np.zeros(members), 0  # the residual ratio's sums over every observation
-    for group in operator.groups if operator is not None else []:
-        noise = group.noise()[index[cases]] if np.ndim(group.noise_std) else group.noise_std
-        part = dataclasses.replace(group, values=group.values[index[cases]], noise_std=noise)
-        if not part.mask.any():
-            continue
-        with torch.no_grad():  # member by member: a float64 copy of one member's states at a time; the mask's NaN
-            predicted = np.concatenate([part(torch.from_numpy(np.nan_to_num(ensemble[i : i + 1, cases])).double()).numpy()
-                                        for i in range(members)])  # 0 (no entry reads it); (m, entries), case by case
-        y, std = part.observed(representation=False)
-        squares += (((y[None] - predicted) / std[None]) ** 2).sum(axis=1)
-        entries += y.size
-        split = np.cumsum(part.mask.reshape(len(cases), -1).sum(axis=1))[:-1]
-        per_case = [observation_space_scores(h, obs, sigma) for h, obs, sigma in
-                    zip(np.split(predicted, split, axis=1), np.split(y, split), np.split(std, split))]
-        rows += [{"observation": group.name, "time": time_texts[case], **where[case], **scores}
-                 for case, scores in zip(cases, per_case) if scores["count"]]
-        kept = summarised[cases]
-        summary[group.name] = pooled_observation_scores([s for s, k in zip(per_case, kept) if k], members)
-        if leads is not None:
-            summary.setdefault("by_lead", {})[group.name] = {
-                _lead_text(leads[step]): pooled_observation_scores([s for s, case in zip(per_case, cases)
-                                                                     if case % count == step], members)
-                for step in range(count) if (cases % count == step).any()}
-    if not rows and alone:
-        raise LatentdaError("every observation of the prediction's times reads its fixed mask (no values there): "
-                            "nothing to score")
-    ratios = np.sqrt(squares / entries) if entries else np.full(members, np.nan)
-    summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
-    return rows, summary
+def _read_block(prediction: xr.Dataset, layout: FieldLayout, members: int, first_step: int,
+                mask: np.ndarray | None) -> np.ndarray:
+    """The states of ``prediction`` (a block of times, the first the prediction's ``first_step``), (m, T, C, H, W),
+    checked: NaN only on its fixed ``mask`` (NaN scores would pass for results). Each variable read once: a store
+    chunk spanning several members would be decompressed once per member."""
+    loaded = prediction[[spec.name for spec in layout.variables]].load()
+    ensemble = np.stack([layout.to_array(loaded.isel(realization=m)) for m in range(members)])
+    check_finite(ensemble, layout.channels, " in the prediction", mask=mask, hint=None, first_step=first_step)
+    return ensemble
+
+
+class _Cases:
+    """A prediction as an ensemble along ``time``, read a block of times at a time: a reanalysis, one part, as it is;
+    a forecast's (initialisation, lead) pairs at their valid times, one part per initialisation (init-major: case k
+    is part k // L, lead k % L), each read lazily — concatenated first, the whole forecast was read at once."""
+
+    def __init__(self, parts: list[xr.Dataset]) -> None:
+        self.parts = parts
+        self.length = parts[0].sizes[TIME]  # every part's
+        self.times = np.concatenate([part[TIME].values for part in parts])
+
+    def block(self, block: slice) -> xr.Dataset:
+        """The cases ``block`` (a slice of their indices) as one dataset along ``time``, not read yet."""
+        pieces = [self.parts[i].isel({TIME: slice(max(block.start - i * self.length, 0),
+                                                  min(block.stop - i * self.length, self.length))})
+                  for i in range(block.start // self.length, (block.stop - 1) // self.length + 1)]
+        if len(pieces) == 1:
+            return pieces[0]
+        return xr.concat(pieces, TIME, data_vars="minimal", coords="minimal", compat="override")
+
+
+class _SpectrumSums:
+    """The energy spectrum (:func:`latentda.metrics.energy_spectrum`) of fields given block by block."""
+
+    def __init__(self, periodic: tuple[bool, bool]) -> None:
+        self.periodic, self.k, self.sums, self.count = periodic, None, 0.0, 0
+
+    def add(self, fields: np.ndarray) -> None:
+        if fields.size:
+            self.k, sums, count = spectrum_sums(fields, self.periodic)
+            self.sums, self.count = self.sums + sums, self.count + count
+
+    def spectrum(self) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.k, self.sums / self.count
+
+
+class _ObservationScores:
+    """The ensemble (m, T, C, H, W) at ``times`` (a forecast's valid times) against the ``observations`` in observation
+    space (:func:`latentda.metrics.observation_space_scores`), given block of times by block (:meth:`add`):
+    :meth:`result` gives rows per observation group and time observed, and per group the scores pooled over the
+    summarised times (sums over every observation: ``rmse`` = √(Σ d² / n), ...), by lead for a forecast; and each
+    member's residual ratio (RMS of (y − H(x_i))/σ over every observation, ≈ 1 for a reanalysis consistent with its
+    observations). A time of the prediction without observations has no rows; observations of no time of the
+    prediction are an error (raised here, before any read). Observations reading a pixel of the prediction's fixed
+    ``mask`` (C, H, W; NaN there) are left out, as ``reanalyze`` leaves them out; with none left an error when
+    scoring against observations ``alone``, else no group and a NaN ratio."""
+
+    def __init__(self, observations: xr.Dataset, layout: FieldLayout, times: np.ndarray, units: str,
+                 mask: np.ndarray | None, members: int) -> None:
+        from latentda.observe.files import read_observations
+
+        operator = read_observations(observations, layout)
+        taken = sorted({group.name for group in operator.groups} & set(NOT_CHANNELS))
+        if taken:
+            raise LatentdaError(f"observation group {taken[0]!r}: a name the report gives to other results (rename it)")
+        calendar = climate_calendar(units) is not None
+        known = np.asarray(operator.times)
+        _check_unique(known, "the observations'", units)
+        self.index = _match_times(times, known, calendar)
+        self.cases = np.flatnonzero(self.index >= 0)
+        if not len(self.cases):
+            raise LatentdaError(f"the observations are of other times ({_time_span(known, units)}) than the prediction "
+                                f"({_time_span(np.unique(times), units)}): nothing to score")
+        if mask is not None:
+            operator, _ = operator.off_mask(mask, refuse_empty=False)
+        self.groups = operator.groups if operator is not None else []
+        self.members = members
+        self.squares, self.entries = np.zeros(members), 0  # the residual ratio's sums over every observation
+        self.per_case = {group.name: ([], []) for group in self.groups}  # per group: the cases scored, their scores
+        self.group_entries = {group.name: 0 for group in self.groups}
+
+    def add(self, ensemble: np.ndarray, block: slice) -> None:
+        """Score the states ``ensemble`` (m, T, C, H, W) of the times of ``block``."""
+        import torch
+
+        cases = self.cases[(self.cases >= block.start) & (self.cases < block.stop)]
+        if not len(cases):
+            return
+        members = self.members
+        for group in self.groups:
+            noise = group.noise()[self.index[cases]] if np.ndim(group.noise_std) else group.noise_std
+            part = dataclasses.replace(group, values=group.values[self.index[cases]], noise_std=noise)
+            scored, per_case = self.per_case[group.name]
+            scored.extend(cases.tolist())
+            if not part.mask.any():  # none here: each case without observations, as a case is among others
+                nothing = observation_space_scores(np.zeros((members, 0)), np.zeros(0), np.zeros(0))
+                per_case.extend(dict(nothing) for _ in cases)
+                continue
+            with torch.no_grad():  # member by member: a float64 copy of one member's states at a time; the mask's NaN
+                states = ensemble[:, cases - block.start]
+                predicted = np.concatenate([part(torch.from_numpy(np.nan_to_num(states[i : i + 1])).double()).numpy()
+                                            for i in range(members)])  # 0 (no entry reads it); (m, entries), case by case
+            y, std = part.observed(representation=False)
+            self.squares += (((y[None] - predicted) / std[None]) ** 2).sum(axis=1)
+            self.entries += y.size
+            self.group_entries[group.name] += y.size
+            split = np.cumsum(part.mask.reshape(len(cases), -1).sum(axis=1))[:-1]
+            per_case.extend(observation_space_scores(h, obs, sigma) for h, obs, sigma in
+                            zip(np.split(predicted, split, axis=1), np.split(y, split), np.split(std, split)))
+
+    def result(self, time_texts: list[str], where: list[dict], summarised: np.ndarray, leads: np.ndarray | None,
+               count: int, alone: bool = True) -> tuple[list[dict], dict]:
+        """Rows and summary of every block given (``leads`` given: a forecast, ``count`` leads per initialisation)."""
+        rows, summary = [], {}
+        for group in self.groups:
+            if not self.group_entries[group.name]:
+                continue
+            cases, per_case = self.per_case[group.name]
+            cases = np.asarray(cases)
+            rows += [{"observation": group.name, "time": time_texts[case], **where[case], **scores}
+                     for case, scores in zip(cases, per_case) if scores["count"]]
+            kept = summarised[cases]
+            summary[group.name] = pooled_observation_scores([s for s, k in zip(per_case, kept) if k], self.members)
+            if leads is not None:
+                summary.setdefault("by_lead", {})[group.name] = {
+                    _lead_text(leads[step]): pooled_observation_scores([s for s, case in zip(per_case, cases)
+                                                                         if case % count == step], self.members)
+                    for step in range(count) if (cases % count == step).any()}
+        if not rows and alone:
+            raise LatentdaError("every observation of the prediction's times reads its fixed mask (no values there): "
+                                "nothing to score")
+        ratios = np.sqrt(self.squares / self.entries) if self.entries else np.full(self.members, np.nan)
+        summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
+        return rows, summary
 
 
 def _match_times(times: np.ndarray, known: np.ndarray, calendar: bool = False) -> np.ndarray:
@@ -360,7 +474,7 @@ _DURATIONS = {"days": "D", "day": "D", "d": "D", "hours": "h", "hour": "h", "hr"
               "microseconds": "us", "nanoseconds": "ns"}  # CF duration units → pandas'
 
 
-def _valid_times(forecast: xr.Dataset) -> tuple[xr.Dataset, np.ndarray, np.ndarray, int]:
+def _valid_times(forecast: xr.Dataset) -> tuple[_Cases, np.ndarray, np.ndarray, int]:
     """A forecast (realization, time, prediction_timedelta, …) — one or several initialisation times
     ``time``, either of them also a single value left as a coordinate (``.sel(prediction_timedelta=…)``,
     ``.isel(time=i)``) — as an ensemble along ``time`` of its valid times init + lead, case by case
@@ -380,13 +494,12 @@ def _valid_times(forecast: xr.Dataset) -> tuple[xr.Dataset, np.ndarray, np.ndarr
         leads = _lead_durations(forecast["prediction_timedelta"], "dates of a climate calendar") / np.timedelta64(1, "s")
     parts = [forecast.isel({TIME: i}, drop=True).rename(prediction_timedelta=TIME).assign_coords({TIME: init + leads})
              for i, init in enumerate(inits)]
-    cases = parts[0] if len(parts) == 1 else xr.concat(parts, TIME, data_vars="minimal", coords="minimal", compat="override")
-    return cases, np.repeat(inits, len(leads)), np.tile(leads, len(inits)), len(leads)
+    return _Cases(parts), np.repeat(inits, len(leads)), np.tile(leads, len(inits)), len(leads)
 
 
 def valid_times(forecast: xr.Dataset) -> np.ndarray:
     """The distinct valid times (initialisation + lead) of a forecast, in order (as :func:`evaluate` scores them)."""
-    return np.unique(_valid_times(standard_time_axis(forecast))[0][TIME].values)
+    return np.unique(_valid_times(standard_time_axis(forecast))[0].times)
 
 
 def _lead_durations(leads: xr.DataArray, times: str) -> np.ndarray:

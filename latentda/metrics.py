@@ -65,6 +65,7 @@ __all__ = [
     "fair_crps",
     "pole_rmse",
     "energy_spectrum",
+    "spectrum_sums",
     "lag_autocorrelation",
     "truth_ranks",
     "rank_histogram",
@@ -72,6 +73,7 @@ __all__ = [
     "predictive_pit",
     "interval_coverage",
     "coverage_curve",
+    "coverage_sums",
     "dressed_crps",
     "observation_space_scores",
     "pooled_observation_scores",
@@ -183,6 +185,7 @@ def pooled_observation_scores(per_set: list[dict], members: int) -> dict:
     return pooled
 
 
+CURVE_LEVELS = np.linspace(0.1, 0.9, 9)  # the central intervals of coverage_curve
 SCORE_BLOCK_BYTES = 64 * 2**20  # float64 ensemble values scored at once (ensemble_scores)
 
 
@@ -246,6 +249,14 @@ def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, Tru
     (per domain on a square grid; square cells assumed), so a wavelength counts alike along either axis
     and the longest wave of the longer axis is k = 1 (the modes beyond n/2, the corners, are left out).
     Otherwise the 1-D spectrum along the periodic axis (x when neither is), one-sided."""
+    k, sums, count = spectrum_sums(fields, periodic)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return k, sums / count
+
+
+def spectrum_sums(fields: np.ndarray, periodic: tuple[bool, bool] = (True, True)) -> tuple[np.ndarray, np.ndarray, int]:
+    """(wavenumbers, summed power, count): :func:`energy_spectrum` is summed power / count, so the
+    spectrum of fields given in parts is the sum of the parts' sums over the sum of their counts."""
     fields = np.asarray(fields, dtype=np.float64)
     if np.isnan(fields).any():
         flat = fields.reshape(-1, *fields.shape[-2:])
@@ -261,15 +272,16 @@ def energy_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, Tru
         kx = np.fft.fftfreq(W, 1 / W)[None, :] * (n / W)
         radius = np.floor(np.sqrt(kx**2 + ky**2) + 0.5).astype(int)  # half up: rint's half-to-even would alternate bins
         kmax = n // 2
-        flat = power.reshape(-1, H * W).mean(axis=0)
-        spectrum = np.bincount(radius.ravel(), weights=flat, minlength=kmax + 1)[: kmax + 1]
-        return np.arange(1, kmax + 1), spectrum[1:]
+        flat = power.reshape(-1, H * W)
+        spectrum = np.bincount(radius.ravel(), weights=flat.sum(axis=0), minlength=kmax + 1)[: kmax + 1]
+        return np.arange(1, kmax + 1), spectrum[1:], len(flat)
     axis = -1 if periodic[1] or not periodic[0] else -2
     n = fields.shape[axis]
     power = np.abs(np.fft.rfft(fields, axis=axis)) ** 2 / n**2
-    power = np.moveaxis(power, axis, -1).reshape(-1, power.shape[axis]).mean(axis=0)
+    power = np.moveaxis(power, axis, -1).reshape(-1, power.shape[axis])
+    rows, power = len(power), power.sum(axis=0)
     power[1 : (n + 1) // 2] *= 2  # positive and negative frequencies (the Nyquist bin of an even n has no twin)
-    return np.arange(1, power.size), power[1:]
+    return np.arange(1, power.size), power[1:], rows
 
 
 def lag_autocorrelation(trajectories: np.ndarray, lag: int = 1) -> np.ndarray:
@@ -282,22 +294,24 @@ def lag_autocorrelation(trajectories: np.ndarray, lag: int = 1) -> np.ndarray:
     return (a * b).mean(axis=axes) / np.sqrt((a**2).mean(axis=axes) * (b**2).mean(axis=axes))
 
 
-def truth_ranks(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Rank in {0..m} of ``truth`` (...) among ``ensemble`` (m, ...), ties broken at random; NaN
-    entries (of the truth or any member) get rank −1."""
+def truth_ranks(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Rank in {0..m} of ``truth`` (...) among ``ensemble`` (m, ...), ties broken at random (one uniform
+    draw per entry of ``truth``, from ``rng``, else from ``seed``); NaN entries (of the truth or any member)
+    get rank −1. Blocks of a truth given one after another with one ``rng`` draw what the whole would."""
     ensemble = np.asarray(ensemble, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     below = (ensemble < truth[None]).sum(axis=0)
     ties = (ensemble == truth[None]).sum(axis=0)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if rng is None else rng
     ranks = below + np.floor(rng.uniform(size=truth.shape) * (ties + 1)).astype(np.int64)
     invalid = np.isnan(truth) | np.isnan(ensemble).any(axis=0)
     return np.where(invalid, -1, ranks)
 
 
-def rank_histogram(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Counts (m+1,) of the truth's rank, pooled over all entries of ``truth`` (NaN skipped)."""
-    ranks = truth_ranks(ensemble, truth, seed)
+def rank_histogram(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Counts (m+1,) of the truth's rank, pooled over all entries of ``truth`` (NaN skipped; ties as
+    :func:`truth_ranks`)."""
+    ranks = truth_ranks(ensemble, truth, seed, rng)
     return np.bincount(ranks[ranks >= 0].ravel(), minlength=ensemble.shape[0] + 1)
 
 
@@ -313,13 +327,15 @@ def rank_flatness(counts: np.ndarray) -> dict[str, float]:
             "flatness": statistic / dof if dof > 0 else float("nan")}
 
 
-def predictive_pit(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
+def predictive_pit(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0, rng: np.random.Generator | None = None) -> np.ndarray:
     """PIT of the truth (...) under the Student-t predictive law of the ensemble (m, ...), m ≥ 2.
 
     Members all equal make the law a point mass: a truth off it has PIT 0 or 1, a truth on it (a dry
     pixel forecast dry) the randomised PIT U(0, 1) of a law with an atom (Czado, Gneiting and Held
     2009), drawn with ``seed`` — so a calibrated ensemble of a zero-inflated variable still covers its
-    central intervals at their level. A missing truth (NaN) stays NaN."""
+    central intervals at their level. A missing truth (NaN) stays NaN. Given ``rng``, one uniform per
+    entry is drawn from it whether or not any is used: blocks of a truth given one after another with
+    one ``rng`` get the PIT of the whole."""
     from scipy.stats import t as student
 
     ensemble = np.asarray(ensemble, dtype=np.float64)
@@ -332,7 +348,9 @@ def predictive_pit(ensemble: np.ndarray, truth: np.ndarray, seed: int = 0) -> np
         standardised = np.where(scale == 0, np.sign(error) * np.inf, error / scale)
     pit = student.cdf(standardised, m - 1)
     atom = (scale == 0) & (error == 0)
-    if atom.any():
+    if rng is not None:
+        pit = np.where(atom, rng.uniform(size=pit.shape), pit)
+    elif atom.any():
         pit = np.where(atom, np.random.default_rng(seed).uniform(size=pit.shape), pit)
     return pit
 
@@ -358,9 +376,16 @@ def coverage_curve(ensemble: np.ndarray, truth: np.ndarray, levels: np.ndarray |
     """(levels, coverage) of the central prediction intervals, pooled over all entries of ``truth``
     (..., H, W), each weighted by its row's area ``weights`` (H, 1) when given (as :func:`interval_coverage`;
     ``pit`` as there)."""
-    levels = np.linspace(0.1, 0.9, 9) if levels is None else np.asarray(levels, dtype=np.float64)
+    levels = CURVE_LEVELS if levels is None else np.asarray(levels, dtype=np.float64)
     pit = predictive_pit(ensemble, truth) if pit is None else pit
+    covered, total = coverage_sums(pit, levels, weights)
+    return levels, covered / total
+
+
+def coverage_sums(pit: np.ndarray, levels: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """The sums of :func:`coverage_curve` over the PITs ``pit`` (..., H, W) (NaN: left out): per level the area
+    within its central interval, and the whole area. Sums of several parts give the coverage of their union."""
     area = np.ones_like(pit) if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), pit.shape)
     valid = ~np.isnan(pit)
     pit, area = pit[valid], area[valid]
-    return levels, np.array([float((area * (np.abs(pit - 0.5) <= p / 2)).sum() / area.sum()) for p in levels])
+    return np.array([float((area * (np.abs(pit - 0.5) <= p / 2)).sum()) for p in levels]), float(area.sum())

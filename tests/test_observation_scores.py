@@ -245,3 +245,61 @@ def test_observations_reading_the_predictions_mask_are_left_out(world):
     assert summary["station"]["count"] == 2
     with pytest.raises(Exception, match="reads its fixed mask"):
         evaluate(masked, observations=linear.assign(line_matrix=linear["line_matrix"].where(False, 0) + rows[2]))
+
+
+def _same(a, b, where: str = "") -> None:
+    """``a`` equals ``b`` (rows, summaries): floats to 1e-12 relative (spectra are sums in another order), NaN as NaN."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-300), where
+    else:
+        assert a == b, where
+
+
+def test_scoring_block_by_block_equals_scoring_whole(world, monkeypatch):
+    """evaluate reads and scores the prediction a block of times at a time (its memory is a block's): blocks of
+    two times and of one give every row and summary entry that one block of all gives — against a truth with
+    missing values and a dry region (the truth and every member 0: the PIT's atom and tied ranks, drawn at random),
+    against observations, both, and for a forecast of two initialisations at its valid times — and no block read
+    holds more times than ``block_bytes`` allow."""
+    from latentda import evaluation
+
+    _, truth_path, prediction, observations = world
+    truth, ensemble = open_dataset(truth_path).load(), open_dataset(prediction).load()
+    truth["v"][:, :3, :3] = 0.0
+    ensemble["v"][:, :, :3, :3] = 0.0
+    truth["u"][2, 4:, 4:] = np.nan
+    observed = open_dataset(observations)
+    reads = []
+    read = evaluation._read_block
+
+    def recording(prediction, layout, members, first_step, mask):
+        reads.append(prediction.sizes["time"])
+        return read(prediction, layout, members, first_step, mask)
+
+    monkeypatch.setattr(evaluation, "_read_block", recording)
+    forecast = _forecast(truth.fillna(0.0), np.random.default_rng(6))  # 2 initialisations × 3 leads: 6 valid times
+    cases = [(ensemble, {"truth": truth, "observations": observed}), (ensemble, {"truth": truth}),
+             (ensemble, {"observations": observed}), (forecast, {"truth": truth, "observations": observed})]
+    for prediction, against in cases:
+        per_time = 4 * prediction.sizes["realization"] * 2 * 8 * 8  # float32 states of one time
+        reads.clear()
+        whole = evaluate(prediction, **against, block_bytes=1 << 40)
+        assert reads == [6]
+        reads.clear()
+        pairs = evaluate(prediction, **against, block_bytes=2 * per_time + 1)
+        assert reads == [2, 2, 2]
+        reads.clear()
+        single = evaluate(prediction, **against, block_bytes=1)
+        assert reads == [1] * 6
+        _same(pairs, whole)
+        _same(single, whole)
+    rows, summary = whole
+    assert summary["v"]["rank_histogram"]["counts"][0] > 0 and summary["u"]["rmse"] > 0
