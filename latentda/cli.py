@@ -304,7 +304,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     prediction = open_dataset(args.prediction)
     truth = open_dataset(args.truth, args.time_dim) if args.truth is not None else None
     observations = _evaluation_observations(args.observations, prediction) if args.observations else None
-    rows, summary = evaluate(prediction, truth, observations, args.trajectory)
+    rows, summary = evaluate(prediction, truth, observations, args.trajectory, progress=not args.quiet)
     if truth is not None:
         columns = ("rmse", "crps", "spread", "spread_skill_ratio", "coverage_90")
         if any(isinstance(scores, dict) and "pole_rmse" in scores for scores in summary.values()):

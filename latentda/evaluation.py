@@ -163,13 +163,14 @@ def _time_span(times: np.ndarray, units: str | None = None) -> str:
 
 
 def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observations: xr.Dataset | None = None,
-             trajectory: int | None = None, block_bytes: int = BLOCK_BYTES) -> tuple[list[dict], dict]:
+             trajectory: int | None = None, block_bytes: int | None = None, progress: bool = False) -> tuple[list[dict], dict]:
     """Rows (channel, time, scores…) and a summary (scores averaged over time, per channel) against the
     ``truth``; without a truth (real data), rows (observation, time, scores…) and a summary per observation
     group against the ``observations`` (module docstring, "Against observations"); with both, the truth's
     report, the observation-space summary under ``summary["observation_space"]``. Time axes are read as
     ``open_dataset`` reads a file's (:func:`latentda.data.times.standard_time_axis`: e.g. the cftime dates
-    of a climate calendar that ``xr.open_dataset`` gives)."""
+    of a climate calendar that ``xr.open_dataset`` gives). ``progress``: a progress bar over the times read, when
+    they take more than one block (``block_bytes``, default :data:`BLOCK_BYTES`: module docstring, "Memory")."""
     if truth is None and observations is None:
         raise LatentdaError("nothing to score against: give the truth, observations or both")
     if truth is None and trajectory is not None:
@@ -197,7 +198,8 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
         layout.check(truth)
     members = prediction.sizes["realization"]
     mask = _prediction_mask(prediction, layout)
-    blocks = _time_blocks(len(times), 4 * members * layout.num_channels * int(np.prod(layout.shape)), block_bytes)
+    blocks = _time_blocks(len(times), 4 * members * layout.num_channels * int(np.prod(layout.shape)),
+                          BLOCK_BYTES if block_bytes is None else block_bytes)
     time_texts = _time_texts(times, units)
     if forecast:
         init_texts = _time_texts(inits, units)
@@ -212,7 +214,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
     if observations is not None:  # the observations matched to the prediction's times before any read
         in_observations = _ObservationScores(observations, layout, times, units, mask, members)
     if truth is None:
-        for block in blocks:
+        for block in _progress(blocks, progress):
             in_observations.add(_read_block(cases.block(block), layout, members, block.start, mask), block)
         rows, summary = in_observations.result(time_texts, where, summarised, leads if forecast else None, count)
         if forecast:
@@ -230,7 +232,7 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
     rank_draws = [np.random.default_rng(0) for _ in channels]
     counts = np.zeros((layout.num_channels, members + 1), dtype=np.int64)
     spectra = {side: [_SpectrumSums(layout.periodic) for _ in channels] for side in ("prediction", "truth")}
-    for block in blocks:
+    for block in _progress(blocks, progress):
         ensemble = _read_block(cases.block(block), layout, members, block.start, mask)
         truth_here, kept = layout.to_array(truth.isel({TIME: block})), summarised[block]
         # in the truth NaN is masked or missing and left out of every score
@@ -304,6 +306,18 @@ def _time_blocks(times: int, bytes_per_time: int, block_bytes: int) -> list[slic
     """Consecutive slices of ``times`` times, each as many as ``block_bytes`` hold at ``bytes_per_time`` (at least one)."""
     size = max(1, block_bytes // max(bytes_per_time, 1))
     return [slice(start, min(start + size, times)) for start in range(0, times, size)]
+
+
+def _progress(blocks: list[slice], shown: bool):
+    """The ``blocks`` one by one, with a bar counting their times when ``shown`` and more than one (cleared at the
+    end, or at an error: its one line stands alone)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=blocks[-1].stop, desc="evaluate", unit="time", disable=not shown or len(blocks) < 2,
+              leave=False, dynamic_ncols=True) as bar:
+        for block in blocks:
+            yield block
+            bar.update(block.stop - block.start)
 
 
 def _read_block(prediction: xr.Dataset, layout: FieldLayout, members: int, first_step: int,

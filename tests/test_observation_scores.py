@@ -303,3 +303,31 @@ def test_scoring_block_by_block_equals_scoring_whole(world, monkeypatch):
         _same(single, whole)
     rows, summary = whole
     assert summary["v"]["rank_histogram"]["counts"][0] > 0 and summary["u"]["rmse"] > 0
+
+
+def test_evaluate_shows_its_progress_over_blocks_and_an_error_line_stands_alone(world, monkeypatch, capsys, tmp_path):
+    """The CLI's evaluate draws a bar over the times read when they take several blocks (none with --quiet, none for
+    one block); a bad value met in a later block stops it with its one line, the bar cleared, no report written."""
+    from latentda import evaluation
+
+    _, truth_path, prediction, _ = world
+    monkeypatch.setattr(evaluation, "BLOCK_BYTES", 1)  # one time per block: 6 blocks
+    arguments = ["evaluate", "--prediction", str(prediction), "--truth", str(truth_path)]
+    capsys.readouterr()
+    assert cli.main(arguments) == 0
+    shown = capsys.readouterr().err
+    assert "evaluate:" in shown and "0/6" in shown  # the bar over 6 times (cleared at the end)
+    assert cli.main([*arguments, "--quiet"]) == 0
+    assert "evaluate:" not in capsys.readouterr().err
+    monkeypatch.setattr(evaluation, "BLOCK_BYTES", 1 << 40)
+    assert cli.main(arguments) == 0
+    assert "evaluate:" not in capsys.readouterr().err
+
+    broken = open_dataset(prediction).load()
+    broken["u"][3, 4, 2, 2] = np.nan  # member 3, time 4: read in the 5th block
+    path = write_dataset(broken, tmp_path / "broken.nc")
+    monkeypatch.setattr(evaluation, "BLOCK_BYTES", 1)
+    out = tmp_path / "report"
+    assert cli.main(["evaluate", "--prediction", str(path), "--truth", str(truth_path), "--out", str(out)]) == 2
+    lines = [line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert "holds NaN values at step 4 in the prediction" in lines[-1] and not out.exists()
