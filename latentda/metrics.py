@@ -186,6 +186,7 @@ def pooled_observation_scores(per_set: list[dict], members: int) -> dict:
 
 
 CURVE_LEVELS = np.linspace(0.1, 0.9, 9)  # the central intervals of coverage_curve
+CURVE_LEVELS.setflags(write=False)  # returned by coverage_curve: a caller's edit would change every later curve
 SCORE_BLOCK_BYTES = 64 * 2**20  # float64 ensemble values scored at once (ensemble_scores)
 
 

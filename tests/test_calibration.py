@@ -32,6 +32,8 @@ def test_exchangeable_samples_have_flat_ranks_and_nominal_coverage():
         assert interval_coverage(ensemble, truth, level).mean() == pytest.approx(level, abs=0.02)
     levels, observed = coverage_curve(ensemble, truth)
     np.testing.assert_allclose(observed, levels, atol=0.03)
+    with pytest.raises(ValueError, match="read-only"):  # the default levels are shared by every later curve
+        levels[0] = 0.5
 
 
 def test_coverage_is_nominal_even_for_small_ensembles():
