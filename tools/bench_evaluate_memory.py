@@ -2,6 +2,7 @@
 
     python tools/bench_evaluate_memory.py --members 20 --size 96 --times 48 192 --blocks-mb 32 4 1e9
     python tools/bench_evaluate_memory.py --members 20 --times 48 192 --code ../worktree-of-an-older-commit
+    python tools/bench_evaluate_memory.py --members 20 --times 48 192 --leads 24 --blocks-mb 32   # forecasts
 
 Writes, once, a random ensemble (realization, time, y, x; two variables, float32, a zarr store as
 ``reanalyze`` writes it), its truth and sparse observations of every time (configs/observe/sparse.yaml). Then,
@@ -59,7 +60,7 @@ print(json.dumps({"peak_growth_mb": status("VmHWM:") - before, "traced_peak_mb":
 """
 
 
-def write_inputs(folder: Path, members: int, size: int, times: list[int]) -> None:
+def write_inputs(folder: Path, members: int, size: int, times: list[int], leads: int | None = None) -> None:
     import xarray as xr
 
     from latentda.data.ensemble_store import ensemble_dataset
@@ -79,7 +80,15 @@ def write_inputs(folder: Path, members: int, size: int, times: list[int]) -> Non
     for length in times:
         fields = (layout.to_array(truth.isel(time=slice(0, length)))[None]
                   + rng.standard_normal((members, length, 2, size, size)).astype(np.float32))
-        ensemble_dataset(layout, fields, truth["time"][:length]).to_zarr(folder / f"ensemble-{length}.zarr", mode="w")
+        ensemble = ensemble_dataset(layout, fields, truth["time"][:length])
+        if leads:  # forecasts from states 0, L, 2L, … of L leads each (WeatherBench2's layout): valid times = the states
+            starts = np.arange(0, length, leads)
+            ensemble = xr.Dataset(
+                {name: (("realization", "time", "prediction_timedelta", "y", "x"),
+                        ensemble[name].values.reshape(members, len(starts), leads, size, size)) for name in ("u", "v")},
+                coords={"time": truth["time"].values[starts], "prediction_timedelta": 0.2 * np.arange(leads),
+                        "realization": np.arange(members), "y": truth["y"], "x": truth["x"]})
+        ensemble.to_zarr(folder / f"ensemble-{length}.zarr", mode="w")
         write_observations(folder / f"observations-{length}.nc", truth.isel(time=slice(0, length)), rng)
 
 
@@ -105,13 +114,18 @@ def main() -> None:
                         help="evaluate's block_bytes, in MiB, one run each (1e9: the whole ensemble at once)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/evaluate-memory"),
                         help="folder for the inputs written (rewritten at each run)")
+    parser.add_argument("--leads", type=int, default=None,
+                        help="write each ensemble as forecasts of this many leads from every L-th state (each length "
+                             "a multiple of L), scored at their valid times; default: a reanalysis")
     parser.add_argument("--code", type=Path, default=None,
                         help="a checkout whose latentda the scoring processes import (e.g. a worktree of an older commit, "
                              "which reads the ensemble whole); default: this one")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore", message="Consolidated metadata")
-    write_inputs(args.out, args.members, args.size, args.times)
+    if args.leads and any(length % args.leads for length in args.times):
+        parser.error(f"--times must be multiples of --leads {args.leads}")
+    write_inputs(args.out, args.members, args.size, args.times, args.leads)
     for block_mb in args.blocks_mb:
         for length in args.times:
             environment = {**os.environ, "PYTHONPATH": str(args.code.resolve())} if args.code else None
