@@ -192,6 +192,9 @@ def evaluate(prediction: xr.Dataset, truth: xr.Dataset | None = None, observatio
         cases = _Cases([prediction])
     prediction = cases.parts[0]  # the variables, grid, members and mask of every part
     times = cases.times
+    if not len(times) or not prediction.sizes["realization"]:
+        raise LatentdaError(f"the prediction has {len(times)} time(s) and {prediction.sizes['realization']} member(s): "
+                            "nothing to score")
     layout = FieldLayout.from_dataset(prediction)
     if truth is not None:
         truth = _align(times, truth, trajectory, units)

@@ -331,3 +331,15 @@ def test_evaluate_shows_its_progress_over_blocks_and_an_error_line_stands_alone(
     assert cli.main(["evaluate", "--prediction", str(path), "--truth", str(truth_path), "--out", str(out)]) == 2
     lines = [line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
     assert "holds NaN values at step 4 in the prediction" in lines[-1] and not out.exists()
+
+
+def test_a_prediction_without_times_or_members_is_one_line(world, tmp_path, capsys):
+    """An empty prediction (no time, or no member) is refused in one line naming what it lacks, exit 2."""
+    _, truth_path, prediction, _ = world
+    ensemble = open_dataset(prediction).load()
+    for name, empty in (("no-times", ensemble.isel(time=slice(0, 0))), ("no-members", ensemble.isel(realization=slice(0, 0)))):
+        path = write_dataset(empty, tmp_path / f"{name}.nc")
+        capsys.readouterr()
+        assert cli.main(["evaluate", "--prediction", str(path), "--truth", str(truth_path)]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "nothing to score" in lines[0], lines
