@@ -401,9 +401,9 @@ class _ObservationScores:
             operator, _ = operator.off_mask(mask, refuse_empty=False)
         self.groups = operator.groups if operator is not None else []
         self.members = members
-        self.squares, self.entries = np.zeros(members), 0  # the residual ratio's sums over every observation
-        self.per_case = {group.name: ([], []) for group in self.groups}  # per group: the cases scored, their scores
-        self.group_entries = {group.name: 0 for group in self.groups}
+        self.squares = np.zeros(members)  # the residual ratio's sum over every observation
+        self.per_case = {group.name: [] for group in self.groups}  # per group: the scores of each case, in order
+        self.entries = {group.name: 0 for group in self.groups}  # per group: its observations
 
     def add(self, ensemble: np.ndarray, block: slice) -> None:
         """Score the states ``ensemble`` (m, T, C, H, W) of the times of ``block``."""
@@ -416,8 +416,7 @@ class _ObservationScores:
         for group in self.groups:
             noise = group.noise()[self.index[cases]] if np.ndim(group.noise_std) else group.noise_std
             part = dataclasses.replace(group, values=group.values[self.index[cases]], noise_std=noise)
-            scored, per_case = self.per_case[group.name]
-            scored.extend(cases.tolist())
+            per_case = self.per_case[group.name]
             if not part.mask.any():  # none here: each case without observations, as a case is among others
                 nothing = observation_space_scores(np.zeros((members, 0)), np.zeros(0), np.zeros(0))
                 per_case.extend(dict(nothing) for _ in cases)
@@ -428,21 +427,19 @@ class _ObservationScores:
                                             for i in range(members)])  # 0 (no entry reads it); (m, entries), case by case
             y, std = part.observed(representation=False)
             self.squares += (((y[None] - predicted) / std[None]) ** 2).sum(axis=1)
-            self.entries += y.size
-            self.group_entries[group.name] += y.size
+            self.entries[group.name] += y.size
             split = np.cumsum(part.mask.reshape(len(cases), -1).sum(axis=1))[:-1]
             per_case.extend(observation_space_scores(h, obs, sigma) for h, obs, sigma in
                             zip(np.split(predicted, split, axis=1), np.split(y, split), np.split(std, split)))
 
     def result(self, time_texts: list[str], where: list[dict], summarised: np.ndarray, leads: np.ndarray | None,
                count: int, alone: bool = True) -> tuple[list[dict], dict]:
-        """Rows and summary of every block given (``leads`` given: a forecast, ``count`` leads per initialisation)."""
-        rows, summary = [], {}
+        """Rows and summary once every block is given (``leads`` given: a forecast, ``count`` leads per initialisation)."""
+        rows, summary, cases = [], {}, self.cases
         for group in self.groups:
-            if not self.group_entries[group.name]:
+            if not self.entries[group.name]:
                 continue
-            cases, per_case = self.per_case[group.name]
-            cases = np.asarray(cases)
+            per_case = self.per_case[group.name]
             rows += [{"observation": group.name, "time": time_texts[case], **where[case], **scores}
                      for case, scores in zip(cases, per_case) if scores["count"]]
             kept = summarised[cases]
@@ -455,7 +452,8 @@ class _ObservationScores:
         if not rows and alone:
             raise LatentdaError("every observation of the prediction's times reads its fixed mask (no values there): "
                                 "nothing to score")
-        ratios = np.sqrt(self.squares / self.entries) if self.entries else np.full(self.members, np.nan)
+        entries = sum(self.entries.values())
+        ratios = np.sqrt(self.squares / entries) if entries else np.full(self.members, np.nan)
         summary["observation_residual_ratio"] = {"mean": float(ratios.mean()), "members": ratios.tolist()}
         return rows, summary
 
