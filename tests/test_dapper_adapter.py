@@ -24,6 +24,7 @@ from latentda.integrations.dapper import LatentDA, forecast_skill, observation_m
 NX = 2 * 8 * 8
 OBSERVATIONS = 5  # Ko + 1
 N_MEMBERS = 3
+MODES = {"filter": {}, "smoother": {"mode": "smoother"}, "model": {"dynamics": "model"}}  # the runs dealt over processes
 
 
 def _obs_at(ko: int) -> modelling.Operator:
@@ -111,9 +112,10 @@ class _Spy(np.ndarray):
         return super().__getitem__(index)
 
 
-@pytest.mark.parametrize("lag", [1, 2])
-def test_filter_never_reads_the_future(setup, monkeypatch, lag):
+@pytest.mark.parametrize("lag, dynamics", [(1, "prior"), (2, "prior"), (1, "model")])
+def test_filter_never_reads_the_future(setup, monkeypatch, lag, dynamics):
     pipeline, HMM, xx, yy = setup
+    _method = (lambda pipeline, **options: globals()["_method"](pipeline, dynamics=dynamics, **options))
     assessed, smoothed = [], []
     real = dapper.stats.Stats.assess
 
@@ -267,7 +269,17 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(forecasts="no"), "forecasts must be True or False"),
                              (dict(check_time_step="yes"), "check_time_step must be True or False"),
                              (dict(settings={"overlap": 1}), "overlap: the blankets of a trajectory longer than the window"),
-                             (dict(state_index=np.arange(NX) + 0.7), "state_index must be a 1-D array of integers")):
+                             (dict(state_index=np.arange(NX) + 0.7), "state_index must be a 1-D array of integers"),
+                             (dict(dynamics="persistence"), "dynamics must be one of prior, model"),
+                             (dict(dynamics="model", lag=2), "lag 2: with dynamics='model' the model carries"),
+                             (dict(dynamics="model", conditioning="inpaint"), "dynamics='model' takes conditioning mmps or known"),
+                             (dict(dynamics="model", background_noise=0.0), "background_noise must be a positive number or spread"),
+                             (dict(dynamics="model", background_noise=np.inf), "background_noise must be a positive number"),
+                             (dict(dynamics="model", background_noise="ensemble"), "background_noise must be a positive number"),
+                             (dict(dynamics="model", background_inflation=-1.0), "background_inflation must be a positive number"),
+                             (dict(background_noise=0.5), "background_noise, background_inflation and keep_unresolved: the options of"),
+                             (dict(dynamics="model", keep_unresolved=1), "keep_unresolved must be True or False"),
+                             (dict(mode="smoother", dynamics="model"), "dynamics: the filter's, not the smoother's")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)
     biased = modelling.Operator(**modelling.partial_Id_Obs(NX, np.arange(4)), noise=modelling.GaussRV(mu=0.5, C=0.01, M=4))
@@ -277,6 +289,70 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
     observed[:] = [yy[ko] if ko != 1 else np.zeros(4) for ko in range(OBSERVATIONS)]
     with pytest.raises(LatentdaError, match="cycle ko = 1: LatentDA supports zero-mean observation noise only"):
         _method(pipeline, lag=1).assimilate(hmm, xx, observed)
+
+
+def _assessed(monkeypatch) -> dict:
+    """Every ensemble DAPPER is given, by (ko, series): ko None for the start."""
+    real, seen = dapper.stats.Stats.assess, {}
+
+    def spying(self, k, ko=None, faus=None, **kwargs):
+        seen[(ko, faus or "au")] = np.array(kwargs["E"])
+        return real(self, k, ko, faus, **kwargs)
+
+    monkeypatch.setattr(dapper.stats.Stats, "assess", spying)
+    return seen
+
+
+def test_model_dynamics_step_each_members_analysis(setup, monkeypatch):
+    """dynamics="model": the forecast recorded at cycle ko is the HMM's model applied to each member's analysis
+    of the cycle before (the start's at ko = 0), member by member; with keep_unresolved the analysis gains exactly
+    the forecast's part the autoencoder misses, x_f − D(E(x_f)) (same member streams, same first forecast)."""
+    pipeline, HMM, xx, yy = setup
+    seen = _assessed(monkeypatch)
+    _method(pipeline, dynamics="model").assimilate(HMM, xx, yy)
+    plain = dict(seen)
+    step = lambda E: HMM.Dyn(E, 0.0, 1.0)  # the tiny HMM: one model step a cycle
+    np.testing.assert_allclose(plain[(0, "f")], step(plain[(None, "au")]), rtol=1e-12)
+    for ko in range(1, OBSERVATIONS):
+        np.testing.assert_allclose(plain[(ko, "f")], step(plain[(ko - 1, "au")]), rtol=1e-12)
+        assert not np.allclose(plain[(ko, "f")], plain[(ko, "au")])  # the analysis moved the forecast
+    seen.clear()
+    _method(pipeline, dynamics="model", keep_unresolved=True).assimilate(HMM, xx, yy)
+    forecast = plain[(0, "f")].reshape(N_MEMBERS, 2, 8, 8)
+    unresolved = (forecast - pipeline.decode(pipeline.encode(forecast))).reshape(N_MEMBERS, -1)
+    np.testing.assert_allclose(seen[(0, "au")], plain[(0, "au")] + unresolved, rtol=1e-6, atol=1e-6)
+    assert np.abs(unresolved).max() > 1e-2
+
+
+def test_model_dynamics_background_noise_weighs_the_forecast(setup, monkeypatch):
+    """The forecast is an observation of the new state with noise σ_b: a tight background (σ_b 0.01) brings the
+    analysis closer to the forecast than the autoencoder's own reconstruction of it, a loose one (σ_b 100) leaves
+    it to the prior and y."""
+    pipeline, HMM, xx, yy = setup
+    seen = _assessed(monkeypatch)
+    gaps = {}
+    for noise in (0.01, 100.0):
+        seen.clear()
+        _method(pipeline, dynamics="model", background_noise=noise, settings={"steps": 8}).assimilate(HMM, xx, yy)
+        gaps[noise] = np.mean([np.sqrt(np.mean((seen[(ko, "au")] - seen[(ko, "f")]) ** 2)) for ko in range(OBSERVATIONS)])
+    forecasts = np.concatenate([seen[(ko, "f")] for ko in range(OBSERVATIONS)]).reshape(-1, 2, 8, 8)
+    reconstruction = np.sqrt(np.mean((pipeline.decode(pipeline.encode(forecasts)) - forecasts) ** 2))
+    assert gaps[0.01] < 0.8 * gaps[100.0] and gaps[0.01] < reconstruction
+
+
+def test_model_dynamics_background_noise_from_the_spread(setup, monkeypatch):
+    """background_noise="spread": each cycle σ_b is λ times the members' forecast spread (DAPPER's spread of the
+    recorded forecast ensemble), the same for every member."""
+    pipeline, HMM, xx, yy = setup
+    seen = _assessed(monkeypatch)
+    noises = []
+    real = LatentDA._background
+    monkeypatch.setattr(LatentDA, "_background", lambda self, forecast, noise: noises.append(noise) or real(self, forecast, noise))
+    _method(pipeline, dynamics="model", background_inflation=1.5).assimilate(HMM, xx, yy)
+    assert len(noises) == OBSERVATIONS * N_MEMBERS
+    for ko in range(OBSERVATIONS):
+        spread = np.sqrt(np.mean(np.var(seen[(ko, "f")], axis=0, ddof=1)))
+        np.testing.assert_allclose(noises[ko * N_MEMBERS : (ko + 1) * N_MEMBERS], 1.5 * spread, rtol=1e-10)
 
 
 def test_the_prior_must_step_as_the_hmm_cycles(setup):
@@ -297,18 +373,19 @@ def test_the_prior_must_step_as_the_hmm_cycles(setup):
 
 def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
     """torchrun, 2 CPU processes: members 0, 2 | 1 gathered each cycle give DAPPER the one-process
-    statistics (filter and smoother); processes with another truth stop with a one-line error."""
+    statistics (filter, smoother, and the filter with the HMM's model, whose σ_b is the spread of every member); processes with another truth stop with a one-line error."""
     pipeline, HMM, xx, yy = setup
     pipeline.save_pretrained(tmp_path / "pipeline")
     script = str(Path(__file__).parent / "scripts" / "dapper_members.py")
     run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "two.npz")])
     two = np.load(tmp_path / "two.npz")
     expected = {}
-    for mode in ("filter", "smoother"):
-        xp = _method(pipeline, mode=mode)
+    for mode, options in MODES.items():
+        xp = _method(pipeline, **options)
         xp.assimilate(HMM, xx, yy, fail_gently=False)
         expected.update({f"{mode}.{key}": value for key, value in statistics(xp).items()})
     assert sorted(two.files) == sorted(expected) and "filter.rmse.f" in expected and "smoother.rmse.s" in expected
+    assert "model.rmse.f" in expected
     for key, values in expected.items():  # up to float rounding (1 thread a process, 2 alone)
         np.testing.assert_allclose(two[key], values, rtol=1e-3, atol=1e-5, err_msg=key)
     result = run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "bad.npz"), "disagree"], check=False)

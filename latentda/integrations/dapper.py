@@ -52,6 +52,26 @@ prior's window K of states) conditioned on all of yy, recorded as ``s`` (smoothe
 (``Lag = "window"``). A per-cycle ``residual_ratio`` (ensemble mean
 of the RMS of (y − H x)/σ_y, bias included) is recorded too (``xp.avrgs.residual_ratio``).
 
+**The twin experiment's model as the forecast** (``dynamics="model"``, filter only). By default the learned
+prior is the dynamics. With ``dynamics="model"`` each member m is carried from cycle to cycle by the HMM's own
+model, as the LETKF's members are: its analysis x_a^m is stepped over the dko model steps of a cycle,
+x_f^m = M(x_a^m) (``HMM.Dyn``), and the cycle samples, in the same one guided window as the plain filter,
+
+    z_{1:K} ~ p(z_{1:K} | z_{K−n:K−1} ≈ h^m, y_k, x_f^m),    x_f^m = D(z_K) + ε_b,  ε_b ~ N(0, σ_b² I),
+
+the forecast entering as a full-field observation of the new state (``grid`` groups, one per channel) with the
+background noise σ_b (``background_noise``: a number in physical units, or ``"spread"``: each cycle the members'
+forecast spread, σ_b = λ (mean over the grid of the forecasts' variance, ddof 1)^½ with λ =
+``background_inflation``, so a filter started far from the truth trusts its forecasts as little as their spread
+says; the representation error is added to σ_b as to y_k's noise): a variational analysis whose prior is the learned window prior given the member's latent history, with
+the forecast as its background term. The analysis is x_a^m = D(z_K); with ``keep_unresolved=True`` the
+forecast's part the autoencoder cannot represent is carried on, x_a^m = D(z_K) + (x_f^m − D(E(x_f^m))), so
+the model steps full fields rather than the decoder's. The ``f`` statistics are the model forecasts x_f^m
+(``forecasts``); the members run one at a time (each cycle's background differs per member), the lag is 1
+(a lag would re-sample states the model has already stepped) and the residual ratio reads y_k only. Costs
+beyond the plain filter's: the model's steps per member and cycle (and one encoder and decoder pass with
+``keep_unresolved``); the decoder already runs on the full new state.
+
 **The lagged filter is a fixed-lag smoother.** With lag ℓ > 1 each cycle samples the new state and the
 ℓ − 1 before it again given their observations (:func:`latentda.posterior.filtering.filter_members`);
 a state's last sample, taken at cycle ko + ℓ − 1, is its estimate given the observations up to that
@@ -229,7 +249,9 @@ def _posterior_settings(settings: Any) -> PosteriorSettings:
     return settings if isinstance(settings, PosteriorSettings) else PosteriorSettings(**dict(settings or {}))
 
 
-FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts")  # refused by the smoother
+FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts", "dynamics",
+                    "background_noise", "background_inflation", "keep_unresolved")  # refused by the smoother
+DYNAMICS = ("prior", "model")
 
 
 @da_method()
@@ -253,6 +275,10 @@ class LatentDA:
     state_index: Any = None
     start_cycle: int = 0
     check_time_step: bool = True  # the pipeline's time step must be HMM.tseq.dto (False: its time axis has other units)
+    dynamics: str = "prior"  # prior: the learned prior forecasts; model: HMM.Dyn steps each member (module docstring)
+    background_noise: Any = "spread"  # dynamics="model": σ_b of the forecast as an observation (physical units) or "spread"
+    background_inflation: float = 1.0  # dynamics="model", background_noise="spread": λ, σ_b = λ × the forecasts' spread
+    keep_unresolved: bool = False  # dynamics="model": carry x_f − D(E(x_f)) into the analysis
 
     def __post_init__(self) -> None:
         """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
@@ -264,7 +290,15 @@ class LatentDA:
         check_integer("N", self.N, 2, hint=" (an ensemble: its spread needs two members, as DAPPER's EnKF does)")
         check_integer("latent_seed", self.latent_seed, 0, MAX_SEED)
         check_integer("start_cycle", self.start_cycle, 0)
-        for name in ("forecasts", "check_time_step"):
+        if self.dynamics not in DYNAMICS:
+            raise LatentdaError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {self.dynamics!r}")
+        for name in ("background_noise", "background_inflation"):
+            value = getattr(self, name)
+            if name == "background_noise" and isinstance(value, str) and value == "spread":
+                continue
+            if not (isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value) and value > 0):
+                raise LatentdaError(f"{name} must be a positive number{' or spread' if name == 'background_noise' else ''}, got {value!r}")
+        for name in ("forecasts", "check_time_step", "keep_unresolved"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise LatentdaError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.state_index, np.ndarray):  # a tuple compares whole (xpList(unique=True), xp in xps)
@@ -282,13 +316,24 @@ class LatentDA:
             self.Lag = "window"  # DAPPER keeps the 's' (smoothed) series of methods with a Lag
             return
         check_cycle_settings(self._posterior_settings(), self.pipeline.window)
-        lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
+        if self.dynamics == "model":
+            if self.lag not in (None, 1):
+                raise LatentdaError(f"lag {self.lag}: with dynamics='model' the model carries each member's last analysis, so "
+                                    "the lag is 1 (a lag would re-sample states the model has already stepped)")
+            if self.conditioning == "inpaint":
+                raise LatentdaError("dynamics='model' takes conditioning mmps or known (inpaint replaces the states the "
+                                    "background observes)")
+        elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.keep_unresolved:
+            raise LatentdaError("background_noise, background_inflation and keep_unresolved: the options of dynamics='model'")
+        lag = 1 if self.dynamics == "model" else default_lag(self.pipeline.window) if self.lag is None else self.lag
         FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
         if self._lag() > 1:  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
             self.Lag = self._lag() - 1  # Lag: the cycles after ko whose observations its estimate reads (as EnKS's)
 
     # ------------------------------------------------------------------ helpers
     def _lag(self) -> int:
+        if self.dynamics == "model":
+            return 1
         return default_lag(self.pipeline.window) if self.lag is None else int(self.lag)
 
     def _posterior_settings(self) -> PosteriorSettings:
@@ -301,14 +346,34 @@ class LatentDA:
     def _to_state(self, fields: np.ndarray) -> np.ndarray:
         return _fields_to_states(fields, self.state_index)
 
-    def _operator(self, HMM, ko: int, y) -> ObservationOperator:
+    def _raw_groups(self, HMM, ko: int, y) -> list[ObservationGroup]:
+        """The groups of cycle ko's observations y, without the representation error."""
         obs = HMM.Obs(ko)
         try:
             matrix = observation_matrix(obs, HMM.Dyn.M)
             operator = observation_operator(matrix, y, _noise_std(obs, matrix.shape[0]), self._field_shape(), self.state_index)
         except LatentdaError as error:
             raise LatentdaError(f"the observations of cycle ko = {ko}: {error}") from None
-        return self._with_representation_error(operator)
+        return list(operator.groups)
+
+    def _operator(self, HMM, ko: int, y) -> ObservationOperator:
+        return self._with_representation_error(ObservationOperator(self._raw_groups(HMM, ko, y)))
+
+    def _background_noise(self, forecasts: np.ndarray) -> float:
+        """σ_b of a cycle from all members' forecasts (N, …): ``background_noise``, or with ``"spread"`` λ times
+        the root of the grid mean of their variance (ddof 1) (module docstring)."""
+        if self.background_noise != "spread":
+            return float(self.background_noise)
+        spread = float(np.sqrt(np.mean(np.var(forecasts, axis=0, ddof=1))))
+        if not spread > 0:
+            raise LatentdaError("the members' forecasts are identical: background_noise='spread' needs spread (give a number)")
+        return float(self.background_inflation) * spread
+
+    def _background(self, forecast: np.ndarray, noise: float) -> list[ObservationGroup]:
+        """The model's forecast fields (C, H, W) as full-field observations of the new state with noise σ_b
+        (module docstring), one ``grid`` group per channel."""
+        return [ObservationGroup(f"background_c{c}", [c], "identity", "grid", np.asarray(forecast[c], dtype=np.float64)[None],
+                                 noise) for c in range(len(forecast))]
 
     def _with_representation_error(self, operator: ObservationOperator) -> ObservationOperator:
         error = getattr(self.pipeline, "physical_representation_error", None)  # None: a prior without an autoencoder
@@ -368,6 +433,10 @@ class LatentDA:
             raise LatentdaError(f"start_cycle {start} is after cycle {averaged[0]}, the first that DAPPER averages "
                                 "(after the HMM's burn-in): start at or before it")
 
+        if self.dynamics == "model":
+            self._filter_with_model(HMM, yy, members, settings, start, rank)
+            return
+
         def cycles():  # lazy: yy[ko] is read when cycle ko + 1 is computed, after cycle ko was assessed
             yield None  # the start, a prior sample (k = 0, or just before cycle start_cycle)
             for ko in range(start, len(kko)):
@@ -395,6 +464,50 @@ class LatentDA:
             self.stats.assess(k, ko, E=E)
             self.stats.residual_ratio[ko] = float(np.mean(gather_members(np.asarray(cycle.residual_ratio), self.N)))
 
+
+    def _filter_with_model(self, HMM, yy, members: list[int], settings: PosteriorSettings, start: int, rank: int) -> None:
+        """The filter with the HMM's model as the forecast (module docstring, ``dynamics="model"``): one
+        :func:`filter_members` run per member, fed each cycle with y_k and that member's model forecast."""
+        tseq, kko, shape = HMM.tseq, HMM.tseq.kko, self._field_shape()
+        index = None if self.state_index is None else np.asarray(self.state_index)
+        pending: dict[int, ObservationOperator] = {}  # member → the cycle it assimilates next
+
+        def member_cycles(member: int):  # lazy: a cycle's operator exists once the loop below has made it
+            yield None  # the start: a prior sample (k = 0, or just before cycle start_cycle)
+            while True:
+                yield pending.pop(member)
+
+        runs = {m: filter_members(self.pipeline, member_cycles(m), [m], settings, self.latent_seed, conditioning=self.conditioning,
+                                  condition_noise=self.condition_noise, context=self.context, lag=1) for m in members}
+        analyses = np.concatenate([next(runs[m]).analysis for m in members])  # (local members, C, H, W)
+        states = self._to_state(analyses)
+        if start == 0:
+            self.stats.assess(0, E=self._to_state(gather_members(analyses, self.N)))
+        previous = 0 if start == 0 else kko[start - 1]
+        steps = range(start, len(kko))
+        if rank == 0:
+            steps = progbar(steps, desc=f"LatentDA filter (the HMM's model), {self.N} members")
+        for ko in steps:
+            y = yy[ko]
+            _check_same(y, f"the observations of cycle {ko}")
+            groups = self._raw_groups(HMM, ko, y)
+            operator = self._with_representation_error(ObservationOperator(groups))
+            forecasts = np.stack([advance(HMM.Dyn, tseq, x, previous, kko[ko]) for x in states])  # x_f = M(x_a)
+            forecast_fields = _states_to_fields(forecasts, shape, index)
+            everyone = gather_members(forecast_fields, self.N)
+            noise = self._background_noise(everyone)
+            for m, fields in zip(members, forecast_fields):
+                pending[m] = self._with_representation_error(ObservationOperator([*groups, *self._background(fields, noise)]))
+            analyses = np.concatenate([next(runs[m]).analysis for m in members])
+            if self.keep_unresolved:
+                analyses = analyses + forecast_fields - self.pipeline.decode(self.pipeline.encode(forecast_fields))
+            states = self._to_state(analyses)
+            if self.forecasts:
+                self.stats.assess(kko[ko], ko, "f", E=_fields_to_states(everyone, index))
+            self.stats.assess(kko[ko], ko, E=self._to_state(gather_members(analyses, self.N)))
+            ratio = operator.residual_ratio(torch.from_numpy(analyses[:, None]).double()).numpy()
+            self.stats.residual_ratio[ko] = float(np.mean(gather_members(ratio, self.N)))
+            previous = kko[ko]
 
     def _assess_smoothed(self, HMM, cycle, start: int) -> None:
         """``s`` statistics of the lagged filter's final estimates (module docstring): the first state a

@@ -1,4 +1,4 @@
-"""Run by tests/test_dapper_adapter.py under torchrun: LatentDA (filter, then smoother) on the tiny HMM
+"""Run by tests/test_dapper_adapter.py under torchrun: LatentDA (filter, smoother, filter with the HMM's model) on the tiny HMM
 with its members dealt over the processes; the main process saves DAPPER's per-cycle statistics.
 Then gather_members must return every process's rows in member order.
 
@@ -17,7 +17,7 @@ import dapper as dpr
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # the tests' folder: the tiny HMM
 
-from test_dapper_adapter import N_MEMBERS, statistics, tiny_hmm  # noqa: E402
+from test_dapper_adapter import MODES, N_MEMBERS, statistics, tiny_hmm  # noqa: E402
 
 from latentda.errors import LatentdaError  # noqa: E402
 from latentda.integrations.dapper import LatentDA  # noqa: E402
@@ -34,8 +34,8 @@ xx, yy = HMM.simulate()
 import torch.distributed as dist  # noqa: E402  (the process group exists once LatentDA joined it)
 
 results = {}
-for mode in ("filter", "smoother"):
-    xp = LatentDA(pipeline=pipeline, N=N_MEMBERS, settings={"steps": 2}, mode=mode)
+for mode, options in MODES.items():
+    xp = LatentDA(pipeline=pipeline, N=N_MEMBERS, settings={"steps": 2}, **options)
     if disagree:
         try:
             last = int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1
