@@ -112,7 +112,7 @@ class _Spy(np.ndarray):
         return super().__getitem__(index)
 
 
-@pytest.mark.parametrize("lag, dynamics", [(1, "prior"), (2, "prior"), (1, "model")])
+@pytest.mark.parametrize("lag, dynamics", [(1, "prior"), (2, "prior"), (1, "model"), (2, "model")])
 def test_filter_never_reads_the_future(setup, monkeypatch, lag, dynamics):
     pipeline, HMM, xx, yy = setup
     _method = (lambda pipeline, **options: globals()["_method"](pipeline, dynamics=dynamics, **options))
@@ -134,7 +134,7 @@ def test_filter_never_reads_the_future(setup, monkeypatch, lag, dynamics):
     assert {ko for ko, _ in assessed[1:]} == set(range(OBSERVATIONS))
     for ko, newest in assessed[1:]:
         assert newest == ko  # statistics at cycle ko were computed having read yy[0..ko] only
-    if lag == 1:
+    if lag == 1 or dynamics == "model":  # the filter with the HMM's model records no s series
         assert not smoothed
     else:
         assert sorted(ko for ko, _ in smoothed) == list(range(OBSERVATIONS))
@@ -151,7 +151,7 @@ def test_filter_never_reads_the_future(setup, monkeypatch, lag, dynamics):
     second.assimilate(HMM, xx, poisoned)
     np.testing.assert_array_equal(first.stats.mu.a[:3], second.stats.mu.a[:3])
     assert not np.allclose(first.stats.mu.a[3:], second.stats.mu.a[3:])
-    if lag > 1:  # the smoother's state ko reads lag − 1 cycles ahead, no further
+    if lag > 1 and dynamics == "prior":  # the smoother's state ko reads lag − 1 cycles ahead, no further
         np.testing.assert_array_equal(first.stats.mu.s[: 3 - lag + 1], second.stats.mu.s[: 3 - lag + 1])
         assert not np.allclose(first.stats.mu.s[3 - lag + 1 :], second.stats.mu.s[3 - lag + 1 :])
 
@@ -271,13 +271,14 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(settings={"overlap": 1}), "overlap: the blankets of a trajectory longer than the window"),
                              (dict(state_index=np.arange(NX) + 0.7), "state_index must be a 1-D array of integers"),
                              (dict(dynamics="persistence"), "dynamics must be one of prior, model"),
-                             (dict(dynamics="model", lag=2), "lag 2: with dynamics='model' the model carries"),
                              (dict(dynamics="model", conditioning="inpaint"), "dynamics='model' takes conditioning mmps or known"),
                              (dict(dynamics="model", background_noise=0.0), "background_noise must be a positive number or spread"),
                              (dict(dynamics="model", background_noise=np.inf), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_noise="ensemble"), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_inflation=-1.0), "background_inflation must be a positive number"),
-                             (dict(background_noise=0.5), "background_noise, background_inflation and keep_unresolved: the options of"),
+                             (dict(background_noise=0.5), "background_noise, background_inflation, keep_unresolved and spin_up: the options of"),
+                             (dict(spin_up=2), "background_noise, background_inflation, keep_unresolved and spin_up: the options of"),
+                             (dict(dynamics="model", spin_up=-1), "spin_up must be an integer"),
                              (dict(dynamics="model", keep_unresolved=1), "keep_unresolved must be True or False"),
                              (dict(mode="smoother", dynamics="model"), "dynamics: the filter's, not the smoother's")):
         with pytest.raises(LatentdaError, match=message):
@@ -325,7 +326,7 @@ def test_model_dynamics_step_each_members_analysis(setup, monkeypatch):
 
 
 def test_model_dynamics_background_noise_weighs_the_forecast(setup, monkeypatch):
-    """The forecast is an observation of the new state with noise σ_b: a tight background (σ_b 0.01) brings the
+    """The forecast is an observation of the new state with noise σ_b (lag 1): a tight background (σ_b 0.01) brings the
     analysis closer to the forecast than the autoencoder's own reconstruction of it, a loose one (σ_b 100) leaves
     it to the prior and y."""
     pipeline, HMM, xx, yy = setup
@@ -333,11 +334,31 @@ def test_model_dynamics_background_noise_weighs_the_forecast(setup, monkeypatch)
     gaps = {}
     for noise in (0.01, 100.0):
         seen.clear()
-        _method(pipeline, dynamics="model", background_noise=noise, settings={"steps": 8}).assimilate(HMM, xx, yy)
+        _method(pipeline, dynamics="model", background_noise=noise, lag=1, settings={"steps": 8}).assimilate(HMM, xx, yy)
         gaps[noise] = np.mean([np.sqrt(np.mean((seen[(ko, "au")] - seen[(ko, "f")]) ** 2)) for ko in range(OBSERVATIONS)])
     forecasts = np.concatenate([seen[(ko, "f")] for ko in range(OBSERVATIONS)]).reshape(-1, 2, 8, 8)
     reconstruction = np.sqrt(np.mean((pipeline.decode(pipeline.encode(forecasts)) - forecasts) ** 2))
     assert gaps[0.01] < 0.8 * gaps[100.0] and gaps[0.01] < reconstruction
+
+
+def test_model_dynamics_spun_up_on_every_cycle_is_the_priors_filter(setup, monkeypatch):
+    """spin_up covering every cycle: the analyses are those of the prior's own filter (dynamics="prior", same lag and
+    member streams), and the recorded forecasts the model's steps of them; a spin-up of 2 changes cycle 2 on only."""
+    pipeline, HMM, xx, yy = setup
+    seen = _assessed(monkeypatch)
+    _method(pipeline, lag=2).assimilate(HMM, xx, yy)
+    prior = dict(seen)
+    seen.clear()
+    _method(pipeline, dynamics="model", lag=2, spin_up=OBSERVATIONS, keep_unresolved=True).assimilate(HMM, xx, yy)
+    spun = dict(seen)
+    for ko in range(OBSERVATIONS):
+        np.testing.assert_allclose(spun[(ko, "au")], prior[(ko, "au")], rtol=1e-5, atol=1e-5)  # batches of 3 and of 1
+        before = spun[(ko - 1, "au")] if ko else spun[(None, "au")]
+        np.testing.assert_allclose(spun[(ko, "f")], HMM.Dyn(before, 0.0, 1.0), rtol=1e-12)
+    seen.clear()
+    _method(pipeline, dynamics="model", lag=2, spin_up=2).assimilate(HMM, xx, yy)
+    for ko in range(OBSERVATIONS):
+        assert np.allclose(seen[(ko, "au")], spun[(ko, "au")], rtol=1e-5, atol=1e-5) == (ko < 2)
 
 
 def test_model_dynamics_background_noise_from_the_spread(setup, monkeypatch):

@@ -12,7 +12,7 @@ in an ``xpList`` assimilates them and records its statistics through ``self.stat
     xps += LatentDA(pipeline=pipeline, N=8, mode="smoother")    # reanalysis of the whole window
     xps.launch(HMM, save_as=False)
 
-**What it uses of the HMM.** Not ``HMM.Dyn`` nor ``HMM.X0``: the learned prior is the dynamics and
+**What it uses of the HMM.** Not ``HMM.X0``, nor ``HMM.Dyn`` unless ``dynamics="model"`` (below): the learned prior is the dynamics and
 the initial law, so the pipeline must have been trained on the model's states taken every ``dto``
 (``HMM.tseq.dko`` model steps = one pipeline time step): ``pipeline.time_step`` must equal
 ``HMM.tseq.dto`` (checked for priors on a model-time axis; ``check_time_step=False`` when the
@@ -67,8 +67,13 @@ says; the representation error is added to σ_b as to y_k's noise): a variationa
 the forecast as its background term. The analysis is x_a^m = D(z_K); with ``keep_unresolved=True`` the
 forecast's part the autoencoder cannot represent is carried on, x_a^m = D(z_K) + (x_f^m − D(E(x_f^m))), so
 the model steps full fields rather than the decoder's. The ``f`` statistics are the model forecasts x_f^m
-(``forecasts``); the members run one at a time (each cycle's background differs per member), the lag is 1
-(a lag would re-sample states the model has already stepped) and the residual ratio reads y_k only. Costs
+(``forecasts``); the members run one at a time (each cycle's background differs per member). With a lag ℓ the
+window re-samples the member's last ℓ states given their cycles' observations *and backgrounds* (the forecasts
+of those cycles), and the model steps the newest only (no ``s`` series: the re-sampled past is not carried on).
+The residual ratio reads y_k only. ``spin_up`` = s assimilates the first s cycles without the background (the
+learned prior's filter, its analyses stepped by the model all the same): started from a prior sample, far from the
+truth, the forecasts are worth little, and the prior's filter converges in a few cycles where the model's
+background, however loose, holds the analyses near them. Costs
 beyond the plain filter's: the model's steps per member and cycle (and one encoder and decoder pass with
 ``keep_unresolved``); the decoder already runs on the full new state.
 
@@ -250,7 +255,7 @@ def _posterior_settings(settings: Any) -> PosteriorSettings:
 
 
 FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts", "dynamics",
-                    "background_noise", "background_inflation", "keep_unresolved")  # refused by the smoother
+                    "background_noise", "background_inflation", "keep_unresolved", "spin_up")  # refused by the smoother
 DYNAMICS = ("prior", "model")
 
 
@@ -279,6 +284,7 @@ class LatentDA:
     background_noise: Any = "spread"  # dynamics="model": σ_b of the forecast as an observation (physical units) or "spread"
     background_inflation: float = 1.0  # dynamics="model", background_noise="spread": λ, σ_b = λ × the forecasts' spread
     keep_unresolved: bool = False  # dynamics="model": carry x_f − D(E(x_f)) into the analysis
+    spin_up: int = 0  # dynamics="model": the first cycles assimilated without the model's background (module docstring)
 
     def __post_init__(self) -> None:
         """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
@@ -290,6 +296,7 @@ class LatentDA:
         check_integer("N", self.N, 2, hint=" (an ensemble: its spread needs two members, as DAPPER's EnKF does)")
         check_integer("latent_seed", self.latent_seed, 0, MAX_SEED)
         check_integer("start_cycle", self.start_cycle, 0)
+        check_integer("spin_up", self.spin_up, 0)
         if self.dynamics not in DYNAMICS:
             raise LatentdaError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {self.dynamics!r}")
         for name in ("background_noise", "background_inflation"):
@@ -317,23 +324,18 @@ class LatentDA:
             return
         check_cycle_settings(self._posterior_settings(), self.pipeline.window)
         if self.dynamics == "model":
-            if self.lag not in (None, 1):
-                raise LatentdaError(f"lag {self.lag}: with dynamics='model' the model carries each member's last analysis, so "
-                                    "the lag is 1 (a lag would re-sample states the model has already stepped)")
             if self.conditioning == "inpaint":
                 raise LatentdaError("dynamics='model' takes conditioning mmps or known (inpaint replaces the states the "
                                     "background observes)")
-        elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.keep_unresolved:
-            raise LatentdaError("background_noise, background_inflation and keep_unresolved: the options of dynamics='model'")
-        lag = 1 if self.dynamics == "model" else default_lag(self.pipeline.window) if self.lag is None else self.lag
+        elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.keep_unresolved or self.spin_up:
+            raise LatentdaError("background_noise, background_inflation, keep_unresolved and spin_up: the options of dynamics='model'")
+        lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
         FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
-        if self._lag() > 1:  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
+        if self._lag() > 1 and self.dynamics == "prior":  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
             self.Lag = self._lag() - 1  # Lag: the cycles after ko whose observations its estimate reads (as EnKS's)
 
     # ------------------------------------------------------------------ helpers
     def _lag(self) -> int:
-        if self.dynamics == "model":
-            return 1
         return default_lag(self.pipeline.window) if self.lag is None else int(self.lag)
 
     def _posterior_settings(self) -> PosteriorSettings:
@@ -478,7 +480,7 @@ class LatentDA:
                 yield pending.pop(member)
 
         runs = {m: filter_members(self.pipeline, member_cycles(m), [m], settings, self.latent_seed, conditioning=self.conditioning,
-                                  condition_noise=self.condition_noise, context=self.context, lag=1) for m in members}
+                                  condition_noise=self.condition_noise, context=self.context, lag=self._lag()) for m in members}
         analyses = np.concatenate([next(runs[m]).analysis for m in members])  # (local members, C, H, W)
         states = self._to_state(analyses)
         if start == 0:
@@ -495,11 +497,13 @@ class LatentDA:
             forecasts = np.stack([advance(HMM.Dyn, tseq, x, previous, kko[ko]) for x in states])  # x_f = M(x_a)
             forecast_fields = _states_to_fields(forecasts, shape, index)
             everyone = gather_members(forecast_fields, self.N)
-            noise = self._background_noise(everyone)
+            guided = ko >= start + self.spin_up  # the forecast is the background (after the spin-up)
+            noise = self._background_noise(everyone) if guided else None
             for m, fields in zip(members, forecast_fields):
-                pending[m] = self._with_representation_error(ObservationOperator([*groups, *self._background(fields, noise)]))
+                background = self._background(fields, noise) if guided else []
+                pending[m] = self._with_representation_error(ObservationOperator([*groups, *background]))
             analyses = np.concatenate([next(runs[m]).analysis for m in members])
-            if self.keep_unresolved:
+            if self.keep_unresolved and guided:
                 analyses = analyses + forecast_fields - self.pipeline.decode(self.pipeline.encode(forecast_fields))
             states = self._to_state(analyses)
             if self.forecasts:
