@@ -19,6 +19,7 @@ from dapper.da_methods import EnKF  # noqa: E402
 from conftest import make_tiny_pipeline, run_torchrun  # noqa: E402
 from latentda.data.statistics import Statistics  # noqa: E402
 from latentda.errors import LatentdaError  # noqa: E402
+from latentda.observe.operators import ObservationOperator  # noqa: E402
 from latentda.integrations.dapper import LatentDA, forecast_skill, observation_matrix, observation_operator  # noqa: E402
 
 NX = 2 * 8 * 8
@@ -276,10 +277,10 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(dynamics="model", background_noise=np.inf), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_noise="ensemble"), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_inflation=-1.0), "background_inflation must be a positive number"),
-                             (dict(background_noise=0.5), "background_noise, background_inflation, keep_unresolved and spin_up: the options of"),
-                             (dict(spin_up=2), "background_noise, background_inflation, keep_unresolved and spin_up: the options of"),
+                             (dict(background_noise=0.5), "background_noise, background_inflation, increment and spin_up: the options of"),
+                             (dict(spin_up=2), "background_noise, background_inflation, increment and spin_up: the options of"),
                              (dict(dynamics="model", spin_up=-1), "spin_up must be an integer"),
-                             (dict(dynamics="model", keep_unresolved=1), "keep_unresolved must be True or False"),
+                             (dict(dynamics="model", increment=1), "increment must be True or False"),
                              (dict(mode="smoother", dynamics="model"), "dynamics: the filter's, not the smoother's")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)
@@ -306,23 +307,47 @@ def _assessed(monkeypatch) -> dict:
 
 def test_model_dynamics_step_each_members_analysis(setup, monkeypatch):
     """dynamics="model": the forecast recorded at cycle ko is the HMM's model applied to each member's analysis
-    of the cycle before (the start's at ko = 0), member by member; with keep_unresolved the analysis gains exactly
-    the forecast's part the autoencoder misses, x_f − D(E(x_f)) (same member streams, same first forecast)."""
+    of the cycle before (the start's at ko = 0), member by member."""
     pipeline, HMM, xx, yy = setup
     seen = _assessed(monkeypatch)
     _method(pipeline, dynamics="model").assimilate(HMM, xx, yy)
-    plain = dict(seen)
     step = lambda E: HMM.Dyn(E, 0.0, 1.0)  # the tiny HMM: one model step a cycle
-    np.testing.assert_allclose(plain[(0, "f")], step(plain[(None, "au")]), rtol=1e-12)
+    np.testing.assert_allclose(seen[(0, "f")], step(seen[(None, "au")]), rtol=1e-12)
     for ko in range(1, OBSERVATIONS):
-        np.testing.assert_allclose(plain[(ko, "f")], step(plain[(ko - 1, "au")]), rtol=1e-12)
-        assert not np.allclose(plain[(ko, "f")], plain[(ko, "au")])  # the analysis moved the forecast
-    seen.clear()
-    _method(pipeline, dynamics="model", keep_unresolved=True).assimilate(HMM, xx, yy)
-    forecast = plain[(0, "f")].reshape(N_MEMBERS, 2, 8, 8)
-    unresolved = (forecast - pipeline.decode(pipeline.encode(forecast))).reshape(N_MEMBERS, -1)
-    np.testing.assert_allclose(seen[(0, "au")], plain[(0, "au")] + unresolved, rtol=1e-6, atol=1e-6)
-    assert np.abs(unresolved).max() > 1e-2
+        np.testing.assert_allclose(seen[(ko, "f")], step(seen[(ko - 1, "au")]), rtol=1e-12)
+        assert not np.allclose(seen[(ko, "f")], seen[(ko, "au")])  # the analysis moved the forecast
+
+
+@pytest.mark.parametrize("lag", [1, 2])
+def test_model_dynamics_increment_is_what_the_observations_change(setup, monkeypatch, lag):
+    """increment=True: x_a = x_f + D(z_a) − D(z_b), z_b the same draw without y_k: each cycle's second window reads
+    the background alone, from the member's state before the cycle; drawn again from that state with y_k as well,
+    it gives D(z_a) = x_a − x_f + D(z_b) (the same random numbers: the two draws differ by y_k only)."""
+    import latentda.integrations.dapper as adapter
+
+    pipeline, HMM, xx, yy = setup
+    seen = _assessed(monkeypatch)
+    paired, real = [], adapter.filter_members
+
+    def spying(pipeline, cycles, members, settings, seed, state=None, **options):
+        if state is None:
+            return real(pipeline, cycles, members, settings, seed, **options)
+        cycle = next(real(pipeline, cycles, members, settings, seed, state=state, **options))
+        paired.append((cycles[0], state, members, options, cycle.analysis))
+        return iter([cycle])
+
+    monkeypatch.setattr(adapter, "filter_members", spying)
+    xp = _method(pipeline, dynamics="model", increment=True, lag=lag)
+    xp.assimilate(HMM, xx, yy)
+    assert len(paired) == OBSERVATIONS * N_MEMBERS
+    for number, (alone, state, members, options, decoded_b) in enumerate(paired):
+        ko, m = divmod(number, N_MEMBERS)
+        assert members == [m] and all(g.name.startswith("background") for g in alone.groups)
+        full = ObservationOperator([*xp._operator(HMM, ko, yy[ko]).groups, *alone.groups])
+        decoded_a = next(real(pipeline, [full], [m], xp._posterior_settings(), 0, state=state, **options)).analysis
+        np.testing.assert_allclose(decoded_a[0] - decoded_b[0], (seen[(ko, "au")] - seen[(ko, "f")])[m].reshape(2, 8, 8),
+                                   rtol=1e-5, atol=1e-5)
+        assert np.abs(decoded_a - decoded_b).max() > 1e-3  # y_k moved the draw
 
 
 def test_model_dynamics_background_noise_weighs_the_forecast(setup, monkeypatch):
@@ -349,7 +374,7 @@ def test_model_dynamics_spun_up_on_every_cycle_is_the_priors_filter(setup, monke
     _method(pipeline, lag=2).assimilate(HMM, xx, yy)
     prior = dict(seen)
     seen.clear()
-    _method(pipeline, dynamics="model", lag=2, spin_up=OBSERVATIONS, keep_unresolved=True).assimilate(HMM, xx, yy)
+    _method(pipeline, dynamics="model", lag=2, spin_up=OBSERVATIONS, increment=True).assimilate(HMM, xx, yy)
     spun = dict(seen)
     for ko in range(OBSERVATIONS):
         np.testing.assert_allclose(spun[(ko, "au")], prior[(ko, "au")], rtol=1e-5, atol=1e-5)  # batches of 3 and of 1

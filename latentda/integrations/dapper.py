@@ -64,9 +64,12 @@ background noise σ_b (``background_noise``: a number in physical units, or ``"s
 forecast spread, σ_b = λ (mean over the grid of the forecasts' variance, ddof 1)^½ with λ =
 ``background_inflation``, so a filter started far from the truth trusts its forecasts as little as their spread
 says; the representation error is added to σ_b as to y_k's noise): a variational analysis whose prior is the learned window prior given the member's latent history, with
-the forecast as its background term. The analysis is x_a^m = D(z_K); with ``keep_unresolved=True`` the
-forecast's part the autoencoder cannot represent is carried on, x_a^m = D(z_K) + (x_f^m − D(E(x_f^m))), so
-the model steps full fields rather than the decoder's. The ``f`` statistics are the model forecasts x_f^m
+the forecast as its background term. The analysis is x_a^m = D(z_K). With ``increment=True`` it is the forecast
+plus the observations' increment, x_a^m = x_f^m + D(z_K) − D(z_K^b), where z^b is the same draw — the member's
+history, random numbers and background — without y_k: the model then steps full fields (the scales the decoder
+misses stay the model's), and the analysis differs from the forecast by what y_k changes, not by the distance of a
+fresh sample, or of the decoder's fit, to it (a fit that even through the truth is ≈ the autoencoder's floor off,
+and would be injected every cycle). It costs a second guided window per member and cycle. The ``f`` statistics are the model forecasts x_f^m
 (``forecasts``); the members run one at a time (each cycle's background differs per member). With a lag ℓ the
 window re-samples the member's last ℓ states given their cycles' observations *and backgrounds* (the forecasts
 of those cycles), and the model steps the newest only (no ``s`` series: the re-sampled past is not carried on).
@@ -74,8 +77,8 @@ The residual ratio reads y_k only. ``spin_up`` = s assimilates the first s cycle
 learned prior's filter, its analyses stepped by the model all the same): started from a prior sample, far from the
 truth, the forecasts are worth little, and the prior's filter converges in a few cycles where the model's
 background, however loose, holds the analyses near them. Costs
-beyond the plain filter's: the model's steps per member and cycle (and one encoder and decoder pass with
-``keep_unresolved``); the decoder already runs on the full new state.
+beyond the plain filter's: the model's steps per member and cycle (and a second window with ``increment``); the
+decoder already runs on the full new state.
 
 **The lagged filter is a fixed-lag smoother.** With lag ℓ > 1 each cycle samples the new state and the
 ℓ − 1 before it again given their observations (:func:`latentda.posterior.filtering.filter_members`);
@@ -255,7 +258,7 @@ def _posterior_settings(settings: Any) -> PosteriorSettings:
 
 
 FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts", "dynamics",
-                    "background_noise", "background_inflation", "keep_unresolved", "spin_up")  # refused by the smoother
+                    "background_noise", "background_inflation", "increment", "spin_up")  # refused by the smoother
 DYNAMICS = ("prior", "model")
 
 
@@ -283,7 +286,7 @@ class LatentDA:
     dynamics: str = "prior"  # prior: the learned prior forecasts; model: HMM.Dyn steps each member (module docstring)
     background_noise: Any = "spread"  # dynamics="model": σ_b of the forecast as an observation (physical units) or "spread"
     background_inflation: float = 1.0  # dynamics="model", background_noise="spread": λ, σ_b = λ × the forecasts' spread
-    keep_unresolved: bool = False  # dynamics="model": carry x_f − D(E(x_f)) into the analysis
+    increment: bool = False  # dynamics="model": x_a = x_f + D(z_a) − D(z_b), z_b drawn alike without y_k
     spin_up: int = 0  # dynamics="model": the first cycles assimilated without the model's background (module docstring)
 
     def __post_init__(self) -> None:
@@ -305,7 +308,7 @@ class LatentDA:
                 continue
             if not (isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value) and value > 0):
                 raise LatentdaError(f"{name} must be a positive number{' or spread' if name == 'background_noise' else ''}, got {value!r}")
-        for name in ("forecasts", "check_time_step", "keep_unresolved"):
+        for name in ("forecasts", "check_time_step", "increment"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise LatentdaError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.state_index, np.ndarray):  # a tuple compares whole (xpList(unique=True), xp in xps)
@@ -327,8 +330,8 @@ class LatentDA:
             if self.conditioning == "inpaint":
                 raise LatentdaError("dynamics='model' takes conditioning mmps or known (inpaint replaces the states the "
                                     "background observes)")
-        elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.keep_unresolved or self.spin_up:
-            raise LatentdaError("background_noise, background_inflation, keep_unresolved and spin_up: the options of dynamics='model'")
+        elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.increment or self.spin_up:
+            raise LatentdaError("background_noise, background_inflation, increment and spin_up: the options of dynamics='model'")
         lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
         FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
         if self._lag() > 1 and self.dynamics == "prior":  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
@@ -479,9 +482,10 @@ class LatentDA:
             while True:
                 yield pending.pop(member)
 
-        runs = {m: filter_members(self.pipeline, member_cycles(m), [m], settings, self.latent_seed, conditioning=self.conditioning,
-                                  condition_noise=self.condition_noise, context=self.context, lag=self._lag()) for m in members}
-        analyses = np.concatenate([next(runs[m]).analysis for m in members])  # (local members, C, H, W)
+        options = dict(conditioning=self.conditioning, condition_noise=self.condition_noise, context=self.context, lag=self._lag())
+        runs = {m: filter_members(self.pipeline, member_cycles(m), [m], settings, self.latent_seed, **options) for m in members}
+        finished = {m: next(runs[m]) for m in members}
+        analyses = np.concatenate([finished[m].analysis for m in members])  # (local members, C, H, W)
         states = self._to_state(analyses)
         if start == 0:
             self.stats.assess(0, E=self._to_state(gather_members(analyses, self.N)))
@@ -499,12 +503,18 @@ class LatentDA:
             everyone = gather_members(forecast_fields, self.N)
             guided = ko >= start + self.spin_up  # the forecast is the background (after the spin-up)
             noise = self._background_noise(everyone) if guided else None
+            paired = []
             for m, fields in zip(members, forecast_fields):
                 background = self._background(fields, noise) if guided else []
                 pending[m] = self._with_representation_error(ObservationOperator([*groups, *background]))
-            analyses = np.concatenate([next(runs[m]).analysis for m in members])
-            if self.keep_unresolved and guided:
-                analyses = analyses + forecast_fields - self.pipeline.decode(self.pipeline.encode(forecast_fields))
+                if self.increment and guided:  # D(z_b): the same draw (the member's state and random numbers) without y_k
+                    alone = self._with_representation_error(ObservationOperator(background))
+                    paired.append(next(filter_members(self.pipeline, [alone], [m], settings, self.latent_seed,
+                                                      state=finished[m].state, **options)).analysis)
+            finished = {m: next(runs[m]) for m in members}
+            analyses = np.concatenate([finished[m].analysis for m in members])
+            if paired:  # x_a = x_f + D(z_a) − D(z_b)
+                analyses = forecast_fields + analyses - np.concatenate(paired)
             states = self._to_state(analyses)
             if self.forecasts:
                 self.stats.assess(kko[ko], ko, "f", E=_fields_to_states(everyone, index))
