@@ -277,8 +277,10 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(dynamics="model", background_noise=np.inf), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_noise="ensemble"), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_inflation=-1.0), "background_inflation must be a positive number"),
-                             (dict(background_noise=0.5), "background_noise, background_inflation, increment and spin_up: the options of"),
-                             (dict(spin_up=2), "background_noise, background_inflation, increment and spin_up: the options of"),
+                             (dict(background_noise=0.5), "background_noise, background_inflation, background_factor, increment and spin_up"),
+                             (dict(background_factor=2), "background_noise, background_inflation, background_factor, increment and spin_up"),
+                             (dict(dynamics="model", background_factor=0), "background_factor must be an integer"),
+                             (dict(spin_up=2), "background_noise, background_inflation, background_factor, increment and spin_up"),
                              (dict(dynamics="model", spin_up=-1), "spin_up must be an integer"),
                              (dict(dynamics="model", increment=1), "increment must be True or False"),
                              (dict(mode="smoother", dynamics="model"), "dynamics: the filter's, not the smoother's")):
@@ -386,19 +388,31 @@ def test_model_dynamics_spun_up_on_every_cycle_is_the_priors_filter(setup, monke
         assert np.allclose(seen[(ko, "au")], spun[(ko, "au")], rtol=1e-5, atol=1e-5) == (ko < 2)
 
 
-def test_model_dynamics_background_noise_from_the_spread(setup, monkeypatch):
+@pytest.mark.parametrize("factor", [1, 2])
+def test_model_dynamics_background_noise_from_the_spread(setup, monkeypatch, factor):
     """background_noise="spread": each cycle σ_b is λ times the members' forecast spread (DAPPER's spread of the
-    recorded forecast ensemble), the same for every member."""
+    recorded forecast ensemble; with background_factor k that of its k × k block means, which the background then
+    observes), the same for every member."""
     pipeline, HMM, xx, yy = setup
     seen = _assessed(monkeypatch)
-    noises = []
+    backgrounds = []
     real = LatentDA._background
-    monkeypatch.setattr(LatentDA, "_background", lambda self, forecast, noise: noises.append(noise) or real(self, forecast, noise))
-    _method(pipeline, dynamics="model", background_inflation=1.5).assimilate(HMM, xx, yy)
-    assert len(noises) == OBSERVATIONS * N_MEMBERS
+    monkeypatch.setattr(LatentDA, "_background", lambda self, forecast, noise: backgrounds.append((forecast, real(self, forecast, noise)))
+                        or backgrounds[-1][1])
+    _method(pipeline, dynamics="model", background_inflation=1.5, background_factor=factor).assimilate(HMM, xx, yy)
+    assert len(backgrounds) == OBSERVATIONS * N_MEMBERS
     for ko in range(OBSERVATIONS):
-        spread = np.sqrt(np.mean(np.var(seen[(ko, "f")], axis=0, ddof=1)))
-        np.testing.assert_allclose(noises[ko * N_MEMBERS : (ko + 1) * N_MEMBERS], 1.5 * spread, rtol=1e-10)
+        forecasts = seen[(ko, "f")].reshape(N_MEMBERS, 2, 4 if factor == 2 else 8, factor, 4 if factor == 2 else 8, factor)
+        blocks = forecasts.mean(axis=(3, 5))  # (members, C, 8/k, 8/k)
+        spread = np.sqrt(np.mean(np.var(blocks, axis=0, ddof=1)))
+        for m in range(N_MEMBERS):
+            forecast, groups = backgrounds[ko * N_MEMBERS + m]
+            assert [g.sampling for g in groups] == ["grid" if factor == 1 else "coarsen"] * 2
+            for c, group in enumerate(groups):
+                assert group.noise_std == pytest.approx(1.5 * spread, rel=1e-10) and group.factor == factor
+                np.testing.assert_allclose(group.values[0], blocks[m, c], rtol=1e-6, atol=1e-7)
+                np.testing.assert_allclose(group(torch.from_numpy(forecast[None, None]).double()).numpy()[0],
+                                           blocks[m, c].ravel(), rtol=1e-6, atol=1e-7)  # the operator reads block means
 
 
 def test_the_prior_must_step_as_the_hmm_cycles(setup):

@@ -73,7 +73,9 @@ and would be injected every cycle). It costs a second guided window per member a
 (``forecasts``); the members run one at a time (each cycle's background differs per member). With a lag ℓ the
 window re-samples the member's last ℓ states given their cycles' observations *and backgrounds* (the forecasts
 of those cycles), and the model steps the newest only (no ``s`` series: the re-sampled past is not carried on).
-The residual ratio reads y_k only. ``spin_up`` = s assimilates the first s cycles without the background (the
+The residual ratio reads y_k only. ``background_factor`` = k > 1 observes the forecast's k × k block means
+instead of its pixels (σ_b from their spread): a forecast's errors are correlated in space, and observed pixel
+by pixel with independent noise the forecast pins its large scales, which y_k then cannot correct. ``spin_up`` = s assimilates the first s cycles without the background (the
 learned prior's filter, its analyses stepped by the model all the same): started from a prior sample, far from the
 truth, the forecasts are worth little, and the prior's filter converges in a few cycles where the model's
 background, however loose, holds the analyses near them. Costs
@@ -258,7 +260,8 @@ def _posterior_settings(settings: Any) -> PosteriorSettings:
 
 
 FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts", "dynamics",
-                    "background_noise", "background_inflation", "increment", "spin_up")  # refused by the smoother
+                    "background_noise", "background_inflation", "increment", "spin_up",
+                    "background_factor")  # refused by the smoother
 DYNAMICS = ("prior", "model")
 
 
@@ -288,6 +291,7 @@ class LatentDA:
     background_inflation: float = 1.0  # dynamics="model", background_noise="spread": λ, σ_b = λ × the forecasts' spread
     increment: bool = False  # dynamics="model": x_a = x_f + D(z_a) − D(z_b), z_b drawn alike without y_k
     spin_up: int = 0  # dynamics="model": the first cycles assimilated without the model's background (module docstring)
+    background_factor: int = 1  # dynamics="model": the background observes k × k block means of the forecast
 
     def __post_init__(self) -> None:
         """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
@@ -300,6 +304,7 @@ class LatentDA:
         check_integer("latent_seed", self.latent_seed, 0, MAX_SEED)
         check_integer("start_cycle", self.start_cycle, 0)
         check_integer("spin_up", self.spin_up, 0)
+        check_integer("background_factor", self.background_factor, 1)
         if self.dynamics not in DYNAMICS:
             raise LatentdaError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {self.dynamics!r}")
         for name in ("background_noise", "background_inflation"):
@@ -330,8 +335,10 @@ class LatentDA:
             if self.conditioning == "inpaint":
                 raise LatentdaError("dynamics='model' takes conditioning mmps or known (inpaint replaces the states the "
                                     "background observes)")
-        elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.increment or self.spin_up:
-            raise LatentdaError("background_noise, background_inflation, increment and spin_up: the options of dynamics='model'")
+        elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.increment or self.spin_up \
+                or self.background_factor != 1:
+            raise LatentdaError("background_noise, background_inflation, background_factor, increment and spin_up: the options of "
+                                "dynamics='model'")
         lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
         FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
         if self._lag() > 1 and self.dynamics == "prior":  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
@@ -369,16 +376,27 @@ class LatentDA:
         the root of the grid mean of their variance (ddof 1) (module docstring)."""
         if self.background_noise != "spread":
             return float(self.background_noise)
-        spread = float(np.sqrt(np.mean(np.var(forecasts, axis=0, ddof=1))))
+        spread = float(np.sqrt(np.mean(np.var(self._coarse(forecasts), axis=0, ddof=1))))
         if not spread > 0:
             raise LatentdaError("the members' forecasts are identical: background_noise='spread' needs spread (give a number)")
         return float(self.background_inflation) * spread
 
+    def _coarse(self, fields: np.ndarray) -> np.ndarray:
+        """Block means of k × k pixels (k = ``background_factor``) over the last two axes, cropped to multiples of k
+        as latentda's ``coarsen`` sampling does; the fields themselves for k = 1."""
+        k = int(self.background_factor)
+        if k == 1:
+            return np.asarray(fields, dtype=np.float64)
+        H, W = fields.shape[-2] // k, fields.shape[-1] // k
+        cropped = np.asarray(fields, dtype=np.float64)[..., : H * k, : W * k]
+        return cropped.reshape(*fields.shape[:-2], H, k, W, k).mean(axis=(-3, -1))
+
     def _background(self, forecast: np.ndarray, noise: float) -> list[ObservationGroup]:
-        """The model's forecast fields (C, H, W) as full-field observations of the new state with noise σ_b
-        (module docstring), one ``grid`` group per channel."""
-        return [ObservationGroup(f"background_c{c}", [c], "identity", "grid", np.asarray(forecast[c], dtype=np.float64)[None],
-                                 noise) for c in range(len(forecast))]
+        """The model's forecast fields (C, H, W) as observations of the new state with noise σ_b (module docstring),
+        one group per channel: every pixel (``grid``), or its k × k block means (``coarsen``, k = ``background_factor``)."""
+        k = int(self.background_factor)
+        return [ObservationGroup(f"background_c{c}", [c], "identity", "grid" if k == 1 else "coarsen",
+                                 self._coarse(forecast[c])[None], noise, factor=k) for c in range(len(forecast))]
 
     def _with_representation_error(self, operator: ObservationOperator) -> ObservationOperator:
         error = getattr(self.pipeline, "physical_representation_error", None)  # None: a prior without an autoencoder
