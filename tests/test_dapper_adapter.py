@@ -388,6 +388,17 @@ def test_model_dynamics_spun_up_on_every_cycle_is_the_priors_filter(setup, monke
         assert np.allclose(seen[(ko, "au")], spun[(ko, "au")], rtol=1e-5, atol=1e-5) == (ko < 2)
 
 
+def test_model_dynamics_a_diverging_model_stops_in_one_line(setup):
+    """A model that returns NaN (it diverged from an analysis) stops the filter naming the cycle and the members."""
+    pipeline, HMM, xx, yy = setup
+    hmm = copy.deepcopy(HMM)
+    step = hmm.Dyn.model
+    hmm.Dyn.model = lambda x, t, dt: np.where(np.arange(x.shape[-1]) == 3, np.nan, step(x, t, dt)) if t >= 2 else step(x, t, dt)
+    with pytest.raises(LatentdaError, match=r"the model's forecast of cycle ko = 2 is not finite for member\(s\) 0, 1, 2: the model "
+                                            "diverged"):
+        _method(pipeline, dynamics="model").assimilate(hmm, xx, yy)
+
+
 @pytest.mark.parametrize("factor", [1, 2])
 def test_model_dynamics_background_noise_from_the_spread(setup, monkeypatch, factor):
     """background_noise="spread": each cycle σ_b is λ times the members' forecast spread (DAPPER's spread of the

@@ -519,6 +519,10 @@ class LatentDA:
             forecasts = np.stack([advance(HMM.Dyn, tseq, x, previous, kko[ko]) for x in states])  # x_f = M(x_a)
             forecast_fields = _states_to_fields(forecasts, shape, index)
             everyone = gather_members(forecast_fields, self.N)
+            diverged = np.flatnonzero(~np.isfinite(everyone.reshape(self.N, -1)).all(axis=1))
+            if diverged.size:  # every process holds every forecast: the same error everywhere
+                raise LatentdaError(f"the model's forecast of cycle ko = {ko} is not finite for member(s) "
+                                    f"{', '.join(map(str, diverged))}: the model diverged from their analyses")
             guided = ko >= start + self.spin_up  # the forecast is the background (after the spin-up)
             noise = self._background_noise(everyone) if guided else None
             paired = []
