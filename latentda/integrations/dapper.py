@@ -373,7 +373,8 @@ class LatentDA:
 
     def _background_noise(self, forecasts: np.ndarray) -> float:
         """σ_b of a cycle from all members' forecasts (N, …): ``background_noise``, or with ``"spread"`` λ times
-        the root of the grid mean of their variance (ddof 1) (module docstring)."""
+        the root of the mean over what the background observes (pixels, or k × k block means) of their variance
+        (ddof 1) (module docstring)."""
         if self.background_noise != "spread":
             return float(self.background_noise)
         spread = float(np.sqrt(np.mean(np.var(self._coarse(forecasts), axis=0, ddof=1))))
