@@ -590,3 +590,57 @@ def test_forecast_skill_reads_the_true_past_and_steps_the_model_per_cycle(setup,
     np.testing.assert_allclose(skill["model_rmse"], expected, rtol=1e-5)
     np.testing.assert_allclose(skill["prior_rmse"], [abs(offsets.mean())] * 2, rtol=1e-6)
     np.testing.assert_allclose(skill["prior_spread"], [offsets.std(ddof=1)] * 2, rtol=1e-6)
+
+
+def _bench_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_dapper_qg", Path(__file__).resolve().parents[1] / "tools" / "bench_dapper_qg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _InterruptedAt:
+    """The observations, until cycle ``ko`` is read: then Ctrl-C (or SIGTERM, which the benchmark turns into it)."""
+
+    def __init__(self, yy, ko: int):
+        self.yy, self.ko = yy, ko
+
+    def __getattr__(self, name):  # shape, len …: DAPPER's Stats reads them
+        return getattr(self.yy, name)
+
+    def __len__(self):
+        return len(self.yy)
+
+    def __getitem__(self, index):
+        if index == self.ko:
+            raise KeyboardInterrupt
+        return self.yy[index]
+
+
+@pytest.mark.parametrize("stop", ["interrupted", "failed"])
+def test_the_benchmark_keeps_the_cycles_of_a_run_stopped_part_way(setup, stop):
+    """tools/bench_dapper_qg.py's rows: a run interrupted when it reads cycle 3's observations, or failing when the
+    model diverges at cycle 2, keeps the series of the cycles it assessed — those of the run that went to the end,
+    the later ones null — and averages them; the complete run's row has DAPPER's own averages."""
+    pipeline, HMM, xx, yy = setup
+    bench = _bench_tool()
+    options = {"dynamics": "model"}
+    full, interrupted = bench.assimilate_row(_method(pipeline, **options), HMM, xx, yy, HMM.tseq)
+    assert not interrupted and "failed" not in full and full["rmse.a"] == pytest.approx(np.mean(full["series"]["rmse.a"]), abs=1e-5)
+    hmm, observations, assessed = HMM, yy, 3
+    if stop == "interrupted":
+        observations = _InterruptedAt(yy, assessed)
+    else:
+        hmm, assessed = copy.deepcopy(HMM), 2
+        step = hmm.Dyn.model
+        hmm.Dyn.model = lambda x, t, dt: np.full_like(x, np.nan) if t >= 2 else step(x, t, dt)
+    row, interrupted = bench.assimilate_row(_method(pipeline, **options), hmm, xx, observations, HMM.tseq)
+    assert interrupted == (stop == "interrupted"), row
+    assert stop in row and "s_per_cycle" not in row and (stop == "interrupted" or "not finite" in row["failed"]), row
+    for key in ("rmse.a", "spread.a"):
+        kept = row["series"][key]
+        assert kept[:assessed] == full["series"][key][:assessed] and kept[assessed:] == [None] * (OBSERVATIONS - assessed)
+        assert row[key] == pytest.approx(np.mean(kept[:assessed]), abs=1e-5)  # the series: 5 decimals
+    assert row["cycles_assessed.a"] == assessed

@@ -49,7 +49,12 @@ model from D(E(truth)) and persistence, ``--forecast-lead`` cycles ahead (``expe
 in the JSON); ``--methods`` may then be empty (``--methods``, no names).
 
 The JSON holds, per method, the averages and the per-cycle series (``series``: rmse and spread of
-``a``, ``f``, ``s`` by cycle), so runs of different lengths can be compared on common cycles.
+``a``, ``f``, ``s`` by cycle), so runs of different lengths can be compared on common cycles. It is
+written after every method. A method that fails (e.g. a diverging model) keeps the cycles it assessed
+(``failed``; the next method runs), and so does one interrupted by Ctrl-C or SIGTERM (``interrupted``;
+the run stops, exit status 130): ``series`` holds the cycles assessed, the rest null, and the averages
+are over the cycles after the burn-in that were (``cycles_assessed``). A run too long for the time one
+has is started in full and stopped when the time is up (``kill <pid of torchrun or python>``).
 
 The model runs in this process (``--processes 1``, the default: DAPPER's QG ``model.mp`` and LETKF's
 ``mp`` off) or in DAPPER's multiprocessing pool (``--processes 0``: all cores).
@@ -236,6 +241,60 @@ def _series(xp) -> dict:
     return out
 
 
+def _partial_averages(xp, tseq) -> dict:
+    """The averages of a run stopped part-way: the mean of its per-cycle rmse and spread over the cycles after
+    the burn-in that it assessed (DAPPER's ``average_in_time`` would give NaN), and how many those are."""
+    out, masko = {}, np.asarray(tseq.masko, dtype=bool)
+    for name, path in (("rmse", ("err", "rms")), ("spread", ("spread", "rms"))):
+        series = xp.stats
+        for part in path:
+            series = getattr(series, part, None)
+        for sub in ("a", "f", "s"):
+            values = getattr(series, sub, None) if series is not None else None
+            if values is None:
+                continue
+            values = np.asarray(values, dtype=float)[: masko.size][masko[: len(values)]]
+            done = values[np.isfinite(values)]
+            if done.size:
+                out[f"{name}.{sub}"] = float(done.mean())
+                out[f"cycles_assessed.{sub}"] = int(done.size)
+    return out
+
+
+def assimilate_row(xp, hmm, xx, yy, tseq) -> tuple[dict, bool]:
+    """Run one method: (its JSON row, whether it was interrupted). A run that fails (e.g. a diverging model) or
+    is interrupted (Ctrl-C, or SIGTERM: a job stopped at the end of its allotted time) keeps what it assessed:
+    ``failed`` or ``interrupted`` names why, its ``series`` hold every cycle assessed (the others null) and its
+    averages are over the cycles after the burn-in that were (``cycles_assessed``)."""
+    start = time.perf_counter()
+    try:
+        xp.assimilate(hmm, xx, yy)
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - record it; the caller goes on or stops
+        wall = time.perf_counter() - start
+        interrupted = isinstance(error, KeyboardInterrupt)
+        stats = getattr(xp, "stats", None)
+        partial = {} if stats is None else {**_partial_averages(xp, tseq), "series": _series(xp)}
+        why = "interrupted" if interrupted else "failed"
+        return {"method": str(xp), "wall_s": round(wall, 1), why: f"{type(error).__name__}: {error}".rstrip(": "),
+                **partial}, interrupted
+    wall = time.perf_counter() - start
+    xp.stats.average_in_time()
+    cycles_run = tseq.Ko + 1 - getattr(xp, "start_cycle", 0)
+    return {"method": str(xp), "wall_s": round(wall, 1), "s_per_cycle": round(wall / cycles_run, 3),
+            **_averages(xp), "series": _series(xp)}, False
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (``kill``, torchrun stopping its workers, a scheduler's time limit) raises KeyboardInterrupt, as
+    Ctrl-C does, so that the method running keeps what it assessed (:func:`assimilate_row`)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _digest(arrays) -> str:
     """SHA-256 of arrays' float64 bytes (the truth ``xx``, the observations ``yy`` of every cycle)."""
     import hashlib
@@ -376,34 +435,32 @@ def main(argv=None) -> dict:
                 f"ensemble-mean rmse {skill['mean_rmse']:.3f}, spread {skill['spread']:.3f}", flush=True)
             hmm = with_model_error(HMM, QG_FIELDS, **spec, seed=args.seed + 2)
         set_seed(args.seed + 1)
-        start = time.perf_counter()
         if pipeline is not None:  # the learned model forecasts once a cycle: DAPPER's own bar counts the cycles
             pipeline.set_progress_bar_config(disable=model_error == "learned")
-        try:
-            xp.assimilate(hmm, xx, yy)
-        except Exception as error:  # noqa: BLE001 - e.g. a diverging global smoother: record it, go on
-            wall = time.perf_counter() - start
-            results["methods"][name] = {"method": str(xp), "wall_s": round(wall, 1),
-                                        "failed": f"{type(error).__name__}: {error}", **model_error_row}
-            say(f"\n{name}: {xp}  FAILED after {wall:.1f} s: {type(error).__name__}: {error}", flush=True)
-            _write(args.json, results)
-            continue
-        wall = time.perf_counter() - start
-        xp.stats.average_in_time()
-        cycles_run = tseq.Ko + 1 - getattr(xp, "start_cycle", 0)
-        row = {"method": str(xp), "wall_s": round(wall, 1), "s_per_cycle": round(wall / cycles_run, 3),
-               **_averages(xp), **model_error_row}
+        row, interrupted = assimilate_row(xp, hmm, xx, yy, tseq)
+        series = row.pop("series", None)
+        row.update(model_error_row)
         results["methods"][name] = row
-        series = _series(xp)
-        say(f"\n{name}: {xp}  wall {wall:.1f} s ({row['s_per_cycle']} s/cycle)")
-        say("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items()
-                             if key not in ("method", "wall_s", "s_per_cycle", "model_error", "learned_model")),
-            flush=True)
-        del xp.stats
-        row["series"] = series  # after the printout: one list per score, a value per cycle
+        stopped = row.get("failed") or row.get("interrupted")
+        if stopped:
+            cycles = ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key[:5] in ("rmse.", "sprea"))
+            say(f"\n{name}: {xp}  {'INTERRUPTED' if interrupted else 'FAILED'} after {row['wall_s']:.1f} s: {stopped}"
+                + (f"\n  over the cycles it assessed after the burn-in: {cycles}" if cycles else ""), flush=True)
+        else:
+            say(f"\n{name}: {xp}  wall {row['wall_s']:.1f} s ({row['s_per_cycle']} s/cycle)")
+            say("  " + ", ".join(f"{key} {value:.4f}" for key, value in row.items()
+                                 if key not in ("method", "wall_s", "s_per_cycle", "model_error", "learned_model")),
+                flush=True)
+        if hasattr(xp, "stats"):
+            del xp.stats
+        if series is not None:
+            row["series"] = series  # after the printout: one list per score, a value per cycle
         _write(args.json, results)
+        if interrupted:  # the methods after it do not run; the JSON holds what finished
+            raise SystemExit(130)
     return results
 
 
 if __name__ == "__main__":
+    _interrupt_on_sigterm()
     main()
