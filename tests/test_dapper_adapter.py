@@ -25,7 +25,8 @@ from latentda.integrations.dapper import LatentDA, forecast_skill, observation_m
 NX = 2 * 8 * 8
 OBSERVATIONS = 5  # Ko + 1
 N_MEMBERS = 3
-MODES = {"filter": {}, "smoother": {"mode": "smoother"}, "model": {"dynamics": "model"}}  # the runs dealt over processes
+MODES = {"filter": {}, "smoother": {"mode": "smoother"}, "model": {"dynamics": "model"},  # the runs dealt over processes
+         "model-increment": {"dynamics": "model", "increment": True, "background_factor": 2, "spin_up": 1}}
 
 
 def _obs_at(ko: int) -> modelling.Operator:
@@ -444,7 +445,8 @@ def test_the_prior_must_step_as_the_hmm_cycles(setup):
 
 def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
     """torchrun, 2 CPU processes: members 0, 2 | 1 gathered each cycle give DAPPER the one-process
-    statistics (filter, smoother, and the filter with the HMM's model, whose σ_b is the spread of every member); processes with another truth stop with a one-line error."""
+    statistics (filter, smoother, and the filter with the HMM's model, whose σ_b is the spread of every member, with
+    and without the increment, block means and a spin-up); processes with another truth stop with a one-line error."""
     pipeline, HMM, xx, yy = setup
     pipeline.save_pretrained(tmp_path / "pipeline")
     script = str(Path(__file__).parent / "scripts" / "dapper_members.py")
@@ -456,7 +458,7 @@ def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
         xp.assimilate(HMM, xx, yy, fail_gently=False)
         expected.update({f"{mode}.{key}": value for key, value in statistics(xp).items()})
     assert sorted(two.files) == sorted(expected) and "filter.rmse.f" in expected and "smoother.rmse.s" in expected
-    assert "model.rmse.f" in expected
+    assert "model.rmse.f" in expected and not np.allclose(expected["model-increment.rmse.a"], expected["model.rmse.a"])
     for key, values in expected.items():  # up to float rounding (1 thread a process, 2 alone)
         np.testing.assert_allclose(two[key], values, rtol=1e-3, atol=1e-5, err_msg=key)
     result = run_torchrun([script, str(tmp_path / "pipeline"), str(tmp_path / "bad.npz"), "disagree"], check=False)
