@@ -226,38 +226,36 @@ def _averages(xp) -> dict:
     return out
 
 
-def _series(xp) -> dict:
-    """Per cycle (k = 1 … Ko + 1): DAPPER's rmse (err.rms) and spread (spread.rms) of the analyses,
-    forecasts and smoothed states, where recorded (e.g. to compare runs of different lengths)."""
-    out = {}
+def _recorded(xp):
+    """(score, subscript, per-cycle values) of DAPPER's rmse (err.rms) and spread (spread.rms) of the analyses,
+    forecasts and smoothed states that the method's stats hold."""
     for name, path in (("rmse", ("err", "rms")), ("spread", ("spread", "rms"))):
         series = xp.stats
         for part in path:
             series = getattr(series, part, None)
         for sub in ("a", "f", "s"):
             values = getattr(series, sub, None) if series is not None else None
-            if values is not None and np.isfinite(values).any():
-                out[f"{name}.{sub}"] = [round(float(v), 5) if np.isfinite(v) else None for v in np.asarray(values)]
-    return out
+            if values is not None:
+                yield name, sub, np.asarray(values, dtype=float)
+
+
+def _series(xp) -> dict:
+    """Per cycle (k = 1 … Ko + 1): DAPPER's rmse and spread of the analyses, forecasts and smoothed states,
+    where recorded (e.g. to compare runs of different lengths)."""
+    return {f"{name}.{sub}": [round(float(v), 5) if np.isfinite(v) else None for v in values]
+            for name, sub, values in _recorded(xp) if np.isfinite(values).any()}
 
 
 def _partial_averages(xp, tseq) -> dict:
     """The averages of a run stopped part-way: the mean of its per-cycle rmse and spread over the cycles after
     the burn-in that it assessed (DAPPER's ``average_in_time`` would give NaN), and how many those are."""
     out, masko = {}, np.asarray(tseq.masko, dtype=bool)
-    for name, path in (("rmse", ("err", "rms")), ("spread", ("spread", "rms"))):
-        series = xp.stats
-        for part in path:
-            series = getattr(series, part, None)
-        for sub in ("a", "f", "s"):
-            values = getattr(series, sub, None) if series is not None else None
-            if values is None:
-                continue
-            values = np.asarray(values, dtype=float)[: masko.size][masko[: len(values)]]
-            done = values[np.isfinite(values)]
-            if done.size:
-                out[f"{name}.{sub}"] = float(done.mean())
-                out[f"cycles_assessed.{sub}"] = int(done.size)
+    for name, sub, values in _recorded(xp):
+        values = values[: masko.size][masko[: len(values)]]
+        done = values[np.isfinite(values)]
+        if done.size:
+            out[f"{name}.{sub}"] = float(done.mean())
+            out[f"cycles_assessed.{sub}"] = int(done.size)
     return out
 
 
