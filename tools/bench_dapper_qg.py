@@ -270,11 +270,10 @@ def assimilate_row(xp, hmm, xx, yy, tseq) -> tuple[dict, bool]:
     except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - record it; the caller goes on or stops
         wall = time.perf_counter() - start
         interrupted = isinstance(error, KeyboardInterrupt)
-        stats = getattr(xp, "stats", None)
-        partial = {} if stats is None else {**_partial_averages(xp, tseq), "series": _series(xp)}
+        partial = {**_partial_averages(xp, tseq), "series": _series(xp)} if hasattr(xp, "stats") else {}
         why = "interrupted" if interrupted else "failed"
-        return {"method": str(xp), "wall_s": round(wall, 1), why: f"{type(error).__name__}: {error}".rstrip(": "),
-                **partial}, interrupted
+        message = type(error).__name__ + (f": {error}" if str(error) else "")
+        return {"method": str(xp), "wall_s": round(wall, 1), why: message, **partial}, interrupted
     wall = time.perf_counter() - start
     xp.stats.average_in_time()
     cycles_run = tseq.Ko + 1 - getattr(xp, "start_cycle", 0)
@@ -441,7 +440,7 @@ def main(argv=None) -> dict:
         results["methods"][name] = row
         stopped = row.get("failed") or row.get("interrupted")
         if stopped:
-            cycles = ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key[:5] in ("rmse.", "sprea"))
+            cycles = ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key.startswith(("rmse.", "spread.")))
             say(f"\n{name}: {xp}  {'INTERRUPTED' if interrupted else 'FAILED'} after {row['wall_s']:.1f} s: {stopped}"
                 + (f"\n  over the cycles it assessed after the burn-in: {cycles}" if cycles else ""), flush=True)
         else:

@@ -75,12 +75,15 @@ window re-samples the member's last ℓ states given their cycles' observations 
 of those cycles), and the model steps the newest only (no ``s`` series: the re-sampled past is not carried on).
 The residual ratio reads y_k only. ``background_factor`` = k > 1 observes the forecast's k × k block means
 instead of its pixels (σ_b from their spread): a forecast's errors are correlated in space, and observed pixel
-by pixel with independent noise the forecast pins its large scales, which y_k then cannot correct. ``spin_up`` = s assimilates the first s cycles without the background (the
-learned prior's filter, its analyses stepped by the model all the same): started from a prior sample, far from the
-truth, the forecasts are worth little, and the prior's filter converges in a few cycles where the model's
-background, however loose, holds the analyses near them. Costs
-beyond the plain filter's: the model's steps per member and cycle (and a second window with ``increment``); the
-decoder already runs on the full new state.
+by pixel with independent noise the forecast pins its large scales, which y_k then cannot correct. ``spin_up``
+= s assimilates the first s cycles without the background (the learned prior's filter, its analyses stepped by
+the model all the same): started from a prior sample, far from the truth, the forecasts are worth little, and the
+prior's filter converges in a few cycles where the model's background, however loose, holds the analyses near
+them. Costs beyond the plain filter's: the model's steps per member and cycle (and a second window with
+``increment``); the decoder already runs on the full new state. With ``background_noise="spread"`` the members'
+spread sets σ_b, so an under-dispersed ensemble over-trusts its forecast: on DAPPER's QG case 4 members
+(``background_factor`` 8, λ = 1) beat the prior's filter for ten cycles, then drifted (docs/qg-benchmark.md, "The
+model's filter on the converged cycles"); raise ``background_inflation`` when spread/rmse stays well below 1.
 
 **The lagged filter is a fixed-lag smoother.** With lag ℓ > 1 each cycle samples the new state and the
 ℓ − 1 before it again given their observations (:func:`latentda.posterior.filtering.filter_members`);
