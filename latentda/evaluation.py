@@ -31,10 +31,11 @@ observation error, the dressed CRPS): rows with ``observation`` in place of ``ch
 pooled over every observation (over a forecast's leads past 0, and ``by_lead``), for a reanalysis also the
 residual ratio. With the truth too, the same summary is ``summary["observation_space"]``.
 
-Memory: the prediction (and the truth) are read and scored a block of times at a time (:data:`BLOCK_BYTES` of
-float32 states, at least one time; a forecast's initialisations read one by one), so the memory is a block's, not
-the ensemble's; what is kept whole is one number per (time, channel) per score, the rank and coverage counts,
-the spectra's sums, and the observations. The scores are those of one block of all (the draws at ties of the PIT
+Memory: the prediction (and the truth, and the observations of the block's times) are read and scored a block of
+times at a time (:data:`BLOCK_BYTES` of float32 states, at least one time; a forecast's initialisations read one by
+one), so the memory is a block's, not the ensemble's; what is kept whole is one number per (time, channel) per
+score, the rank and coverage counts, the spectra's sums, and the observation file's parts that have no time (point
+positions, a linear group's matrix; read once). The scores are those of one block of all (the draws at ties of the PIT
 and the ranks come from one stream each, block after block); the spectra to rounding (sums in another order).
 
 Masks and missing values: every score is over the points where the truth and all members have
@@ -383,40 +384,56 @@ class _ObservationScores:
 
     def __init__(self, observations: xr.Dataset, layout: FieldLayout, times: np.ndarray, units: str,
                  mask: np.ndarray | None, members: int) -> None:
-        from latentda.observe.files import read_observations
+        from latentda.observe.files import read_observation_groups
 
-        operator = read_observations(observations, layout)
-        taken = sorted({group.name for group in operator.groups} & set(NOT_CHANNELS))
+        # what has no time (point positions, a linear group's matrix) is read once; the values a block at a time
+        observations = observations.assign_coords({name: observations[name].load() for name in observations.coords
+                                                   if TIME not in observations[name].dims})
+        observations = observations.assign({name: observations[name].load() for name in observations.data_vars
+                                            if TIME not in observations[name].dims})
+        if TIME not in observations.dims:
+            raise LatentdaError("observations have no 'time' dimension")
+        structure = read_observation_groups(observations.isel({TIME: slice(0, 0)}), layout)  # every check but the values'
+        taken = sorted({group.name for group in structure} & set(NOT_CHANNELS))
         if taken:
             raise LatentdaError(f"observation group {taken[0]!r}: a name the report gives to other results (rename it)")
         calendar = climate_calendar(units) is not None
-        known = np.asarray(operator.times)
+        known = observations[TIME].values
         _check_unique(known, "the observations'", units)
         self.index = _match_times(times, known, calendar)
         self.cases = np.flatnonzero(self.index >= 0)
         if not len(self.cases):
             raise LatentdaError(f"the observations are of other times ({_time_span(known, units)}) than the prediction "
                                 f"({_time_span(np.unique(times), units)}): nothing to score")
-        if mask is not None:
-            operator, _ = operator.off_mask(mask, refuse_empty=False)
-        self.groups = operator.groups if operator is not None else []
-        self.members = members
+        self.observations, self.layout, self.mask, self.members = observations, layout, mask, members
+        self.names = [group.name for group in structure]
         self.squares = np.zeros(members)  # the residual ratio's sum over every observation
-        self.per_case = {group.name: [] for group in self.groups}  # per group: the scores of each case, in order
-        self.entries = {group.name: 0 for group in self.groups}  # per group: its observations
+        self.per_case = {name: [] for name in self.names}  # per group: the scores of each case, in order
+        self.entries = {name: 0 for name in self.names}  # per group: its observations off the mask
+        self.observed = 0  # observations at the prediction's times, the mask's included
+
+    def _read(self, cases: np.ndarray) -> dict:
+        """Per name the :class:`~latentda.observe.operators.ObservationGroup` observed at ``cases`` (its values in the
+        cases' order), without the entries that read the mask."""
+        from latentda.observe.files import read_observation_groups
+
+        groups = read_observation_groups(self.observations.isel({TIME: self.index[cases]}), self.layout)
+        self.observed += sum(int(group.mask.sum()) for group in groups)
+        if self.mask is not None:
+            groups = [group.off_mask(self.mask)[0] for group in groups]
+        return {group.name: group for group in groups}
 
     def add(self, ensemble: np.ndarray, block: slice) -> None:
-        """Score the states ``ensemble`` (m, T, C, H, W) of the times of ``block``."""
+        """Score the states ``ensemble`` (m, T, C, H, W) of the times of ``block``, reading their observations."""
         import torch
 
         cases = self.cases[(self.cases >= block.start) & (self.cases < block.stop)]
         if not len(cases):
             return
         members = self.members
-        for group in self.groups:
-            noise = group.noise()[self.index[cases]] if np.ndim(group.noise_std) else group.noise_std
-            part = dataclasses.replace(group, values=group.values[self.index[cases]], noise_std=noise)
-            per_case = self.per_case[group.name]
+        groups = self._read(cases)
+        for name in self.names:
+            part, per_case = groups[name], self.per_case[name]
             if not part.mask.any():  # none here: each case without observations, as a case is among others
                 nothing = observation_space_scores(np.zeros((members, 0)), np.zeros(0), np.zeros(0))
                 per_case.extend(dict(nothing) for _ in cases)
@@ -427,7 +444,7 @@ class _ObservationScores:
                                             for i in range(members)])  # 0 (no entry reads it); (m, entries), case by case
             y, std = part.observed(representation=False)
             self.squares += (((y[None] - predicted) / std[None]) ** 2).sum(axis=1)
-            self.entries[group.name] += y.size
+            self.entries[name] += y.size
             split = np.cumsum(part.mask.reshape(len(cases), -1).sum(axis=1))[:-1]
             per_case.extend(observation_space_scores(h, obs, sigma) for h, obs, sigma in
                             zip(np.split(predicted, split, axis=1), np.split(y, split), np.split(std, split)))
@@ -435,17 +452,19 @@ class _ObservationScores:
     def result(self, time_texts: list[str], where: list[dict], summarised: np.ndarray, leads: np.ndarray | None,
                count: int, alone: bool = True) -> tuple[list[dict], dict]:
         """Rows and summary once every block is given (``leads`` given: a forecast, ``count`` leads per initialisation)."""
+        if not self.observed:
+            raise LatentdaError("the observations are all NaN at the prediction's times: nothing is observed")
         rows, summary, cases = [], {}, self.cases
-        for group in self.groups:
-            if not self.entries[group.name]:
+        for name in self.names:
+            if not self.entries[name]:
                 continue
-            per_case = self.per_case[group.name]
-            rows += [{"observation": group.name, "time": time_texts[case], **where[case], **scores}
+            per_case = self.per_case[name]
+            rows += [{"observation": name, "time": time_texts[case], **where[case], **scores}
                      for case, scores in zip(cases, per_case) if scores["count"]]
             kept = summarised[cases]
-            summary[group.name] = pooled_observation_scores([s for s, k in zip(per_case, kept) if k], self.members)
+            summary[name] = pooled_observation_scores([s for s, k in zip(per_case, kept) if k], self.members)
             if leads is not None:
-                summary.setdefault("by_lead", {})[group.name] = {
+                summary.setdefault("by_lead", {})[name] = {
                     _lead_text(leads[step]): pooled_observation_scores([s for s, case in zip(per_case, cases)
                                                                          if case % count == step], self.members)
                     for step in range(count) if (cases % count == step).any()}

@@ -17,6 +17,7 @@ from latentda import cli
 from latentda.data import FieldLayout, open_dataset, write_dataset
 from latentda.evaluation import NOT_CHANNELS, evaluate
 from latentda.metrics import dressed_crps, fair_crps, observation_space_scores
+from latentda.observe import files
 from latentda.observe.files import read_observations
 
 
@@ -186,6 +187,11 @@ def test_evaluate_a_forecast_against_observations_at_valid_times(world):
     twice = open_dataset(observations).isel(time=[0, 1, 1, 2])
     with pytest.raises(Exception, match="the observations' times are not unique"):
         evaluate(forecast, observations=twice)
+    observed = open_dataset(observations).load()
+    later = observed.isel(time=[0, 1, 2, 3, 3]).assign_coords(time=np.append(observed["time"].values, 1e6))
+    later = later.map(lambda v: v.where(v["time"] > 1e5) if "time" in v.dims else v)  # values at a time not forecast only
+    with pytest.raises(Exception, match="all NaN at the prediction's times: nothing is observed"):
+        evaluate(forecast, observations=later)
     assert cli.main(["evaluate", "--prediction", str(root / "prediction.nc")]) == 2
     assert cli.main(["evaluate", "--prediction", str(root / "prediction.nc"), "--observations", str(observations),
                      "--trajectory", "0"]) == 2
@@ -267,8 +273,9 @@ def test_scoring_block_by_block_equals_scoring_whole(world, monkeypatch):
     """evaluate reads and scores the prediction a block of times at a time (its memory is a block's): blocks of
     two times and of one give every row and summary entry that one block of all gives — against a truth with
     missing values and a dry region (the truth and every member 0: the PIT's atom and tied ranks, drawn at random),
-    against observations, both, and for a forecast of two initialisations at its valid times — and no block read
-    holds more times than ``block_bytes`` allow."""
+    against observations, both, and for a forecast of two initialisations at its valid times — and no block read,
+    of the prediction or of the observations (those of the block's times), holds more times than ``block_bytes``
+    allow (the observations' first read, of their structure, holds none)."""
     from latentda import evaluation
 
     _, truth_path, prediction, observations = world
@@ -285,20 +292,29 @@ def test_scoring_block_by_block_equals_scoring_whole(world, monkeypatch):
         return read(prediction, layout, members, first_step, mask)
 
     monkeypatch.setattr(evaluation, "_read_block", recording)
+    observation_reads = []
+    read_groups = files.read_observation_groups
+
+    def recording_groups(observations, layout):
+        observation_reads.append(observations.sizes["time"])
+        return read_groups(observations, layout)
+
+    monkeypatch.setattr(files, "read_observation_groups", recording_groups)
     forecast = _forecast(truth.fillna(0.0), np.random.default_rng(6))  # 2 initialisations × 3 leads: 6 valid times
     cases = [(ensemble, {"truth": truth, "observations": observed}), (ensemble, {"truth": truth}),
              (ensemble, {"observations": observed}), (forecast, {"truth": truth, "observations": observed})]
     for prediction, against in cases:
         per_time = 4 * prediction.sizes["realization"] * 2 * 8 * 8  # float32 states of one time
-        reads.clear()
-        whole = evaluate(prediction, **against, block_bytes=1 << 40)
-        assert reads == [6]
-        reads.clear()
-        pairs = evaluate(prediction, **against, block_bytes=2 * per_time + 1)
-        assert reads == [2, 2, 2]
-        reads.clear()
-        single = evaluate(prediction, **against, block_bytes=1)
-        assert reads == [1] * 6
+        results = []
+        for block_bytes, sizes in ((1 << 40, [6]), (2 * per_time + 1, [2, 2, 2]), (1, [1] * 6)):
+            reads.clear()
+            observation_reads.clear()
+            results.append(evaluate(prediction, **against, block_bytes=block_bytes))
+            assert reads == sizes
+            if "observations" in against:  # the structure, then the observed times of each block read
+                assert observation_reads[0] == 0 and all(0 < n <= sizes[0] for n in observation_reads[1:])
+                assert len(observation_reads) > 1
+        whole, pairs, single = results
         _same(pairs, whole)
         _same(single, whole)
     rows, summary = whole

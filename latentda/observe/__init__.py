@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from latentda.lazy import lazy_names
 
 _FILES = ("ObservationConfig", "ObservationSpec", "load_observations", "observations_to_dataset", "read_observations",
-          "synthesize")
+          "read_observation_groups", "synthesize")
 _OPERATORS = ("SAMPLINGS", "TRANSFORMS", "ObservationGroup", "ObservationOperator")
 _TABULAR = ("observation_dataset", "observations_from_table", "open_observations", "read_table", "table_to_cycles",
             "table_to_dataset")
@@ -18,7 +18,8 @@ __all__ = list(_LAZY)
 
 if TYPE_CHECKING:
     from latentda.observe.files import (
-        ObservationConfig, ObservationSpec, load_observations, observations_to_dataset, read_observations, synthesize,
+        ObservationConfig, ObservationSpec, load_observations, observations_to_dataset, read_observation_groups,
+        read_observations, synthesize,
     )
     from latentda.observe.operators import SAMPLINGS, TRANSFORMS, ObservationGroup, ObservationOperator
     from latentda.observe.tabular import (

@@ -43,8 +43,8 @@ from latentda.data.statistics import MAX_STANDARD_DEVIATIONS, Statistics, check_
 from latentda.errors import LatentdaError
 from latentda.observe.operators import ObservationGroup, ObservationOperator
 
-__all__ = ["ObservationSpec", "ObservationConfig", "read_observations", "check_group_magnitude", "load_observations",
-           "observations_to_dataset", "synthesize", "fractional_index", "grid_indices", "MASKED_BY_TRUTH"]
+__all__ = ["ObservationSpec", "ObservationConfig", "read_observations", "read_observation_groups", "check_group_magnitude",
+           "load_observations", "observations_to_dataset", "synthesize", "fractional_index", "grid_indices", "MASKED_BY_TRUTH"]
 
 MASKED_BY_TRUTH = "masked_by_truth"
 """Key of :attr:`ObservationGroup.attrs` giving how many entries :func:`synthesize` left unobserved
@@ -118,14 +118,20 @@ def read_observations(observations: xr.Dataset, layout: FieldLayout, statistics:
     coordinates and matrices are finite, and with the model's ``statistics`` the observed values are
     within :data:`MAX_STANDARD_DEVIATIONS` of the mean (:func:`check_group_magnitude`).
     """
-    try:
-        operator = _read_observations(observations, layout)
-    except (ValueError, TypeError) as error:  # malformed attributes or dims the checks did not foresee
-        raise LatentdaError(f"malformed observation file ({str(error).splitlines()[0]})") from None
+    operator = ObservationOperator(read_observation_groups(observations, layout), observations[TIME].values)
     if statistics is not None:
         for group in operator.groups:
             check_group_magnitude(group, statistics)
     return operator
+
+
+def read_observation_groups(observations: xr.Dataset, layout: FieldLayout) -> list[ObservationGroup]:
+    """The groups of an observation dataset, checked as :func:`read_observations` checks them, however few values they
+    hold: a selection of times with no observation (all NaN, or none) gives groups without entries, not an error."""
+    try:
+        return _read_groups(observations, layout)
+    except (ValueError, TypeError) as error:  # malformed attributes or dims the checks did not foresee
+        raise LatentdaError(f"malformed observation file ({str(error).splitlines()[0]})") from None
 
 
 def check_group_magnitude(group: ObservationGroup, statistics: Statistics) -> None:
@@ -164,7 +170,7 @@ def _finite(values, key: str, name: str) -> np.ndarray:
     return values
 
 
-def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> ObservationOperator:
+def _read_groups(observations: xr.Dataset, layout: FieldLayout) -> list[ObservationGroup]:
     if TIME not in observations.dims:
         raise LatentdaError("observations have no 'time' dimension")
     groups = []
@@ -237,7 +243,7 @@ def _read_observations(observations: xr.Dataset, layout: FieldLayout) -> Observa
         ))
     if not groups:
         raise LatentdaError("observation file has no observation variable")
-    return ObservationOperator(groups, observations[TIME].values)
+    return groups
 
 
 def _noise_std(observations: xr.Dataset, variable: xr.DataArray, name: str) -> float | np.ndarray:

@@ -169,6 +169,13 @@ class ObservationGroup:
             reads = self.sampled(masked[None, None])  # means and bilinear weights: > 0 iff a weighted pixel is masked
         return np.broadcast_to(reads.reshape(1, *self.values.shape[1:]).numpy() > 0, self.values.shape)
 
+    def off_mask(self, valid: np.ndarray) -> tuple["ObservationGroup", int]:
+        """(a copy with NaN at the observed entries that read a pixel of the fixed mask ``valid`` (C, H, W,
+        :meth:`reads_masked`), how many they are); the group itself when none does."""
+        masked = self.mask & self.reads_masked(valid)
+        dropped = int(masked.sum())
+        return (dataclasses.replace(self, values=np.where(masked, np.nan, self.values)) if dropped else self), dropped
+
     def with_representation_error(self, channel_error: np.ndarray) -> "ObservationGroup":
         """A copy whose :attr:`representation_std` comes from the decoder's reconstruction error per
         source channel ``channel_error`` (r_c s_c, physical units, indexed by channel; see the module
@@ -252,11 +259,8 @@ class ObservationOperator:
         there are no data (the autoencoder never learned them): an observation of them would pull the posterior
         toward the decoder's filler. Leaving nothing observed is an error, or with ``refuse_empty`` False (one
         cycle of many may observe only masked pixels) gives None for the operator."""
-        groups, dropped = [], 0
-        for group in self.groups:
-            masked = group.mask & group.reads_masked(valid)
-            dropped += int(masked.sum())
-            groups.append(dataclasses.replace(group, values=np.where(masked, np.nan, group.values)) if masked.any() else group)
+        groups, counts = zip(*(group.off_mask(valid) for group in self.groups))
+        groups, dropped = list(groups), sum(counts)
         if dropped and dropped == self.size:
             if not refuse_empty:
                 return None, dropped
