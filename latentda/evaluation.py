@@ -60,7 +60,6 @@ spread-skill ratio by time. Definitions in :mod:`latentda.metrics`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -378,9 +377,10 @@ class _ObservationScores:
     summarised times (sums over every observation: ``rmse`` = √(Σ d² / n), ...), by lead for a forecast; and each
     member's residual ratio (RMS of (y − H(x_i))/σ over every observation, ≈ 1 for a reanalysis consistent with its
     observations). A time of the prediction without observations has no rows; observations of no time of the
-    prediction are an error (raised here, before any read). Observations reading a pixel of the prediction's fixed
-    ``mask`` (C, H, W; NaN there) are left out, as ``reanalyze`` leaves them out; with none left an error when
-    scoring against observations ``alone``, else no group and a NaN ratio."""
+    prediction are an error (raised here, before any read). The observations of a block's times are read with it
+    (their parts without time once, here). Observations reading a pixel of the prediction's fixed ``mask`` (C, H, W;
+    NaN there) are left out, as ``reanalyze`` leaves them out; with none left, or none but NaN at the prediction's
+    times, an error when scoring against observations ``alone``, else no group and a NaN ratio."""
 
     def __init__(self, observations: xr.Dataset, layout: FieldLayout, times: np.ndarray, units: str,
                  mask: np.ndarray | None, members: int) -> None:
@@ -452,7 +452,7 @@ class _ObservationScores:
     def result(self, time_texts: list[str], where: list[dict], summarised: np.ndarray, leads: np.ndarray | None,
                count: int, alone: bool = True) -> tuple[list[dict], dict]:
         """Rows and summary once every block is given (``leads`` given: a forecast, ``count`` leads per initialisation)."""
-        if not self.observed:
+        if not self.observed and alone:
             raise LatentdaError("the observations are all NaN at the prediction's times: nothing is observed")
         rows, summary, cases = [], {}, self.cases
         for name in self.names:
