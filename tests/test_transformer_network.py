@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentda.nn.transformer import TrajectoryTransformer, local_attention_mask
+from latentda.nn.transformer import TrajectoryTransformer, _rms_norm, local_attention_mask
 
 BATCH = 2
 
@@ -277,3 +277,31 @@ def test_flops_per_forward_is_what_torch_counts(overrides):
         with torch.no_grad(), counter, sdpa_kernel(SDPBackend.MATH):
             model(z, torch.full((batch,), 0.5))
         assert model.flops_per_forward(batch) == counter.get_total_flops() == batch * model.flops_per_forward(1)
+
+
+def test_query_and_key_norms_run_in_float32_under_bfloat16_autocast(monkeypatch):
+    """Under bfloat16 autocast the attention's RMS norms get their input and weight in one dtype, float32 (torch's
+    fused kernel refuses a bfloat16 input with a float32 weight), the model's output close to float32's; outside
+    autocast they give nn.RMSNorm's result."""
+    model = make_model()
+    x = sample(model)
+    exact = model(x, LABEL)
+    calls = []
+    rms_norm = torch.nn.functional.rms_norm
+
+    def recording(input, normalized_shape, weight=None, eps=None):
+        calls.append((input.dtype, weight.dtype))
+        return rms_norm(input, normalized_shape, weight, eps)
+
+    monkeypatch.setattr(torch.nn.functional, "rms_norm", recording)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reduced = model(x, LABEL)
+    assert len(calls) == 2 * model.config.depth  # queries and keys of every block
+    assert set(calls) == {(torch.float32, torch.float32)}
+    error = ((reduced.float() - exact).norm() / exact.norm()).item()
+    assert 1e-5 < error < 5e-2  # bfloat16 really used elsewhere, and close
+    monkeypatch.undo()
+    norm = model.blocks[0].attention.query_norm
+    for dtype in (torch.float32, torch.float64):  # outside autocast: nn.RMSNorm's own result, bit for bit
+        h = torch.randn(3, 5, norm.normalized_shape[0], dtype=dtype)
+        torch.testing.assert_close(_rms_norm(norm.to(dtype), h), norm(h), rtol=0, atol=0)

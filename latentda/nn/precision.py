@@ -5,7 +5,8 @@ decoder (their forward, tangent and backward passes): ``float32`` (no autocast),
 ``float16``; ``auto`` is bfloat16 on a CUDA device that supports it and float32 elsewhere (on the
 2-core CPU of docs/benchmarks.md bfloat16 was slower, ``tools/bench_precision.py``). Everything
 around the networks — the CG solve of MMPS (float64), the sampler's updates, the observation
-operator — keeps its own dtype: :class:`Autocast` returns its outputs in the input's dtype.
+operator — keeps its own dtype: :class:`Autocast` returns its outputs in the input's dtype. The transformer's
+query and key RMS norms run in float32 under autocast (``latentda.nn.transformer._rms_norm``).
 torch is imported on first use, so that the command line lists :data:`PRECISIONS` without it.
 """
 

@@ -95,6 +95,15 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+def _rms_norm(norm: nn.RMSNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` = x / √(mean(x²) + ε) · weight over the last axis, computed in float32 at least (float64 stays
+    float64) and returned in x's dtype. Under bfloat16 autocast x arrives in bfloat16 and the weight stays float32, a
+    mix torch's fused kernel refuses (a warning, and a slower unfused path); in one dtype it is fused, and the mean of
+    squares keeps its precision."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return F.rms_norm(x.to(dtype), norm.normalized_shape, norm.weight.to(dtype), norm.eps).to(x.dtype)
+
+
 def _forward_ad_active() -> bool:
     """Whether forward-mode AD is running (``torch.func.jvp`` or ``forward_ad.dual_level``)."""
     return forward_ad._current_level >= 0
@@ -272,8 +281,8 @@ class SelfAttention(nn.Module):
         query, key, value = rearrange(
             self.qkv(x), "b n (three heads d) -> three b n heads d", three=3, heads=self.num_heads
         )
-        query = rotary(rearrange(self.query_norm(query), "b n heads d -> b heads n d"))
-        key = rotary(rearrange(self.key_norm(key), "b n heads d -> b heads n d"))
+        query = rotary(rearrange(_rms_norm(self.query_norm, query), "b n heads d -> b heads n d"))
+        key = rotary(rearrange(_rms_norm(self.key_norm, key), "b n heads d -> b heads n d"))
         value = rearrange(value, "b n heads d -> b heads n d")
         if _forward_ad_active():
             # The fused CPU/GPU attention kernels have no forward-mode derivative; the math
