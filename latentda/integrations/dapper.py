@@ -81,9 +81,9 @@ the model all the same): started from a prior sample, far from the truth, the fo
 prior's filter converges in a few cycles where the model's background, however loose, holds the analyses near
 them. Costs beyond the plain filter's: the model's steps per member and cycle (and a second window with
 ``increment``); the decoder already runs on the full new state. With ``background_noise="spread"`` the members'
-spread sets σ_b, so an under-dispersed ensemble over-trusts its forecast: on DAPPER's QG case 4 members
-(``background_factor`` 8, λ = 1) beat the prior's filter for ten cycles, then drifted (docs/qg-benchmark.md, "The
-model's filter on the converged cycles"); raise ``background_inflation`` when spread/rmse stays well below 1.
+spread sets σ_b. On DAPPER's QG case 4 members (``background_factor`` 8) beat the prior's filter for ten cycles,
+then drifted, under-dispersed, with λ = 1 and λ = 1.6 alike (docs/qg-benchmark.md, "The model's filter with σ_b
+inflated"): the background's weight is not what limits y_k's pull there.
 
 **The lagged filter is a fixed-lag smoother.** With lag ℓ > 1 each cycle samples the new state and the
 ℓ − 1 before it again given their observations (:func:`latentda.posterior.filtering.filter_members`);
