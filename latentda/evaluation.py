@@ -386,13 +386,13 @@ class _ObservationScores:
                  mask: np.ndarray | None, members: int) -> None:
         from latentda.observe.files import read_observation_groups
 
+        if TIME not in observations.dims:  # before any read: without it, every variable would be loaded below
+            raise LatentdaError("observations have no 'time' dimension")
         # what has no time (point positions, a linear group's matrix) is read once; the values a block at a time
         observations = observations.assign_coords({name: observations[name].load() for name in observations.coords
                                                    if TIME not in observations[name].dims})
         observations = observations.assign({name: observations[name].load() for name in observations.data_vars
                                             if TIME not in observations[name].dims})
-        if TIME not in observations.dims:
-            raise LatentdaError("observations have no 'time' dimension")
         structure = read_observation_groups(observations.isel({TIME: slice(0, 0)}), layout)  # every check but the values'
         taken = sorted({group.name for group in structure} & set(NOT_CHANNELS))
         if taken:

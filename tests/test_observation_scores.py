@@ -192,6 +192,8 @@ def test_evaluate_a_forecast_against_observations_at_valid_times(world):
     later = later.map(lambda v: v.where(v["time"] > 1e5) if "time" in v.dims else v)  # values at a time not forecast only
     with pytest.raises(Exception, match="all NaN at the prediction's times: nothing is observed"):
         evaluate(forecast, observations=later)
+    with pytest.raises(Exception, match="observations have no 'time' dimension"):
+        evaluate(forecast, observations=observed.isel(time=0))
     _, beside_truth = evaluate(forecast, truth, observations=later)  # with the truth: its report, no observation group
     assert beside_truth["observation_space"] == {} and np.isnan(beside_truth["observation_residual_ratio"]["mean"])
     assert cli.main(["evaluate", "--prediction", str(root / "prediction.nc")]) == 2
