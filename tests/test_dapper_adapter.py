@@ -26,7 +26,7 @@ NX = 2 * 8 * 8
 OBSERVATIONS = 5  # Ko + 1
 N_MEMBERS = 3
 MODES = {"filter": {}, "smoother": {"mode": "smoother"}, "model": {"dynamics": "model"},  # the runs dealt over processes
-         "model-increment": {"dynamics": "model", "increment": True, "background_factor": 2, "spin_up": 1}}
+         "model-increment": {"dynamics": "model", "increment": True, "background_factor": 2, "spin_up": 1, "history": "analyses"}}
 
 
 def _obs_at(ko: int) -> modelling.Operator:
@@ -278,12 +278,14 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(dynamics="model", background_noise=np.inf), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_noise="ensemble"), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_inflation=-1.0), "background_inflation must be a positive number"),
-                             (dict(background_noise=0.5), "background_noise, background_inflation, background_factor, increment and spin_up"),
-                             (dict(background_factor=2), "background_noise, background_inflation, background_factor, increment and spin_up"),
+                             (dict(background_noise=0.5), "background_noise, background_inflation, background_factor, increment, spin_up and history"),
+                             (dict(background_factor=2), "background_noise, background_inflation, background_factor, increment, spin_up and history"),
                              (dict(dynamics="model", background_factor=0), "background_factor must be an integer"),
-                             (dict(spin_up=2), "background_noise, background_inflation, background_factor, increment and spin_up"),
+                             (dict(spin_up=2), "background_noise, background_inflation, background_factor, increment, spin_up and history"),
                              (dict(dynamics="model", spin_up=-1), "spin_up must be an integer"),
                              (dict(dynamics="model", increment=1), "increment must be True or False"),
+                             (dict(history="analyses"), "background_noise, background_inflation, background_factor, increment, spin_up and history"),
+                             (dict(dynamics="model", history="encoded"), "history must be one of draws, analyses"),
                              (dict(mode="smoother", dynamics="model"), "dynamics: the filter's, not the smoother's")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)
@@ -351,6 +353,45 @@ def test_model_dynamics_increment_is_what_the_observations_change(setup, monkeyp
         np.testing.assert_allclose(decoded_a[0] - decoded_b[0], (seen[(ko, "au")] - seen[(ko, "f")])[m].reshape(2, 8, 8),
                                    rtol=1e-5, atol=1e-5)
         assert np.abs(decoded_a - decoded_b).max() > 1e-3  # y_k moved the draw
+
+
+def test_model_dynamics_history_of_encoded_analyses(setup, monkeypatch):
+    """history="analyses": after the spin-up each cycle samples the new state alone (lag 1) given the member's last
+    K − 1 analyses encoded, E(x_a) — the states the model stepped — with the member's random streams carried on; the
+    spin-up is the lagged filter's as with history="draws"."""
+    import latentda.integrations.dapper as adapter
+
+    pipeline, HMM, xx, yy = setup
+    seen = _assessed(monkeypatch)
+    _method(pipeline, dynamics="model", increment=True, lag=2, spin_up=1).assimilate(HMM, xx, yy)
+    draws = dict(seen)
+    seen.clear()
+    calls, real = [], adapter.filter_members
+
+    def spying(pipeline, cycles, members, settings, seed, state=None, **options):
+        if state is None:
+            return real(pipeline, cycles, members, settings, seed, **options)
+        calls.append((state, members, options))
+        return real(pipeline, cycles, members, settings, seed, state=state, **options)
+
+    monkeypatch.setattr(adapter, "filter_members", spying)
+    _method(pipeline, dynamics="model", increment=True, lag=2, spin_up=1, history="analyses").assimilate(HMM, xx, yy)
+    np.testing.assert_allclose(seen[(0, "au")], draws[(0, "au")], rtol=1e-6)  # the spin-up
+    assert not np.allclose(seen[(2, "au")], draws[(2, "au")], atol=1e-3)
+    assert len(calls) == 2 * (OBSERVATIONS - 1) * N_MEMBERS  # z_a and z_b per guided cycle and member
+    K = pipeline.window
+    for number, (state, members, options) in enumerate(calls):
+        ko, rest = divmod(number, 2 * N_MEMBERS)
+        ko, m = ko + 1, rest // 2
+        assert members == [m] and options["lag"] == 1 and state.recent == []
+        if ko >= 2:  # the analyses of cycles ko − K + 1 … ko − 1 (as far as they go back past the spin-up), encoded
+            count = min(K - 1, ko - 1)
+            analyses = np.stack([seen[(k, "au")][m] for k in range(ko - count, ko)]).reshape(1, count, 2, 8, 8)
+            assert state.history.shape[1] == K - 1
+            np.testing.assert_allclose(state.history[:, -count:], pipeline.encode(analyses), rtol=1e-5, atol=1e-5)
+        assert torch.equal(state.generator_states[0], calls[number - number % 2][0].generator_states[0])  # z_a, z_b alike
+    assert not torch.equal(calls[0][0].generator_states[0], calls[2 * N_MEMBERS][0].generator_states[0])  # member 0's stream
+    # moves on from cycle to cycle
 
 
 def test_model_dynamics_background_noise_weighs_the_forecast(setup, monkeypatch):
@@ -446,7 +487,7 @@ def test_the_prior_must_step_as_the_hmm_cycles(setup):
 def test_members_dealt_over_two_processes_match_one(setup, tmp_path):
     """torchrun, 2 CPU processes: members 0, 2 | 1 gathered each cycle give DAPPER the one-process
     statistics (filter, smoother, and the filter with the HMM's model, whose σ_b is the spread of every member, with
-    and without the increment, block means and a spin-up); processes with another truth stop with a one-line error."""
+    and without the increment, block means, a spin-up and the encoded analyses as the history); processes with another truth stop with a one-line error."""
     pipeline, HMM, xx, yy = setup
     pipeline.save_pretrained(tmp_path / "pipeline")
     script = str(Path(__file__).parent / "scripts" / "dapper_members.py")

@@ -79,8 +79,12 @@ by pixel with independent noise the forecast pins its large scales, which y_k th
 = s assimilates the first s cycles without the background (the learned prior's filter, its analyses stepped by
 the model all the same): started from a prior sample, far from the truth, the forecasts are worth little, and the
 prior's filter converges in a few cycles where the model's background, however loose, holds the analyses near
-them. Costs beyond the plain filter's: the model's steps per member and cycle (and a second window with
-``increment``); the decoder already runs on the full new state. With ``background_noise="spread"`` the members'
+them. ``history="analyses"``: after the spin-up the window's latent history is the member's analyses encoded,
+h^m = (E(x_a^m) of its last n cycles, n = ``context`` or K − 1), the states the model stepped, in place of the
+member's own draws z (which, with the increment, part ways from the x_a^m the model carries); each cycle then
+samples the new state alone (lag 1: a re-sampled past would replace the encoded analyses), one encoder forward
+per member and cycle more. Costs beyond the plain filter's: the model's steps per member and cycle (and a second
+window with ``increment``); the decoder already runs on the full new state. With ``background_noise="spread"`` the members'
 spread sets σ_b. On DAPPER's QG case 4 members (``background_factor`` 8) beat the prior's filter for ten cycles,
 then drifted, under-dispersed, with λ = 1 and λ = 1.6 alike (docs/qg-benchmark.md, "The model's filter with σ_b
 inflated"): the background's weight is not what limits y_k's pull there.
@@ -264,8 +268,9 @@ def _posterior_settings(settings: Any) -> PosteriorSettings:
 
 FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts", "dynamics",
                     "background_noise", "background_inflation", "increment", "spin_up",
-                    "background_factor")  # refused by the smoother
+                    "background_factor", "history")  # refused by the smoother
 DYNAMICS = ("prior", "model")
+HISTORIES = ("draws", "analyses")
 
 
 @da_method()
@@ -295,6 +300,7 @@ class LatentDA:
     increment: bool = False  # dynamics="model": x_a = x_f + D(z_a) − D(z_b), z_b drawn alike without y_k
     spin_up: int = 0  # dynamics="model": the first cycles assimilated without the model's background (module docstring)
     background_factor: int = 1  # dynamics="model": the background observes k × k block means of the forecast
+    history: str = "draws"  # dynamics="model": the window's latent history, the member's draws or its encoded analyses E(x_a)
 
     def __post_init__(self) -> None:
         """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
@@ -310,6 +316,8 @@ class LatentDA:
         check_integer("background_factor", self.background_factor, 1)
         if self.dynamics not in DYNAMICS:
             raise LatentdaError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {self.dynamics!r}")
+        if self.history not in HISTORIES:
+            raise LatentdaError(f"history must be one of {', '.join(HISTORIES)}, got {self.history!r}")
         for name in ("background_noise", "background_inflation"):
             value = getattr(self, name)
             if name == "background_noise" and isinstance(value, str) and value == "spread":
@@ -338,10 +346,12 @@ class LatentDA:
             if self.conditioning == "inpaint":
                 raise LatentdaError("dynamics='model' takes conditioning mmps or known (inpaint replaces the states the "
                                     "background observes)")
+            if self.history == "analyses":  # its guided cycles sample the new state alone (lag 1)
+                FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, 1).validate(self.pipeline.window)
         elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.increment or self.spin_up \
-                or self.background_factor != 1:
-            raise LatentdaError("background_noise, background_inflation, background_factor, increment and spin_up: the options of "
-                                "dynamics='model'")
+                or self.background_factor != 1 or self.history != "draws":
+            raise LatentdaError("background_noise, background_inflation, background_factor, increment, spin_up and history: the "
+                                "options of dynamics='model'")
         lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
         FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
         if self._lag() > 1 and self.dynamics == "prior":  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
@@ -508,6 +518,7 @@ class LatentDA:
         runs = {m: filter_members(self.pipeline, member_cycles(m), [m], settings, self.latent_seed, **options) for m in members}
         finished = {m: next(runs[m]) for m in members}
         analyses = np.concatenate([finished[m].analysis for m in members])  # (local members, C, H, W)
+        histories: dict[int, torch.Tensor] = {}  # history="analyses": each member's encoded analyses, from the spin-up's end
         states = self._to_state(analyses)
         if start == 0:
             self.stats.assess(0, E=self._to_state(gather_members(analyses, self.N)))
@@ -529,18 +540,32 @@ class LatentDA:
                                     f"{', '.join(map(str, diverged))}: the model diverged from their analyses")
             guided = ko >= start + self.spin_up  # the forecast is the background (after the spin-up)
             noise = self._background_noise(everyone) if guided else None
-            paired = []
+            encoded = guided and self.history == "analyses"
+            if encoded and not histories:  # the first guided cycle: the history the spin-up's draws left
+                histories = {m: finished[m].state.history for m in members}
+            paired, drawn = [], {}
             for m, fields in zip(members, forecast_fields):
                 background = self._background(fields, noise) if guided else []
-                pending[m] = self._with_representation_error(ObservationOperator([*groups, *background]))
+                operator_m = self._with_representation_error(ObservationOperator([*groups, *background]))
+                state, used = finished[m].state, options
+                if encoded:  # the new state alone, given the encoded analyses (module docstring, history="analyses")
+                    state, used = dataclasses.replace(state, history=histories[m], recent=[]), {**options, "lag": 1}
+                    drawn[m] = next(filter_members(self.pipeline, [operator_m], [m], settings, self.latent_seed, state=state, **used))
+                else:
+                    pending[m] = operator_m
                 if self.increment and guided:  # D(z_b): the same draw (the member's state and random numbers) without y_k
                     alone = self._with_representation_error(ObservationOperator(background))
                     paired.append(next(filter_members(self.pipeline, [alone], [m], settings, self.latent_seed,
-                                                      state=finished[m].state, **options)).analysis)
-            finished = {m: next(runs[m]) for m in members}
+                                                      state=state, **used)).analysis)
+            finished = {m: drawn[m] if encoded else next(runs[m]) for m in members}
             analyses = np.concatenate([finished[m].analysis for m in members])
             if paired:  # x_a = x_f + D(z_a) − D(z_b)
                 analyses = forecast_fields + analyses - np.concatenate(paired)
+            if encoded:  # E(x_a): the states the model steps become the window's history
+                latents = self.pipeline.encode(analyses[:, None])  # (local members, 1, c, h, w)
+                keep = self.pipeline.window - 1 if self.context is None else int(self.context)  # lag 1's conditioning states
+                histories = {m: torch.cat([histories[m], latents[i : i + 1].to(histories[m])], dim=1)[:, -keep:]
+                             for i, m in enumerate(members)}
             states = self._to_state(analyses)
             if self.forecasts:
                 self.stats.assess(kko[ko], ko, "f", E=_fields_to_states(everyone, index))
