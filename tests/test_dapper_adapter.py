@@ -394,6 +394,62 @@ def test_model_dynamics_history_of_encoded_analyses(setup, monkeypatch):
     # moves on from cycle to cycle
 
 
+def test_model_dynamics_innovation_against_the_forecast(setup, monkeypatch):
+    """innovation="forecast": each guided cycle draws z_b (the background alone) first, then z_a given the member's
+    observations shifted by H(D(z_b) − x_f) — grid points and pair means alike — so that the increment D(z_a) − D(z_b)
+    reads y_k − H x_f; the spin-up and the background are untouched, and the analyses differ from innovation="draw"."""
+    import latentda.integrations.dapper as adapter
+
+    pipeline, HMM, xx, yy = setup
+    seen = _assessed(monkeypatch)
+    options = dict(dynamics="model", increment=True, lag=2, spin_up=1, history="analyses", background_factor=2)
+    _method(pipeline, **options).assimilate(HMM, xx, yy)
+    drawn = dict(seen)
+    seen.clear()
+    calls, real = [], adapter.filter_members
+
+    def spying(pipeline, cycles, members, settings, seed, state=None, **kwargs):
+        if state is None:
+            return real(pipeline, cycles, members, settings, seed, **kwargs)
+        cycles = list(cycles)
+        result = next(real(pipeline, cycles, members, settings, seed, state=state, **kwargs))
+        calls.append((cycles[0], result.analysis))
+        return iter([result])
+
+    monkeypatch.setattr(adapter, "filter_members", spying)
+    _method(pipeline, **options, innovation="forecast").assimilate(HMM, xx, yy)
+    np.testing.assert_allclose(seen[(0, "au")], drawn[(0, "au")], rtol=1e-6)  # the spin-up
+    assert not np.allclose(seen[(2, "au")], drawn[(2, "au")], atol=1e-3)
+    assert len(calls) == 2 * (OBSERVATIONS - 1) * N_MEMBERS
+    for number in range(0, len(calls), 2):
+        ko, m = number // (2 * N_MEMBERS) + 1, (number // 2) % N_MEMBERS
+        (alone, prior_draw), (guided, _) = calls[number], calls[number + 1]
+        assert all(group.name.startswith("background") for group in alone.groups)
+        background = [g for g in guided.groups if g.name.startswith("background")]
+        assert [g.name for g in background] == [g.name for g in alone.groups]
+        for a, b in zip(background, alone.groups):
+            np.testing.assert_array_equal(a.values, b.values)
+        obs = HMM.Obs(ko)
+        matrix = observation_matrix(obs, NX)
+        shift = prior_draw.reshape(-1) - seen[(ko, "f")][m]  # D(z_b) − x_f of member m
+        noise = np.sqrt(np.diag(obs.noise.C.full))
+        expected = observation_operator(matrix, yy[ko] + matrix @ shift, noise, (2, 8, 8)).groups
+        observed = [g for g in guided.groups if not g.name.startswith("background")]
+        assert len(observed) == len(expected) and np.abs(matrix @ shift).max() > 1e-3
+        for a, b in zip(observed, expected):
+            np.testing.assert_allclose(a.values, b.values, rtol=1e-10, atol=1e-10)
+
+
+def test_model_dynamics_innovation_needs_the_increment(setup):
+    pipeline = setup[0]
+    with pytest.raises(LatentdaError, match="innovation='forecast' .* needs increment=True"):
+        _method(pipeline, dynamics="model", innovation="forecast")
+    with pytest.raises(LatentdaError, match="innovation must be one of draw, forecast"):
+        _method(pipeline, dynamics="model", increment=True, innovation="analysis")
+    with pytest.raises(LatentdaError, match="the options of dynamics='model'"):
+        _method(pipeline, innovation="forecast")
+
+
 def test_model_dynamics_background_noise_weighs_the_forecast(setup, monkeypatch):
     """The forecast is an observation of the new state with noise σ_b (lag 1): a tight background (σ_b 0.01) brings the
     analysis closer to the forecast than the autoencoder's own reconstruction of it, a loose one (σ_b 100) leaves

@@ -69,7 +69,13 @@ plus the observations' increment, x_a^m = x_f^m + D(z_K) − D(z_K^b), where z^b
 history, random numbers and background — without y_k: the model then steps full fields (the scales the decoder
 misses stay the model's), and the analysis differs from the forecast by what y_k changes, not by the distance of a
 fresh sample, or of the decoder's fit, to it (a fit that even through the truth is ≈ the autoencoder's floor off,
-and would be injected every cycle). It costs a second guided window per member and cycle. The ``f`` statistics are the model forecasts x_f^m
+and would be injected every cycle). It costs a second guided window per member and cycle. ``innovation`` sets
+what y_k is compared with. Read as pathwise conditioning (Matheron's rule, exact for a Gaussian prior: a posterior
+draw is its paired prior draw moved by K (y − H x_prior − ε)), the increment is D(z_a) − D(z_b) = K (y_k − H D(z_b)
+− ε): y_k's innovation against the member's own prior draw, which the background holds to x_f's block means only,
+so x_a = x_f + K (y_k − H x_f − ε) + K H (x_f − D(z_b)) carries a term of the draw's sub-block spread. ``innovation="draw"`` (the default) keeps it; ``"forecast"`` draws z_b
+first and z_a given y_k − H x_f + H D(z_b) (the observations shifted by H (D(z_b) − x_f)), so that the increment is
+K (y_k − H x_f − ε), the stochastic EnKF's update of x_f with the prior's gain K. The ``f`` statistics are the model forecasts x_f^m
 (``forecasts``); the members run one at a time (each cycle's background differs per member). With a lag ℓ the
 window re-samples the member's last ℓ states given their cycles' observations *and backgrounds* (the forecasts
 of those cycles), and the model steps the newest only (no ``s`` series: the re-sampled past is not carried on).
@@ -269,9 +275,10 @@ def _posterior_settings(settings: Any) -> PosteriorSettings:
 
 FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts", "dynamics",
                     "background_noise", "background_inflation", "increment", "spin_up",
-                    "background_factor", "history")  # refused by the smoother
+                    "background_factor", "history", "innovation")  # refused by the smoother
 DYNAMICS = ("prior", "model")
 HISTORIES = ("draws", "analyses")
+INNOVATIONS = ("draw", "forecast")
 
 
 @da_method()
@@ -302,6 +309,7 @@ class LatentDA:
     spin_up: int = 0  # dynamics="model": the first cycles assimilated without the model's background (module docstring)
     background_factor: int = 1  # dynamics="model": the background observes k × k block means of the forecast
     history: str = "draws"  # dynamics="model": the window's latent history, the member's draws or its encoded analyses E(x_a)
+    innovation: str = "draw"  # increment: y_k's innovation against the member's prior draw D(z_b), or its forecast x_f
 
     def __post_init__(self) -> None:
         """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
@@ -319,6 +327,8 @@ class LatentDA:
             raise LatentdaError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {self.dynamics!r}")
         if self.history not in HISTORIES:
             raise LatentdaError(f"history must be one of {', '.join(HISTORIES)}, got {self.history!r}")
+        if self.innovation not in INNOVATIONS:
+            raise LatentdaError(f"innovation must be one of {', '.join(INNOVATIONS)}, got {self.innovation!r}")
         for name in ("background_noise", "background_inflation"):
             value = getattr(self, name)
             if name == "background_noise" and isinstance(value, str) and value == "spread":
@@ -349,10 +359,12 @@ class LatentDA:
                                     "background observes)")
             if self.history == "analyses":  # its guided cycles sample the new state alone (lag 1)
                 FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, 1).validate(self.pipeline.window)
+            if self.innovation != "draw" and not self.increment:
+                raise LatentdaError("innovation='forecast' shifts the increment's observations: it needs increment=True")
         elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.increment or self.spin_up \
-                or self.background_factor != 1 or self.history != "draws":
-            raise LatentdaError("background_noise, background_inflation, background_factor, increment, spin_up and history: the "
-                                "options of dynamics='model'")
+                or self.background_factor != 1 or self.history != "draws" or self.innovation != "draw":
+            raise LatentdaError("background_noise, background_inflation, background_factor, increment, spin_up, history and "
+                                "innovation: the options of dynamics='model'")
         lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
         FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
         if self._lag() > 1 and self.dynamics == "prior":  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
@@ -372,11 +384,14 @@ class LatentDA:
     def _to_state(self, fields: np.ndarray) -> np.ndarray:
         return _fields_to_states(fields, self.state_index)
 
-    def _raw_groups(self, HMM, ko: int, y) -> list[ObservationGroup]:
-        """The groups of cycle ko's observations y, without the representation error."""
+    def _raw_groups(self, HMM, ko: int, y, shift: np.ndarray | None = None) -> list[ObservationGroup]:
+        """The groups of cycle ko's observations y, without the representation error; with ``shift`` (a state
+        vector) the observed values are y + H shift."""
         obs = HMM.Obs(ko)
         try:
             matrix = observation_matrix(obs, HMM.Dyn.M)
+            if shift is not None:
+                y = np.asarray(y, dtype=np.float64) + matrix @ np.asarray(shift, dtype=np.float64)
             operator = observation_operator(matrix, y, _noise_std(obs, matrix.shape[0]), self._field_shape(), self.state_index)
         except LatentdaError as error:
             raise LatentdaError(f"the observations of cycle ko = {ko}: {error}") from None
@@ -545,19 +560,23 @@ class LatentDA:
             if encoded and not histories:  # the first guided cycle: the history the spin-up's draws left
                 histories = {m: finished[m].state.history for m in members}
             paired, drawn = [], {}
-            for m, fields in zip(members, forecast_fields):
+            for i, (m, fields) in enumerate(zip(members, forecast_fields)):
                 background = self._background(fields, noise) if guided else []
-                operator_m = self._with_representation_error(ObservationOperator([*groups, *background]))
                 state, used = finished[m].state, options
                 if encoded:  # the new state alone, given the encoded analyses (module docstring, history="analyses")
                     state, used = dataclasses.replace(state, history=histories[m], recent=[]), {**options, "lag": 1}
-                    drawn[m] = next(filter_members(self.pipeline, [operator_m], [m], settings, self.latent_seed, state=state, **used))
-                else:
-                    pending[m] = operator_m
+                y_groups = groups
                 if self.increment and guided:  # D(z_b): the same draw (the member's state and random numbers) without y_k
                     alone = self._with_representation_error(ObservationOperator(background))
                     paired.append(next(filter_members(self.pipeline, [alone], [m], settings, self.latent_seed,
                                                       state=state, **used)).analysis)
+                    if self.innovation == "forecast":  # z_a given y_k − H x_f + H D(z_b) (module docstring)
+                        y_groups = self._raw_groups(HMM, ko, y, self._to_state(paired[-1])[0] - forecasts[i])
+                operator_m = self._with_representation_error(ObservationOperator([*y_groups, *background]))
+                if encoded:
+                    drawn[m] = next(filter_members(self.pipeline, [operator_m], [m], settings, self.latent_seed, state=state, **used))
+                else:
+                    pending[m] = operator_m
             finished = {m: drawn[m] if encoded else next(runs[m]) for m in members}
             analyses = np.concatenate([finished[m].analysis for m in members])
             if paired:  # x_a = x_f + D(z_a) − D(z_b)
