@@ -278,14 +278,17 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(dynamics="model", background_noise=np.inf), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_noise="ensemble"), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_inflation=-1.0), "background_inflation must be a positive number"),
-                             (dict(background_noise=0.5), "background_noise, background_inflation, background_factor, increment, spin_up and history"),
-                             (dict(background_factor=2), "background_noise, background_inflation, background_factor, increment, spin_up and history"),
+                             (dict(background_noise=0.5), "background_noise, background_inflation, background_factor, increment, spin_up, history and innovation"),
+                             (dict(background_factor=2), "background_noise, background_inflation, background_factor, increment, spin_up, history and innovation"),
                              (dict(dynamics="model", background_factor=0), "background_factor must be an integer"),
-                             (dict(spin_up=2), "background_noise, background_inflation, background_factor, increment, spin_up and history"),
+                             (dict(spin_up=2), "background_noise, background_inflation, background_factor, increment, spin_up, history and innovation"),
                              (dict(dynamics="model", spin_up=-1), "spin_up must be an integer"),
                              (dict(dynamics="model", increment=1), "increment must be True or False"),
-                             (dict(history="analyses"), "background_noise, background_inflation, background_factor, increment, spin_up and history"),
+                             (dict(history="analyses"), "background_noise, background_inflation, background_factor, increment, spin_up, history and innovation"),
                              (dict(dynamics="model", history="encoded"), "history must be one of draws, analyses"),
+                             (dict(innovation="forecast"), "increment, spin_up, history and innovation: the options of dynamics='model'"),
+                             (dict(dynamics="model", innovation="forecast"), "innovation='forecast' .* needs increment=True"),
+                             (dict(dynamics="model", increment=True, innovation="analysis"), "innovation must be one of draw, forecast"),
                              (dict(mode="smoother", dynamics="model"), "dynamics: the filter's, not the smoother's")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)
@@ -438,16 +441,6 @@ def test_model_dynamics_innovation_against_the_forecast(setup, monkeypatch):
         assert len(observed) == len(expected) and np.abs(matrix @ shift).max() > 1e-3
         for a, b in zip(observed, expected):
             np.testing.assert_allclose(a.values, b.values, rtol=1e-10, atol=1e-10)
-
-
-def test_model_dynamics_innovation_needs_the_increment(setup):
-    pipeline = setup[0]
-    with pytest.raises(LatentdaError, match="innovation='forecast' .* needs increment=True"):
-        _method(pipeline, dynamics="model", innovation="forecast")
-    with pytest.raises(LatentdaError, match="innovation must be one of draw, forecast"):
-        _method(pipeline, dynamics="model", increment=True, innovation="analysis")
-    with pytest.raises(LatentdaError, match="the options of dynamics='model'"):
-        _method(pipeline, innovation="forecast")
 
 
 def test_model_dynamics_background_noise_weighs_the_forecast(setup, monkeypatch):
