@@ -20,6 +20,7 @@ from conftest import make_tiny_pipeline, run_torchrun  # noqa: E402
 from latentda.data.statistics import Statistics  # noqa: E402
 from latentda.errors import LatentdaError  # noqa: E402
 from latentda.observe.operators import ObservationOperator  # noqa: E402
+from latentda.posterior.filtering import filter_members  # noqa: E402
 from latentda.integrations.dapper import LatentDA, forecast_skill, observation_matrix, observation_operator  # noqa: E402
 
 NX = 2 * 8 * 8
@@ -313,6 +314,25 @@ def _assessed(monkeypatch) -> dict:
     return seen
 
 
+def _windows_from_a_state(monkeypatch) -> list:
+    """Every window the model's filter samples from a member's state (the guided cycles' z_a and z_b draws), as
+    (state, members, options, its observation operator, its analysis)."""
+    import latentda.integrations.dapper as adapter
+
+    calls, real = [], adapter.filter_members
+
+    def spying(pipeline, cycles, members, settings, seed, state=None, **options):
+        if state is None:
+            return real(pipeline, cycles, members, settings, seed, **options)
+        cycles = list(cycles)
+        result = next(real(pipeline, cycles, members, settings, seed, state=state, **options))
+        calls.append((state, members, options, cycles[0], result.analysis))
+        return iter([result])
+
+    monkeypatch.setattr(adapter, "filter_members", spying)
+    return calls
+
+
 def test_model_dynamics_step_each_members_analysis(setup, monkeypatch):
     """dynamics="model": the forecast recorded at cycle ko is the HMM's model applied to each member's analysis
     of the cycle before (the start's at ko = 0), member by member."""
@@ -331,28 +351,17 @@ def test_model_dynamics_increment_is_what_the_observations_change(setup, monkeyp
     """increment=True: x_a = x_f + D(z_a) − D(z_b), z_b the same draw without y_k: each cycle's second window reads
     the background alone, from the member's state before the cycle; drawn again from that state with y_k as well,
     it gives D(z_a) = x_a − x_f + D(z_b) (the same random numbers: the two draws differ by y_k only)."""
-    import latentda.integrations.dapper as adapter
-
     pipeline, HMM, xx, yy = setup
     seen = _assessed(monkeypatch)
-    paired, real = [], adapter.filter_members
-
-    def spying(pipeline, cycles, members, settings, seed, state=None, **options):
-        if state is None:
-            return real(pipeline, cycles, members, settings, seed, **options)
-        cycle = next(real(pipeline, cycles, members, settings, seed, state=state, **options))
-        paired.append((cycles[0], state, members, options, cycle.analysis))
-        return iter([cycle])
-
-    monkeypatch.setattr(adapter, "filter_members", spying)
+    paired = _windows_from_a_state(monkeypatch)
     xp = _method(pipeline, dynamics="model", increment=True, lag=lag)
     xp.assimilate(HMM, xx, yy)
     assert len(paired) == OBSERVATIONS * N_MEMBERS
-    for number, (alone, state, members, options, decoded_b) in enumerate(paired):
+    for number, (state, members, options, alone, decoded_b) in enumerate(paired):
         ko, m = divmod(number, N_MEMBERS)
         assert members == [m] and all(g.name.startswith("background") for g in alone.groups)
         full = ObservationOperator([*xp._operator(HMM, ko, yy[ko]).groups, *alone.groups])
-        decoded_a = next(real(pipeline, [full], [m], xp._posterior_settings(), 0, state=state, **options)).analysis
+        decoded_a = next(filter_members(pipeline, [full], [m], xp._posterior_settings(), 0, state=state, **options)).analysis
         np.testing.assert_allclose(decoded_a[0] - decoded_b[0], (seen[(ko, "au")] - seen[(ko, "f")])[m].reshape(2, 8, 8),
                                    rtol=1e-5, atol=1e-5)
         assert np.abs(decoded_a - decoded_b).max() > 1e-3  # y_k moved the draw
@@ -362,28 +371,18 @@ def test_model_dynamics_history_of_encoded_analyses(setup, monkeypatch):
     """history="analyses": after the spin-up each cycle samples the new state alone (lag 1) given the member's last
     K − 1 analyses encoded, E(x_a) — the states the model stepped — with the member's random streams carried on; the
     spin-up is the lagged filter's as with history="draws"."""
-    import latentda.integrations.dapper as adapter
-
     pipeline, HMM, xx, yy = setup
     seen = _assessed(monkeypatch)
     _method(pipeline, dynamics="model", increment=True, lag=2, spin_up=1).assimilate(HMM, xx, yy)
     draws = dict(seen)
     seen.clear()
-    calls, real = [], adapter.filter_members
-
-    def spying(pipeline, cycles, members, settings, seed, state=None, **options):
-        if state is None:
-            return real(pipeline, cycles, members, settings, seed, **options)
-        calls.append((state, members, options))
-        return real(pipeline, cycles, members, settings, seed, state=state, **options)
-
-    monkeypatch.setattr(adapter, "filter_members", spying)
+    calls = _windows_from_a_state(monkeypatch)
     _method(pipeline, dynamics="model", increment=True, lag=2, spin_up=1, history="analyses").assimilate(HMM, xx, yy)
     np.testing.assert_allclose(seen[(0, "au")], draws[(0, "au")], rtol=1e-6)  # the spin-up
     assert not np.allclose(seen[(2, "au")], draws[(2, "au")], atol=1e-3)
     assert len(calls) == 2 * (OBSERVATIONS - 1) * N_MEMBERS  # z_a and z_b per guided cycle and member
     K = pipeline.window
-    for number, (state, members, options) in enumerate(calls):
+    for number, (state, members, options, _, _) in enumerate(calls):
         ko, rest = divmod(number, 2 * N_MEMBERS)
         ko, m = ko + 1, rest // 2
         assert members == [m] and options["lag"] == 1 and state.recent == []
@@ -401,32 +400,20 @@ def test_model_dynamics_innovation_against_the_forecast(setup, monkeypatch):
     """innovation="forecast": each guided cycle draws z_b (the background alone) first, then z_a given the member's
     observations shifted by H(D(z_b) − x_f) — grid points and pair means alike — so that the increment D(z_a) − D(z_b)
     reads y_k − H x_f; the spin-up and the background are untouched, and the analyses differ from innovation="draw"."""
-    import latentda.integrations.dapper as adapter
-
     pipeline, HMM, xx, yy = setup
     seen = _assessed(monkeypatch)
     options = dict(dynamics="model", increment=True, lag=2, spin_up=1, history="analyses", background_factor=2)
     _method(pipeline, **options).assimilate(HMM, xx, yy)
     drawn = dict(seen)
     seen.clear()
-    calls, real = [], adapter.filter_members
-
-    def spying(pipeline, cycles, members, settings, seed, state=None, **kwargs):
-        if state is None:
-            return real(pipeline, cycles, members, settings, seed, **kwargs)
-        cycles = list(cycles)
-        result = next(real(pipeline, cycles, members, settings, seed, state=state, **kwargs))
-        calls.append((cycles[0], result.analysis))
-        return iter([result])
-
-    monkeypatch.setattr(adapter, "filter_members", spying)
+    calls = _windows_from_a_state(monkeypatch)
     _method(pipeline, **options, innovation="forecast").assimilate(HMM, xx, yy)
     np.testing.assert_allclose(seen[(0, "au")], drawn[(0, "au")], rtol=1e-6)  # the spin-up
     assert not np.allclose(seen[(2, "au")], drawn[(2, "au")], atol=1e-3)
     assert len(calls) == 2 * (OBSERVATIONS - 1) * N_MEMBERS
     for number in range(0, len(calls), 2):
         ko, m = number // (2 * N_MEMBERS) + 1, (number // 2) % N_MEMBERS
-        (alone, prior_draw), (guided, _) = calls[number], calls[number + 1]
+        (_, _, _, alone, prior_draw), (_, _, _, guided, _) = calls[number], calls[number + 1]
         assert all(group.name.startswith("background") for group in alone.groups)
         background = [g for g in guided.groups if g.name.startswith("background")]
         assert [g.name for g in background] == [g.name for g in alone.groups]
