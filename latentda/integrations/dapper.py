@@ -384,14 +384,12 @@ class LatentDA:
     def _to_state(self, fields: np.ndarray) -> np.ndarray:
         return _fields_to_states(fields, self.state_index)
 
-    def _raw_groups(self, HMM, ko: int, y, shift: np.ndarray | None = None) -> list[ObservationGroup]:
-        """The groups of cycle ko's observations y, without the representation error; with ``shift`` (a state
-        vector) the observed values are y + H shift."""
+    def _raw_groups(self, HMM, ko: int, y, matrix: np.ndarray | None = None) -> list[ObservationGroup]:
+        """The groups of cycle ko's observations y, without the representation error; ``matrix``: the cycle's H
+        when the caller already has it (made here otherwise)."""
         obs = HMM.Obs(ko)
         try:
-            matrix = observation_matrix(obs, HMM.Dyn.M)
-            if shift is not None:
-                y = np.asarray(y, dtype=np.float64) + matrix @ np.asarray(shift, dtype=np.float64)
+            matrix = observation_matrix(obs, HMM.Dyn.M) if matrix is None else matrix
             operator = observation_operator(matrix, y, _noise_std(obs, matrix.shape[0]), self._field_shape(), self.state_index)
         except LatentdaError as error:
             raise LatentdaError(f"the observations of cycle ko = {ko}: {error}") from None
@@ -559,7 +557,7 @@ class LatentDA:
             encoded = guided and self.history == "analyses"
             if encoded and not histories:  # the first guided cycle: the history the spin-up's draws left
                 histories = {m: finished[m].state.history for m in members}
-            paired, drawn = [], {}
+            paired, drawn, H = [], {}, None  # H: the cycle's observation matrix, made once for innovation="forecast"
             for i, (m, fields) in enumerate(zip(members, forecast_fields)):
                 background = self._background(fields, noise) if guided else []
                 state, used = finished[m].state, options
@@ -571,7 +569,9 @@ class LatentDA:
                     paired.append(next(filter_members(self.pipeline, [alone], [m], settings, self.latent_seed,
                                                       state=state, **used)).analysis)
                     if self.innovation == "forecast":  # z_a given y_k − H x_f + H D(z_b) (module docstring)
-                        y_groups = self._raw_groups(HMM, ko, y, self._to_state(paired[-1])[0] - forecasts[i])
+                        H = observation_matrix(HMM.Obs(ko), HMM.Dyn.M) if H is None else H  # linear: checked by groups
+                        shifted = np.asarray(y, dtype=np.float64) + H @ (self._to_state(paired[-1])[0] - forecasts[i])
+                        y_groups = self._raw_groups(HMM, ko, shifted, H)
                 operator_m = self._with_representation_error(ObservationOperator([*y_groups, *background]))
                 if encoded:
                     drawn[m] = next(filter_members(self.pipeline, [operator_m], [m], settings, self.latent_seed, state=state, **used))
