@@ -30,8 +30,10 @@ def ensemble_series(rng, cycles: int, members: int, shared: float, own: float, s
     return rmse, spread
 
 
-def write_run(path: Path, rmse, spread, members: int, seed: int = 3000, smoothed=None) -> Path:
+def write_run(path: Path, rmse, spread, members: int, seed: int = 3000, smoothed=None, forecast=None) -> Path:
     series = {"rmse.a": rmse, "spread.a": spread}
+    if forecast is not None:  # a filter that kept its forecasts' scores
+        series["rmse.f"] = forecast
     if smoothed is not None:  # a lagged filter's fixed-lag smoother
         series.update({"rmse.s": smoothed[0], "spread.s": smoothed[1]})
     path.write_text(json.dumps({
@@ -97,6 +99,35 @@ def test_a_run_of_another_method_is_named_with_it(tmp_path, capsys):
     assert "paired change +0.500" in out
     with pytest.raises(SystemExit, match="'latentda-filter'"):  # without the method, the default is looked for
         tool.main([str(a), str(hybrid), "--cycles", "1", "10"])
+
+
+def test_blocks_of_cycles_and_the_analysis_share_of_the_forecast_error(tmp_path, capsys):
+    """--per 5 over cycles 3–14: blocks 3–7, 8–12, 13–14, each with its own means and paired change; a/f the mean of
+    the per-cycle ratios (not the ratio of the means), and only for runs that kept their forecasts."""
+    tool = load_tool()
+    rng = np.random.default_rng(2)
+    base = list(rng.uniform(1.0, 2.0, 20))
+    forecast = [x / q for x, q in zip(base, rng.uniform(0.9, 1.0, 20))]
+    other = [x + 0.05 * k for k, x in enumerate(base)]  # a drift: the paired change grows block by block
+    a = write_run(tmp_path / "a.json", base, [0.5] * 20, 4, forecast=forecast)
+    b = write_run(tmp_path / "b.json", other, [0.6] * 20, 4)
+    tool.main([str(a), str(b), "--cycles", "3", "14", "--per", "5"])
+    lines = capsys.readouterr().out.splitlines()
+    whole = np.mean([x / f for x, f in zip(base[2:14], forecast[2:14])])
+    assert f"a/f {whole:.3f}" in lines[1] and "a/f" not in lines[2]
+    blocks = [line for line in lines if line.startswith("cycles ") and ":" in line]
+    assert [line.split(":")[0] for line in blocks] == ["cycles 3–7", "cycles 8–12", "cycles 13–14"]
+    for line, (start, stop) in zip(blocks, [(3, 7), (8, 12), (13, 14)]):
+        window = slice(start - 1, stop)
+        ratio = np.mean([x / f for x, f in zip(base[window], forecast[window])])
+        mine, theirs = line.split(": ", 1)[1].split(" | ")
+        assert mine == f"{np.mean(base[window]):.3f} ({0.5 / np.mean(base[window]):.2f}, a/f {ratio:.3f})"
+        change = np.subtract(other[window], base[window])
+        se = np.std(change, ddof=1) / math.sqrt(len(change))
+        assert theirs.startswith(f"{np.mean(other[window]):.3f} ({0.6 / np.mean(other[window]):.2f}) "
+                                 f"{np.mean(change):+.3f} ± {se:.3f}")
+    with pytest.raises(SystemExit):  # argparse's error: a block of no cycles
+        tool.main([str(a), "--cycles", "3", "14", "--per", "0"])
 
 
 @pytest.mark.parametrize("case", ["missing", "not-json", "too-short", "other-seed", "no-score", "no-series-key"])
