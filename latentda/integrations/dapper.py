@@ -384,13 +384,20 @@ class LatentDA:
     def _to_state(self, fields: np.ndarray) -> np.ndarray:
         return _fields_to_states(fields, self.state_index)
 
+    def _observation_matrix(self, HMM, ko: int) -> np.ndarray:
+        """H of cycle ko (:func:`observation_matrix`), an error naming the cycle."""
+        try:
+            return observation_matrix(HMM.Obs(ko), HMM.Dyn.M)
+        except LatentdaError as error:
+            raise LatentdaError(f"the observations of cycle ko = {ko}: {error}") from None
+
     def _raw_groups(self, HMM, ko: int, y, matrix: np.ndarray | None = None) -> list[ObservationGroup]:
         """The groups of cycle ko's observations y, without the representation error; ``matrix``: the cycle's H
         when the caller already has it (made here otherwise)."""
-        obs = HMM.Obs(ko)
+        matrix = self._observation_matrix(HMM, ko) if matrix is None else matrix
         try:
-            matrix = observation_matrix(obs, HMM.Dyn.M) if matrix is None else matrix
-            operator = observation_operator(matrix, y, _noise_std(obs, matrix.shape[0]), self._field_shape(), self.state_index)
+            operator = observation_operator(matrix, y, _noise_std(HMM.Obs(ko), matrix.shape[0]), self._field_shape(),
+                                            self.state_index)
         except LatentdaError as error:
             raise LatentdaError(f"the observations of cycle ko = {ko}: {error}") from None
         return list(operator.groups)
@@ -543,7 +550,8 @@ class LatentDA:
         for ko in steps:
             y = yy[ko]
             _check_same(y, f"the observations of cycle {ko}")
-            groups = self._raw_groups(HMM, ko, y)
+            H = self._observation_matrix(HMM, ko)  # once a cycle: y_k's groups and, with innovation="forecast", each shift
+            groups = self._raw_groups(HMM, ko, y, H)
             operator = self._with_representation_error(ObservationOperator(groups))
             forecasts = np.stack([advance(HMM.Dyn, tseq, x, previous, kko[ko]) for x in states])  # x_f = M(x_a)
             forecast_fields = _states_to_fields(forecasts, shape, index)
@@ -557,7 +565,7 @@ class LatentDA:
             encoded = guided and self.history == "analyses"
             if encoded and not histories:  # the first guided cycle: the history the spin-up's draws left
                 histories = {m: finished[m].state.history for m in members}
-            paired, drawn, H = [], {}, None  # H: the cycle's observation matrix, made once for innovation="forecast"
+            paired, drawn = [], {}
             for i, (m, fields) in enumerate(zip(members, forecast_fields)):
                 background = self._background(fields, noise) if guided else []
                 state, used = finished[m].state, options
@@ -569,7 +577,6 @@ class LatentDA:
                     paired.append(next(filter_members(self.pipeline, [alone], [m], settings, self.latent_seed,
                                                       state=state, **used)).analysis)
                     if self.innovation == "forecast":  # z_a given y_k − H x_f + H D(z_b) (module docstring)
-                        H = observation_matrix(HMM.Obs(ko), HMM.Dyn.M) if H is None else H  # linear: checked by groups
                         shifted = np.asarray(y, dtype=np.float64) + H @ (self._to_state(paired[-1])[0] - forecasts[i])
                         y_groups = self._raw_groups(HMM, ko, shifted, H)
                 operator_m = self._with_representation_error(ObservationOperator([*y_groups, *background]))
