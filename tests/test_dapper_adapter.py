@@ -15,6 +15,7 @@ import dapper as dpr  # noqa: E402
 import dapper.mods as modelling  # noqa: E402
 import dapper.stats  # noqa: E402
 from dapper.da_methods import EnKF  # noqa: E402
+from dapper.tools.localization import nd_Id_localization  # noqa: E402
 
 from conftest import make_tiny_pipeline, run_torchrun  # noqa: E402
 from latentda.data.statistics import Statistics  # noqa: E402
@@ -27,7 +28,8 @@ NX = 2 * 8 * 8
 OBSERVATIONS = 5  # Ko + 1
 N_MEMBERS = 3
 MODES = {"filter": {}, "smoother": {"mode": "smoother"}, "model": {"dynamics": "model"},  # the runs dealt over processes
-         "model-increment": {"dynamics": "model", "increment": True, "background_factor": 2, "spin_up": 1, "history": "analyses"}}
+         "model-increment": {"dynamics": "model", "increment": True, "background_factor": 2, "spin_up": 1, "history": "analyses"},
+         "model-hybrid": {"dynamics": "model", "increment": True, "ensemble_update": True, "infl": 1.1}}
 
 
 def _obs_at(ko: int) -> modelling.Operator:
@@ -279,17 +281,24 @@ def test_arguments_are_checked_when_the_method_is_made(setup):
                              (dict(dynamics="model", background_noise=np.inf), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_noise="ensemble"), "background_noise must be a positive number"),
                              (dict(dynamics="model", background_inflation=-1.0), "background_inflation must be a positive number"),
-                             (dict(background_noise=0.5), "background_noise, background_inflation, background_factor, increment, spin_up, history and innovation"),
-                             (dict(background_factor=2), "background_noise, background_inflation, background_factor, increment, spin_up, history and innovation"),
+                             (dict(background_noise=0.5), "background_noise, background_inflation, background_factor, increment, spin_up, history, innovation, ensemble_update"),
+                             (dict(background_factor=2), "background_noise, background_inflation, background_factor, increment, spin_up, history, innovation, ensemble_update"),
                              (dict(dynamics="model", background_factor=0), "background_factor must be an integer"),
-                             (dict(spin_up=2), "background_noise, background_inflation, background_factor, increment, spin_up, history and innovation"),
+                             (dict(spin_up=2), "background_noise, background_inflation, background_factor, increment, spin_up, history, innovation, ensemble_update"),
                              (dict(dynamics="model", spin_up=-1), "spin_up must be an integer"),
                              (dict(dynamics="model", increment=1), "increment must be True or False"),
-                             (dict(history="analyses"), "background_noise, background_inflation, background_factor, increment, spin_up, history and innovation"),
+                             (dict(history="analyses"), "background_noise, background_inflation, background_factor, increment, spin_up, history, innovation, ensemble_update"),
                              (dict(dynamics="model", history="encoded"), "history must be one of draws, analyses"),
-                             (dict(innovation="forecast"), "increment, spin_up, history and innovation: the options of dynamics='model'"),
+                             (dict(innovation="forecast"), "innovation, ensemble_update, loc_rad and infl: the options of dynamics='model'"),
                              (dict(dynamics="model", innovation="forecast"), "innovation='forecast' .* needs increment=True"),
                              (dict(dynamics="model", increment=True, innovation="analysis"), "innovation must be one of draw, forecast"),
+                             (dict(ensemble_update=True), "ensemble_update, loc_rad and infl: the options of dynamics='model'"),
+                             (dict(dynamics="model", ensemble_update="yes"), "ensemble_update must be True or False"),
+                             (dict(dynamics="model", loc_rad=10), "loc_rad and infl: the options of ensemble_update=True"),
+                             (dict(dynamics="model", infl=1.04), "loc_rad and infl: the options of ensemble_update=True"),
+                             (dict(dynamics="model", ensemble_update=True, loc_rad=0), "loc_rad must be a positive number or None"),
+                             (dict(dynamics="model", ensemble_update=True, infl=np.nan), "infl must be a positive number, got nan"),
+                             (dict(mode="smoother", ensemble_update=True), "ensemble_update: the filter's, not the smoother's"),
                              (dict(mode="smoother", dynamics="model"), "dynamics: the filter's, not the smoother's")):
         with pytest.raises(LatentdaError, match=message):
             _method(pipeline, **options)
@@ -502,6 +511,88 @@ def test_model_dynamics_background_noise_from_the_spread(setup, monkeypatch, fac
                 np.testing.assert_allclose(group.values[0], blocks[m, c], rtol=1e-6, atol=1e-7)
                 np.testing.assert_allclose(group(torch.from_numpy(forecast[None, None]).double()).numpy()[0],
                                            blocks[m, c].ravel(), rtol=1e-6, atol=1e-7)  # the operator reads block means
+
+
+def _localized_hmm():
+    """The tiny HMM observing 24 grid points a cycle (new ones every cycle) with DAPPER's localizer of them, the state
+    taken as a line of NX points."""
+    def obs_at(ko):
+        points = np.sort(np.random.default_rng(ko).choice(NX, 24, replace=False))
+        return modelling.Operator(**modelling.partial_Id_Obs(NX, points), noise=0.01,
+                                  localizer=nd_Id_localization((NX,), obs_inds=points, periodic=False))
+    hmm = tiny_hmm()
+    hmm.Obs = type(hmm.Obs)(time_dependent=obs_at)
+    return hmm
+
+
+def _kalman_update(forecasts: np.ndarray, H: np.ndarray, R: np.ndarray, y: np.ndarray):
+    """The Kalman analysis mean and covariance of an ensemble's forecasts (N, Nx) with their sample covariance P."""
+    mean = forecasts.mean(axis=0)
+    P = np.cov(forecasts, rowvar=False, ddof=1)
+    gain = P @ H.T @ np.linalg.inv(H @ P @ H.T + R)
+    return mean + gain @ (y - H @ mean), (np.eye(len(mean)) - gain @ H) @ P
+
+
+@pytest.mark.parametrize("loc_rad", [None, 1e6])
+def test_model_dynamics_ensemble_update_is_the_etkf_of_the_forecasts(setup, monkeypatch, loc_rad):
+    """ensemble_update=True, the hybrid: each cycle the latentda step's backgrounds are the ETKF analyses of every
+    member's model forecast with y_k — their mean the Kalman update of the forecasts' mean with their sample
+    covariance P, their covariance infl² (I − KH) P — σ_b their spread, and the analysis the background plus the
+    latentda increment D(z_a) − D(z_b); the recorded forecasts stay the model's steps of the analyses. A LETKF of
+    (near) infinite radius is the global ETKF."""
+    pipeline, HMM, xx, yy = setup
+    if loc_rad is not None:
+        HMM = _localized_hmm()
+        dpr.set_seed(3)
+        xx, yy = HMM.simulate()
+    seen = _assessed(monkeypatch)
+    backgrounds, real = [], LatentDA._background
+    monkeypatch.setattr(LatentDA, "_background", lambda self, forecast, noise: backgrounds.append((forecast, noise))
+                        or real(self, forecast, noise))
+    paired = _windows_from_a_state(monkeypatch)
+    xp = _method(pipeline, dynamics="model", increment=True, ensemble_update=True, loc_rad=loc_rad, infl=1.1)
+    xp.assimilate(HMM, xx, yy)
+    assert len(backgrounds) == OBSERVATIONS * N_MEMBERS and len(paired) == OBSERVATIONS * N_MEMBERS
+    for ko in range(OBSERVATIONS):
+        before = seen[(ko - 1, "au")] if ko else seen[(None, "au")]
+        np.testing.assert_allclose(seen[(ko, "f")], HMM.Dyn(before, 0.0, 1.0), rtol=1e-12)
+        obs = HMM.Obs(ko)
+        H = observation_matrix(obs, NX)
+        mean, covariance = _kalman_update(seen[(ko, "f")], H, obs.noise.C.full, yy[ko])
+        cycle = np.stack([backgrounds[ko * N_MEMBERS + m][0].reshape(-1) for m in range(N_MEMBERS)])
+        np.testing.assert_allclose(cycle.mean(axis=0), mean, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(np.cov(cycle, rowvar=False, ddof=1), 1.1**2 * covariance, rtol=1e-6, atol=1e-8)
+        assert np.abs(cycle.mean(axis=0) - seen[(ko, "f")].mean(axis=0)).max() > 1e-2  # y_k moved them
+        for m in range(N_MEMBERS):
+            assert backgrounds[ko * N_MEMBERS + m][1] == pytest.approx(np.sqrt(np.mean(np.var(cycle, axis=0, ddof=1))), rel=1e-10)
+            state, members, options, alone, decoded_b = paired[ko * N_MEMBERS + m]
+            full = ObservationOperator([*xp._operator(HMM, ko, yy[ko]).groups, *alone.groups])
+            decoded_a = next(filter_members(pipeline, [full], [m], xp._posterior_settings(), 0, state=state, **options)).analysis
+            np.testing.assert_allclose((decoded_a - decoded_b)[0].reshape(-1), seen[(ko, "au")][m] - cycle[m], rtol=1e-5, atol=1e-5)
+
+
+def test_model_dynamics_localized_ensemble_update_leaves_what_no_observation_reaches(setup, monkeypatch):
+    """A LETKF radius of 1 grid point (Gaspari–Cohn taper, zero beyond 2 × 1.82): the backgrounds equal the forecasts
+    (infl 1) at the points farther than that from every observation of the cycle and move at the observed ones; an
+    HMM without a localizer is refused in one line naming the cycle."""
+    pipeline, _, _, _ = setup
+    HMM = _localized_hmm()
+    dpr.set_seed(3)
+    xx, yy = HMM.simulate()
+    seen = _assessed(monkeypatch)
+    backgrounds, real = [], LatentDA._background
+    monkeypatch.setattr(LatentDA, "_background", lambda self, forecast, noise: backgrounds.append(forecast.reshape(-1))
+                        or real(self, forecast, noise))
+    _method(pipeline, dynamics="model", ensemble_update=True, loc_rad=1).assimilate(HMM, xx, yy)
+    for ko in range(OBSERVATIONS):
+        points = np.sort(np.random.default_rng(ko).choice(NX, 24, replace=False))
+        far = np.abs(np.arange(NX)[:, None] - points[None]).min(axis=1) > 2 * 1.82
+        assert 0 < far.sum() < NX - 24
+        cycle = np.stack(backgrounds[ko * N_MEMBERS : (ko + 1) * N_MEMBERS])
+        np.testing.assert_allclose(cycle[:, far], seen[(ko, "f")][:, far], rtol=1e-12, atol=1e-12)
+        assert np.abs(cycle[:, points] - seen[(ko, "f")][:, points]).min(axis=0).max() > 1e-3
+    with pytest.raises(LatentdaError, match="loc_rad: the observations of cycle ko = 0 have no localizer"):
+        _method(pipeline, dynamics="model", ensemble_update=True, loc_rad=1).assimilate(*setup[1:])
 
 
 def test_the_prior_must_step_as_the_hmm_cycles(setup):

@@ -96,6 +96,21 @@ then drifted, under-dispersed, with λ = 1 and λ = 1.6 alike (docs/qg-benchmark
 inflated"): the background's weight is not what limits y_k's pull there. With ``history="analyses"`` they do not
 drift (cycles 51–100: 1.204, 10.4 % below the prior's filter; "… the encoded analyses as its history").
 
+**The hybrid: an ensemble update first** (``ensemble_update=True``, with ``dynamics="model"``). Each member alone
+is a filter whose gain is the learned prior's: the members share nothing but σ_b, and their forecast anomalies — the
+flow's own error structure — never enter an analysis. With ``ensemble_update`` each guided cycle first updates all
+members' forecasts together with DAPPER's ETKF (its square-root ``EnKF_analysis``; with ``loc_rad`` in local domains,
+``local_analyses`` with ``HMM.Obs(ko).localizer`` and a Gaspari–Cohn taper, as DAPPER's ``LETKF``; then its
+inflation ``infl`` of the anomalies), and the latentda step above runs on those analyses x_e^m in place of x_f^m:
+the background is x_e^m (σ_b, with ``"spread"``, their spread), the increment is added to x_e^m. For a linear-Gaussian
+step this is a hybrid gain, as in the hybrid LETKF of Penny (2014, an ensemble analysis, then a static-covariance
+analysis with it as the background): x_e = x_f + K_e (y_k − H x_f), x_a = x_e + K_p (y_k − H x_e), with K_e the
+ensemble's (localized) gain and K_p the prior's — y_k is read twice, by design: the second gain corrects what the
+first, from few members, missed. The recorded ``f`` statistics stay the model forecasts x_f.
+Cost: one ETKF per cycle (on every process, on all members: deterministic, the same everywhere), small beside the
+guided windows. The localizer must exist where ``loc_rad`` is given (one-line error otherwise; ``loc_rad=None`` is a
+global ETKF, for small states).
+
 **The lagged filter is a fixed-lag smoother.** With lag ℓ > 1 each cycle samples the new state and the
 ℓ − 1 before it again given their observations (:func:`latentda.posterior.filtering.filter_members`);
 a state's last sample, taken at cycle ko + ℓ − 1, is its estimate given the observations up to that
@@ -275,7 +290,7 @@ def _posterior_settings(settings: Any) -> PosteriorSettings:
 
 FILTER_ARGUMENTS = ("start_cycle", "lag", "context", "conditioning", "condition_noise", "forecasts", "dynamics",
                     "background_noise", "background_inflation", "increment", "spin_up",
-                    "background_factor", "history", "innovation")  # refused by the smoother
+                    "background_factor", "history", "innovation", "ensemble_update", "loc_rad", "infl")  # refused by the smoother
 DYNAMICS = ("prior", "model")
 HISTORIES = ("draws", "analyses")
 INNOVATIONS = ("draw", "forecast")
@@ -310,6 +325,9 @@ class LatentDA:
     background_factor: int = 1  # dynamics="model": the background observes k × k block means of the forecast
     history: str = "draws"  # dynamics="model": the window's latent history, the member's draws or its encoded analyses E(x_a)
     innovation: str = "draw"  # increment: y_k's innovation against the member's prior draw D(z_b), or its forecast x_f
+    ensemble_update: bool = False  # dynamics="model": the forecasts first updated by DAPPER's (L)ETKF, the hybrid (module docstring)
+    loc_rad: Any = None  # ensemble_update: the LETKF's localization radius, as DAPPER's LETKF (None: a global ETKF)
+    infl: float = 1.0  # ensemble_update: multiplicative inflation of the ETKF's analysis anomalies, as DAPPER's
 
     def __post_init__(self) -> None:
         """Every argument is checked here, when the method is made: a bad one fails before an xpList runs the
@@ -329,13 +347,14 @@ class LatentDA:
             raise LatentdaError(f"history must be one of {', '.join(HISTORIES)}, got {self.history!r}")
         if self.innovation not in INNOVATIONS:
             raise LatentdaError(f"innovation must be one of {', '.join(INNOVATIONS)}, got {self.innovation!r}")
-        for name in ("background_noise", "background_inflation"):
+        for name in ("background_noise", "background_inflation", "loc_rad", "infl"):
             value = getattr(self, name)
-            if name == "background_noise" and isinstance(value, str) and value == "spread":
+            if (name == "background_noise" and isinstance(value, str) and value == "spread") or (name == "loc_rad" and value is None):
                 continue
             if not (isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value) and value > 0):
-                raise LatentdaError(f"{name} must be a positive number{' or spread' if name == 'background_noise' else ''}, got {value!r}")
-        for name in ("forecasts", "check_time_step", "increment"):
+                raise LatentdaError(f"{name} must be a positive number{' or spread' if name == 'background_noise' else ''}"
+                                    f"{' or None' if name == 'loc_rad' else ''}, got {value!r}")
+        for name in ("forecasts", "check_time_step", "increment", "ensemble_update"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise LatentdaError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.state_index, np.ndarray):  # a tuple compares whole (xpList(unique=True), xp in xps)
@@ -361,10 +380,13 @@ class LatentDA:
                 FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, 1).validate(self.pipeline.window)
             if self.innovation != "draw" and not self.increment:
                 raise LatentdaError("innovation='forecast' shifts the increment's observations: it needs increment=True")
+            if not self.ensemble_update and (self.loc_rad is not None or self.infl != 1.0):
+                raise LatentdaError("loc_rad and infl: the options of ensemble_update=True")
         elif self.background_noise != "spread" or self.background_inflation != 1.0 or self.increment or self.spin_up \
-                or self.background_factor != 1 or self.history != "draws" or self.innovation != "draw":
-            raise LatentdaError("background_noise, background_inflation, background_factor, increment, spin_up, history and "
-                                "innovation: the options of dynamics='model'")
+                or self.background_factor != 1 or self.history != "draws" or self.innovation != "draw" \
+                or self.ensemble_update or self.loc_rad is not None or self.infl != 1.0:
+            raise LatentdaError("background_noise, background_inflation, background_factor, increment, spin_up, history, "
+                                "innovation, ensemble_update, loc_rad and infl: the options of dynamics='model'")
         lag = default_lag(self.pipeline.window) if self.lag is None else self.lag
         FilterSettings(self.conditioning, self.condition_noise, self.context, self.forecasts, lag).validate(self.pipeline.window)
         if self._lag() > 1 and self.dynamics == "prior":  # the lagged filter is also a fixed-lag smoother (module docstring); DAPPER's
@@ -432,6 +454,27 @@ class LatentDA:
         k = int(self.background_factor)
         return [ObservationGroup(f"background_c{c}", [c], "identity", "grid" if k == 1 else "coarsen",
                                  self._coarse(forecast[c])[None], noise, factor=k) for c in range(len(forecast))]
+
+    def _ensemble_analysis(self, HMM, ko: int, y, forecasts: np.ndarray) -> np.ndarray:
+        """DAPPER's ETKF analysis of all members' forecast states (N, Nx) with cycle ko's observations y (module
+        docstring, ``ensemble_update``): its square-root update (``EnKF_analysis``, "Sqrt") — in local domains
+        (``local_analyses`` with ``HMM.Obs(ko).localizer``, Gaspari–Cohn taper) with ``loc_rad`` as DAPPER's LETKF —
+        then its inflation of the anomalies by ``infl`` (``post_process``). Deterministic: every process computes
+        the same analyses from the same gathered forecasts."""
+        from dapper.da_methods.ensemble import EnKF_analysis, local_analyses, post_process
+
+        Obs, E = HMM.Obs(ko), np.array(forecasts, dtype=np.float64)  # a copy: local_analyses writes into E
+        y = np.asarray(y, dtype=np.float64)
+        if self.loc_rad is None:
+            E = EnKF_analysis(E, Obs(E), Obs.noise, y, "Sqrt")
+        else:
+            localizer = getattr(Obs, "localizer", None)
+            if localizer is None:
+                raise LatentdaError(f"loc_rad: the observations of cycle ko = {ko} have no localizer (DAPPER's "
+                                    "Obs.localizer): give loc_rad=None for a global ETKF")
+            batches, taper = localizer(self.loc_rad, "x2y", "GC")
+            E, _ = local_analyses(E, Obs(E), Obs.noise.C, y, batches, taper)
+        return post_process(E, float(self.infl), 0)
 
     def _with_representation_error(self, operator: ObservationOperator) -> ObservationOperator:
         error = getattr(self.pipeline, "physical_representation_error", None)  # None: a prior without an autoencoder
@@ -561,7 +604,12 @@ class LatentDA:
                 raise LatentdaError(f"the model's forecast of cycle ko = {ko} is not finite for member(s) "
                                     f"{', '.join(map(str, diverged))}: the model diverged from their analyses")
             guided = ko >= start + self.spin_up  # the forecast is the background (after the spin-up)
-            noise = self._background_noise(everyone) if guided else None
+            backgrounds = everyone
+            if guided and self.ensemble_update:  # the hybrid: the (L)ETKF's analyses are the latentda step's backgrounds
+                updated = self._ensemble_analysis(HMM, ko, y, _fields_to_states(everyone, index))
+                backgrounds = _states_to_fields(updated, shape, index)
+                forecast_fields, forecasts = backgrounds[members], updated[members]
+            noise = self._background_noise(backgrounds) if guided else None
             encoded = guided and self.history == "analyses"
             if encoded and not histories:  # the first guided cycle: the history the spin-up's draws left
                 histories = {m: finished[m].state.history for m in members}
